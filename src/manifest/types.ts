@@ -1,0 +1,113 @@
+/**
+ * The resource model: what a manifest document becomes once loaded and validated.
+ * Schemas in schemas/*.schema.json are the source of truth for field rules; these types mirror them.
+ */
+
+/** apiVersion every ns8ctl document carries. */
+export const API_VERSION = 'ns8ctl.nethserver.org/v1';
+
+/** The kinds ns8ctl knows. */
+export const KINDS = ['Module', 'Repository', 'Node'] as const;
+export type Kind = (typeof KINDS)[number];
+
+/** Where a document came from, for error messages and the recorded applied source. */
+export interface SourceRef {
+  /** File path as given on the command line (relative paths kept relative), `-` for stdin. */
+  file: string;
+  /** 0-based index of the document inside a multi-document YAML file. */
+  doc: number;
+  /** 1-based line/column of the document start. */
+  line: number;
+  col: number;
+}
+
+export interface Metadata {
+  name: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+}
+
+/** What happens to an instance's data when it is removed. */
+export type RemovalPolicy = 'Preserve' | 'Delete';
+
+export interface ModuleSpec {
+  /** Module name looked up in repositories (`dokuwiki`). Exactly one of `module` and `image`. */
+  module?: string;
+  /** Full image URL (`ghcr.io/nethserver/dokuwiki:1.2.3`): bypasses repositories. */
+  image?: string;
+  /** `latest` (default), an exact version `1.2.3`, or a semver range `^1.2`. Only with `module`. */
+  version?: string;
+  /** Id of the node the instance runs on. */
+  node: number;
+  /** Volume name -> absolute base path on the node (NS8 add-module `volumes`). */
+  volumes?: Record<string, string>;
+  /** Free-form input for the module's configure-module action. */
+  configuration?: Record<string, unknown>;
+  /** Data on removal: `Preserve` (default) keeps home and volumes, `Delete` erases them. */
+  removalPolicy?: RemovalPolicy;
+  /** When true, the reconcile loop leaves this instance alone. */
+  suspend?: boolean;
+}
+
+export interface RepositorySpec {
+  url: string;
+  enabled?: boolean;
+  testing?: boolean;
+}
+
+export interface NodeSpec {
+  /** NS8 numeric node id (>= 1). */
+  id: number;
+  /** Host name or IP address the node is reached at. */
+  address?: string;
+  /** NS8 node flags, e.g. `nomodules`. */
+  flags?: string[];
+}
+
+interface BaseObject<K extends Kind, S> {
+  apiVersion: typeof API_VERSION;
+  kind: K;
+  metadata: Metadata;
+  spec: S;
+}
+
+export type ModuleObject = BaseObject<'Module', ModuleSpec>;
+export type RepositoryObject = BaseObject<'Repository', RepositorySpec>;
+export type NodeObject = BaseObject<'Node', NodeSpec>;
+export type ManifestObject = ModuleObject | RepositoryObject | NodeObject;
+
+/** A validated object together with where it came from. */
+export interface DesiredObject<T extends ManifestObject = ManifestObject> {
+  object: T;
+  source: SourceRef;
+}
+
+/**
+ * Identity of an object inside its kind: the instance id for Module, the name for Repository,
+ * the numeric id (as a string) for Node.
+ */
+export function objectId(obj: ManifestObject): string {
+  return obj.kind === 'Node' ? String(obj.spec.id) : obj.metadata.name;
+}
+
+/** `kind/id` key used by plans, inventories and Redis keys (`Module/dokuwiki1`). */
+export function objectKey(obj: ManifestObject): string {
+  return `${obj.kind}/${objectId(obj)}`;
+}
+
+/**
+ * NS8 module name of an image URL or bare name: last path segment without `:tag` or `@digest`
+ * (`ghcr.io/nethserver/samba:1.0` -> `samba`), as NS8's get_image_name_from_url.
+ */
+export function moduleNameOf(spec: Pick<ModuleSpec, 'module' | 'image'>): string {
+  const ref = spec.module ?? spec.image ?? '';
+  const last = ref.split('/').pop() ?? '';
+  return last.replace(/@.*$/, '').replace(/:.*$/, '');
+}
+
+/** Splits an instance id into module name and numeric suffix (`dokuwiki12` -> [dokuwiki, 12]). */
+export function splitInstanceId(id: string): { module: string; n: number } | undefined {
+  const m = /^(.*?)([1-9][0-9]*)$/.exec(id);
+  if (!m || !m[1]) return undefined;
+  return { module: m[1], n: Number(m[2]) };
+}
