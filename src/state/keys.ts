@@ -1,0 +1,61 @@
+/**
+ * Every Redis key and channel ns8ctl reads or writes, in one place (docs/redis-keys.md lists them
+ * with type, owner and meaning). NS8's own keys keep NS8's exact names.
+ */
+import type { Kind } from '../manifest/types.js';
+
+const lower = (k: Kind): string => k.toLowerCase();
+
+export const keys = {
+  // ---- ns8ctl's own keys -------------------------------------------------------------------
+  /** HASH: desired object (spec JSON, metadata JSON, generation, source, revision, applyset). */
+  desired: (kind: Kind, id: string): string => `ns8ctl/desired/${lower(kind)}/${id}`,
+  /** SET: ids of the desired objects of one kind (lets reads avoid SCAN). */
+  desiredIndex: (kind: Kind): string => `ns8ctl/desired/${lower(kind)}`,
+  /** SET: `Kind/id` members that one apply set (`default`) created; prune touches only these. */
+  inventory: (applySet: string): string => `ns8ctl/inventory/${applySet}`,
+  /** SET: names of all apply sets that have an inventory. */
+  inventories: (): string => 'ns8ctl/inventories',
+  /** HASH: observed status of a module instance (conditions JSON, observedGeneration, ...). */
+  moduleStatus: (id: string): string => `ns8ctl/status/module/${id}`,
+  /** STREAM: bounded event history for `ns8ctl events`. */
+  events: (): string => 'ns8ctl/events',
+  /** HASH: ports allocated on a node: field `<module>/<proto>` -> `start-end`. */
+  nodePorts: (node: number | string): string => `ns8ctl/node/${node}/ports`,
+
+  // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------
+  /** STRING (INT): last instance number handed out for a module (`dokuwiki` -> 3). */
+  moduleSequence: (module: string): string => `cluster/module_sequence/${module}`,
+  /** HASH: instance id -> node id. */
+  moduleNode: (): string => 'cluster/module_node',
+  /** HASH: instance id -> uuid4. */
+  moduleUuid: (): string => 'cluster/module_uuid',
+  /** HASH: repository `url`, `status` ("1" enabled), `testing` ("1"). */
+  repository: (name: string): string => `cluster/repository/${name}`,
+  /** HASH: cached repodata: `data`, `updated`, `repo_view`; TTL 3600 s. */
+  repositoryCache: (name: string): string => `cluster/repository_cache/${name}`,
+  /** HASH: instance id -> tcp ports demand (NS8 cluster/tcp_ports_demand). */
+  tcpPortsDemand: (): string => 'cluster/tcp_ports_demand',
+  udpPortsDemand: (): string => 'cluster/udp_ports_demand',
+  /** STRING: node display name. */
+  nodeUiName: (node: number | string): string => `node/${node}/ui_name`,
+  /** SET: node flags (`nomodules`). */
+  nodeFlags: (node: number | string): string => `node/${node}/flags`,
+  /** STRING (INT): historical port high-water mark the seeds name. */
+  tcpPortsSequence: (node: number | string): string => `node/${node}/tcp_ports_sequence`,
+  udpPortsSequence: (node: number | string): string => `node/${node}/udp_ports_sequence`,
+  /** HASH: copy of the instance's state/environment file. */
+  moduleEnvironment: (id: string): string => `module/${id}/environment`,
+  /** SET: module flags (`rootless`, `core_module`, ...). */
+  moduleFlags: (id: string): string => `module/${id}/flags`,
+  /** Every key of an instance matches this pattern. */
+  modulePattern: (id: string): string => `module/${id}/*`,
+} as const;
+
+/** Channels published on (NS8 naming: `<source>/event/<past-tense-name>`, JSON payload). */
+export const channels = {
+  moduleAdded: 'cluster/event/module-added',
+  moduleRemoved: 'cluster/event/module-removed',
+  /** Published by apply after desired state changed: `{"keys":["Module/dokuwiki1",...]}`. */
+  desiredChanged: 'ns8ctl/event/desired-state-changed',
+} as const;
