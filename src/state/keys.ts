@@ -8,7 +8,13 @@ const lower = (k: Kind): string => k.toLowerCase();
 
 export const keys = {
   // ---- ns8ctl's own keys -------------------------------------------------------------------
-  /** HASH: desired object (spec JSON, metadata JSON, generation, source, revision, applyset). */
+  /**
+   * HASH: one desired object. Fields: `object` (canonical JSON of {apiVersion, kind, metadata, spec}),
+   * `generation` (INT, +1 only when the spec really changes), `source` (file), `revision` (git commit
+   * or empty), `applyset` (inventory name), `finalizers` (space-separated, e.g. `node-agent`: set by
+   * whoever must clean up before the object may vanish), `deleting` (empty, or JSON
+   * `{"removalPolicy":"Preserve"|"Delete"}` once deletion was requested and finalizers remain).
+   */
   desired: (kind: Kind, id: string): string => `ns8ctl/desired/${lower(kind)}/${id}`,
   /** SET: ids of the desired objects of one kind (lets reads avoid SCAN). */
   desiredIndex: (kind: Kind): string => `ns8ctl/desired/${lower(kind)}`,
