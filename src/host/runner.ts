@@ -86,8 +86,8 @@ export class ExecaRunner implements CommandRunner {
     if (this.records.length > this.historyLimit) this.records.shift();
     const failed = exitCode !== 0;
     if (failed && !opts.allowFailure) {
-      const spawnError = res.failed && res.exitCode === undefined ? (res as { originalMessage?: string }).originalMessage ?? res.message : '';
-      const text = stderr || spawnError;
+      const spawnError: string = res.failed && res.exitCode === undefined ? ((res as { originalMessage?: string }).originalMessage ?? res.message ?? '') : '';
+      const text: string = stderr || spawnError;
       const known = this.patterns.find((p) => p.pattern.test(text));
       const what = opts.purpose ? `${opts.purpose}: ` : '';
       const tail = text.trim().split('\n').slice(-5).join('\n');
