@@ -1,0 +1,25 @@
+/**
+ * Test harness: makes Podman work on this kind of machine (Debian 12, cgroup hybrid layout, no
+ * CAP_SYS_RESOURCE, /dev/net/tun 0600), rootful and rootless as a `useradd`ed user. The logic is
+ * the product's own sandbox host check (src/sandbox/host-check.ts): each adjustment is detected,
+ * explained in one line on stderr, and applied only when needed. Guarded: it refuses to run when
+ * not root, and fails (never skips) when podman is missing, since CI installs it.
+ */
+import { ExecaRunner } from '../../src/host/runner.js';
+import { applyHostAdjustments } from '../../src/sandbox/host-check.js';
+
+let prepared: Promise<void> | undefined;
+
+/**
+ * Idempotent and safe to call from every test file (once per process; repeated calls share the
+ * first promise). Throws when not root or when podman is not installed.
+ */
+export function preparePodmanHost(): Promise<void> {
+  prepared ??= (async () => {
+    if (process.getuid?.() !== 0) throw new Error('preparePodmanHost: tests that use podman run as root (CI does)');
+    const runner = new ExecaRunner();
+    await runner.run(['podman', '--version'], { purpose: 'preparePodmanHost: podman must be installed (apt-get install podman)' });
+    await applyHostAdjustments({ runner, log: (line) => process.stderr.write(`[host-podman] ${line}\n`) });
+  })();
+  return prepared;
+}
