@@ -1,0 +1,200 @@
+/**
+ * Reading manifests: `-f` paths (files, directories, `-` for stdin) into parsed YAML documents
+ * that keep their syntax tree and line counter, so later stages can point at line:col.
+ */
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { extname, join } from 'node:path';
+import { LineCounter, isScalar, parseAllDocuments } from 'yaml';
+import type { Document } from 'yaml';
+import type { Diagnostic } from '../errors.js';
+import type { SourceRef } from './types.js';
+
+/** File name endings read from directories. A file named explicitly is read whatever its name. */
+export const MANIFEST_EXTENSIONS = ['.yaml', '.yml', '.json'] as const;
+
+/** One non-empty YAML/JSON document, parsed. */
+export interface LoadedDocument {
+  source: SourceRef;
+  /** Plain JS value of the document (`doc.toJS()`). */
+  value: unknown;
+  /** The YAML syntax tree, for mapping JSON pointers to positions (see `locate`). */
+  doc: Document.Parsed;
+  lineCounter: LineCounter;
+}
+
+/** What `loadManifests` read: the documents that parsed, and every problem met on the way. */
+export interface LoadResult {
+  documents: LoadedDocument[];
+  /** Missing paths, unreadable files, YAML syntax errors. Documents with syntax errors are left out of `documents`. */
+  diagnostics: Diagnostic[];
+  /** Files read, in load order (`-` for stdin). */
+  files: string[];
+}
+
+/** Options for `loadManifests`. */
+export interface LoadOptions {
+  /** Reads standard input for the path `-`. Default: read `process.stdin` to the end. */
+  stdin?: () => Promise<string>;
+}
+
+async function readProcessStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function diag(file: string, message: string, line = 0, col = 0, pointer = ''): Diagnostic {
+  return { file, line, col, pointer, message };
+}
+
+function describeFsError(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOENT') return 'no such file or directory';
+  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
+  if (code === 'EISDIR') return 'is a directory';
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Lists manifest files under a directory, recursively, skipping dot-entries, in byte order of path. */
+async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promise<string[]> {
+  const out: string[] = [];
+  async function walk(d: string): Promise<void> {
+    let entries: string[];
+    try {
+      entries = await readdir(d);
+    } catch (err) {
+      diagnostics.push(diag(d, `cannot read directory: ${describeFsError(err)}`));
+      return;
+    }
+    for (const name of entries) {
+      if (name.startsWith('.')) continue;
+      const p = join(d, name);
+      let st;
+      try {
+        st = await stat(p);
+      } catch (err) {
+        diagnostics.push(diag(p, `cannot read: ${describeFsError(err)}`));
+        continue;
+      }
+      if (st.isDirectory()) await walk(p);
+      else if (st.isFile() && (MANIFEST_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase())) out.push(p);
+    }
+  }
+  await walk(dir);
+  return out.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+function isEmptyDocument(doc: Document.Parsed): boolean {
+  const c = doc.contents;
+  return c === null || (isScalar(c) && c.value === null);
+}
+
+/**
+ * Parses the text of one file into its non-empty documents. Pure: no I/O.
+ * Syntax errors and warnings (e.g. unresolved tags) become diagnostics with line:col; a document
+ * with errors is not returned.
+ */
+export function parseManifestText(file: string, text: string): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
+  const lineCounter = new LineCounter();
+  const documents: LoadedDocument[] = [];
+  const diagnostics: Diagnostic[] = [];
+  const docs = parseAllDocuments(text, { lineCounter, prettyErrors: false });
+  // parseAllDocuments returns an EmptyStream (no documents) for blank input.
+  const list = Array.isArray(docs) ? docs : [];
+  list.forEach((doc, index) => {
+    const problems = [
+      ...doc.errors.map((e) => ({ e, what: 'YAML syntax error' })),
+      ...doc.warnings.map((e) => ({ e, what: 'YAML problem' })),
+    ];
+    for (const { e, what } of problems) {
+      const pos = lineCounter.linePos(e.pos[0]);
+      const first = e.message.split('\n')[0] ?? e.message;
+      diagnostics.push(diag(file, `${what}: ${first}`, pos.line, pos.col));
+    }
+    if (problems.length > 0 || isEmptyDocument(doc)) return;
+    const startOffset = doc.contents?.range?.[0] ?? doc.range[0];
+    const pos = lineCounter.linePos(startOffset);
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: 100 });
+    } catch (err) {
+      diagnostics.push(diag(file, `YAML problem: ${err instanceof Error ? err.message : String(err)}`, pos.line, pos.col));
+      return;
+    }
+    documents.push({ source: { file, doc: index, line: pos.line, col: pos.col }, value, doc, lineCounter });
+  });
+  return { documents, diagnostics };
+}
+
+/**
+ * Loads manifests from `-f` paths, in the order given: a file (any name), a directory (recursive,
+ * `*.yaml|*.yml|*.json`, dot-entries skipped, sorted by path), or `-` for standard input (read once).
+ * A file reached twice (same real path) is read once. Never throws for bad input: missing paths,
+ * unreadable files, an empty directory and YAML syntax errors are returned as diagnostics, all at once.
+ */
+export async function loadManifests(paths: string[], opts: LoadOptions = {}): Promise<LoadResult> {
+  const documents: LoadedDocument[] = [];
+  const diagnostics: Diagnostic[] = [];
+  const files: string[] = [];
+  const seen = new Set<string>();
+  let stdinRead = false;
+
+  const addText = (file: string, text: string): void => {
+    files.push(file);
+    const r = parseManifestText(file, text);
+    documents.push(...r.documents);
+    diagnostics.push(...r.diagnostics);
+  };
+
+  const readOne = async (file: string): Promise<void> => {
+    let real: string;
+    try {
+      real = await realpath(file);
+    } catch {
+      real = file;
+    }
+    if (seen.has(real)) return;
+    seen.add(real);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      diagnostics.push(diag(file, `cannot read file: ${describeFsError(err)}`));
+      return;
+    }
+    addText(file, text);
+  };
+
+  for (const p of paths) {
+    if (p === '-') {
+      if (stdinRead) continue;
+      stdinRead = true;
+      let text: string;
+      try {
+        text = await (opts.stdin ?? readProcessStdin)();
+      } catch (err) {
+        diagnostics.push(diag('-', `cannot read standard input: ${describeFsError(err)}`));
+        continue;
+      }
+      addText('-', text);
+      continue;
+    }
+    let st;
+    try {
+      st = await stat(p);
+    } catch (err) {
+      diagnostics.push(diag(p, `cannot read -f ${p}: ${describeFsError(err)}`));
+      continue;
+    }
+    if (st.isDirectory()) {
+      const found = await listManifestFiles(p, diagnostics);
+      if (found.length === 0) {
+        diagnostics.push(diag(p, `directory has no manifest files (${MANIFEST_EXTENSIONS.map((e) => '*' + e).join(', ')})`));
+      }
+      for (const f of found) await readOne(f);
+    } else {
+      await readOne(p);
+    }
+  }
+  return { documents, diagnostics, files };
+}

@@ -1,0 +1,226 @@
+/**
+ * Turns ajv errors into diagnostics that name the value at fault and what is allowed, using the
+ * schema itself (property lists, enums, descriptions) so messages stay true when schemas change.
+ */
+import type { ErrorObject } from 'ajv';
+import { escapePointerSegment } from './locate.js';
+import type { LocateMode } from './locate.js';
+
+/** A diagnostic before it has a file and a position: pointer, how to locate it, message. */
+export interface PointedMessage {
+  pointer: string;
+  mode: LocateMode;
+  message: string;
+}
+
+type SchemaLike = Record<string, unknown>;
+
+/** JSON type name of a value, as JSON Schema spells it (`integer` for whole numbers). */
+export function jsonTypeOf(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (Array.isArray(value)) return 'array';
+  if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'number';
+  return typeof value;
+}
+
+/** Short printable form of a value for messages: JSON for scalars (truncated), a type word for containers. */
+export function showValue(value: unknown): string {
+  if (Array.isArray(value)) return 'a list';
+  if (value !== null && typeof value === 'object') return 'a mapping';
+  const s = JSON.stringify(value) ?? String(value);
+  return s.length > 80 ? s.slice(0, 77) + '...' : s;
+}
+
+/** Levenshtein distance, for "did you mean". */
+function distance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0] ?? 0;
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const up = prev[j] ?? 0;
+      prev[j] = Math.min(up + 1, (prev[j - 1] ?? 0) + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = up;
+    }
+  }
+  return prev[b.length] ?? 0;
+}
+
+/** The closest allowed word to a wrong one, when it is close enough to be a typo. */
+export function closest(word: string, allowed: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const a of allowed) {
+    const d = a.toLowerCase() === word.toLowerCase() ? 0 : distance(word, a);
+    if (d < bestD) {
+      bestD = d;
+      best = a;
+    }
+  }
+  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
+}
+
+function didYouMean(word: string, allowed: readonly string[]): string {
+  const c = closest(word, allowed);
+  return c === undefined ? '' : ` (did you mean "${c}"?)`;
+}
+
+/** What a schema accepts, in words: `integer >= 1`, `one of Preserve, Delete`, or its description. */
+export function describeExpected(schema: SchemaLike | undefined): string {
+  if (!schema) return 'a valid value';
+  if ('const' in schema) return JSON.stringify(schema['const']);
+  if (Array.isArray(schema['enum'])) return 'one of ' + (schema['enum'] as unknown[]).map(String).join(', ');
+  const type = typeof schema['type'] === 'string' ? (schema['type'] as string) : undefined;
+  const parts: string[] = [];
+  if (type) parts.push(type === 'object' ? 'a mapping' : type === 'array' ? 'a list' : type);
+  if (typeof schema['minimum'] === 'number') parts.push(`>= ${schema['minimum'] as number}`);
+  if (typeof schema['maximum'] === 'number') parts.push(`<= ${schema['maximum'] as number}`);
+  return parts.join(' ') || (typeof schema['description'] === 'string' ? (schema['description'] as string) : 'a valid value');
+}
+
+function fieldName(pointer: string): string {
+  const i = pointer.lastIndexOf('/');
+  return pointer.slice(i + 1).replace(/~1/g, '/').replace(/~0/g, '~');
+}
+
+/**
+ * Translates the errors of one ajv run into messages. `propertyNames` wrappers, `oneOf` branch
+ * noise and duplicates are dropped; the module/image `oneOf` and the image-excludes-version
+ * `dependencies` rule get messages of their own.
+ */
+export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMessage[] {
+  const out: PointedMessage[] = [];
+  for (const e of errors) {
+    const path = e.instancePath;
+    const parentSchema = e.parentSchema as SchemaLike | undefined;
+    const description = typeof parentSchema?.['description'] === 'string' ? (parentSchema['description'] as string) : undefined;
+    // Sub-errors of a oneOf branch or of a dependencies/not are explained by the parent error.
+    if (/\/oneOf\/\d+\//.test(e.schemaPath) || /\/dependencies\/[^/]+\/not\//.test(e.schemaPath)) continue;
+    if (e.keyword === 'propertyNames') continue;
+
+    const propertyName = (e as ErrorObject & { propertyName?: string }).propertyName;
+    if (propertyName !== undefined) {
+      // An invalid key of a map (volume name, label key): point at the key.
+      out.push({
+        pointer: `${path}/${escapePointerSegment(propertyName)}`,
+        mode: 'key',
+        message: `invalid name ${JSON.stringify(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
+      });
+      continue;
+    }
+
+    switch (e.keyword) {
+      case 'additionalProperties': {
+        const name = String((e.params as { additionalProperty: string }).additionalProperty);
+        const allowed = Object.keys((parentSchema?.['properties'] as SchemaLike | undefined) ?? {});
+        out.push({
+          pointer: `${path}/${escapePointerSegment(name)}`,
+          mode: 'key',
+          message: `unknown field ${JSON.stringify(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
+        });
+        break;
+      }
+      case 'required': {
+        const name = String((e.params as { missingProperty: string }).missingProperty);
+        const propSchema = (parentSchema?.['properties'] as Record<string, SchemaLike> | undefined)?.[name];
+        out.push({
+          pointer: `${path}/${escapePointerSegment(name)}`,
+          mode: 'value',
+          message: `missing required field ${JSON.stringify(name)} in ${path || '/'}: expected ${describeExpected(propSchema)}`,
+        });
+        break;
+      }
+      case 'type': {
+        const expected = describeExpected(parentSchema ?? { type: (e.params as { type: string }).type });
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: expected ${expected}, got ${jsonTypeOf(e.data)}${isScalar(e.data) ? ' ' + showValue(e.data) : ''}` });
+        break;
+      }
+      case 'const': {
+        const allowed = (e.params as { allowedValue: unknown }).allowedValue;
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)} must be ${JSON.stringify(allowed)}; got ${showValue(e.data)}` });
+        break;
+      }
+      case 'enum': {
+        const allowed = ((e.params as { allowedValues: unknown[] }).allowedValues ?? []).map(String);
+        out.push({
+          pointer: path,
+          mode: 'value',
+          message: `${fieldName(path)}: ${showValue(e.data)} is not allowed; allowed: ${allowed.join(', ')}${typeof e.data === 'string' ? didYouMean(e.data, allowed) : ''}`,
+        });
+        break;
+      }
+      case 'pattern':
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is not valid: expected ${description ?? `a string matching ${String(parentSchema?.['pattern'])}`}` });
+        break;
+      case 'maxLength':
+      case 'minLength': {
+        const limit = (e.params as { limit: number }).limit;
+        const len = typeof e.data === 'string' ? [...e.data].length : 0;
+        const rule = e.keyword === 'maxLength' ? `at most ${limit}` : `at least ${limit}`;
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is ${len} characters long; ${rule} allowed` });
+        break;
+      }
+      case 'minimum':
+      case 'maximum': {
+        const p = e.params as { comparison: string; limit: number };
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is out of range; must be ${p.comparison} ${p.limit}` });
+        break;
+      }
+      case 'uniqueItems': {
+        const p = e.params as { i: number; j: number };
+        const items = Array.isArray(e.data) ? (e.data as unknown[]) : [];
+        out.push({
+          pointer: `${path}/${p.i}`,
+          mode: 'value',
+          message: `${fieldName(path)}: ${showValue(items[p.i])} is listed twice (items ${p.j} and ${p.i}); items must be unique`,
+        });
+        break;
+      }
+      case 'oneOf': {
+        const data = (e.data ?? {}) as Record<string, unknown>;
+        const both = 'module' in data && 'image' in data;
+        out.push(
+          both
+            ? { pointer: `${path}/image`, mode: 'key', message: `"module" and "image" are mutually exclusive: give a module name looked up in the repositories, or a full image URL, not both` }
+            : { pointer: path, mode: 'value', message: `missing "module" or "image" in ${path || '/'}: give exactly one, a module name (dokuwiki) or a full image URL (ghcr.io/nethserver/dokuwiki:1.2.3)` },
+        );
+        break;
+      }
+      case 'not': {
+        const m = /\/dependencies\/([^/]+)\/not$/.exec(e.schemaPath);
+        if (m?.[1] === 'image') {
+          out.push({ pointer: `${path}/version`, mode: 'key', message: `"version" is not allowed with "image": the image tag selects the version; use "module" with "version", or put the tag in the image URL` });
+        } else {
+          out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${e.message ?? 'is not valid'}` });
+        }
+        break;
+      }
+      default:
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${showValue(e.data)} ${e.message ?? 'is not valid'}${description ? `: expected ${description}` : ''}` });
+    }
+  }
+  return dedupe(out);
+}
+
+function isScalar(v: unknown): boolean {
+  return v === null || typeof v !== 'object';
+}
+
+function describeKeyRule(e: ErrorObject): string {
+  const p = e.params as { limit?: number; pattern?: string };
+  if (e.keyword === 'minLength') return `at least ${p.limit ?? 1} characters`;
+  if (e.keyword === 'maxLength') return `at most ${p.limit ?? 0} characters`;
+  if (e.keyword === 'pattern') return `a name matching ${p.pattern ?? ''}`;
+  return e.message ?? 'a valid name';
+}
+
+function dedupe(list: PointedMessage[]): PointedMessage[] {
+  const seen = new Set<string>();
+  return list.filter((m) => {
+    const k = `${m.pointer}\0${m.message}`;
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+

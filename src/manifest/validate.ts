@@ -1,0 +1,306 @@
+/**
+ * Validation of loaded manifests: JSON Schema per kind, the rules a schema cannot say (semver,
+ * URLs, id fits module), then cross-document checks (duplicate ids, unknown nodes). Pure: no I/O
+ * besides reading the schema files once. Every problem is returned at once.
+ */
+import semver from 'semver';
+import { ManifestError } from '../errors.js';
+import type { Diagnostic } from '../errors.js';
+import type { LoadResult, LoadedDocument } from './load.js';
+import { locate } from './locate.js';
+import type { LocateMode } from './locate.js';
+import { kindSchemas } from './schemas.js';
+import { closest, showValue } from './schema-errors.js';
+import { translateSchemaErrors } from './schema-errors.js';
+import { API_VERSION, KINDS, moduleNameOf, splitInstanceId } from './types.js';
+import type { DesiredObject, Kind, ManifestObject, Metadata, ModuleObject, ModuleSpec, NodeObject, RepositoryObject } from './types.js';
+
+/** Facts about the live cluster the caller read (from Redis), used by cross-document checks. */
+export interface ClusterFacts {
+  /** Ids of nodes the cluster already has records for. */
+  knownNodes: number[];
+}
+
+/** Result of validation: the normalised objects and every problem found. */
+export interface ValidationResult {
+  /**
+   * Objects of documents that have no problem of their own, defaults applied, sorted by kind
+   * (Node, Repository, Module) then id. Use them only when `diagnostics` is empty.
+   */
+  objects: DesiredObject[];
+  /** Load problems first in file order, then validation problems; sorted by file, line, column. */
+  diagnostics: Diagnostic[];
+}
+
+/** Order kinds are listed and applied in. */
+export const KIND_ORDER: readonly Kind[] = ['Node', 'Repository', 'Module'];
+
+/** Instance id rule, kept in step with schemas/module.schema.json. */
+const MODULE_NAME = /^[a-z]([a-z0-9_-]*[a-z_-])?$/;
+
+type Doc = LoadedDocument;
+
+interface DocState {
+  doc: Doc;
+  kind?: Kind;
+  value?: Record<string, unknown>;
+  bad: boolean;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function report(diags: Diagnostic[], st: DocState, pointer: string, message: string, mode: LocateMode = 'value'): void {
+  const pos = locate(st.doc.doc, st.doc.lineCounter, pointer, mode);
+  diags.push({ file: st.doc.source.file, line: pos.line, col: pos.col, pointer, message });
+  st.bad = true;
+}
+
+function where(st: DocState, pointer: string): string {
+  const pos = locate(st.doc.doc, st.doc.lineCounter, pointer, 'value');
+  return `${st.doc.source.file}:${pos.line}:${pos.col}`;
+}
+
+/** Checks `apiVersion` and `kind`; returns the kind when it is known. */
+function checkHeader(diags: Diagnostic[], st: DocState, v: Record<string, unknown>): Kind | undefined {
+  const kinds = KINDS.join(', ');
+  const kind = v['kind'];
+  if (kind === undefined) {
+    report(diags, st, '/kind', `missing required field "kind" in /: expected one of ${kinds}`);
+  } else if (typeof kind !== 'string' || !(KINDS as readonly string[]).includes(kind)) {
+    const hint = typeof kind === 'string' ? closest(kind, KINDS) : undefined;
+    report(diags, st, '/kind', `unknown kind ${showValue(kind)}; allowed kinds: ${kinds}${hint ? ` (did you mean "${hint}"?)` : ''}`);
+  } else {
+    return kind as Kind;
+  }
+  // The kind schema reports apiVersion problems; without a kind, report them here.
+  const api = v['apiVersion'];
+  if (api === undefined) report(diags, st, '/apiVersion', `missing required field "apiVersion" in /: expected "${API_VERSION}"`);
+  else if (api !== API_VERSION) report(diags, st, '/apiVersion', `apiVersion must be "${API_VERSION}"; got ${showValue(api)}`);
+  return undefined;
+}
+
+/** Rules of a Module the schema cannot express. Runs only on fields the schema accepted. */
+function checkModule(diags: Diagnostic[], st: DocState, v: Record<string, unknown>, schemaBad: Set<string>): void {
+  const spec = isRecord(v['spec']) ? v['spec'] : undefined;
+  const meta = isRecord(v['metadata']) ? v['metadata'] : undefined;
+  if (!spec) return;
+  const version = spec['version'];
+  if (typeof version === 'string' && version !== '' && !schemaBad.has('/spec/version') && !('image' in spec)) {
+    if (version !== 'latest' && semver.valid(version) === null && semver.validRange(version) === null) {
+      report(diags, st, '/spec/version', `version ${showValue(version)} is not valid: expected "latest", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0)`);
+    }
+  }
+  const hasModule = typeof spec['module'] === 'string';
+  const hasImage = typeof spec['image'] === 'string';
+  if (hasModule === hasImage || schemaBad.has('/spec/module') || schemaBad.has('/spec/image')) return;
+  const ref: Pick<ModuleSpec, 'module' | 'image'> = hasModule ? { module: spec['module'] as string } : { image: spec['image'] as string };
+  const module = moduleNameOf(ref);
+  if (hasImage && !MODULE_NAME.test(module)) {
+    report(
+      diags,
+      st,
+      '/spec/image',
+      `image ${showValue(spec['image'])} gives module name ${showValue(module)}, which is not a valid NS8 module name: the last path segment without tag must be lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit`,
+    );
+    return;
+  }
+  const name = meta?.['name'];
+  if (typeof name !== 'string' || schemaBad.has('/metadata/name')) return;
+  const split = splitInstanceId(name);
+  if (!split || split.module !== module) {
+    report(diags, st, '/metadata/name', `metadata.name ${showValue(name)} does not fit module "${module}": expected ${module}<N>`);
+  } else if (name.length > 32) {
+    report(diags, st, '/metadata/name', `metadata.name ${showValue(name)} is too long for a Unix user name: at most 32 characters`);
+  }
+}
+
+/** Rules of a Repository the schema cannot express. */
+function checkRepository(diags: Diagnostic[], st: DocState, v: Record<string, unknown>, schemaBad: Set<string>): void {
+  const spec = isRecord(v['spec']) ? v['spec'] : undefined;
+  const url = spec?.['url'];
+  if (typeof url !== 'string' || schemaBad.has('/spec/url')) return;
+  let ok = true;
+  try {
+    const u = new URL(url);
+    ok = ['http:', 'https:', 'file:'].includes(u.protocol) && (u.protocol === 'file:' || u.hostname !== '');
+  } catch {
+    ok = false;
+  }
+  if (!ok) report(diags, st, '/spec/url', `url ${showValue(url)} is not a valid URL: expected an http://, https:// or file:// URL`);
+}
+
+function copyMetadata(m: Record<string, unknown>): Metadata {
+  const out: Metadata = { name: m['name'] as string };
+  if (m['labels'] !== undefined) out.labels = { ...(m['labels'] as Record<string, string>) };
+  if (m['annotations'] !== undefined) out.annotations = { ...(m['annotations'] as Record<string, string>) };
+  return out;
+}
+
+/** Builds the normalised object (defaults applied, fields in schema order) of a valid document. */
+function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
+  const metadata = copyMetadata(v['metadata'] as Record<string, unknown>);
+  const s = v['spec'] as Record<string, unknown>;
+  if (kind === 'Node') {
+    const spec: NodeObject['spec'] = { id: s['id'] as number };
+    if (s['address'] !== undefined) spec.address = s['address'] as string;
+    if (s['flags'] !== undefined) spec.flags = [...(s['flags'] as string[])];
+    return { apiVersion: API_VERSION, kind, metadata, spec };
+  }
+  if (kind === 'Repository') {
+    const spec: RepositoryObject['spec'] = { url: s['url'] as string, enabled: (s['enabled'] as boolean | undefined) ?? true, testing: (s['testing'] as boolean | undefined) ?? false };
+    return { apiVersion: API_VERSION, kind, metadata, spec };
+  }
+  const spec: ModuleSpec = { node: s['node'] as number };
+  if (s['module'] !== undefined) {
+    spec.module = s['module'] as string;
+    spec.version = (s['version'] as string | undefined) ?? 'latest';
+  } else {
+    spec.image = s['image'] as string;
+  }
+  // Key order: module/image, version, node, then the rest as the schema lists them.
+  const ordered: ModuleSpec = { ...(spec.module !== undefined ? { module: spec.module, version: spec.version as string } : { image: spec.image as string }), node: spec.node };
+  if (s['volumes'] !== undefined) ordered.volumes = { ...(s['volumes'] as Record<string, string>) };
+  if (s['configuration'] !== undefined) ordered.configuration = s['configuration'] as Record<string, unknown>;
+  ordered.removalPolicy = (s['removalPolicy'] as ModuleSpec['removalPolicy'] | undefined) ?? 'Preserve';
+  if (s['suspend'] !== undefined) ordered.suspend = s['suspend'] as boolean;
+  const obj: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata, spec: ordered };
+  return obj;
+}
+
+function compareIds(kind: Kind, a: string, b: string): number {
+  if (kind === 'Node') return Number(a) - Number(b);
+  if (kind === 'Module') {
+    const sa = splitInstanceId(a);
+    const sb = splitInstanceId(b);
+    if (sa && sb && sa.module === sb.module) return sa.n - sb.n;
+  }
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Id of a document for duplicate detection, when its id field has the right type. */
+function rawId(kind: Kind, v: Record<string, unknown>): { id: string; pointer: string } | undefined {
+  if (kind === 'Node') {
+    const spec = v['spec'];
+    const id = isRecord(spec) ? spec['id'] : undefined;
+    return typeof id === 'number' && Number.isInteger(id) ? { id: String(id), pointer: '/spec/id' } : undefined;
+  }
+  const meta = v['metadata'];
+  const name = isRecord(meta) ? meta['name'] : undefined;
+  return typeof name === 'string' ? { id: name, pointer: '/metadata/name' } : undefined;
+}
+
+/**
+ * Validates loaded documents and returns normalised objects plus every problem at once, each as
+ * a Diagnostic (`file:line:col  /json/pointer  message`, see formatDiagnostic). Load diagnostics
+ * of `loaded` are included. Checks: schema per kind (unknown fields, types, enums, patterns),
+ * version is `latest`/semver/range, repository URL parses, metadata.name fits the module
+ * (`dokuwiki<N>`), no duplicate Module/Repository names or Node ids, and every Module's node is
+ * declared by a Node document or listed in `facts.knownNodes` (omitted facts: no known nodes).
+ * Defaults applied: Module removalPolicy Preserve, version latest (for `module`); Repository
+ * enabled true, testing false. Never throws for bad input.
+ */
+export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): ValidationResult {
+  const diags: Diagnostic[] = [];
+  const states: DocState[] = loaded.documents.map((doc) => ({ doc, bad: false }));
+  const schemas = kindSchemas();
+
+  for (const st of states) {
+    const v = st.doc.value;
+    if (!isRecord(v)) {
+      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${showValue(v)}`);
+      continue;
+    }
+    st.value = v;
+    const kind = checkHeader(diags, st, v);
+    if (!kind) continue;
+    st.kind = kind;
+    const validate = schemas[kind].validate;
+    const schemaBad = new Set<string>();
+    if (!validate(v)) {
+      for (const m of translateSchemaErrors(validate.errors ?? [])) {
+        report(diags, st, m.pointer, m.message, m.mode);
+        schemaBad.add(m.pointer);
+      }
+    }
+    if (kind === 'Module') checkModule(diags, st, v, schemaBad);
+    if (kind === 'Repository') checkRepository(diags, st, v, schemaBad);
+  }
+
+  // Duplicate ids within a kind: report each later occurrence, naming the first.
+  const firstById = new Map<string, DocState>();
+  for (const st of states) {
+    if (!st.kind || !st.value) continue;
+    const id = rawId(st.kind, st.value);
+    if (!id) continue;
+    const key = `${st.kind}/${id.id}`;
+    const first = firstById.get(key);
+    if (!first) {
+      firstById.set(key, st);
+      continue;
+    }
+    const what = st.kind === 'Node' ? `Node id ${id.id}` : `${st.kind} ${JSON.stringify(id.id)}`;
+    report(diags, st, id.pointer, `duplicate ${what}: already defined at ${where(first, id.pointer)}; ids must be unique`);
+    first.bad = true;
+  }
+
+  // Every Module's node must be declared.
+  const declared = new Set<number>(facts?.knownNodes ?? []);
+  for (const st of states) {
+    if (st.kind !== 'Node' || !st.value) continue;
+    const id = rawId('Node', st.value);
+    if (id) declared.add(Number(id.id));
+  }
+  for (const st of states) {
+    if (st.kind !== 'Module' || !st.value) continue;
+    const spec = st.value['spec'];
+    const node = isRecord(spec) ? spec['node'] : undefined;
+    if (typeof node !== 'number' || !Number.isInteger(node) || node < 1 || declared.has(node)) continue;
+    const known = [...declared].sort((a, b) => a - b);
+    report(
+      diags,
+      st,
+      '/spec/node',
+      `node ${node} is not declared: no Node manifest has spec.id ${node} and the cluster has no node ${node}; known nodes: ${known.length ? known.join(', ') : 'none'}`,
+    );
+  }
+
+  const objects: DesiredObject[] = [];
+  for (const st of states) {
+    if (st.bad || !st.kind || !st.value) continue;
+    objects.push({ object: normalise(st.kind, st.value), source: { ...st.doc.source } });
+  }
+  objects.sort((a, b) => {
+    const ka = KIND_ORDER.indexOf(a.object.kind);
+    const kb = KIND_ORDER.indexOf(b.object.kind);
+    if (ka !== kb) return ka - kb;
+    const ia = a.object.kind === 'Node' ? String(a.object.spec.id) : a.object.metadata.name;
+    const ib = b.object.kind === 'Node' ? String(b.object.spec.id) : b.object.metadata.name;
+    return compareIds(a.object.kind, ia, ib);
+  });
+
+  return { objects, diagnostics: sortDiagnostics([...loaded.diagnostics, ...diags], loaded.files ?? []) };
+}
+
+/** Sorts diagnostics by file (load order), then line, column; stable otherwise. */
+function sortDiagnostics(list: Diagnostic[], files: readonly string[]): Diagnostic[] {
+  const rank = new Map<string, number>();
+  files.forEach((f, i) => rank.set(f, i));
+  let next = files.length;
+  for (const d of list) if (!rank.has(d.file)) rank.set(d.file, next++);
+  return list
+    .map((d, i) => ({ d, i }))
+    .sort((a, b) => (rank.get(a.d.file) ?? 0) - (rank.get(b.d.file) ?? 0) || a.d.line - b.d.line || a.d.col - b.d.col || a.i - b.i)
+    .map((x) => x.d);
+}
+
+/**
+ * Validates like validateManifests and returns the objects.
+ * @throws ManifestError carrying every diagnostic when there is any problem.
+ */
+export function assertValid(loaded: LoadResult, facts?: ClusterFacts): DesiredObject[] {
+  const r = validateManifests(loaded, facts);
+  if (r.diagnostics.length > 0) throw new ManifestError(r.diagnostics);
+  return r.objects;
+}
