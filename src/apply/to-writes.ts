@@ -1,0 +1,80 @@
+import { randomUUID } from 'node:crypto';
+import { Ns8ctlError } from '../errors.js';
+import type { ManifestObject } from '../manifest/types.js';
+import { canonicalize } from '../plan/canonical.js';
+import type { BookkeepingWrite, Plan } from '../plan/types.js';
+import type { ClusterState } from '../plan/state.js';
+import { keys } from '../state/keys.js';
+import type { WriteOp } from '../state/write-state.js';
+
+/** The exact string stored in a desired hash's `object` field: canonical (sorted-key) JSON. */
+export function storedObjectJson(object: ManifestObject): string {
+  return JSON.stringify(canonicalize(object));
+}
+
+export interface WriteContext {
+  /** Git commit per source file (`` when none). */
+  revisionOf: (file: string) => string;
+  /** New uuid4 for `uuid-ensure` (injected for tests). */
+  newUuid?: () => string;
+}
+
+function bookkeepingOp(w: BookkeepingWrite, newUuid: () => string): WriteOp {
+  switch (w.type) {
+    case 'hset':
+      return { op: 'hset', key: w.key, field: w.field, value: w.value };
+    case 'hdel':
+      return { op: 'hdel', key: w.key, field: w.field };
+    case 'del':
+      return { op: 'del', key: w.key };
+    case 'set':
+      return { op: 'set', key: w.key, value: w.value };
+    case 'set-members':
+      return { op: 'sreplace', key: w.key, members: [...w.members] };
+    case 'sequence-at-least':
+      return { op: 'atleast', key: w.key, value: w.value };
+    case 'uuid-ensure':
+      return { op: 'hsetnx', key: w.key, field: w.id, value: newUuid() };
+  }
+}
+
+/**
+ * Turns a plan into the ops of one atomic Redis script: first a precondition per changed object
+ * (its stored form must still be what the plan was made from), then the object, bookkeeping and
+ * inventory writes. Bookkeeping of deletes runs only when the object really goes (no finalizers).
+ */
+export function planToWrites(plan: Plan, state: ClusterState, ctx: WriteContext): WriteOp[] {
+  const newUuid = ctx.newUuid ?? randomUUID;
+  const ops: WriteOp[] = [];
+  for (const c of plan.changes) {
+    const stored = state.objects.get(c.key);
+    ops.push({ op: 'expect', key: keys.desired(c.kind, c.id), object: stored ? storedObjectJson(stored.object) : '', label: c.key });
+  }
+  for (const c of plan.changes) {
+    const hkey = keys.desired(c.kind, c.id);
+    const index = keys.desiredIndex(c.kind);
+    if (c.action === 'delete') {
+      const also = c.bookkeeping.map((w) => {
+        if (w.type === 'hdel') return { key: w.key, field: w.field };
+        if (w.type === 'del') return { key: w.key };
+        throw new Ns8ctlError('internal', `planner asked for a ${w.type} on delete of ${c.key}; only hdel/del are allowed`, { user: false });
+      });
+      const policy = c.dataPolicy === 'deleted' ? 'Delete' : 'Preserve';
+      ops.push({ op: 'delete', key: hkey, index, id: c.id, deleting: JSON.stringify({ removalPolicy: policy }), also });
+    } else {
+      if (!c.after) throw new Ns8ctlError('internal', `planned ${c.action} of ${c.key} has no desired object`, { user: false });
+      const file = c.source?.file ?? '';
+      ops.push({
+        op: 'put', key: hkey, index, id: c.id, object: storedObjectJson(c.after), bump: c.specChanged,
+        source: file, revision: file ? ctx.revisionOf(file) : '', applyset: plan.applySet,
+      });
+      for (const w of c.bookkeeping) ops.push(bookkeepingOp(w, newUuid));
+    }
+    if (c.inventory.add) {
+      ops.push({ op: 'sadd', key: keys.inventory(c.inventory.add), member: c.key });
+      ops.push({ op: 'sadd', key: keys.inventories(), member: c.inventory.add });
+    }
+    for (const s of c.inventory.remove) ops.push({ op: 'srem', key: keys.inventory(s), member: c.key });
+  }
+  return ops;
+}

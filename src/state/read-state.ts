@@ -1,0 +1,117 @@
+import type { Redis } from 'ioredis';
+import { KINDS, type Kind, type ManifestObject, type RemovalPolicy } from '../manifest/types.js';
+import { emptyState, type ClusterState, type StoredObject } from '../plan/state.js';
+import { RedisError } from '../errors.js';
+import { keys } from './keys.js';
+
+/** Extra names whose NS8 keys the planner needs even when no stored object names them. */
+export interface ReadScope {
+  modules?: Iterable<string>;
+  repositories?: Iterable<string>;
+  nodes?: Iterable<string>;
+}
+
+type Reply = [Error | null, unknown];
+
+function replies(res: Reply[] | null): unknown[] {
+  if (!res) throw new RedisError('redis_pipeline_failed', 'Redis pipeline returned no replies');
+  return res.map(([err, value]) => {
+    if (err) throw new RedisError('redis_command_failed', `Redis refused a read: ${err.message}`, { cause: err });
+    return value;
+  });
+}
+
+/** Parses one desired-object hash (see keys.desired) into a StoredObject. */
+export function parseStoredObject(kind: Kind, id: string, h: Record<string, string>): StoredObject | undefined {
+  if (!h.object) return undefined;
+  let object: ManifestObject;
+  try {
+    object = JSON.parse(h.object) as ManifestObject;
+  } catch (err) {
+    throw new RedisError('state_corrupt', `desired object ${kind}/${id} in ${keys.desired(kind, id)} is not valid JSON`, { cause: err });
+  }
+  const stored: StoredObject = {
+    key: `${kind}/${id}`,
+    object,
+    generation: Number(h.generation ?? 0),
+    source: h.source ?? '',
+    revision: h.revision ?? '',
+    applySet: h.applyset ?? '',
+    finalizers: (h.finalizers ?? '').split(' ').filter(Boolean),
+  };
+  if (h.deleting) stored.deleting = JSON.parse(h.deleting) as { removalPolicy: RemovalPolicy };
+  return stored;
+}
+
+/**
+ * Observes everything the planner needs in a constant number of round trips (two pipelines,
+ * whatever the number of objects): desired objects of every kind, inventories, and the NS8
+ * bookkeeping keys of the modules, repositories and nodes named by stored objects or `scope`.
+ */
+export async function readClusterState(redis: Redis, scope: ReadScope = {}): Promise<ClusterState> {
+  const first = redis.pipeline();
+  for (const kind of KINDS) first.smembers(keys.desiredIndex(kind));
+  first.smembers(keys.inventories());
+  first.hgetall(keys.moduleNode());
+  first.hgetall(keys.moduleUuid());
+  const r1 = replies((await first.exec()) as Reply[] | null);
+  const ids = KINDS.map((_, i) => (r1[i] as string[]).sort());
+  const applySets = (r1[KINDS.length] as string[]).sort();
+  const state = emptyState();
+  for (const [f, v] of Object.entries(r1[KINDS.length + 1] as Record<string, string>)) state.moduleNode.set(f, v);
+  for (const [f, v] of Object.entries(r1[KINDS.length + 2] as Record<string, string>)) state.moduleUuid.set(f, v);
+
+  const second = redis.pipeline();
+  KINDS.forEach((kind, i) => ids[i]!.forEach((id) => second.hgetall(keys.desired(kind, id))));
+  applySets.forEach((s) => second.smembers(keys.inventory(s)));
+  const r2 = replies((await second.exec()) as Reply[] | null);
+  let at = 0;
+  KINDS.forEach((kind, i) => {
+    for (const id of ids[i]!) {
+      const parsed = parseStoredObject(kind, id, r2[at++] as Record<string, string>);
+      if (parsed) state.objects.set(parsed.key, parsed);
+    }
+  });
+  for (const s of applySets) state.inventory.set(s, new Set(r2[at++] as string[]));
+
+  // NS8 keys for every module, repository and node in play.
+  const modules = new Set(scope.modules ?? []);
+  const repos = new Set(scope.repositories ?? []);
+  const nodes = new Set(scope.nodes ?? []);
+  for (const o of state.objects.values()) {
+    if (o.object.kind === 'Module') {
+      const m = (o.object.spec.module ?? o.object.spec.image ?? '').split('/').pop()?.replace(/[@:].*$/, '');
+      if (m) modules.add(m);
+    } else if (o.object.kind === 'Repository') repos.add(o.object.metadata.name);
+    else nodes.add(String(o.object.spec.id));
+  }
+  const third = redis.pipeline();
+  const mods = [...modules].sort();
+  const rps = [...repos].sort();
+  const nds = [...nodes].sort();
+  mods.forEach((m) => third.get(keys.moduleSequence(m)));
+  rps.forEach((r) => third.hgetall(keys.repository(r)));
+  nds.forEach((n) => {
+    third.get(keys.nodeUiName(n));
+    third.smembers(keys.nodeFlags(n));
+  });
+  if (mods.length + rps.length + nds.length > 0) {
+    const r3 = replies((await third.exec()) as Reply[] | null);
+    let j = 0;
+    for (const m of mods) {
+      const v = r3[j++] as string | null;
+      if (v !== null) state.moduleSequence.set(m, Number(v));
+    }
+    for (const r of rps) {
+      const h = r3[j++] as Record<string, string>;
+      if (Object.keys(h).length > 0) state.repositories.set(r, h);
+    }
+    for (const n of nds) {
+      const ui = r3[j++] as string | null;
+      const flags = r3[j++] as string[];
+      if (ui !== null) state.nodeUiName.set(n, ui);
+      if (flags.length > 0) state.nodeFlags.set(n, flags.sort());
+    }
+  }
+  return state;
+}
