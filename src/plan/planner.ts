@@ -1,0 +1,391 @@
+/**
+ * The planner: a pure function from desired objects and observed cluster state to an ordered list
+ * of changes with reasons. No I/O, no clock, no randomness; the same input always gives a
+ * deep-equal plan, whatever the order of `desired` or of the state's maps. docs/plan.md explains
+ * the rules.
+ */
+import jsonpatch from 'fast-json-patch';
+import { Ns8ctlError, RefusedError } from '../errors.js';
+import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
+import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RepositoryObject } from '../manifest/types.js';
+import { keys } from '../state/keys.js';
+import { canonicalize, compareNatural, jsonEqual } from './canonical.js';
+import type { ClusterState } from './state.js';
+import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
+
+export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan } from './types.js';
+export { applyPlanToState } from './simulate.js';
+
+/** Options of `plan`. */
+export interface PlanOptions {
+  /** Inventory name (`default`): created/updated objects join it; prune only looks inside it. */
+  applySet: string;
+  /** Plan deletes for inventory members that are no longer desired. */
+  prune: boolean;
+}
+
+const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, Module: 2 };
+
+/** Splits `Kind/id`; undefined when the kind is unknown or the id empty. */
+export function parseKey(key: string): { kind: Kind; id: string } | undefined {
+  const slash = key.indexOf('/');
+  if (slash < 0) return undefined;
+  const kind = key.slice(0, slash);
+  const id = key.slice(slash + 1);
+  if (!id || !(KINDS as readonly string[]).includes(kind)) return undefined;
+  return { kind: kind as Kind, id };
+}
+
+/** Order of create/update: Node, Repository, Module, then natural id order. */
+function compareKeys(a: string, b: string, reverseKinds = false): number {
+  const pa = parseKey(a);
+  const pb = parseKey(b);
+  if (!pa || !pb) return a < b ? -1 : a > b ? 1 : 0;
+  const rank = KIND_RANK[pa.kind] - KIND_RANK[pb.kind];
+  if (rank !== 0) return reverseKinds ? -rank : rank;
+  return compareNatural(pa.id, pb.id);
+}
+
+/**
+ * Plans the changes that make `state` hold `desired`.
+ * - create: the object is not stored; update: spec or metadata differ, NS8 bookkeeping drifted,
+ *   or the object is not (only) in this apply set's inventory; delete (only with `prune`): a
+ *   member of `inventory[applySet]` that is no longer desired. Nothing outside that inventory is
+ *   ever deleted.
+ * - An object being removed (stored `deleting`) that is desired again is put in `blocked`, as is
+ *   a Module whose id NS8 already records on another node, and a Node that still has modules.
+ * @throws Ns8ctlError `duplicate_object` when two desired objects have the same `Kind/id`
+ *   (validation reports it with both files first; this only guards the contract).
+ */
+export function plan(desired: readonly DesiredObject[], state: ClusterState, opts: PlanOptions): Plan {
+  const byKey = new Map<string, DesiredObject>();
+  for (const d of desired) {
+    const key = objectKey(d.object);
+    const other = byKey.get(key);
+    if (other) {
+      throw new Ns8ctlError('duplicate_object', `${key} is desired twice (${other.source.file} and ${d.source.file}); each object may appear once`);
+    }
+    byKey.set(key, d);
+  }
+  const desiredKeys = [...byKey.keys()].sort((a, b) => compareKeys(a, b));
+  const inventory = state.inventory.get(opts.applySet) ?? new Set<string>();
+  const otherInventories = [...state.inventory.keys()].filter((s) => s !== opts.applySet).sort(compareNatural);
+
+  const writes: Change[] = [];
+  const blocked: BlockedChange[] = [];
+  for (const key of desiredKeys) {
+    const d = byKey.get(key) as DesiredObject;
+    const after = canonicalize(d.object);
+    const id = idOf(after);
+    const stored = state.objects.get(key);
+    const others = otherInventories.filter((s) => state.inventory.get(s)?.has(key));
+    if (stored?.deleting) {
+      const waiting = stored.finalizers.length ? `waiting for ${stored.finalizers.join(', ')}` : 'finishing';
+      blocked.push({
+        key,
+        message: `${key} is being removed (removalPolicy ${stored.deleting.removalPolicy}, ${waiting}); it cannot be desired again until the removal finishes: apply again later, or give the new object another id`,
+      });
+      continue;
+    }
+    if (after.kind === 'Module') {
+      const recorded = state.moduleNode.get(id);
+      if (!stored && recorded !== undefined && recorded !== String(after.spec.node)) {
+        blocked.push({
+          key,
+          message: `${key} already exists in NS8 on node ${recorded} (cluster/module_node) but the manifest places it on node ${after.spec.node}; set spec.node: ${recorded} to adopt the instance, or choose another id`,
+        });
+        continue;
+      }
+    }
+    const bk = bookkeepingFor(after, state);
+    if (!stored) {
+      const reasons = [createReason(after, state)];
+      writes.push({
+        action: 'create',
+        key,
+        kind: after.kind,
+        id,
+        reasons,
+        patch: jsonpatch.compare({}, after.spec),
+        after,
+        specChanged: true,
+        generation: 1,
+        source: d.source,
+        bookkeeping: bk.writes,
+        inventory: { add: opts.applySet, remove: others },
+      });
+      continue;
+    }
+    const before = canonicalize(stored.object);
+    const specChanged = !jsonEqual(before.spec, after.spec);
+    const reasons: string[] = [];
+    if (specChanged) reasons.push(...fieldReasons('spec', before.spec, after.spec));
+    if (before.apiVersion !== after.apiVersion) reasons.push(`apiVersion changed`);
+    reasons.push(...fieldReasons('metadata', before.metadata, after.metadata));
+    if (!inventory.has(key)) {
+      reasons.push(
+        others.length
+          ? `moves from apply set ${others.map((s) => JSON.stringify(s)).join(', ')} to ${JSON.stringify(opts.applySet)}`
+          : `not in apply set ${JSON.stringify(opts.applySet)}'s inventory (adopting it)`,
+      );
+    } else if (others.length) {
+      reasons.push(`also listed in apply set ${others.map((s) => JSON.stringify(s)).join(', ')} (keeping it in ${JSON.stringify(opts.applySet)} only)`);
+    }
+    if (stored.applySet !== opts.applySet) {
+      reasons.push(`recorded apply set is ${JSON.stringify(stored.applySet)}, want ${JSON.stringify(opts.applySet)}`);
+    }
+    reasons.push(...bk.reasons);
+    if (reasons.length === 0) continue;
+    writes.push({
+      action: 'update',
+      key,
+      kind: after.kind,
+      id,
+      reasons,
+      patch: jsonpatch.compare(before.spec, after.spec),
+      before,
+      after,
+      specChanged,
+      generation: stored.generation + (specChanged ? 1 : 0),
+      source: d.source,
+      bookkeeping: bk.writes,
+      inventory: { add: opts.applySet, remove: others },
+    });
+  }
+
+  const deletes: Change[] = [];
+  const pruneCandidates: string[] = [];
+  const deletedIds = new Set<string>();
+  const nodeDeletes: string[] = [];
+  for (const key of [...inventory].sort((a, b) => compareKeys(a, b, true))) {
+    if (byKey.has(key)) continue;
+    const parsed = parseKey(key);
+    if (!parsed) continue;
+    const stored = state.objects.get(key);
+    if (stored?.deleting) continue;
+    if (!opts.prune) {
+      pruneCandidates.push(key);
+      continue;
+    }
+    if (parsed.kind === 'Node' && stored) {
+      nodeDeletes.push(key);
+      continue;
+    }
+    if (parsed.kind === 'Module') deletedIds.add(parsed.id);
+    deletes.push(deleteChange(key, parsed.kind, parsed.id, stored?.object, state, opts.applySet));
+  }
+  // Nodes go last; one that still hosts a module after this plan cannot be deleted.
+  const placement = modulePlacement(state, byKey, deletedIds);
+  for (const key of nodeDeletes) {
+    const { kind, id } = parseKey(key) as { kind: Kind; id: string };
+    const hosted = [...placement].filter(([, node]) => node === id).map(([m]) => m).sort(compareNatural);
+    if (hosted.length) {
+      blocked.push({
+        key,
+        message: `${key} cannot be deleted: module${hosted.length === 1 ? '' : 's'} ${hosted.join(', ')} ${hosted.length === 1 ? 'is' : 'are'} placed on it; delete or move ${hosted.length === 1 ? 'it' : 'them'} first`,
+      });
+      continue;
+    }
+    deletes.push(deleteChange(key, kind, id, state.objects.get(key)?.object, state, opts.applySet));
+  }
+
+  deletes.sort((a, b) => compareKeys(a.key, b.key, true));
+  const changes = [...writes, ...deletes];
+  return {
+    applySet: opts.applySet,
+    prune: opts.prune,
+    changes,
+    blocked: blocked.sort((a, b) => compareKeys(a.key, b.key)),
+    summary: {
+      create: changes.filter((c) => c.action === 'create').length,
+      update: changes.filter((c) => c.action === 'update').length,
+      delete: deletes.length,
+    },
+    pruneRatio: { prune: deletes.length, inventory: inventory.size },
+    pruneCandidates,
+  };
+}
+
+/** True when the plan changes nothing and blocks nothing. */
+export function isEmpty(p: Plan): boolean {
+  return p.changes.length === 0 && p.blocked.length === 0;
+}
+
+/**
+ * The prune safety rule: deleting more than half of the apply set's inventory, or all of a
+ * non-empty one, needs `forcePrune`. Call it before apply writes anything.
+ * @throws RefusedError `prune_refused` naming how many of how many and `--force-prune`.
+ */
+export function checkPruneSafety(p: Plan, opts: { forcePrune: boolean }): void {
+  const { prune, inventory } = p.pruneRatio;
+  if (opts.forcePrune || prune === 0) return;
+  if (prune * 2 > inventory || prune >= inventory) {
+    const what = prune >= inventory ? 'all' : 'more than half';
+    throw new RefusedError(
+      'prune_refused',
+      `refusing to prune ${prune} of ${inventory} objects in apply set ${JSON.stringify(p.applySet)} (${what} of it); nothing was written. ` +
+        `Check that -f points at all your manifests, or pass --force-prune to delete them.`,
+    );
+  }
+}
+
+function idOf(obj: ManifestObject): string {
+  return obj.kind === 'Node' ? String(obj.spec.id) : obj.metadata.name;
+}
+
+function createReason(obj: ManifestObject, state: ClusterState): string {
+  if (obj.kind === 'Module' && state.moduleNode.has(obj.metadata.name)) {
+    return `new in ns8ctl; NS8 already has instance ${obj.metadata.name} on node ${obj.spec.node} (adopting it)`;
+  }
+  if (obj.kind === 'Repository' && state.repositories.has(obj.metadata.name)) {
+    return `new in ns8ctl; NS8 already has repository ${obj.metadata.name} (adopting it)`;
+  }
+  return 'new object';
+}
+
+/** One reason per top-level field of `before`/`after` that differs: `spec.version changed`. */
+function fieldReasons(prefix: string, before: object, after: object): string[] {
+  const b = before as Record<string, unknown>;
+  const a = after as Record<string, unknown>;
+  const names = [...new Set([...Object.keys(b), ...Object.keys(a)])].sort();
+  const out: string[] = [];
+  for (const n of names) {
+    if (jsonEqual(b[n], a[n])) continue;
+    const path = `${prefix}.${n}`;
+    if (!(n in b)) out.push(`${path} added`);
+    else if (!(n in a)) out.push(`${path} removed`);
+    else out.push(`${path} changed`);
+  }
+  return out;
+}
+
+interface Bookkeeping {
+  writes: BookkeepingWrite[];
+  reasons: string[];
+}
+
+/** The NS8 keys a desired object implies, compared with what the state holds. */
+function bookkeepingFor(obj: ManifestObject, state: ClusterState): Bookkeeping {
+  switch (obj.kind) {
+    case 'Module':
+      return moduleBookkeeping(obj, state);
+    case 'Repository':
+      return repositoryBookkeeping(obj, state);
+    case 'Node':
+      return nodeBookkeeping(obj, state);
+  }
+}
+
+function moduleBookkeeping(obj: ModuleObject, state: ClusterState): Bookkeeping {
+  const out: Bookkeeping = { writes: [], reasons: [] };
+  const id = obj.metadata.name;
+  const node = String(obj.spec.node);
+  const key = keys.moduleNode();
+  const current = state.moduleNode.get(id);
+  if (current !== node) {
+    out.writes.push({ type: 'hset', key, field: id, value: node });
+    out.reasons.push(`${key}[${id}] is ${current ?? 'missing'}, want ${node}`);
+  }
+  const split = splitInstanceId(id);
+  if (split) {
+    const seqKey = keys.moduleSequence(split.module);
+    const seq = state.moduleSequence.get(split.module);
+    if (seq === undefined || seq < split.n) {
+      out.writes.push({ type: 'sequence-at-least', key: seqKey, module: split.module, value: split.n });
+      out.reasons.push(`${seqKey} is ${seq ?? 'missing'}, want at least ${split.n}`);
+    }
+  }
+  if (!state.moduleUuid.has(id)) {
+    out.writes.push({ type: 'uuid-ensure', key: keys.moduleUuid(), id });
+    out.reasons.push(`${keys.moduleUuid()}[${id}] is missing`);
+  }
+  return out;
+}
+
+/** NS8 encodes repository booleans as "1"/"0". */
+const flag = (b: boolean): string => (b ? '1' : '0');
+
+function repositoryBookkeeping(obj: RepositoryObject, state: ClusterState): Bookkeeping {
+  const out: Bookkeeping = { writes: [], reasons: [] };
+  const key = keys.repository(obj.metadata.name);
+  const current = state.repositories.get(obj.metadata.name) ?? {};
+  const want: [string, string][] = [
+    ['url', obj.spec.url],
+    ['status', flag(obj.spec.enabled ?? true)],
+    ['testing', flag(obj.spec.testing ?? false)],
+  ];
+  for (const [field, value] of want) {
+    const cur = current[field];
+    if (cur === value) continue;
+    out.writes.push({ type: 'hset', key, field, value });
+    out.reasons.push(`${key}[${field}] is ${cur === undefined ? 'missing' : JSON.stringify(cur)}, want ${JSON.stringify(value)}`);
+  }
+  return out;
+}
+
+function nodeBookkeeping(obj: NodeObject, state: ClusterState): Bookkeeping {
+  const out: Bookkeeping = { writes: [], reasons: [] };
+  const id = String(obj.spec.id);
+  const uiKey = keys.nodeUiName(id);
+  const uiName = state.nodeUiName.get(id);
+  if (uiName !== obj.metadata.name) {
+    out.writes.push({ type: 'set', key: uiKey, value: obj.metadata.name });
+    out.reasons.push(`${uiKey} is ${uiName === undefined ? 'missing' : JSON.stringify(uiName)}, want ${JSON.stringify(obj.metadata.name)}`);
+  }
+  if (obj.spec.flags !== undefined) {
+    const flagsKey = keys.nodeFlags(id);
+    const want = [...new Set(obj.spec.flags)].sort();
+    const have = [...new Set(state.nodeFlags.get(id) ?? [])].sort();
+    if (!jsonEqual(want, have)) {
+      out.writes.push({ type: 'set-members', key: flagsKey, members: want });
+      out.reasons.push(`${flagsKey} is [${have.join(' ')}], want [${want.join(' ')}]`);
+    }
+  }
+  return out;
+}
+
+/** Where every known module instance sits once the plan is applied: id -> node id. */
+function modulePlacement(state: ClusterState, desired: Map<string, DesiredObject>, deleted: Set<string>): Map<string, string> {
+  const placement = new Map(state.moduleNode);
+  for (const stored of state.objects.values()) {
+    if (stored.object.kind === 'Module') placement.set(stored.object.metadata.name, String(stored.object.spec.node));
+  }
+  for (const d of desired.values()) {
+    if (d.object.kind === 'Module') placement.set(d.object.metadata.name, String(d.object.spec.node));
+  }
+  for (const id of deleted) placement.delete(id);
+  return placement;
+}
+
+function deleteChange(key: string, kind: Kind, id: string, stored: ManifestObject | undefined, state: ClusterState, applySet: string): Change {
+  const change: Change = {
+    action: 'delete',
+    key,
+    kind,
+    id,
+    reasons: [],
+    patch: [],
+    specChanged: false,
+    bookkeeping: [],
+    inventory: { add: null, remove: [applySet] },
+  };
+  if (!stored) {
+    change.reasons.push(`listed in apply set ${JSON.stringify(applySet)} but has no stored object: only the inventory entry is removed`);
+    if (kind === 'Module') change.dataPolicy = 'preserved';
+    return change;
+  }
+  const before = canonicalize(stored);
+  change.before = before;
+  change.reasons.push(`no longer in the manifests of apply set ${JSON.stringify(applySet)}`);
+  if (before.kind === 'Module') {
+    const policy = before.spec.removalPolicy ?? 'Preserve';
+    change.dataPolicy = policy === 'Delete' ? 'deleted' : 'preserved';
+    change.reasons.push(policy === 'Delete' ? 'removalPolicy is Delete: the instance home and volumes are erased' : 'removalPolicy is Preserve: the instance home and volumes are kept');
+    if (state.moduleNode.has(id)) change.bookkeeping.push({ type: 'hdel', key: keys.moduleNode(), field: id });
+    if (state.moduleUuid.has(id)) change.bookkeeping.push({ type: 'hdel', key: keys.moduleUuid(), field: id });
+  } else if (before.kind === 'Repository') {
+    if (state.repositories.has(id)) change.bookkeeping.push({ type: 'del', key: keys.repository(id) });
+  }
+  // Node: node/<id>/* keys describe a real machine and are left as they are.
+  return change;
+}

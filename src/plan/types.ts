@@ -1,0 +1,80 @@
+/**
+ * The plan data model: what `plan()` returns, what the renderers print and what apply executes.
+ * Plans hold real values (apply needs them); only the renderers mask secrets.
+ */
+import type { Operation } from 'fast-json-patch';
+import type { Kind, ManifestObject, SourceRef } from '../manifest/types.js';
+
+export type ChangeAction = 'create' | 'update' | 'delete';
+
+/**
+ * One write to an NS8 bookkeeping key, as data. `key` is always the exact Redis key.
+ * - `hset`: HSET key field value. `hdel`: HDEL key field. `del`: DEL key.
+ * - `set`: SET key value (a STRING key such as `node/1/ui_name`).
+ * - `set-members`: make the SET `key` hold exactly `members` (DEL + SADD, atomically).
+ * - `sequence-at-least`: raise the INT `cluster/module_sequence/<module>` to `value` when lower
+ *   (never lowers it: NS8 INCRs it for new ids).
+ * - `uuid-ensure`: HSETNX `cluster/module_uuid` id <new uuid4>: a uuid is made once and kept.
+ */
+export type BookkeepingWrite =
+  | { type: 'hset'; key: string; field: string; value: string }
+  | { type: 'hdel'; key: string; field: string }
+  | { type: 'del'; key: string }
+  | { type: 'set'; key: string; value: string }
+  | { type: 'set-members'; key: string; members: string[] }
+  | { type: 'sequence-at-least'; key: string; module: string; value: number }
+  | { type: 'uuid-ensure'; key: string; id: string };
+
+/** One planned change to one object. */
+export interface Change {
+  action: ChangeAction;
+  /** `Kind/id`, e.g. `Module/dokuwiki1`. */
+  key: string;
+  kind: Kind;
+  id: string;
+  /** Why the change is needed, one short sentence each, most important first. Never hold secret values. */
+  reasons: string[];
+  /** JSON Patch from the stored spec to the desired spec (`compare({}, spec)` for create, `[]` for delete). */
+  patch: Operation[];
+  /** The stored object (update, delete), canonical form. */
+  before?: ManifestObject;
+  /** The desired object (create, update), canonical form. */
+  after?: ManifestObject;
+  /** True when the spec changes: only then does the generation go up. False for delete. */
+  specChanged: boolean;
+  /** Generation the object has after apply (create: 1; update: +1 only when specChanged). */
+  generation?: number;
+  /** Where the desired object was loaded from (create, update): apply records it. */
+  source?: SourceRef;
+  /**
+   * NS8 bookkeeping writes. For create/update: apply performs them with the object write. For
+   * delete: performed when the object is finally removed (at once when it has no finalizers,
+   * otherwise by the finalizer's owner once it has cleaned up).
+   */
+  bookkeeping: BookkeepingWrite[];
+  /** Inventory membership to write: SADD to `add`'s inventory, SREM from each of `remove`. */
+  inventory: { add: string | null; remove: string[] };
+  /** Module deletes only: what happens to the instance's data. */
+  dataPolicy?: 'preserved' | 'deleted';
+}
+
+/** A desired change the planner refuses to make, with the reason and the way out. */
+export interface BlockedChange {
+  key: string;
+  message: string;
+}
+
+export interface Plan {
+  /** Apply set the plan was made for. */
+  applySet: string;
+  /** Whether deletes of objects that left the manifests were planned. */
+  prune: boolean;
+  /** Ordered: creates/updates by kind (Node, Repository, Module) then id; deletes last, kinds reversed. */
+  changes: Change[];
+  blocked: BlockedChange[];
+  summary: { create: number; update: number; delete: number };
+  /** Deletes planned vs. size of the apply set's inventory (input of `checkPruneSafety`). */
+  pruneRatio: { prune: number; inventory: number };
+  /** Without prune: inventory members no longer in the manifests (kept; `--prune` would delete them). */
+  pruneCandidates: string[];
+}
