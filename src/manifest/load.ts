@@ -27,7 +27,7 @@ export interface LoadResult {
   documents: LoadedDocument[];
   /** Missing paths, unreadable files, YAML syntax errors. Documents with syntax errors are left out of `documents`. */
   diagnostics: Diagnostic[];
-  /** Files read, in load order (`-` for stdin). */
+  /** Every path considered, in load order (`-` for stdin), including those that could not be read. */
   files: string[];
 }
 
@@ -140,7 +140,6 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
   let stdinRead = false;
 
   const addText = (file: string, text: string): void => {
-    files.push(file);
     const r = parseManifestText(file, text);
     documents.push(...r.documents);
     diagnostics.push(...r.diagnostics);
@@ -155,6 +154,7 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
     }
     if (seen.has(real)) return;
     seen.add(real);
+    files.push(file);
     let text: string;
     try {
       text = await readFile(file, 'utf8');
@@ -169,6 +169,7 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
     if (p === '-') {
       if (stdinRead) continue;
       stdinRead = true;
+      files.push('-');
       let text: string;
       try {
         text = await (opts.stdin ?? readProcessStdin)();
@@ -183,6 +184,7 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
     try {
       st = await stat(p);
     } catch (err) {
+      files.push(p);
       diagnostics.push(diag(p, `cannot read -f ${p}: ${describeFsError(err)}`));
       continue;
     }

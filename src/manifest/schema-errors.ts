@@ -57,7 +57,7 @@ export function closest(word: string, allowed: readonly string[]): string | unde
       best = a;
     }
   }
-  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
+  return bestD <= (word.length <= 3 ? 1 : 2) ? best : undefined;
 }
 
 function didYouMean(word: string, allowed: readonly string[]): string {
@@ -168,11 +168,12 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
       }
       case 'uniqueItems': {
         const p = e.params as { i: number; j: number };
+        const [first, second] = [Math.min(p.i, p.j), Math.max(p.i, p.j)];
         const items = Array.isArray(e.data) ? (e.data as unknown[]) : [];
         out.push({
-          pointer: `${path}/${p.i}`,
+          pointer: `${path}/${second}`,
           mode: 'value',
-          message: `${fieldName(path)}: ${showValue(items[p.i])} is listed twice (items ${p.j} and ${p.i}); items must be unique`,
+          message: `${fieldName(path)}: ${showValue(items[second])} is listed twice (items ${first} and ${second}); items must be unique`,
         });
         break;
       }
@@ -182,7 +183,7 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
         out.push(
           both
             ? { pointer: `${path}/image`, mode: 'key', message: `"module" and "image" are mutually exclusive: give a module name looked up in the repositories, or a full image URL, not both` }
-            : { pointer: path, mode: 'value', message: `missing "module" or "image" in ${path || '/'}: give exactly one, a module name (dokuwiki) or a full image URL (ghcr.io/nethserver/dokuwiki:1.2.3)` },
+            : { pointer: path, mode: 'key', message: `missing "module" or "image" in ${path || '/'}: give exactly one, a module name (dokuwiki) or a full image URL (ghcr.io/nethserver/dokuwiki:1.2.3)` },
         );
         break;
       }

@@ -71,6 +71,7 @@ describe('loadManifests', () => {
     const r = await loadManifests([missing, join(root, 'ok.yaml')]);
     expect(r.diagnostics).toEqual([{ file: missing, line: 0, col: 0, pointer: '', message: `cannot read -f ${missing}: no such file or directory` }]);
     expect(names(r.documents)).toEqual(['ok1']);
+    expect(r.files).toEqual([missing, join(root, 'ok.yaml')]);
   });
 
   test('a directory without manifest files is a diagnostic', async () => {
