@@ -1,0 +1,201 @@
+/**
+ * Renders a plan for people (Terraform-like text) and for programs (one JSON document). Secrets
+ * are masked in both, in every place a value can appear. docs/plan.md shows both forms.
+ */
+import type { Operation } from 'fast-json-patch';
+import { API_VERSION } from '../manifest/types.js';
+import { canonicalize, jsonEqual } from './canonical.js';
+import { MASK, isSecretKey, isSecretPath, maskSecrets, maskString } from './mask.js';
+import { isEmpty } from './planner.js';
+import type { BookkeepingWrite, Change, Plan } from './types.js';
+
+/** Options of `renderPlanText`. */
+export interface RenderTextOptions {
+  /** ANSI colours; the caller decides (terminal, NO_COLOR). */
+  color: boolean;
+}
+
+const ANSI = { red: 31, green: 32, yellow: 33, magenta: 35, grey: 90, bold: 1 } as const;
+type Style = keyof typeof ANSI;
+
+const INDENT = '    ';
+
+/**
+ * The plan as text, newline-terminated:
+ * ```
+ * + Module/dokuwiki1 (create)
+ *     # new object
+ *     + spec.module: "dokuwiki"
+ * ~ Module/webapp1 (update)
+ *     # spec.version changed
+ *     ~ spec.version: "1.0.0" -> "1.1.0"
+ * - Module/old1 (delete, data preserved)
+ *
+ * Plan: 1 to create, 1 to update, 1 to delete.
+ * ```
+ * Blocked objects are `!` lines; without prune, inventory members that left the manifests are
+ * listed in a note. Values under secret-looking keys print as `(sensitive value)`.
+ */
+export function renderPlanText(plan: Plan, opts: RenderTextOptions): string {
+  const paint = (style: Style, s: string): string => (opts.color ? `\u001b[${ANSI[style]}m${s}\u001b[0m` : s);
+  const out: string[] = [];
+  for (const c of plan.changes) {
+    out.push(...renderChange(c, paint), '');
+  }
+  for (const b of plan.blocked) {
+    out.push(paint('magenta', `! ${b.key} (blocked)`), paint('grey', `${INDENT}# ${maskString(b.message)}`), '');
+  }
+  if (!plan.prune && plan.pruneCandidates.length) {
+    const n = plan.pruneCandidates.length;
+    out.push(
+      `${n} object${n === 1 ? '' : 's'} of apply set ${JSON.stringify(plan.applySet)} ${n === 1 ? 'is' : 'are'} no longer in the manifests and ${n === 1 ? 'is' : 'are'} kept (--prune deletes ${n === 1 ? 'it' : 'them'}): ${plan.pruneCandidates.join(', ')}`,
+      '',
+    );
+  }
+  out.push(paint('bold', summaryLine(plan)));
+  return out.join('\n') + '\n';
+}
+
+/** The last line of the text form. */
+export function summaryLine(plan: Plan): string {
+  const blocked = plan.blocked.length;
+  const blockedText = `${blocked} blocked (see "!" above)`;
+  if (plan.changes.length === 0) {
+    return blocked ? `No changes planned; ${blockedText}.` : 'No changes. Desired state matches.';
+  }
+  const { create, update, delete: del } = plan.summary;
+  return `Plan: ${create} to create, ${update} to update, ${del} to delete.` + (blocked ? ` ${blockedText}.` : '');
+}
+
+function renderChange(c: Change, paint: (style: Style, s: string) => string): string[] {
+  const lines: string[] = [];
+  if (c.action === 'create') lines.push(paint('green', `+ ${c.key} (create)`));
+  else if (c.action === 'update') lines.push(paint('yellow', `~ ${c.key} (update)`));
+  else if (c.dataPolicy === 'deleted') lines.push(paint('red', `- ${c.key} (delete, `) + paint('bold', paint('red', 'DATA DELETED')) + paint('red', ')'));
+  else lines.push(paint('red', `- ${c.key} (delete${c.dataPolicy === 'preserved' ? ', data preserved' : ''})`));
+  for (const r of c.reasons) lines.push(paint('grey', `${INDENT}# ${maskString(r)}`));
+  const body: DiffLine[] = [];
+  if (c.action === 'create' && c.after) addedLines(c.after.spec, ['spec'], body);
+  if (c.action === 'update' && c.before && c.after) {
+    diffLines(c.before.metadata, c.after.metadata, ['metadata'], body);
+    diffLines(c.before.spec, c.after.spec, ['spec'], body);
+  }
+  const style: Record<DiffLine['op'], Style> = { '+': 'green', '~': 'yellow', '-': 'red' };
+  for (const l of body) lines.push(paint(style[l.op], `${INDENT}${l.op} ${l.text}`));
+  return lines;
+}
+
+interface DiffLine {
+  op: '+' | '~' | '-';
+  text: string;
+}
+
+const IDENT = /^[A-Za-z_][A-Za-z0-9_-]*$/;
+
+/** `spec.volumes.data`, `metadata.labels["app.kubernetes.io/name"]`. */
+function formatPath(path: readonly string[]): string {
+  return path.map((seg, i) => (i === 0 ? seg : IDENT.test(seg) ? `.${seg}` : `[${JSON.stringify(seg)}]`)).join('');
+}
+
+function formatValue(path: readonly string[], value: unknown): string {
+  if (isSecretPath(path)) return MASK;
+  return JSON.stringify(maskSecrets(canonicalize(value))) ?? 'null';
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** One `+` line per leaf of `value` (objects are walked, arrays and scalars printed inline). */
+function addedLines(value: unknown, path: string[], out: DiffLine[]): void {
+  if (isPlainObject(value) && Object.keys(value).length > 0 && !isSecretPath(path)) {
+    for (const k of Object.keys(value).sort()) {
+      if (value[k] !== undefined) addedLines(value[k], [...path, k], out);
+    }
+    return;
+  }
+  out.push({ op: '+', text: `${formatPath(path)}: ${formatValue(path, value)}` });
+}
+
+/** Field-level diff: `~ path: old -> new`, `+ path: value`, `- path`. */
+function diffLines(before: unknown, after: unknown, path: string[], out: DiffLine[]): void {
+  if (jsonEqual(before, after)) return;
+  if (before === undefined) {
+    addedLines(after, path, out);
+    return;
+  }
+  if (after === undefined) {
+    out.push({ op: '-', text: formatPath(path) });
+    return;
+  }
+  if (isPlainObject(before) && isPlainObject(after) && !isSecretPath(path)) {
+    for (const k of [...new Set([...Object.keys(before), ...Object.keys(after)])].sort()) {
+      diffLines(before[k], after[k], [...path, k], out);
+    }
+    return;
+  }
+  out.push({ op: '~', text: `${formatPath(path)}: ${formatValue(path, before)} -> ${formatValue(path, after)}` });
+}
+
+/** JSON Pointer segments of a patch path (`/configuration/a~1b` -> [configuration, a/b]). */
+function pointerSegments(pointer: string): string[] {
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+/** A patch with secret values masked: a whole value under a secret path, secret keys inside values. */
+export function maskPatch(patch: readonly Operation[]): Operation[] {
+  return patch.map((op) => {
+    if (!('value' in op)) return { ...op };
+    const value: unknown = isSecretPath(pointerSegments(op.path)) ? MASK : maskSecrets(op.value);
+    return { ...op, value } as Operation;
+  });
+}
+
+function maskBookkeeping(w: BookkeepingWrite): BookkeepingWrite {
+  switch (w.type) {
+    case 'hset':
+      return { ...w, value: isSecretKey(w.field) ? MASK : maskString(w.value) };
+    case 'set':
+      return { ...w, value: maskString(w.value) };
+    default:
+      return { ...w };
+  }
+}
+
+/**
+ * The plan as one JSON document (the `-o json` contract, documented in docs/plan.md). Field names
+ * are stable; absent values are `null`, never missing. Secrets are masked in reasons, patch,
+ * before/after and bookkeeping values.
+ */
+export function renderPlanJson(plan: Plan): Record<string, unknown> {
+  return {
+    apiVersion: API_VERSION,
+    kind: 'Plan',
+    applySet: plan.applySet,
+    prune: plan.prune,
+    empty: isEmpty(plan),
+    summary: { ...plan.summary, blocked: plan.blocked.length },
+    pruneRatio: { ...plan.pruneRatio },
+    pruneCandidates: [...plan.pruneCandidates],
+    changes: plan.changes.map((c) => ({
+      action: c.action,
+      key: c.key,
+      kind: c.kind,
+      id: c.id,
+      reasons: c.reasons.map(maskString),
+      specChanged: c.specChanged,
+      generation: c.generation ?? null,
+      dataPolicy: c.dataPolicy ?? null,
+      source: c.source ? { file: c.source.file, doc: c.source.doc, line: c.source.line, col: c.source.col } : null,
+      patch: maskPatch(c.patch),
+      before: c.before ? maskSecrets(c.before) : null,
+      after: c.after ? maskSecrets(c.after) : null,
+      bookkeeping: c.bookkeeping.map(maskBookkeeping),
+      inventory: { add: c.inventory.add, remove: [...c.inventory.remove] },
+    })),
+    blocked: plan.blocked.map((b) => ({ key: b.key, message: maskString(b.message) })),
+  };
+}
