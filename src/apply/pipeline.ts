@@ -3,7 +3,7 @@
  * Only `applyPlan` writes; everything before it is read-only, so invalid input writes nothing.
  */
 import type { Redis } from 'ioredis';
-import { ConflictError, ManifestError } from '../errors.js';
+import { ConflictError, ManifestError, RefusedError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { loadManifests, type LoadResult } from '../manifest/load.js';
 import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/types.js';
@@ -104,6 +104,9 @@ export async function applyPlan(
   let current = prepared;
   for (let attempt = 1; ; attempt++) {
     checkPruneSafety(current.plan, { forcePrune: opts.forcePrune });
+    if (current.plan.blocked.length > 0) {
+      throw new RefusedError('plan_blocked', 'nothing was written; the plan has blocked changes:\n' + current.plan.blocked.map((b) => `  ${b.key}: ${b.message}`).join('\n'));
+    }
     const files = [...new Set(current.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])))];
     const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionLookup(f)] as const)));
     const ops = planToWrites(current.plan, current.state, { revisionOf: (f) => revisions.get(f) ?? '' });

@@ -2,7 +2,7 @@ import YAML from 'yaml';
 import { UsageError } from '../errors.js';
 
 /** Output formats of read commands. */
-export type OutputFormat = 'table' | 'json' | 'yaml' | 'wide';
+export type OutputFormat = 'text' | 'table' | 'json' | 'yaml' | 'wide';
 
 /** Checks an `-o` value against the formats a command allows. */
 export function parseOutput(value: string | undefined, allowed: readonly OutputFormat[], fallback: OutputFormat): OutputFormat {

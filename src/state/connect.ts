@@ -12,6 +12,8 @@ export interface ConnectOptions {
   runner: CommandRunner;
   /** Connection name shown in CLIENT LIST (NS8 agents use their agent id). */
   name?: string;
+  /** When false, never start the embedded server: fail if nothing answers (default true). */
+  startEmbedded?: boolean;
 }
 
 export interface Connection {
@@ -76,6 +78,7 @@ export async function connectRedis(opts: ConnectOptions): Promise<Connection> {
   const url = `redis://127.0.0.1:${port}`;
   let password = readAdminPassword(opts.stateDir);
   if (!(await answers('127.0.0.1', port))) {
+    if (opts.startEmbedded === false) throw new RedisError('redis_not_running', `no Redis URL given and nothing answers on ${url}`);
     ({ password } = await startEmbeddedRedis(opts.stateDir, port, opts.runner));
     const deadline = Date.now() + 10_000;
     while (!(await answers('127.0.0.1', port))) {

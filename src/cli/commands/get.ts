@@ -1,0 +1,144 @@
+import type { Redis } from 'ioredis';
+import { NotFoundError, UsageError } from '../../errors.js';
+import type { Kind, ManifestObject } from '../../manifest/types.js';
+import type { StoredObject } from '../../plan/state.js';
+import { keys } from '../../state/keys.js';
+import { readClusterState } from '../../state/read-state.js';
+import type { CliDeps } from '../deps.js';
+import { parseOutput, renderJson, renderTable, renderYaml } from '../output.js';
+
+/** Resource names `get` accepts, with their kind (kubectl-style singular/plural/short forms). */
+const RESOURCES: Record<string, Kind> = {
+  module: 'Module', modules: 'Module', mod: 'Module',
+  repository: 'Repository', repositories: 'Repository', repo: 'Repository', repos: 'Repository',
+  node: 'Node', nodes: 'Node',
+};
+
+export function resourceKind(name: string): Kind {
+  const kind = RESOURCES[name.toLowerCase()];
+  if (!kind) throw new UsageError(`unknown resource type "${name}"; allowed: modules, repositories, nodes`);
+  return kind;
+}
+
+export interface GetOptions {
+  output?: string;
+}
+
+interface Condition { type: string; status: string; reason?: string; message?: string }
+
+/** The observed status a node agent wrote for one module (`ns8ctl/status/module/<id>`), parsed. */
+export type ModuleStatus = Record<string, unknown> & { conditions?: Condition[]; observedGeneration?: number };
+
+async function readStatuses(redis: Redis, ids: string[]): Promise<Map<string, ModuleStatus>> {
+  const out = new Map<string, ModuleStatus>();
+  if (ids.length === 0) return out;
+  const p = redis.pipeline();
+  ids.forEach((id) => p.hgetall(keys.moduleStatus(id)));
+  const res = (await p.exec()) ?? [];
+  ids.forEach((id, i) => {
+    const h = (res[i]?.[1] ?? {}) as Record<string, string>;
+    if (Object.keys(h).length === 0) return;
+    const status: ModuleStatus = {};
+    for (const [k, v] of Object.entries(h)) {
+      try {
+        status[k] = JSON.parse(v);
+      } catch {
+        status[k] = v;
+      }
+    }
+    out.set(id, status);
+  });
+  return out;
+}
+
+/** Short status word for tables: Terminating, Ready, Degraded, Progressing, or Pending (no agent yet). */
+export function statusWord(o: StoredObject, s: ModuleStatus | undefined): string {
+  if (o.deleting) return 'Terminating';
+  const conds = s?.conditions ?? [];
+  const on = (t: string): Condition | undefined => conds.find((c) => c.type === t && c.status === 'True');
+  if (on('Degraded')) return `Degraded${on('Degraded')?.reason ? ` (${on('Degraded')?.reason})` : ''}`;
+  if (on('Ready') && s?.observedGeneration === o.generation) return 'Ready';
+  if (on('Progressing') || (s && s.observedGeneration !== o.generation)) return 'Progressing';
+  return 'Pending';
+}
+
+function toDocument(o: StoredObject, status: ModuleStatus | undefined): Record<string, unknown> {
+  const obj = o.object as ManifestObject;
+  return {
+    apiVersion: obj.apiVersion,
+    kind: obj.kind,
+    metadata: {
+      ...obj.metadata,
+      generation: o.generation,
+      ...(o.deleting ? { deletionRequested: true, removalPolicy: o.deleting.removalPolicy } : {}),
+      ...(o.finalizers.length > 0 ? { finalizers: o.finalizers } : {}),
+      annotations: {
+        ...(obj.metadata.annotations ?? {}),
+        'ns8ctl.nethserver.org/source': o.source,
+        ...(o.revision ? { 'ns8ctl.nethserver.org/revision': o.revision } : {}),
+        'ns8ctl.nethserver.org/applyset': o.applySet,
+      },
+    },
+    spec: obj.spec,
+    ...(status ? { status } : {}),
+  };
+}
+
+/**
+ * `ns8ctl get modules|repositories|nodes [NAME] [-o table|wide|json|yaml]`: desired objects with
+ * their generation, source and, for modules, the status the node agent reported.
+ */
+export async function getCommand(resource: string, name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
+  const kind = resourceKind(resource);
+  const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
+  const { redis } = await deps.connect();
+  const state = await readClusterState(redis);
+  let objects = [...state.objects.values()].filter((o) => o.object.kind === kind);
+  objects.sort((a, b) => a.key.localeCompare(b.key, 'en', { numeric: true }));
+  if (name !== undefined) {
+    objects = objects.filter((o) => o.key === `${kind}/${name}`);
+    if (objects.length === 0) throw new NotFoundError(`${kind.toLowerCase()} "${name}" not found in desired state`);
+  }
+  const statuses = kind === 'Module' ? await readStatuses(redis, objects.map((o) => o.key.slice('Module/'.length))) : new Map<string, ModuleStatus>();
+  const docs = objects.map((o) => toDocument(o, statuses.get(o.key.slice(kind.length + 1))));
+  if (format === 'json' || format === 'yaml') {
+    const value = name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs };
+    deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
+    return 0;
+  }
+  if (objects.length === 0) {
+    deps.stderr(`No ${kind.toLowerCase()}s in desired state.\n`);
+    return 0;
+  }
+  const wide = format === 'wide';
+  let columns: string[];
+  let rows: string[][];
+  if (kind === 'Module') {
+    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'ports', 'source'] : [])];
+    rows = objects.map((o) => {
+      const spec = (o.object as Extract<ManifestObject, { kind: 'Module' }>).spec;
+      const id = o.key.slice('Module/'.length);
+      const s = statuses.get(id);
+      const image = typeof s?.image === 'string' ? s.image : spec.image ?? '';
+      return [
+        id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
+        String(spec.node), String(o.generation), statusWord(o, s),
+        ...(wide ? [image, s?.ports ? JSON.stringify(s.ports) : '', o.source] : []),
+      ];
+    });
+  } else if (kind === 'Repository') {
+    columns = ['name', 'url', 'enabled', 'testing', 'gen', ...(wide ? ['source'] : [])];
+    rows = objects.map((o) => {
+      const spec = (o.object as Extract<ManifestObject, { kind: 'Repository' }>).spec;
+      return [o.object.metadata.name, spec.url, String(spec.enabled ?? true), String(spec.testing ?? false), String(o.generation), ...(wide ? [o.source] : [])];
+    });
+  } else {
+    columns = ['id', 'name', 'address', 'flags', 'gen', ...(wide ? ['source'] : [])];
+    rows = objects.map((o) => {
+      const spec = (o.object as Extract<ManifestObject, { kind: 'Node' }>).spec;
+      return [String(spec.id), o.object.metadata.name, spec.address ?? '', (spec.flags ?? []).join(','), String(o.generation), ...(wide ? [o.source] : [])];
+    });
+  }
+  deps.stdout(renderTable(columns, rows));
+  return 0;
+}

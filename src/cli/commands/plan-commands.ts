@@ -1,0 +1,60 @@
+import { applyPlan, preparePlan } from '../../apply/pipeline.js';
+import { isEmpty } from '../../plan/planner.js';
+import { renderPlanJson, renderPlanText } from '../../plan/render.js';
+import type { Plan } from '../../plan/types.js';
+import type { CliDeps } from '../deps.js';
+import { parseOutput, renderJson, useColor } from '../output.js';
+
+export interface DiffOptions {
+  filename: string[];
+  prune?: boolean;
+  applyset?: string;
+  output?: string;
+}
+
+export interface ApplyOptions extends DiffOptions {
+  forcePrune?: boolean;
+  dryRun?: boolean;
+}
+
+function printPlan(plan: Plan, format: string, deps: CliDeps, extra: Record<string, unknown> = {}): void {
+  if (format === 'json') deps.stdout(renderJson({ ...(renderPlanJson(plan) as Record<string, unknown>), ...extra }));
+  else deps.stdout(renderPlanText(plan, { color: useColor(deps.isTTY, deps.env) }));
+}
+
+/**
+ * `ns8ctl diff -f PATH`: the plan without writing. Exit 0 when there is nothing to change, 1 when
+ * there are changes (like `kubectl diff`); errors exit above 1.
+ */
+export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<number> {
+  const format = parseOutput(opts.output, ['text', 'json'], 'text');
+  const { redis } = await deps.connect();
+  const { plan } = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), stdin: deps.stdin });
+  printPlan(plan, format, deps);
+  return isEmpty(plan) ? 0 : 1;
+}
+
+/**
+ * `ns8ctl apply -f PATH [--prune] [--force-prune] [--dry-run]`: plan, print it, write it
+ * atomically. `--dry-run` stops after printing. Invalid manifests write nothing.
+ */
+export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<number> {
+  const format = parseOutput(opts.output, ['text', 'json'], 'text');
+  const applySet = opts.applyset ?? 'default';
+  const prune = Boolean(opts.prune);
+  const { redis } = await deps.connect();
+  const prepared = await preparePlan(opts.filename, redis, { applySet, prune, stdin: deps.stdin });
+  if (opts.dryRun) {
+    printPlan(prepared.plan, format, deps, { dryRun: true });
+    if (format !== 'json') deps.stderr('Dry run: nothing was written.\n');
+    return 0;
+  }
+  if (isEmpty(prepared.plan)) {
+    printPlan(prepared.plan, format, deps, { applied: false });
+    return 0;
+  }
+  const result = await applyPlan(prepared, redis, { applySet, prune, forcePrune: Boolean(opts.forcePrune), runner: deps.runner });
+  printPlan(result.plan, format, deps, { applied: true, attempts: result.attempts });
+  if (format !== 'json') deps.stderr(`Applied${result.attempts > 1 ? ` (after ${result.attempts - 1} retr${result.attempts === 2 ? 'y' : 'ies'} on concurrent changes)` : ''}.\n`);
+  return 0;
+}

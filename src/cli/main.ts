@@ -1,0 +1,185 @@
+import { Command, CommanderError, Option } from 'commander';
+import { toNs8ctlError } from '../errors.js';
+import { ExecaRunner } from '../host/runner.js';
+import { connectRedis, type Connection } from '../state/connect.js';
+import { resolveStateDir } from '../state/state-dir.js';
+import type { CliDeps, GlobalOptions } from './deps.js';
+import { addModuleCommand, deleteCommand, removeModuleCommand } from './commands/module-commands.js';
+import { getCommand } from './commands/get.js';
+import { applyCommand, diffCommand } from './commands/plan-commands.js';
+import { validateCommand } from './commands/validate.js';
+import { renderJson } from './output.js';
+import { registerExtensions } from './extensions.js';
+
+const VERSION = '0.1.0';
+
+/** Collects repeated `-f` values. */
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+/** What main() needs from the outside world; tests pass their own. */
+export interface MainIO {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+  isTTY: boolean;
+  stdin: () => Promise<string>;
+  cwd: string;
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** The real process's IO. */
+export function processIO(): MainIO {
+  return {
+    stdout: (t) => void process.stdout.write(t),
+    stderr: (t) => void process.stderr.write(t),
+    env: process.env,
+    isTTY: Boolean(process.stdout.isTTY),
+    stdin: readStdin,
+    cwd: process.cwd(),
+  };
+}
+
+/**
+ * Builds the command tree. Every action is a thin adapter: it calls a command function
+ * (options, deps) -> exit code, and records the code for main().
+ */
+export function buildProgram(io: MainIO, setExit: (code: number) => void, connections: Connection[]): Command {
+  const program = new Command('ns8ctl');
+  const runner = new ExecaRunner();
+  let connection: Promise<Connection> | undefined;
+  const deps = (): CliDeps => {
+    const g = program.opts<GlobalOptions>();
+    return {
+      stdout: io.stdout,
+      stderr: io.stderr,
+      env: io.env,
+      isTTY: io.isTTY,
+      runner,
+      stdin: io.stdin,
+      cwd: io.cwd,
+      connect: (o = {}) => {
+        connection ??= connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }).then((c) => {
+          connections.push(c);
+          return c;
+        });
+        return connection;
+      },
+    };
+  };
+  const run = (fn: (d: CliDeps) => Promise<number>) => async (): Promise<void> => setExit(await fn(deps()));
+
+  program
+    .description('Declarative reconciler for NethServer 8 modules: manifests in, converged nodes out.')
+    .version(VERSION)
+    .option('--redis <url>', 'Redis URL (default: $NS8CTL_REDIS_URL, else 127.0.0.1:6379, else an embedded redis-server)')
+    .option('--state-dir <dir>', 'local state directory (default: $NS8CTL_STATE_DIR or ~/.local/state/ns8ctl)')
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  const fileOption = (): Option => new Option('-f, --filename <path>', 'manifest file, directory (recursive) or - for stdin; repeatable').argParser(collect).makeOptionMandatory();
+
+  program
+    .command('validate')
+    .description('Check manifests against the schemas and cluster facts; prints every problem as file:line:col  /pointer  message')
+    .addOption(fileOption())
+    .option('-o, --output <format>', 'text or json', 'text')
+    .option('--offline', 'do not read cluster facts from Redis (node records)')
+    .action((opts) => run((d) => validateCommand(opts, d))());
+
+  program
+    .command('diff')
+    .description('Show what apply would change. Exit 0: no changes, 1: changes, >1: error (like kubectl diff)')
+    .addOption(fileOption())
+    .option('--prune', 'also show deletions of inventory objects that left the manifests')
+    .option('--applyset <name>', 'inventory name', 'default')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run((d) => diffCommand(opts, d))());
+
+  program
+    .command('apply')
+    .description('Make desired state in Redis match the manifests, atomically')
+    .addOption(fileOption())
+    .option('--prune', 'delete objects of this apply set that left the manifests (data kept unless their policy says Delete)')
+    .option('--force-prune', 'allow pruning more than half (or all) of the apply set')
+    .option('--dry-run', 'print the plan, write nothing')
+    .option('--applyset <name>', 'inventory name', 'default')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run((d) => applyCommand(opts, d))());
+
+  const get = program
+    .command('get')
+    .description('List modules, repositories or nodes in desired state (with observed status)')
+    .argument('<resource>', 'modules | repositories | nodes')
+    .argument('[name]', 'one object')
+    .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
+    .action((resource: string, name: string | undefined, opts) => run((d) => getCommand(resource, name, opts, d))());
+
+  program
+    .command('delete')
+    .description('Remove one object from desired state (module data is kept unless its policy or --no-preserve says otherwise)')
+    .argument('<resource>', 'module | repository | node')
+    .argument('<id>', 'instance id, repository name or node id')
+    .option('--no-preserve', 'erase the module data too')
+    .option('--manifests <dir>', 'also delete <dir>/<id>.yaml')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((resource: string, id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
+      run((d) => deleteCommand(resource, id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
+
+  program
+    .command('add-module')
+    .description('Add an instance with the next free id (NS8 add-module), optionally writing its manifest')
+    .argument('<module>', 'module name (dokuwiki) or image URL (ghcr.io/nethserver/dokuwiki:1.2.3)')
+    .argument('<node_id>', 'node id')
+    .option('--manifests <dir>', 'write the new manifest to <dir>/<id>.yaml')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((module: string, node: string, opts) => run((d) => addModuleCommand(module, node, opts, d))());
+
+  program
+    .command('remove-module')
+    .description('Remove an instance (NS8 remove-module); data is preserved unless --no-preserve')
+    .argument('<id>', 'instance id')
+    .option('--no-preserve', 'erase the module data too')
+    .option('--manifests <dir>', 'also delete <dir>/<id>.yaml')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
+      run((d) => removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
+
+  registerExtensions(program, deps, setExit, get);
+  return program;
+}
+
+/**
+ * Runs the CLI and returns the exit code (0 ok, 1 error or diff with changes, 2 usage).
+ * Only this function decides exit codes; errors are printed once, as text or (-o json) JSON.
+ */
+export async function main(argv: string[], io: MainIO = processIO()): Promise<number> {
+  let code = 0;
+  const connections: Connection[] = [];
+  const program = buildProgram(io, (c) => (code = c), connections);
+  const wantsJson = argv.some((a, i) => (a === '-o' || a === '--output') && argv[i + 1] === 'json') || argv.includes('--output=json') || argv.includes('-ojson');
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version end here with exit code 0; usage errors with 2.
+      code = err.exitCode === 0 ? 0 : 2;
+    } else {
+      const e = toNs8ctlError(err);
+      if (wantsJson) io.stdout(renderJson(e.toJSON()));
+      io.stderr(`error: ${e.message}\n`);
+      if (!e.user && io.env.NS8CTL_DEBUG) io.stderr(`${(e.cause as Error | undefined)?.stack ?? e.stack}\n`);
+      code = Math.max(e.exitCode, 1);
+      // diff uses 1 for "changes": its errors must be > 1 (like kubectl diff).
+      if (argv.includes('diff')) code = Math.max(code, 2);
+    }
+  } finally {
+    for (const c of connections) c.redis.disconnect();
+  }
+  return code;
+}
