@@ -132,7 +132,7 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
       }
       case 'type': {
         const expected = describeExpected(parentSchema ?? { type: (e.params as { type: string }).type });
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: expected ${expected}, got ${jsonTypeOf(e.data)}${isScalar(e.data) ? ' ' + showValue(e.data) : ''}` });
+        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: expected ${expected}, got ${jsonTypeOf(e.data)}${isScalar(e.data) && e.data !== null ? ' ' + showValue(e.data) : ''}` });
         break;
       }
       case 'const': {

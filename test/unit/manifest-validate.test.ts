@@ -150,6 +150,29 @@ describe('schema errors name the value, the place and what is allowed', () => {
     ]);
   });
 
+  test.each([
+    ['Module', 'module, image, version, node, volumes, configuration, removalPolicy, suspend'],
+    ['Repository', 'url, enabled, testing'],
+    ['Node', 'id, address, flags'],
+  ])('an unknown spec field of a %s lists exactly the fields of its spec type', (kind, allowed) => {
+    const out = check(lines('apiVersion: ns8ctl.nethserver.org/v1', `kind: ${kind}`, 'metadata: {name: x}', 'spec:', '  bogus: 1'));
+    expect(out).toContain(`m.yaml:5:3  /spec/bogus  unknown field "bogus" in /spec; allowed: ${allowed}`);
+  });
+
+  test('an empty spec points at its key and says a mapping was expected', () => {
+    expect(check(lines('apiVersion: ns8ctl.nethserver.org/v1', 'kind: Node', 'metadata: {name: n1}', 'spec:'))).toEqual(['m.yaml:4:1  /spec  spec: expected a mapping, got null']);
+  });
+
+  test('a missing apiVersion names the expected value', () => {
+    expect(check(lines('kind: Node', 'metadata: {name: n1}', 'spec: {id: 1}'))).toEqual(['m.yaml:1:1  /apiVersion  missing required field "apiVersion" in /: expected "ns8ctl.nethserver.org/v1"']);
+  });
+
+  test.each(['dokuwiki01', 'dokuwiki', '1dokuwiki1', 'doku wiki1'])('instance id %j is refused', (name) => {
+    const out = check(lines(...HEAD, `metadata: {name: "${name}"}`, 'spec: {module: dokuwiki, node: 1}'));
+    expect(out).toHaveLength(1);
+    expect(out[0]).toContain(`/metadata/name  name: "${name}" is not valid: expected an NS8 instance id <module><N>`);
+  });
+
   test('label values must be strings', () => {
     expect(check(lines(...HEAD, 'metadata:', '  name: dokuwiki1', '  labels: {tier: 3}', 'spec: {module: dokuwiki, node: 1}'))).toEqual([
       'm.yaml:5:18  /metadata/labels/tier  tier: expected string, got integer 3',
