@@ -40,17 +40,20 @@ export interface CompiledSchema {
   validate: ValidateFunction;
 }
 
-let compiled: Record<Kind, CompiledSchema> | undefined;
+let ajv: Ajv | undefined;
+const compiled = new Map<Kind, CompiledSchema>();
 
-/** The compiled schema of every kind (compiled on first use, then cached). */
-export function kindSchemas(): Record<Kind, CompiledSchema> {
-  if (compiled) return compiled;
-  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, strictTypes: false, strictRequired: false });
-  const dir = schemasDir();
-  const make = (kind: Kind): CompiledSchema => {
-    const schema = JSON.parse(readFileSync(join(dir, SCHEMA_FILES[kind]), 'utf8')) as AnySchemaObject;
-    return { schema, validate: ajv.compile(schema) };
-  };
-  compiled = { Module: make('Module'), Repository: make('Repository'), Node: make('Node') };
-  return compiled;
+/**
+ * The compiled schema of one kind, compiled on first use and cached (compiling costs tens of
+ * milliseconds per kind, so kinds a run never meets are not compiled).
+ * @throws Ns8ctlError `schemas_missing` when the schema files are not installed.
+ */
+export function kindSchema(kind: Kind): CompiledSchema {
+  const hit = compiled.get(kind);
+  if (hit) return hit;
+  ajv ??= new Ajv({ allErrors: true, verbose: true, strict: true, strictTypes: false, strictRequired: false });
+  const schema = JSON.parse(readFileSync(join(schemasDir(), SCHEMA_FILES[kind]), 'utf8')) as AnySchemaObject;
+  const entry = { schema, validate: ajv.compile(schema) };
+  compiled.set(kind, entry);
+  return entry;
 }

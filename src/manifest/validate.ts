@@ -9,7 +9,7 @@ import type { Diagnostic } from '../errors.js';
 import type { LoadResult, LoadedDocument } from './load.js';
 import { locate } from './locate.js';
 import type { LocateMode } from './locate.js';
-import { kindSchemas } from './schemas.js';
+import { kindSchema } from './schemas.js';
 import { closest, showValue } from './schema-errors.js';
 import { translateSchemaErrors } from './schema-errors.js';
 import { API_VERSION, KINDS, moduleNameOf, splitInstanceId } from './types.js';
@@ -204,7 +204,6 @@ function rawId(kind: Kind, v: Record<string, unknown>): { id: string; pointer: s
 export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): ValidationResult {
   const diags: Diagnostic[] = [];
   const states: DocState[] = loaded.documents.map((doc) => ({ doc, bad: false }));
-  const schemas = kindSchemas();
 
   for (const st of states) {
     const v = st.doc.value;
@@ -216,7 +215,7 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
     const kind = checkHeader(diags, st, v);
     if (!kind) continue;
     st.kind = kind;
-    const validate = schemas[kind].validate;
+    const validate = kindSchema(kind).validate;
     const schemaBad = new Set<string>();
     if (!validate(v)) {
       for (const m of translateSchemaErrors(validate.errors ?? [])) {
