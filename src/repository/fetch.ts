@@ -1,0 +1,256 @@
+/**
+ * Repository metadata I/O: read the configured repositories from Redis, fetch `repodata.json`
+ * over http(s) or file://, validate it, and cache it in Redis exactly as NS8 does
+ * (`cluster/repository_cache/<name>`: `data`, `updated`, `repo_view`, TTL 3600 s).
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import type { Redis } from 'ioredis';
+import { RedisError } from '../errors.js';
+import { keys } from '../state/keys.js';
+import { RepositoryError } from './errors.js';
+import { parseRepodata, REPODATA_FILE, type RepodataPackage } from './repodata.js';
+import type { RepositoryInfo, RepositorySnapshot } from './resolve.js';
+
+/** Seconds a cached repodata stays in Redis (NS8: 3600). */
+export const CACHE_TTL_SECONDS = 3600;
+/** Default HTTP timeout for one repodata download. */
+export const DEFAULT_FETCH_TIMEOUT_MS = 15_000;
+/** Largest repodata.json accepted. */
+export const MAX_REPODATA_BYTES = 64 * 1024 * 1024;
+/** View asked for by default (`?view=latest`; NS8's apply-updates asks for `managed`). */
+export const DEFAULT_VIEW = 'latest';
+
+export interface FetchOptions {
+  /** Abort an HTTP download after this many ms (default 15000). */
+  timeoutMs?: number;
+  /** `?view=` query parameter sent to http(s) repositories (default `latest`). */
+  view?: string;
+  /** Fetch implementation (default global fetch); injected by tests only if needed. */
+  fetchImpl?: typeof fetch;
+}
+
+/** Raw metadata as downloaded. */
+export interface FetchedRepodata {
+  /** The exact text received (stored verbatim in the cache's `data`, as NS8). */
+  text: string;
+  packages: RepodataPackage[];
+  /** `Last-Modified` header, or the file's mtime for file://, or ''. */
+  updated: string;
+  /** Where it was read from. */
+  from: string;
+}
+
+/** URL of `repodata.json` under a repository URL (a trailing slash is implied: `.../updates` -> `.../updates/repodata.json`). */
+export function repodataUrl(repositoryUrl: string): URL {
+  let base: URL;
+  try {
+    base = new URL(repositoryUrl.endsWith('/') ? repositoryUrl : `${repositoryUrl}/`);
+  } catch (err) {
+    throw new RepositoryError('repository_not_accessible', `repository URL ${JSON.stringify(repositoryUrl)} is not a valid URL`, { cause: err });
+  }
+  base.search = '';
+  base.hash = '';
+  return new URL(REPODATA_FILE, base);
+}
+
+/**
+ * Downloads and validates the metadata of one repository (http, https or file URL).
+ * @throws RepositoryError `repodata_not_found` (HTTP 404, missing file), `repository_not_accessible`
+ *   (network error, timeout, other HTTP status, unsupported scheme, too large),
+ *   `repodata_is_not_json`, `repodata_is_not_valid_metadata` (every problem with its JSON pointer).
+ */
+export async function fetchRepodata(repo: Pick<RepositoryInfo, 'name' | 'url'>, opts: FetchOptions = {}): Promise<FetchedRepodata> {
+  const url = repodataUrl(repo.url);
+  const where = `repository '${repo.name}'`;
+  if (url.protocol === 'file:') {
+    const path = fileURLToPath(url);
+    let text: string;
+    let updated = '';
+    try {
+      const st = await stat(path);
+      if (st.size > MAX_REPODATA_BYTES) throw new RepositoryError('repository_not_accessible', `${where}: ${path} is larger than ${MAX_REPODATA_BYTES} bytes`);
+      updated = st.mtime.toUTCString();
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if (err instanceof RepositoryError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new RepositoryError('repodata_not_found', `${where}: ${path} does not exist`, { cause: err });
+      throw new RepositoryError('repository_not_accessible', `${where}: cannot read ${path}: ${(err as Error).message}`, { cause: err });
+    }
+    return { text, packages: parseRepodata(text, repo.name, url.href), updated, from: url.href };
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new RepositoryError('repository_not_accessible', `${where}: URL scheme ${url.protocol} is not supported (use http://, https:// or file://)`);
+  }
+  url.searchParams.set('view', opts.view ?? DEFAULT_VIEW);
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;
+  const doFetch = opts.fetchImpl ?? fetch;
+  let res: Response;
+  let text: string;
+  try {
+    res = await doFetch(url, { headers: { 'User-Agent': 'ns8ctl (ns8-downloader)', Accept: 'application/json' }, redirect: 'follow', signal: AbortSignal.timeout(timeoutMs) });
+    if (res.status === 404) throw new RepositoryError('repodata_not_found', `${where}: ${url.href} answered 404 Not Found (is the repository URL right?)`);
+    if (!res.ok) throw new RepositoryError('repository_not_accessible', `${where}: ${url.href} answered HTTP ${res.status} ${res.statusText}`.trim());
+    const len = Number(res.headers.get('content-length') ?? '0');
+    if (len > MAX_REPODATA_BYTES) throw new RepositoryError('repository_not_accessible', `${where}: ${url.href} is larger than ${MAX_REPODATA_BYTES} bytes`);
+    text = await res.text();
+  } catch (err) {
+    if (err instanceof RepositoryError) throw err;
+    const e = err as Error & { cause?: { code?: string; message?: string } };
+    const reason =
+      e.name === 'TimeoutError' || e.name === 'AbortError' ? `no answer within ${timeoutMs} ms` : (e.cause?.code ?? e.cause?.message ?? e.message);
+    throw new RepositoryError('repository_not_accessible', `${where}: cannot download ${url.href}: ${reason}`, { cause: err });
+  }
+  return { text, packages: parseRepodata(text, repo.name, url.href), updated: res.headers.get('last-modified') ?? '', from: url.href };
+}
+
+/** Parses a `cluster/repository/<name>` hash (`url`, `status`, `testing`). */
+export function repositoryFromHash(name: string, h: Record<string, string>): RepositoryInfo {
+  return { name, url: h.url ?? '', enabled: h.status === '1', testing: h.testing === '1' };
+}
+
+function redisFailure(step: string, err: unknown): RedisError {
+  return new RedisError('redis_failed', `${step}: ${(err as Error).message}`, { cause: err, user: false });
+}
+
+/**
+ * Reads every configured repository (`cluster/repository/*`), sorted by name.
+ * @throws RedisError when Redis fails.
+ */
+export async function readRepositories(redis: Redis): Promise<RepositoryInfo[]> {
+  const prefix = keys.repository('');
+  try {
+    const names: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 200);
+      cursor = next;
+      for (const k of batch) {
+        const name = k.slice(prefix.length);
+        if (name && !name.includes('/')) names.push(name);
+      }
+    } while (cursor !== '0');
+    const unique = [...new Set(names)].sort();
+    const pipe = redis.pipeline();
+    for (const n of unique) pipe.hgetall(keys.repository(n));
+    const res = (await pipe.exec()) ?? [];
+    return unique.map((n, i) => {
+      const [err, h] = res[i] ?? [null, {}];
+      if (err) throw err;
+      return repositoryFromHash(n, (h ?? {}) as Record<string, string>);
+    });
+  } catch (err) {
+    throw redisFailure('reading cluster/repository/*', err);
+  }
+}
+
+/** Where a snapshot came from. */
+export type SnapshotOrigin = 'cache' | 'network';
+
+const parsedMemo = new Map<string, { text: string; packages: RepodataPackage[] }>();
+
+function parseCached(name: string, text: string): RepodataPackage[] {
+  const memo = parsedMemo.get(name);
+  if (memo && memo.text === text) return memo.packages;
+  const packages = parseRepodata(text, name, `cache ${keys.repositoryCache(name)}`);
+  parsedMemo.set(name, { text, packages });
+  return packages;
+}
+
+/**
+ * The metadata of one repository, from the Redis cache when present (and of the same view),
+ * else downloaded, validated and cached: HSET `data`/`updated`/`repo_view` + EXPIRE 3600, only
+ * when it holds at least one package (as NS8). A cache that no longer validates is re-fetched.
+ * Caching is skipped silently when the Redis user may not write (a read-only replica user).
+ * @throws RepositoryError from fetchRepodata; RedisError when Redis fails.
+ */
+export async function getRepodata(redis: Redis, repo: RepositoryInfo, opts: FetchOptions = {}): Promise<RepositorySnapshot & { origin: SnapshotOrigin }> {
+  const key = keys.repositoryCache(repo.name);
+  const view = opts.view ?? DEFAULT_VIEW;
+  let cache: Record<string, string>;
+  try {
+    cache = await redis.hgetall(key);
+  } catch (err) {
+    throw redisFailure(`reading ${key}`, err);
+  }
+  if (cache.data !== undefined && (cache.repo_view ?? DEFAULT_VIEW) === view) {
+    try {
+      const packages = parseCached(repo.name, cache.data);
+      return { repository: repo, packages, updated: cache.updated ?? '', origin: 'cache' };
+    } catch {
+      // An invalid cache (written by another tool, or truncated) is replaced by a fresh download.
+    }
+  }
+  const fetched = await fetchRepodata(repo, opts);
+  if (fetched.packages.length > 0) {
+    try {
+      await redis.multi().hset(key, { data: fetched.text, updated: fetched.updated, repo_view: view }).expire(key, CACHE_TTL_SECONDS).exec();
+    } catch (err) {
+      if (!/NOPERM|READONLY/i.test((err as Error).message)) throw redisFailure(`writing ${key}`, err);
+    }
+  }
+  parsedMemo.set(repo.name, { text: fetched.text, packages: fetched.packages });
+  return { repository: repo, packages: fetched.packages, updated: fetched.updated, origin: 'network' };
+}
+
+/** Per-repository failure while loading metadata. */
+export interface RepositoryFailure {
+  repository: string;
+  error: RepositoryError;
+}
+
+/**
+ * Loads the metadata of every enabled repository (disabled ones are skipped without I/O), one
+ * at a time. A repository that fails does not stop the others: it is returned in `failures`
+ * (NS8 silently treats it as empty; we say why).
+ * @throws RedisError when Redis fails.
+ */
+export async function loadSnapshots(redis: Redis, opts: FetchOptions & { only?: string } = {}): Promise<{ snapshots: RepositorySnapshot[]; failures: RepositoryFailure[]; repositories: RepositoryInfo[] }> {
+  const repositories = await readRepositories(redis);
+  const snapshots: RepositorySnapshot[] = [];
+  const failures: RepositoryFailure[] = [];
+  for (const repo of repositories) {
+    if (!repo.enabled || (opts.only !== undefined && repo.name !== opts.only)) continue;
+    try {
+      const { origin: _o, ...snap } = await getRepodata(redis, repo, opts);
+      snapshots.push(snap);
+    } catch (err) {
+      if (err instanceof RepositoryError) failures.push({ repository: repo.name, error: err });
+      else throw err;
+    }
+  }
+  return { snapshots, failures, repositories };
+}
+
+/**
+ * Expires the repodata cache (NS8's clean-repositories-cache): of repository `name`, or of all
+ * repositories. Returns the names whose cache existed and was removed.
+ * @throws RedisError when Redis fails.
+ */
+export async function refreshRepositories(redis: Redis, name?: string): Promise<string[]> {
+  const prefix = keys.repositoryCache('');
+  try {
+    let cacheKeys: string[];
+    if (name !== undefined) {
+      cacheKeys = [keys.repositoryCache(name)];
+    } else {
+      cacheKeys = [];
+      let cursor = '0';
+      do {
+        const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 200);
+        cursor = next;
+        cacheKeys.push(...batch);
+      } while (cursor !== '0');
+      cacheKeys = [...new Set(cacheKeys)].sort();
+    }
+    const removed: string[] = [];
+    for (const k of cacheKeys) {
+      if ((await redis.del(k)) > 0) removed.push(k.slice(prefix.length));
+      parsedMemo.delete(k.slice(prefix.length));
+    }
+    return removed;
+  } catch (err) {
+    throw redisFailure(`expiring ${name === undefined ? `${prefix}*` : keys.repositoryCache(name)}`, err);
+  }
+}

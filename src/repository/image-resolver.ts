@@ -1,0 +1,73 @@
+/**
+ * Resolution wired to Redis: loads the enabled repositories' metadata (cached as NS8 does) and
+ * resolves Module specs to images. This is what the cluster controller and the node agent inject.
+ */
+import type { Redis } from 'ioredis';
+import { readCoreVersion } from './core-version.js';
+import { RepositoryError } from './errors.js';
+import { loadSnapshots, type FetchOptions, type RepositoryFailure } from './fetch.js';
+import { listAvailable, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type Resolution } from './resolve.js';
+
+export interface ResolverOptions extends FetchOptions {
+  /** Core version min-core labels are compared with; default readCoreVersion() (env, core.env, 3.21.0). */
+  coreVersion?: string;
+  /** Called once per repository that could not be loaded (its modules are then not offered). */
+  onWarning?: (message: string) => void;
+}
+
+/** The catalog of installable modules, plus what could not be loaded. */
+export interface AvailableCatalog {
+  available: AvailableModule[];
+  repositories: RepositoryInfo[];
+  failures: RepositoryFailure[];
+  coreVersion: string;
+}
+
+/**
+ * Reads `cluster/repository/*`, gets each enabled repository's metadata (cache or download) and
+ * lists the available modules (resolve.listAvailable). A repository that fails is reported in
+ * `failures` (and to `onWarning`), not thrown.
+ * @throws RedisError when Redis fails.
+ */
+export async function loadAvailable(redis: Redis, opts: ResolverOptions = {}): Promise<AvailableCatalog> {
+  const coreVersion = opts.coreVersion ?? (await readCoreVersion());
+  const { snapshots, failures, repositories } = await loadSnapshots(redis, opts);
+  for (const f of failures) opts.onWarning?.(f.error.message);
+  return { available: listAvailable(snapshots, { coreVersion }), repositories, failures, coreVersion };
+}
+
+/**
+ * Resolves one Module spec against the repositories in Redis. A full image URL is returned
+ * without touching Redis. When resolution fails and some repositories could not be loaded, the
+ * error says so (the module may be in one of them).
+ * @throws RepositoryError (`module_not_found`, `version_not_found`, `invalid_version_spec`, ...),
+ *   RedisError.
+ */
+export async function resolveFromRedis(redis: Redis, spec: ImageSpec | string, opts: ResolverOptions = {}): Promise<Resolution> {
+  const direct = typeof spec === 'string' ? spec.includes('/') : spec.image !== undefined || (spec.module?.includes('/') ?? false);
+  if (direct) return resolveModule(spec, []);
+  const catalog = await loadAvailable(redis, opts);
+  try {
+    return resolveModule(spec, catalog.available);
+  } catch (err) {
+    if (err instanceof RepositoryError && catalog.failures.length && (err.code === 'module_not_found' || err.code === 'version_not_found')) {
+      const extra = catalog.failures.map((f) => f.error.message).join('; ');
+      throw new RepositoryError(err.code, `${err.message}; some repositories could not be read: ${extra}`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+/** Returns a function resolving Module specs to full Resolutions (for plan and status). */
+export function makeModuleResolver(redis: Redis, opts: ResolverOptions = {}): (spec: ImageSpec | string) => Promise<Resolution> {
+  return (spec) => resolveFromRedis(redis, spec, opts);
+}
+
+/**
+ * The node agent's `resolveImage`: a Module spec (`{module, version}` or `{image}`, or a bare
+ * name / URL string) -> full image URL with tag (`ghcr.io/x/webapp:1.1.0`).
+ * @throws as resolveFromRedis.
+ */
+export function makeImageResolver(redis: Redis, opts: ResolverOptions = {}): (spec: ImageSpec | string) => Promise<string> {
+  return async (spec) => (await resolveFromRedis(redis, spec, opts)).image;
+}
