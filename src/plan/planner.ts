@@ -171,7 +171,8 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
       nodeDeletes.push(key);
       continue;
     }
-    if (parsed.kind === 'Module') deletedIds.add(parsed.id);
+    // A module with finalizers stays on its node until its removal finishes.
+    if (parsed.kind === 'Module' && !stored?.finalizers.length) deletedIds.add(parsed.id);
     deletes.push(deleteChange(key, parsed.kind, parsed.id, stored?.object, state, opts.applySet));
   }
   // Nodes go last; one that still hosts a module after this plan cannot be deleted.
@@ -180,9 +181,10 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     const { kind, id } = parseKey(key) as { kind: Kind; id: string };
     const hosted = [...placement].filter(([, node]) => node === id).map(([m]) => m).sort(compareNatural);
     if (hosted.length) {
+      const one = hosted.length === 1;
       blocked.push({
         key,
-        message: `${key} cannot be deleted: module${hosted.length === 1 ? '' : 's'} ${hosted.join(', ')} ${hosted.length === 1 ? 'is' : 'are'} placed on it; delete or move ${hosted.length === 1 ? 'it' : 'them'} first`,
+        message: `${key} cannot be deleted: module${one ? '' : 's'} ${hosted.join(', ')} ${one ? 'is' : 'are'} still placed on it; delete or move ${one ? 'it' : 'them'} first (a module being removed stays until its removal finishes)`,
       });
       continue;
     }

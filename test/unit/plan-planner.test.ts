@@ -209,7 +209,17 @@ describe('plan: deletes and prune', () => {
     const s = appliedState([node(2, 'worker'), mod('webapp1', { node: 2 }), mod('other1', { node: 1 })]);
     const p = plan(desired(mod('webapp1', { node: 2 })), s, prune);
     expect(p.changes.map((c) => c.key)).toEqual(['Module/other1']);
-    expect(p.blocked).toEqual([{ key: 'Node/2', message: 'Node/2 cannot be deleted: module webapp1 is placed on it; delete or move it first' }]);
+    expect(p.blocked).toEqual([{ key: 'Node/2', message: 'Node/2 cannot be deleted: module webapp1 is still placed on it; delete or move it first (a module being removed stays until its removal finishes)' }]);
+  });
+
+  it('keeps a Node while a module on it is only being removed (finalizers pending)', () => {
+    const s = appliedState([node(2, 'worker'), mod('webapp1', { node: 2 })], { finalizers: ['node-agent'] });
+    const p = plan([], s, prune);
+    expect(p.changes.map((c) => c.key)).toEqual(['Module/webapp1']);
+    expect(p.blocked.map((b) => b.key)).toEqual(['Node/2']);
+    const later = plan([], applyPlanToState(s, p, uuidFor), prune);
+    expect(later.changes).toEqual([]);
+    expect(later.blocked).toEqual(p.blocked);
   });
 
   it('deletes a Node after its modules, once none is left on it', () => {
