@@ -1,0 +1,333 @@
+/**
+ * Roles and authorizations as NS8 keeps them:
+ * - an agent defines roles as SETs of action globs: `<agent_id>/roles/<role>` (e.g.
+ *   `module/traefik1/roles/routeadm` = {set-route, delete-route});
+ * - a module's `org.nethserver.authorizations` label (`traefik@any:routeadm node:portsadm`) is kept
+ *   in `cluster/authorizations/module/<id>` (with `self:selfadm` added);
+ * - grants: HASH `roles/module/<id>`, field `<agent_id>`, value the role names (comma separated),
+ *   written for every agent the selector matches that defines the role.
+ * computeGrants is pure; applyGrants recomputes everything from Redis and converges the grant
+ * hashes, so grants follow instances added later (`X@any`) and vanish with removed ones.
+ *
+ * ns8ctl addition: with NS8's ACL a module agent cannot read `roles/*`, so applyGrants also keeps
+ * a readable mirror per target module, HASH `module/<id>/grants` (principal -> roles), that the
+ * agent consults before running a task submitted by someone else.
+ */
+import type { Redis } from 'ioredis';
+import { AgentError } from './errors.js';
+
+/** One parsed authorization: selector and the roles it asks for. */
+export interface Authorization {
+  selector: string;
+  roles: string[];
+}
+
+/** A module instance as grant computation sees it. */
+export interface GrantInstance {
+  id: string;
+  node: string;
+  /** Entries of `cluster/authorizations/module/<id>`, e.g. `traefik@any:routeadm`. */
+  authorizations: readonly string[];
+}
+
+/** Everything computeGrants needs. */
+export interface GrantInput {
+  instances: readonly GrantInstance[];
+  /** Roles each agent defines: agent id -> role names (from `<agent>/roles/<role>` keys). */
+  agentRoles: Readonly<Record<string, readonly string[]>>;
+  /** `cluster/default_instance/<module>` values. */
+  clusterDefaults?: Readonly<Record<string, string>>;
+  /** `node/<node>/default_instance/<module>` values, by node id. */
+  nodeDefaults?: Readonly<Record<string, Readonly<Record<string, string>>>>;
+}
+
+/** Grants: principal (`module/<id>`) -> target agent id -> comma-separated role names. */
+export type GrantTable = Record<string, Record<string, string>>;
+
+/**
+ * Parses an `org.nethserver.authorizations` value (space separated `<selector>:<role>[,<role>]`).
+ * Applies NS8's sanity check: no `*`, `[` or `?`, a `:` required, `cluster:owner` refused.
+ * Returns the entries and one message per refused entry.
+ */
+export function parseAuthorizations(label: string): { entries: Authorization[]; errors: string[] } {
+  const entries: Authorization[] = [];
+  const errors: string[] = [];
+  for (const item of label.split(/\s+/).filter(Boolean)) {
+    if (/[*[?]/.test(item)) errors.push(`authorization ${JSON.stringify(item)} must not contain "*", "[" or "?"`);
+    else if (!item.includes(':')) errors.push(`authorization ${JSON.stringify(item)} must have the form <selector>:<role>[,<role>...]`);
+    else if (item === 'cluster:owner') errors.push('authorization "cluster:owner" is not allowed');
+    else {
+      const at = item.lastIndexOf(':');
+      const roles = item.slice(at + 1).split(',').filter(Boolean);
+      if (!item.slice(0, at) || roles.length === 0) errors.push(`authorization ${JSON.stringify(item)} needs a selector and at least one role`);
+      else entries.push({ selector: item.slice(0, at), roles });
+    }
+  }
+  return { entries, errors };
+}
+
+/** The authorizations NS8 stores for an instance: the label's entries plus `self:selfadm`. */
+export function authorizationsToStore(label: string): string[] {
+  const { entries, errors } = parseAuthorizations(label);
+  if (errors.length) throw new AgentError('authorizations_invalid', `org.nethserver.authorizations is invalid: ${errors.join('; ')}`);
+  const out = entries.map((e) => `${e.selector}:${e.roles.join(',')}`);
+  if (!out.includes('self:selfadm')) out.push('self:selfadm');
+  return out;
+}
+
+/** Escapes a Go filepath.Match-style glob into a RegExp (`*`, `?`, `[...]`; `/` never matched by wildcards). */
+export function globToRegExp(glob: string): RegExp {
+  let re = '^';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i] as string;
+    if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else if (c === '[') {
+      const end = glob.indexOf(']', i + 1);
+      if (end < 0) re += '\\[';
+      else {
+        let body = glob.slice(i + 1, end);
+        if (body.startsWith('^')) body = '^' + body.slice(1).replace(/[\\\]]/g, '\\$&');
+        else body = body.replace(/[\\\]]/g, '\\$&');
+        re += `[${body}]`;
+        i = end;
+      }
+    } else if (c === '\\' && i + 1 < glob.length) {
+      re += (glob[++i] as string).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    } else re += c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  }
+  return new RegExp(re + '$');
+}
+
+/** True when `action` matches one of the glob patterns (`get-*`, `*`). */
+export function actionMatches(globs: Iterable<string>, action: string): boolean {
+  for (const g of globs) if (globToRegExp(g).test(action)) return true;
+  return false;
+}
+
+/** Resolves a selector to the agent-id glob it designates, as NS8's add_module_permissions does. */
+export function resolveSelector(selector: string, inst: GrantInstance, input: GrantInput): string | undefined {
+  if (selector === 'self') return `module/${inst.id}`;
+  if (selector === 'node') return `node/${inst.node}`;
+  const any = /^(.+)@any$/.exec(selector);
+  if (any) return `module/${any[1]}*`;
+  const onNode = /^(.+)@node$/.exec(selector);
+  if (onNode) {
+    const v = input.nodeDefaults?.[inst.node]?.[onNode[1] as string];
+    return v ? `module/${v}` : undefined;
+  }
+  const onCluster = /^(.+)@cluster$/.exec(selector);
+  if (onCluster) {
+    const v = input.clusterDefaults?.[onCluster[1] as string];
+    return v ? `module/${v}` : undefined;
+  }
+  if (/^\d+$/.test(selector)) return `node/${selector}`;
+  if (selector === 'cluster' || selector.startsWith('module/') || selector.startsWith('node/')) return selector;
+  return `module/${selector}`;
+}
+
+/**
+ * Computes the grant table: for each instance and each of its authorizations, every agent whose
+ * id matches the resolved selector and that defines the role gets the role granted. Several
+ * entries naming the same agent are merged (NS8 keeps the last; merging never loses a grant the
+ * label asks for). Pure and deterministic (sorted role lists).
+ */
+export function computeGrants(input: GrantInput): GrantTable {
+  const table: GrantTable = {};
+  const agents = Object.keys(input.agentRoles).sort();
+  for (const inst of [...input.instances].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+    const principal = `module/${inst.id}`;
+    const perAgent = new Map<string, Set<string>>();
+    for (const raw of inst.authorizations) {
+      const { entries } = parseAuthorizations(raw);
+      for (const { selector, roles } of entries) {
+        const glob = resolveSelector(selector, inst, input);
+        if (!glob) continue;
+        const re = globToRegExp(glob);
+        for (const agent of agents) {
+          if (!re.test(agent)) continue;
+          const defined = input.agentRoles[agent] ?? [];
+          for (const role of roles) {
+            if (!defined.includes(role)) continue;
+            let set = perAgent.get(agent);
+            if (!set) perAgent.set(agent, (set = new Set()));
+            set.add(role);
+          }
+        }
+      }
+    }
+    if (perAgent.size === 0) continue;
+    const row: Record<string, string> = {};
+    for (const [agent, roles] of [...perAgent.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) row[agent] = [...roles].sort().join(',');
+    table[principal] = row;
+  }
+  return table;
+}
+
+async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
+  const out: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    out.push(...batch);
+  } while (cursor !== '0');
+  return [...new Set(out)].sort();
+}
+
+/** `module/<id>/grants`: ns8ctl's readable mirror of who holds which roles on `module/<id>`. */
+export function grantsMirrorKey(agentId: string): string {
+  return `${agentId}/grants`;
+}
+
+/** What applyGrants changed. */
+export interface ApplyGrantsResult {
+  table: GrantTable;
+  /** Number of HSET/HDEL/DEL operations written (0 when already converged). */
+  writes: number;
+}
+
+/**
+ * Reads instances (`cluster/module_node`), their authorizations, defined roles and default
+ * instances from Redis, computes the grants and converges `roles/module/<id>` hashes to them in one
+ * MULTI: adds/changes fields, removes stale ones, drops hashes of removed instances, and removes
+ * fields naming removed module agents from every other `roles/*` hash. Then refreshes the
+ * `module/<id>/grants` mirrors. Needs an admin connection. Call it after an instance is added
+ * (once its create-module defined its roles) or removed.
+ */
+export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
+  const moduleNode = await redis.hgetall('cluster/module_node');
+  const ids = Object.keys(moduleNode).sort();
+  const authPipe = redis.pipeline();
+  for (const id of ids) authPipe.smembers(`cluster/authorizations/module/${id}`);
+  const authReplies = (await authPipe.exec()) ?? [];
+  const instances: GrantInstance[] = ids.map((id, i) => ({ id, node: moduleNode[id] ?? '', authorizations: ((authReplies[i]?.[1] as string[] | undefined) ?? []).slice().sort() }));
+
+  const agentRoles: Record<string, string[]> = {};
+  for (const key of await scanKeys(redis, '*/roles/*')) {
+    const m = /^((?:module\/[^/]+)|(?:node\/[^/]+)|cluster)\/roles\/([^/]+)$/.exec(key);
+    if (!m) continue;
+    (agentRoles[m[1] as string] ??= []).push(m[2] as string);
+  }
+  const clusterDefaults: Record<string, string> = {};
+  const nodeDefaults: Record<string, Record<string, string>> = {};
+  const defaultKeys = [...(await scanKeys(redis, 'cluster/default_instance/*')), ...(await scanKeys(redis, 'node/*/default_instance/*'))];
+  if (defaultKeys.length) {
+    const values = await redis.mget(...defaultKeys);
+    defaultKeys.forEach((k, i) => {
+      const v = values[i];
+      if (!v) return;
+      const c = /^cluster\/default_instance\/(.+)$/.exec(k);
+      if (c) clusterDefaults[c[1] as string] = v;
+      const n = /^node\/([^/]+)\/default_instance\/(.+)$/.exec(k);
+      if (n) (nodeDefaults[n[1] as string] ??= {})[n[2] as string] = v;
+    });
+  }
+  const table = computeGrants({ instances, agentRoles, clusterDefaults, nodeDefaults });
+
+  // Current state of every roles/* hash.
+  const roleKeys = await scanKeys(redis, 'roles/*');
+  const readPipe = redis.pipeline();
+  for (const k of roleKeys) readPipe.hgetall(k);
+  const current = new Map<string, Record<string, string>>();
+  ((await readPipe.exec()) ?? []).forEach(([, v], i) => current.set(roleKeys[i] as string, (v as Record<string, string>) ?? {}));
+
+  const live = new Set(ids.map((id) => `module/${id}`));
+  const m = redis.multi();
+  let writes = 0;
+  const finalState = new Map<string, Record<string, string>>();
+  for (const [key, fields] of current) {
+    const principal = key.slice('roles/'.length);
+    if (principal.startsWith('module/')) {
+      const want = table[principal] ?? {};
+      if (!live.has(principal) || Object.keys(want).length === 0) {
+        m.del(key);
+        writes++;
+        continue;
+      }
+      for (const f of Object.keys(fields)) {
+        if (f in want) continue;
+        m.hdel(key, f);
+        writes++;
+      }
+      for (const [f, v] of Object.entries(want)) {
+        if (fields[f] === v) continue;
+        m.hset(key, f, v);
+        writes++;
+      }
+      finalState.set(key, want);
+    } else {
+      // A user's (or another agent's) roles: drop grants on module agents that no longer exist.
+      const keep: Record<string, string> = {};
+      for (const [f, v] of Object.entries(fields)) {
+        if (f.startsWith('module/') && !live.has(f)) {
+          m.hdel(key, f);
+          writes++;
+        } else keep[f] = v;
+      }
+      finalState.set(key, keep);
+    }
+  }
+  for (const [principal, want] of Object.entries(table)) {
+    const key = `roles/${principal}`;
+    if (current.has(key)) continue;
+    m.hset(key, want);
+    writes++;
+    finalState.set(key, want);
+  }
+
+  // Mirrors: for each live module agent, who holds which roles on it.
+  const mirrors = new Map<string, Record<string, string>>();
+  for (const agent of live) mirrors.set(agent, {});
+  for (const [key, fields] of finalState) {
+    const principal = key.slice('roles/'.length);
+    for (const [agent, roles] of Object.entries(fields)) {
+      const mirror = mirrors.get(agent);
+      if (mirror) mirror[principal] = roles;
+    }
+  }
+  const mirrorPipe = redis.pipeline();
+  const agentsOrdered = [...mirrors.keys()].sort();
+  for (const agent of agentsOrdered) mirrorPipe.hgetall(grantsMirrorKey(agent));
+  const mirrorNow = (await mirrorPipe.exec()) ?? [];
+  agentsOrdered.forEach((agent, i) => {
+    const want = mirrors.get(agent) ?? {};
+    const have = (mirrorNow[i]?.[1] as Record<string, string> | undefined) ?? {};
+    if (JSON.stringify(Object.entries(want).sort()) === JSON.stringify(Object.entries(have).sort())) return;
+    m.del(grantsMirrorKey(agent));
+    if (Object.keys(want).length) m.hset(grantsMirrorKey(agent), want);
+    writes++;
+  });
+  if (writes > 0) {
+    const replies = await m.exec();
+    const failed = replies?.find(([err]) => err);
+    if (failed?.[0]) throw failed[0];
+  } else m.discard();
+  return { table, writes };
+}
+
+/** Result of a permission check. */
+export type PermissionDecision = { allowed: true } | { allowed: false; reason: string };
+
+/** NS8's unprivileged-caller error text, as allocate-ports and friends print it. */
+export const PERMISSION_DENIED_ERROR = 'module_permission_denied';
+/** Exit code NS8 uses for `module_permission_denied`. */
+export const PERMISSION_DENIED_EXIT_CODE = 32;
+
+/**
+ * Decides whether `user` may run `action` on `agentId`. An empty user or `cluster` is the
+ * privileged submitter (NS8's empty AGENT_TASK_USER) and is always allowed. Anyone else needs a
+ * role on the agent (from the `module/<id>/grants` mirror) whose `<agent>/roles/<role>` SET holds
+ * a glob matching the action.
+ */
+export async function checkTaskPermission(redis: Redis, agentId: string, user: string | undefined, action: string): Promise<PermissionDecision> {
+  if (!user || user === 'cluster') return { allowed: true };
+  const roles = (await redis.hget(grantsMirrorKey(agentId), user)) ?? '';
+  const names = roles.split(',').filter(Boolean);
+  if (names.length === 0) return { allowed: false, reason: `${user} holds no role on ${agentId}` };
+  const p = redis.pipeline();
+  for (const r of names) p.smembers(`${agentId}/roles/${r}`);
+  const globs = ((await p.exec()) ?? []).flatMap(([, v]) => (v as string[] | undefined) ?? []);
+  if (actionMatches(globs, action)) return { allowed: true };
+  return { allowed: false, reason: `${user} holds role${names.length > 1 ? 's' : ''} ${names.join(',')} on ${agentId}, which do${names.length > 1 ? '' : 'es'} not allow action ${action}` };
+}
