@@ -134,6 +134,6 @@ describe('renderPlanText', () => {
     expect(renderPlanText(p, { color: false })).not.toContain('\u001b[');
     const coloured = renderPlanText(p, { color: true });
     expect(coloured).toContain('\u001b[32m+ Module/dokuwiki1 (create)\u001b[0m');
-    expect(coloured.replace(/\u001b\[[0-9]+m/g, '')).toBe(renderPlanText(p, { color: false }));
+    expect(coloured.replace(new RegExp(String.fromCharCode(27) + '\\[[0-9]+m', 'g'), '')).toBe(renderPlanText(p, { color: false }));
   });
 });
