@@ -8,4 +8,6 @@ export default {
   testTimeout: 60000,
   maxWorkers: 2,
   reporters: ['default', '<rootDir>/test/support/summary-reporter.cjs'],
+  // Redis clients and child processes of integration tests can keep timers alive for a moment.
+  forceExit: true,
 };

@@ -60,7 +60,7 @@ export async function loadAndValidate(
   const loaded = await loadManifests(paths, opts.stdin ? { stdin: opts.stdin } : {});
   const state = redis ? await readClusterState(redis, scopeOf(loaded)) : undefined;
   const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state) } : undefined);
-  const diagnostics = [...loaded.diagnostics, ...result.diagnostics];
+  const diagnostics = result.diagnostics; // includes the load diagnostics, sorted
   if (diagnostics.length > 0) throw new ManifestError(diagnostics);
   return { desired: result.objects, state, loaded };
 }

@@ -50,7 +50,7 @@ export function processIO(): MainIO {
  */
 export function buildProgram(io: MainIO, setExit: (code: number) => void, connections: Connection[]): Command {
   const program = new Command('ns8ctl');
-  const runner = new ExecaRunner();
+  const runner = new ExecaRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
   const deps = (): CliDeps => {
     const g = program.opts<GlobalOptions>();

@@ -57,7 +57,16 @@ const KNOWN_ERRORS: StderrPattern[] = [
 export class ExecaRunner implements CommandRunner {
   private readonly records: (CommandRecord & { mutating: boolean })[] = [];
 
-  constructor(private readonly historyLimit = 1000, private readonly patterns: StderrPattern[] = KNOWN_ERRORS) {}
+  /**
+   * @param historyLimit how many records `history` keeps.
+   * @param patterns stderr patterns mapped to specific error codes.
+   * @param baseEnv environment of every command (default: this process's); `opts.env` adds to it.
+   */
+  constructor(
+    private readonly historyLimit = 1000,
+    private readonly patterns: StderrPattern[] = KNOWN_ERRORS,
+    private readonly baseEnv?: NodeJS.ProcessEnv,
+  ) {}
 
   get history(): readonly (CommandRecord & { mutating: boolean })[] {
     return this.records;
@@ -71,7 +80,7 @@ export class ExecaRunner implements CommandRunner {
       reject: false,
       ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
       ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
-      ...(opts.env !== undefined ? { env: opts.env } : {}),
+      ...(this.baseEnv !== undefined ? { env: { ...this.baseEnv, ...(opts.env ?? {}) }, extendEnv: false } : opts.env !== undefined ? { env: opts.env } : {}),
       timeout: opts.timeoutMs ?? 600_000,
       ...(opts.binary ? { encoding: 'buffer' as const } : {}),
       stripFinalNewline: false,
