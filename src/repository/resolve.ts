@@ -343,7 +343,7 @@ export function resolveVersion(moduleName: string, versionSpec: string | undefin
       };
     }
   }
-  const want = spec.kind === 'latest' ? 'any version' : `a version matching ${JSON.stringify(versionSpec)}`;
+  const want = spec.kind === 'latest' ? 'installable version' : `version matching ${JSON.stringify(versionSpec)}`;
   const details = candidates.map((m) => {
     const hiddenMatching = m.hidden.filter((h) => h.reason !== 'not_semver' && matches(spec, h.tag));
     return (
