@@ -7,7 +7,7 @@
 import jsonpatch from 'fast-json-patch';
 import { Ns8ctlError, RefusedError } from '../errors.js';
 import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
-import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RepositoryObject } from '../manifest/types.js';
+import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import { canonicalize, compareNatural, jsonEqual } from './canonical.js';
 import type { ClusterState } from './state.js';
@@ -179,16 +179,9 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
   const placement = modulePlacement(state, byKey, deletedIds);
   for (const key of nodeDeletes) {
     const { kind, id } = parseKey(key) as { kind: Kind; id: string };
-    const hosted = [...placement].filter(([, node]) => node === id).map(([m]) => m).sort(compareNatural);
-    if (hosted.length) {
-      const one = hosted.length === 1;
-      blocked.push({
-        key,
-        message: `${key} cannot be deleted: module${one ? '' : 's'} ${hosted.join(', ')} ${one ? 'is' : 'are'} still placed on it; delete or move ${one ? 'it' : 'them'} first (a module being removed stays until its removal finishes)`,
-      });
-      continue;
-    }
-    deletes.push(deleteChange(key, kind, id, state.objects.get(key)?.object, state, opts.applySet));
+    const refusal = nodeStillUsed(key, id, placement);
+    if (refusal) blocked.push(refusal);
+    else deletes.push(deleteChange(key, kind, id, state.objects.get(key)?.object, state, opts.applySet));
   }
 
   deletes.sort((a, b) => compareKeys(a.key, b.key, true));
@@ -205,6 +198,52 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     },
     pruneRatio: { prune: deletes.length, inventory: inventory.size },
     pruneCandidates,
+  };
+}
+
+/**
+ * Plans the deletion of one stored object on request (`ns8ctl delete`, `remove-module`), with the
+ * same rules as prune: data policy, delete bookkeeping, and a Node that still hosts modules is
+ * blocked. The object leaves every inventory that lists it. `removalPolicy` overrides the
+ * object's own for a Module (`--no-preserve` = `Delete`). An unknown key, or an object already
+ * being removed, gives a plan without changes. `pruneRatio` is zero: a named delete is not a prune.
+ */
+export function planDeletion(state: ClusterState, key: string, opts: { removalPolicy?: RemovalPolicy } = {}): Plan {
+  const stored = state.objects.get(key);
+  const parsed = parseKey(key);
+  const result: Plan = {
+    applySet: stored?.applySet ?? 'default',
+    prune: false,
+    changes: [],
+    blocked: [],
+    summary: { create: 0, update: 0, delete: 0 },
+    pruneRatio: { prune: 0, inventory: 0 },
+    pruneCandidates: [],
+  };
+  if (!stored || !parsed || stored.deleting) return result;
+  if (parsed.kind === 'Node') {
+    const refusal = nodeStillUsed(key, parsed.id, modulePlacement(state, new Map(), new Set()));
+    if (refusal) {
+      result.blocked.push(refusal);
+      return result;
+    }
+  }
+  const change = deleteChange(key, parsed.kind, parsed.id, stored.object, state, result.applySet, opts.removalPolicy);
+  change.reasons[0] = 'deleted on request';
+  change.inventory.remove = [...state.inventory].filter(([, members]) => members.has(key)).map(([name]) => name).sort(compareNatural);
+  result.changes.push(change);
+  result.summary.delete = 1;
+  return result;
+}
+
+/** The refusal for deleting Node `key` while modules are placed on it, if any. */
+function nodeStillUsed(key: string, nodeId: string, placement: Map<string, string>): BlockedChange | undefined {
+  const hosted = [...placement].filter(([, node]) => node === nodeId).map(([m]) => m).sort(compareNatural);
+  if (!hosted.length) return undefined;
+  const one = hosted.length === 1;
+  return {
+    key,
+    message: `${key} cannot be deleted: module${one ? '' : 's'} ${hosted.join(', ')} ${one ? 'is' : 'are'} still placed on it; delete or move ${one ? 'it' : 'them'} first (a module being removed stays until its removal finishes)`,
   };
 }
 
@@ -359,7 +398,15 @@ function modulePlacement(state: ClusterState, desired: Map<string, DesiredObject
   return placement;
 }
 
-function deleteChange(key: string, kind: Kind, id: string, stored: ManifestObject | undefined, state: ClusterState, applySet: string): Change {
+function deleteChange(
+  key: string,
+  kind: Kind,
+  id: string,
+  stored: ManifestObject | undefined,
+  state: ClusterState,
+  applySet: string,
+  policyOverride?: RemovalPolicy,
+): Change {
   const change: Change = {
     action: 'delete',
     key,
@@ -380,7 +427,7 @@ function deleteChange(key: string, kind: Kind, id: string, stored: ManifestObjec
   change.before = before;
   change.reasons.push(`no longer in the manifests of apply set ${JSON.stringify(applySet)}`);
   if (before.kind === 'Module') {
-    const policy = before.spec.removalPolicy ?? 'Preserve';
+    const policy = policyOverride ?? before.spec.removalPolicy ?? 'Preserve';
     change.dataPolicy = policy === 'Delete' ? 'deleted' : 'preserved';
     change.reasons.push(policy === 'Delete' ? 'removalPolicy is Delete: the instance home and volumes are erased' : 'removalPolicy is Preserve: the instance home and volumes are kept');
     if (state.moduleNode.has(id)) change.bookkeeping.push({ type: 'hdel', key: keys.moduleNode(), field: id });

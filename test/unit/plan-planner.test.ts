@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { RefusedError } from '../../src/errors.js';
-import { applyPlanToState, checkPruneSafety, isEmpty, plan } from '../../src/plan/planner.js';
+import { applyPlanToState, checkPruneSafety, isEmpty, plan, planDeletion } from '../../src/plan/planner.js';
 import { emptyState } from '../../src/plan/state.js';
 import { appliedState, desired, mod, node, repo, stored, uuidFor } from './plan-fixtures.js';
 
@@ -227,6 +227,44 @@ describe('plan: deletes and prune', () => {
     const p = plan([], s, prune);
     expect(p.changes.map((c) => c.key)).toEqual(['Module/webapp1', 'Node/2']);
     expect(p.changes[1]!.bookkeeping).toEqual([]);
+  });
+});
+
+describe('planDeletion', () => {
+  it('deletes one named object from every inventory that lists it, with its bookkeeping and data policy', () => {
+    const s = appliedState([mod('dokuwiki1'), mod('keep1')]);
+    s.inventory.set('team', new Set(['Module/dokuwiki1']));
+    const p = planDeletion(s, 'Module/dokuwiki1');
+    expect(p.changes).toHaveLength(1);
+    expect(p.changes[0]).toMatchObject({
+      action: 'delete',
+      key: 'Module/dokuwiki1',
+      dataPolicy: 'preserved',
+      reasons: ['deleted on request', 'removalPolicy is Preserve: the instance home and volumes are kept'],
+      inventory: { add: null, remove: ['default', 'team'] },
+      bookkeeping: [
+        { type: 'hdel', key: 'cluster/module_node', field: 'dokuwiki1' },
+        { type: 'hdel', key: 'cluster/module_uuid', field: 'dokuwiki1' },
+      ],
+    });
+    expect(p.pruneRatio).toEqual({ prune: 0, inventory: 0 });
+    const after = applyPlanToState(s, p, uuidFor);
+    expect(after.objects.has('Module/dokuwiki1')).toBe(false);
+    expect(after.inventory.has('team')).toBe(false);
+    expect(isEmpty(planDeletion(after, 'Module/dokuwiki1'))).toBe(true);
+  });
+
+  it('lets the caller ask for the data to be erased', () => {
+    const p = planDeletion(appliedState([mod('dokuwiki1')]), 'Module/dokuwiki1', { removalPolicy: 'Delete' });
+    expect(p.changes[0]!.dataPolicy).toBe('deleted');
+  });
+
+  it('plans nothing for an object already being removed, and blocks a Node that hosts modules', () => {
+    const deleting = appliedState([mod('old1')], { finalizers: ['node-agent'], deleting: { removalPolicy: 'Preserve' } });
+    expect(isEmpty(planDeletion(deleting, 'Module/old1'))).toBe(true);
+    const p = planDeletion(appliedState([node(1, 'leader'), mod('webapp1')]), 'Node/1');
+    expect(p.changes).toEqual([]);
+    expect(p.blocked.map((b) => b.key)).toEqual(['Node/1']);
   });
 });
 
