@@ -1,0 +1,369 @@
+/**
+ * Apply stage: carries out one planned step on the host or in Redis. Each step is idempotent and
+ * re-reads what it needs at the time it runs (users, files), so a step interrupted by a crash can
+ * simply be planned and applied again. The agent's record is updated only after the effect.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Ns8ctlError } from '../errors.js';
+import { channels, keys } from '../state/keys.js';
+import { writeFileAtomic } from './atomic-write.js';
+import type { NodeAgentDeps } from './deps.js';
+import { parseEnvironment, renderEnvironment } from './environment-file.js';
+import { findImage } from './host/image-store.js';
+import { asOwner, type Owner } from './host/owner.js';
+import { readUsers } from './host/passwd.js';
+import type { UnitScope } from './host/systemd.js';
+import { instancePaths } from './layout.js';
+import type { ModuleLabels } from './labels.js';
+import { ownerOf, readImagerootList, scopeOf } from './observe.js';
+import { agentEnvironment } from './planner.js';
+import { allocatePorts, freePorts } from './ports.js';
+import { applyModuleAcl, deleteModuleAcl, generatePassword } from './redis-acl.js';
+import type { InstancePaths, PasswdEntry, Step } from './types.js';
+import { createHash } from 'node:crypto';
+
+/** What a step needs to know about its instance. */
+export interface StepContext {
+  deps: NodeAgentDeps;
+  node: number;
+  id: string;
+  rootfull: boolean;
+  labels?: ModuleLabels;
+  imageUrl?: string;
+}
+
+async function currentUser(ctx: StepContext): Promise<PasswdEntry | undefined> {
+  return (await readUsers(ctx.deps.layout)).users.get(ctx.id);
+}
+
+async function paths(ctx: StepContext): Promise<{ p: InstancePaths; user: PasswdEntry | undefined }> {
+  const user = ctx.rootfull ? undefined : await currentUser(ctx);
+  return { p: instancePaths(ctx.deps.layout, ctx.id, ctx.rootfull, user?.home), user };
+}
+
+async function requireOwner(ctx: StepContext, what: string): Promise<{ owner: Owner; user: PasswdEntry | undefined; p: InstancePaths }> {
+  const { p, user } = await paths(ctx);
+  const owner = ownerOf(ctx.id, ctx.rootfull, user);
+  if (!owner) throw new Ns8ctlError('user_missing', `${ctx.id}: ${what} needs Unix user ${ctx.id}, which does not exist`, { user: false });
+  return { owner, user, p };
+}
+
+async function requireScope(ctx: StepContext, what: string): Promise<UnitScope> {
+  const user = ctx.rootfull ? undefined : await currentUser(ctx);
+  const scope = scopeOf(ctx.id, ctx.rootfull, user);
+  if (!scope) throw new Ns8ctlError('user_missing', `${ctx.id}: ${what} needs Unix user ${ctx.id}, which does not exist`, { user: false });
+  return scope;
+}
+
+async function mkdirOwned(dir: string, uid: number | undefined, gid: number | undefined, mode: number): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode });
+  if (uid !== undefined && gid !== undefined) await fs.chown(dir, uid, gid);
+}
+
+const purposeOf = (step: Step): string => `${step.id}: ${step.kind}`;
+
+/** Applies one step. Throws an Ns8ctlError naming the instance and the step on failure. */
+export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
+  const { deps, id, node } = ctx;
+  const purpose = purposeOf(step);
+  switch (step.kind) {
+    case 'add-finalizer': {
+      if (!(await deps.source.addFinalizer(id))) {
+        throw new Ns8ctlError('module_deleting', `${id}: the Module is gone or being deleted; nothing is created for it`);
+      }
+      await deps.records.update(id, { node, rootfull: ctx.rootfull, ...(ctx.imageUrl ? { imageUrl: ctx.imageUrl } : {}) });
+      return;
+    }
+    case 'cancel-removal':
+      await deps.records.update(id, { removing: undefined });
+      return;
+    case 'create-user': {
+      await deps.records.update(id, { node, rootfull: false });
+      await deps.users.create(id, purpose);
+      const user = await currentUser(ctx);
+      if (!user) throw new Ns8ctlError('user_missing', `${purpose}: useradd succeeded but ${id} is not in ${deps.layout.passwdFile}`, { user: false });
+      // A home kept from an earlier removal (data preserved) belongs to the old uid.
+      const st = await fs.stat(user.home);
+      if (st.uid !== user.uid) await deps.users.chownTree(user.home, user.uid, user.gid, `${purpose} (home kept from before)`);
+      await deps.records.update(id, { uid: user.uid, gid: user.gid });
+      return;
+    }
+    case 'chown-home': {
+      const { p } = await paths(ctx);
+      await deps.users.chownTree(p.base, step.uid, step.gid, purpose);
+      await deps.records.update(id, { uid: step.uid, gid: step.gid });
+      return;
+    }
+    case 'create-install-dir': {
+      const { p, user } = await paths(ctx);
+      if (ctx.rootfull) {
+        await mkdirOwned(p.installDir, 0, 0, 0o700);
+        await mkdirOwned(p.stateDir, 0, 0, 0o700);
+      } else {
+        if (!user) throw new Ns8ctlError('user_missing', `${purpose}: Unix user ${id} does not exist`, { user: false });
+        await mkdirOwned(p.installDir, user.uid, user.gid, 0o700);
+        await mkdirOwned(p.stateDir, user.uid, user.gid, 0o700);
+      }
+      return;
+    }
+    case 'enable-linger': {
+      const user = await currentUser(ctx);
+      if (!user) throw new Ns8ctlError('user_missing', `${purpose}: Unix user ${id} does not exist`, { user: false });
+      await deps.systemd.enableLinger(id, user.uid, purpose);
+      return;
+    }
+    case 'pull-image': {
+      const { owner } = await requireOwner(ctx, 'pulling the image');
+      await deps.podman.pull(owner, step.url, purpose);
+      const facts = await deps.podman.inspectLocal(owner, step.url, `${purpose} (inspect)`);
+      await deps.records.update(id, { image: facts, imageUrl: step.url, rootfull: ctx.rootfull });
+      return;
+    }
+    case 'pull-service-image': {
+      const { owner } = await requireOwner(ctx, 'pulling a service image');
+      await deps.podman.pull(owner, step.url, purpose);
+      return;
+    }
+    case 'extract-imageroot':
+      await extractImageroot(step, ctx);
+      return;
+    case 'extract-ui':
+      await extractUi(step, ctx);
+      return;
+    case 'allocate-ports':
+      await allocatePorts(deps.redis, node, id, step.proto, step.demand);
+      return;
+    case 'set-ports-demand': {
+      const key = step.proto === 'tcp' ? keys.tcpPortsDemand() : keys.udpPortsDemand();
+      if (step.demand > 0) await deps.redis.hset(key, id, String(step.demand));
+      else await deps.redis.hdel(key, id);
+      return;
+    }
+    case 'write-environment': {
+      const { p, user } = await paths(ctx);
+      const text = renderEnvironment(id, step.env);
+      await writeFileAtomic(path.join(p.stateDir, 'environment'), text, { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
+      await deps.records.update(id, { managedEnv: step.managed });
+      return;
+    }
+    case 'mirror-environment': {
+      const key = keys.moduleEnvironment(id);
+      const tx = deps.redis.multi().del(key);
+      if (Object.keys(step.env).length) tx.hset(key, step.env);
+      await tx.exec();
+      return;
+    }
+    case 'write-agent-env': {
+      const { p, user } = await paths(ctx);
+      const file = path.join(p.stateDir, 'agent.env');
+      let old: Record<string, string> = {};
+      try {
+        old = parseEnvironment(await fs.readFile(file, 'utf8'));
+      } catch {
+        /* missing: a new password */
+      }
+      const password = old.REDIS_PASSWORD && /^[A-Za-z0-9_-]{16,}$/.test(old.REDIS_PASSWORD) ? old.REDIS_PASSWORD : generatePassword();
+      const text = renderEnvironment(id, agentEnvironment(p.installDir, password, id));
+      await writeFileAtomic(file, text, { mode: 0o600, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
+      return;
+    }
+    case 'apply-acl': {
+      const { p } = await paths(ctx);
+      const env = parseEnvironment(await fs.readFile(path.join(p.stateDir, 'agent.env'), 'utf8'));
+      if (!env.REDIS_PASSWORD) throw new Ns8ctlError('agent_env_invalid', `${purpose}: ${path.join(p.stateDir, 'agent.env')} has no REDIS_PASSWORD`, { user: false });
+      const line = await applyModuleAcl(deps.redis, id, env.REDIS_PASSWORD);
+      await deps.records.update(id, { aclLine: line });
+      return;
+    }
+    case 'set-flags': {
+      const key = keys.moduleFlags(id);
+      const tx = deps.redis.multi().del(key);
+      if (step.flags.length) tx.sadd(key, ...step.flags);
+      await tx.exec();
+      return;
+    }
+    case 'install-system-units': {
+      const installed: Record<string, string> = { ...((await deps.records.get(id))?.systemUnits ?? {}) };
+      for (const u of step.units) {
+        const text = await fs.readFile(u.source, 'utf8');
+        await writeFileAtomic(path.join(deps.layout.systemUnitDir, u.name), text, { mode: 0o644, uid: 0, gid: 0 });
+        installed[u.name] = createHash('sha256').update(text).digest('hex');
+      }
+      for (const name of step.remove) {
+        await fs.rm(path.join(deps.layout.systemUnitDir, name), { force: true });
+        delete installed[name];
+      }
+      await deps.records.update(id, { systemUnits: installed });
+      return;
+    }
+    case 'daemon-reload':
+      await deps.systemd.daemonReload(await requireScope(ctx, 'daemon-reload'), purpose);
+      return;
+    case 'enable-units':
+      await deps.systemd.enable(await requireScope(ctx, 'enabling units'), step.units, purpose);
+      return;
+    case 'disable-units':
+      await deps.systemd.disable(await requireScope(ctx, 'disabling units'), step.units, purpose);
+      return;
+    case 'start-units': {
+      const scope = await requireScope(ctx, 'starting units');
+      await deps.systemd.start(scope, step.units, purpose);
+      await verifyActive(ctx, scope, step.units, purpose);
+      return;
+    }
+    case 'restart-units': {
+      const scope = await requireScope(ctx, 'restarting units');
+      await deps.systemd.restart(scope, step.units, purpose);
+      await verifyActive(ctx, scope, step.units, purpose);
+      return;
+    }
+    case 'stop-units':
+      await deps.systemd.stop(await requireScope(ctx, 'stopping units'), step.units, purpose);
+      return;
+    case 'record-units':
+      await deps.records.update(id, { units: step.units });
+      return;
+    case 'publish-added':
+      await deps.redis.publish(channels.moduleAdded, JSON.stringify({ module: id, node }));
+      await deps.records.update(id, { announced: true });
+      return;
+    // ---- removal ----
+    case 'mark-removing':
+      await deps.records.update(id, { removing: { removalPolicy: step.removalPolicy } });
+      return;
+    case 'disable-linger': {
+      const user = await currentUser(ctx);
+      await deps.systemd.disableLinger(id, user?.uid ?? -1, purpose);
+      return;
+    }
+    case 'kill-processes':
+      await deps.users.killProcesses(id, purpose);
+      return;
+    case 'remove-user':
+      await deps.users.remove(id, purpose);
+      return;
+    case 'erase-data': {
+      const { p } = await paths(ctx);
+      const base = path.resolve(p.base);
+      const parent = path.resolve(ctx.rootfull ? deps.layout.rootfullBase : deps.layout.homeBase);
+      if (path.dirname(base) !== parent || path.basename(base) !== id) {
+        throw new Ns8ctlError('erase_refused', `${purpose}: refusing to erase ${base}: it is not ${path.join(parent, id)}`, { user: false });
+      }
+      await deps.users.removeTree(base, purpose);
+      return;
+    }
+    case 'remove-images': {
+      const rec = await deps.records.get(id);
+      const refs = [rec?.image?.id, rec?.imageUrl, ...(ctx.labels?.images ?? parseServiceImages(rec?.image?.labels))].filter((x): x is string => Boolean(x));
+      await deps.podman.removeImages({ kind: 'root' }, [...new Set(refs)], [`ns8ctl-extract-${id}`], purpose);
+      return;
+    }
+    case 'free-ports':
+      await freePorts(deps.redis, node, id);
+      return;
+    case 'delete-acl':
+      await deleteModuleAcl(deps.redis, id);
+      return;
+    case 'delete-module-keys':
+      await deleteModuleKeys(ctx);
+      return;
+    case 'remove-ui': {
+      const { p } = await paths(ctx);
+      await fs.rm(p.uiDir, { recursive: true, force: true });
+      await fs.rm(`${p.uiDir}.ns8ctl-new`, { recursive: true, force: true });
+      return;
+    }
+    case 'forget-record':
+      await deps.records.remove(id);
+      return;
+    case 'publish-removed':
+      await deps.redis.publish(channels.moduleRemoved, JSON.stringify({ module: id, node }));
+      return;
+    case 'release-finalizer':
+      await deps.source.releaseFinalizer(id);
+      return;
+  }
+}
+
+function parseServiceImages(labels: Record<string, string> | undefined): string[] {
+  return (labels?.['org.nethserver.images'] ?? '').split(/\s+/).filter(Boolean);
+}
+
+async function verifyActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {
+  // A Type=simple unit reports active at once and may fail a moment later: look a few times.
+  let states: Record<string, string> = {};
+  for (let i = 0; i < 10; i++) {
+    states = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
+    if (units.every((u) => states[u] === 'active') && i >= 2) return;
+    if (units.some((u) => states[u] === 'failed')) break;
+    await ctx.deps.delay(300);
+  }
+  const bad = units.filter((u) => states[u] !== 'active');
+  if (!bad.length) return;
+  const why = await Promise.all(bad.map((u) => ctx.deps.systemd.describe(scope, u, `${purpose} (describe)`)));
+  throw new Ns8ctlError('unit_failed', `${ctx.id}: unit ${bad.join(', ')} did not start: ${why.join('; ')}`, { user: false });
+}
+
+async function deleteModuleKeys(ctx: StepContext): Promise<void> {
+  const { redis } = ctx.deps;
+  const id = ctx.id;
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `module/${id}/*`, 'COUNT', 1000);
+    cursor = next;
+    found.push(...batch);
+  } while (cursor !== '0');
+  const tx = redis.multi();
+  if (found.length) tx.del(...found);
+  tx.hdel(keys.tcpPortsDemand(), id);
+  tx.hdel(keys.udpPortsDemand(), id);
+  tx.del(keys.moduleStatus(id));
+  await tx.exec();
+}
+
+/** Removes entries of an old `.imageroot.lst` that the new extraction no longer has. */
+async function removeStale(ctx: StepContext, owner: Owner, installDir: string, oldList: string[], newList: string[], purpose: string): Promise<void> {
+  const keep = new Set(newList);
+  const stale = oldList.filter((e) => !keep.has(e) && e !== '' && !e.startsWith('/') && !e.split('/').includes('..'));
+  if (!stale.length) return;
+  const files = stale.filter((e) => !e.endsWith('/'));
+  // Deepest directories first, so parents empty out before they are tried.
+  const dirs = stale.filter((e) => e.endsWith('/')).sort((a, b) => b.split('/').length - a.split('/').length);
+  // As the module user for rootless instances: the install dir is theirs, and root must not
+  // follow links a module could have planted there.
+  const script = 'cd "$1" && shift && for f in "$@"; do case "$f" in */) rmdir -- "$f" 2>/dev/null || true;; *) rm -f -- "$f";; esac; done';
+  const { argv, opts } = asOwner(owner, ['sh', '-c', script, 'sh', installDir, ...files, ...dirs]);
+  await ctx.deps.runner.run(argv, { ...opts, purpose: `${purpose} (remove files gone from the image)`, mutating: true });
+}
+
+async function extractImageroot(step: Extract<Step, { kind: 'extract-imageroot' }>, ctx: StepContext): Promise<void> {
+  const { deps, id } = ctx;
+  const purpose = purposeOf(step);
+  const { owner, user, p } = await requireOwner(ctx, 'extracting the image');
+  await mkdirOwned(p.installDir, user?.uid ?? 0, user?.gid ?? 0, 0o700);
+  const local = findImage(await deps.podman.listImages(owner), step.url);
+  if (!local) throw new Ns8ctlError('image_not_found', `${purpose}: image ${step.url} is not present for ${owner.kind === 'root' ? 'root' : id}`, { user: false });
+  const entries = (await deps.podman.extract(owner, step.url, { root: step.imageroot, dest: p.installDir, tarAsOwner: owner.kind === 'user', container: `ns8ctl-extract-${id}`, purpose })) ?? [];
+  const old = (await readImagerootList(p.installDir)) ?? [];
+  await removeStale(ctx, owner, p.installDir, old, entries, purpose);
+  await writeFileAtomic(path.join(p.installDir, '.imageroot.lst'), entries.map((e) => e + '\n').join(''), { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
+  await deps.records.update(id, { extractedImageId: local.id, imageUrl: step.url });
+}
+
+async function extractUi(step: Extract<Step, { kind: 'extract-ui' }>, ctx: StepContext): Promise<void> {
+  const { deps, id } = ctx;
+  const purpose = purposeOf(step);
+  const { owner, p } = await requireOwner(ctx, 'extracting the UI');
+  const local = findImage(await deps.podman.listImages(owner), step.url);
+  if (!local) throw new Ns8ctlError('image_not_found', `${purpose}: image ${step.url} is not present for ${owner.kind === 'root' ? 'root' : id}`, { user: false });
+  // Extract next to the old dir and swap, as NS8's update-module does: never a half-old UI.
+  const fresh = `${p.uiDir}.ns8ctl-new`;
+  await fs.rm(fresh, { recursive: true, force: true });
+  await fs.mkdir(fresh, { recursive: true, mode: 0o755 });
+  await deps.podman.extract(owner, step.url, { root: step.uiroot, dest: fresh, tarAsOwner: false, container: `ns8ctl-extract-${id}`, purpose });
+  await fs.rm(p.uiDir, { recursive: true, force: true });
+  await fs.rename(fresh, p.uiDir);
+  await deps.records.update(id, { uiImageId: local.id });
+}

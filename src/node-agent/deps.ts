@@ -1,0 +1,75 @@
+/**
+ * The node agent's dependencies, all injectable: Redis, the command runner, the host layout,
+ * where desired state comes from, the host adapters, image resolution, the clock and the log.
+ * `createNodeAgentDeps` fills in the production ones.
+ */
+import type { Redis } from 'ioredis';
+import { Ns8ctlError } from '../errors.js';
+import type { CommandRunner } from '../host/runner.js';
+import type { ModuleSpec } from '../manifest/types.js';
+import { RedisDesiredSource, type DesiredSource } from './desired-source.js';
+import { RunnerPodmanHost, type PodmanHost } from './host/podman.js';
+import { RunnerSystemdHost, type SystemdHost } from './host/systemd.js';
+import { RunnerUserHost, type UserHost } from './host/users.js';
+import { defaultLayout, type HostLayout } from './layout.js';
+import { RecordStore } from './records.js';
+
+export interface NodeAgentOptions {
+  /** NS8 node id this agent reconciles. */
+  node: number;
+  /** Instances reconciled at the same time (default 4). */
+  concurrency?: number;
+  /** Registry hosts (`host:port`) reached without TLS verification (a loopback test registry). */
+  insecureRegistries?: string[];
+  /** Overrides of the host layout roots (tests point them at temp dirs). */
+  layout?: Partial<HostLayout>;
+}
+
+export interface NodeAgentDeps {
+  redis: Redis;
+  runner: CommandRunner;
+  layout: HostLayout;
+  source: DesiredSource;
+  records: RecordStore;
+  podman: PodmanHost;
+  users: UserHost;
+  systemd: SystemdHost;
+  /** Image URL for a Module spec (repositories are issue 6's: injected). */
+  resolveImage: (spec: ModuleSpec) => Promise<string>;
+  now: () => Date;
+  log: (line: string) => void;
+  /** Sleeps (injected so tests can run the loop without waiting). */
+  delay: (ms: number) => Promise<void>;
+}
+
+/**
+ * Default image resolution: a spec with `image` uses it as is; a spec with `module` needs the
+ * repository resolver (issue 6) and fails with `image_resolution_unavailable`.
+ */
+export async function defaultResolveImage(spec: ModuleSpec): Promise<string> {
+  if (spec.image) return spec.image;
+  throw new Ns8ctlError(
+    'image_resolution_unavailable',
+    `module ${JSON.stringify(spec.module)} must be resolved to an image URL through the repositories, which this node agent was not given; use spec.image with a full image URL, or run the agent with repository resolution`,
+  );
+}
+
+/** Production dependencies for everything not given. */
+export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redis; runner: CommandRunner } & Partial<NodeAgentDeps>): NodeAgentDeps {
+  const layout = given.layout ?? defaultLayout(opts.layout);
+  const delay = given.delay ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  return {
+    redis: given.redis,
+    runner: given.runner,
+    layout,
+    source: given.source ?? new RedisDesiredSource(given.redis),
+    records: given.records ?? new RecordStore(layout.agentStateDir),
+    podman: given.podman ?? new RunnerPodmanHost(given.runner, layout, { insecureRegistries: opts.insecureRegistries ?? [] }),
+    users: given.users ?? new RunnerUserHost(given.runner, layout),
+    systemd: given.systemd ?? new RunnerSystemdHost(given.runner, layout, { delay }),
+    resolveImage: given.resolveImage ?? defaultResolveImage,
+    now: given.now ?? (() => new Date()),
+    log: given.log ?? ((line: string) => process.stderr.write(line + '\n')),
+    delay,
+  };
+}

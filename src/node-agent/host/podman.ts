@@ -1,0 +1,137 @@
+/**
+ * Podman (and skopeo) behind an interface: pull, inspect, extract a directory of an image the way
+ * NS8's extract-image does (`podman create` + `podman export | tar`, ns8-core-facts §3), remove
+ * images. Every command goes through the CommandRunner; rootless work runs as the module user.
+ */
+import { Ns8ctlError, CommandFailedError } from '../../errors.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { ImageFacts } from '../types.js';
+import { findImage, imageRepository, normalizeImageRef, readImageStore, type LocalImage } from './image-store.js';
+import { asOwner, ownerPrefix, shq, type Owner } from './owner.js';
+import type { HostLayout } from '../layout.js';
+import { userStorage } from '../layout.js';
+
+/** What the node agent needs from podman. */
+export interface PodmanHost {
+  /** Images in the owner's store (read from storage metadata; podman only as a fallback). */
+  listImages(owner: Owner): Promise<LocalImage[]>;
+  /** `podman pull` as the owner. Throws with code registry_unreachable / image_not_found / command_failed. */
+  pull(owner: Owner, url: string, purpose: string): Promise<void>;
+  /** Labels, id and digests of a local image. */
+  inspectLocal(owner: Owner, url: string, purpose: string): Promise<ImageFacts>;
+  /** Labels and digest of an image in its registry, without pulling (skopeo). */
+  inspectRemote(url: string, purpose: string): Promise<ImageFacts>;
+  /**
+   * Extracts directory `root` of the image into `dest` (which must exist), stripping `root`'s
+   * components, as NS8's extract-image: returns the extracted entries (relative, directories end
+   * with `/`), or undefined when the image has no such directory. `tarAsOwner` runs tar as the
+   * owner (files owned by the module user); else tar runs as root.
+   */
+  extract(owner: Owner, url: string, opts: { root: string; dest: string; tarAsOwner: boolean; container: string; purpose: string }): Promise<string[] | undefined>;
+  /** `podman rm -f` of a leftover extraction container and `podman rmi --ignore` of images (no error when absent). */
+  removeImages(owner: Owner, refs: string[], containers: string[], purpose: string): Promise<void>;
+}
+
+export interface PodmanHostOptions {
+  /** Registry hosts (`host:port`) reached over plain HTTP / without TLS verification. */
+  insecureRegistries?: string[];
+}
+
+function registryHost(url: string): string {
+  return normalizeImageRef(url).split('/')[0] ?? '';
+}
+
+/** Production PodmanHost over the CommandRunner. */
+export class RunnerPodmanHost implements PodmanHost {
+  constructor(
+    private readonly runner: CommandRunner,
+    private readonly layout: HostLayout,
+    private readonly opts: PodmanHostOptions = {},
+  ) {}
+
+  private tls(url: string): string[] {
+    return (this.opts.insecureRegistries ?? []).includes(registryHost(url)) ? ['--tls-verify=false'] : [];
+  }
+
+  private graphroot(owner: Owner): string {
+    return owner.kind === 'root' ? this.layout.rootStorage : userStorage(owner.home);
+  }
+
+  async listImages(owner: Owner): Promise<LocalImage[]> {
+    const fromFile = await readImageStore(this.graphroot(owner));
+    if (fromFile) return fromFile;
+    const { argv, opts } = asOwner(owner, ['podman', 'images', '--format', 'json']);
+    const res = await this.runner.run(argv, { ...opts, purpose: `list images of ${owner.kind === 'root' ? 'root' : owner.name}` });
+    const rows = JSON.parse(res.stdout || '[]') as { Id: string; Digest?: string; Names?: string[]; RepoDigests?: string[] }[];
+    return rows.map((r) => ({ id: r.Id, digest: r.Digest ?? '', names: r.Names ?? [], digests: (r.RepoDigests ?? []).map((d) => d.slice(d.indexOf('@') + 1)) }));
+  }
+
+  async pull(owner: Owner, url: string, purpose: string): Promise<void> {
+    const { argv, opts } = asOwner(owner, ['podman', 'pull', '--quiet', ...this.tls(url), url]);
+    await this.runner.run(argv, { ...opts, purpose, mutating: true, timeoutMs: 30 * 60_000 });
+  }
+
+  async inspectLocal(owner: Owner, url: string, purpose: string): Promise<ImageFacts> {
+    const { argv, opts } = asOwner(owner, ['podman', 'image', 'inspect', '--format', 'json', url]);
+    const res = await this.runner.run(argv, { ...opts, purpose });
+    const [img] = JSON.parse(res.stdout || '[]') as { Id: string; Digest?: string; RepoDigests?: string[]; Labels?: Record<string, string> | null; Config?: { Labels?: Record<string, string> | null } }[];
+    if (!img) throw new Ns8ctlError('image_not_found', `${purpose}: podman image inspect ${url} returned nothing`);
+    const repo = imageRepository(url);
+    const repoDigest = (img.RepoDigests ?? []).find((d) => d.startsWith(`${repo}@`)) ?? img.RepoDigests?.[0] ?? (img.Digest ? `${repo}@${img.Digest}` : '');
+    return { url, id: img.Id, digest: img.Digest ?? '', repoDigest, labels: img.Labels ?? img.Config?.Labels ?? {} };
+  }
+
+  async inspectRemote(url: string, purpose: string): Promise<ImageFacts> {
+    const ref = url.replace(/^docker:\/\//, '');
+    const res = await this.runner.run(['skopeo', 'inspect', '--no-tags', '--retry-times', '0', ...this.tls(url), `docker://${ref}`], { purpose, timeoutMs: 120_000 });
+    const info = JSON.parse(res.stdout || '{}') as { Digest?: string; Labels?: Record<string, string> | null };
+    const digest = info.Digest ?? '';
+    return { url, id: '', digest, repoDigest: digest ? `${imageRepository(url)}@${digest}` : '', labels: info.Labels ?? {} };
+  }
+
+  async extract(owner: Owner, url: string, o: { root: string; dest: string; tarAsOwner: boolean; container: string; purpose: string }): Promise<string[] | undefined> {
+    const p = ownerPrefix(owner).map(shq).join(' ');
+    const t = o.tarAsOwner ? p : '';
+    const depth = o.root.split('/').filter(Boolean).length;
+    const script = [
+      'set -eo pipefail',
+      `P=(${p})`,
+      `T=(${t})`,
+      `"\${P[@]}" podman create --replace --name ${shq(o.container)} --entrypoint=/ ${shq(url)} >/dev/null`,
+      `cleanup() { "\${P[@]}" podman rm -f ${shq(o.container)} >/dev/null 2>&1 || true; }`,
+      'trap cleanup EXIT',
+      `"\${P[@]}" podman export ${shq(o.container)} | "\${T[@]}" tar -x -v --no-overwrite-dir --no-same-owner --exclude-caches-under --exclude=.gitignore --strip-components=${depth} -C ${shq(o.dest)} ${shq(o.root)}`,
+    ].join('\n');
+    const cwd = owner.kind === 'user' ? owner.home : '/';
+    const res = await this.runner.run(['bash', '-c', script], { cwd, purpose: o.purpose, mutating: true, allowFailure: true, timeoutMs: 30 * 60_000 });
+    if (res.exitCode !== 0) {
+      if (/Not found in archive/.test(res.stderr)) return undefined;
+      throw new CommandFailedError('extract_failed', `${o.purpose}: extracting ${o.root}/ of ${url} into ${o.dest} failed (exit ${res.exitCode}): ${res.stderr.trim().split('\n').slice(-3).join(' | ')}`, {
+        argv: ['bash', '-c', script],
+        exitCode: res.exitCode,
+        stderr: res.stderr,
+      });
+    }
+    const prefix = o.root.replace(/\/+$/, '') + '/';
+    return res.stdout
+      .split('\n')
+      .map((l) => l.replace(/^\.\//, ''))
+      .filter((l) => l.startsWith(prefix))
+      .map((l) => l.slice(prefix.length))
+      .filter((l) => l !== '' && !l.split('/').includes('..'))
+      .sort();
+  }
+
+  async removeImages(owner: Owner, refs: string[], containers: string[], purpose: string): Promise<void> {
+    if (containers.length) {
+      const c = asOwner(owner, ['podman', 'rm', '--force', '--ignore', ...containers]);
+      await this.runner.run(c.argv, { ...c.opts, purpose, mutating: true });
+    }
+    if (refs.length) {
+      const r = asOwner(owner, ['podman', 'rmi', '--ignore', ...refs]);
+      await this.runner.run(r.argv, { ...r.opts, purpose, mutating: true, allowFailure: true });
+    }
+  }
+}
+
+export { findImage };

@@ -1,0 +1,264 @@
+/**
+ * Observe stage: reads what is, on the host and in Redis, without changing anything and (on an
+ * unchanged node) without spawning a process: Redis in one pipeline per node, users from
+ * /etc/passwd, images from container storage metadata, files and units from the file system.
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs, type Stats } from 'node:fs';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import { RedisError } from '../errors.js';
+import { keys } from '../state/keys.js';
+import { parseEnvironment } from './environment-file.js';
+import { findImage } from './host/image-store.js';
+import type { Owner } from './host/owner.js';
+import type { PodmanHost } from './host/podman.js';
+import { isStartableUnit, parseInstallSection, type SystemdHost, type UnitScope } from './host/systemd.js';
+import { instancePaths, type HostLayout } from './layout.js';
+import type { ModuleLabels } from './labels.js';
+import { parseNodePorts, type PortRange } from './ports.js';
+import { moduleAclUser } from './redis-acl.js';
+import type { InstancePaths, InstanceRecord, ModuleStatus, ObservedInstance, PasswdEntry, UnitObservation } from './types.js';
+import { parseStatus } from './status.js';
+
+type Reply = [Error | null, unknown];
+
+/** What one Redis pipeline tells about a node and a set of instances. */
+export interface RedisSnapshot {
+  ports: Map<string, { tcp?: PortRange; udp?: PortRange }>;
+  tcpDemand: Record<string, string>;
+  udpDemand: Record<string, string>;
+  moduleNode: Record<string, string>;
+  acl: Map<string, string>;
+  env: Map<string, Record<string, string>>;
+  flags: Map<string, string[]>;
+  status: Map<string, ModuleStatus>;
+}
+
+/**
+ * Reads the node's ports, the demand hashes, ACL users and, per instance, environment, flags and
+ * status: one pipeline (one round trip) whatever the number of instances.
+ */
+export async function readRedisSnapshot(redis: Redis, node: number, ids: readonly string[]): Promise<RedisSnapshot> {
+  const p = redis.pipeline();
+  p.hgetall(keys.nodePorts(node));
+  p.hgetall(keys.tcpPortsDemand());
+  p.hgetall(keys.udpPortsDemand());
+  p.hgetall(keys.moduleNode());
+  p.call('ACL', 'LIST');
+  for (const id of ids) {
+    p.hgetall(keys.moduleEnvironment(id));
+    p.smembers(keys.moduleFlags(id));
+    p.hgetall(keys.moduleStatus(id));
+  }
+  const res = (await p.exec()) as Reply[] | null;
+  if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
+  const val = (i: number): unknown => {
+    const [err, v] = res[i]!;
+    if (err) throw new RedisError('redis_command_failed', `observing node ${node}: Redis refused a read: ${err.message}`, { cause: err });
+    return v;
+  };
+  const acl = new Map<string, string>();
+  for (const line of val(4) as string[]) {
+    const m = /^user (\S+) /.exec(line);
+    if (m) acl.set(m[1]!, line);
+  }
+  const snap: RedisSnapshot = {
+    ports: parseNodePorts(val(0) as Record<string, string>),
+    tcpDemand: val(1) as Record<string, string>,
+    udpDemand: val(2) as Record<string, string>,
+    moduleNode: val(3) as Record<string, string>,
+    acl,
+    env: new Map(),
+    flags: new Map(),
+    status: new Map(),
+  };
+  ids.forEach((id, i) => {
+    snap.env.set(id, val(5 + i * 3) as Record<string, string>);
+    snap.flags.set(id, (val(6 + i * 3) as string[]).sort());
+    const st = parseStatus(id, val(7 + i * 3) as Record<string, string>);
+    if (st) snap.status.set(id, st);
+  });
+  return snap;
+}
+
+
+async function statOrUndefined(p: string): Promise<Stats | undefined> {
+  try {
+    return await fs.lstat(p);
+  } catch {
+    return undefined;
+  }
+}
+
+async function readOrUndefined(p: string): Promise<string | undefined> {
+  try {
+    return await fs.readFile(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** Reads `.imageroot.lst` (NS8's list of extracted entries); undefined when missing. */
+export async function readImagerootList(installDir: string): Promise<string[] | undefined> {
+  const text = await readOrUndefined(path.join(installDir, '.imageroot.lst'));
+  return text === undefined ? undefined : text.split('\n').filter(Boolean);
+}
+
+/** Everything the per-instance observer needs that is shared by the node. */
+export interface ObserveContext {
+  layout: HostLayout;
+  podman: PodmanHost;
+  systemd: SystemdHost;
+  users: Map<string, PasswdEntry>;
+  subids: Set<string>;
+  /** Undefined when systemd runs. */
+  systemdMissing: string | undefined;
+  redis: RedisSnapshot;
+}
+
+/** The owner of an instance's images and processes; undefined while a rootless user is missing. */
+export function ownerOf(id: string, rootfull: boolean, user: PasswdEntry | undefined): Owner | undefined {
+  if (rootfull) return { kind: 'root' };
+  return user ? { kind: 'user', name: id, uid: user.uid, gid: user.gid, home: user.home } : undefined;
+}
+
+/** The unit scope of an instance. */
+export function scopeOf(id: string, rootfull: boolean, user: PasswdEntry | undefined): UnitScope | undefined {
+  if (rootfull) return { kind: 'system' };
+  return user ? { kind: 'user', user: id, uid: user.uid } : undefined;
+}
+
+/** Name a rootfull instance's unit is installed under: prefixed with the id unless it already is. */
+export function systemUnitName(id: string, file: string): string {
+  return file.startsWith(`${id}-`) || file.startsWith(`${id}.`) || file.startsWith(`${id}@`) ? file : `${id}-${file}`;
+}
+
+/** Unit files of an instance as extracted from its image (rootfull: systemd/system, else systemd/user). */
+export async function unitSourceDir(paths: InstancePaths, rootfull: boolean): Promise<string> {
+  if (!rootfull) return paths.unitSourceDir;
+  if (await statOrUndefined(paths.unitSourceDir)) return paths.unitSourceDir;
+  return path.join(paths.installDir, 'systemd', 'user');
+}
+
+/**
+ * Observes one instance. `labels` tells where to look (rootless or rootfull) and which service
+ * images matter; `url` is the module image wanted.
+ */
+export async function observeInstance(ctx: ObserveContext, id: string, record: InstanceRecord | undefined, rootfull: boolean, url: string | undefined, labels: ModuleLabels | undefined): Promise<ObservedInstance> {
+  const user = ctx.users.get(id);
+  const paths = instancePaths(ctx.layout, id, rootfull, user?.home);
+  const owner = ownerOf(id, rootfull, user);
+  const images = owner ? await ctx.podman.listImages(owner) : [];
+  const local = url ? findImage(images, url) : undefined;
+  const serviceImages: Record<string, boolean> = {};
+  for (const svc of labels?.images ?? []) serviceImages[svc] = Boolean(findImage(images, svc));
+
+  const [baseStat, installStat, uiStat, envText, envStat, agentText, agentStat, list] = await Promise.all([
+    statOrUndefined(paths.base),
+    statOrUndefined(paths.installDir),
+    statOrUndefined(paths.uiDir),
+    readOrUndefined(path.join(paths.stateDir, 'environment')),
+    statOrUndefined(path.join(paths.stateDir, 'environment')),
+    readOrUndefined(path.join(paths.stateDir, 'agent.env')),
+    statOrUndefined(path.join(paths.stateDir, 'agent.env')),
+    readImagerootList(paths.installDir),
+  ]);
+
+  const missing: string[] = [];
+  if (list) {
+    for (const entry of list) {
+      if (entry.endsWith('/') || entry.split('/').includes('..')) continue;
+      if (!(await statOrUndefined(path.join(paths.installDir, entry)))) {
+        missing.push(entry);
+        if (missing.length >= 5) break;
+      }
+    }
+  }
+
+  const observed: ObservedInstance = {
+    id,
+    subids: ctx.subids.has(id),
+    installDir: Boolean(installStat?.isDirectory()),
+    baseExists: Boolean(baseStat),
+    serviceImages,
+    imagerootIntact: Boolean(list) && missing.length === 0,
+    imagerootMissing: list ? missing : ['.imageroot.lst'],
+    uiPresent: Boolean(uiStat?.isDirectory()),
+    envText: envText ?? '',
+    envRedis: ctx.redis.env.get(id) ?? {},
+    ports: ctx.redis.ports.get(id) ?? {},
+    flags: ctx.redis.flags.get(id) ?? [],
+    portsDemand: {
+      ...(ctx.redis.tcpDemand[id] !== undefined ? { tcp: ctx.redis.tcpDemand[id] } : {}),
+      ...(ctx.redis.udpDemand[id] !== undefined ? { udp: ctx.redis.udpDemand[id] } : {}),
+    },
+    units: [],
+  };
+  if (record) observed.record = record;
+  if (user) observed.user = user;
+  if (local) observed.localImage = { id: local.id, digest: local.digest };
+  if (envText !== undefined) observed.envFile = parseEnvironment(envText);
+  if (envStat) observed.envFileUid = envStat.uid;
+  if (agentText !== undefined) observed.agentEnv = parseEnvironment(agentText);
+  if (agentStat) {
+    observed.agentEnvMode = agentStat.mode & 0o777;
+    observed.agentEnvUid = agentStat.uid;
+  }
+  const aclLine = ctx.redis.acl.get(moduleAclUser(id));
+  if (aclLine) observed.aclLine = aclLine;
+  if (ctx.redis.moduleNode[id] !== undefined) observed.moduleNode = ctx.redis.moduleNode[id];
+  if (!ctx.systemdMissing && !rootfull) observed.linger = await ctx.systemd.lingerEnabled(id);
+  observed.units = await observeUnits(ctx, id, paths, rootfull, user);
+  return observed;
+}
+
+async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePaths, rootfull: boolean, user: PasswdEntry | undefined): Promise<UnitObservation[]> {
+  const dir = await unitSourceDir(paths, rootfull);
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
+  } catch {
+    names = [];
+  }
+  const scope = scopeOf(id, rootfull, user);
+  const wantsDir = rootfull ? ctx.layout.systemUnitDir : paths.unitSourceDir;
+  const out: UnitObservation[] = [];
+  const unknown: UnitObservation[] = [];
+  for (const file of names.filter((n) => /\.(service|socket|timer|path|target|mount)$/.test(n)).sort()) {
+    const srcText = (await readOrUndefined(path.join(dir, file))) ?? '';
+    const name = rootfull ? systemUnitName(id, file) : file;
+    const installedText = rootfull ? await readOrUndefined(path.join(ctx.layout.systemUnitDir, name)) : srcText;
+    const inst = parseInstallSection(srcText);
+    const targets = [...inst.wantedBy.map((t) => `${t}.wants`), ...inst.requiredBy.map((t) => `${t}.requires`)];
+    let enabled = targets.length > 0;
+    for (const t of targets) if (!(await statOrUndefined(path.join(wantsDir, t, name)))) enabled = false;
+    const u: UnitObservation = {
+      name,
+      fileHash: installedText === undefined ? '' : sha(installedText),
+      wanted: inst.hasInstall && isStartableUnit(name),
+      enabled,
+      active: undefined,
+    };
+    if (rootfull) {
+      u.source = path.join(dir, file);
+      u.sourceHash = sha(srcText);
+    }
+    if (!ctx.systemdMissing && scope && u.wanted) {
+      u.active = await ctx.systemd.activeFromCgroup(scope, name);
+      if (u.active === undefined) unknown.push(u);
+    }
+    out.push(u);
+  }
+  if (unknown.length && scope) {
+    const states = await ctx.systemd.isActive(
+      scope,
+      unknown.map((u) => u.name),
+      `${id}: unit states`,
+    );
+    for (const u of unknown) u.active = states[u.name] === 'active';
+  }
+  return out;
+}

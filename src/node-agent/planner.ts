@@ -1,0 +1,303 @@
+/**
+ * The node planner: a pure function (desired instance, what it asks of the host, what was
+ * observed) -> ordered typed steps, each with its reason. No I/O, no clock. For an instance that
+ * already matches, the plan is empty. Steps whose inputs are not known yet (the environment needs
+ * the pulled image's id and the allocated ports) are left for the next round and named in
+ * `waiting`; the reconciler applies a plan, observes again and re-plans until nothing is left.
+ */
+import { createHash } from 'node:crypto';
+import type { RemovalPolicy } from '../manifest/types.js';
+import type { Ns8ctlError } from '../errors.js';
+import { changedNames, renderEnvironment, sameEnvironment } from './environment-file.js';
+import { moduleFlags, type ModuleLabels } from './labels.js';
+import { managedEnvironment, mergeEnvironment } from './module-env.js';
+import { rangeSize, type PortProto } from './ports.js';
+import { aclLineMatches, moduleAclUser } from './redis-acl.js';
+import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type NodeFacts, type ObservedInstance, type Step } from './types.js';
+
+/** PATH and PYTHONPATH NS8 puts in agent.env (ns8-core-facts §3), for an install dir. */
+export function agentEnvironment(installDir: string, password: string, id: string): Record<string, string> {
+  return {
+    PATH: `${installDir}/bin:/usr/local/agent/pyenv/bin:/usr/local/agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+    PYTHONPATH: `${installDir}/pypkg`,
+    REDIS_USER: moduleAclUser(id),
+    REDIS_PASSWORD: password,
+  };
+}
+
+/** The result of planning one instance. */
+export interface InstancePlan {
+  steps: Step[];
+  /** What later rounds will do once current steps are applied (`environment: waits for the image`). */
+  waiting: string[];
+  /** Set when the instance cannot converge without a change of desired state or of the host. */
+  blocked?: { reason: string; message: string };
+}
+
+export interface ConvergeInput {
+  desired: InstanceDesired;
+  node: NodeFacts;
+  /** The module image URL resolved for the spec. */
+  imageUrl: string;
+  labels: ModuleLabels;
+  /** Facts of the image the labels came from (digest, id when local). */
+  image: ImageFacts;
+  observed: ObservedInstance;
+  /** Install dir (for agent.env PATH): home/.config or /var/lib/nethserver/<id>. */
+  installDir: string;
+}
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** Unit record value: hash of the unit file and of the environment it was (re)started with. */
+export function unitStamp(fileHash: string, envText: string): string {
+  return `${fileHash}:${sha(envText)}`;
+}
+
+/**
+ * Plans the steps that converge an instance (see module doc). Deterministic: the same input
+ * gives the same steps in the same order.
+ */
+export function planConverge(i: ConvergeInput): InstancePlan {
+  const { desired: d, observed: o, labels: l, node } = i;
+  const id = d.id;
+  const rec = o.record;
+  const steps: Step[] = [];
+  const waiting: string[] = [];
+  const add = (s: Step): void => {
+    steps.push(s);
+  };
+
+  if (rec?.rootfull !== undefined && rec.rootfull !== l.rootfull) {
+    return {
+      steps: [],
+      waiting: [],
+      blocked: {
+        reason: 'RootfullChanged',
+        message: `${id} was created ${rec.rootfull ? 'rootfull' : 'rootless'} but image ${i.imageUrl} is ${l.rootfull ? 'rootfull' : 'rootless'} (org.nethserver.rootfull); an instance cannot switch in place: remove it and add a new one`,
+      },
+    };
+  }
+
+  if (rec?.removing) add({ id, kind: 'cancel-removal', reason: 'the Module is desired again: removal cancelled' });
+  if (!d.finalizers.includes(NODE_AGENT_FINALIZER)) add({ id, kind: 'add-finalizer', reason: 'hold the Module until the node agent has cleaned the host' });
+
+  // ---- user and directories ----
+  const rootless = !l.rootfull;
+  if (rootless && !o.user) {
+    add({ id, kind: 'create-user', reason: `Unix user ${id} does not exist`, ...(rec?.uid !== undefined ? { drift: `user ${id} removed` } : {}) });
+  } else if (rootless && o.user && rec?.uid !== o.user.uid && o.baseExists) {
+    add({ id, kind: 'chown-home', uid: o.user.uid, gid: o.user.gid, reason: `files in ${o.user.home} must belong to ${id} (uid ${o.user.uid}${rec?.uid !== undefined ? `, they were made for uid ${rec.uid}` : ''})` });
+  }
+  if (!o.installDir) add({ id, kind: 'create-install-dir', reason: 'install dir missing' });
+  if (rootless && !node.systemdMissing && o.linger === false) {
+    add({ id, kind: 'enable-linger', reason: `session lingering of ${id} is off`, ...(rec?.units && o.user ? { drift: `linger of ${id} disabled` } : {}) });
+  }
+
+  // ---- images ----
+  if (!o.localImage) {
+    add({ id, kind: 'pull-image', url: i.imageUrl, reason: `image ${i.imageUrl} not present`, ...(rec?.extractedImageId && o.user ? { drift: `image ${i.imageUrl} removed` } : {}) });
+  }
+  for (const svc of l.images) {
+    if (!o.serviceImages[svc]) add({ id, kind: 'pull-service-image', url: svc, reason: `service image ${svc} not present` });
+  }
+
+  // ---- ports ----
+  const portsOk: Record<PortProto, boolean> = { tcp: true, udp: true };
+  for (const proto of ['tcp', 'udp'] as const) {
+    const demand = proto === 'tcp' ? l.tcpPortsDemand : l.udpPortsDemand;
+    const have = rangeSize(o.ports[proto]);
+    if (have !== demand) {
+      portsOk[proto] = false;
+      add({ id, kind: 'allocate-ports', proto, demand, reason: have === 0 ? `${demand} ${proto.toUpperCase()} port(s) demanded` : `${proto.toUpperCase()} demand is ${demand}, ${have} allocated` });
+    }
+    const wantDemand = demand > 0 ? String(demand) : undefined;
+    if (o.portsDemand[proto] !== wantDemand) add({ id, kind: 'set-ports-demand', proto, demand, reason: `cluster/${proto}_ports_demand must say ${demand}` });
+  }
+
+  // ---- extraction ----
+  const imageId = o.localImage?.id;
+  let extracting = false;
+  if (!imageId || rec?.extractedImageId !== imageId || !o.imagerootIntact) {
+    extracting = true;
+    const drift = imageId && rec?.extractedImageId === imageId && !o.imagerootIntact ? `files of ${l.imageroot}/ missing: ${o.imagerootMissing.join(', ')}` : undefined;
+    add({ id, kind: 'extract-imageroot', url: i.imageUrl, imageroot: l.imageroot, reason: !imageId || rec?.extractedImageId !== imageId ? `${l.imageroot}/ of ${i.imageUrl} not extracted` : `extracted files missing`, ...(drift ? { drift } : {}) });
+  }
+  if (!imageId || rec?.uiImageId !== imageId || !o.uiPresent) {
+    add({ id, kind: 'extract-ui', url: i.imageUrl, uiroot: l.uiroot, reason: o.uiPresent ? `${l.uiroot}/ of ${i.imageUrl} not extracted` : 'UI dir missing', ...(imageId && rec?.uiImageId === imageId && !o.uiPresent ? { drift: 'UI dir removed' } : {}) });
+  }
+
+  // ---- environment ----
+  let envText: string | undefined;
+  if (!o.localImage) waiting.push('environment: waits for the image pull (IMAGE_ID, IMAGE_DIGEST)');
+  else if (!portsOk.tcp || !portsOk.udp) waiting.push('environment: waits for the port allocation');
+  else if (!d.uuid) waiting.push(`environment: cluster/module_uuid has no uuid for ${id} (written by apply)`);
+  else {
+    const digest = o.localImage.digest || i.image.digest;
+    const managed = managedEnvironment({
+      id,
+      node: node.node,
+      uuid: d.uuid,
+      image: { url: i.imageUrl, id: o.localImage.id, digest, repoDigest: i.image.repoDigest && i.image.digest === digest ? i.image.repoDigest : repoDigestOf(i.imageUrl, digest) },
+      serviceImages: l.images,
+      ports: o.ports,
+    });
+    const managedNames = Object.keys(managed).sort();
+    const merged = mergeEnvironment(o.envFile, managed, rec?.managedEnv ?? []);
+    try {
+      envText = renderEnvironment(id, merged);
+    } catch (err) {
+      const e = err as Ns8ctlError;
+      return { steps, waiting, blocked: { reason: 'EnvironmentInvalid', message: e.message } };
+    }
+    const wantUid = rootless ? o.user?.uid : 0;
+    const namesChanged = JSON.stringify(managedNames) !== JSON.stringify(rec?.managedEnv ?? []);
+    if (!sameEnvironment(o.envFile, merged) || (wantUid !== undefined && o.envFileUid !== wantUid) || namesChanged) {
+      const edited = o.envFile && rec?.managedEnv ? changedNames(o.envFile, merged).filter((n) => rec.managedEnv!.includes(n) && n in merged) : [];
+      add({
+        id,
+        kind: 'write-environment',
+        env: merged,
+        managed: managedNames,
+        reason: o.envFile ? `state/environment differs: ${changedNames(o.envFile, merged).join(', ') || 'owner or managed names'}` : 'state/environment missing',
+        ...(edited.length && o.envFile ? { drift: `environment ${edited.map((n) => `${n} edited (was ${JSON.stringify(o.envFile![n] ?? null)})`).join(', ')}` } : {}),
+      });
+    }
+    if (!sameEnvironment(o.envRedis, merged)) add({ id, kind: 'mirror-environment', env: merged, reason: `${`module/${id}/environment`} differs from state/environment` });
+  }
+
+  // ---- Redis credentials ----
+  const password = o.agentEnv?.REDIS_PASSWORD ?? '';
+  const wantAgent = agentEnvironment(i.installDir, password || 'x', id);
+  const agentOk =
+    Boolean(password) &&
+    !/[\s\n]/.test(password) &&
+    Object.entries(wantAgent).every(([k, v]) => k === 'REDIS_PASSWORD' || o.agentEnv?.[k] === v) &&
+    o.agentEnvMode === 0o600 &&
+    (rootless ? o.agentEnvUid === o.user?.uid : o.agentEnvUid === 0);
+  if (!agentOk) add({ id, kind: 'write-agent-env', reason: o.agentEnv ? 'state/agent.env differs (user, path, mode or owner)' : 'state/agent.env missing' });
+  if (!agentOk || !aclLineMatches(o.aclLine, id, password)) {
+    add({ id, kind: 'apply-acl', reason: o.aclLine ? `Redis ACL user module/${id} differs` : `Redis ACL user module/${id} missing`, ...(o.aclLine === undefined && rec?.aclLine ? { drift: `Redis ACL user module/${id} removed` } : {}) });
+  }
+
+  // ---- flags ----
+  const flags = moduleFlags(l);
+  if (JSON.stringify(o.flags) !== JSON.stringify(flags)) add({ id, kind: 'set-flags', flags, reason: `module/${id}/flags must be ${flags.join(' ')}` });
+
+  // ---- systemd ----
+  if (node.systemdMissing) {
+    // Reported by the status (Degraded: SystemdUnavailable); nothing to plan without a manager.
+  } else if (extracting) {
+    waiting.push('units: wait for the extraction');
+  } else if (envText === undefined) {
+    waiting.push('units: wait for the environment');
+  } else {
+    planUnits(id, o, l.rootfull, envText, add);
+  }
+
+  if (!rec?.announced && steps.length === 0 && waiting.length === 0) {
+    add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
+  }
+  return { steps, waiting };
+}
+
+function repoDigestOf(url: string, digest: string): string {
+  if (!digest) return '';
+  const noDigest = url.replace(/@.*$/, '');
+  const slash = noDigest.lastIndexOf('/');
+  const colon = noDigest.lastIndexOf(':');
+  return `${colon > slash ? noDigest.slice(0, colon) : noDigest}@${digest}`;
+}
+
+function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: string, add: (s: Step) => void): void {
+  const rec = o.record;
+  const recUnits = rec?.units ?? {};
+  if (rootfull) {
+    const install = o.units.filter((u) => u.sourceHash !== undefined && u.fileHash !== u.sourceHash).map((u) => ({ source: u.source!, name: u.name }));
+    const present = new Set(o.units.map((u) => u.name));
+    const remove = Object.keys(rec?.systemUnits ?? {}).filter((n) => !present.has(n));
+    if (install.length || remove.length) {
+      add({ id, kind: 'install-system-units', units: install, remove, reason: `system unit files to ${install.length ? `install: ${install.map((u) => u.name).join(' ')}` : ''}${remove.length ? ` remove: ${remove.join(' ')}` : ''}`.trim() });
+      add({ id, kind: 'daemon-reload', reason: 'unit files changed' });
+      return; // enable/start next round, with the installed files' hashes
+    }
+  }
+  const wanted = o.units.filter((u) => u.wanted);
+  const gone = Object.keys(recUnits).filter((n) => !wanted.some((u) => u.name === n));
+  const fileChanged = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name]!.split(':')[0] !== u.fileHash);
+  const fresh = wanted.filter((u) => recUnits[u.name] === undefined);
+  const restart = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(u.fileHash, envText));
+  const enable = wanted.filter((u) => !u.enabled);
+  const start = wanted.filter((u) => !restart.includes(u) && (u.active === false || fresh.includes(u)));
+  if (gone.length) add({ id, kind: 'stop-units', units: gone, reason: `units no longer in the image: ${gone.join(' ')}` });
+  if (fresh.length || fileChanged.length || gone.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${[...fresh, ...fileChanged].map((u) => u.name).join(' ') || gone.join(' ')}` });
+  if (enable.length) {
+    add({ id, kind: 'enable-units', units: enable.map((u) => u.name), reason: `units not enabled: ${enable.map((u) => u.name).join(' ')}`, ...(enable.some((u) => recUnits[u.name]) ? { drift: `units disabled: ${enable.filter((u) => recUnits[u.name]).map((u) => u.name).join(' ')}` } : {}) });
+  }
+  if (start.length) {
+    const stopped = start.filter((u) => recUnits[u.name] !== undefined);
+    add({ id, kind: 'start-units', units: start.map((u) => u.name), reason: `units not running: ${start.map((u) => u.name).join(' ')}`, ...(stopped.length ? { drift: `units stopped: ${stopped.map((u) => u.name).join(' ')}` } : {}) });
+  }
+  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed: ${restart.map((u) => u.name).join(' ')}` });
+  const stamps = Object.fromEntries(wanted.map((u) => [u.name, unitStamp(u.fileHash, envText)]));
+  if (JSON.stringify(stamps) !== JSON.stringify(Object.fromEntries(Object.entries(recUnits).sort()))) {
+    add({ id, kind: 'record-units', units: stamps, reason: 'remember unit files and environment the units run with' });
+  }
+}
+
+export interface RemovalInput {
+  id: string;
+  policy: RemovalPolicy;
+  node: NodeFacts;
+  rootfull: boolean;
+  observed: ObservedInstance;
+  /** True while a desired object holds the finalizer (it must be released at the end). */
+  desiredPresent: boolean;
+}
+
+/**
+ * Plans the removal of an instance: units stopped and disabled, linger off, processes ended,
+ * user removed, data erased only with policy Delete, ports freed, ACL user and module keys removed,
+ * UI dir removed, record forgotten, `module-removed` published, finalizer released. Every step is
+ * idempotent, so a removal interrupted at any point resumes from the next run's observation.
+ */
+export function planRemoval(r: RemovalInput): InstancePlan {
+  const { id, observed: o, node } = r;
+  const steps: Step[] = [];
+  const add = (s: Step): void => {
+    steps.push(s);
+  };
+  const rec = o.record;
+  if (rec && (!rec.removing || rec.removing.removalPolicy !== r.policy)) add({ id, kind: 'mark-removing', removalPolicy: r.policy, reason: `removal requested (${r.policy === 'Delete' ? 'DATA DELETED' : 'data preserved'})` });
+  if (!node.systemdMissing) {
+    if (r.rootfull) {
+      const installed = o.units.filter((u) => u.fileHash !== '').map((u) => u.name);
+      const recorded = Object.keys(rec?.systemUnits ?? {});
+      const units = [...new Set([...installed, ...recorded])].sort();
+      if (units.length) {
+        add({ id, kind: 'stop-units', units, reason: 'stop the instance units' });
+        add({ id, kind: 'disable-units', units, reason: 'disable the instance units' });
+        add({ id, kind: 'install-system-units', units: [], remove: units, reason: 'remove the instance unit files' });
+        add({ id, kind: 'daemon-reload', reason: 'unit files removed' });
+      }
+    } else if (o.linger) {
+      add({ id, kind: 'disable-linger', reason: `stop the user manager of ${id}` });
+    }
+  }
+  if (!r.rootfull && o.user) {
+    add({ id, kind: 'kill-processes', reason: `end the processes of ${id}` });
+    add({ id, kind: 'remove-user', reason: `remove Unix user ${id}${r.policy === 'Delete' ? '' : ' (home kept)'}` });
+  }
+  if (r.rootfull && (rec?.image || o.localImage || rec?.extractedImageId)) add({ id, kind: 'remove-images', reason: 'remove the module and service images' });
+  if (r.policy === 'Delete' && o.baseExists) add({ id, kind: 'erase-data', reason: 'removalPolicy Delete: DATA DELETED' });
+  if (o.uiPresent) add({ id, kind: 'remove-ui', reason: 'remove the UI dir' });
+  if (o.ports.tcp || o.ports.udp) add({ id, kind: 'free-ports', reason: 'free the allocated ports' });
+  if (o.aclLine) add({ id, kind: 'delete-acl', reason: `delete Redis ACL user module/${id}` });
+  if (r.desiredPresent || rec || Object.keys(o.envRedis).length || o.flags.length || o.portsDemand.tcp || o.portsDemand.udp) {
+    add({ id, kind: 'delete-module-keys', reason: `delete module/${id}/* and the ports demand` });
+  }
+  if (rec || r.desiredPresent) add({ id, kind: 'publish-removed', reason: 'announce cluster/event/module-removed' });
+  if (rec) add({ id, kind: 'forget-record', reason: 'forget the node agent record' });
+  if (r.desiredPresent) add({ id, kind: 'release-finalizer', reason: 'host cleanup done: release the Module' });
+  return { steps, waiting: [] };
+}

@@ -1,0 +1,153 @@
+/**
+ * Per-node TCP/UDP port allocation, atomic in Redis (one Lua script per call), first-fit in
+ * 20000-45000 like NS8's ports_manager (ns8-core-facts §2), but stored in Redis instead of a node
+ * SQLite file: HASH `keys.nodePorts(node)`, field `<id>/<proto>` -> `start-end`. A range is stable
+ * across reconciles (same demand -> same range), freed on removal, and freed ranges are reused.
+ * `node/<node>/{tcp,udp}_ports_sequence` is kept as the high-water mark (next port after the
+ * highest range ever handed out), the key the seeds name.
+ */
+import type { Redis } from 'ioredis';
+import { Ns8ctlError, RedisError } from '../errors.js';
+import { keys } from '../state/keys.js';
+
+export type PortProto = 'tcp' | 'udp';
+
+/** An inclusive port range. */
+export interface PortRange {
+  start: number;
+  end: number;
+}
+
+/** NS8's allocator bounds. */
+export const PORT_RANGE_START = 20000;
+export const PORT_RANGE_END = 45000;
+
+const ALLOCATE_SCRIPT = `
+local field = ARGV[1]
+local n = tonumber(ARGV[2])
+local lo = tonumber(ARGV[3])
+local hi = tonumber(ARGV[4])
+local suffix = '/' .. ARGV[5]
+local cur = redis.call('HGET', KEYS[1], field)
+if cur then
+  local s, e = string.match(cur, '^(%d+)-(%d+)$')
+  if s and (tonumber(e) - tonumber(s) + 1) == n then return cur end
+  redis.call('HDEL', KEYS[1], field)
+end
+if n <= 0 then return '' end
+local all = redis.call('HGETALL', KEYS[1])
+local used = {}
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  if string.sub(f, -#suffix) == suffix then
+    local s, e = string.match(v, '^(%d+)-(%d+)$')
+    if s then table.insert(used, {tonumber(s), tonumber(e)}) end
+  end
+end
+table.sort(used, function(a, b) return a[1] < b[1] end)
+local start = lo
+for _, r in ipairs(used) do
+  if r[1] - start >= n then break end
+  if r[2] + 1 > start then start = r[2] + 1 end
+end
+if start + n - 1 > hi then return redis.error_reply('PORTS_EXHAUSTED no ' .. n .. ' free ports left in ' .. lo .. '-' .. hi) end
+local val = start .. '-' .. (start + n - 1)
+redis.call('HSET', KEYS[1], field, val)
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if start + n > seq then redis.call('SET', KEYS[2], tostring(start + n)) end
+return val
+`;
+
+/** Parses `start-end`; undefined for anything else. */
+export function parseRange(v: string | undefined | null): PortRange | undefined {
+  const m = /^(\d+)-(\d+)$/.exec(v ?? '');
+  if (!m) return undefined;
+  const r = { start: Number(m[1]), end: Number(m[2]) };
+  return r.end >= r.start ? r : undefined;
+}
+
+/** `start-end`. */
+export function formatRange(r: PortRange): string {
+  return `${r.start}-${r.end}`;
+}
+
+/** Number of ports in a range. */
+export function rangeSize(r: PortRange | undefined): number {
+  return r ? r.end - r.start + 1 : 0;
+}
+
+/** Field of the node ports hash for one instance and protocol. */
+export function portsField(id: string, proto: PortProto): string {
+  return `${id}/${proto}`;
+}
+
+/**
+ * Allocates (or returns the already allocated) range of `demand` ports for an instance. A range of
+ * a different size is freed first, as NS8 does. Demand 0 frees and returns undefined. Atomic:
+ * concurrent callers on any number of connections never receive overlapping ranges.
+ * Throws `ports_exhausted` when no gap of `demand` ports is left in the range.
+ */
+export async function allocatePorts(
+  redis: Redis,
+  node: number | string,
+  id: string,
+  proto: PortProto,
+  demand: number,
+  bounds: PortRange = { start: PORT_RANGE_START, end: PORT_RANGE_END },
+): Promise<PortRange | undefined> {
+  const seqKey = proto === 'tcp' ? keys.tcpPortsSequence(node) : keys.udpPortsSequence(node);
+  let reply: unknown;
+  try {
+    reply = await redis.eval(ALLOCATE_SCRIPT, 2, keys.nodePorts(node), seqKey, portsField(id, proto), String(demand), String(bounds.start), String(bounds.end), proto);
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (/PORTS_EXHAUSTED/.test(msg)) {
+      throw new Ns8ctlError('ports_exhausted', `${id}: cannot allocate ${demand} ${proto.toUpperCase()} port(s) on node ${node}: ${msg.replace(/^.*PORTS_EXHAUSTED /, '')}`);
+    }
+    throw new RedisError('redis_command_failed', `${id}: port allocation on node ${node} failed in Redis: ${msg}`, { cause: err });
+  }
+  return parseRange(String(reply));
+}
+
+/** Frees an instance's TCP and UDP ranges on a node (no-op when none). Returns what was freed. */
+export async function freePorts(redis: Redis, node: number | string, id: string): Promise<string[]> {
+  const key = keys.nodePorts(node);
+  const fields = [portsField(id, 'tcp'), portsField(id, 'udp')];
+  const res = await redis.multi().hmget(key, ...fields).hdel(key, ...fields).exec();
+  const vals = (res?.[0]?.[1] as (string | null)[] | undefined) ?? [];
+  return vals.filter((v): v is string => v !== null);
+}
+
+/** All ranges of a node: instance id -> {tcp?, udp?}. One round trip. */
+export async function readNodePorts(redis: Redis, node: number | string): Promise<Map<string, { tcp?: PortRange; udp?: PortRange }>> {
+  return parseNodePorts(await redis.hgetall(keys.nodePorts(node)));
+}
+
+/** Parses the node ports hash (see readNodePorts). */
+export function parseNodePorts(h: Record<string, string>): Map<string, { tcp?: PortRange; udp?: PortRange }> {
+  const out = new Map<string, { tcp?: PortRange; udp?: PortRange }>();
+  for (const [field, value] of Object.entries(h)) {
+    const m = /^(.+)\/(tcp|udp)$/.exec(field);
+    const r = parseRange(value);
+    if (!m || !r) continue;
+    const cur = out.get(m[1]!) ?? {};
+    cur[m[2] as PortProto] = r;
+    out.set(m[1]!, cur);
+  }
+  return out;
+}
+
+/**
+ * The port variables NS8's node add-module writes (ns8-core-facts §2): `TCP_PORT` always (first
+ * port), `TCP_PORTS_RANGE` when more than one port, `TCP_PORTS` (comma list) when at most 8 ports
+ * (demand 1 included, like the real core). `UDP_*` alike.
+ */
+export function portEnvironment(proto: PortProto, r: PortRange | undefined): Record<string, string> {
+  if (!r) return {};
+  const p = proto.toUpperCase();
+  const n = rangeSize(r);
+  const env: Record<string, string> = { [`${p}_PORT`]: String(r.start) };
+  if (n > 1) env[`${p}_PORTS_RANGE`] = formatRange(r);
+  if (n <= 8) env[`${p}_PORTS`] = Array.from({ length: n }, (_, i) => String(r.start + i)).join(',');
+  return env;
+}

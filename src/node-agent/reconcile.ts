@@ -1,0 +1,310 @@
+/**
+ * One reconcile of a node: observe (desired state, the agent's records, Redis in one pipeline,
+ * host files) -> plan per instance (pure) -> apply with bounded concurrency -> observe again, until
+ * each instance's plan is empty. One failing instance never blocks the others; each gets a status
+ * in Redis. An unchanged instance runs no command and writes nothing.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Ns8ctlError, toNs8ctlError } from '../errors.js';
+import { applyStep, type StepContext } from './applier.js';
+import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
+import { findImage } from './host/image-store.js';
+import { readUsers } from './host/passwd.js';
+import { instancePaths } from './layout.js';
+import { parseModuleLabels, type ModuleLabels } from './labels.js';
+import { observeInstance, ownerOf, readRedisSnapshot, type ObserveContext } from './observe.js';
+import { planConverge, planRemoval, type InstancePlan } from './planner.js';
+import { formatRange } from './ports.js';
+import { writeStatus } from './status.js';
+import type { Condition, ImageFacts, InstanceDesired, InstanceRecord, ModuleStatus, ObservedInstance, Step } from './types.js';
+import type { RemovalPolicy } from '../manifest/types.js';
+
+/** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
+const MAX_ROUNDS = 6;
+
+/** What happened to one instance in a reconcile. */
+export interface InstanceResult {
+  id: string;
+  outcome: 'unchanged' | 'converged' | 'removed' | 'failed' | 'blocked' | 'skipped' | 'suspended';
+  /** Steps applied, in order. */
+  applied: Step[];
+  /** Drift found and repaired. */
+  drift: string[];
+  error?: Ns8ctlError;
+  /** False for errors only a change of desired state or of the host can fix. */
+  retry: boolean;
+  status?: ModuleStatus;
+}
+
+export interface NodeReconcileResult {
+  node: number;
+  instances: InstanceResult[];
+  /** Why systemd cannot be used on this host, if it cannot. */
+  systemdMissing?: string;
+}
+
+export interface ReconcileControl {
+  /** Instances to leave alone this time (in backoff). */
+  skip?: (id: string) => boolean;
+  signal?: AbortSignal;
+}
+
+const REASONS: Record<string, string> = {
+  registry_unreachable: 'RegistryUnreachable',
+  image_not_found: 'ImageNotFound',
+  unit_failed: 'UnitFailed',
+  image_resolution_unavailable: 'ImageResolutionFailed',
+  image_label_invalid: 'ImageLabelInvalid',
+  ports_exhausted: 'PortsExhausted',
+  environment_value_invalid: 'EnvironmentInvalid',
+  user_manager_unavailable: 'UserManagerUnavailable',
+  module_deleting: 'Deleting',
+};
+const TERMINAL = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged']);
+
+function cond(type: Condition['type'], status: Condition['status'], reason: string, message: string): Condition {
+  return { type, status, reason, message };
+}
+
+/** Bounded-concurrency map: at most `limit` calls of `fn` run at once; results keep input order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (;;) {
+      const i = next++;
+      if (i >= items.length) return;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return out;
+}
+
+/**
+ * Reconciles every instance placed on `opts.node` once (see module doc). Never throws for one
+ * instance's failure (that goes into its result and status); throws only when desired state or
+ * the node's Redis snapshot cannot be read at all.
+ */
+export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentDeps, control: ReconcileControl = {}): Promise<NodeReconcileResult> {
+  const node = opts.node;
+  const [desired, records, systemdMissing] = await Promise.all([deps.source.listForNode(node), deps.records.list(), deps.systemd.missing()]);
+  const desiredById = new Map(desired.map((d) => [d.id, d]));
+  const ids = [...new Set([...desired.map((d) => d.id), ...[...records.values()].filter((r) => r.node === undefined || r.node === node).map((r) => r.id)])].sort();
+  const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids), readUsers(deps.layout)]);
+  const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot };
+  const instances = await mapLimit(ids, opts.concurrency ?? 4, async (id) => {
+    if (control.signal?.aborted || control.skip?.(id)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
+    try {
+      return await reconcileInstance(id, desiredById.get(id), records.get(id), node, deps, shared, control);
+    } catch (err) {
+      // Only status writes can land here (instance errors are caught inside): report, go on.
+      const e = toNs8ctlError(err);
+      deps.log(`node-agent: ${id}: ${e.message}`);
+      return { id, outcome: 'failed', applied: [], drift: [], error: e, retry: true } satisfies InstanceResult;
+    }
+  });
+  return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };
+}
+
+async function refresh(deps: NodeAgentDeps, node: number, id: string, shared: ObserveContext): Promise<ObserveContext> {
+  const [redis, users] = await Promise.all([readRedisSnapshot(deps.redis, node, [id]), readUsers(deps.layout)]);
+  return { ...shared, redis, users: users.users, subids: users.subids };
+}
+
+async function reconcileInstance(
+  id: string,
+  d: InstanceDesired | undefined,
+  rec: InstanceRecord | undefined,
+  node: number,
+  deps: NodeAgentDeps,
+  shared: ObserveContext,
+  control: ReconcileControl,
+): Promise<InstanceResult> {
+  if (d?.spec.suspend && !d.deleting) {
+    return { id, outcome: 'suspended', applied: [], drift: [], retry: false };
+  }
+  const removal: RemovalPolicy | undefined = d?.deleting?.removalPolicy ?? (!d && rec ? (rec.removing?.removalPolicy ?? 'Preserve') : undefined);
+  if (removal) return removeInstance(id, d, rec, removal, node, deps, shared);
+  if (!d) return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
+  return convergeInstance(d, rec, node, deps, shared, control);
+}
+
+function reasonOf(e: Ns8ctlError): string {
+  return REASONS[e.code] ?? 'StepFailed';
+}
+
+async function failed(deps: NodeAgentDeps, d: InstanceDesired, prev: ModuleStatus | undefined, base: Omit<ModuleStatus, 'conditions'>, e: Ns8ctlError, step: Step | undefined, applied: Step[], drift: string[], blocked = false): Promise<InstanceResult> {
+  const reason = blocked ? e.code : reasonOf(e);
+  const msg = step ? `step ${step.kind} failed: ${e.message}` : e.message;
+  const status: ModuleStatus = {
+    ...base,
+    conditions: [cond('Ready', 'False', reason, msg), cond('Progressing', 'False', 'Failed', TERMINAL.has(reason) ? 'waiting for a change of the Module or the image' : 'will retry with backoff'), cond('Degraded', 'True', reason, msg)],
+  };
+  const stored = await writeStatus(deps.redis, prev, status, deps.now());
+  deps.log(`node-agent: ${d.id}: ${reason}: ${msg}`);
+  return { id: d.id, outcome: blocked ? 'blocked' : 'failed', applied, drift, error: e, retry: !TERMINAL.has(reason), status: stored };
+}
+
+/** Labels of the wanted image: from the record when it is the same image, else inspected (local root store, then registry). */
+async function imageFacts(deps: NodeAgentDeps, url: string, rec: InstanceRecord | undefined): Promise<ImageFacts> {
+  if (rec?.image && rec.image.url === url) return rec.image;
+  const rootImages = await deps.podman.listImages({ kind: 'root' });
+  if (findImage(rootImages, url)) return deps.podman.inspectLocal({ kind: 'root' }, url, `inspect ${url}`);
+  return deps.podman.inspectRemote(url, `inspect ${url} in its registry`);
+}
+
+async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
+  const id = d.id;
+  let prev = shared.redis.status.get(id);
+  const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d.generation, imageUrl: '', imageDigest: '', ports: {}, units: [], drift: [] };
+  let url: string;
+  let facts: ImageFacts;
+  let labels: ModuleLabels;
+  try {
+    url = await deps.resolveImage(d.spec);
+    base.imageUrl = url;
+    facts = await imageFacts(deps, url, rec);
+    labels = parseModuleLabels(facts.labels, url);
+  } catch (err) {
+    return failed(deps, d, prev, { ...base, imageUrl: base.imageUrl || prev?.imageUrl || '' }, toNs8ctlError(err), undefined, [], []);
+  }
+  const rootfull = labels.rootfull;
+  const applied: Step[] = [];
+  let drift: string[] = [];
+  let ctx = shared;
+  let observed: ObservedInstance | undefined;
+  let plan: InstancePlan | undefined;
+  let relabelled = false;
+  const stepCtx: StepContext = { deps, node, id, rootfull, labels, imageUrl: url };
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    if (round > 0) {
+      rec = await deps.records.get(id);
+      ctx = await refresh(deps, node, id, shared);
+      if (rec?.image && rec.image.url === url) facts = rec.image;
+    }
+    observed = await observeInstance(ctx, id, rec, rootfull, url, labels);
+    // The local image is not the one the labels came from (tag moved, image re-pulled): re-read them.
+    if (observed.localImage && facts.id !== observed.localImage.id && !relabelled) {
+      const owner = ownerOf(id, rootfull, observed.user);
+      if (owner) {
+        try {
+          facts = await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
+          labels = parseModuleLabels(facts.labels, url);
+          stepCtx.labels = labels;
+          rec = await deps.records.update(id, { image: facts, imageUrl: url });
+        } catch (err) {
+          return failed(deps, d, prev, base, toNs8ctlError(err), undefined, applied, drift);
+        }
+        relabelled = true;
+      }
+    }
+    const paths = instancePaths(deps.layout, id, rootfull, observed.user?.home);
+    plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir });
+    if (round === 0) {
+      drift = plan.steps.flatMap((s) => (s.drift ? [s.drift] : []));
+      if (drift.length) deps.log(`node-agent: ${id}: drift: ${drift.join('; ')}`);
+    }
+    fillBase(base, observed, facts);
+    base.drift = drift.length ? drift : (prev?.drift ?? []);
+    if (plan.blocked) {
+      return failed(deps, d, prev, base, new Ns8ctlError(plan.blocked.reason, plan.blocked.message), undefined, applied, drift, true);
+    }
+    if (plan.steps.length === 0) break;
+    if (control.signal?.aborted) break;
+    if (round === 0) {
+      const progressing: ModuleStatus = {
+        ...base,
+        conditions: [
+          cond('Ready', 'False', 'Progressing', `applying: ${plan.steps.map((s) => s.kind).join(', ')}`),
+          cond('Progressing', 'True', 'Applying', `${plan.steps.length} step(s): ${plan.steps.map((s) => s.kind).join(', ')}`),
+          cond('Degraded', prev && prev.conditions.some((c) => c.type === 'Degraded' && c.status === 'True') ? 'True' : 'False', prev?.conditions.find((c) => c.type === 'Degraded')?.reason ?? 'AsExpected', prev?.conditions.find((c) => c.type === 'Degraded' && c.status === 'True')?.message ?? ''),
+        ],
+      };
+      prev = await writeStatus(deps.redis, prev, progressing, deps.now());
+    }
+    for (const step of plan.steps) {
+      try {
+        await applyStep(step, stepCtx);
+        applied.push(step);
+      } catch (err) {
+        return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift);
+      }
+    }
+  }
+  if (!observed || !plan) throw new Ns8ctlError('internal', `${id}: reconcile made no observation`, { user: false });
+  if (plan.steps.length > 0 && !control.signal?.aborted) {
+    const e = new Ns8ctlError('not_converging', `${id}: still ${plan.steps.length} step(s) to apply after ${MAX_ROUNDS} rounds: ${plan.steps.map((s) => `${s.kind} (${s.reason})`).join('; ')}`, { user: false });
+    return failed(deps, d, prev, base, e, undefined, applied, drift);
+  }
+  if (plan.waiting.length > 0) {
+    const e = new Ns8ctlError('not_converging', `${id}: waiting: ${plan.waiting.join('; ')}`, { user: false });
+    return failed(deps, d, prev, base, e, undefined, applied, drift);
+  }
+  const wantedUnits = observed.units.filter((u) => u.wanted).map((u) => u.name);
+  let conditions: Condition[];
+  if (ctx.systemdMissing) {
+    const msg = `${ctx.systemdMissing}: ${wantedUnits.length ? `units ${wantedUnits.join(', ')} are installed but not started` : 'no unit to start'}`;
+    conditions = [cond('Ready', 'False', 'SystemdUnavailable', msg), cond('Progressing', 'False', 'HostConverged', 'files, user, ports, environment and credentials are in place'), cond('Degraded', 'True', 'SystemdUnavailable', msg)];
+  } else {
+    conditions = [cond('Ready', 'True', 'Converged', 'the instance matches its Module'), cond('Progressing', 'False', 'Converged', 'nothing left to do'), cond('Degraded', 'False', 'AsExpected', '')];
+  }
+  const status = await writeStatus(deps.redis, prev, { ...base, conditions }, deps.now());
+  if (applied.length) deps.log(`node-agent: ${id}: converged (${applied.length} step(s): ${applied.map((s) => s.kind).join(', ')})`);
+  return { id, outcome: applied.length ? 'converged' : 'unchanged', applied, drift, retry: false, status };
+}
+
+function fillBase(base: Omit<ModuleStatus, 'conditions'>, o: ObservedInstance, facts: ImageFacts): void {
+  base.imageDigest = o.localImage?.digest || facts.digest;
+  base.ports = { ...(o.ports.tcp ? { tcp: formatRange(o.ports.tcp) } : {}), ...(o.ports.udp ? { udp: formatRange(o.ports.udp) } : {}) };
+  base.units = o.units.filter((u) => u.wanted).map((u) => ({ name: u.name, enabled: u.enabled, active: u.active ?? null }));
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function removeInstance(id: string, d: InstanceDesired | undefined, rec: InstanceRecord | undefined, policy: RemovalPolicy, node: number, deps: NodeAgentDeps, shared: ObserveContext): Promise<InstanceResult> {
+  const user = shared.users.get(id);
+  const rootfull = rec?.rootfull ?? (!user && (await exists(path.join(deps.layout.rootfullBase, id))));
+  let labels: ModuleLabels | undefined;
+  try {
+    labels = rec?.image ? parseModuleLabels(rec.image.labels, rec.image.url) : undefined;
+  } catch {
+    labels = undefined;
+  }
+  const observed = await observeInstance(shared, id, rec, rootfull, rec?.imageUrl, labels);
+  const plan = planRemoval({ id, policy, node: { node, ...(shared.systemdMissing ? { systemdMissing: shared.systemdMissing } : {}) }, rootfull, observed, desiredPresent: Boolean(d) });
+  if (!plan.steps.length) return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
+  const stepCtx: StepContext = { deps, node, id, rootfull, ...(labels ? { labels } : {}), ...(rec?.imageUrl ? { imageUrl: rec.imageUrl } : {}) };
+  const prev = shared.redis.status.get(id);
+  const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d?.generation ?? 0, imageUrl: rec?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '', ports: prev?.ports ?? {}, units: prev?.units ?? [], drift: [] };
+  if (d) {
+    const what = policy === 'Delete' ? 'removing (DATA DELETED)' : 'removing (data preserved)';
+    await writeStatus(deps.redis, prev, { ...base, conditions: [cond('Ready', 'False', 'Removing', what), cond('Progressing', 'True', 'Removing', plan.steps.map((s) => s.kind).join(', ')), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
+  }
+  const applied: Step[] = [];
+  for (const step of plan.steps) {
+    try {
+      await applyStep(step, stepCtx);
+      applied.push(step);
+    } catch (err) {
+      const e = toNs8ctlError(err);
+      const msg = `removal step ${step.kind} failed: ${e.message}`;
+      deps.log(`node-agent: ${id}: ${msg}`);
+      if (d) {
+        const cur = (await readRedisSnapshot(deps.redis, node, [id])).status.get(id);
+        await writeStatus(deps.redis, cur, { ...base, conditions: [cond('Ready', 'False', 'RemovalFailed', msg), cond('Progressing', 'False', 'Failed', 'will retry with backoff'), cond('Degraded', 'True', 'RemovalFailed', msg)] }, deps.now());
+      }
+      return { id, outcome: 'failed', applied, drift: [], error: e, retry: true };
+    }
+  }
+  deps.log(`node-agent: ${id}: removed (${policy === 'Delete' ? 'data deleted' : 'data preserved'}; ${applied.length} step(s))`);
+  return { id, outcome: 'removed', applied, drift: [], retry: false };
+}

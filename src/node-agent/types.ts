@@ -1,0 +1,246 @@
+/**
+ * Data the node agent's stages pass along: what is desired (from Redis), what is observed (host +
+ * Redis), the agent's own record of what it did, the typed steps the planner emits, and the status
+ * it reports. Plain data only.
+ */
+import type { ModuleSpec, RemovalPolicy } from '../manifest/types.js';
+import type { ModuleLabels } from './labels.js';
+import type { PortProto, PortRange } from './ports.js';
+
+/** The finalizer the node agent puts on every Module it creates something for. */
+export const NODE_AGENT_FINALIZER = 'node-agent';
+
+/** One Module placed on this node, as desired state says. */
+export interface InstanceDesired {
+  id: string;
+  generation: number;
+  spec: ModuleSpec;
+  /** `cluster/module_uuid[id]`; empty when the bookkeeping is not there (yet). */
+  uuid: string;
+  finalizers: string[];
+  /** Set once deletion was requested. */
+  deleting?: { removalPolicy: RemovalPolicy };
+}
+
+/** Image facts, from `podman image inspect` (or the registry before a pull). */
+export interface ImageFacts {
+  url: string;
+  /** Local image id (config digest, hex without `sha256:`); empty when only inspected remotely. */
+  id: string;
+  /** Manifest digest `sha256:...`. */
+  digest: string;
+  /** `RepoDigests[0]` (`repo@sha256:...`), empty when unknown. */
+  repoDigest: string;
+  labels: Record<string, string>;
+}
+
+/**
+ * What the agent last did to an instance, kept on the node (one JSON file per instance under the
+ * agent's state dir) so a reconcile can tell "unchanged" without asking podman or systemd.
+ * Every field is written only after the effect it records happened.
+ */
+export interface InstanceRecord {
+  id: string;
+  /** Image URL the instance was last converged to. */
+  imageUrl?: string;
+  /** Labels of that image, keyed by the image digest they were read from. */
+  image?: ImageFacts;
+  rootfull?: boolean;
+  /** Uid/gid the instance's files were made for (rootless): a different uid means the user was recreated. */
+  uid?: number;
+  gid?: number;
+  /** Image id whose imageroot is extracted in the install dir. */
+  extractedImageId?: string;
+  /** Image id whose ui is extracted in the UI dir. */
+  uiImageId?: string;
+  /** Names of the environment variables the agent wrote last (to drop the ones it no longer wants). */
+  managedEnv?: string[];
+  /** Unit name -> hash of (unit file, environment file) when it was last (re)started. */
+  units?: Record<string, string>;
+  /** System unit files installed for a rootfull instance: installed name -> hash of content. */
+  systemUnits?: Record<string, string>;
+  /** Redis `ACL LIST` line after the ACL was last applied. */
+  aclLine?: string;
+  /** True once `cluster/event/module-added` was published. */
+  announced?: boolean;
+  /** Node the instance was made on (for removal when desired state is gone). */
+  node?: number;
+  /** Set when removal started: removal resumes after a crash even if desired state vanished. */
+  removing?: { removalPolicy: RemovalPolicy };
+}
+
+/** A Unix user as /etc/passwd has it. */
+export interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+  shell: string;
+}
+
+/** State of one systemd unit of an instance. */
+export interface UnitObservation {
+  /** Unit name as systemd knows it (installed name for rootfull). */
+  name: string;
+  /** sha256 of the unit file (the installed one), empty when the file is missing. */
+  fileHash: string;
+  /** True when the unit has an [Install] section and is not a template: it must be enabled and running. */
+  wanted: boolean;
+  /** Symlinks for every WantedBy/RequiredBy target exist. */
+  enabled: boolean;
+  /** Running; undefined when systemd is not running. */
+  active: boolean | undefined;
+  /** Rootfull: the unit file in the install dir (source of the installed copy) and its hash. */
+  source?: string;
+  sourceHash?: string;
+}
+
+/** Everything observed about one instance on the host and in Redis. */
+export interface ObservedInstance {
+  id: string;
+  record?: InstanceRecord;
+  /** The instance's Unix user (rootless), when it exists. */
+  user?: PasswdEntry;
+  /** /etc/subuid and /etc/subgid both have a range for the user. */
+  subids: boolean;
+  /** Linger file present; undefined when systemd is not running. */
+  linger?: boolean;
+  /** Install dir exists (home/.config or /var/lib/nethserver/<id>). */
+  installDir: boolean;
+  /** The module image, when present in the owner's image store. */
+  localImage?: { id: string; digest: string };
+  /** Service image URL -> present in the owner's image store. */
+  serviceImages: Record<string, boolean>;
+  /** `.imageroot.lst` exists and every file it lists exists. */
+  imagerootIntact: boolean;
+  /** Files listed in `.imageroot.lst` that are missing (first few), for drift reports. */
+  imagerootMissing: string[];
+  /** Home (rootless) or /var/lib/nethserver/<id> (rootfull) exists. */
+  baseExists: boolean;
+  /** The UI dir exists. */
+  uiPresent: boolean;
+  /** Parsed state/environment; undefined when missing. */
+  envFile?: Record<string, string>;
+  /** Raw text of state/environment (for unit restart hashes); '' when missing. */
+  envText: string;
+  /** Owner uid of state/environment. */
+  envFileUid?: number;
+  /** `module/<id>/environment` in Redis. */
+  envRedis: Record<string, string>;
+  /** Parsed state/agent.env; undefined when missing. */
+  agentEnv?: Record<string, string>;
+  /** Mode bits of state/agent.env. */
+  agentEnvMode?: number;
+  agentEnvUid?: number;
+  /** `ACL LIST` line of user `module/<id>`. */
+  aclLine?: string;
+  ports: { tcp?: PortRange; udp?: PortRange };
+  /** `module/<id>/flags` members, sorted. */
+  flags: string[];
+  /** `cluster/tcp_ports_demand[id]`, `cluster/udp_ports_demand[id]`. */
+  portsDemand: { tcp?: string; udp?: string };
+  /** Units found in the install dir's systemd dir (and their installed state). */
+  units: UnitObservation[];
+  /** `cluster/module_node[id]`. */
+  moduleNode?: string;
+}
+
+/** Node-wide facts the planner needs. */
+export interface NodeFacts {
+  node: number;
+  /** Undefined when systemd runs; else why it cannot be used. */
+  systemdMissing?: string;
+}
+
+/** Where an instance lives on the host (computed from the layout, id and rootfull). */
+export interface InstancePaths {
+  /** Rootless: the user's home; rootfull: /var/lib/nethserver/<id>. */
+  base: string;
+  /** Where imageroot is extracted: home/.config or /var/lib/nethserver/<id>. */
+  installDir: string;
+  stateDir: string;
+  /** Unit files as extracted from the image. */
+  unitSourceDir: string;
+  uiDir: string;
+}
+
+type StepBase = {
+  id: string;
+  /** Why the step is needed, for logs and plans. */
+  reason: string;
+  /** Set when the step repairs something the agent had done before (drift), e.g. `unit webapp.service stopped`. */
+  drift?: string;
+};
+
+/** One thing the applier does to converge an instance. Mutating unless said otherwise. */
+export type Step = StepBase &
+  (
+    | { kind: 'add-finalizer' }
+    | { kind: 'cancel-removal' }
+    | { kind: 'create-user' }
+    | { kind: 'chown-home'; uid: number; gid: number }
+    | { kind: 'create-install-dir' }
+    | { kind: 'enable-linger' }
+    | { kind: 'pull-image'; url: string }
+    | { kind: 'pull-service-image'; url: string }
+    | { kind: 'extract-imageroot'; url: string; imageroot: string }
+    | { kind: 'extract-ui'; url: string; uiroot: string }
+    | { kind: 'allocate-ports'; proto: PortProto; demand: number }
+    | { kind: 'set-ports-demand'; proto: PortProto; demand: number }
+    | { kind: 'write-environment'; env: Record<string, string>; managed: string[] }
+    | { kind: 'mirror-environment'; env: Record<string, string> }
+    | { kind: 'write-agent-env' }
+    | { kind: 'apply-acl' }
+    | { kind: 'set-flags'; flags: string[] }
+    | { kind: 'install-system-units'; units: { source: string; name: string }[]; remove: string[] }
+    | { kind: 'daemon-reload' }
+    | { kind: 'enable-units'; units: string[] }
+    | { kind: 'start-units'; units: string[] }
+    | { kind: 'restart-units'; units: string[] }
+    | { kind: 'stop-units'; units: string[] }
+    | { kind: 'record-units'; units: Record<string, string> }
+    | { kind: 'publish-added' }
+    // removal
+    | { kind: 'mark-removing'; removalPolicy: RemovalPolicy }
+    | { kind: 'disable-units'; units: string[] }
+    | { kind: 'disable-linger' }
+    | { kind: 'kill-processes' }
+    | { kind: 'remove-user' }
+    | { kind: 'erase-data' }
+    | { kind: 'remove-images' }
+    | { kind: 'free-ports' }
+    | { kind: 'delete-acl' }
+    | { kind: 'delete-module-keys' }
+    | { kind: 'remove-ui' }
+    | { kind: 'forget-record' }
+    | { kind: 'publish-removed' }
+    | { kind: 'release-finalizer' }
+  );
+
+export type StepKind = Step['kind'];
+
+/** One status condition (kstatus style). */
+export interface Condition {
+  type: 'Ready' | 'Progressing' | 'Degraded';
+  status: 'True' | 'False' | 'Unknown';
+  reason: string;
+  message: string;
+  lastTransitionTime?: string;
+}
+
+/** Observed status of one instance, as stored in `keys.moduleStatus(id)`. */
+export interface ModuleStatus {
+  id: string;
+  node: number;
+  observedGeneration: number;
+  conditions: Condition[];
+  imageUrl: string;
+  imageDigest: string;
+  ports: { tcp?: string; udp?: string };
+  units: { name: string; enabled: boolean; active: boolean | null }[];
+  /** Drift repaired in the last reconcile, one line each ("environment TCP_PORT edited"). */
+  drift: string[];
+}
+
+/** Labels parsed, or why they are not known yet. */
+export type LabelsState = { ok: true; labels: ModuleLabels; image: ImageFacts } | { ok: false; reason: string; message: string };
