@@ -49,7 +49,7 @@ export interface ConvergeInput {
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
-/** Unit record value: hash of the unit file and of the environment it was (re)started with. */
+/** Unit record value: hash of the unit file and of the managed environment it was (re)started with. */
 export function unitStamp(fileHash: string, envText: string): string {
   return `${fileHash}:${sha(envText)}`;
 }
@@ -145,7 +145,10 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     const managedNames = Object.keys(managed).sort();
     const merged = mergeEnvironment(o.envFile, managed, rec?.managedEnv ?? []);
     try {
-      envText = renderEnvironment(id, merged);
+      renderEnvironment(id, merged);
+      // Units are restarted for changes of what the agent manages; variables the module's own
+      // actions write are the module's business (its actions restart what they need).
+      envText = renderEnvironment(id, managed);
     } catch (err) {
       const e = err as Ns8ctlError;
       return { steps, waiting, blocked: { reason: 'EnvironmentInvalid', message: e.message } };

@@ -1,0 +1,253 @@
+import { planConverge, planRemoval, unitStamp, agentEnvironment, type ConvergeInput } from '../../src/node-agent/planner.js';
+import { parseModuleLabels } from '../../src/node-agent/labels.js';
+import { managedEnvironment } from '../../src/node-agent/module-env.js';
+import { renderEnvironment } from '../../src/node-agent/environment-file.js';
+import { passwordSha256 } from '../../src/node-agent/redis-acl.js';
+import type { InstanceDesired, ObservedInstance, Step } from '../../src/node-agent/types.js';
+
+const URL = '127.0.0.1:5000/ns8ctl-examples/webapp:1.0.0';
+const SVC = '127.0.0.1:5000/ns8ctl-examples/webapp-httpd:1.0.0';
+const labels = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, URL);
+const image = { url: URL, id: 'img1', digest: 'sha256:d1', repoDigest: '127.0.0.1:5000/ns8ctl-examples/webapp@sha256:d1', labels: {} };
+const user = { name: 'webapp1', uid: 1001, gid: 1001, home: '/home/webapp1', shell: '/sbin/nologin' };
+const desired: InstanceDesired = { id: 'webapp1', generation: 1, spec: { image: URL, node: 1 }, uuid: 'uuid-1', finalizers: ['node-agent'] };
+const installDir = '/home/webapp1/.config';
+
+function env(): Record<string, string> {
+  return { ...managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } }), APP_SETTING: 'kept' };
+}
+const envText = renderEnvironment('webapp1', managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } }));
+const managedNames = Object.keys(managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } })).sort();
+const agentEnv = agentEnvironment(installDir, 'secretpassword0123', 'webapp1');
+const aclLine = `user module/webapp1 on #${passwordSha256('secretpassword0123')} ~module/webapp1/* ~task/module/webapp1/* %R~cluster/* %R~node/* %R~module/* %R~private/agents/* resetchannels &progress/module/webapp1/* &module/webapp1/event/* -@all +@read`;
+
+/** An instance exactly as the agent leaves it after converging (systemd running). */
+function converged(): ObservedInstance {
+  return {
+    id: 'webapp1',
+    record: {
+      id: 'webapp1',
+      imageUrl: URL,
+      image,
+      rootfull: false,
+      uid: 1001,
+      gid: 1001,
+      extractedImageId: 'img1',
+      uiImageId: 'img1',
+      managedEnv: managedNames,
+      units: { 'webapp.service': unitStamp('h1', envText) },
+      aclLine,
+      announced: true,
+      node: 1,
+    },
+    user,
+    subids: true,
+    linger: true,
+    installDir: true,
+    baseExists: true,
+    localImage: { id: 'img1', digest: 'sha256:d1' },
+    serviceImages: { [SVC]: true },
+    imagerootIntact: true,
+    imagerootMissing: [],
+    uiPresent: true,
+    envFile: env(),
+    envText,
+    envFileUid: 1001,
+    envRedis: env(),
+    agentEnv,
+    agentEnvMode: 0o600,
+    agentEnvUid: 1001,
+    aclLine,
+    ports: { tcp: { start: 20000, end: 20000 } },
+    flags: ['rootless'],
+    portsDemand: { tcp: '1' },
+    units: [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }],
+    moduleNode: '1',
+  };
+}
+
+function input(o: ObservedInstance, over: Partial<ConvergeInput> = {}): ConvergeInput {
+  return { desired, node: { node: 1 }, imageUrl: URL, labels, image, observed: o, installDir, ...over };
+}
+const kinds = (steps: Step[]): string[] => steps.map((s) => s.kind);
+
+describe('the node planner converges an instance', () => {
+  test('an instance that already matches gets an empty plan', () => {
+    const p = planConverge(input(converged()));
+    expect(p).toEqual({ steps: [], waiting: [] });
+  });
+
+  test('the plan is deterministic', () => {
+    const o = converged();
+    delete o.user;
+    expect(planConverge(input(o))).toEqual(planConverge(input(structuredClone(o))));
+  });
+
+  test('a new instance: finalizer first, then user, dirs, linger, pulls, ports; environment waits for the image', () => {
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: false, serviceImages: {}, imagerootIntact: false, imagerootMissing: ['.imageroot.lst'], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const p = planConverge(input(o, { desired: { ...desired, finalizers: [] } }));
+    expect(kinds(p.steps)).toEqual([
+      'add-finalizer', 'create-user', 'create-install-dir', 'enable-linger', 'pull-image', 'pull-service-image', 'allocate-ports', 'set-ports-demand',
+      'extract-imageroot', 'extract-ui', 'write-agent-env', 'apply-acl', 'set-flags',
+    ]);
+    expect(p.waiting).toEqual(['environment: waits for the image pull (IMAGE_ID, IMAGE_DIGEST)', 'units: wait for the extraction']);
+    expect(p.steps.every((s) => s.reason.length > 0)).toBe(true);
+    expect(p.steps.find((s) => s.kind === 'allocate-ports')).toMatchObject({ proto: 'tcp', demand: 1 });
+  });
+
+  test('once image and ports are there, the environment is written and mirrored, units installed and started, module-added follows', () => {
+    const o = converged();
+    delete o.envFile;
+    o.envText = '';
+    o.envRedis = {};
+    o.record = { ...o.record!, units: {}, announced: false, managedEnv: [] };
+    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
+    const p = planConverge(input(o));
+    expect(kinds(p.steps)).toEqual(['write-environment', 'mirror-environment', 'daemon-reload', 'enable-units', 'start-units', 'record-units']);
+    const w = p.steps[0] as Extract<Step, { kind: 'write-environment' }>;
+    expect(w.env).toMatchObject({ MODULE_ID: 'webapp1', NODE_ID: '1', MODULE_UUID: 'uuid-1', IMAGE_ID: 'img1', TCP_PORT: '20000', WEBAPP_HTTPD_IMAGE: SVC });
+    // module-added is published only in the round where nothing else is left.
+    expect(kinds(p.steps)).not.toContain('publish-added');
+    const last = converged();
+    last.record = { ...last.record!, announced: false };
+    expect(kinds(planConverge(input(last)).steps)).toEqual(['publish-added']);
+  });
+
+  test('an edited environment value is repaired and reported as drift; a unit started with other values is restarted', () => {
+    const o = converged();
+    o.envFile = { ...env(), TCP_PORT: '1234' };
+    const p = planConverge(input(o));
+    // The units were started with the right values (systemd reads the file at start): no restart.
+    expect(kinds(p.steps)).toEqual(['write-environment']);
+    expect(p.steps[0]!.drift).toBe('environment TCP_PORT edited (was "1234")');
+    // Next round: file fixed; the unit still runs with the old environment stamp.
+    const o2 = converged();
+    o2.record = { ...o2.record!, units: { 'webapp.service': unitStamp('h1', 'OLD=1\n') } };
+    expect(kinds(planConverge(input(o2)).steps)).toEqual(['restart-units', 'record-units']);
+  });
+
+  test('variables written by the module itself are kept and restart nothing', () => {
+    const o = converged();
+    o.envFile = { ...env(), OTHER: 'set by configure-module' };
+    const p = planConverge(input(o));
+    const w = p.steps.find((s) => s.kind === 'write-environment') as Extract<Step, { kind: 'write-environment' }> | undefined;
+    // The file already has every managed value: only the Redis mirror differs.
+    expect(w).toBeUndefined();
+    expect(kinds(p.steps)).toEqual(['mirror-environment']);
+  });
+
+  test('a value with a newline blocks the instance with EnvironmentInvalid', () => {
+    const p = planConverge(input(converged(), { desired: { ...desired, uuid: 'a\nEVIL=1' } }));
+    expect(p.blocked?.reason).toBe('EnvironmentInvalid');
+    expect(p.blocked?.message).toMatch(/MODULE_UUID contains a newline/);
+  });
+
+  test('a deleted unit file is re-extracted and reported', () => {
+    const o = converged();
+    o.imagerootIntact = false;
+    o.imagerootMissing = ['systemd/user/webapp.service'];
+    const p = planConverge(input(o));
+    expect(kinds(p.steps)).toEqual(['extract-imageroot']);
+    expect(p.steps[0]!.drift).toBe('files of imageroot/ missing: systemd/user/webapp.service');
+    expect(p.waiting).toEqual(['units: wait for the extraction']);
+  });
+
+  test('a removed user is recreated and reported; a recreated user gets its files back', () => {
+    const o = converged();
+    delete o.user;
+    const p = planConverge(input(o));
+    expect(p.steps[0]).toMatchObject({ kind: 'create-user', drift: 'user webapp1 removed' });
+    const o2 = converged();
+    o2.user = { ...user, uid: 1005, gid: 1005 };
+    const p2 = planConverge(input(o2));
+    expect(p2.steps[0]).toMatchObject({ kind: 'chown-home', uid: 1005, gid: 1005 });
+  });
+
+  test('a stopped unit is started and reported; a disabled one enabled', () => {
+    const o = converged();
+    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
+    const p = planConverge(input(o));
+    expect(kinds(p.steps)).toEqual(['enable-units', 'start-units']);
+    expect(p.steps[1]!.drift).toBe('units stopped: webapp.service');
+  });
+
+  test('a removed image is pulled again and reported', () => {
+    const o = converged();
+    delete o.localImage;
+    const p = planConverge(input(o));
+    expect(p.steps[0]).toMatchObject({ kind: 'pull-image', drift: `image ${URL} removed` });
+  });
+
+  test('a changed unit file is reloaded and restarted, not started twice', () => {
+    const o = converged();
+    o.units = [{ name: 'webapp.service', fileHash: 'h2', wanted: true, enabled: true, active: true }];
+    expect(kinds(planConverge(input(o)).steps)).toEqual(['daemon-reload', 'restart-units', 'record-units']);
+  });
+
+  test('a port demand change reallocates and rewrites the environment next round', () => {
+    const l3 = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '3', 'org.nethserver.images': SVC }, URL);
+    const p = planConverge(input(converged(), { labels: l3 }));
+    expect(kinds(p.steps)).toEqual(['allocate-ports', 'set-ports-demand']);
+    expect(p.waiting).toContain('environment: waits for the port allocation');
+  });
+
+  test('a wrong agent.env mode or a missing ACL user is repaired', () => {
+    const o = converged();
+    o.agentEnvMode = 0o644;
+    expect(kinds(planConverge(input(o)).steps)).toEqual(['write-agent-env', 'apply-acl']);
+    const o2 = converged();
+    delete o2.aclLine;
+    const p2 = planConverge(input(o2));
+    expect(p2.steps).toEqual([expect.objectContaining({ kind: 'apply-acl', drift: 'Redis ACL user module/webapp1 removed' })]);
+  });
+
+  test('without systemd, no unit step is planned and the rest converges', () => {
+    const o = converged();
+    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: undefined }];
+    delete o.linger;
+    o.record = { ...o.record!, units: {} };
+    const p = planConverge(input(o, { node: { node: 1, systemdMissing: 'systemd not running on this host' } }));
+    expect(p).toEqual({ steps: [], waiting: [] });
+  });
+
+  test('switching between rootless and rootfull is refused', () => {
+    const lf = parseModuleLabels({ 'org.nethserver.rootfull': '1' }, URL);
+    const p = planConverge(input(converged(), { labels: lf }));
+    expect(p.blocked?.reason).toBe('RootfullChanged');
+    expect(p.steps).toEqual([]);
+  });
+
+  test('a Module desired again while being removed cancels the removal first', () => {
+    const o = converged();
+    o.record = { ...o.record!, removing: { removalPolicy: 'Preserve' } };
+    expect(kinds(planConverge(input(o)).steps)).toEqual(['cancel-removal']);
+  });
+});
+
+describe('the node planner removes an instance', () => {
+  test('rootless, data preserved: linger off, processes, user, ui, ports, ACL, keys, event, record, finalizer; no data erased', () => {
+    const p = planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true });
+    expect(kinds(p.steps)).toEqual(['mark-removing', 'disable-linger', 'kill-processes', 'remove-user', 'remove-ui', 'free-ports', 'delete-acl', 'delete-module-keys', 'publish-removed', 'forget-record', 'release-finalizer']);
+  });
+  test('policy Delete erases the data too', () => {
+    const p = planRemoval({ id: 'webapp1', policy: 'Delete', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true });
+    expect(kinds(p.steps)).toContain('erase-data');
+    expect(p.steps.find((s) => s.kind === 'mark-removing')?.reason).toMatch(/DATA DELETED/);
+  });
+  test('a removal interrupted after the host cleanup only finishes the bookkeeping', () => {
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: true, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const p = planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
+    expect(kinds(p.steps)).toEqual(['delete-module-keys', 'publish-removed', 'release-finalizer']);
+  });
+  test('rootfull: system units stopped, disabled and removed; images removed', () => {
+    const o = converged();
+    delete o.user;
+    o.units = [{ name: 'demo1-demo.service', fileHash: 'h', wanted: true, enabled: true, active: true, source: '/x', sourceHash: 'h' }];
+    const p = planRemoval({ id: 'demo1', policy: 'Preserve', node: { node: 1 }, rootfull: true, observed: { ...o, id: 'demo1' }, desiredPresent: true });
+    expect(kinds(p.steps).slice(0, 6)).toEqual(['mark-removing', 'stop-units', 'disable-units', 'install-system-units', 'daemon-reload', 'remove-images']);
+  });
+  test('nothing left and no desired object: empty plan', () => {
+    const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    expect(planRemoval({ id: 'x1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: false }).steps).toEqual([]);
+  });
+});

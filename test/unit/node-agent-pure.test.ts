@@ -1,0 +1,171 @@
+import { imageEnvName } from '../../src/node-agent/image-env-name.js';
+import { moduleFlags, parseModuleLabels } from '../../src/node-agent/labels.js';
+import { assertEnvironment, changedNames, parseEnvironment, renderEnvironment, sameEnvironment } from '../../src/node-agent/environment-file.js';
+import { managedEnvironment, mergeEnvironment } from '../../src/node-agent/module-env.js';
+import { parseNodePorts, parseRange, portEnvironment } from '../../src/node-agent/ports.js';
+import { findImage, imageRepository, normalizeImageRef } from '../../src/node-agent/host/image-store.js';
+import { parsePasswd, parseSubids } from '../../src/node-agent/host/passwd.js';
+import { isStartableUnit, parseInstallSection } from '../../src/node-agent/host/systemd.js';
+import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-agent/redis-acl.js';
+import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
+
+describe('service image variable names follow the seeds rule', () => {
+  test.each([
+    ['docker.io/prom/node-exporter:v1.8.2', 'NODE_EXPORTER_IMAGE'],
+    ['ghcr.io/x/2fauth:5.0', 'I2FAUTH_IMAGE'],
+    ['docker.io/library/mysql:10.3-alpine', 'MYSQL_IMAGE'],
+    ['127.0.0.1:5000/ns8ctl-examples/webapp-httpd:1.0.0', 'WEBAPP_HTTPD_IMAGE'],
+    ['quay.io/a/b.c+d@sha256:abcd', 'B_C_D_IMAGE'],
+    ['redis', 'REDIS_IMAGE'],
+  ])('%s -> %s', (url, name) => {
+    expect(imageEnvName(url)).toBe(name);
+  });
+});
+
+describe('image labels are read as NS8 reads them', () => {
+  test('defaults for an image without labels: rootless, no ports, imageroot and ui', () => {
+    expect(parseModuleLabels({}, 'x')).toEqual({ rootfull: false, tcpPortsDemand: 0, udpPortsDemand: 0, images: [], flags: [], authorizations: [], imageroot: 'imageroot', uiroot: 'ui' });
+  });
+  test('hyphenated names, space-separated lists, rootfull 1', () => {
+    const l = parseModuleLabels(
+      { 'org.nethserver.rootfull': '1', 'org.nethserver.tcp-ports-demand': '3', 'org.nethserver.udp-ports-demand': '1', 'org.nethserver.images': ' a:1  b:2 a:1', 'org.nethserver.flags': 'core_module rootless', 'org.nethserver.authorizations': 'traefik@any:routeadm' },
+      'x',
+    );
+    expect(l).toMatchObject({ rootfull: true, tcpPortsDemand: 3, udpPortsDemand: 1, images: ['a:1', 'b:2'], flags: ['core_module'], authorizations: ['traefik@any:routeadm'] });
+    expect(moduleFlags(l)).toEqual(['core_module', 'rootfull']);
+    expect(moduleFlags(parseModuleLabels({}, 'x'))).toEqual(['rootless']);
+  });
+  test('a non-integer demand is an error naming the image and the label', () => {
+    expect(() => parseModuleLabels({ 'org.nethserver.tcp-ports-demand': 'two' }, 'reg/x:1')).toThrow(/reg\/x:1: label org.nethserver.tcp-ports-demand="two" must be an integer/);
+  });
+  test('an imageroot label escaping with .. is refused', () => {
+    expect(() => parseModuleLabels({ 'org.nethserver.imageroot': '../etc' }, 'x')).toThrow(/org.nethserver.imageroot/);
+  });
+});
+
+describe('state/environment files', () => {
+  test('render sorts KEY=VALUE lines and parse splits at the first =', () => {
+    const text = renderEnvironment('m1', { B: '2', A: 'x=y', C: '' });
+    expect(text).toBe('A=x=y\nB=2\nC=\n');
+    expect(parseEnvironment(text + 'garbage line\n')).toEqual({ A: 'x=y', B: '2', C: '' });
+  });
+  test('a value with a newline is refused with a clear error', () => {
+    expect(() => renderEnvironment('webapp1', { TOKEN: 'a\nEVIL=1' })).toThrow(/webapp1: the value of TOKEN contains a newline/);
+    expect(() => assertEnvironment('webapp1', { X: 'a\rb' })).toThrow(/carriage return/);
+    expect(() => assertEnvironment('webapp1', { '1X': 'a' })).toThrow(/name "1X" is not allowed/);
+  });
+  test('sameEnvironment and changedNames compare names and values', () => {
+    expect(sameEnvironment({ a: '1' }, { a: '1' })).toBe(true);
+    expect(sameEnvironment({ a: '1' }, { a: '2' })).toBe(false);
+    expect(sameEnvironment({ a: '1' }, { a: '1', b: '' })).toBe(false);
+    expect(sameEnvironment(undefined, { a: '1' })).toBe(false);
+    expect(changedNames({ a: '1', b: '2' }, { a: '1', b: '3', c: '4' })).toEqual(['b', 'c']);
+  });
+});
+
+describe('port variables follow NS8 semantics', () => {
+  test('demand 1: TCP_PORT and TCP_PORTS, no range', () => {
+    expect(portEnvironment('tcp', { start: 20000, end: 20000 })).toEqual({ TCP_PORT: '20000', TCP_PORTS: '20000' });
+  });
+  test('demand 3: TCP_PORT, TCP_PORTS_RANGE, TCP_PORTS', () => {
+    expect(portEnvironment('tcp', { start: 20001, end: 20003 })).toEqual({ TCP_PORT: '20001', TCP_PORTS_RANGE: '20001-20003', TCP_PORTS: '20001,20002,20003' });
+  });
+  test('demand 9: no TCP_PORTS list; udp uses the UDP_ prefix', () => {
+    expect(portEnvironment('udp', { start: 20000, end: 20008 })).toEqual({ UDP_PORT: '20000', UDP_PORTS_RANGE: '20000-20008' });
+    expect(portEnvironment('tcp', undefined)).toEqual({});
+  });
+  test('ranges parse and node hashes group by instance', () => {
+    expect(parseRange('20000-20002')).toEqual({ start: 20000, end: 20002 });
+    expect(parseRange('20002-20000')).toBeUndefined();
+    expect(parseRange('x')).toBeUndefined();
+    expect(parseNodePorts({ 'a1/tcp': '20000-20000', 'a1/udp': '20001-20002', 'b1/tcp': 'junk' })).toEqual(new Map([['a1', { tcp: { start: 20000, end: 20000 }, udp: { start: 20001, end: 20002 } }]]));
+  });
+});
+
+describe('the managed environment', () => {
+  const base = { id: 'webapp1', node: 1, uuid: 'u-1', image: { url: 'r/webapp:1', id: 'abc', digest: 'sha256:d', repoDigest: 'r/webapp@sha256:d' }, serviceImages: ['r/webapp-httpd:1.0.0'], ports: { tcp: { start: 20000, end: 20000 } } };
+  test('has the identity, image, service image and port variables, with NS8 misspelling kept', () => {
+    expect(managedEnvironment(base)).toEqual({
+      MODULE_ID: 'webapp1',
+      NODE_ID: '1',
+      MODULE_UUID: 'u-1',
+      IMAGE_ID: 'abc',
+      IMAGE_URL: 'r/webapp:1',
+      IMAGE_DIGEST: 'sha256:d',
+      IMAGE_REPODIGEST: 'r/webapp@sha256:d',
+      IMAGE_REOPODIGEST: 'r/webapp@sha256:d',
+      WEBAPP_HTTPD_IMAGE: 'r/webapp-httpd:1.0.0',
+      TCP_PORT: '20000',
+      TCP_PORTS: '20000',
+    });
+  });
+  test('merging keeps the module own variables and drops managed ones no longer wanted', () => {
+    const merged = mergeEnvironment({ MY_SETTING: 'x', TCP_PORTS_RANGE: '1-2', TCP_PORT: '1' }, { TCP_PORT: '20000' }, ['TCP_PORT', 'TCP_PORTS_RANGE']);
+    expect(merged).toEqual({ MY_SETTING: 'x', TCP_PORT: '20000' });
+  });
+});
+
+describe('image references are matched as podman stores them', () => {
+  test('normalisation adds docker.io/library and :latest', () => {
+    expect(normalizeImageRef('mysql')).toBe('docker.io/library/mysql:latest');
+    expect(normalizeImageRef('prom/node-exporter:v1')).toBe('docker.io/prom/node-exporter:v1');
+    expect(normalizeImageRef('127.0.0.1:5000/a/b')).toBe('127.0.0.1:5000/a/b:latest');
+    expect(normalizeImageRef('localhost/x:1')).toBe('localhost/x:1');
+    expect(imageRepository('127.0.0.1:5000/a/b:1.0.0')).toBe('127.0.0.1:5000/a/b');
+  });
+  test('findImage by name and by digest', () => {
+    const imgs = [
+      { id: '1', digest: 'sha256:aa', names: ['127.0.0.1:5000/a/b:1.0.0'], digests: ['sha256:aa'] },
+      { id: '2', digest: 'sha256:bb', names: ['docker.io/library/redis:latest'], digests: [] },
+    ];
+    expect(findImage(imgs, '127.0.0.1:5000/a/b:1.0.0')?.id).toBe('1');
+    expect(findImage(imgs, 'redis')?.id).toBe('2');
+    expect(findImage(imgs, '127.0.0.1:5000/a/b@sha256:aa')?.id).toBe('1');
+    expect(findImage(imgs, '127.0.0.1:5000/a/b:2.0.0')).toBeUndefined();
+  });
+});
+
+describe('host files are parsed without spawning processes', () => {
+  test('passwd and subid files', () => {
+    const users = parsePasswd('root:x:0:0:root:/root:/bin/bash\nwebapp1:x:1001:1001::/home/webapp1:/sbin/nologin\nbroken\n');
+    expect(users.get('webapp1')).toEqual({ name: 'webapp1', uid: 1001, gid: 1001, home: '/home/webapp1', shell: '/sbin/nologin' });
+    expect(users.size).toBe(2);
+    expect([...parseSubids('webapp1:100000:65536\nzero:1:0\n')]).toEqual(['webapp1']);
+  });
+  test('unit [Install] sections and which units are started', () => {
+    expect(parseInstallSection('[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=default.target multi-user.target\nRequiredBy=x.target\n')).toEqual({
+      hasInstall: true,
+      wantedBy: ['default.target', 'multi-user.target'],
+      requiredBy: ['x.target'],
+    });
+    expect(parseInstallSection('[Service]\nExecStart=/bin/true\n').hasInstall).toBe(false);
+    expect(isStartableUnit('webapp.service')).toBe(true);
+    expect(isStartableUnit('backup.timer')).toBe(true);
+    expect(isStartableUnit('worker@.service')).toBe(false);
+    expect(isStartableUnit('app.target')).toBe(false);
+  });
+  test('commands for a module user run through runuser with its HOME; words are shell-quoted', () => {
+    expect(ownerPrefix({ kind: 'root' })).toEqual([]);
+    expect(ownerPrefix({ kind: 'user', name: 'w1', uid: 1001, gid: 1001, home: '/home/w1' }, () => false)).toEqual([
+      'runuser', '-u', 'w1', '--', 'env', '-u', 'DBUS_SESSION_BUS_ADDRESS', '-u', 'XDG_RUNTIME_DIR', 'HOME=/home/w1', 'USER=w1', 'LOGNAME=w1',
+    ]);
+    expect(shq("it's")).toBe(`'it'\\''s'`);
+    expect(shq('/a/b:c')).toBe('/a/b:c');
+  });
+});
+
+describe('module ACL rules', () => {
+  test('NS8 rule list, preceded by reset', () => {
+    const rules = moduleAclRules('webapp1', 'h');
+    expect(rules.slice(0, 3)).toEqual(['reset', 'on', '#h']);
+    expect(rules).toEqual(expect.arrayContaining(['~module/webapp1/*', '~task/module/webapp1/*', '%R~cluster/*', '%R~node/*', '%R~module/*', '%R~private/agents/*', '&progress/module/webapp1/*', '&module/webapp1/event/*', '+@read', '+@write', '-@admin']));
+  });
+  test('an ACL LIST line matches only with the right password and patterns', () => {
+    const sha = passwordSha256('pw');
+    const line = `user module/w1 on sanitize-payload #${sha} ~module/w1/* ~task/module/w1/* %R~cluster/* %R~node/* %R~module/* %R~private/agents/* resetchannels &progress/module/w1/* &module/w1/event/* -@all +@read`;
+    expect(aclLineMatches(line, 'w1', 'pw')).toBe(true);
+    expect(aclLineMatches(line, 'w1', 'other')).toBe(false);
+    expect(aclLineMatches(line + ' ~cluster/*', 'w1', 'pw')).toBe(false);
+    expect(aclLineMatches(undefined, 'w1', 'pw')).toBe(false);
+  });
+});
