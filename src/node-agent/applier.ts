@@ -190,8 +190,10 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
         await writeFileAtomic(path.join(deps.layout.systemUnitDir, u.name), text, { mode: 0o644, uid: 0, gid: 0 });
         installed[u.name] = createHash('sha256').update(text).digest('hex');
       }
+      // A template file (x@.service) may serve other instances too: keep it while one records it.
+      const others = [...(await deps.records.list()).values()].filter((r) => r.id !== id);
       for (const name of step.remove) {
-        await fs.rm(path.join(deps.layout.systemUnitDir, name), { force: true });
+        if (!others.some((r) => r.systemUnits?.[name] !== undefined)) await fs.rm(path.join(deps.layout.systemUnitDir, name), { force: true });
         delete installed[name];
       }
       await deps.records.update(id, { systemUnits: installed });

@@ -131,9 +131,16 @@ export function scopeOf(id: string, rootfull: boolean, user: PasswdEntry | undef
   return user ? { kind: 'user', user: id, uid: user.uid } : undefined;
 }
 
-/** Name a rootfull instance's unit is installed under: prefixed with the id unless it already is. */
-export function systemUnitName(id: string, file: string): string {
-  return file.startsWith(`${id}-`) || file.startsWith(`${id}.`) || file.startsWith(`${id}@`) ? file : `${id}-${file}`;
+/**
+ * How a rootfull instance's unit file is installed and run: a template `x@.service` is installed
+ * as is and run as `x@<id>.service` (the instance id as instance name, like NS8's agent@<id>);
+ * any other file is installed and run as `<id>-<file>` unless its name already starts with the id.
+ */
+export function systemUnitNames(id: string, file: string): { file: string; name: string } {
+  const tpl = /^(.+)@(\.[a-z]+)$/.exec(file);
+  if (tpl) return { file, name: `${tpl[1]}@${id}${tpl[2]}` };
+  const installed = file.startsWith(`${id}-`) || file.startsWith(`${id}.`) ? file : `${id}-${file}`;
+  return { file: installed, name: installed };
 }
 
 /** Unit files of an instance as extracted from its image (rootfull: systemd/system, else systemd/user). */
@@ -229,16 +236,17 @@ async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePath
   const unknown: UnitObservation[] = [];
   for (const file of names.filter((n) => /\.(service|socket|timer|path|target|mount)$/.test(n)).sort()) {
     const srcText = (await readOrUndefined(path.join(dir, file))) ?? '';
-    const name = rootfull ? systemUnitName(id, file) : file;
-    const installedText = rootfull ? await readOrUndefined(path.join(ctx.layout.systemUnitDir, name)) : srcText;
+    const names = rootfull ? systemUnitNames(id, file) : { file, name: file };
+    const installedText = rootfull ? await readOrUndefined(path.join(ctx.layout.systemUnitDir, names.file)) : srcText;
     const inst = parseInstallSection(srcText);
     const targets = [...inst.wantedBy.map((t) => `${t}.wants`), ...inst.requiredBy.map((t) => `${t}.requires`)];
     let enabled = targets.length > 0;
-    for (const t of targets) if (!(await statOrUndefined(path.join(wantsDir, t, name)))) enabled = false;
+    for (const t of targets) if (!(await statOrUndefined(path.join(wantsDir, t, names.name)))) enabled = false;
     const u: UnitObservation = {
-      name,
+      name: names.name,
+      file: names.file,
       fileHash: installedText === undefined ? '' : sha(installedText),
-      wanted: inst.hasInstall && isStartableUnit(name),
+      wanted: inst.hasInstall && isStartableUnit(names.name),
       enabled,
       active: undefined,
     };
@@ -247,7 +255,7 @@ async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePath
       u.sourceHash = sha(srcText);
     }
     if (!ctx.systemdMissing && scope && u.wanted) {
-      u.active = await ctx.systemd.activeFromCgroup(scope, name);
+      u.active = await ctx.systemd.activeFromCgroup(scope, names.name);
       if (u.active === undefined) unknown.push(u);
     }
     out.push(u);

@@ -216,8 +216,8 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
   const rec = o.record;
   const recUnits = rec?.units ?? {};
   if (rootfull) {
-    const install = o.units.filter((u) => u.sourceHash !== undefined && u.fileHash !== u.sourceHash).map((u) => ({ source: u.source!, name: u.name }));
-    const present = new Set(o.units.map((u) => u.name));
+    const install = o.units.filter((u) => u.sourceHash !== undefined && u.fileHash !== u.sourceHash).map((u) => ({ source: u.source!, name: u.file }));
+    const present = new Set(o.units.map((u) => u.file));
     const remove = Object.keys(rec?.systemUnits ?? {}).filter((n) => !present.has(n));
     if (install.length || remove.length) {
       add({ id, kind: 'install-system-units', units: install, remove, reason: `system unit files to ${install.length ? `install: ${install.map((u) => u.name).join(' ')}` : ''}${remove.length ? ` remove: ${remove.join(' ')}` : ''}`.trim() });
@@ -274,13 +274,14 @@ export function planRemoval(r: RemovalInput): InstancePlan {
   if (rec && (!rec.removing || rec.removing.removalPolicy !== r.policy)) add({ id, kind: 'mark-removing', removalPolicy: r.policy, reason: `removal requested (${r.policy === 'Delete' ? 'DATA DELETED' : 'data preserved'})` });
   if (!node.systemdMissing) {
     if (r.rootfull) {
-      const installed = o.units.filter((u) => u.fileHash !== '').map((u) => u.name);
-      const recorded = Object.keys(rec?.systemUnits ?? {});
-      const units = [...new Set([...installed, ...recorded])].sort();
+      const units = o.units.filter((u) => u.fileHash !== '' && (u.enabled || u.active !== false)).map((u) => u.name);
+      const files = [...new Set([...o.units.filter((u) => u.fileHash !== '').map((u) => u.file), ...Object.keys(rec?.systemUnits ?? {})])].sort();
       if (units.length) {
         add({ id, kind: 'stop-units', units, reason: 'stop the instance units' });
         add({ id, kind: 'disable-units', units, reason: 'disable the instance units' });
-        add({ id, kind: 'install-system-units', units: [], remove: units, reason: 'remove the instance unit files' });
+      }
+      if (files.length) {
+        add({ id, kind: 'install-system-units', units: [], remove: files, reason: 'remove the instance unit files' });
         add({ id, kind: 'daemon-reload', reason: 'unit files removed' });
       }
     } else if (o.linger) {

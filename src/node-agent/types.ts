@@ -57,7 +57,7 @@ export interface InstanceRecord {
   managedEnv?: string[];
   /** Unit name -> hash of (unit file, environment file) when it was last (re)started. */
   units?: Record<string, string>;
-  /** System unit files installed for a rootfull instance: installed name -> hash of content. */
+  /** System unit files installed for a rootfull instance: file name -> hash of content. */
   systemUnits?: Record<string, string>;
   /** Redis `ACL LIST` line after the ACL was last applied. */
   aclLine?: string;
@@ -80,8 +80,10 @@ export interface PasswdEntry {
 
 /** State of one systemd unit of an instance. */
 export interface UnitObservation {
-  /** Unit name as systemd knows it (installed name for rootfull). */
+  /** Unit name to enable and start (rootfull templates: `x@<id>.service`). */
   name: string;
+  /** Unit file name where it is installed (rootless: in ~/.config/systemd/user; rootfull: in the system unit dir). */
+  file: string;
   /** sha256 of the unit file (the installed one), empty when the file is missing. */
   fileHash: string;
   /** True when the unit has an [Install] section and is not a template: it must be enabled and running. */

@@ -61,7 +61,7 @@ function converged(): ObservedInstance {
     ports: { tcp: { start: 20000, end: 20000 } },
     flags: ['rootless'],
     portsDemand: { tcp: '1' },
-    units: [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }],
+    units: [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }],
     moduleNode: '1',
   };
 }
@@ -101,7 +101,7 @@ describe('the node planner converges an instance', () => {
     o.envText = '';
     o.envRedis = {};
     o.record = { ...o.record!, units: {}, announced: false, managedEnv: [] };
-    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
+    o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
     const p = planConverge(input(o));
     expect(kinds(p.steps)).toEqual(['write-environment', 'mirror-environment', 'daemon-reload', 'enable-units', 'start-units', 'record-units']);
     const w = p.steps[0] as Extract<Step, { kind: 'write-environment' }>;
@@ -165,7 +165,7 @@ describe('the node planner converges an instance', () => {
 
   test('a stopped unit is started and reported; a disabled one enabled', () => {
     const o = converged();
-    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
+    o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
     const p = planConverge(input(o));
     expect(kinds(p.steps)).toEqual(['enable-units', 'start-units']);
     expect(p.steps[1]!.drift).toBe('units stopped: webapp.service');
@@ -180,7 +180,7 @@ describe('the node planner converges an instance', () => {
 
   test('a changed unit file is reloaded and restarted, not started twice', () => {
     const o = converged();
-    o.units = [{ name: 'webapp.service', fileHash: 'h2', wanted: true, enabled: true, active: true }];
+    o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h2', wanted: true, enabled: true, active: true }];
     expect(kinds(planConverge(input(o)).steps)).toEqual(['daemon-reload', 'restart-units', 'record-units']);
   });
 
@@ -203,7 +203,7 @@ describe('the node planner converges an instance', () => {
 
   test('without systemd, no unit step is planned and the rest converges', () => {
     const o = converged();
-    o.units = [{ name: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: undefined }];
+    o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: undefined }];
     delete o.linger;
     o.record = { ...o.record!, units: {} };
     const p = planConverge(input(o, { node: { node: 1, systemdMissing: 'systemd not running on this host' } }));
@@ -242,7 +242,7 @@ describe('the node planner removes an instance', () => {
   test('rootfull: system units stopped, disabled and removed; images removed', () => {
     const o = converged();
     delete o.user;
-    o.units = [{ name: 'demo1-demo.service', fileHash: 'h', wanted: true, enabled: true, active: true, source: '/x', sourceHash: 'h' }];
+    o.units = [{ name: 'demo1-demo.service', file: 'demo1-demo.service', fileHash: 'h', wanted: true, enabled: true, active: true, source: '/x', sourceHash: 'h' }];
     const p = planRemoval({ id: 'demo1', policy: 'Preserve', node: { node: 1 }, rootfull: true, observed: { ...o, id: 'demo1' }, desiredPresent: true });
     expect(kinds(p.steps).slice(0, 6)).toEqual(['mark-removing', 'stop-units', 'disable-units', 'install-system-units', 'daemon-reload', 'remove-images']);
   });

@@ -130,6 +130,9 @@ export class RunnerSystemdHost implements SystemdHost {
       if (scope.kind === 'system') {
         const slice = path.join(root, 'system.slice');
         if (!(await exists(slice))) continue;
+        // Instances of a template x@.service live in system-x.slice.
+        const tpl = /^(.+)@/.exec(unit);
+        if (tpl) return (await populated(path.join(slice, `system-${tpl[1]!.replace(/-/g, '\\x2d')}.slice`, unit))) || (await populated(path.join(slice, unit)));
         return populated(path.join(slice, unit));
       }
       const mgr = path.join(root, 'user.slice', `user-${scope.uid}.slice`, `user@${scope.uid}.service`);
