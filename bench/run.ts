@@ -1,0 +1,85 @@
+/**
+ * Core benchmark (issue 2): 1,000 Module manifests. Phases: cold validate + plan, apply into an
+ * empty Redis, no-op diff, no-op apply. Prints wall time, Redis round trips per phase (counted by
+ * a loopback proxy) and peak RSS. Run: `npm run bench` (needs redis-server on PATH).
+ */
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
+import { ExecaRunner } from '../src/host/runner.js';
+import { isEmpty } from '../src/plan/planner.js';
+import { startBenchRedis, startRoundTripCounter } from './support/redis.js';
+
+const N = Number(process.env.BENCH_MODULES ?? 1000);
+
+function writeManifests(dir: string): void {
+  const nodes = [1, 2, 3];
+  writeFileSync(path.join(dir, 'nodes.yaml'), nodes.map((n) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node${n}}\nspec: {id: ${n}}\n`).join('---\n'));
+  for (let i = 1; i <= N; i++) {
+    const sub = path.join(dir, `batch${Math.floor(i / 100)}`);
+    mkdirSync(sub, { recursive: true });
+    writeFileSync(path.join(sub, `webapp${i}.yaml`), `apiVersion: ns8ctl.nethserver.org/v1
+kind: Module
+metadata:
+  name: webapp${i}
+  labels: {team: t${i % 7}}
+spec:
+  image: 127.0.0.1:5000/ns8ctl-examples/webapp:1.${i % 3}.0
+  node: ${(i % 3) + 1}
+  volumes: {data: /srv/disk${i % 2}}
+  configuration:
+    title: "Wiki ${i}"
+    admin_password: "secret-${i}"
+    features: [a, b, c]
+`);
+  }
+}
+
+async function phase<T>(name: string, counter: { take: () => number }, fn: () => Promise<T>, rows: string[][]): Promise<{ ms: number; value: T }> {
+  counter.take();
+  const t0 = performance.now();
+  const value = await fn();
+  const ms = performance.now() - t0;
+  rows.push([name, ms.toFixed(0), String(counter.take())]);
+  return { ms, value };
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-bench-'));
+  writeManifests(dir);
+  const srv = await startBenchRedis();
+  const counter = await startRoundTripCounter(srv.port);
+  const redis = new Redis(counter.port, '127.0.0.1');
+  await redis.ping();
+  const runner = new ExecaRunner();
+  const opts = { applySet: 'default', prune: false };
+  const rows: string[][] = [];
+  try {
+    const cold = await phase('cold validate + plan', counter, () => preparePlan([dir], redis, opts), rows);
+    if (cold.value.plan.summary.create !== N + 3) throw new Error(`expected ${N + 3} creates, got ${cold.value.plan.summary.create}`);
+    await phase('apply into empty Redis', counter, () => applyPlan(cold.value, redis, { ...opts, forcePrune: false, runner }), rows);
+    const noop = await phase('no-op diff', counter, () => preparePlan([dir], redis, opts), rows);
+    if (!isEmpty(noop.value.plan)) throw new Error('no-op diff found changes');
+    await phase('no-op apply', counter, async () => {
+      const p = await preparePlan([dir], redis, opts);
+      if (!isEmpty(p.plan)) await applyPlan(p, redis, { ...opts, forcePrune: false, runner });
+    }, rows);
+    const rssMb = process.resourceUsage().maxRSS / 1024;
+    const width = [24, 10, 12];
+    const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join('');
+    console.log(`ns8ctl core benchmark: ${N} Module manifests (+3 Nodes), node ${process.version}`);
+    console.log(line(['phase', 'ms', 'round trips']));
+    for (const r of rows) console.log(line(r));
+    console.log(`peak RSS: ${rssMb.toFixed(0)} MB (aim < 150 MB: ${(rssMb / 150).toFixed(2)}x of budget)`);
+    console.log(`no-op diff: ${noop.ms.toFixed(0)} ms (aim < 300 ms: ${(noop.ms / 300).toFixed(2)}x of budget), round trips constant in N`);
+  } finally {
+    redis.disconnect();
+    counter.close();
+    srv.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
