@@ -11,22 +11,89 @@ export function canonicalize<T>(value: T): T {
   return canonicalValue(value) as T;
 }
 
+/** `obj[key] = value` that also works for the key `__proto__` (an own property, never the prototype). */
+export function setOwn(obj: Record<string, unknown>, key: string, value: unknown): void {
+  if (key === '__proto__') Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
+  else obj[key] = value;
+}
+
 function canonicalValue(value: unknown): unknown {
   if (Array.isArray(value)) return value.map((v) => (v === undefined ? null : canonicalValue(v)));
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {};
     for (const k of Object.keys(value).sort()) {
       const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined) out[k] = canonicalValue(v);
+      if (v !== undefined) setOwn(out, k, canonicalValue(v));
     }
     return out;
   }
   return value;
 }
 
+/**
+ * `JSON.stringify(canonicalize(value))` without building the copy: the text a desired object is
+ * stored as, and a cheap equality key. For JSON data only (no toJSON, no cycles).
+ */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return '[' + value.map((v) => (v === undefined ? 'null' : canonicalJson(v))).join(',') + ']';
+  if (value !== null && typeof value === 'object') {
+    const parts: string[] = [];
+    for (const k of jsKeyOrder(Object.keys(value).sort())) {
+      const v = (value as Record<string, unknown>)[k];
+      if (v !== undefined) parts.push(JSON.stringify(k) + ':' + canonicalJson(v));
+    }
+    return '{' + parts.join(',') + '}';
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+const ARRAY_INDEX = /^(0|[1-9][0-9]*)$/;
+
+/**
+ * The order JavaScript enumerates keys inserted in `sorted` order: array-index keys (`"0"`,
+ * `"12"`) first, numerically, then the rest as inserted. Keeps canonicalJson byte-equal to
+ * JSON.stringify(canonicalize(...)).
+ */
+function jsKeyOrder(sorted: string[]): string[] {
+  const isIndex = (k: string): boolean => ARRAY_INDEX.test(k) && Number(k) < 4294967295;
+  const indexes = sorted.filter(isIndex).sort((a, b) => Number(a) - Number(b));
+  return indexes.length ? [...indexes, ...sorted.filter((k) => !isIndex(k))] : sorted;
+}
+
 /** True when `a` and `b` are the same JSON value (key order ignored). */
 export function jsonEqual(a: unknown, b: unknown): boolean {
-  return JSON.stringify(canonicalValue(a)) === JSON.stringify(canonicalValue(b));
+  return canonicalJson(a) === canonicalJson(b);
+}
+
+/** A string split for natural comparison: digit runs become numbers. */
+export type NaturalTokens = { text: string; parts: (string | bigint)[]; lengths: number[] };
+
+/** Splits `s` once so that many comparisons (a sort) need no more regex work. */
+export function naturalTokens(s: string): NaturalTokens {
+  const runs = s.match(/\d+|\D+/g) ?? [];
+  return { text: s, parts: runs.map((r) => (/^\d/.test(r) ? BigInt(r) : r)), lengths: runs.map((r) => r.length) };
+}
+
+/** `compareNatural` on pre-split strings. */
+export function compareTokens(a: NaturalTokens, b: NaturalTokens): number {
+  const n = Math.min(a.parts.length, b.parts.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.parts[i] as string | bigint;
+    const y = b.parts[i] as string | bigint;
+    if (typeof x === 'bigint' && typeof y === 'bigint') {
+      if (x !== y) return x < y ? -1 : 1;
+      const lx = a.lengths[i] as number;
+      const ly = b.lengths[i] as number;
+      if (lx !== ly) return lx < ly ? -1 : 1; // `01` after `1`: total order on distinct strings
+      continue;
+    }
+    if (x === y) continue;
+    if (typeof x === 'bigint') return -1; // digits sort before other text, as in code-unit order
+    if (typeof y === 'bigint') return 1;
+    return x < y ? -1 : 1;
+  }
+  if (a.parts.length !== b.parts.length) return a.parts.length < b.parts.length ? -1 : 1;
+  return a.text < b.text ? -1 : a.text > b.text ? 1 : 0;
 }
 
 /**
@@ -34,24 +101,5 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
  * everything else by UTF-16 code unit. Total and deterministic.
  */
 export function compareNatural(a: string, b: string): number {
-  const ra = a.match(/\d+|\D+/g) ?? [];
-  const rb = b.match(/\d+|\D+/g) ?? [];
-  const n = Math.min(ra.length, rb.length);
-  for (let i = 0; i < n; i++) {
-    const x = ra[i] as string;
-    const y = rb[i] as string;
-    if (x === y) continue;
-    const dx = /^\d/.test(x);
-    const dy = /^\d/.test(y);
-    if (dx && dy) {
-      const nx = BigInt(x);
-      const ny = BigInt(y);
-      if (nx !== ny) return nx < ny ? -1 : 1;
-      if (x.length !== y.length) return x.length < y.length ? -1 : 1;
-      continue;
-    }
-    return x < y ? -1 : 1;
-  }
-  if (ra.length !== rb.length) return ra.length < rb.length ? -1 : 1;
-  return a < b ? -1 : a > b ? 1 : 0;
+  return compareTokens(naturalTokens(a), naturalTokens(b));
 }

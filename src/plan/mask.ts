@@ -4,6 +4,8 @@
  * (`https://user:pw@host/`) are secret too. docs/plan.md lists the rules.
  */
 
+import { setOwn } from './canonical.js';
+
 /** What a secret value is replaced with. */
 export const MASK = '(sensitive value)';
 
@@ -55,7 +57,7 @@ function maskValue(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(maskValue);
   if (value !== null && typeof value === 'object') {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = isSecretKey(k) && v !== undefined ? MASK : maskValue(v);
+    for (const [k, v] of Object.entries(value)) setOwn(out, k, isSecretKey(k) && v !== undefined ? MASK : maskValue(v));
     return out;
   }
   return value;

@@ -11,6 +11,12 @@ export interface StoredObject {
   key: string;
   /** The object as last applied (canonical JSON of apiVersion, kind, metadata, spec). */
   object: ManifestObject;
+  /**
+   * Optional: the stored `object` field text as read from Redis. When given, the planner compares
+   * it with the desired object's canonical JSON first and skips re-serialising `object`; any other
+   * text (hand-edited, old format) just falls back to comparing `object` itself.
+   */
+  objectJson?: string;
   /** +1 each time the spec really changed; 1 after creation. */
   generation: number;
   /** File the object was last written from (`-` for stdin). */
@@ -72,6 +78,7 @@ export function cloneState(state: ClusterState): ClusterState {
       applySet: v.applySet,
       finalizers: [...v.finalizers],
     };
+    if (v.objectJson !== undefined) copy.objectJson = v.objectJson;
     if (v.deleting) copy.deleting = { removalPolicy: v.deleting.removalPolicy };
     objects.set(k, copy);
   }

@@ -35,6 +35,13 @@ describe('maskSecrets', () => {
     expect(maskString('see git+ssh://git:s3cret@host/repo and http://a@b/')).toBe(`see git+ssh://git:${MASK}@host/repo and http://a@b/`);
   });
 
+  it('keeps a __proto__ key as plain data and masks under it', () => {
+    const input = JSON.parse('{"__proto__": {"token": "t", "n": 1}}') as Record<string, unknown>;
+    const out = maskSecrets(input);
+    expect(Object.getPrototypeOf(out)).toBe(Object.prototype);
+    expect(JSON.stringify(out)).toBe(`{"__proto__":{"token":"${MASK}","n":1}}`);
+  });
+
   it('leaves scalars and secret-free values unchanged', () => {
     expect(maskSecrets(3)).toBe(3);
     expect(maskSecrets({ a: [1, 'x'] })).toEqual({ a: [1, 'x'] });
