@@ -33,6 +33,7 @@ export function parseStoredObject(kind: Kind, id: string, h: Record<string, stri
   const stored: StoredObject = {
     key: `${kind}/${id}`,
     object,
+    objectJson: h.object,
     generation: Number(h.generation ?? 0),
     source: h.source ?? '',
     revision: h.revision ?? '',

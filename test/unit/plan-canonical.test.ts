@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { canonicalJson, canonicalize, compareNatural, jsonEqual } from '../../src/plan/canonical.js';
 import { plan } from '../../src/plan/planner.js';
-import { appliedState, desired, mod } from './plan-fixtures.js';
+import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 
 describe('canonical JSON', () => {
   it('serialises exactly as JSON.stringify of the canonical copy, for any JSON value', () => {

@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { RefusedError } from '../../src/errors.js';
 import { applyPlanToState, checkPruneSafety, isEmpty, plan, planDeletion } from '../../src/plan/planner.js';
 import { emptyState } from '../../src/plan/state.js';
-import { appliedState, desired, mod, node, repo, stored, uuidFor } from './plan-fixtures.js';
+import { appliedState, desired, mod, node, repo, stored, uuidFor } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };
 const prune = { applySet: 'default', prune: true };

@@ -7,7 +7,7 @@ import { applyPlanToState, plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
 import { emptyState } from '../../src/plan/state.js';
 import type { ClusterState, StoredObject } from '../../src/plan/state.js';
-import { desired, uuidFor } from './plan-fixtures.js';
+import { desired, uuidFor } from '../support/plan-fixtures.js';
 
 // ---- generators: small value pools so objects collide with the state often -------------------
 

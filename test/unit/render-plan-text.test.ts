@@ -2,7 +2,7 @@ import { describe, expect, it } from '@jest/globals';
 import { plan } from '../../src/plan/planner.js';
 import { renderPlanText } from '../../src/plan/render.js';
 import { emptyState } from '../../src/plan/state.js';
-import { appliedState, desired, mod, node, repo } from './plan-fixtures.js';
+import { appliedState, desired, mod, node, repo } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };
 const prune = { applySet: 'default', prune: true };

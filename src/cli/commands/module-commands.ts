@@ -7,33 +7,13 @@ import { NotFoundError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
 import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
-import { plan as makePlan } from '../../plan/planner.js';
-import type { ClusterState } from '../../plan/state.js';
+import { plan as makePlan, planDeletion } from '../../plan/planner.js';
 import { renderPlanText } from '../../plan/render.js';
 import { keys } from '../../state/keys.js';
 import { readClusterState } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, useColor } from '../output.js';
 import { resourceKind } from './get.js';
-
-/**
- * Plans the deletion of one stored object, reusing the planner's prune logic: a one-member
- * inventory holding just `key`, and no desired objects.
- */
-export function planDeletion(state: ClusterState, key: string, noPreserve: boolean) {
-  const probe = '\u0000delete';
-  const scoped: ClusterState = { ...state, inventory: new Map([...state.inventory, [probe, new Set([key])]]) };
-  const p = makePlan([], scoped, { applySet: probe, prune: true });
-  const change = p.changes.find((c) => c.key === key);
-  if (!change) return p;
-  change.inventory = { add: null, remove: [...state.inventory].filter(([, members]) => members.has(key)).map(([name]) => name) };
-  if (noPreserve && change.kind === 'Module') change.dataPolicy = 'deleted';
-  change.reasons = ['deleted on request (ns8ctl delete / remove-module)', ...change.reasons.slice(1)];
-  if (noPreserve && change.kind === 'Module') change.reasons = [change.reasons[0] ?? '', '--no-preserve: the instance home and volumes will be erased'];
-  p.applySet = 'default';
-  p.pruneRatio = { prune: 0, inventory: 0 };
-  return p;
-}
 
 export interface DeleteOptions {
   noPreserve?: boolean;
@@ -50,7 +30,11 @@ export async function deleteCommand(resource: string, id: string, opts: DeleteOp
   const key = `${kind}/${id}`;
   const stored = state.objects.get(key);
   if (!stored) throw new NotFoundError(`${kind.toLowerCase()} "${id}" not found in desired state; see \`ns8ctl get ${kind.toLowerCase()}s\``);
-  const p = planDeletion(state, key, Boolean(opts.noPreserve));
+  const p = planDeletion(state, key, opts.noPreserve ? { removalPolicy: 'Delete' } : {});
+  if (p.changes.length === 0 && p.blocked.length === 0) {
+    deps.stderr(`${key} is already being removed; waiting for ${stored.finalizers.join(', ') || 'its finalizers'}.\n`);
+    return 0;
+  }
   const result = await applyPlan({ desired: [], state, plan: p }, redis, { applySet: 'default', prune: false, forcePrune: true, runner: deps.runner, maxAttempts: 1 });
   if (opts.manifests) {
     const file = path.join(opts.manifests, `${id}.yaml`);
