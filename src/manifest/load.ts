@@ -2,6 +2,7 @@
  * Reading manifests: `-f` paths (files, directories, `-` for stdin) into parsed YAML documents
  * that keep their syntax tree and line counter, so later stages can point at line:col.
  */
+import type { Dirent } from 'node:fs';
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import jsyaml from 'js-yaml';
@@ -60,7 +61,7 @@ function describeFsError(err: unknown): string {
 async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promise<string[]> {
   const out: string[] = [];
   async function walk(d: string): Promise<void> {
-    let entries: import('node:fs').Dirent[];
+    let entries: Dirent[];
     try {
       entries = await readdir(d, { withFileTypes: true });
     } catch (err) {
