@@ -193,6 +193,7 @@ export async function openRedis(opts: { url: string; username?: string; password
     port: Number(u.port || 6379),
     lazyConnect: true,
     maxRetriesPerRequest: null,
+    enableReadyCheck: false, // module users may not run INFO (NS8 ACL: -@admin, no @dangerous)
     ...(opts.username ? { username: opts.username } : {}),
     ...(opts.password ? { password: opts.password } : {}),
     ...(opts.name ? { connectionName: opts.name } : {}),
