@@ -164,7 +164,8 @@ function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
   if (s['volumes'] !== undefined) ordered.volumes = { ...(s['volumes'] as Record<string, string>) };
   if (s['configuration'] !== undefined) ordered.configuration = s['configuration'] as Record<string, unknown>;
   ordered.removalPolicy = (s['removalPolicy'] as ModuleSpec['removalPolicy'] | undefined) ?? 'Preserve';
-  if (s['suspend'] !== undefined) ordered.suspend = s['suspend'] as boolean;
+  // `suspend: false` is the default: leave it out so writing it or not gives the same stored spec.
+  if (s['suspend'] === true) ordered.suspend = true;
   const obj: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata, spec: ordered };
   return obj;
 }

@@ -91,6 +91,14 @@ describe('apply against a real Redis', () => {
     expect(await redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('2');
   });
 
+  it('writing a default value (suspend: false) is no change', async () => {
+    write('m/node.yaml', node(1));
+    const f = write('m/a.yaml', mod('webapp1'));
+    await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    writeFileSync(f, mod('webapp1', '  suspend: false\n  removalPolicy: Preserve\n'));
+    expect((await runCli(['diff', '-f', path.join(dir, 'm')], env)).code).toBe(0);
+  });
+
   it('invalid manifests write nothing and report every problem with file:line:col', async () => {
     write('m/node.yaml', node(1));
     write('m/good.yaml', mod('webapp1'));
