@@ -142,8 +142,8 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       serviceImages: l.images,
       ports: o.ports,
     });
-    const managedNames = Object.keys(managed).sort();
-    const merged = mergeEnvironment(o.envFile, managed, rec?.managedEnv ?? []);
+    const wrote = rec?.managedEnv ?? {};
+    const merged = mergeEnvironment(o.envFile, managed, Object.keys(wrote));
     try {
       renderEnvironment(id, merged);
       // Units are restarted for changes of what the agent manages; variables the module's own
@@ -154,16 +154,17 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       return { steps, waiting, blocked: { reason: 'EnvironmentInvalid', message: e.message } };
     }
     const wantUid = rootless ? o.user?.uid : 0;
-    const namesChanged = JSON.stringify(managedNames) !== JSON.stringify(rec?.managedEnv ?? []);
-    if (!sameEnvironment(o.envFile, merged) || (wantUid !== undefined && o.envFileUid !== wantUid) || namesChanged) {
-      const edited = o.envFile && rec?.managedEnv ? changedNames(o.envFile, merged).filter((n) => rec.managedEnv!.includes(n) && n in merged) : [];
+    const recordStale = !sameEnvironment(wrote, managed);
+    if (!sameEnvironment(o.envFile, merged) || (wantUid !== undefined && o.envFileUid !== wantUid) || recordStale) {
+      // Drift: a value the agent wrote was changed by someone else (not: the agent wants a new value).
+      const edited = o.envFile ? Object.keys(wrote).filter((n) => o.envFile![n] !== wrote[n]).sort() : [];
       add({
         id,
         kind: 'write-environment',
         env: merged,
-        managed: managedNames,
-        reason: o.envFile ? `state/environment differs: ${changedNames(o.envFile, merged).join(', ') || 'owner or managed names'}` : 'state/environment missing',
-        ...(edited.length && o.envFile ? { drift: `environment ${edited.map((n) => `${n} edited (was ${JSON.stringify(o.envFile![n] ?? null)})`).join(', ')}` } : {}),
+        managed,
+        reason: o.envFile ? `state/environment differs: ${changedNames(o.envFile, merged).join(', ') || 'owner'}` : 'state/environment missing',
+        ...(edited.length ? { drift: `environment ${edited.map((n) => `${n} ${n in o.envFile! ? `edited (was ${JSON.stringify(o.envFile![n])})` : 'deleted'}`).join(', ')}` } : !o.envFile && rec?.managedEnv ? { drift: 'state/environment deleted' } : {}),
       });
     }
     if (!sameEnvironment(o.envRedis, merged)) add({ id, kind: 'mirror-environment', env: merged, reason: `${`module/${id}/environment`} differs from state/environment` });

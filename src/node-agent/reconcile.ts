@@ -17,7 +17,7 @@ import { observeInstance, ownerOf, readRedisSnapshot, type ObserveContext } from
 import { planConverge, planRemoval, type InstancePlan } from './planner.js';
 import { formatRange } from './ports.js';
 import { writeStatus } from './status.js';
-import type { Condition, ImageFacts, InstanceDesired, InstanceRecord, ModuleStatus, ObservedInstance, Step } from './types.js';
+import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
 import type { RemovalPolicy } from '../manifest/types.js';
 
 /** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
@@ -202,9 +202,10 @@ async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefi
     }
     const paths = instancePaths(deps.layout, id, rootfull, observed.user?.home);
     plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir });
-    if (round === 0) {
-      drift = plan.steps.flatMap((s) => (s.drift ? [s.drift] : []));
-      if (drift.length) deps.log(`node-agent: ${id}: drift: ${drift.join('; ')}`);
+    const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !drift.includes(x));
+    if (found.length) {
+      drift = [...drift, ...found];
+      deps.log(`node-agent: ${id}: drift: ${found.join('; ')}`);
     }
     fillBase(base, observed, facts);
     base.drift = drift.length ? drift : (prev?.drift ?? []);
@@ -228,6 +229,7 @@ async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefi
       try {
         await applyStep(step, stepCtx);
         applied.push(step);
+        if (step.kind === 'add-finalizer') d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
       } catch (err) {
         return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift);
       }

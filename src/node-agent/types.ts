@@ -53,8 +53,8 @@ export interface InstanceRecord {
   extractedImageId?: string;
   /** Image id whose ui is extracted in the UI dir. */
   uiImageId?: string;
-  /** Names of the environment variables the agent wrote last (to drop the ones it no longer wants). */
-  managedEnv?: string[];
+  /** The variables the agent wrote last, with their values (to drop the ones it no longer wants, and to tell drift from a wanted change). */
+  managedEnv?: Record<string, string>;
   /** Unit name -> hash of (unit file, environment file) when it was last (re)started. */
   units?: Record<string, string>;
   /** System unit files installed for a rootfull instance: file name -> hash of content. */
@@ -189,7 +189,7 @@ export type Step = StepBase &
     | { kind: 'extract-ui'; url: string; uiroot: string }
     | { kind: 'allocate-ports'; proto: PortProto; demand: number }
     | { kind: 'set-ports-demand'; proto: PortProto; demand: number }
-    | { kind: 'write-environment'; env: Record<string, string>; managed: string[] }
+    | { kind: 'write-environment'; env: Record<string, string>; managed: Record<string, string> }
     | { kind: 'mirror-environment'; env: Record<string, string> }
     | { kind: 'write-agent-env' }
     | { kind: 'apply-acl' }

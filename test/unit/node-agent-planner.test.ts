@@ -17,7 +17,7 @@ function env(): Record<string, string> {
   return { ...managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } }), APP_SETTING: 'kept' };
 }
 const envText = renderEnvironment('webapp1', managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } }));
-const managedNames = Object.keys(managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } })).sort();
+const managedMap = managedEnvironment({ id: 'webapp1', node: 1, uuid: 'uuid-1', image, serviceImages: [SVC], ports: { tcp: { start: 20000, end: 20000 } } });
 const agentEnv = agentEnvironment(installDir, 'secretpassword0123', 'webapp1');
 const aclLine = `user module/webapp1 on #${passwordSha256('secretpassword0123')} ~module/webapp1/* ~task/module/webapp1/* %R~cluster/* %R~node/* %R~module/* %R~private/agents/* resetchannels &progress/module/webapp1/* &module/webapp1/event/* -@all +@read`;
 
@@ -34,7 +34,7 @@ function converged(): ObservedInstance {
       gid: 1001,
       extractedImageId: 'img1',
       uiImageId: 'img1',
-      managedEnv: managedNames,
+      managedEnv: managedMap,
       units: { 'webapp.service': unitStamp('h1', envText) },
       aclLine,
       announced: true,
@@ -100,7 +100,7 @@ describe('the node planner converges an instance', () => {
     delete o.envFile;
     o.envText = '';
     o.envRedis = {};
-    o.record = { ...o.record!, units: {}, announced: false, managedEnv: [] };
+    o.record = { ...o.record!, units: {}, announced: false, managedEnv: {} };
     o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
     const p = planConverge(input(o));
     expect(kinds(p.steps)).toEqual(['write-environment', 'mirror-environment', 'daemon-reload', 'enable-units', 'start-units', 'record-units']);
@@ -134,6 +134,15 @@ describe('the node planner converges an instance', () => {
     // The file already has every managed value: only the Redis mirror differs.
     expect(w).toBeUndefined();
     expect(kinds(p.steps)).toEqual(['mirror-environment']);
+  });
+
+  test('a wanted change of a managed value (new image) is not drift; a deleted environment file is', () => {
+    const o = converged();
+    const p = planConverge(input(o, { imageUrl: '127.0.0.1:5000/ns8ctl-examples/webapp:1.1.0' }));
+    expect(p.steps.filter((s) => s.drift)).toEqual([]);
+    const o2 = converged();
+    delete o2.envFile;
+    expect(planConverge(input(o2)).steps[0]).toMatchObject({ kind: 'write-environment', drift: 'state/environment deleted' });
   });
 
   test('a value with a newline blocks the instance with EnvironmentInvalid', () => {

@@ -93,6 +93,9 @@ export class RunnerPodmanHost implements PodmanHost {
     const p = ownerPrefix(owner).map(shq).join(' ');
     const t = o.tarAsOwner ? p : '';
     const depth = o.root.split('/').filter(Boolean).length;
+    // podman export opens /dev/stdout by path: as a module user it cannot reopen a pipe root
+    // created, so for a user the pipe to tar is made by the user's own shell (`| cat`).
+    const exporter = owner.kind === 'root' ? `podman export ${shq(o.container)}` : `"\${P[@]}" bash -c 'podman export "$1" | cat' bash ${shq(o.container)}`;
     const script = [
       'set -eo pipefail',
       `P=(${p})`,
@@ -100,12 +103,18 @@ export class RunnerPodmanHost implements PodmanHost {
       `"\${P[@]}" podman create --replace --name ${shq(o.container)} --entrypoint=/ ${shq(url)} >/dev/null`,
       `cleanup() { "\${P[@]}" podman rm -f ${shq(o.container)} >/dev/null 2>&1 || true; }`,
       'trap cleanup EXIT',
-      `"\${P[@]}" podman export ${shq(o.container)} | "\${T[@]}" tar -x -v --no-overwrite-dir --no-same-owner --exclude-caches-under --exclude=.gitignore --strip-components=${depth} -C ${shq(o.dest)} ${shq(o.root)}`,
+      'set +e',
+      `${exporter} | "\${T[@]}" tar -x -v --no-overwrite-dir --no-same-owner --exclude-caches-under --exclude=.gitignore --strip-components=${depth} -C ${shq(o.dest)} ${shq(o.root)}`,
+      'st=("${PIPESTATUS[@]}")',
+      'if [ "${st[0]}" != 0 ]; then echo "podman export failed (exit ${st[0]})" >&2; exit 10; fi',
+      'exit "${st[1]}"',
     ].join('\n');
     const cwd = owner.kind === 'user' ? owner.home : '/';
     const res = await this.runner.run(['bash', '-c', script], { cwd, purpose: o.purpose, mutating: true, allowFailure: true, timeoutMs: 30 * 60_000 });
     if (res.exitCode !== 0) {
-      if (/Not found in archive/.test(res.stderr)) return undefined;
+      // The image has no such directory: tar's only complaint is "Not found in archive".
+      const complaints = res.stderr.split('\n').filter((l) => /^tar: /.test(l) && !/Exiting with failure status/.test(l));
+      if (res.exitCode === 2 && complaints.length > 0 && complaints.every((l) => /Not found in archive/.test(l))) return undefined;
       throw new CommandFailedError('extract_failed', `${o.purpose}: extracting ${o.root}/ of ${url} into ${o.dest} failed (exit ${res.exitCode}): ${res.stderr.trim().split('\n').slice(-3).join(' | ')}`, {
         argv: ['bash', '-c', script],
         exitCode: res.exitCode,
