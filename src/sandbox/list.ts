@@ -1,0 +1,61 @@
+/**
+ * `ns8ctl sandbox list [-o json]`: every sandbox on this host with its nodes and registry, from
+ * the containers' labels (the truth) and the sandbox records.
+ */
+import { UsageError } from '../errors.js';
+import { renderJson, renderTable } from '../cli/output.js';
+import type { SandboxDeps } from './deps.js';
+import { listContainers } from './podman-sandbox.js';
+import { requireTool } from './preflight.js';
+import { readRecord } from './record.js';
+
+export interface ListOptions {
+  name?: string;
+  output?: string;
+}
+
+/** One sandbox in `list -o json`. */
+export interface SandboxSummary {
+  name: string;
+  registry: string | null;
+  network: string | null;
+  subnet: string | null;
+  nodes: { id: number; container: string; address: string; state: string; role: 'leader' | 'worker' }[];
+  registryContainer: { container: string; address: string; state: string } | null;
+}
+
+/** Reads every sandbox (or one). Needs podman; root is not required to look. */
+export async function listSandboxes(opts: ListOptions, deps: SandboxDeps): Promise<SandboxSummary[]> {
+  await requireTool(deps, 'podman');
+  const containers = await listContainers(deps, opts.name);
+  const names = [...new Set(containers.map((c) => c.sandbox))].sort();
+  const out: SandboxSummary[] = [];
+  for (const name of names) {
+    const rec = await readRecord(deps, name).catch(() => null);
+    const mine = containers.filter((c) => c.sandbox === name);
+    const reg = mine.find((c) => c.role === 'registry');
+    out.push({
+      name,
+      registry: rec?.registry ?? reg?.address ?? null,
+      network: rec?.network ?? null,
+      subnet: rec?.subnet ?? null,
+      nodes: mine.filter((c) => c.role === 'node').map((c) => ({ id: c.nodeId ?? 0, container: c.name, address: c.address, state: c.state, role: c.nodeId === 1 ? 'leader' : 'worker' })),
+      registryContainer: reg ? { container: reg.name, address: reg.address, state: reg.state } : null,
+    });
+  }
+  return out;
+}
+
+/** Renders `list` output: a table (default) or one JSON document `{"sandboxes": [...]}`. */
+export function renderList(sandboxes: SandboxSummary[], output: string | undefined): string {
+  const format = output ?? 'table';
+  if (format === 'json') return renderJson({ sandboxes });
+  if (format !== 'table') throw new UsageError(`unknown output format "${format}"; allowed: table, json`);
+  if (sandboxes.length === 0) return 'no sandboxes (create one: ns8ctl sandbox create)\n';
+  const rows: string[][] = [];
+  for (const s of sandboxes) {
+    for (const n of s.nodes) rows.push([s.name, `node${n.id}`, n.role, n.state, n.address, n.container]);
+    if (s.registryContainer) rows.push([s.name, 'registry', 'registry', s.registryContainer.state, s.registryContainer.address, s.registryContainer.container]);
+  }
+  return renderTable(['sandbox', 'node', 'role', 'state', 'address', 'container'], rows);
+}

@@ -1,0 +1,31 @@
+/**
+ * Checks before any sandbox command touches the host: root, podman (and other tools a step
+ * needs), with errors that say what to do.
+ */
+import { Ns8ctlError, RefusedError } from '../errors.js';
+import type { SandboxDeps } from './deps.js';
+
+/** Debian packages that provide each tool the sandbox uses. */
+const PACKAGES: Record<string, string> = {
+  podman: 'podman crun uidmap slirp4netns fuse-overlayfs',
+  debootstrap: 'debootstrap',
+  skopeo: 'skopeo',
+  mount: 'mount',
+  chroot: 'coreutils',
+};
+
+/** Refuses to go on unless root: nodes are privileged containers and the host may need cgroup mounts. */
+export function requireRoot(deps: Pick<SandboxDeps, 'uid'>, command: string): void {
+  if (deps.uid !== undefined && deps.uid !== 0) {
+    throw new RefusedError('sandbox_needs_root', `ns8ctl sandbox ${command} must run as root: nodes are privileged containers with systemd, and the host may need cgroup and containers.conf adjustments. Run: sudo ns8ctl sandbox ${command} ...`);
+  }
+}
+
+/** Fails with `tool_missing` and the apt-get line to run when `tool` is not on PATH. */
+export async function requireTool(deps: Pick<SandboxDeps, 'runner'>, tool: keyof typeof PACKAGES, versionArgs: string[] = ['--version']): Promise<void> {
+  const res = await deps.runner.run([tool, ...versionArgs], { allowFailure: true, timeoutMs: 30_000 }).catch((e: unknown) => ({ exitCode: null, stderr: String(e) }));
+  const missing = res.exitCode === null || /ENOENT|not found/.test(res.stderr);
+  if (missing) {
+    throw new Ns8ctlError('tool_missing', `${tool} is not installed, and ns8ctl sandbox needs it. Install it: apt-get install ${PACKAGES[tool] ?? tool}`);
+  }
+}

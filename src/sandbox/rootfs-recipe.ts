@@ -1,0 +1,89 @@
+/**
+ * The recipe of a sandbox node's root filesystem: what debootstrap and apt install and which files
+ * ns8ctl adds. Pure data; its hash keys the cache, so changing anything here rebuilds once.
+ */
+import { createHash } from 'node:crypto';
+import { nodePodmanFiles } from './host-check.js';
+import { NODE_APP_DIR, NODE_CONFIG_DIR, NODE_NODE_BINARY } from './naming.js';
+
+/** Everything that determines the content of the cached root filesystem. */
+export interface RootfsRecipe {
+  /** Bumped when the build procedure itself changes. */
+  version: number;
+  suite: string;
+  variant: string;
+  /** Packages debootstrap installs (systemd as PID 1 and working user managers need these). */
+  include: string[];
+  /** Packages apt installs afterwards, `--no-install-recommends` (podman via --include fails on a virtual package). */
+  packages: string[];
+  /** Files written into the root filesystem: path (relative to /) -> content. */
+  files: Record<string, { content: string; mode: number }>;
+}
+
+/** The `ns8ctl` command inside nodes: runs the host's build with the host's node binary. */
+export function renderNodeWrapper(): string {
+  return `#!/bin/sh
+# ns8ctl inside a sandbox node: the host's build, bind-mounted read-only at ${NODE_APP_DIR},
+# run with the host's node binary (Debian 12's nodejs is 18; ns8ctl needs >= 20).
+# Root gets the sandbox settings (node id, leader Redis URL with the admin password).
+if [ -r ${NODE_CONFIG_DIR}/sandbox.env ]; then
+  . ${NODE_CONFIG_DIR}/sandbox.env
+  export NS8CTL_NODE_ID NS8CTL_SANDBOX NS8CTL_LEADER_REDIS_URL NS8CTL_LOCAL_REDIS_URL
+  : "\${NS8CTL_REDIS_URL:=$NS8CTL_LEADER_REDIS_URL}"
+  export NS8CTL_REDIS_URL
+fi
+if [ ! -f ${NODE_APP_DIR}/dist/src/cli/bin.js ]; then
+  echo "ns8ctl: ${NODE_APP_DIR}/dist/src/cli/bin.js is missing: run 'npm run build' in the project on the host" >&2
+  exit 127
+fi
+exec ${NODE_NODE_BINARY} ${NODE_APP_DIR}/dist/src/cli/bin.js "$@"
+`;
+}
+
+/**
+ * systemd drop-in for Debian's redis-server.service: use the per-node configuration ns8ctl mounts
+ * at /etc/ns8ctl (copied to /etc/redis first, owned by redis, since it holds the replication
+ * password), and the ACL file there (writable by redis for ACL SAVE).
+ */
+export function renderRedisDropin(): string {
+  return `# Written by ns8ctl sandbox: Redis as a sandbox node runs it (leader: master, others: replicas).
+[Unit]
+ConditionPathExists=${NODE_CONFIG_DIR}/redis.conf
+
+[Service]
+ExecStartPre=+/bin/sh -c 'install -o redis -g redis -m 0600 ${NODE_CONFIG_DIR}/redis.conf /etc/redis/ns8ctl.conf && { [ -e /etc/redis/users.acl ] || install -o redis -g redis -m 0600 ${NODE_CONFIG_DIR}/users.acl /etc/redis/users.acl; }'
+ExecStart=
+ExecStart=/usr/bin/redis-server /etc/redis/ns8ctl.conf --supervised systemd --daemonize no
+`;
+}
+
+/** The one recipe ns8ctl uses: Debian 12 + systemd + podman + crun + uidmap + slirp4netns + redis. */
+export function defaultRecipe(): RootfsRecipe {
+  const files: RootfsRecipe['files'] = {};
+  for (const [p, content] of Object.entries(nodePodmanFiles())) files[p] = { content, mode: 0o644 };
+  files['usr/local/bin/ns8ctl'] = { content: renderNodeWrapper(), mode: 0o755 };
+  files['etc/systemd/system/redis-server.service.d/ns8ctl.conf'] = { content: renderRedisDropin(), mode: 0o644 };
+  // Each node gets its own machine id at boot (systemd makes a transient one for an empty file).
+  files['etc/machine-id'] = { content: '', mode: 0o444 };
+  // Nothing in a node should try to reach the internet on its own.
+  files['etc/systemd/system/apt-daily.timer'] = { content: '', mode: 0o644 };
+  files['etc/systemd/system/apt-daily-upgrade.timer'] = { content: '', mode: 0o644 };
+  return {
+    version: 1,
+    suite: 'bookworm',
+    variant: 'minbase',
+    include: ['systemd', 'systemd-sysv', 'dbus', 'dbus-user-session', 'libpam-systemd', 'passwd', 'procps'],
+    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar'],
+    files,
+  };
+}
+
+/** Stable hash of a recipe (16 hex chars): the cache key. */
+export function recipeHash(recipe: RootfsRecipe): string {
+  const canonical = JSON.stringify(recipe, Object.keys(recipe).sort());
+  const files = Object.keys(recipe.files)
+    .sort()
+    .map((k) => `${k}\0${recipe.files[k]?.mode}\0${recipe.files[k]?.content}`)
+    .join('\0');
+  return createHash('sha256').update(canonical).update('\0').update(files).digest('hex').slice(0, 16);
+}
