@@ -3,7 +3,8 @@
  * loopback HTTP and cached in a real Redis. Phases: first load (download + validate + cache
  * write), cache load in a "new process" (parse + validate from Redis), listing the available
  * modules, resolving every module three ways (latest, range, exact), and the node agent's
- * per-call resolveImage on a warm cache. Prints ms per phase and per operation.
+ * per-call resolveImage on a warm cache. Prints ms per phase and per operation (pure phases: the
+ * median of 5 runs).
  * Run: `npm run build && node dist/bench/resolve-bench.js` (needs redis-server on PATH).
  */
 import { createServer } from 'node:http';
@@ -61,12 +62,19 @@ function makeRepodata(): RepodataPackage[] {
   return out;
 }
 
-async function timed<T>(rows: string[][], name: string, ops: number, fn: () => Promise<T> | T): Promise<T> {
-  const t0 = performance.now();
-  const value = await fn();
-  const ms = performance.now() - t0;
-  rows.push([name, ms.toFixed(1), String(ops), ((ms * 1000) / ops).toFixed(1)]);
-  return value;
+/** Runs `fn` `runs` times and records the median duration (the first run includes JIT warm-up). */
+async function timed<T>(rows: string[][], name: string, ops: number, fn: () => Promise<T> | T, runs = 1): Promise<T> {
+  const times: number[] = [];
+  let value: T | undefined;
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    value = await fn();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  const ms = times[Math.floor(times.length / 2)] ?? 0;
+  rows.push([name + (runs > 1 ? ` (median of ${runs})` : ''), ms.toFixed(1), String(ops), ((ms * 1000) / ops).toFixed(1)]);
+  return value as T;
 }
 
 async function main(): Promise<void> {
@@ -89,17 +97,17 @@ async function main(): Promise<void> {
     forgetParsedRepodata();
     const cached = await timed(rows, 'cache load (new process)', 1, () => getRepodata(redis, repo));
     if (cached.origin !== 'cache') throw new Error('expected the cache');
-    const available = await timed(rows, 'list available', 1, () => listAvailable([cached], { coreVersion: CORE }));
+    const available = await timed(rows, 'list available', 1, () => listAvailable([cached], { coreVersion: CORE }), 5);
     const names = available.map((m) => m.id);
-    await timed(rows, 'resolve latest', names.length, () => names.forEach((n) => resolveVersion(n, 'latest', available)));
-    await timed(rows, 'resolve range ^1.2', names.length, () => names.forEach((n) => resolveVersion(n, '^1.2', available)));
-    await timed(rows, 'resolve exact 1.3.0', names.length, () => names.forEach((n) => resolveVersion(n, '1.3.0', available)));
+    await timed(rows, 'resolve latest', names.length, () => names.forEach((n) => resolveVersion(n, 'latest', available)), 5);
+    await timed(rows, 'resolve range ^1.2', names.length, () => names.forEach((n) => resolveVersion(n, '^1.2', available)), 5);
+    await timed(rows, 'resolve exact 1.3.0', names.length, () => names.forEach((n) => resolveVersion(n, '1.3.0', available)), 5);
     const resolveImage = makeImageResolver(redis, { coreVersion: CORE });
     await resolveImage({ module: 'module0' });
     await timed(rows, 'resolveImage (warm, Redis)', names.length, async () => {
       for (const n of names) await resolveImage({ module: n, version: '^2' });
     });
-    const width = [30, 10, 8, 12];
+    const width = [40, 10, 8, 12];
     const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(width[i] ?? 0) : c.padStart(width[i] ?? 0))).join('');
     console.log(`ns8ctl resolution benchmark: ${MODULES} modules x ${VERSIONS} versions, repodata ${(text.length / 1024 / 1024).toFixed(1)} MiB, node ${process.version}`);
     console.log(line(['phase', 'ms', 'ops', 'us/op']));

@@ -148,19 +148,47 @@ export async function readRepositories(redis: Redis): Promise<RepositoryInfo[]> 
 /** Where a snapshot came from. */
 export type SnapshotOrigin = 'cache' | 'network';
 
-const parsedMemo = new Map<string, { text: string; packages: RepodataPackage[] }>();
+/** Parsed metadata kept per Redis client and repository, with the cache entry it came from. */
+interface ParsedEntry {
+  text: string;
+  packages: RepodataPackage[];
+  /** Fingerprint of the cache entry: data length, `updated`, `repo_view`, absolute expiry (ms). */
+  length: number;
+  updated: string;
+  view: string;
+  expiresAt: number;
+}
 
-function parseCached(name: string, text: string): RepodataPackage[] {
-  const memo = parsedMemo.get(name);
-  if (memo && memo.text === text) return memo.packages;
-  const packages = parseRepodata(text, name, `cache ${keys.repositoryCache(name)}`);
-  parsedMemo.set(name, { text, packages });
-  return packages;
+let parsedMemo = new WeakMap<object, Map<string, ParsedEntry>>();
+
+/**
+ * Forgets the parsed metadata kept in this process (cached repodata is re-read, re-parsed and
+ * re-validated on next use). For benchmarks and long-lived processes that want to drop memory.
+ */
+export function forgetParsedRepodata(): void {
+  parsedMemo = new WeakMap();
+}
+
+function memoFor(redis: Redis): Map<string, ParsedEntry> {
+  let m = parsedMemo.get(redis);
+  if (!m) {
+    m = new Map();
+    parsedMemo.set(redis, m);
+  }
+  return m;
+}
+
+/** Two expiry readings farther apart than this mean the entry was rewritten (EXPIRE reset). */
+const EXPIRY_TOLERANCE_MS = 250;
+
+function sameEntry(e: ParsedEntry, length: number, updated: string, view: string, expiresAt: number): boolean {
+  return e.length === length && e.updated === updated && e.view === view && (expiresAt === e.expiresAt || Math.abs(expiresAt - e.expiresAt) < EXPIRY_TOLERANCE_MS);
 }
 
 /**
  * The metadata of one repository, from the Redis cache when present (and of the same view),
- * else downloaded, validated and cached: HSET `data`/`updated`/`repo_view` + EXPIRE 3600, only
+ * else downloaded, validated and cached. The parsed cache is kept in this process while the cached
+ * text is unchanged (same `packages` array, so callers may memoise on it). Downloads are cached: HSET `data`/`updated`/`repo_view` + EXPIRE 3600, only
  * when it holds at least one package (as NS8). A cache that no longer validates is re-fetched.
  * Caching is skipped silently when the Redis user may not write (a read-only replica user).
  * @throws RepositoryError from fetchRepodata; RedisError when Redis fails.
@@ -168,29 +196,54 @@ function parseCached(name: string, text: string): RepodataPackage[] {
 export async function getRepodata(redis: Redis, repo: RepositoryInfo, opts: FetchOptions = {}): Promise<RepositorySnapshot & { origin: SnapshotOrigin }> {
   const key = keys.repositoryCache(repo.name);
   const view = opts.view ?? DEFAULT_VIEW;
-  let cache: Record<string, string>;
+  const memo = memoFor(redis);
   try {
-    cache = await redis.hgetall(key);
+    // One cheap round trip first: the 1-10 MB `data` is read only when the entry changed.
+    const probe = (await redis.pipeline().hstrlen(key, 'data').hmget(key, 'updated', 'repo_view').pttl(key).exec()) ?? [];
+    for (const [err] of probe) if (err) throw err;
+    const length = Number(probe[0]?.[1] ?? 0);
+    const [updatedField, viewField] = (probe[1]?.[1] ?? []) as (string | null)[];
+    const pttl = Number(probe[2]?.[1] ?? -2);
+    const cachedView = viewField ?? DEFAULT_VIEW;
+    if (pttl !== -2 && cachedView === view) {
+      const expiresAt = pttl < 0 ? Number.POSITIVE_INFINITY : Date.now() + pttl;
+      const entry = memo.get(repo.name);
+      if (entry && sameEntry(entry, length, updatedField ?? '', view, expiresAt)) {
+        return { repository: repo, packages: entry.packages, updated: entry.updated, origin: 'cache' };
+      }
+      const cache = await redis.hgetall(key);
+      if (cache.data !== undefined && (cache.repo_view ?? DEFAULT_VIEW) === view) {
+        try {
+          const packages = entry && entry.text === cache.data ? entry.packages : parseRepodata(cache.data, repo.name, `cache ${key}`);
+          memo.set(repo.name, { text: cache.data, packages, length, updated: cache.updated ?? '', view, expiresAt });
+          return { repository: repo, packages, updated: cache.updated ?? '', origin: 'cache' };
+        } catch (err) {
+          if (!(err instanceof RepositoryError)) throw err;
+          // An invalid cache (written by another tool, or truncated) is replaced by a fresh download.
+        }
+      }
+    }
   } catch (err) {
+    if (err instanceof RepositoryError) throw err;
     throw redisFailure(`reading ${key}`, err);
   }
-  if (cache.data !== undefined && (cache.repo_view ?? DEFAULT_VIEW) === view) {
-    try {
-      const packages = parseCached(repo.name, cache.data);
-      return { repository: repo, packages, updated: cache.updated ?? '', origin: 'cache' };
-    } catch {
-      // An invalid cache (written by another tool, or truncated) is replaced by a fresh download.
-    }
-  }
   const fetched = await fetchRepodata(repo, opts);
+  memo.delete(repo.name);
   if (fetched.packages.length > 0) {
     try {
       await redis.multi().hset(key, { data: fetched.text, updated: fetched.updated, repo_view: view }).expire(key, CACHE_TTL_SECONDS).exec();
+      memo.set(repo.name, {
+        text: fetched.text,
+        packages: fetched.packages,
+        length: Buffer.byteLength(fetched.text, 'utf8'),
+        updated: fetched.updated,
+        view,
+        expiresAt: Date.now() + CACHE_TTL_SECONDS * 1000,
+      });
     } catch (err) {
       if (!/NOPERM|READONLY/i.test((err as Error).message)) throw redisFailure(`writing ${key}`, err);
     }
   }
-  parsedMemo.set(repo.name, { text: fetched.text, packages: fetched.packages });
   return { repository: repo, packages: fetched.packages, updated: fetched.updated, origin: 'network' };
 }
 
@@ -247,7 +300,7 @@ export async function refreshRepositories(redis: Redis, name?: string): Promise<
     const removed: string[] = [];
     for (const k of cacheKeys) {
       if ((await redis.del(k)) > 0) removed.push(k.slice(prefix.length));
-      parsedMemo.delete(k.slice(prefix.length));
+      memoFor(redis).delete(k.slice(prefix.length));
     }
     return removed;
   } catch (err) {

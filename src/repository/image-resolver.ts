@@ -6,7 +6,7 @@ import type { Redis } from 'ioredis';
 import { readCoreVersion } from './core-version.js';
 import { RepositoryError } from './errors.js';
 import { loadSnapshots, type FetchOptions, type RepositoryFailure } from './fetch.js';
-import { listAvailable, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type Resolution } from './resolve.js';
+import { listAvailable, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type RepositorySnapshot, type Resolution } from './resolve.js';
 
 export interface ResolverOptions extends FetchOptions {
   /** Core version min-core labels are compared with; default readCoreVersion() (env, core.env, 3.21.0). */
@@ -23,17 +23,32 @@ export interface AvailableCatalog {
   coreVersion: string;
 }
 
+let lastCatalog: { key: string; packages: readonly unknown[][]; available: AvailableModule[] } | undefined;
+
+/** listAvailable, reused while the repositories, their parsed metadata and the core version are the same. */
+function availableOf(snapshots: readonly RepositorySnapshot[], coreVersion: string): AvailableModule[] {
+  const key = JSON.stringify([coreVersion, snapshots.map((s) => s.repository)]);
+  const packages = snapshots.map((s) => s.packages as unknown[]);
+  if (lastCatalog && lastCatalog.key === key && lastCatalog.packages.length === packages.length && lastCatalog.packages.every((p, i) => p === packages[i])) {
+    return lastCatalog.available;
+  }
+  const available = listAvailable(snapshots, { coreVersion });
+  lastCatalog = { key, packages, available };
+  return available;
+}
+
 /**
  * Reads `cluster/repository/*`, gets each enabled repository's metadata (cache or download) and
- * lists the available modules (resolve.listAvailable). A repository that fails is reported in
- * `failures` (and to `onWarning`), not thrown.
+ * lists the available modules (resolve.listAvailable; the last result is reused while nothing
+ * changed, so per-instance resolution stays cheap). A repository that fails is reported in
+ * `failures` (and to `onWarning`), not thrown. Treat `available` as read-only.
  * @throws RedisError when Redis fails.
  */
 export async function loadAvailable(redis: Redis, opts: ResolverOptions = {}): Promise<AvailableCatalog> {
   const coreVersion = opts.coreVersion ?? (await readCoreVersion());
   const { snapshots, failures, repositories } = await loadSnapshots(redis, opts);
   for (const f of failures) opts.onWarning?.(f.error.message);
-  return { available: listAvailable(snapshots, { coreVersion }), repositories, failures, coreVersion };
+  return { available: availableOf(snapshots, coreVersion), repositories, failures, coreVersion };
 }
 
 /**

@@ -168,7 +168,7 @@ export function listAvailable(snapshots: readonly RepositorySnapshot[], opts: Co
 function toAvailable(pkg: RepodataPackage, snap: RepositorySnapshot, core: semver.SemVer, coreText: string): AvailableModule {
   const repo = snap.repository;
   const id = packageId(pkg);
-  const versions: (AvailableVersion & { parsed: semver.SemVer })[] = [];
+  const versions: { v: AvailableVersion; parsed: semver.SemVer }[] = [];
   const hidden: HiddenVersion[] = [];
   const tags = new Set<string>();
   for (const v of pkg.versions) {
@@ -196,7 +196,8 @@ function toAvailable(pkg: RepodataPackage, snap: RepositorySnapshot, core: semve
         continue;
       }
     }
-    versions.push({ tag: v.tag, version: parsed.version, prerelease, labels: { ...v.labels }, parsed });
+    // Labels are shared with the parsed repodata, not copied: both are read-only from here on.
+    versions.push({ v: { tag: v.tag, version: parsed.version, prerelease, labels: v.labels }, parsed });
   }
   versions.sort((a, b) => compareDesc(a.parsed, b.parsed));
   const mod: AvailableModule = {
@@ -213,7 +214,7 @@ function toAvailable(pkg: RepodataPackage, snap: RepositorySnapshot, core: semve
     docs: { ...pkg.docs },
     logo: pkg.logo ? joinUrl(repo.url, id, pkg.logo) : null,
     screenshots: (pkg.screenshots ?? []).map((s) => joinUrl(repo.url, id, s)),
-    versions: versions.map(({ parsed: _p, ...v }) => v),
+    versions: versions.map((x) => x.v),
     hidden,
   };
   if (pkg.upstream_name !== undefined) mod.upstreamName = pkg.upstream_name;
@@ -254,7 +255,17 @@ export function imageModuleName(url: string): string {
   return parseImageUrl(url).source.split('/').pop() ?? '';
 }
 
-type VersionSpec = { kind: 'latest' } | { kind: 'exact'; version: semver.SemVer } | { kind: 'range'; range: semver.Range };
+/**
+ * A parsed version spec. A range keeps two forms: node-semver re-parses both operands on every
+ * comparison when the options of version and range differ, so stable versions are tested against
+ * a default-options range (fast) and prereleases against an `includePrerelease` one.
+ */
+type VersionSpec =
+  | { kind: 'latest' }
+  | { kind: 'exact'; version: semver.SemVer }
+  | { kind: 'range'; range: semver.Range; withPrerelease: semver.Range };
+
+const ranges = new Map<string, VersionSpec>();
 
 /**
  * Parses a Module's `version`: `latest` (or empty/undefined), an exact version `1.2.3`, or a
@@ -266,7 +277,14 @@ export function parseVersionSpec(spec: string | undefined, moduleName: string): 
   if (s === '' || s === 'latest') return { kind: 'latest' };
   const exact = parseVersion(s);
   if (exact) return { kind: 'exact', version: exact };
-  if (semver.validRange(s) !== null) return { kind: 'range', range: new semver.Range(s, { includePrerelease: true }) };
+  const known = ranges.get(s);
+  if (known) return known;
+  if (semver.validRange(s) !== null) {
+    const parsed: VersionSpec = { kind: 'range', range: new semver.Range(s), withPrerelease: new semver.Range(s, { includePrerelease: true }) };
+    if (ranges.size > 10_000) ranges.clear();
+    ranges.set(s, parsed);
+    return parsed;
+  }
   throw new RepositoryError(
     'invalid_version_spec',
     `module '${moduleName}': version ${JSON.stringify(spec)} is not "latest", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0)`,
@@ -275,10 +293,14 @@ export function parseVersionSpec(spec: string | undefined, moduleName: string): 
 
 function matches(spec: VersionSpec, version: string): boolean {
   if (spec.kind === 'latest') return true;
+  if (spec.kind === 'exact') {
+    const v = parseVersion(version);
+    return v !== undefined && semver.eq(v, spec.version);
+  }
   const v = parseVersion(version);
-  if (!v) return false;
-  if (spec.kind === 'exact') return semver.eq(v, spec.version);
-  return spec.range.test(v);
+  if (v === undefined) return false;
+  if (v.prerelease.length === 0) return spec.range.test(v);
+  return spec.withPrerelease.test(parseVersion(version, true) as semver.SemVer);
 }
 
 const indexes = new WeakMap<readonly AvailableModule[], Map<string, AvailableModule[]>>();

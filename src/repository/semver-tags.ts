@@ -8,10 +8,33 @@ import type { SemVer } from 'semver';
 const SEMVER_RE =
   /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$/;
 
-/** Parses `text` as a strict semantic version; undefined when it is not one. */
-export function parseVersion(text: string | undefined): SemVer | undefined {
-  if (text === undefined || !SEMVER_RE.test(text)) return undefined;
-  return semver.parse(text) ?? undefined;
+const parsed = new Map<string, SemVer | null>();
+const parsedWithPrerelease = new Map<string, SemVer | null>();
+const PARSE_CACHE_LIMIT = 100_000;
+
+/**
+ * Parses `text` as a strict semantic version; undefined when it is not one. Results are memoised
+ * (tags and label values repeat across modules): treat the returned SemVer as read-only.
+ * `includePrerelease` gives an instance for `Range` objects built with that option (node-semver
+ * re-parses a version on every comparison when the options differ).
+ */
+export function parseVersion(text: string | undefined, includePrerelease = false): SemVer | undefined {
+  if (text === undefined) return undefined;
+  const cache = includePrerelease ? parsedWithPrerelease : parsed;
+  let v = cache.get(text);
+  if (v === undefined) {
+    v = null;
+    if (SEMVER_RE.test(text)) {
+      try {
+        v = new semver.SemVer(text, { includePrerelease });
+      } catch {
+        v = null; // a numeric part beyond Number.MAX_SAFE_INTEGER
+      }
+    }
+    if (cache.size >= PARSE_CACHE_LIMIT) cache.clear();
+    cache.set(text, v);
+  }
+  return v ?? undefined;
 }
 
 /** True when `text` is a strict semantic version. */
