@@ -158,6 +158,31 @@ describe('repository metadata over HTTP with the Redis cache', () => {
     expect(await redis.hget(keys.repositoryCache('default'), 'data')).toBe(sample);
   });
 
+  it('sees a cache rewritten by another writer, even with data of the same length', async () => {
+    web.json('/r/repodata.json', sample);
+    const repo = await addRepository('default', `${web.base}/r/`);
+    expect((await getRepodata(redis, repo)).packages[0]?.name).toBe('Web App');
+    const renamed = sample.replace('"Web App"', '"Web Ap2"');
+    expect(renamed.length).toBe(sample.length);
+    await redis.multi().hset(keys.repositoryCache('default'), { data: renamed, updated: LAST_MODIFIED, repo_view: 'latest' }).expire(keys.repositoryCache('default'), 1800).exec();
+    const again = await getRepodata(redis, repo);
+    expect(again.origin).toBe('cache');
+    expect(again.packages[0]?.name).toBe('Web Ap2');
+    expect(web.hits('/r/repodata.json')).toBe(1);
+  });
+
+  it('still resolves for a read-only Redis user that may not write the cache', async () => {
+    web.json('/r/repodata.json', sample);
+    const repo = await addRepository('default', `${web.base}/r/`);
+    await redis.call('ACL', 'SETUSER', 'reader', 'on', '>pw', 'resetkeys', '~cluster/*', '~module/*', '+@read', '+@connection');
+    const reader = redisServer.client();
+    await reader.call('AUTH', 'reader', 'pw');
+    const snap = await getRepodata(reader, repo);
+    expect(snap.packages).toHaveLength(2);
+    expect(await redis.exists(keys.repositoryCache('default'))).toBe(0);
+    await expect(makeImageResolver(reader, { coreVersion: '3.21.0' })({ module: 'webapp' })).resolves.toBe('127.0.0.1:5000/ns8ctl-examples/webapp:2.0.0');
+  });
+
   it('does not cache a repository with no package (as NS8)', async () => {
     web.json('/empty/repodata.json', '[]');
     const repo = await addRepository('empty', `${web.base}/empty/`);
