@@ -45,8 +45,8 @@ export interface NodeReconcileResult {
 }
 
 export interface ReconcileControl {
-  /** Instances to leave alone this time (in backoff). */
-  skip?: (id: string) => boolean;
+  /** Instances to leave alone this time (in backoff); `generation` of the desired object, if any. */
+  skip?: (id: string, generation: number | undefined) => boolean;
   signal?: AbortSignal;
 }
 
@@ -95,7 +95,7 @@ export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentD
   const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids), readUsers(deps.layout)]);
   const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot };
   const instances = await mapLimit(ids, opts.concurrency ?? 4, async (id) => {
-    if (control.signal?.aborted || control.skip?.(id)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
+    if (control.signal?.aborted || control.skip?.(id, desiredById.get(id)?.generation)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
     try {
       return await reconcileInstance(id, desiredById.get(id), records.get(id), node, deps, shared, control);
     } catch (err) {

@@ -1,0 +1,143 @@
+/**
+ * The node agent's loop, informer style: level-triggered reconciles of the whole node, woken by a
+ * periodic resync, by `ns8ctl/event/desired-state-changed` on Redis, or by `trigger()`; repeated
+ * wake-ups coalesce. A failing instance is retried with capped exponential backoff (with jitter)
+ * while the others go on; one whose failure only a spec change can fix waits for a new generation.
+ * `stop()` (or the AbortSignal) lets the current reconcile finish its step and ends the loop.
+ */
+import type { Redis } from 'ioredis';
+import { toNs8ctlError } from '../errors.js';
+import { channels } from '../state/keys.js';
+import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
+import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
+
+export interface RunNodeAgentOptions extends NodeAgentOptions {
+  /** Full reconcile at least this often (ms), to catch drift. Default 60 s. */
+  resyncMs?: number;
+  /** Backoff of a failing instance: first delay and cap (ms). Default 2 s and 5 min. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  signal?: AbortSignal;
+  /**
+   * A dedicated connection to subscribe on (a subscribed connection can do nothing else). When
+   * given, desired-state changes wake the loop at once instead of waiting for the resync.
+   */
+  subscriber?: Redis;
+  /** Called after every reconcile (for logs, metrics, tests). */
+  onReconcile?: (result: NodeReconcileResult) => void;
+}
+
+/** A running node agent. */
+export interface NodeAgentHandle {
+  /** Asks for a reconcile as soon as the current one ends (coalesced). */
+  trigger(): void;
+  /** Stops the loop after the current step; resolves when it has stopped. Idempotent. */
+  stop(): Promise<void>;
+  /** Resolves when the loop has ended. */
+  readonly done: Promise<void>;
+}
+
+interface Backoff {
+  attempts: number;
+  until: number;
+  /** Generation that failed terminally: skipped until the spec changes. */
+  terminalGeneration?: number;
+}
+
+/** Delay before retry `attempt` (1-based): base * 2^(attempt-1), capped, with +-20% jitter. */
+export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
+  const raw = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(raw * (0.8 + 0.4 * random()));
+}
+
+/** Starts the loop (see module doc) and returns its handle at once. */
+export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): NodeAgentHandle {
+  const resyncMs = opts.resyncMs ?? 60_000;
+  const baseMs = opts.backoffBaseMs ?? 2_000;
+  const maxMs = opts.backoffMaxMs ?? 300_000;
+  const backoff = new Map<string, Backoff>();
+  const control = new AbortController();
+  let pending = true;
+  let wake: (() => void) | undefined;
+  const trigger = (): void => {
+    pending = true;
+    wake?.();
+  };
+  const onAbort = (): void => {
+    control.abort();
+    wake?.();
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const onMessage = (channel: string): void => {
+    if (channel === channels.desiredChanged) trigger();
+  };
+
+  const loop = async (): Promise<void> => {
+    if (opts.subscriber) {
+      opts.subscriber.on('message', onMessage);
+      await opts.subscriber.subscribe(channels.desiredChanged);
+    }
+    let nodeFailures = 0;
+    while (!control.signal.aborted) {
+      pending = false;
+      let nextWait = resyncMs;
+      try {
+        const now = deps.now().getTime();
+        const result = await reconcileNodeOnce(opts, deps, {
+          signal: control.signal,
+          skip: (id, generation) => {
+            const b = backoff.get(id);
+            if (!b) return false;
+            if (b.terminalGeneration !== undefined) return generation === b.terminalGeneration;
+            return b.until > now;
+          },
+        });
+        nodeFailures = 0;
+        const after = deps.now().getTime();
+        for (const r of result.instances) {
+          if (r.outcome === 'skipped') continue;
+          if (r.outcome === 'failed' || r.outcome === 'blocked') {
+            const attempts = (backoff.get(r.id)?.attempts ?? 0) + 1;
+            const b: Backoff = { attempts, until: after + backoffDelay(attempts, baseMs, maxMs) };
+            if (!r.retry && r.status) b.terminalGeneration = r.status.observedGeneration;
+            backoff.set(r.id, b);
+          } else backoff.delete(r.id);
+        }
+        for (const id of [...backoff.keys()]) if (!result.instances.some((r) => r.id === id)) backoff.delete(id);
+        for (const b of backoff.values()) if (b.terminalGeneration === undefined) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
+        opts.onReconcile?.(result);
+      } catch (err) {
+        // Desired state or Redis could not be read at all: the whole node waits and retries.
+        nodeFailures++;
+        nextWait = backoffDelay(nodeFailures, baseMs, maxMs);
+        deps.log(`node-agent: node ${opts.node}: reconcile failed, retrying in ${Math.round(nextWait / 1000)} s: ${toNs8ctlError(err).message}`);
+      }
+      if (pending || control.signal.aborted) continue;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, nextWait);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      wake = undefined;
+    }
+  };
+
+  const done = loop().finally(async () => {
+    opts.signal?.removeEventListener('abort', onAbort);
+    if (opts.subscriber) {
+      opts.subscriber.off('message', onMessage);
+      await opts.subscriber.unsubscribe(channels.desiredChanged).catch(() => undefined);
+    }
+  });
+  return {
+    trigger,
+    async stop() {
+      control.abort();
+      wake?.();
+      await done;
+    },
+    done,
+  };
+}

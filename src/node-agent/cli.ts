@@ -1,0 +1,93 @@
+/**
+ * `ns8ctl node-agent --node N`: runs the node agent for one node (as root, on that node), or
+ * reconciles once with `--once`. Wired into the command tree by `registerNodeAgentCommand`.
+ */
+import type { Command } from 'commander';
+import { UsageError } from '../errors.js';
+import type { ModuleSpec } from '../manifest/types.js';
+import type { CliDeps } from '../cli/deps.js';
+import { renderJson, renderTable, parseOutput } from '../cli/output.js';
+import { runNodeAgent } from './agent-loop.js';
+import { createNodeAgentDeps, type NodeAgentDeps } from './deps.js';
+import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
+
+export interface NodeAgentCommandOptions {
+  node: string;
+  once?: boolean;
+  concurrency?: string;
+  resync?: string;
+  insecureRegistry?: string[];
+  output?: string;
+}
+
+/** Extra wiring from other areas (image resolution through repositories, issue 6). */
+export interface NodeAgentCommandExtras {
+  resolveImage?: (spec: ModuleSpec) => Promise<string>;
+}
+
+function positiveInt(value: string | undefined, flag: string, dflt: number): number {
+  if (value === undefined) return dflt;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+/** Renders a reconcile result: one row per instance (id, outcome, steps, drift or error). */
+export function renderReconcileResult(r: NodeReconcileResult): string {
+  const rows = r.instances.map((i) => [i.id, i.outcome, String(i.applied.length), i.error ? i.error.message : i.drift.length ? `drift: ${i.drift.join('; ')}` : '']);
+  const head = r.systemdMissing ? `node ${r.node}: ${r.systemdMissing}: units are installed but not started\n` : '';
+  return head + renderTable(['instance', 'result', 'steps', 'detail'], rows);
+}
+
+/**
+ * `node-agent` command body: `--once` reconciles and returns 0 (all fine) or 1 (an instance
+ * failed); without it, runs until SIGTERM/SIGINT and returns 0.
+ */
+export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps, extras: NodeAgentCommandExtras = {}): Promise<number> {
+  const node = positiveInt(opts.node, '--node', 0);
+  const output = parseOutput(opts.output, ['text', 'json'], 'text');
+  const concurrency = positiveInt(opts.concurrency, '--concurrency', 4);
+  const resyncMs = positiveInt(opts.resync, '--resync', 60) * 1000;
+  const conn = await d.connect({ startEmbedded: true });
+  const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [] };
+  const deps: NodeAgentDeps = createNodeAgentDeps(agentOpts, {
+    redis: conn.redis,
+    runner: d.runner,
+    log: (line) => d.stderr(line + '\n'),
+    ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),
+  });
+  if (opts.once) {
+    const result = await reconcileNodeOnce(agentOpts, deps);
+    d.stdout(output === 'json' ? renderJson({ node: result.node, systemdMissing: result.systemdMissing ?? null, instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })) }) : renderReconcileResult(result));
+    return result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
+  }
+  const subscriber = conn.redis.duplicate();
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  d.stderr(`node-agent: reconciling node ${node} (resync every ${resyncMs / 1000} s, ${concurrency} at a time)\n`);
+  try {
+    const handle = runNodeAgent({ ...agentOpts, resyncMs, signal: stop.signal, subscriber }, deps);
+    await handle.done;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    subscriber.disconnect();
+  }
+  return 0;
+}
+
+/** Adds `node-agent` to the command tree (call from src/cli/extensions.ts). */
+export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, setExit: (code: number) => void, extras: NodeAgentCommandExtras = {}): void {
+  program
+    .command('node-agent')
+    .description('Reconcile the module instances placed on one node against this host (run as root on that node)')
+    .requiredOption('--node <id>', 'NS8 node id of this host')
+    .option('--once', 'reconcile once, print what was done, and exit (1 when an instance failed)')
+    .option('--concurrency <n>', 'instances reconciled at the same time', '4')
+    .option('--resync <seconds>', 'full reconcile at least this often, to repair drift', '60')
+    .option('--insecure-registry <host:port>', 'registry reached without TLS verification (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('-o, --output <format>', 'text or json (with --once)', 'text')
+    .action(async (opts: NodeAgentCommandOptions) => setExit(await nodeAgentCommand(opts, deps(), extras)));
+}

@@ -1,0 +1,209 @@
+/**
+ * Unit handling of the node agent on the real host (real Redis, podman, registry, useradd) with a
+ * recording stand-in for systemd, since systemd is not PID 1 here (the sandbox runs the real
+ * one). The stand-in keeps unit state like systemd would: enable creates the .wants symlinks,
+ * start/restart mark units active; the agent observes them through the same interface.
+ */
+import { promises as fs, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
+import { parseInstallSection, type SystemdHost, type UnitScope } from '../../src/node-agent/host/systemd.js';
+import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import { readModuleStatus } from '../../src/node-agent/status.js';
+import { keys } from '../../src/state/keys.js';
+import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
+import { preparePodmanHost } from '../support/host-podman.js';
+import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { Redis } from 'ioredis';
+
+/** Keeps what systemd would keep, and every call made to it. */
+class RecordingSystemd implements SystemdHost {
+  readonly calls: string[] = [];
+  readonly active = new Set<string>();
+  failing = new Set<string>();
+  constructor(private readonly lingerDir: string, private readonly unitDir: (scope: UnitScope) => string) {}
+  private key(scope: UnitScope, unit: string): string {
+    return `${scope.kind === 'user' ? scope.user : 'system'}/${unit}`;
+  }
+  async missing(): Promise<string | undefined> {
+    return undefined;
+  }
+  async lingerEnabled(user: string): Promise<boolean> {
+    return existsSync(path.join(this.lingerDir, user));
+  }
+  async enableLinger(user: string): Promise<void> {
+    this.calls.push(`enable-linger ${user}`);
+    await fs.mkdir(this.lingerDir, { recursive: true });
+    await fs.writeFile(path.join(this.lingerDir, user), '');
+  }
+  async disableLinger(user: string): Promise<void> {
+    this.calls.push(`disable-linger ${user}`);
+    await fs.rm(path.join(this.lingerDir, user), { force: true });
+    for (const k of [...this.active]) if (k.startsWith(`${user}/`)) this.active.delete(k);
+  }
+  async daemonReload(scope: UnitScope): Promise<void> {
+    this.calls.push(`daemon-reload ${scope.kind}`);
+  }
+  async enable(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`enable ${units.join(' ')}`);
+    for (const u of units) {
+      const text = await fs.readFile(path.join(this.unitDir(scope), u.replace(/@[^.]+\./, '@.')), 'utf8');
+      for (const t of parseInstallSection(text).wantedBy) {
+        const dir = path.join(scope.kind === 'user' ? this.unitDir(scope) : this.unitDir(scope), `${t}.wants`);
+        await fs.mkdir(dir, { recursive: true });
+        await fs.symlink(path.join(this.unitDir(scope), u), path.join(dir, u)).catch(() => undefined);
+      }
+    }
+  }
+  async disable(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`disable ${units.join(' ')}`);
+  }
+  async start(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`start ${units.join(' ')}`);
+    for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
+  }
+  async restart(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`restart ${units.join(' ')}`);
+    for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
+  }
+  async stop(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`stop ${units.join(' ')}`);
+    for (const u of units) this.active.delete(this.key(scope, u));
+  }
+  async activeFromCgroup(scope: UnitScope, unit: string): Promise<boolean | undefined> {
+    return this.active.has(this.key(scope, unit));
+  }
+  async isActive(scope: UnitScope, units: string[]): Promise<Record<string, string>> {
+    return Object.fromEntries(units.map((u) => [u, this.active.has(this.key(scope, u)) ? 'active' : this.failing.has(u) ? 'failed' : 'inactive']));
+  }
+  async describe(_scope: UnitScope, unit: string): Promise<string> {
+    return `${unit} is failed (failed), result exit-code, exit status 1`;
+  }
+}
+
+const host = new ExecaRunner();
+const suffix = String(process.pid % 10000);
+let redis: TestRedis;
+let admin: Redis;
+let registry: TestRegistry;
+let images: ExampleImages;
+let root: string;
+let deps: NodeAgentDeps;
+let systemd: RecordingSystemd;
+const opts: NodeAgentOptions = { node: 1 };
+const id = `webapp${suffix}9`;
+
+async function putModule(spec: Record<string, unknown>, generation: number): Promise<void> {
+  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
+  await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 't.yaml', revision: '', applyset: 'default' });
+  await admin.sadd(keys.desiredIndex('Module'), id);
+  await admin.hsetnx(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
+}
+
+async function once(): Promise<InstanceResult> {
+  return (await reconcileNodeOnce(opts, deps)).instances.find((i) => i.id === id)!;
+}
+
+beforeAll(async () => {
+  await preparePodmanHost();
+  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
+  images = await ensureExampleImages(registry.address);
+  admin = redis.client();
+  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-units-'));
+  await fs.chmod(root, 0o755);
+  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')));
+  const runner = new ExecaRunner(100_000);
+  deps = createNodeAgentDeps(
+    { ...opts, insecureRegistries: [registry.address] },
+    {
+      redis: admin,
+      runner,
+      systemd,
+      layout: {
+        homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
+        systemUnitDir: path.join(root, 'units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent',
+        passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
+      },
+      log: () => undefined,
+      delay: async () => undefined,
+    },
+  );
+}, 300_000);
+
+afterAll(async () => {
+  await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
+  await new Promise((r) => setTimeout(r, 200));
+  await host.run(['userdel', '-f', id], { allowFailure: true });
+  await redis?.stop();
+  await registry?.stop();
+  if (root) await fs.rm(root, { recursive: true, force: true });
+}, 60_000);
+
+describe('systemd units of a rootless instance', () => {
+  test('a new instance gets linger, daemon-reload, enable and start of its unit; Ready', async () => {
+    await putModule({ image: images.webapp['1.0.0'] }, 1);
+    const r = await once();
+    expect(r.error?.message).toBeUndefined();
+    expect(systemd.calls).toEqual([`enable-linger ${id}`, 'daemon-reload user', 'enable webapp.service', 'start webapp.service']);
+    const st = await readModuleStatus(admin, id);
+    expect(st!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Converged' });
+    expect(st!.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }]);
+  }, 120_000);
+
+  test('an unchanged instance touches nothing: no systemd call, no command, no status write', async () => {
+    systemd.calls.length = 0;
+    const before = deps.runner.history.length;
+    const status = await admin.hgetall(keys.moduleStatus(id));
+    expect((await once()).outcome).toBe('unchanged');
+    expect(systemd.calls).toEqual([]);
+    expect(deps.runner.history.length).toBe(before);
+    expect(await admin.hgetall(keys.moduleStatus(id))).toEqual(status);
+  });
+
+  test('a stopped unit is started again and reported as drift', async () => {
+    systemd.calls.length = 0;
+    systemd.active.clear();
+    const r = await once();
+    expect(r.drift).toEqual(['units stopped: webapp.service']);
+    expect(systemd.calls).toEqual(['start webapp.service']);
+  });
+
+  test('a changed managed environment restarts the unit once (and only it)', async () => {
+    systemd.calls.length = 0;
+    await putModule({ image: images.webapp['1.1.0'] }, 2);
+    const r = await once();
+    expect(r.error?.message).toBeUndefined();
+    // Same unit file in 1.1.0, new IMAGE_URL/IMAGE_ID: a restart, no start, no reload.
+    expect(systemd.calls).toEqual(['restart webapp.service']);
+    systemd.calls.length = 0;
+    expect((await once()).outcome).toBe('unchanged');
+    expect(systemd.calls).toEqual([]);
+  }, 120_000);
+
+  test('a unit that does not start makes the instance Degraded naming the unit', async () => {
+    systemd.calls.length = 0;
+    systemd.active.clear();
+    systemd.failing.add('webapp.service');
+    const r = await once();
+    expect(r.outcome).toBe('failed');
+    const deg = (await readModuleStatus(admin, id))!.conditions.find((c) => c.type === 'Degraded');
+    expect(deg).toMatchObject({ status: 'True', reason: 'UnitFailed' });
+    expect(deg!.message).toMatch(/unit webapp.service did not start: webapp.service is failed/);
+    systemd.failing.clear();
+    expect((await once()).error?.message).toBeUndefined();
+  }, 60_000);
+
+  test('removal turns linger off, removes the user, and leaves no unit running', async () => {
+    systemd.calls.length = 0;
+    await admin.hset(keys.desired('Module', id), 'deleting', '{"removalPolicy":"Delete"}');
+    const r = await once();
+    expect(r.outcome).toBe('removed');
+    expect(systemd.calls).toEqual([`disable-linger ${id}`]);
+    expect([...systemd.active]).toEqual([]);
+    expect(existsSync(path.join(root, 'home', id))).toBe(false);
+  }, 60_000);
+});
