@@ -277,6 +277,32 @@ export async function agentCommand(opts: AgentCommandOptions, deps: AgentCliDeps
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 /**
+ * Splits the raw arguments after `runagent` into its own options and the command, so a command's
+ * options stay in place (`runagent -m web1 ls -la`): runagent options are read only up to the
+ * first other word or `--`. Commander reorders unknown options, so this reads rawArgs instead.
+ */
+export function splitRunagentArgs(raw: readonly string[]): { module?: string; keepCwd: boolean; command: string[] } {
+  const at = raw.indexOf('runagent');
+  const args = at >= 0 ? raw.slice(at + 1) : [...raw];
+  let module: string | undefined;
+  let keepCwd = false;
+  let i = 0;
+  for (; i < args.length; i++) {
+    const a = args[i] as string;
+    if (a === '--') {
+      i++;
+      break;
+    }
+    if (a === '-m' || a === '--module') module = args[++i];
+    else if (a.startsWith('--module=')) module = a.slice('--module='.length);
+    else if (/^-m./.test(a)) module = a.slice(2);
+    else if (a === '-c' || a === '--keep-cwd') keepCwd = true;
+    else break;
+  }
+  return { ...(module !== undefined ? { module } : {}), keepCwd, command: args.slice(i) };
+}
+
+/**
  * Adds run-action, publish, runagent and agent to `program`. `deps` is called when a command runs
  * (main()'s lazily built CliDeps fits); `setExit` records the exit code for main().
  */
@@ -305,12 +331,17 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
 
   program
     .command('runagent')
-    .description("Run a command (or a login shell on a terminal) in an instance's agent environment, as its user. Put -- before a command that has options of its own.")
+    .description("Run a command (or a login shell on a terminal) in an instance's agent environment, as its user")
     .requiredOption('-m, --module <id>', 'instance id')
     .option('-c, --keep-cwd', 'stay in the current directory instead of the state directory')
     .argument('[command...]', 'command and arguments')
     .allowUnknownOption()
-    .action(async (command: string[], opts: { module: string; keepCwd?: boolean }) => setExit(await runagentCommand(opts, command ?? [], deps(), extras)));
+    .action(async (command: string[], opts: { module: string; keepCwd?: boolean }) => {
+      // rawArgs is commander's untyped copy of the arguments it parsed
+      const raw = (program as unknown as { rawArgs?: string[] }).rawArgs ?? [];
+      const split = raw.includes('runagent') ? splitRunagentArgs(raw) : { keepCwd: Boolean(opts.keepCwd), command: command ?? [] };
+      setExit(await runagentCommand({ module: split.module ?? opts.module, keepCwd: split.keepCwd }, split.command, deps(), extras));
+    });
 
   program
     .command('agent')

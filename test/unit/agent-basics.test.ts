@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { formatCommandLine, parseAgentCommand, splitCommandLine } from '../../src/agent/comfd-protocol.js';
 import { isSecretKey, maskSecrets, maskTaskJson } from '../../src/agent/mask-secrets.js';
 import { assertActionName, isSafeName, parseEventChannel } from '../../src/agent/names.js';
-import { resolveAgentTarget as resolveAgentTargetForTest } from '../../src/agent/cli.js';
+import { resolveAgentTarget as resolveAgentTargetForTest, splitRunagentArgs } from '../../src/agent/cli.js';
 import { ProgressTracker } from '../../src/agent/progress.js';
 
 describe('secret masking', () => {
@@ -101,5 +101,13 @@ describe('weighted progress', () => {
     expect(t.setStepProgress(1, 100)).toBe(75);
     expect(t.setStepProgress(2, 100)).toBe(100);
     expect(t.setWeight('nope', 2)).toBe(false);
+  });
+});
+
+describe('runagent arguments', () => {
+  it('reads its own options only before the command, keeping the command options in place', () => {
+    expect(splitRunagentArgs(['--redis', 'u', 'runagent', '-m', 'web1', 'ls', '-la', '-m'])).toEqual({ module: 'web1', keepCwd: false, command: ['ls', '-la', '-m'] });
+    expect(splitRunagentArgs(['runagent', '--module=web1', '-c', '--', '-weird'])).toEqual({ module: 'web1', keepCwd: true, command: ['-weird'] });
+    expect(splitRunagentArgs(['runagent', '-mweb1'])).toEqual({ module: 'web1', keepCwd: false, command: [] });
   });
 });
