@@ -8,6 +8,8 @@ import { parsePasswd, parseSubids } from '../../src/node-agent/host/passwd.js';
 import { isStartableUnit, parseInstallSection } from '../../src/node-agent/host/systemd.js';
 import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-agent/redis-acl.js';
 import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
+import { backoffDelay } from '../../src/node-agent/agent-loop.js';
+import { systemUnitNames } from '../../src/node-agent/observe.js';
 
 describe('service image variable names follow the seeds rule', () => {
   test.each([
@@ -167,5 +169,23 @@ describe('module ACL rules', () => {
     expect(aclLineMatches(line, 'w1', 'other')).toBe(false);
     expect(aclLineMatches(line + ' ~cluster/*', 'w1', 'pw')).toBe(false);
     expect(aclLineMatches(undefined, 'w1', 'pw')).toBe(false);
+  });
+});
+
+describe('retry backoff', () => {
+  test('doubles from the base up to the cap, with at most 20% jitter either way', () => {
+    expect(backoffDelay(1, 1000, 60_000, () => 0.5)).toBe(1000);
+    expect(backoffDelay(3, 1000, 60_000, () => 0.5)).toBe(4000);
+    expect(backoffDelay(30, 1000, 60_000, () => 0.5)).toBe(60_000);
+    expect(backoffDelay(1, 1000, 60_000, () => 0)).toBe(800);
+    expect(backoffDelay(1, 1000, 60_000, () => 1)).toBe(1200);
+  });
+});
+
+describe('rootfull unit names', () => {
+  test('a template runs as <name>@<id>; other files are prefixed with the id', () => {
+    expect(systemUnitNames('rootfull-demo1', 'rootfull-demo@.service')).toEqual({ file: 'rootfull-demo@.service', name: 'rootfull-demo@rootfull-demo1.service' });
+    expect(systemUnitNames('samba1', 'samba-dc.service')).toEqual({ file: 'samba1-samba-dc.service', name: 'samba1-samba-dc.service' });
+    expect(systemUnitNames('samba1', 'samba1-dc.service')).toEqual({ file: 'samba1-dc.service', name: 'samba1-dc.service' });
   });
 });

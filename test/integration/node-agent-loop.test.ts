@@ -1,0 +1,114 @@
+/**
+ * The node agent loop with real Redis and the real host: woken by desired-state-changed, failing
+ * instances retried with backoff while others converge, terminal failures waiting for a new
+ * generation, and a clean stop.
+ */
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { runNodeAgent, type NodeAgentHandle } from '../../src/node-agent/agent-loop.js';
+import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
+import type { NodeReconcileResult } from '../../src/node-agent/reconcile.js';
+import { readModuleStatus } from '../../src/node-agent/status.js';
+import { channels, keys } from '../../src/state/keys.js';
+import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
+import { preparePodmanHost } from '../support/host-podman.js';
+import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { startRegistry, type TestRegistry } from '../support/registry.js';
+
+const host = new ExecaRunner();
+const suffix = String(process.pid % 10000);
+let redis: TestRedis;
+let admin: Redis;
+let registry: TestRegistry;
+let images: ExampleImages;
+let root: string;
+let deps: NodeAgentDeps;
+const good = `webapp${suffix}7`;
+const down = `bad${suffix}7`;
+const terminal = `dokuwiki${suffix}7`;
+
+async function putModule(id: string, spec: Record<string, unknown>, generation = 1): Promise<void> {
+  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
+  await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 't.yaml', revision: '', applyset: 'default' });
+  await admin.sadd(keys.desiredIndex('Module'), id);
+  await admin.hsetnx(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+beforeAll(async () => {
+  await preparePodmanHost();
+  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
+  images = await ensureExampleImages(registry.address);
+  admin = redis.client();
+  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-loop-'));
+  await fs.chmod(root, 0o755);
+  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  deps = createNodeAgentDeps(
+    { node: 1, insecureRegistries: [registry.address] },
+    {
+      redis: admin,
+      runner: new ExecaRunner(),
+      layout: {
+        homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
+        systemUnitDir: path.join(root, 'units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent',
+        passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
+      },
+      log: () => undefined,
+    },
+  );
+}, 300_000);
+
+afterAll(async () => {
+  await host.run(['pkill', '-KILL', '-u', good], { allowFailure: true });
+  await new Promise((r) => setTimeout(r, 200));
+  await host.run(['userdel', '-f', good], { allowFailure: true });
+  await redis?.stop();
+  await registry?.stop();
+  if (root) await fs.rm(root, { recursive: true, force: true });
+}, 60_000);
+
+test('the loop converges on a desired-state event, retries a failing instance with backoff, waits for a new generation after a terminal error, and stops', async () => {
+  const results: NodeReconcileResult[] = [];
+  const subscriber = redis.client();
+  // Resync far away: every reconcile after the first comes from the event or from backoff.
+  const handle: NodeAgentHandle = runNodeAgent({ node: 1, resyncMs: 3_600_000, backoffBaseMs: 50, backoffMaxMs: 200, subscriber, onReconcile: (r) => results.push(r) }, deps);
+  try {
+    await until('first (empty) reconcile', () => results.length >= 1);
+    await putModule(good, { image: images.webapp['1.0.0'] });
+    await putModule(down, { image: '127.0.0.1:1/ns8ctl-examples/webapp:1.0.0' });
+    await putModule(terminal, { module: 'dokuwiki' });
+    await admin.publish(channels.desiredChanged, JSON.stringify({ keys: [`Module/${good}`, `Module/${down}`, `Module/${terminal}`] }));
+
+    const attempts = (id: string): number => results.filter((r) => r.instances.some((i) => i.id === id && i.outcome !== 'skipped')).length;
+    await until('good converged', () => results.some((r) => r.instances.some((i) => i.id === good && i.outcome === 'converged')));
+    await until('the failing instance retried at least 3 times', () => attempts(down) >= 3);
+    // The good one is not redone while the failing one is retried.
+    const later = results.slice(results.findIndex((r) => r.instances.some((i) => i.id === good && i.outcome === 'converged')) + 1);
+    expect(later.flatMap((r) => r.instances.filter((i) => i.id === good).map((i) => i.outcome)).every((o) => o === 'unchanged' || o === 'skipped')).toBe(true);
+    expect((await readModuleStatus(admin, down))!.conditions.find((c) => c.type === 'Degraded')?.reason).toBe('RegistryUnreachable');
+    // A terminal error is tried once per generation.
+    expect(attempts(terminal)).toBe(1);
+    expect((await readModuleStatus(admin, terminal))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ status: 'True', reason: 'ImageResolutionFailed', message: expect.stringContaining('"dokuwiki"') });
+    // Fixing it (new generation) is picked up.
+    await admin.hset(keys.desired('Module', terminal), 'generation', '2', 'object', JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: terminal }, spec: { node: 1, image: '127.0.0.1:1/x/dokuwiki:1' } }));
+    await admin.publish(channels.desiredChanged, '{}');
+    await until('the terminal instance retried after its spec changed', () => attempts(terminal) >= 2);
+  } finally {
+    await handle.stop();
+  }
+  const n = results.length;
+  await new Promise((r) => setTimeout(r, 300));
+  expect(results.length).toBe(n);
+  await handle.stop();
+  subscriber.disconnect();
+}, 180_000);
