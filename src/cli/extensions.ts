@@ -1,10 +1,30 @@
 import type { Command } from 'commander';
+import { registerAgentCommands } from '../agent/cli.js';
+import { registerNodeAgentCommand } from '../node-agent/cli.js';
+import { makeImageResolver } from '../repository/image-resolver.js';
+import { registerRepositoryCommands } from '../repository/cli.js';
+import { registerSandboxCommands } from '../sandbox/cli.js';
 import type { CliDeps } from './deps.js';
 
 /**
  * Commands of the other areas (sandbox, repositories, node agent, module agent, controller),
  * wired into the one command tree. Each area exports a `register...` function.
  */
-export function registerExtensions(_program: Command, _deps: () => CliDeps, _setExit: (code: number) => void, _get: Command): void {
-  // Filled in as each area lands.
+export function registerExtensions(program: Command, deps: () => CliDeps, setExit: (code: number) => void, get: Command): void {
+  registerRepositoryCommands(program, deps, setExit, get);
+  registerNodeAgentCommand(program, deps, setExit, {
+    resolveImage: async (spec) => {
+      const d = deps();
+      const { redis } = await d.connect();
+      return makeImageResolver(redis, { onWarning: (m) => d.stderr(`warning: ${m}\n`) })(spec);
+    },
+  });
+  registerAgentCommands(program, deps, setExit);
+  registerSandboxCommands(program, {
+    deps: () => {
+      const d = deps();
+      return { stdout: d.stdout, stderr: d.stderr, env: d.env, runner: d.runner };
+    },
+    setExit,
+  });
 }

@@ -115,7 +115,7 @@ export function buildProgram(io: MainIO, setExit: (code: number) => void, connec
   const get = program
     .command('get')
     .description('List modules, repositories or nodes in desired state (with observed status)')
-    .argument('<resource>', 'modules | repositories | nodes')
+    .argument('<resource>', 'modules | repositories | nodes (or: get available)')
     .argument('[name]', 'one object')
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
     .action((resource: string, name: string | undefined, opts) => run((d) => getCommand(resource, name, opts, d))());
