@@ -62,6 +62,12 @@ export function statusWord(o: StoredObject, s: ModuleStatus | undefined): string
   return 'Pending';
 }
 
+/** `{"tcp":"20000-20001","udp":"20002"}` -> `tcp 20000-20001, udp 20002`. */
+function formatPorts(ports: unknown): string {
+  if (!ports || typeof ports !== 'object') return '';
+  return Object.entries(ports as Record<string, unknown>).map(([proto, range]) => `${proto} ${String(range)}`).join(', ');
+}
+
 function toDocument(o: StoredObject, status: ModuleStatus | undefined): Record<string, unknown> {
   const obj = o.object as ManifestObject;
   return {
@@ -119,11 +125,11 @@ export async function getCommand(resource: string, name: string | undefined, opt
       const spec = (o.object as Extract<ManifestObject, { kind: 'Module' }>).spec;
       const id = o.key.slice('Module/'.length);
       const s = statuses.get(id);
-      const image = typeof s?.image === 'string' ? s.image : spec.image ?? '';
+      const image = typeof s?.imageUrl === 'string' && s.imageUrl ? s.imageUrl : spec.image ?? '';
       return [
         id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
         String(spec.node), String(o.generation), statusWord(o, s),
-        ...(wide ? [image, s?.ports ? JSON.stringify(s.ports) : '', o.source] : []),
+        ...(wide ? [image, formatPorts(s?.ports), o.source] : []),
       ];
     });
   } else if (kind === 'Repository') {
