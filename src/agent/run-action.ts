@@ -11,7 +11,7 @@ import type { ActionPlan, AgentTask, BuiltinStepContext, PlannedStep, SchemaSour
 import { parseAgentCommand } from './comfd-protocol.js';
 import { readEnvironmentFile, updateEnvironmentFile } from './env-file.js';
 import { ProgressTracker } from './progress.js';
-import { compileSchema, readDefinitions, readJsonFile, toNs8Errors } from './schema-validation.js';
+import { compileSchemaCached, readDefinitions, readJsonFile, toNs8Errors } from './schema-validation.js';
 import { runStepProcess } from './step-process.js';
 import type { TaskResult, TaskStatus } from './task-store.js';
 
@@ -102,7 +102,7 @@ export async function executeAction(plan: ActionPlan | undefined, task: AgentTas
       let validate;
       try {
         const { schema, origin } = await loadSchema(src);
-        validate = compileSchema(schema, origin, definitions);
+        validate = compileSchemaCached(schema, origin, definitions);
         if (which === 'output') doc = JSON.parse(output) as unknown;
       } catch (err) {
         error += `JSON Schema ${which} validation aborted at step ${'path' in src ? src.path : src.origin}: ${(err as Error).message}\n`;

@@ -47,6 +47,24 @@ export function compileSchema(schema: unknown, origin: string, definitions: unkn
   }
 }
 
+const compiled = new Map<string, ValidateFunction>();
+const CACHE_LIMIT = 200;
+
+/**
+ * compileSchema with a bounded cache keyed by the schema and definitions text, so an agent does
+ * not recompile the same action schema for every task (ajv compilation costs milliseconds).
+ * Validators compiled with defaults are not cached (they mutate their input by design).
+ */
+export function compileSchemaCached(schema: unknown, origin: string, definitions: unknown[] = []): ValidateFunction {
+  const key = JSON.stringify([schema, definitions]);
+  const hit = compiled.get(key);
+  if (hit) return hit;
+  const validate = compileSchema(schema, origin, definitions);
+  if (compiled.size >= CACHE_LIMIT) compiled.delete(compiled.keys().next().value as string);
+  compiled.set(key, validate);
+  return validate;
+}
+
 /** Reads and parses a JSON file; AgentError `schema_unreadable` on failure. */
 export async function readJsonFile(file: string): Promise<unknown> {
   let text: string;
