@@ -35,6 +35,8 @@ export function renderRedisConf(input: NodeConfigInput): string {
     'save ""',
     'aclfile /etc/redis/users.acl',
     'notify-keyspace-events Kh',
+    // Replicas sync at once (Redis waits 5 s by default to batch replicas into one transfer).
+    'repl-diskless-sync-delay 0',
   ];
   if (input.nodeId !== 1) {
     lines.push(`replicaof ${input.leaderAddress} ${REDIS_PORT}`, `masteruser ${ADMIN_USER}`, `masterauth ${input.adminPassword}`, 'replica-read-only yes');
