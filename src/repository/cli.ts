@@ -256,13 +256,15 @@ export function registerRepositoryCommands(program: Command, deps: () => CliDeps
     });
 
   if (get) {
+    // No default here: `get` has its own `-o`, which commander fills when `-o` follows `available`.
     get
       .command('available')
       .description('Modules and versions offered by the enabled repositories')
-      .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
-      .action(async (opts: { output?: string }) => {
+      .option('-o, --output <format>', 'table, wide, json or yaml (default: table)')
+      .action(async (_opts: { output?: string }, cmd: Command) => {
         const d = deps();
-        setExit(printAvailable(await getAvailable(opts, repositoryDeps(d)), opts.output, d));
+        const output = (cmd.optsWithGlobals() as { output?: string }).output;
+        setExit(printAvailable(await getAvailable({ output }, repositoryDeps(d)), output, d));
       });
   }
 

@@ -325,7 +325,7 @@ describe('repository metadata over HTTP with the Redis cache', () => {
         cwd: tmp,
       };
       const program = new Command('ns8ctl').exitOverride();
-      const get = program.command('get').argument('<resource>').action(() => undefined);
+      const get = program.command('get').argument('<resource>').option('-o, --output <format>', 'like main.ts', 'table').action(() => undefined);
       registerRepositoryCommands(program, () => cli, (c) => (exit = c), get);
 
       await program.parseAsync(['search', 'web', '-o', 'json'], { from: 'user' });
@@ -335,6 +335,15 @@ describe('repository metadata over HTTP with the Redis cache', () => {
       out.length = 0;
       await program.parseAsync(['get', 'available'], { from: 'user' });
       expect(out.join('')).toMatch(/^ID\s+LATEST\s+VERSIONS\s+REPOSITORY\s+DESCRIPTION\nvault\s+2\.4\.1/);
+
+      out.length = 0;
+      await program.parseAsync(['get', 'available', '-o', 'wide'], { from: 'user' });
+      expect(out.join('')).toMatch(/^ID\s+LATEST\s+VERSIONS\s+REPOSITORY\s+SOURCE\s+CERT\s+HIDDEN\s+DESCRIPTION\n/);
+      expect(out.join('')).toContain('3.0.0:min_core');
+
+      out.length = 0;
+      await program.parseAsync(['get', 'available', '-o', 'json'], { from: 'user' });
+      expect((JSON.parse(out.join('')) as { coreVersion: string }).coreVersion).toBe('3.21.0');
 
       out.length = 0;
       await program.parseAsync(['repo', 'refresh', 'default', '-o', 'json'], { from: 'user' });
