@@ -107,16 +107,25 @@ export async function runActionCommand(target: string, action: string, opts: Run
   }
   const showProgress = opts.progress ?? deps.isTTY;
   let last = '';
-  const r = await runTask(redis, agentId, action, {
-    data,
-    ...(opts.as ? { user: opts.as } : {}),
-    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-    onProgress: (status: TaskStatus, progress: number) => {
-      const line = `${agentId} ${action}: ${status} ${progress}%`;
-      if (showProgress && line !== last) deps.stderr(line + '\n');
-      last = line;
-    },
-  });
+  // One hint when nothing at all is heard: the task waits in the queue until an agent pops it.
+  const hint = setTimeout(() => deps.stderr(`waiting for ${agentId} to pick up the task (is its agent running? it reads ${agentId}/tasks)\n`), 10_000);
+  hint.unref();
+  let r;
+  try {
+    r = await runTask(redis, agentId, action, {
+      data,
+      ...(opts.as ? { user: opts.as } : {}),
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      onProgress: (status: TaskStatus, progress: number) => {
+        clearTimeout(hint);
+        const line = `${agentId} ${action}: ${status} ${progress}%`;
+        if (showProgress && line !== last) deps.stderr(line + '\n');
+        last = line;
+      },
+    });
+  } finally {
+    clearTimeout(hint);
+  }
   if (format === 'json') {
     let output: unknown = r.output;
     try {

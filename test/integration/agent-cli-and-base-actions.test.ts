@@ -83,6 +83,10 @@ describe('ns8ctl agent + run-action', () => {
     expect(await admin.llen('module/web1/tasks')).toBe(0);
   });
 
+  it('gives up after --timeout when no agent picks the task up, saying what to check', async () => {
+    await expect(cli(['run-action', 'ghost1', 'anything', '--timeout', '0.3'])).rejects.toThrow(/has no result after 300 ms \(is the agent running\? it pops module\/ghost1\/tasks\)/);
+  });
+
   it('submits without waiting with --no-wait and prints the task id', async () => {
     expect(await cli(['run-action', 'web1', 'later', '--no-wait'])).toBe(0);
     const id = out.join('').trim();
