@@ -170,6 +170,6 @@ export function renderCreated(info: SandboxInfo): string {
   const lines = [`sandbox "${info.name}" is ready: ${info.nodes} node${info.nodes > 1 ? 's' : ''} on network ${info.network} (${info.subnet})`];
   for (const [id, addr] of Object.entries(info.addresses)) lines.push(`  node ${id}  ${addr}  ${nodeContainer(info.name, Number(id))}  ${id === '1' ? 'leader (Redis master)' : 'worker (Redis replica, read-only)'}`);
   lines.push(`  registry ${info.registry}  ${registryContainer(info.name)}  (plain HTTP; push with: ns8ctl sandbox push IMAGE)`);
-  lines.push(`Try: ns8ctl sandbox exec 1 -- ns8ctl get nodes`);
+  lines.push(`Try: ns8ctl sandbox exec 1 -- systemctl is-system-running   (ns8ctl runs inside nodes too: ns8ctl sandbox exec 1 -- ns8ctl --help)`);
   return lines.join('\n') + '\n';
 }

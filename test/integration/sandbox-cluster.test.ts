@@ -127,7 +127,7 @@ describe('ns8ctl sandbox with 2 nodes', () => {
     expect(await eventually('replica has the key', async () => (await replica.get('ns8ctl-test/written-by-leader')) ?? undefined, 30_000)).toBe('v1');
     await expect(replica.set('ns8ctl-test/written-on-replica', 'x')).rejects.toThrow(/READONLY/);
     // The seeds' access model: the default user reads, never writes.
-    const anon = new Redis(`redis://${info.addresses['1']}:6379`, { maxRetriesPerRequest: 1, retryStrategy: () => null });
+    const anon = new Redis(`redis://${info.addresses['1']}:6379`, { maxRetriesPerRequest: 1, retryStrategy: () => null, enableReadyCheck: false });
     anon.on('error', () => undefined);
     clients.push(anon);
     expect(await anon.get('node/1/ui_name')).toBe('node1');
