@@ -95,6 +95,10 @@ async function ensureBuilt(): Promise<string> {
     // The cache is what matters: drop the placeholder-named images from local storage.
     await runner.run(['podman', 'rmi', '--ignore', ...refs], { allowFailure: true });
     await fsp.writeFile(done, refs.join('\n') + '\n');
+    // Builds of older sources are dead weight: keep only this one.
+    for (const entry of await fsp.readdir(cacheRoot())) {
+      if (/^[0-9a-f]{16}$/.test(entry) && path.join(cacheRoot(), entry) !== dir) await fsp.rm(path.join(cacheRoot(), entry), { recursive: true, force: true });
+    }
     return dir;
   } finally {
     await fsp.rm(lock, { recursive: true, force: true });
