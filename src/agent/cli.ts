@@ -267,7 +267,8 @@ export async function agentCommand(opts: AgentCommandOptions, deps: AgentCliDeps
   if (extras.signal?.aborted) onStop();
   try {
     await agent.start();
-    await events.start();
+    // Tasks matter more than events: an agent whose subscriptions fail still runs its tasks.
+    await events.start().catch((err: Error) => log(`error: ${agentId}: event handlers not started: ${err.message}`));
     await Promise.race([new Promise<void>((r) => stop.signal.addEventListener('abort', () => r(), { once: true })), agent.done]);
   } finally {
     await events.stop();
