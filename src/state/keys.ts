@@ -28,6 +28,26 @@ export const keys = {
   events: (): string => 'ns8ctl/events',
   /** HASH: ports allocated on a node: field `<module>/<proto>` -> `start-end`. */
   nodePorts: (node: number | string): string => `ns8ctl/node/${node}/ports`,
+  /** STRING: controller leader lease: holder identity, expires (PX) unless renewed (src/controller/). */
+  controllerLeader: (): string => 'ns8ctl/controller/leader',
+  /**
+   * HASH: status of a controller source (`default`, or the --source-name): `kind`, `url`, `branch`,
+   * `path`, `prune`, `conditions` (JSON), `lastAppliedRevision`, `lastAttemptedRevision`,
+   * `lastAppliedDigest`, `lastAppliedTime`, `lastError`.
+   */
+  sourceStatus: (name: string): string => `ns8ctl/source/${name}`,
+  /**
+   * HASH: the controller's summary conditions of one object: `conditions` (JSON array of
+   * Ready/Reconciling/Stalled/Drifted), `observedGeneration`, `generation`, `lastAppliedRevision`,
+   * `source`, `suspended`.
+   */
+  objectConditions: (kind: Kind, id: string): string => `ns8ctl/conditions/${lower(kind)}/${id}`,
+  /**
+   * STRING (JSON {reason, by, since, until?}, optional TTL): `ns8ctl suspend module ID` or
+   * `source NAME`; while it exists the controller (and the node agent, for modules) leaves the
+   * target alone.
+   */
+  suspension: (target: 'module' | 'source', name: string): string => `ns8ctl/suspend/${target}/${name}`,
 
   // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------
   /** STRING (INT): last instance number handed out for a module (`dokuwiki` -> 3). */
@@ -64,4 +84,10 @@ export const channels = {
   moduleRemoved: 'cluster/event/module-removed',
   /** Published by apply after desired state changed: `{"keys":["Module/dokuwiki1",...]}`. */
   desiredChanged: 'ns8ctl/event/desired-state-changed',
+  /** Published by a node agent after it wrote `ns8ctl/status/module/<id>`: `{"module":"webapp1"}`. */
+  moduleStatusChanged: 'ns8ctl/event/module-status-changed',
+  /** Controller events (`source-applied`, `module-stalled`, ...; docs/controller.md lists them). */
+  controllerEvent: (name: string): string => `ns8ctl/event/${name}`,
+  /** Pattern matching every ns8ctl event channel (the controller PSUBSCRIBEs to it). */
+  controllerEventPattern: 'ns8ctl/event/*',
 } as const;

@@ -1,0 +1,140 @@
+/**
+ * Keeps the controller's summary of one Module (`ns8ctl/conditions/module/<id>`: Ready,
+ * Reconciling, Stalled, Drifted, observedGeneration, lastAppliedRevision) equal to what desired
+ * state, the node agent's status, the suspension and the source's drift report say. Writes only
+ * when the summary changed, and records an event for each transition worth a human's attention.
+ */
+import type { Redis } from 'ioredis';
+import { RedisError } from '../errors.js';
+import { parseStatus } from '../node-agent/status.js';
+import type { ModuleSpec } from '../manifest/types.js';
+import { parseStoredObject } from '../state/read-state.js';
+import { keys } from '../state/keys.js';
+import { findCondition, moduleTransitionEvent, sameConditions, stampConditions, summarizeModule, transitions, type Condition, type ObjectSummary } from './conditions.js';
+import type { EventRecorder } from './events.js';
+import type { Suspension } from './suspend.js';
+
+type Reply = [Error | null, unknown];
+
+/** Queue key of a Module. */
+export function moduleKey(id: string): string {
+  return `Module/${id}`;
+}
+
+function parseJson<T>(v: string | undefined, d: T): T {
+  if (!v) return d;
+  try {
+    return JSON.parse(v) as T;
+  } catch {
+    return d;
+  }
+}
+
+function parseSuspension(v: string | null): Suspension | undefined {
+  if (v === null) return undefined;
+  try {
+    return JSON.parse(v) as Suspension;
+  } catch {
+    return { reason: v, by: '', since: '' };
+  }
+}
+
+/** The stored summary of a Module, parsed; undefined when there is none. */
+export function parseSummary(h: Record<string, string>): ObjectSummary | undefined {
+  if (!h || !h.conditions) return undefined;
+  return {
+    conditions: parseJson<Condition[]>(h.conditions, []),
+    generation: Number(h.generation ?? 0),
+    observedGeneration: Number(h.observedGeneration ?? 0),
+    lastAppliedRevision: h.lastAppliedRevision ?? '',
+    source: h.source ?? '',
+    suspended: h.suspended === 'true',
+  };
+}
+
+function summaryFields(s: ObjectSummary): Record<string, string> {
+  return {
+    conditions: JSON.stringify(s.conditions),
+    generation: String(s.generation),
+    observedGeneration: String(s.observedGeneration),
+    lastAppliedRevision: s.lastAppliedRevision,
+    source: s.source,
+    suspended: String(s.suspended),
+  };
+}
+
+function sameSummary(a: ObjectSummary | undefined, b: ObjectSummary): boolean {
+  if (!a || !sameConditions(a.conditions, b.conditions)) return false;
+  const { conditions: _a, ...ra } = summaryFields(a);
+  const { conditions: _b, ...rb } = summaryFields(b);
+  return JSON.stringify(ra) === JSON.stringify(rb);
+}
+
+export interface ModuleReconcilerDeps {
+  redis: Redis;
+  events: EventRecorder;
+  now: () => Date;
+  /** Whether the module's Drifted condition is True now (for the drift gauge); false when gone. */
+  onDrift?: (id: string, drifted: boolean) => void;
+}
+
+/** One reconcile of a Module summary. Throws RedisError when Redis cannot be read or written. */
+export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerDeps): Promise<ObjectSummary | undefined> {
+  const { redis } = deps;
+  const summaryKey = keys.objectConditions('Module', id);
+  const p = redis.pipeline();
+  p.hgetall(keys.desired('Module', id));
+  p.hgetall(keys.moduleStatus(id));
+  p.get(keys.suspension('module', id));
+  p.hgetall(summaryKey);
+  const res = (await p.exec()) as Reply[] | null;
+  if (!res) throw new RedisError('redis_pipeline_failed', `reading the state of module ${id}: Redis returned no replies`);
+  for (const [err] of res) if (err) throw new RedisError('redis_command_failed', `reading the state of module ${id}: ${err.message}`, { cause: err });
+  const desiredHash = res[0]![1] as Record<string, string>;
+  const agent = parseStatus(id, res[1]![1] as Record<string, string>);
+  const suspension = parseSuspension(res[2]![1] as string | null);
+  const prevHash = res[3]![1] as Record<string, string>;
+  const prev = parseSummary(prevHash);
+
+  const stored = parseStoredObject('Module', id, desiredHash);
+  if (!stored) {
+    if (Object.keys(prevHash).length > 0) await redis.del(summaryKey);
+    deps.onDrift?.(id, false);
+    return undefined;
+  }
+  let desiredDrift: { source: string; message: string } | undefined;
+  if (stored.applySet) {
+    const drifted = parseJson<string[]>((await redis.hget(keys.sourceStatus(stored.applySet), 'driftedKeys')) ?? undefined, []);
+    if (drifted.includes(moduleKey(id))) {
+      desiredDrift = { source: stored.applySet, message: `desired state of ${id} differs from source ${stored.applySet} (changed outside it; self-heal is off)` };
+    }
+  }
+  const spec = stored.object.spec as ModuleSpec;
+  const next = summarizeModule({
+    id,
+    generation: stored.generation,
+    revision: stored.revision,
+    source: stored.source,
+    deleting: Boolean(stored.deleting),
+    node: typeof spec.node === 'number' ? spec.node : undefined,
+    agent,
+    suspended: suspension ? { reason: suspension.reason, ...(suspension.until ? { until: suspension.until } : {}) } : undefined,
+    desiredDrift,
+  });
+  deps.onDrift?.(id, findCondition(next.conditions, 'Drifted')?.status === 'True');
+  if (sameSummary(prev, next)) return prev;
+  const stamped: ObjectSummary = { ...next, conditions: stampConditions(prev?.conditions, next.conditions, deps.now()) };
+  await redis.multi().del(summaryKey).hset(summaryKey, summaryFields(stamped)).exec();
+  for (const t of transitions(prev?.conditions, stamped.conditions)) {
+    const ev = moduleTransitionEvent(t);
+    if (!ev) continue;
+    await deps.events.record({
+      name: ev.name,
+      type: ev.type,
+      object: moduleKey(id),
+      message: `${id}: ${t.condition.message}`,
+      data: { module: id, condition: t.type, status: t.to, reason: t.condition.reason, generation: stamped.generation, observedGeneration: stamped.observedGeneration },
+    });
+  }
+  return stamped;
+}

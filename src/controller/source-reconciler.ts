@@ -1,0 +1,400 @@
+/**
+ * Reconciles one source (a manifests directory, or a git branch) into desired state in Redis:
+ * [git: fetch, pick the commit] -> load + validate -> pin suspended modules -> plan (the source's
+ * apply set, prune per the source's settings) -> drift check -> prune safety -> atomic apply ->
+ * status + events. Level-triggered: every run recomputes everything from the source.
+ *
+ * A bad commit (invalid manifests, refused prune) is never applied: desired state keeps the last
+ * good commit, the source is Stalled with the reason, a `source-rejected` event says why, and
+ * later resyncs keep desired state equal to the last good commit until a new commit arrives.
+ */
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import { applyPlan, loadAndValidate } from '../apply/pipeline.js';
+import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
+import type { CommandRunner } from '../host/runner.js';
+import { objectKey, type DesiredObject } from '../manifest/types.js';
+import { canonicalJson } from '../plan/canonical.js';
+import { maskString } from '../plan/mask.js';
+import { checkPruneSafety, isEmpty, parseKey, plan as makePlan } from '../plan/planner.js';
+import type { ClusterState } from '../plan/state.js';
+import type { Plan } from '../plan/types.js';
+import { cond, type Condition } from './conditions.js';
+import type { EventRecorder } from './events.js';
+import { GitCheckout, type CommitInfo, type GitSourceSpec } from './git-checkout.js';
+import type { Logger } from './log.js';
+import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
+import { readSuspension, readSuspensions } from './suspend.js';
+import type { ReconcileResult } from './work-queue.js';
+
+/** One source the controller keeps desired state equal to. */
+export interface SourceSpec {
+  /** Source name; also the apply set (inventory) its objects belong to. */
+  name: string;
+  kind: 'directory' | 'git';
+  /** Directory source: the manifest paths (files or directories). */
+  paths: string[];
+  /** Git source settings. */
+  git?: GitSourceSpec & { intervalMs: number };
+  /** Delete objects of the apply set that left the source (with the prune safety rule). */
+  prune: boolean;
+  /** Restore desired state changed outside the source (default true); false only reports it. */
+  selfHeal: boolean;
+}
+
+export interface SourceReconcilerDeps {
+  redis: Redis;
+  runner: CommandRunner;
+  events: EventRecorder;
+  log: Logger;
+  now: () => Date;
+  random?: () => number;
+  /** Desired state equals the source (for the last-successful-sync metric). */
+  onSynced?: (source: string, at: Date) => void;
+  /** Drift found and corrected (count of objects). */
+  onDriftCorrected?: (source: string, count: number) => void;
+  /** Objects whose summary may have changed (drift marks): the controller requeues them. */
+  onObjectsTouched?: (keys: string[]) => void;
+}
+
+/** Error codes that only a new commit or file change can fix. */
+const TERMINAL_CODES = new Set(['manifest_invalid', 'prune_refused', 'duplicate_object']);
+
+/** Queue key of a source. */
+export function sourceKey(name: string): string {
+  return `source/${name}`;
+}
+
+/** sha256 of the canonical objects, sorted by key: equal content gives an equal digest. */
+export function desiredDigest(desired: readonly DesiredObject[]): string {
+  const sorted = [...desired].sort((a, b) => (objectKey(a.object) < objectKey(b.object) ? -1 : objectKey(a.object) > objectKey(b.object) ? 1 : 0));
+  return createHash('sha256').update(canonicalJson(sorted.map((d) => d.object))).digest('hex');
+}
+
+/**
+ * Desired objects with suspended modules pinned to what is stored: a suspended module's manifest
+ * change is held back, a suspended module that is not stored yet is not created, and one that
+ * left the manifests is kept (not pruned) while suspended. Pure.
+ */
+export function pinSuspended(desired: readonly DesiredObject[], state: ClusterState, applySet: string, suspended: ReadonlySet<string>): DesiredObject[] {
+  const out: DesiredObject[] = [];
+  const seen = new Set<string>();
+  const pinned = (key: string): DesiredObject | undefined => {
+    const stored = state.objects.get(key);
+    if (!stored || stored.deleting) return undefined;
+    return { object: stored.object, source: { file: stored.source, doc: 0, line: 0, col: 0 } };
+  };
+  for (const d of desired) {
+    const key = objectKey(d.object);
+    seen.add(key);
+    if (d.object.kind === 'Module' && suspended.has(d.object.metadata.name)) {
+      const p = pinned(key);
+      if (p) out.push(p);
+    } else out.push(d);
+  }
+  for (const key of state.inventory.get(applySet) ?? []) {
+    const k = parseKey(key);
+    if (!k || k.kind !== 'Module' || seen.has(key) || !suspended.has(k.id)) continue;
+    const p = pinned(key);
+    if (p) out.push(p);
+  }
+  return out;
+}
+
+function summaryText(p: Plan): string {
+  const s = p.summary;
+  return `${s.create} created, ${s.update} updated, ${s.delete} deleted`;
+}
+
+function shortRev(rev: string): string {
+  return rev ? rev.slice(0, 12) : '';
+}
+
+/** Reconciles one source; keep one instance per source for the life of the controller. */
+export class SourceReconciler {
+  readonly key: string;
+  /** `Kind/id` of the objects the source held at its last load. */
+  desiredKeys = new Set<string>();
+  private readonly git: GitCheckout | undefined;
+
+  constructor(
+    readonly spec: SourceSpec,
+    private readonly deps: SourceReconcilerDeps,
+  ) {
+    this.key = sourceKey(spec.name);
+    this.git = spec.git ? new GitCheckout(spec.git, deps.runner) : undefined;
+  }
+
+  private baseStatus(prev: SourceStatus | undefined): SourceStatus {
+    const g = this.spec.git;
+    return {
+      name: this.spec.name,
+      kind: this.spec.kind,
+      url: g ? maskString(g.url) : this.spec.paths.join(' '),
+      branch: g?.branch ?? '',
+      path: g?.path ?? '',
+      prune: this.spec.prune,
+      conditions: prev?.conditions ?? [],
+      lastAppliedRevision: prev?.lastAppliedRevision ?? '',
+      lastAttemptedRevision: prev?.lastAttemptedRevision ?? '',
+      lastAppliedDigest: prev?.lastAppliedDigest ?? '',
+      lastAppliedTime: prev?.lastAppliedTime ?? '',
+      lastError: prev?.lastError ?? '',
+      driftedKeys: prev?.driftedKeys ?? [],
+    };
+  }
+
+  private requeue(): ReconcileResult {
+    const g = this.spec.git;
+    if (!g) return {};
+    const r = this.deps.random ?? Math.random;
+    // ±10 % so that many sources (or replicas) do not poll the forge in lock step.
+    return { requeueAfterMs: Math.round(g.intervalMs * (0.9 + 0.2 * r())) };
+  }
+
+  private async save(prev: SourceStatus | undefined, next: SourceStatus): Promise<SourceStatus> {
+    return writeSourceStatus(this.deps.redis, prev, next, this.deps.now());
+  }
+
+  private relativeDiagnostics(ds: readonly Diagnostic[]): Diagnostic[] {
+    const root = this.git ? this.spec.git!.cacheDir : undefined;
+    return ds.map((d) => ({ ...d, file: root && path.isAbsolute(d.file) ? path.relative(root, d.file) : d.file }));
+  }
+
+  private where(revision: string): string {
+    return this.git ? `commit ${shortRev(revision)}` : 'the manifests';
+  }
+
+  /**
+   * One reconcile (see the module doc). Throws transient errors (Redis, git fetch, blocked
+   * changes) for the queue's backoff. Terminal errors: a directory source throws them (the queue
+   * parks it until a file changes); a git source reports them in status and keeps polling.
+   */
+  async reconcile(signal: AbortSignal): Promise<ReconcileResult> {
+    const { redis } = this.deps;
+    const name = this.spec.name;
+    const prev = await readSourceStatus(redis, name);
+    const base = this.baseStatus(prev);
+
+    const suspension = await readSuspension(redis, 'source', name);
+    if (suspension) {
+      const ready = prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Suspended', 'never reconciled');
+      await this.save(prev, {
+        ...base,
+        conditions: [ready, cond('Reconciling', 'False', 'Suspended', `suspended${suspension.reason ? `: ${suspension.reason}` : ''}; \`ns8ctl resume source ${name}\` resumes`), cond('Stalled', 'False', 'Suspended', 'suspended'), this.driftCondition(base.driftedKeys)],
+      });
+      const until = suspension.until ? Date.parse(suspension.until) - this.deps.now().getTime() : undefined;
+      const r = this.requeue();
+      if (until !== undefined && until >= 0) return { requeueAfterMs: Math.min(r.requeueAfterMs ?? Infinity, until + 50) };
+      return r;
+    }
+
+    // 1. Which revision to apply.
+    let revision = '';
+    let paths = this.spec.paths;
+    let rejected: { revision: string; reason: string; message: string; code: string } | undefined;
+    let commit: CommitInfo | undefined;
+    if (this.git) {
+      let head: string;
+      try {
+        head = await this.git.fetch();
+      } catch (err) {
+        await this.failed(prev, base, 'FetchFailed', 'source-fetch-failed', toNs8ctlError(err), base.lastAttemptedRevision);
+        throw err;
+      }
+      if (signal.aborted) return {};
+      revision = head;
+      const knownBad = prev && head === prev.lastAttemptedRevision && head !== prev.lastAppliedRevision && TERMINAL_CODES.has(prev.lastError);
+      if (knownBad) {
+        const ready = prev.conditions.find((c) => c.type === 'Ready');
+        rejected = { revision: head, reason: ready?.reason ?? 'ValidationFailed', message: ready?.message ?? `commit ${shortRev(head)} was rejected`, code: prev.lastError };
+        if (!prev.lastAppliedRevision) return this.requeue(); // nothing good to fall back to
+        revision = prev.lastAppliedRevision;
+      }
+      await this.git.checkout(revision);
+      paths = [this.git.manifestsDir];
+      if (!rejected) commit = await this.git.describe(revision);
+    }
+    if (signal.aborted) return {};
+
+    // 2. Load and validate; a bad revision is rejected, nothing written.
+    let desired: DesiredObject[];
+    let state: ClusterState;
+    try {
+      const loaded = await loadAndValidate(paths, redis);
+      desired = loaded.desired;
+      state = loaded.state as ClusterState;
+    } catch (err) {
+      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
+      await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', toNs8ctlError(err), revision);
+      throw err;
+    }
+    this.desiredKeys = new Set(desired.map((d) => objectKey(d.object)));
+    if (signal.aborted) return {};
+
+    // 3. Plan with suspended modules pinned.
+    const inventory = state.inventory.get(name) ?? new Set<string>();
+    const moduleIds = new Set<string>();
+    for (const d of desired) if (d.object.kind === 'Module') moduleIds.add(d.object.metadata.name);
+    for (const k of inventory) if (k.startsWith('Module/')) moduleIds.add(k.slice('Module/'.length));
+    const suspended = await readSuspensions(redis, 'module', [...moduleIds].sort());
+    const pinned = pinSuspended(desired, state, name, new Set(suspended.keys()));
+    const digest = desiredDigest(pinned);
+    let p: Plan;
+    try {
+      p = makePlan(pinned, state, { applySet: name, prune: this.spec.prune });
+    } catch (err) {
+      return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
+    }
+
+    // 4. Drift: the source did not change since the last apply, yet desired state differs.
+    const drift = prev && prev.lastAppliedDigest === digest && !isEmpty(p) ? [...p.changes.map((c) => c.key), ...p.blocked.map((b) => b.key)] : [];
+    if (drift.length > 0 && !this.spec.selfHeal) {
+      const touched = [...new Set([...drift, ...base.driftedKeys])];
+      const next = await this.save(prev, {
+        ...base,
+        lastAttemptedRevision: revision,
+        lastError: '',
+        driftedKeys: drift,
+        conditions: this.conditionsFor(rejected, cond('Ready', 'False', 'Drifted', `${drift.length} object(s) differ from ${this.where(revision)}: ${drift.slice(0, 5).join(', ')}${drift.length > 5 ? ', ...' : ''} (self-heal is off)`), drift),
+      });
+      if (JSON.stringify(prev?.driftedKeys ?? []) !== JSON.stringify(drift)) {
+        await this.deps.events.record({ name: 'source-drift-detected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; not restored because self-heal is off`, data: { source: name, revision, keys: drift } });
+        this.deps.onObjectsTouched?.(touched);
+      }
+      void next;
+      return this.requeue();
+    }
+    if (drift.length > 0) {
+      await this.deps.events.record({ name: 'source-drift-corrected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; restoring ${this.where(revision)}`, data: { source: name, revision, keys: drift } });
+      this.deps.onDriftCorrected?.(name, drift.length);
+    }
+
+    // 5. Blocked changes wait; everything else goes ahead.
+    const blocked = p.blocked;
+    const applyable: Plan = { ...p, blocked: [] };
+    try {
+      checkPruneSafety(applyable, { forcePrune: false });
+    } catch (err) {
+      return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
+    }
+    if (signal.aborted) return {};
+
+    let applied: Plan | undefined;
+    if (!isEmpty(applyable)) {
+      await this.save(prev, { ...base, conditions: [prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Progressing', 'first reconcile'), cond('Reconciling', 'True', 'Progressing', `applying ${summaryText(applyable)} from ${this.where(revision)}`), cond('Stalled', 'False', 'NotStalled', 'applying'), this.driftCondition([])] });
+      try {
+        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner })).plan;
+      } catch (err) {
+        const e = toNs8ctlError(err);
+        if (TERMINAL_CODES.has(e.code)) return this.rejectOther(prev, base, revision, e, commit);
+        await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', e, revision);
+        throw err;
+      }
+      await this.deps.events.record({
+        name: 'source-applied',
+        type: 'Normal',
+        object: this.key,
+        message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}`,
+        data: { source: name, revision, summary: applied.summary, changes: applied.changes.map((c) => `${c.action} ${c.key}`), ...(commit ? { author: commit.author, subject: commit.subject } : {}) },
+      });
+    }
+
+    // 6. Status.
+    const now = this.deps.now();
+    const changedContent = !prev || prev.lastAppliedDigest !== digest || prev.lastAppliedRevision !== revision;
+    const lastAppliedTime = applied || changedContent ? now.toISOString() : base.lastAppliedTime;
+    const n = pinned.length;
+    let ready: Condition = cond('Ready', 'True', 'Applied', `desired state matches ${this.where(revision)} (${n} object${n === 1 ? '' : 's'})`);
+    if (blocked.length > 0) ready = cond('Ready', 'False', 'Blocked', `waiting: ${blocked.map((b) => b.message).join('; ')}`);
+    await this.save(prev, {
+      ...base,
+      lastAppliedRevision: revision,
+      lastAttemptedRevision: rejected ? rejected.revision : revision,
+      lastAppliedDigest: digest,
+      lastAppliedTime,
+      lastError: rejected ? rejected.code : blocked.length > 0 ? 'plan_blocked' : '',
+      driftedKeys: [],
+      conditions: this.conditionsFor(rejected, ready, []),
+    });
+    if (base.driftedKeys.length > 0) this.deps.onObjectsTouched?.(base.driftedKeys);
+    if (blocked.length > 0) {
+      if (prev?.lastError !== 'plan_blocked') {
+        await this.deps.events.record({ name: 'source-apply-blocked', type: 'Warning', object: this.key, message: `source ${name}: ${blocked.length} change(s) wait: ${blocked.map((b) => b.message).join('; ')}`, data: { source: name, revision, keys: blocked.map((b) => b.key) } });
+      }
+      // Retried with backoff: a removal in progress finishes on its own.
+      throw new Ns8ctlError('plan_blocked', `source ${name}: ${blocked.map((b) => `${b.key}: ${b.message}`).join('; ')}`);
+    }
+    if (!rejected) this.deps.onSynced?.(name, now);
+    return this.requeue();
+  }
+
+  private driftCondition(keys: readonly string[]): Condition {
+    return keys.length > 0 ? cond('Drifted', 'True', 'DesiredStateDrift', `${keys.join(', ')} differ from the source`) : cond('Drifted', 'False', 'NoDrift', 'desired state matches the source');
+  }
+
+  /** Conditions after a reconcile that applied (or held) the good revision while `rejected` (if any) stays rejected. */
+  private conditionsFor(rejected: { reason: string; message: string } | undefined, ready: Condition, drift: readonly string[]): Condition[] {
+    if (rejected) {
+      return [cond('Ready', 'False', rejected.reason, rejected.message), cond('Reconciling', 'False', rejected.reason, 'waiting for a new commit'), cond('Stalled', 'True', rejected.reason, rejected.message), this.driftCondition(drift)];
+    }
+    const reconciling = ready.reason === 'Blocked' ? cond('Reconciling', 'True', 'Blocked', 'retrying with backoff') : cond('Reconciling', 'False', 'Applied', 'nothing left to do');
+    return [ready, reconciling, cond('Stalled', 'False', 'NotStalled', 'no error needs intervention'), this.driftCondition(drift)];
+  }
+
+  private async rejectInvalid(prev: SourceStatus | undefined, base: SourceStatus, revision: string, err: ManifestError, commit: CommitInfo | undefined): Promise<ReconcileResult> {
+    const ds = this.relativeDiagnostics(err.diagnostics);
+    const head = ds.slice(0, 3).map(formatDiagnostic).join('; ') + (ds.length > 3 ? `; and ${ds.length - 3} more` : '');
+    const kept = base.lastAppliedRevision ? `desired state keeps ${this.git ? `commit ${shortRev(base.lastAppliedRevision)}` : 'the last valid manifests'}` : 'nothing was applied';
+    const message = `${ds.length} problem${ds.length === 1 ? '' : 's'} in ${this.where(revision)}; ${kept}: ${head}`;
+    return this.reject(prev, base, revision, 'ValidationFailed', 'source-rejected', err, message, { diagnostics: ds }, commit);
+  }
+
+  private async rejectOther(prev: SourceStatus | undefined, base: SourceStatus, revision: string, err: Ns8ctlError, commit: CommitInfo | undefined): Promise<ReconcileResult> {
+    const reason = err.code === 'prune_refused' ? 'PruneRefused' : err.code === 'duplicate_object' ? 'ValidationFailed' : 'ApplyRefused';
+    const kept = base.lastAppliedRevision && this.git ? `; desired state keeps commit ${shortRev(base.lastAppliedRevision)}` : '';
+    return this.reject(prev, base, revision, reason, err.code === 'prune_refused' ? 'source-prune-refused' : 'source-rejected', err, `${this.where(revision)}: ${err.message}${kept}`, {}, commit);
+  }
+
+  private async reject(
+    prev: SourceStatus | undefined,
+    base: SourceStatus,
+    revision: string,
+    reason: string,
+    event: string,
+    err: Ns8ctlError,
+    message: string,
+    data: Record<string, unknown>,
+    commit: CommitInfo | undefined,
+  ): Promise<ReconcileResult> {
+    await this.save(prev, {
+      ...base,
+      lastAttemptedRevision: revision,
+      lastError: err.code,
+      conditions: [cond('Ready', 'False', reason, message), cond('Reconciling', 'False', reason, this.git ? 'waiting for a new commit' : 'waiting for the manifests to change'), cond('Stalled', 'True', reason, message), this.driftCondition(base.driftedKeys)],
+    });
+    const ready = prev?.conditions.find((c) => c.type === 'Ready');
+    if (!(prev?.lastAttemptedRevision === revision && ready?.message === maskString(message))) {
+      await this.deps.events.record({ name: event, type: 'Warning', object: this.key, message: `source ${this.spec.name}: ${message}`, data: { source: this.spec.name, revision, ...data, ...(commit ? { author: commit.author, subject: commit.subject } : {}) } });
+    }
+    this.deps.log.log('warn', 'source rejected', { source: this.spec.name, revision, reason, error: err.code });
+    if (this.git) return this.requeue();
+    // A directory source parks until its files change.
+    throw err instanceof RefusedError || err instanceof ManifestError ? err : Object.assign(err, { terminal: true });
+  }
+
+  private async failed(prev: SourceStatus | undefined, base: SourceStatus, reason: string, event: string, err: Ns8ctlError, revision: string): Promise<void> {
+    try {
+      await this.save(prev, {
+        ...base,
+        lastAttemptedRevision: revision,
+        lastError: err.code,
+        conditions: [cond('Ready', 'False', reason, err.message), cond('Reconciling', 'True', 'Retrying', `retrying with backoff: ${err.message}`), cond('Stalled', 'False', 'NotStalled', 'transient error; retrying'), this.driftCondition(base.driftedKeys)],
+      });
+      if (prev?.lastError !== err.code) await this.deps.events.record({ name: event, type: 'Warning', object: this.key, message: `source ${this.spec.name}: ${err.message}`, data: { source: this.spec.name, revision, error: err.code } });
+    } catch {
+      // Redis itself may be what failed; the queue's retry reports it again.
+    }
+  }
+}
