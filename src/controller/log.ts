@@ -25,9 +25,13 @@ function textValue(v: unknown): string {
   return /^[^\s"=]+$/.test(s) ? s : JSON.stringify(s);
 }
 
+/** Field names that hold ids, never secrets (they would otherwise match the secret-name rule). */
+const ID_FIELDS = new Set(['key']);
+
 /** Formats one record (pure; `time` given). */
 export function formatLogLine(format: LogFormat, time: Date, level: LogLevel, msg: string, fields: Record<string, unknown> = {}): string {
-  const safe = maskSecrets(fields);
+  const safe: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) safe[k] = ID_FIELDS.has(k) && typeof v === 'string' ? maskString(v) : maskSecrets({ [k]: v })[k];
   const m = maskString(msg);
   if (format === 'json') return JSON.stringify({ time: time.toISOString(), level, msg: m, ...safe });
   const rest = Object.entries(safe)
