@@ -3,28 +3,45 @@
  * Only `applyPlan` writes; everything before it is read-only, so invalid input writes nothing.
  */
 import type { Redis } from 'ioredis';
-import { ConflictError, ManifestError, RefusedError } from '../errors.js';
+import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { loadManifests, type LoadResult } from '../manifest/load.js';
 import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/types.js';
 import { validateManifests } from '../manifest/validate.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
+import { annotatePlan, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
 import type { ClusterState } from '../plan/state.js';
 import type { Plan } from '../plan/types.js';
+import type { FetchOptions } from '../repository/fetch.js';
+import { loadAvailable } from '../repository/image-resolver.js';
+import type { RepositoryInfo } from '../repository/resolve.js';
+import { keys } from '../state/keys.js';
 import { readClusterState, type ReadScope } from '../state/read-state.js';
 import { executeWrites } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { planToWrites } from './to-writes.js';
 
-export interface PlanOptions {
+export interface PlanOptions extends ResolveOptions {
   applySet: string;
   prune: boolean;
+  /** Resolve Module images at plan time (observeResolution + annotatePlan); default true. */
+  resolve?: boolean;
+}
+
+/** Options of the resolution observe step. */
+export interface ResolveOptions {
+  /** Core version for min-core (default readCoreVersion(): NS8CTL_CORE_VERSION, core.env, 3.21.0). */
+  coreVersion?: string;
+  /** Repository download options (timeout, view). */
+  fetch?: FetchOptions;
 }
 
 export interface PreparedPlan {
   desired: DesiredObject[];
   state: ClusterState;
   plan: Plan;
+  /** Problems met while observing that did not stop planning (a repository that could not be read). */
+  warnings?: string[];
 }
 
 /** Best-effort names from raw documents, so one read fetches the NS8 keys they will need. */
@@ -65,11 +82,68 @@ export async function loadAndValidate(
   return { desired: result.objects, state, loaded };
 }
 
-/** load -> validate -> observe -> plan. Read-only. */
+/**
+ * The resolution part of observe: the image each desired Module runs now (`imageUrl` of its
+ * status hash and `IMAGE_URL` of `module/<id>/environment`, the latter preferred: it is what was
+ * installed, while the status names the agent's last target), read in one pipeline; and, only
+ * when a desired Module names a repository module, the catalog of the repositories as `base`
+ * leaves them (declared Repository objects replace the configured ones, pruned ones are dropped).
+ * Repository failures are returned as warnings, never thrown: the catalog is optional input.
+ * Reading a repository may fill its Redis cache (`cluster/repository_cache/<name>`), as NS8 does.
+ * @throws RedisError when Redis fails.
+ */
+export async function observeResolution(redis: Redis, desired: readonly DesiredObject[], base: Plan, opts: ResolveOptions = {}): Promise<{ inputs: ResolutionInputs; warnings: string[] }> {
+  const modules = desired.flatMap((d) => (d.object.kind === 'Module' ? [d.object] : []));
+  const running = new Map<string, string>();
+  if (modules.length) {
+    const p = redis.pipeline();
+    for (const m of modules) p.hget(keys.moduleStatus(m.metadata.name), 'imageUrl').hget(keys.moduleEnvironment(m.metadata.name), 'IMAGE_URL');
+    const res = (await p.exec()) ?? [];
+    modules.forEach((m, i) => {
+      for (const reply of [res[2 * i], res[2 * i + 1]]) {
+        const err = reply?.[0];
+        if (err) throw new RedisError('redis_command_failed', `reading the running image of ${m.metadata.name}: ${err.message}`, { cause: err });
+      }
+      const fromStatus = res[2 * i]?.[1];
+      const fromEnv = res[2 * i + 1]?.[1];
+      const image = typeof fromEnv === 'string' && fromEnv ? fromEnv : typeof fromStatus === 'string' && fromStatus ? fromStatus : undefined;
+      if (image) running.set(m.metadata.name, image);
+    });
+  }
+  if (!modules.some((m) => usesRepository(m.spec))) return { inputs: { running }, warnings: [] };
+  const upsert: RepositoryInfo[] = desired.flatMap((d) =>
+    d.object.kind === 'Repository' ? [{ name: d.object.metadata.name, url: d.object.spec.url, enabled: d.object.spec.enabled ?? true, testing: d.object.spec.testing ?? false }] : [],
+  );
+  const remove = base.changes.flatMap((c) => (c.kind === 'Repository' && c.action === 'delete' ? [c.id] : []));
+  const catalog = await loadAvailable(redis, { ...(opts.fetch ?? {}), ...(opts.coreVersion !== undefined ? { coreVersion: opts.coreVersion } : {}), planned: { upsert, remove } });
+  const failures = catalog.failures.map((f) => ({ repository: f.repository, message: f.error.message }));
+  return {
+    inputs: { running, catalog: { available: catalog.available, coreVersion: catalog.coreVersion, failures } },
+    warnings: failures.map((f) => f.message),
+  };
+}
+
+/**
+ * observeResolution + the pure annotatePlan: `base` (made by `plan()` from `desired` and `state`)
+ * with resolved images, resolution and max-per-node blocks, and update notices.
+ * @throws RedisError when Redis fails.
+ */
+export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[], state: ClusterState, base: Plan, opts: ResolveOptions = {}): Promise<{ plan: Plan; warnings: string[] }> {
+  const { inputs, warnings } = await observeResolution(redis, desired, base, opts);
+  return { plan: annotatePlan(base, desired, state, inputs), warnings };
+}
+
+async function planAndResolve(desired: DesiredObject[], state: ClusterState, redis: Redis, opts: PlanOptions): Promise<PreparedPlan> {
+  const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune });
+  if (opts.resolve === false) return { desired, state, plan: base, warnings: [] };
+  const { plan, warnings } = await resolvePlan(redis, desired, state, base, opts);
+  return { desired, state, plan, warnings };
+}
+
+/** load -> validate -> observe -> plan (with resolution unless `resolve: false`). Read-only (see observeResolution for the repository cache). */
 export async function preparePlan(paths: string[], redis: Redis, opts: PlanOptions & { stdin?: () => Promise<string> }): Promise<PreparedPlan> {
   const { desired, state } = await loadAndValidate(paths, redis, opts.stdin ? { stdin: opts.stdin } : {});
-  const observed = state as ClusterState;
-  return { desired, state: observed, plan: makePlan(desired, observed, { applySet: opts.applySet, prune: opts.prune }) };
+  return planAndResolve(desired, state as ClusterState, redis, opts);
 }
 
 /** Re-observes and re-plans the same desired objects (after a conflict). */
@@ -80,7 +154,7 @@ export async function replan(desired: DesiredObject[], redis: Redis, opts: PlanO
     nodes: desired.flatMap((d) => (d.object.kind === 'Node' ? [String(d.object.spec.id)] : [])),
   };
   const state = await readClusterState(redis, scope);
-  return { desired, state, plan: makePlan(desired, state, opts) };
+  return planAndResolve(desired, state, redis, opts);
 }
 
 export interface ApplyResult {

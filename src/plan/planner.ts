@@ -13,7 +13,7 @@ import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, 
 import type { ClusterState } from './state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
-export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan } from './types.js';
+export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';
 export { applyPlanToState } from './simulate.js';
 
 /** Options of `plan`. */
@@ -36,8 +36,8 @@ export function parseKey(key: string): { kind: Kind; id: string } | undefined {
   return { kind: kind as Kind, id };
 }
 
-/** Order of create/update: Node, Repository, Module, then natural id order. */
-function compareKeys(a: string, b: string, reverseKinds = false): number {
+/** Order of create/update: Node, Repository, Module, then natural id order (reversed kinds for deletes). */
+export function compareKeys(a: string, b: string, reverseKinds = false): number {
   const pa = parseKey(a);
   const pb = parseKey(b);
   if (!pa || !pb) return a < b ? -1 : a > b ? 1 : 0;

@@ -7,7 +7,7 @@ import { API_VERSION } from '../manifest/types.js';
 import { canonicalize, jsonEqual } from './canonical.js';
 import { MASK, isSecretKey, isSecretPath, maskSecrets, maskString } from './mask.js';
 import { isEmpty } from './planner.js';
-import type { BookkeepingWrite, Change, Plan } from './types.js';
+import type { BookkeepingWrite, Change, Plan, ResolvedImage, UpdateNotice } from './types.js';
 
 /** Options of `renderPlanText`. */
 export interface RenderTextOptions {
@@ -15,7 +15,7 @@ export interface RenderTextOptions {
   color: boolean;
 }
 
-const ANSI = { red: 31, green: 32, yellow: 33, magenta: 35, grey: 90, bold: 1 } as const;
+const ANSI = { red: 31, green: 32, yellow: 33, magenta: 35, cyan: 36, grey: 90, bold: 1 } as const;
 type Style = keyof typeof ANSI;
 
 const INDENT = '    ';
@@ -33,8 +33,11 @@ const INDENT = '    ';
  *
  * Plan: 1 to create, 1 to update, 1 to delete.
  * ```
- * Blocked objects are `!` lines; without prune, inventory members that left the manifests are
- * listed in a note. Values under secret-looking keys print as `(sensitive value)`.
+ * Module changes with a resolution carry `# resolves to IMAGE (repository NAME)`. Version updates
+ * the node agent will make are `↑ Module/x update 1.0.0 -> 1.1.0` lines (`↓` for a downgrade,
+ * `(refused)` plus the reason when the agent will refuse it). Blocked objects are `!` lines;
+ * warnings are `? ` lines; without prune, inventory members that left the manifests are listed
+ * in a note. Values under secret-looking keys print as `(sensitive value)`.
  */
 export function renderPlanText(plan: Plan, opts: RenderTextOptions): string {
   const paint = (style: Style, s: string): string => (opts.color ? `\u001b[${ANSI[style]}m${s}\u001b[0m` : s);
@@ -42,8 +45,14 @@ export function renderPlanText(plan: Plan, opts: RenderTextOptions): string {
   for (const c of plan.changes) {
     out.push(...renderChange(c, paint), '');
   }
+  for (const u of plan.updates ?? []) {
+    out.push(...renderUpdate(u, paint), '');
+  }
   for (const b of plan.blocked) {
     out.push(paint('magenta', `! ${b.key} (blocked)`), paint('grey', `${INDENT}# ${maskString(b.message)}`), '');
+  }
+  for (const w of plan.warnings ?? []) {
+    out.push(paint('yellow', `? ${maskString(w)}`), '');
   }
   if (!plan.prune && plan.pruneCandidates.length) {
     const n = plan.pruneCandidates.length;
@@ -56,15 +65,40 @@ export function renderPlanText(plan: Plan, opts: RenderTextOptions): string {
   return out.join('\n') + '\n';
 }
 
-/** The last line of the text form. */
+/**
+ * The last line of the text form: `Plan: 1 to create, 0 to update, 0 to delete.`, or
+ * `No changes. Desired state matches.`, followed by the blocked count and, when there are any,
+ * `N version update(s) pending.` / `N version update(s) refused (see above).`
+ */
 export function summaryLine(plan: Plan): string {
   const blocked = plan.blocked.length;
   const blockedText = `${blocked} blocked (see "!" above)`;
+  const updates = plan.updates ?? [];
+  const pending = updates.filter((u) => !u.refused).length;
+  const refused = updates.length - pending;
+  const updatesText =
+    (pending ? ` ${pending} version update${pending === 1 ? '' : 's'} pending.` : '') + (refused ? ` ${refused} version update${refused === 1 ? '' : 's'} refused (see above).` : '');
   if (plan.changes.length === 0) {
-    return blocked ? `No changes planned; ${blockedText}.` : 'No changes. Desired state matches.';
+    return (blocked ? `No changes planned; ${blockedText}.` : 'No changes. Desired state matches.') + updatesText;
   }
   const { create, update, delete: del } = plan.summary;
-  return `Plan: ${create} to create, ${update} to update, ${del} to delete.` + (blocked ? ` ${blockedText}.` : '');
+  return `Plan: ${create} to create, ${update} to update, ${del} to delete.` + (blocked ? ` ${blockedText}.` : '') + updatesText;
+}
+
+/** `ghcr.io/x/webapp:1.1.0 (repository default)`, `... (repository testing, prerelease)`, `... (full image URL)`. */
+export function describeResolved(r: ResolvedImage): string {
+  if (r.repository === null) return `${r.image} (full image URL)`;
+  return `${r.image} (repository ${r.repository}${r.prerelease ? ', prerelease' : ''})`;
+}
+
+function renderUpdate(u: UpdateNotice, paint: (style: Style, s: string) => string): string[] {
+  const arrow = u.kind === 'downgrade' ? '↓' : '↑';
+  const word = u.kind === 'downgrade' ? 'downgrade' : 'update';
+  const head = `${arrow} ${u.key} ${word} ${u.from} -> ${u.to}${u.refused ? ' (refused)' : ''}`;
+  const lines = [paint(u.refused ? 'magenta' : 'cyan', head), paint('grey', `${INDENT}# resolves to ${maskString(describeResolved(u.resolved))}`)];
+  if (u.refused) lines.push(paint('grey', `${INDENT}# ${maskString(u.refused.message)}`));
+  else lines.push(paint('grey', `${INDENT}# running ${maskString(u.fromImage)}; the node agent performs the update`));
+  return lines;
 }
 
 function renderChange(c: Change, paint: (style: Style, s: string) => string): string[] {
@@ -74,6 +108,8 @@ function renderChange(c: Change, paint: (style: Style, s: string) => string): st
   else if (c.dataPolicy === 'deleted') lines.push(paint('red', `- ${c.key} (delete, `) + paint('bold', paint('red', 'DATA DELETED')) + paint('red', ')'));
   else lines.push(paint('red', `- ${c.key} (delete${c.dataPolicy === 'preserved' ? ', data preserved' : ''})`));
   for (const r of c.reasons) lines.push(paint('grey', `${INDENT}# ${maskString(r)}`));
+  if (c.resolved) lines.push(paint('grey', `${INDENT}# resolves to ${maskString(describeResolved(c.resolved))}`));
+  if (c.resolutionError) lines.push(paint('grey', `${INDENT}# image not resolved: ${maskString(c.resolutionError.message)}`));
   const body: DiffLine[] = [];
   if (c.action === 'create' && c.after) addedLines(c.after.spec, ['spec'], body);
   if (c.action === 'update' && c.before && c.after) {
@@ -165,6 +201,10 @@ function maskBookkeeping(w: BookkeepingWrite): BookkeepingWrite {
   }
 }
 
+function resolvedJson(r: ResolvedImage): Record<string, unknown> {
+  return { image: maskString(r.image), tag: r.tag, version: r.version, repository: r.repository, prerelease: r.prerelease };
+}
+
 /**
  * The plan as one JSON document (the `-o json` contract, documented in docs/plan.md). Field names
  * are stable; absent values are `null`, never missing. Secrets are masked in reasons, patch,
@@ -177,7 +217,12 @@ export function renderPlanJson(plan: Plan): Record<string, unknown> {
     applySet: plan.applySet,
     prune: plan.prune,
     empty: isEmpty(plan),
-    summary: { ...plan.summary, blocked: plan.blocked.length },
+    summary: {
+      ...plan.summary,
+      blocked: plan.blocked.length,
+      updates: (plan.updates ?? []).filter((u) => !u.refused).length,
+      updatesRefused: (plan.updates ?? []).filter((u) => u.refused).length,
+    },
     pruneRatio: { ...plan.pruneRatio },
     pruneCandidates: [...plan.pruneCandidates],
     changes: plan.changes.map((c) => ({
@@ -195,7 +240,20 @@ export function renderPlanJson(plan: Plan): Record<string, unknown> {
       after: c.after ? maskSecrets(c.after) : null,
       bookkeeping: c.bookkeeping.map(maskBookkeeping),
       inventory: { add: c.inventory.add, remove: [...c.inventory.remove] },
+      resolved: c.resolved ? resolvedJson(c.resolved) : null,
+      resolutionError: c.resolutionError ? { code: c.resolutionError.code, message: maskString(c.resolutionError.message) } : null,
     })),
     blocked: plan.blocked.map((b) => ({ key: b.key, message: maskString(b.message) })),
+    updates: (plan.updates ?? []).map((u) => ({
+      key: u.key,
+      id: u.id,
+      kind: u.kind,
+      from: u.from,
+      fromImage: maskString(u.fromImage),
+      to: u.to,
+      resolved: resolvedJson(u.resolved),
+      refused: u.refused ? { code: u.refused.code, message: maskString(u.refused.message) } : null,
+    })),
+    warnings: (plan.warnings ?? []).map(maskString),
   };
 }

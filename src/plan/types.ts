@@ -56,6 +56,48 @@ export interface Change {
   inventory: { add: string | null; remove: string[] };
   /** Module deletes only: what happens to the instance's data. */
   dataPolicy?: 'preserved' | 'deleted';
+  /** Module creates/updates, when resolution ran (annotatePlan): the image the spec resolves to now. */
+  resolved?: ResolvedImage;
+  /** Module creates/updates whose image could not be resolved without blocking them (see annotatePlan). */
+  resolutionError?: ResolutionProblem;
+}
+
+/** The image a Module's spec resolves to at plan time (repositories for `module`, as-is for `image`). */
+export interface ResolvedImage {
+  /** Full image URL with tag, what podman pulls (`ghcr.io/nethserver/dokuwiki:1.3.0`). */
+  image: string;
+  tag: string;
+  /** Semantic version of the tag; null when the tag is not a version (`latest`, a digest). */
+  version: string | null;
+  /** Repository the version came from; null for a full image URL. */
+  repository: string | null;
+  prerelease: boolean;
+}
+
+/** Why something about a Module's image is refused or unknown: a stable code and a message. */
+export interface ResolutionProblem {
+  code: string;
+  message: string;
+}
+
+/**
+ * A version change the node agent will make to a running instance: the resolved image differs
+ * from the one running (a new release inside the version range, or an edited version). Not a
+ * change of desired state: it never makes a plan non-empty.
+ */
+export interface UpdateNotice {
+  /** `Module/<id>`. */
+  key: string;
+  id: string;
+  kind: 'upgrade' | 'downgrade' | 'change';
+  /** Running tag (or image URL when it has no tag). */
+  from: string;
+  fromImage: string;
+  /** Resolved tag (or image URL when it has no tag). */
+  to: string;
+  resolved: ResolvedImage;
+  /** Set when the node agent will refuse the move (min-from, min-core, downgrade, ...): it says why. */
+  refused?: ResolutionProblem;
 }
 
 /** A desired change the planner refuses to make, with the reason and the way out. */
@@ -77,4 +119,8 @@ export interface Plan {
   pruneRatio: { prune: number; inventory: number };
   /** Without prune: inventory members no longer in the manifests (kept; `--prune` would delete them). */
   pruneCandidates: string[];
+  /** Version updates the node agent will perform (annotatePlan); absent or empty when none. */
+  updates?: UpdateNotice[];
+  /** Things the plan could not check (a module not resolvable right now, ...); absent or empty when none. */
+  warnings?: string[];
 }

@@ -254,20 +254,59 @@ export interface RepositoryFailure {
 }
 
 /**
+ * The repositories as a plan will leave them: `current` (from Redis) with `planned.upsert`
+ * replacing or adding same-named entries and `planned.remove` names dropped. Sorted by name. Pure.
+ */
+export function effectiveRepositories(current: readonly RepositoryInfo[], planned: PlannedRepositories | undefined): RepositoryInfo[] {
+  const byName = new Map(current.map((r) => [r.name, r]));
+  for (const r of planned?.upsert ?? []) byName.set(r.name, r);
+  for (const n of planned?.remove ?? []) byName.delete(n);
+  return [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** Repository changes not applied yet (plan time): declared Repository objects and pruned names. */
+export interface PlannedRepositories {
+  /** Repositories as the manifests declare them; they replace same-named ones from Redis. */
+  upsert?: readonly RepositoryInfo[];
+  /** Names a plan deletes. */
+  remove?: readonly string[];
+}
+
+/** Options of loadSnapshots. */
+export interface SnapshotOptions extends FetchOptions {
+  /** Load only this repository. */
+  only?: string;
+  /**
+   * Use the repositories as this (not yet applied) change leaves them. A planned repository whose
+   * URL differs from the one in Redis (or that Redis does not have) is downloaded without touching
+   * its cache, which belongs to the configured URL.
+   */
+  planned?: PlannedRepositories;
+}
+
+/**
  * Loads the metadata of every enabled repository (disabled ones are skipped without I/O), one
  * at a time. A repository that fails does not stop the others: it is returned in `failures`
- * (NS8 silently treats it as empty; we say why).
+ * (NS8 silently treats it as empty; we say why). `repositories` lists every repository considered
+ * (with `planned`, the effective ones).
  * @throws RedisError when Redis fails.
  */
-export async function loadSnapshots(redis: Redis, opts: FetchOptions & { only?: string } = {}): Promise<{ snapshots: RepositorySnapshot[]; failures: RepositoryFailure[]; repositories: RepositoryInfo[] }> {
-  const repositories = await readRepositories(redis);
+export async function loadSnapshots(redis: Redis, opts: SnapshotOptions = {}): Promise<{ snapshots: RepositorySnapshot[]; failures: RepositoryFailure[]; repositories: RepositoryInfo[] }> {
+  const configured = await readRepositories(redis);
+  const repositories = opts.planned ? effectiveRepositories(configured, opts.planned) : configured;
+  const configuredUrl = new Map(configured.map((r) => [r.name, r.url]));
   const snapshots: RepositorySnapshot[] = [];
   const failures: RepositoryFailure[] = [];
   for (const repo of repositories) {
     if (!repo.enabled || (opts.only !== undefined && repo.name !== opts.only)) continue;
     try {
-      const { origin: _o, ...snap } = await getRepodata(redis, repo, opts);
-      snapshots.push(snap);
+      if (configuredUrl.get(repo.name) === repo.url) {
+        const { origin: _o, ...snap } = await getRepodata(redis, repo, opts);
+        snapshots.push(snap);
+      } else {
+        const fetched = await fetchRepodata(repo, opts);
+        snapshots.push({ repository: repo, packages: fetched.packages, updated: fetched.updated });
+      }
     } catch (err) {
       if (err instanceof RepositoryError) failures.push({ repository: repo.name, error: err });
       else throw err;

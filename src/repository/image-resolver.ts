@@ -5,7 +5,7 @@
 import type { Redis } from 'ioredis';
 import { readCoreVersion } from './core-version.js';
 import { RepositoryError } from './errors.js';
-import { loadSnapshots, type FetchOptions, type RepositoryFailure } from './fetch.js';
+import { loadSnapshots, type FetchOptions, type PlannedRepositories, type RepositoryFailure } from './fetch.js';
 import { listAvailable, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type RepositorySnapshot, type Resolution } from './resolve.js';
 
 export interface ResolverOptions extends FetchOptions {
@@ -13,6 +13,8 @@ export interface ResolverOptions extends FetchOptions {
   coreVersion?: string;
   /** Called once per repository that could not be loaded (its modules are then not offered). */
   onWarning?: (message: string) => void;
+  /** Resolve against the repositories as a plan will leave them (see loadSnapshots). */
+  planned?: PlannedRepositories;
 }
 
 /** The catalog of installable modules, plus what could not be loaded. */

@@ -40,14 +40,18 @@ export async function readInstalledInstances(redis: Redis): Promise<InstalledIns
 
 /**
  * Updates available to the installed instances (resolve.listUpdates over the repositories in
- * Redis). `versionSpecs` (instance id -> Module `version`) fills `inSpec`.
- * @throws RedisError when Redis fails; repository failures are in `catalog.failures`.
+ * Redis). `versionSpecs` (instance id -> Module `version`) fills `inSpec`. When no instance is
+ * installed the repositories are not read at all and `catalog` is undefined.
+ * @throws RedisError when Redis fails; repository failures are in `catalog.failures` (and
+ *   reported to `onWarning`).
  */
 export async function updatesFromRedis(
   redis: Redis,
   opts: ResolverOptions & { versionSpecs?: ReadonlyMap<string, string> } = {},
-): Promise<{ updates: InstanceUpdates[]; catalog: AvailableCatalog }> {
-  const [instances, catalog] = [await readInstalledInstances(redis), await loadAvailable(redis, opts)];
+): Promise<{ updates: InstanceUpdates[]; catalog?: AvailableCatalog }> {
+  const instances = await readInstalledInstances(redis);
+  if (instances.length === 0) return { updates: [] };
+  const catalog = await loadAvailable(redis, opts);
   const withSpecs = instances.map((i) => {
     const spec = opts.versionSpecs?.get(i.id);
     return spec !== undefined ? { ...i, versionSpec: spec } : i;

@@ -15,7 +15,7 @@ describe('renderPlanJson', () => {
       applySet: 'default',
       prune: false,
       empty: false,
-      summary: { create: 1, update: 0, delete: 0, blocked: 0 },
+      summary: { create: 1, update: 0, delete: 0, blocked: 0, updates: 0, updatesRefused: 0 },
       pruneRatio: { prune: 0, inventory: 0 },
       pruneCandidates: [],
       changes: [
@@ -41,9 +41,13 @@ describe('renderPlanJson', () => {
             { type: 'uuid-ensure', key: 'cluster/module_uuid', id: 'dokuwiki1' },
           ],
           inventory: { add: 'default', remove: [] },
+          resolved: null,
+          resolutionError: null,
         },
       ],
       blocked: [],
+      updates: [],
+      warnings: [],
     });
   });
 

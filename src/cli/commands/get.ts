@@ -2,6 +2,10 @@ import type { Redis } from 'ioredis';
 import { NotFoundError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
 import type { StoredObject } from '../../plan/state.js';
+import { readCoreVersion } from '../../repository/core-version.js';
+import { updatesFromRedis } from '../../repository/installed.js';
+import type { InstanceUpdates } from '../../repository/resolve.js';
+import { describeUpdate } from '../../repository/update-text.js';
 import { keys } from '../../state/keys.js';
 import { readClusterState } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
@@ -68,8 +72,29 @@ function formatPorts(ports: unknown): string {
   return Object.entries(ports as Record<string, unknown>).map(([proto, range]) => `${proto} ${String(range)}`).join(', ');
 }
 
-function toDocument(o: StoredObject, status: ModuleStatus | undefined): Record<string, unknown> {
+/**
+ * Updates the repositories offer to the installed instances among `objects` (Modules), keyed by
+ * id; `version` specs fill `inSpec`. Repository failures go to stderr as warnings.
+ */
+async function readUpdates(redis: Redis, objects: readonly StoredObject[], deps: CliDeps): Promise<Map<string, InstanceUpdates>> {
+  const versionSpecs = new Map<string, string>();
+  for (const o of objects) {
+    if (o.object.kind === 'Module' && o.object.spec.module !== undefined && o.object.spec.image === undefined) versionSpecs.set(o.object.metadata.name, o.object.spec.version ?? 'latest');
+  }
+  const coreVersion = await readCoreVersion({ env: deps.env });
+  const { updates } = await updatesFromRedis(redis, { versionSpecs, coreVersion, onWarning: (m) => deps.stderr(`warning: ${m}\n`) });
+  const wanted = new Set(objects.map((o) => o.object.metadata.name));
+  return new Map(updates.filter((u) => wanted.has(u.id)).map((u) => [u.id, u]));
+}
+
+/** `status.updates` of `get -o json|yaml`: what the repositories offer the running instance. */
+function updatesDocument(u: InstanceUpdates): Record<string, unknown> {
+  return { current: u.current, update: u.update ?? null, testingUpdate: u.testingUpdate ?? null, inSpec: u.inSpec ?? null, blocked: u.blocked.map((b) => ({ ...b })) };
+}
+
+function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?: InstanceUpdates): Record<string, unknown> {
   const obj = o.object as ManifestObject;
+  const fullStatus = updates ? { ...(status ?? {}), updates: updatesDocument(updates) } : status;
   return {
     apiVersion: obj.apiVersion,
     kind: obj.kind,
@@ -86,13 +111,16 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined): Record<s
       },
     },
     spec: obj.spec,
-    ...(status ? { status } : {}),
+    ...(fullStatus ? { status: fullStatus } : {}),
   };
 }
 
 /**
  * `ns8ctl get modules|repositories|nodes [NAME] [-o table|wide|json|yaml]`: desired objects with
- * their generation, source and, for modules, the status the node agent reported.
+ * their generation, source and, for modules, the status the node agent reported. For modules,
+ * `-o wide` adds an UPDATE column and `-o json|yaml` a `status.updates` object with the versions
+ * the repositories offer the installed instance (repositories are read only for these formats,
+ * and only when an instance is installed).
  */
 export async function getCommand(resource: string, name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
   const kind = resourceKind(resource);
@@ -106,7 +134,9 @@ export async function getCommand(resource: string, name: string | undefined, opt
     if (objects.length === 0) throw new NotFoundError(`${kind.toLowerCase()} "${name}" not found in desired state`);
   }
   const statuses = kind === 'Module' ? await readStatuses(redis, objects.map((o) => o.key.slice('Module/'.length))) : new Map<string, ModuleStatus>();
-  const docs = objects.map((o) => toDocument(o, statuses.get(o.key.slice(kind.length + 1))));
+  const withUpdates = kind === 'Module' && format !== 'table' && objects.length > 0;
+  const updates = withUpdates ? await readUpdates(redis, objects, deps) : new Map<string, InstanceUpdates>();
+  const docs = objects.map((o) => toDocument(o, statuses.get(o.key.slice(kind.length + 1)), updates.get(o.key.slice(kind.length + 1))));
   if (format === 'json' || format === 'yaml') {
     const value = name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs };
     deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
@@ -120,7 +150,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
   let columns: string[];
   let rows: string[][];
   if (kind === 'Module') {
-    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'ports', 'source'] : [])];
+    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'update', 'ports', 'source'] : [])];
     rows = objects.map((o) => {
       const spec = (o.object as Extract<ManifestObject, { kind: 'Module' }>).spec;
       const id = o.key.slice('Module/'.length);
@@ -129,7 +159,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
       return [
         id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
         String(spec.node), String(o.generation), statusWord(o, s),
-        ...(wide ? [image, formatPorts(s?.ports), o.source] : []),
+        ...(wide ? [image, describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
       ];
     });
   } else if (kind === 'Repository') {

@@ -1,7 +1,8 @@
-import { applyPlan, preparePlan } from '../../apply/pipeline.js';
+import { applyPlan, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
 import type { Plan } from '../../plan/types.js';
+import { readCoreVersion } from '../../repository/core-version.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, useColor } from '../output.js';
 
@@ -22,14 +23,23 @@ function printPlan(plan: Plan, format: string, deps: CliDeps, extra: Record<stri
   else deps.stdout(renderPlanText(plan, { color: useColor(deps.isTTY, deps.env) }));
 }
 
+/** Observe-stage problems that did not stop planning (unreadable repositories), on stderr. */
+function printWarnings(prepared: PreparedPlan, deps: CliDeps): void {
+  for (const w of prepared.warnings ?? []) deps.stderr(`warning: ${w}\n`);
+}
+
 /**
  * `ns8ctl diff -f PATH`: the plan without writing. Exit 0 when there is nothing to change, 1 when
- * there are changes (like `kubectl diff`); errors exit above 1.
+ * there are changes or blocked objects (like `kubectl diff`); pending version updates alone do
+ * not count (the node agent makes them). Errors exit above 1.
  */
 export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const { redis } = await deps.connect();
-  const { plan } = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), stdin: deps.stdin });
+  const coreVersion = await readCoreVersion({ env: deps.env });
+  const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin });
+  printWarnings(prepared, deps);
+  const { plan } = prepared;
   printPlan(plan, format, deps);
   return isEmpty(plan) ? 0 : 1;
 }
@@ -43,7 +53,9 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
   const applySet = opts.applyset ?? 'default';
   const prune = Boolean(opts.prune);
   const { redis } = await deps.connect();
-  const prepared = await preparePlan(opts.filename, redis, { applySet, prune, stdin: deps.stdin });
+  const coreVersion = await readCoreVersion({ env: deps.env });
+  const prepared = await preparePlan(opts.filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
+  printWarnings(prepared, deps);
   if (opts.dryRun) {
     printPlan(prepared.plan, format, deps, { dryRun: true });
     if (format !== 'json') deps.stderr('Dry run: nothing was written.\n');
@@ -53,7 +65,7 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
     printPlan(prepared.plan, format, deps, { applied: false });
     return 0;
   }
-  const result = await applyPlan(prepared, redis, { applySet, prune, forcePrune: Boolean(opts.forcePrune), runner: deps.runner });
+  const result = await applyPlan(prepared, redis, { applySet, prune, coreVersion, forcePrune: Boolean(opts.forcePrune), runner: deps.runner });
   printPlan(result.plan, format, deps, { applied: true, attempts: result.attempts });
   if (format !== 'json') deps.stderr(`Applied${result.attempts > 1 ? ` (after ${result.attempts - 1} retr${result.attempts === 2 ? 'y' : 'ies'} on concurrent changes)` : ''}.\n`);
   return 0;
