@@ -260,14 +260,14 @@ export class SourceReconciler {
         conditions: this.conditionsFor(rejected, cond('Ready', 'False', 'Drifted', `${drift.length} object(s) differ from ${this.where(revision)}: ${drift.slice(0, 5).join(', ')}${drift.length > 5 ? ', ...' : ''} (self-heal is off)`), drift),
       });
       if (JSON.stringify(prev?.driftedKeys ?? []) !== JSON.stringify(drift)) {
-        await this.deps.events.record({ name: 'source-drift-detected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; not restored because self-heal is off`, data: { source: name, revision, keys: drift } });
+        await this.deps.events.record({ name: 'source-drift-detected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; not restored because self-heal is off`, data: { source: name, revision, objects: drift } });
         this.deps.onObjectsTouched?.(touched);
       }
       void next;
       return this.requeue();
     }
     if (drift.length > 0) {
-      await this.deps.events.record({ name: 'source-drift-corrected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; restoring ${this.where(revision)}`, data: { source: name, revision, keys: drift } });
+      await this.deps.events.record({ name: 'source-drift-corrected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; restoring ${this.where(revision)}`, data: { source: name, revision, objects: drift } });
       this.deps.onDriftCorrected?.(name, drift.length);
     }
 
@@ -321,7 +321,7 @@ export class SourceReconciler {
     if (base.driftedKeys.length > 0) this.deps.onObjectsTouched?.(base.driftedKeys);
     if (blocked.length > 0) {
       if (prev?.lastError !== 'plan_blocked') {
-        await this.deps.events.record({ name: 'source-apply-blocked', type: 'Warning', object: this.key, message: `source ${name}: ${blocked.length} change(s) wait: ${blocked.map((b) => b.message).join('; ')}`, data: { source: name, revision, keys: blocked.map((b) => b.key) } });
+        await this.deps.events.record({ name: 'source-apply-blocked', type: 'Warning', object: this.key, message: `source ${name}: ${blocked.length} change(s) wait: ${blocked.map((b) => b.message).join('; ')}`, data: { source: name, revision, objects: blocked.map((b) => b.key) } });
       }
       // Retried with backoff: a removal in progress finishes on its own.
       throw new Ns8ctlError('plan_blocked', `source ${name}: ${blocked.map((b) => `${b.key}: ${b.message}`).join('; ')}`);
