@@ -380,6 +380,8 @@ function repositoryBookkeeping(obj: RepositoryObject, state: ClusterState): Book
     out.writes.push({ type: 'hset', key, field, value });
     out.reasons.push(`${key}[${field}] is ${cur === undefined ? 'missing' : JSON.stringify(cur)}, want ${JSON.stringify(value)}`);
   }
+  // The metadata cache is keyed by name only: a new URL must not be served the old URL's modules.
+  if (out.writes.some((w) => w.type === 'hset' && w.field === 'url')) out.writes.push({ type: 'del', key: keys.repositoryCache(obj.metadata.name) });
   return out;
 }
 
@@ -452,7 +454,7 @@ function deleteChange(
     if (state.moduleNode.has(id)) change.bookkeeping.push({ type: 'hdel', key: keys.moduleNode(), field: id });
     if (state.moduleUuid.has(id)) change.bookkeeping.push({ type: 'hdel', key: keys.moduleUuid(), field: id });
   } else if (before.kind === 'Repository') {
-    if (state.repositories.has(id)) change.bookkeeping.push({ type: 'del', key: keys.repository(id) });
+    if (state.repositories.has(id)) change.bookkeeping.push({ type: 'del', key: keys.repository(id) }, { type: 'del', key: keys.repositoryCache(id) });
   }
   // Node: node/<id>/* keys describe a real machine and are left as they are.
   return change;

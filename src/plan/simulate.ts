@@ -98,6 +98,8 @@ function applyWrites(state: ClusterState, writes: readonly BookkeepingWrite[], u
         const repo = REPOSITORY.exec(w.key)?.[1];
         const ui = NODE_UI_NAME.exec(w.key)?.[1];
         const flags = NODE_FLAGS.exec(w.key)?.[1];
+        // The repository metadata cache is not part of ClusterState: expiring it changes nothing here.
+        if (w.key.startsWith(keys.repositoryCache(''))) break;
         if (repo !== undefined) state.repositories.delete(repo);
         else if (ui !== undefined) state.nodeUiName.delete(ui);
         else if (flags !== undefined) state.nodeFlags.delete(flags);

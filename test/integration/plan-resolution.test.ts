@@ -128,6 +128,11 @@ describe('plan-time resolution against a repository server and a real Redis', ()
     expect(again.stdout).toBe('No changes. Desired state matches.\n');
     // Now configured: read through NS8's cache.
     expect(await redis.hget(keys.repositoryCache('default'), 'data')).toBe(sample);
+
+    // A new URL expires the cache (it is keyed by name only).
+    const moved = manifests(repositoryDoc(`${web.base}/default`), moduleDoc('webapp1', 'webapp', '^1.0'));
+    expect((await runCli(['apply', '-f', moved], env)).code).toBe(0);
+    expect(await redis.exists(keys.repositoryCache('default'))).toBe(0);
   });
 
   it('offers the prerelease only when the repository has testing: true', async () => {

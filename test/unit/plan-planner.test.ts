@@ -29,6 +29,7 @@ describe('plan: creates', () => {
       { type: 'hset', key: 'cluster/repository/default', field: 'url', value: 'https://r.example/' },
       { type: 'hset', key: 'cluster/repository/default', field: 'status', value: '1' },
       { type: 'hset', key: 'cluster/repository/default', field: 'testing', value: '0' },
+      { type: 'del', key: 'cluster/repository_cache/default' },
     ]);
     expect(p.changes[0]!.bookkeeping).toEqual([
       { type: 'set', key: 'node/1/ui_name', value: 'leader' },
@@ -123,6 +124,17 @@ describe('plan: updates', () => {
     expect(c.bookkeeping.map((b) => b.type)).toEqual(['hset', 'sequence-at-least', 'uuid-ensure']);
   });
 
+  it('expires the repository metadata cache when the URL changes, not when only the flags do', () => {
+    const s = appliedState([repo('default', 'https://old.example/')]);
+    const moved = plan(desired(repo('default', 'https://new.example/')), s, opts).changes[0]!;
+    expect(moved.bookkeeping).toEqual([
+      { type: 'hset', key: 'cluster/repository/default', field: 'url', value: 'https://new.example/' },
+      { type: 'del', key: 'cluster/repository_cache/default' },
+    ]);
+    const flags = plan(desired(repo('default', 'https://old.example/', { testing: true })), s, opts).changes[0]!;
+    expect(flags.bookkeeping).toEqual([{ type: 'hset', key: 'cluster/repository/default', field: 'testing', value: '1' }]);
+  });
+
   it('repairs a repository hash written with another encoding', () => {
     const s = appliedState([repo('forge', 'https://f.example/', { enabled: false, testing: true })]);
     s.repositories.set('forge', { url: 'https://f.example/', status: 'false', testing: '1' });
@@ -187,7 +199,10 @@ describe('plan: deletes and prune', () => {
       { type: 'hdel', key: 'cluster/module_node', field: 'old1' },
       { type: 'hdel', key: 'cluster/module_uuid', field: 'old1' },
     ]);
-    expect(p.changes[2]!.bookkeeping).toEqual([{ type: 'del', key: 'cluster/repository/extra' }]);
+    expect(p.changes[2]!.bookkeeping).toEqual([
+      { type: 'del', key: 'cluster/repository/extra' },
+      { type: 'del', key: 'cluster/repository_cache/extra' },
+    ]);
     expect(p.pruneRatio).toEqual({ prune: 3, inventory: 4 });
     expect(p.summary).toEqual({ create: 0, update: 0, delete: 3 });
   });

@@ -79,7 +79,10 @@ describe('renderPlanJson', () => {
     );
     expect(webapp.before).toMatchObject({ spec: { configuration: { db: { password: '(sensitive value)' }, plain: 1 } } });
     expect(webapp.after).toMatchObject({ spec: { configuration: { db: { password: '(sensitive value)' }, plain: 2 } } });
-    expect(doc.changes[0]!.bookkeeping).toEqual([{ type: 'hset', key: 'cluster/repository/private', field: 'url', value: 'https://u:(sensitive value)@r.example/' }]);
+    expect(doc.changes[0]!.bookkeeping).toEqual([
+      { type: 'hset', key: 'cluster/repository/private', field: 'url', value: 'https://u:(sensitive value)@r.example/' },
+      { type: 'del', key: 'cluster/repository_cache/private' },
+    ]);
     // apply still needs the real values
     expect(JSON.stringify(p)).toContain('new-secret-pw');
   });
