@@ -12,9 +12,10 @@ import type { NodeAgentDeps } from './deps.js';
 import { parseEnvironment, renderEnvironment } from './environment-file.js';
 import { findImage } from './host/image-store.js';
 import { asOwner, type Owner } from './host/owner.js';
+import type { ExtractPart } from './host/podman.js';
 import { readUsers } from './host/passwd.js';
 import type { UnitScope } from './host/systemd.js';
-import { instancePaths } from './layout.js';
+import { instancePaths, userStorage } from './layout.js';
 import type { ModuleLabels } from './labels.js';
 import { ownerOf, readImagerootList, scopeOf } from './observe.js';
 import { agentEnvironment } from './planner.js';
@@ -85,13 +86,17 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       if (!user) throw new Ns8ctlError('user_missing', `${purpose}: useradd succeeded but ${id} is not in ${deps.layout.passwdFile}`, { user: false });
       // A home kept from an earlier removal (data preserved) belongs to the old uid.
       const st = await fs.stat(user.home);
-      if (st.uid !== user.uid) await deps.users.chownTree(user.home, user.uid, user.gid, `${purpose} (home kept from before)`);
+      if (st.uid !== user.uid) {
+        await deps.users.chownTree(user.home, user.uid, user.gid, `${purpose} (home kept from before)`);
+        await resetPodmanDatabase(user.home);
+      }
       await deps.records.update(id, { uid: user.uid, gid: user.gid });
       return;
     }
     case 'chown-home': {
       const { p } = await paths(ctx);
       await deps.users.chownTree(p.base, step.uid, step.gid, purpose);
+      await resetPodmanDatabase(p.base);
       await deps.records.update(id, { uid: step.uid, gid: step.gid });
       return;
     }
@@ -125,11 +130,8 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.podman.pull(owner, step.url, purpose);
       return;
     }
-    case 'extract-imageroot':
-      await extractImageroot(step, ctx);
-      return;
-    case 'extract-ui':
-      await extractUi(step, ctx);
+    case 'extract-image':
+      await extractImage(step, ctx);
       return;
     case 'allocate-ports':
       await allocatePorts(deps.redis, node, id, step.proto, step.demand);
@@ -242,9 +244,19 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     case 'kill-processes':
       await deps.users.killProcesses(id, purpose);
       return;
-    case 'remove-user':
+    case 'remove-user': {
+      const user = await currentUser(ctx);
       await deps.users.remove(id, purpose);
+      // Rootless podman's runtime dirs when no systemd provides /run/user/<uid>: a later user
+      // with the same uid must not inherit them.
+      if (user) {
+        for (const dir of [`/tmp/podman-run-${user.uid}`, `/tmp/containers-user-${user.uid}`]) {
+          const st = await fs.lstat(dir).catch(() => undefined);
+          if (st?.isDirectory() && st.uid === user.uid) await fs.rm(dir, { recursive: true, force: true });
+        }
+      }
       return;
+    }
     case 'erase-data': {
       const { p } = await paths(ctx);
       const base = path.resolve(p.base);
@@ -286,6 +298,18 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.source.releaseFinalizer(id);
       return;
   }
+}
+
+/**
+ * Rootless podman keeps its runtime paths (`/tmp/podman-run-<uid>` or `/run/user/<uid>`) in its
+ * database in the user's storage: after the user was recreated with another uid those paths are
+ * someone else's and every podman command fails. Removing the database resets them; images (in
+ * containers/storage) are kept, stale container records of the old user are dropped.
+ */
+async function resetPodmanDatabase(home: string): Promise<void> {
+  const libpod = path.join(userStorage(home), 'libpod');
+  await fs.rm(path.join(libpod, 'bolt_state.db'), { force: true });
+  await fs.rm(path.join(libpod, 'db.sql'), { force: true });
 }
 
 function parseServiceImages(labels: Record<string, string> | undefined): string[] {
@@ -340,32 +364,35 @@ async function removeStale(ctx: StepContext, owner: Owner, installDir: string, o
   await ctx.deps.runner.run(argv, { ...opts, purpose: `${purpose} (remove files gone from the image)`, mutating: true });
 }
 
-async function extractImageroot(step: Extract<Step, { kind: 'extract-imageroot' }>, ctx: StepContext): Promise<void> {
+async function extractImage(step: Extract<Step, { kind: 'extract-image' }>, ctx: StepContext): Promise<void> {
   const { deps, id } = ctx;
   const purpose = purposeOf(step);
   const { owner, user, p } = await requireOwner(ctx, 'extracting the image');
-  await mkdirOwned(p.installDir, user?.uid ?? 0, user?.gid ?? 0, 0o700);
   const local = findImage(await deps.podman.listImages(owner), step.url);
   if (!local) throw new Ns8ctlError('image_not_found', `${purpose}: image ${step.url} is not present for ${owner.kind === 'root' ? 'root' : id}`, { user: false });
-  const entries = (await deps.podman.extract(owner, step.url, { root: step.imageroot, dest: p.installDir, tarAsOwner: owner.kind === 'user', container: `ns8ctl-extract-${id}`, purpose })) ?? [];
-  const old = (await readImagerootList(p.installDir)) ?? [];
-  await removeStale(ctx, owner, p.installDir, old, entries, purpose);
-  await writeFileAtomic(path.join(p.installDir, '.imageroot.lst'), entries.map((e) => e + '\n').join(''), { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
-  await deps.records.update(id, { extractedImageId: local.id, imageUrl: step.url });
-}
-
-async function extractUi(step: Extract<Step, { kind: 'extract-ui' }>, ctx: StepContext): Promise<void> {
-  const { deps, id } = ctx;
-  const purpose = purposeOf(step);
-  const { owner, p } = await requireOwner(ctx, 'extracting the UI');
-  const local = findImage(await deps.podman.listImages(owner), step.url);
-  if (!local) throw new Ns8ctlError('image_not_found', `${purpose}: image ${step.url} is not present for ${owner.kind === 'root' ? 'root' : id}`, { user: false });
-  // Extract next to the old dir and swap, as NS8's update-module does: never a half-old UI.
+  const parts: ExtractPart[] = [];
+  if (step.imageroot) {
+    await mkdirOwned(p.installDir, user?.uid ?? 0, user?.gid ?? 0, 0o700);
+    parts.push({ root: step.imageroot, dest: p.installDir, tarAsOwner: owner.kind === 'user' });
+  }
+  // The UI goes next to the old dir and is swapped in, as NS8's update-module does: never a half-old UI.
   const fresh = `${p.uiDir}.ns8ctl-new`;
-  await fs.rm(fresh, { recursive: true, force: true });
-  await fs.mkdir(fresh, { recursive: true, mode: 0o755 });
-  await deps.podman.extract(owner, step.url, { root: step.uiroot, dest: fresh, tarAsOwner: false, container: `ns8ctl-extract-${id}`, purpose });
-  await fs.rm(p.uiDir, { recursive: true, force: true });
-  await fs.rename(fresh, p.uiDir);
-  await deps.records.update(id, { uiImageId: local.id });
+  if (step.uiroot) {
+    await fs.rm(fresh, { recursive: true, force: true });
+    await fs.mkdir(fresh, { recursive: true, mode: 0o755 });
+    parts.push({ root: step.uiroot, dest: fresh, tarAsOwner: false });
+  }
+  const results = await deps.podman.extract(owner, step.url, parts, { container: `ns8ctl-extract-${id}`, purpose });
+  if (step.imageroot) {
+    const entries = results[0] ?? [];
+    const old = (await readImagerootList(p.installDir)) ?? [];
+    await removeStale(ctx, owner, p.installDir, old, entries, purpose);
+    await writeFileAtomic(path.join(p.installDir, '.imageroot.lst'), entries.map((e) => e + '\n').join(''), { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
+    await deps.records.update(id, { extractedImageId: local.id, imageUrl: step.url });
+  }
+  if (step.uiroot) {
+    await fs.rm(p.uiDir, { recursive: true, force: true });
+    await fs.rename(fresh, p.uiDir);
+    await deps.records.update(id, { uiImageId: local.id });
+  }
 }

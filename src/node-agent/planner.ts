@@ -117,14 +117,27 @@ export function planConverge(i: ConvergeInput): InstancePlan {
 
   // ---- extraction ----
   const imageId = o.localImage?.id;
-  let extracting = false;
-  if (!imageId || rec?.extractedImageId !== imageId || !o.imagerootIntact) {
-    extracting = true;
-    const drift = imageId && rec?.extractedImageId === imageId && !o.imagerootIntact ? `files of ${l.imageroot}/ missing: ${o.imagerootMissing.join(', ')}` : undefined;
-    add({ id, kind: 'extract-imageroot', url: i.imageUrl, imageroot: l.imageroot, reason: !imageId || rec?.extractedImageId !== imageId ? `${l.imageroot}/ of ${i.imageUrl} not extracted` : `extracted files missing`, ...(drift ? { drift } : {}) });
-  }
-  if (!imageId || rec?.uiImageId !== imageId || !o.uiPresent) {
-    add({ id, kind: 'extract-ui', url: i.imageUrl, uiroot: l.uiroot, reason: o.uiPresent ? `${l.uiroot}/ of ${i.imageUrl} not extracted` : 'UI dir missing', ...(imageId && rec?.uiImageId === imageId && !o.uiPresent ? { drift: 'UI dir removed' } : {}) });
+  const rootStale = !imageId || rec?.extractedImageId !== imageId || !o.imagerootIntact;
+  const uiStale = !imageId || rec?.uiImageId !== imageId || !o.uiPresent;
+  const extracting = rootStale;
+  if (rootStale || uiStale) {
+    const drift = [
+      imageId && rec?.extractedImageId === imageId && !o.imagerootIntact ? `files of ${l.imageroot}/ missing: ${o.imagerootMissing.join(', ')}` : '',
+      imageId && rec?.uiImageId === imageId && !o.uiPresent ? 'UI dir removed' : '',
+    ].filter(Boolean);
+    const why = [
+      rootStale ? (!imageId || rec?.extractedImageId !== imageId ? `${l.imageroot}/ of ${i.imageUrl} not extracted` : 'extracted files missing') : '',
+      uiStale ? (o.uiPresent ? `${l.uiroot}/ of ${i.imageUrl} not extracted` : 'UI dir missing') : '',
+    ].filter(Boolean);
+    add({
+      id,
+      kind: 'extract-image',
+      url: i.imageUrl,
+      ...(rootStale ? { imageroot: l.imageroot } : {}),
+      ...(uiStale ? { uiroot: l.uiroot } : {}),
+      reason: why.join('; '),
+      ...(drift.length ? { drift: drift.join('; ') } : {}),
+    });
   }
 
   // ---- environment ----

@@ -185,8 +185,8 @@ export type Step = StepBase &
     | { kind: 'enable-linger' }
     | { kind: 'pull-image'; url: string }
     | { kind: 'pull-service-image'; url: string }
-    | { kind: 'extract-imageroot'; url: string; imageroot: string }
-    | { kind: 'extract-ui'; url: string; uiroot: string }
+    /** One `podman create` for both: imageroot/ into the install dir and/or ui/ into the UI dir. */
+    | { kind: 'extract-image'; url: string; imageroot?: string; uiroot?: string }
     | { kind: 'allocate-ports'; proto: PortProto; demand: number }
     | { kind: 'set-ports-demand'; proto: PortProto; demand: number }
     | { kind: 'write-environment'; env: Record<string, string>; managed: Record<string, string> }

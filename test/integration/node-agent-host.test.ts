@@ -232,14 +232,21 @@ describe('a rootless instance on a host without systemd', () => {
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
   }, 120_000);
 
-  test('a removed user is recreated with its files given back', async () => {
+  test('a removed user is recreated (with another uid) and gets its files back', async () => {
     await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
     await new Promise((r) => setTimeout(r, 200));
+    const oldUid = statSync(homeOf(id)).uid;
     await host.run(['userdel', '-f', id]);
+    // Another user takes the freed uid, so the instance's user comes back with a different one
+    // (its podman database still names the old uid's runtime dir: the agent must cope).
+    const thief = `uidthief${suffix}`;
+    users.push(thief);
+    await host.run(['useradd', '-M', '-u', String(oldUid), '-s', '/sbin/nologin', thief]);
     const r = (await reconcile()).get(id)!;
     expect(r.error?.message).toBeUndefined();
     expect(r.drift).toContain(`user ${id} removed`);
     const uid = Number((await host.run(['id', '-u', id])).stdout.trim());
+    expect(uid).not.toBe(oldUid);
     expect(statSync(path.join(homeOf(id), '.config', 'state', 'environment')).uid).toBe(uid);
     expect(statSync(path.join(homeOf(id), '.config', 'state', 'agent.env')).uid).toBe(uid);
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
@@ -259,11 +266,13 @@ describe('a rootless instance on a host without systemd', () => {
 
   test('removal keeps the data by default and cleans everything else', async () => {
     const env = parseEnvironment(await fs.readFile(path.join(homeOf(id), '.config', 'state', 'environment'), 'utf8'));
+    const uid = statSync(homeOf(id)).uid;
     await deleteModule(id);
     const r = (await reconcile()).get(id)!;
     expect(r.error?.message).toBeUndefined();
     expect(r.outcome).toBe('removed');
     expect(await userExists(id)).toBe(false);
+    expect(existsSync(`/tmp/podman-run-${uid}`)).toBe(false);
     expect(existsSync(path.join(homeOf(id), '.config', 'state', 'environment'))).toBe(true);
     expect(existsSync(path.join(root, 'ui', 'apps', id))).toBe(false);
     expect((await admin.hgetall(keys.nodePorts(1)))[`${id}/tcp`]).toBeUndefined();

@@ -88,11 +88,12 @@ describe('the node planner converges an instance', () => {
     const p = planConverge(input(o, { desired: { ...desired, finalizers: [] } }));
     expect(kinds(p.steps)).toEqual([
       'add-finalizer', 'create-user', 'create-install-dir', 'enable-linger', 'pull-image', 'pull-service-image', 'allocate-ports', 'set-ports-demand',
-      'extract-imageroot', 'extract-ui', 'write-agent-env', 'apply-acl', 'set-flags',
+      'extract-image', 'write-agent-env', 'apply-acl', 'set-flags',
     ]);
     expect(p.waiting).toEqual(['environment: waits for the image pull (IMAGE_ID, IMAGE_DIGEST)', 'units: wait for the extraction']);
     expect(p.steps.every((s) => s.reason.length > 0)).toBe(true);
     expect(p.steps.find((s) => s.kind === 'allocate-ports')).toMatchObject({ proto: 'tcp', demand: 1 });
+    expect(p.steps.find((s) => s.kind === 'extract-image')).toMatchObject({ imageroot: 'imageroot', uiroot: 'ui' });
   });
 
   test('once image and ports are there, the environment is written and mirrored, units installed and started, module-added follows', () => {
@@ -156,8 +157,8 @@ describe('the node planner converges an instance', () => {
     o.imagerootIntact = false;
     o.imagerootMissing = ['systemd/user/webapp.service'];
     const p = planConverge(input(o));
-    expect(kinds(p.steps)).toEqual(['extract-imageroot']);
-    expect(p.steps[0]!.drift).toBe('files of imageroot/ missing: systemd/user/webapp.service');
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'extract-image', imageroot: 'imageroot', drift: 'files of imageroot/ missing: systemd/user/webapp.service' })]);
+    expect(p.steps[0]).not.toHaveProperty('uiroot');
     expect(p.waiting).toEqual(['units: wait for the extraction']);
   });
 

@@ -22,14 +22,22 @@ export interface PodmanHost {
   /** Labels and digest of an image in its registry, without pulling (skopeo). */
   inspectRemote(url: string, purpose: string): Promise<ImageFacts>;
   /**
-   * Extracts directory `root` of the image into `dest` (which must exist), stripping `root`'s
-   * components, as NS8's extract-image: returns the extracted entries (relative, directories end
-   * with `/`), or undefined when the image has no such directory. `tarAsOwner` runs tar as the
-   * owner (files owned by the module user); else tar runs as root.
+   * Extracts directories of the image as NS8's extract-image does: one `podman create`, then per
+   * part `podman export | tar -x --strip-components` of `root` into `dest` (which must exist).
+   * Returns, per part, the extracted entries (relative, directories end with `/`), or undefined
+   * when the image has no such directory. `tarAsOwner` runs that part's tar as the owner (files
+   * owned by the module user); else as root.
    */
-  extract(owner: Owner, url: string, opts: { root: string; dest: string; tarAsOwner: boolean; container: string; purpose: string }): Promise<string[] | undefined>;
+  extract(owner: Owner, url: string, parts: ExtractPart[], opts: { container: string; purpose: string }): Promise<(string[] | undefined)[]>;
   /** `podman rm -f` of a leftover extraction container and `podman rmi --ignore` of images (no error when absent). */
   removeImages(owner: Owner, refs: string[], containers: string[], purpose: string): Promise<void>;
+}
+
+/** One directory of an image to extract. */
+export interface ExtractPart {
+  root: string;
+  dest: string;
+  tarAsOwner: boolean;
 }
 
 export interface PodmanHostOptions {
@@ -89,46 +97,64 @@ export class RunnerPodmanHost implements PodmanHost {
     return { url, id: '', digest, repoDigest: digest ? `${imageRepository(url)}@${digest}` : '', labels: info.Labels ?? {} };
   }
 
-  async extract(owner: Owner, url: string, o: { root: string; dest: string; tarAsOwner: boolean; container: string; purpose: string }): Promise<string[] | undefined> {
+  async extract(owner: Owner, url: string, parts: ExtractPart[], o: { container: string; purpose: string }): Promise<(string[] | undefined)[]> {
     const p = ownerPrefix(owner).map(shq).join(' ');
-    const t = o.tarAsOwner ? p : '';
-    const depth = o.root.split('/').filter(Boolean).length;
     // podman export opens /dev/stdout by path: as a module user it cannot reopen a pipe root
     // created, so for a user the pipe to tar is made by the user's own shell (`| cat`).
-    const exporter = owner.kind === 'root' ? `podman export ${shq(o.container)}` : `"\${P[@]}" bash -c 'podman export "$1" | cat' bash ${shq(o.container)}`;
-    const script = [
-      'set -eo pipefail',
+    const exporter = owner.kind === 'root' ? `podman export ${shq(o.container)}` : `"\${P[@]}" bash -o pipefail -c 'podman export "$1" | cat' bash ${shq(o.container)}`;
+    const lines = [
       `P=(${p})`,
-      `T=(${t})`,
-      `"\${P[@]}" podman create --replace --name ${shq(o.container)} --entrypoint=/ ${shq(url)} >/dev/null`,
+      `"\${P[@]}" podman create --replace --name ${shq(o.container)} --entrypoint=/ ${shq(url)} >/dev/null || exit 11`,
       `cleanup() { "\${P[@]}" podman rm -f ${shq(o.container)} >/dev/null 2>&1 || true; }`,
       'trap cleanup EXIT',
-      'set +e',
-      `${exporter} | "\${T[@]}" tar -x -v --no-overwrite-dir --no-same-owner --exclude-caches-under --exclude=.gitignore --strip-components=${depth} -C ${shq(o.dest)} ${shq(o.root)}`,
-      'st=("${PIPESTATUS[@]}")',
-      'if [ "${st[0]}" != 0 ]; then echo "podman export failed (exit ${st[0]})" >&2; exit 10; fi',
-      'exit "${st[1]}"',
-    ].join('\n');
+    ];
+    parts.forEach((part, i) => {
+      const depth = part.root.split('/').filter(Boolean).length;
+      lines.push(
+        `T=(${part.tarAsOwner ? p : ''})`,
+        `${exporter} | "\${T[@]}" tar -x -v --no-overwrite-dir --no-same-owner --exclude-caches-under --exclude=.gitignore --strip-components=${depth} -C ${shq(part.dest)} ${shq(part.root)} 2>&1`,
+        'st=("${PIPESTATUS[@]}")',
+        `echo "@@ns8ctl-part ${i} \${st[0]} \${st[1]}"`,
+      );
+    });
+    const script = lines.join('\n');
     const cwd = owner.kind === 'user' ? owner.home : '/';
     const res = await this.runner.run(['bash', '-c', script], { cwd, purpose: o.purpose, mutating: true, allowFailure: true, timeoutMs: 30 * 60_000 });
-    if (res.exitCode !== 0) {
-      // The image has no such directory: tar's only complaint is "Not found in archive".
-      const complaints = res.stderr.split('\n').filter((l) => /^tar: /.test(l) && !/Exiting with failure status/.test(l));
-      if (res.exitCode === 2 && complaints.length > 0 && complaints.every((l) => /Not found in archive/.test(l))) return undefined;
-      throw new CommandFailedError('extract_failed', `${o.purpose}: extracting ${o.root}/ of ${url} into ${o.dest} failed (exit ${res.exitCode}): ${res.stderr.trim().split('\n').slice(-3).join(' | ')}`, {
-        argv: ['bash', '-c', script],
-        exitCode: res.exitCode,
-        stderr: res.stderr,
-      });
+    const fail = (why: string): never => {
+      throw new CommandFailedError('extract_failed', `${o.purpose}: extracting ${parts.map((x) => `${x.root}/`).join(' and ')} of ${url} failed: ${why}`, { argv: ['bash', '-c', script], exitCode: res.exitCode, stderr: res.stderr });
+    };
+    if (res.exitCode === 11) fail(`podman create: ${res.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+    const out: (string[] | undefined)[] = [];
+    let chunk: string[] = [];
+    for (const line of res.stdout.split('\n')) {
+      const m = /^@@ns8ctl-part (\d+) (\d+) (\d+)$/.exec(line);
+      if (!m) {
+        chunk.push(line);
+        continue;
+      }
+      const part = parts[Number(m[1])]!;
+      const [exportRc, tarRc] = [Number(m[2]), Number(m[3])];
+      const complaints = chunk.filter((l) => l.startsWith('tar: ') && !/Exiting with failure status/.test(l));
+      if (exportRc !== 0) fail(`podman export exited ${exportRc}: ${res.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+      if (tarRc !== 0) {
+        // The image has no such directory: tar's only complaint is "Not found in archive".
+        if (tarRc === 2 && complaints.length > 0 && complaints.every((l) => /Not found in archive/.test(l))) out.push(undefined);
+        else fail(`tar into ${part.dest} exited ${tarRc}: ${complaints.slice(-3).join(' | ')}`);
+      } else {
+        const prefix = part.root.replace(/\/+$/, '') + '/';
+        out.push(
+          chunk
+            .map((l) => l.replace(/^\.\//, ''))
+            .filter((l) => l.startsWith(prefix))
+            .map((l) => l.slice(prefix.length))
+            .filter((l) => l !== '' && !l.split('/').includes('..'))
+            .sort(),
+        );
+      }
+      chunk = [];
     }
-    const prefix = o.root.replace(/\/+$/, '') + '/';
-    return res.stdout
-      .split('\n')
-      .map((l) => l.replace(/^\.\//, ''))
-      .filter((l) => l.startsWith(prefix))
-      .map((l) => l.slice(prefix.length))
-      .filter((l) => l !== '' && !l.split('/').includes('..'))
-      .sort();
+    if (out.length !== parts.length) fail(`the extraction script ended early (exit ${res.exitCode}): ${res.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+    return out;
   }
 
   async removeImages(owner: Owner, refs: string[], containers: string[], purpose: string): Promise<void> {
