@@ -314,22 +314,26 @@ export async function watchModules(deps: CliDeps & { signal: AbortSignal }, rend
 }
 
 /**
- * An AbortSignal that aborts on the first SIGTERM or SIGINT, and a function that removes the
- * handlers. A second signal is left to Node's default (immediate exit).
+ * An AbortSignal that aborts on the first SIGTERM or SIGINT, and `dispose` to remove the handlers
+ * once the command is done. A second signal exits at once (128 + signal number). The handlers stay
+ * registered until `dispose`: with a `once` handler, execa's signal-exit hook would find no other
+ * listener after the first signal and kill the process before it could stop cleanly.
  */
 export function shutdownSignal(): { signal: AbortSignal; dispose: () => void } {
   const ctl = new AbortController();
-  const on = (): void => {
-    dispose();
+  const on = (sig: NodeJS.Signals): void => {
+    if (ctl.signal.aborted) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
     ctl.abort();
   };
-  const dispose = (): void => {
-    process.off('SIGTERM', on);
-    process.off('SIGINT', on);
+  process.on('SIGTERM', on);
+  process.on('SIGINT', on);
+  return {
+    signal: ctl.signal,
+    dispose: () => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+    },
   };
-  process.once('SIGTERM', on);
-  process.once('SIGINT', on);
-  return { signal: ctl.signal, dispose };
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];

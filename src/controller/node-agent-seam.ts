@@ -14,6 +14,7 @@ import type { ModuleSpec } from '../manifest/types.js';
 import { runNodeAgent } from '../node-agent/agent-loop.js';
 import { createNodeAgentDeps } from '../node-agent/deps.js';
 import { RedisDesiredSource, type DesiredSource } from '../node-agent/desired-source.js';
+import type { HostLayout } from '../node-agent/layout.js';
 import type { NodeReconcileResult } from '../node-agent/reconcile.js';
 import type { InstanceDesired } from '../node-agent/types.js';
 import { channels } from '../state/keys.js';
@@ -34,6 +35,8 @@ export interface LocalNodeAgentOptions {
   /** Full pass at least this often (ms). */
   resyncMs?: number;
   insecureRegistries?: string[];
+  /** Host layout overrides (tests point the roots at temp dirs). */
+  layout?: Partial<HostLayout>;
   /** Image URL for a `module:` spec (repositories); default: `image:` specs only. */
   resolveImage?: (spec: ModuleSpec) => Promise<string>;
   /** Called when a pass starts reading desired state (pickup benchmarks). */
@@ -110,7 +113,7 @@ export class StatusChangeTracker {
 export const startLocalNodeAgent: LocalNodeAgentFactory = async (opts, d) => {
   const redis = await longLivedConnection(d.redis, `ns8ctl-node-agent-${opts.node}`);
   const subscriber = await longLivedConnection(d.redis, `ns8ctl-node-agent-${opts.node}-events`);
-  const agentOpts = { node: opts.node, concurrency: opts.concurrency ?? 4, insecureRegistries: opts.insecureRegistries ?? [] };
+  const agentOpts = { node: opts.node, concurrency: opts.concurrency ?? 4, insecureRegistries: opts.insecureRegistries ?? [], ...(opts.layout ? { layout: opts.layout } : {}) };
   const deps = createNodeAgentDeps(agentOpts, {
     redis,
     runner: d.runner,
