@@ -92,8 +92,8 @@ function tagOf(url: string): string | undefined {
  *   `inputs.catalog`. Module create/update changes carry `resolved` (or `resolutionError`);
  * - a Module that cannot be resolved while every repository was read (unknown module, no version
  *   in the range, invalid range) is blocked when it is new or its module/image/version changed;
- *   otherwise (a repository failed, or the selection is unchanged and the instance runs) the plan
- *   gets a warning and nothing is blocked;
+ *   otherwise (a repository failed, or the selection is unchanged and the instance runs) nothing
+ *   is blocked: its change carries `resolutionError`, or, without a change, the plan a warning;
  * - `org.nethserver.max-per-node` of the resolved version is enforced with `admitMaxPerNode` over
  *   every instance placed after this plan (desired, stored, and NS8-recorded ones; existing
  *   instances first): a new or moved instance over the limit is blocked with the node, the limit
@@ -106,6 +106,7 @@ function tagOf(url: string): string | undefined {
  */
 export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: ClusterState, inputs: ResolutionInputs): Plan {
   const alreadyBlocked = new Set(p.blocked.map((b) => b.key));
+  const changeKeys = new Set(p.changes.filter((c) => c.kind === 'Module' && c.action !== 'delete').map((c) => c.key));
   const modules = desired
     .map((d) => d.object)
     .filter((o): o is ModuleObject => o.kind === 'Module')
@@ -127,10 +128,13 @@ export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: 
         newlyBlocked.add(key);
         continue;
       }
-      warnings.push(
-        `${key}: image not resolved at plan time: ${outcome.problem.message}` +
-          (outcome.definite ? '; its module and version did not change, so the instance is left as it is' : '; the node agent resolves it when it reconciles'),
-      );
+      // A change shows the problem itself (resolutionError); an unchanged Module needs a warning.
+      if (!changeKeys.has(key)) {
+        warnings.push(
+          `${key}: image not resolved at plan time: ${outcome.problem.message}` +
+            (outcome.definite ? '; its module and version did not change, so the instance is left as it is' : '; the node agent resolves it when it reconciles'),
+        );
+      }
     }
     outcomes.set(key, outcome);
   }

@@ -207,8 +207,11 @@ describe('plan-time resolution against a repository server and a real Redis', ()
     expect(diff.stderr).toMatch(new RegExp(`^warning: repository 'default': cannot download http://127\\.0\\.0\\.1:${port}/nothing/repodata\\.json\\?view=latest: ECONNREFUSED\n$`));
     expect(diff.stdout).toContain('+ Module/webapp1 (create)');
     expect(diff.stdout).toContain("    # image not resolved: module 'webapp' is not offered by any enabled repository");
-    expect(diff.stdout).toContain('? Module/webapp1: image not resolved at plan time:');
     expect((await runCli(['apply', '-f', m], env)).code).toBe(0);
+    const again = await runCli(['diff', '-f', m], env);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('? Module/webapp1: image not resolved at plan time:');
+    expect(again.stdout.endsWith('\nNo changes. Desired state matches.\n')).toBe(true);
   });
 
   it('lists the available update per installed instance in get modules -o wide and -o json', async () => {

@@ -100,8 +100,11 @@ describe('annotatePlan: resolving Module images', () => {
     const p = annotated([mod('nextcloud1')], emptyState(), { catalog: catalogOf([defaultRepo()], failures) });
     expect(p.blocked).toEqual([]);
     expect(p.changes[0]?.resolutionError).toEqual({ code: 'module_not_found', message: expect.stringContaining("some repositories could not be read: repository 'forge'") });
-    expect(p.warnings?.[0]).toContain('the node agent resolves it when it reconciles');
+    expect(p.warnings).toEqual([]);
     expect(text(p)).toContain('    # image not resolved: ');
+    const s = appliedState([mod('nextcloud1')]);
+    const unchanged = annotated([mod('nextcloud1')], s, { catalog: catalogOf([defaultRepo()], failures) });
+    expect(unchanged.warnings).toEqual([expect.stringMatching(/^Module\/nextcloud1: image not resolved at plan time: .*; the node agent resolves it when it reconciles$/)]);
   });
 
   it('blocks an invalid version spec even when repositories failed', () => {
