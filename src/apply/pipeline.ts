@@ -16,7 +16,7 @@ import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
 import type { RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
-import { readClusterState, type ReadScope } from '../state/read-state.js';
+import { readClusterState, readNodeRecords, type ReadScope } from '../state/read-state.js';
 import { executeWrites } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { planToWrites } from './to-writes.js';
@@ -61,11 +61,11 @@ function scopeOf(loaded: LoadResult): ReadScope {
   return { modules, repositories, nodes };
 }
 
-/** Nodes the cluster has records of: Node objects in desired state. */
-export function knownNodesOf(state: ClusterState): number[] {
-  const out: number[] = [];
-  for (const o of state.objects.values()) if (o.object.kind === 'Node' && !o.deleting) out.push(o.object.spec.id);
-  return out;
+/** Nodes the cluster knows: Node objects in desired state, plus NS8 node records (`records`). */
+export function knownNodesOf(state: ClusterState, records: readonly number[] = []): number[] {
+  const out = new Set<number>(records);
+  for (const o of state.objects.values()) if (o.object.kind === 'Node' && !o.deleting) out.add(o.object.spec.id);
+  return [...out].sort((a, b) => a - b);
 }
 
 /** Loads and validates manifests against the live state; throws ManifestError listing every problem. */
@@ -76,7 +76,8 @@ export async function loadAndValidate(
 ): Promise<{ desired: DesiredObject[]; state: ClusterState | undefined; loaded: LoadResult }> {
   const loaded = await loadManifests(paths, opts.stdin ? { stdin: opts.stdin } : {});
   const state = redis ? await readClusterState(redis, scopeOf(loaded)) : undefined;
-  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state) } : undefined);
+  const records = redis ? await readNodeRecords(redis) : [];
+  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records) } : undefined);
   const diagnostics = result.diagnostics; // includes the load diagnostics, sorted
   if (diagnostics.length > 0) throw new ManifestError(diagnostics);
   return { desired: result.objects, state, loaded };

@@ -54,6 +54,18 @@ export function repodataUrl(repositoryUrl: string): URL {
   return new URL(REPODATA_FILE, base);
 }
 
+/** Offline mode (air-gapped sites, tests): `NS8CTL_OFFLINE` set to anything but `0` or empty. */
+export function isOffline(env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = env.NS8CTL_OFFLINE;
+  return v !== undefined && v !== '' && v !== '0';
+}
+
+/** 127.0.0.0/8, ::1 and localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
 /**
  * Downloads and validates the metadata of one repository (http, https or file URL).
  * @throws RepositoryError `repodata_not_found` (HTTP 404, missing file), `repository_not_accessible`
@@ -82,6 +94,9 @@ export async function fetchRepodata(repo: Pick<RepositoryInfo, 'name' | 'url'>, 
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new RepositoryError('repository_not_accessible', `${where}: URL scheme ${url.protocol} is not supported (use http://, https:// or file://)`);
+  }
+  if (isOffline() && !isLoopbackHost(url.hostname)) {
+    throw new RepositoryError('repository_not_accessible', `${where}: not downloading ${url.href}: offline mode (NS8CTL_OFFLINE is set; only file:// and loopback repositories are read)`);
   }
   url.searchParams.set('view', opts.view ?? DEFAULT_VIEW);
   const timeoutMs = opts.timeoutMs ?? DEFAULT_FETCH_TIMEOUT_MS;

@@ -63,6 +63,10 @@ export const keys = {
   /** HASH: instance id -> tcp ports demand (NS8 cluster/tcp_ports_demand). */
   tcpPortsDemand: (): string => 'cluster/tcp_ports_demand',
   udpPortsDemand: (): string => 'cluster/udp_ports_demand',
+  /** STRING (INT): highest node id NS8 handed out. */
+  nodeSequence: (): string => 'cluster/node_sequence',
+  /** HASH: NS8 node VPN record (`ip_address`, `endpoint`, ...): its presence means the node exists. */
+  nodeVpn: (node: number | string): string => `node/${node}/vpn`,
   /** STRING: node display name. */
   nodeUiName: (node: number | string): string => `node/${node}/ui_name`,
   /** SET: node flags (`nomodules`). */

@@ -116,3 +116,17 @@ export async function readClusterState(redis: Redis, scope: ReadScope = {}): Pro
   }
   return state;
 }
+
+/**
+ * Ids of nodes NS8 has records of: `cluster/node_sequence` is the highest id handed out, and a node
+ * exists when `node/<id>/vpn` does (NS8's add-node writes both). Two round trips; ids above 1000
+ * are not probed.
+ */
+export async function readNodeRecords(redis: Redis): Promise<number[]> {
+  const top = Math.min(Number((await redis.get(keys.nodeSequence())) ?? 0) || 0, 1000);
+  if (top < 1) return [];
+  const p = redis.pipeline();
+  for (let i = 1; i <= top; i++) p.exists(keys.nodeVpn(i));
+  const res = replies((await p.exec()) as Reply[] | null);
+  return res.flatMap((v, i) => (v === 1 ? [i + 1] : []));
+}

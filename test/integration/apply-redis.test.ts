@@ -91,6 +91,18 @@ describe('apply against a real Redis', () => {
     expect(await redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('2');
   });
 
+  it('accepts a module on a node NS8 has a record of (node/<id>/vpn), without a Node manifest', async () => {
+    await redis.set('cluster/node_sequence', '2');
+    await redis.hset('node/2/vpn', 'ip_address', '10.5.4.2');
+    write('m/a.yaml', mod('webapp1', '', 2));
+    const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    expect(res.stderr).not.toContain('not declared');
+    expect(res.code).toBe(0);
+    expect(await redis.hget('cluster/module_node', 'webapp1')).toBe('2');
+    const nodes = await runCli(['get', 'nodes'], env);
+    expect(nodes.stdout).toMatch(/^2 +node2 +10\.5\.4\.2 .*NS8 record/m);
+  });
+
   it('writing a default value (suspend: false) is no change', async () => {
     write('m/node.yaml', node(1));
     const f = write('m/a.yaml', mod('webapp1'));

@@ -11,7 +11,7 @@ const BIN = path.resolve('dist/src/cli/bin.js');
 /** Runs the built CLI with plain node, as a user would (npm test builds it first). */
 async function ns8ctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const r = await run(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env } });
+    const r = await run(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH, HOME: process.env.HOME, NS8CTL_OFFLINE: '1', ...env } });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -57,7 +57,10 @@ describe('the built ns8ctl command (plain node, real ESM)', () => {
     expect(JSON.parse(applied.stdout).summary.create).toBeGreaterThan(0);
     const got = await ns8ctl(['get', 'modules', '-o', 'json'], env);
     expect(JSON.parse(got.stdout).items.map((i: { metadata: { name: string } }) => i.metadata.name)).toEqual(['dokuwiki1', 'webapp1']);
-    expect((await ns8ctl(['diff', '-f', 'manifests/'], env)).code).toBe(0);
+    const again = await ns8ctl(['diff', '-f', 'manifests/'], env);
+    expect(again.code).toBe(0);
+    // Offline: the example's public repository is not contacted, and the plan says so.
+    expect(again.stderr).toContain('offline mode');
   });
 
   it('reports errors as one JSON document with -o json', async () => {

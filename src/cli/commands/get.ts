@@ -7,7 +7,7 @@ import { updatesFromRedis } from '../../repository/installed.js';
 import type { InstanceUpdates } from '../../repository/resolve.js';
 import { describeUpdate } from '../../repository/update-text.js';
 import { keys } from '../../state/keys.js';
-import { readClusterState } from '../../state/read-state.js';
+import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, renderTable, renderYaml } from '../output.js';
 
@@ -64,6 +64,22 @@ export function statusWord(o: StoredObject, s: ModuleStatus | undefined): string
   if (on('Ready') && s?.observedGeneration === o.generation) return 'Ready';
   if (on('Progressing') || (s && s.observedGeneration !== o.generation)) return 'Progressing';
   return 'Pending';
+}
+
+/** Rows for nodes NS8 has records of (`node/<id>/vpn`) but no Node object declares. */
+async function nodeRecordRows(redis: Redis, objects: StoredObject[], name: string | undefined, wide: boolean): Promise<string[][]> {
+  const declared = new Set(objects.map((o) => o.key.slice('Node/'.length)));
+  const ids = (await readNodeRecords(redis)).map(String).filter((id) => !declared.has(id) && (name === undefined || name === id));
+  if (ids.length === 0) return [];
+  const p = redis.pipeline();
+  ids.forEach((id) => p.get(keys.nodeUiName(id)).hgetall(keys.nodeVpn(id)).smembers(keys.nodeFlags(id)));
+  const res = (await p.exec()) ?? [];
+  return ids.map((id, i) => {
+    const ui = (res[i * 3]?.[1] as string | null) ?? `node${id}`;
+    const vpn = (res[i * 3 + 1]?.[1] ?? {}) as Record<string, string>;
+    const flags = (res[i * 3 + 2]?.[1] ?? []) as string[];
+    return [id, ui, vpn.ip_address ?? vpn.endpoint ?? '', [...flags].sort().join(','), '-', ...(wide ? ['(NS8 record)'] : [])].map((c, j) => (j === 4 && !wide ? '- (NS8 record)' : c));
+  });
 }
 
 /** `{"tcp":"20000-20001","udp":"20002"}` -> `tcp 20000-20001, udp 20002`. */
@@ -142,7 +158,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
     deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
     return 0;
   }
-  if (objects.length === 0) {
+  if (objects.length === 0 && (kind !== 'Node' || (await readNodeRecords(redis)).length === 0)) {
     deps.stderr(`No ${kind.toLowerCase()}s in desired state.\n`);
     return 0;
   }
@@ -174,6 +190,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
       const spec = (o.object as Extract<ManifestObject, { kind: 'Node' }>).spec;
       return [String(spec.id), o.object.metadata.name, spec.address ?? '', (spec.flags ?? []).join(','), String(o.generation), ...(wide ? [o.source] : [])];
     });
+    rows.push(...(await nodeRecordRows(redis, objects, name, wide)));
   }
   deps.stdout(renderTable(columns, rows));
   return 0;

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:f
 import path from 'node:path';
 import YAML from 'yaml';
 import type { Redis } from 'ioredis';
-import { applyPlan, knownNodesOf } from '../../apply/pipeline.js';
+import { applyPlan, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
 import { NotFoundError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
 import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
@@ -10,7 +10,7 @@ import { validateManifests } from '../../manifest/validate.js';
 import { plan as makePlan, planDeletion } from '../../plan/planner.js';
 import { renderPlanText } from '../../plan/render.js';
 import { keys } from '../../state/keys.js';
-import { readClusterState } from '../../state/read-state.js';
+import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, useColor } from '../output.js';
 import { resourceKind } from './get.js';
@@ -74,7 +74,7 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
   const before = await readClusterState(redis, { modules: [module] });
   // Validate before taking an id, so bad input consumes nothing.
   const draft: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata: { name: `${module}1` }, spec: { ...spec, node } };
-  const check = validateManifests({ ...parseManifestText('(add-module)', YAML.stringify(draft)), files: ['(add-module)'] }, { knownNodes: knownNodesOf(before) });
+  const check = validateManifests({ ...parseManifestText('(add-module)', YAML.stringify(draft)), files: ['(add-module)'] }, { knownNodes: knownNodesOf(before, await readNodeRecords(redis)) });
   if (check.diagnostics.length > 0) throw new RefusedError('add_module_invalid', check.diagnostics.map((d) => d.message).join('; '));
   const id = await nextInstanceId(redis, module);
   const object: ModuleObject = { ...draft, metadata: { name: id } };
@@ -88,8 +88,9 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
   }
   const loaded = { ...parseManifestText(file, text), files: [file] };
   const state = await readClusterState(redis, { modules: [module] });
-  const valid = validateManifests(loaded, { knownNodes: knownNodesOf(state) });
-  const p = makePlan(valid.objects, state, { applySet: 'default', prune: false });
+  const valid = validateManifests(loaded, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)) });
+  const { plan: p, warnings } = await resolvePlan(redis, valid.objects, state, makePlan(valid.objects, state, { applySet: 'default', prune: false }));
+  for (const w of warnings) deps.stderr(`warning: ${w}\n`);
   const result = await applyPlan({ desired: valid.objects, state, plan: p }, redis, { applySet: 'default', prune: false, forcePrune: false, runner: deps.runner });
   if (format === 'json') deps.stdout(renderJson({ module_id: id, module, node, ...(opts.manifests ? { file } : {}), generation: result.plan.changes[0]?.generation ?? 1 }));
   else deps.stdout(`${id} added on node ${node}${opts.manifests ? ` (manifest: ${file})` : ''}\n`);
