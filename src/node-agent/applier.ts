@@ -112,6 +112,22 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       }
       return;
     }
+    case 'create-volume-dirs': {
+      const user = ctx.rootfull ? undefined : await currentUser(ctx);
+      if (!ctx.rootfull && !user) throw new Ns8ctlError('user_missing', `${purpose}: Unix user ${id} does not exist`, { user: false });
+      for (const base of step.bases) {
+        if (!path.isAbsolute(base) || path.resolve(base) !== base.replace(/\/+$/, '') || base === '/') {
+          throw new Ns8ctlError('volume_base_invalid', `${id}: volume base path ${JSON.stringify(base)} must be an absolute, normalised path other than /`);
+        }
+        if (!(await fs.stat(base).catch(() => undefined))?.isDirectory()) {
+          throw new Ns8ctlError('volume_base_missing', `${id}: volume base path ${base} does not exist on node ${node}; mount the disk there first (NS8 accepts only known mount points)`);
+        }
+        await mkdirOwned(path.join(base, id), user?.uid ?? 0, user?.gid ?? 0, 0o700);
+      }
+      const rec = await deps.records.get(id);
+      await deps.records.update(id, { volumeBases: [...new Set([...(rec?.volumeBases ?? []), ...step.bases])].sort() });
+      return;
+    }
     case 'enable-linger': {
       const user = await currentUser(ctx);
       if (!user) throw new Ns8ctlError('user_missing', `${purpose}: Unix user ${id} does not exist`, { user: false });
@@ -259,12 +275,14 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     }
     case 'erase-data': {
       const { p } = await paths(ctx);
-      const base = path.resolve(p.base);
-      const parent = path.resolve(ctx.rootfull ? deps.layout.rootfullBase : deps.layout.homeBase);
-      if (path.dirname(base) !== parent || path.basename(base) !== id) {
-        throw new Ns8ctlError('erase_refused', `${purpose}: refusing to erase ${base}: it is not ${path.join(parent, id)}`, { user: false });
+      const targets = [{ dir: p.base, parent: ctx.rootfull ? deps.layout.rootfullBase : deps.layout.homeBase }, ...step.volumeBases.map((b) => ({ dir: path.join(b, id), parent: b }))];
+      for (const t of targets) {
+        const dir = path.resolve(t.dir);
+        if (path.dirname(dir) !== path.resolve(t.parent) || path.basename(dir) !== id) {
+          throw new Ns8ctlError('erase_refused', `${purpose}: refusing to erase ${dir}: it is not ${path.join(t.parent, id)}`, { user: false });
+        }
+        await deps.users.removeTree(dir, purpose);
       }
-      await deps.users.removeTree(base, purpose);
       return;
     }
     case 'remove-images': {

@@ -154,7 +154,15 @@ export async function unitSourceDir(paths: InstancePaths, rootfull: boolean): Pr
  * Observes one instance. `labels` tells where to look (rootless or rootfull) and which service
  * images matter; `url` is the module image wanted.
  */
-export async function observeInstance(ctx: ObserveContext, id: string, record: InstanceRecord | undefined, rootfull: boolean, url: string | undefined, labels: ModuleLabels | undefined): Promise<ObservedInstance> {
+export async function observeInstance(
+  ctx: ObserveContext,
+  id: string,
+  record: InstanceRecord | undefined,
+  rootfull: boolean,
+  url: string | undefined,
+  labels: ModuleLabels | undefined,
+  volumeBases: readonly string[] = [],
+): Promise<ObservedInstance> {
   const user = ctx.users.get(id);
   const paths = instancePaths(ctx.layout, id, rootfull, user?.home);
   const owner = ownerOf(id, rootfull, user);
@@ -174,6 +182,11 @@ export async function observeInstance(ctx: ObserveContext, id: string, record: I
     readImagerootList(paths.installDir),
   ]);
 
+  const volumeDirs: Record<string, boolean> = {};
+  for (const base of [...new Set([...volumeBases, ...(record?.volumeBases ?? [])])].sort()) {
+    volumeDirs[base] = Boolean((await statOrUndefined(path.join(base, id)))?.isDirectory());
+  }
+
   const missing: string[] = [];
   if (list) {
     for (const entry of list) {
@@ -190,6 +203,7 @@ export async function observeInstance(ctx: ObserveContext, id: string, record: I
     subids: ctx.subids.has(id),
     installDir: Boolean(installStat?.isDirectory()),
     baseExists: Boolean(baseStat),
+    volumeDirs,
     serviceImages,
     imagerootIntact: Boolean(list) && missing.length === 0,
     imagerootMissing: list ? missing : ['.imageroot.lst'],

@@ -25,6 +25,11 @@ export function agentEnvironment(installDir: string, password: string, id: strin
   };
 }
 
+/** Volume base paths of a Module (values of spec.volumes), sorted, duplicates removed. */
+export function volumeBasesOf(d: Pick<InstanceDesired, 'spec'>): string[] {
+  return [...new Set(Object.values(d.spec.volumes ?? {}))].sort();
+}
+
 /** The result of planning one instance. */
 export interface InstancePlan {
   steps: Step[];
@@ -90,6 +95,12 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     add({ id, kind: 'chown-home', uid: o.user.uid, gid: o.user.gid, reason: `files in ${o.user.home} must belong to ${id} (uid ${o.user.uid}${rec?.uid !== undefined ? `, they were made for uid ${rec.uid}` : ''})` });
   }
   if (!o.installDir) add({ id, kind: 'create-install-dir', reason: 'install dir missing' });
+  const bases = volumeBasesOf(d);
+  const missingVolumes = bases.filter((b) => !o.volumeDirs[b]);
+  const recordedVolumes = JSON.stringify(rec?.volumeBases ?? []) !== JSON.stringify([...new Set([...(rec?.volumeBases ?? []), ...bases])].sort());
+  if (missingVolumes.length || recordedVolumes) {
+    add({ id, kind: 'create-volume-dirs', bases, reason: missingVolumes.length ? `volume dirs missing: ${missingVolumes.map((b) => `${b}/${id}`).join(' ')}` : 'remember the volume dirs' });
+  }
   if (rootless && !node.systemdMissing && o.linger === false) {
     add({ id, kind: 'enable-linger', reason: `session lingering of ${id} is off`, ...(rec?.units && o.user ? { drift: `linger of ${id} disabled` } : {}) });
   }
@@ -307,7 +318,8 @@ export function planRemoval(r: RemovalInput): InstancePlan {
     add({ id, kind: 'remove-user', reason: `remove Unix user ${id}${r.policy === 'Delete' ? '' : ' (home kept)'}` });
   }
   if (r.rootfull && (rec?.image || o.localImage || rec?.extractedImageId)) add({ id, kind: 'remove-images', reason: 'remove the module and service images' });
-  if (r.policy === 'Delete' && o.baseExists) add({ id, kind: 'erase-data', reason: 'removalPolicy Delete: DATA DELETED' });
+  const volumeBases = Object.keys(o.volumeDirs).filter((b) => o.volumeDirs[b]);
+  if (r.policy === 'Delete' && (o.baseExists || volumeBases.length)) add({ id, kind: 'erase-data', volumeBases, reason: `removalPolicy Delete: DATA DELETED (${[r.rootfull ? 'install dir' : 'home', ...volumeBases.map((b) => `${b}/${id}`)].join(', ')})` });
   if (o.uiPresent) add({ id, kind: 'remove-ui', reason: 'remove the UI dir' });
   if (o.ports.tcp || o.ports.udp) add({ id, kind: 'free-ports', reason: 'free the allocated ports' });
   if (o.aclLine) add({ id, kind: 'delete-acl', reason: `delete Redis ACL user module/${id}` });

@@ -14,7 +14,7 @@ import { readUsers } from './host/passwd.js';
 import { instancePaths } from './layout.js';
 import { parseModuleLabels, type ModuleLabels } from './labels.js';
 import { observeInstance, ownerOf, readRedisSnapshot, type ObserveContext } from './observe.js';
-import { planConverge, planRemoval, type InstancePlan } from './planner.js';
+import { planConverge, planRemoval, volumeBasesOf, type InstancePlan } from './planner.js';
 import { formatRange } from './ports.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
@@ -184,7 +184,7 @@ async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefi
       ctx = await refresh(deps, node, id, shared);
       if (rec?.image && rec.image.url === url) facts = rec.image;
     }
-    observed = await observeInstance(ctx, id, rec, rootfull, url, labels);
+    observed = await observeInstance(ctx, id, rec, rootfull, url, labels, volumeBasesOf(d));
     // The local image is not the one the labels came from (tag moved, image re-pulled): re-read them.
     if (observed.localImage && facts.id !== observed.localImage.id && !relabelled) {
       const owner = ownerOf(id, rootfull, observed.user);

@@ -63,6 +63,8 @@ export interface InstanceRecord {
   aclLine?: string;
   /** True once `cluster/event/module-added` was published. */
   announced?: boolean;
+  /** Volume base paths `<base>/<id>` was made in (spec.volumes values), for removal. */
+  volumeBases?: string[];
   /** Node the instance was made on (for removal when desired state is gone). */
   node?: number;
   /** Set when removal started: removal resumes after a crash even if desired state vanished. */
@@ -119,6 +121,8 @@ export interface ObservedInstance {
   imagerootMissing: string[];
   /** Home (rootless) or /var/lib/nethserver/<id> (rootfull) exists. */
   baseExists: boolean;
+  /** Volume base path -> `<base>/<id>` exists (bases of spec.volumes and of the record). */
+  volumeDirs: Record<string, boolean>;
   /** The UI dir exists. */
   uiPresent: boolean;
   /** Parsed state/environment; undefined when missing. */
@@ -182,6 +186,8 @@ export type Step = StepBase &
     | { kind: 'create-user' }
     | { kind: 'chown-home'; uid: number; gid: number }
     | { kind: 'create-install-dir' }
+    /** NS8 node add-module: `<base>/<id>` (0700, owned by the module user) per volume base path. */
+    | { kind: 'create-volume-dirs'; bases: string[] }
     | { kind: 'enable-linger' }
     | { kind: 'pull-image'; url: string }
     | { kind: 'pull-service-image'; url: string }
@@ -208,7 +214,8 @@ export type Step = StepBase &
     | { kind: 'disable-linger' }
     | { kind: 'kill-processes' }
     | { kind: 'remove-user' }
-    | { kind: 'erase-data' }
+    /** Erases the home or rootfull dir and every `<base>/<id>` volume dir. */
+    | { kind: 'erase-data'; volumeBases: string[] }
     | { kind: 'remove-images' }
     | { kind: 'free-ports' }
     | { kind: 'delete-acl' }

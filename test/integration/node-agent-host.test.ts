@@ -290,15 +290,19 @@ describe('a rootless instance on a host without systemd', () => {
 });
 
 describe('several instances', () => {
-  test('a broken registry or missing image degrades only that instance; removal with Delete erases data', async () => {
+  test('a broken registry or missing image degrades only that instance; removal with Delete erases data and volume dirs', async () => {
     const good = `webapp${suffix}2`;
     const down = `bad${suffix}1`;
     const missing = `bad${suffix}2`;
-    await putModule(good, { image: images.webapp['1.0.0'], removalPolicy: 'Delete' });
+    const disk = path.join(root, 'disk1');
+    await fs.mkdir(disk);
+    await putModule(good, { image: images.webapp['1.0.0'], removalPolicy: 'Delete', volumes: { data: disk } });
     await putModule(down, { image: '127.0.0.1:1/ns8ctl-examples/webapp:1.0.0' });
     await putModule(missing, { image: `${registry.address}/ns8ctl-examples/webapp:9.9.9` });
     const res = await reconcile();
     expect(res.get(good)!.error?.message).toBeUndefined();
+    expect(statSync(path.join(disk, good)).uid).toBe(statSync(homeOf(good)).uid);
+    expect(statSync(path.join(disk, good)).mode & 0o777).toBe(0o700);
     expect(res.get(down)).toMatchObject({ outcome: 'failed', retry: true });
     expect((await readModuleStatus(admin, down))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ status: 'True', reason: 'RegistryUnreachable' });
     expect((await readModuleStatus(admin, missing))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ status: 'True', reason: 'ImageNotFound' });
@@ -311,6 +315,7 @@ describe('several instances', () => {
     const res2 = await reconcile();
     expect([...res2.values()].map((r) => [r.id, r.outcome, r.error?.message])).toEqual(expect.arrayContaining([[good, 'removed', undefined], [down, 'removed', undefined], [missing, 'removed', undefined]]));
     expect(existsSync(homeOf(good))).toBe(false);
+    expect(existsSync(path.join(disk, good))).toBe(false);
     expect(await admin.scard(keys.desiredIndex('Module'))).toBe(0);
   }, 180_000);
 });

@@ -45,6 +45,7 @@ function converged(): ObservedInstance {
     linger: true,
     installDir: true,
     baseExists: true,
+    volumeDirs: {},
     localImage: { id: 'img1', digest: 'sha256:d1' },
     serviceImages: { [SVC]: true },
     imagerootIntact: true,
@@ -84,7 +85,7 @@ describe('the node planner converges an instance', () => {
   });
 
   test('a new instance: finalizer first, then user, dirs, linger, pulls, ports; environment waits for the image', () => {
-    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: false, serviceImages: {}, imagerootIntact: false, imagerootMissing: ['.imageroot.lst'], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: ['.imageroot.lst'], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
     const p = planConverge(input(o, { desired: { ...desired, finalizers: [] } }));
     expect(kinds(p.steps)).toEqual([
       'add-finalizer', 'create-user', 'create-install-dir', 'enable-linger', 'pull-image', 'pull-service-image', 'allocate-ports', 'set-ports-demand',
@@ -227,6 +228,17 @@ describe('the node planner converges an instance', () => {
     expect(p.steps).toEqual([]);
   });
 
+  test('volume base paths get a <base>/<id> dir, remembered for removal', () => {
+    const o = converged();
+    const p = planConverge(input(o, { desired: { ...desired, spec: { ...desired.spec, volumes: { data: '/srv/disk1', logs: '/srv/disk1' } } } }));
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'create-volume-dirs', bases: ['/srv/disk1'], reason: 'volume dirs missing: /srv/disk1/webapp1' })]);
+    o.volumeDirs = { '/srv/disk1': true };
+    o.record = { ...o.record!, volumeBases: ['/srv/disk1'] };
+    expect(planConverge(input(o, { desired: { ...desired, spec: { ...desired.spec, volumes: { data: '/srv/disk1' } } } })).steps).toEqual([]);
+    const r = planRemoval({ id: 'webapp1', policy: 'Delete', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
+    expect(r.steps.find((s) => s.kind === 'erase-data')).toMatchObject({ volumeBases: ['/srv/disk1'] });
+  });
+
   test('a Module desired again while being removed cancels the removal first', () => {
     const o = converged();
     o.record = { ...o.record!, removing: { removalPolicy: 'Preserve' } };
@@ -245,7 +257,7 @@ describe('the node planner removes an instance', () => {
     expect(p.steps.find((s) => s.kind === 'mark-removing')?.reason).toMatch(/DATA DELETED/);
   });
   test('a removal interrupted after the host cleanup only finishes the bookkeeping', () => {
-    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: true, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: true, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
     const p = planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
     expect(kinds(p.steps)).toEqual(['delete-module-keys', 'publish-removed', 'release-finalizer']);
   });
@@ -257,7 +269,7 @@ describe('the node planner removes an instance', () => {
     expect(kinds(p.steps).slice(0, 6)).toEqual(['mark-removing', 'stop-units', 'disable-units', 'install-system-units', 'daemon-reload', 'remove-images']);
   });
   test('nothing left and no desired object: empty plan', () => {
-    const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
     expect(planRemoval({ id: 'x1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: false }).steps).toEqual([]);
   });
 });
