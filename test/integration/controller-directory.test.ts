@@ -289,6 +289,23 @@ describe('controller with a manifests directory', () => {
     await waitFor('restored by the resync', async () => (await spec('webapp1'))?.image?.endsWith(':1.0.0'));
   });
 
+  it('keeps converging after Redis dropped every connection (reconnects and rechecks)', async () => {
+    writeFileSync(file('wiki.yaml'), mod('webapp1'));
+    await start();
+    await waitFor('first apply', () => spec('webapp1'));
+    // A change nobody announced (as if made while the connections were down) is caught by the
+    // recheck that follows the reconnect.
+    const h = await redis.hget('ns8ctl/desired/module/webapp1', 'object');
+    await redis.hset('ns8ctl/desired/module/webapp1', 'object', h!.replace(':1.0.0', ':5.5.5'));
+    const admin = srv.client();
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
+    await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await waitFor('restored after the reconnect', async () => (await spec('webapp1'))?.image?.endsWith(':1.0.0'));
+    atomicSave(file('wiki.yaml'), mod('webapp1', '1.5.0'));
+    await waitFor('file changes still picked up', async () => (await spec('webapp1'))?.image?.endsWith(':1.5.0'));
+    expect(controllers[0]!.isLeader).toBe(true);
+  });
+
   it('deletes the summary of a module that left desired state', async () => {
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     await start({ prune: true });
