@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { applyPlan, loadAndValidate } from '../apply/pipeline.js';
+import { applyPlan, loadAndValidate, resolvePlan } from '../apply/pipeline.js';
 import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { objectKey, type DesiredObject } from '../manifest/types.js';
@@ -117,6 +117,7 @@ export class SourceReconciler {
   /** `Kind/id` of the objects the source held at its last load. */
   desiredKeys = new Set<string>();
   private readonly git: GitCheckout | undefined;
+  private lastWarnings = '';
 
   constructor(
     readonly spec: SourceSpec,
@@ -247,9 +248,15 @@ export class SourceReconciler {
     } catch (err) {
       return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
     }
+    // Image resolution as `ns8ctl apply` does it: unresolvable or over-limit Modules are blocked.
+    const resolved = await resolvePlan(redis, pinned, state, p);
+    p = resolved.plan;
+    const warnings = [...resolved.warnings, ...(p.warnings ?? [])].join('; ');
+    if (warnings && warnings !== this.lastWarnings) this.deps.log.log('warn', 'plan warnings', { source: name, warnings });
+    this.lastWarnings = warnings;
 
     // 4. Drift: the source did not change since the last apply, yet desired state differs.
-    const drift = prev && prev.lastAppliedDigest === digest && !isEmpty(p) ? [...p.changes.map((c) => c.key), ...p.blocked.map((b) => b.key)] : [];
+    const drift = prev && prev.lastAppliedDigest === digest ? p.changes.map((c) => c.key) : [];
     if (drift.length > 0 && !this.spec.selfHeal) {
       const touched = [...new Set([...drift, ...base.driftedKeys])];
       const next = await this.save(prev, {
@@ -312,7 +319,8 @@ export class SourceReconciler {
       ...base,
       lastAppliedRevision: revision,
       lastAttemptedRevision: rejected ? rejected.revision : revision,
-      lastAppliedDigest: digest,
+      // With changes still blocked the source is not fully applied: a later unblocked change is not drift.
+      lastAppliedDigest: blocked.length > 0 ? base.lastAppliedDigest : digest,
       lastAppliedTime,
       lastError: rejected ? rejected.code : blocked.length > 0 ? 'plan_blocked' : '',
       driftedKeys: [],

@@ -208,6 +208,25 @@ describe('controller with a manifests directory', () => {
     expect((await readEvents(redis)).map((e) => e.name)).toContain('source-prune-refused');
   });
 
+  it('applies the rest of the source when one object is blocked, and retries the blocked one', async () => {
+    // NS8 already records webapp1 on node 2: the manifest placing it on node 1 is blocked.
+    await redis.hset('cluster/module_node', 'webapp1', '2');
+    writeFileSync(file('wiki.yaml'), mod('webapp1'));
+    writeFileSync(file('blog.yaml'), mod('webapp2'));
+    await start();
+    await waitFor('the other module applied', () => spec('webapp2'));
+    const st = await waitFor('Blocked', async () => {
+      const s = await readSourceStatus(redis, 'default');
+      return s?.conditions.find((c) => c.type === 'Ready')?.reason === 'Blocked' ? s : undefined;
+    });
+    expect(st.conditions.find((c) => c.type === 'Ready')!.message).toContain('Module/webapp1 already exists in NS8 on node 2');
+    expect(await spec('webapp1')).toBeUndefined();
+    expect((await readEvents(redis)).find((e) => e.name === 'source-apply-blocked')?.data).toMatchObject({ objects: ['Module/webapp1'] });
+    await redis.hdel('cluster/module_node', 'webapp1');
+    await waitFor('applied on a retry', () => spec('webapp1'));
+    await waitFor('Ready', async () => (await ready()) === 'True');
+  });
+
   it('holds back a suspended module and applies its change on resume', async () => {
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     writeFileSync(file('blog.yaml'), mod('webapp2'));
