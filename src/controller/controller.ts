@@ -245,7 +245,7 @@ export class Controller {
       runtime.watches.push(w);
       await w.start();
     }
-    queue.start();
+    await queue.start();
     await this.enqueueAll('change');
     await this.enqueueOrphans();
     this.scheduleResync(runtime);

@@ -111,9 +111,19 @@ export class WorkQueue {
     return this.controller.signal;
   }
 
-  /** Starts dispatching (keys added before start wait for it). Idempotent. */
-  start(): void {
+  /**
+   * Starts dispatching (keys added before start wait for it). Idempotent. When `signal` is given,
+   * its abort stops the queue (as `stop()`). Resolves at once: the queue runs in the background.
+   */
+  async start(signal?: AbortSignal): Promise<void> {
     if (this.stopping) return;
+    if (signal) {
+      if (signal.aborted) {
+        await this.stop();
+        return;
+      }
+      signal.addEventListener('abort', () => void this.stop(), { once: true });
+    }
     this.started = true;
     this.pump();
   }

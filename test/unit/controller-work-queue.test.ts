@@ -402,3 +402,25 @@ describe('WorkQueue', () => {
     await q.stop();
   });
 });
+
+describe('WorkQueue start with an AbortSignal', () => {
+  it('stops when the signal given to start() aborts', async () => {
+    const clock = new ManualClock();
+    const ctl = new AbortController();
+    let runs = 0;
+    const q = new WorkQueue({ clock, reconcile: async () => void runs++ });
+    await q.start(ctl.signal);
+    q.add('k');
+    await q.whenIdle();
+    expect(runs).toBe(1);
+    ctl.abort();
+    await flush();
+    expect(q.stopped).toBe(true);
+    q.add('k');
+    await flush();
+    expect(runs).toBe(1);
+    const late = new WorkQueue({ clock, reconcile: async () => void runs++ });
+    await late.start(ctl.signal);
+    expect(late.stopped).toBe(true);
+  });
+});
