@@ -73,7 +73,7 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       if (!(await deps.source.addFinalizer(id))) {
         throw new Ns8ctlError('module_deleting', `${id}: the Module is gone or being deleted; nothing is created for it`);
       }
-      await deps.records.update(id, { node, rootfull: ctx.rootfull, ...(ctx.imageUrl ? { imageUrl: ctx.imageUrl } : {}) });
+      await deps.records.update(id, { node, ...(ctx.imageUrl ? { imageUrl: ctx.imageUrl } : {}) });
       return;
     }
     case 'cancel-removal':
@@ -139,6 +139,12 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.podman.pull(owner, step.url, purpose);
       const facts = await deps.podman.inspectLocal(owner, step.url, `${purpose} (inspect)`);
       await deps.records.update(id, { image: facts, imageUrl: step.url, rootfull: ctx.rootfull });
+      // The copy pulled as root only to read the labels is not needed once the user has its own.
+      const rootCopy = (await deps.records.get(id))?.rootCopy;
+      if (rootCopy && owner.kind === 'user') {
+        await deps.podman.removeImages({ kind: 'root' }, [rootCopy], [], `${purpose} (remove the root copy)`);
+        await deps.records.update(id, { rootCopy: undefined });
+      }
       return;
     }
     case 'pull-service-image': {
@@ -285,12 +291,9 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       }
       return;
     }
-    case 'remove-images': {
-      const rec = await deps.records.get(id);
-      const refs = [rec?.image?.id, rec?.imageUrl, ...(ctx.labels?.images ?? parseServiceImages(rec?.image?.labels))].filter((x): x is string => Boolean(x));
-      await deps.podman.removeImages({ kind: 'root' }, [...new Set(refs)], [`ns8ctl-extract-${id}`], purpose);
+    case 'remove-images':
+      await deps.podman.removeImages({ kind: 'root' }, step.refs, ctx.rootfull ? [`ns8ctl-extract-${id}`] : [], purpose);
       return;
-    }
     case 'free-ports':
       await freePorts(deps.redis, node, id);
       return;
@@ -328,10 +331,6 @@ async function resetPodmanDatabase(home: string): Promise<void> {
   const libpod = path.join(userStorage(home), 'libpod');
   await fs.rm(path.join(libpod, 'bolt_state.db'), { force: true });
   await fs.rm(path.join(libpod, 'db.sql'), { force: true });
-}
-
-function parseServiceImages(labels: Record<string, string> | undefined): string[] {
-  return (labels?.['org.nethserver.images'] ?? '').split(/\s+/).filter(Boolean);
 }
 
 async function verifyActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {

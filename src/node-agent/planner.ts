@@ -317,7 +317,10 @@ export function planRemoval(r: RemovalInput): InstancePlan {
     add({ id, kind: 'kill-processes', reason: `end the processes of ${id}` });
     add({ id, kind: 'remove-user', reason: `remove Unix user ${id}${r.policy === 'Delete' ? '' : ' (home kept)'}` });
   }
-  if (r.rootfull && (rec?.image || o.localImage || rec?.extractedImageId)) add({ id, kind: 'remove-images', reason: 'remove the module and service images' });
+  const serviceImages = (rec?.image?.labels['org.nethserver.images'] ?? '').split(/\s+/).filter(Boolean);
+  const refs = r.rootfull ? [rec?.image?.id, rec?.imageUrl, ...serviceImages, rec?.rootCopy] : [rec?.rootCopy];
+  const rootRefs = [...new Set(refs.filter((x): x is string => Boolean(x)))];
+  if (rootRefs.length || (r.rootfull && o.localImage)) add({ id, kind: 'remove-images', refs: rootRefs, reason: r.rootfull ? 'remove the module and service images' : 'remove the copy pulled as root to read the labels' });
   const volumeBases = Object.keys(o.volumeDirs).filter((b) => o.volumeDirs[b]);
   if (r.policy === 'Delete' && (o.baseExists || volumeBases.length)) add({ id, kind: 'erase-data', volumeBases, reason: `removalPolicy Delete: DATA DELETED (${[r.rootfull ? 'install dir' : 'home', ...volumeBases.map((b) => `${b}/${id}`)].join(', ')})` });
   if (o.uiPresent) add({ id, kind: 'remove-ui', reason: 'remove the UI dir' });

@@ -147,15 +147,30 @@ async function failed(deps: NodeAgentDeps, d: InstanceDesired, prev: ModuleStatu
   return { id: d.id, outcome: blocked ? 'blocked' : 'failed', applied, drift, error: e, retry: !TERMINAL.has(reason), status: stored };
 }
 
-/** Labels of the wanted image: from the record when it is the same image, else inspected (local root store, then registry). */
-async function imageFacts(deps: NodeAgentDeps, url: string, rec: InstanceRecord | undefined): Promise<ImageFacts> {
+/**
+ * Labels of the wanted image: from the record when it is the same image, else inspected (local
+ * root store, then the registry with skopeo). Without skopeo on the node, the image is pulled as
+ * root to read them, as NS8's cluster add-module does, after `hold` put the finalizer and the
+ * record in place (that copy is something the agent created); it is recorded as `rootCopy` and
+ * removed once the module user has its own (rootless) or with the instance.
+ */
+async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: InstanceRecord | undefined, hold: () => Promise<void>): Promise<ImageFacts> {
   if (rec?.image && rec.image.url === url) return rec.image;
   const rootImages = await deps.podman.listImages({ kind: 'root' });
-  if (findImage(rootImages, url)) return deps.podman.inspectLocal({ kind: 'root' }, url, `inspect ${url}`);
-  return deps.podman.inspectRemote(url, `inspect ${url} in its registry`);
+  if (findImage(rootImages, url)) return deps.podman.inspectLocal({ kind: 'root' }, url, `${id}: inspect ${url}`);
+  try {
+    return await deps.podman.inspectRemote(url, `${id}: inspect ${url} in its registry`);
+  } catch (err) {
+    if (toNs8ctlError(err).code !== 'command_missing') throw err;
+  }
+  await hold();
+  await deps.records.update(id, { rootCopy: url });
+  await deps.podman.pull({ kind: 'root' }, url, `${id}: pull ${url} as root to read its labels (no skopeo on this node)`);
+  return deps.podman.inspectLocal({ kind: 'root' }, url, `${id}: inspect ${url}`);
 }
 
-async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
+async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
+  let d = desired;
   const id = d.id;
   let prev = shared.redis.status.get(id);
   const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d.generation, imageUrl: '', imageDigest: '', ports: {}, units: [], drift: [] };
@@ -165,7 +180,11 @@ async function convergeInstance(d: InstanceDesired, rec: InstanceRecord | undefi
   try {
     url = await deps.resolveImage(d.spec);
     base.imageUrl = url;
-    facts = await imageFacts(deps, url, rec);
+    facts = await imageFacts(deps, id, url, rec, async () => {
+      if (d.finalizers.includes(NODE_AGENT_FINALIZER)) return;
+      await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl: url });
+      d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
+    });
     labels = parseModuleLabels(facts.labels, url);
   } catch (err) {
     return failed(deps, d, prev, { ...base, imageUrl: base.imageUrl || prev?.imageUrl || '' }, toNs8ctlError(err), undefined, [], []);

@@ -63,6 +63,8 @@ export interface InstanceRecord {
   aclLine?: string;
   /** True once `cluster/event/module-added` was published. */
   announced?: boolean;
+  /** Image URL pulled into root's store only to read its labels (no skopeo on the node); removed later. */
+  rootCopy?: string;
   /** Volume base paths `<base>/<id>` was made in (spec.volumes values), for removal. */
   volumeBases?: string[];
   /** Node the instance was made on (for removal when desired state is gone). */
@@ -216,7 +218,8 @@ export type Step = StepBase &
     | { kind: 'remove-user' }
     /** Erases the home or rootfull dir and every `<base>/<id>` volume dir. */
     | { kind: 'erase-data'; volumeBases: string[] }
-    | { kind: 'remove-images' }
+    /** `podman rmi` as root (rootfull images, or the copy pulled to read labels) and the extraction container. */
+    | { kind: 'remove-images'; refs: string[] }
     | { kind: 'free-ports' }
     | { kind: 'delete-acl' }
     | { kind: 'delete-module-keys' }

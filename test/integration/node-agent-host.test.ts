@@ -346,3 +346,21 @@ describe('a rootfull instance', () => {
     expect((await host.run(['podman', 'ps', '-a', '--format', '{{.Names}}'])).stdout).not.toContain(`ns8ctl-extract-${id}`);
   }, 180_000);
 });
+
+describe('a node without skopeo', () => {
+  test('pulls the image as root to read its labels and drops that copy once the user has its own', async () => {
+    const id = `webapp${suffix}5`;
+    const real = new ExecaRunner();
+    const noSkopeo: CommandRunner = { history: real.history, run: (argv, o) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
+    const d2 = createNodeAgentDeps(opts, { redis: admin, runner: noSkopeo, layout: deps.layout, log: () => undefined, delay: async () => undefined });
+    await putModule(id, { image: images.webapp['1.1.0'] });
+    const r = (await reconcileNodeOnce(opts, d2)).instances.find((i) => i.id === id)!;
+    expect(r.error?.message).toBeUndefined();
+    expect(real.history.some((c) => c.argv[0] === 'podman' && c.argv.includes('pull') && c.argv.includes(images.webapp['1.1.0']))).toBe(true);
+    const rootImages = await host.run(['podman', 'images', '--format', '{{.Repository}}:{{.Tag}}']);
+    expect(rootImages.stdout).not.toContain(images.webapp['1.1.0']);
+    expect(existsSync(path.join(homeOf(id), '.config', 'bin', 'new-tool'))).toBe(true);
+    await deleteModule(id, 'Delete');
+    expect((await reconcileNodeOnce(opts, d2)).instances.find((i) => i.id === id)!.outcome).toBe('removed');
+  }, 120_000);
+});

@@ -265,8 +265,17 @@ describe('the node planner removes an instance', () => {
     const o = converged();
     delete o.user;
     o.units = [{ name: 'demo1-demo.service', file: 'demo1-demo.service', fileHash: 'h', wanted: true, enabled: true, active: true, source: '/x', sourceHash: 'h' }];
+    o.record = { ...o.record!, image: { ...image, labels: { 'org.nethserver.images': SVC } } };
     const p = planRemoval({ id: 'demo1', policy: 'Preserve', node: { node: 1 }, rootfull: true, observed: { ...o, id: 'demo1' }, desiredPresent: true });
     expect(kinds(p.steps).slice(0, 6)).toEqual(['mark-removing', 'stop-units', 'disable-units', 'install-system-units', 'daemon-reload', 'remove-images']);
+    expect(p.steps.find((s) => s.kind === 'remove-images')).toMatchObject({ refs: ['img1', URL, SVC] });
+  });
+  test('a rootless instance whose image was pulled as root to read labels gets that copy removed', () => {
+    const o = converged();
+    o.record = { ...o.record!, rootCopy: URL };
+    const p = planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
+    expect(p.steps.find((s) => s.kind === 'remove-images')).toMatchObject({ refs: [URL] });
+    expect(planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true }).steps.map((s) => s.kind)).not.toContain('remove-images');
   });
   test('nothing left and no desired object: empty plan', () => {
     const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };

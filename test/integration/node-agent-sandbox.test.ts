@@ -1,0 +1,145 @@
+/**
+ * End to end in a sandbox node (real systemd, lingering user manager, rootless podman inside):
+ * `ns8ctl apply` a Module, `ns8ctl node-agent --once` on the node, and the instance's container
+ * answers HTTP on its TCP_PORT; change the image, it converges (unit restarted, files replaced);
+ * remove it, nothing is left but the preserved home. Uses the built CLI inside the node (CI
+ * builds before testing; locally run `npm run build` first).
+ */
+import { readFileSync } from 'node:fs';
+import { Redis } from 'ioredis';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
+import { deleteSandbox } from '../../src/sandbox/delete.js';
+import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
+import { execInNode } from '../../src/sandbox/lifecycle.js';
+import { nodeContainer } from '../../src/sandbox/naming.js';
+import { adminRedisUrl } from '../../src/sandbox/node-config.js';
+import { readAdminPassword } from '../../src/sandbox/record.js';
+import { keys } from '../../src/state/keys.js';
+import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
+
+const NAME = 'nagent';
+const ID = 'webapp1';
+const runner = new ExecaRunner();
+const deps: SandboxDeps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
+let info: SandboxInfo;
+let images: ExampleImages;
+let leader: Redis;
+
+async function inNode(command: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
+  if (input !== undefined) {
+    const res = await runner.run(['podman', 'exec', '-i', nodeContainer(NAME, 1), ...command], { input, allowFailure: true });
+    return { code: res.exitCode ?? -1, out: res.stdout, err: res.stderr };
+  }
+  let out = '';
+  let err = '';
+  const code = await execInNode({ name: NAME, node: '1', command }, { ...deps, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
+  return { code, out, err };
+}
+
+async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function apply(image: string): Promise<void> {
+  const manifest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\nspec:\n  image: ${image}\n  node: 1\n`;
+  const w = await inNode(['sh', '-c', 'mkdir -p /root/manifests && cat > /root/manifests/webapp1.yaml'], manifest);
+  expect(w.code).toBe(0);
+  const res = await inNode(['ns8ctl', 'apply', '-f', '/root/manifests/']);
+  if (res.code !== 0) throw new Error(`ns8ctl apply exited ${res.code}:\n${res.out}\n${res.err}`);
+}
+
+async function agentOnce(): Promise<string> {
+  const res = await inNode(['ns8ctl', 'node-agent', '--node', '1', '--once']);
+  if (res.code !== 0) throw new Error(`node-agent --once exited ${res.code}:\n${res.out}\n${res.err}`);
+  return res.out;
+}
+
+async function page(port: string): Promise<string> {
+  return eventually(`HTTP answer on 127.0.0.1:${port}`, async () => {
+    const r = await inNode(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/`]);
+    return r.code === 0 ? r.out : undefined;
+  });
+}
+
+const userctl = (...args: string[]) => inNode(['systemctl', '--user', '-M', `${ID}@`, ...args]);
+
+beforeAll(async () => {
+  const pkg = JSON.parse(readFileSync(`${deps.projectRoot}/package.json`, 'utf8')) as { version: string };
+  await deleteSandbox({ name: NAME }, deps);
+  info = await createSandbox({ name: NAME, nodes: 1 }, deps);
+  images = await ensureExampleImages(info.registry);
+  leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });
+  const v = await inNode(['ns8ctl', '--version']);
+  if (v.out.trim() !== pkg.version) throw new Error(`ns8ctl is not built for the sandbox (run npm run build): ${v.out} ${v.err}`);
+}, 900_000);
+
+afterAll(async () => {
+  leader?.disconnect();
+  await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+}, 120_000);
+
+describe('the node agent in a sandbox node', () => {
+  let port = '';
+
+  test('apply + node-agent: the instance unit runs and answers HTTP on its TCP_PORT', async () => {
+    await apply(images.webapp['1.0.0']);
+    await agentOnce();
+    const env = await leader.hgetall(keys.moduleEnvironment(ID));
+    port = env.TCP_PORT ?? '';
+    expect(port).toMatch(/^\d+$/);
+    expect(await page(port)).toContain('webapp-httpd 1.0.0');
+    expect((await userctl('is-active', 'webapp.service')).out.trim()).toBe('active');
+    expect((await userctl('is-enabled', 'webapp.service')).out.trim()).toBe('enabled');
+    expect((await inNode(['loginctl', 'show-user', ID, '-p', 'Linger'])).out.trim()).toBe('Linger=yes');
+    const status = await leader.hgetall(keys.moduleStatus(ID));
+    expect(JSON.parse(status.conditions ?? '[]')).toContainEqual(expect.objectContaining({ type: 'Ready', status: 'True' }));
+    expect(JSON.parse(status.units ?? '[]')).toEqual([{ name: 'webapp.service', enabled: true, active: true }]);
+    // A second pass changes nothing and restarts nothing.
+    const before = (await userctl('show', '-p', 'InvocationID', 'webapp.service')).out;
+    expect(await agentOnce()).toMatch(/webapp1\s+unchanged/);
+    expect((await userctl('show', '-p', 'InvocationID', 'webapp.service')).out).toBe(before);
+  }, 300_000);
+
+  test('a stopped unit is started again (drift)', async () => {
+    expect((await userctl('stop', 'webapp.service')).code).toBe(0);
+    expect(await agentOnce()).toMatch(/units stopped: webapp.service/);
+    expect((await userctl('is-active', 'webapp.service')).out.trim()).toBe('active');
+    expect(await page(port)).toContain('webapp-httpd 1.0.0');
+  }, 120_000);
+
+  test('a new version converges: files replaced, unit restarted with the new environment, new service image served', async () => {
+    await apply(images.webapp['1.1.0']);
+    const before = (await userctl('show', '-p', 'InvocationID', 'webapp.service')).out;
+    await agentOnce();
+    expect((await userctl('show', '-p', 'InvocationID', 'webapp.service')).out).not.toBe(before);
+    expect((await inNode(['test', '-e', `/home/${ID}/.config/bin/old-tool`])).code).not.toBe(0);
+    expect((await inNode(['test', '-e', `/home/${ID}/.config/bin/new-tool`])).code).toBe(0);
+    await apply(images.webapp['2.0.0']);
+    await agentOnce();
+    expect((await leader.hgetall(keys.moduleEnvironment(ID))).WEBAPP_HTTPD_IMAGE).toBe(images.webappHttpd['2.0.0']);
+    expect(await eventually('the 2.0.0 page', async () => ((await page(port)).includes('webapp-httpd 2.0.0') ? true : undefined))).toBe(true);
+  }, 300_000);
+
+  test('delete + node-agent: nothing is left but the preserved home', async () => {
+    const del = await inNode(['ns8ctl', 'delete', 'module', ID]);
+    expect(del.code).toBe(0);
+    await agentOnce();
+    expect((await inNode(['id', ID])).code).not.toBe(0);
+    expect((await inNode(['test', '-d', `/home/${ID}/.config/state`])).code).toBe(0);
+    expect((await inNode(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/`])).code).not.toBe(0);
+    expect((await inNode(['test', '-e', `/var/lib/systemd/linger/${ID}`])).code).not.toBe(0);
+    expect((await inNode(['test', '-e', `/var/lib/nethserver/cluster/ui/apps/${ID}`])).code).not.toBe(0);
+    expect(await leader.keys(`module/${ID}/*`)).toEqual([]);
+    expect(await leader.hgetall(keys.nodePorts(1))).toEqual({});
+    expect(((await leader.call('ACL', 'LIST')) as string[]).filter((l) => l.includes(`module/${ID} `))).toEqual([]);
+    expect(await leader.exists(keys.desired('Module', ID), keys.moduleStatus(ID))).toBe(0);
+    expect((await inNode(['sh', '-c', `ps -eo user:32,comm | grep -c '^${ID} ' || true`])).out.trim()).toBe('0');
+  }, 180_000);
+});
