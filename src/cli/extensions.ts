@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { registerAgentCommands } from '../agent/cli.js';
+import { registerControllerCommands } from '../controller/cli.js';
+import type { ModuleSpec } from '../manifest/types.js';
 import { registerNodeAgentCommand } from '../node-agent/cli.js';
 import { makeImageResolver } from '../repository/image-resolver.js';
 import { registerRepositoryCommands } from '../repository/cli.js';
@@ -11,14 +13,14 @@ import type { CliDeps } from './deps.js';
  * wired into the one command tree. Each area exports a `register...` function.
  */
 export function registerExtensions(program: Command, deps: () => CliDeps, setExit: (code: number) => void, get: Command): void {
+  const resolveImage = async (spec: ModuleSpec): Promise<string> => {
+    const d = deps();
+    const { redis } = await d.connect();
+    return makeImageResolver(redis, { onWarning: (m) => d.stderr(`warning: ${m}\n`) })(spec);
+  };
   registerRepositoryCommands(program, deps, setExit, get);
-  registerNodeAgentCommand(program, deps, setExit, {
-    resolveImage: async (spec) => {
-      const d = deps();
-      const { redis } = await d.connect();
-      return makeImageResolver(redis, { onWarning: (m) => d.stderr(`warning: ${m}\n`) })(spec);
-    },
-  });
+  registerNodeAgentCommand(program, deps, setExit, { resolveImage });
+  registerControllerCommands(program, deps, setExit, { resolveImage });
   registerAgentCommands(program, deps, setExit);
   registerSandboxCommands(program, {
     deps: () => {

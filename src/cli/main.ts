@@ -10,6 +10,7 @@ import { applyCommand, diffCommand } from './commands/plan-commands.js';
 import { validateCommand } from './commands/validate.js';
 import { renderJson } from './output.js';
 import { registerExtensions } from './extensions.js';
+import { shutdownSignal, watchModules } from '../controller/cli.js';
 
 const VERSION = '0.1.0';
 
@@ -118,7 +119,16 @@ export function buildProgram(io: MainIO, setExit: (code: number) => void, connec
     .argument('<resource>', 'modules | repositories | nodes (or: get available)')
     .argument('[name]', 'one object')
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
-    .action((resource: string, name: string | undefined, opts) => run((d) => getCommand(resource, name, opts, d))());
+    .option('-w, --watch', 'after listing, print again whenever something changes (Redis notifications, no polling); Ctrl-C ends')
+    .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean }) => {
+      if (!opts.watch) return run((d) => getCommand(resource, name, opts, d))();
+      const s = shutdownSignal();
+      try {
+        setExit(await watchModules({ ...deps(), signal: s.signal }, () => getCommand(resource, name, opts, deps())));
+      } finally {
+        s.dispose();
+      }
+    });
 
   program
     .command('delete')

@@ -34,7 +34,7 @@ describe('the built ns8ctl command (plain node, real ESM)', () => {
   it('prints help for the program and every command', async () => {
     const top = await ns8ctl(['--help']);
     expect(top.code).toBe(0);
-    for (const cmd of ['validate', 'diff', 'apply', 'get', 'delete', 'add-module', 'remove-module', 'repo', 'search', 'createrepo', 'node-agent', 'run-action', 'publish', 'runagent', 'agent', 'sandbox']) {
+    for (const cmd of ['validate', 'diff', 'apply', 'get', 'delete', 'add-module', 'remove-module', 'repo', 'search', 'createrepo', 'node-agent', 'run-action', 'publish', 'runagent', 'agent', 'sandbox', 'run', 'controller', 'suspend', 'resume', 'events']) {
       expect(top.stdout).toContain(cmd);
       const sub = await ns8ctl([cmd, '--help']);
       expect(sub.code).toBe(0);
