@@ -314,9 +314,9 @@ export function splitRunagentArgs(raw: readonly string[]): { module?: string; ke
 
 /**
  * Adds run-action, publish, runagent and agent to `program`. `deps` is called when a command runs
- * (main()'s lazily built CliDeps fits); `setExit` records the exit code for main().
+ * (main()'s lazily built CliDeps fits); `setExitCode` records the exit code for main().
  */
-export function registerAgentCommands(program: Command, deps: () => AgentCliDeps, setExit: (code: number) => void, extras: AgentCliExtras = {}): void {
+export function registerAgentCommands(program: Command, deps: () => AgentCliDeps, setExitCode: (code: number) => void, extras: AgentCliExtras = {}): void {
   program
     .command('run-action')
     .description("Run an action of an instance's agent: submit a task, follow its progress, print its output (exit code: the task's)")
@@ -329,7 +329,7 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
     .option('--progress', 'show progress on stderr even when not on a terminal')
     .option('--as <principal>', 'submit on behalf of a principal (module/traefik1): its roles are checked')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (id: string, action: string, opts: RunActionOptions) => setExit(await runActionCommand(id, action, opts, deps())));
+    .action(async (id: string, action: string, opts: RunActionOptions) => setExitCode(await runActionCommand(id, action, opts, deps())));
 
   program
     .command('publish')
@@ -337,7 +337,7 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
     .argument('<channel>', 'event channel, e.g. module/traefik1/event/certificate-updated')
     .argument('<json>', 'payload (JSON)')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (channel: string, payload: string, opts: { output?: string }) => setExit(await publishCommand(channel, payload, opts, deps())));
+    .action(async (channel: string, payload: string, opts: { output?: string }) => setExitCode(await publishCommand(channel, payload, opts, deps())));
 
   program
     .command('runagent')
@@ -350,7 +350,7 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
       // rawArgs is commander's untyped copy of the arguments it parsed
       const raw = (program as unknown as { rawArgs?: string[] }).rawArgs ?? [];
       const split = raw.includes('runagent') ? splitRunagentArgs(raw) : { keepCwd: Boolean(opts.keepCwd), command: command ?? [] };
-      setExit(await runagentCommand({ module: split.module ?? opts.module, keepCwd: split.keepCwd }, split.command, deps(), extras));
+      setExitCode(await runagentCommand({ module: split.module ?? opts.module, keepCwd: split.keepCwd }, split.command, deps(), extras));
     });
 
   program
@@ -366,6 +366,6 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
     .option('--max-concurrency <n>', 'running tasks cap (default 32)')
     .action(async (opts: AgentCommandOptions) => {
       const redisFlag = program.opts<{ redis?: string }>().redis;
-      setExit(await agentCommand({ ...opts, ...(redisFlag ? { redis: redisFlag } : {}) }, deps(), extras));
+      setExitCode(await agentCommand({ ...opts, ...(redisFlag ? { redis: redisFlag } : {}) }, deps(), extras));
     });
 }

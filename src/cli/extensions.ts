@@ -12,21 +12,21 @@ import type { CliDeps } from './deps.js';
  * Commands of the other areas (sandbox, repositories, node agent, module agent, controller),
  * wired into the one command tree. Each area exports a `register...` function.
  */
-export function registerExtensions(program: Command, deps: () => CliDeps, setExit: (code: number) => void, get: Command): void {
+export function registerExtensions(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, get: Command): void {
   const resolveImage = async (spec: ModuleSpec): Promise<string> => {
     const d = deps();
     const { redis } = await d.connect();
     return makeImageResolver(redis, { onWarning: (m) => d.stderr(`warning: ${m}\n`) })(spec);
   };
-  registerRepositoryCommands(program, deps, setExit, get);
-  registerNodeAgentCommand(program, deps, setExit, { resolveImage });
-  registerControllerCommands(program, deps, setExit, { resolveImage });
-  registerAgentCommands(program, deps, setExit);
+  registerRepositoryCommands(program, deps, setExitCode, get);
+  registerNodeAgentCommand(program, deps, setExitCode, { resolveImage });
+  registerControllerCommands(program, deps, setExitCode, { resolveImage });
+  registerAgentCommands(program, deps, setExitCode);
   registerSandboxCommands(program, {
     deps: () => {
       const d = deps();
       return { stdout: d.stdout, stderr: d.stderr, env: d.env, runner: d.runner };
     },
-    setExit,
+    setExitCode,
   });
 }

@@ -49,7 +49,7 @@ export function processIO(): MainIO {
  * Builds the command tree. Every action is a thin adapter: it calls a command function
  * (options, deps) -> exit code, and records the code for main().
  */
-export function buildProgram(io: MainIO, setExit: (code: number) => void, connections: Connection[]): Command {
+export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[]): Command {
   const program = new Command('ns8ctl');
   const runner = new ExecaRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
@@ -72,7 +72,7 @@ export function buildProgram(io: MainIO, setExit: (code: number) => void, connec
       },
     };
   };
-  const run = (fn: (d: CliDeps) => Promise<number>) => async (): Promise<void> => setExit(await fn(deps()));
+  const run = (fn: (d: CliDeps) => Promise<number>) => async (): Promise<void> => setExitCode(await fn(deps()));
 
   program
     .description('Declarative reconciler for NethServer 8 modules: manifests in, converged nodes out.')
@@ -124,7 +124,7 @@ export function buildProgram(io: MainIO, setExit: (code: number) => void, connec
       if (!opts.watch) return run((d) => getCommand(resource, name, opts, d))();
       const s = shutdownSignal();
       try {
-        setExit(await watchModules({ ...deps(), signal: s.signal }, () => getCommand(resource, name, opts, deps())));
+        setExitCode(await watchModules({ ...deps(), signal: s.signal }, () => getCommand(resource, name, opts, deps())));
       } finally {
         s.dispose();
       }
@@ -160,7 +160,7 @@ export function buildProgram(io: MainIO, setExit: (code: number) => void, connec
     .action((id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
       run((d) => removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
 
-  registerExtensions(program, deps, setExit, get);
+  registerExtensions(program, deps, setExitCode, get);
   return program;
 }
 

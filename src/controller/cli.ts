@@ -360,16 +360,16 @@ function addControllerOptions(cmd: Command): Command {
 
 /**
  * Adds `controller`, `run`, `suspend`, `resume` and `events` to `program`. `deps` is called when a
- * command runs; `setExit` records the exit code for main(). Long-running commands stop cleanly on
+ * command runs; `setExitCode` records the exit code for main(). Long-running commands stop cleanly on
  * SIGTERM/SIGINT (or `extras.signal`).
  */
-export function registerControllerCommands(program: Command, deps: () => CliDeps, setExit: (code: number) => void, extras: ControllerExtras = {}): void {
+export function registerControllerCommands(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, extras: ControllerExtras = {}): void {
   const longRunning = async (fn: (d: ControllerCliDeps) => Promise<number>): Promise<void> => {
     const sig = extras.signal ? { signal: extras.signal, dispose: () => undefined } : shutdownSignal();
     try {
       const d = deps();
       const g = program.opts<{ stateDir?: string }>();
-      setExit(await fn({ ...d, signal: sig.signal, stateDir: resolveStateDir(g.stateDir, d.env) }));
+      setExitCode(await fn({ ...d, signal: sig.signal, stateDir: resolveStateDir(g.stateDir, d.env) }));
     } finally {
       sig.dispose();
     }
@@ -394,7 +394,7 @@ export function registerControllerCommands(program: Command, deps: () => CliDeps
     .option('--for <duration>', 'lapse by itself after this long (e.g. 2h)')
     .option('--reason <text>', 'why (shown in status and events)')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string }) => setExit(await suspendCommand(resource, name, opts, deps())));
+    .action(async (resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string }) => setExitCode(await suspendCommand(resource, name, opts, deps())));
 
   program
     .command('resume')
@@ -402,7 +402,7 @@ export function registerControllerCommands(program: Command, deps: () => CliDeps
     .argument('[resource]', 'module | source')
     .argument('[name]', 'instance id or source name')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (resource: string | undefined, name: string | undefined, opts: { output?: string }) => setExit(await resumeCommand(resource, name, opts, deps())));
+    .action(async (resource: string | undefined, name: string | undefined, opts: { output?: string }) => setExitCode(await resumeCommand(resource, name, opts, deps())));
 
   program
     .command('events')
@@ -411,7 +411,7 @@ export function registerControllerCommands(program: Command, deps: () => CliDeps
     .option('-o, --output <format>', 'text or json (with -w: one JSON object per line)', 'text')
     .option('--limit <n>', 'how many past events to show', '50')
     .action(async (opts: { watch?: boolean; output?: string; limit?: string }) => {
-      if (!opts.watch) return setExit(await eventsCommand(opts, deps()));
+      if (!opts.watch) return setExitCode(await eventsCommand(opts, deps()));
       await longRunning((d) => eventsCommand(opts, d));
     });
 }

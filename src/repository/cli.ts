@@ -224,9 +224,9 @@ function printAvailable(result: AvailableResult, output: string | undefined, d: 
 
 /**
  * Registers `repo refresh`, `search`, `createrepo` on `program`, and `available` under `get`
- * when given (`ns8ctl get available`). Same shape as registerExtensions(program, deps, setExit, get).
+ * when given (`ns8ctl get available`). Same shape as registerExtensions(program, deps, setExitCode, get).
  */
-export function registerRepositoryCommands(program: Command, deps: () => CliDeps, setExit: (code: number) => void, get?: Command): void {
+export function registerRepositoryCommands(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, get?: Command): void {
   const repo = program.command('repo').description('Software repositories (NS8 cluster/repository/*)');
   repo
     .command('refresh')
@@ -242,7 +242,7 @@ export function registerRepositoryCommands(program: Command, deps: () => CliDeps
         d.stdout(renderRefresh(rows));
         for (const r of rows) if (r.error) d.stderr(`error: ${r.error.message}\n`);
       }
-      setExit(rows.some((r) => r.error) ? 1 : 0);
+      setExitCode(rows.some((r) => r.error) ? 1 : 0);
     });
 
   program
@@ -252,7 +252,7 @@ export function registerRepositoryCommands(program: Command, deps: () => CliDeps
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
     .action(async (text: string | undefined, opts: { output?: string }) => {
       const d = deps();
-      setExit(printAvailable(await search({ text }, repositoryDeps(d)), opts.output, d));
+      setExitCode(printAvailable(await search({ text }, repositoryDeps(d)), opts.output, d));
     });
 
   if (get) {
@@ -264,7 +264,7 @@ export function registerRepositoryCommands(program: Command, deps: () => CliDeps
       .action(async (_opts: { output?: string }, cmd: Command) => {
         const d = deps();
         const output = (cmd.optsWithGlobals() as { output?: string }).output;
-        setExit(printAvailable(await getAvailable({ output }, repositoryDeps(d)), output, d));
+        setExitCode(printAvailable(await getAvailable({ output }, repositoryDeps(d)), output, d));
       });
   }
 
@@ -280,6 +280,6 @@ export function registerRepositoryCommands(program: Command, deps: () => CliDeps
       const res = await runCreaterepo({ dir: dir ?? d.cwd, output: opts.output, tlsVerify: opts.tlsVerify, tagPolicy: opts.tagPolicy }, repositoryDeps(d));
       if (res.output === null) d.stdout(`${res.text}\n`);
       else d.stderr(`wrote ${res.output}: ${res.packages.length} module${res.packages.length === 1 ? '' : 's'}, ${res.packages.reduce((n, p) => n + p.versions.length, 0)} versions\n`);
-      setExit(0);
+      setExitCode(0);
     });
 }

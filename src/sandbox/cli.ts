@@ -18,7 +18,7 @@ import { pushImage } from './push.js';
 export interface SandboxCliHooks {
   deps?: () => { stdout?: (t: string) => void; stderr?: (t: string) => void; env?: NodeJS.ProcessEnv; runner?: CommandRunner };
   /** Receives the exit code (main() owns it); without it, a non-zero code goes to process.exitCode. */
-  setExit?: (code: number) => void;
+  setExitCode?: (code: number) => void;
 }
 
 function checkOutput(value: string | undefined, allowed: string[]): string | undefined {
@@ -28,7 +28,7 @@ function checkOutput(value: string | undefined, allowed: string[]): string | und
 
 /**
  * Adds `sandbox create|list|exec|stop|start|delete|push` to the program. Errors are thrown (as
- * Ns8ctlError) for main() to print; `exec` passes the command's exit code to `setExit`.
+ * Ns8ctlError) for main() to print; `exec` passes the command's exit code to `setExitCode`.
  */
 export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks = {}): void {
   const deps = (): SandboxDeps => {
@@ -40,8 +40,8 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     if (given.runner) picked.runner = given.runner;
     return defaultSandboxDeps(picked);
   };
-  const setExit = (code: number): void => {
-    if (hooks.setExit) hooks.setExit(code);
+  const setExitCode = (code: number): void => {
+    if (hooks.setExitCode) hooks.setExitCode(code);
     else if (code !== 0) process.exitCode = code;
   };
   const nameOpt = ['--name <name>', 'sandbox name', DEFAULT_SANDBOX_NAME] as const;
@@ -62,7 +62,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const d = deps();
       const info = await createSandbox({ name: opts.name, nodes: opts.nodes, ...(opts.retain ? { retain: true } : {}) }, d);
       d.stdout(format === 'json' ? renderJson(info) : renderCreated(info));
-      setExit(0);
+      setExitCode(0);
     });
 
   sandbox
@@ -74,7 +74,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const d = deps();
       const format = checkOutput(opts.output, ['table', 'json']);
       d.stdout(renderList(await listSandboxes({ ...(opts.name ? { name: opts.name } : {}) }, d), format));
-      setExit(0);
+      setExitCode(0);
     });
 
   sandbox
@@ -84,7 +84,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .argument('<command...>', 'command and arguments (after --)')
     .option(...nameOpt)
     .action(async (node: string, command: string[], opts: { name: string }) => {
-      setExit(await execInNode({ name: opts.name, node, command }, deps()));
+      setExitCode(await execInNode({ name: opts.name, node, command }, deps()));
     });
 
   sandbox
@@ -96,7 +96,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const d = deps();
       const n = await stopNode({ name: opts.name, node }, d);
       d.stdout(`node ${n.nodeId} (${n.name}) stopped\n`);
-      setExit(0);
+      setExitCode(0);
     });
 
   sandbox
@@ -108,7 +108,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const d = deps();
       const n = await startNode({ name: opts.name, node }, d);
       d.stdout(`node ${n.nodeId} (${n.name}) running\n`);
-      setExit(0);
+      setExitCode(0);
     });
 
   sandbox
@@ -122,7 +122,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const res = await deleteSandbox({ name: opts.name }, d);
       if (format === 'json') d.stdout(renderJson(res));
       else d.stdout(res.containers.length === 0 && !res.network && !res.stateDir ? `sandbox "${res.name}" did not exist; nothing to delete\n` : `sandbox "${res.name}" deleted (${res.containers.length} container(s), network ${res.network ?? '-'})\n`);
-      setExit(0);
+      setExitCode(0);
     });
 
   sandbox
@@ -137,6 +137,6 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       const d = deps();
       const res = await pushImage({ name: opts.name, image, ...(opts.as ? { as: opts.as } : {}) }, d);
       d.stdout(format === 'json' ? renderJson(res) : `${res.url}\n`);
-      setExit(0);
+      setExitCode(0);
     });
 }

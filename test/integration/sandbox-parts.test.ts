@@ -118,7 +118,7 @@ describe('sandbox commands in the CLI', () => {
     const runner = fakePodman();
     let out = '';
     const program = new Command('ns8ctl').exitOverride();
-    registerSandboxCommands(program, { deps: () => ({ runner, stdout: (t) => void (out += t), stderr: () => undefined }), setExit: () => undefined });
+    registerSandboxCommands(program, { deps: () => ({ runner, stdout: (t) => void (out += t), stderr: () => undefined }), setExitCode: () => undefined });
     await program.parseAsync(['sandbox', 'list', '-o', 'json'], { from: 'user' });
     expect(JSON.parse(out)).toEqual({ sandboxes: [] });
     expect(runner.calls).toContainEqual(['podman', 'ps', '-a', '--filter', 'label=org.ns8ctl.sandbox', '--format', 'json']);
@@ -129,7 +129,7 @@ describe('sandbox commands in the CLI', () => {
     const runner = fakePodman(JSON.stringify([node2]));
     const codes: number[] = [];
     const program = new Command('ns8ctl').exitOverride();
-    registerSandboxCommands(program, { deps: () => ({ runner, stdout: () => undefined, stderr: () => undefined }), setExit: (c) => void codes.push(c) });
+    registerSandboxCommands(program, { deps: () => ({ runner, stdout: () => undefined, stderr: () => undefined }), setExitCode: (c) => void codes.push(c) });
     await program.parseAsync(['sandbox', 'exec', '--name', 'dev', '2', '--', 'ls', '-la', '--name', 'x'], { from: 'user' });
     expect(runner.calls).toContainEqual(['podman', 'ps', '-a', '--filter', 'label=org.ns8ctl.sandbox=dev', '--format', 'json']);
     expect(runner.calls).toContainEqual(['podman', 'exec', 'ns8ctl-dev-node2', 'ls', '-la', '--name', 'x']);
