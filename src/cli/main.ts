@@ -9,7 +9,7 @@ import { getCommand } from './commands/get.js';
 import { applyCommand, diffCommand } from './commands/plan-commands.js';
 import { validateCommand } from './commands/validate.js';
 import { renderJson } from './output.js';
-import { registerExtensions } from './extensions.js';
+import { registerExtensions, type ProgramExtras } from './extensions.js';
 import { shutdownSignal, watchModules } from '../controller/cli.js';
 
 const VERSION = '0.1.0';
@@ -49,7 +49,7 @@ export function processIO(): MainIO {
  * Builds the command tree. Every action is a thin adapter: it calls a command function
  * (options, deps) -> exit code, and records the code for main().
  */
-export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[]): Command {
+export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[], extras: ProgramExtras = {}): Command {
   const program = new Command('ns8ctl');
   const runner = new ExecaRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
@@ -160,7 +160,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .action((id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
       run((d) => removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
 
-  registerExtensions(program, deps, setExitCode, get);
+  registerExtensions(program, deps, setExitCode, get, extras);
   return program;
 }
 
@@ -168,10 +168,10 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
  * Runs the CLI and returns the exit code (0 ok, 1 error or diff with changes, 2 usage).
  * Only this function decides exit codes; errors are printed once, as text or (-o json) JSON.
  */
-export async function main(argv: string[], io: MainIO = processIO()): Promise<number> {
+export async function main(argv: string[], io: MainIO = processIO(), extras: ProgramExtras = {}): Promise<number> {
   let code = 0;
   const connections: Connection[] = [];
-  const program = buildProgram(io, (c) => (code = c), connections);
+  const program = buildProgram(io, (c) => (code = c), connections, extras);
   const wantsJson = argv.some((a, i) => (a === '-o' || a === '--output') && argv[i + 1] === 'json') || argv.includes('--output=json') || argv.includes('-ojson');
   try {
     await program.parseAsync(argv, { from: 'user' });

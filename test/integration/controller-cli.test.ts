@@ -197,7 +197,7 @@ describe('controller commands', () => {
   });
 
   it('stops a real `controller` process cleanly on SIGTERM (exit 0, lease released)', async () => {
-    const bin = path.resolve('dist/src/controller/bin.js');
+    const bin = path.resolve('dist/src/cli/bin.js');
     if (!existsSync(bin)) throw new Error(`${bin} is missing: run \`npm run build\` first (npm test does)`);
     const m = path.join(dir, 'm');
     mkdirSync(m);

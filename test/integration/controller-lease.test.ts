@@ -2,7 +2,7 @@
  * Leader election with real processes and a real Redis: of two controllers exactly one acts;
  * when the leader is killed with SIGKILL the other takes over (within the lease) and converges;
  * SIGTERM stops a leader cleanly and hands over at once. Spawns the built entry point
- * dist/src/controller/bin.js with plain node (`npm test` builds first).
+ * dist/src/cli/bin.js with plain node (`npm test` builds first).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 import { LeaderElector } from '../../src/controller/leader-election.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
-const BIN = path.resolve('dist/src/controller/bin.js');
+const BIN = path.resolve('dist/src/cli/bin.js');
 const NODE = 'apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node1}\nspec: {id: 1}\n';
 const mod = (tag: string): string => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: webapp1\nspec:\n  image: 127.0.0.1:5000/ns8ctl-examples/webapp:${tag}\n  node: 1\n`;
 
