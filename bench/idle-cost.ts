@@ -1,6 +1,6 @@
 /**
  * Idle cost of the controller (issue 5): 200 Module instances in a watched manifests directory,
- * the controller running as its own process (dist/src/controller/bin.js, default settings: 10 min
+ * the controller running as its own process (dist/src/cli/bin.js, default settings: 10 min
  * resync, HTTP endpoint, leader lease renewals); once it has converged, its CPU% and RSS are
  * measured from /proc over a bounded window: 20 s by default, 60 s with BENCH_IDLE_LONG=1, or
  * BENCH_IDLE_SECONDS=N. Aim: under 1 % CPU, no busy loop (no reconcile while idle).
@@ -17,7 +17,7 @@ import { startBenchRedis } from './support/redis.js';
 
 const INSTANCES = Number(process.env.BENCH_INSTANCES ?? 200);
 const WINDOW_S = Number(process.env.BENCH_IDLE_SECONDS ?? (process.env.BENCH_IDLE_LONG ? 60 : 20));
-const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/controller/bin.js');
+const BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/bin.js');
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
