@@ -2,10 +2,14 @@
  * The apply pipeline, stage by stage: load -> validate -> observe -> plan -> (render) -> apply.
  * Only `applyPlan` writes; everything before it is read-only, so invalid input writes nothing.
  */
+import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../controller/configuration-schema.js';
+import { checkPlannedConfigurations, type DocumentLocator } from '../controller/configuration-validation.js';
 import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
-import type { CommandRunner } from '../host/runner.js';
-import { loadManifests, type LoadResult } from '../manifest/load.js';
+import { ExecaRunner, type CommandRunner } from '../host/runner.js';
+import { loadManifests, type LoadedDocument, type LoadResult } from '../manifest/load.js';
+import { locate } from '../manifest/locate.js';
 import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/types.js';
 import { validateManifests } from '../manifest/validate.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
@@ -17,6 +21,7 @@ import { loadAvailable } from '../repository/image-resolver.js';
 import type { RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
 import { readClusterState, readNodeRecords, type ReadScope } from '../state/read-state.js';
+import { resolveStateDir } from '../state/state-dir.js';
 import { executeWrites } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { planToWrites } from './to-writes.js';
@@ -34,7 +39,32 @@ export interface ResolveOptions {
   coreVersion?: string;
   /** Repository download options (timeout, view). */
   fetch?: FetchOptions;
+  /**
+   * Where plan-time validation of `spec.configuration` finds configure-module schemas (offline:
+   * install dir, local container storage, cache; see src/controller/configuration-schema.ts).
+   * Default: defaultSchemaLookup(); `false` skips the check.
+   */
+  configuration?: ConfigurationSchemaLookup | false;
 }
+
+/**
+ * The production schema lookup: NS8's install dirs, root's container storage through `podman`,
+ * and the cache `<state-dir>/cache/configuration-schemas`.
+ */
+export function defaultSchemaLookup(runner: CommandRunner = new ExecaRunner()): ConfigurationSchemaLookup {
+  return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas') });
+}
+
+/** The document each validated object came from (set by loadAndValidate), for precise diagnostics. */
+const documentOf = new WeakMap<object, LoadedDocument>();
+
+/** Locates a pointer in the loaded document of a desired object; falls back to the document start. */
+const locateInDocument: DocumentLocator = (d, pointer, mode) => {
+  const doc = documentOf.get(d);
+  if (!doc) return { file: d.source.file, line: d.source.line, col: d.source.col };
+  const pos = locate(doc.doc, doc.lineCounter, pointer, mode);
+  return { file: doc.source.file, line: pos.line, col: pos.col };
+};
 
 export interface PreparedPlan {
   desired: DesiredObject[];
@@ -80,6 +110,11 @@ export async function loadAndValidate(
   const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records) } : undefined);
   const diagnostics = result.diagnostics; // includes the load diagnostics, sorted
   if (diagnostics.length > 0) throw new ManifestError(diagnostics);
+  const docs = new Map(loaded.documents.map((d) => [`${d.source.file}\u0000${d.source.doc}`, d] as const));
+  for (const o of result.objects) {
+    const doc = docs.get(`${o.source.file}\u0000${o.source.doc}`);
+    if (doc) documentOf.set(o, doc);
+  }
   return { desired: result.objects, state, loaded };
 }
 
@@ -126,12 +161,21 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
 
 /**
  * observeResolution + the pure annotatePlan: `base` (made by `plan()` from `desired` and `state`)
- * with resolved images, resolution and max-per-node blocks, and update notices.
- * @throws RedisError when Redis fails.
+ * with resolved images, resolution and max-per-node blocks, and update notices; then the
+ * `spec.configuration` of every created or updated Module is validated against its
+ * configure-module schema (unless `opts.configuration` is false). A schema that cannot be found
+ * offline is a warning.
+ * @throws ManifestError (file:line:col, /spec/configuration/...) when a configuration is invalid:
+ *   nothing may be written. RedisError when Redis fails.
  */
 export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[], state: ClusterState, base: Plan, opts: ResolveOptions = {}): Promise<{ plan: Plan; warnings: string[] }> {
   const { inputs, warnings } = await observeResolution(redis, desired, base, opts);
-  return { plan: annotatePlan(base, desired, state, inputs), warnings };
+  const plan = annotatePlan(base, desired, state, inputs);
+  if (opts.configuration === false || !desired.some((d) => d.object.kind === 'Module' && d.object.spec.configuration !== undefined)) return { plan, warnings };
+  const check = await checkPlannedConfigurations(desired, plan, { lookup: opts.configuration ?? defaultSchemaLookup(), running: inputs.running, locate: locateInDocument });
+  if (check.diagnostics.length > 0) throw new ManifestError(check.diagnostics);
+  if (check.warnings.length === 0) return { plan, warnings };
+  return { plan: { ...plan, warnings: [...(plan.warnings ?? []), ...check.warnings] }, warnings };
 }
 
 async function planAndResolve(desired: DesiredObject[], state: ClusterState, redis: Redis, opts: PlanOptions): Promise<PreparedPlan> {

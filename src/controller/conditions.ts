@@ -6,6 +6,7 @@
  */
 import type { ModuleStatus as AgentStatus } from '../node-agent/types.js';
 import { maskString } from '../plan/mask.js';
+import type { ConfigurationFacts } from './configuration-reconciler.js';
 
 export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled' | 'Drifted';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
@@ -47,6 +48,8 @@ export interface ModuleFacts {
   suspended?: { reason: string; until?: string } | undefined;
   /** Set by a source reconcile that found the desired object differing from its source without healing it. */
   desiredDrift?: { source: string; message: string } | undefined;
+  /** Outcome of the declarative configuration step (configuration-reconciler.ts), when it ran. */
+  configuration?: ConfigurationFacts | undefined;
 }
 
 /** The summary the controller stores in `ns8ctl/conditions/module/<id>`. */
@@ -105,11 +108,23 @@ export function summarizeModule(f: ModuleFacts): ObjectSummary {
     ready = cond('Ready', 'False', p?.reason || 'Progressing', p?.message || `${f.id} is not ready yet`);
     reconciling = cond('Reconciling', 'True', p?.reason || 'Progressing', p?.message || `converging ${f.id}`);
   }
+  const cf = f.configuration;
+  if (cf && ready.status === 'True') {
+    if (cf.failed) {
+      ready = cond('Ready', 'False', 'ConfigurationFailed', `configure-module refused spec.configuration: ${cf.failed}`);
+      reconciling = cond('Reconciling', 'False', 'ConfigurationFailed', 'stopped until spec.configuration (or the generation) changes');
+      stalled = cond('Stalled', 'True', 'ConfigurationFailed', `${cf.failed} (retrying cannot fix this: change spec.configuration)`);
+    } else if (cf.pending) {
+      ready = cond('Ready', 'False', 'Configuring', cf.pending);
+      reconciling = cond('Reconciling', 'True', 'Configuring', `retrying with backoff: ${cf.pending}`);
+    }
+  }
   if (f.suspended && !f.deleting) {
     reconciling = cond('Reconciling', 'False', 'Suspended', `suspended${f.suspended.reason ? `: ${f.suspended.reason}` : ''}${f.suspended.until ? ` (until ${f.suspended.until})` : ''}; run \`ns8ctl resume module ${f.id}\` to resume`);
   }
   let drifted = cond('Drifted', 'False', 'NoDrift', 'no drift found');
   if (f.desiredDrift) drifted = cond('Drifted', 'True', 'DesiredStateDrift', f.desiredDrift.message);
+  else if (cf?.drift && cf.drift.length > 0) drifted = cond('Drifted', 'True', 'ConfigurationDrift', `live configuration of ${f.id} differs from spec.configuration (self-heal is off): ${cf.drift.join('; ')}`);
   else if (a && a.drift.length > 0) drifted = cond('Drifted', 'True', 'HostDriftRepaired', `the node agent repaired: ${a.drift.join('; ')}`);
   return {
     conditions: [ready, reconciling, stalled, drifted],

@@ -13,11 +13,13 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { defaultSchemaLookup } from '../apply/pipeline.js';
 import { toNs8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { keys } from '../state/keys.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import type { BackoffOptions } from './backoff.js';
+import type { ConfigurationSchemaLookup } from './configuration-schema.js';
 import { longLivedConnection } from './connections.js';
 import { DirectoryWatch } from './directory-watch.js';
 import { EventRecorder } from './events.js';
@@ -47,6 +49,12 @@ export interface ControllerOptions {
   /** Leader identity (default host:pid:random). */
   identity?: string;
   backoff?: BackoffOptions;
+  /**
+   * Declarative configuration (docs/controller.md): run configure-module when spec.configuration
+   * changes, drift-check with get-configuration every `driftCheckEveryMs` (default: the resync
+   * interval). `false`: leave module configuration alone.
+   */
+  configuration?: { driftCheckEveryMs?: number; taskTimeoutMs?: number } | false;
 }
 
 export interface ControllerDeps {
@@ -60,6 +68,8 @@ export interface ControllerDeps {
   /** Observers (benchmarks, tests). */
   onReconcileStart?: (key: string) => void;
   onReconcileDone?: (report: ReconcileReport) => void;
+  /** configure-module schemas (plan-time validation, drift normalisation); default defaultSchemaLookup(runner). */
+  configurationSchemas?: ConfigurationSchemaLookup;
 }
 
 /** Error codes no retry can fix. */
@@ -142,6 +152,7 @@ export class Controller {
           onSynced: (name, at) => this.metrics.lastSuccessfulSync.set(at.getTime() / 1000, { source: name }),
           onDriftCorrected: (name, n) => this.metrics.driftCorrections.inc({ source: name }, n),
           onObjectsTouched: (ks) => ks.forEach((k) => this.runtime?.queue.add(k)),
+          configurationSchemas: this.schemas(),
         }),
       );
     }
@@ -198,6 +209,13 @@ export class Controller {
       this.deps.logger.log('info', 'controller stopped', { identity: this.identity });
     })();
     return this.stopping;
+  }
+
+  private schemaLookup: ConfigurationSchemaLookup | undefined;
+
+  private schemas(): ConfigurationSchemaLookup {
+    this.schemaLookup ??= this.deps.configurationSchemas ?? defaultSchemaLookup(this.deps.runner);
+    return this.schemaLookup;
   }
 
   /** Queues a key now (tests, benchmarks). No effect on a standby. */
@@ -317,6 +335,16 @@ export class Controller {
           else this.drifted.delete(mid);
           this.metrics.driftedObjects.set(this.drifted.size);
         },
+        ...(this.opts.configuration === false
+          ? {}
+          : {
+              configuration: {
+                schemas: this.schemas(),
+                selfHeal: (applySet: string) => this.reconcilers.get(sourceKey(applySet))?.spec.selfHeal ?? false,
+                driftCheckEveryMs: this.opts.configuration?.driftCheckEveryMs ?? this.opts.resyncMs ?? 600_000,
+                ...(this.opts.configuration?.taskTimeoutMs !== undefined ? { taskTimeoutMs: this.opts.configuration.taskTimeoutMs } : {}),
+              },
+            }),
       });
       return;
     }

@@ -11,6 +11,7 @@ import type { ModuleSpec } from '../manifest/types.js';
 import { parseStoredObject } from '../state/read-state.js';
 import { keys } from '../state/keys.js';
 import { findCondition, moduleTransitionEvent, sameConditions, stampConditions, summarizeModule, transitions, type Condition, type ObjectSummary } from './conditions.js';
+import { reconcileConfiguration, type ConfigurationReconcileDeps } from './configuration-reconciler.js';
 import type { EventRecorder } from './events.js';
 import type { Suspension } from './suspend.js';
 
@@ -76,6 +77,8 @@ export interface ModuleReconcilerDeps {
   now: () => Date;
   /** Whether the module's Drifted condition is True now (for the drift gauge); false when gone. */
   onDrift?: (id: string, drifted: boolean) => void;
+  /** Declarative configuration (configure-module, drift checks); omitted: not reconciled. */
+  configuration?: Omit<ConfigurationReconcileDeps, 'redis' | 'events' | 'now'>;
 }
 
 /** One reconcile of a Module summary. Throws RedisError when Redis cannot be read or written. */
@@ -110,7 +113,7 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
     }
   }
   const spec = stored.object.spec as ModuleSpec;
-  const next = summarizeModule({
+  const facts = {
     id,
     generation: stored.generation,
     revision: stored.revision,
@@ -120,9 +123,31 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
     agent,
     suspended: suspension ? { reason: suspension.reason, ...(suspension.until ? { until: suspension.until } : {}) } : undefined,
     desiredDrift,
-  });
+  };
+  let next = summarizeModule(facts);
+  let retry: Error | undefined;
+  if (deps.configuration) {
+    const ready = findCondition(next.conditions, 'Ready');
+    const res = await reconcileConfiguration(
+      {
+        id,
+        generation: stored.generation,
+        applySet: stored.applySet ?? '',
+        configuration: spec.configuration,
+        ready: ready?.status === 'True' && ready.reason === 'Converged' && !suspension && !stored.deleting,
+        installedImage: agent?.imageUrl || undefined,
+      },
+      { ...deps.configuration, redis, events: deps.events, now: deps.now },
+    );
+    retry = res.retry;
+    if (res.facts) next = summarizeModule({ ...facts, configuration: res.facts });
+  }
+  const done = (s: ObjectSummary): ObjectSummary => {
+    if (retry) throw retry;
+    return s;
+  };
   deps.onDrift?.(id, findCondition(next.conditions, 'Drifted')?.status === 'True');
-  if (sameSummary(prev, next)) return prev;
+  if (sameSummary(prev, next)) return done(prev as ObjectSummary);
   const stamped: ObjectSummary = { ...next, conditions: stampConditions(prev?.conditions, next.conditions, deps.now()) };
   await redis.multi().del(summaryKey).hset(summaryKey, summaryFields(stamped)).exec();
   for (const t of transitions(prev?.conditions, stamped.conditions)) {
@@ -136,5 +161,5 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
       data: { module: id, condition: t.type, status: t.to, reason: t.condition.reason, generation: stamped.generation, observedGeneration: stamped.observedGeneration },
     });
   }
-  return stamped;
+  return done(stamped);
 }

@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { applyPlan, loadAndValidate, resolvePlan } from '../apply/pipeline.js';
+import { applyPlan, defaultSchemaLookup, loadAndValidate, resolvePlan } from '../apply/pipeline.js';
 import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { objectKey, type DesiredObject } from '../manifest/types.js';
@@ -21,6 +21,7 @@ import { checkPruneSafety, isEmpty, parseKey, plan as makePlan } from '../plan/p
 import type { ClusterState } from '../plan/state.js';
 import type { Plan } from '../plan/types.js';
 import { cond, type Condition } from './conditions.js';
+import type { ConfigurationSchemaLookup } from './configuration-schema.js';
 import type { EventRecorder } from './events.js';
 import { GitCheckout, type CommitInfo, type GitSourceSpec } from './git-checkout.js';
 import type { Logger } from './log.js';
@@ -56,6 +57,8 @@ export interface SourceReconcilerDeps {
   onDriftCorrected?: (source: string, count: number) => void;
   /** Objects whose summary may have changed (drift marks): the controller requeues them. */
   onObjectsTouched?: (keys: string[]) => void;
+  /** configure-module schemas for plan-time validation (default defaultSchemaLookup(runner); false: skip). */
+  configurationSchemas?: ConfigurationSchemaLookup | false;
 }
 
 /** Error codes that only a new commit or file change can fix. */
@@ -249,7 +252,14 @@ export class SourceReconciler {
       return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
     }
     // Image resolution as `ns8ctl apply` does it: unresolvable or over-limit Modules are blocked.
-    const resolved = await resolvePlan(redis, pinned, state, p);
+    // ... and spec.configuration checked against configure-module schemas: invalid rejects the revision.
+    let resolved: Awaited<ReturnType<typeof resolvePlan>>;
+    try {
+      resolved = await resolvePlan(redis, pinned, state, p, { configuration: this.deps.configurationSchemas ?? defaultSchemaLookup(this.deps.runner) });
+    } catch (err) {
+      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
+      throw err;
+    }
     p = resolved.plan;
     const warnings = [...resolved.warnings, ...(p.warnings ?? [])].join('; ');
     if (warnings && warnings !== this.lastWarnings) this.deps.log.log('warn', 'plan warnings', { source: name, warnings });

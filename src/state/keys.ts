@@ -48,6 +48,13 @@ export const keys = {
    * target alone.
    */
   suspension: (target: 'module' | 'source', name: string): string => `ns8ctl/suspend/${target}/${name}`,
+  /**
+   * HASH: the controller's record of a Module's declarative configuration: `appliedHash` (sha256
+   * of the canonical spec.configuration configure-module last accepted), `appliedGeneration`,
+   * `appliedTime`, `appliedTask`, `failedHash`/`failedGeneration`/`failedMessage` (last refused
+   * configuration, masked), `drift` (JSON array of masked field-diff lines), `driftCheckedTime`.
+   */
+  moduleConfiguration: (id: string): string => `ns8ctl/configuration/module/${id}`,
 
   // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------
   /** STRING (INT): last instance number handed out for a module (`dokuwiki` -> 3). */
