@@ -81,6 +81,8 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       return;
     case 'create-user': {
       await deps.records.update(id, { node, rootfull: false });
+      const kept = await fs.stat(path.join(deps.layout.homeBase, id)).catch(() => undefined);
+      if (kept) await disableKeptUnits(path.join(deps.layout.homeBase, id));
       await deps.users.create(id, purpose);
       const user = await currentUser(ctx);
       if (!user) throw new Ns8ctlError('user_missing', `${purpose}: useradd succeeded but ${id} is not in ${deps.layout.passwdFile}`, { user: false });
@@ -322,6 +324,22 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
 }
 
 /**
+ * A home kept from an earlier removal still has the units' `.wants/` symlinks: once linger is on,
+ * the user manager would start them with the old environment (old ports) before the agent has
+ * written the new one. They are removed; the agent enables the units again when it starts them.
+ */
+async function disableKeptUnits(home: string): Promise<void> {
+  const dir = path.join(home, '.config', 'systemd', 'user');
+  const entries = await fs.readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    if (!e.isDirectory() || !/\.(wants|requires)$/.test(e.name)) continue;
+    for (const link of await fs.readdir(path.join(dir, e.name), { withFileTypes: true }).catch(() => [])) {
+      if (link.isSymbolicLink()) await fs.rm(path.join(dir, e.name, link.name), { force: true });
+    }
+  }
+}
+
+/**
  * Rootless podman keeps its runtime paths (`/tmp/podman-run-<uid>` or `/run/user/<uid>`) in its
  * database in the user's storage: after the user was recreated with another uid those paths are
  * someone else's and every podman command fails. Removing the database resets them; images (in
@@ -334,11 +352,12 @@ async function resetPodmanDatabase(home: string): Promise<void> {
 }
 
 async function verifyActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {
-  // A Type=simple unit reports active at once and may fail a moment later: look a few times.
+  // A Type=simple unit reports active at once and may fail a moment later: it must stay active
+  // for about 1.5 s (then a unit restarting on failure shows as activating or failed).
   let states: Record<string, string> = {};
-  for (let i = 0; i < 10; i++) {
+  for (let i = 0; i < 12; i++) {
     states = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
-    if (units.every((u) => states[u] === 'active') && i >= 2) return;
+    if (units.every((u) => states[u] === 'active') && i >= 5) return;
     if (units.some((u) => states[u] === 'failed')) break;
     await ctx.deps.delay(300);
   }

@@ -4,6 +4,7 @@
  */
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import type { CommandRunner } from '../host/runner.js';
 import type { ModuleSpec } from '../manifest/types.js';
 import type { CliDeps } from '../cli/deps.js';
 import { renderJson, renderTable, parseOutput } from '../cli/output.js';
@@ -50,15 +51,36 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const resyncMs = positiveInt(opts.resync, '--resync', 60) * 1000;
   const conn = await d.connect({ startEmbedded: true });
   const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [] };
+  // Counts the commands of this run (the runner's own history is bounded).
+  const counted = { all: 0, mutating: 0 };
+  const runner: CommandRunner = {
+    get history() {
+      return d.runner.history;
+    },
+    run: (argv, o) => {
+      counted.all++;
+      if (o?.mutating) counted.mutating++;
+      return d.runner.run(argv, o);
+    },
+  };
   const deps: NodeAgentDeps = createNodeAgentDeps(agentOpts, {
     redis: conn.redis,
-    runner: d.runner,
+    runner,
     log: (line) => d.stderr(line + '\n'),
     ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),
   });
   if (opts.once) {
     const result = await reconcileNodeOnce(agentOpts, deps);
-    d.stdout(output === 'json' ? renderJson({ node: result.node, systemdMissing: result.systemdMissing ?? null, instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })) }) : renderReconcileResult(result));
+    d.stdout(
+      output === 'json'
+        ? renderJson({
+            node: result.node,
+            systemdMissing: result.systemdMissing ?? null,
+            commands: counted,
+            instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })),
+          })
+        : renderReconcileResult(result) + `${counted.all} command(s) run, ${counted.mutating} changing the host\n`,
+    );
     return result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
   }
   const subscriber = conn.redis.duplicate();

@@ -23,6 +23,8 @@ export interface HostLayout {
   systemdRunDir: string;
   /** cgroup file system root. Default /sys/fs/cgroup. */
   cgroupRoot: string;
+  /** PID 1's cgroup membership (tells where systemd's tree starts). Default /proc/1/cgroup. */
+  pid1CgroupFile: string;
   passwdFile: string;
   subuidFile: string;
   subgidFile: string;
@@ -43,6 +45,7 @@ export function defaultLayout(overrides: Partial<HostLayout> = {}): HostLayout {
     lingerDir: '/var/lib/systemd/linger',
     systemdRunDir: '/run/systemd/system',
     cgroupRoot: '/sys/fs/cgroup',
+    pid1CgroupFile: '/proc/1/cgroup',
     passwdFile: '/etc/passwd',
     subuidFile: '/etc/subuid',
     subgidFile: '/etc/subgid',

@@ -254,11 +254,14 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
   const gone = Object.keys(recUnits).filter((n) => !wanted.some((u) => u.name === n));
   const fileChanged = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name]!.split(':')[0] !== u.fileHash);
   const fresh = wanted.filter((u) => recUnits[u.name] === undefined);
-  const restart = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(u.fileHash, envText));
+  // A unit the agent has no stamp for but that already runs (enabled in a home kept from an
+  // earlier removal and started by the user manager) runs with unknown values: restart it.
+  const restart = wanted.filter((u) => (recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(u.fileHash, envText)) || (recUnits[u.name] === undefined && u.active === true));
   const enable = wanted.filter((u) => !u.enabled);
   const start = wanted.filter((u) => !restart.includes(u) && (u.active === false || fresh.includes(u)));
   if (gone.length) add({ id, kind: 'stop-units', units: gone, reason: `units no longer in the image: ${gone.join(' ')}` });
-  if (fresh.length || fileChanged.length || gone.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${[...fresh, ...fileChanged].map((u) => u.name).join(' ') || gone.join(' ')}` });
+  // Rootfull unit files arrive through install-system-units, which is followed by its own reload.
+  if ((!rootfull && (fresh.length || fileChanged.length)) || gone.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${[...fresh, ...fileChanged].map((u) => u.name).join(' ') || gone.join(' ')}` });
   if (enable.length) {
     add({ id, kind: 'enable-units', units: enable.map((u) => u.name), reason: `units not enabled: ${enable.map((u) => u.name).join(' ')}`, ...(enable.some((u) => recUnits[u.name]) ? { drift: `units disabled: ${enable.filter((u) => recUnits[u.name]).map((u) => u.name).join(' ')}` } : {}) });
   }
@@ -266,7 +269,7 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
     const stopped = start.filter((u) => recUnits[u.name] !== undefined);
     add({ id, kind: 'start-units', units: start.map((u) => u.name), reason: `units not running: ${start.map((u) => u.name).join(' ')}`, ...(stopped.length ? { drift: `units stopped: ${stopped.map((u) => u.name).join(' ')}` } : {}) });
   }
-  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed: ${restart.map((u) => u.name).join(' ')}` });
+  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed (or unknown): ${restart.map((u) => u.name).join(' ')}` });
   const stamps = Object.fromEntries(wanted.map((u) => [u.name, unitStamp(u.fileHash, envText)]));
   if (JSON.stringify(stamps) !== JSON.stringify(Object.fromEntries(Object.entries(recUnits).sort()))) {
     add({ id, kind: 'record-units', units: stamps, reason: 'remember unit files and environment the units run with' });

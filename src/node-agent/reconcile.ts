@@ -219,6 +219,12 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
         relabelled = true;
       }
     }
+    // Labels read by inspection of the very image present: remember them, so the next reconcile
+    // needs no podman (only once the finalizer holds the Module: records are for held instances).
+    if (observed.localImage && facts.id === observed.localImage.id && rec?.image?.id !== facts.id && d.finalizers.includes(NODE_AGENT_FINALIZER)) {
+      rec = await deps.records.update(id, { image: facts, imageUrl: url });
+      observed.record = rec;
+    }
     const paths = instancePaths(deps.layout, id, rootfull, observed.user?.home);
     plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir });
     const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !drift.includes(x));

@@ -101,6 +101,7 @@ beforeAll(async () => {
       lingerDir: path.join(root, 'linger'),
       systemdRunDir: path.join(root, 'no-systemd-here'),
       cgroupRoot: path.join(root, 'cgroup'),
+      pid1CgroupFile: '/proc/1/cgroup',
       passwdFile: '/etc/passwd',
       subuidFile: '/etc/subuid',
       subgidFile: '/etc/subgid',

@@ -47,9 +47,9 @@ async function eventually<T>(what: string, probe: () => Promise<T | undefined>, 
   }
 }
 
-async function apply(image: string): Promise<void> {
-  const manifest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\nspec:\n  image: ${image}\n  node: 1\n`;
-  const w = await inNode(['sh', '-c', 'mkdir -p /root/manifests && cat > /root/manifests/webapp1.yaml'], manifest);
+async function apply(image: string, id = ID, extra = ''): Promise<void> {
+  const manifest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${id}\nspec:\n  image: ${image}\n  node: 1\n${extra}`;
+  const w = await inNode(['sh', '-c', `mkdir -p /root/manifests && cat > /root/manifests/${id}.yaml`], manifest);
   expect(w.code).toBe(0);
   const res = await inNode(['ns8ctl', 'apply', '-f', '/root/manifests/']);
   if (res.code !== 0) throw new Error(`ns8ctl apply exited ${res.code}:\n${res.out}\n${res.err}`);
@@ -82,7 +82,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   leader?.disconnect();
-  await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+  // NS8CTL_KEEP_SANDBOX=1 keeps the node for a look after a failure.
+  if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
 }, 120_000);
 
 describe('the node agent in a sandbox node', () => {
@@ -103,7 +104,10 @@ describe('the node agent in a sandbox node', () => {
     expect(JSON.parse(status.units ?? '[]')).toEqual([{ name: 'webapp.service', enabled: true, active: true }]);
     // A second pass changes nothing and restarts nothing.
     const before = (await userctl('show', '-p', 'InvocationID', 'webapp.service')).out;
-    expect(await agentOnce()).toMatch(/webapp1\s+unchanged/);
+    const again = await agentOnce();
+    expect(again).toMatch(/webapp1\s+unchanged/);
+    // Observation reads files, cgroups and one Redis pipeline: no process at all.
+    expect(again).toMatch(/^0 command\(s\) run, 0 changing the host$/m);
     expect((await userctl('show', '-p', 'InvocationID', 'webapp.service')).out).toBe(before);
   }, 300_000);
 
@@ -128,7 +132,7 @@ describe('the node agent in a sandbox node', () => {
   }, 300_000);
 
   test('delete + node-agent: nothing is left but the preserved home', async () => {
-    const del = await inNode(['ns8ctl', 'delete', 'module', ID]);
+    const del = await inNode(['ns8ctl', 'delete', 'module', ID, '--manifests', '/root/manifests']);
     expect(del.code).toBe(0);
     await agentOnce();
     expect((await inNode(['id', ID])).code).not.toBe(0);
@@ -142,4 +146,34 @@ describe('the node agent in a sandbox node', () => {
     expect(await leader.exists(keys.desired('Module', ID), keys.moduleStatus(ID))).toBe(0);
     expect((await inNode(['sh', '-c', `ps -eo user:32,comm | grep -c '^${ID} ' || true`])).out.trim()).toBe('0');
   }, 180_000);
+
+  test('re-added over its kept home next to a rootfull instance: every unit runs with its own new ports', async () => {
+    const rf = 'rootfull-demo1';
+    await apply(images.rootfullDemo['1.0.0'], rf, '  removalPolicy: Delete\n');
+    await apply(images.webapp['2.0.0'], ID, '  removalPolicy: Delete\n');
+    await agentOnce();
+    const webEnv = await leader.hgetall(keys.moduleEnvironment(ID));
+    const rfEnv = await leader.hgetall(keys.moduleEnvironment(rf));
+    const [first, second] = (rfEnv.TCP_PORTS ?? '').split(',');
+    expect(new Set([webEnv.TCP_PORT, first, second]).size).toBe(3);
+    const unit = `rootfull-demo@${rf}.service`;
+    const state = (await inNode(['systemctl', 'is-active', unit])).out.trim();
+    if (state !== 'active') throw new Error(`${unit} is ${state}:\n${(await inNode(['journalctl', '-u', unit, '--no-pager', '-n', '40'])).out}`);
+    expect((await inNode(['systemctl', 'is-enabled', unit])).out.trim()).toBe('enabled');
+    expect((await userctl('is-active', 'webapp.service')).out.trim()).toBe('active');
+    expect(await page(webEnv.TCP_PORT!)).toContain('webapp-httpd 2.0.0');
+    expect(await page(first!)).toContain('webapp-httpd 1.0.0');
+    expect(await page(second!)).toContain('webapp-httpd 1.0.0');
+    expect(await agentOnce()).toMatch(/^0 command\(s\) run/m);
+
+    for (const id of [rf, ID]) expect((await inNode(['ns8ctl', 'delete', 'module', id, '--manifests', '/root/manifests'])).code).toBe(0);
+    await agentOnce();
+    expect((await inNode(['systemctl', 'is-active', unit])).out.trim()).not.toBe('active');
+    expect((await inNode(['test', '-e', '/etc/systemd/system/rootfull-demo@.service'])).code).not.toBe(0);
+    expect((await inNode(['test', '-e', `/var/lib/nethserver/${rf}`])).code).not.toBe(0);
+    expect((await inNode(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
+    expect((await inNode(['podman', 'ps', '-a', '--format', '{{.Names}}'])).out).not.toContain(rf);
+    expect((await inNode(['sh', '-c', 'ps -eo uid= | awk "\\$1 >= 1000" | wc -l'])).out.trim()).toBe('0');
+    expect(await leader.hgetall(keys.nodePorts(1))).toEqual({});
+  }, 300_000);
 });

@@ -189,6 +189,12 @@ describe('the node planner converges an instance', () => {
     expect(p.steps[0]).toMatchObject({ kind: 'pull-image', drift: `image ${URL} removed` });
   });
 
+  test('a unit already running without a stamp (home kept from an earlier removal) is restarted, not just started', () => {
+    const o = converged();
+    o.record = { ...o.record!, units: {} };
+    expect(kinds(planConverge(input(o)).steps)).toEqual(['daemon-reload', 'restart-units', 'record-units']);
+  });
+
   test('a changed unit file is reloaded and restarted, not started twice', () => {
     const o = converged();
     o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h2', wanted: true, enabled: true, active: true }];

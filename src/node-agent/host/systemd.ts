@@ -124,8 +124,29 @@ export class RunnerSystemdHost implements SystemdHost {
     if (units.length) await this.runner.run([...this.ctl(scope), 'stop', ...units], { purpose, mutating: true, allowFailure: true, timeoutMs: 5 * 60_000 });
   }
 
+  private systemdBase?: Promise<string>;
+
+  /**
+   * Where systemd's tree starts inside the cgroup file system: `/` on a host, the container's
+   * own cgroup when systemd runs in a container without a cgroup namespace (a sandbox node).
+   * Read from PID 1's cgroup (`name=systemd` or the unified line), without its `init.scope`.
+   */
+  private base(): Promise<string> {
+    this.systemdBase ??= fs.readFile(this.layout.pid1CgroupFile, 'utf8').then(
+      (text) => {
+        const lines = text.split('\n');
+        const line = lines.find((l) => l.includes(':name=systemd:')) ?? lines.find((l) => l.startsWith('0::'));
+        const p = line ? line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1) : '/';
+        return p.replace(/\/init\.scope$/, '') || '/';
+      },
+      () => '/',
+    );
+    return this.systemdBase;
+  }
+
   async activeFromCgroup(scope: UnitScope, unit: string): Promise<boolean | undefined> {
-    const roots = [path.join(this.layout.cgroupRoot, 'unified'), path.join(this.layout.cgroupRoot, 'systemd'), this.layout.cgroupRoot];
+    const base = await this.base();
+    const roots = [path.join(this.layout.cgroupRoot, 'unified', base), path.join(this.layout.cgroupRoot, 'systemd', base), path.join(this.layout.cgroupRoot, base)];
     for (const root of roots) {
       if (scope.kind === 'system') {
         const slice = path.join(root, 'system.slice');
