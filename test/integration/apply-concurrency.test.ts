@@ -16,7 +16,7 @@ apiVersion: ns8ctl.nethserver.org/v1
 kind: Module
 metadata: { name: webapp1 }
 spec:
-  image: 127.0.0.1:5000/ns8ctl-examples/webapp:1.0.0
+  image: 127.0.0.1:5000/ns8ctl-fixtures/webapp:1.0.0
   node: 1
   configuration: { title: "${title}" }
 `;

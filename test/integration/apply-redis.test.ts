@@ -21,7 +21,7 @@ kind: Module
 metadata:
   name: ${name}
 spec:
-  image: 127.0.0.1:5000/ns8ctl-examples/${name.replace(/[0-9]+$/, '')}:1.0.0
+  image: 127.0.0.1:5000/ns8ctl-fixtures/${name.replace(/[0-9]+$/, '')}:1.0.0
   node: ${nodeId}
 ${extra}`;
 
@@ -56,7 +56,7 @@ describe('apply against a real Redis', () => {
     expect(res.stderr).toContain('Applied');
     expect(res.code).toBe(0);
     const h = await redis.hgetall('ns8ctl/desired/module/webapp3');
-    expect(JSON.parse(h.object!).spec).toEqual({ image: '127.0.0.1:5000/ns8ctl-examples/webapp:1.0.0', node: 1, removalPolicy: 'Preserve' });
+    expect(JSON.parse(h.object!).spec).toEqual({ image: '127.0.0.1:5000/ns8ctl-fixtures/webapp:1.0.0', node: 1, removalPolicy: 'Preserve' });
     expect(h.generation).toBe('1');
     expect(h.source).toBe(path.join(dir, 'm', 'wiki.yaml'));
     expect(h.applyset).toBe('default');
@@ -205,7 +205,7 @@ describe('apply against a real Redis', () => {
     write('m/node.yaml', node(1));
     write('m/a.yaml', mod('webapp1'));
     await runCli(['apply', '-f', path.join(dir, 'm')], env);
-    const res = await runCli(['add-module', '127.0.0.1:5000/ns8ctl-examples/webapp:1.1.0', '1', '--manifests', path.join(dir, 'm'), '-o', 'json'], env);
+    const res = await runCli(['add-module', '127.0.0.1:5000/ns8ctl-fixtures/webapp:1.1.0', '1', '--manifests', path.join(dir, 'm'), '-o', 'json'], env);
     expect(res.code).toBe(0);
     expect(JSON.parse(res.stdout).module_id).toBe('webapp2');
     expect(readFileSync(path.join(dir, 'm', 'webapp2.yaml'), 'utf8')).toContain('webapp:1.1.0');
