@@ -75,6 +75,9 @@ export function schemaCacheFile(cacheDir: string, image: string): string {
 
 /** See the module doc. */
 export class OfflineSchemaLookup implements ConfigurationSchemaLookup {
+  /** One lookup per image per lookup object: a plan of 1,000 instances of 3 images asks podman 3 times. */
+  private readonly byImage = new Map<string, Promise<FoundSchema | undefined>>();
+
   constructor(private readonly opts: OfflineSchemaLookupOptions) {}
 
   async find(q: SchemaQuery): Promise<FoundSchema | undefined> {
@@ -86,12 +89,22 @@ export class OfflineSchemaLookup implements ConfigurationSchemaLookup {
       }
     }
     if (q.image === undefined) return undefined;
-    if (this.opts.useLocalImages !== false) {
-      const local = await this.fromLocalImage(q.id, q.image);
-      if (local) return local.schema === null ? undefined : { schema: local.schema, origin: `image ${q.image} (local storage)` };
+    const image = q.image;
+    let found = this.byImage.get(image);
+    if (!found) {
+      found = this.fromImage(q.id, image);
+      this.byImage.set(image, found);
     }
-    const cached = await this.readCache(q.image);
-    if (cached) return cached.schema === null ? undefined : { schema: cached.schema, origin: `image ${q.image} (cache ${schemaCacheFile(this.opts.cacheDir ?? '', q.image)})` };
+    return found;
+  }
+
+  private async fromImage(id: string, image: string): Promise<FoundSchema | undefined> {
+    if (this.opts.useLocalImages !== false) {
+      const local = await this.fromLocalImage(id, image);
+      if (local) return local.schema === null ? undefined : { schema: local.schema, origin: `image ${image} (local storage)` };
+    }
+    const cached = await this.readCache(image);
+    if (cached) return cached.schema === null ? undefined : { schema: cached.schema, origin: `image ${image} (cache ${schemaCacheFile(this.opts.cacheDir ?? '', image)})` };
     return undefined;
   }
 
