@@ -17,8 +17,9 @@ import { readUsers } from './host/passwd.js';
 import type { UnitScope } from './host/systemd.js';
 import { instancePaths, userStorage } from './layout.js';
 import type { ModuleLabels } from './labels.js';
-import { ownerOf, readImagerootList, scopeOf } from './observe.js';
-import { agentEnvironment } from './planner.js';
+import { authorizationsKey, ownerOf, readImagerootList, scopeOf } from './observe.js';
+import { applyGrants } from '../agent/authorizations.js';
+import { OWNER_ROLE, READER_ROLE, agentEnvironment } from './planner.js';
 import { allocatePorts, freePorts } from './ports.js';
 import { applyModuleAcl, deleteModuleAcl, generatePassword } from './redis-acl.js';
 import type { InstancePaths, PasswdEntry, Step } from './types.js';
@@ -209,6 +210,15 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await tx.exec();
       return;
     }
+    case 'set-authorizations': {
+      const tx = deps.redis.multi().del(authorizationsKey(id));
+      if (step.authorizations.length) tx.sadd(authorizationsKey(id), ...step.authorizations);
+      tx.del(`module/${id}/roles/owner`).sadd(`module/${id}/roles/owner`, ...OWNER_ROLE);
+      tx.del(`module/${id}/roles/reader`).sadd(`module/${id}/roles/reader`, ...READER_ROLE);
+      await tx.exec();
+      await applyGrants(deps.redis);
+      return;
+    }
     case 'install-system-units': {
       const installed: Record<string, string> = { ...((await deps.records.get(id))?.systemUnits ?? {}) };
       for (const u of step.units) {
@@ -225,6 +235,10 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.records.update(id, { systemUnits: installed });
       return;
     }
+    case 'install-agent-unit':
+      await fs.mkdir(path.dirname(step.path), { recursive: true });
+      await writeFileAtomic(step.path, step.content, { mode: 0o644, uid: 0, gid: 0 });
+      return;
     case 'daemon-reload':
       await deps.systemd.daemonReload(await requireScope(ctx, 'daemon-reload'), purpose);
       return;
@@ -382,7 +396,10 @@ async function deleteModuleKeys(ctx: StepContext): Promise<void> {
   tx.hdel(keys.tcpPortsDemand(), id);
   tx.hdel(keys.udpPortsDemand(), id);
   tx.del(keys.moduleStatus(id));
+  tx.del(authorizationsKey(id));
   await tx.exec();
+  // Grants given by or to the instance go with it.
+  await applyGrants(redis);
 }
 
 /** Removes entries of an old `.imageroot.lst` that the new extraction no longer has. */

@@ -3,7 +3,10 @@
  * where desired state comes from, the host adapters, image resolution, the clock and the log.
  * `createNodeAgentDeps` fills in the production ones.
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { renderRootfullAgentUnit, renderRootlessAgentUnit } from '../agent/agent-unit.js';
 import { Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { ModuleSpec } from '../manifest/types.js';
@@ -23,6 +26,12 @@ export interface NodeAgentOptions {
   insecureRegistries?: string[];
   /** Overrides of the host layout roots (tests point them at temp dirs). */
   layout?: Partial<HostLayout>;
+  /**
+   * Command line that runs ns8ctl, for the module agent's unit (`[ns8ctl] agent --id ...`).
+   * Default: `ns8ctl` found on PATH, else this process's node and script. `[]` disables the
+   * module agent unit.
+   */
+  agentCommand?: string[];
 }
 
 export interface NodeAgentDeps {
@@ -40,6 +49,24 @@ export interface NodeAgentDeps {
   log: (line: string) => void;
   /** Sleeps (injected so tests can run the loop without waiting). */
   delay: (ms: number) => Promise<void>;
+  /** Contents of the module agent's units; undefined: the agent does not manage them. */
+  agentUnits?: { rootless: string; rootfull: string };
+}
+
+/** `ns8ctl` on PATH (absolute), else this process's node binary and script. */
+export function defaultAgentCommand(env: NodeJS.ProcessEnv = process.env): string[] {
+  for (const dir of (env.PATH ?? '').split(':').filter((d) => path.isAbsolute(d))) {
+    const candidate = path.join(dir, 'ns8ctl');
+    if (existsSync(candidate)) return [candidate];
+  }
+  const script = process.argv[1];
+  return script && /bin\.js$/.test(script) ? [process.execPath, path.resolve(script)] : [];
+}
+
+/** The module agent's units for a command line (none when it is empty). */
+export function agentUnitsFor(command: readonly string[]): { rootless: string; rootfull: string } | undefined {
+  if (!command.length) return undefined;
+  return { rootless: renderRootlessAgentUnit({ ns8ctl: command }), rootfull: renderRootfullAgentUnit({ ns8ctl: command }) };
 }
 
 /**
@@ -71,5 +98,9 @@ export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redi
     now: given.now ?? (() => new Date()),
     log: given.log ?? ((line: string) => process.stderr.write(line + '\n')),
     delay,
+    ...(() => {
+      const units = given.agentUnits ?? agentUnitsFor(opts.agentCommand ?? defaultAgentCommand());
+      return units ? { agentUnits: units } : {};
+    })(),
   };
 }

@@ -17,6 +17,8 @@ export interface HostLayout {
   agentStateDir: string;
   /** System unit dir for rootfull modules' units. Default /etc/systemd/system. */
   systemUnitDir: string;
+  /** System-wide user units (NS8's agent.service). Default /etc/systemd/user. */
+  userUnitDir: string;
   /** systemd-logind linger flags. Default /var/lib/systemd/linger. */
   lingerDir: string;
   /** Exists when systemd is PID 1 (sd_booted). Default /run/systemd/system. */
@@ -42,6 +44,7 @@ export function defaultLayout(overrides: Partial<HostLayout> = {}): HostLayout {
     uiBase: '/var/lib/nethserver/cluster/ui/apps',
     agentStateDir: '/var/lib/nethserver/node/state/ns8ctl',
     systemUnitDir: '/etc/systemd/system',
+    userUnitDir: '/etc/systemd/user',
     lingerDir: '/var/lib/systemd/linger',
     systemdRunDir: '/run/systemd/system',
     cgroupRoot: '/sys/fs/cgroup',

@@ -33,6 +33,15 @@ export interface RedisSnapshot {
   env: Map<string, Record<string, string>>;
   flags: Map<string, string[]>;
   status: Map<string, ModuleStatus>;
+  /** `cluster/authorizations/module/<id>` members, sorted. */
+  authorizations: Map<string, string[]>;
+  /** Built-in roles `module/<id>/roles/{owner,reader}` members, sorted. */
+  roles: Map<string, { owner: string[]; reader: string[] }>;
+}
+
+/** NS8's SET of an instance's authorizations (label entries plus `self:selfadm`). */
+export function authorizationsKey(id: string): string {
+  return `cluster/authorizations/module/${id}`;
 }
 
 /**
@@ -50,6 +59,9 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     p.hgetall(keys.moduleEnvironment(id));
     p.smembers(keys.moduleFlags(id));
     p.hgetall(keys.moduleStatus(id));
+    p.smembers(authorizationsKey(id));
+    p.smembers(`module/${id}/roles/owner`);
+    p.smembers(`module/${id}/roles/reader`);
   }
   const res = (await p.exec()) as Reply[] | null;
   if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
@@ -72,12 +84,17 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     env: new Map(),
     flags: new Map(),
     status: new Map(),
+    authorizations: new Map(),
+    roles: new Map(),
   };
+  const per = 6;
   ids.forEach((id, i) => {
-    snap.env.set(id, val(5 + i * 3) as Record<string, string>);
-    snap.flags.set(id, (val(6 + i * 3) as string[]).sort());
-    const st = parseStatus(id, val(7 + i * 3) as Record<string, string>);
+    snap.env.set(id, val(5 + i * per) as Record<string, string>);
+    snap.flags.set(id, (val(6 + i * per) as string[]).sort());
+    const st = parseStatus(id, val(7 + i * per) as Record<string, string>);
     if (st) snap.status.set(id, st);
+    snap.authorizations.set(id, (val(8 + i * per) as string[]).sort());
+    snap.roles.set(id, { owner: (val(9 + i * per) as string[]).sort(), reader: (val(10 + i * per) as string[]).sort() });
   });
   return snap;
 }
@@ -117,6 +134,8 @@ export interface ObserveContext {
   /** Undefined when systemd runs. */
   systemdMissing: string | undefined;
   redis: RedisSnapshot;
+  /** Contents of the module agent's units (rootless agent.service, rootfull agent@.service); none: not managed. */
+  agentUnits?: { rootless: string; rootfull: string };
 }
 
 /** The owner of an instance's images and processes; undefined while a rootless user is missing. */
@@ -212,6 +231,8 @@ export async function observeInstance(
     envRedis: ctx.redis.env.get(id) ?? {},
     ports: ctx.redis.ports.get(id) ?? {},
     flags: ctx.redis.flags.get(id) ?? [],
+    authorizations: ctx.redis.authorizations.get(id) ?? [],
+    roles: ctx.redis.roles.get(id) ?? { owner: [], reader: [] },
     portsDemand: {
       ...(ctx.redis.tcpDemand[id] !== undefined ? { tcp: ctx.redis.tcpDemand[id] } : {}),
       ...(ctx.redis.udpDemand[id] !== undefined ? { udp: ctx.redis.udpDemand[id] } : {}),
@@ -232,11 +253,11 @@ export async function observeInstance(
   if (aclLine) observed.aclLine = aclLine;
   if (ctx.redis.moduleNode[id] !== undefined) observed.moduleNode = ctx.redis.moduleNode[id];
   if (!ctx.systemdMissing && !rootfull) observed.linger = await ctx.systemd.lingerEnabled(id);
-  observed.units = await observeUnits(ctx, id, paths, rootfull, user);
+  observed.units = await observeUnits(ctx, id, paths, rootfull, user, agentText);
   return observed;
 }
 
-async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePaths, rootfull: boolean, user: PasswdEntry | undefined): Promise<UnitObservation[]> {
+async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePaths, rootfull: boolean, user: PasswdEntry | undefined, agentEnvText: string | undefined): Promise<UnitObservation[]> {
   const dir = await unitSourceDir(paths, rootfull);
   let names: string[];
   try {
@@ -272,6 +293,25 @@ async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePath
       u.active = await ctx.systemd.activeFromCgroup(scope, names.name);
       if (u.active === undefined) unknown.push(u);
     }
+    out.push(u);
+  }
+  // The module agent (NS8's agent.service / agent@<id>.service), run by the instance's systemd.
+  if (ctx.agentUnits && !ctx.systemdMissing && scope) {
+    const file = rootfull ? path.join(ctx.layout.systemUnitDir, 'agent@.service') : path.join(ctx.layout.userUnitDir, 'agent.service');
+    const name = rootfull ? `agent@${id}.service` : 'agent.service';
+    const installed = await readOrUndefined(file);
+    const wants = path.join(rootfull ? ctx.layout.systemUnitDir : paths.unitSourceDir, rootfull ? 'multi-user.target.wants' : 'default.target.wants', name);
+    const u: UnitObservation = {
+      name,
+      file: path.basename(file),
+      fileHash: installed === undefined ? '' : sha(installed),
+      wanted: true,
+      enabled: Boolean(await statOrUndefined(wants)),
+      active: await ctx.systemd.activeFromCgroup(scope, name),
+      nodeLevel: { path: file, content: rootfull ? ctx.agentUnits.rootfull : ctx.agentUnits.rootless },
+      extraHash: sha(agentEnvText ?? ''),
+    };
+    if (u.active === undefined) unknown.push(u);
     out.push(u);
   }
   if (unknown.length && scope) {

@@ -13,7 +13,12 @@ import { moduleFlags, type ModuleLabels } from './labels.js';
 import { managedEnvironment, mergeEnvironment } from './module-env.js';
 import { rangeSize, type PortProto } from './ports.js';
 import { aclLineMatches, moduleAclUser } from './redis-acl.js';
-import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type NodeFacts, type ObservedInstance, type Step } from './types.js';
+import { authorizationsToStore } from '../agent/authorizations.js';
+import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type NodeFacts, type ObservedInstance, type Step, type UnitObservation } from './types.js';
+
+/** NS8's built-in roles of every instance: `owner` may run anything, `reader` the read actions. */
+export const OWNER_ROLE = ['*'];
+export const READER_ROLE = ['get-*', 'list-*', 'read-*', 'show-*'];
 
 /** PATH and PYTHONPATH NS8 puts in agent.env (ns8-core-facts §3), for an install dir. */
 export function agentEnvironment(installDir: string, password: string, id: string): Record<string, string> {
@@ -212,6 +217,17 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const flags = moduleFlags(l);
   if (JSON.stringify(o.flags) !== JSON.stringify(flags)) add({ id, kind: 'set-flags', flags, reason: `module/${id}/flags must be ${flags.join(' ')}` });
 
+  // ---- authorizations and built-in roles (NS8 cluster add-module steps 16 and 18) ----
+  let auths: string[];
+  try {
+    auths = authorizationsToStore(l.authorizations.join(' ')).sort();
+  } catch (err) {
+    return { steps, waiting, blocked: { reason: 'ImageLabelInvalid', message: `image ${i.imageUrl}: ${(err as Error).message}` } };
+  }
+  if (JSON.stringify(o.authorizations) !== JSON.stringify(auths) || JSON.stringify(o.roles.owner) !== JSON.stringify(OWNER_ROLE) || JSON.stringify(o.roles.reader) !== JSON.stringify(READER_ROLE)) {
+    add({ id, kind: 'set-authorizations', authorizations: auths, reason: `cluster/authorizations/module/${id} must be ${auths.join(' ')} (and the built-in roles present)` });
+  }
+
   // ---- systemd ----
   if (node.systemdMissing) {
     // Reported by the status (Degraded: SystemdUnavailable); nothing to plan without a manager.
@@ -237,12 +253,23 @@ function repoDigestOf(url: string, digest: string): string {
   return `${colon > slash ? noDigest.slice(0, colon) : noDigest}@${digest}`;
 }
 
+/** What a unit's stamp covers of its files: the unit file, plus agent.env for the module agent. */
+function fileKey(u: UnitObservation): string {
+  return u.extraHash ? `${u.fileHash}+${u.extraHash}` : u.fileHash;
+}
+
 function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: string, add: (s: Step) => void): void {
   const rec = o.record;
   const recUnits = rec?.units ?? {};
+  const agentFiles = o.units.filter((u) => u.nodeLevel && u.fileHash !== sha(u.nodeLevel.content));
+  if (agentFiles.length) {
+    for (const u of agentFiles) add({ id, kind: 'install-agent-unit', path: u.nodeLevel!.path, content: u.nodeLevel!.content, reason: `module agent unit ${u.nodeLevel!.path} ${u.fileHash ? 'differs' : 'missing'}` });
+    add({ id, kind: 'daemon-reload', reason: 'module agent unit file changed' });
+    return; // enable/start next round, with the installed file's hash
+  }
   if (rootfull) {
     const install = o.units.filter((u) => u.sourceHash !== undefined && u.fileHash !== u.sourceHash).map((u) => ({ source: u.source!, name: u.file }));
-    const present = new Set(o.units.map((u) => u.file));
+    const present = new Set(o.units.filter((u) => !u.nodeLevel).map((u) => u.file));
     const remove = Object.keys(rec?.systemUnits ?? {}).filter((n) => !present.has(n));
     if (install.length || remove.length) {
       add({ id, kind: 'install-system-units', units: install, remove, reason: `system unit files to ${install.length ? `install: ${install.map((u) => u.name).join(' ')}` : ''}${remove.length ? ` remove: ${remove.join(' ')}` : ''}`.trim() });
@@ -252,11 +279,11 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
   }
   const wanted = o.units.filter((u) => u.wanted);
   const gone = Object.keys(recUnits).filter((n) => !wanted.some((u) => u.name === n));
-  const fileChanged = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name]!.split(':')[0] !== u.fileHash);
+  const fileChanged = wanted.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name]!.split(':')[0] !== fileKey(u));
   const fresh = wanted.filter((u) => recUnits[u.name] === undefined);
   // A unit the agent has no stamp for but that already runs (enabled in a home kept from an
   // earlier removal and started by the user manager) runs with unknown values: restart it.
-  const restart = wanted.filter((u) => (recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(u.fileHash, envText)) || (recUnits[u.name] === undefined && u.active === true));
+  const restart = wanted.filter((u) => (recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(fileKey(u), envText)) || (recUnits[u.name] === undefined && u.active === true));
   const enable = wanted.filter((u) => !u.enabled);
   const start = wanted.filter((u) => !restart.includes(u) && (u.active === false || fresh.includes(u)));
   if (gone.length) add({ id, kind: 'stop-units', units: gone, reason: `units no longer in the image: ${gone.join(' ')}` });
@@ -270,7 +297,7 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
     add({ id, kind: 'start-units', units: start.map((u) => u.name), reason: `units not running: ${start.map((u) => u.name).join(' ')}`, ...(stopped.length ? { drift: `units stopped: ${stopped.map((u) => u.name).join(' ')}` } : {}) });
   }
   if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed (or unknown): ${restart.map((u) => u.name).join(' ')}` });
-  const stamps = Object.fromEntries(wanted.map((u) => [u.name, unitStamp(u.fileHash, envText)]));
+  const stamps = Object.fromEntries(wanted.map((u): [string, string] => [u.name, unitStamp(fileKey(u), envText)]).sort((a, b) => (a[0] < b[0] ? -1 : 1)));
   if (JSON.stringify(stamps) !== JSON.stringify(Object.fromEntries(Object.entries(recUnits).sort()))) {
     add({ id, kind: 'record-units', units: stamps, reason: 'remember unit files and environment the units run with' });
   }
@@ -303,7 +330,7 @@ export function planRemoval(r: RemovalInput): InstancePlan {
   if (!node.systemdMissing) {
     if (r.rootfull) {
       const units = o.units.filter((u) => u.fileHash !== '' && (u.enabled || u.active !== false)).map((u) => u.name);
-      const files = [...new Set([...o.units.filter((u) => u.fileHash !== '').map((u) => u.file), ...Object.keys(rec?.systemUnits ?? {})])].sort();
+      const files = [...new Set([...o.units.filter((u) => u.fileHash !== '' && !u.nodeLevel).map((u) => u.file), ...Object.keys(rec?.systemUnits ?? {})])].sort();
       if (units.length) {
         add({ id, kind: 'stop-units', units, reason: 'stop the instance units' });
         add({ id, kind: 'disable-units', units, reason: 'disable the instance units' });
@@ -329,8 +356,8 @@ export function planRemoval(r: RemovalInput): InstancePlan {
   if (o.uiPresent) add({ id, kind: 'remove-ui', reason: 'remove the UI dir' });
   if (o.ports.tcp || o.ports.udp) add({ id, kind: 'free-ports', reason: 'free the allocated ports' });
   if (o.aclLine) add({ id, kind: 'delete-acl', reason: `delete Redis ACL user module/${id}` });
-  if (r.desiredPresent || rec || Object.keys(o.envRedis).length || o.flags.length || o.portsDemand.tcp || o.portsDemand.udp) {
-    add({ id, kind: 'delete-module-keys', reason: `delete module/${id}/* and the ports demand` });
+  if (r.desiredPresent || rec || Object.keys(o.envRedis).length || o.flags.length || o.portsDemand.tcp || o.portsDemand.udp || o.authorizations.length) {
+    add({ id, kind: 'delete-module-keys', reason: `delete module/${id}/*, its authorizations and ports demand; recompute grants` });
   }
   if (rec || r.desiredPresent) add({ id, kind: 'publish-removed', reason: 'announce cluster/event/module-removed' });
   if (rec) add({ id, kind: 'forget-record', reason: 'forget the node agent record' });

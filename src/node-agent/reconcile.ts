@@ -93,7 +93,7 @@ export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentD
   const desiredById = new Map(desired.map((d) => [d.id, d]));
   const ids = [...new Set([...desired.map((d) => d.id), ...[...records.values()].filter((r) => r.node === undefined || r.node === node).map((r) => r.id)])].sort();
   const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids), readUsers(deps.layout)]);
-  const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot };
+  const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot, ...(deps.agentUnits ? { agentUnits: deps.agentUnits } : {}) };
   const instances = await mapLimit(ids, opts.concurrency ?? 4, async (id) => {
     if (control.signal?.aborted || control.skip?.(id, desiredById.get(id)?.generation)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
     try {

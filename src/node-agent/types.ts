@@ -99,6 +99,13 @@ export interface UnitObservation {
   /** Rootfull: the unit file in the install dir (source of the installed copy) and its hash. */
   source?: string;
   sourceHash?: string;
+  /**
+   * The module agent's unit (NS8's agent.service / agent@.service): a node-level file shared by
+   * every instance, with the content it must have. Never removed with an instance.
+   */
+  nodeLevel?: { path: string; content: string };
+  /** Folded into the unit's stamp: hash of state/agent.env for the module agent (new credentials -> restart). */
+  extraHash?: string;
 }
 
 /** Everything observed about one instance on the host and in Redis. */
@@ -145,6 +152,10 @@ export interface ObservedInstance {
   ports: { tcp?: PortRange; udp?: PortRange };
   /** `module/<id>/flags` members, sorted. */
   flags: string[];
+  /** `cluster/authorizations/module/<id>` members, sorted. */
+  authorizations: string[];
+  /** NS8's built-in roles of the instance (`module/<id>/roles/owner|reader`), sorted. */
+  roles: { owner: string[]; reader: string[] };
   /** `cluster/tcp_ports_demand[id]`, `cluster/udp_ports_demand[id]`. */
   portsDemand: { tcp?: string; udp?: string };
   /** Units found in the install dir's systemd dir (and their installed state). */
@@ -202,7 +213,11 @@ export type Step = StepBase &
     | { kind: 'write-agent-env' }
     | { kind: 'apply-acl' }
     | { kind: 'set-flags'; flags: string[] }
+    /** `cluster/authorizations/module/<id>`, built-in owner/reader roles, then grants recomputed. */
+    | { kind: 'set-authorizations'; authorizations: string[] }
     | { kind: 'install-system-units'; units: { source: string; name: string }[]; remove: string[] }
+    /** Writes the module agent's unit file (node-level, shared by the instances). */
+    | { kind: 'install-agent-unit'; path: string; content: string }
     | { kind: 'daemon-reload' }
     | { kind: 'enable-units'; units: string[] }
     | { kind: 'start-units'; units: string[] }

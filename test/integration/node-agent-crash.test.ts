@@ -141,7 +141,7 @@ beforeAll(async () => {
   await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
   layout = {
     homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
-    systemUnitDir: path.join(root, 'units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
+    systemUnitDir: path.join(root, 'units'), userUnitDir: path.join(root, 'user-units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
     passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
   };
   deps = createNodeAgentDeps({ node: 1, insecureRegistries: [registry.address] }, { redis: admin, runner: new ExecaRunner(), layout, log: () => undefined });

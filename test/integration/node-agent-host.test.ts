@@ -98,6 +98,7 @@ beforeAll(async () => {
       uiBase: path.join(root, 'ui', 'apps'),
       agentStateDir: path.join(root, 'agent'),
       systemUnitDir: path.join(root, 'systemd-system'),
+      userUnitDir: path.join(root, 'systemd-user'),
       lingerDir: path.join(root, 'linger'),
       systemdRunDir: path.join(root, 'no-systemd-here'),
       cgroupRoot: path.join(root, 'cgroup'),

@@ -101,7 +101,15 @@ describe('the node agent in a sandbox node', () => {
     expect((await inNode(['loginctl', 'show-user', ID, '-p', 'Linger'])).out.trim()).toBe('Linger=yes');
     const status = await leader.hgetall(keys.moduleStatus(ID));
     expect(JSON.parse(status.conditions ?? '[]')).toContainEqual(expect.objectContaining({ type: 'Ready', status: 'True' }));
-    expect(JSON.parse(status.units ?? '[]')).toEqual([{ name: 'webapp.service', enabled: true, active: true }]);
+    expect(JSON.parse(status.units ?? '[]')).toEqual([{ name: 'webapp.service', enabled: true, active: true }, { name: 'agent.service', enabled: true, active: true }]);
+    // The module agent (NS8's agent.service, installed by the node agent) answers tasks with the
+    // instance's own Redis credentials.
+    expect((await userctl('is-active', 'agent.service')).out.trim()).toBe('active');
+    const action = await eventually('get-configuration answered by the module agent', async () => {
+      const r = await inNode(['timeout', '30', 'ns8ctl', 'run-action', ID, 'get-configuration']);
+      return r.code === 0 ? r.out : undefined;
+    });
+    expect(JSON.parse(action)).toEqual(expect.any(Object));
     // A second pass changes nothing and restarts nothing.
     const before = (await userctl('show', '-p', 'InvocationID', 'webapp.service')).out;
     const again = await agentOnce();
@@ -160,6 +168,7 @@ describe('the node agent in a sandbox node', () => {
     const state = (await inNode(['systemctl', 'is-active', unit])).out.trim();
     if (state !== 'active') throw new Error(`${unit} is ${state}:\n${(await inNode(['journalctl', '-u', unit, '--no-pager', '-n', '40'])).out}`);
     expect((await inNode(['systemctl', 'is-enabled', unit])).out.trim()).toBe('enabled');
+    expect((await inNode(['systemctl', 'is-active', `agent@${rf}.service`])).out.trim()).toBe('active');
     expect((await userctl('is-active', 'webapp.service')).out.trim()).toBe('active');
     expect(await page(webEnv.TCP_PORT!)).toContain('webapp-httpd 2.0.0');
     expect(await page(first!)).toContain('webapp-httpd 1.0.0');
@@ -170,6 +179,7 @@ describe('the node agent in a sandbox node', () => {
     await agentOnce();
     expect((await inNode(['systemctl', 'is-active', unit])).out.trim()).not.toBe('active');
     expect((await inNode(['test', '-e', '/etc/systemd/system/rootfull-demo@.service'])).code).not.toBe(0);
+    expect((await inNode(['systemctl', 'is-active', `agent@${rf}.service`])).out.trim()).not.toBe('active');
     expect((await inNode(['test', '-e', `/var/lib/nethserver/${rf}`])).code).not.toBe(0);
     expect((await inNode(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
     expect((await inNode(['podman', 'ps', '-a', '--format', '{{.Names}}'])).out).not.toContain(rf);

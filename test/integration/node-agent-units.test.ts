@@ -24,7 +24,12 @@ class RecordingSystemd implements SystemdHost {
   readonly calls: string[] = [];
   readonly active = new Set<string>();
   failing = new Set<string>();
-  constructor(private readonly lingerDir: string, private readonly unitDir: (scope: UnitScope) => string) {}
+  constructor(
+    private readonly lingerDir: string,
+    private readonly unitDir: (scope: UnitScope) => string,
+    /** Where node-level units live (/etc/systemd/user, /etc/systemd/system). */
+    private readonly extraDirs: string[] = [],
+  ) {}
   private key(scope: UnitScope, unit: string): string {
     return `${scope.kind === 'user' ? scope.user : 'system'}/${unit}`;
   }
@@ -50,7 +55,11 @@ class RecordingSystemd implements SystemdHost {
   async enable(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`enable ${units.join(' ')}`);
     for (const u of units) {
-      const text = await fs.readFile(path.join(this.unitDir(scope), u.replace(/@[^.]+\./, '@.')), 'utf8');
+      const file = u.replace(/@[^.]+\./, '@.');
+      const candidates = [path.join(this.unitDir(scope), file), ...this.extraDirs.map((d) => path.join(d, file))];
+      const found = candidates.find((c) => existsSync(c));
+      if (!found) throw new Error(`unit file of ${u} not found in ${candidates.join(', ')}`);
+      const text = await fs.readFile(found, 'utf8');
       for (const t of parseInstallSection(text).wantedBy) {
         const dir = path.join(scope.kind === 'user' ? this.unitDir(scope) : this.unitDir(scope), `${t}.wants`);
         await fs.mkdir(dir, { recursive: true });
@@ -93,7 +102,8 @@ let images: ExampleImages;
 let root: string;
 let deps: NodeAgentDeps;
 let systemd: RecordingSystemd;
-const opts: NodeAgentOptions = { node: 1 };
+/** The module agent's unit runs this (a path only: the stand-in systemd never executes it). */
+const opts: NodeAgentOptions = { node: 1, agentCommand: ['/usr/local/bin/ns8ctl'] };
 const id = `webapp${suffix}9`;
 
 async function putModule(spec: Record<string, unknown>, generation: number): Promise<void> {
@@ -115,7 +125,7 @@ beforeAll(async () => {
   root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-units-'));
   await fs.chmod(root, 0o755);
   await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
-  systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')));
+  systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')), [path.join(root, 'user-units'), path.join(root, 'units')]);
   const runner = new ExecaRunner(100_000);
   deps = createNodeAgentDeps(
     { ...opts, insecureRegistries: [registry.address] },
@@ -125,7 +135,7 @@ beforeAll(async () => {
       systemd,
       layout: {
         homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
-        systemUnitDir: path.join(root, 'units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
+        systemUnitDir: path.join(root, 'units'), userUnitDir: path.join(root, 'user-units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
         passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
       },
       log: () => undefined,
@@ -144,14 +154,18 @@ afterAll(async () => {
 }, 60_000);
 
 describe('systemd units of a rootless instance', () => {
-  test('a new instance gets linger, daemon-reload, enable and start of its unit; Ready', async () => {
+  test('a new instance gets linger, daemon-reload, enable and start of its unit and of the module agent; Ready', async () => {
     await putModule({ image: images.webapp['1.0.0'] }, 1);
     const r = await once();
     expect(r.error?.message).toBeUndefined();
-    expect(systemd.calls).toEqual([`enable-linger ${id}`, 'daemon-reload user', 'enable webapp.service', 'start webapp.service']);
+    expect(systemd.calls).toEqual([`enable-linger ${id}`, 'daemon-reload user', 'daemon-reload user', 'enable webapp.service agent.service', 'start webapp.service agent.service']);
+    // NS8's agent.service, as a system-wide user unit running `ns8ctl agent` for the instance.
+    const agentUnit = await fs.readFile(path.join(root, 'user-units', 'agent.service'), 'utf8');
+    expect(agentUnit).toMatch(/^ExecStart=\/usr\/local\/bin\/ns8ctl agent --id %u /m);
+    expect(agentUnit).toMatch(/^EnvironmentFile=-%E\/state\/agent.env$/m);
     const st = await readModuleStatus(admin, id);
     expect(st!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Converged' });
-    expect(st!.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }]);
+    expect(st!.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }, { name: 'agent.service', enabled: true, active: true }]);
   }, 120_000);
 
   test('an unchanged instance touches nothing: no systemd call, no command, no status write', async () => {
@@ -168,8 +182,8 @@ describe('systemd units of a rootless instance', () => {
     systemd.calls.length = 0;
     systemd.active.clear();
     const r = await once();
-    expect(r.drift).toEqual(['units stopped: webapp.service']);
-    expect(systemd.calls).toEqual(['start webapp.service']);
+    expect(r.drift).toEqual(['units stopped: webapp.service agent.service']);
+    expect(systemd.calls).toEqual(['start webapp.service agent.service']);
   });
 
   test('a changed managed environment restarts the unit once (and only it)', async () => {
@@ -178,11 +192,20 @@ describe('systemd units of a rootless instance', () => {
     const r = await once();
     expect(r.error?.message).toBeUndefined();
     // Same unit file in 1.1.0, new IMAGE_URL/IMAGE_ID: a restart, no start, no reload.
-    expect(systemd.calls).toEqual(['restart webapp.service']);
+    expect(systemd.calls).toEqual(['restart webapp.service agent.service']);
     systemd.calls.length = 0;
     expect((await once()).outcome).toBe('unchanged');
     expect(systemd.calls).toEqual([]);
   }, 120_000);
+
+  test('new Redis credentials restart the module agent only', async () => {
+    systemd.calls.length = 0;
+    const agentEnv = path.join(root, 'home', id, '.config', 'state', 'agent.env');
+    await fs.writeFile(agentEnv, (await fs.readFile(agentEnv, 'utf8')).replace(/REDIS_PASSWORD=.*/, 'REDIS_PASSWORD=short'));
+    const r = await once();
+    expect(r.error?.message).toBeUndefined();
+    expect(systemd.calls).toEqual(['daemon-reload user', 'restart agent.service']);
+  }, 60_000);
 
   test('a unit that does not start makes the instance Degraded naming the unit', async () => {
     systemd.calls.length = 0;

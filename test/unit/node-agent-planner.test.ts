@@ -61,6 +61,8 @@ function converged(): ObservedInstance {
     aclLine,
     ports: { tcp: { start: 20000, end: 20000 } },
     flags: ['rootless'],
+    authorizations: ['self:selfadm'],
+    roles: { owner: ['*'], reader: ['get-*', 'list-*', 'read-*', 'show-*'] },
     portsDemand: { tcp: '1' },
     units: [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }],
     moduleNode: '1',
@@ -85,11 +87,11 @@ describe('the node planner converges an instance', () => {
   });
 
   test('a new instance: finalizer first, then user, dirs, linger, pulls, ports; environment waits for the image', () => {
-    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: ['.imageroot.lst'], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: ['.imageroot.lst'], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], authorizations: [], roles: { owner: [], reader: [] }, portsDemand: {}, units: [] };
     const p = planConverge(input(o, { desired: { ...desired, finalizers: [] } }));
     expect(kinds(p.steps)).toEqual([
       'add-finalizer', 'create-user', 'create-install-dir', 'enable-linger', 'pull-image', 'pull-service-image', 'allocate-ports', 'set-ports-demand',
-      'extract-image', 'write-agent-env', 'apply-acl', 'set-flags',
+      'extract-image', 'write-agent-env', 'apply-acl', 'set-flags', 'set-authorizations',
     ]);
     expect(p.waiting).toEqual(['environment: waits for the image pull (IMAGE_ID, IMAGE_DIGEST)', 'units: wait for the extraction']);
     expect(p.steps.every((s) => s.reason.length > 0)).toBe(true);
@@ -245,6 +247,14 @@ describe('the node planner converges an instance', () => {
     expect(r.steps.find((s) => s.kind === 'erase-data')).toMatchObject({ volumeBases: ['/srv/disk1'] });
   });
 
+  test('authorizations from the label are stored with self:selfadm; an invalid label blocks the instance', () => {
+    const la = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC, 'org.nethserver.authorizations': 'traefik@any:routeadm node:portsadm' }, URL);
+    const p = planConverge(input(converged(), { labels: la }));
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'set-authorizations', authorizations: ['node:portsadm', 'self:selfadm', 'traefik@any:routeadm'] })]);
+    const bad = parseModuleLabels({ 'org.nethserver.authorizations': 'cluster:owner' }, URL);
+    expect(planConverge(input(converged(), { labels: bad })).blocked).toMatchObject({ reason: 'ImageLabelInvalid', message: expect.stringContaining('cluster:owner') });
+  });
+
   test('a Module desired again while being removed cancels the removal first', () => {
     const o = converged();
     o.record = { ...o.record!, removing: { removalPolicy: 'Preserve' } };
@@ -263,7 +273,7 @@ describe('the node planner removes an instance', () => {
     expect(p.steps.find((s) => s.kind === 'mark-removing')?.reason).toMatch(/DATA DELETED/);
   });
   test('a removal interrupted after the host cleanup only finishes the bookkeeping', () => {
-    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: true, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'webapp1', subids: false, linger: false, installDir: false, baseExists: true, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], authorizations: [], roles: { owner: [], reader: [] }, portsDemand: {}, units: [] };
     const p = planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
     expect(kinds(p.steps)).toEqual(['delete-module-keys', 'publish-removed', 'release-finalizer']);
   });
@@ -284,7 +294,7 @@ describe('the node planner removes an instance', () => {
     expect(planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true }).steps.map((s) => s.kind)).not.toContain('remove-images');
   });
   test('nothing left and no desired object: empty plan', () => {
-    const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], portsDemand: {}, units: [] };
+    const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], authorizations: [], roles: { owner: [], reader: [] }, portsDemand: {}, units: [] };
     expect(planRemoval({ id: 'x1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: false }).steps).toEqual([]);
   });
 });
