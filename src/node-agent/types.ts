@@ -4,7 +4,6 @@
  * it reports. Plain data only.
  */
 import type { ModuleSpec, RemovalPolicy } from '../manifest/types.js';
-import type { ModuleLabels } from './labels.js';
 import type { PortProto, PortRange } from './ports.js';
 
 /** The finalizer the node agent puts on every Module it creates something for. */
@@ -268,6 +267,3 @@ export interface ModuleStatus {
   /** Drift repaired in the last reconcile, one line each ("environment TCP_PORT edited"). */
   drift: string[];
 }
-
-/** Labels parsed, or why they are not known yet. */
-export type LabelsState = { ok: true; labels: ModuleLabels; image: ImageFacts } | { ok: false; reason: string; message: string };

@@ -366,3 +366,37 @@ describe('a node without skopeo', () => {
     expect((await reconcileNodeOnce(opts, d2)).instances.find((i) => i.id === id)!.outcome).toBe('removed');
   }, 120_000);
 });
+
+describe('users on a host with a stale passwd lock', () => {
+  test('a lock file whose owner is a zombie (killed, not yet reaped) is cleared and the user is created', async () => {
+    const id = `webapp${suffix}6`;
+    users.push(id);
+    // A zombie: a child that exited under a parent (sleep, after exec) that never waits for it.
+    const { spawn } = await import('node:child_process');
+    const parent = spawn('sh', ['-c', 'sh -c "exit 0" & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const zombie = await new Promise<number>((resolve) => parent.stdout!.once('data', (b: Buffer) => resolve(Number(b.toString().trim()))));
+    try {
+      for (let i = 0; i < 50 && !/^\S+ \(.*\) Z/.test(await fs.readFile(`/proc/${zombie}/stat`, 'utf8').catch(() => '')); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await fs.readFile(`/proc/${zombie}/stat`, 'utf8')).toMatch(/\) Z /);
+      for (;;) {
+        try {
+          await fs.writeFile('/etc/passwd.lock', String(zombie), { flag: 'wx' });
+          break;
+        } catch {
+          await new Promise((r) => setTimeout(r, 100)); // someone really holds it: wait for them
+        }
+      }
+      try {
+        // shadow-utils alone refuses ("already used by PID"): the agent clears the stale lock.
+        expect((await host.run(['useradd', '-M', `${id}x`], { allowFailure: true })).stderr).toMatch(/already used by PID/);
+        await deps.users.create(id, `${id}: create-user`);
+        expect(await userExists(id)).toBe(true);
+      } finally {
+        const left = await fs.readFile('/etc/passwd.lock', 'utf8').catch(() => '');
+        if (left.trim() === String(zombie)) await fs.rm('/etc/passwd.lock', { force: true });
+      }
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  }, 60_000);
+});

@@ -5,7 +5,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { CommandRunner } from '../../host/runner.js';
+import type { CommandRecord, CommandRunner } from '../../host/runner.js';
 import type { HostLayout } from '../layout.js';
 import { expectExit } from './owner.js';
 
@@ -31,16 +31,41 @@ export class RunnerUserHost implements UserHost {
 
   async create(id: string, purpose: string): Promise<void> {
     await fs.mkdir(this.layout.homeBase, { recursive: true });
-    const res = await this.runner.run(['useradd', '-m', '-b', this.layout.homeBase, '-s', this.layout.loginShell, id], { purpose, mutating: true, allowFailure: true });
+    const res = await this.withPasswdLock(['useradd', '-m', '-b', this.layout.homeBase, '-s', this.layout.loginShell, id], purpose);
     // 9: the user already exists (a concurrent or interrupted run made it): fine, it is what we want.
     expectExit(res, [9], purpose);
     await fs.chmod(path.join(this.layout.homeBase, id), 0o700);
   }
 
   async remove(id: string, purpose: string): Promise<void> {
-    const res = await this.runner.run(['userdel', '-f', id], { purpose, mutating: true, allowFailure: true });
+    const res = await this.withPasswdLock(['userdel', '-f', id], purpose);
     // 6: no such user.
     expectExit(res, [6], purpose);
+  }
+
+  /**
+   * Runs useradd/userdel, retrying while /etc/passwd (or group, shadow, subuid...) is locked: by
+   * another tool for a moment, or by a lock file a killed process left behind (its PID gone or a
+   * zombie), which is removed as shadow-utils itself does for dead owners. Gives up after ~10 s.
+   */
+  private async withPasswdLock(argv: string[], purpose: string): Promise<CommandRecord> {
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.runner.run(argv, { purpose, mutating: true, allowFailure: true });
+      if (res.exitCode === 0 || !/cannot lock|already used by PID|try again later/i.test(res.stderr) || attempt >= 50) return res;
+      await this.removeStaleLocks();
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  private async removeStaleLocks(): Promise<void> {
+    const dir = path.dirname(this.layout.passwdFile);
+    for (const name of ['passwd', 'group', 'shadow', 'gshadow', 'subuid', 'subgid']) {
+      const lock = path.join(dir, `${name}.lock`);
+      const pid = Number((await fs.readFile(lock, 'utf8').catch(() => '')).trim());
+      if (!Number.isInteger(pid) || pid <= 0) continue;
+      const state = await fs.readFile(`/proc/${pid}/stat`, 'utf8').then((t) => t.slice(t.lastIndexOf(')') + 2, t.lastIndexOf(')') + 3), () => 'gone');
+      if (state === 'gone' || state === 'Z' || state === 'X') await fs.rm(lock, { force: true });
+    }
   }
 
   async killProcesses(id: string, purpose: string): Promise<void> {
