@@ -270,6 +270,12 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.redis.publish(channels.moduleAdded, JSON.stringify({ module: id, node }));
       await deps.records.update(id, { announced: true });
       return;
+    case 'remove-old-images': {
+      // As NS8's 95cleanup_images: an image still in use is left (podman refuses; not an error).
+      const { owner } = await requireOwner(ctx, 'removing the previous images');
+      await deps.podman.removeImages(owner, step.refs, [], purpose);
+      return;
+    }
     // ---- removal ----
     case 'mark-removing':
       await deps.records.update(id, { removing: { removalPolicy: step.removalPolicy } });

@@ -10,6 +10,7 @@ import { renderRootfullAgentUnit, renderRootlessAgentUnit } from '../agent/agent
 import { Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { ModuleSpec } from '../manifest/types.js';
+import { readCoreVersion } from '../repository/core-version.js';
 import { RedisDesiredSource, type DesiredSource } from './desired-source.js';
 import { RunnerPodmanHost, type PodmanHost } from './host/podman.js';
 import { RunnerSystemdHost, type SystemdHost } from './host/systemd.js';
@@ -45,6 +46,8 @@ export interface NodeAgentDeps {
   systemd: SystemdHost;
   /** Image URL for a Module spec (repositories are issue 6's: injected). */
   resolveImage: (spec: ModuleSpec) => Promise<string>;
+  /** Core version updates are checked against (`org.nethserver.min-core`); default `readCoreVersion()`. */
+  coreVersion: () => Promise<string>;
   now: () => Date;
   log: (line: string) => void;
   /** Sleeps (injected so tests can run the loop without waiting). */
@@ -95,6 +98,7 @@ export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redi
     users: given.users ?? new RunnerUserHost(given.runner, layout),
     systemd: given.systemd ?? new RunnerSystemdHost(given.runner, layout, { delay }),
     resolveImage: given.resolveImage ?? defaultResolveImage,
+    coreVersion: given.coreVersion ?? (() => readCoreVersion()),
     now: given.now ?? (() => new Date()),
     log: given.log ?? ((line: string) => process.stderr.write(line + '\n')),
     delay,

@@ -55,6 +55,11 @@ export interface ConvergeInput {
   observed: ObservedInstance;
   /** Install dir (for agent.env PATH): home/.config or /var/lib/nethserver/<id>. */
   installDir: string;
+  /**
+   * During an update: the `PREV_*` variables (previous image) written with the new image's
+   * variables. Not managed: they stay in the file until the next update, as in NS8.
+   */
+  previousEnv?: Record<string, string>;
 }
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
@@ -172,7 +177,7 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       ports: o.ports,
     });
     const wrote = rec?.managedEnv ?? {};
-    const merged = mergeEnvironment(o.envFile, managed, Object.keys(wrote));
+    const merged = { ...mergeEnvironment(o.envFile, managed, Object.keys(wrote)), ...(i.previousEnv ?? {}) };
     try {
       renderEnvironment(id, merged);
       // Units are restarted for changes of what the agent manages; variables the module's own

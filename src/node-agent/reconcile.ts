@@ -19,6 +19,8 @@ import { formatRange } from './ports.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
 import type { RemovalPolicy } from '../manifest/types.js';
+import { checkUpdate } from '../repository/resolve.js';
+import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
 
 /** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
 const MAX_ROUNDS = 6;
@@ -61,7 +63,7 @@ const REASONS: Record<string, string> = {
   user_manager_unavailable: 'UserManagerUnavailable',
   module_deleting: 'Deleting',
 };
-const TERMINAL = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged']);
+const TERMINAL = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused']);
 
 function cond(type: Condition['type'], status: Condition['status'], reason: string, message: string): Condition {
   return { type, status, reason, message };
@@ -177,9 +179,14 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   let url: string;
   let facts: ImageFacts;
   let labels: ModuleLabels;
+  // The image running now (IMAGE_URL): while an update is under way, status and environment keep
+  // naming it until the new one is in place.
+  const installed = installedImageUrl(rec?.managedEnv, shared.redis.env.get(id));
+  let updateFrom: string | undefined;
   try {
     url = await deps.resolveImage(d.spec);
-    base.imageUrl = url;
+    updateFrom = installed && installed !== url ? installed : undefined;
+    base.imageUrl = updateFrom ?? url;
     facts = await imageFacts(deps, id, url, rec, async () => {
       if (d.finalizers.includes(NODE_AGENT_FINALIZER)) return;
       await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl: url });
@@ -187,7 +194,19 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     });
     labels = parseModuleLabels(facts.labels, url);
   } catch (err) {
-    return failed(deps, d, prev, { ...base, imageUrl: base.imageUrl || prev?.imageUrl || '' }, toNs8ctlError(err), undefined, [], []);
+    return failed(deps, d, prev, { ...base, imageUrl: base.imageUrl || prev?.imageUrl || '', imageDigest: prev?.imageDigest ?? '' }, toNs8ctlError(err), undefined, [], []);
+  }
+  let previousEnv: Record<string, string> | undefined;
+  if (updateFrom) {
+    // Issue 6: min-from / min-core / module name / downgrade. Refused: nothing is touched.
+    const check = checkUpdate({ id, image: updateFrom }, { image: url, labels: facts.labels }, { coreVersion: await deps.coreVersion() });
+    if (!check.ok) {
+      const e = new Ns8ctlError('UpdateRefused', `update refused (${check.code}): ${check.message}; the instance keeps running ${updateFrom}`);
+      return failed(deps, d, prev, { ...base, imageDigest: prev?.imageDigest ?? '' }, e, undefined, [], [], true);
+    }
+    const oldEnv = { ...(shared.redis.env.get(id) ?? {}), ...(rec?.managedEnv ?? {}) };
+    previousEnv = previousImageEnvironment(oldEnv, labels.images);
+    deps.log(`node-agent: ${id}: updating ${updateFrom} -> ${url} (${check.kind})`);
   }
   const rootfull = labels.rootfull;
   const applied: Step[] = [];
@@ -226,13 +245,14 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
       observed.record = rec;
     }
     const paths = instancePaths(deps.layout, id, rootfull, observed.user?.home);
-    plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir });
+    plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir, ...(previousEnv ? { previousEnv } : {}) });
     const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !drift.includes(x));
     if (found.length) {
       drift = [...drift, ...found];
       deps.log(`node-agent: ${id}: drift: ${found.join('; ')}`);
     }
     fillBase(base, observed, facts);
+    if (updateFrom) base.imageDigest = prev?.imageDigest ?? '';
     base.drift = drift.length ? drift : (prev?.drift ?? []);
     if (plan.blocked) {
       return failed(deps, d, prev, base, new Ns8ctlError(plan.blocked.reason, plan.blocked.message), undefined, applied, drift, true);
@@ -268,6 +288,21 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   if (plan.waiting.length > 0) {
     const e = new Ns8ctlError('not_converging', `${id}: waiting: ${plan.waiting.join('; ')}`, { user: false });
     return failed(deps, d, prev, base, e, undefined, applied, drift);
+  }
+  if (updateFrom && previousEnv) {
+    // The update succeeded: the status names the new image, and the previous images go.
+    base.imageUrl = url;
+    base.imageDigest = observed.localImage?.digest || facts.digest;
+    const refs = imagesToClean(previousEnv, observed.envFile ?? {});
+    if (refs.length) {
+      const step: Step = { id, kind: 'remove-old-images', refs, reason: `update to ${url} done: remove ${refs.join(' ')}` };
+      try {
+        await applyStep(step, stepCtx);
+        applied.push(step);
+      } catch (err) {
+        deps.log(`node-agent: ${id}: removing the previous images failed (left in place): ${toNs8ctlError(err).message}`);
+      }
+    }
   }
   const wantedUnits = observed.units.filter((u) => u.wanted).map((u) => u.name);
   let conditions: Condition[];

@@ -224,6 +224,8 @@ export type Step = StepBase &
     | { kind: 'stop-units'; units: string[] }
     | { kind: 'record-units'; units: Record<string, string> }
     | { kind: 'publish-added' }
+    /** After an update: `podman rmi` (as the owner) of the previous module and service images no longer used (NS8's 95cleanup_images). */
+    | { kind: 'remove-old-images'; refs: string[] }
     // removal
     | { kind: 'mark-removing'; removalPolicy: RemovalPolicy }
     | { kind: 'disable-units'; units: string[] }
