@@ -8,6 +8,11 @@ import type { CommandRunner } from '../host/runner.js';
 import type { ModuleSpec } from '../manifest/types.js';
 import type { CliDeps } from '../cli/deps.js';
 import { renderJson, renderTable, parseOutput } from '../cli/output.js';
+import { shutdownSignal } from '../controller/cli.js';
+import { StatusChangeTracker, SuspensionAwareSource } from '../controller/node-agent-seam.js';
+import { channels } from '../state/keys.js';
+import { RedisDesiredSource } from './desired-source.js';
+import type { HostLayout } from './layout.js';
 import { runNodeAgent } from './agent-loop.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from './deps.js';
 import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
@@ -24,6 +29,8 @@ export interface NodeAgentCommandOptions {
 /** Extra wiring from other areas (image resolution through repositories, issue 6). */
 export interface NodeAgentCommandExtras {
   resolveImage?: (spec: ModuleSpec) => Promise<string>;
+  /** Host layout overrides (tests point the roots at temp dirs). */
+  layout?: Partial<HostLayout>;
 }
 
 function positiveInt(value: string | undefined, flag: string, dflt: number): number {
@@ -50,7 +57,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const concurrency = positiveInt(opts.concurrency, '--concurrency', 4);
   const resyncMs = positiveInt(opts.resync, '--resync', 60) * 1000;
   const conn = await d.connect({ startEmbedded: true });
-  const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [] };
+  const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [], ...(extras.layout ? { layout: extras.layout } : {}) };
   // Counts the commands of this run (the runner's own history is bounded).
   const counted = { all: 0, mutating: 0 };
   const runner: CommandRunner = {
@@ -67,10 +74,23 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
     redis: conn.redis,
     runner,
     log: (line) => d.stderr(line + '\n'),
+    // Suspended instances (`ns8ctl suspend module <id>`) reach the agent as spec.suspend: true.
+    source: new SuspensionAwareSource(new RedisDesiredSource(conn.redis), conn.redis),
     ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),
   });
+  // Standalone, this command is the one publisher of module-status-changed (under `ns8ctl run`
+  // the controller's seam publishes with the same tracker; this code path is not used there).
+  const tracker = new StatusChangeTracker();
+  // A suspended instance writes no status: nothing to announce for it.
+  const announce = async (result: NodeReconcileResult, only?: (r: NodeReconcileResult['instances'][number]) => boolean): Promise<void> => {
+    const changed = new Set(tracker.changed(result));
+    const ids = result.instances.filter((r) => changed.has(r.id) && r.outcome !== 'suspended' && (!only || only(r))).map((r) => r.id);
+    await Promise.all(ids.map((id) => conn.redis.publish(channels.moduleStatusChanged, JSON.stringify({ module: id, node })).catch(() => 0)));
+  };
   if (opts.once) {
     const result = await reconcileNodeOnce(agentOpts, deps);
+    // No earlier pass to compare with: an instance left unchanged wrote no status.
+    await announce(result, (r) => r.outcome !== 'unchanged');
     d.stdout(
       output === 'json'
         ? renderJson({
@@ -84,17 +104,21 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
     return result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
   }
   const subscriber = conn.redis.duplicate();
-  const stop = new AbortController();
-  const onSignal = (): void => stop.abort();
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  // Handlers stay registered until the command ended: a second signal (or one arriving after
+  // execa ran a command) ends the process with 128+n instead of killing it uncleanly.
+  const stop = shutdownSignal();
   d.stderr(`node-agent: reconciling node ${node} (resync every ${resyncMs / 1000} s, ${concurrency} at a time)\n`);
   try {
-    const handle = runNodeAgent({ ...agentOpts, resyncMs, signal: stop.signal, subscriber }, deps);
+    const handle = runNodeAgent({ ...agentOpts, resyncMs, signal: stop.signal, subscriber, onReconcile: (result) => void announce(result) }, deps);
+    // Suspend and resume take effect at once, not at the next resync (as `ns8ctl run`).
+    const wake = [channels.controllerEvent('module-suspended'), channels.controllerEvent('module-resumed')];
+    subscriber.on('message', (channel: string) => {
+      if (wake.includes(channel)) handle.trigger();
+    });
+    await subscriber.subscribe(...wake);
     await handle.done;
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    stop.dispose();
     subscriber.disconnect();
   }
   return 0;

@@ -1,0 +1,91 @@
+/**
+ * `ns8ctl node-agent` (the standalone command, not `ns8ctl run`) against a real redis-server:
+ * suspended instances are left alone and resume at once on `module-resumed`, every status change
+ * is announced on `ns8ctl/event/module-status-changed`, and SIGTERM ends the loop cleanly with
+ * its handlers removed. The instances fail before touching the host (no image resolution).
+ */
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import type { CliDeps } from '../../src/cli/deps.js';
+import { suspendTarget } from '../../src/controller/suspend.js';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { nodeAgentCommand } from '../../src/node-agent/cli.js';
+import { readModuleStatus } from '../../src/node-agent/status.js';
+import { channels, keys } from '../../src/state/keys.js';
+import { startRedis, type TestRedis } from '../support/redis-server.js';
+
+let redis: TestRedis;
+let admin: Redis;
+let sub: Redis;
+let root: string;
+const messages: string[] = [];
+const waiters: (() => void)[] = [];
+
+async function putModule(id: string): Promise<void> {
+  // spec.module without a repository resolver: ImageResolutionFailed, terminal, nothing created.
+  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, module: 'webapp' } });
+  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' });
+  await admin.sadd(keys.desiredIndex('Module'), id);
+}
+
+async function announced(id: string): Promise<void> {
+  const want = JSON.stringify({ module: id, node: 1 });
+  while (!messages.includes(want)) await new Promise<void>((r) => waiters.push(r));
+}
+
+beforeAll(async () => {
+  redis = await startRedis();
+  admin = redis.client();
+  sub = redis.client();
+  sub.on('message', (_c: string, m: string) => {
+    messages.push(m);
+    for (const w of waiters.splice(0)) w();
+  });
+  await sub.subscribe(channels.moduleStatusChanged);
+  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-cli-'));
+});
+
+afterAll(async () => {
+  sub?.disconnect();
+  admin?.disconnect();
+  await redis?.stop();
+  if (root) await fs.rm(root, { recursive: true, force: true });
+});
+
+test('suspended instances are left alone, resume wakes the agent at once, status changes are announced once, SIGTERM stops it', async () => {
+  await putModule('plain1');
+  await putModule('held1');
+  await suspendTarget(admin, undefined, { kind: 'module', name: 'held1' }, { by: 'test', now: new Date() });
+  let stderr = '';
+  const d: CliDeps = {
+    stdout: () => undefined,
+    stderr: (t) => void (stderr += t),
+    env: {},
+    isTTY: false,
+    runner: new ExecaRunner(),
+    connect: async () => ({ redis: admin, url: redis.url, embedded: false }),
+    stdin: async () => '',
+    cwd: process.cwd(),
+  };
+  const listeners = process.listenerCount('SIGTERM');
+  const layout = { agentStateDir: path.join(root, 'agent'), homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), systemdRunDir: path.join(root, 'no-systemd') };
+  const run = nodeAgentCommand({ node: '1', resync: '3600' }, d, { layout });
+  await announced('plain1');
+  // The first pass is over (one pass covers every instance): the suspended one has no status.
+  expect((await readModuleStatus(admin, 'plain1'))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ reason: 'ImageResolutionFailed' });
+  expect(await readModuleStatus(admin, 'held1')).toBeUndefined();
+  expect(process.listenerCount('SIGTERM')).toBe(listeners + 1);
+  // Resume: no resync or retry is due (1 h, terminal failure), only module-resumed wakes it.
+  await admin.del(keys.suspension('module', 'held1'));
+  await admin.publish(channels.controllerEvent('module-resumed'), JSON.stringify({ object: 'Module/held1' }));
+  await announced('held1');
+  expect((await readModuleStatus(admin, 'held1'))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ reason: 'ImageResolutionFailed' });
+  // The second pass did not change plain1's status: announced once only.
+  expect(messages.filter((m) => m === JSON.stringify({ module: 'plain1', node: 1 }))).toHaveLength(1);
+  process.emit('SIGTERM', 'SIGTERM');
+  expect(await run).toBe(0);
+  expect(process.listenerCount('SIGTERM')).toBe(listeners);
+  expect(stderr).toContain('reconciling node 1');
+}, 60_000);
