@@ -49,10 +49,11 @@ export interface ResolveOptions {
 
 /**
  * The production schema lookup: NS8's install dirs, root's container storage through `podman`,
- * and the cache `<state-dir>/cache/configuration-schemas`.
+ * and the cache `<state-dir>/cache/configuration-schemas`; an image's answer is reused for a
+ * minute (one podman check per image per plan, not per instance).
  */
 export function defaultSchemaLookup(runner: CommandRunner = new ExecaRunner()): ConfigurationSchemaLookup {
-  return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas') });
+  return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas'), memoMs: 60_000 });
 }
 
 /** The document each validated object came from (set by loadAndValidate), for precise diagnostics. */
