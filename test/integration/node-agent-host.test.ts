@@ -373,10 +373,11 @@ describe('users on a host with a stale passwd lock', () => {
     users.push(id);
     // A zombie: a child that exited under a parent (sleep, after exec) that never waits for it.
     const { spawn } = await import('node:child_process');
-    const parent = spawn('sh', ['-c', 'sh -c "exit 0" & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // The child outlives the exec by a moment, so the shell can never reap it first (under load it did).
+    const parent = spawn('sh', ['-c', 'sh -c "sleep 0.3" & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
     const zombie = await new Promise<number>((resolve) => parent.stdout!.once('data', (b: Buffer) => resolve(Number(b.toString().trim()))));
     try {
-      for (let i = 0; i < 50 && !/^\S+ \(.*\) Z/.test(await fs.readFile(`/proc/${zombie}/stat`, 'utf8').catch(() => '')); i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 150 && !/^\S+ \(.*\) Z/.test(await fs.readFile(`/proc/${zombie}/stat`, 'utf8').catch(() => '')); i++) await new Promise((r) => setTimeout(r, 20));
       expect(await fs.readFile(`/proc/${zombie}/stat`, 'utf8')).toMatch(/\) Z /);
       for (;;) {
         try {
