@@ -93,7 +93,7 @@ export class StatusChangeTracker {
     const out: string[] = [];
     const seen = new Set<string>();
     for (const r of result.instances) {
-      if (r.outcome === 'skipped') {
+      if (r.outcome === 'skipped' || r.outcome === 'suspended') {
         seen.add(r.id);
         continue;
       }
