@@ -94,7 +94,7 @@ describe('event handlers', () => {
 
   it('run a [commands] entry as a shell command with the payload on stdin, and pick up config changes on reload', async () => {
     const out = path.join(root, 'acl');
-    writeFileSync(path.join(state, 'eventsgw.conf'), `[commands]\ncluster/event/acl-changed = cat > ${out}; printf " %s" "$AGENT_EVENT_NAME" >> ${out}\n`);
+    writeFileSync(path.join(state, 'eventsgw.conf'), `[commands]\ncluster/event/acl-changed = { cat; printf " %s" "$AGENT_EVENT_NAME"; } > ${out}.tmp && mv ${out}.tmp ${out}\n`);
     await events.start();
     expect(events.subscriptions().channels).toEqual(['cluster/event/acl-changed']);
     await publish('cluster/event/acl-changed', 'cluster/acls');

@@ -6,48 +6,22 @@
  * on Redis runs the instance's `events/<name>/` handler. Uses the built CLI inside the node.
  */
 import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
 import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
-import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
-import { execInNode } from '../../src/sandbox/lifecycle.js';
-import { nodeContainer } from '../../src/sandbox/naming.js';
 import { adminRedisUrl } from '../../src/sandbox/node-config.js';
 import { readAdminPassword } from '../../src/sandbox/record.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
+import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'magent';
 const ID = 'webapp1';
-const runner = new ExecaRunner();
-const deps: SandboxDeps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
+const { deps, inNode } = sandboxNode(NAME);
 let info: SandboxInfo;
 let images: ExampleImages;
 let leader: Redis;
 
-async function inNode(command: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
-  if (input !== undefined) {
-    const res = await runner.run(['podman', 'exec', '-i', nodeContainer(NAME, 1), ...command], { input, allowFailure: true });
-    return { code: res.exitCode ?? -1, out: res.stdout, err: res.stderr };
-  }
-  let out = '';
-  let err = '';
-  const code = await execInNode({ name: NAME, node: '1', command }, { ...deps, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
-  return { code, out, err };
-}
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 180_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) {
-      const log = await inNode(['journalctl', '-u', 'ns8ctl-run', '--no-pager', '-n', '60']);
-      throw new Error(`${what}: not reached within ${timeoutMs / 1000} s\n${log.out}`);
-    }
-    await new Promise((r) => setTimeout(r, 1000));
-  }
-}
+const journal = async (): Promise<string> => (await inNode(['journalctl', '-u', 'ns8ctl-run', '--no-pager', '-n', '60'])).out;
 
 async function writeManifest(greeting: string): Promise<void> {
   const manifest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\nspec:\n  image: ${images.webapp['1.1.0']}\n  node: 1\n  removalPolicy: Delete\n  configuration:\n    greeting: "${greeting}"\n`;
@@ -81,14 +55,14 @@ describe('the module agent and declarative configuration in a sandbox node', () 
     const got = await eventually('configure-module applied', async () => {
       const c = await configuration();
       return c?.greeting === 'Hello from the manifest' ? c : undefined;
-    });
+    }, { timeoutMs: 180_000, everyMs: 1000, explain: journal });
     expect(got).toEqual({ greeting: 'Hello from the manifest' });
     // The configured value is what the instance's container serves.
     const port = (await leader.hgetall(keys.moduleEnvironment(ID))).TCP_PORT ?? '';
     const served = await eventually('greeting served', async () => {
       const r = await inNode(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/public/greeting.txt`]);
       return r.code === 0 ? r.out : undefined;
-    });
+    }, { timeoutMs: 180_000, everyMs: 1000, explain: journal });
     expect(served.trim()).toBe('Hello from the manifest');
   }, 600_000);
 
@@ -97,7 +71,7 @@ describe('the module agent and declarative configuration in a sandbox node', () 
     const got = await eventually('configure-module applied again', async () => {
       const c = await configuration();
       return c?.greeting === 'Changed in git' ? c : undefined;
-    });
+    }, { timeoutMs: 180_000, everyMs: 1000, explain: journal });
     expect(got).toEqual({ greeting: 'Changed in git' });
   }, 300_000);
 
@@ -109,7 +83,7 @@ describe('the module agent and declarative configuration in a sandbox node', () 
       await inNode(['ns8ctl', 'publish', `module/${ID}/event/greeting-requested`, '{"who":"sandbox test"}']);
       const r = await inNode(['cat', `/home/${ID}/.config/state/event-received.json`]);
       return r.code === 0 && r.out.trim() ? r.out : undefined;
-    }, 120_000);
+    }, { timeoutMs: 120_000, everyMs: 1000, explain: journal });
     expect(JSON.parse(payload)).toEqual({ who: 'sandbox test' });
     expect((await inNode(['cat', `/home/${ID}/.config/state/event-source.txt`])).out.trim()).toBe(`module/${ID}`);
     await inNode(['systemctl', 'stop', 'ns8ctl-run']);

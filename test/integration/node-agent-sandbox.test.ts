@@ -7,45 +7,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
 import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
-import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
-import { execInNode } from '../../src/sandbox/lifecycle.js';
-import { nodeContainer } from '../../src/sandbox/naming.js';
 import { adminRedisUrl } from '../../src/sandbox/node-config.js';
 import { readAdminPassword } from '../../src/sandbox/record.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
+import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'nagent';
 const ID = 'webapp1';
-const runner = new ExecaRunner();
-const deps: SandboxDeps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
+const { deps, inNode } = sandboxNode(NAME);
 let info: SandboxInfo;
 let images: ExampleImages;
 let leader: Redis;
-
-async function inNode(command: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
-  if (input !== undefined) {
-    const res = await runner.run(['podman', 'exec', '-i', nodeContainer(NAME, 1), ...command], { input, allowFailure: true });
-    return { code: res.exitCode ?? -1, out: res.stdout, err: res.stderr };
-  }
-  let out = '';
-  let err = '';
-  const code = await execInNode({ name: NAME, node: '1', command }, { ...deps, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
-  return { code, out, err };
-}
-
-async function eventually<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs / 1000} s`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
 
 async function apply(image: string, id = ID, extra = ''): Promise<void> {
   const manifest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${id}\nspec:\n  image: ${image}\n  node: 1\n${extra}`;

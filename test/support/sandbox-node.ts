@@ -1,0 +1,46 @@
+import { ExecaRunner } from '../../src/host/runner.js';
+import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
+import { execInNode } from '../../src/sandbox/lifecycle.js';
+import { nodeContainer } from '../../src/sandbox/naming.js';
+
+/** Commands run inside node 1 of a named sandbox, for end-to-end tests. */
+export interface SandboxNode {
+  runner: ExecaRunner;
+  deps: SandboxDeps;
+  /** Runs `command` in the node (with `input` on stdin when given); never throws on exit codes. */
+  inNode(command: string[], input?: string): Promise<{ code: number; out: string; err: string }>;
+}
+
+export function sandboxNode(name: string): SandboxNode {
+  const runner = new ExecaRunner();
+  const deps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
+  return {
+    runner,
+    deps,
+    async inNode(command, input) {
+      if (input !== undefined) {
+        const res = await runner.run(['podman', 'exec', '-i', nodeContainer(name, 1), ...command], { input, allowFailure: true });
+        return { code: res.exitCode ?? -1, out: res.stdout, err: res.stderr };
+      }
+      let out = '';
+      let err = '';
+      const code = await execInNode({ name, node: '1', command }, { ...deps, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
+      return { code, out, err };
+    },
+  };
+}
+
+/**
+ * Polls `probe` every `everyMs` until it returns a value; throws naming `what` after `timeoutMs`
+ * (with `explain()`'s text appended, e.g. a journal excerpt). Bounded: it always ends.
+ */
+export async function eventually<T>(what: string, probe: () => Promise<T | undefined>, opts: { timeoutMs?: number; everyMs?: number; explain?: () => Promise<string> } = {}): Promise<T> {
+  const timeoutMs = opts.timeoutMs ?? 90_000;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not reached within ${timeoutMs / 1000} s${opts.explain ? `\n${await opts.explain()}` : ''}`);
+    await new Promise((r) => setTimeout(r, opts.everyMs ?? 500));
+  }
+}
