@@ -125,7 +125,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
 }
 
 /** Adds `node-agent` to the command tree (call from src/cli/extensions.ts). */
-export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, setExit: (code: number) => void, extras: NodeAgentCommandExtras = {}): void {
+export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, extras: NodeAgentCommandExtras = {}): void {
   program
     .command('node-agent')
     .description('Reconcile the module instances placed on one node against this host (run as root on that node)')
@@ -135,5 +135,5 @@ export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, 
     .option('--resync <seconds>', 'full reconcile at least this often, to repair drift', '60')
     .option('--insecure-registry <host:port>', 'registry reached without TLS verification (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .option('-o, --output <format>', 'text or json (with --once)', 'text')
-    .action(async (opts: NodeAgentCommandOptions) => setExit(await nodeAgentCommand(opts, deps(), extras)));
+    .action(async (opts: NodeAgentCommandOptions) => setExitCode(await nodeAgentCommand(opts, deps(), extras)));
 }

@@ -35,7 +35,7 @@ export function asOwner(owner: Owner, argv: string[], opts: RunOptions = {}): { 
  * `allowed` (0 is always allowed). For commands run with `allowFailure` whose "already done" exit
  * codes are fine (useradd 9, userdel 6, pkill 1).
  */
-export function expectExit(res: CommandRecord, allowed: number[], purpose: string): void {
+export function expectExitCode(res: CommandRecord, allowed: number[], purpose: string): void {
   if (res.exitCode === 0 || (res.exitCode !== null && allowed.includes(res.exitCode))) return;
   const tail = res.stderr.trim().split('\n').slice(-3).join(' | ');
   throw new CommandFailedError('command_failed', `${purpose}: \`${res.argv.join(' ')}\` exited ${res.exitCode ?? 'by signal'}${tail ? `: ${tail}` : ''}`, {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Ns8ctlError } from '../../errors.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { HostLayout } from '../layout.js';
-import { expectExit } from './owner.js';
+import { expectExitCode } from './owner.js';
 
 /** Which systemd manager a unit belongs to. */
 export type UnitScope = { kind: 'user'; user: string; uid: number } | { kind: 'system' };
@@ -95,7 +95,7 @@ export class RunnerSystemdHost implements SystemdHost {
 
   async disableLinger(user: string, uid: number, purpose: string): Promise<void> {
     const res = await this.runner.run(['loginctl', 'disable-linger', user], { purpose, mutating: true, allowFailure: true });
-    expectExit(res, [1], purpose);
+    expectExitCode(res, [1], purpose);
     await this.runner.run(['systemctl', 'stop', `user@${uid}.service`], { purpose, mutating: true, allowFailure: true });
     await this.runner.run(['loginctl', 'terminate-user', user], { purpose, mutating: true, allowFailure: true });
   }

@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { CommandRecord, CommandRunner } from '../../host/runner.js';
 import type { HostLayout } from '../layout.js';
-import { expectExit } from './owner.js';
+import { expectExitCode } from './owner.js';
 
 export interface UserHost {
   /** Creates the user with its home; an existing home (preserved data) is reused. */
@@ -33,14 +33,14 @@ export class RunnerUserHost implements UserHost {
     await fs.mkdir(this.layout.homeBase, { recursive: true });
     const res = await this.withPasswdLock(['useradd', '-m', '-b', this.layout.homeBase, '-s', this.layout.loginShell, id], purpose);
     // 9: the user already exists (a concurrent or interrupted run made it): fine, it is what we want.
-    expectExit(res, [9], purpose);
+    expectExitCode(res, [9], purpose);
     await fs.chmod(path.join(this.layout.homeBase, id), 0o700);
   }
 
   async remove(id: string, purpose: string): Promise<void> {
     const res = await this.withPasswdLock(['userdel', '-f', id], purpose);
     // 6: no such user.
-    expectExit(res, [6], purpose);
+    expectExitCode(res, [6], purpose);
   }
 
   /**
@@ -71,7 +71,7 @@ export class RunnerUserHost implements UserHost {
   async killProcesses(id: string, purpose: string): Promise<void> {
     const res = await this.runner.run(['pkill', '-KILL', '-u', id], { purpose, mutating: true, allowFailure: true });
     // 1: no process matched.
-    expectExit(res, [1], purpose);
+    expectExitCode(res, [1], purpose);
     // Give the kernel a moment to reap them, so userdel does not see them.
     for (let i = 0; i < 50; i++) {
       const check = await this.runner.run(['pgrep', '-u', id], { purpose: `${purpose} (wait)`, allowFailure: true });
