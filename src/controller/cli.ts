@@ -315,24 +315,30 @@ export async function watchModules(deps: CliDeps & { signal: AbortSignal }, rend
 
 /**
  * An AbortSignal that aborts on the first SIGTERM or SIGINT, and `dispose` to remove the handlers
- * once the command is done. A second signal exits at once (128 + signal number). The handlers stay
+ * once the command is done. A second signal ends the process at once: the handlers are removed and
+ * the signal raised again, so the default action terminates it (status 128 + signal). The handlers stay
  * registered until `dispose`: with a `once` handler, execa's signal-exit hook would find no other
  * listener after the first signal and kill the process before it could stop cleanly.
  */
 export function shutdownSignal(): { signal: AbortSignal; dispose: () => void } {
   const ctl = new AbortController();
-  const on = (sig: NodeJS.Signals): void => {
-    if (ctl.signal.aborted) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
-    ctl.abort();
+  const dispose = (): void => {
+    process.off('SIGTERM', on);
+    process.off('SIGINT', on);
   };
+  function on(sig: NodeJS.Signals): void {
+    if (ctl.signal.aborted) {
+      dispose();
+      process.kill(process.pid, sig);
+      return;
+    }
+    ctl.abort();
+  }
   process.on('SIGTERM', on);
   process.on('SIGINT', on);
   return {
     signal: ctl.signal,
-    dispose: () => {
-      process.off('SIGTERM', on);
-      process.off('SIGINT', on);
-    },
+    dispose,
   };
 }
 
