@@ -229,7 +229,9 @@ export class Controller {
   }
 
   private requestFetch(source: string): boolean {
-    if (!this.reconcilers.has(sourceKey(source))) return false;
+    const r = this.reconcilers.get(sourceKey(source));
+    if (!r) return false;
+    r.requestFetch();
     this.runtime?.queue.add(sourceKey(source));
     // Standbys forward it; the leader hears the event too (a duplicate coalesces).
     void this.events?.record({ name: 'source-fetch-requested', type: 'Normal', object: sourceKey(source), message: `webhook asked source ${source} to fetch now`, data: { source } });
@@ -396,7 +398,11 @@ export class Controller {
         break;
       case 'source-fetch-requested': {
         const s = (payload.data as { source?: unknown } | undefined)?.source;
-        if (typeof s === 'string' && this.reconcilers.has(sourceKey(s))) rt.queue.add(sourceKey(s));
+        const r = typeof s === 'string' ? this.reconcilers.get(sourceKey(s)) : undefined;
+        if (r) {
+          r.requestFetch();
+          rt.queue.add(r.key);
+        }
         break;
       }
       default:

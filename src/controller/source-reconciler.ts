@@ -121,6 +121,10 @@ export class SourceReconciler {
   desiredKeys = new Set<string>();
   private readonly git: GitCheckout | undefined;
   private lastWarnings = '';
+  /** Head of the last successful fetch and when the next one is due (git sources). */
+  private fetched: { head: string; nextAt: number } | undefined;
+  /** A webhook (or `ns8ctl` on another replica) asked for a fetch before the interval. */
+  private fetchWanted = false;
 
   constructor(
     readonly spec: SourceSpec,
@@ -149,12 +153,43 @@ export class SourceReconciler {
     };
   }
 
+  /** Asks the next reconcile to fetch even when the interval has not elapsed (webhooks). */
+  requestFetch(): void {
+    this.fetchWanted = true;
+  }
+
+  /** Next run of a git source: when its next fetch is due. */
   private requeue(): ReconcileResult {
     const g = this.spec.git;
     if (!g) return {};
+    if (!this.fetched) return { requeueAfterMs: this.jitteredInterval() };
+    return { requeueAfterMs: Math.max(0, this.fetched.nextAt - this.deps.now().getTime()) };
+  }
+
+  private jitteredInterval(): number {
     const r = this.deps.random ?? Math.random;
     // ±10 % so that many sources (or replicas) do not poll the forge in lock step.
-    return { requeueAfterMs: Math.round(g.intervalMs * (0.9 + 0.2 * r())) };
+    return Math.round(this.spec.git!.intervalMs * (0.9 + 0.2 * r()));
+  }
+
+  /**
+   * The branch head to apply. Fetches only on the first run, when the interval is due, or when a
+   * webhook asked; other runs (drift repair after a Redis write, resyncs) reuse the last fetched
+   * head, so a burst of drift never hammers the forge and never jumps ahead of the interval.
+   */
+  private async headToApply(git: GitCheckout): Promise<string> {
+    const now = this.deps.now().getTime();
+    // 20 ms of slack: a timer may fire a hair before the due time.
+    if (this.fetched && !this.fetchWanted && now + 20 < this.fetched.nextAt) return this.fetched.head;
+    this.fetchWanted = false;
+    try {
+      const head = await git.fetch();
+      this.fetched = { head, nextAt: now + this.jitteredInterval() };
+      return head;
+    } catch (err) {
+      this.fetchWanted = true; // the retry (backoff) fetches again
+      throw err;
+    }
   }
 
   private async save(prev: SourceStatus | undefined, next: SourceStatus): Promise<SourceStatus> {
@@ -202,7 +237,7 @@ export class SourceReconciler {
     if (this.git) {
       let head: string;
       try {
-        head = await this.git.fetch();
+        head = await this.headToApply(this.git);
       } catch (err) {
         await this.failed(prev, base, 'FetchFailed', 'source-fetch-failed', toNs8ctlError(err), base.lastAttemptedRevision);
         throw err;

@@ -49,8 +49,9 @@ describe('controller with a git source', () => {
     remote = path.join(dir, 'remote.git');
     work = path.join(dir, 'work');
     git(dir, 'init', '-q', '--bare', '-b', 'main', remote);
-    git(dir, 'clone', '-q', remote, work);
-    git(work, 'checkout', '-q', '-b', 'main');
+    mkdirSync(work);
+    git(work, 'init', '-q', '-b', 'main');
+    git(work, 'remote', 'add', 'origin', remote);
     controllers = [];
   });
   afterEach(async () => {
@@ -118,6 +119,12 @@ describe('controller with a git source', () => {
     const c = await start({ intervalMs: 3_600_000 }, { webhookSecret: 's3cret' });
     await waitFor('first commit applied', async () => (await readSourceStatus(redis, 'default'))?.lastAppliedRevision === first);
     const second = commit({ 'wiki.yaml': mod('webapp1', '2.0.0') }, 'second');
+    // Drift repair before the webhook re-applies the fetched commit; it does not fetch the new one.
+    const h = await redis.hget('ns8ctl/desired/module/webapp1', 'object');
+    await redis.hset('ns8ctl/desired/module/webapp1', 'object', h!.replace(':1.0.0', ':7.7.7'));
+    await waitFor('drift repaired', async () => (await image('webapp1'))?.endsWith(':1.0.0'));
+    await c.whenIdle();
+    expect((await readSourceStatus(redis, 'default'))?.lastAppliedRevision).toBe(first);
     const url = `http://127.0.0.1:${c.httpPort}/hooks/default`;
     const body = JSON.stringify({ ref: 'refs/heads/main', after: second });
     const wrong = await fetch(url, { method: 'POST', body, headers: { 'x-hub-signature-256': `sha256=${hmacHex('guess', body)}` } });
