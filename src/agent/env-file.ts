@@ -2,11 +2,13 @@
  * The NS8 state file `state/environment`: one `KEY=VALUE` per line, split at the first `=`, no
  * quoting, lines without `=` ignored. systemd reads it raw (`EnvironmentFile=`), so a value with a
  * newline (or a NUL/CR) would smuggle a second variable: such values are refused. Writes are
- * atomic (temporary file + fsync + rename) with sorted keys; writers in one process are serialised.
+ * atomic (temporary file + fsync + rename) with sorted keys; read-modify-write runs under NS8's
+ * `.environment.lock`.
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { withFileLock } from '../host/file-lock.js';
 import { AgentError } from './errors.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -87,18 +89,23 @@ export async function writeEnvironmentFile(file: string, env: ReadonlyMap<string
 const locks = new Map<string, Promise<unknown>>();
 
 /**
- * Reads, changes and writes an environment file under a per-file lock (one process), so
- * concurrent tasks of an agent never lose each other's `set-env`. `change` mutates the map;
+ * Reads, changes and writes an environment file under NS8's `.environment.lock` (an flock in the
+ * same directory, taken by the node agent and by Python steps too), so concurrent tasks and
+ * processes never lose each other's `set-env`. `change` mutates the map;
  * the file is rewritten even when nothing changed (normalising it).
  */
 export async function updateEnvironmentFile(file: string, change: (env: Map<string, string>) => void): Promise<Map<string, string>> {
   const previous = locks.get(file) ?? Promise.resolve();
-  const run = previous.catch(() => undefined).then(async () => {
-    const env = await readEnvironmentFile(file);
-    change(env);
-    await writeEnvironmentFile(file, env);
-    return env;
-  });
+  // In-process queue first (one flock child at a time), then NS8's `.environment.lock` shared
+  // with the node agent and with Python steps (`agent.set_env`).
+  const run = previous.catch(() => undefined).then(() =>
+    withFileLock(path.join(path.dirname(file), '.environment.lock'), async () => {
+      const env = await readEnvironmentFile(file);
+      change(env);
+      await writeEnvironmentFile(file, env);
+      return env;
+    }),
+  );
   locks.set(file, run);
   try {
     return await run;

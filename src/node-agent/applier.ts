@@ -10,6 +10,8 @@ import { channels, keys } from '../state/keys.js';
 import { writeFileAtomic } from './atomic-write.js';
 import type { NodeAgentDeps } from './deps.js';
 import { parseEnvironment, renderEnvironment } from './environment-file.js';
+import { withFileLock } from '../host/file-lock.js';
+import { mergeEnvironment } from './module-env.js';
 import { findImage } from './host/image-store.js';
 import { asOwner, type Owner } from './host/owner.js';
 import type { ExtractPart } from './host/podman.js';
@@ -169,8 +171,14 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     }
     case 'write-environment': {
       const { p, user } = await paths(ctx);
-      const text = renderEnvironment(id, step.env);
-      await writeFileAtomic(path.join(p.stateDir, 'environment'), text, { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
+      const file = path.join(p.stateDir, 'environment');
+      const owner = { uid: user?.uid ?? 0, gid: user?.gid ?? 0 };
+      // Under NS8's `.environment.lock` (the agent's set_env takes it too): re-read, merge, write.
+      await withFileLock(path.join(p.stateDir, '.environment.lock'), async () => {
+        const current = parseEnvironment(await fs.readFile(file, 'utf8').catch(() => ''));
+        const env = { ...mergeEnvironment(current, step.managed, step.dropped), ...step.extra };
+        await writeFileAtomic(file, renderEnvironment(id, env), { mode: 0o644, ...owner });
+      }, { owner });
       await deps.records.update(id, { managedEnv: step.managed });
       return;
     }

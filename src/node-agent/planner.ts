@@ -197,6 +197,8 @@ export function planConverge(i: ConvergeInput): InstancePlan {
         kind: 'write-environment',
         env: merged,
         managed,
+        dropped: Object.keys(wrote).filter((n) => !(n in managed)).sort(),
+        extra: i.previousEnv ?? {},
         reason: o.envFile ? `state/environment differs: ${changedNames(o.envFile, merged).join(', ') || 'owner'}` : 'state/environment missing',
         ...(edited.length ? { drift: `environment ${edited.map((n) => `${n} ${n in o.envFile! ? `edited (was ${JSON.stringify(o.envFile![n])})` : 'deleted'}`).join(', ')}` } : !o.envFile && rec?.managedEnv ? { drift: 'state/environment deleted' } : {}),
       });

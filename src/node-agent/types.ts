@@ -207,7 +207,13 @@ export type Step = StepBase &
     | { kind: 'extract-image'; url: string; imageroot?: string; uiroot?: string }
     | { kind: 'allocate-ports'; proto: PortProto; demand: number }
     | { kind: 'set-ports-demand'; proto: PortProto; demand: number }
-    | { kind: 'write-environment'; env: Record<string, string>; managed: Record<string, string> }
+    /**
+     * `env` is what the file becomes given the observed file; the applier recomputes it from the
+     * file as it is under `.environment.lock` (a module step may have written in between):
+     * `managed` set, `dropped` (names the agent wrote before and no longer manages) removed,
+     * `extra` (PREV_ variables of an update) set.
+     */
+    | { kind: 'write-environment'; env: Record<string, string>; managed: Record<string, string>; dropped: string[]; extra: Record<string, string> }
     | { kind: 'mirror-environment'; env: Record<string, string> }
     | { kind: 'write-agent-env' }
     | { kind: 'apply-acl' }
