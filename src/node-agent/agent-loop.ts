@@ -2,7 +2,9 @@
  * The node agent's loop, informer style: level-triggered reconciles of the whole node, woken by a
  * periodic resync, by `ns8ctl/event/desired-state-changed` on Redis, or by `trigger()`; repeated
  * wake-ups coalesce. A failing instance is retried with capped exponential backoff (with jitter)
- * while the others go on; one whose failure only a spec change can fix waits for a new generation.
+ * while the others go on; one whose failure only a spec change can fix waits for a new generation,
+ * rechecked now and then all the same (a repository may publish the missing version, the core
+ * may be upgraded past an update's min-core: neither changes the generation).
  * `stop()` (or the AbortSignal) lets the current reconcile finish its step and ends the loop.
  */
 import type { Redis } from 'ioredis';
@@ -17,6 +19,12 @@ export interface RunNodeAgentOptions extends NodeAgentOptions {
   /** Backoff of a failing instance: first delay and cap (ms). Default 2 s and 5 min. */
   backoffBaseMs?: number;
   backoffMaxMs?: number;
+  /**
+   * A terminal failure (image unresolvable, update refused, ...) is retried at once on a new
+   * generation, and otherwise rechecked this often (ms), since repositories and the core version
+   * change without the spec changing. Default 10 min.
+   */
+  terminalRecheckMs?: number;
   signal?: AbortSignal;
   /**
    * A dedicated connection to subscribe on (a subscribed connection can do nothing else). When
@@ -40,7 +48,7 @@ export interface NodeAgentHandle {
 interface Backoff {
   attempts: number;
   until: number;
-  /** Generation that failed terminally: skipped until the spec changes. */
+  /** Generation that failed terminally: skipped until the spec changes or `until` (the recheck). */
   terminalGeneration?: number;
 }
 
@@ -55,6 +63,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
   const resyncMs = opts.resyncMs ?? 60_000;
   const baseMs = opts.backoffBaseMs ?? 2_000;
   const maxMs = opts.backoffMaxMs ?? 300_000;
+  const terminalRecheckMs = opts.terminalRecheckMs ?? 600_000;
   const backoff = new Map<string, Backoff>();
   const control = new AbortController();
   let pending = true;
@@ -88,7 +97,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
           skip: (id, generation) => {
             const b = backoff.get(id);
             if (!b) return false;
-            if (b.terminalGeneration !== undefined) return generation === b.terminalGeneration;
+            if (b.terminalGeneration !== undefined && generation !== b.terminalGeneration) return false;
             return b.until > now;
           },
         });
@@ -99,12 +108,15 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
           if (r.outcome === 'failed' || r.outcome === 'blocked') {
             const attempts = (backoff.get(r.id)?.attempts ?? 0) + 1;
             const b: Backoff = { attempts, until: after + backoffDelay(attempts, baseMs, maxMs) };
-            if (!r.retry && r.status) b.terminalGeneration = r.status.observedGeneration;
+            if (!r.retry && r.status) {
+              b.terminalGeneration = r.status.observedGeneration;
+              b.until = after + terminalRecheckMs;
+            }
             backoff.set(r.id, b);
           } else backoff.delete(r.id);
         }
         for (const id of [...backoff.keys()]) if (!result.instances.some((r) => r.id === id)) backoff.delete(id);
-        for (const b of backoff.values()) if (b.terminalGeneration === undefined) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
+        for (const b of backoff.values()) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
         opts.onReconcile?.(result);
       } catch (err) {
         // Desired state or Redis could not be read at all: the whole node waits and retries.

@@ -7,6 +7,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { Ns8ctlError } from '../../src/errors.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { runNodeAgent, type NodeAgentHandle } from '../../src/node-agent/agent-loop.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
@@ -112,3 +113,33 @@ test('the loop converges on a desired-state event, retries a failing instance wi
   await handle.stop();
   subscriber.disconnect();
 }, 180_000);
+
+test('a terminal failure is rechecked without a spec change: a version a repository publishes later is picked up', async () => {
+  const id = `dokuwiki${suffix}8`;
+  const results: NodeReconcileResult[] = [];
+  // The repositories do not carry the module at first; later they resolve it (to an unreachable
+  // registry, so the instance then fails transiently, which is enough to see it was rechecked).
+  let published = false;
+  const resolving = createNodeAgentDeps({ node: 1 }, {
+    ...deps,
+    resolveImage: async (spec) => {
+      if (!published) throw new Ns8ctlError('image_resolution_unavailable', `no repository carries ${String(spec.module)}`);
+      return '127.0.0.1:1/ns8ctl-examples/dokuwiki:1.0.0';
+    },
+  });
+  await putModule(id, { module: 'dokuwiki' });
+  const outcomes = (): string[] => results.flatMap((r) => r.instances.filter((i) => i.id === id && i.outcome !== 'skipped').map((i) => (i.status?.conditions.find((c) => c.type === 'Degraded')?.reason ?? i.outcome)));
+  const handle = runNodeAgent({ node: 1, resyncMs: 100, backoffBaseMs: 50, backoffMaxMs: 200, terminalRecheckMs: 500, onReconcile: (r) => results.push(r) }, resolving);
+  try {
+    await until('the terminal failure recorded', () => outcomes().includes('ImageResolutionFailed'));
+    // Resyncs every 100 ms do not retry it (same generation) until the recheck is due.
+    await until('a few resyncs', () => results.length >= 4);
+    published = true;
+    await until('rechecked after the repository published it', () => outcomes().includes('RegistryUnreachable'));
+    expect(outcomes().filter((o) => o === 'ImageResolutionFailed').length).toBeLessThan(outcomes().length);
+  } finally {
+    await handle.stop();
+    await admin.del(keys.desired('Module', id), keys.moduleStatus(id));
+    await admin.srem(keys.desiredIndex('Module'), id);
+  }
+}, 120_000);
