@@ -59,13 +59,19 @@ export function defaultSchemaLookup(runner: CommandRunner = new ExecaRunner()): 
 /** The document each validated object came from (set by loadAndValidate), for precise diagnostics. */
 const documentOf = new WeakMap<object, LoadedDocument>();
 
-/** Locates a pointer in the loaded document of a desired object; falls back to the document start. */
-const locateInDocument: DocumentLocator = (d, pointer, mode) => {
+/**
+ * Locates a pointer in the loaded document of a desired object (one returned by
+ * loadAndValidate); falls back to the document start for any other object. Pure lookup.
+ */
+export const locateInDocument: DocumentLocator = (d, pointer, mode) => {
   const doc = documentOf.get(d);
   if (!doc) return { file: d.source.file, line: d.source.line, col: d.source.col };
   const pos = locate(doc.doc, doc.lineCounter, pointer, mode);
   return { file: doc.source.file, line: pos.line, col: pos.col };
 };
+
+/** `PlanOptions.locate` for `plan()`: the value a pointer designates, in the object's loaded document. */
+export const locateDesired = (d: DesiredObject, pointer: string): { file: string; line: number; col: number } => locateInDocument(d, pointer, 'value');
 
 export interface PreparedPlan {
   desired: DesiredObject[];
@@ -180,7 +186,7 @@ export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[
 }
 
 async function planAndResolve(desired: DesiredObject[], state: ClusterState, redis: Redis, opts: PlanOptions): Promise<PreparedPlan> {
-  const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune });
+  const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune, locate: locateDesired });
   if (opts.resolve === false) return { desired, state, plan: base, warnings: [] };
   const { plan, warnings } = await resolvePlan(redis, desired, state, base, opts);
   return { desired, state, plan, warnings };

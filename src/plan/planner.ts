@@ -5,8 +5,8 @@
  * the rules.
  */
 import jsonpatch from 'fast-json-patch';
-import { Ns8ctlError, RefusedError } from '../errors.js';
-import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
+import { ManifestError, Ns8ctlError, RefusedError, type Diagnostic } from '../errors.js';
+import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from './canonical.js';
@@ -22,7 +22,16 @@ export interface PlanOptions {
   applySet: string;
   /** Plan deletes for inventory members that are no longer desired. */
   prune: boolean;
+  /**
+   * Where a pointer (`/spec/node`) of a desired object is in its file, for refusals reported as
+   * diagnostics. Must be pure (the loaded documents are data). Default: the document start
+   * recorded in `source`. `locateDesired` (src/apply/pipeline.ts) finds the exact line.
+   */
+  locate?: (d: DesiredObject, pointer: string) => { file: string; line: number; col: number };
 }
+
+/** The default of `PlanOptions.locate`: the start of the object's document. */
+const documentStart = (d: DesiredObject): { file: string; line: number; col: number } => ({ file: d.source.file, line: d.source.line, col: d.source.col });
 
 const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, Module: 2 };
 
@@ -66,6 +75,9 @@ function sortKeys(list: Iterable<string>, reverseKinds = false): string[] {
  *   ever deleted.
  * - An object being removed (stored `deleting`) that is desired again is put in `blocked`, as is
  *   a Module whose id NS8 already records on another node, and a Node that still has modules.
+ * @throws ManifestError (code `manifest_invalid`, one diagnostic at `/spec/node` per instance)
+ *   when a stored Module's `spec.node` changes: NS8 has no move, so this is refused like invalid
+ *   input, before anything is written (see moveRefusal).
  * @throws Ns8ctlError `duplicate_object` when two desired objects have the same `Kind/id`
  *   (validation reports it with both files first; this only guards the contract).
  */
@@ -85,6 +97,7 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
 
   const writes: Change[] = [];
   const blocked: BlockedChange[] = [];
+  const refused: Diagnostic[] = [];
   for (const key of desiredKeys) {
     const d = byKey.get(key) as DesiredObject;
     const obj = d.object;
@@ -106,6 +119,10 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
           key,
           message: `${key} already exists in NS8 on node ${recorded} (cluster/module_node) but the manifest places it on node ${obj.spec.node}; set spec.node: ${recorded} to adopt the instance, or choose another id`,
         });
+        continue;
+      }
+      if (stored && stored.object.kind === 'Module' && stored.object.spec.node !== obj.spec.node) {
+        refused.push(moveRefusal(d as DesiredObject<ModuleObject>, stored.object.spec.node, opts.locate ?? documentStart));
         continue;
       }
     }
@@ -171,6 +188,8 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
       inventory: { add: opts.applySet, remove: others },
     });
   }
+
+  if (refused.length > 0) throw new ManifestError(refused);
 
   const deletes: Change[] = [];
   const pruneCandidates: string[] = [];
@@ -253,6 +272,26 @@ export function planDeletion(state: ClusterState, key: string, opts: { removalPo
   result.changes.push(change);
   result.summary.delete = 1;
   return result;
+}
+
+/**
+ * The diagnostic refusing to change the node of an existing instance. NS8 has no move: its
+ * clone-module copies an instance to a new id on the other node, and only then is the old one
+ * removed. Applying a new `spec.node` would make the old node's agent remove the instance
+ * (including its cluster-wide keys) while the new node creates an empty one under the same id.
+ */
+function moveRefusal(d: DesiredObject<ModuleObject>, from: number, locate: NonNullable<PlanOptions['locate']>): Diagnostic {
+  const id = d.object.metadata.name;
+  const to = d.object.spec.node;
+  const at = locate(d, '/spec/node');
+  const module = moduleNameOf(d.object.spec);
+  return {
+    ...at,
+    pointer: '/spec/node',
+    message:
+      `Module ${id} runs on node ${from}; spec.node cannot change to ${to}: NS8 has no move (an instance is cloned to a new id, then the old one removed). ` +
+      `Keep spec.node: ${from}, or remove ${id} (drop it from the manifests and apply --prune, or \`ns8ctl delete module ${id}\`) and add a new ${module} instance with another id on node ${to}`,
+  };
 }
 
 /** The refusal for deleting Node `key` while modules are placed on it, if any. */

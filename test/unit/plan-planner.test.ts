@@ -1,10 +1,20 @@
 import { describe, expect, it } from '@jest/globals';
-import { RefusedError } from '../../src/errors.js';
+import { ManifestError, RefusedError } from '../../src/errors.js';
 import { applyPlanToState, checkPruneSafety, isEmpty, plan, planDeletion } from '../../src/plan/planner.js';
 import { emptyState } from '../../src/plan/state.js';
 import { appliedState, desired, mod, node, repo, stored, uuidFor } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };
+
+/** What `fn` throws (undefined when it returns). */
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
 const prune = { applySet: 'default', prune: true };
 
 describe('plan: creates', () => {
@@ -164,6 +174,44 @@ describe('plan: updates', () => {
     const m = plan(desired(mod('dokuwiki1')), other, opts).changes[0]!;
     expect(m.reasons).toEqual(['moves from apply set "team" to "default"', 'recorded apply set is "team", want "default"']);
     expect(m.inventory).toEqual({ add: 'default', remove: ['team'] });
+  });
+
+  it('refuses to move an existing Module to another node, as invalid input naming file, line, module, both nodes and the way out', () => {
+    const s = appliedState([mod('dokuwiki1'), mod('webapp2', { node: 2 }), mod('webapp3')]);
+    const d = desired(mod('dokuwiki1', { node: 2 }), mod('webapp2', { node: 2 }), mod('webapp3', { node: 1, version: '2.0.0' }));
+    const err = thrown(() => plan(d, s, opts));
+    expect(err).toBeInstanceOf(ManifestError);
+    const m = err as ManifestError;
+    expect(m.code).toBe('manifest_invalid');
+    expect(m.diagnostics).toEqual([
+      {
+        file: 'manifests/test.yaml',
+        line: 1,
+        col: 1,
+        pointer: '/spec/node',
+        message:
+          'Module dokuwiki1 runs on node 1; spec.node cannot change to 2: NS8 has no move (an instance is cloned to a new id, then the old one removed). ' +
+          'Keep spec.node: 1, or remove dokuwiki1 (drop it from the manifests and apply --prune, or `ns8ctl delete module dokuwiki1`) and add a new dokuwiki instance with another id on node 2',
+      },
+    ]);
+    expect(m.message).toContain('nothing was written');
+  });
+
+  it('reports every moved Module at the line the locator finds for /spec/node', () => {
+    const s = appliedState([mod('dokuwiki1'), mod('webapp1', { node: 3 })]);
+    const d = desired(mod('webapp1', { node: 1 }), mod('dokuwiki1', { node: 2 }));
+    const locate = (x: { object: { metadata: { name: string } } }, pointer: string) => ({ file: `${x.object.metadata.name}.yaml`, line: pointer === '/spec/node' ? 7 : 0, col: 9 });
+    const err = thrown(() => plan(d, s, { ...opts, locate }));
+    expect(err).toBeInstanceOf(ManifestError);
+    expect((err as ManifestError).diagnostics.map((x) => `${x.file}:${x.line}:${x.col} ${x.pointer} ${x.message.split(': NS8 has no move')[0]}`)).toEqual([
+      'dokuwiki1.yaml:7:9 /spec/node Module dokuwiki1 runs on node 1; spec.node cannot change to 2',
+      'webapp1.yaml:7:9 /spec/node Module webapp1 runs on node 3; spec.node cannot change to 1',
+    ]);
+  });
+
+  it('lets a Module being removed wait (blocked) rather than refusing its node change', () => {
+    const s = appliedState([mod('dokuwiki1')], { finalizers: ['node-agent'], deleting: { removalPolicy: 'Preserve' } });
+    expect(plan(desired(mod('dokuwiki1', { node: 2 })), s, opts).blocked.map((b) => b.key)).toEqual(['Module/dokuwiki1']);
   });
 
   it('blocks an object that is being removed instead of recreating it', () => {

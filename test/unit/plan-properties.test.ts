@@ -2,7 +2,8 @@ import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
 import { API_VERSION, objectKey } from '../../src/manifest/types.js';
 import type { DesiredObject, ManifestObject, ModuleObject, NodeObject, RepositoryObject } from '../../src/manifest/types.js';
-import { jsonEqual } from '../../src/plan/canonical.js';
+import { ManifestError } from '../../src/errors.js';
+import { compareNatural, jsonEqual } from '../../src/plan/canonical.js';
 import { applyPlanToState, plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
 import { emptyState } from '../../src/plan/state.js';
@@ -137,6 +138,24 @@ const clusterState: fc.Arbitrary<ClusterState> = fc
     return s;
   });
 
+/** Stored Modules (not being removed) whose desired node differs: the planner refuses these moves. */
+function movedModules(d: readonly DesiredObject[], s: ClusterState): string[] {
+  return d.flatMap(({ object }) => {
+    const st = s.objects.get(objectKey(object));
+    return object.kind === 'Module' && st && !st.deleting && st.object.kind === 'Module' && st.object.spec.node !== object.spec.node ? [object.metadata.name] : [];
+  });
+}
+
+/** Desired objects and a state, with every stored Module desired on its stored node (no refused move). */
+const scenario: fc.Arbitrary<readonly [DesiredObject[], ClusterState]> = fc.tuple(desiredSet, clusterState).map(([d, s]) => {
+  const kept = d.map((x) => {
+    const st = s.objects.get(objectKey(x.object));
+    if (x.object.kind !== 'Module' || st?.object.kind !== 'Module') return x;
+    return { ...x, object: { ...x.object, spec: { ...x.object.spec, node: st.object.spec.node } } };
+  });
+  return [kept, s] as const;
+});
+
 /** The same state with every map and set rebuilt in reverse insertion order. */
 function reversedState(s: ClusterState): ClusterState {
   const rev = <K, V>(m: Map<K, V>): Map<K, V> => new Map([...m].reverse());
@@ -156,9 +175,29 @@ const options = fc.record({ applySet: fc.constantFrom('default', 'other'), prune
 const runs = { numRuns: 250 };
 
 describe('planner properties', () => {
-  it('plans nothing more once the plan has been applied (the plan after apply is empty)', () => {
+  it('refuses, as invalid manifests, exactly the plans that change the node of a stored Module', () => {
     fc.assert(
       fc.property(desiredSet, clusterState, options, (d, s, o) => {
+        const moved = movedModules(d, s);
+        let error: unknown;
+        try {
+          plan(d, s, o);
+        } catch (e) {
+          error = e;
+        }
+        if (moved.length === 0) expect(error).toBeUndefined();
+        else {
+          expect(error).toBeInstanceOf(ManifestError);
+          expect((error as ManifestError).diagnostics.map((x) => /^Module (\S+) runs on node/.exec(x.message)?.[1])).toEqual([...moved].sort(compareNatural));
+        }
+      }),
+      runs,
+    );
+  });
+
+  it('plans nothing more once the plan has been applied (the plan after apply is empty)', () => {
+    fc.assert(
+      fc.property(scenario, options, ([d, s], o) => {
         const first = plan(d, s, o);
         const again = plan(d, applyPlanToState(s, first, uuidFor), o);
         expect(again.changes).toEqual([]);
@@ -170,7 +209,7 @@ describe('planner properties', () => {
 
   it('leaves every desired object stored, in the inventory, with its NS8 bookkeeping in place after apply', () => {
     fc.assert(
-      fc.property(desiredSet, clusterState, options, (d, s, o) => {
+      fc.property(scenario, options, ([d, s], o) => {
         const p = plan(d, s, o);
         const after = applyPlanToState(s, p, uuidFor);
         const blocked = new Set(p.blocked.map((b) => b.key));
@@ -219,7 +258,7 @@ describe('planner properties', () => {
 
   it('gives deep-equal plans for the same input, whatever the order of desired objects and state maps', () => {
     fc.assert(
-      fc.property(desiredSet, clusterState, options, fc.integer(), (d, s, o, seed) => {
+      fc.property(scenario, options, fc.integer(), ([d, s], o, seed) => {
         const shuffled = [...d].sort((a, b) => ((objectKey(a.object).length * 31 + seed) % 7) - ((objectKey(b.object).length * 17 + seed) % 5));
         const reference = plan(d, s, o);
         expect(plan(d, s, o)).toEqual(reference);
@@ -232,7 +271,7 @@ describe('planner properties', () => {
 
   it('never deletes anything outside the apply set inventory, and deletes nothing without prune', () => {
     fc.assert(
-      fc.property(desiredSet, clusterState, options, (d, s, o) => {
+      fc.property(scenario, options, ([d, s], o) => {
         const p = plan(d, s, o);
         const inventory = s.inventory.get(o.applySet) ?? new Set();
         const desiredKeys = new Set(d.map((x) => objectKey(x.object)));
@@ -250,7 +289,7 @@ describe('planner properties', () => {
   it('orders creates and updates Node, Repository, Module and puts deletes last in reverse kind order', () => {
     const rank = { Node: 0, Repository: 1, Module: 2 } as const;
     fc.assert(
-      fc.property(desiredSet, clusterState, options, (d, s, o) => {
+      fc.property(scenario, options, ([d, s], o) => {
         const p = plan(d, s, o);
         const writes = p.changes.filter((c) => c.action !== 'delete');
         const deletes = p.changes.filter((c) => c.action === 'delete');
@@ -269,7 +308,7 @@ describe('planner properties', () => {
 
   it('bumps the generation exactly when the spec changed', () => {
     fc.assert(
-      fc.property(desiredSet, clusterState, options, (d, s, o) => {
+      fc.property(scenario, options, ([d, s], o) => {
         for (const c of plan(d, s, o).changes.filter((x) => x.action === 'update')) {
           const st = s.objects.get(c.key)!;
           const changed = !jsonEqual(st.object.spec, c.after!.spec);
@@ -301,7 +340,7 @@ describe('planner properties', () => {
 
   it('shows no secret value in the text or JSON rendering of any plan', () => {
     fc.assert(
-      fc.property(desiredSet, clusterState, options, fc.boolean(), (d, s, o, color) => {
+      fc.property(scenario, options, fc.boolean(), ([d, s], o, color) => {
         const p = plan(d, s, o);
         expect(renderPlanText(p, { color })).not.toContain(SECRET);
         expect(JSON.stringify(renderPlanJson(p))).not.toContain(SECRET);

@@ -153,10 +153,9 @@ describe('annotatePlan: org.nethserver.max-per-node', () => {
     expect(annotated([mod('vault2')], removing, { catalog }, true).blocked.map((b) => b.key)).toEqual(['Module/vault2']);
   });
 
-  it('blocks an instance moved onto a full node', () => {
+  it('never gets to count a moved instance: the planner refuses the move itself', () => {
     const s = appliedState([mod('vault1'), mod('vault2', { node: 2 })]);
-    const p = annotated([mod('vault1'), mod('vault2', { node: 1 })], s, { catalog });
-    expect(p.blocked.map((b) => b.key)).toEqual(['Module/vault2']);
+    expect(() => annotated([mod('vault1'), mod('vault2', { node: 1 })], s, { catalog })).toThrow(/Module vault2 runs on node 2; spec.node cannot change to 1/);
   });
 });
 

@@ -1,0 +1,71 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import { runCli } from '../support/cli.js';
+import { dumpRedis } from '../support/redis-dump.js';
+import { startRedis, type TestRedis } from '../support/redis-server.js';
+
+const nodes = [1, 2].map((id) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node${id}\nspec:\n  id: ${id}\n`).join('---\n');
+
+const mod = (name: string, node: number, image = `127.0.0.1:5000/ns8ctl-fixtures/${name.replace(/[0-9]+$/, '')}:1.0.0`): string => `apiVersion: ns8ctl.nethserver.org/v1
+kind: Module
+metadata:
+  name: ${name}
+spec:
+  image: ${image}
+  node: ${node}
+`;
+
+describe('plans the real apply would refuse', () => {
+  let srv: TestRedis;
+  let redis: Redis;
+  let dir: string;
+  let env: NodeJS.ProcessEnv;
+
+  beforeAll(async () => {
+    srv = await startRedis();
+    redis = srv.client();
+  });
+  afterAll(async () => {
+    await srv.stop();
+  });
+  beforeEach(async () => {
+    await redis.flushall();
+    dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-refusals-'));
+    env = { NS8CTL_REDIS_URL: srv.url, NS8CTL_STATE_DIR: path.join(dir, '.state'), NS8CTL_CORE_VERSION: '3.21.0' };
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  const write = (rel: string, text: string): string => {
+    const file = path.join(dir, rel);
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, text);
+    return file;
+  };
+
+  it('refuses to change the node of an existing Module in apply, dry-run and diff, naming file:line, both nodes and the way out, writing nothing', async () => {
+    write('m/nodes.yaml', nodes);
+    const wiki = write('m/wiki.yaml', mod('webapp1', 1));
+    expect((await runCli(['apply', '-f', path.join(dir, 'm')], env)).code).toBe(0);
+    const before = await dumpRedis(redis);
+
+    write('m/wiki.yaml', mod('webapp1', 2));
+    const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toContain(`${wiki}:7:9  /spec/node  Module webapp1 runs on node 1; spec.node cannot change to 2: NS8 has no move`);
+    expect(res.stderr).toContain('Keep spec.node: 1, or remove webapp1');
+    expect(res.stderr).toContain('add a new webapp instance with another id on node 2');
+    expect(res.stderr).toContain('nothing was written');
+    expect(await dumpRedis(redis)).toEqual(before);
+
+    const dry = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    expect(dry.code).toBe(1);
+    expect(dry.stderr).toContain('spec.node cannot change to 2');
+
+    const json = await runCli(['diff', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    expect(json.code).toBe(2);
+    expect(JSON.parse(json.stdout)).toMatchObject({ error: 'manifest_invalid', diagnostics: [{ file: wiki, line: 7, col: 9, pointer: '/spec/node' }] });
+    expect(await dumpRedis(redis)).toEqual(before);
+  });
+});
