@@ -1,8 +1,11 @@
 /**
  * Core benchmark (issue 2): 1,000 Module manifests. Phases: cold validate + plan, apply into an
  * empty Redis, no-op diff, no-op apply. Prints wall time, Redis round trips per phase (counted by
- * a loopback proxy) and peak RSS. Run: `npm run bench` (needs redis-server on PATH).
+ * a loopback proxy) and peak RSS; then what a user sees: the no-op diff as a new `ns8ctl` process
+ * (startup, module loading and all), and `ns8ctl --help`. Run: `npm run bench` (needs redis-server
+ * on PATH).
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -67,7 +70,23 @@ async function main(): Promise<void> {
       if (!isEmpty(p.plan)) await applyPlan(p, redis, { ...opts, forcePrune: false, runner });
     }, rows);
     const rssMb = process.resourceUsage().maxRSS / 1024;
-    const width = [24, 10, 12];
+    // The same no-op diff as a user runs it: a new process (median of 3), and --help for startup alone.
+    const bin = path.resolve(import.meta.dirname, '../src/cli/bin.js');
+    const wall = (args: string[], ok: number[]): number => {
+      const t0 = performance.now();
+      try {
+        execFileSync(process.execPath, [bin, ...args], { stdio: 'ignore', env: { ...process.env, NS8CTL_OFFLINE: '1' } });
+      } catch (err) {
+        if (!ok.includes((err as { status?: number }).status ?? -1)) throw err;
+      }
+      return performance.now() - t0;
+    };
+    const median = (f: () => number): number => [f(), f(), f()].sort((a, b) => a - b)[1]!;
+    const cliDiff = median(() => wall(['--redis', `redis://127.0.0.1:${srv.port}`, 'diff', '-f', dir], [0]));
+    const cliHelp = median(() => wall(['--help'], [0]));
+    const cliDiffHelp = median(() => wall(['diff', '--help'], [0]));
+    rows.push(['no-op diff (new process)', cliDiff.toFixed(0), '-'], ['ns8ctl diff --help', cliDiffHelp.toFixed(0), '-'], ['ns8ctl --help (all areas)', cliHelp.toFixed(0), '-']);
+    const width = [27, 10, 12];
     const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(width[i]!) : c.padStart(width[i]!))).join('');
     console.log(`ns8ctl core benchmark: ${N} Module manifests (+3 Nodes), node ${process.version}`);
     console.log(line(['phase', 'ms', 'round trips']));

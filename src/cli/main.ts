@@ -1,16 +1,17 @@
 import { Command, CommanderError, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { ExecaRunner } from '../host/runner.js';
-import { connectRedis, type Connection } from '../state/connect.js';
+import type { Connection } from '../state/connect.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import type { CliDeps, GlobalOptions } from './deps.js';
-import { addModuleCommand, deleteCommand, removeModuleCommand } from './commands/module-commands.js';
-import { getCommand } from './commands/get.js';
-import { applyCommand, diffCommand } from './commands/plan-commands.js';
-import { validateCommand } from './commands/validate.js';
+
+// Command code is loaded when its command runs (ioredis, ajv, yaml cost 300+ ms to load), so
+// `--help` and other areas' commands start fast.
+const planCommands = () => import('./commands/plan-commands.js');
+const moduleCommands = () => import('./commands/module-commands.js');
+const getCommands = () => import('./commands/get.js');
 import { renderJson } from './output.js';
-import { registerExtensions, type ProgramExtras } from './extensions.js';
-import { shutdownSignal, watchModules } from '../controller/cli.js';
+import { loadExtensions, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
 
 const VERSION = '0.1.0';
 
@@ -49,7 +50,7 @@ export function processIO(): MainIO {
  * Builds the command tree. Every action is a thin adapter: it calls a command function
  * (options, deps) -> exit code, and records the code for main().
  */
-export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[], extras: ProgramExtras = {}): Command {
+export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[], extras: ProgramExtras = {}, loaded: LoadedExtensions = []): Command {
   const program = new Command('ns8ctl');
   const runner = new ExecaRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
@@ -64,10 +65,12 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
       stdin: io.stdin,
       cwd: io.cwd,
       connect: (o = {}) => {
-        connection ??= connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }).then((c) => {
-          connections.push(c);
-          return c;
-        });
+        connection ??= import('../state/connect.js')
+          .then(({ connectRedis }) => connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }))
+          .then((c) => {
+            connections.push(c);
+            return c;
+          });
         return connection;
       },
     };
@@ -91,7 +94,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(fileOption())
     .option('-o, --output <format>', 'text or json', 'text')
     .option('--offline', 'do not read cluster facts from Redis (node records)')
-    .action((opts) => run((d) => validateCommand(opts, d))());
+    .action((opts) => run(async (d) => (await import('./commands/validate.js')).validateCommand(opts, d))());
 
   program
     .command('diff')
@@ -100,7 +103,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
     .option('--applyset <name>', 'inventory name', 'default')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action((opts) => run((d) => diffCommand(opts, d))());
+    .action((opts) => run(async (d) => (await planCommands()).diffCommand(opts, d))());
 
   program
     .command('apply')
@@ -111,7 +114,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--dry-run', 'print the plan, write nothing')
     .option('--applyset <name>', 'inventory name', 'default')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action((opts) => run((d) => applyCommand(opts, d))());
+    .action((opts) => run(async (d) => (await planCommands()).applyCommand(opts, d))());
 
   const get = program
     .command('get')
@@ -121,10 +124,11 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
     .option('-w, --watch', 'after listing, print again whenever something changes (Redis notifications, no polling); Ctrl-C ends')
     .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean }) => {
-      if (!opts.watch) return run((d) => getCommand(resource, name, opts, d))();
+      if (!opts.watch) return run(async (d) => (await getCommands()).getCommand(resource, name, opts, d))();
+      const { shutdownSignal, watchModules } = await import('../controller/cli.js');
       const s = shutdownSignal();
       try {
-        setExitCode(await watchModules({ ...deps(), signal: s.signal }, () => getCommand(resource, name, opts, deps())));
+        setExitCode(await watchModules({ ...deps(), signal: s.signal }, async () => (await getCommands()).getCommand(resource, name, opts, deps())));
       } finally {
         s.dispose();
       }
@@ -139,7 +143,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--manifests <dir>', 'also delete <dir>/<id>.yaml')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((resource: string, id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
-      run((d) => deleteCommand(resource, id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
+      run(async (d) => (await moduleCommands()).deleteCommand(resource, id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
 
   program
     .command('add-module')
@@ -148,7 +152,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .argument('<node_id>', 'node id')
     .option('--manifests <dir>', 'write the new manifest to <dir>/<id>.yaml')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action((module: string, node: string, opts) => run((d) => addModuleCommand(module, node, opts, d))());
+    .action((module: string, node: string, opts) => run(async (d) => (await moduleCommands()).addModuleCommand(module, node, opts, d))());
 
   program
     .command('remove-module')
@@ -158,9 +162,9 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--manifests <dir>', 'also delete <dir>/<id>.yaml')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
-      run((d) => removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
+      run(async (d) => (await moduleCommands()).removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
 
-  registerExtensions(program, deps, setExitCode, get, extras);
+  registerExtensions(program, deps, setExitCode, get, extras, loaded);
   return program;
 }
 
@@ -171,7 +175,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
 export async function main(argv: string[], io: MainIO = processIO(), extras: ProgramExtras = {}): Promise<number> {
   let code = 0;
   const connections: Connection[] = [];
-  const program = buildProgram(io, (c) => (code = c), connections, extras);
+  const program = buildProgram(io, (c) => (code = c), connections, extras, await loadExtensions(argv));
   const wantsJson = argv.some((a, i) => (a === '-o' || a === '--output') && argv[i + 1] === 'json') || argv.includes('--output=json') || argv.includes('-ojson');
   try {
     await program.parseAsync(argv, { from: 'user' });

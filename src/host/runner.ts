@@ -1,4 +1,3 @@
-import { execa } from 'execa';
 import { CommandFailedError } from '../errors.js';
 
 /** One finished external command, as every caller and test sees it. */
@@ -76,6 +75,8 @@ export class ExecaRunner implements CommandRunner {
     const [file, ...args] = argv;
     if (!file) throw new CommandFailedError('command_empty', 'empty command line', { argv, exitCode: null, stderr: '' });
     const started = performance.now();
+    // execa costs ~200 ms to load: only commands that run something pay for it.
+    const { execa } = await import('execa');
     const res = await execa(file, args, {
       reject: false,
       ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
