@@ -13,17 +13,18 @@ import { locate } from '../manifest/locate.js';
 import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/types.js';
 import { validateManifests } from '../manifest/validate.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
-import { annotatePlan, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
+import { annotatePlan, catalogLabels, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
 import type { ClusterState } from '../plan/state.js';
 import type { Plan } from '../plan/types.js';
 import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
-import type { RepositoryInfo } from '../repository/resolve.js';
+import { resolveModule, type RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
 import { readClusterState, readNodeRecords, type ReadScope } from '../state/read-state.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import { executeWrites } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
+import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
 import { planToWrites } from './to-writes.js';
 
 export interface PlanOptions extends ResolveOptions {
@@ -39,6 +40,12 @@ export interface ResolveOptions {
   coreVersion?: string;
   /** Repository download options (timeout, view). */
   fetch?: FetchOptions;
+  /**
+   * Where the labels of full image URLs (`spec.image`) are found offline for the max-per-node
+   * check of new instances (default: `LocalImageLabels`, root's local container storage, then the
+   * catalog by source and tag); `false` skips the lookup.
+   */
+  imageLabels?: ImageLabelLookup | false;
   /**
    * Where plan-time validation of `spec.configuration` finds configure-module schemas (offline:
    * install dir, local container storage, cache; see src/controller/configuration-schema.ts).
@@ -128,10 +135,13 @@ export async function loadAndValidate(
 /**
  * The resolution part of observe: the image each desired Module runs now (`imageUrl` of its
  * status hash and `IMAGE_URL` of `module/<id>/environment`, the latter preferred: it is what was
- * installed, while the status names the agent's last target), read in one pipeline; and, only
- * when a desired Module names a repository module, the catalog of the repositories as `base`
- * leaves them (declared Repository objects replace the configured ones, pruned ones are dropped).
- * Repository failures are returned as warnings, never thrown: the catalog is optional input.
+ * installed, while the status names the agent's last target), read in one pipeline; the labels
+ * of the full image URLs of Modules the plan creates or updates (`opts.imageLabels`, for
+ * max-per-node); and, when a desired Module names a repository module or such an image's labels
+ * were not found locally, the catalog of the repositories as `base` leaves them (declared
+ * Repository objects replace the configured ones, pruned ones are dropped).
+ * Repository failures, and images whose labels were found nowhere, are returned as warnings,
+ * never thrown: the catalog and the labels are optional input.
  * Reading a repository may fill its Redis cache (`cluster/repository_cache/<name>`), as NS8 does.
  * @throws RedisError when Redis fails.
  */
@@ -153,17 +163,38 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
       if (image) running.set(m.metadata.name, image);
     });
   }
-  if (!modules.some((m) => usesRepository(m.spec))) return { inputs: { running }, warnings: [] };
+  // Full image URLs of Modules this plan creates or updates: only those can be refused by max-per-node.
+  const changed = new Set(base.changes.flatMap((c) => (c.kind === 'Module' && c.action !== 'delete' ? [c.id] : [])));
+  const urlImages = new Map<string, { source: string; tag: string; ids: string[] }>();
+  for (const m of modules) {
+    if (usesRepository(m.spec) || !changed.has(m.metadata.name)) continue;
+    let r: ReturnType<typeof resolveModule>;
+    try {
+      r = resolveModule(m.spec, []);
+    } catch {
+      continue; // annotatePlan reports it
+    }
+    const entry = urlImages.get(r.image) ?? { source: r.source, tag: r.tag, ids: [] };
+    entry.ids.push(m.metadata.name);
+    urlImages.set(r.image, entry);
+  }
+  const imageLabels = urlImages.size && opts.imageLabels !== false ? await lookupImageLabels(opts.imageLabels ?? new LocalImageLabels(new ExecaRunner()), urlImages.keys()) : new Map<string, Record<string, string>>();
+  const unlabelled = opts.imageLabels === false ? [] : [...urlImages].filter(([image]) => !imageLabels.has(image));
+  const inputs: ResolutionInputs = { running, ...(imageLabels.size ? { imageLabels } : {}) };
+  if (!modules.some((m) => usesRepository(m.spec)) && unlabelled.length === 0) return { inputs, warnings: [] };
   const upsert: RepositoryInfo[] = desired.flatMap((d) =>
     d.object.kind === 'Repository' ? [{ name: d.object.metadata.name, url: d.object.spec.url, enabled: d.object.spec.enabled ?? true, testing: d.object.spec.testing ?? false }] : [],
   );
   const remove = base.changes.flatMap((c) => (c.kind === 'Repository' && c.action === 'delete' ? [c.id] : []));
   const catalog = await loadAvailable(redis, { ...(opts.fetch ?? {}), ...(opts.coreVersion !== undefined ? { coreVersion: opts.coreVersion } : {}), planned: { upsert, remove } });
   const failures = catalog.failures.map((f) => ({ repository: f.repository, message: f.error.message }));
-  return {
-    inputs: { running, catalog: { available: catalog.available, coreVersion: catalog.coreVersion, failures } },
-    warnings: failures.map((f) => f.message),
-  };
+  const warnings = failures.map((f) => f.message);
+  for (const [image, { source, tag, ids }] of unlabelled) {
+    if (catalogLabels(catalog.available, source, tag)) continue;
+    const some = ids.slice(0, 5).join(', ') + (ids.length > 5 ? `, and ${ids.length - 5} more` : '');
+    warnings.push(`org.nethserver.max-per-node not checked for ${image} (${some}): its labels are neither in local image storage nor in a repository`);
+  }
+  return { inputs: { ...inputs, catalog: { available: catalog.available, coreVersion: catalog.coreVersion, failures } }, warnings };
 }
 
 /**

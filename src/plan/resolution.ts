@@ -32,6 +32,12 @@ export interface ResolutionInputs {
   catalog?: ResolutionCatalog | undefined;
   /** Instance id -> image URL running now (as the node agent reports it). */
   running?: ReadonlyMap<string, string> | undefined;
+  /**
+   * Labels of full image URLs (`spec.image`), by resolved image URL, as observed offline (local
+   * image storage; see src/apply/image-labels.ts). Used, after the catalog (same source and tag),
+   * to enforce `org.nethserver.max-per-node` on Modules that name a full image URL.
+   */
+  imageLabels?: ReadonlyMap<string, Readonly<Record<string, string>>> | undefined;
 }
 
 /** True when the spec names a repository module (`module: dokuwiki`) rather than a full image URL. */
@@ -40,18 +46,34 @@ export function usesRepository(spec: Pick<ModuleSpec, 'module' | 'image'>): bool
 }
 
 type Outcome =
-  | { kind: 'resolved'; resolution: Resolution; module: AvailableModule | undefined }
+  /** `labels`: what max-per-node reads (repodata labels; for a full image URL, the catalog's or the observed image's). */
+  | { kind: 'resolved'; resolution: Resolution; module: AvailableModule | undefined; labels: Readonly<Record<string, string>> | undefined }
   /** `definite`: the catalog is complete and still does not offer it (else a repository failed). */
   | { kind: 'error'; problem: ResolutionProblem; definite: boolean }
   | { kind: 'skipped' };
 
-function resolveSpec(spec: ModuleSpec, catalog: ResolutionCatalog | undefined): Outcome {
+/**
+ * Labels a repository publishes for image `source` at `tag` (a full image URL that is also in a
+ * repository's catalog); undefined when no offered version matches. Pure.
+ */
+export function catalogLabels(available: readonly AvailableModule[], source: string, tag: string): Record<string, string> | undefined {
+  for (const m of available) {
+    if (m.source !== source) continue;
+    const v = m.versions.find((x) => x.tag === tag);
+    if (v) return v.labels;
+  }
+  return undefined;
+}
+
+function resolveSpec(spec: ModuleSpec, inputs: ResolutionInputs): Outcome {
+  const { catalog } = inputs;
   const repo = usesRepository(spec);
   if (repo && !catalog) return { kind: 'skipped' };
   try {
     const resolution = resolveModule(spec, repo && catalog ? catalog.available : []);
     const module = repo && catalog ? findModules(catalog.available, resolution.module).find((m) => m.source === resolution.source && m.repository === resolution.repository) : undefined;
-    return { kind: 'resolved', resolution, module };
+    const labels = resolution.labels ?? (catalog ? catalogLabels(catalog.available, resolution.source, resolution.tag) : undefined) ?? inputs.imageLabels?.get(resolution.image);
+    return { kind: 'resolved', resolution, module, labels };
   } catch (err) {
     if (!(err instanceof RepositoryError)) throw err;
     const failures = catalog?.failures ?? [];
@@ -96,8 +118,9 @@ function tagOf(url: string): string | undefined {
  *   is blocked: its change carries `resolutionError`, or, without a change, the plan a warning;
  * - `org.nethserver.max-per-node` of the resolved version is enforced with `admitMaxPerNode` over
  *   every instance placed after this plan (desired, stored, and NS8-recorded ones; existing
- *   instances first): a new or moved instance over the limit is blocked with the node, the limit
- *   and the occupants;
+ *   instances first): a new instance (or one whose module changed) over the limit is blocked with
+ *   the node, the limit and the occupants. A full image URL's labels come from the catalog (same
+ *   source and tag) or else `inputs.imageLabels`; unknown labels mean no limit is checked;
  * - a desired Module whose resolved image differs from `inputs.running` gets an update notice
  *   (`plan.updates`), with `refused` when `checkUpdate` refuses it (min-from, min-core, downgrade,
  *   another module) or the Module is suspended.
@@ -119,7 +142,7 @@ export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: 
   for (const m of modules) {
     const key = objectKey(m);
     if (alreadyBlocked.has(key)) continue;
-    const outcome = resolveSpec(m.spec, inputs.catalog);
+    const outcome = resolveSpec(m.spec, inputs);
     if (outcome.kind === 'error') {
       const stored = state.objects.get(key)?.object;
       const changed = !stored || stored.kind !== 'Module' || !sameSelection(stored.spec, m.spec);
@@ -208,7 +231,7 @@ function maxPerNodeRefusals(
   p: Plan,
   state: ClusterState,
 ): BlockedChange[] {
-  const anyLimit = [...outcomes.values()].some((o) => o.kind === 'resolved' && o.resolution.labels?.['org.nethserver.max-per-node'] !== undefined);
+  const anyLimit = [...outcomes.values()].some((o) => o.kind === 'resolved' && o.labels?.['org.nethserver.max-per-node'] !== undefined);
   if (!anyLimit) return [];
   // Where each instance sits now (NS8's record, then ns8ctl's stored spec).
   const current = new Map<string, Placement>();
@@ -237,7 +260,7 @@ function maxPerNodeRefusals(
     }
     const outcome = outcomes.get(key);
     const existing = here !== undefined && here.node === m.spec.node && here.module === moduleNameOf(m.spec);
-    const labels = outcome?.kind === 'resolved' ? outcome.resolution.labels : undefined;
+    const labels = outcome?.kind === 'resolved' && outcome.labels ? { ...outcome.labels } : undefined;
     requests.push({ id, module: moduleNameOf(m.spec), node: m.spec.node, labels, existing });
     if (!existing) candidates.add(id);
   }

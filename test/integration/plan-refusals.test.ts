@@ -1,3 +1,5 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -67,5 +69,47 @@ describe('plans the real apply would refuse', () => {
     expect(json.code).toBe(2);
     expect(JSON.parse(json.stdout)).toMatchObject({ error: 'manifest_invalid', diagnostics: [{ file: wiki, line: 7, col: 9, pointer: '/spec/node' }] });
     expect(await dumpRedis(redis)).toEqual(before);
+  });
+
+  describe('org.nethserver.max-per-node of a full image URL', () => {
+    // A labelled image in root's local storage, built from scratch with buildah (no network).
+    const image = `localhost/ns8ctl-test-${randomBytes(4).toString('hex')}/solo:1.0.0`;
+    beforeAll(() => {
+      const container = `ns8ctl-test-solo-${randomBytes(4).toString('hex')}`;
+      execFileSync('buildah', ['from', '--name', container, 'scratch'], { stdio: 'pipe' });
+      try {
+        execFileSync('buildah', ['config', '--label', 'org.nethserver.max-per-node=1', container], { stdio: 'pipe' });
+        execFileSync('buildah', ['commit', '-q', container, image], { stdio: 'pipe' });
+      } finally {
+        execFileSync('buildah', ['rm', container], { stdio: 'pipe' });
+      }
+    });
+    afterAll(() => {
+      execFileSync('podman', ['rmi', '-f', image], { stdio: 'pipe' });
+    });
+
+    it('is read from the image in local storage: a second instance on the node is refused and nothing is written', async () => {
+      write('m/nodes.yaml', nodes);
+      write('m/solo.yaml', [mod('solo1', 1, image), mod('solo2', 1, image), mod('solo3', 2, image)].join('---\n'));
+      const before = await dumpRedis(redis);
+      const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+      expect(res.code).toBe(1);
+      expect(res.stderr).toContain('Module/solo2: solo2: module solo allows at most 1 instance per node (org.nethserver.max-per-node=1); node 1 already has solo1; place it on another node');
+      expect(await dumpRedis(redis)).toEqual(before);
+
+      const diff = await runCli(['diff', '-f', path.join(dir, 'm')], env);
+      expect(diff.code).toBe(1);
+      expect(diff.stdout).toContain('! Module/solo2 (blocked)');
+      expect(diff.stdout).toContain('+ Module/solo3 (create)');
+    });
+
+    it('warns, without refusing, when the labels are found neither locally nor in a repository', async () => {
+      const unknown = image.replace(':1.0.0', ':0.0.1');
+      write('m/nodes.yaml', nodes);
+      write('m/solo.yaml', [mod('solo1', 1, unknown), mod('solo2', 1, unknown)].join('---\n'));
+      const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+      expect(res.code).toBe(0);
+      expect(res.stderr).toContain(`warning: org.nethserver.max-per-node not checked for ${unknown} (solo1, solo2): its labels are neither in local image storage nor in a repository`);
+    });
   });
 });

@@ -153,6 +153,32 @@ describe('annotatePlan: org.nethserver.max-per-node', () => {
     expect(annotated([mod('vault2')], removing, { catalog }, true).blocked.map((b) => b.key)).toEqual(['Module/vault2']);
   });
 
+  it('enforces the limit for a full image URL whose labels the catalog publishes for the same source and tag', () => {
+    const url = (id: string, node = 1): ModuleObject => mod(id, { module: undefined, image: `${VAULT}:1.0.0`, node } as never);
+    const p = annotated([url('vault1'), url('vault2'), url('vault3', 2)], emptyState(), { catalog });
+    expect(p.changes.map((c) => c.key)).toEqual(['Module/vault1', 'Module/vault3']);
+    expect(p.blocked).toEqual([
+      { key: 'Module/vault2', message: 'vault2: module vault allows at most 1 instance per node (org.nethserver.max-per-node=1); node 1 already has vault1; place it on another node' },
+    ]);
+    // Another tag of the same source is not in the catalog: its labels are unknown, no limit.
+    const other = (id: string): ModuleObject => mod(id, { module: undefined, image: `${VAULT}:9.9.9` } as never);
+    expect(annotated([other('vault1'), other('vault2')], emptyState(), { catalog }).blocked).toEqual([]);
+  });
+
+  it('enforces the limit for a full image URL from the observed image labels', () => {
+    const image = 'registry.test/private/solo:2.0.0';
+    const url = (id: string, node = 1): ModuleObject => mod(id, { module: undefined, image, node } as never);
+    const imageLabels = new Map([[image, { 'org.nethserver.max-per-node': '1' }]]);
+    const p = annotated([url('solo1'), url('solo2'), url('solo3', 2)], emptyState(), { imageLabels });
+    expect(p.blocked.map((b) => b.key)).toEqual(['Module/solo2']);
+    expect(p.blocked[0]?.message).toContain('node 1 already has solo1');
+    // Existing instances are never blocked, even over the limit.
+    const s = appliedState([url('solo1'), url('solo2')]);
+    expect(annotated([url('solo1'), url('solo2')], s, { imageLabels }).blocked).toEqual([]);
+    // Without the labels nothing is known and nothing is blocked.
+    expect(annotated([url('solo1'), url('solo2')], emptyState(), {}).blocked).toEqual([]);
+  });
+
   it('never gets to count a moved instance: the planner refuses the move itself', () => {
     const s = appliedState([mod('vault1'), mod('vault2', { node: 2 })]);
     expect(() => annotated([mod('vault1'), mod('vault2', { node: 1 })], s, { catalog })).toThrow(/Module vault2 runs on node 2; spec.node cannot change to 1/);
