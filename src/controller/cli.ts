@@ -23,9 +23,9 @@ import { EventRecorder, followEvents, formatEventLine, readEvents, type Controll
 import { createLogger, parseLogFormat } from './log.js';
 import { startLocalNodeAgent, type LocalNodeAgentFactory } from './node-agent-seam.js';
 import { NotificationSubscriber } from './notifications.js';
-import type { SourceSpec } from './source-reconciler.js';
+import { maskString } from '../plan/mask.js';
+import { buildSources } from './source-options.js';
 import { parseSuspendTarget, resumeTarget, suspendTarget } from './suspend.js';
-import { validBranchName } from './git-checkout.js';
 
 /** Default HTTP port of /healthz, /readyz, /metrics and the webhook. */
 export const DEFAULT_HTTP_PORT = 9780;
@@ -40,7 +40,10 @@ export interface ControllerCliDeps extends CliDeps {
 
 export interface ControllerCommandOptions {
   filename?: string[];
-  git?: string;
+  /** `NAME=PATH[,SETTING...]` (repeatable): named directory sources. */
+  source?: string[];
+  /** `URL` (the unnamed source) or `NAME=URL[,SETTING...]`; repeatable. */
+  git?: string | string[];
   branch?: string;
   path?: string;
   interval?: string;
@@ -81,43 +84,15 @@ function positiveInt(value: string | undefined, flag: string, dflt: number, min 
   return n;
 }
 
-function nameOk(name: string, flag: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(name)) throw new UsageError(`${flag} ${JSON.stringify(name)}: use letters, digits, '.', '_' and '-' (at most 63)`);
-  return name;
-}
-
 /**
  * Turns command-line options into controller options (sources, timings, HTTP, webhook secret).
- * @throws UsageError for a bad combination or value: both -f and --git, git flags without --git,
- *   a bad duration, port or name; an unreadable or empty webhook secret file.
+ * Sources: see buildSources (`-f`/`--git` for the unnamed source, `--source NAME=PATH` and
+ * `--git NAME=URL` for any number of named ones).
+ * @throws UsageError for a bad combination or value (see buildSources), a bad duration or port,
+ *   an unreadable or empty webhook secret file.
  */
 export async function buildControllerOptions(opts: ControllerCommandOptions, deps: Pick<ControllerCliDeps, 'env' | 'stateDir' | 'cwd'>): Promise<ControllerOptions> {
-  const files = opts.filename ?? [];
-  if (files.length > 0 && opts.git) throw new UsageError('give either -f PATH (a manifests directory) or --git URL, not both; run two controllers with different --source-name for two sources');
-  if (!opts.git && (opts.branch || opts.path || opts.interval)) throw new UsageError('--branch, --path and --interval need --git URL');
-  if (files.includes('-')) throw new UsageError('-f - (stdin) cannot be watched: give a file or a directory');
-  const name = nameOk(opts.sourceName ?? 'default', '--source-name');
-  const sources: SourceSpec[] = [];
-  const selfHeal = opts.selfHeal !== false;
-  const prune = Boolean(opts.prune);
-  if (files.length > 0) {
-    sources.push({ name, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune, selfHeal });
-  } else if (opts.git) {
-    const branch = opts.branch ?? 'main';
-    if (!validBranchName(branch)) throw new UsageError(`--branch ${JSON.stringify(branch)} is not a valid branch name`);
-    const sub = opts.path ?? '.';
-    if (path.isAbsolute(sub) || sub.split(/[\\/]/).includes('..')) throw new UsageError(`--path ${JSON.stringify(sub)} must be relative and stay inside the repository`);
-    const intervalMs = parseDuration(opts.interval ?? '1m', '--interval');
-    if (intervalMs < 1000) throw new UsageError('--interval must be at least 1s');
-    sources.push({
-      name,
-      kind: 'git',
-      paths: [],
-      prune,
-      selfHeal,
-      git: { url: opts.git, branch, path: sub, cacheDir: path.resolve(deps.cwd, opts.cacheDir ?? path.join(deps.stateDir, 'git', name)), intervalMs },
-    });
-  }
+  const sources = buildSources(opts, deps);
   let webhookSecret: string | undefined = deps.env.NS8CTL_WEBHOOK_SECRET || undefined;
   if (opts.webhookSecretFile) {
     try {
@@ -148,7 +123,7 @@ function waitForAbort(signal: AbortSignal): Promise<void> {
 function describeSources(o: ControllerOptions): string {
   if (o.sources.length === 0) return 'no source (summaries and events only; apply manifests with `ns8ctl apply`)';
   return o.sources
-    .map((s) => (s.kind === 'git' ? `git ${s.git!.url} branch ${s.git!.branch} path ${s.git!.path} every ${formatDuration(s.git!.intervalMs)}` : `directory ${s.paths.join(', ')}`) + `${s.prune ? ' with prune' : ''}`)
+    .map((s) => `${s.name}: ` + (s.kind === 'git' ? `git ${maskString(s.git!.url)} branch ${s.git!.branch} path ${s.git!.path} every ${formatDuration(s.git!.intervalMs)}` : `directory ${s.paths.join(', ')}`) + `${s.prune ? ' with prune' : ''}`)
     .join('; ');
 }
 
@@ -346,21 +321,22 @@ const collect = (value: string, previous: string[] = []): string[] => [...previo
 
 function addControllerOptions(cmd: Command): Command {
   return cmd
-    .option('-f, --filename <path>', 'manifest file or directory to watch (repeatable)', collect)
-    .option('--git <url>', 'git repository to follow instead of -f (https://, ssh://, file:// or a path)')
-    .option('--branch <name>', 'git branch to follow (default main)')
+    .option('-f, --filename <path>', 'manifest file or directory to watch (repeatable): the source named by --source-name', collect)
+    .option('--source <name=path>', 'a named manifests directory source, NAME=PATH[,prune|no-prune|no-self-heal] (repeatable; the same NAME again adds a path)', collect)
+    .option('--git <url>', 'git repository to follow: URL (the source named by --source-name) or NAME=URL[,branch=B,path=P,interval=D,cache-dir=DIR,prune,no-self-heal] (repeatable)', collect)
+    .option('--branch <name>', 'git branch to follow (default main; default of every git source)')
     .option('--path <dir>', 'directory of the manifests inside the repository (default .)')
     .option('--interval <duration>', 'git poll interval, e.g. 30s, 1m (default 1m); the webhook fetches at once')
-    .option('--source-name <name>', 'name of the source; also its apply set (inventory)', 'default')
-    .option('--prune', 'delete objects of the source\'s apply set that left it (refused for more than half of it)')
-    .option('--no-self-heal', 'report desired state changed outside the source (Drifted) instead of restoring it')
+    .option('--source-name <name>', 'name of the source given by -f or an unnamed --git; also its apply set (inventory)', 'default')
+    .option('--prune', 'delete objects of a source\'s apply set that left it (refused for more than half of it); default of every source')
+    .option('--no-self-heal', 'report desired state changed outside a source (Drifted) instead of restoring it; default of every source')
     .option('--resync <duration>', 'recheck everything this often', '10m')
     .option('--concurrency <n>', 'reconciles at once', '4')
     .option('--http-port <port>', `port of /healthz, /readyz, /metrics and the webhook on 127.0.0.1 (0: any free port)`, String(DEFAULT_HTTP_PORT))
     .option('--no-http', 'no HTTP endpoint')
     .option('--webhook-secret-file <file>', 'shared secret of POST /hooks/<source> (or $NS8CTL_WEBHOOK_SECRET)')
     .option('--lease <duration>', 'leader lease length', '15s')
-    .option('--cache-dir <dir>', 'where the git cache clone lives (default <state-dir>/git/<source-name>)')
+    .option('--cache-dir <dir>', 'where the cache clone of the (single) git source lives (default <state-dir>/git/<source name>)')
     .addOption(new Option('--log-format <format>', 'log lines on stderr').choices(['text', 'json']).default('text'));
 }
 
@@ -381,7 +357,7 @@ export function registerControllerCommands(program: Command, deps: () => CliDeps
     }
   };
 
-  addControllerOptions(program.command('controller').description('Run the cluster controller: keep desired state equal to a manifests directory or a git branch, report conditions and events (until SIGTERM)')).action(
+  addControllerOptions(program.command('controller').description('Run the cluster controller: keep desired state equal to its sources (manifests directories, git branches), report conditions and events (until SIGTERM)')).action(
     (opts: ControllerCommandOptions) => longRunning((d) => controllerCommand(opts, d)),
   );
 

@@ -16,6 +16,7 @@ import type { Redis } from 'ioredis';
 import { defaultSchemaLookup } from '../apply/pipeline.js';
 import { toNs8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
+import type { ClusterState } from '../plan/state.js';
 import { keys } from '../state/keys.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import type { BackoffOptions } from './backoff.js';
@@ -94,6 +95,12 @@ export class Controller {
   private readonly random: () => number;
   private readonly reconcilers = new Map<string, SourceReconciler>();
   private readonly drifted = new Map<string, boolean>();
+  /** Sources waiting because another source of this controller declares one of their objects. */
+  private readonly conflicted = new Set<string>();
+  /** Source keys parked on a terminal error (a resync skips them). */
+  private readonly parked = new Set<string>();
+  /** Source keys whose running reconcile changed what they declare or wrote desired state. */
+  private readonly wakeAfter = new Set<string>();
   private redis: Redis | undefined;
   private events: EventRecorder | undefined;
   private subscriber: NotificationSubscriber | undefined;
@@ -153,6 +160,9 @@ export class Controller {
           onDriftCorrected: (name, n) => this.metrics.driftCorrections.inc({ source: name }, n),
           onObjectsTouched: (ks) => ks.forEach((k) => this.runtime?.queue.add(k)),
           configurationSchemas: this.schemas(),
+          claimedElsewhere: (name, ks, state, o) => this.claimedElsewhere(name, ks, state, o.declaredOnly),
+          onDesiredKeysChanged: (name) => this.wakeAfter.add(sourceKey(name)),
+          onApplied: (name) => this.wakeAfter.add(sourceKey(name)),
         }),
       );
     }
@@ -226,6 +236,38 @@ export class Controller {
   /** Resolves when the leader's queue has nothing queued or running. */
   async whenIdle(): Promise<void> {
     await this.runtime?.queue.whenIdle();
+  }
+
+  /**
+   * Which of `objectKeys` another source of this controller claims (key -> its name): the other
+   * source declared them at its last load or, before its first load, holds them in its apply set
+   * (`declaredOnly`: declared only). Records whether `name` waits on a conflict.
+   */
+  private claimedElsewhere(name: string, objectKeys: readonly string[], state: ClusterState, declaredOnly: boolean): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const r of this.reconcilers.values()) {
+      const other = r.spec.name;
+      if (other === name || (declaredOnly && !r.loaded)) continue;
+      const held = r.loaded ? r.desiredKeys : (state.inventory.get(other) ?? new Set<string>());
+      for (const k of objectKeys) if (!out.has(k) && held.has(k)) out.set(k, other);
+    }
+    if (!declaredOnly) {
+      if (out.size > 0) this.conflicted.add(name);
+      else this.conflicted.delete(name);
+    }
+    return out;
+  }
+
+  /**
+   * After source `name` changed what it declares or wrote desired state, sources that wait on it
+   * run again: one in conflict with it, or one parked because its manifests did not validate
+   * (e.g. its Modules need a Node that `name` declares).
+   */
+  private wakeWaitingSources(name: string): void {
+    const rt = this.runtime;
+    if (!rt) return;
+    const self = sourceKey(name);
+    for (const key of new Set([...this.parked, ...[...this.conflicted].map(sourceKey)])) if (key !== self) rt.queue.add(key, 'change');
   }
 
   private requestFetch(source: string): boolean {
@@ -354,6 +396,12 @@ export class Controller {
   }
 
   private observe(r: ReconcileReport): void {
+    if (this.reconcilers.has(r.key)) {
+      if (r.outcome === 'terminal') this.parked.add(r.key);
+      else if (r.outcome !== 'aborted') this.parked.delete(r.key);
+      // Only now (its apply is done) may a source waiting on it run again.
+      if (this.wakeAfter.delete(r.key)) this.wakeWaitingSources(r.key.slice('source/'.length));
+    }
     const kind = r.key.startsWith('source/') ? 'source' : r.key.startsWith('Module/') ? 'module' : 'other';
     this.metrics.reconcileDuration.observe(r.durationMs / 1000, { kind });
     this.metrics.reconciles.inc({ kind, result: r.outcome });

@@ -59,6 +59,16 @@ export interface SourceReconcilerDeps {
   onObjectsTouched?: (keys: string[]) => void;
   /** configure-module schemas for plan-time validation (default defaultSchemaLookup(runner); false: skip). */
   configurationSchemas?: ConfigurationSchemaLookup | false;
+  /**
+   * Objects of `keys` that another source of the same controller claims (key -> that source's
+   * name): it declared them at its last load or, before its first load (or with `declaredOnly`
+   * false), holds them in its apply set. See reconcile step 2.
+   */
+  claimedElsewhere?: (source: string, keys: readonly string[], state: ClusterState, opts: { declaredOnly: boolean }) => Map<string, string>;
+  /** The object keys this source declares changed (first load included). */
+  onDesiredKeysChanged?: (source: string) => void;
+  /** The source wrote desired state (another source's manifests may validate now: a Node it needs). */
+  onApplied?: (source: string) => void;
 }
 
 /** Error codes that only a new commit or file change can fix. */
@@ -119,6 +129,8 @@ export class SourceReconciler {
   readonly key: string;
   /** `Kind/id` of the objects the source held at its last load. */
   desiredKeys = new Set<string>();
+  /** True once the source loaded its manifests (desiredKeys is meaningful). */
+  loaded = false;
   private readonly git: GitCheckout | undefined;
   private lastWarnings = '';
   /** Head of the last successful fetch and when the next one is due (git sources). */
@@ -269,8 +281,28 @@ export class SourceReconciler {
       await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', toNs8ctlError(err), revision);
       throw err;
     }
-    this.desiredKeys = new Set(desired.map((d) => objectKey(d.object)));
+    const nowKeys = new Set(desired.map((d) => objectKey(d.object)));
+    const keysChanged = !this.loaded || nowKeys.size !== this.desiredKeys.size || [...nowKeys].some((k) => !this.desiredKeys.has(k));
+    this.desiredKeys = nowKeys;
+    this.loaded = true;
+    if (keysChanged) this.deps.onDesiredKeysChanged?.(name);
     if (signal.aborted) return {};
+    // Several sources in one controller: an object belongs to one source (its apply set). One this
+    // source declares but does not hold, while another source claims it, waits (two sources would
+    // take it from each other forever); one it holds but no longer declares, while another source
+    // declares it, is handed over (not pruned: the other source adopts it).
+    const ownInventory = state.inventory.get(name) ?? new Set<string>();
+    const clash = this.deps.claimedElsewhere?.(name, [...nowKeys].filter((k) => !ownInventory.has(k)).sort(), state, { declaredOnly: false }) ?? new Map<string, string>();
+    if (clash.size > 0) {
+      const list = [...clash].map(([k, s]) => `${k} (source ${s})`);
+      const err = new Ns8ctlError(
+        'source_conflict',
+        `${list.slice(0, 5).join(', ')}${list.length > 5 ? ` and ${list.length - 5} more` : ''} ${clash.size === 1 ? 'belongs' : 'belong'} to another source; an object belongs to one source (its apply set): remove it from one of them (to move it, remove it from the other source: this one then takes it over). Source ${name} applies nothing meanwhile`,
+      );
+      return this.rejectOther(prev, base, revision, err, commit);
+    }
+    const handedOver = this.deps.claimedElsewhere?.(name, [...ownInventory].filter((k) => !nowKeys.has(k)).sort(), state, { declaredOnly: true }) ?? new Map<string, string>();
+    if (handedOver.size > 0) state.inventory.set(name, new Set([...ownInventory].filter((k) => !handedOver.has(k))));
 
     // 3. Plan with suspended modules pinned.
     const inventory = state.inventory.get(name) ?? new Set<string>();
@@ -351,6 +383,7 @@ export class SourceReconciler {
         message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}`,
         data: { source: name, revision, summary: applied.summary, changes: applied.changes.map((c) => `${c.action} ${c.key}`), ...(commit ? { author: commit.author, subject: commit.subject } : {}) },
       });
+      this.deps.onApplied?.(name);
     }
 
     // 6. Status.
@@ -405,7 +438,7 @@ export class SourceReconciler {
   }
 
   private async rejectOther(prev: SourceStatus | undefined, base: SourceStatus, revision: string, err: Ns8ctlError, commit: CommitInfo | undefined): Promise<ReconcileResult> {
-    const reason = err.code === 'prune_refused' ? 'PruneRefused' : err.code === 'duplicate_object' ? 'ValidationFailed' : 'ApplyRefused';
+    const reason = err.code === 'prune_refused' ? 'PruneRefused' : err.code === 'duplicate_object' ? 'ValidationFailed' : err.code === 'source_conflict' ? 'SourceConflict' : 'ApplyRefused';
     const kept = base.lastAppliedRevision && this.git ? `; desired state keeps commit ${shortRev(base.lastAppliedRevision)}` : '';
     return this.reject(prev, base, revision, reason, err.code === 'prune_refused' ? 'source-prune-refused' : 'source-rejected', err, `${this.where(revision)}: ${err.message}${kept}`, {}, commit);
   }

@@ -96,7 +96,9 @@ describe('controller commands', () => {
     expect((await ctl(['suspend', 'node', '1'])).code).toBe(2);
     expect((await ctl(['suspend', 'module'])).code).toBe(2);
     expect((await ctl(['suspend', 'module', 'x', '--for', 'soon'])).code).toBe(2);
-    expect((await ctl(['controller', '-f', dir, '--git', 'file:///x'])).code).toBe(2);
+    const both = await ctl(['controller', '-f', dir, '--git', 'file:///x']);
+    expect(both.code).toBe(2);
+    expect(both.err).toContain('--source NAME=PATH and --git NAME=URL');
     expect((await ctl(['controller', '--branch', 'main'])).code).toBe(2);
     expect((await ctl(['controller', '--log-format', 'xml'])).code).toBe(2);
     expect((await ctl(['events', '--limit', '0'])).code).toBe(2);
@@ -176,6 +178,26 @@ describe('controller commands', () => {
     expect(await running).toBe(0);
     expect(c.err()).toContain('starting controller and node agent');
     expect(c.err()).toContain('controller stopped');
+  });
+
+  it('`controller` follows several named sources given on the command line, each its own apply set', async () => {
+    for (const d of ['base', 'apps']) mkdirSync(path.join(dir, d));
+    writeFileSync(path.join(dir, 'base', 'node.yaml'), NODE);
+    writeFileSync(path.join(dir, 'apps', 'a.yaml'), mod('webapp1'));
+    writeFileSync(path.join(dir, 'apps', 'b.yaml'), mod('webapp2'));
+    const stop = new AbortController();
+    const c = capture(env);
+    const running = controllerMain(['controller', '-f', path.join(dir, 'base'), '--source', `apps=${path.join(dir, 'apps')},prune`, '--http-port', '0'], c.io, { signal: stop.signal });
+    const ready = async (name: string): Promise<boolean> => (await readSourceStatus(redis, name))?.conditions.find((x) => x.type === 'Ready')?.status === 'True';
+    await waitFor('both sources applied', async () => (await ready('default')) && (await ready('apps')));
+    expect((await redis.smembers('ns8ctl/inventory/apps')).sort()).toEqual(['Module/webapp1', 'Module/webapp2']);
+    expect(await redis.smembers('ns8ctl/inventory/default')).toEqual(['Node/1']);
+    // apps has prune on, default not: a module leaving apps is pruned.
+    rmSync(path.join(dir, 'apps', 'b.yaml'));
+    await waitFor('webapp2 pruned by apps', async () => (await redis.exists('ns8ctl/desired/module/webapp2')) === 0);
+    stop.abort();
+    expect(await running).toBe(0);
+    expect(c.err()).toMatch(/default: directory \S+base; apps: directory \S+apps with prune/);
   });
 
   it('hands suspended instances to the node agent as suspended', async () => {

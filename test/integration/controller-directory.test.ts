@@ -325,6 +325,65 @@ describe('controller with a manifests directory', () => {
     expect(controllers[0]!.isLeader).toBe(true);
   });
 
+  describe('several sources in one controller', () => {
+    /** One controller following `names` (directories dir/<name>), one reconcile at a time, in this order. */
+    async function startSources(names: { name: string; prune?: boolean }[]): Promise<Controller> {
+      const sources: SourceSpec[] = names.map((n) => ({ name: n.name, kind: 'directory', paths: [path.join(dir, n.name)], prune: n.prune ?? false, selfHeal: true }));
+      const c = new Controller(
+        { sources, resyncMs: 0, leaseMs: 5000, debounceMs: 30, concurrency: 1, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 } },
+        { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('json', (l) => logs.push(l)) },
+      );
+      controllers.push(c);
+      await c.start();
+      await waitFor('leadership', () => c.isLeader);
+      return c;
+    }
+    const sourceCond = async (name: string, type: string): Promise<{ status: string; reason: string; message: string } | undefined> => (await readSourceStatus(redis, name))?.conditions.find((c) => c.type === type);
+
+    it('applies each source into its own apply set, even when one needs a Node the other declares', async () => {
+      mkdirSync(path.join(dir, 'infra'));
+      mkdirSync(path.join(dir, 'apps'));
+      writeFileSync(path.join(dir, 'infra', 'node.yaml'), NODE);
+      writeFileSync(path.join(dir, 'apps', 'wiki.yaml'), mod('webapp1'));
+      // apps runs first: node 1 is not declared yet, so its manifests do not validate; once infra
+      // has applied the Node, apps runs again by itself (no file change, no resync).
+      await startSources([{ name: 'apps' }, { name: 'infra' }]);
+      await waitFor('webapp1 applied by apps', () => spec('webapp1'));
+      await waitFor('both sources Ready', async () => (await sourceCond('apps', 'Ready'))?.status === 'True' && (await sourceCond('infra', 'Ready'))?.status === 'True');
+      expect(await redis.smembers('ns8ctl/inventory/apps')).toEqual(['Module/webapp1']);
+      expect(await redis.smembers('ns8ctl/inventory/infra')).toEqual(['Node/1']);
+      expect(await redis.hget('ns8ctl/desired/module/webapp1', 'applyset')).toBe('apps');
+      writeFileSync(path.join(dir, 'apps', 'blog.yaml'), mod('webapp2'));
+      await waitFor('a file change in the second directory picked up', () => spec('webapp2'));
+    });
+
+    it('lets an object belong to one source only, and hands it over without deleting it when it moves', async () => {
+      for (const d of ['infra', 'apps']) mkdirSync(path.join(dir, d));
+      writeFileSync(path.join(dir, 'infra', 'node.yaml'), NODE);
+      writeFileSync(path.join(dir, 'infra', 'wiki.yaml'), mod('webapp1', '1.0.0'));
+      writeFileSync(path.join(dir, 'apps', 'wiki.yaml'), mod('webapp1', '2.0.0'));
+      writeFileSync(path.join(dir, 'apps', 'blog.yaml'), mod('webapp2'));
+      await startSources([{ name: 'infra', prune: true }, { name: 'apps', prune: true }]);
+      const stalled = await waitFor('apps waits on the conflict', async () => ((await sourceCond('apps', 'Stalled'))?.status === 'True' ? sourceCond('apps', 'Stalled') : undefined));
+      expect(stalled!.reason).toBe('SourceConflict');
+      expect(stalled!.message).toContain('Module/webapp1 (source infra)');
+      // The first source keeps it; the waiting one applies nothing at all.
+      expect((await spec('webapp1'))?.image).toMatch(/:1\.0\.0$/);
+      expect(await spec('webapp2')).toBeUndefined();
+      expect(await redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('1');
+      // Moving it: remove it from infra (which prunes); apps takes it over, no delete in between.
+      unlinkSync(path.join(dir, 'infra', 'wiki.yaml'));
+      await waitFor('apps took webapp1 over', async () => (await spec('webapp1'))?.image?.endsWith(':2.0.0'));
+      await waitFor('apps Ready', async () => (await sourceCond('apps', 'Ready'))?.status === 'True');
+      expect(await spec('webapp2')).toBeDefined();
+      expect(await redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('2');
+      expect(await redis.hget('ns8ctl/desired/module/webapp1', 'applyset')).toBe('apps');
+      expect(await redis.sismember('ns8ctl/inventory/infra', 'Module/webapp1')).toBe(0);
+      const changes = (await readEvents(redis)).flatMap((e) => ((e.data as { changes?: string[] } | undefined)?.changes ?? []));
+      expect(changes).not.toContain('delete Module/webapp1');
+    });
+  });
+
   it('deletes the summary of a module that left desired state', async () => {
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     await start({ prune: true });

@@ -181,6 +181,51 @@ describe('controller options from the command line', () => {
     expect((await buildControllerOptions({ http: false }, deps())).http).toBeUndefined();
   });
 
+  it('builds several named sources in one controller, each with its own settings and cache clone', async () => {
+    const o = await buildControllerOptions(
+      {
+        filename: ['base'],
+        source: ['apps=apps', 'apps=more,prune', 'lab=lab,no-self-heal'],
+        git: ['prod=https://git.example/ops.git,branch=release,path=deploy,interval=30s,prune', 'edge=ssh://git@git.example/edge.git'],
+        branch: 'main',
+        interval: '2m',
+      },
+      deps(),
+    );
+    expect(o.sources).toEqual([
+      { name: 'default', kind: 'directory', paths: [path.join(dir, 'base')], prune: false, selfHeal: true },
+      { name: 'apps', kind: 'directory', paths: [path.join(dir, 'apps'), path.join(dir, 'more')], prune: true, selfHeal: true },
+      { name: 'lab', kind: 'directory', paths: [path.join(dir, 'lab')], prune: false, selfHeal: false },
+      { name: 'prod', kind: 'git', paths: [], prune: true, selfHeal: true, git: { url: 'https://git.example/ops.git', branch: 'release', path: 'deploy', cacheDir: path.join(dir, 'state', 'git', 'prod'), intervalMs: 30_000 } },
+      { name: 'edge', kind: 'git', paths: [], prune: false, selfHeal: true, git: { url: 'ssh://git@git.example/edge.git', branch: 'main', path: '.', cacheDir: path.join(dir, 'state', 'git', 'edge'), intervalMs: 120_000 } },
+    ]);
+    // An unnamed --git is the --source-name source, next to named ones; commas that are not settings stay in the URL.
+    const mixed = await buildControllerOptions({ git: ['https://git.example/a,b.git', 'lab=/srv/lab.git,interval=5s'], sourceName: 'main', http: false }, deps());
+    expect(mixed.sources.map((s) => [s.name, s.git?.url, s.git?.intervalMs])).toEqual([
+      ['main', 'https://git.example/a,b.git', 60_000],
+      ['lab', '/srv/lab.git', 5_000],
+    ]);
+  });
+
+  it('refuses source combinations that would be ambiguous, with usage errors naming the way out', async () => {
+    const bad: [Parameters<typeof buildControllerOptions>[0], RegExp][] = [
+      [{ filename: ['m'], git: 'https://x/r.git' }, /name them: --source NAME=PATH and --git NAME=URL/],
+      [{ git: ['https://x/a.git', 'https://x/b.git'] }, /name each source/],
+      [{ source: ['a=x'], git: ['a=https://x/r.git'] }, /source "a" is given twice/],
+      [{ filename: ['m'], source: ['default=x'] }, /source "default" is given twice/],
+      [{ git: ['a=https://x/a.git', 'b=https://x/b.git'], cacheDir: 'c' }, /--cache-dir is for a single git source/],
+      [{ git: ['a=https://x/a.git,cache-dir=c', 'b=https://x/b.git,cache-dir=c'] }, /share the cache clone/],
+      [{ source: ['a=x,branch=main'] }, /branch= is a git setting/],
+      [{ git: ['a=https://x/a.git,brnach=main'] }, /unknown setting "brnach"/],
+      [{ source: ['a=x,prune', 'a=y,no-prune'] }, /contradictory settings/],
+      [{ source: ['-bad=x'] }, /expected NAME=PATH/],
+      [{ source: ['a=-'] }, /stdin/],
+      [{ git: ['a=https://x/a.git,interval=10ms'] }, /interval=: the git poll interval of source a/],
+      [{ source: ['a=x'], branch: 'main' }, /need --git/],
+    ];
+    for (const [b, msg] of bad) await expect(buildControllerOptions(b, deps())).rejects.toThrow(msg);
+  });
+
   it('refuses contradictory or invalid options with usage errors', async () => {
     writeFileSync(path.join(dir, 'empty'), '\n');
     const bad = [

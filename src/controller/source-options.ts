@@ -1,0 +1,181 @@
+/**
+ * Sources from the command line of `ns8ctl controller` / `ns8ctl run`. One controller follows any
+ * number of sources, each with its own name (= its apply set):
+ * - `-f PATH` (repeatable) and `--git URL`: the unnamed source, called `--source-name` (default
+ *   `default`), as before; only one of the two, since both would be the same source;
+ * - `--source NAME=PATH[,SETTING...]` (repeatable; the same NAME again adds a path): a manifests
+ *   directory (or file) source;
+ * - `--git NAME=URL[,SETTING...]` (repeatable): a git source.
+ * SETTINGs after a comma: `prune`, `no-prune`, `self-heal`, `no-self-heal`, and for git
+ * `branch=B`, `path=P`, `interval=D`, `cache-dir=DIR`. `--branch`, `--path`, `--interval`,
+ * `--prune` and `--no-self-heal` are the defaults of every source; `--cache-dir` is only for a
+ * single git source (each git source's cache clone defaults to `<state-dir>/git/<name>`).
+ */
+import path from 'node:path';
+import { UsageError } from '../errors.js';
+import { parseDuration } from './duration.js';
+import { validBranchName } from './git-checkout.js';
+import type { SourceSpec } from './source-reconciler.js';
+
+/** The source flags, as commander parses them. */
+export interface SourceFlags {
+  filename?: string[];
+  source?: string[];
+  git?: string | string[];
+  sourceName?: string;
+  branch?: string;
+  path?: string;
+  interval?: string;
+  prune?: boolean;
+  selfHeal?: boolean;
+  cacheDir?: string;
+}
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** `NAME=rest`, where NAME cannot be the start of a URL or path (no ':', '/', leading '.'). */
+const NAMED = /^([A-Za-z0-9][A-Za-z0-9._-]{0,62})=(.+)$/s;
+const FLAGS = ['prune', 'no-prune', 'self-heal', 'no-self-heal'] as const;
+const GIT_KEYS = ['branch', 'path', 'interval', 'cache-dir'] as const;
+
+/** Checks a source name (it is also the apply set and a Redis key part). @throws UsageError */
+export function checkSourceName(name: string, flag: string): string {
+  if (!NAME.test(name)) throw new UsageError(`${flag} ${JSON.stringify(name)}: a source name uses letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)`);
+  return name;
+}
+
+interface Settings {
+  prune?: boolean;
+  selfHeal?: boolean;
+  branch?: string;
+  path?: string;
+  interval?: string;
+  cacheDir?: string;
+}
+
+/**
+ * Splits `NAME=LOCATION[,SETTING...]`: trailing pieces that are settings are taken off; any other
+ * piece stays part of the location (URLs and paths may hold commas). A trailing `key=value` with
+ * an unknown key is an error (a typo would otherwise end up in the URL).
+ */
+function splitNamed(value: string, flag: string, git: boolean): { name: string; location: string; settings: Settings } {
+  const m = NAMED.exec(value);
+  if (!m) throw new UsageError(`${flag} ${JSON.stringify(value)}: expected NAME=${git ? 'URL' : 'PATH'}`);
+  const name = checkSourceName(m[1]!, flag);
+  const pieces = m[2]!.split(',');
+  const settings: Settings = {};
+  const allowed = git ? [...FLAGS, ...GIT_KEYS.map((k) => `${k}=`)] : [...FLAGS];
+  while (pieces.length > 1) {
+    const last = pieces[pieces.length - 1]!;
+    const eq = last.indexOf('=');
+    const key = eq >= 0 ? last.slice(0, eq) : last;
+    const val = eq >= 0 ? last.slice(eq + 1) : undefined;
+    const isFlag = (FLAGS as readonly string[]).includes(key) && val === undefined;
+    const isGitKey = (GIT_KEYS as readonly string[]).includes(key) && val !== undefined;
+    if (!isFlag && !isGitKey) {
+      if (/^[a-z][a-z-]*=/.test(last)) throw new UsageError(`${flag} ${name}=...: unknown setting ${JSON.stringify(key)}; settings after a comma: ${allowed.join(', ')}`);
+      break;
+    }
+    if (isGitKey && !git) throw new UsageError(`${flag} ${name}=...: ${key}= is a git setting (use --git ${name}=URL,${key}=...); a directory source takes: ${FLAGS.join(', ')}`);
+    if (!val && isGitKey) throw new UsageError(`${flag} ${name}=...: ${key}= needs a value`);
+    pieces.pop();
+    if (key === 'prune' || key === 'no-prune') settings.prune ??= key === 'prune';
+    else if (key === 'self-heal' || key === 'no-self-heal') settings.selfHeal ??= key === 'self-heal';
+    else if (key === 'branch') settings.branch ??= val ?? '';
+    else if (key === 'path') settings.path ??= val ?? '';
+    else if (key === 'interval') settings.interval ??= val ?? '';
+    else settings.cacheDir ??= val ?? '';
+  }
+  const location = pieces.join(',');
+  if (!location) throw new UsageError(`${flag} ${name}=: the ${git ? 'URL' : 'path'} is empty`);
+  return { name, location, settings };
+}
+
+/**
+ * Builds the source list from the flags (paths resolved against `cwd`, git caches under
+ * `stateDir`), in the order given.
+ * @throws UsageError for a bad name, value or combination: unnamed -f with unnamed --git, two
+ *   unnamed --git, a name given twice (across kinds), git settings without a git source,
+ *   --cache-dir with several git sources, two git sources sharing a cache clone, `-` (stdin).
+ */
+export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: string }): SourceSpec[] {
+  const files = opts.filename ?? [];
+  const gits = opts.git === undefined ? [] : Array.isArray(opts.git) ? opts.git : [opts.git];
+  const unnamedGits = gits.filter((g) => !NAMED.test(g));
+  const namedGits = gits.filter((g) => NAMED.test(g));
+  const defaultName = checkSourceName(opts.sourceName ?? 'default', '--source-name');
+  if (files.length > 0 && unnamedGits.length > 0) {
+    throw new UsageError(`-f and --git without a name would both be source ${JSON.stringify(defaultName)}; to follow both, name them: --source NAME=PATH and --git NAME=URL (one controller follows any number of sources)`);
+  }
+  if (unnamedGits.length > 1) throw new UsageError('several --git URL without a name: name each source, e.g. --git prod=URL --git lab=URL');
+  if ([...files, ...(opts.source ?? [])].some((f) => f === '-' || f.endsWith('=-'))) throw new UsageError('-f - (stdin) cannot be watched: give a file or a directory');
+
+  const prune = Boolean(opts.prune);
+  const selfHeal = opts.selfHeal !== false;
+  const sources: SourceSpec[] = [];
+  const origin = new Map<string, string>();
+  const claim = (name: string, how: string): void => {
+    const was = origin.get(name);
+    if (was) throw new UsageError(`source ${JSON.stringify(name)} is given twice (${was} and ${how}): each source needs its own name, which is also its apply set`);
+    origin.set(name, how);
+  };
+
+  if (files.length > 0) {
+    claim(defaultName, '-f');
+    sources.push({ name: defaultName, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune, selfHeal });
+  }
+
+  const dirs = new Map<string, { spec: SourceSpec; settings: Settings }>();
+  for (const value of opts.source ?? []) {
+    const { name, location, settings } = splitNamed(value, '--source', false);
+    const seen = dirs.get(name);
+    if (seen) {
+      // The same name again adds a path; its settings must not contradict the first ones.
+      for (const k of ['prune', 'selfHeal'] as const) {
+        if (settings[k] !== undefined && seen.settings[k] !== undefined && settings[k] !== seen.settings[k]) throw new UsageError(`--source ${name}=...: contradictory settings for source ${name}`);
+        if (settings[k] !== undefined) {
+          seen.settings[k] = settings[k];
+          seen.spec[k] = settings[k];
+        }
+      }
+      seen.spec.paths.push(path.resolve(deps.cwd, location));
+      continue;
+    }
+    claim(name, `--source ${name}=...`);
+    const spec: SourceSpec = { name, kind: 'directory', paths: [path.resolve(deps.cwd, location)], prune: settings.prune ?? prune, selfHeal: settings.selfHeal ?? selfHeal };
+    dirs.set(name, { spec, settings });
+    sources.push(spec);
+  }
+
+  const gitSpecs: { name: string; url: string; settings: Settings; named: boolean }[] = [];
+  for (const url of unnamedGits) gitSpecs.push({ name: defaultName, url, settings: {}, named: false });
+  for (const value of namedGits) {
+    const { name, location, settings } = splitNamed(value, '--git', true);
+    gitSpecs.push({ name, url: location, settings, named: true });
+  }
+  if (gitSpecs.length === 0 && (opts.branch || opts.path || opts.interval)) throw new UsageError('--branch, --path and --interval need --git URL');
+  if (gitSpecs.length > 1 && opts.cacheDir) throw new UsageError('--cache-dir is for a single git source; with several, give each its own: --git NAME=URL,cache-dir=DIR (default <state-dir>/git/NAME)');
+  const caches = new Map<string, string>();
+  for (const g of gitSpecs) {
+    claim(g.name, g.named ? `--git ${g.name}=...` : '--git');
+    const flag = (k: keyof Settings, global: string): string => (g.settings[k] !== undefined ? `--git ${g.name}=...,${global}=` : `--${global}`);
+    const branch = g.settings.branch ?? opts.branch ?? 'main';
+    if (!validBranchName(branch)) throw new UsageError(`${flag('branch', 'branch')} ${JSON.stringify(branch)} is not a valid branch name`);
+    const sub = g.settings.path ?? opts.path ?? '.';
+    if (path.isAbsolute(sub) || sub.split(/[\\/]/).includes('..')) throw new UsageError(`${flag('path', 'path')} ${JSON.stringify(sub)} must be relative and stay inside the repository`);
+    const intervalMs = parseDuration(g.settings.interval ?? opts.interval ?? '1m', flag('interval', 'interval'));
+    if (intervalMs < 1000) throw new UsageError(`${flag('interval', 'interval')}: the git poll interval of source ${g.name} must be at least 1s`);
+    const cacheDir = path.resolve(deps.cwd, g.settings.cacheDir ?? opts.cacheDir ?? path.join(deps.stateDir, 'git', g.name));
+    const other = caches.get(cacheDir);
+    if (other) throw new UsageError(`git sources ${other} and ${g.name} would share the cache clone ${cacheDir}: give one another cache-dir=`);
+    caches.set(cacheDir, g.name);
+    sources.push({
+      name: g.name,
+      kind: 'git',
+      paths: [],
+      prune: g.settings.prune ?? prune,
+      selfHeal: g.settings.selfHeal ?? selfHeal,
+      git: { url: g.url, branch, path: sub, cacheDir, intervalMs },
+    });
+  }
+  return sources;
+}
