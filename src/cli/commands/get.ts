@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { NotFoundError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
+import { maskSecrets, maskString } from '../../plan/mask.js';
 import type { StoredObject } from '../../plan/state.js';
 import { readCoreVersion } from '../../repository/core-version.js';
 import { updatesFromRedis } from '../../repository/installed.js';
@@ -26,6 +27,8 @@ export function resourceKind(name: string): Kind {
 
 export interface GetOptions {
   output?: string;
+  /** Print secret-looking values (spec.configuration passwords, URL passwords) as they are; default masked. */
+  showSecrets?: boolean;
 }
 
 interface Condition { type: string; status: string; reason?: string; message?: string }
@@ -136,7 +139,9 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?:
  * their generation, source and, for modules, the status the node agent reported. For modules,
  * `-o wide` adds an UPDATE column and `-o json|yaml` a `status.updates` object with the versions
  * the repositories offer the installed instance (repositories are read only for these formats,
- * and only when an instance is installed).
+ * and only when an instance is installed). Secret-looking values are masked in every format (as
+ * in plans) unless `showSecrets`.
+ * @throws UsageError for an unknown resource or format; NotFoundError for an unknown NAME.
  */
 export async function getCommand(resource: string, name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
   const kind = resourceKind(resource);
@@ -155,9 +160,11 @@ export async function getCommand(resource: string, name: string | undefined, opt
   const docs = objects.map((o) => toDocument(o, statuses.get(o.key.slice(kind.length + 1)), updates.get(o.key.slice(kind.length + 1))));
   if (format === 'json' || format === 'yaml') {
     const value = name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs };
-    deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
+    const shown = opts.showSecrets ? value : maskSecrets(value);
+    deps.stdout(format === 'json' ? renderJson(shown) : renderYaml(shown));
     return 0;
   }
+  const text = (v: string): string => (opts.showSecrets ? v : maskString(v));
   if (objects.length === 0 && (kind !== 'Node' || (await readNodeRecords(redis)).length === 0)) {
     deps.stderr(`No ${kind.toLowerCase()}s in desired state.\n`);
     return 0;
@@ -175,14 +182,14 @@ export async function getCommand(resource: string, name: string | undefined, opt
       return [
         id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
         String(spec.node), String(o.generation), statusWord(o, s),
-        ...(wide ? [image, describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
+        ...(wide ? [text(image), describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
       ];
     });
   } else if (kind === 'Repository') {
     columns = ['name', 'url', 'enabled', 'testing', 'gen', ...(wide ? ['source'] : [])];
     rows = objects.map((o) => {
       const spec = (o.object as Extract<ManifestObject, { kind: 'Repository' }>).spec;
-      return [o.object.metadata.name, spec.url, String(spec.enabled ?? true), String(spec.testing ?? false), String(o.generation), ...(wide ? [o.source] : [])];
+      return [o.object.metadata.name, text(spec.url), String(spec.enabled ?? true), String(spec.testing ?? false), String(o.generation), ...(wide ? [o.source] : [])];
     });
   } else {
     columns = ['id', 'name', 'address', 'flags', 'gen', ...(wide ? ['source'] : [])];
