@@ -2,9 +2,13 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import YAML from 'yaml';
 import { getCommand } from '../../src/cli/commands/get.js';
 import type { CliDeps } from '../../src/cli/deps.js';
+import { cond, summarizeModule, type ModuleFacts } from '../../src/controller/conditions.js';
+import { writeSourceStatus, type SourceStatus } from '../../src/controller/source-status.js';
 import { ExecaRunner } from '../../src/host/runner.js';
+import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
@@ -20,7 +24,23 @@ spec:
   node: 1
 ${extra}`;
 
-describe('ns8ctl get against a real Redis: secrets', () => {
+const ready = (generation: number, extra: Record<string, string> = {}): Record<string, string> => ({
+  node: '1',
+  observedGeneration: String(generation),
+  conditions: JSON.stringify([
+    { type: 'Ready', status: 'True', reason: 'Converged', message: 'running' },
+    { type: 'Progressing', status: 'False', reason: 'Converged', message: 'done' },
+    { type: 'Degraded', status: 'False', reason: 'Converged', message: 'ok' },
+  ]),
+  imageUrl: `${IMAGE}:1.0.0`,
+  imageDigest: 'sha256:0',
+  ports: '{}',
+  units: '[]',
+  drift: '[]',
+  ...extra,
+});
+
+describe('ns8ctl get against a real Redis: secrets, controller conditions, sources', () => {
   let srv: TestRedis;
   let redis: Redis;
   let dir: string;
@@ -65,6 +85,19 @@ describe('ns8ctl get against a real Redis: secrets', () => {
     return { code, stdout };
   }
 
+  /** Stores a controller summary the way the controller does, from its own summarizeModule. */
+  async function storeSummary(facts: ModuleFacts): Promise<void> {
+    const s = summarizeModule(facts);
+    await redis.hset(keys.objectConditions('Module', facts.id), {
+      conditions: JSON.stringify(s.conditions),
+      generation: String(s.generation),
+      observedGeneration: String(s.observedGeneration),
+      lastAppliedRevision: s.lastAppliedRevision,
+      source: s.source,
+      suspended: String(s.suspended),
+    });
+  }
+
   it('masks secret values of get -o json and -o yaml, as plans do, and shows them with showSecrets', async () => {
     await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1', '  configuration:\n    admin_password: Pa55-w0rd\n    apiToken: tok-123\n    title: Hello\n    backup_url: https://u:urlpw@backup.example/\n') });
     const json = await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env);
@@ -96,4 +129,88 @@ describe('ns8ctl get against a real Redis: secrets', () => {
     expect((await get('repositories', undefined, { showSecrets: true })).stdout).toContain('https://me:repopw@repo.example/ns8/');
   });
 
+  it('shows the controller conditions: Stalled (ConfigurationFailed), Drifted and Suspended in STATUS and status.conditions', async () => {
+    await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1'), 'b.yaml': mod('webapp2'), 'c.yaml': mod('webapp3'), 'd.yaml': mod('webapp4') });
+    for (const id of ['webapp1', 'webapp2', 'webapp3', 'webapp4']) await redis.hset(keys.moduleStatus(id), ready(1, id === 'webapp2' ? { drift: JSON.stringify(['environment TCP_PORT edited']) } : {}));
+    const agent = (id: string, drift: string[] = []): ModuleFacts['agent'] => ({
+      id, node: 1, observedGeneration: 1, imageUrl: `${IMAGE}:1.0.0`, imageDigest: 'sha256:0', ports: {}, units: [], drift,
+      conditions: [{ type: 'Ready', status: 'True', reason: 'Converged', message: 'running' }],
+    });
+    const facts = (id: string): ModuleFacts => ({ id, generation: 1, revision: '', source: 'a.yaml', deleting: false, node: 1, agent: agent(id) });
+    await storeSummary({ ...facts('webapp1'), configuration: { failed: 'configure-module exited 2: greeting must be a string' } });
+    await storeSummary({ ...facts('webapp2'), agent: agent('webapp2', ['environment TCP_PORT edited']) });
+    await storeSummary({ ...facts('webapp3'), suspended: { reason: 'maintenance' } });
+    // A summary of an older generation says nothing about the current one.
+    await storeSummary({ ...facts('webapp4'), generation: 0, configuration: { failed: 'old failure' } });
+
+    const table = (await runCli(['get', 'modules'], env)).stdout;
+    const statusOf = (id: string): string => table.split('\n').find((l) => l.startsWith(`${id} `))!.split(/ {3,}/)[5]!;
+    expect(statusOf('webapp1')).toBe('Stalled (ConfigurationFailed)');
+    expect(statusOf('webapp2')).toBe('Ready, Drifted');
+    expect(statusOf('webapp3')).toBe('Ready, Suspended');
+    expect(statusOf('webapp4')).toBe('Ready');
+
+    const doc = JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env)).stdout);
+    expect(doc.status.conditions.map((c: { type: string; status: string; reason: string }) => `${c.type}=${c.status}/${c.reason}`)).toEqual([
+      'Ready=False/ConfigurationFailed',
+      'Reconciling=False/ConfigurationFailed',
+      'Stalled=True/ConfigurationFailed',
+      'Drifted=False/NoDrift',
+      'Progressing=False/Converged',
+      'Degraded=False/Converged',
+    ]);
+    const y = YAML.parse((await runCli(['get', 'modules', 'webapp3', '-o', 'yaml'], env)).stdout);
+    expect(y.status.suspended).toBe(true);
+    const old = JSON.parse((await runCli(['get', 'modules', 'webapp4', '-o', 'json'], env)).stdout);
+    expect(old.status.conditions.map((c: { type: string }) => c.type)).toEqual(['Ready', 'Progressing', 'Degraded']);
+  });
+
+  it('shows the node agent target image in -o wide and status.targetImage', async () => {
+    await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1') });
+    await redis.hset(keys.moduleStatus('webapp1'), ready(1, { targetImage: `${IMAGE}:2.0.0` }));
+    const wide = (await runCli(['get', 'modules', '-o', 'wide'], env)).stdout.split('\n');
+    expect(wide[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +SOURCE$/);
+    const cell = (row: string, from: string, to: string): string => row.slice(wide[0]!.indexOf(from), wide[0]!.indexOf(to)).trim();
+    expect(cell(wide[1]!, 'IMAGE', 'TARGET')).toBe(`${IMAGE}:1.0.0`);
+    expect(cell(wide[1]!, 'TARGET', 'UPDATE')).toBe(`${IMAGE}:2.0.0`);
+    expect(JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env)).stdout).status.targetImage).toBe(`${IMAGE}:2.0.0`);
+  });
+
+  it('lists controller sources with kind, url, branch, short revision, status and last applied time', async () => {
+    const base = (name: string): SourceStatus => ({
+      name, kind: 'git', url: 'https://git.example/ops/manifests.git', branch: 'main', path: 'clusters/a', prune: true,
+      conditions: [cond('Ready', 'True', 'Applied', 'desired state matches commit 0123456789ab (3 objects)'), cond('Reconciling', 'False', 'Applied', 'idle'), cond('Stalled', 'False', 'NotStalled', 'ok'), cond('Drifted', 'False', 'NoDrift', 'none')],
+      lastAppliedRevision: '0123456789abcdef0123456789abcdef01234567', lastAttemptedRevision: '0123456789abcdef0123456789abcdef01234567', lastAppliedDigest: 'x',
+      lastAppliedTime: '2026-11-20T10:00:00.000Z', lastError: '', driftedKeys: [],
+    });
+    await writeSourceStatus(redis, undefined, base('prod'), new Date('2026-11-20T10:00:00Z'));
+    await writeSourceStatus(
+      redis,
+      undefined,
+      {
+        ...base('lab'), kind: 'directory', url: '/srv/manifests', branch: '', lastAppliedRevision: '', lastError: 'manifest_invalid',
+        conditions: [cond('Ready', 'False', 'ValidationFailed', '1 problem in /srv/manifests'), cond('Reconciling', 'False', 'ValidationFailed', 'stopped'), cond('Stalled', 'True', 'ValidationFailed', 'fix the manifests'), cond('Drifted', 'False', 'NoDrift', 'none')],
+      },
+      new Date('2026-11-20T10:00:00Z'),
+    );
+    const table = await runCli(['get', 'sources'], env);
+    expect(table.code).toBe(0);
+    expect(table.stdout.split('\n').map((l) => l.split(/ {3,}/).join('|'))).toEqual([
+      'NAME|KIND|URL|BRANCH|REVISION|STATUS|LAST APPLIED',
+      'lab|directory|/srv/manifests|-|-|Stalled (ValidationFailed)|2026-11-20T10:00:00.000Z',
+      'prod|git|https://git.example/ops/manifests.git|main|0123456789ab|Ready|2026-11-20T10:00:00.000Z',
+      '',
+    ]);
+    const one = JSON.parse((await runCli(['get', 'sources', 'prod', '-o', 'json'], env)).stdout);
+    expect(one).toMatchObject({ kind: 'Source', metadata: { name: 'prod' }, spec: { kind: 'git', branch: 'main', path: 'clusters/a', prune: true }, status: { lastAppliedRevision: '0123456789abcdef0123456789abcdef01234567', lastError: '' } });
+    expect(one.status.conditions[0]).toMatchObject({ type: 'Ready', status: 'True', reason: 'Applied' });
+    expect(YAML.parse((await runCli(['get', 'sources', '-o', 'yaml'], env)).stdout).items.map((i: { metadata: { name: string } }) => i.metadata.name)).toEqual(['lab', 'prod']);
+    const wide = (await runCli(['get', 'sources', '-o', 'wide'], env)).stdout;
+    expect(wide).toContain('LAST ERROR');
+    expect(wide).toContain('manifest_invalid');
+    const missing = await runCli(['get', 'sources', 'nope'], env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('source "nope" has no status');
+    expect((await runCli(['get', 'widgets'], env)).stderr).toContain('allowed: modules, repositories, nodes, sources');
+  });
 });

@@ -1,5 +1,7 @@
 import type { Redis } from 'ioredis';
-import { NotFoundError, UsageError } from '../../errors.js';
+import { findCondition, type Condition as ControllerCondition, type ObjectSummary } from '../../controller/conditions.js';
+import { readSourceStatus, type SourceStatus } from '../../controller/source-status.js';
+import { NotFoundError, RedisError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
 import { maskSecrets, maskString } from '../../plan/mask.js';
 import type { StoredObject } from '../../plan/state.js';
@@ -31,10 +33,52 @@ export interface GetOptions {
   showSecrets?: boolean;
 }
 
-interface Condition { type: string; status: string; reason?: string; message?: string }
+interface Condition { type: string; status: string; reason?: string; message?: string; lastTransitionTime?: string }
 
 /** The observed status a node agent wrote for one module (`ns8ctl/status/module/<id>`), parsed. */
-export type ModuleStatus = Record<string, unknown> & { conditions?: Condition[]; observedGeneration?: number };
+export type ModuleStatus = Record<string, unknown> & { conditions?: Condition[]; observedGeneration?: number; targetImage?: string };
+
+function parseJson<T>(v: string | undefined, fallback: T): T {
+  if (!v) return fallback;
+  try {
+    return JSON.parse(v) as T;
+  } catch {
+    return fallback;
+  }
+}
+
+/**
+ * The controller's summaries (`ns8ctl/conditions/module/<id>`: Ready, Reconciling, Stalled,
+ * Drifted) of `ids`, one pipeline; modules without one (no controller ran) are left out.
+ * @throws RedisError when Redis refuses the read.
+ */
+export async function readModuleSummaries(redis: Redis, ids: string[]): Promise<Map<string, ObjectSummary>> {
+  const out = new Map<string, ObjectSummary>();
+  if (ids.length === 0) return out;
+  const p = redis.pipeline();
+  ids.forEach((id) => p.hgetall(keys.objectConditions('Module', id)));
+  const res = (await p.exec()) ?? [];
+  ids.forEach((id, i) => {
+    const [err, value] = res[i] ?? [null, {}];
+    if (err) throw new RedisError('redis_command_failed', `reading the controller conditions of ${id}: ${err.message}`, { cause: err });
+    const h = (value ?? {}) as Record<string, string>;
+    if (!h.conditions) return;
+    out.set(id, {
+      conditions: parseJson<ControllerCondition[]>(h.conditions, []),
+      generation: Number(h.generation ?? 0),
+      observedGeneration: Number(h.observedGeneration ?? 0),
+      lastAppliedRevision: h.lastAppliedRevision ?? '',
+      source: h.source ?? '',
+      suspended: h.suspended === 'true',
+    });
+  });
+  return out;
+}
+
+/** A summary about the stored generation; an older one (the controller has not caught up) says nothing. */
+function currentSummary(o: StoredObject, summary: ObjectSummary | undefined): ObjectSummary | undefined {
+  return summary && summary.generation === o.generation ? summary : undefined;
+}
 
 async function readStatuses(redis: Redis, ids: string[]): Promise<Map<string, ModuleStatus>> {
   const out = new Map<string, ModuleStatus>();
@@ -58,15 +102,43 @@ async function readStatuses(redis: Redis, ids: string[]): Promise<Map<string, Mo
   return out;
 }
 
-/** Short status word for tables: Terminating, Ready, Degraded, Progressing, or Pending (no agent yet). */
-export function statusWord(o: StoredObject, s: ModuleStatus | undefined): string {
+/**
+ * Short status for tables. The first that holds: Terminating (removal requested); `Stalled
+ * (<reason>)` (the controller says retrying cannot help: ConfigurationFailed, ImageLabelInvalid,
+ * ...); `Degraded (<reason>)` (node agent); `Configuring` (the controller is applying
+ * spec.configuration); Ready (node agent ready at this generation, and the controller, when it
+ * reported on this generation, agrees); Progressing; Pending (no agent yet). Then `, Drifted` when
+ * the controller reports drift, and `, Suspended` while suspended. `summary` is the controller's
+ * (`readModuleSummaries`); one about an older generation is ignored.
+ */
+export function statusWord(o: StoredObject, s: ModuleStatus | undefined, summary?: ObjectSummary): string {
   if (o.deleting) return 'Terminating';
+  const c = currentSummary(o, summary);
+  const flags = `${findCondition(c?.conditions, 'Drifted')?.status === 'True' ? ', Drifted' : ''}${c?.suspended ? ', Suspended' : ''}`;
+  const stalled = findCondition(c?.conditions, 'Stalled');
+  if (stalled?.status === 'True') return `Stalled${stalled.reason ? ` (${stalled.reason})` : ''}${flags}`;
   const conds = s?.conditions ?? [];
-  const on = (t: string): Condition | undefined => conds.find((c) => c.type === t && c.status === 'True');
-  if (on('Degraded')) return `Degraded${on('Degraded')?.reason ? ` (${on('Degraded')?.reason})` : ''}`;
-  if (on('Ready') && s?.observedGeneration === o.generation) return 'Ready';
-  if (on('Progressing') || (s && s.observedGeneration !== o.generation)) return 'Progressing';
-  return 'Pending';
+  const on = (t: string): Condition | undefined => conds.find((x) => x.type === t && x.status === 'True');
+  const degraded = on('Degraded');
+  if (degraded) return `Degraded${degraded.reason ? ` (${degraded.reason})` : ''}${flags}`;
+  const ready = findCondition(c?.conditions, 'Ready');
+  if (ready?.status === 'False' && ready.reason === 'Configuring') return `Configuring${flags}`;
+  if (on('Ready') && s?.observedGeneration === o.generation && (!ready || ready.status === 'True')) return `Ready${flags}`;
+  if (on('Progressing') || (s && s.observedGeneration !== o.generation) || (ready && ready.status !== 'True' && on('Ready'))) return `Progressing${flags}`;
+  return `Pending${flags}`;
+}
+
+/**
+ * `status.conditions` of `get -o json|yaml`: the controller's Ready/Reconciling/Stalled/Drifted
+ * (when it reported on this generation), then the node agent's conditions of other types
+ * (Progressing, Degraded); the agent's alone without a current controller summary.
+ */
+function mergedConditions(o: StoredObject, agent: ModuleStatus | undefined, summary: ObjectSummary | undefined): Condition[] | undefined {
+  const c = currentSummary(o, summary);
+  const fromAgent = agent?.conditions;
+  if (!c) return fromAgent;
+  const types = new Set(c.conditions.map((x) => x.type as string));
+  return [...c.conditions, ...(fromAgent ?? []).filter((x) => !types.has(x.type))];
 }
 
 /** Rows for nodes NS8 has records of (`node/<id>/vpn`) but no Node object declares. */
@@ -111,9 +183,13 @@ function updatesDocument(u: InstanceUpdates): Record<string, unknown> {
   return { current: u.current, update: u.update ?? null, testingUpdate: u.testingUpdate ?? null, inSpec: u.inSpec ?? null, blocked: u.blocked.map((b) => ({ ...b })) };
 }
 
-function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?: InstanceUpdates): Record<string, unknown> {
+function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?: InstanceUpdates, summary?: ObjectSummary): Record<string, unknown> {
   const obj = o.object as ManifestObject;
-  const fullStatus = updates ? { ...(status ?? {}), updates: updatesDocument(updates) } : status;
+  const conditions = mergedConditions(o, status, summary);
+  const current = currentSummary(o, summary);
+  let fullStatus: Record<string, unknown> | undefined = status || conditions ? { ...(status ?? {}), ...(conditions ? { conditions } : {}) } : undefined;
+  if (current?.suspended) fullStatus = { ...(fullStatus ?? {}), suspended: true };
+  if (updates) fullStatus = { ...(fullStatus ?? {}), updates: updatesDocument(updates) };
   return {
     apiVersion: obj.apiVersion,
     kind: obj.kind,
@@ -135,15 +211,20 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?:
 }
 
 /**
- * `ns8ctl get modules|repositories|nodes [NAME] [-o table|wide|json|yaml]`: desired objects with
- * their generation, source and, for modules, the status the node agent reported. For modules,
- * `-o wide` adds an UPDATE column and `-o json|yaml` a `status.updates` object with the versions
- * the repositories offer the installed instance (repositories are read only for these formats,
- * and only when an instance is installed). Secret-looking values are masked in every format (as
- * in plans) unless `showSecrets`.
+ * `ns8ctl get modules|repositories|nodes|sources [NAME] [-o table|wide|json|yaml] [--show-secrets]`:
+ * desired objects with their generation, source and, for modules, the status the node agent
+ * reported merged with the controller's conditions (STATUS shows Stalled, Drifted, Configuring,
+ * Suspended; `status.conditions` lists them). For modules, `-o wide` adds the node agent's IMAGE
+ * and TARGET (an update under way or refused), an UPDATE column, PORTS and SOURCE; `-o json|yaml`
+ * adds `status.updates` with the versions the repositories offer the installed instance
+ * (repositories are read only for these formats, and only when an instance is installed).
+ * Secret-looking values are masked in every format (as in plans) unless `showSecrets`.
+ * `get sources` lists the controller's sources (getSources).
  * @throws UsageError for an unknown resource or format; NotFoundError for an unknown NAME.
  */
 export async function getCommand(resource: string, name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
+  if (SOURCE_RESOURCES.has(resource.toLowerCase())) return getSources(name, opts, deps);
+  if (!RESOURCES[resource.toLowerCase()]) throw new UsageError(`unknown resource type "${resource}"; allowed: modules, repositories, nodes, sources (and available)`);
   const kind = resourceKind(resource);
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
   const { redis } = await deps.connect();
@@ -154,35 +235,38 @@ export async function getCommand(resource: string, name: string | undefined, opt
     objects = objects.filter((o) => o.key === `${kind}/${name}`);
     if (objects.length === 0) throw new NotFoundError(`${kind.toLowerCase()} "${name}" not found in desired state`);
   }
-  const statuses = kind === 'Module' ? await readStatuses(redis, objects.map((o) => o.key.slice('Module/'.length))) : new Map<string, ModuleStatus>();
+  const ids = objects.map((o) => o.key.slice(kind.length + 1));
+  const statuses = kind === 'Module' ? await readStatuses(redis, ids) : new Map<string, ModuleStatus>();
+  const summaries = kind === 'Module' ? await readModuleSummaries(redis, ids) : new Map<string, ObjectSummary>();
   const withUpdates = kind === 'Module' && format !== 'table' && objects.length > 0;
   const updates = withUpdates ? await readUpdates(redis, objects, deps) : new Map<string, InstanceUpdates>();
-  const docs = objects.map((o) => toDocument(o, statuses.get(o.key.slice(kind.length + 1)), updates.get(o.key.slice(kind.length + 1))));
+  const mask = <T>(v: T): T => (opts.showSecrets ? v : maskSecrets(v));
   if (format === 'json' || format === 'yaml') {
-    const value = name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs };
-    const shown = opts.showSecrets ? value : maskSecrets(value);
-    deps.stdout(format === 'json' ? renderJson(shown) : renderYaml(shown));
+    const docs = objects.map((o, i) => toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!)));
+    const value = mask(name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs });
+    deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
     return 0;
   }
-  const text = (v: string): string => (opts.showSecrets ? v : maskString(v));
   if (objects.length === 0 && (kind !== 'Node' || (await readNodeRecords(redis)).length === 0)) {
     deps.stderr(`No ${kind.toLowerCase()}s in desired state.\n`);
     return 0;
   }
+  const text = (v: string): string => (opts.showSecrets ? v : maskString(v));
   const wide = format === 'wide';
   let columns: string[];
   let rows: string[][];
   if (kind === 'Module') {
-    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'update', 'ports', 'source'] : [])];
-    rows = objects.map((o) => {
+    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'target', 'update', 'ports', 'source'] : [])];
+    rows = objects.map((o, i) => {
       const spec = (o.object as Extract<ManifestObject, { kind: 'Module' }>).spec;
-      const id = o.key.slice('Module/'.length);
+      const id = ids[i]!;
       const s = statuses.get(id);
       const image = typeof s?.imageUrl === 'string' && s.imageUrl ? s.imageUrl : spec.image ?? '';
+      const target = typeof s?.targetImage === 'string' && s.targetImage !== image ? s.targetImage : '';
       return [
         id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
-        String(spec.node), String(o.generation), statusWord(o, s),
-        ...(wide ? [text(image), describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
+        String(spec.node), String(o.generation), statusWord(o, s, summaries.get(id)),
+        ...(wide ? [text(image), text(target), describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
       ];
     });
   } else if (kind === 'Repository') {
@@ -199,6 +283,91 @@ export async function getCommand(resource: string, name: string | undefined, opt
     });
     rows.push(...(await nodeRecordRows(redis, objects, name, wide)));
   }
+  deps.stdout(renderTable(columns, rows));
+  return 0;
+}
+
+// ---- get sources ---------------------------------------------------------------------------------
+
+const SOURCE_RESOURCES = new Set(['source', 'sources', 'src']);
+
+/** Names of the sources a controller has reported on (`ns8ctl/source/<name>`, found by SCAN), sorted. */
+export async function listSourceNames(redis: Redis): Promise<string[]> {
+  const prefix = keys.sourceStatus('');
+  const names = new Set<string>();
+  let cursor = '0';
+  let rounds = 0;
+  do {
+    const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    for (const k of found) names.add(k.slice(prefix.length));
+    cursor = next;
+  } while (cursor !== '0' && ++rounds < 10_000);
+  return [...names].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+}
+
+/** `Ready`, `Stalled (<reason>)`, `Reconciling (<reason>)`, `NotReady (<reason>)` or `Unknown (<reason>)` from a source's conditions. */
+export function sourceStatusWord(s: SourceStatus): string {
+  const why = (c: ControllerCondition | undefined): string => (c?.reason ? ` (${c.reason})` : '');
+  const stalled = findCondition(s.conditions, 'Stalled');
+  if (stalled?.status === 'True') return `Stalled${why(stalled)}`;
+  const ready = findCondition(s.conditions, 'Ready');
+  if (ready?.status === 'True') return 'Ready';
+  const reconciling = findCondition(s.conditions, 'Reconciling');
+  if (reconciling?.status === 'True') return `Reconciling${why(reconciling)}`;
+  if (ready?.status === 'False') return `NotReady${why(ready)}`;
+  return `Unknown${why(ready)}`;
+}
+
+function sourceDocument(s: SourceStatus): Record<string, unknown> {
+  return {
+    apiVersion: 'ns8ctl.nethserver.org/v1',
+    kind: 'Source',
+    metadata: { name: s.name },
+    spec: { kind: s.kind, url: s.url, branch: s.branch, path: s.path, prune: s.prune },
+    status: {
+      conditions: s.conditions,
+      lastAppliedRevision: s.lastAppliedRevision,
+      lastAttemptedRevision: s.lastAttemptedRevision,
+      lastAppliedTime: s.lastAppliedTime,
+      lastError: s.lastError,
+      driftedKeys: s.driftedKeys,
+    },
+  };
+}
+
+/**
+ * `ns8ctl get sources [NAME] [-o table|wide|json|yaml]`: the status the controller keeps for each
+ * source (`ns8ctl/source/<name>`, src/controller/source-status.ts): NAME, KIND, URL, BRANCH,
+ * REVISION (12 characters), STATUS (sourceStatusWord), LAST APPLIED; `wide` adds PATH, PRUNE,
+ * LAST ERROR and the Ready message. URL passwords are masked unless `showSecrets`.
+ * @throws NotFoundError when NAME has no status (no controller ran that source).
+ */
+export async function getSources(name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
+  const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
+  const { redis } = await deps.connect();
+  const names = name !== undefined ? [name] : await listSourceNames(redis);
+  const found: SourceStatus[] = [];
+  for (const n of names) {
+    const s = await readSourceStatus(redis, n);
+    if (s) found.push(opts.showSecrets ? s : { ...s, url: maskString(s.url) });
+  }
+  if (name !== undefined && found.length === 0) throw new NotFoundError(`source "${name}" has no status: no controller has reconciled it (see \`ns8ctl get sources\`)`);
+  if (format === 'json' || format === 'yaml') {
+    const docs = found.map(sourceDocument);
+    const value = name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs };
+    deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
+    return 0;
+  }
+  if (found.length === 0) {
+    deps.stderr('No sources: no controller has reported yet (`ns8ctl controller` or `ns8ctl run`).\n');
+    return 0;
+  }
+  const wide = format === 'wide';
+  const columns = ['name', 'kind', 'url', 'branch', 'revision', 'status', 'last applied', ...(wide ? ['path', 'prune', 'last error', 'message'] : [])];
+  const rows = found.map((s) => [
+    s.name, s.kind, s.url, s.branch || '-', s.lastAppliedRevision ? s.lastAppliedRevision.slice(0, 12) : '-', sourceStatusWord(s), s.lastAppliedTime || '-',
+    ...(wide ? [s.path || '-', String(s.prune), s.lastError || '-', findCondition(s.conditions, 'Ready')?.message ?? ''] : []),
+  ]);
   deps.stdout(renderTable(columns, rows));
   return 0;
 }
