@@ -124,13 +124,16 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   }
 
   // ---- ports ----
+  // As NS8's update-module, a new image with a smaller demand (or none) frees nothing: the range
+  // and TCP_PORT stay. A larger demand grows the range, keeping its first port when the next ports
+  // are free (NS8 leaves that to the module, with allocate-ports; ns8ctl modules cannot call it).
   const portsOk: Record<PortProto, boolean> = { tcp: true, udp: true };
   for (const proto of ['tcp', 'udp'] as const) {
     const demand = proto === 'tcp' ? l.tcpPortsDemand : l.udpPortsDemand;
     const have = rangeSize(o.ports[proto]);
-    if (have !== demand) {
+    if (have < demand) {
       portsOk[proto] = false;
-      add({ id, kind: 'allocate-ports', proto, demand, reason: have === 0 ? `${demand} ${proto.toUpperCase()} port(s) demanded` : `${proto.toUpperCase()} demand is ${demand}, ${have} allocated` });
+      add({ id, kind: 'allocate-ports', proto, demand, reason: have === 0 ? `${demand} ${proto.toUpperCase()} port(s) demanded` : `${proto.toUpperCase()} demand is ${demand}, ${have} allocated: grow the range (its first port kept when the next ports are free)` });
     }
     const wantDemand = demand > 0 ? String(demand) : undefined;
     if (o.portsDemand[proto] !== wantDemand) add({ id, kind: 'set-ports-demand', proto, demand, reason: `cluster/${proto}_ports_demand must say ${demand}` });

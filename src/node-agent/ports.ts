@@ -2,7 +2,8 @@
  * Per-node TCP/UDP port allocation, atomic in Redis (one Lua script per call), first-fit in
  * 20000-45000 like NS8's ports_manager (ns8-core-facts §2), but stored in Redis instead of a node
  * SQLite file: HASH `keys.nodePorts(node)`, field `<id>/<proto>` -> `start-end`. A range is stable
- * across reconciles (same demand -> same range), freed on removal, and freed ranges are reused.
+ * across reconciles (same demand -> same range) and updates (see allocatePorts), freed on removal,
+ * and freed ranges are reused.
  * `node/<node>/{tcp,udp}_ports_sequence` is kept as the high-water mark (next port after the
  * highest range ever handed out), the key the seeds name.
  */
@@ -29,28 +30,47 @@ local lo = tonumber(ARGV[3])
 local hi = tonumber(ARGV[4])
 local suffix = '/' .. ARGV[5]
 local cur = redis.call('HGET', KEYS[1], field)
+local cs, ce
 if cur then
   local s, e = string.match(cur, '^(%d+)-(%d+)$')
-  if s and (tonumber(e) - tonumber(s) + 1) == n then return cur end
-  redis.call('HDEL', KEYS[1], field)
+  if s then
+    cs = tonumber(s)
+    ce = tonumber(e)
+    if (ce - cs + 1) == n then return cur end
+  end
 end
-if n <= 0 then return '' end
+if n <= 0 then
+  if cur then redis.call('HDEL', KEYS[1], field) end
+  return ''
+end
 local all = redis.call('HGETALL', KEYS[1])
 local used = {}
 for i = 1, #all, 2 do
   local f, v = all[i], all[i + 1]
-  if string.sub(f, -#suffix) == suffix then
+  if f ~= field and string.sub(f, -#suffix) == suffix then
     local s, e = string.match(v, '^(%d+)-(%d+)$')
     if s then table.insert(used, {tonumber(s), tonumber(e)}) end
   end
 end
-table.sort(used, function(a, b) return a[1] < b[1] end)
-local start = lo
-for _, r in ipairs(used) do
-  if r[1] - start >= n then break end
-  if r[2] + 1 > start then start = r[2] + 1 end
+local start
+if cs and cs >= lo then
+  -- Keep the first port: shrink in place, or grow in place when the ports after it are free.
+  local last = cs + n - 1
+  local free = last <= hi
+  for _, r in ipairs(used) do
+    if r[1] <= last and cs <= r[2] then free = false break end
+  end
+  if free then start = cs end
 end
-if start + n - 1 > hi then return redis.error_reply('PORTS_EXHAUSTED no ' .. n .. ' free ports left in ' .. lo .. '-' .. hi) end
+if not start then
+  table.sort(used, function(a, b) return a[1] < b[1] end)
+  start = lo
+  for _, r in ipairs(used) do
+    if r[1] - start >= n then break end
+    if r[2] + 1 > start then start = r[2] + 1 end
+  end
+  if start + n - 1 > hi then return redis.error_reply('PORTS_EXHAUSTED no ' .. n .. ' free ports left in ' .. lo .. '-' .. hi) end
+end
 local val = start .. '-' .. (start + n - 1)
 redis.call('HSET', KEYS[1], field, val)
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -83,9 +103,11 @@ export function portsField(id: string, proto: PortProto): string {
 
 /**
  * Allocates (or returns the already allocated) range of `demand` ports for an instance. A range of
- * a different size is freed first, as NS8 does. Demand 0 frees and returns undefined. Atomic:
- * concurrent callers on any number of connections never receive overlapping ranges.
- * Throws `ports_exhausted` when no gap of `demand` ports is left in the range.
+ * another size keeps its first port (TCP_PORT) whenever it can: shrunk in place, or grown in place
+ * when the ports after it are free; otherwise it moves to the first gap that fits. Demand 0 frees
+ * and returns undefined. Atomic: concurrent callers on any number of connections never receive
+ * overlapping ranges. Throws `ports_exhausted` when no gap of `demand` ports is left in the range
+ * (the instance's current range, if any, is kept).
  */
 export async function allocatePorts(
   redis: Redis,

@@ -55,6 +55,24 @@ describe('the port allocator (Redis Lua, per node)', () => {
     expect(await a.get(keys.udpPortsSequence(1))).toBe('20001');
   });
 
+  test('a range of another size keeps its first port when it can: shrunk in place, grown in place into free ports, else moved', async () => {
+    expect(await allocatePorts(a, 1, 'a1', 'tcp', 3)).toEqual({ start: 20000, end: 20002 });
+    expect(await allocatePorts(a, 1, 'b1', 'tcp', 1)).toEqual({ start: 20003, end: 20003 });
+    expect(await allocatePorts(a, 1, 'b1', 'tcp', 4)).toEqual({ start: 20003, end: 20006 });
+    expect(await allocatePorts(a, 1, 'a1', 'tcp', 1)).toEqual({ start: 20000, end: 20000 });
+    expect(await allocatePorts(a, 1, 'a1', 'tcp', 3)).toEqual({ start: 20000, end: 20002 });
+    // 20003 is b1's: a1 cannot grow in place and moves to the first gap of 4.
+    expect(await allocatePorts(a, 1, 'a1', 'tcp', 4)).toEqual({ start: 20007, end: 20010 });
+    expect(await a.get(keys.tcpPortsSequence(1))).toBe('20011');
+  });
+
+  test('exhaustion keeps the range the instance has', async () => {
+    await allocatePorts(a, 1, 'small1', 'tcp', 2, { start: 20000, end: 20003 });
+    await allocatePorts(a, 1, 'other1', 'tcp', 2, { start: 20000, end: 20003 });
+    await expect(allocatePorts(a, 1, 'small1', 'tcp', 3, { start: 20000, end: 20003 })).rejects.toThrow(/small1: cannot allocate 3 TCP port/);
+    expect((await readNodePorts(a, 1)).get('small1')).toEqual({ tcp: { start: 20000, end: 20001 } });
+  });
+
   test('exhaustion is a clear error naming the instance and the node', async () => {
     await expect(allocatePorts(a, 1, 'big1', 'tcp', 5, { start: 20000, end: 20003 })).rejects.toThrow(/big1: cannot allocate 5 TCP port\(s\) on node 1/);
   });

@@ -203,11 +203,22 @@ describe('the node planner converges an instance', () => {
     expect(kinds(planConverge(input(o)).steps)).toEqual(['daemon-reload', 'restart-units', 'record-units']);
   });
 
-  test('a port demand change reallocates and rewrites the environment next round', () => {
+  test('a larger port demand (an update) grows the range and rewrites the environment next round', () => {
     const l3 = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '3', 'org.nethserver.images': SVC }, URL);
     const p = planConverge(input(converged(), { labels: l3 }));
     expect(kinds(p.steps)).toEqual(['allocate-ports', 'set-ports-demand']);
+    expect(p.steps[0]).toMatchObject({ proto: 'tcp', demand: 3, reason: expect.stringContaining('first port kept') });
     expect(p.waiting).toContain('environment: waits for the port allocation');
+  });
+
+  test('a smaller or no port demand (an update, as NS8) keeps the range and TCP_PORT; only the demand hash changes', () => {
+    const l0 = parseModuleLabels({ 'org.nethserver.images': SVC }, URL);
+    const p = planConverge(input(converged(), { labels: l0 }));
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'set-ports-demand', proto: 'tcp', demand: 0 })]);
+    expect(p.waiting).toEqual([]);
+    const o = converged();
+    o.portsDemand = {};
+    expect(planConverge(input(o, { labels: l0 }))).toEqual({ steps: [], waiting: [] });
   });
 
   test('a wrong agent.env mode or a missing ACL user is repaired', () => {
