@@ -199,7 +199,7 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
         /* missing: a new password */
       }
       const password = old.REDIS_PASSWORD && /^[A-Za-z0-9_-]{16,}$/.test(old.REDIS_PASSWORD) ? old.REDIS_PASSWORD : generatePassword();
-      const text = renderEnvironment(id, agentEnvironment(p.installDir, password, id));
+      const text = renderEnvironment(id, agentEnvironment(p.installDir, password, id, deps.redisAddress));
       await writeFileAtomic(file, text, { mode: 0o600, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
       return;
     }

@@ -33,6 +33,12 @@ export interface NodeAgentOptions {
    * module agent unit.
    */
   agentCommand?: string[];
+  /**
+   * Where module agents reach Redis, written to each instance's agent.env as REDIS_ADDRESS
+   * (`host:port`, or a `redis://` / `rediss://` URL). Default: the address of the node agent's own
+   * connection (`redisAddressOf`).
+   */
+  redisAddress?: string;
 }
 
 export interface NodeAgentDeps {
@@ -54,6 +60,21 @@ export interface NodeAgentDeps {
   delay: (ms: number) => Promise<void>;
   /** Contents of the module agent's units; undefined: the agent does not manage them. */
   agentUnits?: { rootless: string; rootfull: string };
+  /** REDIS_ADDRESS for the instances' agent.env; undefined: none written (the module agent's default applies). */
+  redisAddress?: string;
+}
+
+/**
+ * The address a module agent on this host uses to reach the Redis `redis` is connected to:
+ * `host:port` (NS8's REDIS_ADDRESS form), `rediss://host:port` over TLS; undefined for a Unix
+ * socket (the module agent only speaks TCP).
+ */
+export function redisAddressOf(redis: Redis): string | undefined {
+  const o = redis.options as { host?: string; port?: number; path?: string | null; tls?: unknown };
+  if (o.path) return undefined;
+  const host = o.host || '127.0.0.1';
+  const hostPort = `${host.includes(':') ? `[${host}]` : host}:${o.port ?? 6379}`;
+  return o.tls ? `rediss://${hostPort}` : hostPort;
 }
 
 /** `ns8ctl` on PATH (absolute), else this process's node binary and script. */
@@ -102,6 +123,10 @@ export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redi
     now: given.now ?? (() => new Date()),
     log: given.log ?? ((line: string) => process.stderr.write(line + '\n')),
     delay,
+    ...(() => {
+      const address = given.redisAddress ?? opts.redisAddress ?? redisAddressOf(given.redis);
+      return address ? { redisAddress: address } : {};
+    })(),
     ...(() => {
       const units = given.agentUnits ?? agentUnitsFor(opts.agentCommand ?? defaultAgentCommand());
       return units ? { agentUnits: units } : {};

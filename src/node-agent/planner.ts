@@ -20,11 +20,16 @@ import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type NodeF
 export const OWNER_ROLE = ['*'];
 export const READER_ROLE = ['get-*', 'list-*', 'read-*', 'show-*'];
 
-/** PATH and PYTHONPATH NS8 puts in agent.env (ns8-core-facts §3), for an install dir. */
-export function agentEnvironment(installDir: string, password: string, id: string): Record<string, string> {
+/**
+ * What NS8 puts in an instance's agent.env (ns8-core-facts §3): PATH, PYTHONPATH, REDIS_USER,
+ * REDIS_PASSWORD; plus REDIS_ADDRESS (`host:port`, NS8 has it in the node-wide agent.env) when
+ * the node agent knows where its Redis is, so the module agent and its steps reach that Redis.
+ */
+export function agentEnvironment(installDir: string, password: string, id: string, redisAddress?: string): Record<string, string> {
   return {
     PATH: `${installDir}/bin:/usr/local/agent/pyenv/bin:/usr/local/agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
     PYTHONPATH: `${installDir}/pypkg`,
+    ...(redisAddress ? { REDIS_ADDRESS: redisAddress } : {}),
     REDIS_USER: moduleAclUser(id),
     REDIS_PASSWORD: password,
   };
@@ -211,14 +216,15 @@ export function planConverge(i: ConvergeInput): InstancePlan {
 
   // ---- Redis credentials ----
   const password = o.agentEnv?.REDIS_PASSWORD ?? '';
-  const wantAgent = agentEnvironment(i.installDir, password || 'x', id);
+  const wantAgent = agentEnvironment(i.installDir, password || 'x', id, node.redisAddress);
   const agentOk =
     Boolean(password) &&
     !/[\s\n]/.test(password) &&
     Object.entries(wantAgent).every(([k, v]) => k === 'REDIS_PASSWORD' || o.agentEnv?.[k] === v) &&
+    (node.redisAddress !== undefined || o.agentEnv?.REDIS_ADDRESS === undefined) &&
     o.agentEnvMode === 0o600 &&
     (rootless ? o.agentEnvUid === o.user?.uid : o.agentEnvUid === 0);
-  if (!agentOk) add({ id, kind: 'write-agent-env', reason: o.agentEnv ? 'state/agent.env differs (user, path, mode or owner)' : 'state/agent.env missing' });
+  if (!agentOk) add({ id, kind: 'write-agent-env', reason: o.agentEnv ? 'state/agent.env differs (user, path, Redis address, mode or owner)' : 'state/agent.env missing' });
   if (!agentOk || !aclLineMatches(o.aclLine, id, password)) {
     add({ id, kind: 'apply-acl', reason: o.aclLine ? `Redis ACL user module/${id} differs` : `Redis ACL user module/${id} missing`, ...(o.aclLine === undefined && rec?.aclLine ? { drift: `Redis ACL user module/${id} removed` } : {}) });
   }

@@ -245,7 +245,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
       observed.record = rec;
     }
     const paths = instancePaths(deps.layout, id, rootfull, observed.user?.home);
-    plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir, ...(previousEnv ? { previousEnv } : {}) });
+    plan = planConverge({ desired: d, node: { node, ...(ctx.systemdMissing ? { systemdMissing: ctx.systemdMissing } : {}), ...(deps.redisAddress ? { redisAddress: deps.redisAddress } : {}) }, imageUrl: url, labels, image: facts, observed, installDir: paths.installDir, ...(previousEnv ? { previousEnv } : {}) });
     const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !drift.includes(x));
     if (found.length) {
       drift = [...drift, ...found];

@@ -168,6 +168,8 @@ export interface NodeFacts {
   node: number;
   /** Undefined when systemd runs; else why it cannot be used. */
   systemdMissing?: string;
+  /** Where module agents reach Redis (`host:port`, written to agent.env as REDIS_ADDRESS); undefined: not written. */
+  redisAddress?: string;
 }
 
 /** Where an instance lives on the host (computed from the layout, id and rootfull). */

@@ -11,13 +11,15 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseInstallSection, type SystemdHost, type UnitScope } from '../../src/node-agent/host/systemd.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import { parseEnvironment } from '../../src/node-agent/environment-file.js';
+import { agentRedisUrl } from '../../src/agent/cli.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 
 /** Keeps what systemd would keep, and every call made to it. */
 class RecordingSystemd implements SystemdHost {
@@ -167,6 +169,20 @@ describe('systemd units of a rootless instance', () => {
     expect(st!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Converged' });
     expect(st!.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }, { name: 'agent.service', enabled: true, active: true }]);
   }, 120_000);
+
+  test('agent.env tells the module agent where Redis is: REDIS_ADDRESS of the node agent Redis, where its credentials work', async () => {
+    const agentEnv = parseEnvironment(await fs.readFile(path.join(root, 'home', id, '.config', 'state', 'agent.env'), 'utf8'));
+    expect(agentEnv.REDIS_ADDRESS).toBe(`127.0.0.1:${redis.port}`);
+    // What `ns8ctl agent` connects to with the unit's environment (not its 127.0.0.1:6379 default).
+    const url = agentRedisUrl(undefined, agentEnv);
+    expect(url).toBe(`redis://127.0.0.1:${redis.port}`);
+    const m = new Redis(url, { username: agentEnv.REDIS_USER, password: agentEnv.REDIS_PASSWORD, enableReadyCheck: false, maxRetriesPerRequest: 1 });
+    try {
+      expect(await m.hget(keys.moduleEnvironment(id), 'MODULE_ID')).toBe(id);
+    } finally {
+      m.disconnect();
+    }
+  });
 
   test('an unchanged instance touches nothing: no systemd call, no command, no status write', async () => {
     systemd.calls.length = 0;

@@ -221,6 +221,17 @@ describe('the node planner converges an instance', () => {
     expect(planConverge(input(o, { labels: l0 }))).toEqual({ steps: [], waiting: [] });
   });
 
+  test('agent.env names the Redis the node agent uses (REDIS_ADDRESS); an instance without it is rewritten once', () => {
+    const o = converged();
+    const withAddress = { node: 1, redisAddress: '10.5.4.1:6379' };
+    const p = planConverge(input(o, { node: withAddress }));
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'write-agent-env', reason: expect.stringContaining('Redis address') }), expect.objectContaining({ kind: 'apply-acl' })]);
+    o.agentEnv = agentEnvironment(installDir, 'secretpassword0123', 'webapp1', '10.5.4.1:6379');
+    expect(o.agentEnv.REDIS_ADDRESS).toBe('10.5.4.1:6379');
+    expect(planConverge(input(o, { node: withAddress })).steps).toEqual([]);
+    expect(kinds(planConverge(input(o, { node: { node: 1, redisAddress: '127.0.0.1:6380' } })).steps)).toEqual(['write-agent-env', 'apply-acl']);
+  });
+
   test('a wrong agent.env mode or a missing ACL user is repaired', () => {
     const o = converged();
     o.agentEnvMode = 0o644;

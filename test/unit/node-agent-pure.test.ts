@@ -10,6 +10,8 @@ import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-a
 import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
 import { backoffDelay } from '../../src/node-agent/agent-loop.js';
 import { systemUnitNames } from '../../src/node-agent/observe.js';
+import { Redis } from 'ioredis';
+import { redisAddressOf } from '../../src/node-agent/deps.js';
 
 describe('service image variable names follow the seeds rule', () => {
   test.each([
@@ -188,4 +190,13 @@ describe('rootfull unit names', () => {
     expect(systemUnitNames('samba1', 'samba-dc.service')).toEqual({ file: 'samba1-samba-dc.service', name: 'samba1-samba-dc.service' });
     expect(systemUnitNames('samba1', 'samba1-dc.service')).toEqual({ file: 'samba1-dc.service', name: 'samba1-dc.service' });
   });
+});
+
+describe('the Redis address module agents get', () => {
+  test('the Redis address written to agent.env is host:port of the node agent connection (rediss:// over TLS, none for a socket)', () => {
+    const clients = [new Redis({ host: '10.5.4.1', port: 6380, lazyConnect: true }), new Redis({ host: 'leader', port: 6379, tls: {}, lazyConnect: true }), new Redis({ path: '/run/redis.sock', lazyConnect: true })];
+    expect(clients.map(redisAddressOf)).toEqual(['10.5.4.1:6380', 'rediss://leader:6379', undefined]);
+    for (const c of clients) c.disconnect();
+  });
+
 });
