@@ -11,6 +11,7 @@ import { writeFileAtomic } from './atomic-write.js';
 import type { NodeAgentDeps } from './deps.js';
 import { parseEnvironment, renderEnvironment } from './environment-file.js';
 import { withFileLock } from '../host/file-lock.js';
+import { claimDefaultInstance, releaseDefaultInstance } from './default-instance.js';
 import { mergeEnvironment } from './module-env.js';
 import { findImage } from './host/image-store.js';
 import { asOwner, type Owner } from './host/owner.js';
@@ -227,6 +228,12 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await applyGrants(deps.redis);
       return;
     }
+    case 'set-default-instance': {
+      const set = await claimDefaultInstance(deps.redis, id, node, step.module, step);
+      // `<module>@node` / `<module>@cluster` grants of other instances now resolve to this one.
+      if (set.length) await applyGrants(deps.redis);
+      return;
+    }
     case 'install-system-units': {
       const installed: Record<string, string> = { ...((await deps.records.get(id))?.systemUnits ?? {}) };
       for (const u of step.units) {
@@ -412,6 +419,8 @@ async function deleteModuleKeys(ctx: StepContext): Promise<void> {
   tx.del(keys.moduleStatus(id));
   tx.del(authorizationsKey(id));
   await tx.exec();
+  // NS8's remove-module: default_instance keys naming the instance go (nothing is re-pointed).
+  await releaseDefaultInstance(redis, id);
   // Grants given by or to the instance go with it.
   await applyGrants(redis);
 }

@@ -17,6 +17,7 @@ import { isStartableUnit, parseInstallSection, type SystemdHost, type UnitScope 
 import { instancePaths, type HostLayout } from './layout.js';
 import type { ModuleLabels } from './labels.js';
 import { parseNodePorts, type PortRange } from './ports.js';
+import { clusterDefaultInstanceKey, defaultInstanceModule, nodeDefaultInstanceKey } from './default-instance.js';
 import { moduleAclUser } from './redis-acl.js';
 import type { InstancePaths, InstanceRecord, ModuleStatus, ObservedInstance, PasswdEntry, UnitObservation } from './types.js';
 import { parseStatus } from './status.js';
@@ -37,6 +38,8 @@ export interface RedisSnapshot {
   authorizations: Map<string, string[]>;
   /** Built-in roles `module/<id>/roles/{owner,reader}` members, sorted. */
   roles: Map<string, { owner: string[]; reader: string[] }>;
+  /** Default-instance keys read (`cluster/...` and `node/<node>/...` of each module asked for) -> value, null when missing. */
+  defaults: Map<string, string | null>;
 }
 
 /** NS8's SET of an instance's authorizations (label entries plus `self:selfadm`). */
@@ -45,10 +48,11 @@ export function authorizationsKey(id: string): string {
 }
 
 /**
- * Reads the node's ports, the demand hashes, ACL users and, per instance, environment, flags and
- * status: one pipeline (one round trip) whatever the number of instances.
+ * Reads the node's ports, the demand hashes, ACL users, per instance its environment, flags,
+ * status, authorizations and roles, and the default-instance keys of `modules` (module names):
+ * one pipeline (one round trip) whatever the number of instances.
  */
-export async function readRedisSnapshot(redis: Redis, node: number, ids: readonly string[]): Promise<RedisSnapshot> {
+export async function readRedisSnapshot(redis: Redis, node: number, ids: readonly string[], modules: readonly string[] = []): Promise<RedisSnapshot> {
   const p = redis.pipeline();
   p.hgetall(keys.nodePorts(node));
   p.hgetall(keys.tcpPortsDemand());
@@ -63,6 +67,8 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     p.smembers(`module/${id}/roles/owner`);
     p.smembers(`module/${id}/roles/reader`);
   }
+  const defaultKeys = [...new Set(modules)].sort().flatMap((m) => [clusterDefaultInstanceKey(m), nodeDefaultInstanceKey(node, m)]);
+  if (defaultKeys.length) p.mget(...defaultKeys);
   const res = (await p.exec()) as Reply[] | null;
   if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
   const val = (i: number): unknown => {
@@ -86,8 +92,13 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     status: new Map(),
     authorizations: new Map(),
     roles: new Map(),
+    defaults: new Map(),
   };
   const per = 6;
+  if (defaultKeys.length) {
+    const values = val(5 + ids.length * per) as (string | null)[];
+    defaultKeys.forEach((k, i) => snap.defaults.set(k, values[i] ?? null));
+  }
   ids.forEach((id, i) => {
     snap.env.set(id, val(5 + i * per) as Record<string, string>);
     snap.flags.set(id, (val(6 + i * per) as string[]).sort());
@@ -134,6 +145,8 @@ export interface ObserveContext {
   /** Undefined when systemd runs. */
   systemdMissing: string | undefined;
   redis: RedisSnapshot;
+  /** The node id (to find `node/<node>/default_instance/<module>` in the snapshot). */
+  node?: number;
   /** Contents of the module agent's units (rootless agent.service, rootfull agent@.service); none: not managed. */
   agentUnits?: { rootless: string; rootfull: string };
 }
@@ -252,6 +265,13 @@ export async function observeInstance(
   const aclLine = ctx.redis.acl.get(moduleAclUser(id));
   if (aclLine) observed.aclLine = aclLine;
   if (ctx.redis.moduleNode[id] !== undefined) observed.moduleNode = ctx.redis.moduleNode[id];
+  if (url && ctx.node !== undefined) {
+    const module = defaultInstanceModule(url);
+    const c = ctx.redis.defaults.get(clusterDefaultInstanceKey(module));
+    const n = ctx.redis.defaults.get(nodeDefaultInstanceKey(ctx.node, module));
+    // Known only when the snapshot read them (the reconciler asks for the module of each instance).
+    if (c !== undefined && n !== undefined) observed.defaultInstance = { module, cluster: c, node: n };
+  }
   if (!ctx.systemdMissing && !rootfull) observed.linger = await ctx.systemd.lingerEnabled(id);
   observed.units = await observeUnits(ctx, id, paths, rootfull, user, agentText);
   return observed;

@@ -233,6 +233,13 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const flags = moduleFlags(l);
   if (JSON.stringify(o.flags) !== JSON.stringify(flags)) add({ id, kind: 'set-flags', flags, reason: `module/${id}/flags must be ${flags.join(' ')}` });
 
+  // ---- default instances (NS8 cluster add-module step 8: only the missing keys) ----
+  const di = o.defaultInstance;
+  if (di && (di.cluster === null || di.node === null)) {
+    const missing = [di.cluster === null ? `cluster/default_instance/${di.module}` : '', di.node === null ? `node/${node.node}/default_instance/${di.module}` : ''].filter(Boolean);
+    add({ id, kind: 'set-default-instance', module: di.module, cluster: di.cluster === null, node: di.node === null, reason: `${missing.join(' and ')} missing: ${id} becomes the default ${di.module} instance` });
+  }
+
   // ---- authorizations and built-in roles (NS8 cluster add-module steps 16 and 18) ----
   let auths: string[];
   try {

@@ -19,7 +19,9 @@ import { formatRange } from './ports.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
 import type { RemovalPolicy } from '../manifest/types.js';
+import { moduleNameOf } from '../manifest/types.js';
 import { checkUpdate } from '../repository/resolve.js';
+import { clusterDefaultInstanceKey, defaultInstanceModule } from './default-instance.js';
 import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
 
 /** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
@@ -94,8 +96,10 @@ export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentD
   const [desired, records, systemdMissing] = await Promise.all([deps.source.listForNode(node), deps.records.list(), deps.systemd.missing()]);
   const desiredById = new Map(desired.map((d) => [d.id, d]));
   const ids = [...new Set([...desired.map((d) => d.id), ...[...records.values()].filter((r) => r.node === undefined || r.node === node).map((r) => r.id)])].sort();
-  const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids), readUsers(deps.layout)]);
-  const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot, ...(deps.agentUnits ? { agentUnits: deps.agentUnits } : {}) };
+  // Module names whose default-instance keys the snapshot reads (the image's name; see default-instance.ts).
+  const modules = [...desired.map((d) => moduleNameOf(d.spec)), ...[...records.values()].flatMap((r) => (r.imageUrl ? [defaultInstanceModule(r.imageUrl)] : []))].filter(Boolean);
+  const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids, modules), readUsers(deps.layout)]);
+  const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot, node, ...(deps.agentUnits ? { agentUnits: deps.agentUnits } : {}) };
   const instances = await mapLimit(ids, opts.concurrency ?? 4, async (id) => {
     if (control.signal?.aborted || control.skip?.(id, desiredById.get(id)?.generation)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
     try {
@@ -110,8 +114,8 @@ export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentD
   return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };
 }
 
-async function refresh(deps: NodeAgentDeps, node: number, id: string, shared: ObserveContext): Promise<ObserveContext> {
-  const [redis, users] = await Promise.all([readRedisSnapshot(deps.redis, node, [id]), readUsers(deps.layout)]);
+async function refresh(deps: NodeAgentDeps, node: number, id: string, shared: ObserveContext, modules: readonly string[] = []): Promise<ObserveContext> {
+  const [redis, users] = await Promise.all([readRedisSnapshot(deps.redis, node, [id], modules), readUsers(deps.layout)]);
   return { ...shared, redis, users: users.users, subids: users.subids };
 }
 
@@ -216,10 +220,13 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   let plan: InstancePlan | undefined;
   let relabelled = false;
   const stepCtx: StepContext = { deps, node, id, rootfull, labels, imageUrl: url };
+  const module = defaultInstanceModule(url);
+  // The image's name was not among the names the node snapshot read (spec and image differ).
+  if (!shared.redis.defaults.has(clusterDefaultInstanceKey(module))) ctx = await refresh(deps, node, id, shared, [module]);
   for (let round = 0; round < MAX_ROUNDS; round++) {
     if (round > 0) {
       rec = await deps.records.get(id);
-      ctx = await refresh(deps, node, id, shared);
+      ctx = await refresh(deps, node, id, shared, [module]);
       if (rec?.image && rec.image.url === url) facts = rec.image;
     }
     observed = await observeInstance(ctx, id, rec, rootfull, url, labels, volumeBasesOf(d));

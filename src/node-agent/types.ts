@@ -161,6 +161,11 @@ export interface ObservedInstance {
   units: UnitObservation[];
   /** `cluster/module_node[id]`. */
   moduleNode?: string;
+  /**
+   * NS8's default instances of the image's module (`cluster/default_instance/<module>`,
+   * `node/<node>/default_instance/<module>`): their values, null when missing. Undefined when not read.
+   */
+  defaultInstance?: { module: string; cluster: string | null; node: string | null };
 }
 
 /** Node-wide facts the planner needs. */
@@ -222,6 +227,8 @@ export type Step = StepBase &
     | { kind: 'set-flags'; flags: string[] }
     /** `cluster/authorizations/module/<id>`, built-in owner/reader roles, then grants recomputed. */
     | { kind: 'set-authorizations'; authorizations: string[] }
+    /** NS8 add-module step 8: the missing default-instance keys of `module` set to the instance (SET NX), grants recomputed. */
+    | { kind: 'set-default-instance'; module: string; cluster: boolean; node: boolean }
     | { kind: 'install-system-units'; units: { source: string; name: string }[]; remove: string[] }
     /** Writes the module agent's unit file (node-level, shared by the instances). */
     | { kind: 'install-agent-unit'; path: string; content: string }

@@ -3,6 +3,7 @@ import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { allocatePorts, freePorts, readNodePorts, rangeSize, type PortRange } from '../../src/node-agent/ports.js';
 import { applyModuleAcl, deleteModuleAcl, listAclUsers, aclLineMatches, CLUSTER_ACLS_KEY } from '../../src/node-agent/redis-acl.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
+import { claimDefaultInstance, releaseDefaultInstance } from '../../src/node-agent/default-instance.js';
 import { keys } from '../../src/state/keys.js';
 
 let redis: TestRedis;
@@ -104,6 +105,22 @@ describe('the port allocator (Redis Lua, per node)', () => {
     } finally {
       c.disconnect();
     }
+  });
+});
+
+describe('NS8 default instances', () => {
+  test('the first instance of a module takes the missing keys; a second one takes nothing', async () => {
+    expect(await claimDefaultInstance(a, 'webapp1', 1, 'webapp', { cluster: true, node: true })).toEqual(['cluster/default_instance/webapp', 'node/1/default_instance/webapp']);
+    expect(await claimDefaultInstance(a, 'webapp2', 1, 'webapp', { cluster: true, node: true })).toEqual([]);
+    expect(await claimDefaultInstance(a, 'webapp3', 2, 'webapp', { cluster: true, node: true })).toEqual(['node/2/default_instance/webapp']);
+    expect(await a.mget('cluster/default_instance/webapp', 'node/1/default_instance/webapp', 'node/2/default_instance/webapp')).toEqual(['webapp1', 'webapp1', 'webapp3']);
+  });
+
+  test('removal deletes every default-instance key naming the instance and no other', async () => {
+    await a.mset('cluster/default_instance/webapp', 'webapp1', 'node/1/default_instance/webapp', 'webapp1', 'node/2/default_instance/webapp', 'webapp3', 'cluster/default_instance/mail', 'mail1', 'node/3/default_instance/x', 'webapp1');
+    expect(await releaseDefaultInstance(a, 'webapp1')).toBe(3);
+    expect((await a.keys('*default_instance*')).sort()).toEqual(['cluster/default_instance/mail', 'node/2/default_instance/webapp']);
+    expect(await releaseDefaultInstance(a, 'webapp1')).toBe(0);
   });
 });
 

@@ -184,6 +184,10 @@ describe('systemd units of a rootless instance', () => {
     }
   });
 
+  test('the first webapp instance becomes the default one (cluster and node keys), as NS8 add-module does', async () => {
+    expect(await admin.mget('cluster/default_instance/webapp', 'node/1/default_instance/webapp')).toEqual([id, id]);
+  });
+
   test('an unchanged instance touches nothing: no systemd call, no command, no status write', async () => {
     systemd.calls.length = 0;
     const before = deps.runner.history.length;
@@ -244,5 +248,7 @@ describe('systemd units of a rootless instance', () => {
     expect(systemd.calls).toEqual([`disable-linger ${id}`]);
     expect([...systemd.active]).toEqual([]);
     expect(existsSync(path.join(root, 'home', id))).toBe(false);
+    // NS8's remove-module: the default-instance keys naming the instance are deleted.
+    expect(await admin.mget('cluster/default_instance/webapp', 'node/1/default_instance/webapp')).toEqual([null, null]);
   }, 60_000);
 });

@@ -221,6 +221,18 @@ describe('the node planner converges an instance', () => {
     expect(planConverge(input(o, { labels: l0 }))).toEqual({ steps: [], waiting: [] });
   });
 
+  test('missing default-instance keys are claimed (NS8 add-module step 8); keys held by another instance are left alone', () => {
+    const o = converged();
+    o.defaultInstance = { module: 'webapp', cluster: null, node: 'webapp7' };
+    expect(planConverge(input(o)).steps).toEqual([
+      expect.objectContaining({ kind: 'set-default-instance', module: 'webapp', cluster: true, node: false, reason: 'cluster/default_instance/webapp missing: webapp1 becomes the default webapp instance' }),
+    ]);
+    o.defaultInstance = { module: 'webapp', cluster: 'webapp7', node: null };
+    expect(planConverge(input(o)).steps).toEqual([expect.objectContaining({ kind: 'set-default-instance', cluster: false, node: true })]);
+    o.defaultInstance = { module: 'webapp', cluster: 'webapp7', node: 'webapp7' };
+    expect(planConverge(input(o)).steps).toEqual([]);
+  });
+
   test('agent.env names the Redis the node agent uses (REDIS_ADDRESS); an instance without it is rewritten once', () => {
     const o = converged();
     const withAddress = { node: 1, redisAddress: '10.5.4.1:6379' };
