@@ -247,9 +247,23 @@ export interface ApplyResult {
 }
 
 /**
+ * The checks apply makes before writing a plan, without writing: the prune safety rule
+ * (checkPruneSafety), then no blocked change may remain. `apply --dry-run` runs them too, so a
+ * dry run fails exactly when the real apply would.
+ * @throws RefusedError `prune_refused` (see checkPruneSafety) or `plan_blocked` listing every
+ *   blocked change with its reason.
+ */
+export function checkApplicable(plan: Plan, opts: { forcePrune: boolean }): void {
+  checkPruneSafety(plan, { forcePrune: opts.forcePrune });
+  if (plan.blocked.length > 0) {
+    throw new RefusedError('plan_blocked', 'nothing was written; the plan has blocked changes:\n' + plan.blocked.map((b) => `  ${b.key}: ${b.message}`).join('\n'));
+  }
+}
+
+/**
  * Writes a plan atomically. When a concurrent apply changed an object in between, re-reads,
  * re-plans and tries again (up to `maxAttempts`), so no update is lost and nothing interleaves.
- * The prune safety rule is checked on every attempt's plan.
+ * checkApplicable (prune safety, nothing blocked) holds for every attempt's plan.
  */
 export async function applyPlan(
   prepared: PreparedPlan,
@@ -260,10 +274,7 @@ export async function applyPlan(
   const max = opts.maxAttempts ?? 20;
   let current = prepared;
   for (let attempt = 1; ; attempt++) {
-    checkPruneSafety(current.plan, { forcePrune: opts.forcePrune });
-    if (current.plan.blocked.length > 0) {
-      throw new RefusedError('plan_blocked', 'nothing was written; the plan has blocked changes:\n' + current.plan.blocked.map((b) => `  ${b.key}: ${b.message}`).join('\n'));
-    }
+    checkApplicable(current.plan, { forcePrune: opts.forcePrune });
     const files = [...new Set(current.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])))];
     const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionLookup(f)] as const)));
     const ops = planToWrites(current.plan, current.state, { revisionOf: (f) => revisions.get(f) ?? '' });

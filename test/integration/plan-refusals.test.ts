@@ -71,6 +71,53 @@ describe('plans the real apply would refuse', () => {
     expect(await dumpRedis(redis)).toEqual(before);
   });
 
+  it('apply --dry-run exits 1 when the real apply would refuse to prune most of the apply set, and writes nothing', async () => {
+    write('m/nodes.yaml', nodes);
+    write('m/mods.yaml', [1, 2, 3, 4, 5].map((n) => mod(`webapp${n}`, 1 + (n % 2))).join('---\n'));
+    expect((await runCli(['apply', '-f', path.join(dir, 'm')], env)).code).toBe(0);
+    write('m/mods.yaml', mod('webapp1', 2));
+    const before = await dumpRedis(redis);
+
+    const dry = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(dir, 'm')], env);
+    expect(dry.code).toBe(1);
+    expect(dry.stdout).toContain('- Module/webapp2 (delete, data preserved)');
+    expect(dry.stderr).toContain('error: refusing to prune 4 of 7 objects in apply set "default" (more than half of it)');
+    expect(dry.stderr).toContain('Dry run: nothing was written; the real apply would be refused');
+    const json = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({ kind: 'Plan', dryRun: true, refused: { error: 'prune_refused', message: expect.stringContaining('--force-prune') } });
+    expect((await runCli(['apply', '--prune', '-f', path.join(dir, 'm')], env)).code).toBe(1);
+    expect(await dumpRedis(redis)).toEqual(before);
+
+    // With --force-prune the dry run says the apply would go through, and still writes nothing.
+    const forced = await runCli(['apply', '--dry-run', '--prune', '--force-prune', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    expect(forced.code).toBe(0);
+    expect(JSON.parse(forced.stdout)).toMatchObject({ dryRun: true, refused: null, summary: { delete: 4 } });
+    expect(await dumpRedis(redis)).toEqual(before);
+  });
+
+  it('apply --dry-run exits 1 on blocked changes, naming them, as the real apply', async () => {
+    write('m/nodes.yaml', nodes);
+    write('m/mods.yaml', [mod('webapp1', 1), mod('webapp2', 1)].join('---\n'));
+    await redis.hset('cluster/module_node', 'webapp2', '2');
+    const before = await dumpRedis(redis);
+    const dry = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    expect(dry.code).toBe(1);
+    expect(dry.stdout).toContain('! Module/webapp2 (blocked)');
+    expect(dry.stderr).toContain('error: nothing was written; the plan has blocked changes:\n  Module/webapp2: Module/webapp2 already exists in NS8 on node 2');
+    const real = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    expect(real.code).toBe(1);
+    expect(real.stderr).toContain('Module/webapp2 already exists in NS8 on node 2');
+    expect(await dumpRedis(redis)).toEqual(before);
+
+    write('m/mods.yaml', mod('webapp1', 1));
+    const ok = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    expect(ok.code).toBe(0);
+    expect(ok.stderr).not.toContain('error');
+    expect(ok.stderr.endsWith('Dry run: nothing was written.\n')).toBe(true);
+    expect(await dumpRedis(redis)).toEqual(before);
+  });
+
   describe('org.nethserver.max-per-node of a full image URL', () => {
     // A labelled image in root's local storage, built from scratch with buildah (no network).
     const image = `localhost/ns8ctl-test-${randomBytes(4).toString('hex')}/solo:1.0.0`;

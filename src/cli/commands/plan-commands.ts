@@ -1,4 +1,5 @@
-import { applyPlan, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
+import { applyPlan, checkApplicable, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
+import { RefusedError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
 import type { Plan } from '../../plan/types.js';
@@ -46,7 +47,10 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
 
 /**
  * `ns8ctl apply -f PATH [--prune] [--force-prune] [--dry-run]`: plan, print it, write it
- * atomically. `--dry-run` stops after printing. Invalid manifests write nothing.
+ * atomically. Invalid manifests write nothing. `--dry-run` prints the plan and runs the checks
+ * the real apply makes before writing (checkApplicable: prune safety, blocked changes) without
+ * writing: exit 1 when the real apply would be refused (text: the error on stderr; json: `refused:
+ * {error, message}` in the plan document, else `refused: null`), 0 otherwise.
  */
 export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
@@ -57,9 +61,19 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
   const prepared = await preparePlan(opts.filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
   printWarnings(prepared, deps);
   if (opts.dryRun) {
-    printPlan(prepared.plan, format, deps, { dryRun: true });
-    if (format !== 'json') deps.stderr('Dry run: nothing was written.\n');
-    return 0;
+    let refusal: RefusedError | undefined;
+    try {
+      checkApplicable(prepared.plan, { forcePrune: Boolean(opts.forcePrune) });
+    } catch (err) {
+      if (!(err instanceof RefusedError)) throw err;
+      refusal = err;
+    }
+    printPlan(prepared.plan, format, deps, { dryRun: true, refused: refusal ? refusal.toJSON() : null });
+    if (format !== 'json') {
+      if (refusal) deps.stderr(`error: ${refusal.message}\n`);
+      deps.stderr(refusal ? 'Dry run: nothing was written; the real apply would be refused (see above).\n' : 'Dry run: nothing was written.\n');
+    }
+    return refusal ? 1 : 0;
   }
   if (isEmpty(prepared.plan)) {
     printPlan(prepared.plan, format, deps, { applied: false });
