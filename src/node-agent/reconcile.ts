@@ -20,6 +20,7 @@ import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
 import type { RemovalPolicy } from '../manifest/types.js';
 import { moduleNameOf } from '../manifest/types.js';
+import { withResolutionPass } from '../repository/image-resolver.js';
 import { checkUpdate } from '../repository/resolve.js';
 import { clusterDefaultInstanceKey, defaultInstanceModule } from './default-instance.js';
 import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
@@ -91,7 +92,12 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
  * instance's failure (that goes into its result and status); throws only when desired state or
  * the node's Redis snapshot cannot be read at all.
  */
-export async function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentDeps, control: ReconcileControl = {}): Promise<NodeReconcileResult> {
+export function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentDeps, control: ReconcileControl = {}): Promise<NodeReconcileResult> {
+  // One pass: `module:` specs are resolved against the repositories read once (src/repository/).
+  return withResolutionPass(() => reconcilePass(opts, deps, control));
+}
+
+async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, control: ReconcileControl): Promise<NodeReconcileResult> {
   const node = opts.node;
   const [desired, records, systemdMissing] = await Promise.all([deps.source.listForNode(node), deps.records.list(), deps.systemd.missing()]);
   const desiredById = new Map(desired.map((d) => [d.id, d]));

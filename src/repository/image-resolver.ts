@@ -2,6 +2,7 @@
  * Resolution wired to Redis: loads the enabled repositories' metadata (cached as NS8 does) and
  * resolves Module specs to images. This is what the cluster controller and the node agent inject.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Redis } from 'ioredis';
 import { readCoreVersion } from './core-version.js';
 import { RepositoryError } from './errors.js';
@@ -39,14 +40,48 @@ function availableOf(snapshots: readonly RepositorySnapshot[], coreVersion: stri
   return available;
 }
 
+/** Catalogue loads of the current resolution pass, per Redis client and options. */
+const passScope = new AsyncLocalStorage<WeakMap<Redis, Map<string, Promise<AvailableCatalog>>>>();
+
+/**
+ * Runs `fn` as one resolution pass: within it (across awaits, through any wrapper of the
+ * resolvers), `loadAvailable` - hence `resolveFromRedis`, `makeModuleResolver`,
+ * `makeImageResolver` - reads the repositories once per Redis client and options, however many
+ * specs are resolved; concurrent callers share the one load, and its failure (a RedisError) is
+ * the pass's answer for every caller. `onWarning` is called by the load that ran. The node
+ * agent wraps each reconcile of a node in it: the repositories' SCAN, pipeline and cache probes
+ * cost the same for 1 or 500 instances with `module:` specs. Outside a pass nothing is shared.
+ */
+export function withResolutionPass<T>(fn: () => Promise<T>): Promise<T> {
+  return passScope.run(new WeakMap(), fn);
+}
+
 /**
  * Reads `cluster/repository/*`, gets each enabled repository's metadata (cache or download) and
  * lists the available modules (resolve.listAvailable; the last result is reused while nothing
  * changed, so per-instance resolution stays cheap). A repository that fails is reported in
- * `failures` (and to `onWarning`), not thrown. Treat `available` as read-only.
+ * `failures` (and to `onWarning`), not thrown. Treat `available` as read-only. Inside
+ * `withResolutionPass`, loaded once per pass.
  * @throws RedisError when Redis fails.
  */
 export async function loadAvailable(redis: Redis, opts: ResolverOptions = {}): Promise<AvailableCatalog> {
+  const pass = passScope.getStore();
+  if (!pass) return loadCatalog(redis, opts);
+  let loads = pass.get(redis);
+  if (!loads) {
+    loads = new Map();
+    pass.set(redis, loads);
+  }
+  const key = JSON.stringify([opts.coreVersion ?? null, opts.view ?? null, opts.timeoutMs ?? null, opts.planned ?? null]);
+  let load = loads.get(key);
+  if (!load) {
+    load = loadCatalog(redis, opts);
+    loads.set(key, load);
+  }
+  return load;
+}
+
+async function loadCatalog(redis: Redis, opts: ResolverOptions): Promise<AvailableCatalog> {
   const coreVersion = opts.coreVersion ?? (await readCoreVersion());
   const { snapshots, failures, repositories } = await loadSnapshots(redis, opts);
   for (const f of failures) opts.onWarning?.(f.error.message);
