@@ -4,14 +4,17 @@
  * wake-ups coalesce. A failing instance is retried with capped exponential backoff (with jitter)
  * while the others go on; one whose failure only a spec change can fix waits for a new generation,
  * rechecked now and then all the same (a repository may publish the missing version, the core
- * may be upgraded past an update's min-core: neither changes the generation).
+ * may be upgraded past an update's min-core: neither changes the generation). An installed
+ * instance whose wanted image cannot be used (unresolvable, update refused, unreachable) is not
+ * skipped meanwhile: it converges on its installed image every pass, and its spec is resolved
+ * again on the same schedule (recheck or backoff).
  * `stop()` (or the AbortSignal) lets the current reconcile finish its step and ends the loop.
  */
 import type { Redis } from 'ioredis';
 import { toNs8ctlError } from '../errors.js';
 import { channels } from '../state/keys.js';
 import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
-import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
+import { reconcileNodeOnce, type NodeReconcileResult, type Setback } from './reconcile.js';
 
 export interface RunNodeAgentOptions extends NodeAgentOptions {
   /** Full reconcile at least this often (ms), to catch drift. Default 60 s. */
@@ -52,6 +55,18 @@ interface Backoff {
   terminalGeneration?: number;
 }
 
+/**
+ * An installed instance whose wanted image cannot be used (see reconcile's Setback): it is not
+ * skipped (drift repair goes on every pass on the installed image) but its spec is resolved again
+ * only on a new generation or once `until` passed (terminal: the recheck; else the backoff).
+ */
+interface Hold {
+  setback: Setback;
+  generation: number | undefined;
+  attempts: number;
+  until: number;
+}
+
 /** Delay before retry `attempt` (1-based): base * 2^(attempt-1), capped, with +-20% jitter. */
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
   const raw = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
@@ -65,6 +80,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
   const maxMs = opts.backoffMaxMs ?? 300_000;
   const terminalRecheckMs = opts.terminalRecheckMs ?? 600_000;
   const backoff = new Map<string, Backoff>();
+  const holds = new Map<string, Hold>();
   const control = new AbortController();
   let pending = true;
   let wake: (() => void) | undefined;
@@ -92,6 +108,8 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
       let nextWait = resyncMs;
       try {
         const now = deps.now().getTime();
+        // Instances whose held setback this pass reused (not resolved again).
+        const heldNow = new Set<string>();
         const result = await reconcileNodeOnce(opts, deps, {
           signal: control.signal,
           skip: (id, generation) => {
@@ -100,11 +118,31 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
             if (b.terminalGeneration !== undefined && generation !== b.terminalGeneration) return false;
             return b.until > now;
           },
+          held: (id, generation) => {
+            const h = holds.get(id);
+            if (!h || h.generation !== generation || h.until <= now) return undefined;
+            heldNow.add(id);
+            return h.setback;
+          },
         });
         nodeFailures = 0;
         const after = deps.now().getTime();
         for (const r of result.instances) {
           if (r.outcome === 'skipped') continue;
+          if (r.setback) {
+            // Resolved again this pass and still set back: hold it (again) until the next recheck.
+            if (!heldNow.has(r.id)) {
+              const h = holds.get(r.id);
+              const generation = r.status?.observedGeneration;
+              const attempts = h && h.generation === generation ? h.attempts + 1 : 1;
+              holds.set(r.id, { setback: r.setback, generation, attempts, until: after + (r.setback.terminal ? terminalRecheckMs : backoffDelay(attempts, baseMs, maxMs)) });
+            }
+            // The installed image converged: nothing to back off from. A step that failed meanwhile is.
+            if (r.error?.code === r.setback.code) {
+              backoff.delete(r.id);
+              continue;
+            }
+          } else holds.delete(r.id);
           if (r.outcome === 'failed' || r.outcome === 'blocked') {
             const attempts = (backoff.get(r.id)?.attempts ?? 0) + 1;
             const b: Backoff = { attempts, until: after + backoffDelay(attempts, baseMs, maxMs) };
@@ -116,7 +154,8 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
           } else backoff.delete(r.id);
         }
         for (const id of [...backoff.keys()]) if (!result.instances.some((r) => r.id === id)) backoff.delete(id);
-        for (const b of backoff.values()) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
+        for (const id of [...holds.keys()]) if (!result.instances.some((r) => r.id === id)) holds.delete(id);
+        for (const b of [...backoff.values(), ...holds.values()]) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
         opts.onReconcile?.(result);
       } catch (err) {
         // Desired state or Redis could not be read at all: the whole node waits and retries.

@@ -21,8 +21,8 @@ import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDes
 import type { RemovalPolicy } from '../manifest/types.js';
 import { moduleNameOf } from '../manifest/types.js';
 import { withResolutionPass } from '../repository/image-resolver.js';
-import { checkUpdate } from '../repository/resolve.js';
 import { clusterDefaultInstanceKey, defaultInstanceModule } from './default-instance.js';
+import { checkUpdate } from '../repository/resolve.js';
 import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
 
 /** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
@@ -40,6 +40,26 @@ export interface InstanceResult {
   /** False for errors only a change of desired state or of the host can fix. */
   retry: boolean;
   status?: ModuleStatus;
+  /**
+   * Set when the wanted image could not be used (resolution failed, update refused, new image
+   * unreachable) and the instance was converged on the image it runs instead.
+   */
+  setback?: Setback;
+}
+
+/**
+ * Why an installed instance was converged on the image it runs rather than on the one its spec
+ * asks for. `terminal`: only a change of the Module, of the repositories or of the core fixes it.
+ */
+export interface Setback {
+  /** Error code (`version_not_found`, `UpdateRefused`, `registry_unreachable`, ...). */
+  code: string;
+  /** Status reason (`ImageResolutionFailed`, `UpdateRefused`, `RegistryUnreachable`, ...). */
+  reason: string;
+  message: string;
+  terminal: boolean;
+  /** The image the spec resolved to, when resolution got that far. */
+  targetImage?: string;
 }
 
 export interface NodeReconcileResult {
@@ -52,21 +72,44 @@ export interface NodeReconcileResult {
 export interface ReconcileControl {
   /** Instances to leave alone this time (in backoff); `generation` of the desired object, if any. */
   skip?: (id: string, generation: number | undefined) => boolean;
+  /**
+   * A setback still in force for an installed instance (its recheck or backoff is not due): the
+   * spec is not resolved again; the instance converges on its installed image and keeps
+   * reporting the setback.
+   */
+  held?: (id: string, generation: number | undefined) => Setback | undefined;
   signal?: AbortSignal;
 }
 
-const REASONS: Record<string, string> = {
+/** Error code -> status reason. Codes not listed are `StepFailed`. */
+export const REASONS: Readonly<Record<string, string>> = {
   registry_unreachable: 'RegistryUnreachable',
   image_not_found: 'ImageNotFound',
   unit_failed: 'UnitFailed',
   image_resolution_unavailable: 'ImageResolutionFailed',
+  // Resolution through the repositories (src/repository/): the spec names nothing installable.
+  module_not_found: 'ImageResolutionFailed',
+  version_not_found: 'ImageResolutionFailed',
+  invalid_version_spec: 'ImageResolutionFailed',
+  invalid_image_spec: 'ImageResolutionFailed',
+  repodata_not_found: 'ImageResolutionFailed',
+  repodata_is_not_json: 'ImageResolutionFailed',
+  repodata_is_not_valid_metadata: 'ImageResolutionFailed',
+  // A repository that cannot be downloaded now (network, HTTP error) may answer later.
+  repository_not_accessible: 'RepositoryUnreachable',
   image_label_invalid: 'ImageLabelInvalid',
   ports_exhausted: 'PortsExhausted',
   environment_value_invalid: 'EnvironmentInvalid',
   user_manager_unavailable: 'UserManagerUnavailable',
   module_deleting: 'Deleting',
+  // Codes that are reasons already (refusals, and the planner's `blocked`).
+  UpdateRefused: 'UpdateRefused',
+  RootfullChanged: 'RootfullChanged',
+  EnvironmentInvalid: 'EnvironmentInvalid',
+  ImageLabelInvalid: 'ImageLabelInvalid',
 };
-const TERMINAL = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused']);
+/** Reasons only a change of the Module, of the repositories or of the core can fix. */
+export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused']);
 
 function cond(type: Condition['type'], status: Condition['status'], reason: string, message: string): Condition {
   return { type, status, reason, message };
@@ -147,16 +190,75 @@ function reasonOf(e: Ns8ctlError): string {
   return REASONS[e.code] ?? 'StepFailed';
 }
 
-async function failed(deps: NodeAgentDeps, d: InstanceDesired, prev: ModuleStatus | undefined, base: Omit<ModuleStatus, 'conditions'>, e: Ns8ctlError, step: Step | undefined, applied: Step[], drift: string[], blocked = false): Promise<InstanceResult> {
-  const reason = blocked ? e.code : reasonOf(e);
+async function failed(
+  deps: NodeAgentDeps,
+  d: InstanceDesired,
+  prev: ModuleStatus | undefined,
+  base: Omit<ModuleStatus, 'conditions'>,
+  e: Ns8ctlError,
+  step: Step | undefined,
+  applied: Step[],
+  drift: string[],
+  blocked = false,
+  setback?: Setback,
+): Promise<InstanceResult> {
+  const reason = reasonOf(e);
   const msg = step ? `step ${step.kind} failed: ${e.message}` : e.message;
   const status: ModuleStatus = {
     ...base,
-    conditions: [cond('Ready', 'False', reason, msg), cond('Progressing', 'False', 'Failed', TERMINAL.has(reason) ? 'waiting for a change of the Module or the image' : 'will retry with backoff'), cond('Degraded', 'True', reason, msg)],
+    conditions: [cond('Ready', 'False', reason, msg), cond('Progressing', 'False', 'Failed', TERMINAL_REASONS.has(reason) ? 'waiting for a change of the Module or the image' : 'will retry with backoff'), cond('Degraded', 'True', reason, msg)],
   };
   const stored = await writeStatus(deps.redis, prev, status, deps.now());
   deps.log(`node-agent: ${d.id}: ${reason}: ${msg}`);
-  return { id: d.id, outcome: blocked ? 'blocked' : 'failed', applied, drift, error: e, retry: !TERMINAL.has(reason), status: stored };
+  return { id: d.id, outcome: blocked ? 'blocked' : 'failed', applied, drift, error: e, retry: !TERMINAL_REASONS.has(reason), status: stored, ...(setback ? { setback } : {}) };
+}
+
+/** The image a spec asks for, ready to converge on, or why it cannot be used. */
+type Wanted =
+  | { ok: true; url: string; facts: ImageFacts; labels: ModuleLabels; updateFrom?: string; previousEnv?: Record<string, string> }
+  | { ok: false; error: Ns8ctlError; setback: Setback; blocked: boolean };
+
+/**
+ * Resolves the spec, reads the image's labels and, when it is another image than the installed
+ * one, checks the update (issue 6: min-from, min-core, module name, downgrade; and rootless vs
+ * rootfull, which an instance cannot switch). A setback still held by the loop is returned as is,
+ * without resolving. Never throws for the instance's own failures.
+ */
+async function wantedImage(
+  d: InstanceDesired,
+  rec: InstanceRecord | undefined,
+  installed: string | undefined,
+  deps: NodeAgentDeps,
+  shared: ObserveContext,
+  control: ReconcileControl,
+  holdFinalizer: (url: string) => Promise<void>,
+): Promise<Wanted> {
+  const id = d.id;
+  const held = installed ? control.held?.(id, d.generation) : undefined;
+  if (held) return { ok: false, error: new Ns8ctlError(held.code, held.message), setback: held, blocked: held.terminal };
+  let url: string | undefined;
+  const refuse = (code: string, message: string): Wanted => ({ ok: false, error: new Ns8ctlError(code, message), setback: { code, reason: code, message, terminal: true, targetImage: url! }, blocked: true });
+  try {
+    url = await deps.resolveImage(d.spec);
+    const facts = await imageFacts(deps, id, url, rec, () => holdFinalizer(url!));
+    const labels = parseModuleLabels(facts.labels, url);
+    const updateFrom = installed && installed !== url ? installed : undefined;
+    if (!updateFrom) return { ok: true, url, facts, labels };
+    if (rec?.rootfull !== undefined && rec.rootfull !== labels.rootfull) {
+      return refuse('RootfullChanged', `update refused: ${id} runs ${rec.rootfull ? 'rootfull' : 'rootless'} but ${url} is ${labels.rootfull ? 'rootfull' : 'rootless'} (org.nethserver.rootfull); an instance cannot switch in place: remove it and add a new one; the instance keeps running ${updateFrom}`);
+    }
+    // Issue 6: min-from / min-core / module name / downgrade. Refused: the wanted image is not used.
+    const check = checkUpdate({ id, image: updateFrom }, { image: url, labels: facts.labels }, { coreVersion: await deps.coreVersion() });
+    if (!check.ok) return refuse('UpdateRefused', `update refused (${check.code}): ${check.message}; the instance keeps running ${updateFrom}`);
+    const oldEnv = { ...(shared.redis.env.get(id) ?? {}), ...(rec?.managedEnv ?? {}) };
+    const previousEnv = previousImageEnvironment(oldEnv, labels.images);
+    deps.log(`node-agent: ${id}: updating ${updateFrom} -> ${url} (${check.kind})`);
+    return { ok: true, url, facts, labels, updateFrom, previousEnv };
+  } catch (err) {
+    const e = toNs8ctlError(err);
+    const reason = reasonOf(e);
+    return { ok: false, error: e, blocked: false, setback: { code: e.code, reason, message: e.message, terminal: TERMINAL_REASONS.has(reason), ...(url && url !== installed ? { targetImage: url } : {}) } };
+  }
 }
 
 /**
@@ -186,37 +288,42 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   const id = d.id;
   let prev = shared.redis.status.get(id);
   const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d.generation, imageUrl: '', imageDigest: '', ports: {}, units: [], drift: [] };
-  let url: string;
-  let facts: ImageFacts;
-  let labels: ModuleLabels;
   // The image running now (IMAGE_URL): while an update is under way, status and environment keep
   // naming it until the new one is in place.
   const installed = installedImageUrl(rec?.managedEnv, shared.redis.env.get(id));
+  const holdFinalizer = async (imageUrl: string): Promise<void> => {
+    if (d.finalizers.includes(NODE_AGENT_FINALIZER)) return;
+    await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl });
+    d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
+  };
+  const wanted = await wantedImage(d, rec, installed, deps, shared, control, holdFinalizer);
+  let setback: Setback | undefined;
+  let url: string;
+  let facts: ImageFacts;
+  let labels: ModuleLabels;
   let updateFrom: string | undefined;
-  try {
-    url = await deps.resolveImage(d.spec);
-    updateFrom = installed && installed !== url ? installed : undefined;
-    base.imageUrl = updateFrom ?? url;
-    facts = await imageFacts(deps, id, url, rec, async () => {
-      if (d.finalizers.includes(NODE_AGENT_FINALIZER)) return;
-      await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl: url });
-      d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
-    });
-    labels = parseModuleLabels(facts.labels, url);
-  } catch (err) {
-    return failed(deps, d, prev, { ...base, imageUrl: base.imageUrl || prev?.imageUrl || '', imageDigest: prev?.imageDigest ?? '' }, toNs8ctlError(err), undefined, [], []);
-  }
   let previousEnv: Record<string, string> | undefined;
-  if (updateFrom) {
-    // Issue 6: min-from / min-core / module name / downgrade. Refused: nothing is touched.
-    const check = checkUpdate({ id, image: updateFrom }, { image: url, labels: facts.labels }, { coreVersion: await deps.coreVersion() });
-    if (!check.ok) {
-      const e = new Ns8ctlError('UpdateRefused', `update refused (${check.code}): ${check.message}; the instance keeps running ${updateFrom}`);
-      return failed(deps, d, prev, { ...base, imageDigest: prev?.imageDigest ?? '' }, e, undefined, [], [], true);
+  if (wanted.ok) {
+    ({ url, facts, labels, updateFrom, previousEnv } = wanted);
+    base.imageUrl = updateFrom ?? url;
+    if (updateFrom) base.targetImage = url;
+  } else if (!installed) {
+    // Nothing installed to fall back on: report and wait.
+    return failed(deps, d, prev, { ...base, imageUrl: wanted.setback.targetImage ?? prev?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked);
+  } else {
+    // The wanted image cannot be used: the instance keeps converging on the one it runs (drift
+    // repair, credentials, units) and reports why it is not on the wanted one.
+    setback = wanted.setback;
+    url = installed;
+    base.imageUrl = installed;
+    if (setback.targetImage && setback.targetImage !== installed) base.targetImage = setback.targetImage;
+    try {
+      facts = await imageFacts(deps, id, installed, rec, () => holdFinalizer(installed));
+      labels = parseModuleLabels(facts.labels, installed);
+    } catch (err) {
+      deps.log(`node-agent: ${id}: the installed image ${installed} cannot be read either: ${toNs8ctlError(err).message}`);
+      return failed(deps, d, prev, { ...base, imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked);
     }
-    const oldEnv = { ...(shared.redis.env.get(id) ?? {}), ...(rec?.managedEnv ?? {}) };
-    previousEnv = previousImageEnvironment(oldEnv, labels.images);
-    deps.log(`node-agent: ${id}: updating ${updateFrom} -> ${url} (${check.kind})`);
   }
   const rootfull = labels.rootfull;
   const applied: Step[] = [];
@@ -246,7 +353,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
           stepCtx.labels = labels;
           rec = await deps.records.update(id, { image: facts, imageUrl: url });
         } catch (err) {
-          return failed(deps, d, prev, base, toNs8ctlError(err), undefined, applied, drift);
+          return failed(deps, d, prev, base, toNs8ctlError(err), undefined, applied, drift, false, setback);
         }
         relabelled = true;
       }
@@ -268,7 +375,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     if (updateFrom) base.imageDigest = prev?.imageDigest ?? '';
     base.drift = drift.length ? drift : (prev?.drift ?? []);
     if (plan.blocked) {
-      return failed(deps, d, prev, base, new Ns8ctlError(plan.blocked.reason, plan.blocked.message), undefined, applied, drift, true);
+      return failed(deps, d, prev, base, new Ns8ctlError(plan.blocked.reason, plan.blocked.message), undefined, applied, drift, true, setback);
     }
     if (plan.steps.length === 0) break;
     if (control.signal?.aborted) break;
@@ -289,22 +396,23 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
         applied.push(step);
         if (step.kind === 'add-finalizer') d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
       } catch (err) {
-        return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift);
+        return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift, false, setback);
       }
     }
   }
   if (!observed || !plan) throw new Ns8ctlError('internal', `${id}: reconcile made no observation`, { user: false });
   if (plan.steps.length > 0 && !control.signal?.aborted) {
     const e = new Ns8ctlError('not_converging', `${id}: still ${plan.steps.length} step(s) to apply after ${MAX_ROUNDS} rounds: ${plan.steps.map((s) => `${s.kind} (${s.reason})`).join('; ')}`, { user: false });
-    return failed(deps, d, prev, base, e, undefined, applied, drift);
+    return failed(deps, d, prev, base, e, undefined, applied, drift, false, setback);
   }
   if (plan.waiting.length > 0) {
     const e = new Ns8ctlError('not_converging', `${id}: waiting: ${plan.waiting.join('; ')}`, { user: false });
-    return failed(deps, d, prev, base, e, undefined, applied, drift);
+    return failed(deps, d, prev, base, e, undefined, applied, drift, false, setback);
   }
   if (updateFrom && previousEnv) {
     // The update succeeded: the status names the new image, and the previous images go.
     base.imageUrl = url;
+    delete base.targetImage;
     base.imageDigest = observed.localImage?.digest || facts.digest;
     const refs = imagesToClean(previousEnv, observed.envFile ?? {});
     if (refs.length) {
@@ -319,6 +427,15 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   }
   const wantedUnits = observed.units.filter((u) => u.wanted).map((u) => u.name);
   let conditions: Condition[];
+  if (setback) {
+    // Converged, but on the installed image: not Ready, with the reason the wanted one is not used.
+    const msg = `${setback.message}${ctx.systemdMissing ? `; ${ctx.systemdMissing}` : ''}`;
+    const next = setback.terminal ? 'waiting for a change of the Module, the repositories or the core' : 'will retry with backoff';
+    conditions = [cond('Ready', 'False', setback.reason, msg), cond('Progressing', 'False', 'Failed', `${next}; meanwhile ${url} is kept converged`), cond('Degraded', 'True', setback.reason, msg)];
+    const status = await writeStatus(deps.redis, prev, { ...base, conditions }, deps.now());
+    if (applied.length) deps.log(`node-agent: ${id}: converged on the installed image ${url} (${applied.length} step(s): ${applied.map((s) => s.kind).join(', ')})`);
+    return { id, outcome: setback.terminal ? 'blocked' : 'failed', applied, drift, error: new Ns8ctlError(setback.code, setback.message), retry: !setback.terminal, status, setback };
+  }
   if (ctx.systemdMissing) {
     const msg = `${ctx.systemdMissing}: ${wantedUnits.length ? `units ${wantedUnits.join(', ')} are installed but not started` : 'no unit to start'}`;
     conditions = [cond('Ready', 'False', 'SystemdUnavailable', msg), cond('Progressing', 'False', 'HostConverged', 'files, user, ports, environment and credentials are in place'), cond('Degraded', 'True', 'SystemdUnavailable', msg)];

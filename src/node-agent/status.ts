@@ -1,7 +1,8 @@
 /**
  * Observed status of module instances, in Redis HASH `keys.moduleStatus(id)`: `conditions` (JSON
  * array of {type, status, reason, message, lastTransitionTime}), `observedGeneration`, `node`,
- * `imageUrl`, `imageDigest`, `ports` (JSON {tcp?, udp?} as `start-end`), `units` (JSON array of
+ * `imageUrl`, `imageDigest`, `targetImage` (only while it differs from `imageUrl`: an update under
+ * way, failed or refused), `ports` (JSON {tcp?, udp?} as `start-end`), `units` (JSON array of
  * {name, enabled, active}), `drift` (JSON array of repaired drift lines). Written only when
  * something in it changed, so an unchanged reconcile writes nothing.
  */
@@ -28,6 +29,7 @@ export function parseStatus(id: string, h: Record<string, string>): ModuleStatus
     conditions: json<Condition[]>(h.conditions, []),
     imageUrl: h.imageUrl ?? '',
     imageDigest: h.imageDigest ?? '',
+    ...(h.targetImage ? { targetImage: h.targetImage } : {}),
     ports: json<ModuleStatus['ports']>(h.ports, {}),
     units: json<ModuleStatus['units']>(h.units, []),
     drift: json<string[]>(h.drift, []),
@@ -42,6 +44,7 @@ export function statusFields(s: ModuleStatus): Record<string, string> {
     conditions: JSON.stringify(s.conditions),
     imageUrl: s.imageUrl,
     imageDigest: s.imageDigest,
+    ...(s.targetImage ? { targetImage: s.targetImage } : {}),
     ports: JSON.stringify(s.ports),
     units: JSON.stringify(s.units),
     drift: JSON.stringify(s.drift),

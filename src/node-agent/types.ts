@@ -277,8 +277,14 @@ export interface ModuleStatus {
   node: number;
   observedGeneration: number;
   conditions: Condition[];
+  /** The image the instance runs (`IMAGE_URL`); during an update, the previous one until it is done. */
   imageUrl: string;
   imageDigest: string;
+  /**
+   * The image the Module's spec resolved to, when it differs from `imageUrl`: an update under way
+   * or one that failed or was refused (the instance keeps running `imageUrl`). Absent otherwise.
+   */
+  targetImage?: string;
   ports: { tcp?: string; udp?: string };
   units: { name: string; enabled: boolean; active: boolean | null }[];
   /** Drift repaired in the last reconcile, one line each ("environment TCP_PORT edited"). */

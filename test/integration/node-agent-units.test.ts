@@ -10,9 +10,11 @@ import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseInstallSection, type SystemdHost, type UnitScope } from '../../src/node-agent/host/systemd.js';
-import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import { reconcileNodeOnce, type InstanceResult, type NodeReconcileResult } from '../../src/node-agent/reconcile.js';
+import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { agentRedisUrl } from '../../src/agent/cli.js';
+import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
@@ -113,6 +115,14 @@ async function putModule(spec: Record<string, unknown>, generation: number): Pro
   await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 't.yaml', revision: '', applyset: 'default' });
   await admin.sadd(keys.desiredIndex('Module'), id);
   await admin.hsetnx(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 async function once(): Promise<InstanceResult> {
@@ -238,6 +248,77 @@ describe('systemd units of a rootless instance', () => {
     expect(deg!.message).toMatch(/unit webapp.service did not start: webapp.service is failed/);
     systemd.failing.clear();
     expect((await once()).error?.message).toBeUndefined();
+  }, 60_000);
+
+  test('an installed instance whose module no longer resolves is still repaired on its image, and reports ImageResolutionFailed', async () => {
+    // No repository carries webapp: the resolver answers module_not_found (it used to be StepFailed, retried forever).
+    const resolving: NodeAgentDeps = { ...deps, resolveImage: makeImageResolver(admin, { coreVersion: '3.21.0' }) };
+    await putModule({ module: 'webapp', version: '9.9.9' }, 3);
+    systemd.calls.length = 0;
+    systemd.active.clear();
+    await admin.call('ACL', 'DELUSER', `module/${id}`);
+    const r = (await reconcileNodeOnce(opts, resolving)).instances.find((i) => i.id === id)!;
+    expect(r).toMatchObject({ outcome: 'blocked', retry: false, setback: { reason: 'ImageResolutionFailed', terminal: true } });
+    expect(r.error?.code).toBe('module_not_found');
+    expect(r.drift).toEqual(expect.arrayContaining(['units stopped: webapp.service agent.service', `Redis ACL user module/${id} removed`]));
+    expect(systemd.calls).toContain('start webapp.service agent.service');
+    expect(await admin.call('ACL', 'GETUSER', `module/${id}`)).not.toBeNull();
+    const st = (await readModuleStatus(admin, id))!;
+    expect(st.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'ImageResolutionFailed' });
+    expect(st.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ status: 'True', reason: 'ImageResolutionFailed', message: expect.stringContaining("module 'webapp'") });
+    // Still the installed image, with its ports and units (not emptied).
+    expect(st.imageUrl).toBe(images.webapp['1.1.0']);
+    expect(st.ports.tcp).toMatch(/^\d+-\d+$/);
+    expect(st.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }, { name: 'agent.service', enabled: true, active: true }]);
+    expect(st.targetImage).toBeUndefined();
+  }, 60_000);
+
+  test('a refused update (a downgrade) keeps the installed image converged; status UpdateRefused names the target image', async () => {
+    await putModule({ image: images.webapp['1.0.0'] }, 4);
+    systemd.calls.length = 0;
+    systemd.active.clear();
+    const r = await once();
+    expect(r).toMatchObject({ outcome: 'blocked', retry: false, setback: { code: 'UpdateRefused', terminal: true, targetImage: images.webapp['1.0.0'] } });
+    expect(r.drift).toEqual(['units stopped: webapp.service agent.service']);
+    expect(systemd.calls).toEqual(['start webapp.service agent.service']);
+    const st = (await readModuleStatus(admin, id))!;
+    expect(st.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ status: 'True', reason: 'UpdateRefused', message: expect.stringContaining('downgrade') });
+    expect(st).toMatchObject({ imageUrl: images.webapp['1.1.0'], targetImage: images.webapp['1.0.0'] });
+    expect(parseEnvironment(await fs.readFile(path.join(root, 'home', id, '.config', 'state', 'environment'), 'utf8')).IMAGE_URL).toBe(images.webapp['1.1.0']);
+    // Nothing else to do: the next pass applies nothing and writes no status.
+    systemd.calls.length = 0;
+    const status = await admin.hgetall(keys.moduleStatus(id));
+    expect(await once()).toMatchObject({ outcome: 'blocked', applied: [] });
+    expect(systemd.calls).toEqual([]);
+    expect(await admin.hgetall(keys.moduleStatus(id))).toEqual(status);
+  }, 60_000);
+
+  test('the loop keeps repairing an instance whose update was refused, without resolving it again before the recheck', async () => {
+    let resolutions = 0;
+    const counting: NodeAgentDeps = {
+      ...deps,
+      resolveImage: async (spec) => {
+        resolutions++;
+        return deps.resolveImage(spec);
+      },
+    };
+    const results: NodeReconcileResult[] = [];
+    const handle = runNodeAgent({ ...opts, resyncMs: 50, backoffBaseMs: 50, backoffMaxMs: 100, terminalRecheckMs: 3_600_000, onReconcile: (x) => results.push(x) }, counting);
+    try {
+      await until('a first pass', () => results.length >= 1);
+      expect(resolutions).toBe(1);
+      systemd.active.clear();
+      const seen = results.length;
+      await until('the stopped units restarted by a later pass', () => results.slice(seen).some((x) => x.instances.some((i) => i.id === id && i.applied.some((st) => st.kind === 'start-units'))));
+      expect(resolutions).toBe(1);
+      // A new generation is resolved at once (and the update back to 1.1.0 needs nothing).
+      await putModule({ image: images.webapp['1.1.0'] }, 5);
+      await until('the new generation converged', async () => (await readModuleStatus(admin, id))?.conditions.find((c) => c.type === 'Ready')?.status === 'True');
+      expect(resolutions).toBeGreaterThan(1);
+      expect((await readModuleStatus(admin, id))!.targetImage).toBeUndefined();
+    } finally {
+      await handle.stop();
+    }
   }, 60_000);
 
   test('removal turns linger off, removes the user, and leaves no unit running', async () => {

@@ -12,6 +12,9 @@ import { backoffDelay } from '../../src/node-agent/agent-loop.js';
 import { systemUnitNames } from '../../src/node-agent/observe.js';
 import { Redis } from 'ioredis';
 import { redisAddressOf } from '../../src/node-agent/deps.js';
+import { REASONS, TERMINAL_REASONS } from '../../src/node-agent/reconcile.js';
+import { parseStatus, sameStatus, statusFields } from '../../src/node-agent/status.js';
+import type { ModuleStatus } from '../../src/node-agent/types.js';
 
 describe('service image variable names follow the seeds rule', () => {
   test.each([
@@ -197,6 +200,28 @@ describe('the Redis address module agents get', () => {
     const clients = [new Redis({ host: '10.5.4.1', port: 6380, lazyConnect: true }), new Redis({ host: 'leader', port: 6379, tls: {}, lazyConnect: true }), new Redis({ path: '/run/redis.sock', lazyConnect: true })];
     expect(clients.map(redisAddressOf)).toEqual(['10.5.4.1:6380', 'rediss://leader:6379', undefined]);
     for (const c of clients) c.disconnect();
+  });
+
+});
+
+describe('status of an instance not on its wanted image', () => {
+  test('targetImage is stored only while it differs from the running image, and read back', () => {
+    const base: ModuleStatus = { id: 'web1', node: 1, observedGeneration: 2, conditions: [], imageUrl: 'r/web:1.0.0', imageDigest: 'sha256:a', ports: {}, units: [], drift: [] };
+    expect(statusFields(base)).not.toHaveProperty('targetImage');
+    const pending = { ...base, targetImage: 'r/web:2.0.0' };
+    expect(statusFields(pending).targetImage).toBe('r/web:2.0.0');
+    expect(parseStatus('web1', statusFields(pending))).toEqual(pending);
+    expect(parseStatus('web1', statusFields(base))).toEqual(base);
+    expect(sameStatus(base, pending)).toBe(false);
+  });
+
+  test('repository resolution codes are ImageResolutionFailed (terminal); an unreachable repository is retried', () => {
+    for (const code of ['module_not_found', 'version_not_found', 'invalid_version_spec', 'invalid_image_spec', 'image_resolution_unavailable']) {
+      expect(REASONS[code]).toBe('ImageResolutionFailed');
+    }
+    expect(TERMINAL_REASONS.has('ImageResolutionFailed')).toBe(true);
+    expect(REASONS.repository_not_accessible).toBe('RepositoryUnreachable');
+    expect(TERMINAL_REASONS.has('RepositoryUnreachable')).toBe(false);
   });
 
 });
