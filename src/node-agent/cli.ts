@@ -2,13 +2,14 @@
  * `ns8ctl node-agent --node N`: runs the node agent for one node (as root, on that node), or
  * reconciles once with `--once`. Wired into the command tree by `registerNodeAgentCommand`.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { UsageError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { ModuleSpec } from '../manifest/types.js';
 import type { CliDeps } from '../cli/deps.js';
 import { renderJson, renderTable, parseOutput } from '../cli/output.js';
 import { shutdownSignal } from '../controller/cli.js';
+import { createLogger, parseLogFormat, type Logger } from '../controller/log.js';
 import { StatusChangeTracker, SuspensionAwareSource } from '../controller/node-agent-seam.js';
 import { channels } from '../state/keys.js';
 import { RedisDesiredSource } from './desired-source.js';
@@ -24,6 +25,8 @@ export interface NodeAgentCommandOptions {
   resync?: string;
   insecureRegistry?: string[];
   output?: string;
+  /** `text` (default) or `json`: format of the log lines on stderr. */
+  logFormat?: string;
 }
 
 /** Extra wiring from other areas (image resolution through repositories, issue 6). */
@@ -38,6 +41,32 @@ function positiveInt(value: string | undefined, flag: string, dflt: number): num
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a positive integer, got ${JSON.stringify(value)}`);
   return n;
+}
+
+/**
+ * Logs one line per instance a pass reconciled: `instance reconciled id=... outcome=...
+ * duration_ms=... reason=...` (the status reason: `Converged`, `ImageResolutionFailed`,
+ * `UnitFailed`...), plus the steps applied, the drift repaired and the error. Instances left
+ * unchanged, skipped (backoff) or suspended write no line: an idle node logs nothing.
+ */
+export function logReconcileResult(logger: Logger, r: NodeReconcileResult): void {
+  for (const i of r.instances) {
+    if (i.outcome === 'unchanged' || i.outcome === 'skipped' || i.outcome === 'suspended') continue;
+    const degraded = i.status?.conditions.find((c) => c.type === 'Degraded' && c.status === 'True');
+    const reason = degraded?.reason ?? i.status?.conditions.find((c) => c.type === 'Ready')?.reason ?? (i.outcome === 'removed' ? 'Removed' : i.error?.code);
+    const level = i.outcome === 'failed' || i.outcome === 'blocked' ? 'warn' : 'info';
+    logger.log(level, 'instance reconciled', {
+      id: i.id,
+      node: r.node,
+      outcome: i.outcome,
+      duration_ms: i.durationMs,
+      reason,
+      ...(i.applied.length ? { steps: i.applied.map((s) => s.kind).join(',') } : {}),
+      ...(i.drift.length ? { drift: i.drift.join('; ') } : {}),
+      ...(i.status?.targetImage ? { target_image: i.status.targetImage } : {}),
+      ...(i.error ? { error: i.error.message } : {}),
+    });
+  }
 }
 
 /** Renders a reconcile result: one row per instance (id, outcome, steps, drift or error). */
@@ -56,6 +85,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const output = parseOutput(opts.output, ['text', 'json'], 'text');
   const concurrency = positiveInt(opts.concurrency, '--concurrency', 4);
   const resyncMs = positiveInt(opts.resync, '--resync', 60) * 1000;
+  const logger = createLogger(parseLogFormat(opts.logFormat), d.stderr);
   const conn = await d.connect({ startEmbedded: true });
   const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [], ...(extras.layout ? { layout: extras.layout } : {}) };
   // Counts the commands of this run (the runner's own history is bounded).
@@ -73,7 +103,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const deps: NodeAgentDeps = createNodeAgentDeps(agentOpts, {
     redis: conn.redis,
     runner,
-    log: (line) => d.stderr(line + '\n'),
+    log: (line) => logger.log('info', line.replace(/^node-agent: /, '')),
     // Suspended instances (`ns8ctl suspend module <id>`) reach the agent as spec.suspend: true.
     source: new SuspensionAwareSource(new RedisDesiredSource(conn.redis), conn.redis),
     ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),
@@ -89,6 +119,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   };
   if (opts.once) {
     const result = await reconcileNodeOnce(agentOpts, deps);
+    logReconcileResult(logger, result);
     // No earlier pass to compare with: an instance left unchanged wrote no status.
     await announce(result, (r) => r.outcome !== 'unchanged');
     d.stdout(
@@ -107,9 +138,13 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   // Handlers stay registered until the command ended: a second signal (or one arriving after
   // execa ran a command) ends the process with 128+n instead of killing it uncleanly.
   const stop = shutdownSignal();
-  d.stderr(`node-agent: reconciling node ${node} (resync every ${resyncMs / 1000} s, ${concurrency} at a time)\n`);
+  logger.log('info', `reconciling node ${node} (resync every ${resyncMs / 1000} s, ${concurrency} at a time)`, { node });
   try {
-    const handle = runNodeAgent({ ...agentOpts, resyncMs, signal: stop.signal, subscriber, onReconcile: (result) => void announce(result) }, deps);
+    const onReconcile = (result: NodeReconcileResult): void => {
+      logReconcileResult(logger, result);
+      void announce(result);
+    };
+    const handle = runNodeAgent({ ...agentOpts, resyncMs, signal: stop.signal, subscriber, onReconcile }, deps);
     // Suspend and resume take effect at once, not at the next resync (as `ns8ctl run`).
     const wake = [channels.controllerEvent('module-suspended'), channels.controllerEvent('module-resumed')];
     subscriber.on('message', (channel: string) => {
@@ -135,5 +170,6 @@ export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, 
     .option('--resync <seconds>', 'full reconcile at least this often, to repair drift', '60')
     .option('--insecure-registry <host:port>', 'registry reached without TLS verification (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .option('-o, --output <format>', 'text or json (with --once)', 'text')
+    .addOption(new Option('--log-format <format>', 'log lines on stderr: one per instance reconciled (id, outcome, duration, reason)').choices(['text', 'json']).default('text'))
     .action(async (opts: NodeAgentCommandOptions) => setExitCode(await nodeAgentCommand(opts, deps(), extras)));
 }

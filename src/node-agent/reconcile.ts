@@ -45,6 +45,8 @@ export interface InstanceResult {
    * unreachable) and the instance was converged on the image it runs instead.
    */
   setback?: Setback;
+  /** Wall time of this instance's reconcile (ms). */
+  durationMs?: number;
 }
 
 /**
@@ -151,13 +153,15 @@ async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, contro
   const shared: ObserveContext = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing, redis: snapshot, node, ...(deps.agentUnits ? { agentUnits: deps.agentUnits } : {}) };
   const instances = await mapLimit(ids, opts.concurrency ?? 4, async (id) => {
     if (control.signal?.aborted || control.skip?.(id, desiredById.get(id)?.generation)) return { id, outcome: 'skipped', applied: [], drift: [], retry: true } satisfies InstanceResult;
+    const started = performance.now();
+    const took = (): number => Math.round(performance.now() - started);
     try {
-      return await reconcileInstance(id, desiredById.get(id), records.get(id), node, deps, shared, control);
+      return { ...(await reconcileInstance(id, desiredById.get(id), records.get(id), node, deps, shared, control)), durationMs: took() };
     } catch (err) {
       // Only status writes can land here (instance errors are caught inside): report, go on.
       const e = toNs8ctlError(err);
       deps.log(`node-agent: ${id}: ${e.message}`);
-      return { id, outcome: 'failed', applied: [], drift: [], error: e, retry: true } satisfies InstanceResult;
+      return { id, outcome: 'failed', applied: [], drift: [], error: e, retry: true, durationMs: took() } satisfies InstanceResult;
     }
   });
   return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };

@@ -71,7 +71,7 @@ test('suspended instances are left alone, resume wakes the agent at once, status
   };
   const listeners = process.listenerCount('SIGTERM');
   const layout = { agentStateDir: path.join(root, 'agent'), homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), systemdRunDir: path.join(root, 'no-systemd') };
-  const run = nodeAgentCommand({ node: '1', resync: '3600' }, d, { layout });
+  const run = nodeAgentCommand({ node: '1', resync: '3600', logFormat: 'json' }, d, { layout });
   await announced('plain1');
   // The first pass is over (one pass covers every instance): the suspended one has no status.
   expect((await readModuleStatus(admin, 'plain1'))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ reason: 'ImageResolutionFailed' });
@@ -87,5 +87,10 @@ test('suspended instances are left alone, resume wakes the agent at once, status
   process.emit('SIGTERM', 'SIGTERM');
   expect(await run).toBe(0);
   expect(process.listenerCount('SIGTERM')).toBe(listeners);
-  expect(stderr).toContain('reconciling node 1');
+  // --log-format json: one JSON line per instance reconciled, with id, outcome, duration and reason.
+  const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  expect(lines[0]).toMatchObject({ level: 'info', msg: 'reconciling node 1 (resync every 3600 s, 4 at a time)', node: 1 });
+  const reconciled = lines.filter((l) => l.msg === 'instance reconciled');
+  expect(reconciled.map((l) => l.id)).toEqual(['plain1', 'held1']);
+  expect(reconciled[0]).toMatchObject({ level: 'warn', node: 1, outcome: 'failed', reason: 'ImageResolutionFailed', duration_ms: expect.any(Number) });
 }, 60_000);

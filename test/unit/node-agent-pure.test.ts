@@ -11,6 +11,9 @@ import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
 import { backoffDelay } from '../../src/node-agent/agent-loop.js';
 import { systemUnitNames } from '../../src/node-agent/observe.js';
 import { Redis } from 'ioredis';
+import { Ns8ctlError } from '../../src/errors.js';
+import { createLogger } from '../../src/controller/log.js';
+import { logReconcileResult } from '../../src/node-agent/cli.js';
 import { redisAddressOf } from '../../src/node-agent/deps.js';
 import { REASONS, TERMINAL_REASONS } from '../../src/node-agent/reconcile.js';
 import { parseStatus, sameStatus, statusFields } from '../../src/node-agent/status.js';
@@ -195,16 +198,7 @@ describe('rootfull unit names', () => {
   });
 });
 
-describe('the Redis address module agents get', () => {
-  test('the Redis address written to agent.env is host:port of the node agent connection (rediss:// over TLS, none for a socket)', () => {
-    const clients = [new Redis({ host: '10.5.4.1', port: 6380, lazyConnect: true }), new Redis({ host: 'leader', port: 6379, tls: {}, lazyConnect: true }), new Redis({ path: '/run/redis.sock', lazyConnect: true })];
-    expect(clients.map(redisAddressOf)).toEqual(['10.5.4.1:6380', 'rediss://leader:6379', undefined]);
-    for (const c of clients) c.disconnect();
-  });
-
-});
-
-describe('status of an instance not on its wanted image', () => {
+describe('status, Redis address and log lines of the node agent', () => {
   test('targetImage is stored only while it differs from the running image, and read back', () => {
     const base: ModuleStatus = { id: 'web1', node: 1, observedGeneration: 2, conditions: [], imageUrl: 'r/web:1.0.0', imageDigest: 'sha256:a', ports: {}, units: [], drift: [] };
     expect(statusFields(base)).not.toHaveProperty('targetImage');
@@ -213,6 +207,12 @@ describe('status of an instance not on its wanted image', () => {
     expect(parseStatus('web1', statusFields(pending))).toEqual(pending);
     expect(parseStatus('web1', statusFields(base))).toEqual(base);
     expect(sameStatus(base, pending)).toBe(false);
+  });
+
+  test('the Redis address written to agent.env is host:port of the node agent connection (rediss:// over TLS, none for a socket)', () => {
+    const clients = [new Redis({ host: '10.5.4.1', port: 6380, lazyConnect: true }), new Redis({ host: 'leader', port: 6379, tls: {}, lazyConnect: true }), new Redis({ path: '/run/redis.sock', lazyConnect: true })];
+    expect(clients.map(redisAddressOf)).toEqual(['10.5.4.1:6380', 'rediss://leader:6379', undefined]);
+    for (const c of clients) c.disconnect();
   });
 
   test('repository resolution codes are ImageResolutionFailed (terminal); an unreachable repository is retried', () => {
@@ -224,4 +224,25 @@ describe('status of an instance not on its wanted image', () => {
     expect(TERMINAL_REASONS.has('RepositoryUnreachable')).toBe(false);
   });
 
+  test('one log line per instance reconciled, with id, outcome, duration and reason; unchanged instances write none', () => {
+    const lines: string[] = [];
+    const logger = createLogger('json', (l) => lines.push(l), () => new Date('2025-01-01T00:00:00Z'));
+    const degraded = { id: 'web2', node: 1, observedGeneration: 3, imageUrl: 'r/web:1.0.0', imageDigest: '', targetImage: 'r/web:0.9.0', ports: {}, units: [], drift: [], conditions: [{ type: 'Ready' as const, status: 'False' as const, reason: 'UpdateRefused', message: 'm' }, { type: 'Degraded' as const, status: 'True' as const, reason: 'UpdateRefused', message: 'm' }] };
+    logReconcileResult(logger, {
+      node: 1,
+      instances: [
+        { id: 'web1', outcome: 'unchanged', applied: [], drift: [], retry: false, durationMs: 1 },
+        { id: 'web2', outcome: 'blocked', applied: [{ id: 'web2', kind: 'start-units', units: ['a.service'], reason: 'r' }], drift: ['units stopped: a.service'], retry: false, durationMs: 42, status: degraded, error: new Ns8ctlError('UpdateRefused', 'refused') },
+        { id: 'web3', outcome: 'removed', applied: [], drift: [], retry: false, durationMs: 7 },
+      ],
+    });
+    expect(lines.map((l) => JSON.parse(l))).toEqual([
+      { time: '2025-01-01T00:00:00.000Z', level: 'warn', msg: 'instance reconciled', id: 'web2', node: 1, outcome: 'blocked', duration_ms: 42, reason: 'UpdateRefused', steps: 'start-units', drift: 'units stopped: a.service', target_image: 'r/web:0.9.0', error: 'refused' },
+      { time: '2025-01-01T00:00:00.000Z', level: 'info', msg: 'instance reconciled', id: 'web3', node: 1, outcome: 'removed', duration_ms: 7, reason: 'Removed' },
+    ]);
+    const text: string[] = [];
+    const { targetImage: _target, ...running } = degraded;
+    logReconcileResult(createLogger('text', (l) => text.push(l), () => new Date('2025-01-01T00:00:00Z')), { node: 1, instances: [{ id: 'web3', outcome: 'converged', applied: [], drift: [], retry: false, durationMs: 5, status: { ...running, conditions: [{ type: 'Ready', status: 'True', reason: 'Converged', message: '' }] } }] });
+    expect(text).toEqual(['2025-01-01T00:00:00.000Z info  instance reconciled id=web3 node=1 outcome=converged duration_ms=5 reason=Converged\n']);
+  });
 });
