@@ -13,10 +13,14 @@ import { execInNode, startNode, stopNode } from './lifecycle.js';
 import { listSandboxes, renderList } from './list.js';
 import { DEFAULT_SANDBOX_NAME, MAX_NODES } from './naming.js';
 import { pushImage } from './push.js';
+import { renderEnv, sandboxEnv } from './env.js';
 
-/** What the main CLI may hand over (a subset of its CliDeps); anything missing gets the process default. */
+/**
+ * What the main CLI may hand over (its stdout, stderr, env and runner; tests may give any other
+ * sandbox dependency); anything missing gets the process default.
+ */
 export interface SandboxCliHooks {
-  deps?: () => { stdout?: (t: string) => void; stderr?: (t: string) => void; env?: NodeJS.ProcessEnv; runner?: CommandRunner };
+  deps?: () => { stdout?: (t: string) => void; stderr?: (t: string) => void; env?: NodeJS.ProcessEnv; runner?: CommandRunner } & Partial<SandboxDeps>;
   /** Receives the exit code (main() owns it); without it, a non-zero code goes to process.exitCode. */
   setExitCode?: (code: number) => void;
 }
@@ -27,17 +31,13 @@ function checkOutput(value: string | undefined, allowed: string[]): string | und
 }
 
 /**
- * Adds `sandbox create|list|exec|stop|start|delete|push` to the program. Errors are thrown (as
+ * Adds `sandbox create|list|env|exec|stop|start|delete|push` to the program. Errors are thrown (as
  * Ns8ctlError) for main() to print; `exec` passes the command's exit code to `setExitCode`.
  */
 export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks = {}): void {
   const deps = (): SandboxDeps => {
-    const given = hooks.deps?.() ?? {};
-    const picked: Partial<SandboxDeps> = {};
-    if (given.stdout) picked.stdout = given.stdout;
-    if (given.stderr) picked.stderr = given.stderr;
-    if (given.env) picked.env = given.env;
-    if (given.runner) picked.runner = given.runner;
+    const given: Partial<SandboxDeps> = hooks.deps?.() ?? {};
+    const picked = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<SandboxDeps>;
     return defaultSandboxDeps(picked);
   };
   const setExitCode = (code: number): void => {
@@ -69,11 +69,28 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .command('list')
     .description('List sandboxes, their nodes and registry')
     .option('--name <name>', 'only this sandbox')
-    .option('-o, --output <format>', 'table or json', 'table')
+    .option('-o, --output <format>', 'table or json (both include the leader Redis URL)', 'table')
     .action(async (opts: { name?: string; output: string }) => {
       const d = deps();
       const format = checkOutput(opts.output, ['table', 'json']);
       d.stdout(renderList(await listSandboxes({ ...(opts.name ? { name: opts.name } : {}) }, d), format));
+      setExitCode(0);
+    });
+
+  sandbox
+    .command('env')
+    .description(`Print export NS8CTL_REDIS_URL=... (the leader's Redis, admin user) for ns8ctl on this host: eval "$(sudo ns8ctl sandbox env)"`)
+    .argument('[name]', 'sandbox name (default: --name, else sandbox)')
+    .option(...nameOpt)
+    .option('-o, --output <format>', 'shell or json', 'shell')
+    .action(async (positional: string | undefined, opts: { name: string; output: string }) => {
+      const format = checkOutput(opts.output, ['shell', 'json']);
+      if (positional !== undefined && opts.name !== DEFAULT_SANDBOX_NAME && positional !== opts.name) {
+        throw new UsageError(`sandbox env: two names given ("${positional}" and --name ${opts.name}); give one`);
+      }
+      const d = deps();
+      const env = await sandboxEnv({ name: positional ?? opts.name }, d);
+      d.stdout(format === 'json' ? renderJson(env) : renderEnv(env));
       setExitCode(0);
     });
 

@@ -17,6 +17,7 @@ import { registryAddress, writeNodeRecords, writeRecord, type SandboxRecord } fr
 import { renderRegistryConfig, registryProbeUrl } from './registry-config.js';
 import { ensureRootfs } from './rootfs-build.js';
 import { removeSandbox } from './delete.js';
+import { envCommand, renderEnv } from './env.js';
 
 export interface CreateOptions {
   name?: string;
@@ -170,6 +171,9 @@ export function renderCreated(info: SandboxInfo): string {
   const lines = [`sandbox "${info.name}" is ready: ${info.nodes} node${info.nodes > 1 ? 's' : ''} on network ${info.network} (${info.subnet})`];
   for (const [id, addr] of Object.entries(info.addresses)) lines.push(`  node ${id}  ${addr}  ${nodeContainer(info.name, Number(id))}  ${id === '1' ? 'leader (Redis master)' : 'worker (Redis replica, read-only)'}`);
   lines.push(`  registry ${info.registry}  ${registryContainer(info.name)}  (plain HTTP; push with: ns8ctl sandbox push IMAGE)`);
-  lines.push(`Try: ns8ctl sandbox exec 1 -- systemctl is-system-running   (ns8ctl runs inside nodes too: ns8ctl sandbox exec 1 -- ns8ctl --help)`);
+  lines.push(`  leader Redis ${info.leaderRedisUrl}  (admin user; the default user may only read)`);
+  lines.push('', 'Point ns8ctl on this host at it (or later: ' + envCommand(info.name) + '):', `  ${renderEnv({ name: info.name, redisUrl: info.leaderRedisUrl, registry: info.registry }).trim()}`);
+  lines.push('  ns8ctl apply -f manifests/ && ns8ctl get modules');
+  lines.push(`Try: ns8ctl sandbox exec 1 -- systemctl is-system-running   (ns8ctl runs inside nodes too: ns8ctl sandbox exec 1 -- ns8ctl get modules)`);
   return lines.join('\n') + '\n';
 }

@@ -6,8 +6,9 @@ import { UsageError } from '../errors.js';
 import { renderJson, renderTable } from '../cli/output.js';
 import type { SandboxDeps } from './deps.js';
 import { listContainers } from './podman-sandbox.js';
+import { envCommand, leaderRedisUrlOf } from './env.js';
 import { requireTool } from './preflight.js';
-import { readRecord } from './record.js';
+import { readAdminPassword, readRecord } from './record.js';
 
 export interface ListOptions {
   name?: string;
@@ -22,9 +23,11 @@ export interface SandboxSummary {
   subnet: string | null;
   nodes: { id: number; container: string; address: string; state: string; role: 'leader' | 'worker' }[];
   registryContainer: { container: string; address: string; state: string } | null;
+  /** Admin Redis URL of the leader, for `NS8CTL_REDIS_URL` on the host (null when the state dir is gone). */
+  leaderRedisUrl: string | null;
 }
 
-/** Reads every sandbox (or one). Needs podman; root is not required to look. */
+/** Reads every sandbox (or one). Needs podman; the leader URL needs the root-only password file. */
 export async function listSandboxes(opts: ListOptions, deps: SandboxDeps): Promise<SandboxSummary[]> {
   await requireTool(deps, 'podman');
   const containers = await listContainers(deps, opts.name);
@@ -34,6 +37,7 @@ export async function listSandboxes(opts: ListOptions, deps: SandboxDeps): Promi
     const rec = await readRecord(deps, name).catch(() => null);
     const mine = containers.filter((c) => c.sandbox === name);
     const reg = mine.find((c) => c.role === 'registry');
+    const password = rec ? await readAdminPassword(deps, name).catch(() => null) : null;
     out.push({
       name,
       registry: rec?.registry ?? reg?.address ?? null,
@@ -41,12 +45,16 @@ export async function listSandboxes(opts: ListOptions, deps: SandboxDeps): Promi
       subnet: rec?.subnet ?? null,
       nodes: mine.filter((c) => c.role === 'node').map((c) => ({ id: c.nodeId ?? 0, container: c.name, address: c.address, state: c.state, role: c.nodeId === 1 ? 'leader' : 'worker' })),
       registryContainer: reg ? { container: reg.name, address: reg.address, state: reg.state } : null,
+      leaderRedisUrl: rec && password ? leaderRedisUrlOf(rec, password) : null,
     });
   }
   return out;
 }
 
-/** Renders `list` output: a table (default) or one JSON document `{"sandboxes": [...]}`. */
+/**
+ * Renders `list` output: a table (default) followed by each sandbox's leader Redis URL and the
+ * `sandbox env` line, or one JSON document `{"sandboxes": [...]}`.
+ */
 export function renderList(sandboxes: SandboxSummary[], output: string | undefined): string {
   const format = output ?? 'table';
   if (format === 'json') return renderJson({ sandboxes });
@@ -57,5 +65,10 @@ export function renderList(sandboxes: SandboxSummary[], output: string | undefin
     for (const n of s.nodes) rows.push([s.name, `node${n.id}`, n.role, n.state, n.address, n.container]);
     if (s.registryContainer) rows.push([s.name, 'registry', 'registry', s.registryContainer.state, s.registryContainer.address, s.registryContainer.container]);
   }
-  return renderTable(['sandbox', 'node', 'role', 'state', 'address', 'container'], rows);
+  const footer = sandboxes.map((s) =>
+    s.leaderRedisUrl
+      ? `${s.name}: leader Redis ${s.leaderRedisUrl}\n  use it from this host: ${envCommand(s.name)}\n`
+      : `${s.name}: no state dir (incomplete sandbox?); delete it: ns8ctl sandbox delete --name ${s.name}\n`,
+  );
+  return renderTable(['sandbox', 'node', 'role', 'state', 'address', 'container'], rows) + '\n' + footer.join('');
 }

@@ -14,10 +14,15 @@ const PACKAGES: Record<string, string> = {
   chroot: 'coreutils',
 };
 
-/** Refuses to go on unless root: nodes are privileged containers and the host may need cgroup mounts. */
-export function requireRoot(deps: Pick<SandboxDeps, 'uid'>, command: string): void {
+const WHY_ROOT = 'nodes are privileged containers with systemd, and the host may need cgroup and containers.conf adjustments';
+
+/**
+ * Refuses to go on unless root (`sandbox_needs_root`, with the sudo line). `why` replaces the
+ * default reason (nodes are privileged containers and the host may need cgroup mounts).
+ */
+export function requireRoot(deps: Pick<SandboxDeps, 'uid'>, command: string, why = WHY_ROOT): void {
   if (deps.uid !== undefined && deps.uid !== 0) {
-    throw new RefusedError('sandbox_needs_root', `ns8ctl sandbox ${command} must run as root: nodes are privileged containers with systemd, and the host may need cgroup and containers.conf adjustments. Run: sudo ns8ctl sandbox ${command} ...`);
+    throw new RefusedError('sandbox_needs_root', `ns8ctl sandbox ${command} must run as root: ${why}. Run: sudo ns8ctl sandbox ${command} ...`);
   }
 }
 

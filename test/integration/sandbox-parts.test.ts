@@ -1,9 +1,13 @@
 // Pure parts of `ns8ctl sandbox` (no podman needed): names, addresses, the apt mirror, the recipe
-// hash, podman ps parsing, registry paths, node configuration, and the commander wiring.
+// hash, podman ps parsing, registry paths, node configuration, the host's Redis URL, and the
+// commander wiring (with fake runners behind the project's CommandRunner interface).
 import { Command } from 'commander';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import { pickMirror } from '../../src/sandbox/apt-mirror.js';
 import { registerSandboxCommands } from '../../src/sandbox/cli.js';
+import { renderCreated } from '../../src/sandbox/create.js';
+import { envCommand, leaderRedisUrlOf, renderEnv } from '../../src/sandbox/env.js';
+import { renderList } from '../../src/sandbox/list.js';
 import { addressPlan, parseNodeRef, parseNodeCount, validateSandboxName } from '../../src/sandbox/naming.js';
 import { renderRedisConf, renderSandboxEnv } from '../../src/sandbox/node-config.js';
 import { nodeRunArgs, parsePs } from '../../src/sandbox/podman-sandbox.js';
@@ -134,5 +138,38 @@ describe('sandbox commands in the CLI', () => {
     expect(runner.calls).toContainEqual(['podman', 'ps', '-a', '--filter', 'label=org.ns8ctl.sandbox=dev', '--format', 'json']);
     expect(runner.calls).toContainEqual(['podman', 'exec', 'ns8ctl-dev-node2', 'ls', '-la', '--name', 'x']);
     expect(codes).toEqual([0]);
+  });
+
+  test('sandbox env refuses two different names', async () => {
+    const program = new Command('ns8ctl').exitOverride();
+    registerSandboxCommands(program, { deps: () => ({ runner: fakePodman(), stdout: () => undefined, stderr: () => undefined }), setExitCode: () => undefined });
+    await expect(program.parseAsync(['sandbox', 'env', 'one', '--name', 'two'], { from: 'user' })).rejects.toMatchObject({ code: 'usage', message: expect.stringMatching(/give one/) });
+  });
+});
+
+describe('pointing ns8ctl on the host at a sandbox', () => {
+  const url = 'redis://ns8ctl:0a1b@10.89.4.11:6379';
+
+  test('sandbox env prints one export line a shell can eval', () => {
+    expect(renderEnv({ name: 'dev', redisUrl: url, registry: '10.89.4.2:5000' })).toBe(`export NS8CTL_REDIS_URL='${url}'\n`);
+    expect(envCommand('sandbox')).toBe('eval "$(sudo ns8ctl sandbox env)"');
+    expect(envCommand('dev')).toBe('eval "$(sudo ns8ctl sandbox env dev)"');
+  });
+
+  test("the leader URL carries the admin user and password and node 1's address", () => {
+    expect(leaderRedisUrlOf({ addresses: { '1': '10.89.4.11', '2': '10.89.4.12' } }, '0a1b')).toBe(url);
+    expect(leaderRedisUrlOf({ addresses: {} }, '0a1b')).toBeNull();
+  });
+
+  test('sandbox list shows each sandbox leader URL and the env line under the table', () => {
+    const text = renderList([{ name: 'dev', registry: '10.89.4.2:5000', network: 'ns8ctl-dev', subnet: '10.89.4.0/24', nodes: [{ id: 1, container: 'ns8ctl-dev-node1', address: '10.89.4.11', state: 'running', role: 'leader' }], registryContainer: null, leaderRedisUrl: url }], 'table');
+    expect(text).toContain(`dev: leader Redis ${url}`);
+    expect(text).toContain('eval "$(sudo ns8ctl sandbox env dev)"');
+  });
+
+  test('create prints the leader URL and a ready-to-paste export line', () => {
+    const text = renderCreated({ name: 'dev', nodes: 1, network: 'ns8ctl-dev', subnet: '10.89.4.0/24', registry: '10.89.4.2:5000', addresses: { '1': '10.89.4.11' }, rootfs: '/r', recipeHash: 'h', createdAt: '', leaderRedisUrl: url, timings: { totalS: 1, rootfsS: 0, bootS: 1 }, rootfsBuilt: false });
+    expect(text).toMatch(new RegExp(`^  export NS8CTL_REDIS_URL='${url.replace(/[.]/g, '\\.')}'$`, 'm'));
+    expect(text).toContain('eval "$(sudo ns8ctl sandbox env dev)"');
   });
 });
