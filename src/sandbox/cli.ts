@@ -14,10 +14,12 @@ import { listSandboxes, renderList } from './list.js';
 import { DEFAULT_SANDBOX_NAME, MAX_NODES } from './naming.js';
 import { pushImage } from './push.js';
 import { renderEnv, sandboxEnv } from './env.js';
+import { processExecStdio } from './stream-exec.js';
 
 /**
  * What the main CLI may hand over (its stdout, stderr, env and runner; tests may give any other
- * sandbox dependency); anything missing gets the process default.
+ * sandbox dependency); anything missing gets the process default. `sandbox exec` shares this
+ * process's stdio (`processExecStdio()`) unless `execStdio` is given.
  */
 export interface SandboxCliHooks {
   deps?: () => { stdout?: (t: string) => void; stderr?: (t: string) => void; env?: NodeJS.ProcessEnv; runner?: CommandRunner } & Partial<SandboxDeps>;
@@ -38,7 +40,8 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
   const deps = (): SandboxDeps => {
     const given: Partial<SandboxDeps> = hooks.deps?.() ?? {};
     const picked = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<SandboxDeps>;
-    return defaultSandboxDeps(picked);
+    // The CLI's exec is a passthrough like `podman exec`: this process's stdio, unless told otherwise.
+    return defaultSandboxDeps({ execStdio: processExecStdio(), ...picked });
   };
   const setExitCode = (code: number): void => {
     if (hooks.setExitCode) hooks.setExitCode(code);
@@ -96,7 +99,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
 
   sandbox
     .command('exec')
-    .description('Run a command in a node as root (non-interactive): ns8ctl sandbox exec 1 -- systemctl is-system-running')
+    .description('Run a command in a node as root, with stdin, stdout and stderr streamed (a terminal when both are one): ns8ctl sandbox exec 1 -- journalctl -f')
     .argument('<node>', 'node id (1), node1, or the container name')
     .argument('<command...>', 'command and arguments (after --)')
     .option(...nameOpt)

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { Ns8ctlError } from '../errors.js';
+import { execaStreamExec, processExecStdio, type ExecStdio, type StreamExec } from './stream-exec.js';
 
 /** The subset of a Redis client the sandbox uses (ioredis fits). */
 export type SandboxRedis = Pick<Redis, 'set' | 'get' | 'hset' | 'sadd' | 'info' | 'quit' | 'disconnect' | 'ping'>;
@@ -29,6 +30,10 @@ export interface SandboxDeps {
   nodeBinary: string;
   now: () => number;
   sleep: (ms: number) => Promise<void>;
+  /** Runs `podman exec` for `sandbox exec` with streamed stdio (not through the runner, which buffers). */
+  streamExec: StreamExec;
+  /** How `sandbox exec` connects the command: this process's stdio, or `stdout`/`stderr` above. */
+  execStdio: ExecStdio;
 }
 
 /** Walks up from `start` to the directory whose package.json is named `ns8ctl`. */
@@ -58,8 +63,13 @@ export async function openRedisClient(url: string): Promise<SandboxRedis> {
   return r;
 }
 
-/** Production dependencies (process IO, ExecaRunner, real clock). */
+/**
+ * Production dependencies (process IO, ExecaRunner, real clock). `sandbox exec` shares this
+ * process's stdio, unless `stdout` or `stderr` is overridden (and `execStdio` is not): then the
+ * command's output goes to those callbacks as it arrives, with no stdin.
+ */
 export function defaultSandboxDeps(overrides: Partial<SandboxDeps> = {}): SandboxDeps {
+  const redirected = overrides.stdout !== undefined || overrides.stderr !== undefined;
   return {
     runner: new ExecaRunner(),
     stdout: (t) => void process.stdout.write(t),
@@ -71,6 +81,8 @@ export function defaultSandboxDeps(overrides: Partial<SandboxDeps> = {}): Sandbo
     nodeBinary: process.execPath,
     now: () => Date.now(),
     sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+    streamExec: execaStreamExec,
+    execStdio: redirected ? { mode: 'pipe' } : processExecStdio(),
     ...overrides,
   };
 }

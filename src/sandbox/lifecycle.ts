@@ -9,6 +9,7 @@ import { applyHostAdjustments } from './host-check.js';
 import { DEFAULT_SANDBOX_NAME, nodeContainer, parseNodeRef, validateSandboxName } from './naming.js';
 import { listContainers, waitForSystemd, type SandboxContainer } from './podman-sandbox.js';
 import { requireRoot, requireTool } from './preflight.js';
+import { podmanExecFlags } from './stream-exec.js';
 import { step } from './progress.js';
 import { readAdminPassword } from './record.js';
 
@@ -33,17 +34,18 @@ async function findNode(deps: SandboxDeps, opts: NodeOptions, command: string): 
 }
 
 /**
- * Runs CMD inside the node (as root, non-interactive), prints its stdout and stderr, and returns
- * its exit code (main() makes it the process's). For a shell, use `podman exec -it CONTAINER bash`.
+ * Runs CMD inside the node as root, streaming: with `deps.execStdio` `inherit` (the CLI) it shares
+ * this process's stdin, stdout and stderr (`podman exec -i`, plus `-t` when stdin and stdout are
+ * terminals, so `exec 1 -- bash` is a shell); with `pipe` its output reaches `deps.stdout` /
+ * `deps.stderr` as it arrives. Resolves with the command's exit code (main() makes it the
+ * process's; 128+N when killed by signal N). Refuses with `sandbox_node_stopped` when the node
+ * is not running, `not_found` when the sandbox or node does not exist.
  */
 export async function execInNode(opts: NodeOptions & { command: string[] }, deps: SandboxDeps): Promise<number> {
   if (opts.command.length === 0) throw new UsageError('sandbox exec needs a command after --: ns8ctl sandbox exec NODE -- CMD [ARGS...]');
   const { node } = await findNode(deps, opts, 'exec');
   if (node.state !== 'running') throw new Ns8ctlError('sandbox_node_stopped', `node ${node.nodeId} (${node.name}) is ${node.state}; start it first: ns8ctl sandbox start ${node.nodeId}`);
-  const res = await deps.runner.run(['podman', 'exec', node.name, ...opts.command], { allowFailure: true, timeoutMs: 3_600_000, purpose: `sandbox exec on ${node.name}` });
-  if (res.stdout) deps.stdout(res.stdout);
-  if (res.stderr) deps.stderr(res.stderr);
-  return res.exitCode ?? 1;
+  return deps.streamExec(['podman', 'exec', ...podmanExecFlags(deps.execStdio), node.name, ...opts.command], { stdio: deps.execStdio, onStdout: deps.stdout, onStderr: deps.stderr });
 }
 
 /** Stops a node cleanly (systemd shutdown); idempotent. */

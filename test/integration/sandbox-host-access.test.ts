@@ -1,9 +1,10 @@
 // Testing manifests against a sandbox from the host, as a kind user would: create, `sandbox env`,
-// `ns8ctl apply -f` and `get modules` on the host with only NS8CTL_REDIS_URL set. One 1-node
-// sandbox of its own.
+// `ns8ctl apply -f` and `get modules` on the host with only NS8CTL_REDIS_URL set, and `sandbox exec`
+// as a passthrough (stdin piped in, output streamed, exit code kept). One 1-node sandbox of its own.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { PassThrough } from 'node:stream';
 import { execa } from 'execa';
 import { ExecaRunner } from '../../src/host/runner.js';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
@@ -14,6 +15,10 @@ import { runCli } from '../support/cli.js';
 
 const NAME = 'hostaccess';
 const deps = defaultSandboxDeps({ runner: new ExecaRunner(), stdout: () => undefined, stderr: () => undefined });
+const bin = path.join(deps.projectRoot, 'dist', 'src', 'cli', 'bin.js');
+
+/** The built CLI as a separate process (stdin, stdout and stderr are pipes, as in a shell pipeline). */
+const ns8ctl = (args: string[], input = '') => execa(process.execPath, [bin, ...args], { input, reject: false, timeout: 120_000 });
 
 const moduleManifest = (id: string, registry: string): string =>
   `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${id}\nspec:\n  image: ${registry}/ns8ctl-examples/webapp:1.0.0\n  node: 1\n`;
@@ -60,4 +65,35 @@ describe('a sandbox used from the host', () => {
     expect(code).toBe(0);
     expect(out).toMatch(/^webapp1\s/m);
   }, 120_000);
+
+  test('sandbox exec feeds piped stdin to the command: ns8ctl apply -f - inside node 1', async () => {
+    const res = await ns8ctl(['sandbox', 'exec', '--name', NAME, '1', '--', 'ns8ctl', 'apply', '-f', '-'], moduleManifest('webapp2', info.registry));
+    expect(res.stderr).not.toMatch(/error/i);
+    expect(res.exitCode).toBe(0);
+    expect(res.stdout).toMatch(/Module\/webapp2 \(create\)/);
+    expect((await runCli(['get', 'modules'], hostEnv)).stdout).toMatch(/^webapp2\s/m);
+  }, 120_000);
+
+  test("sandbox exec keeps the command's stdout, stderr and exit code apart", async () => {
+    const res = await ns8ctl(['sandbox', 'exec', '--name', NAME, '1', '--', 'sh', '-c', 'cat; echo to-stderr >&2; exit 7'], 'from-stdin\n');
+    expect([res.exitCode, res.stdout, res.stderr]).toEqual([7, 'from-stdin', 'to-stderr']);
+  }, 60_000);
+
+  test('sandbox exec streams output while the command runs (it answers a prompt it has not finished)', async () => {
+    const stdin = new PassThrough();
+    let out = '';
+    const code = await execInNode(
+      { name: NAME, node: '1', command: ['sh', '-c', 'echo ready; read answer; echo "got $answer"'] },
+      {
+        ...deps,
+        execStdio: { mode: 'pipe', stdin },
+        stdout: (t) => {
+          out += t;
+          // Only answerable if "ready" arrived before the command ended: a buffered exec would hang here.
+          if (out.includes('ready') && !stdin.writableEnded) stdin.end('go\n');
+        },
+      },
+    );
+    expect([code, out]).toEqual([0, 'ready\ngot go\n']);
+  }, 60_000);
 });

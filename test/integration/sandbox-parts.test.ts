@@ -13,6 +13,7 @@ import { renderRedisConf, renderSandboxEnv } from '../../src/sandbox/node-config
 import { nodeRunArgs, parsePs } from '../../src/sandbox/podman-sandbox.js';
 import { targetPath } from '../../src/sandbox/push.js';
 import { defaultRecipe, recipeHash } from '../../src/sandbox/rootfs-recipe.js';
+import { podmanExecFlags, type ExecStdio, type StreamExec } from '../../src/sandbox/stream-exec.js';
 
 describe('sandbox naming and addresses', () => {
   test('nodes are named by id, nodeN or container name, and anything else is refused with the allowed forms', () => {
@@ -128,16 +129,44 @@ describe('sandbox commands in the CLI', () => {
     expect(runner.calls).toContainEqual(['podman', 'ps', '-a', '--filter', 'label=org.ns8ctl.sandbox', '--format', 'json']);
   });
 
-  test('sandbox exec passes everything after -- to the node, options included', async () => {
-    const node2 = { Id: 'b', Names: ['ns8ctl-dev-node2'], State: 'running', Labels: { 'org.ns8ctl.sandbox': 'dev', 'org.ns8ctl.sandbox.role': 'node', 'org.ns8ctl.sandbox.node-id': '2' } };
+  const node2 = { Id: 'b', Names: ['ns8ctl-dev-node2'], State: 'running', Labels: { 'org.ns8ctl.sandbox': 'dev', 'org.ns8ctl.sandbox.role': 'node', 'org.ns8ctl.sandbox.node-id': '2' } };
+
+  /** A StreamExec that records what it was asked to run and answers with `code`. */
+  function fakeStreamExec(code = 0): StreamExec & { calls: { argv: string[]; stdio: ExecStdio }[] } {
+    const calls: { argv: string[]; stdio: ExecStdio }[] = [];
+    return Object.assign(async (argv: string[], o: { stdio: ExecStdio }) => {
+      calls.push({ argv, stdio: o.stdio });
+      return code;
+    }, { calls });
+  }
+
+  test('sandbox exec passes everything after -- to the node, options included, and its exit code through', async () => {
     const runner = fakePodman(JSON.stringify([node2]));
+    const streamExec = fakeStreamExec(7);
     const codes: number[] = [];
     const program = new Command('ns8ctl').exitOverride();
-    registerSandboxCommands(program, { deps: () => ({ runner, stdout: () => undefined, stderr: () => undefined }), setExitCode: (c) => void codes.push(c) });
+    registerSandboxCommands(program, { deps: () => ({ runner, streamExec, execStdio: { mode: 'inherit', stdinIsTTY: false, stdoutIsTTY: false }, stdout: () => undefined, stderr: () => undefined }), setExitCode: (c) => void codes.push(c) });
     await program.parseAsync(['sandbox', 'exec', '--name', 'dev', '2', '--', 'ls', '-la', '--name', 'x'], { from: 'user' });
     expect(runner.calls).toContainEqual(['podman', 'ps', '-a', '--filter', 'label=org.ns8ctl.sandbox=dev', '--format', 'json']);
-    expect(runner.calls).toContainEqual(['podman', 'exec', 'ns8ctl-dev-node2', 'ls', '-la', '--name', 'x']);
-    expect(codes).toEqual([0]);
+    expect(streamExec.calls.map((c) => c.argv)).toEqual([['podman', 'exec', '-i', 'ns8ctl-dev-node2', 'ls', '-la', '--name', 'x']]);
+    expect(codes).toEqual([7]);
+  });
+
+  test("the CLI's sandbox exec shares this process's stdio unless told otherwise, even when the CLI captures its own output", async () => {
+    const runner = fakePodman(JSON.stringify([node2]));
+    const streamExec = fakeStreamExec();
+    const program = new Command('ns8ctl').exitOverride();
+    registerSandboxCommands(program, { deps: () => ({ runner, streamExec, stdout: () => undefined, stderr: () => undefined }), setExitCode: () => undefined });
+    await program.parseAsync(['sandbox', 'exec', '--name', 'dev', '2', '--', 'cat'], { from: 'user' });
+    expect(streamExec.calls[0]?.stdio.mode).toBe('inherit');
+  });
+
+  test('podman exec gets -i whenever the command has a stdin, and -t only when stdin and stdout are terminals', () => {
+    expect(podmanExecFlags({ mode: 'inherit', stdinIsTTY: false, stdoutIsTTY: false })).toEqual(['-i']);
+    expect(podmanExecFlags({ mode: 'inherit', stdinIsTTY: true, stdoutIsTTY: false })).toEqual(['-i']);
+    expect(podmanExecFlags({ mode: 'inherit', stdinIsTTY: true, stdoutIsTTY: true })).toEqual(['-i', '-t']);
+    expect(podmanExecFlags({ mode: 'pipe' })).toEqual([]);
+    expect(podmanExecFlags({ mode: 'pipe', stdin: 'apiVersion: x\n' })).toEqual(['-i']);
   });
 
   test('sandbox env refuses two different names', async () => {

@@ -1,13 +1,15 @@
 import { ExecaRunner } from '../../src/host/runner.js';
 import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
 import { execInNode } from '../../src/sandbox/lifecycle.js';
-import { nodeContainer } from '../../src/sandbox/naming.js';
 
 /** Commands run inside node 1 of a named sandbox, for end-to-end tests. */
 export interface SandboxNode {
   runner: ExecaRunner;
   deps: SandboxDeps;
-  /** Runs `command` in the node (with `input` on stdin when given); never throws on exit codes. */
+  /**
+   * Runs `command` in the node through the product's `sandbox exec` (pipe mode: output captured,
+   * `input` on stdin when given); never throws on exit codes.
+   */
   inNode(command: string[], input?: string): Promise<{ code: number; out: string; err: string }>;
 }
 
@@ -18,13 +20,10 @@ export function sandboxNode(name: string): SandboxNode {
     runner,
     deps,
     async inNode(command, input) {
-      if (input !== undefined) {
-        const res = await runner.run(['podman', 'exec', '-i', nodeContainer(name, 1), ...command], { input, allowFailure: true });
-        return { code: res.exitCode ?? -1, out: res.stdout, err: res.stderr };
-      }
       let out = '';
       let err = '';
-      const code = await execInNode({ name, node: '1', command }, { ...deps, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
+      const execStdio = input === undefined ? { mode: 'pipe' as const } : { mode: 'pipe' as const, stdin: input };
+      const code = await execInNode({ name, node: '1', command }, { ...deps, execStdio, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
       return { code, out, err };
     },
   };
