@@ -7,7 +7,7 @@ import { renderJson, renderTable } from '../cli/output.js';
 import type { SandboxDeps } from './deps.js';
 import { listContainers } from './podman-sandbox.js';
 import { envCommand, leaderRedisUrlOf } from './env.js';
-import { requireTool } from './preflight.js';
+import { requireRoot, requireTool } from './preflight.js';
 import { readAdminPassword, readRecord } from './record.js';
 
 export interface ListOptions {
@@ -27,8 +27,13 @@ export interface SandboxSummary {
   leaderRedisUrl: string | null;
 }
 
-/** Reads every sandbox (or one). Needs podman; the leader URL needs the root-only password file. */
+/**
+ * Reads every sandbox (or one). Root only (`sandbox_needs_root`): sandboxes are rootful Podman
+ * containers, and a normal user's podman would only show its own rootless ones (an empty list
+ * that looks like "no sandboxes"); the Redis password is root-only too. Needs podman.
+ */
 export async function listSandboxes(opts: ListOptions, deps: SandboxDeps): Promise<SandboxSummary[]> {
+  requireRoot(deps, 'list', "sandboxes are root's Podman containers (as another user, podman shows only that user's rootless containers), and their Redis password is root-only");
   await requireTool(deps, 'podman');
   const containers = await listContainers(deps, opts.name);
   const names = [...new Set(containers.map((c) => c.sandbox))].sort();

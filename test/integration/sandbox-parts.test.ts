@@ -169,6 +169,14 @@ describe('sandbox commands in the CLI', () => {
     expect(podmanExecFlags({ mode: 'pipe', stdin: 'apiVersion: x\n' })).toEqual(['-i']);
   });
 
+  test('sandbox list as another user than root is refused with the sudo line, before podman is asked', async () => {
+    const runner = fakePodman();
+    const program = new Command('ns8ctl').exitOverride();
+    registerSandboxCommands(program, { deps: () => ({ runner, uid: 1000, stdout: () => undefined, stderr: () => undefined }), setExitCode: () => undefined });
+    await expect(program.parseAsync(['sandbox', 'list'], { from: 'user' })).rejects.toMatchObject({ code: 'sandbox_needs_root', message: expect.stringMatching(/rootless.*sudo ns8ctl sandbox list/s) });
+    expect(runner.calls).toEqual([]);
+  });
+
   test('sandbox env refuses two different names', async () => {
     const program = new Command('ns8ctl').exitOverride();
     registerSandboxCommands(program, { deps: () => ({ runner: fakePodman(), stdout: () => undefined, stderr: () => undefined }), setExitCode: () => undefined });
