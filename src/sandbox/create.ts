@@ -30,9 +30,20 @@ export interface CreateOptions {
 export interface SandboxInfo extends SandboxRecord {
   /** Admin Redis URL of the leader (password included: root-only use). */
   leaderRedisUrl: string;
-  /** Seconds: whole create, root filesystem step (0 when cached), node boot. */
-  timings: { totalS: number; rootfsS: number; bootS: number };
+  /** Seconds: whole create, root filesystem step (0 when cached), boot (network to Redis), per node. */
+  timings: { totalS: number; rootfsS: number; bootS: number; nodes: NodeBootTiming[] };
   rootfsBuilt: boolean;
+}
+
+/** How long one node took to boot, in seconds (nodes start one after another and boot in parallel). */
+export interface NodeBootTiming {
+  id: number;
+  /** `podman run` of the node. */
+  runS: number;
+  /** From the end of `podman run` until systemd reported `running` (or `degraded`). */
+  systemdS: number;
+  /** `runS + systemdS`: from `podman run` to a booted node. */
+  bootS: number;
 }
 
 /** Waits until `GET /v2/` of the registry answers 200. */
@@ -120,7 +131,10 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
     });
 
     const addresses: Record<string, string> = {};
+    const nodeTimings: NodeBootTiming[] = [];
     await step(deps, `booting nodes: ${nodes} container${nodes > 1 ? 's' : ''} with systemd`, async () => {
+      // Each node's systemd wait starts as soon as its container runs, so nodes boot in parallel.
+      const booting: Promise<void>[] = [];
       for (let id = 1; id <= nodes; id++) {
         const address = plan.node(id);
         addresses[String(id)] = address;
@@ -131,6 +145,7 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
         await fsp.writeFile(path.join(np.config, 'users.acl'), renderNodeAcl(password), { mode: 0o600 });
         await fsp.writeFile(path.join(np.config, 'sandbox.env'), renderSandboxEnv(input), { mode: 0o600 });
         await fsp.writeFile(path.join(np.config, 'node-id'), `${id}\n`, { mode: 0o644 });
+        const runStarted = deps.now();
         const run = await deps.runner.run(
           nodeRunArgs({ sandbox: name, nodeId: id, address, leaderAddress, rootfs: rootfs.path, configDir: np.config, containersDir: np.containers, homeDir: np.home, registriesConf: paths.registriesConf, projectRoot: deps.projectRoot, nodeBinary: deps.nodeBinary }),
           { purpose: `sandbox ${name}: boot node ${id}`, mutating: true, allowFailure: true },
@@ -138,9 +153,18 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
         if (run.exitCode !== 0) {
           throw new Ns8ctlError('sandbox_host_unsupported', `the host cannot run sandbox node ${id} (${nodeContainer(name, id)}): ${run.stderr.trim().split('\n').slice(-3).join(' ')}. Check the host: lines above and docs/sandbox.md ("Host adjustments"); podman must be able to run privileged containers with --systemd=always`);
         }
+        const ran = deps.now();
+        const boot = waitForSystemd(deps, nodeContainer(name, id)).then(() => {
+          const systemdS = (deps.now() - ran) / 1000;
+          const runS = (ran - runStarted) / 1000;
+          nodeTimings.push({ id, runS, systemdS, bootS: runS + systemdS });
+        });
+        boot.catch(() => undefined); // awaited below; a later node's failure must not leave it unhandled
+        booting.push(boot);
       }
-      await Promise.all(Array.from({ length: nodes }, (_, i) => waitForSystemd(deps, nodeContainer(name, i + 1))));
+      await Promise.all(booting);
     });
+    nodeTimings.sort((a, b) => a.id - b.id);
 
     await step(deps, 'starting Redis: node 1 master, other nodes read-only replicas, node records', async () => {
       const leader = await connectWithRetry(deps, adminRedisUrl(leaderAddress, password), `sandbox ${name} leader (node 1, ${leaderAddress}:${REDIS_PORT})`);
@@ -156,7 +180,7 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
     const rec: SandboxRecord = { name, nodes, network: networkName(name), subnet, registry, addresses, rootfs: rootfs.path, recipeHash: rootfs.hash, createdAt: new Date(deps.now()).toISOString() };
     await writeRecord(deps, rec);
     const totalS = (deps.now() - started) / 1000;
-    return { ...rec, leaderRedisUrl: adminRedisUrl(leaderAddress, password), timings: { totalS, rootfsS, bootS: (deps.now() - bootStarted) / 1000 }, rootfsBuilt: rootfs.built };
+    return { ...rec, leaderRedisUrl: adminRedisUrl(leaderAddress, password), timings: { totalS, rootfsS, bootS: (deps.now() - bootStarted) / 1000, nodes: nodeTimings }, rootfsBuilt: rootfs.built };
   } catch (err) {
     if (!opts.retain) {
       deps.stderr(`sandbox: create failed; removing what was made (pass --retain to keep it)\n`);

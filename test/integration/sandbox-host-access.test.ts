@@ -96,4 +96,11 @@ describe('a sandbox used from the host', () => {
     );
     expect([code, out]).toEqual([0, 'ready\ngot go\n']);
   }, 60_000);
+
+  test('create reports how long each node took to boot', () => {
+    expect(info.timings.nodes.map((n) => n.id)).toEqual([1]);
+    const [node] = info.timings.nodes;
+    expect(node?.runS).toBeGreaterThan(0);
+    expect(node?.bootS).toBeCloseTo((node?.runS ?? 0) + (node?.systemdS ?? 0), 6);
+  });
 });

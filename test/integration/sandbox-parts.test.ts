@@ -205,7 +205,7 @@ describe('pointing ns8ctl on the host at a sandbox', () => {
   });
 
   test('create prints the leader URL and a ready-to-paste export line', () => {
-    const text = renderCreated({ name: 'dev', nodes: 1, network: 'ns8ctl-dev', subnet: '10.89.4.0/24', registry: '10.89.4.2:5000', addresses: { '1': '10.89.4.11' }, rootfs: '/r', recipeHash: 'h', createdAt: '', leaderRedisUrl: url, timings: { totalS: 1, rootfsS: 0, bootS: 1 }, rootfsBuilt: false });
+    const text = renderCreated({ name: 'dev', nodes: 1, network: 'ns8ctl-dev', subnet: '10.89.4.0/24', registry: '10.89.4.2:5000', addresses: { '1': '10.89.4.11' }, rootfs: '/r', recipeHash: 'h', createdAt: '', leaderRedisUrl: url, timings: { totalS: 1, rootfsS: 0, bootS: 1, nodes: [] }, rootfsBuilt: false });
     expect(text).toMatch(new RegExp(`^  export NS8CTL_REDIS_URL='${url.replace(/[.]/g, '\\.')}'$`, 'm'));
     expect(text).toContain('eval "$(sudo ns8ctl sandbox env dev)"');
   });
