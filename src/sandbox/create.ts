@@ -7,11 +7,10 @@ import { promises as fsp, existsSync } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError, RefusedError } from '../errors.js';
 import type { SandboxDeps } from './deps.js';
-import { applyHostAdjustments } from './host-check.js';
 import { DEFAULT_SANDBOX_NAME, REDIS_PORT, addressPlan, networkName, nodeContainer, parseNodeCount, registryContainer, sandboxPaths, validateSandboxName } from './naming.js';
 import { adminRedisUrl, renderNodeAcl, renderRedisConf, renderRegistriesConf, renderSandboxEnv } from './node-config.js';
 import { ensureNetwork, listContainers, nodeRunArgs, registryRunArgs, waitForSystemd } from './podman-sandbox.js';
-import { requireRoot, requireTool } from './preflight.js';
+import { adjustHost, requireRoot, requireTool } from './preflight.js';
 import { step } from './progress.js';
 import { registryAddress, writeNodeRecords, writeRecord, type SandboxRecord } from './record.js';
 import { renderRegistryConfig, registryProbeUrl } from './registry-config.js';
@@ -104,7 +103,7 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
   if (existing.length > 0 || existsSync(paths.record)) {
     throw new RefusedError('sandbox_exists', `sandbox "${name}" already exists (${existing.length} container(s)); delete it first (ns8ctl sandbox delete --name ${name}) or pick another --name`);
   }
-  await applyHostAdjustments({ runner: deps.runner, log: (line) => deps.stderr(`sandbox: ${line}\n`) });
+  await adjustHost(deps);
   const rootfsStarted = deps.now();
   const rootfs = await ensureRootfs(deps);
   const rootfsS = rootfs.built ? (deps.now() - rootfsStarted) / 1000 : 0;

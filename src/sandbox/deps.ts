@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { Ns8ctlError } from '../errors.js';
+import type { HostPaths } from './host-check.js';
 import { execaStreamExec, processExecStdio, type ExecStdio, type StreamExec } from './stream-exec.js';
 
 /** The subset of a Redis client the sandbox uses (ioredis fits). */
@@ -34,6 +35,8 @@ export interface SandboxDeps {
   streamExec: StreamExec;
   /** How `sandbox exec` connects the command: this process's stdio, or `stdout`/`stderr` above. */
   execStdio: ExecStdio;
+  /** Host files the host adjustments read and change (default: the real ones; tests use a temp tree). */
+  hostPaths?: Partial<HostPaths>;
 }
 
 /** Walks up from `start` to the directory whose package.json is named `ns8ctl`. */

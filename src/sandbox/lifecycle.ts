@@ -5,10 +5,9 @@
 import { Ns8ctlError, NotFoundError, UsageError } from '../errors.js';
 import { waitForReplica } from './create.js';
 import type { SandboxDeps } from './deps.js';
-import { applyHostAdjustments } from './host-check.js';
 import { DEFAULT_SANDBOX_NAME, nodeContainer, parseNodeRef, validateSandboxName } from './naming.js';
 import { listContainers, waitForSystemd, type SandboxContainer } from './podman-sandbox.js';
-import { requireRoot, requireTool } from './preflight.js';
+import { adjustHost, requireRoot, requireTool } from './preflight.js';
 import { podmanExecFlags } from './stream-exec.js';
 import { step } from './progress.js';
 import { readAdminPassword } from './record.js';
@@ -63,7 +62,7 @@ export async function stopNode(opts: NodeOptions, deps: SandboxDeps): Promise<Sa
  */
 export async function startNode(opts: NodeOptions, deps: SandboxDeps): Promise<SandboxContainer> {
   const { sandbox, node } = await findNode(deps, opts, 'start');
-  await applyHostAdjustments({ runner: deps.runner, log: (line) => deps.stderr(`sandbox: ${line}\n`) });
+  await adjustHost(deps);
   await step(deps, `starting node ${node.nodeId}: ${node.name}`, async () => {
     if (node.state !== 'running') await deps.runner.run(['podman', 'start', node.name], { purpose: `sandbox: start ${node.name}`, mutating: true });
     await waitForSystemd(deps, node.name);

@@ -4,6 +4,7 @@
  */
 import { Ns8ctlError, RefusedError } from '../errors.js';
 import type { SandboxDeps } from './deps.js';
+import { applyHostAdjustments, type HostAdjustment } from './host-check.js';
 
 /** Debian packages that provide each tool the sandbox uses. */
 const PACKAGES: Record<string, string> = {
@@ -24,6 +25,11 @@ export function requireRoot(deps: Pick<SandboxDeps, 'uid'>, command: string, why
   if (deps.uid !== undefined && deps.uid !== 0) {
     throw new RefusedError('sandbox_needs_root', `ns8ctl sandbox ${command} must run as root: ${why}. Run: sudo ns8ctl sandbox ${command} ...`);
   }
+}
+
+/** Applies the host adjustments (docs/sandbox.md), printing one `sandbox: host: ...` line each. */
+export function adjustHost(deps: Pick<SandboxDeps, 'runner' | 'stderr' | 'hostPaths'>): Promise<HostAdjustment[]> {
+  return applyHostAdjustments({ runner: deps.runner, log: (line) => deps.stderr(`sandbox: ${line}\n`), ...(deps.hostPaths ? { paths: deps.hostPaths } : {}) });
 }
 
 /** Fails with `tool_missing` and the apt-get line to run when `tool` is not on PATH. */

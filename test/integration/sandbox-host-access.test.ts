@@ -11,6 +11,7 @@ import type { SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
 import { defaultSandboxDeps } from '../../src/sandbox/deps.js';
 import { execInNode } from '../../src/sandbox/lifecycle.js';
+import { pushImage } from '../../src/sandbox/push.js';
 import { runCli } from '../support/cli.js';
 
 const NAME = 'hostaccess';
@@ -103,4 +104,8 @@ describe('a sandbox used from the host', () => {
     expect(node?.runS).toBeGreaterThan(0);
     expect(node?.bootS).toBeCloseTo((node?.runS ?? 0) + (node?.systemdS ?? 0), 6);
   });
+
+  test('push of an image that is not in local storage fails with image_not_found (real skopeo)', async () => {
+    await expect(pushImage({ name: NAME, image: 'localhost/ns8ctl-test-no-such-image:1' }, deps)).rejects.toMatchObject({ code: 'image_not_found' });
+  }, 60_000);
 });
