@@ -25,7 +25,7 @@ import { resolveStateDir } from '../state/state-dir.js';
 import { executeWrites } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
-import { planToWrites } from './to-writes.js';
+import { findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
 
 export interface PlanOptions extends ResolveOptions {
   applySet: string;
@@ -244,6 +244,16 @@ export interface ApplyResult {
   plan: Plan;
   /** How many times the plan was made (more than 1 after conflicts with concurrent applies). */
   attempts: number;
+  /** `Kind/id` of unchanged objects whose stored source was updated (their manifest moved), sorted. */
+  sourcesUpdated: string[];
+}
+
+/**
+ * True when applying `prepared` would write something: a change, or the source of an unchanged
+ * object whose manifest moved (see findSourceRefreshes). Pure.
+ */
+export function hasWrites(prepared: PreparedPlan): boolean {
+  return prepared.plan.changes.length > 0 || findSourceRefreshes(prepared.desired, prepared.plan, prepared.state).length > 0;
 }
 
 /**
@@ -264,6 +274,9 @@ export function checkApplicable(plan: Plan, opts: { forcePrune: boolean }): void
  * Writes a plan atomically. When a concurrent apply changed an object in between, re-reads,
  * re-plans and tries again (up to `maxAttempts`), so no update is lost and nothing interleaves.
  * checkApplicable (prune safety, nothing blocked) holds for every attempt's plan.
+ * Sources are stored absolute (`storedSource`); a desired object the plan leaves alone whose
+ * manifest moved gets its `source` and `revision` updated in the same script, without a
+ * generation bump (`sourcesUpdated`). An empty plan with no moved source writes nothing.
  */
 export async function applyPlan(
   prepared: PreparedPlan,
@@ -275,12 +288,14 @@ export async function applyPlan(
   let current = prepared;
   for (let attempt = 1; ; attempt++) {
     checkApplicable(current.plan, { forcePrune: opts.forcePrune });
-    const files = [...new Set(current.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])))];
+    const refreshes = findSourceRefreshes(current.desired, current.plan, current.state);
+    const files = [...new Set([...current.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])), ...refreshes.map((r) => r.file)])];
     const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionLookup(f)] as const)));
-    const ops = planToWrites(current.plan, current.state, { revisionOf: (f) => revisions.get(f) ?? '' });
+    const revisionOf = (f: string): string => revisions.get(f) ?? '';
+    const ops = [...planToWrites(current.plan, current.state, { revisionOf, sourceOf: storedSource }), ...sourceRefreshWrites(refreshes, current.state, revisionOf)];
     try {
       await executeWrites(redis, ops);
-      return { plan: current.plan, attempts: attempt };
+      return { plan: current.plan, attempts: attempt, sourcesUpdated: refreshes.map((r) => r.key) };
     } catch (err) {
       if (!(err instanceof ConflictError) || attempt >= max) throw err;
       // Randomised pause so that racing appliers do not retry in lock step.

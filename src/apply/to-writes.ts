@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
 import { Ns8ctlError } from '../errors.js';
-import type { ManifestObject } from '../manifest/types.js';
+import { objectKey, type DesiredObject, type ManifestObject } from '../manifest/types.js';
 import { canonicalize } from '../plan/canonical.js';
+import { parseKey } from '../plan/planner.js';
 import type { BookkeepingWrite, Plan } from '../plan/types.js';
 import type { ClusterState } from '../plan/state.js';
 import { keys } from '../state/keys.js';
@@ -12,9 +14,22 @@ export function storedObjectJson(object: ManifestObject): string {
   return JSON.stringify(canonicalize(object));
 }
 
+/**
+ * The form a source file is stored in (`source` of `ns8ctl/desired/<kind>/<id>`): an absolute
+ * path, resolved against `cwd` (the directory the manifests were loaded from), so that it names
+ * the same file whatever directory a later command runs in. `-` (stdin), pseudo-sources in
+ * parentheses (`(add-module)`) and the empty string are kept as they are. Idempotent.
+ */
+export function storedSource(file: string, cwd: string = process.cwd()): string {
+  if (file === '' || file === '-' || file.startsWith('(')) return file;
+  return path.resolve(cwd, file);
+}
+
 export interface WriteContext {
   /** Git commit per source file (`` when none). */
   revisionOf: (file: string) => string;
+  /** Stored form of a source file (default `storedSource`: absolute). */
+  sourceOf?: (file: string) => string;
   /** New uuid4 for `uuid-ensure` (injected for tests). */
   newUuid?: () => string;
 }
@@ -66,7 +81,7 @@ export function planToWrites(plan: Plan, state: ClusterState, ctx: WriteContext)
       const file = c.source?.file ?? '';
       ops.push({
         op: 'put', key: hkey, index, id: c.id, object: storedObjectJson(c.after), bump: c.specChanged,
-        source: file, revision: file ? ctx.revisionOf(file) : '', applyset: plan.applySet,
+        source: (ctx.sourceOf ?? storedSource)(file), revision: file ? ctx.revisionOf(file) : '', applyset: plan.applySet,
       });
       for (const w of c.bookkeeping) ops.push(bookkeepingOp(w, newUuid));
     }
@@ -75,6 +90,55 @@ export function planToWrites(plan: Plan, state: ClusterState, ctx: WriteContext)
       ops.push({ op: 'sadd', key: keys.inventories(), member: c.inventory.add });
     }
     for (const s of c.inventory.remove) ops.push({ op: 'srem', key: keys.inventory(s), member: c.key });
+  }
+  return ops;
+}
+
+/** A desired object the plan leaves alone whose stored source is not where it was loaded from now. */
+export interface SourceRefresh {
+  /** `Kind/id`. */
+  key: string;
+  /** The loaded file, as the loader named it. */
+  file: string;
+  /** Stored source now, and what it becomes (stored form). */
+  from: string;
+  to: string;
+}
+
+/**
+ * Desired objects whose manifest moved (or was first recorded in another form, such as a
+ * relative path) while their content did not change: stored, not being removed, without a
+ * change or block in `plan`, and `sourceOf(file)` differs from the stored `source`. Pure.
+ */
+export function findSourceRefreshes(desired: readonly DesiredObject[], plan: Plan, state: ClusterState, sourceOf: (file: string) => string = storedSource): SourceRefresh[] {
+  const planned = new Set([...plan.changes.map((c) => c.key), ...plan.blocked.map((b) => b.key)]);
+  const out: SourceRefresh[] = [];
+  for (const d of desired) {
+    const key = objectKey(d.object);
+    if (planned.has(key)) continue;
+    const stored = state.objects.get(key);
+    if (!stored || stored.deleting) continue;
+    const to = sourceOf(d.source.file);
+    if (stored.source !== to) out.push({ key, file: d.source.file, from: stored.source, to });
+  }
+  return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
+/**
+ * The writes of `refreshes`: per object, a precondition on its stored object (a concurrent change
+ * makes the whole apply retry), then `source` and `revision` of its hash. The generation is left
+ * alone and nothing is published: the desired object did not change.
+ */
+export function sourceRefreshWrites(refreshes: readonly SourceRefresh[], state: ClusterState, revisionOf: (file: string) => string): WriteOp[] {
+  const ops: WriteOp[] = [];
+  for (const r of refreshes) {
+    const stored = state.objects.get(r.key);
+    const parsed = parseKey(r.key);
+    if (!stored || !parsed) continue;
+    const hkey = keys.desired(parsed.kind, parsed.id);
+    ops.push({ op: 'expect', key: hkey, object: storedObjectJson(stored.object), label: r.key });
+    ops.push({ op: 'hset', key: hkey, field: 'source', value: r.to });
+    ops.push({ op: 'hset', key: hkey, field: 'revision', value: r.file ? revisionOf(r.file) : '' });
   }
   return ops;
 }

@@ -1,4 +1,4 @@
-import { applyPlan, checkApplicable, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
+import { applyPlan, checkApplicable, hasWrites, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
 import { RefusedError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
@@ -47,7 +47,8 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
 
 /**
  * `ns8ctl apply -f PATH [--prune] [--force-prune] [--dry-run]`: plan, print it, write it
- * atomically. Invalid manifests write nothing. `--dry-run` prints the plan and runs the checks
+ * atomically (with the new source of unchanged objects whose manifest moved: `sourcesUpdated`).
+ * Invalid manifests write nothing. `--dry-run` prints the plan and runs the checks
  * the real apply makes before writing (checkApplicable: prune safety, blocked changes) without
  * writing: exit 1 when the real apply would be refused (text: the error on stderr; json: `refused:
  * {error, message}` in the plan document, else `refused: null`), 0 otherwise.
@@ -75,12 +76,17 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
     }
     return refusal ? 1 : 0;
   }
-  if (isEmpty(prepared.plan)) {
-    printPlan(prepared.plan, format, deps, { applied: false });
+  if (isEmpty(prepared.plan) && !hasWrites(prepared)) {
+    printPlan(prepared.plan, format, deps, { applied: false, sourcesUpdated: [] });
     return 0;
   }
   const result = await applyPlan(prepared, redis, { applySet, prune, coreVersion, forcePrune: Boolean(opts.forcePrune), runner: deps.runner });
-  printPlan(result.plan, format, deps, { applied: true, attempts: result.attempts });
-  if (format !== 'json') deps.stderr(`Applied${result.attempts > 1 ? ` (after ${result.attempts - 1} retr${result.attempts === 2 ? 'y' : 'ies'} on concurrent changes)` : ''}.\n`);
+  const changed = result.plan.changes.length > 0;
+  printPlan(result.plan, format, deps, { applied: changed, attempts: result.attempts, sourcesUpdated: result.sourcesUpdated });
+  if (format !== 'json') {
+    const n = result.sourcesUpdated.length;
+    if (n > 0) deps.stderr(`Recorded the new source file of ${n} unchanged object${n === 1 ? '' : 's'} (generation unchanged): ${result.sourcesUpdated.slice(0, 5).join(', ')}${n > 5 ? `, and ${n - 5} more` : ''}.\n`);
+    if (changed) deps.stderr(`Applied${result.attempts > 1 ? ` (after ${result.attempts - 1} retr${result.attempts === 2 ? 'y' : 'ies'} on concurrent changes)` : ''}.\n`);
+  }
   return 0;
 }
