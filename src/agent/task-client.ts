@@ -10,6 +10,7 @@ import type { Redis } from 'ioredis';
 import { AgentError, TaskFailedError } from './errors.js';
 import { isTaskId } from './names.js';
 import { progressChannel, taskKey, taskQueueKey, type TaskResult, type TaskStatus } from './task-store.js';
+import { buildRelayRequest, relayProgressChannel, relayQueueKey, relayResultKey } from './task-relay.js';
 
 /** Task fields besides the action. */
 export interface SubmitOptions {
@@ -136,4 +137,162 @@ export async function runTaskOrThrow(redis: Redis, agentId: string, action: stri
   const r = await runTask(redis, agentId, action, opts);
   if (r.exitCode !== 0) throw new TaskFailedError({ agentId, action, taskId: r.taskId, status: r.status, exitCode: r.exitCode, output: r.output, error: r.error });
   return r;
+}
+
+/** Where a submitted task is (see taskState). */
+export type TaskState = { state: 'done'; result: TaskResult } | { state: 'queued' | 'running' | 'unknown' };
+
+/**
+ * Where task `taskId` of `agentId` is now: `done` (it has a result), `queued` (still in
+ * `<agent_id>/tasks`, no agent took it), `running` (an agent took it: its context key lives,
+ * refreshed by the agent's heartbeat), or `unknown` (none of these: the agent stopped while
+ * running it, or the result expired). Reads only. @throws the Redis client's error.
+ */
+export async function taskState(redis: Redis, agentId: string, taskId: string): Promise<TaskState> {
+  const result = await readTaskResult(redis, agentId, taskId);
+  if (result) return { state: 'done', result };
+  if (await queuedTaskJson(redis, agentId, taskId)) return { state: 'queued' };
+  if ((await redis.exists(taskKey(agentId, taskId, 'context'))) === 1) return { state: 'running' };
+  // Taken between the two reads above: the result may have landed meanwhile.
+  const late = await readTaskResult(redis, agentId, taskId);
+  return late ? { state: 'done', result: late } : { state: 'unknown' };
+}
+
+async function queuedTaskJson(redis: Redis, agentId: string, taskId: string): Promise<string | undefined> {
+  const queued = await redis.lrange(taskQueueKey(agentId), 0, -1);
+  return queued.find((json) => {
+    try {
+      return (JSON.parse(json) as { id?: unknown }).id === taskId;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * Takes task `taskId` back out of `<agent_id>/tasks` if no agent took it yet (LREM of its exact
+ * JSON). Returns true when it was removed (it will never run), false when it was not queued
+ * (already taken, finished, or never submitted). @throws the Redis client's error.
+ */
+export async function withdrawTask(redis: Redis, agentId: string, taskId: string): Promise<boolean> {
+  const json = await queuedTaskJson(redis, agentId, taskId);
+  if (json === undefined) return false;
+  return (await redis.lrem(taskQueueKey(agentId), 1, json)) > 0;
+}
+
+// ---- Through the task relay (a module's own credentials; see task-relay.ts) --------------------
+
+/** Task fields a module may set when it submits through the relay (the relay sets `user`). */
+export type RelaySubmitOptions = Omit<SubmitOptions, 'user'>;
+
+/** How to wait for a relayed task. */
+export interface RelayWaitOptions extends WaitOptions {
+  /**
+   * A connection that may SUBSCRIBE (NS8's read-only `default` user: module users may not) for
+   * progress messages; this function subscribes and unsubscribes on it. Without it, or when
+   * SUBSCRIBE is refused, the result is polled every pollMs.
+   */
+  subscriber?: Redis;
+}
+
+/**
+ * Submits a task to `agentId` as instance `self` through the task relay: LPUSHes the request on
+ * `module/<self>/relay/tasks`, the only queue a module's ACL lets it write; the relay runs it as
+ * `module/<self>`. Returns the task id. Rejects with AgentError `relay_request_invalid` for an
+ * agent id or action the relay would refuse, or with the Redis client's error (NOPERM when
+ * `redis` is not `self`'s connection).
+ */
+export async function submitTaskViaRelay(redis: Redis, self: string, agentId: string, action: string, opts: RelaySubmitOptions = {}): Promise<string> {
+  const { id, json } = buildRelayRequest(agentId, action, opts);
+  await redis.lpush(relayQueueKey(self), json);
+  return id;
+}
+
+/** Reads a relayed task's result from `task/module/<self>/relay/<id>/...`, or undefined while it has none. */
+export async function readRelayedTaskResult(redis: Redis, self: string, taskId: string): Promise<TaskResult | undefined> {
+  const [output, error, code] = await redis.mget(relayResultKey(self, taskId, 'output'), relayResultKey(self, taskId, 'error'), relayResultKey(self, taskId, 'exit_code'));
+  if (code === null || code === undefined) return undefined;
+  const exitCode = Number(code);
+  return { status: exitCode === 0 ? 'completed' : exitCode === 10 ? 'validation-failed' : 'aborted', exitCode, output: output ?? '', error: error ?? '' };
+}
+
+/**
+ * Waits until the relay has copied the task's result to `self`'s relay result keys, following
+ * `progress/module/<self>/relay/<id>` on opts.subscriber. Rejects with AgentError `task_timeout`
+ * after timeoutMs (naming the relay queue: is the controller leader running the relay?), or
+ * `task_wait_aborted` when the signal aborts.
+ */
+export async function waitForRelayedTask(redis: Redis, self: string, taskId: string, opts: RelayWaitOptions = {}): Promise<TaskResult> {
+  const channel = relayProgressChannel(self, taskId);
+  const sub = opts.subscriber;
+  let finalStatus: TaskStatus | undefined;
+  let wake: () => void = () => undefined;
+  const onMessage = (ch: string, message: string): void => {
+    if (ch !== channel) return;
+    try {
+      const m = JSON.parse(message) as { status?: string; progress?: number };
+      const status = (m.status ?? 'running') as TaskStatus;
+      opts.onProgress?.(status, typeof m.progress === 'number' ? m.progress : 0);
+      if (FINAL.includes(status)) {
+        finalStatus = status;
+        wake();
+      }
+    } catch {
+      // not a progress message
+    }
+  };
+  let subscribed = false;
+  if (sub) {
+    sub.on('message', onMessage);
+    subscribed = await sub.subscribe(channel).then(
+      () => true,
+      () => false, // SUBSCRIBE refused: poll only
+    );
+  }
+  try {
+    await opts.afterSubscribe?.();
+    const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
+    for (;;) {
+      const result = await readRelayedTaskResult(redis, self, taskId);
+      if (result) return finalStatus ? { ...result, status: finalStatus } : result;
+      if (opts.signal?.aborted) throw new AgentError('task_wait_aborted', `stopped waiting for relayed task ${taskId} of module/${self}`);
+      if (Date.now() > deadline) {
+        throw new AgentError('task_timeout', `relayed task ${taskId} of module/${self} has no result after ${opts.timeoutMs} ms (is the task relay running? the controller leader runs it and pops ${relayQueueKey(self)}; is the target agent running?)`);
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(opts.pollMs ?? 2000, Math.max(0, deadline - Date.now())));
+        const onAbort = (): void => done();
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        function done(): void {
+          clearTimeout(t);
+          opts.signal?.removeEventListener('abort', onAbort);
+          wake = () => undefined;
+          resolve();
+        }
+        wake = done;
+      });
+    }
+  } finally {
+    if (sub) {
+      sub.off('message', onMessage);
+      if (subscribed) await sub.unsubscribe(channel).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * Submits a task through the relay and waits for its result (subscribing first, so no progress
+ * message is missed). Resolves whatever the exit code: 32 `module_permission_denied` when `self`
+ * holds no role allowing the action, 10 with NS8's validation output when the relay refused the
+ * request, 11 when the relay is busy.
+ */
+export async function runTaskViaRelay(redis: Redis, self: string, agentId: string, action: string, opts: RelaySubmitOptions & RelayWaitOptions = {}): Promise<TaskOutcome> {
+  const { id, json } = buildRelayRequest(agentId, action, opts);
+  const result = await waitForRelayedTask(redis, self, id, {
+    ...opts,
+    afterSubscribe: async () => {
+      await redis.lpush(relayQueueKey(self), json);
+    },
+  });
+  return { taskId: id, ...result };
 }

@@ -4,14 +4,21 @@
  * differs from what configure-module last accepted (sha256 kept in
  * `ns8ctl/configuration/module/<id>`); on a drift check, run get-configuration, compare
  * (diffConfiguration with the configure-module schema) and report the field diff, healing it only
- * when the object's source has self-heal on. Secrets never reach Redis, events or conditions.
+ * when the object's source has self-heal on. Secrets never reach Redis, events or conditions
+ * (beyond the task itself, in the agent's queue, as NS8 clients do).
+ *
+ * Tasks never hold a work-queue slot for long: each is submitted once and remembered in the record
+ * (`pendingTask`), a reconcile waits a few seconds for it and otherwise asks to be requeued, and a
+ * later reconcile reads that same task's result. Tasks nobody took are withdrawn after a timeout.
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { diffConfiguration, formatConfigurationDiff } from '../agent/configuration.js';
-import { applyConfiguration, readConfiguration } from '../agent/configuration-tasks.js';
-import { TaskFailedError } from '../agent/errors.js';
-import { toNs8ctlError } from '../errors.js';
+import { AgentError, TaskFailedError } from '../agent/errors.js';
+import { agentIdOf } from '../agent/names.js';
+import { buildTask, readTaskResult, taskState, waitForTask, withdrawTask } from '../agent/task-client.js';
+import { taskQueueKey, type TaskResult } from '../agent/task-store.js';
+import { RedisError, type Ns8ctlError } from '../errors.js';
 import { canonicalJson } from '../plan/canonical.js';
 import { isSecretKey, MASK, maskString } from '../plan/mask.js';
 import { keys } from '../state/keys.js';
@@ -39,6 +46,15 @@ export interface ConfigurationRecord {
   failedMessage: string;
   drift: string[];
   driftCheckedTime: string;
+  /** The task an earlier reconcile submitted and whose result is still awaited (empty: none). */
+  pendingTask: string;
+  pendingAction: string;
+  /** Configuration hash the pending task carries. */
+  pendingHash: string;
+  pendingGeneration: number;
+  pendingSince: string;
+  /** Why it was submitted: `changed`, `drift` (self-heal) or `check` (get-configuration). */
+  pendingWhy: string;
 }
 
 export interface ConfigurationReconcileDeps {
@@ -51,8 +67,12 @@ export interface ConfigurationReconcileDeps {
   selfHeal: (applySet: string) => boolean;
   /** Run get-configuration when the last check is at least this old (default 10 min; 0: every reconcile). */
   driftCheckEveryMs?: number;
-  /** Give up waiting for a task after this long (default 120 s); the reconcile is retried with backoff. */
+  /** A task no agent took after this long is withdrawn from the queue (default 120 s); retried with backoff. */
   taskTimeoutMs?: number;
+  /** How long one reconcile waits for a task's result before giving its work-queue slot back (default 5 s). */
+  taskWaitMs?: number;
+  /** Ends a wait at once (SIGTERM, leadership lost); the task stays pending for a later reconcile. */
+  signal?: AbortSignal;
 }
 
 /** What to reconcile. */
@@ -91,6 +111,12 @@ export function parseConfigurationRecord(h: Record<string, string>): Configurati
     failedMessage: h.failedMessage ?? '',
     drift,
     driftCheckedTime: h.driftCheckedTime ?? '',
+    pendingTask: h.pendingTask ?? '',
+    pendingAction: h.pendingAction ?? '',
+    pendingHash: h.pendingHash ?? '',
+    pendingGeneration: Number(h.pendingGeneration ?? 0),
+    pendingSince: h.pendingSince ?? '',
+    pendingWhy: h.pendingWhy ?? '',
   };
 }
 
@@ -122,70 +148,183 @@ export function describeTaskFailure(err: TaskFailedError, configuration: unknown
   return maskAgentText(parts.join('; '), configuration);
 }
 
+type Action = 'configure-module' | 'get-configuration';
+type Why = 'changed' | 'drift' | 'check';
+
+/** What one reconcile did with a task. */
+type TaskStep =
+  | { kind: 'done'; taskId: string; why: Why; result: TaskResult }
+  | { kind: 'waiting'; taskId: string; message: string; requeueAfterMs: number }
+  | { kind: 'unanswered'; error: Ns8ctlError };
+
+const PENDING_FIELDS = ['pendingTask', 'pendingAction', 'pendingHash', 'pendingGeneration', 'pendingSince', 'pendingWhy'] as const;
+
+function seconds(ms: number): string {
+  return ms >= 120_000 ? `${Math.round(ms / 60_000)} min` : `${Math.round(ms / 1000)} s`;
+}
+
 /**
- * One configuration reconcile (see the module doc). Returns the facts for the summary, and
- * `retry` when a task could not be run (no agent answered): the caller writes the summary, then
- * throws it for the work queue's backoff. @throws RedisError when Redis fails.
+ * One configuration reconcile (see the module doc). A task is submitted once and remembered in
+ * the record (`pendingTask`): the reconcile waits at most `taskWaitMs` for its result, then gives
+ * its work-queue slot back (`requeueAfterMs`: poll again later); a later reconcile reads the
+ * result of that same task instead of submitting another. A task no agent took within
+ * `taskTimeoutMs` is withdrawn from the queue (`retry`: the work queue backs off, then submits a
+ * new one). An aborted `signal` ends the wait at once; the task stays pending.
+ * Returns the facts for the summary; the caller writes the summary, then throws `retry`.
+ * @throws RedisError (or the client's error) when Redis fails.
  */
-export async function reconcileConfiguration(input: ConfigurationInput, deps: ConfigurationReconcileDeps): Promise<{ facts: ConfigurationFacts | undefined; retry?: Error }> {
+export async function reconcileConfiguration(input: ConfigurationInput, deps: ConfigurationReconcileDeps): Promise<{ facts: ConfigurationFacts | undefined; retry?: Error; requeueAfterMs?: number }> {
   const { redis, events } = deps;
   const key = keys.moduleConfiguration(input.id);
   const object = `Module/${input.id}`;
+  const agentId = agentIdOf(input.id);
+  const rec = parseConfigurationRecord(await redis.hgetall(key));
+  const timeoutMs = deps.taskTimeoutMs ?? 120_000;
+  const waitMs = deps.taskWaitMs ?? 5_000;
+
+  const clearPending = async (): Promise<void> => {
+    await redis.hdel(key, ...PENDING_FIELDS);
+    rec.pendingTask = '';
+  };
+  /** Disposes of a pending task nobody wants any more; false while it still runs (wait for it). */
+  const dropPending = async (): Promise<boolean> => {
+    if (!rec.pendingTask) return true;
+    if (await withdrawTask(redis, agentId, rec.pendingTask)) {
+      await clearPending();
+      return true;
+    }
+    if ((await taskState(redis, agentId, rec.pendingTask)).state === 'running') return false;
+    await clearPending();
+    return true;
+  };
+
   if (input.configuration === undefined) {
+    if (rec.pendingTask) await withdrawTask(redis, agentId, rec.pendingTask);
     await redis.del(key);
     return { facts: undefined };
   }
-  const rec = parseConfigurationRecord(await redis.hgetall(key));
   const hash = configurationHash(input.configuration);
   const failedNow = rec.failedHash === hash && rec.failedGeneration === input.generation;
   if (!input.ready) return { facts: failedNow ? { failed: rec.failedMessage } : undefined };
-  const timeoutMs = deps.taskTimeoutMs ?? 120_000;
   const now = deps.now();
 
-  const configure = async (why: 'changed' | 'drift'): Promise<{ facts: ConfigurationFacts; retry?: Error } | undefined> => {
-    try {
-      const r = await applyConfiguration(redis, input.id, input.configuration, { timeoutMs, pollMs: 500 });
-      await redis
+  /** Submits `action` (or finds the task an earlier reconcile submitted) and waits a little for it. */
+  const drive = async (action: Action, why: Why, data: unknown): Promise<TaskStep> => {
+    let taskId = rec.pendingTask;
+    let since = Date.parse(rec.pendingSince);
+    let submittedFor = (rec.pendingWhy || why) as Why;
+    if (!taskId || rec.pendingAction !== action || rec.pendingHash !== hash) {
+      if (!(await dropPending())) {
+        return { kind: 'waiting', taskId: rec.pendingTask, message: `an earlier ${rec.pendingAction} task ${rec.pendingTask} of ${input.id} is still running`, requeueAfterMs: 2_000 };
+      }
+      const task = buildTask(action, { data });
+      const replies = await redis
         .multi()
-        .hset(key, { appliedHash: hash, appliedGeneration: String(input.generation), appliedTime: now.toISOString(), appliedTask: r.taskId, drift: '[]', driftCheckedTime: now.toISOString() })
-        .hdel(key, 'failedHash', 'failedGeneration', 'failedMessage')
+        .hset(key, { pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingGeneration: String(input.generation), pendingSince: now.toISOString(), pendingWhy: why })
+        .lpush(taskQueueKey(agentId), task.json)
         .exec();
-      if (why === 'changed') {
-        await events.record({ name: 'module-configured', type: 'Normal', object, message: `${input.id}: configure-module applied spec.configuration (generation ${input.generation}, task ${r.taskId})`, data: { module: input.id, generation: input.generation, task: r.taskId } });
-      }
-      return undefined;
-    } catch (err) {
-      if (err instanceof TaskFailedError) {
-        const message = describeTaskFailure(err, input.configuration);
-        await redis.hset(key, { failedHash: hash, failedGeneration: String(input.generation), failedMessage: message });
-        await events.record({ name: 'module-configuration-failed', type: 'Warning', object, message: `${input.id}: ${message}`, data: { module: input.id, generation: input.generation, task: err.taskId, exitCode: err.exitCode } });
-        return { facts: { failed: message } };
-      }
-      const e = toNs8ctlError(err);
-      return { facts: { pending: maskAgentText(`configure-module of ${input.id} could not run: ${e.message}`, input.configuration) }, retry: e };
+      const failed = replies?.find(([err]) => err)?.[0];
+      if (!replies || failed) throw new RedisError('redis_write_failed', `${input.id}: submitting ${action}: ${failed?.message ?? 'the transaction was discarded'}`, { cause: failed });
+      Object.assign(rec, { pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingSince: now.toISOString(), pendingWhy: why });
+      taskId = task.id;
+      since = now.getTime();
+      submittedFor = why;
     }
+    let result = await readTaskResult(redis, agentId, taskId);
+    if (!result && waitMs > 0 && !deps.signal?.aborted) {
+      try {
+        result = await waitForTask(redis, agentId, taskId, { timeoutMs: waitMs, pollMs: Math.min(500, waitMs), ...(deps.signal ? { signal: deps.signal } : {}) });
+      } catch (err) {
+        const code = (err as { code?: unknown }).code;
+        if (code !== 'task_timeout' && code !== 'task_wait_aborted') throw err;
+      }
+    }
+    if (result) {
+      await clearPending();
+      return { kind: 'done', taskId, why: submittedFor, result };
+    }
+    const age = Math.max(0, deps.now().getTime() - (Number.isFinite(since) ? since : now.getTime()));
+    let state = await taskState(redis, agentId, taskId);
+    if (state.state === 'queued' && age >= timeoutMs && (await withdrawTask(redis, agentId, taskId))) {
+      await clearPending();
+      return { kind: 'unanswered', error: new AgentError('task_timeout', `no agent took ${action} task ${taskId} of ${input.id} within ${seconds(timeoutMs)}: withdrawn from ${taskQueueKey(agentId)} (is the module agent running?); it is submitted again after a backoff`) };
+    }
+    if (state.state === 'unknown') state = await taskState(redis, agentId, taskId);
+    if (state.state === 'done') {
+      await clearPending();
+      return { kind: 'done', taskId, why: submittedFor, result: state.result };
+    }
+    if (state.state === 'unknown') {
+      await clearPending();
+      return { kind: 'unanswered', error: new AgentError('task_lost', `${action} task ${taskId} of ${input.id} was taken by the agent but has neither a result nor a running context (the agent stopped while running it?); it is submitted again after a backoff`) };
+    }
+    const message =
+      state.state === 'queued'
+        ? `${action} task ${taskId} waits for the module agent (queued ${seconds(age)} ago; withdrawn after ${seconds(timeoutMs)})`
+        : `${action} task ${taskId} is running`;
+    return { kind: 'waiting', taskId, message, requeueAfterMs: Math.min(30_000, Math.max(1_000, Math.round(age / 4))) };
+  };
+
+  const configure = async (why: 'changed' | 'drift'): Promise<{ facts: ConfigurationFacts; retry?: Error; requeueAfterMs?: number } | undefined> => {
+    const step = await drive('configure-module', why, input.configuration);
+    if (step.kind === 'waiting') return { facts: { pending: maskAgentText(`${input.id}: ${step.message}`, input.configuration) }, requeueAfterMs: step.requeueAfterMs };
+    if (step.kind === 'unanswered') return { facts: { pending: maskAgentText(`configure-module of ${input.id} could not run: ${step.error.message}`, input.configuration) }, retry: step.error };
+    const r = step.result;
+    if (r.exitCode !== 0) {
+      const err = new TaskFailedError({ agentId, action: 'configure-module', taskId: step.taskId, status: r.status, exitCode: r.exitCode, output: r.output, error: r.error });
+      const message = describeTaskFailure(err, input.configuration);
+      await redis.hset(key, { failedHash: hash, failedGeneration: String(input.generation), failedMessage: message });
+      await events.record({ name: 'module-configuration-failed', type: 'Warning', object, message: `${input.id}: ${message}`, data: { module: input.id, generation: input.generation, task: step.taskId, exitCode: r.exitCode } });
+      return { facts: { failed: message } };
+    }
+    const at = deps.now().toISOString();
+    await redis
+      .multi()
+      .hset(key, { appliedHash: hash, appliedGeneration: String(input.generation), appliedTime: at, appliedTask: step.taskId, drift: '[]', driftCheckedTime: at })
+      .hdel(key, 'failedHash', 'failedGeneration', 'failedMessage')
+      .exec();
+    if (step.why === 'drift') {
+      await events.record({ name: 'module-configuration-drift-corrected', type: 'Warning', object, message: `${input.id}: live configuration differed from spec.configuration; configure-module ran again${rec.drift.length ? `: ${rec.drift.join('; ')}` : ''}`, data: { module: input.id, changes: rec.drift } });
+    } else {
+      await events.record({ name: 'module-configured', type: 'Normal', object, message: `${input.id}: configure-module applied spec.configuration (generation ${input.generation}, task ${step.taskId})`, data: { module: input.id, generation: input.generation, task: step.taskId } });
+    }
+    return undefined;
   };
 
   if (rec.appliedHash !== hash) {
-    if (failedNow) return { facts: { failed: rec.failedMessage } };
-    const res = await configure('changed');
-    if (res) return res;
-    return { facts: {} };
+    if (failedNow) {
+      if (!(await dropPending())) return { facts: { failed: rec.failedMessage }, requeueAfterMs: 2_000 };
+      return { facts: { failed: rec.failedMessage } };
+    }
+    return (await configure('changed')) ?? { facts: {} };
   }
 
-  // Applied: check drift when due.
+  // Applied. A heal an earlier reconcile started is finished first.
+  if (rec.pendingTask && rec.pendingAction === 'configure-module' && rec.pendingHash === hash) return (await configure('drift')) ?? { facts: {} };
+  const driftFacts = (): ConfigurationFacts => (rec.drift.length ? { drift: rec.drift } : {});
   const every = deps.driftCheckEveryMs ?? 600_000;
   const last = rec.driftCheckedTime ? Date.parse(rec.driftCheckedTime) : 0;
-  if (now.getTime() - last < every) return { facts: rec.drift.length ? { drift: rec.drift } : {} };
+  const checking = rec.pendingTask !== '' && rec.pendingAction === 'get-configuration' && rec.pendingHash === hash;
+  if (!checking && now.getTime() - last < every) {
+    if (rec.pendingTask && !(await dropPending())) return { facts: driftFacts(), requeueAfterMs: 2_000 };
+    return { facts: driftFacts() };
+  }
+  const step = await drive('get-configuration', 'check', {});
+  if (step.kind === 'waiting') return { facts: driftFacts(), requeueAfterMs: step.requeueAfterMs };
+  if (step.kind === 'unanswered') {
+    // Remember the attempt so the check is not retried before it is due again.
+    await redis.hset(key, { driftCheckedTime: now.toISOString() });
+    return { facts: driftFacts(), retry: step.error };
+  }
   let actual: unknown;
   try {
-    actual = await readConfiguration(redis, input.id, { timeoutMs, pollMs: 500 });
-  } catch (err) {
-    // A module without get-configuration (or one that fails) cannot drift-check: remember the
-    // attempt so it is not retried before the next check is due.
+    if (step.result.exitCode !== 0) throw new TaskFailedError({ agentId, action: 'get-configuration', taskId: step.taskId, status: step.result.status, exitCode: step.result.exitCode, output: step.result.output, error: step.result.error });
+    actual = JSON.parse(step.result.output) as unknown;
+  } catch {
+    // A module without get-configuration (or one that fails, or prints no JSON) cannot be
+    // drift-checked: remember the attempt so it is not retried before the next check is due.
     await redis.hset(key, { driftCheckedTime: now.toISOString() });
-    if (err instanceof TaskFailedError) return { facts: rec.drift.length ? { drift: rec.drift } : {} };
-    return { facts: rec.drift.length ? { drift: rec.drift } : {}, retry: toNs8ctlError(err) };
+    return { facts: driftFacts() };
   }
   const schema = (await deps.schemas?.find({ id: input.id, installedImage: input.installedImage }).catch(() => undefined))?.schema;
   const diff = diffConfiguration(input.configuration, actual, schema !== undefined ? { schema } : {});
@@ -195,10 +334,9 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
     return { facts: {} };
   }
   if (deps.selfHeal(input.applySet)) {
-    const res = await configure('drift');
-    if (res) return res;
-    await events.record({ name: 'module-configuration-drift-corrected', type: 'Warning', object, message: `${input.id}: live configuration differed from spec.configuration; configure-module ran again: ${lines.join('; ')}`, data: { module: input.id, changes: lines } });
-    return { facts: {} };
+    rec.drift = lines;
+    await redis.hset(key, { driftCheckedTime: now.toISOString() });
+    return (await configure('drift')) ?? { facts: {} };
   }
   await redis.hset(key, { drift: JSON.stringify(lines), driftCheckedTime: now.toISOString() });
   if (JSON.stringify(lines) !== JSON.stringify(rec.drift)) {

@@ -53,9 +53,10 @@ export interface ControllerOptions {
   /**
    * Declarative configuration (docs/controller.md): run configure-module when spec.configuration
    * changes, drift-check with get-configuration every `driftCheckEveryMs` (default: the resync
-   * interval). `false`: leave module configuration alone.
+   * interval). A reconcile waits `taskWaitMs` (5 s) for a task, then polls it later; a task no
+   * agent took within `taskTimeoutMs` (120 s) is withdrawn. `false`: leave module configuration alone.
    */
-  configuration?: { driftCheckEveryMs?: number; taskTimeoutMs?: number } | false;
+  configuration?: { driftCheckEveryMs?: number; taskTimeoutMs?: number; taskWaitMs?: number } | false;
 }
 
 export interface ControllerDeps {
@@ -370,10 +371,12 @@ export class Controller {
     if (src) return src.reconcile(signal);
     if (key.startsWith('Module/')) {
       const id = key.slice('Module/'.length);
-      await reconcileModuleSummary(id, {
+      let requeueAfterMs: number | undefined;
+      const summary = await reconcileModuleSummary(id, {
         redis: this.redis as Redis,
         events: this.events as EventRecorder,
         now: this.now,
+        requeueAfter: (ms) => (requeueAfterMs = ms),
         onDrift: (mid, d) => {
           if (d) this.drifted.set(mid, true);
           else this.drifted.delete(mid);
@@ -386,11 +389,14 @@ export class Controller {
                 schemas: this.schemas(),
                 selfHeal: (applySet: string) => this.reconcilers.get(sourceKey(applySet))?.spec.selfHeal ?? false,
                 driftCheckEveryMs: this.opts.configuration?.driftCheckEveryMs ?? this.opts.resyncMs ?? 600_000,
+                signal,
                 ...(this.opts.configuration?.taskTimeoutMs !== undefined ? { taskTimeoutMs: this.opts.configuration.taskTimeoutMs } : {}),
+                ...(this.opts.configuration?.taskWaitMs !== undefined ? { taskWaitMs: this.opts.configuration.taskWaitMs } : {}),
               },
             }),
       });
-      return;
+      void summary;
+      return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
     }
     this.runtime?.queue.forget(key);
   }

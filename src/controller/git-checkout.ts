@@ -9,6 +9,9 @@ import { CommandFailedError, Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { maskString } from '../plan/mask.js';
 
+/** Default timeout of one git command (the longest step a controller stop may wait for). */
+export const GIT_COMMAND_TIMEOUT_MS = 60_000;
+
 export interface GitSourceSpec {
   /** Remote URL: https://, ssh://, git@host:path, file:// or a local path to a repository. */
   url: string;
@@ -68,7 +71,7 @@ export class GitCheckout {
     try {
       return await this.runner.run(['git', '-C', this.spec.cacheDir, ...args], {
         env,
-        timeoutMs: this.spec.timeoutMs ?? 60_000,
+        timeoutMs: this.spec.timeoutMs ?? GIT_COMMAND_TIMEOUT_MS,
         purpose: `git source ${maskString(this.spec.url)}: ${purpose}`,
         ...(opts.allowFailure ? { allowFailure: true } : {}),
         ...(opts.mutating ? { mutating: true } : {}),

@@ -79,6 +79,11 @@ export interface ModuleReconcilerDeps {
   onDrift?: (id: string, drifted: boolean) => void;
   /** Declarative configuration (configure-module, drift checks); omitted: not reconciled. */
   configuration?: Omit<ConfigurationReconcileDeps, 'redis' | 'events' | 'now'>;
+  /**
+   * Asks for another reconcile of this module after `ms` (a configure-module task still runs, a
+   * suspension lapses); called at most once, with the earliest time.
+   */
+  requeueAfter?: (ms: number) => void;
 }
 
 /** One reconcile of a Module summary. Throws RedisError when Redis cannot be read or written. */
@@ -126,6 +131,7 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
   };
   let next = summarizeModule(facts);
   let retry: Error | undefined;
+  let requeueAt: number | undefined;
   if (deps.configuration) {
     const ready = findCondition(next.conditions, 'Ready');
     const res = await reconcileConfiguration(
@@ -140,8 +146,15 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
       { ...deps.configuration, redis, events: deps.events, now: deps.now },
     );
     retry = res.retry;
+    if (res.requeueAfterMs !== undefined) requeueAt = res.requeueAfterMs;
     if (res.facts) next = summarizeModule({ ...facts, configuration: res.facts });
   }
+  if (suspension?.until) {
+    // The suspension lapses by itself (a TTL): nothing announces it, so look again then.
+    const left = Date.parse(suspension.until) - deps.now().getTime() + 50;
+    if (Number.isFinite(left) && left >= 0) requeueAt = Math.min(requeueAt ?? Infinity, left);
+  }
+  if (requeueAt !== undefined && !retry) deps.requeueAfter?.(requeueAt);
   const done = (s: ObjectSummary): ObjectSummary => {
     if (retry) throw retry;
     return s;

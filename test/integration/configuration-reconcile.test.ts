@@ -96,7 +96,7 @@ function deps(selfHeal = false): ModuleReconcilerDeps {
     redis,
     events: new EventRecorder(redis, { now: () => new Date(clock) }),
     now: () => new Date(clock),
-    configuration: { schemas: lookup(), selfHeal: () => selfHeal, driftCheckEveryMs: 60_000, taskTimeoutMs: 30_000 },
+    configuration: { schemas: lookup(), selfHeal: () => selfHeal, driftCheckEveryMs: 60_000, taskTimeoutMs: 30_000, taskWaitMs: 30_000 },
   };
 }
 

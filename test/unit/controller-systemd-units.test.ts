@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { controllerMain } from '../../src/controller/controller-main.js';
+import { GIT_COMMAND_TIMEOUT_MS } from '../../src/controller/git-checkout.js';
 
 const UNITS = path.resolve('contrib/systemd');
 
@@ -38,5 +39,11 @@ describe('systemd units in contrib/systemd', () => {
       expect(text).toMatch(/^WantedBy=multi-user.target$/m);
     }
     expect(execStart('ns8ctl-node-agent@.service')).toEqual(['/usr/local/bin/ns8ctl', 'node-agent', '--node', '%i']);
+  });
+
+  it('gives the controller more stop time than its longest step (a git command in flight) takes', () => {
+    const text = readFileSync(path.join(UNITS, 'ns8ctl-controller.service'), 'utf8');
+    const stopSec = Number(/^TimeoutStopSec=(\d+)$/m.exec(text)?.[1]);
+    expect(stopSec * 1000).toBeGreaterThanOrEqual(GIT_COMMAND_TIMEOUT_MS + 20_000);
   });
 });
