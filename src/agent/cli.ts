@@ -20,7 +20,7 @@ import { agentIdOf, assertInstanceId, isInstanceId, parseEventChannel } from './
 import { planRunagent, withPathFirst, type InstancePaths } from './runagent.js';
 import { runInteractive } from './step-process.js';
 import { SystemctlStatusAdapter } from './systemd-status.js';
-import { runTask } from './task-client.js';
+import { runTask, runTaskViaRelay, submitTask, submitTaskViaRelay } from './task-client.js';
 import type { TaskStatus } from './task-store.js';
 
 /** What the agent commands need from main() (a subset of the CLI's deps). */
@@ -68,14 +68,43 @@ export interface RunActionOptions {
   output?: string;
   progress?: boolean;
   as?: string;
+  /** Global --redis: with module credentials, where to connect (else REDIS_ADDRESS, NS8CTL_REDIS_URL, 127.0.0.1:6379). */
+  redis?: string;
 }
 
-/** `ns8ctl run-action`: returns the task's exit code (0 on success). */
-export async function runActionCommand(target: string, action: string, opts: RunActionOptions, deps: AgentCliDeps): Promise<number> {
+/** A module instance's own Redis credentials, as its agent environment carries them. */
+export interface ModuleCredentials {
+  instanceId: string;
+  username: string;
+  password: string;
+}
+
+/**
+ * The module identity in `env`: REDIS_USER `module/<id>` (what `runagent` and the agent give
+ * steps) with REDIS_PASSWORD. Undefined when REDIS_USER is unset or not a module user (admin
+ * credentials). Throws UsageError for a module REDIS_USER without a password.
+ */
+export function moduleCredentialsOf(env: NodeJS.ProcessEnv): ModuleCredentials | undefined {
+  const user = env.REDIS_USER;
+  const m = user ? /^module\/(.+)$/.exec(user) : null;
+  if (!user || !m || !isInstanceId(m[1] as string)) return undefined;
+  if (!env.REDIS_PASSWORD) throw new UsageError(`REDIS_USER is ${user} but REDIS_PASSWORD is empty: run it in the instance's agent environment (ns8ctl runagent -m ${m[1]} ...) or unset REDIS_USER to use admin credentials`);
+  return { instanceId: m[1] as string, username: user, password: env.REDIS_PASSWORD };
+}
+
+/**
+ * `ns8ctl run-action`: returns the task's exit code (0 on success). With a module's credentials
+ * in the environment (moduleCredentialsOf) the task goes through the task relay as that module
+ * (its roles are checked; `--as` is refused); otherwise it is pushed on the agent's queue with
+ * ns8ctl's admin connection (deps.connect).
+ */
+export async function runActionCommand(target: string, action: string, opts: RunActionOptions, deps: AgentCliDeps, extras: AgentCliExtras = {}): Promise<number> {
   const agentId = resolveAgentTarget(target);
   const format = opts.output ?? 'text';
   if (format !== 'text' && format !== 'json') throw new UsageError(`unknown output format "${format}"; allowed: text, json`);
   if (opts.data !== undefined && opts.dataFile !== undefined) throw new UsageError('give --data or --data-file, not both');
+  const self = moduleCredentialsOf(deps.env);
+  if (self && opts.as !== undefined) throw new UsageError(`--as cannot be used with module credentials (REDIS_USER=${self.username}): the task relay submits as ${self.username}`);
   let text = opts.data;
   if (opts.dataFile !== undefined) {
     if (opts.dataFile === '-') {
@@ -98,23 +127,30 @@ export async function runActionCommand(target: string, action: string, opts: Run
   }
   const timeoutMs = opts.timeout !== undefined ? Number(opts.timeout) * 1000 : undefined;
   if (timeoutMs !== undefined && !(timeoutMs > 0)) throw new UsageError(`--timeout must be a positive number of seconds, got "${opts.timeout}"`);
-  const { redis } = await deps.connect();
-  if (opts.wait === false) {
-    const { submitTask } = await import('./task-client.js');
-    const id = await submitTask(redis, agentId, action, { data, ...(opts.as ? { user: opts.as } : {}) });
-    deps.stdout(format === 'json' ? JSON.stringify({ task: id, agent: agentId, action }, null, 2) + '\n' : `${id}\n`);
-    return 0;
-  }
-  const showProgress = opts.progress ?? deps.isTTY;
-  let last = '';
-  // One hint when nothing at all is heard: the task waits in the queue until an agent pops it.
-  const hint = setTimeout(() => deps.stderr(`waiting for ${agentId} to pick up the task (is its agent running? it reads ${agentId}/tasks)\n`), 10_000);
-  hint.unref();
-  let r;
+  const open = extras.openRedis ?? openRedis;
+  const url = agentRedisUrl(opts.redis, deps.env);
+  const opened: Redis[] = [];
+  let redis: Redis;
+  if (self) {
+    redis = await open({ url, username: self.username, password: self.password });
+    opened.push(redis);
+  } else ({ redis } = await deps.connect());
   try {
-    r = await runTask(redis, agentId, action, {
+    if (opts.wait === false) {
+      const id = self ? await submitTaskViaRelay(redis, self.instanceId, agentId, action, { data }) : await submitTask(redis, agentId, action, { data, ...(opts.as ? { user: opts.as } : {}) });
+      deps.stdout(format === 'json' ? JSON.stringify({ task: id, agent: agentId, action }, null, 2) + '\n' : `${id}\n`);
+      return 0;
+    }
+    const showProgress = opts.progress ?? deps.isTTY;
+    let last = '';
+    // One hint when nothing at all is heard: the task waits in the queue until an agent pops it.
+    const waiting = self
+      ? `waiting for the task relay and ${agentId} (the controller leader relays ${self.username}/relay/tasks to ${agentId}/tasks)`
+      : `waiting for ${agentId} to pick up the task (is its agent running? it reads ${agentId}/tasks)`;
+    const hint = setTimeout(() => deps.stderr(waiting + '\n'), 10_000);
+    hint.unref();
+    const common = {
       data,
-      ...(opts.as ? { user: opts.as } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
       onProgress: (status: TaskStatus, progress: number) => {
         clearTimeout(hint);
@@ -122,26 +158,39 @@ export async function runActionCommand(target: string, action: string, opts: Run
         if (showProgress && line !== last) deps.stderr(line + '\n');
         last = line;
       },
-    });
-  } finally {
-    clearTimeout(hint);
-  }
-  if (format === 'json') {
-    let output: unknown = r.output;
+    };
+    let r;
     try {
-      output = r.output.trim() === '' ? null : (JSON.parse(r.output) as unknown);
-    } catch {
-      // not JSON: keep the text
+      if (self) {
+        // Module users may not SUBSCRIBE: progress comes through NS8's read-only default user; without it, polling.
+        const subscriber = await open({ url }).catch(() => undefined);
+        if (subscriber) opened.push(subscriber);
+        r = await runTaskViaRelay(redis, self.instanceId, agentId, action, { ...common, ...(subscriber ? { subscriber } : {}) });
+      } else {
+        r = await runTask(redis, agentId, action, { ...common, ...(opts.as ? { user: opts.as } : {}) });
+      }
+    } finally {
+      clearTimeout(hint);
     }
-    deps.stdout(JSON.stringify({ task: r.taskId, agent: agentId, action, status: r.status, exitCode: r.exitCode, output, error: r.error }, null, 2) + '\n');
-  } else {
-    if (r.output !== '') deps.stdout(r.output.endsWith('\n') ? r.output : r.output + '\n');
-    if (r.exitCode !== 0) {
-      if (r.error.trim() !== '') deps.stderr(r.error.endsWith('\n') ? r.error : r.error + '\n');
-      deps.stderr(`error: ${agentId}: action ${action} ${r.status} with exit code ${r.exitCode} (task ${r.taskId})\n`);
+    if (format === 'json') {
+      let output: unknown = r.output;
+      try {
+        output = r.output.trim() === '' ? null : (JSON.parse(r.output) as unknown);
+      } catch {
+        // not JSON: keep the text
+      }
+      deps.stdout(JSON.stringify({ task: r.taskId, agent: agentId, action, status: r.status, exitCode: r.exitCode, output, error: r.error }, null, 2) + '\n');
+    } else {
+      if (r.output !== '') deps.stdout(r.output.endsWith('\n') ? r.output : r.output + '\n');
+      if (r.exitCode !== 0) {
+        if (r.error.trim() !== '') deps.stderr(r.error.endsWith('\n') ? r.error : r.error + '\n');
+        deps.stderr(`error: ${agentId}: action ${action} ${r.status} with exit code ${r.exitCode} (task ${r.taskId})\n`);
+      }
     }
+    return r.exitCode === 0 ? 0 : r.exitCode > 0 && r.exitCode < 256 ? r.exitCode : 1;
+  } finally {
+    for (const c of opened) c.disconnect();
   }
-  return r.exitCode === 0 ? 0 : r.exitCode > 0 && r.exitCode < 256 ? r.exitCode : 1;
 }
 
 /** `ns8ctl publish`: refuses a channel that is not `<source>/event/<name>` or a payload that is not JSON. */
@@ -327,9 +376,12 @@ export function registerAgentCommands(program: Command, deps: () => AgentCliDeps
     .option('--no-wait', 'submit and print the task id only')
     .option('--timeout <seconds>', 'give up waiting after this many seconds')
     .option('--progress', 'show progress on stderr even when not on a terminal')
-    .option('--as <principal>', 'submit on behalf of a principal (module/traefik1): its roles are checked')
+    .option('--as <principal>', 'submit on behalf of a principal (module/traefik1): its roles are checked (admin credentials only; with REDIS_USER=module/<id> the task relay submits as that module)')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (id: string, action: string, opts: RunActionOptions) => setExitCode(await runActionCommand(id, action, opts, deps())));
+    .action(async (id: string, action: string, opts: RunActionOptions) => {
+      const redisFlag = program.opts<{ redis?: string }>().redis;
+      setExitCode(await runActionCommand(id, action, { ...opts, ...(redisFlag ? { redis: redisFlag } : {}) }, deps(), extras));
+    });
 
   program
     .command('publish')
