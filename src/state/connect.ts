@@ -51,17 +51,44 @@ async function open(url: string, name: string | undefined, password?: string): P
     ...(name ? { connectionName: name } : {}),
     ...(password ? { username: ADMIN_USER, password } : {}),
   });
-  redis.on('error', () => undefined); // reported through the command that fails
+  // ioredis retries, then rejects with a bare "Connection is closed.": the first socket error
+  // (ECONNREFUSED, ENOTFOUND, ...) says why, so it is kept for the message and as the cause.
+  let socketError: Error | undefined;
+  const remember = (e: Error): void => {
+    socketError ??= e;
+  };
+  redis.on('error', remember);
   try {
     await redis.connect();
     await redis.ping();
   } catch (err) {
     redis.disconnect();
-    const why = (err as Error).message;
-    const hint = /NOAUTH|WRONGPASS|NOPERM/.test(why) ? ' (check the user and password in the URL)' : '';
-    throw new RedisError('redis_unreachable', `cannot connect to Redis at ${maskUrl(url)}: ${why}${hint}`, { cause: err });
+    throw unreachable(url, err as Error, socketError);
   }
+  // Later errors are reported through the command that fails.
+  redis.off('error', remember);
+  redis.on('error', () => undefined);
   return redis;
+}
+
+/**
+ * The error for a failed connection to `url`: names the URL (password masked), the socket error
+ * when there was one (`connect ECONNREFUSED 127.0.0.1:6390`) and what ioredis finally said,
+ * with a hint for authentication failures. The cause is the socket error, else `err`.
+ */
+export function unreachable(url: string, err: Error, socketError?: Error): RedisError {
+  const final = err.message;
+  const first = socketError && socketError.message !== final ? socketError : undefined;
+  const code = (first as NodeJS.ErrnoException | undefined)?.code;
+  const why = first ? `${first.message}${code && !first.message.includes(code) ? ` (${code})` : ''}; ${final}` : final;
+  const hint = /NOAUTH|WRONGPASS|NOPERM/.test(why)
+    ? ' (check the user and password in the URL)'
+    : /ENOTFOUND|EAI_AGAIN/.test(why)
+      ? ' (check the host name in the URL)'
+      : /ECONNREFUSED/.test(why)
+        ? ' (is redis-server running and listening there?)'
+        : '';
+  return new RedisError('redis_unreachable', `cannot connect to Redis at ${maskUrl(url)}: ${why}${hint}`, { cause: first ?? err });
 }
 
 /**
