@@ -24,7 +24,8 @@ export interface DirectoryWatchOptions {
 
 /**
  * True for names the loader never reads and editors use for temp files: dot-files (`.x.swp`,
- * `.#x`), backups (`x~`), and files whose extension is not a manifest one. Directories pass.
+ * `.#x`), backups (`x~`), and files whose extension is not a manifest one. Directories, whatever
+ * dots their names hold (`prod.v2`), pass; so does a path not known to be a file (`isFile` false).
  */
 export function ignoredName(file: string, isFile: boolean): boolean {
   const base = path.basename(file);
@@ -56,8 +57,10 @@ export class DirectoryWatch {
       ignoreInitial: true,
       persistent: true,
       atomic: true,
-      // The roots themselves are always watched, whatever their names.
-      ignored: (p, stats) => !roots.has(path.resolve(p)) && ignoredName(p, stats?.isFile() ?? path.extname(p) !== ''),
+      // The roots themselves are always watched, whatever their names. chokidar also asks without
+      // stats (e.g. before descending into a directory): then only the name rules apply, never the
+      // extension one, or a directory named `prod.v2` would never be watched.
+      ignored: (p, stats) => !roots.has(path.resolve(p)) && ignoredName(p, stats?.isFile() ?? false),
     });
     this.watcher = watcher;
     watcher.on('all', (_event, p) => this.bump(p));

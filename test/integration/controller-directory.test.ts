@@ -126,6 +126,18 @@ describe('controller with a manifests directory', () => {
     await waitFor('a new file picked up', () => spec('webapp2'));
   });
 
+  it('watches subdirectories whose names hold a dot (prod.v2), existing ones and new ones', async () => {
+    mkdirSync(file('prod.v2'));
+    writeFileSync(path.join(file('prod.v2'), 'wiki.yaml'), mod('webapp1'));
+    await start();
+    await waitFor('first apply', async () => (await spec('webapp1'))?.image?.endsWith(':1.0.0'));
+    atomicSave(path.join(file('prod.v2'), 'wiki.yaml'), mod('webapp1', '1.1.0'));
+    await waitFor('a change inside prod.v2 picked up', async () => (await spec('webapp1'))?.image?.endsWith(':1.1.0'));
+    mkdirSync(file('apps.d'));
+    writeFileSync(path.join(file('apps.d'), 'blog.yaml'), mod('webapp2'));
+    await waitFor('a file in a new dotted directory picked up', () => spec('webapp2'));
+  });
+
   it('rejects invalid manifests without writing, reports Stalled, and converges once they are fixed', async () => {
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     await start();

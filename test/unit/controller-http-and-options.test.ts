@@ -280,6 +280,7 @@ describe('source helpers', () => {
     expect(ignoredName('/m/wiki.yaml', true)).toBe(false);
     expect(ignoredName('/m/wiki.YML', true)).toBe(false);
     expect(ignoredName('/m/apps', false)).toBe(false);
+    expect(ignoredName('/m/prod.v2', false)).toBe(false);
     expect(ignoredName('/m/.git', false)).toBe(true);
   });
 });
