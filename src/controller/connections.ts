@@ -13,15 +13,19 @@ export function reconnectDelay(times: number): number {
 
 /**
  * A new connection like `base`, reconnecting forever. `name` shows in CLIENT LIST.
+ * `commandTimeoutMs`: a command without an answer after this long rejects ("Command timed out"),
+ * so a Redis that hangs (connected but silent) cannot hold a step, or a stop, forever. Leave it
+ * out for connections that run blocking commands or only subscribe.
  * @throws RedisError `redis_unreachable` when the first connection fails.
  */
-export async function longLivedConnection(base: Redis, name: string): Promise<Redis> {
+export async function longLivedConnection(base: Redis, name: string, opts: { commandTimeoutMs?: number } = {}): Promise<Redis> {
   const r = base.duplicate({
     lazyConnect: true,
     connectionName: name,
     retryStrategy: reconnectDelay,
     maxRetriesPerRequest: 1,
     enableOfflineQueue: true,
+    ...(opts.commandTimeoutMs !== undefined ? { commandTimeout: opts.commandTimeoutMs } : {}),
   });
   r.on('error', () => undefined); // reported by the commands that fail
   try {

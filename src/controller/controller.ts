@@ -33,6 +33,9 @@ import { changedModules, NotificationSubscriber, type Notification } from './not
 import { sourceKey, SourceReconciler, type SourceSpec } from './source-reconciler.js';
 import { isTerminalError, WorkQueue, type ReconcileReport, type ReconcileResult } from './work-queue.js';
 
+/** Default `ControllerOptions.redisCommandTimeoutMs`. */
+export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 15_000;
+
 export interface ControllerOptions {
   sources: SourceSpec[];
   /** Periodic recheck of everything (default 10 min, ±10 % jitter). */
@@ -47,6 +50,12 @@ export interface ControllerOptions {
   webhookSecret?: string;
   /** Leader lease (default 15 s). */
   leaseMs?: number;
+  /**
+   * A Redis command of the controller's connection without an answer after this long fails
+   * (default 15 s): a hung Redis fails the step (retried with backoff) instead of holding it, and a
+   * stop, forever. Longer than any apply script of a large cluster takes.
+   */
+  redisCommandTimeoutMs?: number;
   /** Leader identity (default host:pid:random). */
   identity?: string;
   backoff?: BackoffOptions;
@@ -144,7 +153,7 @@ export class Controller {
 
   private async doStart(): Promise<void> {
     const log = this.deps.logger;
-    const redis = await longLivedConnection(this.deps.redis, 'ns8ctl-controller');
+    const redis = await longLivedConnection(this.deps.redis, 'ns8ctl-controller', { commandTimeoutMs: this.opts.redisCommandTimeoutMs ?? DEFAULT_REDIS_COMMAND_TIMEOUT_MS });
     this.redis = redis;
     this.events = new EventRecorder(redis, { now: this.now, log: (l) => log.log('warn', l) });
     for (const spec of this.opts.sources) {

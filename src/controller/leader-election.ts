@@ -4,7 +4,9 @@
  * - renew every `renewEveryMs` with a Lua compare-and-extend (PEXPIRE only if the value is still
  *   ours), so a controller can never extend a lease someone else took;
  * - a leader that could not renew within `renewDeadlineMs` of its last renewal (Redis down, lease
- *   lost) stops acting at once, before the lease can expire and another take over;
+ *   lost) stops acting at once, before the lease can expire and another take over. Each renewal
+ *   races the time left until that deadline: a Redis that stops answering (a hung server, a
+ *   network partition that drops packets) cannot keep a leader acting past its lease;
  * - release on stop with a Lua compare-and-delete, and publish `controller-leader-released` so
  *   standbys take over at once instead of waiting for the expiry.
  * Standbys retry every `retryEveryMs` (or when `wake()` is called on a release notification).
@@ -96,6 +98,23 @@ export class LeaderElector {
     return Number(await this.opts.redis.eval(RENEW, 1, key, this.opts.identity, String(this.leaseMs))) === 1;
   }
 
+  /**
+   * `p`, or `undefined` when it has not settled within `ms` (on the injected clock). A late
+   * rejection is swallowed; a rejection in time is thrown.
+   */
+  private async within<T>(p: Promise<T>, ms: number): Promise<{ value: T } | undefined> {
+    p.catch(() => undefined);
+    let handle: unknown;
+    const timeout = new Promise<undefined>((resolve) => {
+      handle = this.clock.setTimer(() => resolve(undefined), Math.max(0, ms));
+    });
+    try {
+      return await Promise.race([p.then((value) => ({ value })), timeout]);
+    } finally {
+      this.clock.clearTimer(handle);
+    }
+  }
+
   private async loop(): Promise<void> {
     const renewEvery = this.opts.renewEveryMs ?? Math.floor(this.leaseMs / 3);
     const deadline = this.opts.renewDeadlineMs ?? Math.floor((this.leaseMs * 2) / 3);
@@ -103,8 +122,11 @@ export class LeaderElector {
     const stop = this.stopCtl.signal;
     while (!stop.aborted) {
       let acquired = false;
+      // The lease counts from when the request was sent (it may have been set long before a
+      // slow answer arrived): an answer later than the deadline is not trusted.
+      const asked = this.clock.now();
       try {
-        acquired = await this.tryAcquire();
+        acquired = (await this.within(this.tryAcquire(), deadline))?.value ?? false;
       } catch (err) {
         this.opts.log?.('warn', 'leader election: cannot reach Redis', { error: (err as Error).message });
       }
@@ -113,11 +135,11 @@ export class LeaderElector {
         await sleep(this.clock, retryEvery, AbortSignal.any([stop, this.wakeCtl.signal]));
         continue;
       }
-      let lastRenew = this.clock.now();
+      let lastRenew = asked;
       const leading = new AbortController();
       this.leading = leading;
       this.opts.log?.('info', 'became leader', { identity: this.opts.identity });
-      await this.opts.redis.publish(channels.controllerEvent('controller-leader-changed'), JSON.stringify({ name: 'controller-leader-changed', holder: this.opts.identity, time: new Date(this.clock.now()).toISOString() })).catch(() => 0);
+      void this.opts.redis.publish(channels.controllerEvent('controller-leader-changed'), JSON.stringify({ name: 'controller-leader-changed', holder: this.opts.identity, time: new Date(this.clock.now()).toISOString() })).catch(() => 0);
       try {
         await this.opts.onStartedLeading(leading.signal);
       } catch (err) {
@@ -127,12 +149,21 @@ export class LeaderElector {
         continue;
       }
       while (!stop.aborted) {
-        await sleep(this.clock, renewEvery, stop);
+        await sleep(this.clock, Math.min(renewEvery, Math.max(0, lastRenew + deadline - this.clock.now())), stop);
         if (stop.aborted) break;
         const sent = this.clock.now();
+        const left = lastRenew + deadline - sent;
+        if (left <= 0) {
+          this.opts.log?.('warn', 'could not renew the leader lease in time; stopping work');
+          break;
+        }
         try {
-          const ok = Number(await this.opts.redis.eval(RENEW, 1, keys.controllerLeader(), this.opts.identity, String(this.leaseMs))) === 1;
-          if (!ok) {
+          const answer = await this.within(this.opts.redis.eval(RENEW, 1, keys.controllerLeader(), this.opts.identity, String(this.leaseMs)), left);
+          if (!answer) {
+            this.opts.log?.('warn', 'Redis did not answer the leader lease renewal in time; stopping work before the lease can lapse', { waited_ms: this.clock.now() - sent });
+            break;
+          }
+          if (Number(answer.value) !== 1) {
             this.opts.log?.('warn', 'lost the leader lease to another controller');
             break;
           }
@@ -156,8 +187,9 @@ export class LeaderElector {
       this.leading = undefined;
       if (release) {
         try {
-          const released = Number(await this.opts.redis.eval(RELEASE, 1, keys.controllerLeader(), this.opts.identity));
-          if (released === 1) await this.opts.redis.publish(channels.controllerEvent('controller-leader-released'), JSON.stringify({ name: 'controller-leader-released', holder: this.opts.identity }));
+          // Bounded: a Redis that does not answer must not hold up a stop (the lease lapses by itself).
+          const released = await this.within(this.opts.redis.eval(RELEASE, 1, keys.controllerLeader(), this.opts.identity), this.leaseMs);
+          if (Number(released?.value) === 1) await this.within(this.opts.redis.publish(channels.controllerEvent('controller-leader-released'), JSON.stringify({ name: 'controller-leader-released', holder: this.opts.identity })), this.leaseMs);
         } catch {
           // The lease expires by itself.
         }

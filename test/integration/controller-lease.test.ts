@@ -9,7 +9,10 @@ import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync }
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { Controller } from '../../src/controller/controller.js';
 import { LeaderElector } from '../../src/controller/leader-election.js';
+import { createLogger } from '../../src/controller/log.js';
+import { ExecaRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
 const BIN = path.resolve('dist/src/cli/bin.js');
@@ -148,5 +151,51 @@ describe('controller leader election', () => {
     // Stopping did not delete the other's lease either.
     expect(await redis.get('ns8ctl/controller/leader')).toBe('host:2:bbbbbb');
     expect(leading).toBe(1);
+  });
+
+  it('stops acting before its lease can lapse when Redis stops answering a renewal', async () => {
+    const client = srv.client();
+    const pid = Number(/process_id:(\d+)/.exec(await redis.info('server'))?.[1]);
+    expect(pid).toBeGreaterThan(0);
+    let stopped = 0;
+    const e = new LeaderElector({ redis: client, identity: 'host:1:cccccc', leaseMs: 1500, onStartedLeading: () => undefined, onStoppedLeading: () => void stopped++ });
+    const run = e.run();
+    await waitFor('leading', () => e.isLeader);
+    process.kill(pid, 'SIGSTOP'); // the test's own redis-server: every command now hangs
+    try {
+      // Still frozen: the renewal never answered, yet the leader gave up on its own.
+      await waitFor('stepped down while Redis hangs', () => !e.isLeader && stopped === 1, 10_000);
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    // Redis answers again: the lease (still its own) is taken back.
+    await waitFor('leading again', () => e.isLeader);
+    await e.stop();
+    await run;
+    expect(await redis.exists('ns8ctl/controller/leader')).toBe(0);
+  });
+
+  it('stops cleanly while a reconcile hangs on a Redis that stopped answering', async () => {
+    const pid = Number(/process_id:(\d+)/.exec(await redis.info('server'))?.[1]);
+    const started: string[] = [];
+    const c = new Controller(
+      { sources: [{ name: 'default', kind: 'directory', paths: [path.join(dir, 'm')], prune: false, selfHeal: true }], resyncMs: 0, leaseMs: 1500, redisCommandTimeoutMs: 1000, configuration: false },
+      { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('json', () => undefined), onReconcileStart: (k) => started.push(k) },
+    );
+    await c.start();
+    let stopped = false;
+    try {
+      await waitFor('leading and idle', async () => c.isLeader && (await c.whenIdle(), true));
+      process.kill(pid, 'SIGSTOP');
+      const before = started.length;
+      c.trigger('source/default');
+      await waitFor('a reconcile running against the frozen Redis', () => started.length > before);
+      await c.stop();
+      stopped = true;
+    } finally {
+      process.kill(pid, 'SIGCONT');
+      if (!stopped) await c.stop();
+    }
+    expect(c.isLeader).toBe(false);
   });
 });
