@@ -118,12 +118,13 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
 
   const get = program
     .command('get')
-    .description('List modules, repositories or nodes in desired state (with observed status)')
-    .argument('<resource>', 'modules | repositories | nodes (or: get available)')
+    .description('List modules, repositories, nodes (desired state with observed status) or sources (controller status)')
+    .argument('<resource>', 'modules | repositories | nodes | sources (or: get available)')
     .argument('[name]', 'one object')
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
     .option('-w, --watch', 'after listing, print again whenever something changes (Redis notifications, no polling); Ctrl-C ends')
-    .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean }) => {
+    .option('--show-secrets', 'print secret values (passwords, tokens, URL passwords) instead of masking them')
+    .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean; showSecrets?: boolean }) => {
       if (!opts.watch) return run(async (d) => (await getCommands()).getCommand(resource, name, opts, d))();
       const { shutdownSignal, watchModules } = await import('../controller/cli.js');
       const s = shutdownSignal();

@@ -118,6 +118,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
     const shown = await get('modules', 'webapp1', { output: 'json', showSecrets: true });
     expect(JSON.parse(shown.stdout).spec.configuration).toMatchObject({ admin_password: 'Pa55-w0rd', apiToken: 'tok-123', backup_url: 'https://u:urlpw@backup.example/' });
     expect((await get('modules', undefined, { output: 'yaml', showSecrets: true })).stdout).toContain('admin_password: Pa55-w0rd');
+    expect((await runCli(['get', 'modules', 'webapp1', '-o', 'yaml', '--show-secrets'], env)).stdout).toContain('admin_password: Pa55-w0rd');
   });
 
   it('masks a password in a repository URL in the table and json, unless showSecrets', async () => {
