@@ -25,7 +25,7 @@ import { startLocalNodeAgent, type LocalNodeAgentFactory } from './node-agent-se
 import { NotificationSubscriber } from './notifications.js';
 import { maskString } from '../plan/mask.js';
 import { buildSources } from './source-options.js';
-import { parseSuspendTarget, resumeTarget, suspendTarget } from './suspend.js';
+import { assertTargetExists, parseSuspendTarget, resumeTarget, suspendTarget } from './suspend.js';
 
 /** Default HTTP port of /healthz, /readyz, /metrics and the webhook. */
 export const DEFAULT_HTTP_PORT = 9780;
@@ -190,13 +190,17 @@ function whoami(env: NodeJS.ProcessEnv): string {
   return `${env.SUDO_USER || env.USER || env.LOGNAME || 'unknown'}@${hostname()}`;
 }
 
-/** `ns8ctl suspend [module ID | source NAME] [--for D] [--reason TEXT] [-o json]`. */
-export async function suspendCommand(resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string }, deps: CliDeps): Promise<number> {
+/**
+ * `ns8ctl suspend [module ID | source NAME] [--for D] [--reason TEXT] [--force] [-o json]`.
+ * @throws NotFoundError (exit 1) when the module or source does not exist, unless `force`.
+ */
+export async function suspendCommand(resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string; force?: boolean }, deps: CliDeps): Promise<number> {
   const target = parseSuspendTarget(resource, name);
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const forMs = opts.for !== undefined ? parseDuration(opts.for, '--for') : undefined;
   if (forMs !== undefined && forMs < 1000) throw new UsageError('--for must be at least 1s');
   const { redis } = await deps.connect({ startEmbedded: false });
+  if (!opts.force) await assertTargetExists(redis, target);
   const s = await suspendTarget(redis, new EventRecorder(redis), target, { by: whoami(deps.env), now: new Date(), ...(opts.reason ? { reason: opts.reason } : {}), ...(forMs !== undefined ? { forMs } : {}) });
   if (format === 'json') deps.stdout(renderJson({ kind: target.kind, name: target.name, suspended: true, ...s }));
   else deps.stdout(`${target.kind} ${target.name} suspended${s.until ? ` until ${s.until}` : ''}; \`ns8ctl resume ${target.kind} ${target.name}\` resumes it\n`);
@@ -375,8 +379,9 @@ export function registerControllerCommands(program: Command, deps: () => CliDeps
     .argument('[name]', 'instance id or source name')
     .option('--for <duration>', 'lapse by itself after this long (e.g. 2h)')
     .option('--reason <text>', 'why (shown in status and events)')
+    .option('--force', 'suspend even if no such module or source exists yet')
     .option('-o, --output <format>', 'text or json', 'text')
-    .action(async (resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string }) => setExitCode(await suspendCommand(resource, name, opts, deps())));
+    .action(async (resource: string | undefined, name: string | undefined, opts: { for?: string; reason?: string; output?: string; force?: boolean }) => setExitCode(await suspendCommand(resource, name, opts, deps())));
 
   program
     .command('resume')

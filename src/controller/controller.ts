@@ -109,6 +109,8 @@ export class Controller {
   private readonly conflicted = new Set<string>();
   /** Source keys parked on a terminal error (a resync skips them). */
   private readonly parked = new Set<string>();
+  /** Suspended targets as the last reconciles saw them (the ns8ctl_suspended gauge). */
+  private readonly suspended = { module: new Set<string>(), source: new Set<string>() };
   /** Source keys whose running reconcile changed what they declare or wrote desired state. */
   private readonly wakeAfter = new Set<string>();
   private redis: Redis | undefined;
@@ -305,6 +307,7 @@ export class Controller {
     const runtime: LeaderRuntime = { queue, watches: [], resync: undefined };
     this.runtime = runtime;
     this.metrics.leader.set(1);
+    this.resetSuspended();
     for (const spec of this.opts.sources) {
       if (spec.kind !== 'directory') continue;
       const w = new DirectoryWatch({
@@ -332,6 +335,7 @@ export class Controller {
     await rt.queue.stop();
     this.runtime = undefined;
     this.metrics.leader.set(0);
+    this.resetSuspended();
   }
 
   private scheduleResync(rt: LeaderRuntime): void {
@@ -377,7 +381,13 @@ export class Controller {
 
   private async reconcile(key: string, signal: AbortSignal): Promise<ReconcileResult | void> {
     const src = this.reconcilers.get(key);
-    if (src) return src.reconcile(signal);
+    if (src) {
+      try {
+        return await src.reconcile(signal);
+      } finally {
+        this.noteSuspended('source', src.spec.name, src.suspended);
+      }
+    }
     if (key.startsWith('Module/')) {
       const id = key.slice('Module/'.length);
       let requeueAfterMs: number | undefined;
@@ -404,10 +414,25 @@ export class Controller {
               },
             }),
       });
-      void summary;
+      this.noteSuspended('module', id, summary?.suspended ?? false);
       return requeueAfterMs !== undefined ? { requeueAfterMs } : {};
     }
     this.runtime?.queue.forget(key);
+  }
+
+  private noteSuspended(kind: 'module' | 'source', name: string, suspended: boolean): void {
+    const set = this.suspended[kind];
+    if (suspended === set.has(name)) return;
+    if (suspended) set.add(name);
+    else set.delete(name);
+    this.metrics.suspended.set(set.size, { kind });
+  }
+
+  private resetSuspended(): void {
+    for (const kind of ['module', 'source'] as const) {
+      this.suspended[kind].clear();
+      this.metrics.suspended.set(0, { kind });
+    }
   }
 
   private observe(r: ReconcileReport): void {

@@ -121,12 +121,14 @@ export class ControllerMetrics {
   readonly driftedObjects = new Gauge('ns8ctl_drifted_objects', 'Objects whose Drifted condition is True (host drift the node agent repaired, or desired state that left its source).');
   readonly lastSuccessfulSync = new Gauge('ns8ctl_source_last_successful_sync_timestamp_seconds', 'Unix time of the last reconcile of a source that ended in sync with it.');
   readonly leader = new Gauge('ns8ctl_controller_leader', '1 while this controller holds the leader lease, else 0.');
-  readonly suspended = new Gauge('ns8ctl_suspended', 'Suspended targets, by kind (module, source).');
+  readonly suspended = new Gauge('ns8ctl_suspended', 'Suspended targets the leader reconciles, by kind (module, source); 0 on standbys.');
 
   constructor(sources: { depth: () => number; inFlight: () => number }) {
     this.queueDepth = new Gauge('ns8ctl_workqueue_depth', 'Keys waiting to be reconciled now (not running, not in backoff).', sources.depth);
     this.inFlight = new Gauge('ns8ctl_workqueue_in_flight', 'Reconciles running now.', sources.inFlight);
     this.leader.set(0);
+    this.suspended.set(0, { kind: 'module' });
+    this.suspended.set(0, { kind: 'source' });
   }
 
   /** The whole scrape, text exposition format. */

@@ -131,6 +131,8 @@ export class SourceReconciler {
   desiredKeys = new Set<string>();
   /** True once the source loaded its manifests (desiredKeys is meaningful). */
   loaded = false;
+  /** Whether the last reconcile found the source suspended. */
+  suspended = false;
   private readonly git: GitCheckout | undefined;
   private lastWarnings = '';
   /** Head of the last successful fetch and when the next one is due (git sources). */
@@ -229,6 +231,7 @@ export class SourceReconciler {
     const base = this.baseStatus(prev);
 
     const suspension = await readSuspension(redis, 'source', name);
+    this.suspended = suspension !== undefined;
     if (suspension) {
       const ready = prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Suspended', 'never reconciled');
       await this.save(prev, {

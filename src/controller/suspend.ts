@@ -8,7 +8,7 @@
  * `module-resumed`, `source-suspended` or `source-resumed` events.
  */
 import type { Redis } from 'ioredis';
-import { RedisError, UsageError } from '../errors.js';
+import { NotFoundError, RedisError, UsageError } from '../errors.js';
 import { keys } from '../state/keys.js';
 import type { EventRecorder } from './events.js';
 import { formatDuration } from './duration.js';
@@ -116,4 +116,54 @@ export async function readSuspensions(redis: Redis, kind: SuspendKind, names: re
     if (s) out.set(n, s);
   });
   return out;
+}
+
+/**
+ * What can be suspended: for `module`, the Modules in desired state; for `source`, the sources a
+ * controller reported a status for and the apply sets that have an inventory. Sorted.
+ * @throws RedisError when Redis cannot be read.
+ */
+export async function knownTargets(redis: Redis, kind: SuspendKind): Promise<string[]> {
+  try {
+    if (kind === 'module') return (await redis.smembers(keys.desiredIndex('Module'))).sort();
+    const names = new Set(await redis.smembers(keys.inventories()));
+    const prefix = keys.sourceStatus('');
+    let cursor = '0';
+    let rounds = 0;
+    do {
+      const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      for (const k of found) names.add(k.slice(prefix.length));
+      cursor = next;
+    } while (cursor !== '0' && ++rounds < 10_000);
+    return [...names].sort();
+  } catch (err) {
+    throw new RedisError('redis_read_failed', `listing the known ${kind}s: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Edit distance (Levenshtein), for "did you mean". */
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+/**
+ * Refuses to suspend something that does not exist (a typo would otherwise suspend nothing and
+ * say it worked): NotFoundError (exit 1) naming the closest known targets, and `--force` for
+ * suspending ahead of time (a module or source not applied yet).
+ * @throws NotFoundError when `target` is unknown; RedisError when Redis cannot be read.
+ */
+export async function assertTargetExists(redis: Redis, target: { kind: SuspendKind; name: string }): Promise<void> {
+  const known = await knownTargets(redis, target.kind);
+  if (known.includes(target.name)) return;
+  const closest = [...known].sort((a, b) => distance(target.name, a) - distance(target.name, b) || (a < b ? -1 : a > b ? 1 : 0)).slice(0, 8);
+  const what = target.kind === 'module' ? 'no module instance' : 'no source';
+  const where = target.kind === 'module' ? 'in desired state' : 'known to the controller (no status, no apply set)';
+  const list = known.length === 0 ? `there are none yet` : `${known.length > closest.length ? 'closest' : 'known'}: ${closest.join(', ')}${known.length > closest.length ? ` (${known.length} in all)` : ''}`;
+  throw new NotFoundError(`${what} ${JSON.stringify(target.name)} ${where}; ${list}. \`ns8ctl suspend ${target.kind} ${target.name} --force\` suspends it anyway (before it is applied)`);
 }

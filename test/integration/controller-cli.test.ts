@@ -74,6 +74,12 @@ describe('controller commands', () => {
   };
 
   it('suspends and resumes a module (with expiry) and a source, recording events', async () => {
+    const m = path.join(dir, 'm');
+    mkdirSync(m);
+    writeFileSync(path.join(m, 'node.yaml'), NODE);
+    writeFileSync(path.join(m, 'a.yaml'), mod('webapp1'));
+    expect((await runCli(['apply', '-f', m], env)).code).toBe(0);
+    const before = (await redis.xlen('ns8ctl/events'));
     const s = await ctl(['suspend', 'module', 'webapp1', '--for', '2h', '--reason', 'disk swap', '-o', 'json']);
     expect(s.code).toBe(0);
     const doc = JSON.parse(s.out);
@@ -87,9 +93,31 @@ describe('controller commands', () => {
     expect(again.err).toContain('was not suspended');
     expect((await ctl(['resume', 'source', 'default'])).code).toBe(0);
     const ev = await ctl(['events', '-o', 'json']);
-    expect(JSON.parse(ev.out).items.map((e: { name: string }) => e.name)).toEqual(['module-suspended', 'source-suspended', 'module-resumed', 'source-resumed']);
+    expect(JSON.parse(ev.out).items.slice(before).map((e: { name: string }) => e.name)).toEqual(['module-suspended', 'source-suspended', 'module-resumed', 'source-resumed']);
     const text = await ctl(['events']);
     expect(text.out).toMatch(/Module\/webapp1 {2}module-suspended {2}module webapp1 suspended by ada@\S+: disk swap for 2h/);
+  });
+
+  it('refuses to suspend a module or source that does not exist, naming the closest ones, unless --force', async () => {
+    const m = path.join(dir, 'm');
+    mkdirSync(m);
+    writeFileSync(path.join(m, 'node.yaml'), NODE);
+    for (const id of ['webapp1', 'webapp2', 'webapp13']) writeFileSync(path.join(m, `${id}.yaml`), mod(id));
+    expect((await runCli(['apply', '-f', m], env)).code).toBe(0);
+    const typo = await ctl(['suspend', 'module', 'wepapp1']);
+    expect(typo.code).toBe(1);
+    expect(typo.err).toContain('no module instance "wepapp1" in desired state; known: webapp1, webapp13, webapp2');
+    expect(typo.err).toContain('--force');
+    expect(await redis.exists('ns8ctl/suspend/module/wepapp1')).toBe(0);
+    const source = await ctl(['suspend', 'source', 'prod']);
+    expect(source.code).toBe(1);
+    expect(source.err).toContain('no source "prod"');
+    expect(source.err).toContain('known: default');
+    // Ahead of time, on purpose.
+    const forced = await ctl(['suspend', 'module', 'webapp9', '--force']);
+    expect(forced.code).toBe(0);
+    expect(await redis.exists('ns8ctl/suspend/module/webapp9')).toBe(1);
+    expect((await ctl(['suspend', 'module', 'webapp2'])).code).toBe(0);
   });
 
   it('exits 2 on usage errors', async () => {

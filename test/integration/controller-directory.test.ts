@@ -253,8 +253,11 @@ describe('controller with a manifests directory', () => {
     expect((await spec('webapp1'))?.image).toMatch(/:1\.0\.0$/);
     const summary = JSON.parse((await redis.hget('ns8ctl/conditions/module/webapp1', 'conditions')) ?? '[]') as { type: string; reason: string }[];
     expect(summary.find((c) => c.type === 'Reconciling')?.reason).toBe('Suspended');
+    await waitFor('the suspended gauge counts it', () => controllers[0]!.metrics.suspended.get({ kind: 'module' }) === 1);
+    expect(controllers[0]!.metrics.render()).toContain('ns8ctl_suspended{kind="module"} 1');
     await resumeTarget(redis, events, { kind: 'module', name: 'webapp1' }, 'test');
     await waitFor('held-back change applied on resume', async () => (await spec('webapp1'))?.image?.endsWith(':3.0.0'));
+    await waitFor('the gauge drops on resume', () => controllers[0]!.metrics.suspended.get({ kind: 'module' }) === 0);
   });
 
   it('leaves a suspended source alone until it is resumed', async () => {
@@ -264,6 +267,7 @@ describe('controller with a manifests directory', () => {
     const events = new EventRecorder(redis);
     await suspendTarget(redis, events, { kind: 'source', name: 'default' }, { by: 'test', now: new Date() });
     await waitFor('Reconciling=Suspended', async () => (await readSourceStatus(redis, 'default'))?.conditions.find((c) => c.type === 'Reconciling')?.reason === 'Suspended');
+    await waitFor('the suspended gauge counts the source', () => controllers[0]!.metrics.suspended.get({ kind: 'source' }) === 1);
     atomicSave(file('wiki.yaml'), mod('webapp1', '4.0.0'));
     // The save is seen (a reconcile runs) but nothing is applied.
     const before = logs.length;
@@ -271,6 +275,7 @@ describe('controller with a manifests directory', () => {
     expect((await spec('webapp1'))?.image).toMatch(/:1\.0\.0$/);
     await resumeTarget(redis, events, { kind: 'source', name: 'default' }, 'test');
     await waitFor('applied on resume', async () => (await spec('webapp1'))?.image?.endsWith(':4.0.0'));
+    await waitFor('the gauge drops on resume', () => controllers[0]!.metrics.suspended.get({ kind: 'source' }) === 0);
   });
 
   it('follows node agent status into Ready and records module-became-ready', async () => {
