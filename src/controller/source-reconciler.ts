@@ -139,6 +139,8 @@ export class SourceReconciler {
   private fetched: { head: string; nextAt: number } | undefined;
   /** A webhook (or `ns8ctl` on another replica) asked for a fetch before the interval. */
   private fetchWanted = false;
+  /** When the first timed suspension of a module this source pinned lapses (ms since the epoch). */
+  private suspensionLapseAt: number | undefined;
 
   constructor(
     readonly spec: SourceSpec,
@@ -172,12 +174,18 @@ export class SourceReconciler {
     this.fetchWanted = true;
   }
 
-  /** Next run of a git source: when its next fetch is due. */
+  /**
+   * Next run: when a git source's next fetch is due, or when the first timed suspension of a
+   * module this source holds back lapses (a TTL expiry announces nothing), whichever comes first.
+   */
   private requeue(): ReconcileResult {
+    const now = this.deps.now().getTime();
+    const lapse = this.suspensionLapseAt !== undefined ? Math.max(0, this.suspensionLapseAt - now + 50) : undefined;
     const g = this.spec.git;
-    if (!g) return {};
-    if (!this.fetched) return { requeueAfterMs: this.jitteredInterval() };
-    return { requeueAfterMs: Math.max(0, this.fetched.nextAt - this.deps.now().getTime()) };
+    let fetch: number | undefined;
+    if (g) fetch = this.fetched ? Math.max(0, this.fetched.nextAt - now) : this.jitteredInterval();
+    const next = Math.min(fetch ?? Infinity, lapse ?? Infinity);
+    return Number.isFinite(next) ? { requeueAfterMs: next } : {};
   }
 
   private jitteredInterval(): number {
@@ -313,6 +321,8 @@ export class SourceReconciler {
     for (const d of desired) if (d.object.kind === 'Module') moduleIds.add(d.object.metadata.name);
     for (const k of inventory) if (k.startsWith('Module/')) moduleIds.add(k.slice('Module/'.length));
     const suspended = await readSuspensions(redis, 'module', [...moduleIds].sort());
+    const untils = [...suspended.values()].map((x) => (x.until ? Date.parse(x.until) : NaN)).filter((t) => Number.isFinite(t));
+    this.suspensionLapseAt = untils.length > 0 ? Math.min(...untils) : undefined;
     const pinned = pinSuspended(desired, state, name, new Set(suspended.keys()));
     const digest = desiredDigest(pinned);
     let p: Plan;

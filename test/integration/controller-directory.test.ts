@@ -260,6 +260,21 @@ describe('controller with a manifests directory', () => {
     await waitFor('the gauge drops on resume', () => controllers[0]!.metrics.suspended.get({ kind: 'module' }) === 0);
   });
 
+  it('applies a held-back change by itself when a timed module suspension lapses', async () => {
+    writeFileSync(file('wiki.yaml'), mod('webapp1'));
+    await start();
+    await waitFor('first apply', () => spec('webapp1'));
+    await suspendTarget(redis, new EventRecorder(redis), { kind: 'module', name: 'webapp1' }, { by: 'test', now: new Date(), forMs: 1500 });
+    atomicSave(file('wiki.yaml'), mod('webapp1', '3.0.0'));
+    await waitFor('the suspended gauge counts it', () => controllers[0]!.metrics.suspended.get({ kind: 'module' }) === 1);
+    expect((await spec('webapp1'))?.image).toMatch(/:1\.0\.0$/);
+    // The key expires (TTL): nothing is published, no resync runs (resyncMs 0), no file changes.
+    await waitFor('held-back change applied once the suspension lapsed', async () => (await spec('webapp1'))?.image?.endsWith(':3.0.0'));
+    await waitFor('the gauge drops', () => controllers[0]!.metrics.suspended.get({ kind: 'module' }) === 0);
+    const summary = JSON.parse((await redis.hget('ns8ctl/conditions/module/webapp1', 'conditions')) ?? '[]') as { type: string; reason: string }[];
+    expect(summary.find((c) => c.type === 'Reconciling')?.reason).not.toBe('Suspended');
+  });
+
   it('leaves a suspended source alone until it is resumed', async () => {
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     await start();
