@@ -5,20 +5,22 @@
  *  1. converge 20 instances of the example module with the agent's bounded concurrency, then the
  *     same 20 sequentially (concurrency 1: the same commands one after another): wall times, ratio,
  *     and the share of command time per step kind;
- *  2. a no-op reconcile of 200 converged instances: wall time, processes spawned, Redis round trips.
+ *  2. a no-op reconcile of 200 converged instances: wall time, processes spawned, Redis round trips;
+ *  3. the same with `module:` specs resolved through a file:// repository (one catalogue load per pass).
  * Instances are removed (data deleted) at the end. Needs root, podman, skopeo, docker-registry and
  * redis-server. Run: `npm run build && node dist/bench/node-agent-converge.js`
  * (BENCH_CONVERGE_INSTANCES, BENCH_NOOP_INSTANCES, BENCH_CONCURRENCY change the sizes).
  */
-import { existsSync, mkdtempSync, rmSync, chmodSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../src/node-agent/deps.js';
 import { defaultLayout } from '../src/node-agent/layout.js';
 import { reconcileNodeOnce, type NodeReconcileResult } from '../src/node-agent/reconcile.js';
+import { makeImageResolver } from '../src/repository/image-resolver.js';
 import { keys } from '../src/state/keys.js';
 import { preparePodmanHost } from '../test/support/host-podman.js';
 import { startRegistry } from '../test/support/registry.js';
@@ -60,10 +62,10 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ')).join('\n');
 }
 
-async function putModules(redis: Redis, ids: string[], image: string): Promise<void> {
+async function putModules(redis: Redis, ids: string[], image: string, spec: Record<string, string> = { image }): Promise<void> {
   const p = redis.pipeline();
   for (const id of ids) {
-    const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, image, removalPolicy: 'Delete' } });
+    const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec, removalPolicy: 'Delete' } });
     p.hset(keys.desired('Module', id), { object, generation: '1', source: 'bench.yaml', revision: '', applyset: 'default' });
     p.sadd(keys.desiredIndex('Module'), id);
     p.hset(keys.moduleUuid(), id, `00000000-0000-4000-8000-${String(ids.indexOf(id)).padStart(12, '0')}`);
@@ -178,6 +180,28 @@ async function main(): Promise<void> {
       ]),
     );
     out.push(`no-op reconcile: ${spawned} processes spawned for ${NOOP} instances (${changed} instance(s) changed), ${trips} Redis round trips`);
+
+    // ---- 3. the same no-op reconcile with `module:` specs resolved through a repository ----
+    // A file:// repository offering webapp 1.0.0 from the bench registry: the specs resolve to the
+    // image the instances run, so the pass changes nothing; its extra cost is the resolution.
+    const repoDir = path.join(work, 'repo');
+    mkdirSync(repoDir);
+    writeFileSync(path.join(repoDir, 'repodata.json'), JSON.stringify([{ id: 'webapp', name: 'webapp', description: { en: 'bench' }, logo: null, categories: ['bench'], authors: [{ name: 'bench' }], docs: { documentation_url: 'https://example.org', bug_url: 'https://example.org', code_url: 'https://example.org' }, source: image.replace(/:1\.0\.0$/, ''), versions: [{ tag: '1.0.0', testing: false, labels: {} }] }]));
+    await redis.hset(keys.repository('bench'), { url: pathToFileURL(repoDir).href, status: '1', testing: '0' });
+    await putModules(redis, many, image, { module: 'webapp', version: '1.0.0' });
+    const resolving: NodeAgentDeps = { ...deps, resolveImage: makeImageResolver(redis, { coreVersion: '3.21.0' }) };
+    check(await reconcileNodeOnce(opts, resolving), 'module specs (warm the repository cache)');
+    const keyspace = await redis.dbsize();
+    const beforeModule = runner.records.length;
+    counter.take();
+    const noopModule = await timed(() => reconcileNodeOnce(opts, resolving));
+    const tripsModule = counter.take();
+    const spawnedModule = runner.records.length - beforeModule;
+    check(noopModule.value, 'no-op with module specs');
+    out.push(
+      `no-op reconcile with module: specs: ${noopModule.ms.toFixed(0)} ms, ${spawnedModule} processes, ${tripsModule} Redis round trips ` +
+        `(${tripsModule - trips} for the one catalogue load: SCAN of ${keyspace} keys, repositories, cache probe; ${NOOP} instances)`,
+    );
     await deleteModules(redis, many);
     const rm = await timed(() => reconcileNodeOnce(opts, deps));
     check(rm.value, 'removal');

@@ -123,6 +123,8 @@ async function expectNothingLeft(id: string, policy: 'Preserve' | 'Delete'): Pro
   expect(((await admin.call('ACL', 'LIST')) as string[]).filter((l) => l.startsWith(`user module/${id} `))).toEqual([]);
   expect((await admin.smembers('cluster/acls')).filter((l) => l.startsWith(`user module/${id} `))).toEqual([]);
   expect(await admin.keys(`module/${id}/*`)).toEqual([]);
+  const defaults = await admin.keys('*/default_instance/*');
+  expect(defaults.length ? (await admin.mget(...defaults)).filter((v) => v === id) : []).toEqual([]);
   expect(await admin.exists(keys.desired('Module', id), keys.moduleStatus(id))).toBe(0);
   expect(await admin.hget(keys.tcpPortsDemand(), id)).toBeNull();
   expect(existsSync(path.join(layout.agentStateDir, 'instances', `${id}.json`))).toBe(false);
