@@ -199,7 +199,8 @@ describe('controller with a git source', () => {
       return s?.lastError === 'git_fetch_failed' ? s : undefined;
     });
     expect(st.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'FetchFailed' });
-    expect((await readEvents(redis)).map((e) => e.name)).toContain('source-fetch-failed');
+    // The event is recorded just after the status is written.
+    await waitFor('source-fetch-failed event', async () => (await readEvents(redis)).some((e) => e.name === 'source-fetch-failed'));
     execFileSync('mv', [moved, remote]);
     await waitFor('applied after recovery', async () => (await readSourceStatus(redis, 'default'))?.lastAppliedRevision === first);
   });
