@@ -13,6 +13,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { startTaskRelay, type TaskRelay } from '../agent/task-relay.js';
 import { defaultSchemaLookup } from '../apply/pipeline.js';
 import { toNs8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
@@ -55,6 +56,11 @@ export interface ControllerOptions {
    * (default 15 s): a hung Redis fails the step (retried with backoff) instead of holding it, and a
    * stop, forever. Longer than any apply script of a large cluster takes.
    */
+  /**
+   * Run the module-to-module task relay (src/agent/task-relay.ts) while leading: NS8's api-server
+   * role, so instances can submit tasks to other agents under their own ACL. Default true.
+   */
+  taskRelay?: boolean;
   redisCommandTimeoutMs?: number;
   /** Leader identity (default host:pid:random). */
   identity?: string;
@@ -94,6 +100,7 @@ interface LeaderRuntime {
   queue: WorkQueue;
   watches: DirectoryWatch[];
   resync: TimerHandle | undefined;
+  relay?: TaskRelay;
 }
 
 /** See the module doc. */
@@ -321,6 +328,9 @@ export class Controller {
       await w.start();
     }
     await queue.start();
+    if (this.opts.taskRelay !== false && this.redis) {
+      runtime.relay = startTaskRelay(this.redis, { log: (line) => log.log('info', line, { component: 'task-relay' }) });
+    }
     await this.enqueueAll('change');
     await this.enqueueOrphans();
     this.scheduleResync(runtime);
@@ -331,7 +341,7 @@ export class Controller {
     if (!rt) return;
     if (rt.resync !== undefined) this.clock.clearTimer(rt.resync);
     rt.resync = undefined;
-    await Promise.all(rt.watches.map((w) => w.stop()));
+    await Promise.all([...rt.watches.map((w) => w.stop()), rt.relay?.stop()]);
     await rt.queue.stop();
     this.runtime = undefined;
     this.metrics.leader.set(0);

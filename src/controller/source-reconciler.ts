@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { applyPlan, defaultSchemaLookup, loadAndValidate, resolvePlan } from '../apply/pipeline.js';
+import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, locateDesired, resolvePlan } from '../apply/pipeline.js';
 import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { objectKey, type DesiredObject } from '../manifest/types.js';
@@ -327,8 +327,10 @@ export class SourceReconciler {
     const digest = desiredDigest(pinned);
     let p: Plan;
     try {
-      p = makePlan(pinned, state, { applySet: name, prune: this.spec.prune });
+      p = makePlan(pinned, state, { applySet: name, prune: this.spec.prune, locate: locateDesired });
     } catch (err) {
+      // e.g. a Module moved to another node: a validation error at its line.
+      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
       return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
     }
     // Image resolution as `ns8ctl apply` does it: unresolvable or over-limit Modules are blocked.
@@ -397,6 +399,10 @@ export class SourceReconciler {
         data: { source: name, revision, summary: applied.summary, changes: applied.changes.map((c) => `${c.action} ${c.key}`), ...(commit ? { author: commit.author, subject: commit.subject } : {}) },
       });
       this.deps.onApplied?.(name);
+    } else if (hasWrites({ desired: pinned, state, plan: applyable })) {
+      // Only manifests that moved (same content): their recorded source is refreshed, no
+      // generation bump, no event.
+      await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner });
     }
 
     // 6. Status.

@@ -6,7 +6,7 @@
 import { mkdtempSync, mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Redis } from 'ioredis';
+import { Redis } from 'ioredis';
 import { Controller, type ControllerOptions } from '../../src/controller/controller.js';
 import { readEvents } from '../../src/controller/events.js';
 import { createLogger } from '../../src/controller/log.js';
@@ -17,6 +17,8 @@ import { resumeTarget, suspendTarget } from '../../src/controller/suspend.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { writeStatus } from '../../src/node-agent/status.js';
 import { channels } from '../../src/state/keys.js';
+import { buildRelayRequest, relayQueueKey } from '../../src/agent/task-relay.js';
+import { applyModuleAcl } from '../../src/node-agent/redis-acl.js';
 import { runCli } from '../support/cli.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
@@ -157,6 +159,42 @@ describe('controller with a manifests directory', () => {
     atomicSave(file('wiki.yaml'), mod('webapp1', '2.0.0'));
     await waitFor('fixed manifest applied', async () => (await spec('webapp1'))?.image?.endsWith(':2.0.0'));
     await waitFor('Ready again', async () => (await ready()) === 'True');
+  });
+
+  it('rejects a Module moved to another node as invalid, at the line of spec.node, and keeps it where it is', async () => {
+    writeFileSync(file('node2.yaml'), NODE.replace('node1', 'node2').replace('id: 1', 'id: 2'));
+    writeFileSync(file('wiki.yaml'), mod('webapp1'));
+    await start();
+    await waitFor('first apply', () => spec('webapp1'));
+    atomicSave(file('wiki.yaml'), mod('webapp1').replace('  node: 1', '  node: 2'));
+    const st = await waitFor('Stalled', async () => {
+      const s = await readSourceStatus(redis, 'default');
+      return s?.conditions.find((c) => c.type === 'Stalled')?.status === 'True' ? s : undefined;
+    });
+    const readyCond = st!.conditions.find((c) => c.type === 'Ready')!;
+    expect(readyCond).toMatchObject({ status: 'False', reason: 'ValidationFailed' });
+    expect(readyCond.message).toMatch(/wiki\.yaml:7:\d+/);
+    expect(readyCond.message).toContain('/spec/node');
+    expect((await spec('webapp1')) as { node?: number }).toMatchObject({ node: 1 });
+  });
+
+  it('runs the task relay while leading: an instance reaches another agent under its own ACL', async () => {
+    await redis.hset('cluster/module_node', 'alpha1', '1', 'beta1', '1');
+    await applyModuleAcl(redis, 'alpha1', 'alpha-pw');
+    await start();
+    const alpha = new Redis(srv.port, '127.0.0.1', { username: 'module/alpha1', password: 'alpha-pw', maxRetriesPerRequest: 1 });
+    try {
+      await expect(alpha.lpush('module/beta1/tasks', '{}')).rejects.toThrow(/NOPERM/);
+      const req = buildRelayRequest('module/beta1', 'get-status');
+      await alpha.lpush(relayQueueKey('alpha1'), req.json);
+      const task = await waitFor('the task on beta1 queue', async () => {
+        const [t] = await redis.lrange('module/beta1/tasks', 0, -1);
+        return t ? (JSON.parse(t) as { id: string; action: string; user: string }) : undefined;
+      });
+      expect(task).toMatchObject({ id: req.id, action: 'get-status', user: 'module/alpha1' });
+    } finally {
+      alpha.disconnect();
+    }
   });
 
   it('restores desired state changed outside the source, woken by the Redis notification', async () => {

@@ -122,6 +122,7 @@ describe('controller with a git source', () => {
     // Drift repair before the webhook re-applies the fetched commit; it does not fetch the new one.
     const h = await redis.hget('ns8ctl/desired/module/webapp1', 'object');
     await redis.hset('ns8ctl/desired/module/webapp1', 'object', h!.replace(':1.0.0', ':7.7.7'));
+    c.trigger('source/default'); // as a resync or a desired-state-changed event would
     await waitFor('drift repaired', async () => (await image('webapp1'))?.endsWith(':1.0.0'));
     await c.whenIdle();
     expect((await readSourceStatus(redis, 'default'))?.lastAppliedRevision).toBe(first);
