@@ -52,7 +52,9 @@ export const keys = {
    * HASH: the controller's record of a Module's declarative configuration: `appliedHash` (sha256
    * of the canonical spec.configuration configure-module last accepted), `appliedGeneration`,
    * `appliedTime`, `appliedTask`, `failedHash`/`failedGeneration`/`failedMessage` (last refused
-   * configuration, masked), `drift` (JSON array of masked field-diff lines), `driftCheckedTime`.
+   * configuration, masked), `drift` (JSON array of masked field-diff lines), `driftCheckedTime`,
+   * and the task in flight: `pendingTask`, `pendingAction`, `pendingHash`, `pendingGeneration`,
+   * `pendingSince`, `pendingWhy`.
    */
   moduleConfiguration: (id: string): string => `ns8ctl/configuration/module/${id}`,
 
