@@ -57,22 +57,37 @@ export async function submitTask(redis: Redis, agentId: string, action: string, 
 
 /** Reads a finished task's result, or undefined while it has none. */
 export async function readTaskResult(redis: Redis, agentId: string, taskId: string): Promise<TaskResult | undefined> {
-  const [output, error, code] = await redis.mget(taskKey(agentId, taskId, 'output'), taskKey(agentId, taskId, 'error'), taskKey(agentId, taskId, 'exit_code'));
+  return resultOf(await redis.mget(taskKey(agentId, taskId, 'output'), taskKey(agentId, taskId, 'error'), taskKey(agentId, taskId, 'exit_code')));
+}
+
+/** A result from its [output, error, exit_code] keys; undefined while exit_code is unset. */
+function resultOf([output, error, code]: (string | null | undefined)[]): TaskResult | undefined {
   if (code === null || code === undefined) return undefined;
   const exitCode = Number(code);
   return { status: exitCode === 0 ? 'completed' : exitCode === 10 ? 'validation-failed' : 'aborted', exitCode, output: output ?? '', error: error ?? '' };
 }
 
+/** What awaitResult follows: a progress channel, how to read the result, how to name the task. */
+interface ResultWatch {
+  /** Connection to SUBSCRIBE on (none, or SUBSCRIBE refused: the result is polled only). */
+  subscriber: Redis | undefined;
+  channel: string;
+  read(): Promise<TaskResult | undefined>;
+  /** Messages of the `task_wait_aborted` and `task_timeout` errors. */
+  abortedMessage: string;
+  timeoutMessage(ms: number | undefined): string;
+}
+
 /**
- * Waits until the task has a result. Subscribes to its progress channel (on a duplicate
- * connection) and polls the exit_code key as a fallback. Rejects with AgentError `task_timeout`
- * after timeoutMs, or `task_wait_aborted` when the signal aborts.
+ * Follows `w.channel` for progress and polls `w.read()` until a result exists (the final status of
+ * the progress messages wins over the one derived from the exit code). Unsubscribes at the end.
  */
-export async function waitForTask(redis: Redis, agentId: string, taskId: string, opts: WaitOptions = {}): Promise<TaskResult> {
-  const sub = redis.duplicate();
+async function awaitResult(w: ResultWatch, opts: WaitOptions): Promise<TaskResult> {
+  const sub = w.subscriber;
   let finalStatus: TaskStatus | undefined;
   let wake: () => void = () => undefined;
-  sub.on('message', (_channel: string, message: string) => {
+  const onMessage = (ch: string, message: string): void => {
+    if (ch !== w.channel) return;
     try {
       const m = JSON.parse(message) as { status?: string; progress?: number };
       const status = (m.status ?? 'running') as TaskStatus;
@@ -84,16 +99,23 @@ export async function waitForTask(redis: Redis, agentId: string, taskId: string,
     } catch {
       // not a progress message
     }
-  });
+  };
+  let subscribed = false;
+  if (sub) {
+    sub.on('message', onMessage);
+    subscribed = await sub.subscribe(w.channel).then(
+      () => true,
+      () => false, // SUBSCRIBE refused: poll only
+    );
+  }
   try {
-    await sub.subscribe(progressChannel(agentId, taskId));
     await opts.afterSubscribe?.();
     const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
     for (;;) {
-      const result = await readTaskResult(redis, agentId, taskId);
+      const result = await w.read();
       if (result) return finalStatus ? { ...result, status: finalStatus } : result;
-      if (opts.signal?.aborted) throw new AgentError('task_wait_aborted', `stopped waiting for task ${taskId} on ${agentId}`);
-      if (Date.now() > deadline) throw new AgentError('task_timeout', `task ${taskId} on ${agentId} has no result after ${opts.timeoutMs} ms (is the agent running? it pops ${taskQueueKey(agentId)})`);
+      if (opts.signal?.aborted) throw new AgentError('task_wait_aborted', w.abortedMessage);
+      if (Date.now() > deadline) throw new AgentError('task_timeout', w.timeoutMessage(opts.timeoutMs));
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, Math.min(opts.pollMs ?? 2000, Math.max(0, deadline - Date.now())));
         const onAbort = (): void => done();
@@ -107,6 +129,32 @@ export async function waitForTask(redis: Redis, agentId: string, taskId: string,
         wake = done;
       });
     }
+  } finally {
+    if (sub) {
+      sub.off('message', onMessage);
+      if (subscribed) await sub.unsubscribe(w.channel).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * Waits until the task has a result. Subscribes to its progress channel (on a duplicate
+ * connection) and polls the exit_code key as a fallback. Rejects with AgentError `task_timeout`
+ * after timeoutMs, or `task_wait_aborted` when the signal aborts.
+ */
+export async function waitForTask(redis: Redis, agentId: string, taskId: string, opts: WaitOptions = {}): Promise<TaskResult> {
+  const sub = redis.duplicate();
+  try {
+    return await awaitResult(
+      {
+        subscriber: sub,
+        channel: progressChannel(agentId, taskId),
+        read: () => readTaskResult(redis, agentId, taskId),
+        abortedMessage: `stopped waiting for task ${taskId} on ${agentId}`,
+        timeoutMessage: (ms) => `task ${taskId} on ${agentId} has no result after ${ms} ms (is the agent running? it pops ${taskQueueKey(agentId)})`,
+      },
+      opts,
+    );
   } finally {
     sub.disconnect();
   }
@@ -210,10 +258,7 @@ export async function submitTaskViaRelay(redis: Redis, self: string, agentId: st
 
 /** Reads a relayed task's result from `task/module/<self>/relay/<id>/...`, or undefined while it has none. */
 export async function readRelayedTaskResult(redis: Redis, self: string, taskId: string): Promise<TaskResult | undefined> {
-  const [output, error, code] = await redis.mget(relayResultKey(self, taskId, 'output'), relayResultKey(self, taskId, 'error'), relayResultKey(self, taskId, 'exit_code'));
-  if (code === null || code === undefined) return undefined;
-  const exitCode = Number(code);
-  return { status: exitCode === 0 ? 'completed' : exitCode === 10 ? 'validation-failed' : 'aborted', exitCode, output: output ?? '', error: error ?? '' };
+  return resultOf(await redis.mget(relayResultKey(self, taskId, 'output'), relayResultKey(self, taskId, 'error'), relayResultKey(self, taskId, 'exit_code')));
 }
 
 /**
@@ -223,61 +268,16 @@ export async function readRelayedTaskResult(redis: Redis, self: string, taskId: 
  * `task_wait_aborted` when the signal aborts.
  */
 export async function waitForRelayedTask(redis: Redis, self: string, taskId: string, opts: RelayWaitOptions = {}): Promise<TaskResult> {
-  const channel = relayProgressChannel(self, taskId);
-  const sub = opts.subscriber;
-  let finalStatus: TaskStatus | undefined;
-  let wake: () => void = () => undefined;
-  const onMessage = (ch: string, message: string): void => {
-    if (ch !== channel) return;
-    try {
-      const m = JSON.parse(message) as { status?: string; progress?: number };
-      const status = (m.status ?? 'running') as TaskStatus;
-      opts.onProgress?.(status, typeof m.progress === 'number' ? m.progress : 0);
-      if (FINAL.includes(status)) {
-        finalStatus = status;
-        wake();
-      }
-    } catch {
-      // not a progress message
-    }
-  };
-  let subscribed = false;
-  if (sub) {
-    sub.on('message', onMessage);
-    subscribed = await sub.subscribe(channel).then(
-      () => true,
-      () => false, // SUBSCRIBE refused: poll only
-    );
-  }
-  try {
-    await opts.afterSubscribe?.();
-    const deadline = opts.timeoutMs !== undefined ? Date.now() + opts.timeoutMs : Infinity;
-    for (;;) {
-      const result = await readRelayedTaskResult(redis, self, taskId);
-      if (result) return finalStatus ? { ...result, status: finalStatus } : result;
-      if (opts.signal?.aborted) throw new AgentError('task_wait_aborted', `stopped waiting for relayed task ${taskId} of module/${self}`);
-      if (Date.now() > deadline) {
-        throw new AgentError('task_timeout', `relayed task ${taskId} of module/${self} has no result after ${opts.timeoutMs} ms (is the task relay running? the controller leader runs it and pops ${relayQueueKey(self)}; is the target agent running?)`);
-      }
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(done, Math.min(opts.pollMs ?? 2000, Math.max(0, deadline - Date.now())));
-        const onAbort = (): void => done();
-        opts.signal?.addEventListener('abort', onAbort, { once: true });
-        function done(): void {
-          clearTimeout(t);
-          opts.signal?.removeEventListener('abort', onAbort);
-          wake = () => undefined;
-          resolve();
-        }
-        wake = done;
-      });
-    }
-  } finally {
-    if (sub) {
-      sub.off('message', onMessage);
-      if (subscribed) await sub.unsubscribe(channel).catch(() => undefined);
-    }
-  }
+  return awaitResult(
+    {
+      subscriber: opts.subscriber,
+      channel: relayProgressChannel(self, taskId),
+      read: () => readRelayedTaskResult(redis, self, taskId),
+      abortedMessage: `stopped waiting for relayed task ${taskId} of module/${self}`,
+      timeoutMessage: (ms) => `relayed task ${taskId} of module/${self} has no result after ${ms} ms (is the task relay running? the controller leader runs it and pops ${relayQueueKey(self)}; is the target agent running?)`,
+    },
+    opts,
+  );
 }
 
 /**
