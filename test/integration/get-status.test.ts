@@ -1,7 +1,5 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Redis } from 'ioredis';
 import YAML from 'yaml';
 import { getCommand } from '../../src/cli/commands/get.js';
 import type { CliDeps } from '../../src/cli/deps.js';
@@ -10,7 +8,7 @@ import { writeSourceStatus, type SourceStatus } from '../../src/controller/sourc
 import { ExecaRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { useCliProject } from '../support/cli-project.js';
 
 const node = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node1\nspec:\n  id: 1\n`;
 const IMAGE = '127.0.0.1:5000/ns8ctl-fixtures/webapp';
@@ -41,30 +39,13 @@ const ready = (generation: number, extra: Record<string, string> = {}): Record<s
 });
 
 describe('ns8ctl get against a real Redis: secrets, controller conditions, sources', () => {
-  let srv: TestRedis;
-  let redis: Redis;
-  let dir: string;
-  let env: NodeJS.ProcessEnv;
-
-  beforeAll(async () => {
-    srv = await startRedis();
-    redis = srv.client();
-  });
-  afterAll(async () => {
-    await srv.stop();
-  });
-  beforeEach(async () => {
-    await redis.flushall();
-    dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-get-'));
-    env = { NS8CTL_REDIS_URL: srv.url, NS8CTL_STATE_DIR: path.join(dir, '.state'), NS8CTL_CORE_VERSION: '3.21.0' };
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const t = useCliProject('ns8ctl-get-', { NS8CTL_CORE_VERSION: '3.21.0' });
 
   async function apply(docs: Record<string, string>): Promise<void> {
-    const m = path.join(dir, 'm');
+    const m = path.join(t.dir, 'm');
     mkdirSync(m, { recursive: true });
     for (const [f, text] of Object.entries(docs)) writeFileSync(path.join(m, f), text);
-    const res = await runCli(['apply', '-f', m], env);
+    const res = await runCli(['apply', '-f', m], t.env);
     expect(res.stderr).toContain('Applied');
   }
 
@@ -72,14 +53,14 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
   async function get(resource: string, name: string | undefined, opts: { output?: string; showSecrets?: boolean }): Promise<{ code: number; stdout: string }> {
     let stdout = '';
     const deps: CliDeps = {
-      stdout: (t) => void (stdout += t),
+      stdout: (text) => void (stdout += text),
       stderr: () => undefined,
-      env,
+      env: t.env,
       isTTY: false,
       runner: new ExecaRunner(),
-      connect: async () => ({ redis, url: srv.url, embedded: false }),
+      connect: async () => ({ redis: t.redis, url: t.srv.url, embedded: false }),
       stdin: async () => '',
-      cwd: dir,
+      cwd: t.dir,
     };
     const code = await getCommand(resource, name, opts, deps);
     return { code, stdout };
@@ -88,7 +69,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
   /** Stores a controller summary the way the controller does, from its own summarizeModule. */
   async function storeSummary(facts: ModuleFacts): Promise<void> {
     const s = summarizeModule(facts);
-    await redis.hset(keys.objectConditions('Module', facts.id), {
+    await t.redis.hset(keys.objectConditions('Module', facts.id), {
       conditions: JSON.stringify(s.conditions),
       generation: String(s.generation),
       observedGeneration: String(s.observedGeneration),
@@ -100,7 +81,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
 
   it('masks secret values of get -o json and -o yaml, as plans do, and shows them with showSecrets', async () => {
     await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1', '  configuration:\n    admin_password: Pa55-w0rd\n    apiToken: tok-123\n    title: Hello\n    backup_url: https://u:urlpw@backup.example/\n') });
-    const json = await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env);
+    const json = await runCli(['get', 'modules', 'webapp1', '-o', 'json'], t.env);
     expect(json.code).toBe(0);
     expect(JSON.parse(json.stdout).spec.configuration).toEqual({
       admin_password: '(sensitive value)',
@@ -108,7 +89,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
       title: 'Hello',
       backup_url: 'https://u:(sensitive value)@backup.example/',
     });
-    const yaml = await runCli(['get', 'modules', '-o', 'yaml'], env);
+    const yaml = await runCli(['get', 'modules', '-o', 'yaml'], t.env);
     expect(yaml.stdout).toContain('admin_password: (sensitive value)');
     for (const out of [json.stdout, yaml.stdout]) {
       expect(out).not.toContain('Pa55-w0rd');
@@ -118,21 +99,21 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
     const shown = await get('modules', 'webapp1', { output: 'json', showSecrets: true });
     expect(JSON.parse(shown.stdout).spec.configuration).toMatchObject({ admin_password: 'Pa55-w0rd', apiToken: 'tok-123', backup_url: 'https://u:urlpw@backup.example/' });
     expect((await get('modules', undefined, { output: 'yaml', showSecrets: true })).stdout).toContain('admin_password: Pa55-w0rd');
-    expect((await runCli(['get', 'modules', 'webapp1', '-o', 'yaml', '--show-secrets'], env)).stdout).toContain('admin_password: Pa55-w0rd');
+    expect((await runCli(['get', 'modules', 'webapp1', '-o', 'yaml', '--show-secrets'], t.env)).stdout).toContain('admin_password: Pa55-w0rd');
   });
 
   it('masks a password in a repository URL in the table and json, unless showSecrets', async () => {
     await apply({ 'r.yaml': `apiVersion: ns8ctl.nethserver.org/v1\nkind: Repository\nmetadata:\n  name: private\nspec:\n  url: https://me:repopw@repo.example/ns8/\n  enabled: false\n` });
-    const table = await runCli(['get', 'repositories'], env);
+    const table = await runCli(['get', 'repositories'], t.env);
     expect(table.stdout).toContain('https://me:(sensitive value)@repo.example/ns8/');
     expect(table.stdout).not.toContain('repopw');
-    expect((await runCli(['get', 'repositories', '-o', 'json'], env)).stdout).not.toContain('repopw');
+    expect((await runCli(['get', 'repositories', '-o', 'json'], t.env)).stdout).not.toContain('repopw');
     expect((await get('repositories', undefined, { showSecrets: true })).stdout).toContain('https://me:repopw@repo.example/ns8/');
   });
 
   it('shows the controller conditions: Stalled (ConfigurationFailed), Drifted and Suspended in STATUS and status.conditions', async () => {
     await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1'), 'b.yaml': mod('webapp2'), 'c.yaml': mod('webapp3'), 'd.yaml': mod('webapp4') });
-    for (const id of ['webapp1', 'webapp2', 'webapp3', 'webapp4']) await redis.hset(keys.moduleStatus(id), ready(1, id === 'webapp2' ? { drift: JSON.stringify(['environment TCP_PORT edited']) } : {}));
+    for (const id of ['webapp1', 'webapp2', 'webapp3', 'webapp4']) await t.redis.hset(keys.moduleStatus(id), ready(1, id === 'webapp2' ? { drift: JSON.stringify(['environment TCP_PORT edited']) } : {}));
     const agent = (id: string, drift: string[] = []): ModuleFacts['agent'] => ({
       id, node: 1, observedGeneration: 1, imageUrl: `${IMAGE}:1.0.0`, imageDigest: 'sha256:0', ports: {}, units: [], drift,
       conditions: [{ type: 'Ready', status: 'True', reason: 'Converged', message: 'running' }],
@@ -144,14 +125,14 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
     // A summary of an older generation says nothing about the current one.
     await storeSummary({ ...facts('webapp4'), generation: 0, configuration: { failed: 'old failure' } });
 
-    const table = (await runCli(['get', 'modules'], env)).stdout;
+    const table = (await runCli(['get', 'modules'], t.env)).stdout;
     const statusOf = (id: string): string => table.split('\n').find((l) => l.startsWith(`${id} `))!.split(/ {3,}/)[5]!;
     expect(statusOf('webapp1')).toBe('Stalled (ConfigurationFailed)');
     expect(statusOf('webapp2')).toBe('Ready, Drifted');
     expect(statusOf('webapp3')).toBe('Ready, Suspended');
     expect(statusOf('webapp4')).toBe('Ready');
 
-    const doc = JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env)).stdout);
+    const doc = JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], t.env)).stdout);
     expect(doc.status.conditions.map((c: { type: string; status: string; reason: string }) => `${c.type}=${c.status}/${c.reason}`)).toEqual([
       'Ready=False/ConfigurationFailed',
       'Reconciling=False/ConfigurationFailed',
@@ -160,21 +141,21 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
       'Progressing=False/Converged',
       'Degraded=False/Converged',
     ]);
-    const y = YAML.parse((await runCli(['get', 'modules', 'webapp3', '-o', 'yaml'], env)).stdout);
+    const y = YAML.parse((await runCli(['get', 'modules', 'webapp3', '-o', 'yaml'], t.env)).stdout);
     expect(y.status.suspended).toBe(true);
-    const old = JSON.parse((await runCli(['get', 'modules', 'webapp4', '-o', 'json'], env)).stdout);
+    const old = JSON.parse((await runCli(['get', 'modules', 'webapp4', '-o', 'json'], t.env)).stdout);
     expect(old.status.conditions.map((c: { type: string }) => c.type)).toEqual(['Ready', 'Progressing', 'Degraded']);
   });
 
   it('shows the node agent target image in -o wide and status.targetImage', async () => {
     await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1') });
-    await redis.hset(keys.moduleStatus('webapp1'), ready(1, { targetImage: `${IMAGE}:2.0.0` }));
-    const wide = (await runCli(['get', 'modules', '-o', 'wide'], env)).stdout.split('\n');
+    await t.redis.hset(keys.moduleStatus('webapp1'), ready(1, { targetImage: `${IMAGE}:2.0.0` }));
+    const wide = (await runCli(['get', 'modules', '-o', 'wide'], t.env)).stdout.split('\n');
     expect(wide[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +SOURCE$/);
     const cell = (row: string, from: string, to: string): string => row.slice(wide[0]!.indexOf(from), wide[0]!.indexOf(to)).trim();
     expect(cell(wide[1]!, 'IMAGE', 'TARGET')).toBe(`${IMAGE}:1.0.0`);
     expect(cell(wide[1]!, 'TARGET', 'UPDATE')).toBe(`${IMAGE}:2.0.0`);
-    expect(JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env)).stdout).status.targetImage).toBe(`${IMAGE}:2.0.0`);
+    expect(JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], t.env)).stdout).status.targetImage).toBe(`${IMAGE}:2.0.0`);
   });
 
   it('lists controller sources with kind, url, branch, short revision, status and last applied time', async () => {
@@ -184,34 +165,34 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
       lastAppliedRevision: '0123456789abcdef0123456789abcdef01234567', lastAttemptedRevision: '0123456789abcdef0123456789abcdef01234567', lastAppliedDigest: 'x',
       lastAppliedTime: '2026-11-20T10:00:00.000Z', lastError: '', driftedKeys: [],
     });
-    await writeSourceStatus(redis, undefined, base('prod'), new Date('2026-11-20T10:00:00Z'));
+    await writeSourceStatus(t.redis, undefined, base('prod'), new Date('2026-11-20T10:00:00Z'));
     await writeSourceStatus(
-      redis,
+      t.redis,
       undefined,
       {
-        ...base('lab'), kind: 'directory', url: '/srv/manifests', branch: '', lastAppliedRevision: '', lastError: 'manifest_invalid',
-        conditions: [cond('Ready', 'False', 'ValidationFailed', '1 problem in /srv/manifests'), cond('Reconciling', 'False', 'ValidationFailed', 'stopped'), cond('Stalled', 'True', 'ValidationFailed', 'fix the manifests'), cond('Drifted', 'False', 'NoDrift', 'none')],
+        ...base('lab'), kind: 'directory', url: '/t.srv/manifests', branch: '', lastAppliedRevision: '', lastError: 'manifest_invalid',
+        conditions: [cond('Ready', 'False', 'ValidationFailed', '1 problem in /t.srv/manifests'), cond('Reconciling', 'False', 'ValidationFailed', 'stopped'), cond('Stalled', 'True', 'ValidationFailed', 'fix the manifests'), cond('Drifted', 'False', 'NoDrift', 'none')],
       },
       new Date('2026-11-20T10:00:00Z'),
     );
-    const table = await runCli(['get', 'sources'], env);
+    const table = await runCli(['get', 'sources'], t.env);
     expect(table.code).toBe(0);
     expect(table.stdout.split('\n').map((l) => l.split(/ {3,}/).join('|'))).toEqual([
       'NAME|KIND|URL|BRANCH|REVISION|STATUS|LAST APPLIED',
-      'lab|directory|/srv/manifests|-|-|Stalled (ValidationFailed)|2026-11-20T10:00:00.000Z',
+      'lab|directory|/t.srv/manifests|-|-|Stalled (ValidationFailed)|2026-11-20T10:00:00.000Z',
       'prod|git|https://git.example/ops/manifests.git|main|0123456789ab|Ready|2026-11-20T10:00:00.000Z',
       '',
     ]);
-    const one = JSON.parse((await runCli(['get', 'sources', 'prod', '-o', 'json'], env)).stdout);
+    const one = JSON.parse((await runCli(['get', 'sources', 'prod', '-o', 'json'], t.env)).stdout);
     expect(one).toMatchObject({ kind: 'Source', metadata: { name: 'prod' }, spec: { kind: 'git', branch: 'main', path: 'clusters/a', prune: true }, status: { lastAppliedRevision: '0123456789abcdef0123456789abcdef01234567', lastError: '' } });
     expect(one.status.conditions[0]).toMatchObject({ type: 'Ready', status: 'True', reason: 'Applied' });
-    expect(YAML.parse((await runCli(['get', 'sources', '-o', 'yaml'], env)).stdout).items.map((i: { metadata: { name: string } }) => i.metadata.name)).toEqual(['lab', 'prod']);
-    const wide = (await runCli(['get', 'sources', '-o', 'wide'], env)).stdout;
+    expect(YAML.parse((await runCli(['get', 'sources', '-o', 'yaml'], t.env)).stdout).items.map((i: { metadata: { name: string } }) => i.metadata.name)).toEqual(['lab', 'prod']);
+    const wide = (await runCli(['get', 'sources', '-o', 'wide'], t.env)).stdout;
     expect(wide).toContain('LAST ERROR');
     expect(wide).toContain('manifest_invalid');
-    const missing = await runCli(['get', 'sources', 'nope'], env);
+    const missing = await runCli(['get', 'sources', 'nope'], t.env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('source "nope" has no status');
-    expect((await runCli(['get', 'widgets'], env)).stderr).toContain('allowed: modules, repositories, nodes, sources');
+    expect((await runCli(['get', 'widgets'], t.env)).stderr).toContain('allowed: modules, repositories, nodes, sources');
   });
 });

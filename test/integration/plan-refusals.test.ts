@@ -1,12 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { Redis } from 'ioredis';
 import { runCli } from '../support/cli.js';
 import { dumpRedis } from '../support/redis-dump.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { useCliProject } from '../support/cli-project.js';
 
 const nodes = [1, 2].map((id) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node${id}\nspec:\n  id: ${id}\n`).join('---\n');
 
@@ -20,27 +18,10 @@ spec:
 `;
 
 describe('plans the real apply would refuse', () => {
-  let srv: TestRedis;
-  let redis: Redis;
-  let dir: string;
-  let env: NodeJS.ProcessEnv;
-
-  beforeAll(async () => {
-    srv = await startRedis();
-    redis = srv.client();
-  });
-  afterAll(async () => {
-    await srv.stop();
-  });
-  beforeEach(async () => {
-    await redis.flushall();
-    dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-refusals-'));
-    env = { NS8CTL_REDIS_URL: srv.url, NS8CTL_STATE_DIR: path.join(dir, '.state'), NS8CTL_CORE_VERSION: '3.21.0' };
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const t = useCliProject('ns8ctl-refusals-', { NS8CTL_CORE_VERSION: '3.21.0' });
 
   const write = (rel: string, text: string): string => {
-    const file = path.join(dir, rel);
+    const file = path.join(t.dir, rel);
     mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, text);
     return file;
@@ -49,73 +30,73 @@ describe('plans the real apply would refuse', () => {
   it('refuses to change the node of an existing Module in apply, dry-run and diff, naming file:line, both nodes and the way out, writing nothing', async () => {
     write('m/nodes.yaml', nodes);
     const wiki = write('m/wiki.yaml', mod('webapp1', 1));
-    expect((await runCli(['apply', '-f', path.join(dir, 'm')], env)).code).toBe(0);
-    const before = await dumpRedis(redis);
+    expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
+    const before = await dumpRedis(t.redis);
 
     write('m/wiki.yaml', mod('webapp1', 2));
-    const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    const res = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
     expect(res.code).toBe(1);
     expect(res.stderr).toContain(`${wiki}:7:9  /spec/node  Module webapp1 runs on node 1; spec.node cannot change to 2: NS8 has no move`);
     expect(res.stderr).toContain('Keep spec.node: 1, or remove webapp1');
     expect(res.stderr).toContain('add a new webapp instance with another id on node 2');
     expect(res.stderr).toContain('nothing was written');
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect(await dumpRedis(t.redis)).toEqual(before);
 
-    const dry = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    const dry = await runCli(['apply', '--dry-run', '-f', path.join(t.dir, 'm')], t.env);
     expect(dry.code).toBe(1);
     expect(dry.stderr).toContain('spec.node cannot change to 2');
 
-    const json = await runCli(['diff', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    const json = await runCli(['diff', '-f', path.join(t.dir, 'm'), '-o', 'json'], t.env);
     expect(json.code).toBe(2);
     expect(JSON.parse(json.stdout)).toMatchObject({ error: 'manifest_invalid', diagnostics: [{ file: wiki, line: 7, col: 9, pointer: '/spec/node' }] });
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect(await dumpRedis(t.redis)).toEqual(before);
   });
 
   it('apply --dry-run exits 1 when the real apply would refuse to prune most of the apply set, and writes nothing', async () => {
     write('m/nodes.yaml', nodes);
     write('m/mods.yaml', [1, 2, 3, 4, 5].map((n) => mod(`webapp${n}`, 1 + (n % 2))).join('---\n'));
-    expect((await runCli(['apply', '-f', path.join(dir, 'm')], env)).code).toBe(0);
+    expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
     write('m/mods.yaml', mod('webapp1', 2));
-    const before = await dumpRedis(redis);
+    const before = await dumpRedis(t.redis);
 
-    const dry = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(dir, 'm')], env);
+    const dry = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(t.dir, 'm')], t.env);
     expect(dry.code).toBe(1);
     expect(dry.stdout).toContain('- Module/webapp2 (delete, data preserved)');
     expect(dry.stderr).toContain('error: refusing to prune 4 of 7 objects in apply set "default" (more than half of it)');
     expect(dry.stderr).toContain('Dry run: nothing was written; the real apply would be refused');
-    const json = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    const json = await runCli(['apply', '--dry-run', '--prune', '-f', path.join(t.dir, 'm'), '-o', 'json'], t.env);
     expect(json.code).toBe(1);
     expect(JSON.parse(json.stdout)).toMatchObject({ kind: 'Plan', dryRun: true, refused: { error: 'prune_refused', message: expect.stringContaining('--force-prune') } });
-    expect((await runCli(['apply', '--prune', '-f', path.join(dir, 'm')], env)).code).toBe(1);
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect((await runCli(['apply', '--prune', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(1);
+    expect(await dumpRedis(t.redis)).toEqual(before);
 
     // With --force-prune the dry run says the apply would go through, and still writes nothing.
-    const forced = await runCli(['apply', '--dry-run', '--prune', '--force-prune', '-f', path.join(dir, 'm'), '-o', 'json'], env);
+    const forced = await runCli(['apply', '--dry-run', '--prune', '--force-prune', '-f', path.join(t.dir, 'm'), '-o', 'json'], t.env);
     expect(forced.code).toBe(0);
     expect(JSON.parse(forced.stdout)).toMatchObject({ dryRun: true, refused: null, summary: { delete: 4 } });
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect(await dumpRedis(t.redis)).toEqual(before);
   });
 
   it('apply --dry-run exits 1 on blocked changes, naming them, as the real apply', async () => {
     write('m/nodes.yaml', nodes);
     write('m/mods.yaml', [mod('webapp1', 1), mod('webapp2', 1)].join('---\n'));
-    await redis.hset('cluster/module_node', 'webapp2', '2');
-    const before = await dumpRedis(redis);
-    const dry = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    await t.redis.hset('cluster/module_node', 'webapp2', '2');
+    const before = await dumpRedis(t.redis);
+    const dry = await runCli(['apply', '--dry-run', '-f', path.join(t.dir, 'm')], t.env);
     expect(dry.code).toBe(1);
     expect(dry.stdout).toContain('! Module/webapp2 (blocked)');
     expect(dry.stderr).toContain('error: nothing was written; the plan has blocked changes:\n  Module/webapp2: Module/webapp2 already exists in NS8 on node 2');
-    const real = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+    const real = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
     expect(real.code).toBe(1);
     expect(real.stderr).toContain('Module/webapp2 already exists in NS8 on node 2');
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect(await dumpRedis(t.redis)).toEqual(before);
 
     write('m/mods.yaml', mod('webapp1', 1));
-    const ok = await runCli(['apply', '--dry-run', '-f', path.join(dir, 'm')], env);
+    const ok = await runCli(['apply', '--dry-run', '-f', path.join(t.dir, 'm')], t.env);
     expect(ok.code).toBe(0);
     expect(ok.stderr).not.toContain('error');
     expect(ok.stderr.endsWith('Dry run: nothing was written.\n')).toBe(true);
-    expect(await dumpRedis(redis)).toEqual(before);
+    expect(await dumpRedis(t.redis)).toEqual(before);
   });
 
   describe('org.nethserver.max-per-node of a full image URL', () => {
@@ -138,13 +119,13 @@ describe('plans the real apply would refuse', () => {
     it('is read from the image in local storage: a second instance on the node is refused and nothing is written', async () => {
       write('m/nodes.yaml', nodes);
       write('m/solo.yaml', [mod('solo1', 1, image), mod('solo2', 1, image), mod('solo3', 2, image)].join('---\n'));
-      const before = await dumpRedis(redis);
-      const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+      const before = await dumpRedis(t.redis);
+      const res = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
       expect(res.code).toBe(1);
       expect(res.stderr).toContain('Module/solo2: solo2: module solo allows at most 1 instance per node (org.nethserver.max-per-node=1); node 1 already has solo1; place it on another node');
-      expect(await dumpRedis(redis)).toEqual(before);
+      expect(await dumpRedis(t.redis)).toEqual(before);
 
-      const diff = await runCli(['diff', '-f', path.join(dir, 'm')], env);
+      const diff = await runCli(['diff', '-f', path.join(t.dir, 'm')], t.env);
       expect(diff.code).toBe(1);
       expect(diff.stdout).toContain('! Module/solo2 (blocked)');
       expect(diff.stdout).toContain('+ Module/solo3 (create)');
@@ -154,7 +135,7 @@ describe('plans the real apply would refuse', () => {
       const unknown = image.replace(':1.0.0', ':0.0.1');
       write('m/nodes.yaml', nodes);
       write('m/solo.yaml', [mod('solo1', 1, unknown), mod('solo2', 1, unknown)].join('---\n'));
-      const res = await runCli(['apply', '-f', path.join(dir, 'm')], env);
+      const res = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
       expect(res.code).toBe(0);
       expect(res.stderr).toContain(`warning: org.nethserver.max-per-node not checked for ${unknown} (solo1, solo2): its labels are neither in local image storage nor in a repository`);
     });
