@@ -65,7 +65,7 @@ export class GitCheckout {
     return `refs/remotes/origin/${this.spec.branch}`;
   }
 
-  private async git(args: string[], purpose: string, opts: { allowFailure?: boolean; mutating?: boolean } = {}): Promise<{ stdout: string; exitCode: number | null; stderr: string }> {
+  private async git(args: string[], purpose: string, opts: { allowFailure?: boolean; mutating?: boolean; signal?: AbortSignal } = {}): Promise<{ stdout: string; exitCode: number | null; stderr: string }> {
     const env: Record<string, string | undefined> = { GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: this.env.GIT_ASKPASS ?? '', LC_ALL: 'C' };
     if (!this.env.GIT_SSH_COMMAND) env.GIT_SSH_COMMAND = 'ssh -o BatchMode=yes -o ConnectTimeout=20';
     try {
@@ -75,6 +75,7 @@ export class GitCheckout {
         purpose: `git source ${maskString(this.spec.url)}: ${purpose}`,
         ...(opts.allowFailure ? { allowFailure: true } : {}),
         ...(opts.mutating ? { mutating: true } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
       });
     } catch (err) {
       if (err instanceof CommandFailedError) {
@@ -103,14 +104,15 @@ export class GitCheckout {
   }
 
   /**
-   * Fetches the branch and returns the commit it points at. Does not touch the work tree.
+   * Fetches the branch and returns the commit it points at. Does not touch the work tree. An
+   * aborted `signal` kills the running git (a stopping controller does not wait for a slow forge).
    * @throws Ns8ctlError `git_failed` (unreachable remote, unknown branch, timeout) naming the
    *   masked URL and branch; `git_missing` when git is not on PATH.
    */
-  async fetch(): Promise<string> {
+  async fetch(signal?: AbortSignal): Promise<string> {
     await this.ensureRepository();
     try {
-      await this.git(['fetch', '--prune', '--no-tags', '--quiet', 'origin', `+refs/heads/${this.spec.branch}:${this.remoteRef()}`], `fetch branch ${this.spec.branch}`);
+      await this.git(['fetch', '--prune', '--no-tags', '--quiet', 'origin', `+refs/heads/${this.spec.branch}:${this.remoteRef()}`], `fetch branch ${this.spec.branch}`, signal ? { signal } : {});
     } catch (err) {
       const e = err as Ns8ctlError;
       const missing = /couldn't find remote ref|not our ref/i.test(e.message);

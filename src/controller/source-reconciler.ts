@@ -199,13 +199,13 @@ export class SourceReconciler {
    * webhook asked; other runs (drift repair after a Redis write, resyncs) reuse the last fetched
    * head, so a burst of drift never hammers the forge and never jumps ahead of the interval.
    */
-  private async headToApply(git: GitCheckout): Promise<string> {
+  private async headToApply(git: GitCheckout, signal: AbortSignal): Promise<string> {
     const now = this.deps.now().getTime();
     // 20 ms of slack: a timer may fire a hair before the due time.
     if (this.fetched && !this.fetchWanted && now + 20 < this.fetched.nextAt) return this.fetched.head;
     this.fetchWanted = false;
     try {
-      const head = await git.fetch();
+      const head = await git.fetch(signal);
       this.fetched = { head, nextAt: now + this.jitteredInterval() };
       return head;
     } catch (err) {
@@ -260,8 +260,9 @@ export class SourceReconciler {
     if (this.git) {
       let head: string;
       try {
-        head = await this.headToApply(this.git);
+        head = await this.headToApply(this.git, signal);
       } catch (err) {
+        if (signal.aborted) return {}; // stopping: the fetch was cancelled, not failed
         await this.failed(prev, base, 'FetchFailed', 'source-fetch-failed', toNs8ctlError(err), base.lastAttemptedRevision);
         throw err;
       }

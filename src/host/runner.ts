@@ -26,6 +26,8 @@ export interface RunOptions {
   mutating?: boolean;
   /** Return stdout as a Buffer in `stdoutBuffer` (binary output such as tar streams). */
   binary?: boolean;
+  /** Kills the command (SIGTERM) when aborted: a shutting-down caller does not wait for it. */
+  signal?: AbortSignal;
 }
 
 /** Maps a failed command's stderr to a specific error code (`podman_no_such_image`, ...). */
@@ -83,6 +85,7 @@ export class ExecaRunner implements CommandRunner {
       ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
       ...(this.baseEnv !== undefined ? { env: { ...this.baseEnv, ...(opts.env ?? {}) }, extendEnv: false } : opts.env !== undefined ? { env: opts.env } : {}),
       timeout: opts.timeoutMs ?? 600_000,
+      ...(opts.signal ? { cancelSignal: opts.signal } : {}),
       ...(opts.binary ? { encoding: 'buffer' as const } : {}),
       stripFinalNewline: false,
     });
@@ -103,7 +106,7 @@ export class ExecaRunner implements CommandRunner {
       const tail = text.trim().split('\n').slice(-5).join('\n');
       throw new CommandFailedError(
         known?.code ?? 'command_failed',
-        `${what}\`${argv.join(' ')}\` ${res.timedOut ? 'timed out' : `exited ${exitCode ?? 'by signal'}`}${tail ? `: ${tail}` : ''}${known?.hint ? ` (${known.hint})` : ''}`,
+        `${what}\`${argv.join(' ')}\` ${res.timedOut ? 'timed out' : res.isCanceled ? 'was cancelled' : `exited ${exitCode ?? 'by signal'}`}${tail ? `: ${tail}` : ''}${known?.hint ? ` (${known.hint})` : ''}`,
         { argv, exitCode, stderr: text },
       );
     }
