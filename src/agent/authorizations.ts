@@ -15,6 +15,7 @@
  */
 import type { Redis } from 'ioredis';
 import { AgentError } from './errors.js';
+import { scanKeys } from '../state/scan.js';
 
 /** One parsed authorization: selector and the roles it asks for. */
 export interface Authorization {
@@ -162,17 +163,6 @@ export function computeGrants(input: GrantInput): GrantTable {
     table[principal] = row;
   }
   return table;
-}
-
-async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    out.push(...batch);
-  } while (cursor !== '0');
-  return [...new Set(out)].sort();
 }
 
 /** `module/<id>/grants`: ns8ctl's readable mirror of who holds which roles on `module/<id>`. */

@@ -33,6 +33,7 @@ import { moduleKey, reconcileModuleSummary } from './module-reconciler.js';
 import { changedModules, NotificationSubscriber, type Notification } from './notifications.js';
 import { sourceKey, SourceReconciler, type SourceSpec } from './source-reconciler.js';
 import { isTerminalError, WorkQueue, type ReconcileReport, type ReconcileResult } from './work-queue.js';
+import { scanNames } from '../state/scan.js';
 
 /** Default `ControllerOptions.redisCommandTimeoutMs`. */
 export const DEFAULT_REDIS_COMMAND_TIMEOUT_MS = 15_000;
@@ -377,13 +378,7 @@ export class Controller {
     if (!rt || !this.redis) return;
     const prefix = keys.objectConditions('Module', '');
     try {
-      let cursor = '0';
-      let rounds = 0;
-      do {
-        const [next, found] = await this.redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-        for (const k of found) rt.queue.add(moduleKey(k.slice(prefix.length)), 'resync');
-        cursor = next;
-      } while (cursor !== '0' && ++rounds < 10_000);
+      for (const id of await scanNames(this.redis, prefix, { nested: true, count: 500 })) rt.queue.add(moduleKey(id), 'resync');
     } catch (err) {
       this.deps.logger.log('warn', 'cannot look for stale module summaries', { error: (err as Error).message });
     }

@@ -12,6 +12,7 @@ import { NotFoundError, RedisError, UsageError } from '../errors.js';
 import { keys } from '../state/keys.js';
 import type { EventRecorder } from './events.js';
 import { formatDuration } from './duration.js';
+import { scanNames } from '../state/scan.js';
 
 export type SuspendKind = 'module' | 'source';
 
@@ -128,13 +129,7 @@ export async function knownTargets(redis: Redis, kind: SuspendKind): Promise<str
     if (kind === 'module') return (await redis.smembers(keys.desiredIndex('Module'))).sort();
     const names = new Set(await redis.smembers(keys.inventories()));
     const prefix = keys.sourceStatus('');
-    let cursor = '0';
-    let rounds = 0;
-    do {
-      const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      for (const k of found) names.add(k.slice(prefix.length));
-      cursor = next;
-    } while (cursor !== '0' && ++rounds < 10_000);
+    for (const n of await scanNames(redis, prefix, { nested: true })) names.add(n);
     return [...names].sort();
   } catch (err) {
     throw new RedisError('redis_read_failed', `listing the known ${kind}s: ${(err as Error).message}`, { cause: err });

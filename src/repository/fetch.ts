@@ -11,6 +11,7 @@ import { keys } from '../state/keys.js';
 import { RepositoryError } from './errors.js';
 import { parseRepodata, REPODATA_FILE, type RepodataPackage } from './repodata.js';
 import type { RepositoryInfo, RepositorySnapshot } from './resolve.js';
+import { scanKeys, scanNames } from '../state/scan.js';
 
 /** Seconds a cached repodata stays in Redis (NS8: 3600). */
 export const CACHE_TTL_SECONDS = 3600;
@@ -136,17 +137,7 @@ function redisFailure(step: string, err: unknown): RedisError {
 export async function readRepositories(redis: Redis): Promise<RepositoryInfo[]> {
   const prefix = keys.repository('');
   try {
-    const names: string[] = [];
-    let cursor = '0';
-    do {
-      const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 200);
-      cursor = next;
-      for (const k of batch) {
-        const name = k.slice(prefix.length);
-        if (name && !name.includes('/')) names.push(name);
-      }
-    } while (cursor !== '0');
-    const unique = [...new Set(names)].sort();
+    const unique = await scanNames(redis, prefix, { count: 200 });
     const pipe = redis.pipeline();
     for (const n of unique) pipe.hgetall(keys.repository(n));
     const res = (await pipe.exec()) ?? [];
@@ -342,14 +333,7 @@ export async function refreshRepositories(redis: Redis, name?: string): Promise<
     if (name !== undefined) {
       cacheKeys = [keys.repositoryCache(name)];
     } else {
-      cacheKeys = [];
-      let cursor = '0';
-      do {
-        const [next, batch] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 200);
-        cursor = next;
-        cacheKeys.push(...batch);
-      } while (cursor !== '0');
-      cacheKeys = [...new Set(cacheKeys)].sort();
+      cacheKeys = await scanKeys(redis, `${prefix}*`, 200);
     }
     const removed: string[] = [];
     for (const k of cacheKeys) {

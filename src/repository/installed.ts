@@ -7,6 +7,7 @@ import { RedisError } from '../errors.js';
 import { keys } from '../state/keys.js';
 import { loadAvailable, type AvailableCatalog, type ResolverOptions } from './image-resolver.js';
 import { listUpdates, type InstalledInstance, type InstanceUpdates } from './resolve.js';
+import { scanKeys } from '../state/scan.js';
 
 /**
  * Reads every `module/<id>/environment` that has an IMAGE_URL (sorted by id).
@@ -15,13 +16,7 @@ import { listUpdates, type InstalledInstance, type InstanceUpdates } from './res
 export async function readInstalledInstances(redis: Redis): Promise<InstalledInstance[]> {
   const pattern = keys.moduleEnvironment('*');
   try {
-    const found: string[] = [];
-    let cursor = '0';
-    do {
-      const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
-      cursor = next;
-      found.push(...batch);
-    } while (cursor !== '0');
+    const found = await scanKeys(redis, pattern, 500);
     const ids = [...new Set(found.map((k) => k.slice('module/'.length, -'/environment'.length)))].filter((id) => id && !id.includes('/')).sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
     const p = redis.pipeline();
     for (const id of ids) p.hmget(keys.moduleEnvironment(id), 'IMAGE_URL', 'NODE_ID');

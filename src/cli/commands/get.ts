@@ -13,6 +13,7 @@ import { keys } from '../../state/keys.js';
 import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, renderTable, renderYaml } from '../output.js';
+import { scanNames } from '../../state/scan.js';
 
 /** Resource names `get` accepts, with their kind (kubectl-style singular/plural/short forms). */
 const RESOURCES: Record<string, Kind> = {
@@ -294,15 +295,7 @@ const SOURCE_RESOURCES = new Set(['source', 'sources', 'src']);
 /** Names of the sources a controller has reported on (`ns8ctl/source/<name>`, found by SCAN), sorted. */
 export async function listSourceNames(redis: Redis): Promise<string[]> {
   const prefix = keys.sourceStatus('');
-  const names = new Set<string>();
-  let cursor = '0';
-  let rounds = 0;
-  do {
-    const [next, found] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-    for (const k of found) names.add(k.slice(prefix.length));
-    cursor = next;
-  } while (cursor !== '0' && ++rounds < 10_000);
-  return [...names].sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+  return (await scanNames(redis, prefix, { nested: true, count: 500 })).sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
 }
 
 /** `Ready`, `Stalled (<reason>)`, `Reconciling (<reason>)`, `NotReady (<reason>)` or `Unknown (<reason>)` from a source's conditions. */
