@@ -5,7 +5,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Ns8ctlError } from '../errors.js';
+import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { channels, keys } from '../state/keys.js';
 import { writeFileAtomic } from './atomic-write.js';
 import type { NodeAgentDeps } from './deps.js';
@@ -22,7 +22,8 @@ import { instancePaths, userStorage } from './layout.js';
 import type { ModuleLabels } from './labels.js';
 import { authorizationsKey, ownerOf, readImagerootList, scopeOf } from './observe.js';
 import { applyGrants } from '../agent/authorizations.js';
-import { OWNER_ROLE, READER_ROLE, agentEnvironment } from './planner.js';
+import { DESTROY_ATTEMPTS, OWNER_ROLE, READER_ROLE, agentEnvironment } from './planner.js';
+import { runLifecycleAction } from './lifecycle.js';
 import { allocatePorts, freePorts } from './ports.js';
 import { applyModuleAcl, deleteModuleAcl, generatePassword } from './redis-acl.js';
 import type { InstancePaths, PasswdEntry, Step } from './types.js';
@@ -81,7 +82,8 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       return;
     }
     case 'cancel-removal':
-      await deps.records.update(id, { removing: undefined });
+      // A destroy-module that ran for the cancelled removal does not count for a later one.
+      await deps.records.update(id, { removing: undefined, destroy: undefined });
       return;
     case 'create-user': {
       await deps.records.update(id, { node, rootfull: false });
@@ -285,6 +287,23 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.redis.publish(channels.moduleAdded, JSON.stringify({ module: id, node }));
       await deps.records.update(id, { announced: true });
       return;
+    case 'run-lifecycle': {
+      const owed = (await deps.records.get(id))?.lifecycle ?? { action: step.action, image: ctx.imageUrl ?? '' };
+      try {
+        const outcome = await runLifecycleAction(deps.redis, id, step.action, step.data, {
+          timeoutMs: deps.lifecycleTimeoutMs,
+          ...(owed.taskId ? { taskId: owed.taskId } : {}),
+          onSubmit: async (taskId) => void (await deps.records.update(id, { lifecycle: { ...owed, taskId } })),
+        });
+        if (outcome === 'not_defined') deps.log(`node-agent: ${id}: the module has no ${step.action} action: nothing to run`);
+      } catch (err) {
+        // A failed task is submitted anew next time; one still queued or running is waited for.
+        if (toNs8ctlError(err).code === 'lifecycle_action_failed') await deps.records.update(id, { lifecycle: { action: owed.action, image: owed.image } });
+        throw err;
+      }
+      await deps.records.update(id, { lifecycle: undefined });
+      return;
+    }
     case 'remove-old-images': {
       // As NS8's 95cleanup_images: an image still in use is left (podman refuses; not an error).
       const { owner } = await requireOwner(ctx, 'removing the previous images');
@@ -294,6 +313,9 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     // ---- removal ----
     case 'mark-removing':
       await deps.records.update(id, { removing: { removalPolicy: step.removalPolicy } });
+      return;
+    case 'run-destroy-module':
+      await destroyModule(step, ctx);
       return;
     case 'disable-linger': {
       const user = await currentUser(ctx);
@@ -355,6 +377,36 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     case 'release-finalizer':
       await deps.source.releaseFinalizer(id);
       return;
+  }
+}
+
+/**
+ * destroy-module before removal. A failure stops the removal (retried with backoff) until
+ * DESTROY_ATTEMPTS attempts failed; then the removal goes on without it, as NS8's remove-module
+ * --force does, with a warning: a module whose destroy-module is broken cannot block its removal.
+ */
+async function destroyModule(step: Extract<Step, { kind: 'run-destroy-module' }>, ctx: StepContext): Promise<void> {
+  const { deps, id } = ctx;
+  const before = (await deps.records.get(id))?.destroy ?? { attempts: 0 };
+  try {
+    const outcome = await runLifecycleAction(deps.redis, id, 'destroy-module', step.data, {
+      timeoutMs: deps.lifecycleTimeoutMs,
+      ...(before.taskId ? { taskId: before.taskId } : {}),
+      onSubmit: async (taskId) => void (await deps.records.update(id, { destroy: { ...before, taskId } })),
+    });
+    if (outcome === 'not_defined') deps.log(`node-agent: ${id}: the module has no destroy-module action: nothing to run`);
+    await deps.records.update(id, { destroy: { attempts: before.attempts + 1, done: true } });
+  } catch (err) {
+    const e = toNs8ctlError(err);
+    const attempts = before.attempts + 1;
+    const taskId = e.code === 'task_timeout' ? (await deps.records.get(id))?.destroy?.taskId : undefined;
+    if (attempts >= DESTROY_ATTEMPTS) {
+      deps.log(`node-agent: ${id}: destroy-module failed ${attempts} times, removing the instance without it: ${e.message}`);
+      await deps.records.update(id, { destroy: { attempts, done: true } });
+      return;
+    }
+    await deps.records.update(id, { destroy: { attempts, ...(taskId ? { taskId } : {}) } });
+    throw e;
   }
 }
 

@@ -39,6 +39,8 @@ export interface NodeAgentOptions {
    * connection (`redisAddressOf`).
    */
   redisAddress?: string;
+  /** Longest wait for a lifecycle action (create-module, update-module, destroy-module) of a module agent, ms. Default 300 s. */
+  lifecycleTimeoutMs?: number;
 }
 
 export interface NodeAgentDeps {
@@ -62,6 +64,8 @@ export interface NodeAgentDeps {
   agentUnits?: { rootless: string; rootfull: string };
   /** REDIS_ADDRESS for the instances' agent.env; undefined: none written (the module agent's default applies). */
   redisAddress?: string;
+  /** Longest wait for a lifecycle action of a module agent (ms). */
+  lifecycleTimeoutMs: number;
 }
 
 /**
@@ -123,6 +127,7 @@ export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redi
     now: given.now ?? (() => new Date()),
     log: given.log ?? ((line: string) => process.stderr.write(line + '\n')),
     delay,
+    lifecycleTimeoutMs: given.lifecycleTimeoutMs ?? opts.lifecycleTimeoutMs ?? 300_000,
     ...(() => {
       const address = given.redisAddress ?? opts.redisAddress ?? redisAddressOf(given.redis);
       return address ? { redisAddress: address } : {};

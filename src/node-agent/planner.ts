@@ -262,11 +262,33 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     planUnits(id, o, l.rootfull, envText, add);
   }
 
+  // ---- NS8 lifecycle action owed by the module agent (create-module, update-module) ----
+  // Once everything else is in place and the module agent runs (NS8 runs create-module last,
+  // before module-added; update-module once the new image is in place).
+  const owed = rec?.lifecycle;
+  if (owed && owed.image === i.imageUrl && agentRunning(o) && steps.length === 0 && waiting.length === 0) {
+    add({
+      id,
+      kind: 'run-lifecycle',
+      action: owed.action,
+      data: owed.action === 'create-module' ? { images: l.images, volumes: d.spec.volumes ?? {} } : { module_url: i.imageUrl, force: false },
+      reason: `${owed.action} of ${i.imageUrl} through the module agent`,
+    });
+  }
+
   if (!rec?.announced && steps.length === 0 && waiting.length === 0) {
     add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
   }
   return { steps, waiting };
 }
+
+/** The instance's module agent unit (agent.service / agent@<id>) is running. */
+function agentRunning(o: ObservedInstance): boolean {
+  return o.units.some((u) => u.nodeLevel !== undefined && u.active === true);
+}
+
+/** destroy-module attempts before the removal goes on without it (as NS8's remove-module --force). */
+export const DESTROY_ATTEMPTS = 3;
 
 function repoDigestOf(url: string, digest: string): string {
   if (!digest) return '';
@@ -350,6 +372,10 @@ export function planRemoval(r: RemovalInput): InstancePlan {
   };
   const rec = o.record;
   if (rec && (!rec.removing || rec.removing.removalPolicy !== r.policy)) add({ id, kind: 'mark-removing', removalPolicy: r.policy, reason: `removal requested (${r.policy === 'Delete' ? 'DATA DELETED' : 'data preserved'})` });
+  // NS8's remove-module runs destroy-module first, while the module agent still runs.
+  if (rec && !rec.destroy?.done && !node.systemdMissing && agentRunning(o)) {
+    add({ id, kind: 'run-destroy-module', data: { module_id: id, preserve_data: r.policy !== 'Delete' }, reason: `destroy-module through the module agent (attempt ${(rec.destroy?.attempts ?? 0) + 1} of ${DESTROY_ATTEMPTS})` });
+  }
   if (!node.systemdMissing) {
     if (r.rootfull) {
       const units = o.units.filter((u) => u.fileHash !== '' && (u.enabled || u.active !== false)).map((u) => u.name);

@@ -26,7 +26,7 @@ import { checkUpdate } from '../repository/resolve.js';
 import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
 
 /** Rounds of observe -> plan -> apply per instance before giving up (a plan that never empties). */
-const MAX_ROUNDS = 6;
+const MAX_ROUNDS = 8;
 
 /** What happened to one instance in a reconcile. */
 export interface InstanceResult {
@@ -104,6 +104,9 @@ export const REASONS: Readonly<Record<string, string>> = {
   environment_value_invalid: 'EnvironmentInvalid',
   user_manager_unavailable: 'UserManagerUnavailable',
   module_deleting: 'Deleting',
+  // A module agent's lifecycle action (create-module, update-module, destroy-module).
+  lifecycle_action_failed: 'LifecycleActionFailed',
+  task_timeout: 'LifecycleActionFailed',
   // Codes that are reasons already (refusals, and the planner's `blocked`).
   UpdateRefused: 'UpdateRefused',
   RootfullChanged: 'RootfullChanged',
@@ -340,12 +343,23 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   const module = defaultInstanceModule(url);
   // The image's name was not among the names the node snapshot read (spec and image differ).
   if (!shared.redis.defaults.has(clusterDefaultInstanceKey(module))) ctx = await refresh(deps, node, id, shared, [module]);
+  // A new instance owes create-module, recorded as soon as the Module is held and before its
+  // environment is written (after which it looks installed), so a crash cannot lose it.
+  const oweCreateModule = async (r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> => {
+    if (installed || !deps.agentUnits || !r || r.announced || r.lifecycle || r.managedEnv || !d.finalizers.includes(NODE_AGENT_FINALIZER)) return r;
+    return deps.records.update(id, { lifecycle: { action: 'create-module', image: url } });
+  };
+  // An update owes update-module (a create-module not run yet stays owed, for the new image).
+  if (updateFrom && deps.agentUnits && rec && rec.lifecycle?.image !== url) {
+    rec = await deps.records.update(id, { lifecycle: { action: rec.lifecycle?.action === 'create-module' ? 'create-module' : 'update-module', image: url } });
+  }
   for (let round = 0; round < MAX_ROUNDS; round++) {
     if (round > 0) {
       rec = await deps.records.get(id);
       ctx = await refresh(deps, node, id, shared, [module]);
       if (rec?.image && rec.image.url === url) facts = rec.image;
     }
+    rec = await oweCreateModule(rec);
     observed = await observeInstance(ctx, id, rec, rootfull, url, labels, volumeBasesOf(d));
     // The local image is not the one the labels came from (tag moved, image re-pulled): re-read them.
     if (observed.localImage && facts.id !== observed.localImage.id && !relabelled) {
@@ -398,7 +412,10 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
       try {
         await applyStep(step, stepCtx);
         applied.push(step);
-        if (step.kind === 'add-finalizer') d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
+        if (step.kind === 'add-finalizer') {
+          d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
+          rec = await oweCreateModule(await deps.records.get(id));
+        }
       } catch (err) {
         return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift, false, setback);
       }

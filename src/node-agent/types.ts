@@ -70,6 +70,13 @@ export interface InstanceRecord {
   node?: number;
   /** Set when removal started: removal resumes after a crash even if desired state vanished. */
   removing?: { removalPolicy: RemovalPolicy };
+  /**
+   * The NS8 lifecycle action the module agent still owes for `image` (create-module for a new
+   * instance, update-module after an update), and the task submitted for it, if any.
+   */
+  lifecycle?: { action: 'create-module' | 'update-module'; image: string; taskId?: string };
+  /** destroy-module before removal: attempts made, task submitted, done (or given up). */
+  destroy?: { attempts: number; taskId?: string; done?: boolean };
 }
 
 /** A Unix user as /etc/passwd has it. */
@@ -239,10 +246,14 @@ export type Step = StepBase &
     | { kind: 'stop-units'; units: string[] }
     | { kind: 'record-units'; units: Record<string, string> }
     | { kind: 'publish-added' }
+    /** NS8 create-module / update-module, as a task to the instance's module agent (bounded wait). */
+    | { kind: 'run-lifecycle'; action: 'create-module' | 'update-module'; data: Record<string, unknown> }
     /** After an update: `podman rmi` (as the owner) of the previous module and service images no longer used (NS8's 95cleanup_images). */
     | { kind: 'remove-old-images'; refs: string[] }
     // removal
     | { kind: 'mark-removing'; removalPolicy: RemovalPolicy }
+    /** NS8 destroy-module, as a task to the instance's module agent, before anything is removed. */
+    | { kind: 'run-destroy-module'; data: { module_id: string; preserve_data: boolean } }
     | { kind: 'disable-units'; units: string[] }
     | { kind: 'disable-linger' }
     | { kind: 'kill-processes' }

@@ -43,6 +43,17 @@ async function page(port: string): Promise<string> {
   });
 }
 
+/** Exit codes of the instance's tasks running `action` (from their stored contexts and results). */
+async function lifecycleTasks(action: string): Promise<string[]> {
+  const contexts = await leader.keys(`task/module/${ID}/*/context`);
+  const out: string[] = [];
+  for (const k of contexts) {
+    if ((JSON.parse((await leader.get(k)) ?? '{}') as { action?: string }).action !== action) continue;
+    out.push((await leader.get(k.replace(/\/context$/, '/exit_code'))) ?? 'none');
+  }
+  return out;
+}
+
 const userctl = (...args: string[]) => inNode(['systemctl', '--user', '-M', `${ID}@`, ...args]);
 
 beforeAll(async () => {
@@ -85,6 +96,10 @@ describe('the node agent in a sandbox node', () => {
       return r.code === 0 ? r.out : undefined;
     });
     expect(JSON.parse(action)).toEqual(expect.any(Object));
+    // NS8 add-module step 17: the node agent ran create-module through the module agent, which
+    // completed it (its base steps: volumes, service images, roles).
+    expect(await lifecycleTasks('create-module')).toEqual(['0']);
+    expect(await leader.smembers(`module/${ID}/roles/owner`)).toEqual(['*']);
     // A second pass changes nothing and restarts nothing.
     const before = (await userctl('show', '-p', 'InvocationID', 'webapp.service')).out;
     const again = await agentOnce();
@@ -111,6 +126,8 @@ describe('the node agent in a sandbox node', () => {
     await apply(images.webapp['2.0.0']);
     await agentOnce();
     expect((await leader.hgetall(keys.moduleEnvironment(ID))).WEBAPP_HTTPD_IMAGE).toBe(images.webappHttpd['2.0.0']);
+    // update-module after each update: the example module has none (exit 8), which is no failure.
+    expect(await lifecycleTasks('update-module')).toEqual(['8', '8']);
     expect(await eventually('the 2.0.0 page', async () => ((await page(port)).includes('webapp-httpd 2.0.0') ? true : undefined))).toBe(true);
   }, 300_000);
 
@@ -118,6 +135,8 @@ describe('the node agent in a sandbox node', () => {
     const del = await inNode(['ns8ctl', 'delete', 'module', ID, '--manifests', '/root/manifests']);
     expect(del.code).toBe(0);
     await agentOnce();
+    // NS8 remove-module step 2: destroy-module ran (and completed) before the agent was stopped.
+    expect(await lifecycleTasks('destroy-module')).toEqual(['0']);
     expect((await inNode(['id', ID])).code).not.toBe(0);
     expect((await inNode(['test', '-d', `/home/${ID}/.config/state`])).code).toBe(0);
     expect((await inNode(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/`])).code).not.toBe(0);

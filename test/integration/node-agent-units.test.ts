@@ -22,12 +22,16 @@ import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { Redis } from 'ioredis';
+import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
+import type { BuiltinAction } from '../../src/agent/action-catalog.js';
 
 /** Keeps what systemd would keep, and every call made to it. */
 class RecordingSystemd implements SystemdHost {
   readonly calls: string[] = [];
   readonly active = new Set<string>();
   failing = new Set<string>();
+  /** Told when a unit starts (start, restart) or stops (stop, linger off), after the fact. */
+  onUnit: (event: 'start' | 'stop', scope: UnitScope, unit: string) => Promise<void> = async () => undefined;
   constructor(
     private readonly lingerDir: string,
     private readonly unitDir: (scope: UnitScope) => string,
@@ -52,6 +56,7 @@ class RecordingSystemd implements SystemdHost {
     this.calls.push(`disable-linger ${user}`);
     await fs.rm(path.join(this.lingerDir, user), { force: true });
     for (const k of [...this.active]) if (k.startsWith(`${user}/`)) this.active.delete(k);
+    await this.onUnit('stop', { kind: 'user', user, uid: -1 }, 'agent.service');
   }
   async daemonReload(scope: UnitScope): Promise<void> {
     this.calls.push(`daemon-reload ${scope.kind}`);
@@ -77,14 +82,17 @@ class RecordingSystemd implements SystemdHost {
   async start(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`start ${units.join(' ')}`);
     for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
+    for (const u of units) if (!this.failing.has(u)) await this.onUnit('start', scope, u);
   }
   async restart(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`restart ${units.join(' ')}`);
     for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
+    for (const u of units) if (!this.failing.has(u)) await this.onUnit('start', scope, u);
   }
   async stop(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`stop ${units.join(' ')}`);
     for (const u of units) this.active.delete(this.key(scope, u));
+    for (const u of units) await this.onUnit('stop', scope, u);
   }
   async activeFromCgroup(scope: UnitScope, unit: string): Promise<boolean | undefined> {
     return this.active.has(this.key(scope, unit));
@@ -98,6 +106,49 @@ class RecordingSystemd implements SystemdHost {
 }
 
 const host = new ExecaRunner();
+
+/**
+ * The instance's module agent, run in-process (src/agent/ runAgent: real task queue, contexts,
+ * results) while the stand-in systemd has agent.service started. Its lifecycle actions are
+ * recording stand-ins; `failNext` makes the next run of an action fail.
+ */
+const lifecycle: { action: string; input: unknown }[] = [];
+const failNext = new Set<string>();
+let moduleAgent: { handle: AgentHandle; redis: Redis } | undefined;
+function recorder(name: string): BuiltinAction {
+  return {
+    name,
+    steps: [
+      {
+        name: '50record',
+        async run(ctx) {
+          lifecycle.push({ action: name, input: ctx.input });
+          if (!failNext.delete(name)) return 0;
+          ctx.err(`${name}: disk full\n`);
+          return 3;
+        },
+      },
+    ],
+  };
+}
+async function startModuleAgent(user: string): Promise<void> {
+  if (moduleAgent) return;
+  const installDir = path.join(root, 'home', user, '.config');
+  const agentRedis = admin.duplicate();
+  const handle = runAgent(
+    { agentId: `module/${user}`, installDir, stateDir: path.join(installDir, 'state'), actionsDirs: [], builtins: ['create-module', 'update-module', 'destroy-module'].map(recorder), env: { PATH: process.env.PATH }, pollSeconds: 1, log: () => undefined },
+    { redis: agentRedis, runner: host },
+  );
+  moduleAgent = { handle, redis: agentRedis };
+  await handle.start();
+}
+async function stopModuleAgent(): Promise<void> {
+  const a = moduleAgent;
+  moduleAgent = undefined;
+  if (!a) return;
+  await a.handle.stop();
+  a.redis.disconnect();
+}
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
 let admin: Redis;
@@ -138,6 +189,10 @@ beforeAll(async () => {
   await fs.chmod(root, 0o755);
   await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
   systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')), [path.join(root, 'user-units'), path.join(root, 'units')]);
+  systemd.onUnit = async (event, scope, unit) => {
+    if (unit !== 'agent.service' || scope.kind !== 'user') return;
+    await (event === 'start' ? startModuleAgent(scope.user) : stopModuleAgent());
+  };
   const runner = new ExecaRunner(100_000);
   deps = createNodeAgentDeps(
     { ...opts, insecureRegistries: [registry.address] },
@@ -152,11 +207,13 @@ beforeAll(async () => {
       },
       log: () => undefined,
       delay: async () => undefined,
+      lifecycleTimeoutMs: 30_000,
     },
   );
 }, 300_000);
 
 afterAll(async () => {
+  await stopModuleAgent();
   await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
   await new Promise((r) => setTimeout(r, 200));
   await host.run(['userdel', '-f', id], { allowFailure: true });
@@ -178,6 +235,10 @@ describe('systemd units of a rootless instance', () => {
     const st = await readModuleStatus(admin, id);
     expect(st!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True', reason: 'Converged' });
     expect(st!.units).toEqual([{ name: 'webapp.service', enabled: true, active: true }, { name: 'agent.service', enabled: true, active: true }]);
+    // NS8 add-module step 17: create-module through the module agent once it runs, before module-added.
+    expect(lifecycle).toEqual([{ action: 'create-module', input: { images: [images.webappHttpd['1.0.0']], volumes: {} } }]);
+    const kinds = r.applied.map((s) => s.kind);
+    expect(kinds.slice(-2)).toEqual(['run-lifecycle', 'publish-added']);
   }, 120_000);
 
   test('agent.env tells the module agent where Redis is: REDIS_ADDRESS of the node agent Redis, where its credentials work', async () => {
@@ -223,6 +284,8 @@ describe('systemd units of a rootless instance', () => {
     expect(r.error?.message).toBeUndefined();
     // Same unit file in 1.1.0, new IMAGE_URL/IMAGE_ID: a restart, no start, no reload.
     expect(systemd.calls).toEqual(['restart webapp.service agent.service']);
+    // NS8's update-module, once the new image is in place.
+    expect(lifecycle.at(-1)).toEqual({ action: 'update-module', input: { module_url: images.webapp['1.1.0'], force: false } });
     systemd.calls.length = 0;
     expect((await once()).outcome).toBe('unchanged');
     expect(systemd.calls).toEqual([]);
@@ -321,10 +384,42 @@ describe('systemd units of a rootless instance', () => {
     }
   }, 60_000);
 
-  test('removal turns linger off, removes the user, and leaves no unit running', async () => {
-    systemd.calls.length = 0;
-    await admin.hset(keys.desired('Module', id), 'deleting', '{"removalPolicy":"Delete"}');
+  test('a failed update-module is reported (LifecycleActionFailed, with its error) and run again next time', async () => {
+    failNext.add('update-module');
+    const before = lifecycle.length;
+    await putModule({ image: images.webapp['2.0.0'] }, 6);
     const r = await once();
+    expect(r).toMatchObject({ outcome: 'failed', retry: true });
+    expect(r.error?.code).toBe('lifecycle_action_failed');
+    const deg = (await readModuleStatus(admin, id))!.conditions.find((c) => c.type === 'Degraded')!;
+    expect(deg).toMatchObject({ status: 'True', reason: 'LifecycleActionFailed' });
+    expect(deg.message).toMatch(/update-module failed with exit code 3 \(task [^)]+\): update-module: disk full/);
+    // The image is in place; only the module's own update step is owed.
+    expect(parseEnvironment(await fs.readFile(path.join(root, 'home', id, '.config', 'state', 'environment'), 'utf8')).IMAGE_URL).toBe(images.webapp['2.0.0']);
+    const again = await once();
+    expect(again.error?.message).toBeUndefined();
+    expect(again.applied.map((s) => s.kind)).toEqual(['run-lifecycle']);
+    expect(lifecycle.slice(before)).toEqual([0, 1].map(() => ({ action: 'update-module', input: { module_url: images.webapp['2.0.0'], force: false } })));
+    expect((await readModuleStatus(admin, id))!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'True' });
+  }, 120_000);
+
+  test('removal runs destroy-module first; a module agent that does not answer in time stops it, and its queued task is not submitted twice', async () => {
+    // The agent hangs (systemd still sees it running): the wait is bounded.
+    await stopModuleAgent();
+    deps.lifecycleTimeoutMs = 1500;
+    const before = lifecycle.length;
+    await admin.hset(keys.desired('Module', id), 'deleting', '{"removalPolicy":"Delete"}');
+    const stuck = await once();
+    expect(stuck).toMatchObject({ outcome: 'failed', retry: true });
+    expect(stuck.error?.code).toBe('task_timeout');
+    expect((await readModuleStatus(admin, id))!.conditions.find((c) => c.type === 'Degraded')).toMatchObject({ reason: 'RemovalFailed', message: expect.stringContaining('has no result after 1500 ms') });
+    expect(existsSync(path.join(root, 'home', id))).toBe(true);
+    // The agent is back: the task still queued runs once, and the removal goes on.
+    await startModuleAgent(id);
+    deps.lifecycleTimeoutMs = 30_000;
+    systemd.calls.length = 0;
+    const r = await once();
+    expect(lifecycle.slice(before)).toEqual([{ action: 'destroy-module', input: { module_id: id, preserve_data: false } }]);
     expect(r.outcome).toBe('removed');
     expect(systemd.calls).toEqual([`disable-linger ${id}`]);
     expect([...systemd.active]).toEqual([]);

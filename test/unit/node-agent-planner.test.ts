@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { planConverge, planRemoval, unitStamp, agentEnvironment, type ConvergeInput } from '../../src/node-agent/planner.js';
 import { parseModuleLabels } from '../../src/node-agent/labels.js';
 import { managedEnvironment } from '../../src/node-agent/module-env.js';
@@ -289,6 +290,30 @@ describe('the node planner converges an instance', () => {
     expect(planConverge(input(converged(), { labels: bad })).blocked).toMatchObject({ reason: 'ImageLabelInvalid', message: expect.stringContaining('cluster:owner') });
   });
 
+  test('an owed create-module or update-module runs once everything else is in place and the module agent runs', () => {
+    const agentHash = createHash('sha256').update('x').digest('hex');
+    const agent = { name: 'agent.service', file: 'agent.service', fileHash: agentHash, wanted: true, enabled: true, active: true, nodeLevel: { path: '/etc/systemd/user/agent.service', content: 'x' } };
+    const o = converged();
+    o.units = [...o.units, agent];
+    o.record = { ...o.record!, units: { ...o.record!.units, 'agent.service': unitStamp(agentHash, envText) }, lifecycle: { action: 'create-module', image: URL } };
+    const withVolumes = { ...desired, spec: { ...desired.spec, volumes: { data: '/srv/disk1' } } };
+    o.volumeDirs = { '/srv/disk1': true };
+    o.record.volumeBases = ['/srv/disk1'];
+    expect(planConverge(input(o, { desired: withVolumes })).steps).toEqual([expect.objectContaining({ kind: 'run-lifecycle', action: 'create-module', data: { images: [SVC], volumes: { data: '/srv/disk1' } } })]);
+    // Not while other steps are pending, nor while the module agent is down, nor for another image.
+    const busy = structuredClone(o);
+    busy.flags = [];
+    expect(kinds(planConverge(input(busy, { desired: withVolumes })).steps)).toEqual(['set-flags']);
+    const down = structuredClone(o);
+    down.units = down.units.map((u) => (u.nodeLevel ? { ...u, active: false } : u));
+    expect(kinds(planConverge(input(down, { desired: withVolumes })).steps)).not.toContain('run-lifecycle');
+    const other = structuredClone(o);
+    other.record!.lifecycle = { action: 'update-module', image: 'r/webapp:9' };
+    expect(planConverge(input(other, { desired: withVolumes })).steps).toEqual([]);
+    other.record!.lifecycle = { action: 'update-module', image: URL };
+    expect(planConverge(input(other, { desired: withVolumes })).steps).toEqual([expect.objectContaining({ kind: 'run-lifecycle', action: 'update-module', data: { module_url: URL, force: false } })]);
+  });
+
   test('a Module desired again while being removed cancels the removal first', () => {
     const o = converged();
     o.record = { ...o.record!, removing: { removalPolicy: 'Preserve' } };
@@ -327,6 +352,16 @@ describe('the node planner removes an instance', () => {
     expect(p.steps.find((s) => s.kind === 'remove-images')).toMatchObject({ refs: [URL] });
     expect(planRemoval({ id: 'webapp1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true }).steps.map((s) => s.kind)).not.toContain('remove-images');
   });
+  test('destroy-module runs first while the module agent runs, until done or given up', () => {
+    const o = converged();
+    o.units = [...o.units, { name: 'agent.service', file: 'agent.service', fileHash: 'a1', wanted: true, enabled: true, active: true, nodeLevel: { path: '/etc/systemd/user/agent.service', content: 'x' } }];
+    const p = planRemoval({ id: 'webapp1', policy: 'Delete', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true });
+    expect(p.steps.slice(0, 2)).toEqual([expect.objectContaining({ kind: 'mark-removing' }), expect.objectContaining({ kind: 'run-destroy-module', data: { module_id: 'webapp1', preserve_data: false }, reason: expect.stringContaining('attempt 1 of 3') })]);
+    o.record = { ...o.record!, destroy: { attempts: 3, done: true } };
+    expect(kinds(planRemoval({ id: 'webapp1', policy: 'Delete', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: true }).steps)).not.toContain('run-destroy-module');
+    expect(kinds(planRemoval({ id: 'webapp1', policy: 'Delete', node: { node: 1 }, rootfull: false, observed: converged(), desiredPresent: true }).steps)).not.toContain('run-destroy-module');
+  });
+
   test('nothing left and no desired object: empty plan', () => {
     const o: ObservedInstance = { id: 'x1', subids: false, installDir: false, baseExists: false, volumeDirs: {}, serviceImages: {}, imagerootIntact: false, imagerootMissing: [], uiPresent: false, envText: '', envRedis: {}, ports: {}, flags: [], authorizations: [], roles: { owner: [], reader: [] }, portsDemand: {}, units: [] };
     expect(planRemoval({ id: 'x1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: false }).steps).toEqual([]);
