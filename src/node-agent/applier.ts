@@ -7,6 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { channels, keys } from '../state/keys.js';
+import { scanKeys } from '../state/scan.js';
 import { writeFileAtomic } from './atomic-write.js';
 import type { NodeAgentDeps } from './deps.js';
 import { parseEnvironment, renderEnvironment } from './environment-file.js';
@@ -457,13 +458,7 @@ async function verifyActive(ctx: StepContext, scope: UnitScope, units: string[],
 async function deleteModuleKeys(ctx: StepContext): Promise<void> {
   const { redis } = ctx.deps;
   const id = ctx.id;
-  const found: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `module/${id}/*`, 'COUNT', 1000);
-    cursor = next;
-    found.push(...batch);
-  } while (cursor !== '0');
+  const found = await scanKeys(redis, `module/${id}/*`);
   const tx = redis.multi();
   if (found.length) tx.del(...found);
   tx.hdel(keys.tcpPortsDemand(), id);

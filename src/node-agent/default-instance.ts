@@ -8,6 +8,7 @@
 import type { Redis } from 'ioredis';
 import { RedisError } from '../errors.js';
 import { imageModuleName } from '../repository/resolve.js';
+import { scanKeys } from '../state/scan.js';
 
 /** `cluster/default_instance/<module>`. */
 export function clusterDefaultInstanceKey(module: string): string {
@@ -53,17 +54,6 @@ for _, k in ipairs(KEYS) do
 end
 return n
 `;
-
-async function scanKeys(redis: Redis, pattern: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    out.push(...batch);
-  } while (cursor !== '0');
-  return [...new Set(out)];
-}
 
 /**
  * Deletes every `cluster/default_instance/<module>` and `node/<n>/default_instance/<module>` key whose value is
