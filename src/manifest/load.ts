@@ -57,10 +57,14 @@ function describeFsError(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Lists manifest files under a directory, recursively, skipping dot-entries, in byte order of path. */
-async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promise<string[]> {
-  const out: string[] = [];
-  async function walk(d: string): Promise<void> {
+/**
+ * Lists manifest files under a directory, recursively, skipping dot-entries, in byte order of path,
+ * each with its real path (for reading a file reached twice once). Real paths come from the walk:
+ * one realpath for the root and one per symbolic link, not one per file.
+ */
+async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promise<{ file: string; real: string }[]> {
+  const out: { file: string; real: string }[] = [];
+  async function walk(d: string, realD: string): Promise<void> {
     let entries: Dirent[];
     try {
       entries = await readdir(d, { withFileTypes: true });
@@ -68,31 +72,39 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promis
       diagnostics.push(diag(d, `cannot read directory: ${describeFsError(err)}`));
       return;
     }
-    const subdirs: string[] = [];
+    const subdirs: [string, string][] = [];
     for (const entry of entries) {
       const name = entry.name;
       if (name.startsWith('.')) continue;
       const p = join(d, name);
       let isDir = entry.isDirectory();
       let isFile = entry.isFile();
+      let real = join(realD, name);
       if (entry.isSymbolicLink()) {
         // Follow links like the files they point at.
         try {
           const st = await stat(p);
           isDir = st.isDirectory();
           isFile = st.isFile();
+          real = realpathSync(p);
         } catch (err) {
           diagnostics.push(diag(p, `cannot read: ${describeFsError(err)}`));
           continue;
         }
       }
-      if (isDir) subdirs.push(p);
-      else if (isFile && (MANIFEST_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase())) out.push(p);
+      if (isDir) subdirs.push([p, real]);
+      else if (isFile && (MANIFEST_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase())) out.push({ file: p, real });
     }
-    await Promise.all(subdirs.map(walk));
+    await Promise.all(subdirs.map(([p, real]) => walk(p, real)));
   }
-  await walk(dir);
-  return out.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  let realRoot = dir;
+  try {
+    realRoot = realpathSync(dir);
+  } catch {
+    // reported by the walk
+  }
+  await walk(dir, realRoot);
+  return out.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
 }
 
 function isEmptyDocument(doc: Document.Parsed): boolean {
@@ -230,12 +242,14 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
     diagnostics.push(...r.diagnostics);
   };
 
-  const readOneSync = (file: string): void => {
-    let real: string;
-    try {
-      real = realpathSync(file);
-    } catch {
-      real = file;
+  const readOneSync = (file: string, knownReal?: string): void => {
+    let real = knownReal ?? file;
+    if (knownReal === undefined) {
+      try {
+        real = realpathSync(file);
+      } catch {
+        // unreadable: reported when read
+      }
     }
     if (seen.has(real)) return;
     seen.add(real);
@@ -281,7 +295,7 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
       }
       // Synchronous reads: for many small files they cost a fraction of the promise API's
       // open/fstat/read/close round trips through the thread pool (measured in bench/run.ts).
-      for (const f of found) readOneSync(f);
+      for (const f of found) readOneSync(f.file, f.real);
     } else {
       readOneSync(p);
     }

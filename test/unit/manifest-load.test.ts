@@ -1,3 +1,4 @@
+import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadManifests, parseManifestText } from '../../src/manifest/load.js';
 import { locate } from '../../src/manifest/locate.js';
@@ -39,6 +40,16 @@ describe('loadManifests', () => {
     const root = await tree({ 'x.yaml': moduleDoc('x1', 'x'), 'd/y.yaml': moduleDoc('y1', 'y') });
     const r = await loadManifests([join(root, 'x.yaml'), join(root, 'd'), join(root, 'x.yaml')]);
     expect(names(r.documents)).toEqual(['x1', 'y1']);
+  });
+
+  test('a file reached through a symbolic link (to it or to its directory) and directly is read once', async () => {
+    const root = await tree({ 'real/x.yaml': moduleDoc('x1', 'x'), 'real/sub/y.yaml': moduleDoc('y1', 'y') });
+    await symlink(join(root, 'real'), join(root, 'via-dir'));
+    await mkdir(join(root, 'links'));
+    await symlink(join(root, 'real', 'x.yaml'), join(root, 'links', 'x-link.yaml'));
+    const r = await loadManifests([join(root, 'real', 'sub', 'y.yaml'), join(root, 'via-dir'), join(root, 'links'), join(root, 'real')]);
+    expect(r.diagnostics).toEqual([]);
+    expect(names(r.documents)).toEqual(['y1', 'x1']);
   });
 
   test('multi-document YAML yields one document per non-empty document with its index and start line', async () => {
