@@ -137,7 +137,7 @@ function redisFailure(step: string, err: unknown): RedisError {
 export async function readRepositories(redis: Redis): Promise<RepositoryInfo[]> {
   const prefix = keys.repository('');
   try {
-    const unique = await scanNames(redis, prefix, { count: 200 });
+    const unique = await scanNames(redis, prefix);
     const pipe = redis.pipeline();
     for (const n of unique) pipe.hgetall(keys.repository(n));
     const res = (await pipe.exec()) ?? [];
