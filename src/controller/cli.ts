@@ -22,6 +22,7 @@ import { formatDuration, parseDuration } from './duration.js';
 import { EventRecorder, followEvents, formatEventLine, readEvents, type ControllerEvent } from './events.js';
 import { createLogger, parseLogFormat } from './log.js';
 import { startLocalNodeAgent, type LocalNodeAgentFactory } from './node-agent-seam.js';
+import { logReconcileResult } from '../node-agent/cli.js';
 import { NotificationSubscriber } from './notifications.js';
 import { maskString } from '../plan/mask.js';
 import { buildSources } from './source-options.js';
@@ -173,6 +174,8 @@ export async function runCommand(opts: RunCommandOptions, deps: ControllerCliDep
         concurrency: positiveInt(opts.agentConcurrency, '--agent-concurrency', 4),
         insecureRegistries: opts.insecureRegistry ?? [],
         ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),
+        // One log line per instance the agent changed or failed on, as `ns8ctl node-agent` logs them.
+        onPass: (result) => logReconcileResult(logger, result),
       },
       { redis: conn.redis, runner: deps.runner, log: (line) => logger.log('info', line), signal: stopAgent.signal },
     );

@@ -272,8 +272,9 @@ async function wantedImage(
  * Labels of the wanted image: from the record when it is the same image, else inspected (local
  * root store, then the registry with skopeo). Without skopeo on the node, the image is pulled as
  * root to read them, as NS8's cluster add-module does, after `hold` put the finalizer and the
- * record in place (that copy is something the agent created); it is recorded as `rootCopy` and
- * removed once the module user has its own (rootless) or with the instance.
+ * record in place (that copy is something the agent created); it is recorded as `rootCopy`, removed
+ * at once for a rootless image (the user pulls its own), otherwise kept as the rootfull instance's
+ * image and removed with the instance or when the next read replaces it.
  */
 async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: InstanceRecord | undefined, hold: () => Promise<void>): Promise<ImageFacts> {
   if (rec?.image && rec.image.url === url) return rec.image;
@@ -285,9 +286,19 @@ async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: Ins
     if (toNs8ctlError(err).code !== 'command_missing') throw err;
   }
   await hold();
+  // A copy left by an earlier read (a refused update, a crash) is never the one in use: drop it
+  // before recording the new one, so no root copy outlives its record.
+  const stale = (await deps.records.get(id))?.rootCopy;
+  if (stale && stale !== url && stale !== rec?.imageUrl) await deps.podman.removeImages({ kind: 'root' }, [stale], [], `${id}: remove ${stale}, pulled as root earlier to read its labels`);
   await deps.records.update(id, { rootCopy: url });
   await deps.podman.pull({ kind: 'root' }, url, `${id}: pull ${url} as root to read its labels (no skopeo on this node)`);
-  return deps.podman.inspectLocal({ kind: 'root' }, url, `${id}: inspect ${url}`);
+  const facts = await deps.podman.inspectLocal({ kind: 'root' }, url, `${id}: inspect ${url}`);
+  if ((facts.labels['org.nethserver.rootfull'] ?? '0').trim() !== '1') {
+    // Rootless: the module user pulls its own copy; root's was only for the labels.
+    await deps.podman.removeImages({ kind: 'root' }, [url], [], `${id}: remove ${url}, pulled as root only to read its labels`);
+    await deps.records.update(id, { rootCopy: undefined });
+  }
+  return facts;
 }
 
 async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {

@@ -246,6 +246,8 @@ describe('updates through a software repository in a sandbox node', () => {
     expect(left).toContain(images.webappHttpd['2.0.0']);
     expect(left).not.toContain(`${source}:1.1.0`);
     expect(left).not.toContain(images.webappHttpd['1.0.0']);
+    // Root's store held copies pulled only to read labels (no skopeo in the node): none is left.
+    expect(await must('root images', ['podman', 'images', '--format', '{{.Repository}}:{{.Tag}}'])).not.toContain('repoupd/webapp');
     expect(await ready()).toMatchObject({ status: 'True' });
   }, 300_000);
 
