@@ -19,6 +19,7 @@ import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/con
 import { ExecaRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { waitFor } from '../support/wait-for.js';
 
 const ID = 'pendemo1';
 const QUEUE = `module/${ID}/tasks`;
@@ -38,16 +39,6 @@ spec:
   configuration:
     greeting: ${greeting}
 `;
-
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 let server: TestRedis;
 let redis: Redis;

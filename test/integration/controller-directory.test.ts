@@ -21,6 +21,7 @@ import { buildRelayRequest, relayQueueKey } from '../../src/agent/task-relay.js'
 import { applyModuleAcl } from '../../src/node-agent/redis-acl.js';
 import { runCli } from '../support/cli.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { waitFor } from '../support/wait-for.js';
 
 const NODE = `apiVersion: ns8ctl.nethserver.org/v1
 kind: Node
@@ -35,22 +36,6 @@ spec:
   image: 127.0.0.1:5000/ns8ctl-examples/webapp:${tag}
   node: 1
 ${extra}`;
-
-/** Polls `check` until it returns true (or a value), failing with `what` after `ms`. */
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined && v !== false) return v as T;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** Replaces a file the way editors do: write a temp file next to it, rename over it. */
 function atomicSave(file: string, text: string): void {
