@@ -23,6 +23,7 @@ import { ensureExampleImages, type ExampleImages } from '../support/example-imag
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RUNS = Number(process.env.NS8CTL_CRASH_RUNS ?? 24);
@@ -141,11 +142,7 @@ beforeAll(async () => {
   root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-crash-'));
   await fs.chmod(root, 0o755);
   await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
-  layout = {
-    homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
-    systemUnitDir: path.join(root, 'units'), userUnitDir: path.join(root, 'user-units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
-    passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
-  };
+  layout = tempHostLayout(root);
   deps = createNodeAgentDeps({ node: 1, insecureRegistries: [registry.address] }, { redis: admin, runner: new ExecaRunner(), layout, log: () => undefined });
   // Inside node_modules so the child resolves ioredis/execa from the project; removed afterwards.
   build = path.join(repo, 'node_modules', `.ns8ctl-crash-${process.pid}`);

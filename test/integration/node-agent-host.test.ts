@@ -18,6 +18,7 @@ import { ensureExampleImages, type ExampleImages } from '../support/example-imag
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 
 /** Keeps every command (the production runner keeps the last 1000 only). */
 class RecordingRunner implements CommandRunner {
@@ -92,23 +93,7 @@ beforeAll(async () => {
   deps = createNodeAgentDeps(opts, {
     redis: admin,
     runner,
-    layout: {
-      homeBase: path.join(root, 'home'),
-      rootfullBase: path.join(root, 'nethserver'),
-      uiBase: path.join(root, 'ui', 'apps'),
-      agentStateDir: path.join(root, 'agent'),
-      systemUnitDir: path.join(root, 'systemd-system'),
-      userUnitDir: path.join(root, 'systemd-user'),
-      lingerDir: path.join(root, 'linger'),
-      systemdRunDir: path.join(root, 'no-systemd-here'),
-      cgroupRoot: path.join(root, 'cgroup'),
-      pid1CgroupFile: '/proc/1/cgroup',
-      passwdFile: '/etc/passwd',
-      subuidFile: '/etc/subuid',
-      subgidFile: '/etc/subgid',
-      rootStorage: '/var/lib/containers/storage',
-      loginShell: '/sbin/nologin',
-    },
+    layout: tempHostLayout(root, { uiBase: path.join(root, 'ui', 'apps') }),
     log: () => undefined,
     delay: async () => undefined,
   });

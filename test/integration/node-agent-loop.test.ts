@@ -18,6 +18,7 @@ import { ensureExampleImages, type ExampleImages } from '../support/example-imag
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 
 const host = new ExecaRunner();
 const suffix = String(process.pid % 10000);
@@ -59,11 +60,7 @@ beforeAll(async () => {
     {
       redis: admin,
       runner: new ExecaRunner(),
-      layout: {
-        homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
-        systemUnitDir: path.join(root, 'units'), userUnitDir: path.join(root, 'user-units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
-        passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
-      },
+      layout: tempHostLayout(root),
       log: () => undefined,
     },
   );

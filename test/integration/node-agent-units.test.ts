@@ -24,6 +24,7 @@ import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import type { BuiltinAction } from '../../src/agent/action-catalog.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 
 /** Keeps what systemd would keep, and every call made to it. */
 class RecordingSystemd implements SystemdHost {
@@ -200,11 +201,7 @@ beforeAll(async () => {
       redis: admin,
       runner,
       systemd,
-      layout: {
-        homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), agentStateDir: path.join(root, 'agent'),
-        systemUnitDir: path.join(root, 'units'), userUnitDir: path.join(root, 'user-units'), lingerDir: path.join(root, 'linger'), systemdRunDir: '/nonexistent', cgroupRoot: '/nonexistent', pid1CgroupFile: '/nonexistent',
-        passwdFile: '/etc/passwd', subuidFile: '/etc/subuid', subgidFile: '/etc/subgid', rootStorage: '/var/lib/containers/storage', loginShell: '/sbin/nologin',
-      },
+      layout: tempHostLayout(root),
       log: () => undefined,
       delay: async () => undefined,
       lifecycleTimeoutMs: 30_000,

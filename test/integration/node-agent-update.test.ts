@@ -17,6 +17,7 @@ import { ensureExampleImages, type ExampleImages } from '../support/example-imag
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 
 const host = new ExecaRunner();
 const id = `webapp${process.pid % 10000}9`;
@@ -62,23 +63,7 @@ beforeAll(async () => {
   deps = createNodeAgentDeps(opts, {
     redis: admin,
     runner: new ExecaRunner(100_000),
-    layout: {
-      homeBase: path.join(root, 'home'),
-      rootfullBase: path.join(root, 'nethserver'),
-      uiBase: path.join(root, 'ui', 'apps'),
-      agentStateDir: path.join(root, 'agent'),
-      systemUnitDir: path.join(root, 'systemd-system'),
-      userUnitDir: path.join(root, 'systemd-user'),
-      lingerDir: path.join(root, 'linger'),
-      systemdRunDir: path.join(root, 'no-systemd-here'),
-      cgroupRoot: path.join(root, 'cgroup'),
-      pid1CgroupFile: '/proc/1/cgroup',
-      passwdFile: '/etc/passwd',
-      subuidFile: '/etc/subuid',
-      subgidFile: '/etc/subgid',
-      rootStorage: '/var/lib/containers/storage',
-      loginShell: '/sbin/nologin',
-    },
+    layout: tempHostLayout(root),
     coreVersion: async () => '3.21.0',
     log: () => undefined,
     delay: async () => undefined,
