@@ -5,28 +5,20 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import { runAgent } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { ExecaRunner } from '../../src/host/runner.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 
-let server: TestRedis;
-let admin: Redis;
 let root: string;
-const opened: Redis[] = [];
 
-function connect(username?: string, password?: string, name?: string): Redis {
-  const r = new Redis({ port: server.port, host: '127.0.0.1', maxRetriesPerRequest: 1, enableReadyCheck: false, ...(username ? { username } : {}), ...(password ? { password } : {}), ...(name ? { connectionName: name } : {}) });
-  r.on('error', () => undefined);
-  opened.push(r);
-  return r;
-}
+const acl = useNs8AclRedis();
+const connect = acl.connect;
 
 /** NS8's module ACL rule, exactly as cluster add-module writes it (ns8-core-facts §5). */
 async function createModuleUser(id: string, password: string): Promise<void> {
-  await admin.call(
+  await acl.admin.call(
     'ACL', 'SETUSER', `module/${id}`, 'reset', 'on', `>${password}`, 'resetkeys', `~module/${id}/*`, `~task/module/${id}/*`, '%R~cluster/*', '%R~node/*', '%R~module/*', '%R~private/agents/*',
     'resetchannels', `&progress/module/${id}/*`, `&module/${id}/event/*`, '+@read', '+@write', '+@transaction', '+@connection', '+publish', '-@admin',
   );
@@ -38,21 +30,8 @@ function step(dir: string, name: string, body: string): void {
   chmodSync(path.join(dir, name), 0o755);
 }
 
-beforeAll(async () => {
-  server = await startRedis();
-  const bootstrap = server.client();
-  await bootstrap.call('ACL', 'SETUSER', 'ns8admin', 'on', '>adminpw', '~*', '&*', '+@all');
-  // NS8's read-only default user
-  await bootstrap.call('ACL', 'SETUSER', 'default', 'on', 'nopass', 'resetkeys', '~cluster/*', '~node/*', '~module/*', 'resetchannels', '&*', 'nocommands', '+@read', '+@connection', '+subscribe', '+psubscribe', '-@admin');
-  bootstrap.disconnect();
-  admin = connect('ns8admin', 'adminpw');
-});
-afterAll(async () => {
-  for (const r of opened) r.disconnect();
-  await server.stop();
-});
 beforeEach(async () => {
-  await admin.flushall();
+  await acl.admin.flushall();
   root = mkdtempSync(path.join(tmpdir(), 'agent-acl-'));
 });
 afterEach(() => rmSync(root, { recursive: true, force: true }));
@@ -69,12 +48,12 @@ describe('module credentials', () => {
     await agent.start();
     try {
       const seen: string[] = [];
-      const r = await runTask(admin, 'module/web1', 'hello', { data: { password: 'p' }, onProgress: (s) => seen.push(s) });
+      const r = await runTask(acl.admin, 'module/web1', 'hello', { data: { password: 'p' }, onProgress: (s) => seen.push(s) });
       expect(r).toMatchObject({ exitCode: 0, output: 'hello' });
       expect(seen).toContain('completed');
-      expect(await admin.hgetall('module/web1/environment')).toEqual({ MODULE_ID: 'web1', SEEN: '1' });
-      expect(await admin.get(`task/module/web1/${r.taskId}/context`)).toContain('"password":"XXX"');
-      expect(String(await admin.call('CLIENT', 'LIST'))).toMatch(/name=module\/web1 /);
+      expect(await acl.admin.hgetall('module/web1/environment')).toEqual({ MODULE_ID: 'web1', SEEN: '1' });
+      expect(await acl.admin.get(`task/module/web1/${r.taskId}/context`)).toContain('"password":"XXX"');
+      expect(String(await acl.admin.call('CLIENT', 'LIST'))).toMatch(/name=module\/web1 /);
     } finally {
       await agent.stop();
     }
@@ -82,7 +61,7 @@ describe('module credentials', () => {
 
   it("cannot write another instance's keys, task queue, results or channels, nor grant itself roles", async () => {
     await createModuleUser('web1', 'pw-web1');
-    await admin.set('module/web2/secret', 'orig');
+    await acl.admin.set('module/web2/secret', 'orig');
     const web1 = connect('module/web1', 'pw-web1');
     await expect(web1.set('module/web1/mine', '1')).resolves.toBe('OK');
     await expect(web1.set('module/web2/secret', 'x')).rejects.toThrow(/NOPERM/);
@@ -92,7 +71,7 @@ describe('module credentials', () => {
     await expect(web1.publish('progress/module/web2/task/t', '{}')).rejects.toThrow(/NOPERM/);
     await expect(web1.publish('module/web2/event/x', '{}')).rejects.toThrow(/NOPERM/);
     await expect(web1.get('module/web2/secret')).resolves.toBe('orig');
-    expect(await admin.get('module/web2/secret')).toBe('orig');
+    expect(await acl.admin.get('module/web2/secret')).toBe('orig');
   });
 
   it("cannot be used by a step to write another instance's keys either", async () => {
@@ -100,17 +79,17 @@ describe('module credentials', () => {
     const inst = path.join(root, 'actions');
     const state = path.join(root, 'state');
     mkdirSync(state);
-    step(path.join(inst, 'attack'), '10attack', `redis-cli --no-auth-warning -p ${server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web2/secret pwned 2>&1\nredis-cli --no-auth-warning -p ${server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web1/ok yes 2>&1`);
+    step(path.join(inst, 'attack'), '10attack', `redis-cli --no-auth-warning -p ${acl.server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web2/secret pwned 2>&1\nredis-cli --no-auth-warning -p ${acl.server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web1/ok yes 2>&1`);
     const agent = runAgent(
       { agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, env: { PATH: process.env.PATH, REDIS_USER: 'module/web1', REDIS_PASSWORD: 'pw-web1' }, log: () => undefined },
       { redis: connect('module/web1', 'pw-web1'), runner: new ExecaRunner() },
     );
     await agent.start();
     try {
-      const r = await runTask(admin, 'module/web1', 'attack');
+      const r = await runTask(acl.admin, 'module/web1', 'attack');
       expect(r.output).toMatch(/NOPERM/);
-      expect(await admin.get('module/web2/secret')).toBeNull();
-      expect(await admin.get('module/web1/ok')).toBe('yes');
+      expect(await acl.admin.get('module/web2/secret')).toBeNull();
+      expect(await acl.admin.get('module/web1/ok')).toBe('yes');
     } finally {
       await agent.stop();
     }
@@ -119,41 +98,41 @@ describe('module credentials', () => {
 
 describe('grants from org.nethserver.authorizations', () => {
   async function addInstance(id: string, auths: string[], roles: Record<string, string[]>): Promise<void> {
-    await admin.hset('cluster/module_node', id, '1');
-    if (auths.length) await admin.sadd(`cluster/authorizations/module/${id}`, ...auths);
-    for (const [role, globs] of Object.entries(roles)) await admin.sadd(`module/${id}/roles/${role}`, ...globs);
+    await acl.admin.hset('cluster/module_node', id, '1');
+    if (auths.length) await acl.admin.sadd(`cluster/authorizations/module/${id}`, ...auths);
+    for (const [role, globs] of Object.entries(roles)) await acl.admin.sadd(`module/${id}/roles/${role}`, ...globs);
   }
 
   it('grants roles as NS8 keeps them, follows instances added later (X@any) and drops removed ones', async () => {
     await addInstance('traefik1', ['self:selfadm'], { routeadm: ['set-route', 'delete-route'], selfadm: ['configure-module'] });
     await addInstance('dokuwiki1', ['traefik@any:routeadm', 'self:selfadm'], { selfadm: ['configure-module'] });
-    await admin.hset('roles/admin', 'module/traefik1', 'owner');
+    await acl.admin.hset('roles/admin', 'module/traefik1', 'owner');
 
-    const first = await applyGrants(admin);
+    const first = await applyGrants(acl.admin);
     expect(first.writes).toBeGreaterThan(0);
-    expect(await admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik1': 'routeadm', 'module/dokuwiki1': 'selfadm' });
-    expect(await admin.hgetall('module/traefik1/grants')).toEqual({ 'module/dokuwiki1': 'routeadm', 'module/traefik1': 'selfadm', admin: 'owner' });
-    expect((await applyGrants(admin)).writes).toBe(0);
+    expect(await acl.admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik1': 'routeadm', 'module/dokuwiki1': 'selfadm' });
+    expect(await acl.admin.hgetall('module/traefik1/grants')).toEqual({ 'module/dokuwiki1': 'routeadm', 'module/traefik1': 'selfadm', admin: 'owner' });
+    expect((await applyGrants(acl.admin)).writes).toBe(0);
 
     await addInstance('traefik2', [], { routeadm: ['set-route'] });
-    await applyGrants(admin);
-    expect(await admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik1': 'routeadm', 'module/traefik2': 'routeadm', 'module/dokuwiki1': 'selfadm' });
-    expect(await admin.hgetall('module/traefik2/grants')).toEqual({ 'module/dokuwiki1': 'routeadm' });
+    await applyGrants(acl.admin);
+    expect(await acl.admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik1': 'routeadm', 'module/traefik2': 'routeadm', 'module/dokuwiki1': 'selfadm' });
+    expect(await acl.admin.hgetall('module/traefik2/grants')).toEqual({ 'module/dokuwiki1': 'routeadm' });
 
     // remove-module of traefik1: its keys go, then grants converge
-    await admin.hdel('cluster/module_node', 'traefik1');
-    await admin.del('module/traefik1/roles/routeadm', 'module/traefik1/roles/selfadm', 'module/traefik1/grants', 'cluster/authorizations/module/traefik1');
-    await applyGrants(admin);
-    expect(await admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik2': 'routeadm', 'module/dokuwiki1': 'selfadm' });
-    expect(await admin.exists('roles/module/traefik1')).toBe(0);
-    expect(await admin.hgetall('roles/admin')).toEqual({});
+    await acl.admin.hdel('cluster/module_node', 'traefik1');
+    await acl.admin.del('module/traefik1/roles/routeadm', 'module/traefik1/roles/selfadm', 'module/traefik1/grants', 'cluster/authorizations/module/traefik1');
+    await applyGrants(acl.admin);
+    expect(await acl.admin.hgetall('roles/module/dokuwiki1')).toEqual({ 'module/traefik2': 'routeadm', 'module/dokuwiki1': 'selfadm' });
+    expect(await acl.admin.exists('roles/module/traefik1')).toBe(0);
+    expect(await acl.admin.hgetall('roles/admin')).toEqual({});
   });
 
   it('lets the agent run an allowed task from a granted instance and refuse the rest', async () => {
     await addInstance('traefik1', ['self:selfadm'], { routeadm: ['set-*'] });
     await addInstance('dokuwiki1', ['traefik@any:routeadm'], {});
     await addInstance('other1', [], {});
-    await applyGrants(admin);
+    await applyGrants(acl.admin);
     const inst = path.join(root, 'actions');
     const state = path.join(root, 'state');
     mkdirSync(state);
@@ -162,9 +141,9 @@ describe('grants from org.nethserver.authorizations', () => {
     const agent = runAgent({ agentId: 'module/traefik1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, log: () => undefined }, { redis: connect('ns8admin', 'adminpw'), runner: new ExecaRunner() });
     await agent.start();
     try {
-      expect(await runTask(admin, 'module/traefik1', 'set-route', { user: 'module/dokuwiki1' })).toMatchObject({ exitCode: 0, output: 'routed' });
-      expect(await runTask(admin, 'module/traefik1', 'destroy-everything', { user: 'module/dokuwiki1' })).toMatchObject({ exitCode: 32, output: '' });
-      expect(await runTask(admin, 'module/traefik1', 'set-route', { user: 'module/other1' })).toMatchObject({ exitCode: 32 });
+      expect(await runTask(acl.admin, 'module/traefik1', 'set-route', { user: 'module/dokuwiki1' })).toMatchObject({ exitCode: 0, output: 'routed' });
+      expect(await runTask(acl.admin, 'module/traefik1', 'destroy-everything', { user: 'module/dokuwiki1' })).toMatchObject({ exitCode: 32, output: '' });
+      expect(await runTask(acl.admin, 'module/traefik1', 'set-route', { user: 'module/other1' })).toMatchObject({ exitCode: 32 });
     } finally {
       await agent.stop();
     }

@@ -8,7 +8,7 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
 import { runActionCommand, type AgentCliDeps } from '../../src/agent/cli.js';
@@ -17,23 +17,16 @@ import { buildRelayRequest, parseRelayRequest, RELAY_INFLIGHT_KEY, relayQueueKey
 import { finalizeTask } from '../../src/agent/task-store.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 
-let server: TestRedis;
-let admin: Redis;
 let root: string;
 let relay: TaskRelay | undefined;
 let bravoAgent: AgentHandle | undefined;
 let relayLog: string[];
-const opened: Redis[] = [];
 const pw = { alpha1: generatePassword(), bravo1: generatePassword() };
 
-function connect(username?: string, password?: string): Redis {
-  const r = new Redis({ port: server.port, host: '127.0.0.1', maxRetriesPerRequest: 1, enableReadyCheck: false, ...(username ? { username } : {}), ...(password ? { password } : {}) });
-  r.on('error', () => undefined);
-  opened.push(r);
-  return r;
-}
+const acl = useNs8AclRedis();
+const connect = acl.connect;
 const alpha = (): Redis => connect('module/alpha1', pw.alpha1);
 /** NS8's read-only `default` user: the only one that may SUBSCRIBE besides admins. */
 const anonymous = (): Redis => connect();
@@ -54,7 +47,7 @@ async function startBravo(): Promise<AgentHandle> {
 }
 
 function startRelay(): TaskRelay {
-  return startTaskRelay(admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: (l) => relayLog.push(l) });
+  return startTaskRelay(acl.admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: (l) => relayLog.push(l) });
 }
 
 /** Waits (bounded) until `check` holds; a helper for state another process reaches, not a timing assertion. */
@@ -66,32 +59,20 @@ async function until(check: () => Promise<boolean>, what: string): Promise<void>
   }
 }
 
-beforeAll(async () => {
-  server = await startRedis();
-  const bootstrap = server.client();
-  await bootstrap.call('ACL', 'SETUSER', 'ns8admin', 'on', '>adminpw', '~*', '&*', '+@all');
-  await bootstrap.call('ACL', 'SETUSER', 'default', 'on', 'nopass', 'resetkeys', '~cluster/*', '~node/*', '~module/*', 'resetchannels', '&*', 'nocommands', '+@read', '+@connection', '+subscribe', '+psubscribe', '-@admin');
-  bootstrap.disconnect();
-  admin = connect('ns8admin', 'adminpw');
-});
-afterAll(async () => {
-  for (const r of opened) r.disconnect();
-  await server.stop();
-});
 beforeEach(async () => {
-  await admin.flushall();
+  await acl.admin.flushall();
   relayLog = [];
   root = mkdtempSync(path.join(tmpdir(), 'agent-relay-'));
   mkdirSync(path.join(root, 'state'));
   step(path.join(root, 'actions', 'set-route'), '10set', 'read -r input; printf "routed for %s: %s" "$AGENT_TASK_USER" "$input"');
   step(path.join(root, 'actions', 'destroy-everything'), '10destroy', 'printf destroyed');
   // Two instances with NS8's module ACL; alpha1 asks for bravo's routeadm role, which allows set-*.
-  await applyModuleAcl(admin, 'alpha1', pw.alpha1);
-  await applyModuleAcl(admin, 'bravo1', pw.bravo1);
-  await admin.hset('cluster/module_node', 'alpha1', '1', 'bravo1', '1');
-  await admin.sadd('cluster/authorizations/module/alpha1', 'bravo@any:routeadm', 'self:selfadm');
-  await admin.sadd('module/bravo1/roles/routeadm', 'set-*');
-  await applyGrants(admin);
+  await applyModuleAcl(acl.admin, 'alpha1', pw.alpha1);
+  await applyModuleAcl(acl.admin, 'bravo1', pw.bravo1);
+  await acl.admin.hset('cluster/module_node', 'alpha1', '1', 'bravo1', '1');
+  await acl.admin.sadd('cluster/authorizations/module/alpha1', 'bravo@any:routeadm', 'self:selfadm');
+  await acl.admin.sadd('module/bravo1/roles/routeadm', 'set-*');
+  await applyGrants(acl.admin);
   bravoAgent = await startBravo();
   relay = startRelay();
   await relay.ready;
@@ -108,7 +89,7 @@ describe('a module under NS8 module ACL', () => {
   it("cannot push on another agent's queue nor read its results, but may push on its own relay queue", async () => {
     const a = alpha();
     await expect(a.lpush('module/bravo1/tasks', '{}')).rejects.toThrow(/NOPERM/);
-    await admin.set('task/module/bravo1/t1/exit_code', '0');
+    await acl.admin.set('task/module/bravo1/t1/exit_code', '0');
     await expect(a.get('task/module/bravo1/t1/exit_code')).rejects.toThrow(/NOPERM/);
     await expect(a.lpush(relayQueueKey('bravo1'), '{}')).rejects.toThrow(/NOPERM/);
     await expect(a.lpush(relayQueueKey('alpha1'), 'not json')).resolves.toBe(1);
@@ -122,11 +103,11 @@ describe('the task relay', () => {
     const r = await runTaskViaRelay(alpha(), 'alpha1', 'module/bravo1', 'set-route', { data: { host: 'a.example', api_password: 's3cret' }, subscriber: anonymous(), onProgress: (s) => seen.push(s) });
     expect(r).toMatchObject({ exitCode: 0, status: 'completed', output: 'routed for module/alpha1: {"host":"a.example","api_password":"s3cret"}' });
     expect(seen).toContain('completed');
-    const context = JSON.parse((await admin.get(`task/module/bravo1/${r.taskId}/context`)) ?? '{}') as Record<string, unknown>;
+    const context = JSON.parse((await acl.admin.get(`task/module/bravo1/${r.taskId}/context`)) ?? '{}') as Record<string, unknown>;
     expect(context).toMatchObject({ id: r.taskId, action: 'set-route', user: 'module/alpha1', data: { host: 'a.example', api_password: 'XXX' } });
     // The copy is the submitter's alone, and nothing stays in flight.
     expect(await alpha().get(relayResultKey('alpha1', r.taskId, 'exit_code'))).toBe('0');
-    expect(await admin.hlen(RELAY_INFLIGHT_KEY)).toBe(0);
+    expect(await acl.admin.hlen(RELAY_INFLIGHT_KEY)).toBe(0);
     expect(relay?.inFlight()).toBe(0);
   });
 
@@ -136,8 +117,8 @@ describe('the task relay', () => {
     expect(denied).toMatchObject({ exitCode: 32, status: 'aborted', output: '' });
     expect(denied.error).toMatch(/^module_permission_denied: module\/alpha1 holds role routeadm on module\/bravo1, which does not allow action destroy-everything/);
 
-    await admin.srem('cluster/authorizations/module/alpha1', 'bravo@any:routeadm');
-    await applyGrants(admin);
+    await acl.admin.srem('cluster/authorizations/module/alpha1', 'bravo@any:routeadm');
+    await applyGrants(acl.admin);
     const none = await runTaskViaRelay(a, 'alpha1', 'module/bravo1', 'set-route', { data: {}, subscriber: anonymous() });
     expect(none).toMatchObject({ exitCode: 32, output: '' });
     expect(none.error).toMatch(/^module_permission_denied: module\/alpha1 holds no role on module\/bravo1/);
@@ -156,7 +137,7 @@ describe('the task relay', () => {
       const r = await waiting;
       expect(r).toMatchObject({ exitCode: 32, output: '' });
       expect(r.error).toMatch(/^module_permission_denied: module\/alpha1 /);
-      expect(JSON.parse((await admin.get(`task/module/bravo1/${id}/context`)) ?? '{}')).toMatchObject({ user: 'module/alpha1' });
+      expect(JSON.parse((await acl.admin.get(`task/module/bravo1/${id}/context`)) ?? '{}')).toMatchObject({ user: 'module/alpha1' });
     }
     expect(relayLog.filter((l) => l.includes('carries a "user" field: ignored'))).toHaveLength(3);
   });
@@ -177,17 +158,17 @@ describe('the task relay', () => {
       expect(JSON.parse(r.output)).toEqual([expect.objectContaining(expected)]);
       expect(r.error).toMatch(/^task relay: /);
     }
-    expect(await admin.keys('task/module/bravo1/*')).toEqual([]);
+    expect(await acl.admin.keys('task/module/bravo1/*')).toEqual([]);
     expect(() => buildRelayRequest('module/bravo1', '../x')).toThrow(/cannot be relayed: action: action_invalid/);
   });
 
   it("refuses an id already used on the target without touching that task's keys", async () => {
-    const earlier = await runTask(admin, 'module/bravo1', 'set-route', { id: 'shared-1', data: {} });
+    const earlier = await runTask(acl.admin, 'module/bravo1', 'set-route', { id: 'shared-1', data: {} });
     expect(earlier.exitCode).toBe(0);
     const r = await runTaskViaRelay(alpha(), 'alpha1', 'module/bravo1', 'set-route', { id: 'shared-1', data: {}, pollMs: 100 });
     expect(r).toMatchObject({ exitCode: 10 });
     expect(JSON.parse(r.output)).toEqual([{ parameter: 'id', error: 'id_already_used', value: 'shared-1', field: 'id' }]);
-    expect(await readTaskResult(admin, 'module/bravo1', 'shared-1')).toMatchObject({ exitCode: 0, output: earlier.output });
+    expect(await readTaskResult(acl.admin, 'module/bravo1', 'shared-1')).toMatchObject({ exitCode: 0, output: earlier.output });
   });
 
   it("forwards to node and cluster agents only what the module's roles there allow, as NS8's api-server", async () => {
@@ -195,24 +176,24 @@ describe('the task relay', () => {
     const denied = await runTaskViaRelay(a, 'alpha1', 'node/1', 'allocate-ports', { data: { ports: 1 }, subscriber: anonymous() });
     expect(denied).toMatchObject({ exitCode: 32 });
     expect(denied.error).toMatch(/^module_permission_denied: module\/alpha1 holds no role on node\/1/);
-    expect(await admin.llen('node/1/tasks')).toBe(0);
+    expect(await acl.admin.llen('node/1/tasks')).toBe(0);
     expect((await runTaskViaRelay(a, 'alpha1', 'cluster', 'remove-module', { data: {}, pollMs: 100 })).exitCode).toBe(32);
-    expect(await admin.llen('cluster/tasks')).toBe(0);
+    expect(await acl.admin.llen('cluster/tasks')).toBe(0);
 
-    await admin.hset('roles/module/alpha1', 'node/1', 'portsadm');
-    await admin.sadd('node/1/roles/portsadm', 'allocate-ports');
+    await acl.admin.hset('roles/module/alpha1', 'node/1', 'portsadm');
+    await acl.admin.sadd('node/1/roles/portsadm', 'allocate-ports');
     const id = await submitTaskViaRelay(a, 'alpha1', 'node/1', 'allocate-ports', { data: { ports: 1 } });
-    const popped = (await admin.brpop('node/1/tasks', 10)) as [string, string] | null;
+    const popped = (await acl.admin.brpop('node/1/tasks', 10)) as [string, string] | null;
     expect(JSON.parse(popped?.[1] ?? '{}')).toMatchObject({ id, action: 'allocate-ports', data: { ports: 1 }, user: 'module/alpha1' });
     // The node agent finishes it as every NS8 agent does; the relay hands the result back.
-    await finalizeTask(admin, 'node/1', id, { status: 'completed', exitCode: 0, output: '{"ports":[20001]}', error: '' }, 100);
+    await finalizeTask(acl.admin, 'node/1', id, { status: 'completed', exitCode: 0, output: '{"ports":[20001]}', error: '' }, 100);
     expect(await waitForRelayedTask(a, 'alpha1', id, { pollMs: 100 })).toMatchObject({ exitCode: 0, output: '{"ports":[20001]}' });
   });
 
   it('keeps relaying after its connections are killed', async () => {
-    const clients = String(await admin.call('CLIENT', 'LIST')).split('\n').filter((l) => / name=ns8ctl-task-relay/.test(l));
+    const clients = String(await acl.admin.call('CLIENT', 'LIST')).split('\n').filter((l) => / name=ns8ctl-task-relay/.test(l));
     expect(clients).toHaveLength(3);
-    for (const line of clients) await admin.call('CLIENT', 'KILL', 'ID', /\bid=(\d+)/.exec(line)?.[1] ?? '');
+    for (const line of clients) await acl.admin.call('CLIENT', 'KILL', 'ID', /\bid=(\d+)/.exec(line)?.[1] ?? '');
     const r = await runTaskViaRelay(alpha(), 'alpha1', 'module/bravo1', 'set-route', { data: {}, subscriber: anonymous() });
     expect(r).toMatchObject({ exitCode: 0, output: 'routed for module/alpha1: {}' });
   });
@@ -221,8 +202,8 @@ describe('the task relay', () => {
     await bravoAgent?.stop();
     const a = alpha();
     const id = await submitTaskViaRelay(a, 'alpha1', 'module/bravo1', 'set-route', { data: { n: 1 } });
-    await until(async () => (await admin.llen('module/bravo1/tasks')) === 1, 'the relay forwards the task');
-    expect(await admin.hkeys(RELAY_INFLIGHT_KEY)).toEqual([`alpha1/${id}`]);
+    await until(async () => (await acl.admin.llen('module/bravo1/tasks')) === 1, 'the relay forwards the task');
+    expect(await acl.admin.hkeys(RELAY_INFLIGHT_KEY)).toEqual([`alpha1/${id}`]);
     await relay?.stop();
     relay = startRelay();
     await relay.ready;
@@ -240,7 +221,7 @@ describe('ns8ctl run-action with module credentials', () => {
       err,
       stdout: (t) => out.push(t),
       stderr: (t) => err.push(t),
-      env: { PATH: process.env.PATH, REDIS_ADDRESS: `127.0.0.1:${server.port}`, ...env },
+      env: { PATH: process.env.PATH, REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`, ...env },
       isTTY: false,
       runner: new ExecaRunner(),
       connect: () => Promise.reject(new Error('run-action with module credentials must not use the admin connection')),
