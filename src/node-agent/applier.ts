@@ -63,9 +63,37 @@ async function requireScope(ctx: StepContext, what: string): Promise<UnitScope> 
   return scope;
 }
 
+/**
+ * Makes `dir` owned by uid:gid. A new directory appears only once owned (made under a temporary
+ * name, chowned, renamed into place), so a crash never leaves a root-owned 0700 directory in a
+ * module user's home (its podman could not even stat `~/.config/containers`). An existing one is
+ * chowned when its owner differs.
+ */
 async function mkdirOwned(dir: string, uid: number | undefined, gid: number | undefined, mode: number): Promise<void> {
-  await fs.mkdir(dir, { recursive: true, mode });
-  if (uid !== undefined && gid !== undefined) await fs.chown(dir, uid, gid);
+  const owned = uid !== undefined && gid !== undefined;
+  const fixOwner = async (): Promise<boolean> => {
+    try {
+      const st = await fs.stat(dir);
+      if (owned && (st.uid !== uid || st.gid !== gid)) await fs.chown(dir, uid, gid);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    }
+  };
+  const tmp = `${dir}.ns8ctl-new`;
+  await fs.rm(tmp, { recursive: true, force: true }); // left by a killed run
+  if (await fixOwner()) return;
+  await fs.mkdir(path.dirname(dir), { recursive: true, mode });
+  await fs.mkdir(tmp, { mode });
+  if (owned) await fs.chown(tmp, uid, gid);
+  try {
+    await fs.rename(tmp, dir);
+  } catch (err) {
+    // Made meanwhile by someone else (not empty): keep theirs, with the right owner.
+    await fs.rm(tmp, { recursive: true, force: true });
+    if (!(await fixOwner())) throw err;
+  }
 }
 
 const purposeOf = (step: Step): string => `${step.id}: ${step.kind}`;

@@ -1,0 +1,55 @@
+/**
+ * Directories the node agent makes in a module user's home are never left root-owned by a crash:
+ * they appear under their final name only once owned by the user, and a leftover (a temporary
+ * from a killed run, or a root-owned directory) is repaired. Real useradd, real chown.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { applyStep } from '../../src/node-agent/applier.js';
+import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
+import { startRedis, type TestRedis } from '../support/redis-server.js';
+
+const run = promisify(execFile);
+const ID = `dirs${process.pid % 100000}1`;
+let root: string;
+let srv: TestRedis;
+let deps: NodeAgentDeps;
+let uid: number;
+
+beforeAll(async () => {
+  srv = await startRedis();
+  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-dirs-'));
+  await fs.chmod(root, 0o755);
+  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  await run('useradd', ['-m', '-b', path.join(root, 'home'), '-s', '/sbin/nologin', ID]);
+  uid = Number((await run('id', ['-u', ID])).stdout.trim());
+  deps = createNodeAgentDeps({ node: 1 }, { redis: srv.client(), runner: new ExecaRunner(), layout: tempHostLayout(root), log: () => undefined, delay: async () => undefined });
+}, 60_000);
+
+afterAll(async () => {
+  deps?.redis.disconnect();
+  await run('userdel', ['-f', ID]).catch(() => undefined);
+  await fs.rm(root, { recursive: true, force: true });
+  await srv.stop();
+});
+
+const step = { id: ID, kind: 'create-install-dir' as const, reason: 'test' };
+
+test('after a killed run (temporary left, or a root-owned directory) the install dirs are owned by the user', async () => {
+  const home = path.join(root, 'home', ID);
+  const config = path.join(home, '.config');
+  // A run killed after making its temporary directory, before renaming it.
+  await fs.mkdir(path.join(home, '.config.ns8ctl-new'), { mode: 0o700 });
+  await applyStep(step, { deps, node: 1, id: ID, rootfull: false });
+  for (const d of [config, path.join(config, 'state')]) expect((await fs.stat(d)).uid).toBe(uid);
+  expect(await fs.readdir(home)).not.toContain('.config.ns8ctl-new');
+  // A directory left root-owned (by older code, or by hand) is given back to the user.
+  await fs.chown(path.join(config, 'state'), 0, 0);
+  await applyStep(step, { deps, node: 1, id: ID, rootfull: false });
+  expect((await fs.stat(path.join(config, 'state'))).uid).toBe(uid);
+});
