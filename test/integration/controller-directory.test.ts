@@ -138,7 +138,7 @@ describe('controller with a manifests directory', () => {
     expect(st!.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'ValidationFailed' });
     expect(st!.conditions.find((c) => c.type === 'Ready')!.message).toContain('wiki.yaml');
     expect((await spec('webapp1'))?.image).toMatch(/:1\.0\.0$/);
-    const rejected = (await readEvents(redis)).find((e) => e.name === 'source-rejected');
+    const rejected = await waitFor('source-rejected event', async () => (await readEvents(redis)).find((e) => e.name === 'source-rejected'));
     expect(rejected?.type).toBe('Warning');
     expect(JSON.stringify(rejected?.data)).toContain('/spec/nodee');
     atomicSave(file('wiki.yaml'), mod('webapp1', '2.0.0'));
@@ -220,7 +220,12 @@ describe('controller with a manifests directory', () => {
       return c.find((x) => x.type === 'Drifted' && x.status === 'True');
     });
     expect(summary.reason).toBe('DesiredStateDrift');
-    expect((await readEvents(redis)).map((e) => e.name)).toEqual(expect.arrayContaining(['source-drift-detected', 'module-drifted']));
+    // The event is recorded just after the summary is written: wait for it, do not race it.
+    const names = await waitFor('drift events', async () => {
+      const n = (await readEvents(redis)).map((e) => e.name);
+      return n.includes('module-drifted') ? n : undefined;
+    });
+    expect(names).toEqual(expect.arrayContaining(['source-drift-detected', 'module-drifted']));
     await waitFor('drift gauge', () => controllers[0]!.metrics.driftedObjects.get() === 1);
   });
 
@@ -240,7 +245,7 @@ describe('controller with a manifests directory', () => {
     });
     expect(st!.conditions.find((c) => c.type === 'Stalled')).toMatchObject({ status: 'True', reason: 'PruneRefused' });
     expect((await redis.smembers('ns8ctl/desired/module')).sort()).toEqual(['webapp1', 'webapp2']);
-    expect((await readEvents(redis)).map((e) => e.name)).toContain('source-prune-refused');
+    expect(await waitFor('source-prune-refused event', async () => (await readEvents(redis)).map((e) => e.name).includes('source-prune-refused'))).toBe(true);
   });
 
   it('applies the rest of the source when one object is blocked, and retries the blocked one', async () => {
@@ -256,7 +261,7 @@ describe('controller with a manifests directory', () => {
     });
     expect(st.conditions.find((c) => c.type === 'Ready')!.message).toContain('Module/webapp1 already exists in NS8 on node 2');
     expect(await spec('webapp1')).toBeUndefined();
-    expect((await readEvents(redis)).find((e) => e.name === 'source-apply-blocked')?.data).toMatchObject({ objects: ['Module/webapp1'] });
+    expect((await waitFor('source-apply-blocked event', async () => (await readEvents(redis)).find((e) => e.name === 'source-apply-blocked')))?.data).toMatchObject({ objects: ['Module/webapp1'] });
     await redis.hdel('cluster/module_node', 'webapp1');
     await waitFor('applied on a retry', () => spec('webapp1'));
     await waitFor('Ready', async () => (await ready()) === 'True');
@@ -332,12 +337,16 @@ describe('controller with a manifests directory', () => {
     await redis.publish(channels.moduleStatusChanged, JSON.stringify({ module: 'webapp1' }));
     await waitFor('Ready=True', async () => (await cond('Ready'))?.status === 'True');
     expect(await redis.hget('ns8ctl/conditions/module/webapp1', 'observedGeneration')).toBe('1');
-    expect((await readEvents(redis)).map((e) => e.name)).toContain('module-became-ready');
+    expect(await waitFor('module-became-ready event', async () => (await readEvents(redis)).map((e) => e.name).includes('module-became-ready'))).toBe(true);
     // A terminal agent failure makes it Stalled.
     await writeStatus(redis, status, { ...status, conditions: [{ type: 'Ready', status: 'False', reason: 'ImageLabelInvalid', message: 'bad label' }, { type: 'Degraded', status: 'True', reason: 'ImageLabelInvalid', message: 'bad label' }] }, new Date());
     await redis.publish(channels.moduleStatusChanged, JSON.stringify({ module: 'webapp1' }));
     await waitFor('Stalled=True', async () => (await cond('Stalled'))?.status === 'True');
-    expect((await readEvents(redis)).map((e) => e.name)).toEqual(expect.arrayContaining(['module-stalled', 'module-became-unready']));
+    const seen = await waitFor('module-stalled and module-became-unready events', async () => {
+      const n = (await readEvents(redis)).map((e) => e.name);
+      return n.includes('module-stalled') && n.includes('module-became-unready') ? n : undefined;
+    });
+    expect(seen).toEqual(expect.arrayContaining(['module-stalled', 'module-became-unready']));
   });
 
   it('follows status writes through keyspace notifications when the server has them on', async () => {
