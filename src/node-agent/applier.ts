@@ -75,6 +75,8 @@ async function mkdirOwned(dir: string, uid: number | undefined, gid: number | un
     try {
       const st = await fs.stat(dir);
       if (owned && (st.uid !== uid || st.gid !== gid)) await fs.chown(dir, uid, gid);
+      // Its owner must at least be able to enter it (useradd's home starts as mode 0).
+      if ((st.mode & 0o700) !== 0o700) await fs.chmod(dir, (st.mode & 0o7777) | 0o700);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
@@ -132,6 +134,8 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     }
     case 'chown-home': {
       const { p } = await paths(ctx);
+      // A useradd killed before it finished the home leaves none, or a root-owned one with mode 0.
+      await mkdirOwned(p.base, step.uid, step.gid, 0o700);
       await deps.users.chownTree(p.base, step.uid, step.gid, purpose);
       await resetPodmanDatabase(p.base);
       await deps.records.update(id, { uid: step.uid, gid: step.gid });

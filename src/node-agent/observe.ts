@@ -111,6 +111,15 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
 }
 
 
+/** Why a rootless user's home is unusable by the user, or undefined when it is fine. */
+function homeUnusable(st: Stats | undefined, user: { uid: number; gid: number }): string | undefined {
+  if (!st) return 'is missing';
+  if (!st.isDirectory()) return 'is not a directory';
+  if (st.uid !== user.uid || st.gid !== user.gid) return `belongs to ${st.uid}:${st.gid}`;
+  if ((st.mode & 0o700) !== 0o700) return `has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}, its owner cannot use it`;
+  return undefined;
+}
+
 async function statOrUndefined(p: string): Promise<Stats | undefined> {
   try {
     return await fs.lstat(p);
@@ -254,6 +263,10 @@ export async function observeInstance(
   };
   if (record) observed.record = record;
   if (user) observed.user = user;
+  if (user && !rootfull) {
+    const why = homeUnusable(baseStat, user);
+    if (why) observed.homeUnusable = why;
+  }
   if (local) observed.localImage = { id: local.id, digest: local.digest };
   if (envText !== undefined) observed.envFile = parseEnvironment(envText);
   if (envStat) observed.envFileUid = envStat.uid;

@@ -106,8 +106,16 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const rootless = !l.rootfull;
   if (rootless && !o.user) {
     add({ id, kind: 'create-user', reason: `Unix user ${id} does not exist`, ...(rec?.uid !== undefined ? { drift: `user ${id} removed` } : {}) });
-  } else if (rootless && o.user && rec?.uid !== o.user.uid && o.baseExists) {
-    add({ id, kind: 'chown-home', uid: o.user.uid, gid: o.user.gid, reason: `files in ${o.user.home} must belong to ${id} (uid ${o.user.uid}${rec?.uid !== undefined ? `, they were made for uid ${rec.uid}` : ''})` });
+  } else if (rootless && o.user && ((rec?.uid !== o.user.uid && o.baseExists) || o.homeUnusable)) {
+    const why = o.homeUnusable ? `; the home ${o.homeUnusable}` : '';
+    add({
+      id,
+      kind: 'chown-home',
+      uid: o.user.uid,
+      gid: o.user.gid,
+      reason: `files in ${o.user.home} must belong to ${id} (uid ${o.user.uid}${rec?.uid !== undefined && rec.uid !== o.user.uid ? `, they were made for uid ${rec.uid}` : ''})${why}`,
+      ...(o.homeUnusable && rec?.uid === o.user.uid ? { drift: `home of ${id} ${o.homeUnusable}` } : {}),
+    });
   }
   if (!o.installDir) add({ id, kind: 'create-install-dir', reason: 'install dir missing' });
   const bases = volumeBasesOf(d);

@@ -136,6 +136,12 @@ export interface ObservedInstance {
   imagerootMissing: string[];
   /** Home (rootless) or /var/lib/nethserver/<id> (rootfull) exists. */
   baseExists: boolean;
+  /**
+   * Rootless only: what keeps the user from using its home, when something does (missing, another
+   * owner, no rwx for its owner), as left by a useradd killed between writing /etc/passwd and
+   * finishing the home.
+   */
+  homeUnusable?: string;
   /** Volume base path -> `<base>/<id>` exists (bases of spec.volumes and of the record). */
   volumeDirs: Record<string, boolean>;
   /** The UI dir exists. */

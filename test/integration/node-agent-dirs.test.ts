@@ -11,11 +11,14 @@ import { promisify } from 'node:util';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyStep } from '../../src/node-agent/applier.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
+import { readUsers } from '../../src/node-agent/host/passwd.js';
+import { observeInstance, readRedisSnapshot } from '../../src/node-agent/observe.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
 const run = promisify(execFile);
 const ID = `dirs${process.pid % 100000}1`;
+const HALF = `dirs${process.pid % 100000}2`;
 let root: string;
 let srv: TestRedis;
 let deps: NodeAgentDeps;
@@ -33,7 +36,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   deps?.redis.disconnect();
-  await run('userdel', ['-f', ID]).catch(() => undefined);
+  for (const id of [ID, HALF]) await run('userdel', ['-f', id]).catch(() => undefined);
   await fs.rm(root, { recursive: true, force: true });
   await srv.stop();
 });
@@ -53,3 +56,39 @@ test('after a killed run (temporary left, or a root-owned directory) the install
   await applyStep(step, { deps, node: 1, id: ID, rootfull: false });
   expect((await fs.stat(path.join(config, 'state'))).uid).toBe(uid);
 });
+
+/** What the node agent observes of HALF's home. */
+async function homeProblem(): Promise<string | undefined> {
+  const users = await readUsers(deps.layout);
+  const ctx = { layout: deps.layout, podman: deps.podman, systemd: deps.systemd, users: users.users, subids: users.subids, systemdMissing: 'none here', redis: await readRedisSnapshot(deps.redis, 1, [HALF]) };
+  return (await observeInstance(ctx, HALF, undefined, false, undefined, undefined)).homeUnusable;
+}
+
+test('a user whose useradd was killed (no home, or a root-owned home of mode 0) gets a home it can use', async () => {
+  // useradd writes /etc/passwd before it makes the home: killed in between, there is none.
+  await run('useradd', ['-M', '-d', path.join(root, 'home', HALF), '-s', '/sbin/nologin', HALF]);
+  const home = path.join(root, 'home', HALF);
+  const { uid: u, gid: g } = (await readUsers(deps.layout)).users.get(HALF)!;
+  const asUser = (script: string) => run('runuser', ['-u', HALF, '--', 'sh', '-c', script], { env: { ...process.env, HOME: home } });
+  expect(await homeProblem()).toBe('is missing');
+  const chownHome = { id: HALF, kind: 'chown-home' as const, uid: u, gid: g, reason: 'test' };
+  const installDirs = { id: HALF, kind: 'create-install-dir' as const, reason: 'test' };
+  await applyStep(chownHome, { deps, node: 1, id: HALF, rootfull: false });
+  await applyStep(installDirs, { deps, node: 1, id: HALF, rootfull: false });
+  expect(await homeProblem()).toBeUndefined();
+  await asUser('mkdir -p "$HOME/.config/containers" && touch "$HOME/.config/state/probe"');
+
+  // Killed just after its mkdir(home, 0), before chown and chmod.
+  await fs.rm(home, { recursive: true, force: true });
+  await fs.mkdir(home, { mode: 0 });
+  await fs.chmod(home, 0);
+  expect(await homeProblem()).toBe('belongs to 0:0');
+  await fs.chown(home, u, g);
+  expect(await homeProblem()).toBe('has mode 0000, its owner cannot use it');
+  await fs.chown(home, 0, 0);
+  await expect(asUser('ls "$HOME"')).rejects.toThrow(/Permission denied/);
+  await applyStep(chownHome, { deps, node: 1, id: HALF, rootfull: false });
+  await applyStep(installDirs, { deps, node: 1, id: HALF, rootfull: false });
+  expect(await homeProblem()).toBeUndefined();
+  await asUser('mkdir -p "$HOME/.config/containers" && touch "$HOME/.config/state/probe"');
+}, 60_000);

@@ -177,6 +177,24 @@ describe('the node planner converges an instance', () => {
     expect(p2.steps[0]).toMatchObject({ kind: 'chown-home', uid: 1005, gid: 1005 });
   });
 
+  test('a home a killed useradd left unusable (missing, root-owned, mode 0) is repaired before anything goes in it', () => {
+    const fresh = converged();
+    delete fresh.record;
+    fresh.homeUnusable = 'is missing';
+    fresh.baseExists = false;
+    fresh.installDir = false;
+    const p = planConverge(input(fresh));
+    const first = p.steps.findIndex((s) => s.kind === 'chown-home');
+    expect(p.steps[first]).toMatchObject({ uid: user.uid, gid: user.gid, reason: expect.stringContaining('the home is missing') });
+    expect(p.steps[first]).not.toHaveProperty('drift');
+    expect(first).toBeLessThan(kinds(p.steps).indexOf('create-install-dir'));
+    // On an instance the agent had finished: drift, reported.
+    const o = converged();
+    o.homeUnusable = 'has mode 0000, its owner cannot use it';
+    expect(planConverge(input(o)).steps).toEqual([expect.objectContaining({ kind: 'chown-home', drift: 'home of webapp1 has mode 0000, its owner cannot use it' })]);
+    expect(kinds(planConverge(input(converged())).steps)).not.toContain('chown-home');
+  });
+
   test('a stopped unit is started and reported; a disabled one enabled', () => {
     const o = converged();
     o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];
