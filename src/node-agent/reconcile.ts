@@ -10,6 +10,7 @@ import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { applyStep, type StepContext } from './applier.js';
 import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
 import { findImage } from './host/image-store.js';
+import type { Owner } from './host/owner.js';
 import { readUsers } from './host/passwd.js';
 import { instancePaths } from './layout.js';
 import { parseModuleLabels, type ModuleLabels } from './labels.js';
@@ -109,12 +110,13 @@ export const REASONS: Readonly<Record<string, string>> = {
   task_timeout: 'LifecycleActionFailed',
   // Codes that are reasons already (refusals, and the planner's `blocked`).
   UpdateRefused: 'UpdateRefused',
+  UpdateFailed: 'UpdateFailed',
   RootfullChanged: 'RootfullChanged',
   EnvironmentInvalid: 'EnvironmentInvalid',
   ImageLabelInvalid: 'ImageLabelInvalid',
 };
 /** Reasons only a change of the Module, of the repositories or of the core can fix. */
-export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused']);
+export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused', 'UpdateFailed']);
 
 function cond(type: Condition['type'], status: Condition['status'], reason: string, message: string): Condition {
   return { type, status, reason, message };
@@ -247,7 +249,11 @@ async function wantedImage(
   const refuse = (code: string, message: string): Wanted => ({ ok: false, error: new Ns8ctlError(code, message), setback: { code, reason: code, message, terminal: true, targetImage: url! }, blocked: true });
   try {
     url = await deps.resolveImage(d.spec);
-    const facts = await imageFacts(deps, id, url, rec, () => holdFinalizer(url!));
+    const failedUpdate = rec?.failedUpdate;
+    if (failedUpdate && failedUpdate.image === url && failedUpdate.generation === d.generation && installed === failedUpdate.from) {
+      return { ok: false, error: new Ns8ctlError('UpdateFailed', failedUpdate.message), setback: { code: 'UpdateFailed', reason: 'UpdateFailed', message: failedUpdate.message, terminal: true, targetImage: url }, blocked: true };
+    }
+    const facts = await imageFacts(deps, id, url, rec, () => holdFinalizer(url!), localOwner(id, rec, shared));
     const labels = parseModuleLabels(facts.labels, url);
     const updateFrom = installed && installed !== url ? installed : undefined;
     if (!updateFrom) return { ok: true, url, facts, labels };
@@ -268,6 +274,18 @@ async function wantedImage(
   }
 }
 
+/** The image store of an instance that exists already (its user's, or root's), for label reads. */
+function localOwner(id: string, rec: InstanceRecord | undefined, shared: ObserveContext): Owner | undefined {
+  return rec?.rootfull === undefined ? undefined : ownerOf(id, rec.rootfull, shared.users.get(id));
+}
+
+/**
+ * Steps after which a failed update is rolled back: they change what the instance runs (its
+ * files, environment, units). A failed pull touched nothing and is retried; a failed
+ * update-module (the module's own step, run once the new image is in place) is retried too.
+ */
+const ROLLBACK_AFTER: ReadonlySet<Step['kind']> = new Set(['extract-image', 'write-environment', 'install-system-units', 'daemon-reload', 'enable-units', 'start-units', 'restart-units']);
+
 /**
  * Labels of the wanted image: from the record when it is the same image, else inspected (local
  * root store, then the registry with skopeo). Without skopeo on the node, the image is pulled as
@@ -276,8 +294,10 @@ async function wantedImage(
  * at once for a rootless image (the user pulls its own), otherwise kept as the rootfull instance's
  * image and removed with the instance or when the next read replaces it.
  */
-async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: InstanceRecord | undefined, hold: () => Promise<void>): Promise<ImageFacts> {
+async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: InstanceRecord | undefined, hold: () => Promise<void>, owner?: Owner): Promise<ImageFacts> {
   if (rec?.image && rec.image.url === url) return rec.image;
+  // The instance's own store first (a rollback reads the image it came from, registry or not).
+  if (owner?.kind === 'user' && findImage(await deps.podman.listImages(owner), url)) return deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
   const rootImages = await deps.podman.listImages({ kind: 'root' });
   if (findImage(rootImages, url)) return deps.podman.inspectLocal({ kind: 'root' }, url, `${id}: inspect ${url}`);
   try {
@@ -308,7 +328,10 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d.generation, imageUrl: '', imageDigest: '', ports: {}, units: [], drift: [] };
   // The image running now (IMAGE_URL): while an update is under way, status and environment keep
   // naming it until the new one is in place.
-  const installed = installedImageUrl(rec?.managedEnv, shared.redis.env.get(id));
+  const running = installedImageUrl(rec?.managedEnv, shared.redis.env.get(id));
+  // A failed update being rolled back (a crash can stop it half-way): the instance's image is the
+  // one it came from.
+  const installed = rec?.failedUpdate && running === rec.failedUpdate.image ? rec.failedUpdate.from : running;
   const holdFinalizer = async (imageUrl: string): Promise<void> => {
     if (d.finalizers.includes(NODE_AGENT_FINALIZER)) return;
     await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl });
@@ -325,6 +348,8 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     ({ url, facts, labels, updateFrom, previousEnv } = wanted);
     base.imageUrl = updateFrom ?? url;
     if (updateFrom) base.targetImage = url;
+    // A new update (another image or generation) starts from where the rollback left the instance.
+    if (updateFrom && rec?.failedUpdate) rec = await deps.records.update(id, { failedUpdate: undefined });
   } else if (!installed) {
     // Nothing installed to fall back on: report and wait.
     return failed(deps, d, prev, { ...base, imageUrl: wanted.setback.targetImage ?? prev?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked);
@@ -336,7 +361,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     base.imageUrl = installed;
     if (setback.targetImage && setback.targetImage !== installed) base.targetImage = setback.targetImage;
     try {
-      facts = await imageFacts(deps, id, installed, rec, () => holdFinalizer(installed));
+      facts = await imageFacts(deps, id, installed, rec, () => holdFinalizer(installed), localOwner(id, rec, shared));
       labels = parseModuleLabels(facts.labels, installed);
     } catch (err) {
       deps.log(`node-agent: ${id}: the installed image ${installed} cannot be read either: ${toNs8ctlError(err).message}`);
@@ -428,6 +453,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
           rec = await oweCreateModule(await deps.records.get(id));
         }
       } catch (err) {
+        if (updateFrom && ROLLBACK_AFTER.has(step.kind) && !control.signal?.aborted) return rollBack(d, url, updateFrom, step, toNs8ctlError(err), node, deps, shared, control);
         return failed(deps, d, prev, base, toNs8ctlError(err), step, applied, drift, false, setback);
       }
     }
@@ -474,9 +500,32 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   } else {
     conditions = [cond('Ready', 'True', 'Converged', 'the instance matches its Module'), cond('Progressing', 'False', 'Converged', 'nothing left to do'), cond('Degraded', 'False', 'AsExpected', '')];
   }
+  // Converged on a wanted image: an earlier failed update is history.
+  if (rec?.failedUpdate) await deps.records.update(id, { failedUpdate: undefined });
   const status = await writeStatus(deps.redis, prev, { ...base, conditions }, deps.now());
   if (applied.length) deps.log(`node-agent: ${id}: converged (${applied.length} step(s): ${applied.map((s) => s.kind).join(', ')})`);
   return { id, outcome: applied.length ? 'converged' : 'unchanged', applied, drift, retry: false, status };
+}
+
+/**
+ * An update failed after it changed the instance: the failure is recorded (so the same image is
+ * not tried again for this generation) and the instance converges back on the image it came
+ * from, in this same pass: files re-extracted, environment and units as before. It reports
+ * UpdateFailed with the step and the error, naming the image it could not move to.
+ */
+async function rollBack(d: InstanceDesired, url: string, from: string, step: Step, e: Ns8ctlError, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
+  const id = d.id;
+  const message = `update ${from} -> ${url} failed at step ${step.kind}: ${e.message}; rolled back to ${from}`;
+  deps.log(`node-agent: ${id}: ${message}`);
+  const rec = await deps.records.get(id);
+  const lifecycle = rec?.lifecycle?.image !== url ? rec?.lifecycle : rec.lifecycle.action === 'create-module' ? { action: 'create-module' as const, image: from } : undefined;
+  // Units the update restarted run with its environment: forgetting their stamps makes the
+  // rollback restart (or start) every one of them on the old files and environment.
+  await deps.records.update(id, { failedUpdate: { image: url, from, generation: d.generation, message }, lifecycle, units: {} });
+  const again = await convergeInstance(d, await deps.records.get(id), node, deps, await refresh(deps, node, id, shared), control);
+  // The rollback itself failed: say both.
+  if (again.error && again.error.code !== 'UpdateFailed') again.error = new Ns8ctlError(again.error.code, `${message}, but the rollback failed: ${again.error.message}`, { user: false });
+  return again;
 }
 
 function fillBase(base: Omit<ModuleStatus, 'conditions'>, o: ObservedInstance, facts: ImageFacts): void {

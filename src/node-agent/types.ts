@@ -75,6 +75,12 @@ export interface InstanceRecord {
    * instance, update-module after an update), and the task submitted for it, if any.
    */
   lifecycle?: { action: 'create-module' | 'update-module'; image: string; taskId?: string };
+  /**
+   * An update that failed once it had touched the instance (extraction, environment, units) and
+   * was rolled back to `from`. Not tried again for that `image` until the Module's `generation`
+   * changes; cleared once the instance converges on a wanted image.
+   */
+  failedUpdate?: { image: string; from: string; generation: number; message: string };
   /** destroy-module before removal: attempts made, task submitted, done (or given up). */
   destroy?: { attempts: number; taskId?: string; done?: boolean };
 }

@@ -4,7 +4,7 @@
  * one). The stand-in keeps unit state like systemd would: enable creates the .wants symlinks,
  * start/restart mark units active; the agent observes them through the same interface.
  */
-import { promises as fs, existsSync } from 'node:fs';
+import { promises as fs, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -31,6 +31,11 @@ class RecordingSystemd implements SystemdHost {
   readonly calls: string[] = [];
   readonly active = new Set<string>();
   failing = new Set<string>();
+  /** A unit that fails only in some conditions (a new version that crashes at start). */
+  failingIf: (unit: string) => boolean = () => false;
+  private fails(unit: string): boolean {
+    return this.failing.has(unit) || this.failingIf(unit);
+  }
   /** Told when a unit starts (start, restart) or stops (stop, linger off), after the fact. */
   onUnit: (event: 'start' | 'stop', scope: UnitScope, unit: string) => Promise<void> = async () => undefined;
   constructor(
@@ -82,13 +87,15 @@ class RecordingSystemd implements SystemdHost {
   }
   async start(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`start ${units.join(' ')}`);
-    for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
-    for (const u of units) if (!this.failing.has(u)) await this.onUnit('start', scope, u);
+    for (const u of units) if (this.fails(u)) this.active.delete(this.key(scope, u));
+    for (const u of units) if (!this.fails(u)) this.active.add(this.key(scope, u));
+    for (const u of units) if (!this.fails(u)) await this.onUnit('start', scope, u);
   }
   async restart(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`restart ${units.join(' ')}`);
-    for (const u of units) if (!this.failing.has(u)) this.active.add(this.key(scope, u));
-    for (const u of units) if (!this.failing.has(u)) await this.onUnit('start', scope, u);
+    for (const u of units) if (this.fails(u)) this.active.delete(this.key(scope, u));
+    for (const u of units) if (!this.fails(u)) this.active.add(this.key(scope, u));
+    for (const u of units) if (!this.fails(u)) await this.onUnit('start', scope, u);
   }
   async stop(scope: UnitScope, units: string[]): Promise<void> {
     this.calls.push(`stop ${units.join(' ')}`);
@@ -99,7 +106,7 @@ class RecordingSystemd implements SystemdHost {
     return this.active.has(this.key(scope, unit));
   }
   async isActive(scope: UnitScope, units: string[]): Promise<Record<string, string>> {
-    return Object.fromEntries(units.map((u) => [u, this.active.has(this.key(scope, u)) ? 'active' : this.failing.has(u) ? 'failed' : 'inactive']));
+    return Object.fromEntries(units.map((u) => [u, this.active.has(this.key(scope, u)) ? 'active' : this.fails(u) ? 'failed' : 'inactive']));
   }
   async describe(_scope: UnitScope, unit: string): Promise<string> {
     return `${unit} is failed (failed), result exit-code, exit status 1`;
@@ -381,10 +388,42 @@ describe('systemd units of a rootless instance', () => {
     }
   }, 60_000);
 
+  test('an update whose unit does not start is rolled back to the version it came from, and not tried again for that generation', async () => {
+    const envFile = path.join(root, 'home', id, '.config', 'state', 'environment');
+    const lst = path.join(root, 'home', id, '.config', '.imageroot.lst');
+    const before = { env: parseEnvironment(await fs.readFile(envFile, 'utf8')), lst: await fs.readFile(lst, 'utf8'), lifecycle: lifecycle.length };
+    expect(before.env.IMAGE_URL).toBe(images.webapp['1.1.0']);
+    // 2.0.0's service crashes at start: the unit fails whenever the environment names 2.0.0.
+    systemd.failingIf = (unit) => unit === 'webapp.service' && parseEnvironment(readFileSync(envFile, 'utf8')).IMAGE_URL === images.webapp['2.0.0'];
+    systemd.calls.length = 0;
+    await putModule({ image: images.webapp['2.0.0'] }, 6);
+    const r = await once();
+    expect(r).toMatchObject({ outcome: 'blocked', retry: false, setback: { reason: 'UpdateFailed', terminal: true, targetImage: images.webapp['2.0.0'] } });
+    expect(r.error?.message).toMatch(/update .*webapp:1\.1\.0 -> .*webapp:2\.0\.0 failed at step restart-units: .*unit webapp.service did not start.*; rolled back to .*webapp:1\.1\.0/);
+    // Restarted on 2.0.0 (the service failed), then every unit again on 1.1.0.
+    expect(systemd.calls).toEqual(['restart webapp.service agent.service', 'daemon-reload user', 'start webapp.service', 'restart agent.service']);
+    expect(systemd.active.has(`${id}/webapp.service`)).toBe(true);
+    // Back to 1.1.0: environment (IMAGE_URL, service image), files, no update-module run.
+    const env = parseEnvironment(await fs.readFile(envFile, 'utf8'));
+    expect({ url: env.IMAGE_URL, svc: env.WEBAPP_HTTPD_IMAGE, id: env.IMAGE_ID }).toEqual({ url: before.env.IMAGE_URL, svc: before.env.WEBAPP_HTTPD_IMAGE, id: before.env.IMAGE_ID });
+    expect(await fs.readFile(lst, 'utf8')).toBe(before.lst);
+    expect(lifecycle.length).toBe(before.lifecycle);
+    const st = (await readModuleStatus(admin, id))!;
+    expect(st).toMatchObject({ imageUrl: images.webapp['1.1.0'], targetImage: images.webapp['2.0.0'] });
+    expect(st.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'UpdateFailed' });
+    expect(st.conditions.find((c) => c.type === 'Degraded')!.message).toMatch(/rolled back to/);
+    // Not tried again for this generation: the next pass does nothing.
+    systemd.calls.length = 0;
+    expect(await once()).toMatchObject({ outcome: 'blocked', applied: [] });
+    expect(systemd.calls).toEqual([]);
+    // Fixed (a new generation): the update goes through (update-module fails once: next test).
+    systemd.failingIf = () => false;
+  }, 120_000);
+
   test('a failed update-module is reported (LifecycleActionFailed, with its error) and run again next time', async () => {
     failNext.add('update-module');
     const before = lifecycle.length;
-    await putModule({ image: images.webapp['2.0.0'] }, 6);
+    await putModule({ image: images.webapp['2.0.0'] }, 7);
     const r = await once();
     expect(r).toMatchObject({ outcome: 'failed', retry: true });
     expect(r.error?.code).toBe('lifecycle_action_failed');
