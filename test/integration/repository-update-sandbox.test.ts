@@ -6,7 +6,8 @@
  * HTTP server inside node 1 serves it; `ns8ctl repo refresh` expires the Redis cache. The
  * instance is installed at 1.0.0, refused 2.0.0 by its min-from (keeps running 1.0.0), updated to
  * 1.1.0 when 1.1.0 is published inside its range, then to 2.0.0, and to a prerelease
- * (2.1.0-rc.1, built here with buildah from 2.0.0) only once the Repository has `testing: true`.
+ * (2.1.0-rc.1, built here with buildah from 2.0.0) only once the Repository has `testing: true`;
+ * a 2.1.0 whose service cannot start is rolled back to the prerelease.
  * Uses the built CLI inside the node (CI builds before testing; locally run `npm run build` first).
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -98,6 +99,31 @@ async function publish(tags: (keyof ExampleImages['webapp'])[], opts: { refresh?
   await must('install repodata.json', ['sh', '-c', 'mkdir -p /root/repo && cat > /root/repo/.repodata.tmp && mv /root/repo/.repodata.tmp /root/repo/repodata.json'], text);
   if (opts.refresh !== false) await must('repo refresh', ['ns8ctl', 'repo', 'refresh', REPO]);
   return JSON.parse(text) as unknown[];
+}
+
+/**
+ * Builds and pushes `<source>:<tag>` with buildah from webapp 2.0.0: `files` (paths under
+ * imageroot/) replaced, the version label set.
+ */
+async function derive(tag: string, files: Record<string, string>): Promise<void> {
+  const base = images.webapp['2.0.0'];
+  const ctr = `${NAME}-build`;
+  const work = mkdtempSync(join(tmpdir(), 'ns8ctl-repoupd-build-'));
+  try {
+    await runner.run(['buildah', 'rm', ctr], { allowFailure: true });
+    await runner.run(['buildah', 'from', '-q', '--tls-verify=false', '--name', ctr, `docker://${base}`], { purpose: 'buildah from webapp 2.0.0', timeoutMs: 120_000 });
+    for (const [rel, text] of Object.entries(files)) {
+      const local = join(work, rel.replaceAll('/', '_'));
+      writeFileSync(local, text);
+      await runner.run(['buildah', 'copy', ctr, local, `/imageroot/${rel}`], { purpose: `set imageroot/${rel}` });
+    }
+    await runner.run(['buildah', 'config', '--label', `org.opencontainers.image.version=${tag}`, ctr], { purpose: `label webapp ${tag}` });
+    await runner.run(['buildah', 'commit', '-q', '--tls-verify=false', ctr, `docker://${source}:${tag}`], { purpose: `push webapp ${tag}`, timeoutMs: 120_000 });
+  } finally {
+    await runner.run(['buildah', 'rm', ctr], { allowFailure: true });
+    await runner.run(['podman', 'rmi', '--ignore', base], { allowFailure: true });
+    rmSync(work, { recursive: true, force: true });
+  }
 }
 
 async function page(port: string, want: string): Promise<string> {
@@ -252,22 +278,8 @@ describe('updates through a software repository in a sandbox node', () => {
   }, 300_000);
 
   test('a prerelease is picked only once the Repository has testing: true', async () => {
-    // 2.1.0-rc.1: 2.0.0 with its own version file and label, built with buildah.
-    const base = images.webapp['2.0.0'];
-    const ctr = `${NAME}-rc-build`;
-    const work = mkdtempSync(join(tmpdir(), 'ns8ctl-repoupd-rc-'));
-    try {
-      writeFileSync(join(work, 'version'), `${RC}\n`);
-      await runner.run(['buildah', 'rm', ctr], { allowFailure: true });
-      await runner.run(['buildah', 'from', '-q', '--tls-verify=false', '--name', ctr, `docker://${base}`], { purpose: 'buildah from webapp 2.0.0', timeoutMs: 120_000 });
-      await runner.run(['buildah', 'copy', ctr, join(work, 'version'), '/imageroot/etc/version'], { purpose: 'set the prerelease version file' });
-      await runner.run(['buildah', 'config', '--label', `org.opencontainers.image.version=${RC}`, ctr], { purpose: 'label the prerelease' });
-      await runner.run(['buildah', 'commit', '-q', '--tls-verify=false', ctr, `docker://${source}:${RC}`], { purpose: `push webapp ${RC}`, timeoutMs: 120_000 });
-    } finally {
-      await runner.run(['buildah', 'rm', ctr], { allowFailure: true });
-      await runner.run(['podman', 'rmi', '--ignore', base], { allowFailure: true });
-      rmSync(work, { recursive: true, force: true });
-    }
+    // 2.1.0-rc.1: 2.0.0 with its own version file and label.
+    await derive(RC, { 'etc/version': `${RC}\n` });
     const repodata = (await publish([])) as { versions: { tag: string; testing: boolean }[] }[];
     expect(repodata[0]?.versions.map((v) => `${v.tag}:${v.testing}`)).toEqual([`${RC}:true`, '2.0.0:false', '1.1.0:false', '1.0.0:false']);
     // testing: false hides the prerelease: ^2.0 stays on 2.0.0.
@@ -283,5 +295,28 @@ describe('updates through a software repository in a sandbox node', () => {
     expect((await homeFile('etc/version')).out.trim()).toBe(RC);
     await page(port, 'webapp-httpd 2.0.0');
     expect(await ready()).toMatchObject({ status: 'True' });
+  }, 300_000);
+
+  test('a release whose service does not start is rolled back: previous files, environment and running unit, UpdateFailed', async () => {
+    // 2.1.0: its unit exits at once (systemd restarts it on failure, in vain).
+    const unit = readFileSync(join(deps.projectRoot, 'examples', 'modules', 'webapp', 'imageroot', 'systemd', 'user', 'webapp.service'), 'utf8').replace(/^ExecStart=.*$/m, 'ExecStart=/bin/false');
+    await derive('2.1.0', { 'etc/version': '2.1.0\n', 'systemd/user/webapp.service': unit });
+    await publish([]);
+    expect((await diff()).out).toContain(`↑ Module/webapp1 update ${RC} -> 2.1.0`);
+    const out = await agentOnce(1);
+    expect(out).toMatch(new RegExp(`${ID}\\s+blocked`));
+    expect(await ready()).toMatchObject({ status: 'False', reason: 'UpdateFailed', message: expect.stringMatching(new RegExp(`update .*:${RC} -> .*:2\\.1\\.0 failed at step (re)?start-units: .*webapp\\.service did not start.*rolled back to .*:${RC.replaceAll('.', '\\.')}`)) });
+    expect(await status()).toMatchObject({ imageUrl: `${source}:${RC}`, targetImage: `${source}:2.1.0` });
+    // Really back: the environment, the files (unit file included) and the running service of RC.
+    expect((await env()).IMAGE_URL).toBe(`${source}:${RC}`);
+    expect((await homeFile('state/environment')).out).toContain(`IMAGE_URL=${source}:${RC}`);
+    expect((await homeFile('etc/version')).out.trim()).toBe(RC);
+    expect((await homeFile('systemd/user/webapp.service')).out).not.toContain('/bin/false');
+    await eventually('webapp.service active again', async () => ((await userctl('is-active', 'webapp.service')).out.trim() === 'active' ? true : undefined));
+    await page(port, 'webapp-httpd 2.0.0');
+    // Not tried again for this generation: the next pass leaves it as it is.
+    const before = await invocation();
+    expect(await agentOnce(1)).toMatch(new RegExp(`${ID}\\s+blocked`));
+    expect(await invocation()).toBe(before);
   }, 300_000);
 });
