@@ -241,9 +241,11 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const flags = moduleFlags(l);
   if (JSON.stringify(o.flags) !== JSON.stringify(flags)) add({ id, kind: 'set-flags', flags, reason: `module/${id}/flags must be ${flags.join(' ')}` });
 
-  // ---- default instances (NS8 cluster add-module step 8: only the missing keys) ----
+  // ---- default instances (NS8 cluster add-module step 8: only the missing keys, only while the
+  // instance is being added; a key emptied later, by the removal of the default instance, stays
+  // empty as in NS8) ----
   const di = o.defaultInstance;
-  if (di && (di.cluster === null || di.node === null)) {
+  if (di && !rec?.announced && (di.cluster === null || di.node === null)) {
     const missing = [di.cluster === null ? `cluster/default_instance/${di.module}` : '', di.node === null ? `node/${node.node}/default_instance/${di.module}` : ''].filter(Boolean);
     add({ id, kind: 'set-default-instance', module: di.module, cluster: di.cluster === null, node: di.node === null, reason: `${missing.join(' and ')} missing: ${id} becomes the default ${di.module} instance` });
   }

@@ -240,8 +240,9 @@ describe('the node planner converges an instance', () => {
     expect(planConverge(input(o, { labels: l0 }))).toEqual({ steps: [], waiting: [] });
   });
 
-  test('missing default-instance keys are claimed (NS8 add-module step 8); keys held by another instance are left alone', () => {
+  test('missing default-instance keys are claimed while the instance is added (NS8 add-module step 8); keys held by another instance are left alone', () => {
     const o = converged();
+    o.record = { ...o.record!, announced: false };
     o.defaultInstance = { module: 'webapp', cluster: null, node: 'webapp7' };
     expect(planConverge(input(o)).steps).toEqual([
       expect.objectContaining({ kind: 'set-default-instance', module: 'webapp', cluster: true, node: false, reason: 'cluster/default_instance/webapp missing: webapp1 becomes the default webapp instance' }),
@@ -249,7 +250,11 @@ describe('the node planner converges an instance', () => {
     o.defaultInstance = { module: 'webapp', cluster: 'webapp7', node: null };
     expect(planConverge(input(o)).steps).toEqual([expect.objectContaining({ kind: 'set-default-instance', cluster: false, node: true })]);
     o.defaultInstance = { module: 'webapp', cluster: 'webapp7', node: 'webapp7' };
-    expect(planConverge(input(o)).steps).toEqual([]);
+    expect(kinds(planConverge(input(o)).steps)).toEqual(['publish-added']);
+    // Once added (module-added published), a key emptied by the removal of the default instance stays empty, as in NS8.
+    const added = converged();
+    added.defaultInstance = { module: 'webapp', cluster: null, node: null };
+    expect(kinds(planConverge(input(added)).steps)).not.toContain('set-default-instance');
   });
 
   test('agent.env names the Redis the node agent uses (REDIS_ADDRESS); an instance without it is rewritten once', () => {
