@@ -141,6 +141,9 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
       await deps.records.update(id, { uid: step.uid, gid: step.gid });
       return;
     }
+    case 'add-subids':
+      await deps.users.addSubids(id, purpose);
+      return;
     case 'create-install-dir': {
       const { p, user } = await paths(ctx);
       if (ctx.rootfull) {

@@ -117,6 +117,8 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       ...(o.homeUnusable && rec?.uid === o.user.uid ? { drift: `home of ${id} ${o.homeUnusable}` } : {}),
     });
   }
+  // useradd gives the ranges; one killed half-way, or a hand edit, can leave a user without them.
+  if (rootless && o.user && !o.subids) add({ id, kind: 'add-subids', reason: `${id} has no subuid or no subgid range (rootless podman needs both)`, ...(rec?.image ? { drift: `subordinate ids of ${id} removed` } : {}) });
   if (!o.installDir) add({ id, kind: 'create-install-dir', reason: 'install dir missing' });
   const bases = volumeBasesOf(d);
   const missingVolumes = bases.filter((b) => !o.volumeDirs[b]);

@@ -223,6 +223,8 @@ export type Step = StepBase &
     | { kind: 'cancel-removal' }
     | { kind: 'create-user' }
     | { kind: 'chown-home'; uid: number; gid: number }
+    /** `usermod --add-subuids/--add-subgids`: a rootless user without both ranges cannot run podman. */
+    | { kind: 'add-subids' }
     | { kind: 'create-install-dir' }
     /** NS8 node add-module: `<base>/<id>` (0700, owned by the module user) per volume base path. */
     | { kind: 'create-volume-dirs'; bases: string[] }

@@ -92,3 +92,33 @@ test('a user whose useradd was killed (no home, or a root-owned home of mode 0) 
   expect(await homeProblem()).toBeUndefined();
   await asUser('mkdir -p "$HOME/.config/containers" && touch "$HOME/.config/state/probe"');
 }, 60_000);
+
+test('a user whose subordinate id ranges are gone gets a free range back, which rootless podman uses', async () => {
+  const home = path.join(root, 'home', HALF);
+  const lineOf = async (file: string) => (await fs.readFile(file, 'utf8')).split('\n').find((l) => l.startsWith(`${HALF}:`));
+  // useradd gave both ranges; take them away (as a useradd killed before writing them would).
+  for (const [file, flag] of [['/etc/subuid', '--del-subuids'], ['/etc/subgid', '--del-subgids']] as const) {
+    const [, start, count] = (await lineOf(file))!.split(':');
+    await run('usermod', [flag, `${start}-${Number(start) + Number(count) - 1}`, HALF]);
+  }
+  const users = await readUsers(deps.layout);
+  expect(users.subids.has(HALF)).toBe(false);
+  await applyStep({ id: HALF, kind: 'add-subids', reason: 'test' }, { deps, node: 1, id: HALF, rootfull: false });
+  expect((await readUsers(deps.layout)).subids.has(HALF)).toBe(true);
+  const uidLine = (await lineOf('/etc/subuid'))!.split(':');
+  expect(Number(uidLine[2])).toBe(65536);
+  // No other range overlaps the new one.
+  const start = Number(uidLine[1]);
+  for (const file of ['/etc/subuid', '/etc/subgid']) {
+    for (const l of (await fs.readFile(file, 'utf8')).split('\n').filter((x) => x && !x.startsWith(`${HALF}:`))) {
+      const [, s, n] = l.split(':');
+      expect(Number(s) + Number(n) - 1 < start || Number(s) > start + 65535).toBe(true);
+    }
+  }
+  // Applied again: nothing to add, nothing run.
+  await applyStep({ id: HALF, kind: 'add-subids', reason: 'test' }, { deps, node: 1, id: HALF, rootfull: false });
+  expect((await fs.readFile('/etc/subuid', 'utf8')).split('\n').filter((l) => l.startsWith(`${HALF}:`))).toHaveLength(1);
+  // Rootless podman of the user maps the range.
+  const { stdout } = await run('runuser', ['-u', HALF, '--', 'sh', '-c', 'cd && podman unshare cat /proc/self/uid_map'], { env: { ...process.env, HOME: home, XDG_RUNTIME_DIR: '' } });
+  expect(stdout).toMatch(new RegExp(`\\b${start}\\s+65536\\b`));
+}, 60_000);

@@ -195,6 +195,19 @@ describe('the node planner converges an instance', () => {
     expect(kinds(planConverge(input(converged())).steps)).not.toContain('chown-home');
   });
 
+  test('a user without subordinate id ranges gets them (before the image is pulled); on a finished instance it is drift', () => {
+    const fresh = converged();
+    delete fresh.record;
+    fresh.subids = false;
+    delete fresh.localImage;
+    const steps = kinds(planConverge(input(fresh)).steps);
+    expect(steps.indexOf('add-subids')).toBeGreaterThanOrEqual(0);
+    expect(steps.indexOf('add-subids')).toBeLessThan(steps.indexOf('pull-image'));
+    const o = converged();
+    o.subids = false;
+    expect(planConverge(input(o)).steps).toEqual([expect.objectContaining({ kind: 'add-subids', drift: 'subordinate ids of webapp1 removed' })]);
+  });
+
   test('a stopped unit is started and reported; a disabled one enabled', () => {
     const o = converged();
     o.units = [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }];

@@ -4,7 +4,7 @@ import { assertEnvironment, changedNames, parseEnvironment, renderEnvironment, s
 import { managedEnvironment, mergeEnvironment } from '../../src/node-agent/module-env.js';
 import { parseNodePorts, parseRange, portEnvironment } from '../../src/node-agent/ports.js';
 import { findImage, imageRepository, normalizeImageRef } from '../../src/node-agent/host/image-store.js';
-import { parsePasswd, parseSubids } from '../../src/node-agent/host/passwd.js';
+import { freeSubidRange, parsePasswd, parseSubids } from '../../src/node-agent/host/passwd.js';
 import { isStartableUnit, parseInstallSection } from '../../src/node-agent/host/systemd.js';
 import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-agent/redis-acl.js';
 import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
@@ -141,6 +141,15 @@ describe('host files are parsed without spawning processes', () => {
     expect(users.get('webapp1')).toEqual({ name: 'webapp1', uid: 1001, gid: 1001, home: '/home/webapp1', shell: '/sbin/nologin' });
     expect(users.size).toBe(2);
     expect([...parseSubids('webapp1:100000:65536\nzero:1:0\n')]).toEqual(['webapp1']);
+  });
+  test('a free subordinate id range: first fit at or above 100000, clear of both files', () => {
+    expect(freeSubidRange(['', ''])).toBe(100000);
+    expect(freeSubidRange(['a:100000:65536\nb:165536:65536\n', ''])).toBe(231072);
+    // A hole big enough is reused; one too small is skipped; subgid lines count too.
+    expect(freeSubidRange(['a:100000:65536\nc:300000:65536\n', 'x:165536:1000\n'])).toBe(166536);
+    expect(freeSubidRange(['a:100000:65536\nc:200000:65536\n'])).toBe(265536);
+    expect(freeSubidRange(['low:1000:10\n'])).toBe(100000);
+    expect(freeSubidRange(['all:100000:600000001\n'])).toBeUndefined();
   });
   test('unit [Install] sections and which units are started', () => {
     expect(parseInstallSection('[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=default.target multi-user.target\nRequiredBy=x.target\n')).toEqual({

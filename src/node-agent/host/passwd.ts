@@ -45,3 +45,28 @@ export async function readUsers(files: { passwdFile: string; subuidFile: string;
   const gids = parseSubids(sg);
   return { users: parsePasswd(p), subids: new Set([...uids].filter((n) => gids.has(n))) };
 }
+
+/**
+ * First free subordinate id range of `count` ids at or above `min` (useradd's SUB_UID_MIN
+ * default) that no line of any of `texts` (subuid and subgid contents) overlaps, or undefined
+ * when none fits below `max` (SUB_UID_MAX).
+ */
+export function freeSubidRange(texts: readonly string[], count = 65536, min = 100000, max = 600100000): number | undefined {
+  const used: [number, number][] = [];
+  for (const text of texts) {
+    for (const line of text.split('\n')) {
+      const f = line.split(':');
+      const start = Number(f[1]);
+      const n = Number(f[2]);
+      if (f.length >= 3 && Number.isInteger(start) && Number.isInteger(n) && n > 0) used.push([start, start + n - 1]);
+    }
+  }
+  used.sort((a, b) => a[0] - b[0]);
+  let candidate = min;
+  for (const [start, end] of used) {
+    if (end < candidate) continue;
+    if (start > candidate + count - 1) break;
+    candidate = end + 1;
+  }
+  return candidate + count - 1 <= max ? candidate : undefined;
+}

@@ -7,11 +7,18 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { CommandRecord, CommandRunner } from '../../host/runner.js';
 import type { HostLayout } from '../layout.js';
+import { Ns8ctlError } from '../../errors.js';
 import { expectExitCode } from './owner.js';
+import { freeSubidRange, parseSubids } from './passwd.js';
 
 export interface UserHost {
   /** Creates the user with its home; an existing home (preserved data) is reused. */
   create(id: string, purpose: string): Promise<void>;
+  /**
+   * Gives the user the subuid and/or subgid range it lacks (65536 ids, first free range, as
+   * useradd picks them): rootless podman needs both.
+   */
+  addSubids(id: string, purpose: string): Promise<void>;
   /** `userdel -f`; no error when the user is already gone. The home is never touched here. */
   remove(id: string, purpose: string): Promise<void>;
   /** Ends every process of the user (SIGKILL); no error when there is none. */
@@ -35,6 +42,17 @@ export class RunnerUserHost implements UserHost {
     // 9: the user already exists (a concurrent or interrupted run made it): fine, it is what we want.
     expectExitCode(res, [9], purpose);
     await fs.chmod(path.join(this.layout.homeBase, id), 0o700);
+  }
+
+  async addSubids(id: string, purpose: string): Promise<void> {
+    const [su, sg] = await Promise.all([this.layout.subuidFile, this.layout.subgidFile].map((f) => fs.readFile(f, 'utf8').catch(() => '')));
+    const start = freeSubidRange([su!, sg!]);
+    if (start === undefined) throw new Ns8ctlError('subids_exhausted', `${purpose}: no free range of 65536 subordinate ids is left in ${this.layout.subuidFile} and ${this.layout.subgidFile}`, { user: false });
+    const range = `${start}-${start + 65535}`;
+    const argv = ['usermod', ...(parseSubids(su!).has(id) ? [] : ['--add-subuids', range]), ...(parseSubids(sg!).has(id) ? [] : ['--add-subgids', range]), id];
+    if (argv.length === 2) return;
+    const res = await this.withPasswdLock(argv, purpose);
+    expectExitCode(res, [], purpose);
   }
 
   async remove(id: string, purpose: string): Promise<void> {
