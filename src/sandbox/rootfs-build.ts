@@ -10,6 +10,7 @@ import { hostMirror } from './apt-mirror.js';
 import type { SandboxDeps } from './deps.js';
 import { cacheRoot } from './naming.js';
 import { requireTool } from './preflight.js';
+import { pruneRootfsCaches } from './rootfs-prune.js';
 import { step } from './progress.js';
 import { defaultRecipe, recipeHash, type RootfsRecipe } from './rootfs-recipe.js';
 
@@ -114,6 +115,7 @@ export async function ensureRootfs(deps: SandboxDeps, recipe: RootfsRecipe = def
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.rename(tmp, dir);
     await fsp.writeFile(ready, `${hash}\n`);
+    await pruneRootfsCaches(deps, hash);
     return { path: rootfs, hash, built: true };
   } finally {
     await fsp.rm(lock, { recursive: true, force: true });
