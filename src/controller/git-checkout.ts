@@ -3,7 +3,8 @@
  * commit, through the CommandRunner (git from PATH). Never prompts (GIT_TERMINAL_PROMPT=0, ssh
  * BatchMode), every command has a timeout, and URL passwords are masked in every message.
  */
-import { mkdir, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CommandFailedError, Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
@@ -23,7 +24,22 @@ export interface GitSourceSpec {
   cacheDir: string;
   /** Timeout of each git command (default 60 s). */
   timeoutMs?: number;
+  /**
+   * OpenPGP public keys (a file, or a directory of `*.asc|*.gpg|*.pub|*.key` files): when set, a
+   * commit is applied only when signed by one of them (`git verify-commit`).
+   */
+  trustedKeys?: string;
 }
+
+/** Who signed a verified commit. */
+export interface CommitSigner {
+  /** Fingerprint of the primary key. */
+  fingerprint: string;
+  /** User id of the signature (`Ops <ops@example.org>`). */
+  uid: string;
+}
+
+const KEY_FILE = /\.(asc|gpg|pub|key)$/;
 
 /** A commit as shown in events and status. */
 export interface CommitInfo {
@@ -65,8 +81,8 @@ export class GitCheckout {
     return `refs/remotes/origin/${this.spec.branch}`;
   }
 
-  private async git(args: string[], purpose: string, opts: { allowFailure?: boolean; mutating?: boolean; signal?: AbortSignal } = {}): Promise<{ stdout: string; exitCode: number | null; stderr: string }> {
-    const env: Record<string, string | undefined> = { GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: this.env.GIT_ASKPASS ?? '', LC_ALL: 'C' };
+  private async git(args: string[], purpose: string, opts: { allowFailure?: boolean; mutating?: boolean; signal?: AbortSignal; env?: Record<string, string> } = {}): Promise<{ stdout: string; exitCode: number | null; stderr: string }> {
+    const env: Record<string, string | undefined> = { GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: this.env.GIT_ASKPASS ?? '', LC_ALL: 'C', ...opts.env };
     if (!this.env.GIT_SSH_COMMAND) env.GIT_SSH_COMMAND = 'ssh -o BatchMode=yes -o ConnectTimeout=20';
     try {
       return await this.runner.run(['git', '-C', this.spec.cacheDir, ...args], {
@@ -137,6 +153,74 @@ export class GitCheckout {
     await this.git(['reset', '-q', '--hard', sha], `check out ${sha.slice(0, 12)}`, { mutating: true });
     await this.git(['clean', '-q', '-ffdx'], 'remove files not in the commit', { mutating: true });
     this.checkedOut = sha;
+  }
+
+  /**
+   * Checks that `sha` is signed by one of the trusted keys. The keys live in a keyring of their
+   * own (`.git/ns8ctl-trusted-keys`, rebuilt whenever the key files change, so a key removed
+   * from them is no longer trusted); the user's keyrings play no part.
+   * @throws Ns8ctlError `commit_signature_invalid` (unsigned, bad signature, unknown, expired or
+   *   revoked key) naming the commit and why; `trusted_keys_invalid` when the key files hold no
+   *   key; `gpg_missing` when gpg is not on PATH.
+   */
+  async verifyCommit(sha: string): Promise<CommitSigner> {
+    const keys = this.spec.trustedKeys;
+    if (!keys) throw new Ns8ctlError('internal', 'verifyCommit without trusted keys', { user: false });
+    await this.ensureRepository();
+    const home = await this.trustedKeyring(keys);
+    const r = await this.git(['verify-commit', '--raw', sha], `verify the signature of ${sha.slice(0, 12)}`, { allowFailure: true, env: { GNUPGHOME: home } });
+    const status = r.stderr;
+    if (/cannot run gpg|gpg failed to|No such file or directory/i.test(status) && !/\[GNUPG:\]/.test(status)) {
+      throw new Ns8ctlError('gpg_missing', `verifying commit signatures needs gpg on PATH (Debian: apt-get install gnupg): ${status.trim().split('\n').slice(-1)[0] ?? ''}`, { user: true });
+    }
+    // VALIDSIG <fpr> <date> <time> <expire> <version> <reserved> <algo> <hash> <class> <primary fpr>
+    const valid = /^\[GNUPG:\] VALIDSIG (?:\S+ ){9}(\S+)/m.exec(status) ?? /^\[GNUPG:\] VALIDSIG (\S+)/m.exec(status);
+    const good = /^\[GNUPG:\] GOODSIG \S+ (.*)$/m.exec(status);
+    if (r.exitCode === 0 && valid && good) return { fingerprint: valid[1]!, uid: good[1]!.trim() };
+    const unknownKey = /^\[GNUPG:\] (?:ERRSIG|NO_PUBKEY) (\S+)/m.exec(status);
+    const why = unknownKey
+      ? `signed by key ${unknownKey[1]}, which is not among the trusted keys`
+      : /^\[GNUPG:\] BADSIG/m.test(status)
+        ? 'its signature does not match its content (BADSIG)'
+        : /^\[GNUPG:\] EXPKEYSIG/m.test(status)
+          ? 'signed by an expired key'
+          : /^\[GNUPG:\] REVKEYSIG/m.test(status)
+            ? 'signed by a revoked key'
+            : /\[GNUPG:\]/.test(status)
+              ? `the signature is not valid (${status.trim().split('\n').filter((l) => l.startsWith('[GNUPG:]')).map((l) => l.split(' ')[1]).join(' ')})`
+              : 'it is not signed';
+    throw new Ns8ctlError('commit_signature_invalid', `commit ${sha.slice(0, 12)} is not signed by a trusted key: ${why} (trusted keys: ${keys})`, { user: true });
+  }
+
+  /** The keyring of the trusted keys, (re)built when their files changed. */
+  private async trustedKeyring(keys: string): Promise<string> {
+    let files: string[];
+    try {
+      const st = await stat(keys);
+      files = st.isDirectory() ? (await readdir(keys)).filter((f) => KEY_FILE.test(f)).sort().map((f) => path.join(keys, f)) : [keys];
+    } catch (err) {
+      throw new Ns8ctlError('trusted_keys_invalid', `trusted keys ${keys}: ${(err as Error).message}`, { user: true });
+    }
+    const hash = createHash('sha256');
+    for (const f of files) hash.update(f).update('\0').update(await readFile(f)).update('\0');
+    const digest = hash.digest('hex');
+    const home = path.join(this.spec.cacheDir, '.git', 'ns8ctl-trusted-keys');
+    if ((await readFile(path.join(home, 'keys.sha256'), 'utf8').catch(() => '')) === digest) return home;
+    await rm(home, { recursive: true, force: true });
+    await mkdir(home, { recursive: true, mode: 0o700 });
+    const gpg = async (args: string[], purpose: string): Promise<string> => {
+      try {
+        return (await this.runner.run(['gpg', '--batch', '--no-tty', '--homedir', home, ...args], { purpose: `git source ${maskString(this.spec.url)}: ${purpose}`, timeoutMs: 30_000 })).stdout;
+      } catch (err) {
+        if (err instanceof CommandFailedError && err.code === 'command_missing') throw new Ns8ctlError('gpg_missing', 'verifying commit signatures needs gpg on PATH (Debian: apt-get install gnupg)', { user: true });
+        throw new Ns8ctlError('trusted_keys_invalid', `trusted keys ${keys}: ${(err as Error).message}`, { cause: err, user: true });
+      }
+    };
+    for (const f of files) await gpg(['--import', f], `import trusted key ${f}`);
+    const listed = await gpg(['--list-keys', '--with-colons'], 'list the trusted keys');
+    if (!/^pub:/m.test(listed)) throw new Ns8ctlError('trusted_keys_invalid', `trusted keys ${keys}: no OpenPGP public key found${files.length ? '' : ' (no *.asc, *.gpg, *.pub or *.key file in the directory)'}`, { user: true });
+    await writeFile(path.join(home, 'keys.sha256'), digest);
+    return home;
   }
 
   /** Author and subject of a commit (for events). Never throws: unknown fields are empty. */

@@ -7,10 +7,11 @@
  *   directory (or file) source;
  * - `--git NAME=URL[,SETTING...]` (repeatable): a git source.
  * SETTINGs after a comma: `prune`, `no-prune`, `self-heal`, `no-self-heal`, and for git
- * `branch=B`, `path=P`, `interval=D`, `cache-dir=DIR`. `--branch`, `--path`, `--interval`,
- * `--prune` and `--no-self-heal` are the defaults of every source; `--cache-dir` is only for a
+ * `branch=B`, `path=P`, `interval=D`, `cache-dir=DIR`, `trusted-keys=F`. `--branch`, `--path`,
+ * `--interval`, `--trusted-keys`, `--prune` and `--no-self-heal` are the defaults of every source; `--cache-dir` is only for a
  * single git source (each git source's cache clone defaults to `<state-dir>/git/<name>`).
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { parseDuration } from './duration.js';
@@ -29,13 +30,14 @@ export interface SourceFlags {
   prune?: boolean;
   selfHeal?: boolean;
   cacheDir?: string;
+  trustedKeys?: string;
 }
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 /** `NAME=rest`, where NAME cannot be the start of a URL or path (no ':', '/', leading '.'). */
 const NAMED = /^([A-Za-z0-9][A-Za-z0-9._-]{0,62})=(.+)$/s;
 const FLAGS = ['prune', 'no-prune', 'self-heal', 'no-self-heal'] as const;
-const GIT_KEYS = ['branch', 'path', 'interval', 'cache-dir'] as const;
+const GIT_KEYS = ['branch', 'path', 'interval', 'cache-dir', 'trusted-keys'] as const;
 
 /** Checks a source name (it is also the apply set and a Redis key part). @throws UsageError */
 export function checkSourceName(name: string, flag: string): string {
@@ -50,6 +52,7 @@ interface Settings {
   path?: string;
   interval?: string;
   cacheDir?: string;
+  trustedKeys?: string;
 }
 
 /**
@@ -83,6 +86,7 @@ function splitNamed(value: string, flag: string, git: boolean): { name: string; 
     else if (key === 'branch') settings.branch ??= val ?? '';
     else if (key === 'path') settings.path ??= val ?? '';
     else if (key === 'interval') settings.interval ??= val ?? '';
+    else if (key === 'trusted-keys') settings.trustedKeys ??= val ?? '';
     else settings.cacheDir ??= val ?? '';
   }
   const location = pieces.join(',');
@@ -152,7 +156,7 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
     const { name, location, settings } = splitNamed(value, '--git', true);
     gitSpecs.push({ name, url: location, settings, named: true });
   }
-  if (gitSpecs.length === 0 && (opts.branch || opts.path || opts.interval)) throw new UsageError('--branch, --path and --interval need --git URL');
+  if (gitSpecs.length === 0 && (opts.branch || opts.path || opts.interval || opts.trustedKeys)) throw new UsageError('--branch, --path, --interval and --trusted-keys need --git URL');
   if (gitSpecs.length > 1 && opts.cacheDir) throw new UsageError('--cache-dir is for a single git source; with several, give each its own: --git NAME=URL,cache-dir=DIR (default <state-dir>/git/NAME)');
   const caches = new Map<string, string>();
   for (const g of gitSpecs) {
@@ -168,13 +172,16 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
     const other = caches.get(cacheDir);
     if (other) throw new UsageError(`git sources ${other} and ${g.name} would share the cache clone ${cacheDir}: give one another cache-dir=`);
     caches.set(cacheDir, g.name);
+    const keys = g.settings.trustedKeys ?? opts.trustedKeys;
+    const trustedKeys = keys ? path.resolve(deps.cwd, keys) : undefined;
+    if (trustedKeys && !existsSync(trustedKeys)) throw new UsageError(`${flag('trustedKeys', 'trusted-keys')} ${JSON.stringify(keys)}: no such file or directory (give the OpenPGP public keys of who may sign commits of source ${g.name})`);
     sources.push({
       name: g.name,
       kind: 'git',
       paths: [],
       prune: g.settings.prune ?? prune,
       selfHeal: g.settings.selfHeal ?? selfHeal,
-      git: { url: g.url, branch, path: sub, cacheDir, intervalMs },
+      git: { url: g.url, branch, path: sub, cacheDir, intervalMs, ...(trustedKeys ? { trustedKeys } : {}) },
     });
   }
   return sources;

@@ -23,7 +23,7 @@ import type { Plan } from '../plan/types.js';
 import { cond, type Condition } from './conditions.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';
 import type { EventRecorder } from './events.js';
-import { GitCheckout, type CommitInfo, type GitSourceSpec } from './git-checkout.js';
+import { GitCheckout, type CommitInfo, type CommitSigner, type GitSourceSpec } from './git-checkout.js';
 import type { Logger } from './log.js';
 import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
 import { readSuspension, readSuspensions } from './suspend.js';
@@ -72,7 +72,7 @@ export interface SourceReconcilerDeps {
 }
 
 /** Error codes that only a new commit or file change can fix. */
-const TERMINAL_CODES = new Set(['manifest_invalid', 'prune_refused', 'duplicate_object']);
+const TERMINAL_CODES = new Set(['manifest_invalid', 'prune_refused', 'duplicate_object', 'commit_signature_invalid']);
 
 /** Queue key of a source. */
 export function sourceKey(name: string): string {
@@ -257,6 +257,7 @@ export class SourceReconciler {
     let paths = this.spec.paths;
     let rejected: { revision: string; reason: string; message: string; code: string } | undefined;
     let commit: CommitInfo | undefined;
+    let signer: CommitSigner | undefined;
     if (this.git) {
       let head: string;
       try {
@@ -274,6 +275,17 @@ export class SourceReconciler {
         rejected = { revision: head, reason: ready?.reason ?? 'ValidationFailed', message: ready?.message ?? `commit ${shortRev(head)} was rejected`, code: prev.lastError };
         if (!prev.lastAppliedRevision) return this.requeue(); // nothing good to fall back to
         revision = prev.lastAppliedRevision;
+      }
+      if (!rejected && this.spec.git?.trustedKeys) {
+        // Signed by a trusted key, or not applied (checked before its files are even checked out).
+        try {
+          signer = await this.git.verifyCommit(head);
+        } catch (err) {
+          const e = toNs8ctlError(err);
+          if (e.code === 'commit_signature_invalid') return this.rejectOther(prev, base, head, e, await this.git.describe(head));
+          await this.failed(prev, base, 'VerificationFailed', 'source-verification-failed', e, head);
+          throw err;
+        }
       }
       await this.git.checkout(revision);
       paths = [this.git.manifestsDir];
@@ -396,8 +408,15 @@ export class SourceReconciler {
         name: 'source-applied',
         type: 'Normal',
         object: this.key,
-        message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}`,
-        data: { source: name, revision, summary: applied.summary, changes: applied.changes.map((c) => `${c.action} ${c.key}`), ...(commit ? { author: commit.author, subject: commit.subject } : {}) },
+        message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}${signer ? `, signed by ${signer.uid} (${signer.fingerprint.slice(-16)})` : ''}`,
+        data: {
+          source: name,
+          revision,
+          summary: applied.summary,
+          changes: applied.changes.map((c) => `${c.action} ${c.key}`),
+          ...(commit ? { author: commit.author, subject: commit.subject } : {}),
+          ...(signer ? { signer: signer.uid, signerFingerprint: signer.fingerprint } : {}),
+        },
       });
       this.deps.onApplied?.(name);
     } else if (hasWrites({ desired: pinned, state, plan: applyable })) {
@@ -458,7 +477,16 @@ export class SourceReconciler {
   }
 
   private async rejectOther(prev: SourceStatus | undefined, base: SourceStatus, revision: string, err: Ns8ctlError, commit: CommitInfo | undefined): Promise<ReconcileResult> {
-    const reason = err.code === 'prune_refused' ? 'PruneRefused' : err.code === 'duplicate_object' ? 'ValidationFailed' : err.code === 'source_conflict' ? 'SourceConflict' : 'ApplyRefused';
+    const reason =
+      err.code === 'prune_refused'
+        ? 'PruneRefused'
+        : err.code === 'duplicate_object'
+          ? 'ValidationFailed'
+          : err.code === 'source_conflict'
+            ? 'SourceConflict'
+            : err.code === 'commit_signature_invalid'
+              ? 'SignatureInvalid'
+              : 'ApplyRefused';
     const kept = base.lastAppliedRevision && this.git ? `; desired state keeps commit ${shortRev(base.lastAppliedRevision)}` : '';
     return this.reject(prev, base, revision, reason, err.code === 'prune_refused' ? 'source-prune-refused' : 'source-rejected', err, `${this.where(revision)}: ${err.message}${kept}`, {}, commit);
   }

@@ -4,7 +4,7 @@
  * SHA recorded, bad commits rejected while the last good one stays, branch and path options.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -15,6 +15,7 @@ import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { SourceSpec } from '../../src/controller/source-reconciler.js';
 import { hmacHex } from '../../src/controller/webhook-auth.js';
 import { ExecaRunner } from '../../src/host/runner.js';
+import { gitRemote, type GitRemote } from '../support/git-remote.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
 
@@ -22,27 +23,21 @@ const NODE = 'apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name:
 const mod = (name: string, tag: string, extra = ''): string =>
   `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${name}\nspec:\n  image: 127.0.0.1:5000/ns8ctl-examples/webapp:${tag}\n  node: 1\n${extra}`;
 
-const GIT_ENV = { ...process.env, GIT_AUTHOR_NAME: 'Ada', GIT_AUTHOR_EMAIL: 'ada@example.org', GIT_COMMITTER_NAME: 'Ada', GIT_COMMITTER_EMAIL: 'ada@example.org', GIT_TERMINAL_PROMPT: '0' };
-const git = (cwd: string, ...args: string[]): string => execFileSync('git', args, { cwd, env: GIT_ENV, encoding: 'utf8' }).trim();
 
 describe('controller with a git source', () => {
   let srv: TestRedis;
   let redis: Redis;
   let dir: string;
   let remote: string;
-  let work: string;
+  let repo: GitRemote;
   let controllers: Controller[];
 
   beforeEach(async () => {
     srv = await startRedis();
     redis = srv.client();
     dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-git-'));
-    remote = path.join(dir, 'remote.git');
-    work = path.join(dir, 'work');
-    git(dir, 'init', '-q', '--bare', '-b', 'main', remote);
-    mkdirSync(work);
-    git(work, 'init', '-q', '-b', 'main');
-    git(work, 'remote', 'add', 'origin', remote);
+    repo = gitRemote(dir);
+    remote = repo.remote;
     controllers = [];
   });
   afterEach(async () => {
@@ -52,20 +47,7 @@ describe('controller with a git source', () => {
   });
 
   /** Writes files in the work clone, commits and pushes; returns the commit SHA. */
-  function commit(files: Record<string, string | null>, message: string, branch = 'main'): string {
-    for (const [rel, text] of Object.entries(files)) {
-      const f = path.join(work, rel);
-      if (text === null) unlinkSync(f);
-      else {
-        mkdirSync(path.dirname(f), { recursive: true });
-        writeFileSync(f, text);
-      }
-    }
-    git(work, 'add', '-A');
-    git(work, 'commit', '-q', '-m', message);
-    git(work, 'push', '-q', 'origin', `HEAD:${branch}`);
-    return git(work, 'rev-parse', 'HEAD');
-  }
+  const commit = (files: Record<string, string | null>, message: string, branch = 'main'): string => repo.commit(files, message, { branch });
 
   async function start(gitOpts: Partial<NonNullable<SourceSpec['git']>> = {}, extra: { webhookSecret?: string; prune?: boolean } = {}): Promise<Controller> {
     const spec: SourceSpec = {

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { buildControllerOptions, DEFAULT_HTTP_PORT } from '../../src/controller/cli.js';
@@ -205,6 +205,20 @@ describe('controller options from the command line', () => {
       ['main', 'https://git.example/a,b.git', 60_000],
       ['lab', '/srv/lab.git', 5_000],
     ]);
+  });
+
+  it('takes trusted signing keys for git sources: --trusted-keys for all, trusted-keys= per source', async () => {
+    writeFileSync(path.join(dir, 'ops.asc'), 'key');
+    mkdirSync(path.join(dir, 'keys'));
+    const o = await buildControllerOptions({ git: ['prod=https://git.example/p.git', 'lab=https://git.example/l.git,trusted-keys=keys'], trustedKeys: 'ops.asc', http: false }, deps());
+    expect(o.sources.map((s) => [s.name, s.git?.trustedKeys])).toEqual([
+      ['prod', path.join(dir, 'ops.asc')],
+      ['lab', path.join(dir, 'keys')],
+    ]);
+    expect((await buildControllerOptions({ git: 'https://git.example/p.git', http: false }, deps())).sources[0]!.git).not.toHaveProperty('trustedKeys');
+    await expect(buildControllerOptions({ git: 'https://git.example/p.git', trustedKeys: 'missing.asc' }, deps())).rejects.toThrow(/--trusted-keys "missing.asc": no such file or directory/);
+    await expect(buildControllerOptions({ git: ['a=https://git.example/p.git,trusted-keys=nope'] }, deps())).rejects.toThrow(/--git a=\.\.\.,trusted-keys= "nope": no such file/);
+    await expect(buildControllerOptions({ filename: ['m'], trustedKeys: 'ops.asc' }, deps())).rejects.toThrow(/--trusted-keys need --git/);
   });
 
   it('refuses source combinations that would be ambiguous, with usage errors naming the way out', async () => {
