@@ -7,6 +7,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
+import { EventRecorder } from '../controller/events.js';
 import { applyStep, type StepContext } from './applier.js';
 import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
 import { findImage } from './host/image-store.js';
@@ -524,7 +525,15 @@ async function rollBack(d: InstanceDesired, url: string, from: string, step: Ste
   await deps.records.update(id, { failedUpdate: { image: url, from, generation: d.generation, message }, lifecycle, units: {} });
   const again = await convergeInstance(d, await deps.records.get(id), node, deps, await refresh(deps, node, id, shared), control);
   // The rollback itself failed: say both.
-  if (again.error && again.error.code !== 'UpdateFailed') again.error = new Ns8ctlError(again.error.code, `${message}, but the rollback failed: ${again.error.message}`, { user: false });
+  const rolledBack = !again.error || again.error.code === 'UpdateFailed';
+  if (!rolledBack) again.error = new Ns8ctlError(again.error!.code, `${message}, but the rollback failed: ${again.error!.message}`, { user: false });
+  await new EventRecorder(deps.redis, { log: (line) => deps.log(`node-agent: ${line}`) }).record({
+    name: rolledBack ? 'module-update-rolled-back' : 'module-rollback-failed',
+    type: 'Warning',
+    object: `Module/${id}`,
+    message: rolledBack ? message : again.error!.message,
+    data: { module: id, node, from, to: url, step: step.kind, generation: d.generation, error: e.message },
+  });
   return again;
 }
 

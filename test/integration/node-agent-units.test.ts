@@ -16,6 +16,7 @@ import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { agentRedisUrl } from '../../src/agent/cli.js';
 import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
+import { readEvents } from '../../src/controller/events.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { preparePodmanHost } from '../support/host-podman.js';
@@ -412,6 +413,10 @@ describe('systemd units of a rootless instance', () => {
     expect(st).toMatchObject({ imageUrl: images.webapp['1.1.0'], targetImage: images.webapp['2.0.0'] });
     expect(st.conditions.find((c) => c.type === 'Ready')).toMatchObject({ status: 'False', reason: 'UpdateFailed' });
     expect(st.conditions.find((c) => c.type === 'Degraded')!.message).toMatch(/rolled back to/);
+    // One event says so (in `ns8ctl events`).
+    const events = (await readEvents(admin)).filter((e) => e.name === 'module-update-rolled-back');
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ type: 'Warning', object: `Module/${id}`, data: { module: id, from: images.webapp['1.1.0'], to: images.webapp['2.0.0'], step: 'restart-units', generation: 6 } });
     // Not tried again for this generation: the next pass does nothing.
     systemd.calls.length = 0;
     expect(await once()).toMatchObject({ outcome: 'blocked', applied: [] });
