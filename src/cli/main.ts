@@ -102,13 +102,16 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(fileOption())
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
     .option('--applyset <name>', 'inventory name', 'default')
+    .option('--out <file>', 'also save the plan (exact writes, secrets in clear, mode 0600) for: ns8ctl apply --plan FILE')
+    .option('--force-prune', 'with --out: allow the saved plan to prune more than half (or all) of the apply set')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((opts) => run(async (d) => (await planCommands()).diffCommand(opts, d))());
 
   program
     .command('apply')
-    .description('Make desired state in Redis match the manifests, atomically')
-    .addOption(fileOption())
+    .description('Make desired state in Redis match the manifests, atomically; or apply a plan saved by diff --out (exit 3 when it is stale)')
+    .addOption(new Option('-f, --filename <path>', 'manifest file, directory (recursive) or - for stdin; repeatable').argParser(collect))
+    .option('--plan <file>', 'apply exactly this saved plan (ns8ctl diff --out), or nothing when desired state changed since')
     .option('--prune', 'delete objects of this apply set that left the manifests (data kept unless their policy says Delete)')
     .option('--force-prune', 'allow pruning more than half (or all) of the apply set')
     .option('--dry-run', 'print the plan, write nothing')

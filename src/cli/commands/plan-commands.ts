@@ -1,5 +1,7 @@
 import { applyPlan, checkApplicable, hasWrites, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
-import { RefusedError } from '../../errors.js';
+import { makeRevisionLookup } from '../../apply/git-revision.js';
+import { applySavedPlan, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
+import { RefusedError, UsageError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
 import type { Plan } from '../../plan/types.js';
@@ -12,11 +14,17 @@ export interface DiffOptions {
   prune?: boolean;
   applyset?: string;
   output?: string;
+  /** Save the plan to this file (apply --plan). */
+  out?: string;
+  /** With `out`: the saved plan may prune more than half of the apply set. */
+  forcePrune?: boolean;
 }
 
-export interface ApplyOptions extends DiffOptions {
-  forcePrune?: boolean;
+export interface ApplyOptions extends Omit<DiffOptions, 'filename' | 'out'> {
+  filename?: string[];
   dryRun?: boolean;
+  /** A plan saved by `diff --out`. */
+  plan?: string;
 }
 
 function printPlan(plan: Plan, format: string, deps: CliDeps, extra: Record<string, unknown> = {}): void {
@@ -36,13 +44,53 @@ function printWarnings(prepared: PreparedPlan, deps: CliDeps): void {
  */
 export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
+  if (opts.forcePrune && !opts.out) throw new UsageError('diff --force-prune is for a saved plan (--out FILE); ns8ctl apply takes --force-prune itself');
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
   const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin });
   printWarnings(prepared, deps);
   const { plan } = prepared;
+  if (opts.out) {
+    // A plan apply would refuse is not saved (the reason is the error).
+    checkApplicable(plan, { forcePrune: Boolean(opts.forcePrune) });
+    const revisionOf = makeRevisionLookup(deps.runner);
+    const files = [...new Set([...plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])), ...prepared.desired.map((d) => d.source.file)])];
+    const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionOf(f)] as const)));
+    const saved = makeSavedPlan(prepared, {
+      applySet: opts.applyset ?? 'default',
+      prune: Boolean(opts.prune),
+      revisionOf: (f) => revisions.get(f) ?? '',
+      now: new Date(),
+      render: (p) => ({ text: renderPlanText(p, { color: false }), json: renderPlanJson(p) as Record<string, unknown> }),
+    });
+    await writeSavedPlan(opts.out, saved);
+    printPlan(plan, format, deps, { savedTo: opts.out });
+    if (format !== 'json') deps.stderr(`Saved the plan to ${opts.out} (it holds secret values: keep it private). Apply exactly this plan with: ns8ctl apply --plan ${opts.out}
+`);
+    return isEmpty(plan) ? 0 : 1;
+  }
   printPlan(plan, format, deps);
   return isEmpty(plan) ? 0 : 1;
+}
+
+/**
+ * `ns8ctl apply --plan FILE`: runs a saved plan's writes atomically, or nothing. Exit 0 when
+ * applied, 3 when desired state changed since the plan was made (stale: make a new one).
+ */
+async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps: CliDeps): Promise<number> {
+  const format = parseOutput(opts.output, ['text', 'json'], 'text');
+  if (opts.filename?.length || opts.prune || opts.forcePrune || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
+    throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --applyset and --dry-run belong to the diff --out that made it');
+  }
+  const saved = await readSavedPlan(opts.plan);
+  const { redis } = await deps.connect();
+  await applySavedPlan(saved, redis);
+  if (format === 'json') deps.stdout(renderJson({ ...saved.plan, applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt }));
+  else {
+    deps.stdout(saved.text);
+    deps.stderr(saved.changes > 0 ? `Applied the saved plan ${opts.plan} (made ${saved.createdAt}).\n` : `The saved plan ${opts.plan} has no changes, and desired state still matches it.\n`);
+  }
+  return 0;
 }
 
 /**
@@ -54,12 +102,15 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
  * {error, message}` in the plan document, else `refused: null`), 0 otherwise.
  */
 export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<number> {
+  if (opts.plan !== undefined) return applySavedPlanCommand({ ...opts, plan: opts.plan }, deps);
+  if (!opts.filename?.length) throw new UsageError("apply needs the manifests (-f PATH) or a saved plan (--plan FILE); see ns8ctl apply --help");
+  const filename = opts.filename;
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const applySet = opts.applyset ?? 'default';
   const prune = Boolean(opts.prune);
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const prepared = await preparePlan(opts.filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
+  const prepared = await preparePlan(filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
   printWarnings(prepared, deps);
   if (opts.dryRun) {
     let refusal: RefusedError | undefined;

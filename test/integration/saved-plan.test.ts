@@ -1,0 +1,132 @@
+/**
+ * Saved plans: `ns8ctl diff --out FILE` then `ns8ctl apply --plan FILE` applies exactly that plan,
+ * or nothing (exit 3) when desired state moved since. Real CLI (in-process) and a real Redis.
+ */
+import { mkdirSync, readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import { runCli } from '../support/cli.js';
+import { useCliProject } from '../support/cli-project.js';
+
+const node = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node1\nspec:\n  id: 1\n`;
+const mod = (name: string, tag: string, password = 's3cret-admin-pw'): string => `apiVersion: ns8ctl.nethserver.org/v1
+kind: Module
+metadata:
+  name: ${name}
+spec:
+  image: 127.0.0.1:5000/ns8ctl-fixtures/webapp:${tag}
+  node: 1
+  configuration:
+    admin_password: ${password}
+`;
+
+describe('saved plans', () => {
+  const t = useCliProject('ns8ctl-saved-plan-');
+  const write = (rel: string, text: string): void => {
+    const file = path.join(t.dir, rel);
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, text);
+  };
+  const cli = (...args: string[]) => runCli(args, t.env);
+  const image = async (id: string): Promise<string | undefined> => {
+    const o = await t.redis.hget(`ns8ctl/desired/module/${id}`, 'object');
+    return o ? (JSON.parse(o) as { spec: { image: string } }).spec.image : undefined;
+  };
+
+  it('diff --out saves the plan without writing; apply --plan applies exactly it', async () => {
+    write('m/node.yaml', node);
+    write('m/a.yaml', mod('webapp1', '1.0.0'));
+    const planFile = path.join(t.dir, 'plan.json');
+    const diff = await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile);
+    expect(diff.code).toBe(1);
+    expect(diff.stdout).toContain('+ Module/webapp1');
+    expect(diff.stderr).toContain(`Saved the plan to ${planFile}`);
+    expect(statSync(planFile).mode & 0o777).toBe(0o600);
+    expect(await t.redis.keys('ns8ctl/desired/*')).toEqual([]);
+    // The writes carry the secret (they are what gets applied); what is shown masks it.
+    const saved = JSON.parse(readFileSync(planFile, 'utf8')) as { text: string; ops: unknown[] };
+    expect(JSON.stringify(saved.ops)).toContain('s3cret-admin-pw');
+    expect(saved.text).not.toContain('s3cret-admin-pw');
+
+    // The manifests change after the plan: apply --plan still applies what was reviewed.
+    write('m/a.yaml', mod('webapp1', '9.9.9'));
+    const applied = await cli('apply', '--plan', planFile);
+    expect(applied.stderr).toContain(`Applied the saved plan ${planFile}`);
+    expect(applied.code).toBe(0);
+    expect(applied.stdout).toContain('+ Module/webapp1');
+    expect(applied.stdout).not.toContain('s3cret-admin-pw');
+    expect(await image('webapp1')).toMatch(/:1\.0\.0$/);
+    expect(await t.redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('1');
+    expect(await t.redis.smembers('ns8ctl/inventory/default')).toEqual(expect.arrayContaining(['Module/webapp1', 'Node/1']));
+    // A second apply of the same plan: its preconditions (nothing there yet) no longer hold.
+    const again = await cli('apply', '--plan', planFile);
+    expect(again.code).toBe(3);
+    expect(again.stderr).toMatch(/the saved plan is stale: (Module\/webapp1|Node\/1) changed in desired state since the plan was made/);
+  });
+
+  it('refuses a stale plan (a changed object, or a changed object the plan left alone) and writes nothing', async () => {
+    write('m/node.yaml', node);
+    write('m/a.yaml', mod('webapp1', '1.0.0'));
+    write('m/b.yaml', mod('webapp2', '1.0.0'));
+    expect((await cli('apply', '-f', path.join(t.dir, 'm'))).code).toBe(0);
+    write('m/a.yaml', mod('webapp1', '1.1.0'));
+    const planFile = path.join(t.dir, 'p.json');
+    expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile)).code).toBe(1);
+
+    // Someone changes webapp2, which the plan does not change but read.
+    const other = path.join(t.dir, 'other');
+    mkdirSync(other);
+    writeFileSync(path.join(other, 'b.yaml'), mod('webapp2', '2.0.0'));
+    writeFileSync(path.join(other, 'node.yaml'), node);
+    expect((await cli('apply', '-f', other)).code).toBe(0);
+    const before = await t.redis.hgetall('ns8ctl/desired/module/webapp1');
+    const stale = await cli('apply', '--plan', planFile);
+    expect(stale.code).toBe(3);
+    expect(stale.stderr).toContain('the saved plan is stale: Module/webapp2 changed in desired state since the plan was made');
+    expect(stale.stderr).toContain('nothing was written');
+    expect(await t.redis.hgetall('ns8ctl/desired/module/webapp1')).toEqual(before);
+    expect(await image('webapp1')).toMatch(/:1\.0\.0$/);
+
+    // A fresh plan applies.
+    write('m/b.yaml', mod('webapp2', '2.0.0'));
+    expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile)).code).toBe(1);
+    expect((await cli('apply', '--plan', planFile)).code).toBe(0);
+    expect(await image('webapp1')).toMatch(/:1\.1\.0$/);
+    expect(await t.redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('2');
+  });
+
+  it('refuses damaged plan files, wrong flag combinations, and plans apply would refuse', async () => {
+    write('m/node.yaml', node);
+    write('m/a.yaml', mod('webapp1', '1.0.0'));
+    const planFile = path.join(t.dir, 'plan.json');
+    expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile)).code).toBe(1);
+    const text = readFileSync(planFile, 'utf8');
+    writeFileSync(planFile, text.replaceAll('1.0.0', '6.6.6'));
+    const damaged = await cli('apply', '--plan', planFile);
+    expect(damaged.code).toBe(1);
+    expect(damaged.stderr).toContain(`${planFile}: the saved plan does not match its digest (the file was damaged or edited)`);
+    writeFileSync(planFile, 'apiVersion: v1\n');
+    expect((await cli('apply', '--plan', planFile)).stderr).toContain('not a saved plan (not JSON)');
+    expect(await t.redis.keys('ns8ctl/desired/*')).toEqual([]);
+
+    expect((await cli('apply', '--plan', planFile, '-f', path.join(t.dir, 'm'))).code).toBe(2);
+    const none = await cli('apply');
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('apply needs the manifests (-f PATH) or a saved plan (--plan FILE)');
+    expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--force-prune')).code).toBe(2);
+
+    // Pruning most of an apply set (2 of 3): refused, and so not saved (unless --force-prune).
+    write('m/b.yaml', mod('webapp2', '1.0.0'));
+    expect((await cli('apply', '-f', path.join(t.dir, 'm'))).code).toBe(0);
+    const empty = path.join(t.dir, 'empty');
+    mkdirSync(empty);
+    writeFileSync(path.join(empty, 'node.yaml'), node);
+    const pruneFile = path.join(t.dir, 'prune.json');
+    const refused = await cli('diff', '-f', empty, '--prune', '--out', pruneFile);
+    expect(refused.code).toBe(2); // diff: 1 means changes, errors are above
+    expect(refused.stderr).toMatch(/refus/i);
+    expect(existsSync(pruneFile)).toBe(false);
+    expect((await cli('diff', '-f', empty, '--prune', '--force-prune', '--out', pruneFile)).code).toBe(1);
+    expect((await cli('apply', '--plan', pruneFile)).code).toBe(0);
+    expect(await t.redis.exists('ns8ctl/desired/module/webapp1')).toBe(0);
+  });
+});
