@@ -1,12 +1,13 @@
 /**
- * The JSON Schemas of schemas/*.schema.json, read once and compiled with ajv (all errors,
- * verbose so that error translation sees the failing value and its schema).
+ * The JSON Schemas of schemas/*.schema.json and their validators, compiled ahead of time by ajv
+ * (all errors, verbose so that error translation sees the failing value and its schema) into
+ * generated/schema-validators.ts (see schema-codegen.ts): no compiler is loaded at run time.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Ajv } from 'ajv';
 import type { AnySchemaObject, ValidateFunction } from 'ajv';
+import * as validators from './generated/schema-validators.js';
 import { Ns8ctlError } from '../errors.js';
 import type { Kind } from './types.js';
 
@@ -40,20 +41,17 @@ export interface CompiledSchema {
   validate: ValidateFunction;
 }
 
-let ajv: Ajv | undefined;
 const compiled = new Map<Kind, CompiledSchema>();
 
 /**
- * The compiled schema of one kind, compiled on first use and cached (compiling costs tens of
- * milliseconds per kind, so kinds a run never meets are not compiled).
+ * The schema of one kind (read on first use and cached) with its precompiled validator.
  * @throws Ns8ctlError `schemas_missing` when the schema files are not installed.
  */
 export function kindSchema(kind: Kind): CompiledSchema {
   const hit = compiled.get(kind);
   if (hit) return hit;
-  ajv ??= new Ajv({ allErrors: true, verbose: true, strict: true, strictTypes: false, strictRequired: false });
   const schema = JSON.parse(readFileSync(join(schemasDir(), SCHEMA_FILES[kind]), 'utf8')) as AnySchemaObject;
-  const entry = { schema, validate: ajv.compile(schema) };
+  const entry = { schema, validate: (validators as unknown as Record<Kind, ValidateFunction>)[kind] };
   compiled.set(kind, entry);
   return entry;
 }

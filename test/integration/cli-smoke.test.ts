@@ -43,9 +43,12 @@ describe('the built ns8ctl command (plain node, real ESM)', () => {
   });
 
   it('exits 2 on usage errors', async () => {
-    const r = await ns8ctl(['apply']);
+    const r = await ns8ctl(['diff']);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("required option '-f, --filename <path>'");
+    const a = await ns8ctl(['apply']);
+    expect(a.code).toBe(2);
+    expect(a.stderr).toContain('apply needs the manifests (-f PATH) or a saved plan (--plan FILE)');
     expect((await ns8ctl(['frobnicate'])).code).toBe(2);
   });
 
