@@ -168,6 +168,15 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .action((id: string, opts: { preserve?: boolean; manifests?: string; output?: string }) =>
       run(async (d) => (await moduleCommands()).removeModuleCommand(id, { noPreserve: opts.preserve === false, ...(opts.manifests ? { manifests: opts.manifests } : {}), ...(opts.output ? { output: opts.output } : {}) }, d))());
 
+  program
+    .command('adopt')
+    .description('Write manifests for what NS8 runs but ns8ctl does not manage yet (instances made in the NS8 UI), to take them over with apply')
+    .argument('<resource>', 'modules | repositories')
+    .argument('[names...]', 'only these instance ids or repository names (default: every one not managed yet)')
+    .option('--manifests <dir>', 'write <dir>/<name>.yaml (refused when one exists) instead of printing')
+    .option('-o, --output <format>', 'yaml or json', 'yaml')
+    .action((resource: string, names: string[], opts: { manifests?: string; output?: string }) => run(async (d) => (await import('./commands/adopt.js')).adoptCommand(resource, names, opts, d))());
+
   registerExtensions(program, deps, setExitCode, get, extras, loaded);
   return program;
 }
