@@ -25,7 +25,7 @@ import { authorizationsKey, ownerOf, readImagerootList, scopeOf } from './observ
 import { applyGrants } from '../agent/authorizations.js';
 import { DESTROY_ATTEMPTS, OWNER_ROLE, READER_ROLE, agentEnvironment } from './planner.js';
 import { runLifecycleAction } from './lifecycle.js';
-import { allocatePorts, freePorts } from './ports.js';
+import { allocatePorts, claimPorts, freePorts, portsInEnvironment, reserveForeignPorts } from './ports.js';
 import { applyModuleAcl, deleteModuleAcl, generatePassword } from './redis-acl.js';
 import type { InstancePaths, PasswdEntry, Step } from './types.js';
 import { createHash } from 'node:crypto';
@@ -199,9 +199,16 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     case 'extract-image':
       await extractImage(step, ctx);
       return;
-    case 'allocate-ports':
-      await allocatePorts(deps.redis, node, id, step.proto, step.demand);
+    case 'allocate-ports': {
+      // Instances NS8 runs here on its own keep their ports; this one keeps those it already has.
+      const { reserved, dropped } = await reserveForeignPorts(deps.redis, node, id);
+      if (reserved.length > 0) deps.log(`node-agent: ports of instances ns8ctl does not manage reserved on node ${node}: ${reserved.join(' ')}`);
+      if (dropped.length > 0) deps.log(`node-agent: port reservations of instances NS8 removed dropped on node ${node}: ${dropped.join(' ')}`);
+      const env = await deps.redis.hgetall(keys.moduleEnvironment(id));
+      await allocatePorts(deps.redis, node, id, step.proto, step.demand, undefined, portsInEnvironment(env, step.proto));
+      await claimPorts(deps.redis, node, id);
       return;
+    }
     case 'set-ports-demand': {
       const key = step.proto === 'tcp' ? keys.tcpPortsDemand() : keys.udpPortsDemand();
       if (step.demand > 0) await deps.redis.hset(key, id, String(step.demand));

@@ -29,6 +29,7 @@ local n = tonumber(ARGV[2])
 local lo = tonumber(ARGV[3])
 local hi = tonumber(ARGV[4])
 local suffix = '/' .. ARGV[5]
+local ps, pe = string.match(ARGV[6] or '', '^(%d+)-(%d+)$')
 local cur = redis.call('HGET', KEYS[1], field)
 local cs, ce
 if cur then
@@ -53,6 +54,12 @@ for i = 1, #all, 2 do
   end
 end
 local start
+-- No range yet but the instance already uses one (its environment, written by NS8 or before a
+-- lost record): keep its first port when the ports from there are free.
+if not cs and ps then
+  cs = tonumber(ps)
+  ce = tonumber(pe)
+end
 if cs and cs >= lo then
   -- Keep the first port: shrink in place, or grow in place when the ports after it are free.
   local last = cs + n - 1
@@ -107,7 +114,8 @@ export function portsField(id: string, proto: PortProto): string {
  * when the ports after it are free; otherwise it moves to the first gap that fits. Demand 0 frees
  * and returns undefined. Atomic: concurrent callers on any number of connections never receive
  * overlapping ranges. Throws `ports_exhausted` when no gap of `demand` ports is left in the range
- * (the instance's current range, if any, is kept).
+ * (the instance's current range, if any, is kept). Without a range yet, `prefer` (the ports the
+ * instance's environment names) is kept when free: adopting an instance NS8 made does not move it.
  */
 export async function allocatePorts(
   redis: Redis,
@@ -116,11 +124,13 @@ export async function allocatePorts(
   proto: PortProto,
   demand: number,
   bounds: PortRange = { start: PORT_RANGE_START, end: PORT_RANGE_END },
+  /** The range the instance already uses (see portsInEnvironment), kept when free. */
+  prefer?: PortRange,
 ): Promise<PortRange | undefined> {
   const seqKey = proto === 'tcp' ? keys.tcpPortsSequence(node) : keys.udpPortsSequence(node);
   let reply: unknown;
   try {
-    reply = await redis.eval(ALLOCATE_SCRIPT, 2, keys.nodePorts(node), seqKey, portsField(id, proto), String(demand), String(bounds.start), String(bounds.end), proto);
+    reply = await redis.eval(ALLOCATE_SCRIPT, 2, keys.nodePorts(node), seqKey, portsField(id, proto), String(demand), String(bounds.start), String(bounds.end), proto, prefer ? formatRange(prefer) : '');
   } catch (err) {
     const msg = (err as Error).message;
     if (/PORTS_EXHAUSTED/.test(msg)) {
@@ -172,4 +182,64 @@ export function portEnvironment(proto: PortProto, r: PortRange | undefined): Rec
   if (n > 1) env[`${p}_PORTS_RANGE`] = formatRange(r);
   if (n <= 8) env[`${p}_PORTS`] = Array.from({ length: n }, (_, i) => String(r.start + i)).join(',');
   return env;
+}
+
+/**
+ * The range an environment's port variables name (`TCP_PORTS_RANGE`, else `TCP_PORT`, widened by
+ * a contiguous `TCP_PORTS`), or undefined.
+ */
+export function portsInEnvironment(env: Record<string, string>, proto: PortProto): PortRange | undefined {
+  const p = proto.toUpperCase();
+  const range = parseRange(env[`${p}_PORTS_RANGE`]);
+  if (range) return range;
+  const first = Number(env[`${p}_PORT`]);
+  if (!Number.isInteger(first) || first < 1 || first > 65535) return undefined;
+  const list = (env[`${p}_PORTS`] ?? '').split(',').map(Number);
+  const contiguous = list.length > 1 && list.every((v, i) => v === first + i);
+  return { start: first, end: contiguous ? first + list.length - 1 : first };
+}
+
+/**
+ * Keeps the node's port table true to instances NS8 runs there without ns8ctl (made in its UI,
+ * before adoption): each instance of `cluster/module_node` on `node` that has no range yet gets
+ * the ports of its environment reserved under its id (HSETNX, as NS8's port migration rebuilds
+ * its table from the environments) and listed in `nodeForeignPorts`, so ns8ctl never hands them
+ * out twice. A reservation whose instance left `cluster/module_node` is dropped; one whose
+ * instance ns8ctl takes over becomes its allocation (see claimPorts). `except` is the instance
+ * being allocated for (its own ports are its `prefer`). Returns what was reserved and dropped.
+ */
+export async function reserveForeignPorts(redis: Redis, node: number | string, except: string): Promise<{ reserved: string[]; dropped: string[] }> {
+  const [placement, table, foreign] = await Promise.all([redis.hgetall(keys.moduleNode()), redis.hgetall(keys.nodePorts(node)), redis.smembers(keys.nodeForeignPorts(node))]);
+  const known = new Set(Object.keys(table).map((f) => f.replace(/\/(tcp|udp)$/, '')));
+  const here = Object.entries(placement).filter(([id, n]) => n === String(node) && id !== except && !known.has(id)).map(([id]) => id).sort();
+  const reserved: string[] = [];
+  if (here.length > 0) {
+    const p = redis.pipeline();
+    for (const id of here) p.hgetall(keys.moduleEnvironment(id));
+    const envs = ((await p.exec()) ?? []).map(([err, v]) => (err ? {} : (v as Record<string, string>)));
+    const tx = redis.multi();
+    here.forEach((id, i) => {
+      for (const proto of ['tcp', 'udp'] as const) {
+        const r = portsInEnvironment(envs[i] ?? {}, proto);
+        if (!r) continue;
+        tx.hsetnx(keys.nodePorts(node), portsField(id, proto), formatRange(r)).sadd(keys.nodeForeignPorts(node), id);
+        reserved.push(`${portsField(id, proto)}=${formatRange(r)}`);
+      }
+    });
+    if (reserved.length > 0) await tx.exec();
+  }
+  const gone = foreign.filter((id) => placement[id] !== String(node)).sort();
+  if (gone.length > 0) {
+    await redis
+      .multi()
+      .hdel(keys.nodePorts(node), ...gone.flatMap((id) => [portsField(id, 'tcp'), portsField(id, 'udp')]))
+      .srem(keys.nodeForeignPorts(node), ...gone)
+      .exec();
+  }
+  return { reserved, dropped: gone };
+}
+
+/** The instance's ranges are its own from now on (no longer a reservation for NS8). */
+export async function claimPorts(redis: Redis, node: number | string, id: string): Promise<void> {
+  await redis.srem(keys.nodeForeignPorts(node), id);
 }

@@ -28,6 +28,8 @@ export const keys = {
   events: (): string => 'ns8ctl/events',
   /** HASH: ports allocated on a node: field `<module>/<proto>` -> `start-end`. */
   nodePorts: (node: number | string): string => `ns8ctl/node/${node}/ports`,
+  /** SET: ids whose ranges in `nodePorts` are reservations for instances NS8 runs without ns8ctl. */
+  nodeForeignPorts: (node: number | string): string => `ns8ctl/node/${node}/foreign_ports`,
   /** STRING: controller leader lease: holder identity, expires (PX) unless renewed (src/controller/). */
   controllerLeader: (): string => 'ns8ctl/controller/leader',
   /**

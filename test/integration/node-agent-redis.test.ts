@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { allocatePorts, freePorts, readNodePorts, rangeSize, type PortRange } from '../../src/node-agent/ports.js';
+import { allocatePorts, claimPorts, freePorts, portsInEnvironment, readNodePorts, rangeSize, reserveForeignPorts, type PortRange } from '../../src/node-agent/ports.js';
 import { applyModuleAcl, deleteModuleAcl, listAclUsers, aclLineMatches, CLUSTER_ACLS_KEY } from '../../src/node-agent/redis-acl.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import { claimDefaultInstance, releaseDefaultInstance } from '../../src/node-agent/default-instance.js';
@@ -27,6 +27,41 @@ function overlaps(x: PortRange, y: PortRange): boolean {
 }
 
 describe('the port allocator (Redis Lua, per node)', () => {
+  test('an instance NS8 made keeps the ports of its environment; instances NS8 runs alone are never handed out twice', async () => {
+    // NS8 made dokuwiki1 (20005-20006) and mail1 (20000) on node 1, and nc1 on node 2.
+    await a.hset(keys.moduleNode(), { dokuwiki1: '1', mail1: '1', nc1: '2' });
+    await a.hset(keys.moduleEnvironment('dokuwiki1'), { TCP_PORT: '20005', TCP_PORTS_RANGE: '20005-20006', TCP_PORTS: '20005,20006' });
+    await a.hset(keys.moduleEnvironment('mail1'), { TCP_PORT: '20000', TCP_PORTS: '20000', UDP_PORT: '20000', UDP_PORTS: '20000' });
+    await a.hset(keys.moduleEnvironment('nc1'), { TCP_PORT: '20000' });
+    // ns8ctl adopts dokuwiki1 and adds webapp1 (demand 5): mail1's port is reserved, dokuwiki1 keeps its range.
+    expect(await reserveForeignPorts(a, 1, 'dokuwiki1')).toEqual({ reserved: ['mail1/tcp=20000-20000', 'mail1/udp=20000-20000'], dropped: [] });
+    const env = await a.hgetall(keys.moduleEnvironment('dokuwiki1'));
+    expect(await allocatePorts(a, 1, 'dokuwiki1', 'tcp', 2, undefined, portsInEnvironment(env, 'tcp'))).toEqual({ start: 20005, end: 20006 });
+    await claimPorts(a, 1, 'dokuwiki1');
+    await a.hset(keys.moduleNode(), 'webapp1', '1');
+    await reserveForeignPorts(a, 1, 'webapp1');
+    expect(await allocatePorts(a, 1, 'webapp1', 'tcp', 5)).toEqual({ start: 20007, end: 20011 });
+    expect(await a.smembers(keys.nodeForeignPorts(1))).toEqual(['mail1']);
+    // A preferred range that is taken is not used: first fit instead.
+    expect(await allocatePorts(a, 1, 'x1', 'tcp', 1, undefined, { start: 20005, end: 20005 })).toEqual({ start: 20001, end: 20001 });
+    // NS8 removes mail1: its reservation goes at the next allocation; adopted dokuwiki1 stays.
+    await a.hdel(keys.moduleNode(), 'mail1');
+    expect(await reserveForeignPorts(a, 1, 'y1')).toEqual({ reserved: [], dropped: ['mail1'] });
+    const table = await a.hgetall(keys.nodePorts(1));
+    expect(Object.keys(table).sort()).toEqual(['dokuwiki1/tcp', 'webapp1/tcp', 'x1/tcp']);
+    expect(await a.exists(keys.nodeForeignPorts(1))).toBe(0);
+    expect(await a.hgetall(keys.nodePorts(2))).toEqual({});
+  });
+
+  test('the ports an environment names', () => {
+    expect(portsInEnvironment({ TCP_PORT: '20005', TCP_PORTS_RANGE: '20005-20010' }, 'tcp')).toEqual({ start: 20005, end: 20010 });
+    expect(portsInEnvironment({ TCP_PORT: '20005', TCP_PORTS: '20005,20006,20007' }, 'tcp')).toEqual({ start: 20005, end: 20007 });
+    expect(portsInEnvironment({ TCP_PORT: '20005', TCP_PORTS: '20005,20009' }, 'tcp')).toEqual({ start: 20005, end: 20005 });
+    expect(portsInEnvironment({ UDP_PORT: '30000' }, 'udp')).toEqual({ start: 30000, end: 30000 });
+    expect(portsInEnvironment({ TCP_PORT: 'x' }, 'tcp')).toBeUndefined();
+    expect(portsInEnvironment({}, 'udp')).toBeUndefined();
+  });
+
   test('first-fit from 20000, stable across calls, high-water mark kept', async () => {
     expect(await allocatePorts(a, 1, 'web1', 'tcp', 1)).toEqual({ start: 20000, end: 20000 });
     expect(await allocatePorts(a, 1, 'web2', 'tcp', 3)).toEqual({ start: 20001, end: 20003 });
