@@ -26,6 +26,7 @@ import { logReconcileResult } from '../node-agent/cli.js';
 import { NotificationSubscriber } from './notifications.js';
 import { maskString } from '../plan/mask.js';
 import { buildSources } from './source-options.js';
+import { parseSyncWindow } from './sync-window.js';
 import { assertTargetExists, parseSuspendTarget, resumeTarget, suspendTarget } from './suspend.js';
 
 /** Default HTTP port of /healthz, /readyz, /metrics and the webhook. */
@@ -50,6 +51,8 @@ export interface ControllerCommandOptions {
   interval?: string;
   /** OpenPGP public keys (file or directory) every git source requires its commits to be signed by. */
   trustedKeys?: string;
+  /** `[DAYS ]HH:MM-HH:MM` (repeatable): sources apply new revisions only while one is open. */
+  syncWindow?: string[];
   sourceName?: string;
   prune?: boolean;
   selfHeal?: boolean;
@@ -95,7 +98,8 @@ function positiveInt(value: string | undefined, flag: string, dflt: number, min 
  *   an unreadable or empty webhook secret file.
  */
 export async function buildControllerOptions(opts: ControllerCommandOptions, deps: Pick<ControllerCliDeps, 'env' | 'stateDir' | 'cwd'>): Promise<ControllerOptions> {
-  const sources = buildSources(opts, deps);
+  const windows = (opts.syncWindow ?? []).map((w) => parseSyncWindow(w));
+  const sources = buildSources(opts, deps).map((s) => (windows.length > 0 ? { ...s, syncWindows: windows } : s));
   let webhookSecret: string | undefined = deps.env.NS8CTL_WEBHOOK_SECRET || undefined;
   if (opts.webhookSecretFile) {
     try {
@@ -336,6 +340,7 @@ function addControllerOptions(cmd: Command): Command {
     .option('--branch <name>', 'git branch to follow (default main; default of every git source)')
     .option('--path <dir>', 'directory of the manifests inside the repository (default .)')
     .option('--interval <duration>', 'git poll interval, e.g. 30s, 1m (default 1m); the webhook fetches at once')
+    .option('--sync-window <window>', 'apply new revisions only in this window, [DAYS ]HH:MM-HH:MM local time, e.g. "Sat,Sun 01:00-06:00" (repeatable; drift repair goes on at any time)', collect)
     .option('--trusted-keys <path>', 'apply only git commits signed by one of these OpenPGP public keys (a file, or a directory of *.asc|*.gpg|*.pub|*.key); default of every git source')
     .option('--source-name <name>', 'name of the source given by -f or an unnamed --git; also its apply set (inventory)', 'default')
     .option('--prune', 'delete objects of a source\'s apply set that left it (refused for more than half of it); default of every source')

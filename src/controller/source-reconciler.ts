@@ -24,6 +24,8 @@ import { cond, type Condition } from './conditions.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';
 import type { EventRecorder } from './events.js';
 import { GitCheckout, type CommitInfo, type CommitSigner, type GitSourceSpec } from './git-checkout.js';
+import { formatDuration } from './duration.js';
+import { formatLocal, windowState, type SyncWindow } from './sync-window.js';
 import type { Logger } from './log.js';
 import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
 import { readSuspension, readSuspensions } from './suspend.js';
@@ -42,6 +44,8 @@ export interface SourceSpec {
   prune: boolean;
   /** Restore desired state changed outside the source (default true); false only reports it. */
   selfHeal: boolean;
+  /** New revisions are applied only while one of these is open (none: any time). */
+  syncWindows?: SyncWindow[];
 }
 
 export interface SourceReconcilerDeps {
@@ -69,6 +73,15 @@ export interface SourceReconcilerDeps {
   onDesiredKeysChanged?: (source: string) => void;
   /** The source wrote desired state (another source's manifests may validate now: a Node it needs). */
   onApplied?: (source: string) => void;
+}
+
+/** A new revision held back by closed sync windows. */
+interface Deferral {
+  what: string;
+  /** Commit SHA or content digest (one event each). */
+  key: string;
+  nextOpen: Date;
+  message: string;
 }
 
 /** Error codes that only a new commit or file change can fix. */
@@ -139,6 +152,8 @@ export class SourceReconciler {
   private fetched: { head: string; nextAt: number } | undefined;
   /** A webhook (or `ns8ctl` on another replica) asked for a fetch before the interval. */
   private fetchWanted = false;
+  /** The revision (git) or content digest last announced as waiting for a sync window. */
+  private lastDeferred: string | undefined;
   /** When the first timed suspension of a module this source pinned lapses (ms since the epoch). */
   private suspensionLapseAt: number | undefined;
 
@@ -178,13 +193,15 @@ export class SourceReconciler {
    * Next run: when a git source's next fetch is due, or when the first timed suspension of a
    * module this source holds back lapses (a TTL expiry announces nothing), whichever comes first.
    */
-  private requeue(): ReconcileResult {
+  private requeue(deferred?: Deferral): ReconcileResult {
     const now = this.deps.now().getTime();
     const lapse = this.suspensionLapseAt !== undefined ? Math.max(0, this.suspensionLapseAt - now + 50) : undefined;
     const g = this.spec.git;
     let fetch: number | undefined;
     if (g) fetch = this.fetched ? Math.max(0, this.fetched.nextAt - now) : this.jitteredInterval();
-    const next = Math.min(fetch ?? Infinity, lapse ?? Infinity);
+    // A waiting revision is applied as soon as the window opens.
+    const opens = deferred ? Math.max(0, deferred.nextOpen.getTime() - now + 50) : undefined;
+    const next = Math.min(fetch ?? Infinity, lapse ?? Infinity, opens ?? Infinity);
     return Number.isFinite(next) ? { requeueAfterMs: next } : {};
   }
 
@@ -258,6 +275,7 @@ export class SourceReconciler {
     let rejected: { revision: string; reason: string; message: string; code: string } | undefined;
     let commit: CommitInfo | undefined;
     let signer: CommitSigner | undefined;
+    let deferred: Deferral | undefined;
     if (this.git) {
       let head: string;
       try {
@@ -276,7 +294,15 @@ export class SourceReconciler {
         if (!prev.lastAppliedRevision) return this.requeue(); // nothing good to fall back to
         revision = prev.lastAppliedRevision;
       }
-      if (!rejected && this.spec.git?.trustedKeys) {
+      // Outside the sync windows a new commit waits; the last applied one is kept (drift repair).
+      if (!rejected && head !== prev?.lastAppliedRevision) {
+        deferred = this.deferral(`commit ${shortRev(head)}`, head);
+        if (deferred) {
+          if (!prev?.lastAppliedRevision) return this.defer(prev, base, deferred);
+          revision = prev.lastAppliedRevision;
+        }
+      }
+      if (!rejected && !deferred && this.spec.git?.trustedKeys) {
         // Signed by a trusted key, or not applied (checked before its files are even checked out).
         try {
           signer = await this.git.verifyCommit(head);
@@ -338,6 +364,10 @@ export class SourceReconciler {
     this.suspensionLapseAt = untils.length > 0 ? Math.min(...untils) : undefined;
     const pinned = pinSuspended(desired, state, name, new Set(suspended.keys()));
     const digest = desiredDigest(pinned);
+    if (!this.git && prev?.lastAppliedDigest !== digest) {
+      const d = this.deferral('the changed manifests', digest);
+      if (d) return this.defer(prev, base, d);
+    }
     let p: Plan;
     try {
       p = makePlan(pinned, state, { applySet: name, prune: this.spec.prune, locate: locateDesired });
@@ -441,7 +471,7 @@ export class SourceReconciler {
       lastAppliedTime,
       lastError: rejected ? rejected.code : blocked.length > 0 ? 'plan_blocked' : '',
       driftedKeys: [],
-      conditions: this.conditionsFor(rejected, ready, []),
+      conditions: this.conditionsFor(rejected, ready, [], deferred),
     });
     if (base.driftedKeys.length > 0) this.deps.onObjectsTouched?.(base.driftedKeys);
     if (blocked.length > 0) {
@@ -452,7 +482,33 @@ export class SourceReconciler {
       throw new Ns8ctlError('plan_blocked', `source ${name}: ${blocked.map((b) => `${b.key}: ${b.message}`).join('; ')}`);
     }
     if (!rejected) this.deps.onSynced?.(name, now);
-    return this.requeue();
+    if (deferred) await this.announceDeferral(deferred);
+    return this.requeue(deferred);
+  }
+
+  /** Why a new revision waits (a closed sync window), or undefined when it may be applied now. */
+  private deferral(what: string, key: string): Deferral | undefined {
+    const windows = this.spec.syncWindows ?? [];
+    const state = windowState(windows, this.deps.now());
+    if (state.open) return undefined;
+    const inMs = state.nextOpen.getTime() - this.deps.now().getTime();
+    const message = `${what} waits for a sync window: the next opens ${formatLocal(state.nextOpen)} (in ${formatDuration(Math.max(60_000, Math.round(inMs / 60_000) * 60_000))}); windows: ${windows.map((w) => w.text).join('; ')}`;
+    return { what, key, nextOpen: state.nextOpen, message };
+  }
+
+  /** A revision waits and nothing was applied before: status says so, nothing is written. */
+  private async defer(prev: SourceStatus | undefined, base: SourceStatus, d: Deferral): Promise<ReconcileResult> {
+    const ready = prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'False', 'OutsideSyncWindow', `nothing applied yet: ${d.message}`);
+    await this.save(prev, { ...base, conditions: [ready, cond('Reconciling', 'False', 'OutsideSyncWindow', d.message), cond('Stalled', 'False', 'NotStalled', 'no error needs intervention'), this.driftCondition(base.driftedKeys)] });
+    await this.announceDeferral(d);
+    return this.requeue(d);
+  }
+
+  /** One `source-apply-deferred` event per waiting revision. */
+  private async announceDeferral(d: Deferral): Promise<void> {
+    if (this.lastDeferred === d.key) return;
+    this.lastDeferred = d.key;
+    await this.deps.events.record({ name: 'source-apply-deferred', type: 'Normal', object: this.key, message: `source ${this.spec.name}: ${d.message}`, data: { source: this.spec.name, waiting: d.key, nextOpen: d.nextOpen.toISOString() } });
   }
 
   private driftCondition(keys: readonly string[]): Condition {
@@ -460,7 +516,8 @@ export class SourceReconciler {
   }
 
   /** Conditions after a reconcile that applied (or held) the good revision while `rejected` (if any) stays rejected. */
-  private conditionsFor(rejected: { reason: string; message: string } | undefined, ready: Condition, drift: readonly string[]): Condition[] {
+  private conditionsFor(rejected: { reason: string; message: string } | undefined, ready: Condition, drift: readonly string[], deferred?: Deferral): Condition[] {
+    if (deferred && !rejected) return [ready, cond('Reconciling', 'False', 'OutsideSyncWindow', deferred.message), cond('Stalled', 'False', 'NotStalled', 'no error needs intervention'), this.driftCondition(drift)];
     if (rejected) {
       return [cond('Ready', 'False', rejected.reason, rejected.message), cond('Reconciling', 'False', rejected.reason, 'waiting for a new commit'), cond('Stalled', 'True', rejected.reason, rejected.message), this.driftCondition(drift)];
     }

@@ -221,6 +221,16 @@ describe('controller options from the command line', () => {
     await expect(buildControllerOptions({ filename: ['m'], trustedKeys: 'ops.asc' }, deps())).rejects.toThrow(/--trusted-keys need --git/);
   });
 
+  it('gives every source the --sync-window windows, and refuses a bad one', async () => {
+    const o = await buildControllerOptions({ filename: ['m'], git: ['lab=https://git.example/l.git'], syncWindow: ['Sat,Sun 01:00-06:00', '02:00-03:00'], http: false }, deps());
+    expect(o.sources.map((s) => s.syncWindows?.map((w) => w.text))).toEqual([
+      ['Sat,Sun 01:00-06:00', '02:00-03:00'],
+      ['Sat,Sun 01:00-06:00', '02:00-03:00'],
+    ]);
+    expect((await buildControllerOptions({ filename: ['m'], http: false }, deps())).sources[0]).not.toHaveProperty('syncWindows');
+    await expect(buildControllerOptions({ filename: ['m'], syncWindow: ['Sat 1-2'] }, deps())).rejects.toThrow(/--sync-window "Sat 1-2": "1" is not a time HH:MM/);
+  });
+
   it('refuses source combinations that would be ambiguous, with usage errors naming the way out', async () => {
     const bad: [Parameters<typeof buildControllerOptions>[0], RegExp][] = [
       [{ filename: ['m'], git: 'https://x/r.git' }, /name them: --source NAME=PATH and --git NAME=URL/],
