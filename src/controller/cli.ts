@@ -53,6 +53,10 @@ export interface ControllerCommandOptions {
   trustedKeys?: string;
   /** `[DAYS ]HH:MM-HH:MM` (repeatable): sources apply new revisions only while one is open. */
   syncWindow?: string[];
+  /** Webhook URL Warning events are POSTed to (or $NS8CTL_NOTIFY_URL). */
+  notifyUrl?: string;
+  /** The same Warning is not sent again within this (default 1h). */
+  notifyQuiet?: string;
   sourceName?: string;
   prune?: boolean;
   selfHeal?: boolean;
@@ -120,6 +124,17 @@ export async function buildControllerOptions(opts: ControllerCommandOptions, dep
   };
   if (opts.http !== false) out.http = { host: '127.0.0.1', port: positiveInt(opts.httpPort, '--http-port', DEFAULT_HTTP_PORT, 0) };
   if (webhookSecret) out.webhookSecret = webhookSecret;
+  const notifyUrl = opts.notifyUrl ?? (deps.env.NS8CTL_NOTIFY_URL || undefined);
+  if (notifyUrl) {
+    let u: URL;
+    try {
+      u = new URL(notifyUrl);
+    } catch {
+      throw new UsageError(`--notify-url ${maskString(notifyUrl)} is not a URL (an http:// or https:// webhook address)`);
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`--notify-url ${maskString(notifyUrl)}: only http:// and https:// webhooks are supported`);
+    out.notify = { url: notifyUrl, quietMs: parseDuration(opts.notifyQuiet ?? '1h', '--notify-quiet') };
+  } else if (opts.notifyQuiet) throw new UsageError('--notify-quiet needs --notify-url (or $NS8CTL_NOTIFY_URL)');
   return out;
 }
 
@@ -341,6 +356,8 @@ function addControllerOptions(cmd: Command): Command {
     .option('--path <dir>', 'directory of the manifests inside the repository (default .)')
     .option('--interval <duration>', 'git poll interval, e.g. 30s, 1m (default 1m); the webhook fetches at once')
     .option('--sync-window <window>', 'apply new revisions only in this window, [DAYS ]HH:MM-HH:MM local time, e.g. "Sat,Sun 01:00-06:00" (repeatable; drift repair goes on at any time)', collect)
+    .option('--notify-url <url>', 'POST Warning events (and their resolution) as JSON {"text", "event"} to this webhook, e.g. Slack, Mattermost or ntfy (or $NS8CTL_NOTIFY_URL)')
+    .option('--notify-quiet <duration>', 'do not send the same Warning again within this (default 1h)')
     .option('--trusted-keys <path>', 'apply only git commits signed by one of these OpenPGP public keys (a file, or a directory of *.asc|*.gpg|*.pub|*.key); default of every git source')
     .option('--source-name <name>', 'name of the source given by -f or an unnamed --git; also its apply set (inventory)', 'default')
     .option('--prune', 'delete objects of a source\'s apply set that left it (refused for more than half of it); default of every source')

@@ -13,6 +13,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { startNotifier, type Notifier } from './notifier.js';
 import { startTaskRelay, type TaskRelay } from '../agent/task-relay.js';
 import { defaultSchemaLookup } from '../apply/pipeline.js';
 import { toNs8ctlError } from '../errors.js';
@@ -50,6 +51,8 @@ export interface ControllerOptions {
   http?: { host?: string; port: number };
   /** Shared secret of the webhook (none: webhook disabled). */
   webhookSecret?: string;
+  /** Notifications of Warning events to a webhook, by the leader (see notifier.ts). */
+  notify?: { url: string; quietMs?: number };
   /** Leader lease (default 15 s). */
   leaseMs?: number;
   /**
@@ -102,6 +105,7 @@ interface LeaderRuntime {
   watches: DirectoryWatch[];
   resync: TimerHandle | undefined;
   relay?: TaskRelay;
+  notifier?: Notifier;
 }
 
 /** See the module doc. */
@@ -332,6 +336,9 @@ export class Controller {
     if (this.opts.taskRelay !== false && this.redis) {
       runtime.relay = startTaskRelay(this.redis, { log: (line) => log.log('info', line, { component: 'task-relay' }) });
     }
+    if (this.opts.notify && this.redis) {
+      runtime.notifier = startNotifier(this.redis, { ...this.opts.notify, log: (line) => log.log('warn', line, { component: 'notifier' }) });
+    }
     await this.enqueueAll('change');
     await this.enqueueOrphans();
     this.scheduleResync(runtime);
@@ -342,7 +349,7 @@ export class Controller {
     if (!rt) return;
     if (rt.resync !== undefined) this.clock.clearTimer(rt.resync);
     rt.resync = undefined;
-    await Promise.all([...rt.watches.map((w) => w.stop()), rt.relay?.stop()]);
+    await Promise.all([...rt.watches.map((w) => w.stop()), rt.relay?.stop(), rt.notifier?.stop()]);
     await rt.queue.stop();
     this.runtime = undefined;
     this.metrics.leader.set(0);

@@ -221,6 +221,15 @@ describe('controller options from the command line', () => {
     await expect(buildControllerOptions({ filename: ['m'], trustedKeys: 'ops.asc' }, deps())).rejects.toThrow(/--trusted-keys need --git/);
   });
 
+  it('takes a notification webhook from --notify-url or $NS8CTL_NOTIFY_URL, and refuses what is not one', async () => {
+    expect((await buildControllerOptions({ filename: ['m'], notifyUrl: 'https://chat.example/hooks/x', notifyQuiet: '10m', http: false }, deps())).notify).toEqual({ url: 'https://chat.example/hooks/x', quietMs: 600_000 });
+    expect((await buildControllerOptions({ filename: ['m'], http: false }, deps({ NS8CTL_NOTIFY_URL: 'http://127.0.0.1:9/n' }))).notify).toEqual({ url: 'http://127.0.0.1:9/n', quietMs: 3_600_000 });
+    expect((await buildControllerOptions({ filename: ['m'], http: false }, deps())).notify).toBeUndefined();
+    await expect(buildControllerOptions({ filename: ['m'], notifyUrl: 'chat' }, deps())).rejects.toThrow(/--notify-url chat is not a URL/);
+    await expect(buildControllerOptions({ filename: ['m'], notifyUrl: 'ftp://x/y' }, deps())).rejects.toThrow(/only http:\/\/ and https:\/\//);
+    await expect(buildControllerOptions({ filename: ['m'], notifyQuiet: '1h' }, deps())).rejects.toThrow(/--notify-quiet needs --notify-url/);
+  });
+
   it('gives every source the --sync-window windows, and refuses a bad one', async () => {
     const o = await buildControllerOptions({ filename: ['m'], git: ['lab=https://git.example/l.git'], syncWindow: ['Sat,Sun 01:00-06:00', '02:00-03:00'], http: false }, deps());
     expect(o.sources.map((s) => s.syncWindows?.map((w) => w.text))).toEqual([
