@@ -421,6 +421,19 @@ describe('systemd units of a rootless instance', () => {
     systemd.calls.length = 0;
     expect(await once()).toMatchObject({ outcome: 'blocked', applied: [] });
     expect(systemd.calls).toEqual([]);
+    // A rollback cut short by a crash (its record written, the environment still naming 2.0.0)
+    // resumes: the instance goes back to 1.1.0 without trying 2.0.0 again.
+    const rec = (await deps.records.get(id))!;
+    expect(rec.failedUpdate).toMatchObject({ image: images.webapp['2.0.0'], from: images.webapp['1.1.0'], generation: 6 });
+    await deps.records.update(id, { managedEnv: { ...rec.managedEnv!, IMAGE_URL: images.webapp['2.0.0'] } });
+    await fs.writeFile(envFile, (await fs.readFile(envFile, 'utf8')).replace(/^IMAGE_URL=.*$/m, `IMAGE_URL=${images.webapp['2.0.0']}`));
+    systemd.calls.length = 0;
+    const resumed = await once();
+    expect(resumed).toMatchObject({ outcome: 'blocked', setback: { reason: 'UpdateFailed' } });
+    expect(resumed.applied.map((s) => s.kind)).toContain('write-environment');
+    expect(parseEnvironment(await fs.readFile(envFile, 'utf8')).IMAGE_URL).toBe(images.webapp['1.1.0']);
+    expect(systemd.active.has(`${id}/webapp.service`)).toBe(true);
+    expect((await readModuleStatus(admin, id))!.imageUrl).toBe(images.webapp['1.1.0']);
     // Fixed (a new generation): the update goes through (update-module fails once: next test).
     systemd.failingIf = () => false;
   }, 120_000);
