@@ -105,6 +105,13 @@ function scopeOf(loaded: LoadResult): ReadScope {
   return { modules, repositories, nodes };
 }
 
+/** Instances the cluster has: Modules in desired state, and those NS8 places (`cluster/module_node`). */
+export function knownModulesOf(state: ClusterState): string[] {
+  const ids = new Set(state.moduleNode.keys());
+  for (const k of state.objects.keys()) if (k.startsWith('Module/')) ids.add(k.slice('Module/'.length));
+  return [...ids].sort();
+}
+
 /** Nodes the cluster knows: Node objects in desired state, plus NS8 node records (`records`). */
 export function knownNodesOf(state: ClusterState, records: readonly number[] = []): number[] {
   const out = new Set<number>(records);
@@ -121,7 +128,7 @@ export async function loadAndValidate(
   const loaded = await loadManifests(paths, opts.stdin ? { stdin: opts.stdin } : {});
   const state = redis ? await readClusterState(redis, scopeOf(loaded)) : undefined;
   const records = redis ? await readNodeRecords(redis) : [];
-  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records) } : undefined);
+  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records), knownModules: knownModulesOf(state) } : undefined);
   const diagnostics = result.diagnostics; // includes the load diagnostics, sorted
   if (diagnostics.length > 0) throw new ManifestError(diagnostics);
   const docs = new Map(loaded.documents.map((d) => [`${d.source.file}\u0000${d.source.doc}`, d] as const));

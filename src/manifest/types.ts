@@ -39,6 +39,8 @@ export interface ModuleSpec {
   version?: string;
   /** Id of the node the instance runs on. */
   node: number;
+  /** Instances (any node) that must be Ready before this one is created; sorted, no duplicates. */
+  dependsOn?: string[];
   /** Volume name -> absolute base path on the node (NS8 add-module `volumes`). */
   volumes?: Record<string, string>;
   /** Free-form input for the module's configure-module action. */

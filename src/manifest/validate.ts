@@ -19,6 +19,8 @@ import type { DesiredObject, Kind, ManifestObject, Metadata, ModuleObject, Modul
 export interface ClusterFacts {
   /** Ids of nodes the cluster already has records for. */
   knownNodes: number[];
+  /** Instances the cluster already has (desired by ns8ctl, or made by NS8): valid `dependsOn` targets. */
+  knownModules?: string[];
 }
 
 /** Result of validation: the normalised objects and every problem found. */
@@ -161,6 +163,9 @@ function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
   }
   // Key order: module/image, version, node, then the rest as the schema lists them.
   const ordered: ModuleSpec = { ...(spec.module !== undefined ? { module: spec.module, version: spec.version as string } : { image: spec.image as string }), node: spec.node };
+  // Order carries no meaning: sorted, so reordering the list is no change; empty is the default.
+  const deps = s['dependsOn'] as string[] | undefined;
+  if (deps && deps.length > 0) ordered.dependsOn = [...deps].sort();
   if (s['volumes'] !== undefined) ordered.volumes = { ...(s['volumes'] as Record<string, string>) };
   if (s['configuration'] !== undefined) ordered.configuration = s['configuration'] as Record<string, unknown>;
   ordered.removalPolicy = (s['removalPolicy'] as ModuleSpec['removalPolicy'] | undefined) ?? 'Preserve';
@@ -266,6 +271,8 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
     );
   }
 
+  checkDependencies(states, facts, diags);
+
   const objects: DesiredObject[] = [];
   for (const st of states) {
     if (st.bad || !st.kind || !st.value) continue;
@@ -281,6 +288,53 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
   });
 
   return { objects, diagnostics: sortDiagnostics([...loaded.diagnostics, ...diags], loaded.files ?? []) };
+}
+
+/**
+ * `spec.dependsOn`: every id names another Module of these manifests or one the cluster has
+ * (`facts.knownModules`; without facts, only the manifests), and the dependencies have no cycle
+ * (reported at each Module of the cycle, naming it).
+ */
+function checkDependencies(states: DocState[], facts: ClusterFacts | undefined, diags: Diagnostic[]): void {
+  const modules = new Map<string, { st: DocState; deps: string[] }>();
+  for (const st of states) {
+    if (st.kind !== 'Module' || !st.value) continue;
+    const name = isRecord(st.value['metadata']) ? st.value['metadata']['name'] : undefined;
+    const spec = st.value['spec'];
+    const deps = isRecord(spec) && Array.isArray(spec['dependsOn']) ? spec['dependsOn'].filter((x): x is string => typeof x === 'string') : [];
+    if (typeof name === 'string') modules.set(name, { st, deps });
+  }
+  const known = new Set(facts?.knownModules ?? []);
+  for (const [name, { st, deps }] of modules) {
+    deps.forEach((dep, i) => {
+      if (dep === name) report(diags, st, `/spec/dependsOn/${i}`, `${name} cannot depend on itself`);
+      else if (!modules.has(dep) && !known.has(dep)) {
+        const near = closest(dep, [...modules.keys(), ...known]);
+        report(diags, st, `/spec/dependsOn/${i}`, `${JSON.stringify(dep)} is not a Module of these manifests${facts ? ' nor an instance the cluster has' : ''}${near ? ` (did you mean "${near}"?)` : ''}`);
+      }
+    });
+  }
+  // Cycles: depth-first, each cycle reported once per Module on it.
+  const state = new Map<string, 'open' | 'done'>();
+  const onCycle = new Set<string>();
+  const visit = (name: string, path: string[]): void => {
+    if (state.get(name) === 'done') return;
+    if (state.get(name) === 'open') {
+      const cycle = [...path.slice(path.indexOf(name)), name];
+      for (const m of cycle.slice(0, -1)) {
+        if (onCycle.has(m)) continue;
+        onCycle.add(m);
+        const entry = modules.get(m)!;
+        const next = cycle[cycle.indexOf(m) + 1]!;
+        report(diags, entry.st, `/spec/dependsOn/${entry.deps.indexOf(next)}`, `dependency cycle: ${cycle.join(' -> ')}; an instance can only be created after the ones it depends on`);
+      }
+      return;
+    }
+    state.set(name, 'open');
+    for (const dep of modules.get(name)?.deps ?? []) if (modules.has(dep) && dep !== name) visit(dep, [...path, name]);
+    state.set(name, 'done');
+  };
+  for (const name of modules.keys()) visit(name, []);
 }
 
 /** Sorts diagnostics by file (load order), then line, column; stable otherwise. */

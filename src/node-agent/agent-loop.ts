@@ -93,14 +93,28 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
     wake?.();
   };
   opts.signal?.addEventListener('abort', onAbort, { once: true });
-  const onMessage = (channel: string): void => {
+  /** Dependency id -> instances of this node waiting for it to be Ready. */
+  const waitingOn = new Map<string, Set<string>>();
+  const onMessage = (channel: string, message: string): void => {
     if (channel === channels.desiredChanged) trigger();
+    if (channel !== channels.moduleStatusChanged) return;
+    let module: unknown;
+    try {
+      module = (JSON.parse(message) as { module?: unknown }).module;
+    } catch {
+      return;
+    }
+    const waiters = typeof module === 'string' ? waitingOn.get(module) : undefined;
+    if (!waiters) return;
+    // A dependency changed: its waiters are tried at once, not at their next retry.
+    for (const id of waiters) backoff.delete(id);
+    trigger();
   };
 
   const loop = async (): Promise<void> => {
     if (opts.subscriber) {
       opts.subscriber.on('message', onMessage);
-      await opts.subscriber.subscribe(channels.desiredChanged);
+      await opts.subscriber.subscribe(channels.desiredChanged, channels.moduleStatusChanged);
     }
     let nodeFailures = 0;
     while (!control.signal.aborted) {
@@ -129,6 +143,16 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
         const after = deps.now().getTime();
         for (const r of result.instances) {
           if (r.outcome === 'skipped') continue;
+          // What it waits for now (skipped instances keep what they waited for).
+          for (const [dep, waiters] of waitingOn) if (waiters.delete(r.id) && waiters.size === 0) waitingOn.delete(dep);
+          if (r.waitingFor) {
+            // Waiting is not failing: no growing backoff; woken when a dependency's status changes
+            // (or, without a subscriber, tried again within 30 s).
+            for (const dep of r.waitingFor) waitingOn.set(dep, (waitingOn.get(dep) ?? new Set()).add(r.id));
+            backoff.set(r.id, { attempts: 0, until: after + Math.min(resyncMs, 30_000) });
+            holds.delete(r.id);
+            continue;
+          }
           if (r.setback) {
             // Resolved again this pass and still set back: hold it (again) until the next recheck.
             if (!heldNow.has(r.id)) {
@@ -155,6 +179,10 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
         }
         for (const id of [...backoff.keys()]) if (!result.instances.some((r) => r.id === id)) backoff.delete(id);
         for (const id of [...holds.keys()]) if (!result.instances.some((r) => r.id === id)) holds.delete(id);
+        for (const [dep, waiters] of [...waitingOn]) {
+          for (const id of waiters) if (!result.instances.some((r) => r.id === id)) waiters.delete(id);
+          if (waiters.size === 0) waitingOn.delete(dep);
+        }
         for (const b of [...backoff.values(), ...holds.values()]) nextWait = Math.min(nextWait, Math.max(0, b.until - after));
         opts.onReconcile?.(result);
       } catch (err) {
@@ -179,7 +207,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
     opts.signal?.removeEventListener('abort', onAbort);
     if (opts.subscriber) {
       opts.subscriber.off('message', onMessage);
-      await opts.subscriber.unsubscribe(channels.desiredChanged).catch(() => undefined);
+      await opts.subscriber.unsubscribe(channels.desiredChanged, channels.moduleStatusChanged).catch(() => undefined);
     }
   });
   return {

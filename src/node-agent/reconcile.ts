@@ -8,6 +8,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { EventRecorder } from '../controller/events.js';
+import { keys } from '../state/keys.js';
 import { applyStep, type StepContext } from './applier.js';
 import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';
 import { findImage } from './host/image-store.js';
@@ -49,6 +50,8 @@ export interface InstanceResult {
   setback?: Setback;
   /** Wall time of this instance's reconcile (ms). */
   durationMs?: number;
+  /** Not created yet: these instances of `spec.dependsOn` are not Ready (the loop wakes when one changes). */
+  waitingFor?: string[];
 }
 
 /**
@@ -112,6 +115,7 @@ export const REASONS: Readonly<Record<string, string>> = {
   // Codes that are reasons already (refusals, and the planner's `blocked`).
   UpdateRefused: 'UpdateRefused',
   UpdateFailed: 'UpdateFailed',
+  dependency_not_ready: 'DependencyNotReady',
   RootfullChanged: 'RootfullChanged',
   EnvironmentInvalid: 'EnvironmentInvalid',
   ImageLabelInvalid: 'ImageLabelInvalid',
@@ -275,6 +279,36 @@ async function wantedImage(
   }
 }
 
+/**
+ * Dependencies that are not Ready, with why: an instance ns8ctl manages is ready when its status
+ * says Ready=True; one NS8 runs without ns8ctl (no desired object) is ready once NS8 places it
+ * (`cluster/module_node`). One pipeline.
+ */
+async function unreadyDependencies(redis: NodeAgentDeps['redis'], ids: readonly string[]): Promise<{ id: string; why: string }[]> {
+  const p = redis.pipeline();
+  for (const id of ids) p.hget(keys.moduleStatus(id), 'conditions').exists(keys.desired('Module', id)).hexists(keys.moduleNode(), id);
+  const res = ((await p.exec()) ?? []).map(([err, v]) => {
+    if (err) throw err;
+    return v;
+  });
+  const out: { id: string; why: string }[] = [];
+  ids.forEach((id, i) => {
+    const [conditions, desired, placed] = [res[3 * i] as string | null, res[3 * i + 1] as number, res[3 * i + 2] as number];
+    if (desired === 0) {
+      if (placed !== 1) out.push({ id, why: 'no such instance yet' });
+      return;
+    }
+    let ready: Condition | undefined;
+    try {
+      ready = (JSON.parse(conditions ?? '[]') as Condition[]).find((c) => c.type === 'Ready');
+    } catch {
+      ready = undefined;
+    }
+    if (ready?.status !== 'True') out.push({ id, why: ready ? `Ready=${ready.status}: ${ready.reason}` : 'not reconciled yet' });
+  });
+  return out;
+}
+
 /** The image store of an instance that exists already (its user's, or root's), for label reads. */
 function localOwner(id: string, rec: InstanceRecord | undefined, shared: ObserveContext): Owner | undefined {
   return rec?.rootfull === undefined ? undefined : ownerOf(id, rec.rootfull, shared.users.get(id));
@@ -338,6 +372,15 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     await applyStep({ id, kind: 'add-finalizer', reason: 'hold the Module before pulling its image' }, { deps, node, id, rootfull: false, imageUrl });
     d = { ...d, finalizers: [...d.finalizers, NODE_AGENT_FINALIZER] };
   };
+  // Not created yet: the instances it depends on come first (any node).
+  if (!installed && d.spec.dependsOn?.length) {
+    const waiting = await unreadyDependencies(deps.redis, d.spec.dependsOn);
+    if (waiting.length > 0) {
+      const message = `waits for ${waiting.map((w) => `${w.id} (${w.why})`).join(', ')} before it is created (spec.dependsOn)`;
+      const status = await writeStatus(deps.redis, prev, { ...base, imageUrl: prev?.imageUrl ?? '', conditions: [cond('Ready', 'False', 'DependencyNotReady', message), cond('Progressing', 'False', 'Waiting', message), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
+      return { id, outcome: 'blocked', applied: [], drift: [], error: new Ns8ctlError('dependency_not_ready', `${id} ${message}`), retry: true, status, waitingFor: waiting.map((w) => w.id) };
+    }
+  }
   const wanted = await wantedImage(d, rec, installed, deps, shared, control, holdFinalizer);
   let setback: Setback | undefined;
   let url: string;

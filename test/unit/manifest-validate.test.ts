@@ -133,6 +133,26 @@ describe('schema errors name the value, the place and what is allowed', () => {
     ]);
   });
 
+  test('dependsOn names other instances of the manifests or of the cluster, without cycles', () => {
+    const mod = (name: string, deps: string[]): string => lines(...HEAD, `metadata: {name: ${name}}`, 'spec:', '  module: webapp', '  node: 1', `  dependsOn: [${deps.join(', ')}]`);
+    const docs = (...d: string[]): string => d.join('---\n');
+    // Known: another manifest's Module, an instance the cluster has (NS8 made it), in any order.
+    expect(check(docs(mod('webapp1', ['openldap1', 'webapp2']), mod('webapp2', [])), { knownNodes: [1], knownModules: ['openldap1'] })).toEqual([]);
+    const ok = validateManifests(load(docs(mod('webapp1', ['webapp2', 'openldap1']), mod('webapp2', []))), { knownNodes: [1], knownModules: ['openldap1'] });
+    expect(ok.objects.find((o) => o.object.kind === 'Module' && o.object.metadata.name === 'webapp1')!.object.spec).toMatchObject({ dependsOn: ['openldap1', 'webapp2'] });
+    expect(ok.objects.find((o) => o.object.kind === 'Module' && o.object.metadata.name === 'webapp2')!.object.spec).not.toHaveProperty('dependsOn');
+    expect(check(mod('webapp1', ['openldap2']), { knownNodes: [1], knownModules: ['openldap1'] })).toEqual([
+      'm.yaml:7:15  /spec/dependsOn/0  "openldap2" is not a Module of these manifests nor an instance the cluster has (did you mean "openldap1"?)',
+    ]);
+    expect(check(mod('webapp1', ['webapp1']))).toEqual(['m.yaml:7:15  /spec/dependsOn/0  webapp1 cannot depend on itself']);
+    expect(check(docs(mod('webapp1', ['webapp2']), mod('webapp2', ['webapp3']), mod('webapp3', ['webapp1'])))).toEqual([
+      'm.yaml:7:15  /spec/dependsOn/0  dependency cycle: webapp1 -> webapp2 -> webapp3 -> webapp1; an instance can only be created after the ones it depends on',
+      'm.yaml:15:15  /spec/dependsOn/0  dependency cycle: webapp1 -> webapp2 -> webapp3 -> webapp1; an instance can only be created after the ones it depends on',
+      'm.yaml:23:15  /spec/dependsOn/0  dependency cycle: webapp1 -> webapp2 -> webapp3 -> webapp1; an instance can only be created after the ones it depends on',
+    ]);
+    expect(check(mod('webapp1', ['openldap1', 'openldap1']))[0]).toContain('/spec/dependsOn');
+  });
+
   test('every problem of every document is reported at once, in file order', () => {
     const text = lines(...HEAD, 'metadata: {name: dokuwiki1}', 'spec: {module: dokuwiki, node: 0, suspend: "yes"}', '---', 'apiVersion: ns8ctl.nethserver.org/v1', 'kind: Repository', 'metadata: {name: Default}', 'spec: {url: "ftp://x", enabled: 1}');
     expect(check(text)).toEqual([
@@ -151,7 +171,7 @@ describe('schema errors name the value, the place and what is allowed', () => {
   });
 
   test.each([
-    ['Module', 'module, image, version, node, volumes, configuration, removalPolicy, suspend'],
+    ['Module', 'module, image, version, node, dependsOn, volumes, configuration, removalPolicy, suspend'],
     ['Repository', 'url, enabled, testing'],
     ['Node', 'id, address, flags'],
   ])('an unknown spec field of a %s lists exactly the fields of its spec type', (kind, allowed) => {

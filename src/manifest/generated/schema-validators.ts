@@ -4,14 +4,15 @@
 // @ts-nocheck
 import __ucs2length from 'ajv/dist/runtime/ucs2length.js';
 export const Module = validate10;
-const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","pattern":"^/[^\\u0000\\n\\r]*$","description":"an absolute path on the node (starting with /)"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
+const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","pattern":"^/[^\\u0000\\n\\r]*$","description":"an absolute path on the node (starting with /)"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
 const schema12 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
 const func2 = __ucs2length.default;
+const func7 = Object.prototype.hasOwnProperty;
 const pattern0 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$", "u");
 const pattern1 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?$", "u");
 const pattern2 = new RegExp("^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$", "u");
-const pattern3 = new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]*$", "u");
-const pattern4 = new RegExp("^/[^\\u0000\\n\\r]*$", "u");
+const pattern4 = new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]*$", "u");
+const pattern5 = new RegExp("^/[^\\u0000\\n\\r]*$", "u");
 
 function validate10(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/module.schema.json" */;
@@ -376,7 +377,7 @@ vErrors.push(err26);
 errors++;
 }
 for(const key6 in data8){
-if(!((((((((key6 === "module") || (key6 === "image")) || (key6 === "version")) || (key6 === "node")) || (key6 === "volumes")) || (key6 === "configuration")) || (key6 === "removalPolicy")) || (key6 === "suspend"))){
+if(!(func7.call(schema11.properties.spec.properties, key6))){
 const err27 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec,data:data8};
 if(vErrors === null){
 vErrors = [err27];
@@ -546,14 +547,11 @@ errors++;
 }
 }
 }
-if(data8.volumes !== undefined){
-let data13 = data8.volumes;
-if(data13 && typeof data13 == "object" && !Array.isArray(data13)){
-for(const key7 in data13){
-const _errs42 = errors;
-if(typeof key7 === "string"){
-if(!pattern3.test(key7)){
-const err40 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema11.properties.spec.properties.volumes.propertyNames,data:key7,propertyName:key7};
+if(data8.dependsOn !== undefined){
+let data13 = data8.dependsOn;
+if(Array.isArray(data13)){
+if(data13.length > 32){
+const err40 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/maxItems",keyword:"maxItems",params:{limit: 32},message:"must NOT have more than 32 items",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -562,10 +560,12 @@ vErrors.push(err40);
 }
 errors++;
 }
-}
-var valid12 = _errs42 === errors;
-if(!valid12){
-const err41 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames",keyword:"propertyNames",params:{propertyName: key7},message:"property name must be valid",schema:schema11.properties.spec.properties.volumes.propertyNames,parentSchema:schema11.properties.spec.properties.volumes,data:data13};
+const len0 = data13.length;
+for(let i0=0; i0<len0; i0++){
+let data14 = data13[i0];
+if(typeof data14 === "string"){
+if(func2(data14) > 32){
+const err41 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -574,12 +574,8 @@ vErrors.push(err41);
 }
 errors++;
 }
-}
-for(const key8 in data13){
-let data14 = data13[key8];
-if(typeof data14 === "string"){
-if(!pattern4.test(data14)){
-const err42 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/pattern",keyword:"pattern",params:{pattern: "^/[^\\u0000\\n\\r]*$"},message:"must match pattern \""+"^/[^\\u0000\\n\\r]*$"+"\"",schema:"^/[^\\u0000\\n\\r]*$",parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data14};
+if(!pattern0.test(data14)){
+const err42 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -590,7 +586,7 @@ errors++;
 }
 }
 else {
-const err43 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.volumes.additionalProperties.type,parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data14};
+const err43 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.dependsOn.items.type,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -600,9 +596,18 @@ vErrors.push(err43);
 errors++;
 }
 }
+let i1 = data13.length;
+let j0;
+if(i1 > 1){
+const indices0 = {};
+for(;i1--;){
+let item0 = data13[i1];
+if(typeof item0 !== "string"){
+continue;
 }
-else {
-const err44 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.volumes.type,parentSchema:schema11.properties.spec.properties.volumes,data:data13};
+if(typeof indices0[item0] == "number"){
+j0 = indices0[item0];
+const err44 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -610,12 +615,14 @@ else {
 vErrors.push(err44);
 }
 errors++;
+break;
+}
+indices0[item0] = i1;
 }
 }
-if(data8.configuration !== undefined){
-let data15 = data8.configuration;
-if(!(data15 && typeof data15 == "object" && !Array.isArray(data15))){
-const err45 = {instancePath:instancePath+"/spec/configuration",schemaPath:"#/properties/spec/properties/configuration/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.configuration.type,parentSchema:schema11.properties.spec.properties.configuration,data:data15};
+}
+else {
+const err45 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema11.properties.spec.properties.dependsOn.type,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
 vErrors = [err45];
 }
@@ -625,10 +632,14 @@ vErrors.push(err45);
 errors++;
 }
 }
-if(data8.removalPolicy !== undefined){
-let data16 = data8.removalPolicy;
-if(!((data16 === "Preserve") || (data16 === "Delete"))){
-const err46 = {instancePath:instancePath+"/spec/removalPolicy",schemaPath:"#/properties/spec/properties/removalPolicy/enum",keyword:"enum",params:{allowedValues: schema11.properties.spec.properties.removalPolicy.enum},message:"must be equal to one of the allowed values",schema:schema11.properties.spec.properties.removalPolicy.enum,parentSchema:schema11.properties.spec.properties.removalPolicy,data:data16};
+if(data8.volumes !== undefined){
+let data15 = data8.volumes;
+if(data15 && typeof data15 == "object" && !Array.isArray(data15)){
+for(const key7 in data15){
+const _errs46 = errors;
+if(typeof key7 === "string"){
+if(!pattern4.test(key7)){
+const err46 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema11.properties.spec.properties.volumes.propertyNames,data:key7,propertyName:key7};
 if(vErrors === null){
 vErrors = [err46];
 }
@@ -638,10 +649,9 @@ vErrors.push(err46);
 errors++;
 }
 }
-if(data8.suspend !== undefined){
-let data17 = data8.suspend;
-if(typeof data17 !== "boolean"){
-const err47 = {instancePath:instancePath+"/spec/suspend",schemaPath:"#/properties/spec/properties/suspend/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.suspend.type,parentSchema:schema11.properties.spec.properties.suspend,data:data17};
+var valid15 = _errs46 === errors;
+if(!valid15){
+const err47 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames",keyword:"propertyNames",params:{propertyName: key7},message:"property name must be valid",schema:schema11.properties.spec.properties.volumes.propertyNames,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
 if(vErrors === null){
 vErrors = [err47];
 }
@@ -651,9 +661,11 @@ vErrors.push(err47);
 errors++;
 }
 }
-}
-else {
-const err48 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+for(const key8 in data15){
+let data16 = data15[key8];
+if(typeof data16 === "string"){
+if(!pattern5.test(data16)){
+const err48 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/pattern",keyword:"pattern",params:{pattern: "^/[^\\u0000\\n\\r]*$"},message:"must match pattern \""+"^/[^\\u0000\\n\\r]*$"+"\"",schema:"^/[^\\u0000\\n\\r]*$",parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
 if(vErrors === null){
 vErrors = [err48];
 }
@@ -663,14 +675,88 @@ vErrors.push(err48);
 errors++;
 }
 }
-}
 else {
-const err49 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+const err49 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.volumes.additionalProperties.type,parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
 if(vErrors === null){
 vErrors = [err49];
 }
 else {
 vErrors.push(err49);
+}
+errors++;
+}
+}
+}
+else {
+const err50 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.volumes.type,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+}
+if(data8.configuration !== undefined){
+let data17 = data8.configuration;
+if(!(data17 && typeof data17 == "object" && !Array.isArray(data17))){
+const err51 = {instancePath:instancePath+"/spec/configuration",schemaPath:"#/properties/spec/properties/configuration/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.configuration.type,parentSchema:schema11.properties.spec.properties.configuration,data:data17};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+}
+if(data8.removalPolicy !== undefined){
+let data18 = data8.removalPolicy;
+if(!((data18 === "Preserve") || (data18 === "Delete"))){
+const err52 = {instancePath:instancePath+"/spec/removalPolicy",schemaPath:"#/properties/spec/properties/removalPolicy/enum",keyword:"enum",params:{allowedValues: schema11.properties.spec.properties.removalPolicy.enum},message:"must be equal to one of the allowed values",schema:schema11.properties.spec.properties.removalPolicy.enum,parentSchema:schema11.properties.spec.properties.removalPolicy,data:data18};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+}
+if(data8.suspend !== undefined){
+let data19 = data8.suspend;
+if(typeof data19 !== "boolean"){
+const err53 = {instancePath:instancePath+"/spec/suspend",schemaPath:"#/properties/spec/properties/suspend/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.suspend.type,parentSchema:schema11.properties.spec.properties.suspend,data:data19};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+}
+}
+else {
+const err54 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+}
+}
+else {
+const err55 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
 }
 errors++;
 }
@@ -681,8 +767,8 @@ return errors === 0;
 export const Repository = validate11;
 const schema14 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json","title":"Repository","description":"A module repository (NS8 cluster/repository/<name>).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Repository"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$","description":"a repository name: lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit (default, nethforge)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":2048,"pattern":"^(https?|file)://[^\\s]+$","description":"an http://, https:// or file:// URL of the repository (https://distfeed.nethserver.org/ns8/updates/)"},"enabled":{"type":"boolean","default":true,"description":"whether modules are looked up in this repository"},"testing":{"type":"boolean","default":false,"description":"whether testing (pre-release) versions are offered"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
 const schema15 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
-const pattern5 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
-const pattern6 = new RegExp("^(https?|file)://[^\\s]+$", "u");
+const pattern6 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
+const pattern7 = new RegExp("^(https?|file)://[^\\s]+$", "u");
 
 function validate11(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json" */;
@@ -805,7 +891,7 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(!pattern5.test(data3)){
+if(!pattern6.test(data3)){
 const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$",parentSchema:schema14.properties.metadata.properties.name,data:data3};
 if(vErrors === null){
 vErrors = [err10];
@@ -1005,7 +1091,7 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(!pattern6.test(data9)){
+if(!pattern7.test(data9)){
 const err26 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^(https?|file)://[^\\s]+$"},message:"must match pattern \""+"^(https?|file)://[^\\s]+$"+"\"",schema:"^(https?|file)://[^\\s]+$",parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err26];
@@ -1083,7 +1169,7 @@ return errors === 0;
 export const Node = validate12;
 const schema17 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/node.schema.json","title":"Node","description":"A cluster node, identified by its numeric NS8 node id.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Node"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","minLength":1,"maxLength":253,"description":"a display name for the node"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["id"],"properties":{"id":{"type":"integer","minimum":1,"description":"the NS8 numeric node id"},"address":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[^\\s]+$","description":"host name or IP address the node is reached at, without spaces"},"flags":{"type":"array","uniqueItems":true,"items":{"type":"string","pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a flag name (nomodules)"},"description":"NS8 node flags"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
 const schema18 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
-const pattern7 = new RegExp("^[^\\s]+$", "u");
+const pattern8 = new RegExp("^[^\\s]+$", "u");
 
 function validate12(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/node.schema.json" */;
@@ -1441,7 +1527,7 @@ vErrors.push(err28);
 }
 errors++;
 }
-if(!pattern7.test(data10)){
+if(!pattern8.test(data10)){
 const err29 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/pattern",keyword:"pattern",params:{pattern: "^[^\\s]+$"},message:"must match pattern \""+"^[^\\s]+$"+"\"",schema:"^[^\\s]+$",parentSchema:schema17.properties.spec.properties.address,data:data10};
 if(vErrors === null){
 vErrors = [err29];
@@ -1470,7 +1556,7 @@ const len0 = data11.length;
 for(let i0=0; i0<len0; i0++){
 let data12 = data11[i0];
 if(typeof data12 === "string"){
-if(!pattern3.test(data12)){
+if(!pattern4.test(data12)){
 const err31 = {instancePath:instancePath+"/spec/flags/" + i0,schemaPath:"#/properties/spec/properties/flags/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema17.properties.spec.properties.flags.items,data:data12};
 if(vErrors === null){
 vErrors = [err31];
