@@ -278,6 +278,16 @@ export function checkApplicable(plan: Plan, opts: { forcePrune: boolean }): void
 }
 
 /**
+ * The git revision of each file a plan writes (changed objects, and unchanged ones whose manifest
+ * moved: `refreshes`), looked up once per directory; other files give ''.
+ */
+export async function revisionsOf(prepared: PreparedPlan, lookup: (file: string) => Promise<string>, refreshes = findSourceRefreshes(prepared.desired, prepared.plan, prepared.state)): Promise<(file: string) => string> {
+  const files = [...new Set([...prepared.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])), ...refreshes.map((r) => r.file)])];
+  const revisions = new Map(await Promise.all(files.map(async (f) => [f, await lookup(f)] as const)));
+  return (f: string): string => revisions.get(f) ?? '';
+}
+
+/**
  * Writes a plan atomically. When a concurrent apply changed an object in between, re-reads,
  * re-plans and tries again (up to `maxAttempts`), so no update is lost and nothing interleaves.
  * checkApplicable (prune safety, nothing blocked) holds for every attempt's plan.
@@ -296,9 +306,7 @@ export async function applyPlan(
   for (let attempt = 1; ; attempt++) {
     checkApplicable(current.plan, { forcePrune: opts.forcePrune });
     const refreshes = findSourceRefreshes(current.desired, current.plan, current.state);
-    const files = [...new Set([...current.plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])), ...refreshes.map((r) => r.file)])];
-    const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionLookup(f)] as const)));
-    const revisionOf = (f: string): string => revisions.get(f) ?? '';
+    const revisionOf = await revisionsOf(current, revisionLookup, refreshes);
     const ops = [...planToWrites(current.plan, current.state, { revisionOf, sourceOf: storedSource }), ...sourceRefreshWrites(refreshes, current.state, revisionOf)];
     try {
       await executeWrites(redis, ops);

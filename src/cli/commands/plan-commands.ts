@@ -1,4 +1,4 @@
-import { applyPlan, checkApplicable, hasWrites, preparePlan, type PreparedPlan } from '../../apply/pipeline.js';
+import { applyPlan, checkApplicable, hasWrites, preparePlan, revisionsOf, type PreparedPlan } from '../../apply/pipeline.js';
 import { makeRevisionLookup } from '../../apply/git-revision.js';
 import { applySavedPlan, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
 import { RefusedError, UsageError } from '../../errors.js';
@@ -53,13 +53,10 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
   if (opts.out) {
     // A plan apply would refuse is not saved (the reason is the error).
     checkApplicable(plan, { forcePrune: Boolean(opts.forcePrune) });
-    const revisionOf = makeRevisionLookup(deps.runner);
-    const files = [...new Set([...plan.changes.flatMap((c) => (c.source ? [c.source.file] : [])), ...prepared.desired.map((d) => d.source.file)])];
-    const revisions = new Map(await Promise.all(files.map(async (f) => [f, await revisionOf(f)] as const)));
     const saved = makeSavedPlan(prepared, {
       applySet: opts.applyset ?? 'default',
       prune: Boolean(opts.prune),
-      revisionOf: (f) => revisions.get(f) ?? '',
+      revisionOf: await revisionsOf(prepared, makeRevisionLookup(deps.runner)),
       now: new Date(),
       render: (p) => ({ text: renderPlanText(p, { color: false }), json: renderPlanJson(p) as Record<string, unknown> }),
     });
