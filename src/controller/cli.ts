@@ -53,6 +53,8 @@ export interface ControllerCommandOptions {
   trustedKeys?: string;
   /** `[DAYS ]HH:MM-HH:MM` (repeatable): sources apply new revisions only while one is open. */
   syncWindow?: string[];
+  /** File every event is appended to (JSON lines). */
+  auditLog?: string;
   /** Webhook URL Warning events are POSTed to (or $NS8CTL_NOTIFY_URL). */
   notifyUrl?: string;
   /** The same Warning is not sent again within this (default 1h). */
@@ -124,6 +126,7 @@ export async function buildControllerOptions(opts: ControllerCommandOptions, dep
   };
   if (opts.http !== false) out.http = { host: '127.0.0.1', port: positiveInt(opts.httpPort, '--http-port', DEFAULT_HTTP_PORT, 0) };
   if (webhookSecret) out.webhookSecret = webhookSecret;
+  if (opts.auditLog) out.auditLog = path.resolve(deps.cwd, opts.auditLog);
   const notifyUrl = opts.notifyUrl ?? (deps.env.NS8CTL_NOTIFY_URL || undefined);
   if (notifyUrl) {
     let u: URL;
@@ -356,6 +359,7 @@ function addControllerOptions(cmd: Command): Command {
     .option('--path <dir>', 'directory of the manifests inside the repository (default .)')
     .option('--interval <duration>', 'git poll interval, e.g. 30s, 1m (default 1m); the webhook fetches at once')
     .option('--sync-window <window>', 'apply new revisions only in this window, [DAYS ]HH:MM-HH:MM local time, e.g. "Sat,Sun 01:00-06:00" (repeatable; drift repair goes on at any time)', collect)
+    .option('--audit-log <file>', 'append every event (applied commits with author, rejections, drift, module conditions, rollbacks...) to this file as JSON lines, resuming after restarts; 0600, rotated at 10 MiB (5 kept)')
     .option('--notify-url <url>', 'POST Warning events (and their resolution) as JSON {"text", "event"} to this webhook, e.g. Slack, Mattermost or ntfy (or $NS8CTL_NOTIFY_URL)')
     .option('--notify-quiet <duration>', 'do not send the same Warning again within this (default 1h)')
     .option('--trusted-keys <path>', 'apply only git commits signed by one of these OpenPGP public keys (a file, or a directory of *.asc|*.gpg|*.pub|*.key); default of every git source')

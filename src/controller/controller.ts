@@ -13,6 +13,7 @@
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { startAuditLog, type AuditLog } from './audit-log.js';
 import { startNotifier, type Notifier } from './notifier.js';
 import { startTaskRelay, type TaskRelay } from '../agent/task-relay.js';
 import { defaultSchemaLookup } from '../apply/pipeline.js';
@@ -51,6 +52,8 @@ export interface ControllerOptions {
   http?: { host?: string; port: number };
   /** Shared secret of the webhook (none: webhook disabled). */
   webhookSecret?: string;
+  /** Every event appended to this file as JSON lines, by the leader (see audit-log.ts). */
+  auditLog?: string;
   /** Notifications of Warning events to a webhook, by the leader (see notifier.ts). */
   notify?: { url: string; quietMs?: number };
   /** Leader lease (default 15 s). */
@@ -106,6 +109,7 @@ interface LeaderRuntime {
   resync: TimerHandle | undefined;
   relay?: TaskRelay;
   notifier?: Notifier;
+  audit?: AuditLog;
 }
 
 /** See the module doc. */
@@ -336,6 +340,9 @@ export class Controller {
     if (this.opts.taskRelay !== false && this.redis) {
       runtime.relay = startTaskRelay(this.redis, { log: (line) => log.log('info', line, { component: 'task-relay' }) });
     }
+    if (this.opts.auditLog && this.redis) {
+      runtime.audit = await startAuditLog(this.redis, { file: this.opts.auditLog, log: (line) => log.log('warn', line, { component: 'audit-log' }) });
+    }
     if (this.opts.notify && this.redis) {
       runtime.notifier = startNotifier(this.redis, { ...this.opts.notify, log: (line) => log.log('warn', line, { component: 'notifier' }) });
     }
@@ -349,7 +356,7 @@ export class Controller {
     if (!rt) return;
     if (rt.resync !== undefined) this.clock.clearTimer(rt.resync);
     rt.resync = undefined;
-    await Promise.all([...rt.watches.map((w) => w.stop()), rt.relay?.stop(), rt.notifier?.stop()]);
+    await Promise.all([...rt.watches.map((w) => w.stop()), rt.relay?.stop(), rt.notifier?.stop(), rt.audit?.stop()]);
     await rt.queue.stop();
     this.runtime = undefined;
     this.metrics.leader.set(0);
