@@ -225,6 +225,7 @@ describe('controller options from the command line', () => {
     expect((await buildControllerOptions({ filename: ['m'], notifyUrl: 'https://chat.example/hooks/x', notifyQuiet: '10m', http: false }, deps())).notify).toEqual({ url: 'https://chat.example/hooks/x', quietMs: 600_000 });
     expect((await buildControllerOptions({ filename: ['m'], http: false }, deps({ NS8CTL_NOTIFY_URL: 'http://127.0.0.1:9/n' }))).notify).toEqual({ url: 'http://127.0.0.1:9/n', quietMs: 3_600_000 });
     expect((await buildControllerOptions({ filename: ['m'], http: false }, deps())).notify).toBeUndefined();
+    expect((await buildControllerOptions({ filename: ['m'], auditLog: 'log/audit.jsonl', http: false }, deps())).auditLog).toBe(path.join(dir, 'log', 'audit.jsonl'));
     await expect(buildControllerOptions({ filename: ['m'], notifyUrl: 'chat' }, deps())).rejects.toThrow(/--notify-url chat is not a URL/);
     await expect(buildControllerOptions({ filename: ['m'], notifyUrl: 'ftp://x/y' }, deps())).rejects.toThrow(/only http:\/\/ and https:\/\//);
     await expect(buildControllerOptions({ filename: ['m'], notifyQuiet: '1h' }, deps())).rejects.toThrow(/--notify-quiet needs --notify-url/);
