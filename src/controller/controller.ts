@@ -344,7 +344,7 @@ export class Controller {
       runtime.audit = await startAuditLog(this.redis, { file: this.opts.auditLog, log: (line) => log.log('warn', line, { component: 'audit-log' }) });
     }
     if (this.opts.notify && this.redis) {
-      runtime.notifier = startNotifier(this.redis, { ...this.opts.notify, log: (line) => log.log('warn', line, { component: 'notifier' }) });
+      runtime.notifier = await startNotifier(this.redis, { ...this.opts.notify, log: (line) => log.log('warn', line, { component: 'notifier' }) });
     }
     await this.enqueueAll('change');
     await this.enqueueOrphans();

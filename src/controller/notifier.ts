@@ -13,6 +13,7 @@
  */
 import type { Redis } from 'ioredis';
 import { maskString } from '../plan/mask.js';
+import { keys } from '../state/keys.js';
 import { followEvents, type ControllerEvent } from './events.js';
 
 export interface NotifierOptions {
@@ -67,8 +68,13 @@ export class NotificationFilter {
   }
 }
 
-/** Starts following and posting; `redis` is duplicated for the blocking read. */
-export function startNotifier(redis: Redis, opts: NotifierOptions): Notifier {
+/**
+ * Starts following and posting; `redis` is duplicated for the blocking read. Every event recorded
+ * after this resolves is seen (it follows from the stream's last entry at start, not from
+ * whenever its first read happens to reach Redis).
+ */
+export async function startNotifier(redis: Redis, opts: NotifierOptions): Promise<Notifier> {
+  const last = (await redis.xrevrange(keys.events(), '+', '-', 'COUNT', 1))[0]?.[0] ?? '0-0';
   const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
   const now = opts.now ?? Date.now;
   const filter = new NotificationFilter(opts.quietMs ?? 3_600_000);
@@ -126,7 +132,7 @@ export function startNotifier(redis: Redis, opts: NotifierOptions): Notifier {
     }
     drain();
   };
-  const following = followEvents(reader, onEvent, abort.signal).catch((err: Error) => log(`notifier: stopped following events: ${err.message}`));
+  const following = followEvents(reader, onEvent, abort.signal, last).catch((err: Error) => log(`notifier: stopped following events: ${err.message}`));
   return {
     async stop() {
       abort.abort();

@@ -49,7 +49,10 @@ test('the leader posts Warnings once per quiet period, and their resolution', as
   await c.start();
   try {
     await waitFor('leadership', () => c.isLeader);
-    await new Promise((r) => setTimeout(r, 200)); // the follower reads from '$': let it block first
+    // The notifier runs once its connection exists (it fixed where it follows from before that).
+    const admin = srv.client();
+    await waitFor('the notifier started', async () => ((await admin.call('CLIENT', 'LIST')) as string).includes('name=ns8ctl-notifier'));
+    admin.disconnect();
     const events = new EventRecorder(srv.client());
     const stalled = { name: 'module-stalled', type: 'Warning' as const, object: 'Module/dokuwiki1', message: 'Stalled: UnitFailed: unit dokuwiki.service did not start' };
     await events.record(stalled);
@@ -77,9 +80,8 @@ test('the leader posts Warnings once per quiet period, and their resolution', as
 test('a failing webhook is retried, then given up with a log line naming its host only (the path and query may hold its secret)', async () => {
   const lines: string[] = [];
   const redis = srv.client();
-  const n = startNotifier(redis, { url, retryDelaysMs: [50, 50], log: (l) => lines.push(l) });
+  const n = await startNotifier(redis, { url, retryDelaysMs: [50, 50], log: (l) => lines.push(l) });
   try {
-    await new Promise((r) => setTimeout(r, 200));
     const before = received.length;
     const events = new EventRecorder(srv.client());
     failNext.push(500, 503); // two failures, then success on the second retry
