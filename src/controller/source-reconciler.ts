@@ -152,6 +152,8 @@ export class SourceReconciler {
   private fetched: { head: string; nextAt: number } | undefined;
   /** A webhook (or `ns8ctl` on another replica) asked for a fetch before the interval. */
   private fetchWanted = false;
+  /** The last commit whose signature was verified, and who signed it. */
+  private verified: { sha: string; signer: CommitSigner } | undefined;
   /** The revision (git) or content digest last announced as waiting for a sync window. */
   private lastDeferred: string | undefined;
   /** When the first timed suspension of a module this source pinned lapses (ms since the epoch). */
@@ -305,7 +307,9 @@ export class SourceReconciler {
       if (!rejected && !deferred && this.spec.git?.trustedKeys) {
         // Signed by a trusted key, or not applied (checked before its files are even checked out).
         try {
-          signer = await this.git.verifyCommit(head);
+          // Once per commit: drift repair and resyncs of the same head spawn no git or gpg.
+          signer = this.verified?.sha === head ? this.verified.signer : await this.git.verifyCommit(head);
+          this.verified = { sha: head, signer };
         } catch (err) {
           const e = toNs8ctlError(err);
           if (e.code === 'commit_signature_invalid') return this.rejectOther(prev, base, head, e, await this.git.describe(head));

@@ -67,6 +67,8 @@ const image = async (): Promise<string | undefined> => {
 
 test('only commits signed by a trusted key are applied; others are rejected and the last good one stays', async () => {
   writeFileSync(path.join(dir, 'trusted', 'ops.asc'), execFileSync('cat', [ops.pub]));
+  const runner = new ExecaRunner();
+  const verifications = () => runner.history.filter((c) => c.argv.includes('verify-commit')).length;
   const good = repo.commit({ 'node.yaml': NODE, 'wiki.yaml': mod('1.0.0') }, 'first', signedBy(ops));
   controller = new Controller(
     {
@@ -76,7 +78,7 @@ test('only commits signed by a trusted key are applied; others are rejected and 
       http: { port: 0 },
       backoff: { baseMs: 100, maxMs: 1000, jitter: 0 },
     },
-    { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', () => undefined) },
+    { redis: srv.client(), runner, logger: createLogger('text', () => undefined) },
   );
   await controller.start();
   await waitFor('the signed commit applied', async () => (await status())?.lastAppliedRevision === good);
@@ -84,6 +86,12 @@ test('only commits signed by a trusted key are applied; others are rejected and 
   const applied = (await readEvents(redis)).filter((e) => e.name === 'source-applied');
   expect(applied.at(-1)!.data).toMatchObject({ revision: good, signer: 'Ops <ops@example.org>', signerFingerprint: ops.fpr });
   expect(applied.at(-1)!.message).toContain(`signed by Ops <ops@example.org> (${ops.fpr.slice(-16)})`);
+  // Drift repair of the same commit does not verify it again (no git or gpg spawned for it).
+  const checks = verifications();
+  const h = await redis.hget('ns8ctl/desired/module/webapp1', 'object');
+  await redis.hset('ns8ctl/desired/module/webapp1', 'object', h!.replace(':1.0.0', ':7.7.7'));
+  await waitFor('drift repaired', async () => (await image())?.endsWith(':1.0.0'));
+  expect(verifications()).toBe(checks);
 
   // Unsigned: rejected before its files are used.
   const unsigned = repo.commit({ 'wiki.yaml': mod('6.6.6') }, 'unsigned bump');
