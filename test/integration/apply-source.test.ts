@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { channels } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
@@ -19,12 +19,7 @@ spec:
 describe('the applied source of each object', () => {
   const t = useCliProject('ns8ctl-source-');
 
-  const write = (rel: string, text: string): string => {
-    const file = path.join(t.dir, rel);
-    mkdirSync(path.dirname(file), { recursive: true });
-    writeFileSync(file, text);
-    return file;
-  };
+  const write = t.write;
   const git = (...args: string[]): string => execFileSync('git', ['-C', t.dir, '-c', 'user.name=t', '-c', 'user.email=t@example.org', ...args], { encoding: 'utf8' }).trim();
 
   it('is stored as an absolute path when the manifests are given relative to the working directory', async () => {

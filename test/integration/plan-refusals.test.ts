@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runCli } from '../support/cli.js';
 import { dumpRedis } from '../support/redis-dump.js';
@@ -20,12 +19,7 @@ spec:
 describe('plans the real apply would refuse', () => {
   const t = useCliProject('ns8ctl-refusals-', { NS8CTL_CORE_VERSION: '3.21.0' });
 
-  const write = (rel: string, text: string): string => {
-    const file = path.join(t.dir, rel);
-    mkdirSync(path.dirname(file), { recursive: true });
-    writeFileSync(file, text);
-    return file;
-  };
+  const write = t.write;
 
   it('refuses to change the node of an existing Module in apply, dry-run and diff, naming file:line, both nodes and the way out, writing nothing', async () => {
     write('m/nodes.yaml', nodes);

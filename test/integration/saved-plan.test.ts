@@ -21,11 +21,7 @@ spec:
 
 describe('saved plans', () => {
   const t = useCliProject('ns8ctl-saved-plan-');
-  const write = (rel: string, text: string): void => {
-    const file = path.join(t.dir, rel);
-    mkdirSync(path.dirname(file), { recursive: true });
-    writeFileSync(file, text);
-  };
+  const write = t.write;
   const cli = (...args: string[]) => runCli(args, t.env);
   const image = async (id: string): Promise<string | undefined> => {
     const o = await t.redis.hget(`ns8ctl/desired/module/${id}`, 'object');

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -12,6 +12,8 @@ export interface CliProject {
   dir: string;
   /** NS8CTL_REDIS_URL, NS8CTL_STATE_DIR (inside dir) and `extraEnv`. */
   env: NodeJS.ProcessEnv;
+  /** Writes `dir/rel` (making its directories) and returns its path. */
+  write(rel: string, text: string): string;
 }
 
 /**
@@ -19,7 +21,14 @@ export interface CliProject {
  * (beforeAll), flushed and given a new temp dir before each test, everything removed after.
  */
 export function useCliProject(prefix: string, extraEnv: NodeJS.ProcessEnv = {}): CliProject {
-  const p = {} as CliProject;
+  const p = {
+    write(rel: string, text: string): string {
+      const file = path.join(p.dir, rel);
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, text);
+      return file;
+    },
+  } as CliProject;
   beforeAll(async () => {
     p.srv = await startRedis();
     p.redis = p.srv.client();
