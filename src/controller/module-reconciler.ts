@@ -53,7 +53,8 @@ export function parseSummary(h: Record<string, string>): ObjectSummary | undefin
   };
 }
 
-function summaryFields(s: ObjectSummary): Record<string, string> {
+/** The summary hash fields (`keys.objectConditions`) of a summary. */
+export function summaryFields(s: ObjectSummary): Record<string, string> {
   return {
     conditions: JSON.stringify(s.conditions),
     generation: String(s.generation),

@@ -4,6 +4,7 @@ import YAML from 'yaml';
 import { getCommand } from '../../src/cli/commands/get.js';
 import type { CliDeps } from '../../src/cli/deps.js';
 import { cond, summarizeModule, type ModuleFacts } from '../../src/controller/conditions.js';
+import { summaryFields } from '../../src/controller/module-reconciler.js';
 import { writeSourceStatus, type SourceStatus } from '../../src/controller/source-status.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
@@ -68,15 +69,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
 
   /** Stores a controller summary the way the controller does, from its own summarizeModule. */
   async function storeSummary(facts: ModuleFacts): Promise<void> {
-    const s = summarizeModule(facts);
-    await t.redis.hset(keys.objectConditions('Module', facts.id), {
-      conditions: JSON.stringify(s.conditions),
-      generation: String(s.generation),
-      observedGeneration: String(s.observedGeneration),
-      lastAppliedRevision: s.lastAppliedRevision,
-      source: s.source,
-      suspended: String(s.suspended),
-    });
+    await t.redis.hset(keys.objectConditions('Module', facts.id), summaryFields(summarizeModule(facts)));
   }
 
   it('masks secret values of get -o json and -o yaml, as plans do, and shows them with showSecrets', async () => {

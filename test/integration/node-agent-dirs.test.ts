@@ -36,6 +36,10 @@ beforeAll(async () => {
 
 afterAll(async () => {
   deps?.redis.disconnect();
+  // Rootless podman leaves a pause process (catatonit) behind: it would outlive the user and
+  // hold its uid for whoever gets it next.
+  for (const id of [ID, HALF]) await run('pkill', ['-KILL', '-u', id]).catch(() => undefined);
+  await new Promise((r) => setTimeout(r, 100));
   for (const id of [ID, HALF]) await run('userdel', ['-f', id]).catch(() => undefined);
   await fs.rm(root, { recursive: true, force: true });
   await srv.stop();

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { HostLayout } from '../../src/node-agent/layout.js';
+import { defaultLayout, type HostLayout } from '../../src/node-agent/layout.js';
 
 /**
  * A node layout for host tests: the agent's own directories (homes, rootfull dirs, UI, records,
@@ -7,7 +7,8 @@ import type { HostLayout } from '../../src/node-agent/layout.js';
  * and the host's real user database and root container storage (useradd and podman use them).
  */
 export function tempHostLayout(root: string, overrides: Partial<HostLayout> = {}): HostLayout {
-  return {
+  // The user database, root storage and login shell stay the host's (defaultLayout's).
+  return defaultLayout({
     homeBase: path.join(root, 'home'),
     rootfullBase: path.join(root, 'nethserver'),
     uiBase: path.join(root, 'ui'),
@@ -18,11 +19,6 @@ export function tempHostLayout(root: string, overrides: Partial<HostLayout> = {}
     systemdRunDir: path.join(root, 'no-systemd-here'),
     cgroupRoot: path.join(root, 'no-cgroup-here'),
     pid1CgroupFile: path.join(root, 'no-pid1-cgroup-here'),
-    passwdFile: '/etc/passwd',
-    subuidFile: '/etc/subuid',
-    subgidFile: '/etc/subgid',
-    rootStorage: '/var/lib/containers/storage',
-    loginShell: '/sbin/nologin',
     ...overrides,
-  };
+  });
 }
