@@ -178,6 +178,12 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .action((resource: string, names: string[], opts: { manifests?: string; output?: string }) => run(async (d) => (await import('./commands/adopt.js')).adoptCommand(resource, names, opts, d))());
 
   registerExtensions(program, deps, setExitCode, get, extras, loaded);
+
+  program
+    .command('completion')
+    .description('Print a shell completion script: source <(ns8ctl completion bash), or zsh')
+    .argument('<shell>', 'bash | zsh')
+    .action((shell: string) => run(async (d) => (await import('./commands/completion.js')).completionCommand(shell, program, d.stdout))());
   return program;
 }
 

@@ -30,8 +30,12 @@ async function waitUntil(what: string, ok: () => boolean): Promise<void> {
   if (!ok()) throw new Error(`gave up waiting: ${what}`);
 }
 
+/**
+ * Waits for `file` to exist and returns its content. Every writer in these tests renames a
+ * complete temporary file into place, so existence means complete content.
+ */
 async function waitForFile(file: string): Promise<string> {
-  for (let i = 0; i < 200 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 50));
+  await waitUntil(`${file} written`, () => existsSync(file));
   return readFileSync(file, 'utf8');
 }
 
@@ -82,7 +86,7 @@ describe('event handlers', () => {
 
   it('turn an [actions] entry with a glob pattern into a task on the agent own queue, payload as data', async () => {
     const out = path.join(root, 'renewed');
-    step(path.join(root, 'actions', 'renew-certificate'), '10renew', `cat > ${out}`);
+    step(path.join(root, 'actions', 'renew-certificate'), '10renew', `cat > ${out}.tmp && mv ${out}.tmp ${out}`);
     writeFileSync(path.join(state, 'eventsgw.conf'), '[actions]\n# as in the seeds\nmodule/traefik*/event/certificate-renew = renew-certificate\n');
     await agent.start();
     await events.start();
