@@ -15,6 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { startBenchRedis } from './support/redis.js';
+import { emitResult } from './support/result.js';
 
 const INSTANCES = Number(process.env.BENCH_INSTANCES ?? 200);
 const WINDOW_S = Number(process.env.BENCH_IDLE_SECONDS ?? 60);
@@ -77,6 +78,15 @@ async function main(): Promise<void> {
     console.log(`ns8ctl idle cost: controller with ${INSTANCES} Module instances, ${seconds.toFixed(0)} s window, node ${process.version}`);
     console.log(`CPU: ${cpu.toFixed(2)} % of one core (aim < 1 %: ${(cpu / 1).toFixed(2)}x of budget)`);
     console.log(`RSS: ${Math.min(...rss).toFixed(0)}-${Math.max(...rss).toFixed(0)} MB`);
+    emitResult({
+      bench: 'idle-cost',
+      sizes: { instances: INSTANCES, seconds: WINDOW_S },
+      figures: [
+        { what: `controller CPU, idle with ${INSTANCES} instances`, value: cpu, unit: '% of a core', aim: 1 },
+        { what: 'controller RSS, idle (max)', value: Math.max(...rss), unit: 'MB' },
+        { what: 'reconciles while idle', value: idleReconciles, unit: 'reconciles', aim: 0 },
+      ],
+    });
     console.log(`reconciles while idle: ${idleReconciles} (no polling: triggers are inotify and Redis notifications; resync every 10 min)`);
   } finally {
     child.kill('SIGTERM');

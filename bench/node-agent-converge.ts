@@ -25,6 +25,7 @@ import { keys } from '../src/state/keys.js';
 import { preparePodmanHost } from '../test/support/host-podman.js';
 import { startRegistry } from '../test/support/registry.js';
 import { startBenchRedis, startRoundTripCounter } from './support/redis.js';
+import { emitResult } from './support/result.js';
 
 const CONVERGE = Number(process.env.BENCH_CONVERGE_INSTANCES ?? 20);
 const NOOP = Number(process.env.BENCH_NOOP_INSTANCES ?? 200);
@@ -207,6 +208,18 @@ async function main(): Promise<void> {
     check(rm.value, 'removal');
     out.push(`removal of ${NOOP} instances (data deleted): ${rm.ms.toFixed(0)} ms`);
     process.stdout.write(out.join('\n\n') + '\n');
+    emitResult({
+      bench: 'node-agent-converge',
+      sizes: { converge: CONVERGE, noop: NOOP, concurrency: CONCURRENCY },
+      figures: [
+        { what: `converge ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: parallelMs / 1000, unit: 's', aim: (8 * CONVERGE) / 20 },
+        { what: `converge ${CONVERGE} instances, sequential`, value: sequentialMs / 1000, unit: 's' },
+        { what: 'concurrent speed-up over sequential', value: sequentialMs / parallelMs, unit: 'x', aim: 3, higherIsBetter: true },
+        { what: `no-op reconcile of ${NOOP}`, value: noop.ms, unit: 'ms' },
+        { what: `no-op reconcile of ${NOOP}: processes`, value: spawned, unit: 'processes', aim: 0 },
+        { what: `no-op reconcile of ${NOOP}: Redis round trips`, value: trips, unit: 'round trips' },
+      ],
+    });
   } finally {
     for (const id of all) {
       await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });

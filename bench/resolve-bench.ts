@@ -15,6 +15,7 @@ import { makeImageResolver } from '../src/repository/image-resolver.js';
 import type { RepodataPackage } from '../src/repository/repodata.js';
 import { listAvailable, resolveVersion, type RepositoryInfo } from '../src/repository/resolve.js';
 import { keys } from '../src/state/keys.js';
+import { emitResult } from './support/result.js';
 import { startBenchRedis } from './support/redis.js';
 
 const MODULES = Number(process.env.BENCH_REPO_MODULES ?? 500);
@@ -112,6 +113,7 @@ async function main(): Promise<void> {
     console.log(`ns8ctl resolution benchmark: ${MODULES} modules x ${VERSIONS} versions, repodata ${(text.length / 1024 / 1024).toFixed(1)} MiB, node ${process.version}`);
     console.log(line(['phase', 'ms', 'ops', 'us/op']));
     for (const r of rows) console.log(line(r));
+    emitResult({ bench: 'resolve', sizes: { modules: MODULES, versions: VERSIONS }, figures: rows.map((r) => ({ what: r[0]!, value: Number(r[1]), unit: 'ms' })) });
     console.log(`offered versions per module: ${available[0]?.versions.length ?? 0} (of ${VERSIONS}: prerelease and min-core 99 hidden)`);
   } finally {
     redis.disconnect();

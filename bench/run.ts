@@ -14,6 +14,7 @@ import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
 import { ExecaRunner } from '../src/host/runner.js';
 import { isEmpty } from '../src/plan/planner.js';
 import { startBenchRedis, startRoundTripCounter } from './support/redis.js';
+import { emitResult } from './support/result.js';
 
 const N = Number(process.env.BENCH_MODULES ?? 1000);
 
@@ -115,6 +116,18 @@ async function main(): Promise<void> {
     for (const r of rows) console.log(line(r));
     console.log(`peak RSS: ${rssMb.toFixed(0)} MB (aim < 150 MB: ${(rssMb / 150).toFixed(2)}x of budget)`);
     console.log(`no-op diff: ${noop.ms.toFixed(0)} ms (aim < 300 ms: ${(noop.ms / 300).toFixed(2)}x of budget), round trips constant in N`);
+    emitResult({
+      bench: 'core',
+      sizes: { modules: N },
+      figures: [
+        { what: `cold validate + plan of ${N}`, value: cold.ms, unit: 'ms' },
+        { what: `apply ${N} into empty Redis`, value: apply.ms, unit: 'ms' },
+        { what: `no-op diff of ${N} (in process)`, value: noop.ms, unit: 'ms', aim: 300 },
+        { what: `no-op diff of ${N} (new process)`, value: cliDiff, unit: 'ms', aim: 300 },
+        { what: `no-op diff round trips`, value: noopTrips, unit: 'round trips' },
+        { what: 'peak RSS', value: rssMb, unit: 'MB', aim: 150 },
+      ],
+    });
   } finally {
     counted.disconnect();
     direct.disconnect();
