@@ -1,4 +1,4 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, Help, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { ExecaRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
@@ -11,7 +11,7 @@ const planCommands = () => import('./commands/plan-commands.js');
 const moduleCommands = () => import('./commands/module-commands.js');
 const getCommands = () => import('./commands/get.js');
 import { renderJson } from './output.js';
-import { loadExtensions, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
+import { loadExtensions, placeholderTerm, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
 
 const VERSION = '0.1.0';
 
@@ -83,6 +83,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--redis <url>', 'Redis URL (default: $NS8CTL_REDIS_URL, else 127.0.0.1:6379, else an embedded redis-server)')
     .option('--state-dir <dir>', 'local state directory (default: $NS8CTL_STATE_DIR or ~/.local/state/ns8ctl)')
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .configureHelp({ subcommandTerm: (cmd) => placeholderTerm(cmd) ?? new Help().subcommandTerm(cmd) })
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
