@@ -25,7 +25,7 @@ export const AREA_COMMANDS = {
 export type Area = keyof typeof AREA_COMMANDS;
 
 /** Commands main.ts defines itself; `get` also needs the repository area (`get available`). */
-const CORE: Record<string, Area[]> = { validate: [], diff: [], apply: [], delete: [], 'add-module': [], 'remove-module': [], adopt: [], get: ['repository'] };
+const CORE: Record<string, Area[]> = { validate: [], diff: [], apply: [], delete: [], 'add-module': [], 'remove-module': [], adopt: [], recover: [], 'backup-state': [], 'restore-state': [], get: ['repository'] };
 
 /** Global options that take a value (their value is not the command name). */
 const GLOBAL_WITH_VALUE = new Set(['--redis', '--state-dir']);

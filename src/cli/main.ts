@@ -178,6 +178,36 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('-o, --output <format>', 'yaml or json', 'yaml')
     .action((resource: string, names: string[], opts: { manifests?: string; output?: string }) => run(async (d) => (await import('./commands/adopt.js')).adoptCommand(resource, names, opts, d))());
 
+  program
+    .command('recover')
+    .description('Rebuild desired state after Redis lost it, from what this node runs (node agent records, environment files), into apply set "recovered"')
+    .option('--node <id>', 'only instances of this node (and the node of instances whose records do not say)')
+    .option('--manifests <dir>', 'also write <dir>/<id>.yaml per recovered object (refused when one exists)')
+    .option('--dry-run', 'print what would be recovered, write nothing')
+    .option('--yes', 'write it (without --yes recover only prints)')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run(async (d) => (await import('./commands/recover.js')).recoverCommand(opts, d))());
+
+  program
+    .command('backup-state')
+    .description('Save desired state, inventories and NS8 bookkeeping to one encrypted file (passphrase: --passphrase-file or $NS8CTL_STATE_PASSPHRASE)')
+    .requiredOption('--out <file>', 'file to write (atomically, mode 0600)')
+    .option('--passphrase-file <file>', 'read the passphrase from this file (default: $NS8CTL_STATE_PASSPHRASE)')
+    .option('--allow-empty', 'write the file even when desired state has no objects')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run(async (d) => (await import('./commands/state-backup.js')).backupStateCommand(opts, d))());
+
+  program
+    .command('restore-state')
+    .description('Restore a backup-state file in one atomic write; refuses over different objects unless --force')
+    .argument('<file>', 'a file written by backup-state')
+    .option('--passphrase-file <file>', 'read the passphrase from this file (default: $NS8CTL_STATE_PASSPHRASE)')
+    .option('--force', 'replace objects and values that differ from the file')
+    .option('--dry-run', 'print what would be restored, write nothing')
+    .option('--yes', 'write it (without --yes restore-state only prints)')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((file: string, opts) => run(async (d) => (await import('./commands/state-backup.js')).restoreStateCommand(file, opts, d))());
+
   registerExtensions(program, deps, setExitCode, get, extras, loaded);
 
   program
