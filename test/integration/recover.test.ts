@@ -2,7 +2,9 @@
  * `ns8ctl recover` on a real redis-server and a host layout in a temp dir (node agent records and
  * environment files as the agent leaves them): a wiped desired state comes back as Modules whose
  * manifests validate, with the NS8 bookkeeping the host knows; a second run changes nothing;
- * --dry-run and a missing --yes write nothing; environment secrets are never printed.
+ * --dry-run and a missing --yes write nothing; environment secrets are never printed. And on the
+ * real host (useradd, podman, registry on loopback): an instance the node agent made survives a
+ * FLUSHALL plus recover, and the agent's next passes neither remove nor re-create it.
  */
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +17,13 @@ import { renderEnvironment } from '../../src/node-agent/environment-file.js';
 import { instancePaths, type HostLayout } from '../../src/node-agent/layout.js';
 import { HOST_EPOCH_FILE } from '../../src/node-agent/recover-scan.js';
 import { RecordStore } from '../../src/node-agent/records.js';
+import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
+import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
+import { ensureExampleImages } from '../support/example-images.js';
+import { preparePodmanHost } from '../support/host-podman.js';
+import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { dumpRedis } from '../support/redis-dump.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
@@ -155,4 +163,62 @@ describe('ns8ctl recover', () => {
     ]);
     expect(r.stdout).not.toContain(SECRET);
   });
+});
+
+describe('ns8ctl recover on a real host', () => {
+  const id = `webapp${process.pid % 10000}7`;
+  const host = new ExecaRunner();
+  let registry: TestRegistry;
+  let hostRoot: string;
+  let agentDeps: NodeAgentDeps;
+  let image: string;
+  const agentOpts: NodeAgentOptions = { node: 1, concurrency: 2, insecureRegistries: [] };
+
+  beforeAll(async () => {
+    await preparePodmanHost();
+    registry = await startRegistry();
+    const images = await ensureExampleImages(registry.address);
+    agentOpts.insecureRegistries = [registry.address];
+    hostRoot = mkdtempSync(path.join(tmpdir(), 'ns8ctl-recover-host-'));
+    const { chmodSync } = await import('node:fs');
+    chmodSync(hostRoot, 0o755);
+    mkdirSync(path.join(hostRoot, 'home'), { mode: 0o755 });
+    agentDeps = createNodeAgentDeps(agentOpts, { redis, runner: new ExecaRunner(), layout: tempHostLayout(hostRoot), log: () => undefined, delay: async () => undefined });
+    image = images.webapp['1.0.0'];
+  }, 300_000);
+
+  afterAll(async () => {
+    await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
+    await host.run(['userdel', '-f', id], { allowFailure: true });
+    await registry?.stop();
+    if (hostRoot) rmSync(hostRoot, { recursive: true, force: true });
+  }, 120_000);
+
+  const pass = async (): Promise<InstanceResult> => (await reconcileNodeOnce(agentOpts, agentDeps)).instances.find((i) => i.id === id)!;
+
+  test('an instance the agent made survives FLUSHALL + recover: the next passes neither remove nor re-create it', async () => {
+    const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { image, node: 1 } });
+    await redis.hset(keys.desired('Module', id), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' });
+    await redis.sadd(keys.desiredIndex('Module'), id);
+    await redis.hset(keys.moduleUuid(), id, '00000000-0000-4000-8000-000000000007');
+    await redis.hset(keys.moduleNode(), id, '1');
+    expect((await pass()).outcome).toBe('converged');
+    expect((await pass()).outcome).toBe('unchanged');
+    const uid = (await import('node:fs')).statSync(path.join(hostRoot, 'home', id)).uid;
+
+    await redis.flushall();
+    const out = { stdout: '', stderr: '' };
+    expect(await recoverCommand({ yes: true }, deps(out), { layout: tempHostLayout(hostRoot) })).toBe(0);
+    expect(out.stdout).toContain(`Module/${id}: node 1`);
+    expect(await redis.hget(keys.moduleUuid(), id)).toBe('00000000-0000-4000-8000-000000000007');
+
+    // Only Redis bookkeeping the agent derives from the image labels itself is written again:
+    // no user, image, file, port or unit is touched.
+    const after = await pass();
+    expect(after.error?.message).toBeUndefined();
+    expect(after.outcome).not.toBe('removed');
+    expect(after.applied.map((s) => s.kind)).toEqual(['set-ports-demand', 'set-flags', 'set-authorizations']);
+    expect((await pass()).outcome).toBe('unchanged');
+    expect((await import('node:fs')).statSync(path.join(hostRoot, 'home', id)).uid).toBe(uid);
+  }, 300_000);
 });
