@@ -134,6 +134,9 @@ describe('ns8ctl recover', () => {
     expect(dry.stdout).toContain('+ Module/webapp3');
     expect(dry.stderr).toContain('Dry run: 2 instance(s) would be recovered');
     await expect(recover({ manifests: dir })).rejects.toMatchObject({ code: 'confirmation_required' });
+    const json = await recover({ output: 'json' });
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({ dryRun: true, refused: { error: 'confirmation_required' }, instances: [{ id: 'dokuwiki1' }, { id: 'webapp3' }] });
     expect(await redis.keys('*')).toEqual([]);
     expect(() => readdirSync(dir)).toThrow();
   });

@@ -113,6 +113,10 @@ describe('backup-state and restore-state', () => {
     expect(refused.stderr).toContain('differ from');
     expect(refused.stderr).toContain('nothing was written');
     expect(await dumpRedis(t.redis)).toEqual(changed);
+    // -o json: one document on stdout, the refusal in it.
+    const json = await cli('restore-state', file, '--yes', '-o', 'json');
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({ written: false, refused: { error: 'restore_conflicts' }, conflicts: expect.arrayContaining([expect.stringContaining('Module/webapp1')]) });
 
     const dry = await cli('restore-state', file, '--force', '--dry-run');
     expect(dry.code).toBe(0);

@@ -133,6 +133,7 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
   const files = write && opts.manifests && prepared.recovery.objects.length ? writeGenerated(opts.manifests, generatedManifests(prepared.recovery.objects), 'recover_file_exists', 'move them away or recover without --manifests') : [];
 
   const r = prepared.recovery;
+  const refusal = !write && !opts.dryRun && r.objects.length ? new RefusedError('confirmation_required', 'recover writes desired state only when confirmed: review the above, then run it again with --yes') : undefined;
   if (format === 'json') {
     d.stdout(
       renderJson({
@@ -144,15 +145,21 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
         skipped: r.skipped,
         files,
         epoch: epoch ?? (hostEpoch ? { id: hostEpoch.id, result: 'not-written' } : null),
+        refused: refusal ? refusal.toJSON() : null,
       }),
     );
+    // One JSON document on stdout: the refusal is in it, and the exit code says it.
+    if (refusal) {
+      d.stderr(`error: ${refusal.message}\n`);
+      return 1;
+    }
   } else {
     d.stdout(describe(r));
     if (prepared.plan.changes.length) d.stdout(renderPlanText(prepared.plan, { color: false }));
   }
   if (!write) {
     if (format !== 'json') d.stderr(r.objects.length ? `${opts.dryRun ? 'Dry run' : 'Nothing written (recover writes only with --yes)'}: ${r.instances.length} instance(s) would be recovered into apply set "${RECOVERED_APPLY_SET}".\n` : 'Nothing to recover: every instance this host runs is in desired state.\n');
-    if (!opts.dryRun && r.objects.length) throw new RefusedError('confirmation_required', 'recover writes desired state only when confirmed: review the above, then run it again with --yes');
+    if (refusal) throw refusal;
     return 0;
   }
   if (format !== 'json') {

@@ -83,19 +83,27 @@ export async function restoreStateCommand(file: string, opts: RestoreStateOption
   const saved = validateSnapshot(payload, file, await readNodeRecords(redis));
   const { snapshot: current } = await readStateSnapshot(redis);
   const plan = planRestore(saved, current, { force: Boolean(opts.force) });
-  const refused = plan.conflicts.length > 0 && !opts.force;
-  const write = !opts.dryRun && opts.yes === true && !refused && plan.ops.length > 0;
+  // A refusal is decided before printing: with -o json it is part of the one document.
+  let refusal: RefusedError | undefined;
+  if (plan.conflicts.length > 0 && !opts.force) {
+    refusal = new RefusedError('restore_conflicts', `desired state has ${plan.conflicts.length} thing(s) that differ from ${file} (listed above); nothing was written. Restore over them with --force, or remove them first`);
+  } else if (plan.ops.length > 0 && !opts.dryRun && !opts.yes) {
+    refusal = new RefusedError('confirmation_required', 'restore-state writes desired state only when confirmed: review the above, then run it again with --yes');
+  }
+  const write = !opts.dryRun && !refusal && plan.ops.length > 0;
 
   if (format === 'json') {
-    d.stdout(renderJson({ file, created: header.created, counts: header.counts, changes: plan.changes, conflicts: plan.conflicts, unchanged: plan.unchanged, forced: Boolean(opts.force), written: write }));
+    d.stdout(renderJson({ file, created: header.created, counts: header.counts, changes: plan.changes, conflicts: plan.conflicts, unchanged: plan.unchanged, forced: Boolean(opts.force), dryRun: Boolean(opts.dryRun), written: write, refused: refusal ? refusal.toJSON() : null }));
+    if (refusal) {
+      d.stderr(`error: ${refusal.message}\n`);
+      return 1;
+    }
   } else {
     d.stdout(`Backup ${file}: made ${header.created}, ${countsText(header.counts)}.\n`);
     for (const c of plan.changes) d.stdout(`  ${c}\n`);
     for (const c of plan.conflicts) d.stdout(`  conflict: ${c}${opts.force ? ' (replaced: --force)' : ''}\n`);
     if (plan.unchanged) d.stdout(`  ${plan.unchanged} object(s) already equal\n`);
-  }
-  if (refused) {
-    throw new RefusedError('restore_conflicts', `desired state has ${plan.conflicts.length} thing(s) that differ from ${file} (listed above); nothing was written. Restore over them with --force, or remove them first`);
+    if (refusal) throw refusal;
   }
   if (plan.ops.length === 0) {
     if (format !== 'json') d.stderr('Nothing to restore: desired state already has everything the file holds.\n');
@@ -105,7 +113,6 @@ export async function restoreStateCommand(file: string, opts: RestoreStateOption
     if (format !== 'json') d.stderr('Dry run: nothing was written.\n');
     return 0;
   }
-  if (!opts.yes) throw new RefusedError('confirmation_required', 'restore-state writes desired state only when confirmed: review the above, then run it again with --yes');
   try {
     await executeWrites(redis, plan.ops);
   } catch (err) {
