@@ -154,6 +154,7 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
       return 1;
     }
   } else {
+    if (instances.length === 0) d.stderr(`No node agent records in ${path.join(layout.agentStateDir, 'instances')}: this host runs nothing ns8ctl made (or its node agent keeps its state elsewhere).\n`);
     d.stdout(describe(r));
     if (prepared.plan.changes.length) d.stdout(renderPlanText(prepared.plan, { color: false }));
   }
