@@ -108,7 +108,8 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
   const hostEpoch = await (extras.epoch ?? new FileHostEpochSource(layout)).read();
   const { redis } = await d.connect();
   const write = !opts.dryRun && opts.yes === true;
-  let prepared = await prepare(redis, instances, { ...(onlyNode !== undefined ? { onlyNode } : {}), ...(opts.manifests ? { manifests: opts.manifests } : {}) });
+  const scope = { ...(onlyNode !== undefined ? { onlyNode } : {}), ...(opts.manifests ? { manifests: opts.manifests } : {}) };
+  let prepared = await prepare(redis, instances, scope);
   const texts = generatedManifests(prepared.recovery.objects);
   // Files in the way refuse before anything is written to Redis.
   const clash = write && opts.manifests ? texts.map(({ a }) => path.join(opts.manifests!, `${a.id}.yaml`)).filter((f) => existsSync(f)) : [];
@@ -124,7 +125,8 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
       } catch (err) {
         if (!(err instanceof ConflictError) || attempts >= 5) throw err;
         attempts++;
-        prepared = await prepare(redis, instances, { ...(onlyNode !== undefined ? { onlyNode } : {}), ...(opts.manifests ? { manifests: opts.manifests } : {}) });
+        // Another writer changed desired state in between: observe and decide again.
+        prepared = await prepare(redis, instances, scope);
       }
     }
     // After the objects: an agent that sees its epoch again must find the recovered state.
