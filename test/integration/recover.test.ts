@@ -148,14 +148,19 @@ describe('ns8ctl recover', () => {
     await instance('half1', false, { MODULE_ID: 'half1' }, { imageUrl: undefined });
     await redis.hset('node/1/vpn', 'ip_address', '10.5.4.1');
     await redis.set('cluster/node_sequence', '1');
+    // An epoch another agent or operator set since the loss is left alone.
+    writeFileSync(path.join(layout.agentStateDir, HOST_EPOCH_FILE), JSON.stringify({ id: 'epoch-old', created: '2026-11-01T00:00:00Z' }));
+    await redis.set('ns8ctl/cluster/epoch', JSON.stringify({ id: 'epoch-new', created: '2026-12-05T00:00:00Z' }));
     const dir = path.join(root, 'm');
     mkdirSync(dir);
     writeFileSync(path.join(dir, 'webapp3.yaml'), 'mine\n');
     await expect(recover({ node: '1', yes: true, manifests: dir })).rejects.toMatchObject({ code: 'recover_file_exists' });
-    expect(await redis.keys('ns8ctl/*')).toEqual([]);
+    expect(await redis.keys('ns8ctl/*')).toEqual(['ns8ctl/cluster/epoch']);
 
     const r = await recover({ node: '1', yes: true, output: 'json' });
-    const doc = JSON.parse(r.stdout) as { instances: { id: string }[]; skipped: { id: string; why: string }[]; items: { kind: string }[] };
+    const doc = JSON.parse(r.stdout) as { instances: { id: string }[]; skipped: { id: string; why: string }[]; items: { kind: string }[]; epoch: unknown };
+    expect(doc.epoch).toEqual({ id: 'epoch-old', result: 'other' });
+    expect(JSON.parse((await redis.get('ns8ctl/cluster/epoch'))!)).toMatchObject({ id: 'epoch-new' });
     expect(doc.instances.map((i) => i.id)).toEqual(['dokuwiki1', 'webapp3']);
     // Node 1 has an NS8 record: no Node object is made.
     expect(doc.items.map((i) => i.kind)).toEqual(['Module', 'Module']);
