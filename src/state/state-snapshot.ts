@@ -61,6 +61,15 @@ const SET_PATTERNS = ['node/*/flags', 'ns8ctl/node/*/foreign_ports'];
 /** Of a configuration record only what configure-module accepted is kept (a pending task names a queue that a restore does not bring back). */
 const CONFIGURATION_FIELDS = ['appliedHash', 'appliedGeneration', 'appliedTime', 'appliedTask'];
 
+/**
+ * Hashes the node agents rebuild from the hosts (the mirror of each environment file, port
+ * allocations and demands): a restore only fills their missing fields; a value that differs is
+ * the host's newer truth, kept and never a conflict.
+ */
+export function isHostDerivedKey(key: string): boolean {
+  return /^module\/[^/]+\/environment$/.test(key) || /^ns8ctl\/node\/[^/]+\/ports$/.test(key) || key === keys.tcpPortsDemand() || key === keys.udpPortsDemand();
+}
+
 /** Counters are raised to at least the saved value, never lowered or reported as conflicts. */
 export function isCounterKey(key: string): boolean {
   return /_sequence(\/[^/]+)?$/.test(key);
@@ -239,7 +248,8 @@ const sameFields = (a: Record<string, string>, b: Record<string, string>): boole
  *   objects that exist only now are kept;
  * - inventory, set members: added (never removed); counters: raised to at least the saved value;
  * - other strings and hash fields: written when missing; a different value is a conflict
- *   (with `force`: replaced);
+ *   (with `force`: replaced), except in hashes the node agents rebuild from the hosts
+ *   (isHostDerivedKey), where only missing fields are written;
  * - the epoch: always the saved one (the node agents worked under it).
  * Every restored object gets an `expect` on its current form, so a concurrent apply makes the
  * whole script fail (ConflictError) instead of being overwritten.
@@ -301,10 +311,11 @@ export function planRestore(saved: StateSnapshot, current: StateSnapshot, opts: 
   for (const [k, h] of Object.entries(saved.hashes)) {
     const cur = current.hashes[k] ?? {};
     const fields = Object.keys(h).filter((f) => cur[f] !== h[f]).sort();
-    const differ = fields.filter((f) => cur[f] !== undefined);
+    const derived = isHostDerivedKey(k);
+    const differ = derived ? [] : fields.filter((f) => cur[f] !== undefined);
     // Field names only: hash values may be secrets (environments).
     if (differ.length) out.conflicts.push(`${k}: field(s) ${differ.join(', ')} differ from the file`);
-    const take = opts.force ? fields : fields.filter((f) => cur[f] === undefined);
+    const take = opts.force && !derived ? fields : fields.filter((f) => cur[f] === undefined);
     for (const f of take) writes.push({ op: 'hset', key: k, field: f, value: h[f]! });
     if (take.length) out.changes.push(`${k}: ${take.length} field(s) restored`);
   }

@@ -79,12 +79,12 @@ describe('planRestore', () => {
   });
 
   test('a different object or hash value is a conflict naming fields, never values; --force writes the file and expects the current object', () => {
-    const saved = snap({ objects: [obj('web1', 'ghcr.io/x/web:1.0.0', { finalizers: 'node-agent' })], hashes: { 'module/web1/environment': { DB_PASSWORD: 'saved-secret', NEW: '1' } } });
-    const current = snap({ objects: [obj('web1', 'ghcr.io/x/web:2.0.0', { generation: '4' })], hashes: { 'module/web1/environment': { DB_PASSWORD: 'live-secret' } } });
+    const saved = snap({ objects: [obj('web1', 'ghcr.io/x/web:1.0.0', { finalizers: 'node-agent' })], hashes: { 'cluster/repository/extra': { url: 'https://u:saved-secret@r.example/', status: '1' } } });
+    const current = snap({ objects: [obj('web1', 'ghcr.io/x/web:2.0.0', { generation: '4' })], hashes: { 'cluster/repository/extra': { url: 'https://u:live-secret@r.example/' } } });
     const refused = planRestore(saved, current, { force: false });
     expect(refused.conflicts).toEqual([
       'Module/web1: desired state has another Module (generation 4, apply set default) than the file (generation 3, apply set default)',
-      'module/web1/environment: field(s) DB_PASSWORD differ from the file',
+      'cluster/repository/extra: field(s) url differ from the file',
     ]);
     expect(JSON.stringify(refused)).not.toContain('secret');
     const forced = planRestore(saved, current, { force: true });
@@ -92,9 +92,17 @@ describe('planRestore', () => {
     expect(forced.ops.filter((o) => o.op === 'hset').map((o) => (o.op === 'hset' ? `${o.key} ${o.field}` : ''))).toEqual([
       'ns8ctl/desired/module/web1 finalizers',
       'ns8ctl/desired/module/web1 generation',
-      'module/web1/environment DB_PASSWORD',
-      'module/web1/environment NEW',
+      'cluster/repository/extra status',
+      'cluster/repository/extra url',
     ]);
+  });
+
+  test('hashes the node agents rebuild from the hosts only get missing fields: a different value is the host\'s, kept even with --force', () => {
+    const saved = snap({ hashes: { 'module/web1/environment': { TCP_PORT: '20001', OLD: 'x' }, 'ns8ctl/node/1/ports': { 'web1/tcp': '20001-20001' } } });
+    const current = snap({ hashes: { 'module/web1/environment': { TCP_PORT: '20005' }, 'ns8ctl/node/1/ports': { 'web1/tcp': '20005-20005' } } });
+    const p = planRestore(saved, current, { force: true });
+    expect(p.conflicts).toEqual([]);
+    expect(p.ops).toEqual([{ op: 'hset', key: 'module/web1/environment', field: 'OLD', value: 'x' }]);
   });
 
   test('an object equal in every field is left alone and counted', () => {
