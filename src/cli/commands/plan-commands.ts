@@ -56,6 +56,7 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
     const saved = makeSavedPlan(prepared, {
       applySet: opts.applyset ?? 'default',
       prune: Boolean(opts.prune),
+      forcePrune: Boolean(opts.forcePrune),
       revisionOf: await revisionsOf(prepared, makeRevisionLookup(deps.runner)),
       now: new Date(),
       render: (p) => ({ text: renderPlanText(p, { color: false }), json: renderPlanJson(p) as Record<string, unknown> }),
@@ -71,8 +72,10 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
 }
 
 /**
- * `ns8ctl apply --plan FILE`: runs a saved plan's writes atomically, or nothing. Exit 0 when
- * applied, 3 when desired state changed since the plan was made (stale: make a new one).
+ * `ns8ctl apply --plan FILE`: re-makes the saved plan from its reviewed desired objects (same
+ * validation and planner, same changes or refused) and writes it atomically, or nothing. Prints
+ * the plan that ran. Exit 0 when applied, 3 when desired state changed since the plan was made
+ * (stale: make a new one).
  */
 async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
@@ -81,10 +84,11 @@ async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps
   }
   const saved = await readSavedPlan(opts.plan);
   const { redis } = await deps.connect();
-  await applySavedPlan(saved, redis);
-  if (format === 'json') deps.stdout(renderJson({ ...saved.plan, applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt }));
+  const coreVersion = await readCoreVersion({ env: deps.env });
+  const result = await applySavedPlan(saved, redis, { file: opts.plan, coreVersion });
+  if (format === 'json') deps.stdout(renderJson({ ...(renderPlanJson(result.plan) as Record<string, unknown>), applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt, sourcesUpdated: result.sourcesUpdated }));
   else {
-    deps.stdout(saved.text);
+    deps.stdout(renderPlanText(result.plan, { color: useColor(deps.isTTY, deps.env) }));
     deps.stderr(saved.changes > 0 ? `Applied the saved plan ${opts.plan} (made ${saved.createdAt}).\n` : `The saved plan ${opts.plan} has no changes, and desired state still matches it.\n`);
   }
   return 0;
