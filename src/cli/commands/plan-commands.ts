@@ -18,6 +18,8 @@ export interface DiffOptions {
   out?: string;
   /** With `out`: the saved plan may prune more than half of the apply set. */
   forcePrune?: boolean;
+  /** With prune: manifests without objects are valid (everything of the apply set is pruned). */
+  allowEmpty?: boolean;
 }
 
 export interface ApplyOptions extends Omit<DiffOptions, 'filename' | 'out'> {
@@ -47,7 +49,7 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
   if (opts.forcePrune && !opts.out) throw new UsageError('diff --force-prune is for a saved plan (--out FILE); ns8ctl apply takes --force-prune itself');
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin });
+  const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
   const { plan } = prepared;
   if (opts.out) {
@@ -79,8 +81,8 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
  */
 async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
-  if (opts.filename?.length || opts.prune || opts.forcePrune || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
-    throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --applyset and --dry-run belong to the diff --out that made it');
+  if (opts.filename?.length || opts.prune || opts.forcePrune || opts.allowEmpty || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
+    throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --allow-empty, --applyset and --dry-run belong to the diff --out that made it');
   }
   const saved = await readSavedPlan(opts.plan);
   const { redis } = await deps.connect();
@@ -111,7 +113,7 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
   const prune = Boolean(opts.prune);
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const prepared = await preparePlan(filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
+  const prepared = await preparePlan(filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
   if (opts.dryRun) {
     let refusal: RefusedError | undefined;
