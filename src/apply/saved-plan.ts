@@ -7,10 +7,11 @@
  * with the same planner, refuses unless that plan makes exactly the reviewed changes, prints it
  * and writes it through the one write script with its preconditions. So an edited plan file can
  * do no more than `ns8ctl apply` of manifests could: no raw Redis writes, no bypassing finalizers
- * or validation. The file holds the desired objects' values in clear (secrets too, as Terraform's
- * plan files do): it is written 0600, and docs/plan.md says so.
+ * or validation. The desired objects (secret values included) are sealed with AES-256-GCM under
+ * a key only this host holds (`<state-dir>/plan.key`, 0600), so the file shows no secret in clear
+ * and an edited object cannot be decrypted; the file is written 0600 too.
  */
-import { createHash } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -30,8 +31,74 @@ import { expectOp, findSourceRefreshes, planToWrites, sourceRefreshWrites, store
 
 export const SAVED_PLAN_KIND = 'SavedPlan';
 const API_VERSION = 'ns8ctl.nethserver.org/v1';
-/** Format of the file: 2 stores desired objects (1 stored raw writes and is refused). */
+/** Format of the file: 2 stores sealed desired objects (1 stored raw writes and is refused). */
 const FORMAT = 2;
+/** The host key's file in the state directory. */
+export const PLAN_KEY_FILE = 'plan.key';
+
+/** The desired objects of a plan, encrypted with the host's plan key (AES-256-GCM). */
+export interface SealedObjects {
+  alg: 'aes-256-gcm';
+  /** base64 of the 12-byte IV, the 16-byte tag and the ciphertext of the JSON array. */
+  iv: string;
+  tag: string;
+  data: string;
+}
+
+/**
+ * The host's plan key, `<stateDir>/plan.key` (64 hex digits), made (0600, in a directory made
+ * 0700) when `create` and absent. Concurrent makers agree: the first file written wins.
+ * @throws Ns8ctlError `plan_key_missing` when absent and not `create`; `plan_key_invalid`.
+ */
+export async function loadPlanKey(stateDir: string, create: boolean): Promise<Buffer> {
+  const file = path.join(stateDir, PLAN_KEY_FILE);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const text = (await fs.readFile(file, 'utf8')).trim();
+      if (!/^[0-9a-f]{64}$/.test(text)) throw new Ns8ctlError('plan_key_invalid', `${file} is not a plan key (64 hex digits); delete it to make a new one (plans saved with it can no longer be applied)`, { user: true });
+      return Buffer.from(text, 'hex');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (!create) throw new Ns8ctlError('plan_key_missing', `this host has no plan key (${file}): the plan was saved on another host or state directory, and can only be applied there`, { user: true });
+    }
+    await fs.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    try {
+      await fs.writeFile(file, randomBytes(32).toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  throw new Ns8ctlError('plan_key_missing', `cannot make the plan key ${file}`, { user: true });
+}
+
+/** Encrypts `desired` with `key` (a new random IV each time). */
+export function sealObjects(desired: readonly DesiredObject[], key: Buffer): SealedObjects {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', key, iv);
+  const data = Buffer.concat([cipher.update(JSON.stringify(desired), 'utf8'), cipher.final()]);
+  return { alg: 'aes-256-gcm', iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64'), data: data.toString('base64') };
+}
+
+/**
+ * Decrypts sealed desired objects.
+ * @throws Ns8ctlError `saved_plan_invalid` when they do not decrypt with `key` (edited, or sealed
+ *   under another host's key) or are not a list of objects.
+ */
+export function unsealObjects(sealed: SealedObjects, key: Buffer, file: string): DesiredObject[] {
+  let text: string;
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(sealed.iv, 'base64'));
+    decipher.setAuthTag(Buffer.from(sealed.tag, 'base64'));
+    text = Buffer.concat([decipher.update(Buffer.from(sealed.data, 'base64')), decipher.final()]).toString('utf8');
+  } catch (err) {
+    throw new Ns8ctlError('saved_plan_invalid', `${file}: its desired objects do not decrypt with this host's plan key (the file was edited, or saved on another host); make a new plan with: ns8ctl diff -f PATH --out ${file}`, { cause: err, user: true });
+  }
+  const v = JSON.parse(text) as unknown;
+  if (!Array.isArray(v) || !v.every((d) => isRecord(d) && isRecord(d.object) && isSource(d.source))) {
+    throw new Ns8ctlError('saved_plan_invalid', `${file}: its desired objects are not a list of {object, source}`, { user: true });
+  }
+  return v as DesiredObject[];
+}
 /** Exit code of `apply --plan` when desired state changed since the plan was made. */
 export const STALE_PLAN_EXIT_CODE = 3;
 
@@ -39,7 +106,8 @@ export const STALE_PLAN_EXIT_CODE = 3;
 export interface ObjectFingerprint {
   /** `Kind/id`. */
   key: string;
-  object: string;
+  /** HMAC-SHA256 (plan key, hex) of the stored `object` JSON ('' when absent): the JSON may hold secrets. */
+  objectSha256: string;
   applyset: string;
   deleting: string;
   inventories: string[];
@@ -54,8 +122,8 @@ export interface SavedPlan {
   prune: boolean;
   /** The saved plan may prune more than half of the apply set (`diff --out --force-prune`). */
   forcePrune: boolean;
-  /** The reviewed desired objects, with the file and document each came from. */
-  desired: DesiredObject[];
+  /** The reviewed desired objects, with the file and document each came from, sealed (sealObjects). */
+  desired: SealedObjects;
   /** Git commit of each source file when the plan was made ('' when none). */
   revisions: Record<string, string>;
   /** Every desired object the plan depends on, as it was read. */
@@ -66,7 +134,7 @@ export interface SavedPlan {
   text: string;
   /** How many objects the plan changes (0: applying it only checks that nothing moved). */
   changes: number;
-  /** sha256 of the reviewed changes (changeDigest): the re-made plan must have the same. */
+  /** HMAC of the reviewed changes (changeDigest): the re-made plan must have the same. */
   changeDigest: string;
   /** sha256 of the canonical document without this field: a damaged file is refused. */
   digest: string;
@@ -81,17 +149,18 @@ const digestOf = (saved: Record<string, unknown>): string => {
 };
 
 /**
- * sha256 of what a plan changes in desired state: per change its action, object, new object,
- * whether the spec changes, inventory moves and data policy, plus the apply set and prune flag.
- * NS8 bookkeeping is left out: the planner derives it from the same objects and state.
+ * HMAC-SHA256 (under the plan key: the objects hold secrets, which a bare hash would expose to a
+ * dictionary attack) of what a plan changes in desired state: per change its action, object, new
+ * object, whether the spec changes, inventory moves and data policy, plus the apply set and prune
+ * flag. NS8 bookkeeping is left out: the planner derives it from the same objects and state.
  */
-export function changeDigest(plan: Plan): string {
+export function changeDigest(plan: Plan, key: Buffer): string {
   const view = {
     applySet: plan.applySet,
     prune: plan.prune,
     changes: plan.changes.map((c) => ({ action: c.action, key: c.key, after: c.after ?? null, specChanged: c.specChanged, inventory: c.inventory, dataPolicy: c.dataPolicy ?? null })),
   };
-  return createHash('sha256').update(canonicalJson(view)).digest('hex');
+  return createHmac('sha256', key).update(canonicalJson(view)).digest('hex');
 }
 
 /** The keys a plan depends on: its desired objects, the apply set's inventory (prune), its changes. */
@@ -102,18 +171,20 @@ function dependedKeys(desired: readonly DesiredObject[], state: ClusterState, ap
   return [...out].sort();
 }
 
-function fingerprint(state: ClusterState, key: string): ObjectFingerprint {
+function fingerprint(state: ClusterState, key: string, planKey: Buffer): ObjectFingerprint {
   const e = expectOp(state, key) as Extract<WriteOp, { op: 'expect' }>;
-  return { key, object: e.object, applyset: e.applyset ?? '', deleting: e.deleting ?? '', inventories: e.inventories ?? [] };
+  const objectSha256 = e.object === '' ? '' : createHmac('sha256', planKey).update(e.object).digest('hex');
+  return { key, objectSha256, applyset: e.applyset ?? '', deleting: e.deleting ?? '', inventories: e.inventories ?? [] };
 }
 
 /**
- * The saved form of `prepared` (desired objects, options, the fingerprint of everything the plan
- * read). `render` gives the masked text and JSON of the plan. Pure.
+ * The saved form of `prepared` (desired objects sealed with `key`, options, the fingerprint of
+ * everything the plan read). `render` gives the masked text and JSON of the plan. Pure but for
+ * the random IV.
  */
 export function makeSavedPlan(
   prepared: PreparedPlan,
-  opts: { applySet: string; prune: boolean; forcePrune?: boolean; revisionOf: (file: string) => string; now: Date; render: (plan: Plan) => { text: string; json: Record<string, unknown> } },
+  opts: { applySet: string; prune: boolean; forcePrune?: boolean; key: Buffer; revisionOf: (file: string) => string; now: Date; render: (plan: Plan) => { text: string; json: Record<string, unknown> } },
 ): SavedPlan {
   const { plan, state, desired } = prepared;
   const revisions: Record<string, string> = {};
@@ -127,13 +198,13 @@ export function makeSavedPlan(
     applySet: opts.applySet,
     prune: opts.prune,
     forcePrune: Boolean(opts.forcePrune),
-    desired: desired.map((d) => ({ object: d.object, source: d.source })),
+    desired: sealObjects(desired.map((d) => ({ object: d.object, source: d.source })), opts.key),
     revisions,
-    preconditions: dependedKeys(desired, state, opts.applySet, plan).map((k) => fingerprint(state, k)),
+    preconditions: dependedKeys(desired, state, opts.applySet, plan).map((k) => fingerprint(state, k, opts.key)),
     plan: shown.json,
     text: shown.text,
     changes: plan.changes.length,
-    changeDigest: changeDigest(plan),
+    changeDigest: changeDigest(plan, opts.key),
   } as const;
   return { ...doc, digest: digestOf(doc as unknown as Record<string, unknown>) };
 }
@@ -153,7 +224,7 @@ export async function writeSavedPlan(file: string, saved: SavedPlan): Promise<vo
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isSource = (v: unknown): v is SourceRef => isRecord(v) && typeof v.file === 'string' && typeof v.doc === 'number' && typeof v.line === 'number' && typeof v.col === 'number';
 const isFingerprint = (v: unknown): v is ObjectFingerprint =>
-  isRecord(v) && ['key', 'object', 'applyset', 'deleting'].every((f) => typeof v[f] === 'string') && Array.isArray(v.inventories) && v.inventories.every((s) => typeof s === 'string');
+  isRecord(v) && ['key', 'objectSha256', 'applyset', 'deleting'].every((f) => typeof v[f] === 'string') && Array.isArray(v.inventories) && v.inventories.every((s) => typeof s === 'string');
 
 /**
  * Reads and checks a plan file: its shape (exactly the fields of a SavedPlan: a file carrying
@@ -186,7 +257,7 @@ export async function readSavedPlan(file: string): Promise<SavedPlan> {
     typeof v.applySet === 'string' && typeof v.prune === 'boolean' && typeof v.forcePrune === 'boolean' && typeof v.createdAt === 'string' && typeof v.text === 'string' &&
     typeof v.changes === 'number' && typeof v.changeDigest === 'string' && typeof v.digest === 'string' && isRecord(v.plan) && isRecord(v.revisions) &&
     Object.values(v.revisions).every((r) => typeof r === 'string' && /^[0-9a-f]{0,64}$/.test(r)) &&
-    Array.isArray(v.desired) && v.desired.every((d) => isRecord(d) && isRecord(d.object) && isSource(d.source)) &&
+    isRecord(v.desired) && v.desired.alg === 'aes-256-gcm' && ['iv', 'tag', 'data'].every((f) => typeof (v.desired as Record<string, unknown>)[f] === 'string') &&
     Array.isArray(v.preconditions) && v.preconditions.every(isFingerprint);
   if (!ok) throw bad('the saved plan is incomplete or has fields of the wrong type');
   if (digestOf(v) !== v.digest) throw bad('the saved plan does not match its digest (the file was damaged or edited)');
@@ -206,7 +277,7 @@ function compareFingerprint(saved: ObjectFingerprint, now: ObjectFingerprint, st
   const stored = state.objects.get(saved.key);
   const base = { label: saved.key, applyset: now.applyset, source: stored?.source ?? '', generation: stored ? String(stored.generation) : '', deleting: now.deleting };
   let c: WriteConflict | undefined;
-  if (saved.object !== now.object) c = { ...base, field: 'object', expected: saved.object, actual: now.object };
+  if (saved.objectSha256 !== now.objectSha256) c = { ...base, field: 'object', expected: saved.objectSha256, actual: now.objectSha256 };
   else if (saved.applyset !== now.applyset) c = { ...base, field: 'applyset', expected: saved.applyset, actual: now.applyset };
   else if (saved.deleting !== now.deleting) c = { ...base, field: 'deleting', expected: saved.deleting, actual: now.deleting };
   else if (saved.inventories.join('\n') !== now.inventories.join('\n')) c = { ...base, field: 'inventories', expected: saved.inventories.join('\n'), actual: now.inventories.join('\n') };
@@ -221,7 +292,8 @@ export interface SavedPlanResult {
 }
 
 /**
- * Applies a saved plan: checks what it read against desired state now, validates its desired
+ * Applies a saved plan: decrypts its desired objects with the host key `opts.key`, checks what it
+ * read against desired state now, validates its desired
  * objects (schemas and cluster facts, as apply does), re-plans them (planner, image resolution,
  * configuration schemas, prune safety with the plan's own --force-prune), requires the same changes
  * as were reviewed (changeDigest), then writes them atomically with preconditions on every object
@@ -233,11 +305,12 @@ export interface SavedPlanResult {
 export async function applySavedPlan(
   saved: SavedPlan,
   redis: Redis,
-  opts: ResolveOptions & { file?: string; actor?: string; now?: Date } = {},
+  opts: ResolveOptions & { key: Buffer; file?: string; actor?: string; now?: Date },
 ): Promise<SavedPlanResult> {
   const file = opts.file ?? 'the saved plan';
+  const objects = unsealObjects(saved.desired, opts.key, file);
   const scope = {
-    modules: saved.desired.flatMap((d) => {
+    modules: objects.flatMap((d) => {
       if (d.object?.kind !== 'Module') return [];
       try {
         return [moduleNameOf(d.object.spec as ModuleSpec)];
@@ -245,8 +318,8 @@ export async function applySavedPlan(
         return []; // validation reports it
       }
     }),
-    repositories: saved.desired.flatMap((d) => (d.object?.kind === 'Repository' ? [String(d.object.metadata?.name)] : [])),
-    nodes: saved.desired.flatMap((d) => (d.object?.kind === 'Node' ? [String((d.object.spec as { id?: unknown })?.id)] : [])),
+    repositories: objects.flatMap((d) => (d.object?.kind === 'Repository' ? [String(d.object.metadata?.name)] : [])),
+    nodes: objects.flatMap((d) => (d.object?.kind === 'Node' ? [String((d.object.spec as { id?: unknown })?.id)] : [])),
   };
   const state = await readClusterState(redis, scope);
 
@@ -256,24 +329,24 @@ export async function applySavedPlan(
     if (!savedKeys.has(key)) throw staleError(saved, `${key} joined apply set ${saved.applySet} in desired state`);
   }
   for (const p of saved.preconditions) {
-    const why = compareFingerprint(p, fingerprint(state, p.key), state);
+    const why = compareFingerprint(p, fingerprint(state, p.key, opts.key), state);
     if (why) throw staleError(saved, why);
   }
 
   // 2. The same validation as apply: the objects are loaded back from YAML text.
   const yamlFile = `${file} (desired objects)`;
-  const text = saved.desired.map((d) => YAML.stringify(d.object)).join('---\n');
+  const text = objects.map((d) => YAML.stringify(d.object)).join('---\n');
   const parsed = parseManifestText(yamlFile, text);
   const result = validateManifests({ ...parsed, files: [yamlFile] }, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)), knownModules: knownModulesOf(state) });
   if (result.diagnostics.length > 0) throw new ManifestError(result.diagnostics);
-  const sources = new Map(saved.desired.map((d) => [objectKey(d.object as ManifestObject), d.source] as const));
+  const sources = new Map(objects.map((d) => [objectKey(d.object as ManifestObject), d.source] as const));
   const desired: DesiredObject[] = result.objects.map((d) => ({ object: d.object, source: sources.get(objectKey(d.object)) ?? d.source }));
 
   // 3. The same planner; the same changes as were reviewed, or nothing.
   const base = makePlan(desired, state, { applySet: saved.applySet, prune: saved.prune });
   const { plan } = await resolvePlan(redis, desired, state, base, opts);
   checkApplicable(plan, { forcePrune: saved.forcePrune });
-  if (changeDigest(plan) !== saved.changeDigest) {
+  if (changeDigest(plan, opts.key) !== saved.changeDigest) {
     throw new Ns8ctlError('saved_plan_mismatch', `${file}: its desired objects do not give the changes that were reviewed (the file was edited, or the images resolve differently now); nothing was written. Make a new plan (ns8ctl diff -f PATH --out FILE), review it, and apply that one`, { user: true });
   }
 

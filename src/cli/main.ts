@@ -64,6 +64,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
       runner,
       stdin: io.stdin,
       cwd: io.cwd,
+      stateDir: resolveStateDir(g.stateDir, io.env),
       connect: (o = {}) => {
         connection ??= import('../state/connect.js')
           .then(({ connectRedis }) => connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }))
@@ -102,7 +103,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(fileOption())
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
     .option('--applyset <name>', 'inventory name', 'default')
-    .option('--out <file>', 'also save the plan (the reviewed desired objects, secrets in clear, mode 0600) for: ns8ctl apply --plan FILE')
+    .option('--out <file>', 'also save the plan (the reviewed desired objects, encrypted with this host\'s plan key; mode 0600) for: ns8ctl apply --plan FILE')
     .option('--force-prune', 'with --out: allow the saved plan to prune more than half (or all) of the apply set')
     .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set')
     .option('-o, --output <format>', 'text or json', 'text')

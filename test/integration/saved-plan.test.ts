@@ -6,6 +6,8 @@ import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } 
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { canonicalJson } from '../../src/plan/canonical.js';
+import { loadPlanKey, sealObjects, unsealObjects, type SealedObjects } from '../../src/apply/saved-plan.js';
+import type { DesiredObject } from '../../src/manifest/types.js';
 import { runCli } from '../support/cli.js';
 import { dumpRedis } from '../support/redis-dump.js';
 import { useCliProject } from '../support/cli-project.js';
@@ -41,11 +43,15 @@ describe('saved plans', () => {
     expect(diff.stderr).toContain(`Saved the plan to ${planFile}`);
     expect(statSync(planFile).mode & 0o777).toBe(0o600);
     expect(await t.redis.keys('ns8ctl/desired/*')).toEqual([]);
-    // The reviewed desired objects carry the secret (they are what gets applied); what is shown masks it.
-    const saved = JSON.parse(readFileSync(planFile, 'utf8')) as { text: string; desired: unknown[]; ops?: unknown };
-    expect(JSON.stringify(saved.desired)).toContain('s3cret-admin-pw');
+    // The reviewed desired objects carry the secret, sealed with the host key; what is shown masks it.
+    const raw = readFileSync(planFile, 'utf8');
+    expect(raw).not.toContain('s3cret-admin-pw');
+    const saved = JSON.parse(raw) as { text: string; desired: SealedObjects; ops?: unknown };
     expect(saved.ops).toBeUndefined();
-    expect(saved.text).not.toContain('s3cret-admin-pw');
+    expect(saved.desired.alg).toBe('aes-256-gcm');
+    const key = await loadPlanKey(t.env.NS8CTL_STATE_DIR!, false);
+    expect(statSync(path.join(t.env.NS8CTL_STATE_DIR!, 'plan.key')).mode & 0o777).toBe(0o600);
+    expect(JSON.stringify(unsealObjects(saved.desired, key, planFile))).toContain('s3cret-admin-pw');
 
     // The manifests change after the plan: apply --plan still applies what was reviewed.
     write('m/a.yaml', mod('webapp1', '9.9.9'));
@@ -71,6 +77,9 @@ describe('saved plans', () => {
     write('m/a.yaml', mod('webapp1', '1.1.0'));
     const planFile = path.join(t.dir, 'p.json');
     expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile)).code).toBe(1);
+
+    // Stored objects the plan read (with their secrets) are fingerprinted by digest only.
+    expect(readFileSync(planFile, 'utf8')).not.toContain('s3cret-admin-pw');
 
     // Someone changes webapp2, which the plan does not change but read.
     const other = path.join(t.dir, 'other');
@@ -172,10 +181,20 @@ describe('saved plans', () => {
   });
 
   describe('a plan file is not a way to run raw Redis writes', () => {
-    /** Edits the plan file as an attacker would, recomputing its digest. */
-    const tamper = (file: string, edit: (doc: Record<string, unknown>) => void): void => {
-      const doc = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+    /**
+     * Edits the plan file as the strongest attacker would: one who can read the host's plan key
+     * (root), so the desired objects are decrypted, edited and sealed again, and the digest made anew.
+     */
+    const tamper = async (file: string, edit: (doc: Record<string, unknown> & { objects: DesiredObject[] }) => void): Promise<void> => {
+      const key = await loadPlanKey(t.env.NS8CTL_STATE_DIR!, false);
+      const parsed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+      const doc: Record<string, unknown> & { objects: DesiredObject[] } = { ...parsed, objects: unsealObjects(parsed.desired as SealedObjects, key, file) };
       edit(doc);
+      doc.desired = sealObjects(doc.objects, key);
+      const { objects: _objects, ...rest } = doc;
+      writeRaw(file, rest);
+    };
+    const writeRaw = (file: string, doc: Record<string, unknown>): void => {
       delete doc.digest;
       doc.digest = createHash('sha256').update(canonicalJson(doc)).digest('hex');
       writeFileSync(file, JSON.stringify(doc));
@@ -201,21 +220,33 @@ describe('saved plans', () => {
 
     it('refuses a plan carrying writes (setting an instance IMAGE_URL)', async () => {
       const planFile = await setup();
-      tamper(planFile, (doc) => {
+      await tamper(planFile, (doc) => {
         doc.ops = [{ op: 'hset', key: 'module/webapp1/environment', field: 'IMAGE_URL', value: 'evil.example/x:1' }];
       });
       await refusedAndUnchanged(planFile, 'holds the reviewed desired objects, not Redis writes (this file carries writes (ops)), and is refused');
-      tamper(planFile, (doc) => {
+      await tamper(planFile, (doc) => {
         delete doc.ops;
         doc.format = 1;
       });
       await refusedAndUnchanged(planFile, 'has format 1');
     });
 
+    it('refuses desired objects edited without the host key, and plans from another host', async () => {
+      const planFile = await setup();
+      const doc = JSON.parse(readFileSync(planFile, 'utf8')) as { desired: SealedObjects } & Record<string, unknown>;
+      const data = Buffer.from(doc.desired.data, 'base64');
+      data[0] = data[0]! ^ 1;
+      writeRaw(planFile, { ...doc, desired: { ...doc.desired, data: data.toString('base64') } });
+      await refusedAndUnchanged(planFile, "its desired objects do not decrypt with this host's plan key");
+      const elsewhere = await runCli(['apply', '--plan', planFile], { ...t.env, NS8CTL_STATE_DIR: path.join(t.dir, 'other-host') });
+      expect(elsewhere.code).toBe(1);
+      expect(elsewhere.stderr).toContain('this host has no plan key');
+    });
+
     it('refuses edited desired objects that would delete an object: the changes must be the reviewed ones, and finalizers stay in charge', async () => {
       const planFile = await setup();
-      tamper(planFile, (doc) => {
-        doc.desired = (doc.desired as { object: { kind: string; metadata: { name: string } } }[]).filter((d) => d.object.metadata.name !== 'webapp1');
+      await tamper(planFile, (doc) => {
+        doc.objects = doc.objects.filter((d) => d.object.metadata.name !== 'webapp1');
         doc.prune = true;
         doc.forcePrune = true;
       });
@@ -225,8 +256,8 @@ describe('saved plans', () => {
 
     it('refuses an edited Module named ../../x: the objects are validated again', async () => {
       const planFile = await setup();
-      tamper(planFile, (doc) => {
-        for (const d of doc.desired as { object: { metadata: { name: string } } }[]) if (d.object.metadata.name === 'webapp2') d.object.metadata.name = '../../x';
+      await tamper(planFile, (doc) => {
+        for (const d of doc.objects) if (d.object.metadata.name === 'webapp2') d.object.metadata.name = '../../x';
       });
       await refusedAndUnchanged(planFile, /metadata\/name/);
       expect(await t.redis.keys('*x*')).toEqual([]);

@@ -1,6 +1,7 @@
 import { applyPlan, checkApplicable, hasWrites, preparePlan, revisionsOf, type PreparedPlan } from '../../apply/pipeline.js';
 import { makeRevisionLookup } from '../../apply/git-revision.js';
-import { applySavedPlan, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
+import { applySavedPlan, loadPlanKey, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
+import { resolveStateDir } from '../../state/state-dir.js';
 import { RefusedError, UsageError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
@@ -55,7 +56,9 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
   if (opts.out) {
     // A plan apply would refuse is not saved (the reason is the error).
     checkApplicable(plan, { forcePrune: Boolean(opts.forcePrune) });
+    const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), true);
     const saved = makeSavedPlan(prepared, {
+      key,
       applySet: opts.applyset ?? 'default',
       prune: Boolean(opts.prune),
       forcePrune: Boolean(opts.forcePrune),
@@ -65,7 +68,7 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
     });
     await writeSavedPlan(opts.out, saved);
     printPlan(plan, format, deps, { savedTo: opts.out });
-    if (format !== 'json') deps.stderr(`Saved the plan to ${opts.out} (it holds secret values: keep it private). Apply exactly this plan with: ns8ctl apply --plan ${opts.out}
+    if (format !== 'json') deps.stderr(`Saved the plan to ${opts.out} (its desired objects are encrypted with this host's plan key; keep it private all the same). Apply exactly this plan with: ns8ctl apply --plan ${opts.out}
 `);
     return isEmpty(plan) ? 0 : 1;
   }
@@ -85,9 +88,10 @@ async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps
     throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --allow-empty, --applyset and --dry-run belong to the diff --out that made it');
   }
   const saved = await readSavedPlan(opts.plan);
+  const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), false);
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const result = await applySavedPlan(saved, redis, { file: opts.plan, coreVersion });
+  const result = await applySavedPlan(saved, redis, { key, file: opts.plan, coreVersion });
   if (format === 'json') deps.stdout(renderJson({ ...(renderPlanJson(result.plan) as Record<string, unknown>), applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt, sourcesUpdated: result.sourcesUpdated }));
   else {
     deps.stdout(renderPlanText(result.plan, { color: useColor(deps.isTTY, deps.env) }));
