@@ -64,6 +64,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
       runner,
       stdin: io.stdin,
       cwd: io.cwd,
+      stateDir: resolveStateDir(g.stateDir, io.env),
       connect: (o = {}) => {
         connection ??= import('../state/connect.js')
           .then(({ connectRedis }) => connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }))
@@ -103,8 +104,9 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(fileOption())
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
     .option('--applyset <name>', 'inventory name', 'default')
-    .option('--out <file>', 'also save the plan (exact writes, secrets in clear, mode 0600) for: ns8ctl apply --plan FILE')
+    .option('--out <file>', 'also save the plan (the reviewed desired objects, encrypted with this host\'s plan key; mode 0600) for: ns8ctl apply --plan FILE')
     .option('--force-prune', 'with --out: allow the saved plan to prune more than half (or all) of the apply set')
+    .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((opts) => run(async (d) => (await planCommands()).diffCommand(opts, d))());
 
@@ -115,6 +117,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--plan <file>', 'apply exactly this saved plan (ns8ctl diff --out), or nothing when desired state changed since')
     .option('--prune', 'delete objects of this apply set that left the manifests (data kept unless their policy says Delete)')
     .option('--force-prune', 'allow pruning more than half (or all) of the apply set')
+    .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set (removing the last one)')
     .option('--dry-run', 'print the plan, write nothing')
     .option('--applyset <name>', 'inventory name', 'default')
     .option('-o, --output <format>', 'text or json', 'text')
