@@ -251,6 +251,32 @@ except redis.exceptions.NoPermissionError:
     expect(refused.stderr).toMatch(/NoPermissionError|NOPERM/);
   });
 
+  it('list_service_providers, get_smarthost_settings, get_bound_domain_list and certificate_event_matches read what NS8 keys say', async () => {
+    await acl.admin.hset('module/mail1/srv/tcp/imap', { host: '10.5.4.1', port: '143' });
+    await acl.admin.hset('module/mail3/srv/tcp/imap', { host: '10.5.4.3', port: '143' });
+    await acl.admin.hset('cluster/module_node', 'mail1', '2', 'mail3', '1');
+    await acl.admin.hset('cluster/smarthost', { port: '25', host: 'smtp.example', username: 'u', password: 'p', enabled: '1', encrypt_smtp: 'none', tls_verify: '0' });
+    await acl.admin.hset('cluster/module_domains', 'web1', 'ad.example ldap.example');
+    const r = await python(
+      `import agent, json
+rdb = agent.redis_connect()
+print(json.dumps([
+  [(p["module_id"], p["node"], p["module_seq"]) for p in agent.list_service_providers(rdb, "imap", "tcp")],
+  agent.get_smarthost_settings(rdb), agent.get_bound_domain_list(rdb),
+  agent.certificate_event_matches({"node_id": 1, "names": ["*.example.org"]}, "www.example.org"),
+  agent.certificate_event_matches({"node_id": 2, "names": ["www.example.org"]}, "www.example.org")]))`,
+      instanceEnv('web1'),
+    );
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toEqual([
+      [['mail3', '1', 3], ['mail1', '2', 1]],
+      { port: 25, host: 'smtp.example', username: 'u', password: 'p', enabled: true, encrypt_smtp: 'none', tls_verify: false },
+      ['ad.example', 'ldap.example'],
+      true,
+      false,
+    ]);
+  });
+
   it('Ldapproxy reads user domains and the local ldapproxy port', async () => {
     await acl.admin.set('node/1/default_instance/ldapproxy', 'ldapproxy1');
     await acl.admin.hset('module/ldapproxy1/data/domain_port', 'ad.example', '20004');

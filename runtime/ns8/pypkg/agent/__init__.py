@@ -438,6 +438,153 @@ def bind_user_domains(domain_list, check=False):
     return None if check else True
 
 
+# ---- Host facts --------------------------------------------------------------------------------
+
+def get_hostname():
+    """The node's fully qualified host name (``hostname -f``); ``myserver.example.org`` when it
+    cannot be found out."""
+    try:
+        name = subprocess.run(["hostname", "-f"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        name = ""
+    return name or "myserver.example.org"
+
+
+def tcp_port_in_use(port):
+    """True when something listens on TCP ``port`` (IPv4 or IPv6 wildcard bind fails)."""
+    import errno
+    import socket
+
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("", port))
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+                if error.errno != errno.EAFNOSUPPORT:
+                    raise
+    return False
+
+
+def http_route_in_use(domain=None, path=""):
+    """True unless the node's HTTP router answers 404 for ``http://127.0.0.1<path>`` (with
+    ``Host: domain``); redirects count as "in use" and are not followed. OSError when nothing
+    answers on port 80."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", 80, timeout=5)
+    try:
+        connection.request("HEAD", path or "/", headers={"Host": domain} if domain else {})
+        return connection.getresponse().status != 404
+    finally:
+        connection.close()
+
+
+def list_service_providers(rdb, service, transport="*", filters=None, sortby="node_proximity"):
+    """The endpoints published under ``*/srv/<transport>/<service>`` (NS8's service discovery),
+    each HASH completed for module keys with module_id, module_seq, module_uuid, node, transport,
+    ui_name (and qualifier for ``module/<id>/<qualifier>/srv/...``); kept when every ``filters``
+    field matches exactly. With a module_uuid filter only the highest sequence number stays.
+    Sorted by ``node_proximity`` (this node, then the leader's, then others), ``module_seq_asc``
+    or ``module_seq_desc``."""
+    filters = filters or {}
+    results = []
+    for key in rdb.scan_iter(f"*/srv/{transport}/{service}"):
+        record = rdb.hgetall(key)
+        parts = key.split("/")
+        if parts[0] == "module":
+            module_id = parts[1]
+            record.update({
+                "module_id": module_id,
+                "module_seq": get_module_seq(module_id),
+                "module_uuid": rdb.hget("cluster/module_uuid", module_id),
+                "node": rdb.hget("cluster/module_node", module_id),
+                "transport": parts[-2],
+                "ui_name": rdb.get(f"module/{module_id}/ui_name"),
+            })
+            if parts[2] != "srv":
+                record["qualifier"] = parts[2]
+        if all(record.get(k) == v for k, v in filters.items()):
+            results.append(record)
+    if "module_uuid" in filters and len(results) > 1:
+        results = [max(results, key=lambda r: r.get("module_seq", -1))]
+    if sortby == "module_seq_asc":
+        results.sort(key=lambda r: r.get("module_seq", -1))
+    elif sortby == "module_seq_desc":
+        results.sort(key=lambda r: r.get("module_seq", -1), reverse=True)
+    elif sortby == "node_proximity":
+        here = os.environ.get("NODE_ID")
+        leader = rdb.hget("cluster/environment", "NODE_ID")
+        results.sort(key=lambda r: (0 if r.get("node") == here else 1 if r.get("node") == leader else 2, r.get("module_seq", -1)))
+    return results
+
+
+# ---- Certificates and routes of the node's traefik -------------------------------------------
+
+def certificate_event_matches(event, name):
+    """True when a ``certificate-changed`` event from this node names ``name`` or the wildcard
+    covering it (``*.example.org`` for ``www.example.org``)."""
+    if str(event.get("node_id")) != os.environ["NODE_ID"]:
+        return False
+    names = event.get("names", [])
+    parent = name.split(".", 1)[1] if "." in name else None
+    return name in names or (parent is not None and "*." + parent in names)
+
+
+def _traefik_task(action, data, agent_id=None):
+    return tasks.run(agent_id=agent_id or resolve_agent_id("traefik@node"), action=action, data=data, extra={"isNotificationHidden": True})
+
+
+def _traefik_action(action, data, error_passthrough, agent_id):
+    response = _traefik_task(action, data, agent_id)
+    if error_passthrough and response["exit_code"] != 0:
+        # Fail this step the way the router failed: its validation errors become ours.
+        if 1 < response["exit_code"] < 30:
+            set_status("validation-failed")
+        print(response["error"], end="", file=sys.stderr)
+        json.dump(response["output"], fp=sys.stdout)
+        sys.exit(response["exit_code"])
+    return response
+
+
+def set_route(data, error_passthrough=True, agent_id=None):
+    """Run ``set-route`` on the node's traefik; on failure (with ``error_passthrough``) end this
+    step with traefik's exit code, error and output. Let's Encrypt checks default on."""
+    if error_passthrough:
+        data.setdefault("lets_encrypt_check", True)
+        data.setdefault("lets_encrypt_cleanup", True)
+    return _traefik_action("set-route", data, error_passthrough, agent_id)
+
+
+def set_certificate(data, error_passthrough=True, agent_id=None):
+    """Run ``set-certificate`` on the node's traefik (failure handled as in set_route)."""
+    return _traefik_action("set-certificate", data, error_passthrough, agent_id)
+
+
+def get_route(route_id, agent_id=None):
+    """The route ``route_id`` of the node's traefik as a dict; {} when it has none."""
+    response = _traefik_task("get-route", {"instance": route_id}, agent_id)
+    return (response["output"] or {}) if response["exit_code"] == 0 else {}
+
+
+def get_certificate(fqdn, agent_id=None):
+    """The output of traefik's ``get-certificate`` for ``fqdn``; {} on failure."""
+    response = _traefik_task("get-certificate", {"fqdn": fqdn}, agent_id)
+    return (response["output"] or {}) if response["exit_code"] == 0 else {}
+
+
+def get_certificate_and_key(name):
+    """(certificate PEM, key PEM) for ``name`` from the node's traefik; Exception on failure."""
+    import base64
+
+    response = _traefik_task("get-certificate", {"fqdn": name})
+    if response["exit_code"] != 0:
+        raise Exception(response["error"])  # pylint: disable=broad-exception-raised
+    first = response["output"]["certificates"][0]
+    return base64.b64decode(first["cert"]).decode("utf-8"), base64.b64decode(first["key"]).decode("utf-8")
+
+
 # Imported last: agent.tasks uses the functions above (``import agent`` alone must give
 # ``agent.tasks.run``, as NS8's package does).
 from . import tasks  # noqa: E402  pylint: disable=wrong-import-position
