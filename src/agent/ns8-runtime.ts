@@ -101,7 +101,7 @@ export function ns8RuntimeLayout(opts: { runtimeDir: string; python?: string; py
       [`${pyenv}/lib/python${opts.pythonVersion}/site-packages/ns8-pypkg.pth`]: { content: `${path.join(opts.installRoot ?? '/', NS8_RUNTIME_PATHS.pypkg)}\n`, mode: 0o644 },
       [rel(NS8_RUNTIME_PATHS.agentEnv)]: { content: renderGlobalAgentEnv(), mode: 0o644 },
       [rel(NS8_RUNTIME_PATHS.coreEnv)]: { content: renderCoreEnv(opts.coreVersion ? { coreVersion: opts.coreVersion } : {}), mode: 0o644 },
-      [rel(NS8_RUNTIME_PATHS.registryAuth)]: { content: '{"auths":{}}\n', mode: 0o600 },
+      [rel(NS8_RUNTIME_PATHS.registryAuth)]: { content: '{"auths":{}}\n', mode: 0o644 },
       [`${rel(NS8_RUNTIME_PATHS.baseActions)}/.keep`]: { content: '', mode: 0o644 },
     },
     symlinks: {

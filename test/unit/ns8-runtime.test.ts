@@ -15,7 +15,8 @@ describe('the NS8 runtime layout', () => {
     });
     expect(l.files['usr/local/agent/pyenv/lib/python3.11/site-packages/ns8-pypkg.pth']?.content).toBe('/usr/local/agent/pypkg\n');
     expect(l.files['usr/local/agent/pyenv/pyvenv.cfg']?.content).toBe('home = /usr/bin\ninclude-system-site-packages = true\nversion = 3.11\n');
-    expect(l.files['etc/nethserver/registry.json']).toEqual({ content: '{"auths":{}}\n', mode: 0o600 });
+    // Readable by instance users: rootless podman reads REGISTRY_AUTH_FILE (agent.env) on every pull.
+    expect(l.files['etc/nethserver/registry.json']).toEqual({ content: '{"auths":{}}\n', mode: 0o644 });
   });
 
   test('refuses a python version that is not major.minor and a relative runtime dir', () => {
@@ -40,7 +41,7 @@ describe('the NS8 runtime layout', () => {
       await installNs8Runtime(root, layout);
       expect(readlinkSync(path.join(root, 'usr/local/bin/runagent'))).toBe('/opt/app/runtime/ns8/bin/runagent');
       expect(readFileSync(path.join(root, 'usr/local/agent/pyenv/lib/python3.11/site-packages/ns8-pypkg.pth'), 'utf8')).toBe(`${root}/usr/local/agent/pypkg\n`);
-      expect(statSync(path.join(root, 'etc/nethserver/registry.json')).mode & 0o777).toBe(0o600);
+      expect(statSync(path.join(root, 'etc/nethserver/registry.json')).mode & 0o777).toBe(0o644);
       await expect(installNs8Runtime(root, { files: { '../escape': { content: '', mode: 0o644 } }, symlinks: {} })).rejects.toThrow(/outside/);
     } finally {
       rmSync(root, { recursive: true, force: true });
