@@ -65,7 +65,9 @@ class Ldapproxy:
         rdb = agent.redis_connect(use_replica=True)
         try:
             instance = rdb.get(f"node/{self.node_id}/default_instance/ldapproxy")
-            agent.assert_exp(instance is not None, f"agent.ldapproxy: node {self.node_id} has no ldapproxy instance (node/{self.node_id}/default_instance/ldapproxy)")
+            if instance is None:
+                # An AssertionError, as NS8's: callers may catch it when no ldapproxy is installed.
+                raise AssertionError(f"agent.ldapproxy: node {self.node_id} has no ldapproxy instance (node/{self.node_id}/default_instance/ldapproxy)")
             ports = rdb.hgetall(f"module/{instance}/data/domain_port")
             bound = agent.get_bound_domain_list(rdb)
             domains = _read_domains(rdb)
