@@ -36,6 +36,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   leader?.disconnect();
+  // The build left the images in the host's storage under the sandbox registry's name.
+  if (info) await new ExecaRunner().run(['podman', 'rmi', '-f', ...['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'].map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true });
   if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
 }, 120_000);
 
