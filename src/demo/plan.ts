@@ -115,7 +115,7 @@ export function nextSteps(p: { cli: string; name: string; manifestsDir: string; 
     `  alias ns8ctl='${p.cli}'`,
     `  eval "$(sudo ${p.cli} sandbox env ${p.name})"     # points ns8ctl at the sandbox's Redis`,
     '  ns8ctl events -w                                    # watch the controller and node agent work',
-    `  sudoedit ${p.manifestsDir}/webapp1.yaml   # e.g. image tag 1.0.0 -> 2.0.0, or add spec.configuration.greeting`,
+    `  sudoedit ${p.manifestsDir}/webapp1.yaml   # e.g. image tag 1.0.0 -> 1.1.0 (2.0.0 needs 1.1.0 first)`,
     '  ns8ctl get modules -o wide                          # converged within seconds of the save',
     `  sudo ${p.cli} sandbox exec --name ${p.name} 1 -- journalctl -u ${LOOP_UNIT} -f   # the loop's log`,
     `  ${p.down}                          # removes everything the demo made`,
