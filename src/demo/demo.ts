@@ -73,7 +73,7 @@ export class DemoStepError extends Ns8ctlError {
     cause: unknown,
   ) {
     const why = cause instanceof Error ? cause.message : String(cause);
-    super('demo_step_failed', `demo step ${step}/${STEPS} (${title}) failed: ${why}\n  what to do: ${fix}\n  log: ${logFile}`, { cause });
+    super('demo_step_failed', `step ${step}/${STEPS} (${title}) failed: ${why}\n  what to do: ${fix}\n  log: ${logFile}`, { cause });
   }
 }
 
