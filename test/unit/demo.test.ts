@@ -5,6 +5,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { CommandFailedError } from '../../src/errors.js';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import { defaultDemoDeps, demoMain } from '../../src/demo/cli.js';
 import type { DemoDeps } from '../../src/demo/demo.js';
@@ -14,6 +15,18 @@ import { validateManifests } from '../../src/manifest/validate.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const sandbox = { registry: '10.89.7.2:5000', nodeAddress: '10.89.7.11' };
+
+/** podman is there, but listing containers fails (a broken storage, say). */
+class BrokenPodmanRunner implements CommandRunner {
+  readonly history: (CommandRecord & { mutating: boolean })[] = [];
+  async run(argv: string[], _opts?: RunOptions): Promise<CommandRecord> {
+    const ok = argv[1] === '--version';
+    const r = { argv, exitCode: ok ? 0 : 125, stdout: ok ? 'podman version 4.3.1\n' : '', stderr: ok ? '' : 'Error: database is locked', durationMs: 0 };
+    this.history.push({ ...r, mutating: false });
+    if (!ok) throw new CommandFailedError('command_failed', `${argv.join(' ')} exited 125: Error: database is locked`, { argv, exitCode: 125, stderr: r.stderr });
+    return r;
+  }
+}
 
 /** Answers every command as if it were missing from PATH, and records what was asked. */
 class NoToolsRunner implements CommandRunner {
@@ -25,11 +38,11 @@ class NoToolsRunner implements CommandRunner {
   }
 }
 
-function fakeDeps(over: Partial<DemoDeps>): { deps: DemoDeps; out: () => string; err: () => string; runner: NoToolsRunner; dir: string } {
+function fakeDeps(over: Partial<DemoDeps>): { deps: DemoDeps; out: () => string; err: () => string; runner: CommandRunner; dir: string } {
   let out = '';
   let err = '';
   const dir = mkdtempSync(path.join(tmpdir(), 'demo-unit-'));
-  const runner = new NoToolsRunner();
+  const runner = over.runner ?? new NoToolsRunner();
   const marker = path.join(dir, 'debian_version');
   writeFileSync(marker, '12.8\n');
   const deps = defaultDemoDeps({ runner, uid: 0, stdout: (t) => void (out += t), stderr: (t) => void (err += t), demoDir: path.join(dir, 'demo'), debianMarker: marker, ...over });
@@ -130,6 +143,22 @@ describe('the demo refuses, in one line, before touching anything', () => {
     const f = fakeDeps({});
     expect(await demoMain(['--bogus'], f.deps)).toBe(2);
     expect(f.err()).toMatch(/unknown argument "--bogus"/);
+    rmSync(f.dir, { recursive: true, force: true });
+  });
+});
+
+describe('a failed step', () => {
+  test('says which step failed, what to do and where the log is, and the log has the commands run', async () => {
+    const f = fakeDeps({ runner: new BrokenPodmanRunner() });
+    expect(await demoMain(['--name', 'try'], f.deps)).toBe(1);
+    const log = path.join(f.deps.demoDir, 'demo.log');
+    expect(f.err().split('\n').slice(-4)).toEqual([
+      'demo: step 1/6 (sandbox "try" with 1 node) failed: podman ps -a --filter label=org.ns8ctl.sandbox=try --format json exited 125: Error: database is locked',
+      '  what to do: check the lines above; remove a broken sandbox with: sudo npm run demo -- --down --name try; then run the demo again',
+      `  log: ${log}`,
+      '',
+    ]);
+    expect(readFileSync(log, 'utf8')).toContain('  ran: podman ps -a --filter label=org.ns8ctl.sandbox=try --format json -> exit 125: Error: database is locked');
     rmSync(f.dir, { recursive: true, force: true });
   });
 });
