@@ -124,8 +124,12 @@ interface Ctx {
   changes: string[];
 }
 
-async function runStep<T>(ctx: Ctx, n: number, title: string, fix: string, work: () => Promise<T>): Promise<T> {
+async function runStep<T>(ctx: Ctx, n: number, title: string, fix: string, work: () => Promise<T>, tick = true): Promise<T> {
   ctx.out.progress(`demo [${n}/${STEPS}] ${title}\n`);
+  const started = ctx.deps.now();
+  // Long steps (a cold root filesystem, the image build) say they are alive.
+  const ticker = setInterval(() => tick && ctx.out.progress(`  still at step ${n}/${STEPS}... ${Math.round((ctx.deps.now() - started) / 1000)} s\n`), 15_000);
+  ticker.unref();
   try {
     return await work();
   } catch (err) {
@@ -133,6 +137,8 @@ async function runStep<T>(ctx: Ctx, n: number, title: string, fix: string, work:
     const recent = ctx.deps.runner.history.slice(-8);
     for (const r of recent) ctx.out.progress(`  ran: ${r.argv.join(' ')} -> exit ${String(r.exitCode)}${r.stderr.trim() ? `: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}\n`);
     throw new DemoStepError(n, title, fix, ctx.out.logFile, err);
+  } finally {
+    clearInterval(ticker);
   }
 }
 
@@ -363,7 +369,7 @@ export async function runDemo(opts: DemoOptions, deps: DemoDeps): Promise<DemoRe
     const ids = await runStep(ctx, 5, 'waiting until every Module is Ready', `see the loop's log: sudo ${cliCommand(deps.projectRoot)} sandbox exec --name ${name} 1 -- journalctl -u ${LOOP_UNIT} -n 50; fix the manifest in ${path.join(deps.demoDir, 'manifests')} or run the demo again`, async () => {
       await redis.connect();
       return waitReady(ctx, redis);
-    });
+    }, false);
     const http = await runStep(ctx, 6, 'the result', `run the demo again; if it persists: ${down}, then the demo`, async () => {
       const answers: DemoResult['http'] = [];
       out.result(`\n$ ns8ctl get modules -o wide\n${await cli(url, deps, ['get', 'modules', '-o', 'wide'])}`);
