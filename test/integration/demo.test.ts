@@ -15,7 +15,7 @@ import { main as cliMain, processIO } from '../../src/cli/main.js';
 import { sandboxEnv } from '../../src/sandbox/env.js';
 import { sandboxPaths } from '../../src/sandbox/naming.js';
 import { readRecord } from '../../src/sandbox/record.js';
-import { eventually } from '../support/sandbox-node.js';
+import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'demotest';
 const runner = new ExecaRunner();
@@ -70,9 +70,15 @@ describe('npm run demo', () => {
   }, 240_000);
 
   test('a second run finds everything in place, changes nothing and keeps the edit', async () => {
+    const { inNode } = sandboxNode(NAME);
+    const loopRun = async (): Promise<string> => (await inNode(['systemctl', 'show', '-p', 'InvocationID', 'ns8ctl-demo'])).out.trim();
+    const loopBefore = await loopRun();
+    expect(loopBefore).toMatch(/^InvocationID=[0-9a-f]{32}$/);
     out = '';
     const before = runner.history.length;
     const again = await runDemo({ name: NAME }, deps);
+    // The loop kept running: not restarted, not started twice.
+    expect(await loopRun()).toBe(loopBefore);
     expect(again.changes).toEqual([]);
     expect(out).toContain(NOTHING_CHANGED);
     expect(out).toContain('reusing sandbox "demotest"');
