@@ -52,7 +52,7 @@ describe('npm run demo', () => {
     expect(out).toContain('left out manifests/dokuwiki1.yaml: needs the internet');
     // The images were pushed, and no local copy is left in the host's storage.
     expect((await runner.run(['podman', 'images', '-q', '--filter', `reference=${registry}/ns8ctl-examples/*`])).stdout.trim()).toBe('');
-  }, 600_000);
+  }, 900_000 /* a cold node root filesystem takes 5-6 minutes under load */);
 
   test('an edit of the manifest on the host converges through the loop in the node', async () => {
     const file = path.join(first.manifestsDir, 'webapp1.yaml');
