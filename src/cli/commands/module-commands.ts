@@ -5,6 +5,7 @@ import type { Redis } from 'ioredis';
 import { applyPlan, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
 import { NotFoundError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
+import { assertObjectId } from '../../manifest/names.js';
 import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
 import { plan as makePlan, planDeletion } from '../../plan/planner.js';
@@ -24,6 +25,7 @@ export interface DeleteOptions {
 /** `ns8ctl delete module|repository|node ID`: removes one object from desired state. */
 export async function deleteCommand(resource: string, id: string, opts: DeleteOptions, deps: CliDeps): Promise<number> {
   const kind: Kind = resourceKind(resource);
+  assertObjectId(kind, id); // the id names a file under --manifests: no '/', no '..'
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const { redis } = await deps.connect();
   const state = await readClusterState(redis);
