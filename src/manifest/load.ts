@@ -252,6 +252,14 @@ function parseFast(file: string, text: string): LoadedDocument[] | undefined {
   }));
 }
 
+/**
+ * Characters YAML 1.2 does not allow in a stream (outside its printable set: C0 controls but tab,
+ * line feed and carriage return; DEL; C1 controls but NEL). Refused up front: the parsers let some
+ * of them through into values.
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTER = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u0084\u0086-\u009f]/;
+
 /** The limits with a caller's narrowing applied. */
 function limitsOf(given: Partial<InputLimits> | undefined): InputLimits {
   return given ? { ...DEFAULT_LIMITS, ...given } : DEFAULT_LIMITS;
@@ -317,6 +325,12 @@ export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAUL
 export function parseManifestText(file: string, text: string, opts: { limits?: Partial<InputLimits> } = {}): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
   const limits = limitsOf(opts.limits);
   if (text.length > limits.maxFileBytes) return { documents: [], diagnostics: [diag(file, `text is ${text.length} characters; the limit is ${describeBytes(limits.maxFileBytes)} per file (limit maxFileBytes)`)] };
+  const control = CONTROL_CHARACTER.exec(text);
+  if (control) {
+    const before = text.slice(0, control.index);
+    const code = control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
+    return { documents: [], diagnostics: [diag(file, `YAML problem: control character U+${code} is not allowed in YAML text (write it as an escape in a double-quoted string)`, before.split('\n').length, control.index - before.lastIndexOf('\n'))] };
+  }
   const deep = flowNestingPast(text, limits.maxDepth);
   if (deep >= 0) {
     const before = text.slice(0, deep);

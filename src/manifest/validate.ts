@@ -231,7 +231,9 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
   for (const st of states) {
     const v = st.doc.value;
     if (!isRecord(v)) {
-      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${showValue(v)}`);
+      // The content is not shown: a document that is not a mapping may be a file read by mistake.
+      const got = typeof v === 'string' ? `a string of ${[...v].length} characters` : Array.isArray(v) ? 'a list' : `${typeof v} ${showValue(v)}`;
+      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${got}`);
       continue;
     }
     st.value = v;

@@ -101,9 +101,10 @@ export interface MaskOptions {
 
 /**
  * URL userinfo: the authority runs to the first `/`, `?`, `#` or space, so the greedy match ends
- * at its LAST `@` and a password holding `@` (`alice:p@ss@host`) is masked whole.
+ * at its LAST `@` and a password holding `@` (`alice:p@ss@host`) is masked whole. The scheme is
+ * optional: libraries quote a URL they failed on as `//user:pw@host/`.
  */
-const URL_USERINFO = /\b([a-z][a-z0-9+.-]*:\/\/)([^\s/?#@:]*):([^\s/?#]*)@/gi;
+const URL_USERINFO = /((?:\b[a-z][a-z0-9+.-]*:)?\/\/)([^\s/?#@:]*):([^\s/?#]*)@/gi;
 /** `?name=value`, `&name=value`, `;name=value` and `NAME=value` at a word start. */
 const PARAMETER = /(^|[\s?&;,("'])([A-Za-z_][A-Za-z0-9_.-]*)=([^\s&;#,)"']*)/g;
 
