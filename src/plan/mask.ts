@@ -162,17 +162,3 @@ export function maskTaskJson(raw: string): string {
     return /password|passwd|secret|token|key|pass|pwd|credential/i.test(raw) ? NS8_MASK : raw;
   }
 }
-
-/**
- * A short, masked, single-line excerpt of text that failed to parse or validate, for error
- * messages: at most `max` characters (default 40), control characters shown as `?`, secrets
- * masked, and `...` when cut. Never the whole input: a file read by mistake (a link to
- * /etc/shadow, a key file) must not be echoed.
- */
-export function excerpt(text: string, max = 40): string {
-  const flat = maskString(text.replace(/\s+/g, ' ').trim());
-  const chars = [...flat];
-  const cut = chars.length > max;
-  // eslint-disable-next-line no-control-regex
-  return (cut ? chars.slice(0, max).join('') + '...' : flat).replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
-}

@@ -1,12 +1,12 @@
 /**
  * Secrets stay out of every output path reachable from the CLI and the controller: diff, apply,
- * get -o table|wide|json|yaml, events, source status, errors and debug logs. The secrets sit
+ * get -o table|wide|json|yaml, events, source status, the audit log, errors and debug logs. The secrets sit
  * under names the documented rule catches (`*_password`, `*_pw`, `*_token`), in a URL whose
  * password holds `@`, and in a `?password=` parameter; a link in the source directory points at
  * a password file outside it.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -87,7 +87,7 @@ describe('secrets on every output path', () => {
     writeFileSync(path.join(dir, 'admin.password'), 'File-Out-Pw-6\n');
     writeFileSync(path.join(m, 'm.yaml'), MANIFEST.replace('labels: {api_token: Tok-Out-5}', 'labels: {db_password: 77123456789}'));
     symlinkSync(path.join(dir, 'admin.password'), path.join(m, 'admin.yaml'));
-    const child = spawn(process.execPath, [bin, '--redis', srv.url, 'controller', '-f', m, '--http-port', '0', '--source-name', 'linked'], {
+    const child = spawn(process.execPath, [bin, '--redis', srv.url, 'controller', '-f', m, '--http-port', '0', '--source-name', 'linked', '--audit-log', path.join(dir, 'audit.log')], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: process.env.PATH, HOME: process.env.HOME, NS8CTL_OFFLINE: '1', NS8CTL_DEBUG: '1', NS8CTL_STATE_DIR: path.join(dir, 'cstate') },
     });
@@ -113,6 +113,10 @@ describe('secrets on every output path', () => {
       child.kill('SIGTERM');
       await exited;
       outputs['controller log'] = log;
+      outputs['audit log'] = await waitFor('the audit log entry', () => {
+        const text = existsSync(path.join(dir, 'audit.log')) ? readFileSync(path.join(dir, 'audit.log'), 'utf8') : '';
+        return text.includes('source-rejected') ? text : undefined;
+      });
       const found = Object.entries(outputs).flatMap(([where, text]) => leaks(text).map((s) => `${where}: ${s}`));
       expect(found).toEqual([]);
     } finally {
