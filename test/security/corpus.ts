@@ -224,6 +224,9 @@ const urlCases: Case[] = [
   { name: 'Redis URL that is not a URL', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: 'not a url' }), where: /./, dependsOn: 'redis-branch' },
   { name: 'Redis URL with port 99999', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: 'redis://127.0.0.1:99999' }), where: /./, dependsOn: 'redis-branch' },
   { name: 'http:// Redis URL', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: 'http://user:HttpPw-Url7@127.0.0.1:1/' }), where: /./, secrets: ['HttpPw-Url7'], dependsOn: 'redis-branch' },
+  { name: 'Redis URL with a newline and a command', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: 'redis://127.0.0.1:1/\r\nFLUSHALL' }), where: /./, dependsOn: 'redis-branch' },
+  { name: 'Redis URL of 10 000 characters', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: `redis://${'h'.repeat(10_000)}:1/` }), where: /./, dependsOn: 'redis-branch' },
+  { name: 'Redis URL with a password in a unix socket path', args: () => ['get', 'modules'], env: () => ({ NS8CTL_REDIS_URL: 'redis+unix://:SockPw-Url5@/nonexistent/redis.sock' }), where: /./, secrets: ['SockPw-Url5'], dependsOn: 'redis-branch' },
   { name: '--redis with a password, nothing listening', args: () => ['--redis', 'redis://:FlagPw-Url6@127.0.0.1:1', 'get', 'nodes'], where: /Redis/i, secrets: ['FlagPw-Url6'], dependsOn: 'redis-branch' },
 ];
 
