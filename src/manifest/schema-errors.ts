@@ -121,7 +121,7 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
       out.push({
         pointer: `${path}/${escapePointerSegment(propertyName)}`,
         mode: 'key',
-        message: `invalid name ${JSON.stringify(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
+        message: `invalid name ${showValueOf(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
       });
       continue;
     }
@@ -133,7 +133,7 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
         out.push({
           pointer: `${path}/${escapePointerSegment(name)}`,
           mode: 'key',
-          message: `unknown field ${JSON.stringify(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
+          message: `unknown field ${showValueOf(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
         });
         break;
       }

@@ -76,6 +76,13 @@ describe('YAML limits on every parse path', () => {
   });
 });
 
+describe('keys in messages', () => {
+  test('a long unknown key is cut in the message, not echoed whole', () => {
+    const out = problems(nodeDoc(1, `  ${'k'.repeat(900)}: 1\n`));
+    expect(out).toEqual([`m.yaml:7:3  /spec/${'k'.repeat(900)}  unknown field "${'k'.repeat(36)}... (902 characters) in /spec; allowed: id, address, flags`]);
+  });
+});
+
 describe('reading files and standard input', () => {
   test('invalid UTF-8 is refused with its line and column, never turned into U+FFFD', async () => {
     const root = tree({ 'a.yaml': Buffer.concat([Buffer.from(nodeDoc(1, '  address: caf')), Buffer.from([0xe9, 0x0a])]) });
