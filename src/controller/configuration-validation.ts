@@ -27,6 +27,13 @@ export interface ConfigurationCheck {
   checked: { id: string; origin: string }[];
 }
 
+/** One Module whose configuration is checked, and the image whose schema applies. */
+export interface ConfigurationTarget {
+  id: string;
+  /** Full image URL the instance will run, when known (resolved, or spec.image). */
+  image?: string | undefined;
+}
+
 /**
  * Checks the configuration of every Module that `plan` creates or updates (see the module doc).
  * `running` maps instance ids to the image installed now. Never throws for invalid configuration;
@@ -37,28 +44,48 @@ export async function checkPlannedConfigurations(
   plan: Plan,
   opts: { lookup: ConfigurationSchemaLookup; running?: ReadonlyMap<string, string> | undefined; locate?: DocumentLocator },
 ): Promise<ConfigurationCheck> {
+  const byId = new Map<string, DesiredObject<ModuleObject>>();
+  for (const d of desired) if (d.object.kind === 'Module') byId.set(d.object.metadata.name, d as DesiredObject<ModuleObject>);
+  const targets: ConfigurationTarget[] = [];
+  for (const c of plan.changes) {
+    if (c.kind !== 'Module' || c.action === 'delete') continue;
+    targets.push({ id: c.id, image: c.resolved?.image ?? byId.get(c.id)?.object.spec.image });
+  }
+  return checkConfigurations(desired, targets, opts);
+}
+
+/**
+ * Checks the configuration of the `targets` Modules of `desired` against the configure-module
+ * schema of their image (or, when unknown, of the image installed now, `running`), as
+ * checkPlannedConfigurations does for a plan's changes; `validate` checks every Module this way.
+ * Never throws for invalid configuration; rethrows lookup failures.
+ */
+export async function checkConfigurations(
+  desired: readonly DesiredObject[],
+  targets: readonly ConfigurationTarget[],
+  opts: { lookup: ConfigurationSchemaLookup; running?: ReadonlyMap<string, string> | undefined; locate?: DocumentLocator },
+): Promise<ConfigurationCheck> {
   const out: ConfigurationCheck = { diagnostics: [], warnings: [], checked: [] };
   const locate = opts.locate ?? documentStart;
   const byId = new Map<string, DesiredObject<ModuleObject>>();
   for (const d of desired) if (d.object.kind === 'Module') byId.set(d.object.metadata.name, d as DesiredObject<ModuleObject>);
-  for (const c of plan.changes) {
-    if (c.kind !== 'Module' || c.action === 'delete') continue;
-    const d = byId.get(c.id);
+  for (const t of targets) {
+    const d = byId.get(t.id);
     const config = d?.object.spec.configuration;
     if (!d || config === undefined) continue;
-    const image = c.resolved?.image ?? d.object.spec.image;
-    const found = await opts.lookup.find({ id: c.id, image, installedImage: opts.running?.get(c.id) });
+    const image = t.image;
+    const found = await opts.lookup.find({ id: t.id, image, installedImage: opts.running?.get(t.id) });
     if (!found) {
       out.warnings.push(
-        `Module/${c.id}: spec.configuration not validated at plan time: no configure-module schema found offline for ${image ?? `module ${d.object.spec.module ?? '?'} (image not resolved)`} (not installed on this host, not in local container storage, not cached); configure-module checks it when it runs`,
+        `Module/${t.id}: spec.configuration not validated at plan time: no configure-module schema found offline for ${image ?? `module ${d.object.spec.module ?? '?'} (image not resolved)`} (not installed on this host, not in local container storage, not cached); configure-module checks it when it runs`,
       );
       continue;
     }
-    out.checked.push({ id: c.id, origin: found.origin });
+    out.checked.push({ id: t.id, origin: found.origin });
     for (const p of validateConfiguration(config, found.schema, { basePointer: CONFIGURATION_POINTER, origin: found.origin })) {
       const mode = /is not allowed/.test(p.message) ? 'key' : 'value';
       const pos = locate(d, p.pointer, mode);
-      out.diagnostics.push({ file: pos.file, line: pos.line, col: pos.col, pointer: p.pointer, message: `${p.message} (configure-module schema of ${c.id}: ${found.origin})` });
+      out.diagnostics.push({ file: pos.file, line: pos.line, col: pos.col, pointer: p.pointer, message: `${p.message} (configure-module schema of ${t.id}: ${found.origin})` });
     }
   }
   out.diagnostics.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.line - b.line || a.col - b.col));

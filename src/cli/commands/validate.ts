@@ -1,4 +1,4 @@
-import { loadAndValidate } from '../../apply/pipeline.js';
+import { loadAndValidate } from '../../apply/load-validate.js';
 import { ManifestError } from '../../errors.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson } from '../output.js';
@@ -27,6 +27,14 @@ export async function validateCommand(opts: ValidateOptions, deps: CliDeps): Pro
   }
   try {
     const { desired, loaded } = await loadAndValidate(opts.filename, redis, { stdin: deps.stdin });
+    // The same configuration check diff runs (configure-module schemas found offline); its code,
+    // with the JSON Schema compiler, loads only when a Module has a configuration.
+    const configuration = await import('../../apply/configuration-check.js');
+    if (configuration.hasConfigurations(desired)) {
+      const check = await configuration.checkDesiredConfigurations(desired, redis);
+      for (const w of check.warnings) deps.stderr(`warning: ${w}\n`);
+      if (check.diagnostics.length) throw new ManifestError(check.diagnostics);
+    }
     if (format === 'json') deps.stdout(renderJson({ valid: true, files: loaded.files, objects: desired.map((d) => `${d.object.kind}/${d.object.kind === 'Node' ? d.object.spec.id : d.object.metadata.name}`) }));
     else deps.stdout(`${desired.length} object${desired.length === 1 ? '' : 's'} in ${loaded.files.length} file${loaded.files.length === 1 ? '' : 's'}: valid\n`);
     return 0;
