@@ -465,7 +465,7 @@ export class SourceReconciler {
     if (!isEmpty(applyable)) {
       await this.save(prev, { ...base, conditions: [prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Progressing', 'first reconcile'), cond('Reconciling', 'True', 'Progressing', `applying ${summaryText(applyable)} from ${this.where(revision)}`), cond('Stalled', 'False', 'NotStalled', 'applying'), this.driftCondition([])] });
       try {
-        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: lastObject, runner: this.deps.runner })).plan;
+        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: lastObject, runner: this.deps.runner, actor: `controller source ${name}` })).plan;
       } catch (err) {
         const e = toNs8ctlError(err);
         if (TERMINAL_CODES.has(e.code)) return this.rejectOther(prev, base, revision, e, commit);
@@ -490,7 +490,7 @@ export class SourceReconciler {
     } else if (hasWrites({ desired: pinned, state, plan: applyable })) {
       // Only manifests that moved (same content): their recorded source is refreshed, no
       // generation bump, no event.
-      await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner });
+      await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner, actor: `controller source ${name}` });
     }
 
     // 6. Status.

@@ -25,7 +25,7 @@ import { writeFileAtomic } from './atomic-write.js';
 import type { HostLayout } from './layout.js';
 
 /** STRING key of the cluster epoch. */
-export const CLUSTER_EPOCH_KEY = 'ns8ctl/cluster/epoch';
+export const CLUSTER_EPOCH_KEY = keys.clusterEpoch();
 
 /** HASH key of a node agent's own status: `conditions` (JSON), `epoch`, `hostEpoch`. */
 export function nodeAgentStatusKey(node: number): string {

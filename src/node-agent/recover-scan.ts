@@ -79,35 +79,3 @@ export interface HostEpochSource {
   read(): Promise<HostEpoch | undefined>;
 }
 
-/** The node agent's epoch file, relative to its state dir (`<agentStateDir>/<HOST_EPOCH_FILE>`). */
-export const HOST_EPOCH_FILE = 'cluster-epoch.json';
-
-/**
- * Reads `<agentStateDir>/HOST_EPOCH_FILE` (JSON `{"id","created"}`).
- * @throws Ns8ctlError `host_epoch_corrupt` when the file exists but has no string `id`.
- */
-export class FileHostEpochSource implements HostEpochSource {
-  readonly file: string;
-  constructor(layout: Pick<HostLayout, 'agentStateDir'>) {
-    this.file = path.join(layout.agentStateDir, HOST_EPOCH_FILE);
-  }
-
-  async read(): Promise<HostEpoch | undefined> {
-    let text: string;
-    try {
-      text = await fs.readFile(this.file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new Ns8ctlError('host_epoch_corrupt', `cannot read the node agent's epoch file ${this.file}: ${(err as Error).message}`, { cause: err, user: false });
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      throw new Ns8ctlError('host_epoch_corrupt', `the node agent's epoch file ${this.file} is not JSON`, { cause: err });
-    }
-    const p = parsed as { id?: unknown; created?: unknown };
-    if (typeof p?.id !== 'string' || p.id === '') throw new Ns8ctlError('host_epoch_corrupt', `the node agent's epoch file ${this.file} has no "id" string`);
-    return { id: p.id, created: typeof p.created === 'string' ? p.created : '' };
-  }
-}

@@ -15,7 +15,7 @@ import { recoverCommand, type RecoverOptions } from '../../src/cli/commands/reco
 import { ExecaRunner } from '../../src/host/runner.js';
 import { renderEnvironment } from '../../src/node-agent/environment-file.js';
 import { instancePaths, type HostLayout } from '../../src/node-agent/layout.js';
-import { HOST_EPOCH_FILE } from '../../src/node-agent/recover-scan.js';
+import { writeHostEpoch } from '../../src/node-agent/desired-state-guard.js';
 import { RecordStore } from '../../src/node-agent/records.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
@@ -87,7 +87,7 @@ async function recover(opts: RecoverOptions): Promise<{ code: number; stdout: st
 describe('ns8ctl recover', () => {
   test('a wiped desired state comes back from the host: Modules that validate, NS8 bookkeeping, sequences, epoch; a second run changes nothing', async () => {
     await host();
-    writeFileSync(path.join(layout.agentStateDir, HOST_EPOCH_FILE), JSON.stringify({ id: 'epoch-7', created: '2026-12-01T00:00:00Z' }));
+    await writeHostEpoch(layout, { id: 'epoch-7', at: '2026-12-01T00:00:00Z', how: 'adopted' });
     const dir = path.join(root, 'recovered');
     const r = await recover({ yes: true, manifests: dir });
     expect(r.code).toBe(0);
@@ -149,7 +149,7 @@ describe('ns8ctl recover', () => {
     await redis.hset('node/1/vpn', 'ip_address', '10.5.4.1');
     await redis.set('cluster/node_sequence', '1');
     // An epoch another agent or operator set since the loss is left alone.
-    writeFileSync(path.join(layout.agentStateDir, HOST_EPOCH_FILE), JSON.stringify({ id: 'epoch-old', created: '2026-11-01T00:00:00Z' }));
+    await writeHostEpoch(layout, { id: 'epoch-old', at: '2026-11-01T00:00:00Z', how: 'adopted' });
     await redis.set('ns8ctl/cluster/epoch', JSON.stringify({ id: 'epoch-new', created: '2026-12-05T00:00:00Z' }));
     const dir = path.join(root, 'm');
     mkdirSync(dir);

@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:f
 import path from 'node:path';
 import YAML from 'yaml';
 import { applyPlan, checkApplicable, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
-import { planToWrites, storedSource } from '../../apply/to-writes.js';
+import { defaultActor, planToWrites, storedSource } from '../../apply/to-writes.js';
 import { ConflictError, NotFoundError, RedisError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
 import { assertObjectId } from '../../manifest/names.js';
@@ -14,6 +14,8 @@ import { keys } from '../../state/keys.js';
 import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import { executeWrites, type WriteOp } from '../../state/write-state.js';
 import type { ClusterState } from '../../plan/state.js';
+import type { Redis } from 'ioredis';
+import { requestOrphanRemoval } from '../../node-agent/removal-request.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, useColor } from '../output.js';
 import { resourceKind } from './get.js';
@@ -22,6 +24,12 @@ export interface DeleteOptions {
   noPreserve?: boolean;
   output?: string;
   manifests?: string;
+}
+
+/** True when a node runs instance `id`: NS8 places it (`cluster/module_node`) or an agent reports on it. */
+async function isRunningSomewhere(redis: Redis, state: ClusterState, id: string): Promise<boolean> {
+  if (state.moduleNode.has(id)) return true;
+  return (await redis.exists(keys.moduleStatus(id))) === 1;
 }
 
 /**
@@ -39,6 +47,14 @@ export async function deleteCommand(resource: string, id: string, opts: DeleteOp
   const state = await readClusterState(redis);
   const key = `${kind}/${id}`;
   const stored = state.objects.get(key);
+  if (!stored && kind === 'Module' && (await isRunningSomewhere(redis, state, id))) {
+    // An orphan (a node runs it, desired state has no object): the explicit, recorded request the
+    // node agent honours; absence alone never removes an instance.
+    const mark = await requestOrphanRemoval(redis, id, { removalPolicy: opts.noPreserve ? 'Delete' : 'Preserve', by: defaultActor(), why: `${why} (orphan)` });
+    if (format === 'json') deps.stdout(renderJson({ deleted: key, orphan: true, dataPolicy: mark.removalPolicy, finalizers: [] }));
+    else deps.stderr(`${key} has no desired object but a node runs it: removal requested (${mark.removalPolicy === 'Delete' ? 'DATA DELETED' : 'data preserved'}; by ${mark.by}); its node agent removes it.\n`);
+    return 0;
+  }
   if (!stored) throw new NotFoundError(`${kind.toLowerCase()} "${id}" not found in desired state; see \`ns8ctl get ${kind.toLowerCase()}s\``);
   const p = planDeletion(state, key, opts.noPreserve ? { removalPolicy: 'Delete' } : {});
   if (p.changes.length === 0 && p.blocked.length === 0) {

@@ -14,7 +14,8 @@ import { ConflictError, RefusedError, UsageError } from '../../errors.js';
 import { planToWrites, storedSource } from '../../apply/to-writes.js';
 import { moduleNameOf, type DesiredObject } from '../../manifest/types.js';
 import { defaultLayout, type HostLayout } from '../../node-agent/layout.js';
-import { FileHostEpochSource, scanHostInstances, type HostEpochSource } from '../../node-agent/recover-scan.js';
+import { readHostEpoch } from '../../node-agent/desired-state-guard.js';
+import { scanHostInstances, type HostEpochSource } from '../../node-agent/recover-scan.js';
 import { plan as makePlan } from '../../plan/planner.js';
 import { planRecovery, type RecoveryPlan } from '../../plan/recovery.js';
 import { renderPlanText } from '../../plan/render.js';
@@ -92,6 +93,16 @@ function describe(r: RecoveryPlan): string {
   return lines.map((l) => l + '\n').join('');
 }
 
+/** The epoch this host's node agent works under (its epoch file), as the cluster epoch it was. */
+function agentEpochSource(layout: HostLayout): HostEpochSource {
+  return {
+    read: async () => {
+      const e = await readHostEpoch(layout);
+      return e ? { id: e.id, created: e.at || new Date().toISOString() } : undefined;
+    },
+  };
+}
+
 /**
  * The command body. Exit 0 when recovered (or nothing to recover, or --dry-run); a refusal
  * (no --yes, files in the way, invalid manifests, blocked plan) writes nothing and exits 1.
@@ -105,7 +116,7 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
   }
   const layout = defaultLayout(extras.layout ?? {});
   const instances = await scanHostInstances(layout);
-  const hostEpoch = await (extras.epoch ?? new FileHostEpochSource(layout)).read();
+  const hostEpoch = await (extras.epoch ?? agentEpochSource(layout)).read();
   const { redis } = await d.connect();
   const write = !opts.dryRun && opts.yes === true;
   const scope = { ...(onlyNode !== undefined ? { onlyNode } : {}), ...(opts.manifests ? { manifests: opts.manifests } : {}) };
@@ -118,6 +129,10 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
   let attempts = 1;
   let epoch: { id: string; result: 'set' | 'same' | 'other' } | undefined;
   if (write) {
+    // The epoch first: agents on this host recognise the state they worked under as soon as
+    // objects appear (a crash in between leaves an epoch without objects, which agents refuse as
+    // DesiredStateEmpty until recover runs again).
+    if (hostEpoch) epoch = { id: hostEpoch.id, result: await claimClusterEpoch(redis, hostEpoch) };
     for (;;) {
       try {
         await executeWrites(redis, prepared.ops);
@@ -129,8 +144,6 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
         prepared = await prepare(redis, instances, scope);
       }
     }
-    // After the objects: an agent that sees its epoch again must find the recovered state.
-    if (hostEpoch) epoch = { id: hostEpoch.id, result: await claimClusterEpoch(redis, hostEpoch) };
   }
   const files = write && opts.manifests && prepared.recovery.objects.length ? writeGenerated(opts.manifests, generatedManifests(prepared.recovery.objects), 'recover_file_exists', 'move them away or recover without --manifests') : [];
 
