@@ -14,7 +14,7 @@ import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/t
 import { validateManifests } from '../manifest/validate.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
 import { annotatePlan, catalogLabels, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
-import type { ClusterState } from '../plan/state.js';
+import type { ClusterState, StoredObject } from '../plan/state.js';
 import type { Plan } from '../plan/types.js';
 import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
@@ -22,7 +22,7 @@ import { resolveModule, type RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
 import { readClusterState, readNodeRecords, type ReadScope } from '../state/read-state.js';
 import { resolveStateDir } from '../state/state-dir.js';
-import { executeWrites } from '../state/write-state.js';
+import { executeWrites, newEpoch } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
 import { findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
@@ -287,35 +287,85 @@ export async function revisionsOf(prepared: PreparedPlan, lookup: (file: string)
   return (f: string): string => revisions.get(f) ?? '';
 }
 
+/** Who, when and why for the deletion marks an apply writes (see WriteContext). */
+export interface WriteIdentity {
+  /** `by` of deletion marks: `user@host` by default; the controller passes its source name. */
+  actor?: string;
+  /** `why` of deletion marks (default: `pruned: ...` for a prune, `ns8ctl delete` otherwise). */
+  why?: string;
+  /** Clock for deletion marks and the cluster epoch (default: now). */
+  now?: () => Date;
+}
+
 /**
- * Writes a plan atomically. When a concurrent apply changed an object in between, re-reads,
- * re-plans and tries again (up to `maxAttempts`), so no update is lost and nothing interleaves.
+ * Whether a plan re-made after a conflict may be written in place of the one the caller was
+ * shown: it may only repeat (or drop) the original's changes. A create whose object another
+ * writer created meanwhile, an update or delete whose object another writer deleted, marked for
+ * deletion or took into another apply set, and any change the original did not have (it would
+ * overwrite the other writer's fresh work unseen) make the apply fail instead.
+ * @throws WriteConflictError-like ConflictError naming the object and what the other writer did.
+ */
+export function checkReplan(original: PreparedPlan, next: PreparedPlan, conflict: ConflictError): void {
+  const before = new Map(original.plan.changes.map((c) => [c.key, c] as const));
+  const refuse = (why: string): never => {
+    throw new ConflictError(`${why}; nothing was written (first conflict: ${conflict.message.replace(/; nothing was written$/, '')}). Review the new plan (ns8ctl diff) and apply again`);
+  };
+  for (const c of next.plan.changes) {
+    const was = before.get(c.key);
+    const now = next.state.objects.get(c.key);
+    const then = original.state.objects.get(c.key);
+    if (!was) refuse(`${c.key} was changed by another writer while this apply ran (${describeStored(now)}), and applying now would ${c.action} it, which the plan did not show`);
+    else if (was.action === 'create' && now) refuse(`${c.key} was created by another writer while this apply ran (${describeStored(now)}); this apply planned to create it`);
+    else if (was.action !== 'create' && !now && then) refuse(`${c.key} was deleted by another writer while this apply ran; this apply planned to ${was.action} it`);
+    else if (now && then && now.applySet !== then.applySet) refuse(`${c.key} was taken into apply set ${JSON.stringify(now.applySet)} by another writer while this apply ran (it was in ${JSON.stringify(then.applySet)})`);
+  }
+  for (const b of next.plan.blocked) if (before.has(b.key)) refuse(`${b.key}: ${b.message}`);
+}
+
+function describeStored(o: StoredObject | undefined): string {
+  if (!o) return 'now absent';
+  const mark = o.deleting ? `, marked for deletion${o.deleting.by ? ` by ${o.deleting.by}` : ''}${o.deleting.why ? ` (${o.deleting.why})` : ''}` : '';
+  return `now apply set ${JSON.stringify(o.applySet)}, source ${o.source || '-'}, generation ${o.generation}${mark}`;
+}
+
+/**
+ * Writes a plan atomically. When a concurrent writer changed an object in between, re-reads,
+ * re-plans and tries again (up to `maxAttempts`) as long as the new plan only repeats the
+ * original's changes (checkReplan); otherwise it fails with a ConflictError naming the object and
+ * what the other writer did. So no update is lost, nothing interleaves, and success is never
+ * reported for a write another writer overwrote unseen.
  * checkApplicable (prune safety, nothing blocked) holds for every attempt's plan.
  * Sources are stored absolute (`storedSource`); a desired object the plan leaves alone whose
  * manifest moved gets its `source` and `revision` updated in the same script, without a
  * generation bump (`sourcesUpdated`). An empty plan with no moved source writes nothing.
+ * Deletion marks carry `opts.actor` / `opts.why` / `opts.now` (WriteIdentity).
  */
 export async function applyPlan(
   prepared: PreparedPlan,
   redis: Redis,
-  opts: PlanOptions & { forcePrune: boolean; runner: CommandRunner; maxAttempts?: number },
+  opts: PlanOptions & WriteIdentity & { forcePrune: boolean; runner: CommandRunner; maxAttempts?: number },
 ): Promise<ApplyResult> {
   const revisionLookup = makeRevisionLookup(opts.runner);
   const max = opts.maxAttempts ?? 20;
+  const now = opts.now ?? ((): Date => new Date());
   let current = prepared;
   for (let attempt = 1; ; attempt++) {
     checkApplicable(current.plan, { forcePrune: opts.forcePrune });
     const refreshes = findSourceRefreshes(current.desired, current.plan, current.state);
     const revisionOf = await revisionsOf(current, revisionLookup, refreshes);
-    const ops = [...planToWrites(current.plan, current.state, { revisionOf, sourceOf: storedSource }), ...sourceRefreshWrites(refreshes, current.state, revisionOf)];
+    const at = now();
+    const ctx = { revisionOf, sourceOf: storedSource, now: at, ...(opts.actor !== undefined ? { actor: opts.actor } : {}), ...(opts.why !== undefined ? { why: opts.why } : {}) };
+    const ops = [...planToWrites(current.plan, current.state, ctx), ...sourceRefreshWrites(refreshes, current.state, revisionOf)];
     try {
-      await executeWrites(redis, ops);
+      await executeWrites(redis, ops, { epoch: newEpoch(at) });
       return { plan: current.plan, attempts: attempt, sourcesUpdated: refreshes.map((r) => r.key) };
     } catch (err) {
       if (!(err instanceof ConflictError) || attempt >= max) throw err;
       // Randomised pause so that racing appliers do not retry in lock step.
       await new Promise((r) => setTimeout(r, Math.random() * 10 * attempt));
-      current = await replan(prepared.desired, redis, opts);
+      const next = await replan(prepared.desired, redis, opts);
+      checkReplan(prepared, next, err);
+      current = next;
     }
   }
 }

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import { Ns8ctlError } from '../errors.js';
 import { objectKey, type DesiredObject, type ManifestObject } from '../manifest/types.js';
 import { canonicalize } from '../plan/canonical.js';
 import { parseKey } from '../plan/planner.js';
 import type { BookkeepingWrite, Plan } from '../plan/types.js';
-import type { ClusterState } from '../plan/state.js';
+import type { ClusterState, DeletionMark } from '../plan/state.js';
 import { keys } from '../state/keys.js';
 import type { WriteOp } from '../state/write-state.js';
 
@@ -32,6 +33,45 @@ export interface WriteContext {
   sourceOf?: (file: string) => string;
   /** New uuid4 for `uuid-ensure` (injected for tests). */
   newUuid?: () => string;
+  /** Who asks for deletions (`by` of the deletion mark); default `defaultActor()` (user@host). */
+  actor?: string;
+  /** Time of the request (`at` of the deletion mark); default now. */
+  now?: Date;
+  /**
+   * Why the plan's deletes are asked for (`why` of the deletion mark); default: `pruned: no longer
+   * in the manifests of apply set <set>` for a prune, `ns8ctl delete` otherwise.
+   */
+  why?: string;
+}
+
+/** `user@host` of this process: who a deletion mark says asked for it. */
+export function defaultActor(): string {
+  let user = process.env.USER ?? '';
+  try {
+    user = os.userInfo().username;
+  } catch {
+    // A uid without a passwd entry (containers): fall back to $USER, then the uid.
+  }
+  return `${user || `uid ${process.getuid?.() ?? '?'}`}@${os.hostname()}`;
+}
+
+/**
+ * The precondition on one object that a write depends on: its stored JSON, recorded apply set,
+ * deletion mark and the apply sets whose inventory lists it, as `state` holds them. A write with it
+ * fails (nothing written) when any of these moved since `state` was read.
+ */
+export function expectOp(state: ClusterState, key: string): WriteOp {
+  const parsed = parseKey(key);
+  if (!parsed) throw new Ns8ctlError('internal', `not an object key: ${key}`, { user: false });
+  const stored = state.objects.get(key);
+  const inventories = [...state.inventory].filter(([, members]) => members.has(key)).map(([name]) => name).sort();
+  return {
+    op: 'expect', key: keys.desired(parsed.kind, parsed.id), label: key,
+    object: stored ? (stored.objectJson ?? storedObjectJson(stored.object)) : '',
+    applyset: stored ? stored.applySet : '',
+    deleting: stored?.deleting ? (stored.deletingJson ?? JSON.stringify(stored.deleting)) : '',
+    member: key, inventories,
+  };
 }
 
 function bookkeepingOp(w: BookkeepingWrite, newUuid: () => string): WriteOp {
@@ -55,16 +95,18 @@ function bookkeepingOp(w: BookkeepingWrite, newUuid: () => string): WriteOp {
 
 /**
  * Turns a plan into the ops of one atomic Redis script: first a precondition per changed object
- * (its stored form must still be what the plan was made from), then the object, bookkeeping and
- * inventory writes. Bookkeeping of deletes runs only when the object really goes (no finalizers).
+ * (expectOp: its stored form, apply set, deletion mark and inventory membership must still be what
+ * the plan was made from), then the object, bookkeeping and inventory writes. Bookkeeping of
+ * deletes runs only when the object really goes (no finalizers); otherwise the object gets the
+ * deletion mark `{removalPolicy, by, at, why}` (`ctx.actor`, `ctx.now`, `ctx.why`).
  */
 export function planToWrites(plan: Plan, state: ClusterState, ctx: WriteContext): WriteOp[] {
   const newUuid = ctx.newUuid ?? randomUUID;
   const ops: WriteOp[] = [];
-  for (const c of plan.changes) {
-    const stored = state.objects.get(c.key);
-    ops.push({ op: 'expect', key: keys.desired(c.kind, c.id), object: stored ? storedObjectJson(stored.object) : '', label: c.key });
-  }
+  for (const c of plan.changes) ops.push(expectOp(state, c.key));
+  const by = ctx.actor ?? defaultActor();
+  const at = (ctx.now ?? new Date()).toISOString();
+  const why = ctx.why ?? (plan.prune ? `pruned: no longer in the manifests of apply set ${plan.applySet}` : 'ns8ctl delete');
   for (const c of plan.changes) {
     const hkey = keys.desired(c.kind, c.id);
     const index = keys.desiredIndex(c.kind);
@@ -74,8 +116,8 @@ export function planToWrites(plan: Plan, state: ClusterState, ctx: WriteContext)
         if (w.type === 'del') return { key: w.key };
         throw new Ns8ctlError('internal', `planner asked for a ${w.type} on delete of ${c.key}; only hdel/del are allowed`, { user: false });
       });
-      const policy = c.dataPolicy === 'deleted' ? 'Delete' : 'Preserve';
-      ops.push({ op: 'delete', key: hkey, index, id: c.id, deleting: JSON.stringify({ removalPolicy: policy }), also });
+      const mark: DeletionMark = { removalPolicy: c.dataPolicy === 'deleted' ? 'Delete' : 'Preserve', by, at, why };
+      ops.push({ op: 'delete', key: hkey, index, id: c.id, deleting: JSON.stringify(mark), also });
     } else {
       if (!c.after) throw new Ns8ctlError('internal', `planned ${c.action} of ${c.key} has no desired object`, { user: false });
       const file = c.source?.file ?? '';
@@ -136,7 +178,7 @@ export function sourceRefreshWrites(refreshes: readonly SourceRefresh[], state: 
     const parsed = parseKey(r.key);
     if (!stored || !parsed) continue;
     const hkey = keys.desired(parsed.kind, parsed.id);
-    ops.push({ op: 'expect', key: hkey, object: storedObjectJson(stored.object), label: r.key });
+    ops.push(expectOp(state, r.key));
     ops.push({ op: 'hset', key: hkey, field: 'source', value: r.to });
     ops.push({ op: 'hset', key: hkey, field: 'revision', value: r.file ? revisionOf(r.file) : '' });
   }

@@ -34,6 +34,11 @@ export interface RunNodeAgentOptions extends NodeAgentOptions {
    * given, desired-state changes wake the loop at once instead of waiting for the resync.
    */
   subscriber?: Redis;
+  /**
+   * While desired state looks wiped or replaced (DesiredStateSuspect), the refusal is logged at
+   * most this often (ms; again at once when the reason changes). Default 60 s.
+   */
+  suspectLogEveryMs?: number;
   /** Called after every reconcile (for logs, metrics, tests). */
   onReconcile?: (result: NodeReconcileResult) => void;
 }
@@ -79,6 +84,14 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
   const baseMs = opts.backoffBaseMs ?? 2_000;
   const maxMs = opts.backoffMaxMs ?? 300_000;
   const terminalRecheckMs = opts.terminalRecheckMs ?? 600_000;
+  const suspectLogEveryMs = opts.suspectLogEveryMs ?? 60_000;
+  let lastSuspectLog: { reason: string; at: number } | undefined;
+  const logSuspect = (reason: string): boolean => {
+    const at = deps.now().getTime();
+    if (lastSuspectLog && lastSuspectLog.reason === reason && at - lastSuspectLog.at < suspectLogEveryMs) return false;
+    lastSuspectLog = { reason, at };
+    return true;
+  };
   const backoff = new Map<string, Backoff>();
   const holds = new Map<string, Hold>();
   const control = new AbortController();
@@ -126,6 +139,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
         const heldNow = new Set<string>();
         const result = await reconcileNodeOnce(opts, deps, {
           signal: control.signal,
+          logSuspect,
           skip: (id, generation) => {
             const b = backoff.get(id);
             if (!b) return false;
@@ -140,6 +154,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
           },
         });
         nodeFailures = 0;
+        if (!result.suspect) lastSuspectLog = undefined;
         const after = deps.now().getTime();
         for (const r of result.instances) {
           if (r.outcome === 'skipped') continue;

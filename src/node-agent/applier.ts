@@ -355,7 +355,7 @@ export async function applyStep(step: Step, ctx: StepContext): Promise<void> {
     }
     // ---- removal ----
     case 'mark-removing':
-      await deps.records.update(id, { removing: { removalPolicy: step.removalPolicy } });
+      await deps.records.update(id, { removing: { ...(step.request ?? {}), removalPolicy: step.removalPolicy } });
       return;
     case 'run-destroy-module':
       await destroyModule(step, ctx);

@@ -13,7 +13,8 @@ import { createLogger, parseLogFormat, type Logger } from '../controller/log.js'
 import { StatusChangeTracker, SuspensionAwareSource } from '../controller/node-agent-seam.js';
 import { channels } from '../state/keys.js';
 import { RedisDesiredSource } from './desired-source.js';
-import type { HostLayout } from './layout.js';
+import { defaultLayout, type HostLayout } from './layout.js';
+import { acceptDesiredStateOnHost, hostEpochFile } from './desired-state-guard.js';
 import { runNodeAgent } from './agent-loop.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from './deps.js';
 import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
@@ -27,6 +28,8 @@ export interface NodeAgentCommandOptions {
   output?: string;
   /** `text` (default) or `json`: format of the log lines on stderr. */
   logFormat?: string;
+  /** Confirm desired state as it is (after a DesiredStateSuspect refusal) and exit. */
+  acceptDesiredState?: boolean;
 }
 
 /** Extra wiring from other areas (image resolution through repositories, issue 6). */
@@ -51,7 +54,8 @@ function positiveInt(value: string | undefined, flag: string, dflt: number): num
  */
 export function logReconcileResult(logger: Logger, r: NodeReconcileResult): void {
   for (const i of r.instances) {
-    if (i.outcome === 'unchanged' || i.outcome === 'skipped' || i.outcome === 'suspended') continue;
+    // An orphan is logged (and announced) once, when it becomes one, not at every pass.
+    if (i.outcome === 'unchanged' || i.outcome === 'skipped' || i.outcome === 'suspended' || i.outcome === 'orphaned') continue;
     const degraded = i.status?.conditions.find((c) => c.type === 'Degraded' && c.status === 'True');
     const reason = degraded?.reason ?? i.status?.conditions.find((c) => c.type === 'Ready')?.reason ?? (i.outcome === 'removed' ? 'Removed' : i.error?.code);
     const level = i.outcome === 'failed' || i.outcome === 'blocked' ? 'warn' : 'info';
@@ -72,7 +76,8 @@ export function logReconcileResult(logger: Logger, r: NodeReconcileResult): void
 /** Renders a reconcile result: one row per instance (id, outcome, steps, drift or error). */
 export function renderReconcileResult(r: NodeReconcileResult): string {
   const rows = r.instances.map((i) => [i.id, i.outcome, String(i.applied.length), i.error ? i.error.message : i.drift.length ? `drift: ${i.drift.join('; ')}` : '']);
-  const head = r.systemdMissing ? `node ${r.node}: ${r.systemdMissing}: units are installed but not started\n` : '';
+  const suspect = r.suspect ? `node ${r.node}: refusing to act: DesiredStateSuspect (${r.suspect.reason}): ${r.suspect.message}\n` : '';
+  const head = suspect + (r.systemdMissing ? `node ${r.node}: ${r.systemdMissing}: units are installed but not started\n` : '');
   return head + renderTable(['instance', 'result', 'steps', 'detail'], rows);
 }
 
@@ -86,6 +91,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const concurrency = positiveInt(opts.concurrency, '--concurrency', 4);
   const resyncMs = positiveInt(opts.resync, '--resync', 60) * 1000;
   const logger = createLogger(parseLogFormat(opts.logFormat), d.stderr);
+  if (opts.acceptDesiredState) return acceptCommand(node, output, d, extras);
   const conn = await d.connect({ startEmbedded: true });
   const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [], ...(extras.layout ? { layout: extras.layout } : {}) };
   // Counts the commands of this run (the runner's own history is bounded).
@@ -127,12 +133,13 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
         ? renderJson({
             node: result.node,
             systemdMissing: result.systemdMissing ?? null,
+            suspect: result.suspect ?? null,
             commands: counted,
             instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })),
           })
         : renderReconcileResult(result) + `${counted.all} command(s) run, ${counted.mutating} changing the host\n`,
     );
-    return result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
+    return result.suspect || result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
   }
   const subscriber = conn.redis.duplicate();
   // Handlers stay registered until the command ended: a second signal (or one arriving after
@@ -159,6 +166,24 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   return 0;
 }
 
+/**
+ * `--accept-desired-state`: an operator confirms desired state as it is (see
+ * desired-state-guard.ts); this host's epoch file is written and the command exits.
+ */
+async function acceptCommand(node: number, output: string, d: CliDeps, extras: NodeAgentCommandExtras): Promise<number> {
+  const conn = await d.connect({ startEmbedded: true });
+  const layout = defaultLayout(extras.layout);
+  const a = await acceptDesiredStateOnHost(conn.redis, layout);
+  if (output === 'json') {
+    d.stdout(renderJson({ node, epoch: a.epoch, previous: a.previous?.id ?? null, desiredModules: a.desiredModules, hostEpochFile: hostEpochFile(layout) }));
+    return 0;
+  }
+  const was = a.previous ? (a.previous.id === a.epoch.id ? ' (unchanged)' : ` (was ${a.previous.id})`) : ' (none before)';
+  const empty = a.desiredModules === 0 ? '; desired state holds no Module: instances of this node are reported Orphaned and left running' : '';
+  d.stdout(`node ${node}: desired state accepted: epoch ${a.epoch.id}, created ${a.epoch.created}${was}; ${a.desiredModules} Module object(s)${empty}. The node agent acts on it from its next pass.\n`);
+  return 0;
+}
+
 /** Adds `node-agent` to the command tree (call from src/cli/extensions.ts). */
 export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, extras: NodeAgentCommandExtras = {}): void {
   program
@@ -170,6 +195,7 @@ export function registerNodeAgentCommand(program: Command, deps: () => CliDeps, 
     .option('--resync <seconds>', 'full reconcile at least this often, to repair drift', '60')
     .option('--insecure-registry <host:port>', 'registry reached without TLS verification (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
     .option('-o, --output <format>', 'text or json (with --once)', 'text')
+    .option('--accept-desired-state', 'confirm desired state as it is now, after the agent refused to act on it (DesiredStateSuspect: Redis lost or replaced its data), and exit')
     .addOption(new Option('--log-format <format>', 'log lines on stderr: one per instance reconciled (id, outcome, duration, reason)').choices(['text', 'json']).default('text'))
     .action(async (opts: NodeAgentCommandOptions) => setExitCode(await nodeAgentCommand(opts, deps(), extras)));
 }

@@ -5,10 +5,11 @@
  * the number of instances.
  */
 import type { Redis } from 'ioredis';
-import type { ModuleObject, RemovalPolicy } from '../manifest/types.js';
+import type { ModuleObject } from '../manifest/types.js';
 import { RedisError } from '../errors.js';
 import { parseStoredObject } from '../state/read-state.js';
 import { keys } from '../state/keys.js';
+import { parseDeletionMark } from './removal-request.js';
 import { NODE_AGENT_FINALIZER, type InstanceDesired } from './types.js';
 
 export interface DesiredSource {
@@ -81,7 +82,9 @@ export class RedisDesiredSource implements DesiredSource {
       const spec = (stored.object as ModuleObject).spec;
       if (Number(spec.node) !== node) return;
       const d: InstanceDesired = { id, generation: stored.generation, spec, uuid: uuids[id] ?? '', finalizers: stored.finalizers };
-      if (stored.deleting) d.deleting = { removalPolicy: (stored.deleting.removalPolicy ?? 'Preserve') as RemovalPolicy };
+      // The mark's who/when/why travel with it (older marks hold only the policy).
+      const mark = stored.deleting ? (parseDeletionMark(stored.deleting) ?? { removalPolicy: 'Preserve' }) : undefined;
+      if (mark) d.deleting = mark;
       out.push(d);
     });
     return out;

@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { RemovalPolicy } from '../manifest/types.js';
+import type { DeletionMark } from './removal-request.js';
 import type { Ns8ctlError } from '../errors.js';
 import { changedNames, renderEnvironment, sameEnvironment } from './environment-file.js';
 import { moduleFlags, type ModuleLabels } from './labels.js';
@@ -363,6 +364,8 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
 export interface RemovalInput {
   id: string;
   policy: RemovalPolicy;
+  /** Who asked for the removal, when and why (recorded with `mark-removing`). */
+  request?: Omit<DeletionMark, 'removalPolicy'>;
   node: NodeFacts;
   rootfull: boolean;
   observed: ObservedInstance;
@@ -383,7 +386,10 @@ export function planRemoval(r: RemovalInput): InstancePlan {
     steps.push(s);
   };
   const rec = o.record;
-  if (rec && (!rec.removing || rec.removing.removalPolicy !== r.policy)) add({ id, kind: 'mark-removing', removalPolicy: r.policy, reason: `removal requested (${r.policy === 'Delete' ? 'DATA DELETED' : 'data preserved'})` });
+  if (rec && (!rec.removing || rec.removing.removalPolicy !== r.policy)) {
+    const request = r.request && Object.keys(r.request).length ? { request: r.request } : {};
+    add({ id, kind: 'mark-removing', removalPolicy: r.policy, ...request, reason: `removal requested (${r.policy === 'Delete' ? 'DATA DELETED' : 'data preserved'})` });
+  }
   // NS8's remove-module runs destroy-module first, while the module agent still runs.
   if (rec && !rec.destroy?.done && !node.systemdMissing && agentRunning(o)) {
     add({ id, kind: 'run-destroy-module', data: { module_id: id, preserve_data: r.policy !== 'Delete' }, reason: `destroy-module through the module agent (attempt ${(rec.destroy?.attempts ?? 0) + 1} of ${DESTROY_ATTEMPTS})` });

@@ -21,9 +21,11 @@ import { planConverge, planRemoval, volumeBasesOf, type InstancePlan } from './p
 import { formatRange } from './ports.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type Condition, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
-import type { RemovalPolicy } from '../manifest/types.js';
 import { moduleNameOf } from '../manifest/types.js';
 import { withResolutionPass } from '../repository/image-resolver.js';
+import { checkDesiredState, type SuspectReason } from './desired-state-guard.js';
+import { decideInstance, orphanMessage, type RemovalOrigin } from './instance-decision.js';
+import { clearRemovalRequest, describeRequest, policyText, readRemovalRequests, type DeletionMark } from './removal-request.js';
 import { clusterDefaultInstanceKey, defaultInstanceModule } from './default-instance.js';
 import { checkUpdate } from '../repository/resolve.js';
 import { imagesToClean, installedImageUrl, previousImageEnvironment } from './update.js';
@@ -34,7 +36,7 @@ const MAX_ROUNDS = 8;
 /** What happened to one instance in a reconcile. */
 export interface InstanceResult {
   id: string;
-  outcome: 'unchanged' | 'converged' | 'removed' | 'failed' | 'blocked' | 'skipped' | 'suspended';
+  outcome: 'unchanged' | 'converged' | 'removed' | 'failed' | 'blocked' | 'skipped' | 'suspended' | 'orphaned';
   /** Steps applied, in order. */
   applied: Step[];
   /** Drift found and repaired. */
@@ -72,6 +74,11 @@ export interface Setback {
 export interface NodeReconcileResult {
   node: number;
   instances: InstanceResult[];
+  /**
+   * Set when the node refused to act because desired state looks wiped or replaced
+   * (desired-state-guard.ts): no instance was touched.
+   */
+  suspect?: { reason: SuspectReason; message: string };
   /** Why systemd cannot be used on this host, if it cannot. */
   systemdMissing?: string;
 }
@@ -86,6 +93,11 @@ export interface ReconcileControl {
    */
   held?: (id: string, generation: number | undefined) => Setback | undefined;
   signal?: AbortSignal;
+  /**
+   * Whether to log the DesiredStateSuspect line of this pass (the loop rate-limits it); default:
+   * always.
+   */
+  logSuspect?: (reason: SuspectReason) => boolean;
 }
 
 /** Error code -> status reason. Codes not listed are `StepFailed`. */
@@ -155,8 +167,19 @@ export function reconcileNodeOnce(opts: NodeAgentOptions, deps: NodeAgentDeps, c
 async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, control: ReconcileControl): Promise<NodeReconcileResult> {
   const node = opts.node;
   const [desired, records, systemdMissing] = await Promise.all([deps.source.listForNode(node), deps.records.list(), deps.systemd.missing()]);
+  // Desired state that looks wiped or replaced is not acted on at all (desired-state-guard.ts).
+  const guard = await checkDesiredState(deps, node, { records: records.size, desiredHere: desired.length });
+  if (!guard.act) {
+    if (control.logSuspect?.(guard.reason) ?? true) deps.log(`node-agent: node ${node}: DesiredStateSuspect (${guard.reason}): ${guard.message}`);
+    return { node, instances: [], suspect: { reason: guard.reason, message: guard.message }, ...(systemdMissing ? { systemdMissing } : {}) };
+  }
   const desiredById = new Map(desired.map((d) => [d.id, d]));
   const ids = [...new Set([...desired.map((d) => d.id), ...[...records.values()].filter((r) => r.node === undefined || r.node === node).map((r) => r.id)])].sort();
+  // Orphans (recorded here, no desired object) are removed only on an explicit request.
+  const requests = await readRemovalRequests(
+    deps.redis,
+    ids.filter((id) => !desiredById.has(id)),
+  );
   // Module names whose default-instance keys the snapshot reads (the image's name; see default-instance.ts).
   const modules = [...desired.map((d) => moduleNameOf(d.spec)), ...[...records.values()].flatMap((r) => (r.imageUrl ? [defaultInstanceModule(r.imageUrl)] : []))].filter(Boolean);
   const [snapshot, users] = await Promise.all([readRedisSnapshot(deps.redis, node, ids, modules), readUsers(deps.layout)]);
@@ -166,7 +189,7 @@ async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, contro
     const started = performance.now();
     const took = (): number => Math.round(performance.now() - started);
     try {
-      return { ...(await reconcileInstance(id, desiredById.get(id), records.get(id), node, deps, shared, control)), durationMs: took() };
+      return { ...(await reconcileInstance(id, desiredById.get(id), records.get(id), requests.get(id), node, deps, shared, control)), durationMs: took() };
     } catch (err) {
       // Only status writes can land here (instance errors are caught inside): report, go on.
       const e = toNs8ctlError(err);
@@ -186,18 +209,63 @@ async function reconcileInstance(
   id: string,
   d: InstanceDesired | undefined,
   rec: InstanceRecord | undefined,
+  request: DeletionMark | undefined,
   node: number,
   deps: NodeAgentDeps,
   shared: ObserveContext,
   control: ReconcileControl,
 ): Promise<InstanceResult> {
-  if (d?.spec.suspend && !d.deleting) {
-    return { id, outcome: 'suspended', applied: [], drift: [], retry: false };
+  const decision = decideInstance(d, rec, request);
+  switch (decision.action) {
+    case 'suspended':
+      return { id, outcome: 'suspended', applied: [], drift: [], retry: false };
+    case 'remove':
+      return removeInstance(id, d, rec, decision.mark, decision.origin, node, deps, shared);
+    case 'orphaned':
+      return reportOrphan(id, rec!, node, deps, shared);
+    case 'nothing':
+      return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
+    case 'converge':
+      return convergeInstance(d!, rec, node, deps, shared, control);
   }
-  const removal: RemovalPolicy | undefined = d?.deleting?.removalPolicy ?? (!d && rec ? (rec.removing?.removalPolicy ?? 'Preserve') : undefined);
-  if (removal) return removeInstance(id, d, rec, removal, node, deps, shared);
-  if (!d) return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
-  return convergeInstance(d, rec, node, deps, shared, control);
+}
+
+/**
+ * An instance this node runs whose desired object is missing: reported (condition `Orphaned`, a
+ * `module-orphaned` Warning event once per transition) and left running untouched.
+ */
+async function reportOrphan(id: string, rec: InstanceRecord, node: number, deps: NodeAgentDeps, shared: ObserveContext): Promise<InstanceResult> {
+  const prev = shared.redis.status.get(id);
+  const message = orphanMessage(id, node);
+  const next: ModuleStatus = {
+    id,
+    node,
+    observedGeneration: prev?.observedGeneration ?? 0,
+    imageUrl: prev?.imageUrl || rec.imageUrl || '',
+    imageDigest: prev?.imageDigest ?? '',
+    ports: prev?.ports ?? {},
+    units: prev?.units ?? [],
+    drift: [],
+    conditions: [
+      cond('Ready', 'Unknown', 'Orphaned', 'not observed: the instance has no desired object'),
+      cond('Progressing', 'False', 'Orphaned', 'left as it is: an orphan is neither converged nor removed'),
+      cond('Degraded', 'True', 'Orphaned', message),
+      cond('Orphaned', 'True', 'DesiredObjectMissing', message),
+    ],
+  };
+  const wasOrphan = prev?.conditions.some((c) => c.type === 'Orphaned' && c.status === 'True') ?? false;
+  const status = await writeStatus(deps.redis, prev, next, deps.now());
+  if (!wasOrphan) {
+    deps.log(`node-agent: ${id}: Orphaned: ${message}`);
+    await new EventRecorder(deps.redis, { now: deps.now, log: (line) => deps.log(`node-agent: ${line}`) }).record({
+      name: 'module-orphaned',
+      type: 'Warning',
+      object: `Module/${id}`,
+      message: `Module/${id} on node ${node}: ${message}`,
+      data: { module: id, node, image: next.imageUrl },
+    });
+  }
+  return { id, outcome: 'orphaned', applied: [], drift: [], retry: false, status };
 }
 
 function reasonOf(e: Ns8ctlError): string {
@@ -595,7 +663,29 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function removeInstance(id: string, d: InstanceDesired | undefined, rec: InstanceRecord | undefined, policy: RemovalPolicy, node: number, deps: NodeAgentDeps, shared: ObserveContext): Promise<InstanceResult> {
+/**
+ * Removes an instance on an explicit request (`mark`, see instance-decision.ts). The request is
+ * on the host record before anything is removed, so an interrupted removal resumes without its
+ * desired object. The first pass of a removal logs, reports (status Removing) and records a
+ * `module-removing` event naming who asked, when and why.
+ */
+async function removeInstance(
+  id: string,
+  d: InstanceDesired | undefined,
+  rec: InstanceRecord | undefined,
+  mark: DeletionMark,
+  origin: RemovalOrigin,
+  node: number,
+  deps: NodeAgentDeps,
+  shared: ObserveContext,
+): Promise<InstanceResult> {
+  const policy = mark.removalPolicy;
+  const starting = !rec?.removing || rec.removing.removalPolicy !== policy;
+  if (origin === 'removal-request' && rec) {
+    // The host record carries the request from now on (a crash resumes from it); the key goes.
+    rec = await deps.records.update(id, { removing: mark });
+    await clearRemovalRequest(deps.redis, id);
+  }
   const user = shared.users.get(id);
   const rootfull = rec?.rootfull ?? (!user && (await exists(path.join(deps.layout.rootfullBase, id))));
   let labels: ModuleLabels | undefined;
@@ -605,15 +695,15 @@ async function removeInstance(id: string, d: InstanceDesired | undefined, rec: I
     labels = undefined;
   }
   const observed = await observeInstance(shared, id, rec, rootfull, rec?.imageUrl, labels);
-  const plan = planRemoval({ id, policy, node: { node, ...(shared.systemdMissing ? { systemdMissing: shared.systemdMissing } : {}) }, rootfull, observed, desiredPresent: Boolean(d) });
+  const { removalPolicy: _p, ...request } = mark;
+  const plan = planRemoval({ id, policy, request, node: { node, ...(shared.systemdMissing ? { systemdMissing: shared.systemdMissing } : {}) }, rootfull, observed, desiredPresent: Boolean(d) });
   if (!plan.steps.length) return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
   const stepCtx: StepContext = { deps, node, id, rootfull, ...(labels ? { labels } : {}), ...(rec?.imageUrl ? { imageUrl: rec.imageUrl } : {}) };
   const prev = shared.redis.status.get(id);
-  const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d?.generation ?? 0, imageUrl: rec?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '', ports: prev?.ports ?? {}, units: prev?.units ?? [], drift: [] };
-  if (d) {
-    const what = policy === 'Delete' ? 'removing (DATA DELETED)' : 'removing (data preserved)';
-    await writeStatus(deps.redis, prev, { ...base, conditions: [cond('Ready', 'False', 'Removing', what), cond('Progressing', 'True', 'Removing', plan.steps.map((s) => s.kind).join(', ')), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
-  }
+  const base: Omit<ModuleStatus, 'conditions'> = { id, node, observedGeneration: d?.generation ?? prev?.observedGeneration ?? 0, imageUrl: rec?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '', ports: prev?.ports ?? {}, units: prev?.units ?? [], drift: [] };
+  const what = `removing (${policyText(policy)}), ${describeRequest(mark)}`;
+  if (starting || origin === 'removal-request') await announceRemoval(id, node, mark, what, deps);
+  await writeStatus(deps.redis, prev, { ...base, conditions: [cond('Ready', 'False', 'Removing', what), cond('Progressing', 'True', 'Removing', plan.steps.map((s) => s.kind).join(', ')), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
   const applied: Step[] = [];
   for (const step of plan.steps) {
     try {
@@ -621,15 +711,25 @@ async function removeInstance(id: string, d: InstanceDesired | undefined, rec: I
       applied.push(step);
     } catch (err) {
       const e = toNs8ctlError(err);
-      const msg = `removal step ${step.kind} failed: ${e.message}`;
+      const msg = `removal step ${step.kind} failed: ${e.message} (${describeRequest(mark)})`;
       deps.log(`node-agent: ${id}: ${msg}`);
-      if (d) {
-        const cur = (await readRedisSnapshot(deps.redis, node, [id])).status.get(id);
-        await writeStatus(deps.redis, cur, { ...base, conditions: [cond('Ready', 'False', 'RemovalFailed', msg), cond('Progressing', 'False', 'Failed', 'will retry with backoff'), cond('Degraded', 'True', 'RemovalFailed', msg)] }, deps.now());
-      }
+      const cur = (await readRedisSnapshot(deps.redis, node, [id])).status.get(id);
+      await writeStatus(deps.redis, cur, { ...base, conditions: [cond('Ready', 'False', 'RemovalFailed', msg), cond('Progressing', 'False', 'Failed', 'will retry with backoff'), cond('Degraded', 'True', 'RemovalFailed', msg)] }, deps.now());
       return { id, outcome: 'failed', applied, drift: [], error: e, retry: true };
     }
   }
-  deps.log(`node-agent: ${id}: removed (${policy === 'Delete' ? 'data deleted' : 'data preserved'}; ${applied.length} step(s))`);
+  deps.log(`node-agent: ${id}: removed (${policy === 'Delete' ? 'data deleted' : 'data preserved'}; ${applied.length} step(s); ${describeRequest(mark)})`);
   return { id, outcome: 'removed', applied, drift: [], retry: false };
+}
+
+/** The first pass of a removal: one log line and a `module-removing` event with who/when/why. */
+async function announceRemoval(id: string, node: number, mark: DeletionMark, what: string, deps: NodeAgentDeps): Promise<void> {
+  deps.log(`node-agent: ${id}: ${what}`);
+  await new EventRecorder(deps.redis, { now: deps.now, log: (line) => deps.log(`node-agent: ${line}`) }).record({
+    name: 'module-removing',
+    type: mark.removalPolicy === 'Delete' ? 'Warning' : 'Normal',
+    object: `Module/${id}`,
+    message: `Module/${id} on node ${node}: ${what}`,
+    data: { module: id, node, removalPolicy: mark.removalPolicy, ...(mark.by ? { by: mark.by } : {}), ...(mark.at ? { at: mark.at } : {}), ...(mark.why ? { why: mark.why } : {}) },
+  });
 }

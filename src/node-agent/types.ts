@@ -5,6 +5,7 @@
  */
 import type { ModuleSpec, RemovalPolicy } from '../manifest/types.js';
 import type { PortProto, PortRange } from './ports.js';
+import type { DeletionMark } from './removal-request.js';
 
 /** The finalizer the node agent puts on every Module it creates something for. */
 export const NODE_AGENT_FINALIZER = 'node-agent';
@@ -17,8 +18,8 @@ export interface InstanceDesired {
   /** `cluster/module_uuid[id]`; empty when the bookkeeping is not there (yet). */
   uuid: string;
   finalizers: string[];
-  /** Set once deletion was requested. */
-  deleting?: { removalPolicy: RemovalPolicy };
+  /** Set once deletion was requested: policy, and who asked, when and why (when recorded). */
+  deleting?: DeletionMark;
 }
 
 /** Image facts, from `podman image inspect` (or the registry before a pull). */
@@ -68,8 +69,11 @@ export interface InstanceRecord {
   volumeBases?: string[];
   /** Node the instance was made on (for removal when desired state is gone). */
   node?: number;
-  /** Set when removal started: removal resumes after a crash even if desired state vanished. */
-  removing?: { removalPolicy: RemovalPolicy };
+  /**
+   * Set when removal started (the request that started it, with who/when/why): the removal
+   * resumes after a crash even if desired state vanished.
+   */
+  removing?: DeletionMark;
   /**
    * The NS8 lifecycle action the module agent still owes for `image` (create-module for a new
    * instance, update-module after an update), and the task submitted for it, if any.
@@ -265,7 +269,8 @@ export type Step = StepBase &
     /** After an update: `podman rmi` (as the owner) of the previous module and service images no longer used (NS8's 95cleanup_images). */
     | { kind: 'remove-old-images'; refs: string[] }
     // removal
-    | { kind: 'mark-removing'; removalPolicy: RemovalPolicy }
+    /** Records the removal request on the host (`removing`), so the removal resumes after a crash. */
+    | { kind: 'mark-removing'; removalPolicy: RemovalPolicy; request?: Omit<DeletionMark, 'removalPolicy'> }
     /** NS8 destroy-module, as a task to the instance's module agent, before anything is removed. */
     | { kind: 'run-destroy-module'; data: { module_id: string; preserve_data: boolean } }
     | { kind: 'disable-units'; units: string[] }
@@ -287,9 +292,12 @@ export type Step = StepBase &
 
 export type StepKind = Step['kind'];
 
-/** One status condition (kstatus style). */
+/**
+ * One status condition (kstatus style). `Orphaned` (True) is set on an instance the node runs
+ * whose desired object is missing: it is left running, neither converged nor removed.
+ */
 export interface Condition {
-  type: 'Ready' | 'Progressing' | 'Degraded';
+  type: 'Ready' | 'Progressing' | 'Degraded' | 'Orphaned';
   status: 'True' | 'False' | 'Unknown';
   reason: string;
   message: string;

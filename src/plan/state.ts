@@ -27,8 +27,24 @@ export interface StoredObject {
   applySet: string;
   /** Who must clean up before the object may vanish (e.g. `node-agent`). */
   finalizers: string[];
-  /** Set once deletion was requested while finalizers remained. */
-  deleting?: { removalPolicy: RemovalPolicy };
+  /** Set once deletion was requested while finalizers remained: the deletion mark. */
+  deleting?: DeletionMark;
+  /** The stored `deleting` field text, when read from Redis (preconditions compare it exactly). */
+  deletingJson?: string;
+}
+
+/**
+ * The deletion mark of an object whose removal waits for finalizers: the data policy, and who
+ * asked, when and why (absent in marks written before they were recorded).
+ */
+export interface DeletionMark {
+  removalPolicy: RemovalPolicy;
+  /** `user@host`, or the controller source that pruned it. */
+  by?: string;
+  /** ISO-8601 time of the request. */
+  at?: string;
+  /** `pruned: no longer in the manifests of apply set default`, `ns8ctl delete`, `remove-module`. */
+  why?: string;
 }
 
 /** Everything the planner reads: ns8ctl's own keys plus the NS8 bookkeeping keys it maintains. */
@@ -79,7 +95,8 @@ export function cloneState(state: ClusterState): ClusterState {
       finalizers: [...v.finalizers],
     };
     if (v.objectJson !== undefined) copy.objectJson = v.objectJson;
-    if (v.deleting) copy.deleting = { removalPolicy: v.deleting.removalPolicy };
+    if (v.deleting) copy.deleting = { ...v.deleting };
+    if (v.deletingJson !== undefined) copy.deletingJson = v.deletingJson;
     objects.set(k, copy);
   }
   return {

@@ -12,8 +12,9 @@ export const keys = {
    * HASH: one desired object. Fields: `object` (canonical JSON of {apiVersion, kind, metadata, spec}),
    * `generation` (INT, +1 only when the spec really changes), `source` (file), `revision` (git commit
    * or empty), `applyset` (inventory name), `finalizers` (space-separated, e.g. `node-agent`: set by
-   * whoever must clean up before the object may vanish), `deleting` (empty, or JSON
-   * `{"removalPolicy":"Preserve"|"Delete"}` once deletion was requested and finalizers remain).
+   * whoever must clean up before the object may vanish), `deleting` (empty, or the deletion mark:
+   * JSON `{"removalPolicy":"Preserve"|"Delete","by","at","why"}` once deletion was requested and
+   * finalizers remain; the older `{"removalPolicy"}` form stays valid).
    */
   desired: (kind: Kind, id: string): string => `ns8ctl/desired/${lower(kind)}/${id}`,
   /** SET: ids of the desired objects of one kind (lets reads avoid SCAN). */
@@ -30,6 +31,12 @@ export const keys = {
   nodePorts: (node: number | string): string => `ns8ctl/node/${node}/ports`,
   /** SET: ids whose ranges in `nodePorts` are reservations for instances NS8 runs without ns8ctl. */
   nodeForeignPorts: (node: number | string): string => `ns8ctl/node/${node}/foreign_ports`,
+  /**
+   * STRING (JSON `{"id":"<uuid4>","created":"<ISO-8601>"}`): the identity of this cluster's desired
+   * state, made (SET NX) by the first write of desired state and never overwritten; its absence
+   * while instances run means desired state was wiped.
+   */
+  clusterEpoch: (): string => 'ns8ctl/cluster/epoch',
   /** STRING: controller leader lease: holder identity, expires (PX) unless renewed (src/controller/). */
   controllerLeader: (): string => 'ns8ctl/controller/leader',
   /**

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { KINDS, type Kind, type ManifestObject, type RemovalPolicy } from '../manifest/types.js';
-import { emptyState, type ClusterState, type StoredObject } from '../plan/state.js';
+import { emptyState, type ClusterState, type DeletionMark, type StoredObject } from '../plan/state.js';
 import { RedisError } from '../errors.js';
 import { keys } from './keys.js';
 
@@ -19,6 +19,23 @@ function replies(res: Reply[] | null): unknown[] {
     if (err) throw new RedisError('redis_command_failed', `Redis refused a read: ${err.message}`, { cause: err });
     return value;
   });
+}
+
+/**
+ * Parses a `deleting` field: JSON `{removalPolicy, by?, at?, why?}` (the older `{removalPolicy}`
+ * form included). Unknown or malformed parts fall back to what is safe: `Preserve`, no by/at/why.
+ */
+export function parseDeletionMark(kind: Kind, id: string, raw: string): DeletionMark {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch (err) {
+    throw new RedisError('state_corrupt', `the deletion mark of ${kind}/${id} in ${keys.desired(kind, id)} is not valid JSON`, { cause: err });
+  }
+  const o = (v && typeof v === 'object' ? v : {}) as Record<string, unknown>;
+  const mark: DeletionMark = { removalPolicy: o.removalPolicy === 'Delete' ? 'Delete' : ('Preserve' as RemovalPolicy) };
+  for (const f of ['by', 'at', 'why'] as const) if (typeof o[f] === 'string' && o[f]) mark[f] = o[f];
+  return mark;
 }
 
 /** Parses one desired-object hash (see keys.desired) into a StoredObject. */
@@ -40,7 +57,10 @@ export function parseStoredObject(kind: Kind, id: string, h: Record<string, stri
     applySet: h.applyset ?? '',
     finalizers: (h.finalizers ?? '').split(' ').filter(Boolean),
   };
-  if (h.deleting) stored.deleting = JSON.parse(h.deleting) as { removalPolicy: RemovalPolicy };
+  if (h.deleting) {
+    stored.deleting = parseDeletionMark(kind, id, h.deleting);
+    stored.deletingJson = h.deleting;
+  }
   return stored;
 }
 

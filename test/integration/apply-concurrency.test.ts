@@ -63,7 +63,7 @@ describe('concurrent applies', () => {
       { op: 'expect', key: 'ns8ctl/desired/module/x1', object: '', label: 'Module/x1' },
     ]);
     await expect(attempt).rejects.toBeInstanceOf(ConflictError);
-    await expect(attempt).rejects.toThrow('Module/x1 was changed by someone else');
+    await expect(attempt).rejects.toThrow('Module/x1 was created by another writer');
     expect(await r.exists('untouched')).toBe(0);
   });
 });

@@ -235,9 +235,12 @@ describe('apply against a real Redis', () => {
     const res = await runCli(['delete', 'module', 'webapp1', '--no-preserve'], env);
     expect(res.code).toBe(0);
     expect(res.stdout).toContain('DATA DELETED');
-    expect(JSON.parse((await redis.hget('ns8ctl/desired/module/webapp1', 'deleting'))!)).toEqual({ removalPolicy: 'Delete' });
+    // The deletion mark says who asked, when and why.
+    const mark = JSON.parse((await redis.hget('ns8ctl/desired/module/webapp1', 'deleting'))!) as Record<string, string>;
+    expect(mark).toEqual({ removalPolicy: 'Delete', by: expect.stringMatching(/^.+@.+$/), at: expect.stringMatching(/^\d{4}-\d\d-\d\dT.*Z$/), why: 'ns8ctl delete' });
+    expect(Date.parse(mark.at!)).not.toBeNaN();
     const get = await runCli(['get', 'modules', 'webapp1', '-o', 'json'], env);
-    expect(JSON.parse(get.stdout).metadata.deletionRequested).toBe(true);
+    expect(JSON.parse(get.stdout).metadata).toMatchObject({ deletionRequested: true, removalPolicy: 'Delete', deletionRequestedBy: mark.by, deletionTimestamp: mark.at, deletionReason: 'ns8ctl delete' });
     expect((await runCli(['get', 'modules'], env)).stdout).toContain('Terminating');
   });
 

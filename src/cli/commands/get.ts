@@ -197,7 +197,15 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?:
     metadata: {
       ...obj.metadata,
       generation: o.generation,
-      ...(o.deleting ? { deletionRequested: true, removalPolicy: o.deleting.removalPolicy } : {}),
+      ...(o.deleting
+        ? {
+            deletionRequested: true,
+            removalPolicy: o.deleting.removalPolicy,
+            ...(o.deleting.by ? { deletionRequestedBy: o.deleting.by } : {}),
+            ...(o.deleting.at ? { deletionTimestamp: o.deleting.at } : {}),
+            ...(o.deleting.why ? { deletionReason: o.deleting.why } : {}),
+          }
+        : {}),
       ...(o.finalizers.length > 0 ? { finalizers: o.finalizers } : {}),
       annotations: {
         ...(obj.metadata.annotations ?? {}),

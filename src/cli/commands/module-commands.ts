@@ -1,9 +1,9 @@
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import type { Redis } from 'ioredis';
-import { applyPlan, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
-import { NotFoundError, RefusedError, UsageError } from '../../errors.js';
+import { applyPlan, checkApplicable, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
+import { planToWrites, storedSource } from '../../apply/to-writes.js';
+import { ConflictError, NotFoundError, RedisError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
 import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
@@ -11,6 +11,8 @@ import { plan as makePlan, planDeletion } from '../../plan/planner.js';
 import { renderPlanText } from '../../plan/render.js';
 import { keys } from '../../state/keys.js';
 import { readClusterState, readNodeRecords } from '../../state/read-state.js';
+import { executeWrites, type WriteOp } from '../../state/write-state.js';
+import type { ClusterState } from '../../plan/state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, useColor } from '../output.js';
 import { resourceKind } from './get.js';
@@ -21,8 +23,14 @@ export interface DeleteOptions {
   manifests?: string;
 }
 
-/** `ns8ctl delete module|repository|node ID`: removes one object from desired state. */
-export async function deleteCommand(resource: string, id: string, opts: DeleteOptions, deps: CliDeps): Promise<number> {
+/**
+ * `ns8ctl delete module|repository|node ID`: removes one object from desired state, or (with
+ * finalizers) marks it for deletion, recording who (`user@host`), when and why (`why`: `ns8ctl
+ * delete` or `remove-module`). The write has preconditions on the object as read (content, apply
+ * set, inventories, deletion mark): when another writer changed it in between, nothing is written
+ * and the ConflictError names the object and the change.
+ */
+export async function deleteCommand(resource: string, id: string, opts: DeleteOptions, deps: CliDeps, why = 'ns8ctl delete'): Promise<number> {
   const kind: Kind = resourceKind(resource);
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const { redis } = await deps.connect();
@@ -35,8 +43,10 @@ export async function deleteCommand(resource: string, id: string, opts: DeleteOp
     deps.stderr(`${key} is already being removed; waiting for ${stored.finalizers.join(', ') || 'its finalizers'}.\n`);
     return 0;
   }
-  const result = await applyPlan({ desired: [], state, plan: p }, redis, { applySet: 'default', prune: false, forcePrune: true, runner: deps.runner, maxAttempts: 1 });
+  const result = await applyPlan({ desired: [], state, plan: p }, redis, { applySet: 'default', prune: false, forcePrune: true, runner: deps.runner, maxAttempts: 1, why });
   if (opts.manifests) {
+    // The id names a file: never one outside DIR, whatever Redis holds.
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(id)) throw new RefusedError('id_invalid', `${key} was deleted, but its manifest was not removed from ${opts.manifests}: the id is not a plain file name`);
     const file = path.join(opts.manifests, `${id}.yaml`);
     if (existsSync(file)) rmSync(file);
   }
@@ -53,15 +63,40 @@ export interface AddModuleOptions {
   output?: string;
 }
 
-async function nextInstanceId(redis: Redis, module: string): Promise<string> {
-  const n = await redis.incr(keys.moduleSequence(module));
-  return `${module}${n}`;
+/** How many times add-module takes a new id after losing one to a concurrent writer. */
+const ADD_MODULE_ATTEMPTS = 20;
+
+/**
+ * The number of the next instance of `module`: one above `cluster/module_sequence/<module>`
+ * (`raw`, null when absent), skipping numbers whose id desired state or NS8 already has.
+ * @throws RedisError `state_invalid` when the sequence is not an integer.
+ */
+function nextInstanceNumber(module: string, raw: string | null, state: ClusterState): number {
+  if (raw !== null && !/^\d+$/.test(raw)) {
+    throw new RedisError('state_invalid', `${keys.moduleSequence(module)} holds ${JSON.stringify(raw.slice(0, 40))}, not an integer: no instance id can be taken from it; nothing was written. Set it to the highest instance number of ${module} (or delete it), then try again`, { user: true });
+  }
+  let n = Number(raw ?? 0) + 1;
+  for (let i = 0; i < 10_000 && (state.objects.has(`Module/${module}${n}`) || state.moduleNode.has(`${module}${n}`)); i++) n++;
+  return n;
+}
+
+function writeManifestFile(dir: string, id: string, text: string): string {
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${id}.yaml`);
+  writeFileSync(file + '.tmp', text);
+  renameSync(file + '.tmp', file);
+  return file;
 }
 
 /**
  * `ns8ctl add-module <module|image-url> <node_id> [--manifests DIR]`: the seeds' imperative
- * command as a thin wrapper: INCR `cluster/module_sequence/<module>` for the id (as NS8), write
- * `<DIR>/<id>.yaml` when asked, and apply that one object.
+ * command as a thin wrapper: takes the next id of `cluster/module_sequence/<module>` (as NS8's
+ * INCR), writes `<DIR>/<id>.yaml` when asked, and creates that one object. The id is taken in the
+ * same atomic write that creates the object, with preconditions that the sequence and the object
+ * are still as read: when a concurrent writer (an apply, another add-module) took that id first,
+ * nothing is written and a new id is taken (up to ADD_MODULE_ATTEMPTS times), so add-module never
+ * overwrites another writer's object and never reports an id another writer owns.
+ * Bad input consumes no id.
  */
 export async function addModuleCommand(ref: string, nodeArg: string, opts: AddModuleOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
@@ -71,33 +106,45 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
   const module = moduleNameOf(spec);
   if (!/^[a-z][a-z0-9_-]*$/.test(module)) throw new UsageError(`cannot derive a module name from "${ref}": expected a name like "dokuwiki" or an image URL like "ghcr.io/nethserver/dokuwiki:1.2.3"`);
   const { redis } = await deps.connect();
-  const before = await readClusterState(redis, { modules: [module] });
-  // Validate before taking an id, so bad input consumes nothing.
-  const draft: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata: { name: `${module}1` }, spec: { ...spec, node } };
-  const check = validateManifests({ ...parseManifestText('(add-module)', YAML.stringify(draft)), files: ['(add-module)'] }, { knownNodes: knownNodesOf(before, await readNodeRecords(redis)) });
-  if (check.diagnostics.length > 0) throw new RefusedError('add_module_invalid', check.diagnostics.map((d) => d.message).join('; '));
-  const id = await nextInstanceId(redis, module);
-  const object: ModuleObject = { ...draft, metadata: { name: id } };
-  const text = YAML.stringify(object);
-  let file = '(add-module)';
-  if (opts.manifests) {
-    mkdirSync(opts.manifests, { recursive: true });
-    file = path.join(opts.manifests, `${id}.yaml`);
-    writeFileSync(file + '.tmp', text);
-    renameSync(file + '.tmp', file);
+  const seqKey = keys.moduleSequence(module);
+  let lastConflict: ConflictError | undefined;
+  for (let attempt = 1; attempt <= ADD_MODULE_ATTEMPTS; attempt++) {
+    const seqRaw = await redis.get(seqKey);
+    const state = await readClusterState(redis, { modules: [module] });
+    const knownNodes = knownNodesOf(state, await readNodeRecords(redis));
+    const n = nextInstanceNumber(module, seqRaw, state);
+    const id = `${module}${n}`;
+    const object: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata: { name: id }, spec: { ...spec, node } };
+    const text = YAML.stringify(object);
+    // Validated before any file or key is written, so bad input leaves nothing behind.
+    const draft = validateManifests({ ...parseManifestText('(add-module)', text), files: ['(add-module)'] }, { knownNodes });
+    if (draft.diagnostics.length > 0) throw new RefusedError('add_module_invalid', draft.diagnostics.map((d) => d.message).join('; '));
+    const file = opts.manifests ? writeManifestFile(opts.manifests, id, text) : '(add-module)';
+    try {
+      const valid = validateManifests({ ...parseManifestText(file, text), files: [file] }, { knownNodes });
+      const { plan: p, warnings } = await resolvePlan(redis, valid.objects, state, makePlan(valid.objects, state, { applySet: 'default', prune: false }));
+      checkApplicable(p, { forcePrune: false });
+      if (attempt === 1) for (const w of warnings) deps.stderr(`warning: ${w}\n`);
+      const ops: WriteOp[] = [
+        { op: 'expect-value', key: seqKey, value: seqRaw ?? '', label: `Module/${id}` },
+        ...planToWrites(p, state, { revisionOf: () => '', sourceOf: storedSource }),
+        { op: 'atleast', key: seqKey, value: n },
+      ];
+      await executeWrites(redis, ops);
+      if (format === 'json') deps.stdout(renderJson({ module_id: id, module, node, ...(opts.manifests ? { file } : {}), generation: p.changes[0]?.generation ?? 1 }));
+      else deps.stdout(`${id} added on node ${node}${opts.manifests ? ` (manifest: ${file})` : ''}${attempt > 1 ? ` (after ${attempt - 1} id${attempt === 2 ? '' : 's'} taken by concurrent writers)` : ''}\n`);
+      return 0;
+    } catch (err) {
+      if (opts.manifests) rmSync(file, { force: true });
+      if (!(err instanceof ConflictError)) throw err;
+      lastConflict = err;
+      deps.stderr(`${err.message}; taking a new id\n`);
+    }
   }
-  const loaded = { ...parseManifestText(file, text), files: [file] };
-  const state = await readClusterState(redis, { modules: [module] });
-  const valid = validateManifests(loaded, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)) });
-  const { plan: p, warnings } = await resolvePlan(redis, valid.objects, state, makePlan(valid.objects, state, { applySet: 'default', prune: false }));
-  for (const w of warnings) deps.stderr(`warning: ${w}\n`);
-  const result = await applyPlan({ desired: valid.objects, state, plan: p }, redis, { applySet: 'default', prune: false, forcePrune: false, runner: deps.runner });
-  if (format === 'json') deps.stdout(renderJson({ module_id: id, module, node, ...(opts.manifests ? { file } : {}), generation: result.plan.changes[0]?.generation ?? 1 }));
-  else deps.stdout(`${id} added on node ${node}${opts.manifests ? ` (manifest: ${file})` : ''}\n`);
-  return 0;
+  throw new ConflictError(`add-module gave up after ${ADD_MODULE_ATTEMPTS} attempts: concurrent writers kept taking the next ${module} id (last: ${lastConflict?.message ?? 'unknown'}); nothing was written`);
 }
 
 /** `ns8ctl remove-module [--no-preserve] <id>`: deletes the module's desired object. */
 export async function removeModuleCommand(id: string, opts: DeleteOptions, deps: CliDeps): Promise<number> {
-  return deleteCommand('module', id, opts, deps);
+  return deleteCommand('module', id, opts, deps, 'remove-module');
 }
