@@ -66,9 +66,15 @@ export class ManifestError extends Ns8ctlError {
   }
 }
 
+/**
+ * Exit code of a Redis connection fault: bad URL, nothing answering, no answer in time, refused
+ * credentials, a missing admin password file, a read the credentials do not allow.
+ */
+export const EXIT_REDIS = 3;
+
 /** Redis cannot be reached, refused a command, or is not the server we expect. */
 export class RedisError extends Ns8ctlError {
-  constructor(code: string, message: string, opts: { cause?: unknown; user?: boolean } = {}) {
+  constructor(code: string, message: string, opts: { cause?: unknown; user?: boolean; exitCode?: number } = {}) {
     super(code, message, opts);
   }
 }

@@ -18,7 +18,7 @@ describe('embedded redis-server (no Redis URL given)', () => {
   });
   afterAll(async () => {
     const password = readFileSync(path.join(dir, 'state', 'redis', 'admin.password'), 'utf8').trim();
-    const admin = new Redis(port, '127.0.0.1', { username: 'ns8ctl', password, maxRetriesPerRequest: 1, retryStrategy: () => null });
+    const admin = new Redis({ path: path.join(dir, 'state', 'redis', 'redis.sock'), username: 'ns8ctl', password, maxRetriesPerRequest: 1, retryStrategy: () => null });
     await admin.shutdown('NOSAVE').catch(() => undefined);
     admin.disconnect();
     rmSync(dir, { recursive: true, force: true });
@@ -36,9 +36,10 @@ describe('embedded redis-server (no Redis URL given)', () => {
     expect(statSync(path.join(dir, 'state', 'redis', 'appendonlydir')).isDirectory()).toBe(true);
   });
 
-  it('follows the seeds access model: the default user reads but cannot write', async () => {
-    const anon = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 1 });
-    expect(await anon.smembers('ns8ctl/desired/node')).toEqual(['1']);
+  it('follows the seeds access model: the default user reads NS8 keys but cannot write, nor read desired objects', async () => {
+    const anon = new Redis(port, '127.0.0.1', { maxRetriesPerRequest: 1, enableReadyCheck: false });
+    expect(await anon.get('node/1/ui_name')).toBe('node1');
+    await expect(anon.smembers('ns8ctl/desired/node')).rejects.toThrow(/NOPERM/);
     await expect(anon.set('cluster/x', '1')).rejects.toThrow(/NOPERM/);
     anon.disconnect();
   });
@@ -46,7 +47,7 @@ describe('embedded redis-server (no Redis URL given)', () => {
   it('says how to install redis-server when it is missing', async () => {
     const other = await freePort();
     const res = await runCli(['get', 'nodes'], { NS8CTL_STATE_DIR: path.join(dir, 'state2'), NS8CTL_EMBEDDED_PORT: String(other), PATH: '/nonexistent' });
-    expect(res.code).toBe(1);
+    expect(res.code).toBe(3);
     expect(res.stderr).toContain('apt-get install redis-server');
   });
 });
