@@ -26,7 +26,7 @@ interface BenchSpec {
 const BENCHES: BenchSpec[] = [
   { name: 'core', script: 'run.js', full: {}, smoke: { BENCH_MODULES: '20' } },
   { name: 'cli-startup', script: 'cli-startup.js', full: {}, smoke: { BENCH_REPEAT: '1' } },
-  { name: 'resolve', script: 'resolve-bench.js', full: {}, smoke: { BENCH_REPO_MODULES: '10', BENCH_REPO_VERSIONS: '3' } },
+  { name: 'resolve', script: 'resolve-bench.js', full: {}, smoke: { BENCH_REPO_MODULES: '10' } },
   { name: 'pickup-latency', script: 'pickup-latency.js', full: {}, smoke: { BENCH_CHANGES: '3' } },
   { name: 'idle-cost', script: 'idle-cost.js', full: {}, smoke: { BENCH_INSTANCES: '5', BENCH_IDLE_SECONDS: '2' } },
   { name: 'node-agent-converge', script: 'node-agent-converge.js', full: {}, smoke: { BENCH_CONVERGE_INSTANCES: '2', BENCH_NOOP_INSTANCES: '3', BENCH_CONCURRENCY: '2' }, root: true },

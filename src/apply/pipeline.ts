@@ -119,13 +119,31 @@ export function knownNodesOf(state: ClusterState, records: readonly number[] = [
   return [...out].sort((a, b) => a - b);
 }
 
-/** Loads and validates manifests against the live state; throws ManifestError listing every problem. */
+/** Start of the loader's message for a directory without manifest files. */
+const EMPTY_DIRECTORY = 'directory has no manifest files';
+
+/**
+ * Loads and validates manifests against the live state; throws ManifestError listing every problem.
+ * `allowEmpty`: true accepts directories without manifest files (an empty set of objects: with
+ * prune, everything of the apply set goes); false refuses them naming `--allow-empty`; undefined
+ * refuses them as the loader says.
+ */
 export async function loadAndValidate(
   paths: string[],
   redis: Redis | undefined,
-  opts: { stdin?: () => Promise<string> } = {},
+  opts: { stdin?: () => Promise<string>; allowEmpty?: boolean } = {},
 ): Promise<{ desired: DesiredObject[]; state: ClusterState | undefined; loaded: LoadResult }> {
-  const loaded = await loadManifests(paths, opts.stdin ? { stdin: opts.stdin } : {});
+  const raw = await loadManifests(paths, opts.stdin ? { stdin: opts.stdin } : {});
+  const loaded: LoadResult =
+    opts.allowEmpty === undefined
+      ? raw
+      : {
+          ...raw,
+          diagnostics: raw.diagnostics.flatMap((d) => {
+            if (!d.message.startsWith(EMPTY_DIRECTORY)) return [d];
+            return opts.allowEmpty ? [] : [{ ...d, message: `${d.message}; to remove the last objects of the apply set, apply it with --prune --allow-empty` }];
+          }),
+        };
   const state = redis ? await readClusterState(redis, scopeOf(loaded)) : undefined;
   const records = redis ? await readNodeRecords(redis) : [];
   const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records), knownModules: knownModulesOf(state) } : undefined);
@@ -230,9 +248,17 @@ async function planAndResolve(desired: DesiredObject[], state: ClusterState, red
   return { desired, state, plan, warnings };
 }
 
-/** load -> validate -> observe -> plan (with resolution unless `resolve: false`). Read-only (see observeResolution for the repository cache). */
-export async function preparePlan(paths: string[], redis: Redis, opts: PlanOptions & { stdin?: () => Promise<string> }): Promise<PreparedPlan> {
-  const { desired, state } = await loadAndValidate(paths, redis, opts.stdin ? { stdin: opts.stdin } : {});
+/**
+ * load -> validate -> observe -> plan (with resolution unless `resolve: false`). Read-only (see
+ * observeResolution for the repository cache). `allowEmpty` (see loadAndValidate): when false,
+ * manifests without any object are refused with prune too (they would prune the whole apply set).
+ * @throws RefusedError `manifests_empty` naming `--allow-empty`.
+ */
+export async function preparePlan(paths: string[], redis: Redis, opts: PlanOptions & { stdin?: () => Promise<string>; allowEmpty?: boolean }): Promise<PreparedPlan> {
+  const { desired, state } = await loadAndValidate(paths, redis, { ...(opts.stdin ? { stdin: opts.stdin } : {}), ...(opts.allowEmpty !== undefined ? { allowEmpty: opts.allowEmpty } : {}) });
+  if (desired.length === 0 && opts.prune && opts.allowEmpty === false) {
+    throw new RefusedError('manifests_empty', `${paths.join(', ')} hold${paths.length === 1 ? 's' : ''} no objects: with --prune that would remove every object of apply set ${opts.applySet}; nothing was written. If that is what you want, add --allow-empty`);
+  }
   return planAndResolve(desired, state as ClusterState, redis, opts);
 }
 

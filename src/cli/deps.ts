@@ -14,6 +14,8 @@ export interface CliDeps {
   runner: CommandRunner;
   /** Connects (once) to the Redis chosen by --redis / NS8CTL_REDIS_URL / local / embedded. */
   connect: (opts?: { startEmbedded?: boolean }) => Promise<Connection>;
+  /** `--state-dir` / NS8CTL_STATE_DIR / default (resolveStateDir), when main() knows it. */
+  stateDir?: string;
   /** Reads standard input to the end (for `-f -`). */
   stdin: () => Promise<string>;
   cwd: string;

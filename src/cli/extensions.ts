@@ -25,16 +25,44 @@ export const AREA_COMMANDS = {
 export type Area = keyof typeof AREA_COMMANDS;
 
 /** Commands main.ts defines itself; `get` also needs the repository area (`get available`). */
-const CORE: Record<string, Area[]> = { validate: [], diff: [], apply: [], delete: [], 'add-module': [], 'remove-module': [], adopt: [], get: ['repository'] };
+const CORE: Record<string, Area[]> = { validate: [], diff: [], apply: [], delete: [], 'add-module': [], 'remove-module': [], adopt: [], recover: [], 'backup-state': [], 'restore-state': [], get: ['repository'] };
 
 /** Global options that take a value (their value is not the command name). */
 const GLOBAL_WITH_VALUE = new Set(['--redis', '--state-dir']);
 
-/** The areas `argv` needs: the named command's, or all when no known command is named. */
+/**
+ * How the root help lists each area command without loading its area (which costs 150-450 ms):
+ * the help term and the description, exactly as the area registers them (a unit test keeps this
+ * table equal to the real registration).
+ */
+export const AREA_COMMAND_SUMMARIES: Record<string, { term: string; description: string }> = {
+  repo: { term: 'repo', description: 'Software repositories (NS8 cluster/repository/*)' },
+  search: { term: 'search [options] [text]', description: 'Search the modules offered by the enabled repositories (id, name, description, category)' },
+  createrepo: { term: 'createrepo [options] [dir]', description: 'Build repodata.json from module directories (metadata.json, logo.png 256x256, screenshots/*.png 1024x768) and the registry tags' },
+  'node-agent': { term: 'node-agent [options]', description: 'Reconcile the module instances placed on one node against this host (run as root on that node)' },
+  controller: { term: 'controller [options]', description: 'Run the cluster controller: keep desired state equal to its sources (manifests directories, git branches), report conditions and events (until SIGTERM)' },
+  run: { term: 'run [options]', description: 'Run the controller and the node agent of this node in one process (embedded Redis when none answers; until SIGTERM)' },
+  suspend: { term: 'suspend [options] [resource] [name]', description: 'Suspend reconciliation of a module instance or of a whole source (no arguments: the source "default")' },
+  resume: { term: 'resume [options] [resource] [name]', description: 'Resume reconciliation of a suspended module instance or source' },
+  events: { term: 'events [options]', description: 'Show controller events (newest last); -w follows new ones' },
+  'run-action': { term: 'run-action [options] <id> <action>', description: "Run an action of an instance's agent: submit a task, follow its progress, print its output (exit code: the task's)" },
+  publish: { term: 'publish [options] <channel> <json>', description: 'Publish an event: PUBLISH <source>/event/<name> with a JSON payload' },
+  runagent: { term: 'runagent [options] [command...]', description: "Run a command (or a login shell on a terminal) in an instance's agent environment, as its user" },
+  agent: { term: 'agent [options]', description: "Run an instance's module agent (normally started by its agent unit)" },
+  sandbox: { term: 'sandbox', description: 'NS8 nodes as local containers with systemd, rootless Podman and Redis (like kind for Kubernetes)' },
+};
+
+/** Commands that need every area loaded (they describe the whole tree, options included). */
+const NEEDS_ALL = new Set(['completion']);
+
+/**
+ * The areas `argv` needs: the named command's (`help X`: X's). The root help, no command and an
+ * unknown command need none: area commands are listed from AREA_COMMAND_SUMMARIES.
+ */
 export function areasFor(argv: readonly string[]): Area[] {
   const all = Object.keys(AREA_COMMANDS) as Area[];
-  let command: string | undefined;
-  for (let i = 0; i < argv.length; i++) {
+  const positional: string[] = [];
+  for (let i = 0; i < argv.length && positional.length < 2; i++) {
     const a = argv[i]!;
     if (a === '--') break;
     if (GLOBAL_WITH_VALUE.has(a)) {
@@ -42,13 +70,23 @@ export function areasFor(argv: readonly string[]): Area[] {
       continue;
     }
     if (a.startsWith('-')) continue;
-    command = a;
-    break;
+    positional.push(a);
   }
-  if (command === undefined) return all;
+  let command = positional[0];
+  if (command === 'help') command = positional[1];
+  if (command === undefined) return [];
+  if (NEEDS_ALL.has(command)) return all;
   if (command in CORE) return CORE[command]!;
   for (const area of all) if ((AREA_COMMANDS[area] as readonly string[]).includes(command)) return [area];
-  return all;
+  return [];
+}
+
+/** Marks a placeholder command with the help term it stands for. */
+const PLACEHOLDER_TERM = Symbol('ns8ctl.placeholderTerm');
+
+/** The help term of a placeholder area command, or undefined for a real command. */
+export function placeholderTerm(cmd: Command): string | undefined {
+  return (cmd as unknown as Record<symbol, string | undefined>)[PLACEHOLDER_TERM];
 }
 
 type Registrar = (program: Command, deps: () => CliDeps, setExitCode: (code: number) => void, get: Command, extras: ProgramExtras, resolveImage: (spec: ModuleSpec) => Promise<string>) => void;
@@ -105,4 +143,12 @@ export function registerExtensions(program: Command, deps: () => CliDeps, setExi
     return makeImageResolver(redis, { onWarning: (m) => d.stderr(`warning: ${m}\n`) })(spec);
   };
   for (const register of loaded) register(program, deps, setExitCode, get, extras, resolveImage);
+  // Area commands not loaded appear in the root help and in "did you mean" suggestions only; a
+  // command line that names one always loads its area first (areasFor), so they never run.
+  const present = new Set(program.commands.map((c) => c.name()));
+  for (const [name, summary] of Object.entries(AREA_COMMAND_SUMMARIES)) {
+    if (present.has(name)) continue;
+    const cmd = program.command(name, { hidden: false }).description(summary.description).allowUnknownOption().allowExcessArguments();
+    (cmd as unknown as Record<symbol, string>)[PLACEHOLDER_TERM] = summary.term;
+  }
 }

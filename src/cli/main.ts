@@ -1,4 +1,4 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, Help, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { ExecaRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
@@ -11,7 +11,7 @@ const planCommands = () => import('./commands/plan-commands.js');
 const moduleCommands = () => import('./commands/module-commands.js');
 const getCommands = () => import('./commands/get.js');
 import { renderJson } from './output.js';
-import { loadExtensions, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
+import { loadExtensions, placeholderTerm, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
 
 const VERSION = '0.1.0';
 
@@ -64,6 +64,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
       runner,
       stdin: io.stdin,
       cwd: io.cwd,
+      stateDir: resolveStateDir(g.stateDir, io.env),
       connect: (o = {}) => {
         connection ??= import('../state/connect.js')
           .then(({ connectRedis }) => connectRedis({ url: g.redis, stateDir: resolveStateDir(g.stateDir, io.env), env: io.env, runner, name: 'ns8ctl', ...o }))
@@ -83,6 +84,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--redis <url>', 'Redis URL (default: $NS8CTL_REDIS_URL, else 127.0.0.1:6379, else an embedded redis-server)')
     .option('--state-dir <dir>', 'local state directory (default: $NS8CTL_STATE_DIR or ~/.local/state/ns8ctl)')
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .configureHelp({ subcommandTerm: (cmd) => placeholderTerm(cmd) ?? new Help().subcommandTerm(cmd) })
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
@@ -102,8 +104,9 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(fileOption())
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
     .option('--applyset <name>', 'inventory name', 'default')
-    .option('--out <file>', 'also save the plan (exact writes, secrets in clear, mode 0600) for: ns8ctl apply --plan FILE')
+    .option('--out <file>', 'also save the plan (the reviewed desired objects, encrypted with this host\'s plan key; mode 0600) for: ns8ctl apply --plan FILE')
     .option('--force-prune', 'with --out: allow the saved plan to prune more than half (or all) of the apply set')
+    .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((opts) => run(async (d) => (await planCommands()).diffCommand(opts, d))());
 
@@ -114,6 +117,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--plan <file>', 'apply exactly this saved plan (ns8ctl diff --out), or nothing when desired state changed since')
     .option('--prune', 'delete objects of this apply set that left the manifests (data kept unless their policy says Delete)')
     .option('--force-prune', 'allow pruning more than half (or all) of the apply set')
+    .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set (removing the last one)')
     .option('--dry-run', 'print the plan, write nothing')
     .option('--applyset <name>', 'inventory name', 'default')
     .option('-o, --output <format>', 'text or json', 'text')
@@ -176,6 +180,36 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--manifests <dir>', 'write <dir>/<name>.yaml (refused when one exists) instead of printing')
     .option('-o, --output <format>', 'yaml or json', 'yaml')
     .action((resource: string, names: string[], opts: { manifests?: string; output?: string }) => run(async (d) => (await import('./commands/adopt.js')).adoptCommand(resource, names, opts, d))());
+
+  program
+    .command('recover')
+    .description('Rebuild desired state after Redis lost it, from what this node runs (node agent records, environment files), into apply set "recovered"')
+    .option('--node <id>', 'only instances of this node (and the node of instances whose records do not say)')
+    .option('--manifests <dir>', 'also write <dir>/<id>.yaml per recovered object (refused when one exists)')
+    .option('--dry-run', 'print what would be recovered, write nothing')
+    .option('--yes', 'write it (without --yes recover only prints)')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run(async (d) => (await import('./commands/recover.js')).recoverCommand(opts, d))());
+
+  program
+    .command('backup-state')
+    .description('Save desired state, inventories and NS8 bookkeeping to one encrypted file (passphrase: --passphrase-file or $NS8CTL_STATE_PASSPHRASE)')
+    .requiredOption('--out <file>', 'file to write (atomically, mode 0600)')
+    .option('--passphrase-file <file>', 'read the passphrase from this file (default: $NS8CTL_STATE_PASSPHRASE)')
+    .option('--allow-empty', 'write the file even when desired state has no objects')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((opts) => run(async (d) => (await import('./commands/state-backup.js')).backupStateCommand(opts, d))());
+
+  program
+    .command('restore-state')
+    .description('Restore a backup-state file in one atomic write; refuses over different objects unless --force')
+    .argument('<file>', 'a file written by backup-state')
+    .option('--passphrase-file <file>', 'read the passphrase from this file (default: $NS8CTL_STATE_PASSPHRASE)')
+    .option('--force', 'replace objects and values that differ from the file')
+    .option('--dry-run', 'print what would be restored, write nothing')
+    .option('--yes', 'write it (without --yes restore-state only prints)')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action((file: string, opts) => run(async (d) => (await import('./commands/state-backup.js')).restoreStateCommand(file, opts, d))());
 
   registerExtensions(program, deps, setExitCode, get, extras, loaded);
 

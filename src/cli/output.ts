@@ -1,4 +1,5 @@
-import YAML from 'yaml';
+import { createRequire } from 'node:module';
+import type YAMLModule from 'yaml';
 import { UsageError } from '../errors.js';
 
 /** Output formats of read commands. */
@@ -28,6 +29,8 @@ export function renderJson(value: unknown): string {
   return JSON.stringify(value, null, 2) + '\n';
 }
 
+/** YAML output; the yaml package (~30 ms to load) is loaded on first use, not by every command. */
 export function renderYaml(value: unknown): string {
+  const YAML = createRequire(import.meta.url)('yaml') as typeof YAMLModule;
   return YAML.stringify(value);
 }

@@ -62,6 +62,7 @@ export interface ControllerCommandOptions {
   sourceName?: string;
   prune?: boolean;
   selfHeal?: boolean;
+  allowEmpty?: boolean;
   resync?: string;
   concurrency?: string;
   httpPort?: string;
@@ -353,8 +354,8 @@ const collect = (value: string, previous: string[] = []): string[] => [...previo
 function addControllerOptions(cmd: Command): Command {
   return cmd
     .option('-f, --filename <path>', 'manifest file or directory to watch (repeatable): the source named by --source-name', collect)
-    .option('--source <name=path>', 'a named manifests directory source, NAME=PATH[,prune|no-prune|no-self-heal] (repeatable; the same NAME again adds a path)', collect)
-    .option('--git <url>', 'git repository to follow: URL (the source named by --source-name) or NAME=URL[,branch=B,path=P,interval=D,cache-dir=DIR,trusted-keys=F,prune,no-self-heal] (repeatable)', collect)
+    .option('--source <name=path>', 'a named manifests directory source, NAME=PATH[,prune|no-prune|no-self-heal|allow-empty] (repeatable; the same NAME again adds a path)', collect)
+    .option('--git <url>', 'git repository to follow: URL (the source named by --source-name) or NAME=URL[,branch=B,path=P,interval=D,cache-dir=DIR,trusted-keys=F,prune,no-self-heal,allow-empty] (repeatable)', collect)
     .option('--branch <name>', 'git branch to follow (default main; default of every git source)')
     .option('--path <dir>', 'directory of the manifests inside the repository (default .)')
     .option('--interval <duration>', 'git poll interval, e.g. 30s, 1m (default 1m); the webhook fetches at once')
@@ -365,6 +366,7 @@ function addControllerOptions(cmd: Command): Command {
     .option('--trusted-keys <path>', 'apply only git commits signed by one of these OpenPGP public keys (a file, or a directory of *.asc|*.gpg|*.pub|*.key); default of every git source')
     .option('--source-name <name>', 'name of the source given by -f or an unnamed --git; also its apply set (inventory)', 'default')
     .option('--prune', 'delete objects of a source\'s apply set that left it (refused for more than half of it); default of every source')
+    .option('--allow-empty', 'let a source that yields no object prune the last object it holds (an empty source is otherwise refused, never pruned); default of every source')
     .option('--no-self-heal', 'report desired state changed outside a source (Drifted) instead of restoring it; default of every source')
     .option('--resync <duration>', 'recheck everything this often', '10m')
     .option('--concurrency <n>', 'reconciles at once', '4')

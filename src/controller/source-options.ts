@@ -6,9 +6,10 @@
  * - `--source NAME=PATH[,SETTING...]` (repeatable; the same NAME again adds a path): a manifests
  *   directory (or file) source;
  * - `--git NAME=URL[,SETTING...]` (repeatable): a git source.
- * SETTINGs after a comma: `prune`, `no-prune`, `self-heal`, `no-self-heal`, and for git
+ * SETTINGs after a comma: `prune`, `no-prune`, `self-heal`, `no-self-heal`, `allow-empty`,
+ * `no-allow-empty`, and for git
  * `branch=B`, `path=P`, `interval=D`, `cache-dir=DIR`, `trusted-keys=F`. `--branch`, `--path`,
- * `--interval`, `--trusted-keys`, `--prune` and `--no-self-heal` are the defaults of every source; `--cache-dir` is only for a
+ * `--interval`, `--trusted-keys`, `--prune`, `--allow-empty` and `--no-self-heal` are the defaults of every source; `--cache-dir` is only for a
  * single git source (each git source's cache clone defaults to `<state-dir>/git/<name>`).
  */
 import { existsSync } from 'node:fs';
@@ -29,6 +30,7 @@ export interface SourceFlags {
   interval?: string;
   prune?: boolean;
   selfHeal?: boolean;
+  allowEmpty?: boolean;
   cacheDir?: string;
   trustedKeys?: string;
 }
@@ -36,7 +38,7 @@ export interface SourceFlags {
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 /** `NAME=rest`, where NAME cannot be the start of a URL or path (no ':', '/', leading '.'). */
 const NAMED = /^([A-Za-z0-9][A-Za-z0-9._-]{0,62})=(.+)$/s;
-const FLAGS = ['prune', 'no-prune', 'self-heal', 'no-self-heal'] as const;
+const FLAGS = ['prune', 'no-prune', 'self-heal', 'no-self-heal', 'allow-empty', 'no-allow-empty'] as const;
 const GIT_KEYS = ['branch', 'path', 'interval', 'cache-dir', 'trusted-keys'] as const;
 
 /** Checks a source name (it is also the apply set and a Redis key part). @throws UsageError */
@@ -48,6 +50,7 @@ export function checkSourceName(name: string, flag: string): string {
 interface Settings {
   prune?: boolean;
   selfHeal?: boolean;
+  allowEmpty?: boolean;
   branch?: string;
   path?: string;
   interval?: string;
@@ -83,6 +86,7 @@ function splitNamed(value: string, flag: string, git: boolean): { name: string; 
     pieces.pop();
     if (key === 'prune' || key === 'no-prune') settings.prune ??= key === 'prune';
     else if (key === 'self-heal' || key === 'no-self-heal') settings.selfHeal ??= key === 'self-heal';
+    else if (key === 'allow-empty' || key === 'no-allow-empty') settings.allowEmpty ??= key === 'allow-empty';
     else if (key === 'branch') settings.branch ??= val ?? '';
     else if (key === 'path') settings.path ??= val ?? '';
     else if (key === 'interval') settings.interval ??= val ?? '';
@@ -115,6 +119,9 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
 
   const prune = Boolean(opts.prune);
   const selfHeal = opts.selfHeal !== false;
+  const allowEmpty = Boolean(opts.allowEmpty);
+  // Only set when true: a source spec without it reads as false.
+  const empty = (v: boolean): { allowEmpty?: true } => (v ? { allowEmpty: true } : {});
   const sources: SourceSpec[] = [];
   const origin = new Map<string, string>();
   const claim = (name: string, how: string): void => {
@@ -125,7 +132,7 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
 
   if (files.length > 0) {
     claim(defaultName, '-f');
-    sources.push({ name: defaultName, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune, selfHeal });
+    sources.push({ name: defaultName, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune, selfHeal, ...empty(allowEmpty) });
   }
 
   const dirs = new Map<string, { spec: SourceSpec; settings: Settings }>();
@@ -134,18 +141,21 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
     const seen = dirs.get(name);
     if (seen) {
       // The same name again adds a path; its settings must not contradict the first ones.
-      for (const k of ['prune', 'selfHeal'] as const) {
+      for (const k of ['prune', 'selfHeal', 'allowEmpty'] as const) {
         if (settings[k] !== undefined && seen.settings[k] !== undefined && settings[k] !== seen.settings[k]) throw new UsageError(`--source ${name}=...: contradictory settings for source ${name}`);
-        if (settings[k] !== undefined) {
-          seen.settings[k] = settings[k];
-          seen.spec[k] = settings[k];
-        }
+        if (settings[k] !== undefined) seen.settings[k] = settings[k];
+      }
+      if (settings.prune !== undefined) seen.spec.prune = settings.prune;
+      if (settings.selfHeal !== undefined) seen.spec.selfHeal = settings.selfHeal;
+      if (settings.allowEmpty !== undefined) {
+        if (settings.allowEmpty) seen.spec.allowEmpty = true;
+        else delete seen.spec.allowEmpty;
       }
       seen.spec.paths.push(path.resolve(deps.cwd, location));
       continue;
     }
     claim(name, `--source ${name}=...`);
-    const spec: SourceSpec = { name, kind: 'directory', paths: [path.resolve(deps.cwd, location)], prune: settings.prune ?? prune, selfHeal: settings.selfHeal ?? selfHeal };
+    const spec: SourceSpec = { name, kind: 'directory', paths: [path.resolve(deps.cwd, location)], prune: settings.prune ?? prune, selfHeal: settings.selfHeal ?? selfHeal, ...empty(settings.allowEmpty ?? allowEmpty) };
     dirs.set(name, { spec, settings });
     sources.push(spec);
   }
@@ -181,6 +191,7 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
       paths: [],
       prune: g.settings.prune ?? prune,
       selfHeal: g.settings.selfHeal ?? selfHeal,
+      ...empty(g.settings.allowEmpty ?? allowEmpty),
       git: { url: g.url, branch, path: sub, cacheDir, intervalMs, ...(trustedKeys ? { trustedKeys } : {}) },
     });
   }

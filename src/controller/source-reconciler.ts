@@ -7,8 +7,14 @@
  * A bad commit (invalid manifests, refused prune) is never applied: desired state keeps the last
  * good commit, the source is Stalled with the reason, a `source-rejected` event says why, and
  * later resyncs keep desired state equal to the last good commit until a new commit arrives.
+ *
+ * An empty or unreadable source never prunes: a fetch or checkout failure is retried with nothing
+ * written; unreadable or invalid manifests are rejected; a source that yields no object at all is
+ * rejected (`SourceEmpty`) unless it has `allowEmpty` (Argo CD's allowEmpty), which lets it prune
+ * its last object (more at once still trips the mass-prune guard).
  */
 import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, locateDesired, resolvePlan } from '../apply/pipeline.js';
@@ -44,6 +50,12 @@ export interface SourceSpec {
   prune: boolean;
   /** Restore desired state changed outside the source (default true); false only reports it. */
   selfHeal: boolean;
+  /**
+   * A source that yields no object may prune the last object it holds (a manifests directory
+   * with no manifest file, a commit without the manifests path). Without it such a source is
+   * rejected (`SourceEmpty`) and nothing is pruned.
+   */
+  allowEmpty?: boolean;
   /** New revisions are applied only while one of these is open (none: any time). */
   syncWindows?: SyncWindow[];
 }
@@ -85,7 +97,19 @@ interface Deferral {
 }
 
 /** Error codes that only a new commit or file change can fix. */
-const TERMINAL_CODES = new Set(['manifest_invalid', 'prune_refused', 'duplicate_object', 'commit_signature_invalid']);
+const TERMINAL_CODES = new Set(['manifest_invalid', 'prune_refused', 'duplicate_object', 'commit_signature_invalid', 'source_empty']);
+
+/** Status reason of a refusal, by error code (others: `ApplyRefused`). */
+const REJECT_REASONS: Readonly<Record<string, string>> = {
+  prune_refused: 'PruneRefused',
+  duplicate_object: 'ValidationFailed',
+  source_conflict: 'SourceConflict',
+  source_empty: 'SourceEmpty',
+  commit_signature_invalid: 'SignatureInvalid',
+};
+
+/** The loader's diagnostic for a directory without manifest files (src/manifest/load.ts). */
+const NO_MANIFEST_FILES = /^directory has no manifest files/;
 
 /** Queue key of a source. */
 export function sourceKey(name: string): string {
@@ -317,9 +341,16 @@ export class SourceReconciler {
           throw err;
         }
       }
-      await this.git.checkout(revision);
+      try {
+        await this.git.checkout(revision);
+        if (!rejected) commit = await this.git.describe(revision);
+      } catch (err) {
+        // Nothing read, nothing written: a checkout that failed is never an empty source.
+        if (signal.aborted) return {};
+        await this.failed(prev, base, 'CheckoutFailed', 'source-checkout-failed', toNs8ctlError(err), revision);
+        throw err;
+      }
       paths = [this.git.manifestsDir];
-      if (!rejected) commit = await this.git.describe(revision);
     }
     if (signal.aborted) return {};
 
@@ -327,7 +358,7 @@ export class SourceReconciler {
     let desired: DesiredObject[];
     let state: ClusterState;
     try {
-      const loaded = await loadAndValidate(paths, redis);
+      const loaded = await this.load(paths);
       desired = loaded.desired;
       state = loaded.state as ClusterState;
     } catch (err) {
@@ -335,6 +366,7 @@ export class SourceReconciler {
       await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', toNs8ctlError(err), revision);
       throw err;
     }
+    if (desired.length === 0 && !this.spec.allowEmpty) return this.rejectOther(prev, base, revision, this.emptyError(state), commit);
     const nowKeys = new Set(desired.map((d) => objectKey(d.object)));
     const keysChanged = !this.loaded || nowKeys.size !== this.desiredKeys.size || [...nowKeys].some((k) => !this.desiredKeys.has(k));
     this.desiredKeys = nowKeys;
@@ -420,8 +452,10 @@ export class SourceReconciler {
     // 5. Blocked changes wait; everything else goes ahead.
     const blocked = p.blocked;
     const applyable: Plan = { ...p, blocked: [] };
+    // allowEmpty: an empty source may prune the one object it holds; more at once stays refused.
+    const lastObject = Boolean(this.spec.allowEmpty) && desired.length === 0 && applyable.pruneRatio.prune === 1 && applyable.pruneRatio.inventory === 1;
     try {
-      checkPruneSafety(applyable, { forcePrune: false });
+      checkPruneSafety(applyable, { forcePrune: lastObject });
     } catch (err) {
       return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
     }
@@ -431,7 +465,7 @@ export class SourceReconciler {
     if (!isEmpty(applyable)) {
       await this.save(prev, { ...base, conditions: [prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Progressing', 'first reconcile'), cond('Reconciling', 'True', 'Progressing', `applying ${summaryText(applyable)} from ${this.where(revision)}`), cond('Stalled', 'False', 'NotStalled', 'applying'), this.driftCondition([])] });
       try {
-        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner })).plan;
+        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: lastObject, runner: this.deps.runner })).plan;
       } catch (err) {
         const e = toNs8ctlError(err);
         if (TERMINAL_CODES.has(e.code)) return this.rejectOther(prev, base, revision, e, commit);
@@ -490,6 +524,39 @@ export class SourceReconciler {
     return this.requeue(deferred);
   }
 
+  /**
+   * Loads and validates the source. With `allowEmpty`, a source whose only problem is that it
+   * holds no manifest (directories without manifest files; for git, a commit without the
+   * manifests path) loads as zero objects; a path that cannot be read stays an error.
+   */
+  private async load(paths: string[]): Promise<Awaited<ReturnType<typeof loadAndValidate>>> {
+    try {
+      return await loadAndValidate(paths, this.deps.redis);
+    } catch (err) {
+      if (!(err instanceof ManifestError) || !(await this.holdsNoManifest(err))) throw err;
+      return loadAndValidate([], this.deps.redis);
+    }
+  }
+
+  private async holdsNoManifest(err: ManifestError): Promise<boolean> {
+    if (err.diagnostics.every((d) => NO_MANIFEST_FILES.test(d.message))) return true;
+    // git: the commit checked out fine and has no manifests path (git keeps no empty directory).
+    if (!this.git) return false;
+    const dir = this.git.manifestsDir;
+    return err.diagnostics.every((d) => d.file === dir) && !(await pathExists(dir)) && (await pathExists(path.join(this.spec.git!.cacheDir, '.git')));
+  }
+
+  /** The refusal of a source that yields no object (see `allowEmpty`). */
+  private emptyError(state: ClusterState): Ns8ctlError {
+    const held = state.inventory.get(this.spec.name)?.size ?? 0;
+    const where = this.git ? `path ${this.spec.git!.path} of the commit` : this.spec.paths.join(', ');
+    return new Ns8ctlError(
+      'source_empty',
+      `source ${this.spec.name} yields no object (${where}); an empty source never prunes: desired state keeps the ${held} object(s) of apply set ${this.spec.name}. ` +
+        `Check the source; to remove its last object the GitOps way, allow it to be empty (--allow-empty, or the allow-empty setting of the source)`,
+    );
+  }
+
   /** Why a new revision waits (a closed sync window), or undefined when it may be applied now. */
   private deferral(what: string, key: string): Deferral | undefined {
     const windows = this.spec.syncWindows ?? [];
@@ -538,18 +605,9 @@ export class SourceReconciler {
   }
 
   private async rejectOther(prev: SourceStatus | undefined, base: SourceStatus, revision: string, err: Ns8ctlError, commit: CommitInfo | undefined): Promise<ReconcileResult> {
-    const reason =
-      err.code === 'prune_refused'
-        ? 'PruneRefused'
-        : err.code === 'duplicate_object'
-          ? 'ValidationFailed'
-          : err.code === 'source_conflict'
-            ? 'SourceConflict'
-            : err.code === 'commit_signature_invalid'
-              ? 'SignatureInvalid'
-              : 'ApplyRefused';
+    const reason = REJECT_REASONS[err.code] ?? 'ApplyRefused';
     const kept = base.lastAppliedRevision && this.git ? `; desired state keeps commit ${shortRev(base.lastAppliedRevision)}` : '';
-    return this.reject(prev, base, revision, reason, err.code === 'prune_refused' ? 'source-prune-refused' : 'source-rejected', err, `${this.where(revision)}: ${err.message}${kept}`, {}, commit);
+    return this.reject(prev, base, revision, reason, err.code === 'prune_refused' || err.code === 'source_empty' ? 'source-prune-refused' : 'source-rejected', err, `${this.where(revision)}: ${err.message}${kept}`, {}, commit);
   }
 
   private async reject(
@@ -591,5 +649,14 @@ export class SourceReconciler {
     } catch {
       // Redis itself may be what failed; the queue's retry reports it again.
     }
+  }
+}
+
+async function pathExists(p: string): Promise<boolean> {
+  try {
+    await fs.lstat(p);
+    return true;
+  } catch {
+    return false;
   }
 }

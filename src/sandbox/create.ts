@@ -142,6 +142,7 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
         const input = { sandbox: name, nodeId: id, leaderAddress, adminPassword: password, registry };
         await fsp.writeFile(path.join(np.config, 'redis.conf'), renderRedisConf(input), { mode: 0o600 });
         await fsp.writeFile(path.join(np.config, 'users.acl'), renderNodeAcl(password), { mode: 0o600 });
+        await fsp.writeFile(path.join(np.config, 'admin.password'), password + '\n', { mode: 0o600 });
         await fsp.writeFile(path.join(np.config, 'sandbox.env'), renderSandboxEnv(input), { mode: 0o600 });
         await fsp.writeFile(path.join(np.config, 'node-id'), `${id}\n`, { mode: 0o644 });
         const runStarted = deps.now();

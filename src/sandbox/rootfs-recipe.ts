@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { nodePodmanFiles } from './host-check.js';
 import { NODE_APP_DIR, NODE_CONFIG_DIR, NODE_NODE_BINARY } from './naming.js';
+import { NODE_REDIS_ACL_SCRIPT, renderRedisAclScript } from './node-config.js';
 
 /** Everything that determines the content of the cached root filesystem. */
 export interface RootfsRecipe {
@@ -43,7 +44,8 @@ exec ${NODE_NODE_BINARY} ${NODE_APP_DIR}/dist/src/cli/bin.js "$@"
 /**
  * systemd drop-in for Debian's redis-server.service: use the per-node configuration ns8ctl mounts
  * at /etc/ns8ctl (copied to /etc/redis first, owned by redis, since it holds the replication
- * password), and the ACL file there (writable by redis for ACL SAVE).
+ * password), and the ACL file there (writable by redis for ACL SAVE), arranged around each start
+ * by `renderRedisAclScript` (before: loading rule for `default`; after loading: read-only rule).
  */
 export function renderRedisDropin(): string {
   return `# Written by ns8ctl sandbox: Redis as a sandbox node runs it (leader: master, others: replicas).
@@ -51,9 +53,10 @@ export function renderRedisDropin(): string {
 ConditionPathExists=${NODE_CONFIG_DIR}/redis.conf
 
 [Service]
-ExecStartPre=+/bin/sh -c 'install -o redis -g redis -m 0600 ${NODE_CONFIG_DIR}/redis.conf /etc/redis/ns8ctl.conf && { [ -e /etc/redis/users.acl ] || install -o redis -g redis -m 0600 ${NODE_CONFIG_DIR}/users.acl /etc/redis/users.acl; }'
+ExecStartPre=+${NODE_REDIS_ACL_SCRIPT} prepare
 ExecStart=
 ExecStart=/usr/bin/redis-server /etc/redis/ns8ctl.conf --supervised systemd --daemonize no
+ExecStartPost=+${NODE_REDIS_ACL_SCRIPT} apply
 `;
 }
 
@@ -63,6 +66,7 @@ export function defaultRecipe(): RootfsRecipe {
   for (const [p, content] of Object.entries(nodePodmanFiles())) files[p] = { content, mode: 0o644 };
   files['usr/local/bin/ns8ctl'] = { content: renderNodeWrapper(), mode: 0o755 };
   files['etc/systemd/system/redis-server.service.d/ns8ctl.conf'] = { content: renderRedisDropin(), mode: 0o644 };
+  files[NODE_REDIS_ACL_SCRIPT.slice(1)] = { content: renderRedisAclScript(), mode: 0o755 };
   // Each node gets its own machine id at boot (systemd makes a transient one for an empty file).
   files['etc/machine-id'] = { content: '', mode: 0o444 };
   // Nothing in a node should try to reach the internet on its own.

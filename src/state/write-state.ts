@@ -225,6 +225,11 @@ export function describeDeletionMark(raw: string): string {
 
 /** One sentence: what the other writer did to the object, naming it (no spec values: they may be secret). */
 export function describeConflict(c: WriteConflict): string {
+  return `${c.label} ${conflictWhat(c)} while this write was being made; nothing was written`;
+}
+
+/** The verb part of describeConflict: `was created by another writer (apply set x, ...)`. */
+export function conflictWhat(c: WriteConflict): string {
   const where = [c.applyset ? `apply set ${c.applyset}` : '', c.source ? `source ${c.source}` : '', c.generation ? `generation ${c.generation}` : ''].filter(Boolean).join(', ');
   let what: string;
   switch (c.field) {
@@ -246,7 +251,7 @@ export function describeConflict(c: WriteConflict): string {
       what = `could not take its id: ${c.key ?? 'the sequence'} moved from ${c.expected || 'absent'} to ${c.actual || 'absent'} (another writer took an id)`;
       break;
   }
-  return `${c.label} ${what} while this write was being made; nothing was written`;
+  return what;
 }
 
 /** Options of `executeWrites`. */

@@ -35,7 +35,8 @@ describe('concurrent applies', () => {
 
   it('never interleave or lose an update: every spec change counts once in the generation', async () => {
     const runner = new ExecaRunner();
-    const opts = { applySet: 'default', prune: false };
+    // No image-label or schema lookups: this test is about the write path, and podman under load is slow.
+    const opts = { applySet: 'default', prune: false, imageLabels: false as const, configuration: false as const };
     writeFileSync(path.join(dir, 'base.yaml'), manifest('v0'));
     const first = srv.client();
     await applyPlan(await preparePlan([path.join(dir, 'base.yaml')], first, opts), first, { ...opts, forcePrune: false, runner });

@@ -4,7 +4,7 @@
  * is announced on `ns8ctl/event/module-status-changed`, and SIGTERM ends the loop cleanly with
  * its handlers removed. The instances fail before touching the host (no image resolution).
  */
-import { promises as fs } from 'node:fs';
+import { promises as fs, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -93,4 +93,42 @@ test('suspended instances are left alone, resume wakes the agent at once, status
   const reconciled = lines.filter((l) => l.msg === 'instance reconciled');
   expect(reconciled.map((l) => l.id)).toEqual(['plain1', 'held1']);
   expect(reconciled[0]).toMatchObject({ level: 'warn', node: 1, outcome: 'failed', reason: 'ImageResolutionFailed', duration_ms: expect.any(Number) });
+}, 60_000);
+
+test('--once refuses to act on a host with instances when desired state has no epoch (exit 1, says why); --accept-desired-state confirms it and the next pass reports the instance Orphaned', async () => {
+  await admin.flushall();
+  const out: string[] = [];
+  const d: CliDeps = {
+    stdout: (t) => void out.push(t),
+    stderr: () => undefined,
+    env: {},
+    isTTY: false,
+    runner: new ExecaRunner(),
+    connect: async () => ({ redis: admin, url: redis.url, embedded: false }),
+    stdin: async () => '',
+    cwd: process.cwd(),
+  };
+  const agentStateDir = path.join(root, 'accept', 'agent');
+  const layout = { agentStateDir, homeBase: path.join(root, 'accept', 'home'), rootfullBase: path.join(root, 'accept', 'nethserver'), uiBase: path.join(root, 'accept', 'ui'), systemdRunDir: path.join(root, 'no-systemd') };
+  // This host runs kept1 (its record), and Redis lost everything.
+  await fs.mkdir(path.join(agentStateDir, 'instances'), { recursive: true });
+  await fs.writeFile(path.join(agentStateDir, 'instances', 'kept1.json'), JSON.stringify({ id: 'kept1', node: 1, imageUrl: 'registry.invalid/kept:1.0.0', rootfull: false }));
+  expect(await nodeAgentCommand({ node: '1', once: true }, d, { layout })).toBe(1);
+  expect(out.join('')).toMatch(/node 1: refusing to act: DesiredStateSuspect \(EpochMissing\): .*--accept-desired-state/);
+  expect(await readModuleStatus(admin, 'kept1')).toBeUndefined();
+
+  out.length = 0;
+  expect(await nodeAgentCommand({ node: '1', acceptDesiredState: true }, d, { layout })).toBe(0);
+  const epoch = JSON.parse((await admin.get('ns8ctl/cluster/epoch'))!) as { id: string };
+  expect(out.join('')).toContain(`node 1: desired state accepted: epoch ${epoch.id}`);
+  expect(out.join('')).toMatch(/holds no Module: instances of this node are reported Orphaned and left running/);
+  expect(JSON.parse(await fs.readFile(path.join(agentStateDir, 'epoch.json'), 'utf8'))).toMatchObject({ id: epoch.id, how: 'accepted' });
+
+  out.length = 0;
+  expect(await nodeAgentCommand({ node: '1', once: true, output: 'json' }, d, { layout })).toBe(0);
+  const result = JSON.parse(out.join('')) as { suspect: unknown; instances: { id: string; outcome: string }[] };
+  expect(result.suspect).toBeNull();
+  expect(result.instances).toEqual([expect.objectContaining({ id: 'kept1', outcome: 'orphaned' })]);
+  expect((await readModuleStatus(admin, 'kept1'))!.conditions.find((c) => c.type === 'Orphaned')).toMatchObject({ status: 'True' });
+  expect(existsSync(path.join(agentStateDir, 'instances', 'kept1.json'))).toBe(true);
 }, 60_000);

@@ -2,8 +2,8 @@
  * The CLI loads only the area a command line names (startup time); the table it decides with must
  * match what each area really registers, or a command would vanish from its own command line.
  */
-import { Command } from 'commander';
-import { AREA_COMMANDS, areasFor, loadExtensions, registerExtensions, type Area } from '../../src/cli/extensions.js';
+import { Command, Help } from 'commander';
+import { AREA_COMMAND_SUMMARIES, AREA_COMMANDS, areasFor, loadExtensions, placeholderTerm, registerExtensions, type Area } from '../../src/cli/extensions.js';
 import type { CliDeps } from '../../src/cli/deps.js';
 
 const noDeps = (): CliDeps => {
@@ -18,9 +18,19 @@ describe('lazy command areas', () => {
       const only = AREA_COMMANDS[area][0];
       const loaded = await loadExtensions([only]);
       registerExtensions(program, noDeps, () => undefined, get, {}, loaded);
-      const names = program.commands.map((c) => c.name()).filter((n) => n !== 'get');
-      expect(names.sort()).toEqual([...AREA_COMMANDS[area]].sort());
+      const real = program.commands.filter((c) => c.name() !== 'get' && placeholderTerm(c) === undefined);
+      expect(real.map((c) => c.name()).sort()).toEqual([...AREA_COMMANDS[area]].sort());
+      // The root help lists unloaded areas from the summary table: it must say what the area says.
+      for (const c of real) expect(AREA_COMMAND_SUMMARIES[c.name()]).toEqual({ term: new Help().subcommandTerm(c), description: c.description() });
     }
+    expect(Object.keys(AREA_COMMAND_SUMMARIES).sort()).toEqual(Object.values(AREA_COMMANDS).flat().sort());
+  });
+
+  test('area commands not loaded are listed by placeholders with the real help term', () => {
+    const program = new Command('ns8ctl');
+    registerExtensions(program, noDeps, () => undefined, program.command('get'), {}, []);
+    const sandbox = program.commands.find((c) => c.name() === 'run-action')!;
+    expect(placeholderTerm(sandbox)).toBe('run-action [options] <id> <action>');
   });
 
   test('a core command loads no area (get loads repositories for `get available`)', () => {
@@ -30,14 +40,15 @@ describe('lazy command areas', () => {
     expect(areasFor(['get', 'available'])).toEqual(['repository']);
   });
 
-  test('an area command loads its area; help, no command or an unknown one loads all', () => {
+  test('an area command loads its area (help X: X\'s); the root help, no command or an unknown one loads none', () => {
     expect(areasFor(['sandbox', 'create'])).toEqual(['sandbox']);
     expect(areasFor(['--state-dir', '/x', 'run', '-f', 'm/'])).toEqual(['controller']);
     expect(areasFor(['run-action', 'webapp1', 'get-status'])).toEqual(['agent']);
-    const all = Object.keys(AREA_COMMANDS);
-    expect(areasFor([])).toEqual(all);
-    expect(areasFor(['--help'])).toEqual(all);
-    expect(areasFor(['help', 'sandbox'])).toEqual(all);
-    expect(areasFor(['sandbx'])).toEqual(all);
+    expect(areasFor([])).toEqual([]);
+    expect(areasFor(['--help'])).toEqual([]);
+    expect(areasFor(['help'])).toEqual([]);
+    expect(areasFor(['help', 'sandbox'])).toEqual(['sandbox']);
+    expect(areasFor(['sandbx'])).toEqual([]);
+    expect(areasFor(['completion', 'bash'])).toEqual(Object.keys(AREA_COMMANDS));
   });
 });

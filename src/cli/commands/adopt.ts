@@ -13,7 +13,7 @@ import YAML from 'yaml';
 import type { Redis } from 'ioredis';
 import { NotFoundError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
-import { API_VERSION, type ModuleObject, type RepositoryObject } from '../../manifest/types.js';
+import { API_VERSION, type DesiredObject, type ModuleObject, type NodeObject, type RepositoryObject } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
 import { readNodeRecords } from '../../state/read-state.js';
 import { keys } from '../../state/keys.js';
@@ -26,11 +26,48 @@ export interface AdoptOptions {
   output?: string;
 }
 
-interface Adopted {
+/** An object made from what the cluster runs, for a manifest file `<id>.yaml`. */
+export interface Adopted {
   id: string;
-  object: ModuleObject | RepositoryObject;
+  object: ModuleObject | RepositoryObject | NodeObject;
   /** One line said above the manifest. */
   note: string;
+}
+
+/** Manifest text per object: the note as a comment, then the object as YAML. Pure. */
+export function generatedManifests(found: readonly Adopted[]): { a: Adopted; text: string }[] {
+  return found.map((a) => ({ a, text: `# ${a.note}\n${YAML.stringify(a.object)}` }));
+}
+
+/**
+ * Validates generated manifests exactly as apply would load them (schemas, rules, Module nodes
+ * among `knownNodes` or the Node objects generated with them); returns the validated objects,
+ * whose source files are `<id>.yaml`.
+ * @throws RefusedError `code` listing every problem: nothing may be printed or written.
+ */
+export function validateGenerated(texts: readonly { a: Adopted; text: string }[], knownNodes: readonly number[], code: string, what: string): DesiredObject[] {
+  const files = texts.map(({ a }) => `${a.id}.yaml`);
+  const loaded = texts.flatMap(({ a, text }) => parseManifestText(`${a.id}.yaml`, text).documents);
+  const check = validateManifests({ documents: loaded, diagnostics: [], files }, { knownNodes: [...knownNodes] });
+  if (check.diagnostics.length > 0) throw new RefusedError(code, `${what}:\n${check.diagnostics.map((d) => `  ${d.file}: ${d.message}`).join('\n')}`);
+  return check.objects;
+}
+
+/**
+ * Writes `<dir>/<id>.yaml` per manifest, each through a temp file and a rename; nothing at all
+ * when any target exists (never overwrites).
+ * @throws RefusedError `code` naming the existing files.
+ */
+export function writeGenerated(dir: string, texts: readonly { a: Adopted; text: string }[], code: string, advice: string): string[] {
+  const files = texts.map(({ a }) => path.join(dir, `${a.id}.yaml`));
+  const clash = files.filter((f) => existsSync(f));
+  if (clash.length > 0) throw new RefusedError(code, `not overwriting ${clash.join(', ')} (nothing written): ${advice}`);
+  mkdirSync(dir, { recursive: true });
+  texts.forEach(({ text }, i) => {
+    writeFileSync(`${files[i]!}.tmp`, text);
+    renameSync(`${files[i]!}.tmp`, files[i]!);
+  });
+  return files;
 }
 
 async function adoptModules(redis: Redis, names: string[]): Promise<{ found: Adopted[]; skipped: string[] }> {
@@ -81,24 +118,9 @@ export async function adoptCommand(resource: string, names: string[], opts: Adop
   for (const s of skipped) deps.stderr(`${s}: already managed by ns8ctl, skipped\n`);
 
   // Never hand out a manifest that would not validate.
-  const texts = found.map((a) => ({ a, text: `# ${a.note}\n${YAML.stringify(a.object)}` }));
-  const loaded = texts.flatMap(({ a, text }) => parseManifestText(`${a.id}.yaml`, text).documents);
-  const check = validateManifests({ documents: loaded, diagnostics: [], files: texts.map(({ a }) => `${a.id}.yaml`) }, { knownNodes: await readNodeRecords(redis) });
-  if (check.diagnostics.length > 0) {
-    throw new RefusedError('adopt_invalid', `these NS8 objects do not make valid manifests (nothing written):\n${check.diagnostics.map((d) => `  ${d.file}: ${d.message}`).join('\n')}`);
-  }
-
-  if (opts.manifests) {
-    const dir = opts.manifests;
-    const clash = texts.map(({ a }) => path.join(dir, `${a.id}.yaml`)).filter((f) => existsSync(f));
-    if (clash.length > 0) throw new RefusedError('adopt_file_exists', `not overwriting ${clash.join(', ')} (nothing written): move them away or adopt other names`);
-    mkdirSync(dir, { recursive: true });
-    for (const { a, text } of texts) {
-      const file = path.join(dir, `${a.id}.yaml`);
-      writeFileSync(`${file}.tmp`, text);
-      renameSync(`${file}.tmp`, file);
-    }
-  }
+  const texts = generatedManifests(found);
+  validateGenerated(texts, await readNodeRecords(redis), 'adopt_invalid', 'these NS8 objects do not make valid manifests (nothing written)');
+  if (opts.manifests) writeGenerated(opts.manifests, texts, 'adopt_file_exists', 'move them away or adopt other names');
   if (format === 'json') deps.stdout(renderJson({ items: found.map((a) => a.object), skipped, ...(opts.manifests ? { files: texts.map(({ a }) => path.join(opts.manifests!, `${a.id}.yaml`)) } : {}) }));
   else if (!opts.manifests) deps.stdout(texts.map(({ text }) => text).join('---\n'));
   if (format !== 'json') {

@@ -1,6 +1,7 @@
 import { applyPlan, checkApplicable, hasWrites, preparePlan, revisionsOf, type PreparedPlan } from '../../apply/pipeline.js';
 import { makeRevisionLookup } from '../../apply/git-revision.js';
-import { applySavedPlan, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
+import { applySavedPlan, loadPlanKey, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
+import { resolveStateDir } from '../../state/state-dir.js';
 import { RefusedError, UsageError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../plan/render.js';
@@ -18,6 +19,8 @@ export interface DiffOptions {
   out?: string;
   /** With `out`: the saved plan may prune more than half of the apply set. */
   forcePrune?: boolean;
+  /** With prune: manifests without objects are valid (everything of the apply set is pruned). */
+  allowEmpty?: boolean;
 }
 
 export interface ApplyOptions extends Omit<DiffOptions, 'filename' | 'out'> {
@@ -47,22 +50,25 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
   if (opts.forcePrune && !opts.out) throw new UsageError('diff --force-prune is for a saved plan (--out FILE); ns8ctl apply takes --force-prune itself');
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin });
+  const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
   const { plan } = prepared;
   if (opts.out) {
     // A plan apply would refuse is not saved (the reason is the error).
     checkApplicable(plan, { forcePrune: Boolean(opts.forcePrune) });
+    const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), true);
     const saved = makeSavedPlan(prepared, {
+      key,
       applySet: opts.applyset ?? 'default',
       prune: Boolean(opts.prune),
+      forcePrune: Boolean(opts.forcePrune),
       revisionOf: await revisionsOf(prepared, makeRevisionLookup(deps.runner)),
       now: new Date(),
       render: (p) => ({ text: renderPlanText(p, { color: false }), json: renderPlanJson(p) as Record<string, unknown> }),
     });
     await writeSavedPlan(opts.out, saved);
     printPlan(plan, format, deps, { savedTo: opts.out });
-    if (format !== 'json') deps.stderr(`Saved the plan to ${opts.out} (it holds secret values: keep it private). Apply exactly this plan with: ns8ctl apply --plan ${opts.out}
+    if (format !== 'json') deps.stderr(`Saved the plan to ${opts.out} (its desired objects are encrypted with this host's plan key; keep it private all the same). Apply exactly this plan with: ns8ctl apply --plan ${opts.out}
 `);
     return isEmpty(plan) ? 0 : 1;
   }
@@ -71,20 +77,24 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
 }
 
 /**
- * `ns8ctl apply --plan FILE`: runs a saved plan's writes atomically, or nothing. Exit 0 when
- * applied, 3 when desired state changed since the plan was made (stale: make a new one).
+ * `ns8ctl apply --plan FILE`: re-makes the saved plan from its reviewed desired objects (same
+ * validation and planner, same changes or refused) and writes it atomically, or nothing. Prints
+ * the plan that ran. Exit 0 when applied, 3 when desired state changed since the plan was made
+ * (stale: make a new one).
  */
 async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
-  if (opts.filename?.length || opts.prune || opts.forcePrune || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
-    throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --applyset and --dry-run belong to the diff --out that made it');
+  if (opts.filename?.length || opts.prune || opts.forcePrune || opts.allowEmpty || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
+    throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --allow-empty, --applyset and --dry-run belong to the diff --out that made it');
   }
   const saved = await readSavedPlan(opts.plan);
+  const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), false);
   const { redis } = await deps.connect();
-  await applySavedPlan(saved, redis);
-  if (format === 'json') deps.stdout(renderJson({ ...saved.plan, applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt }));
+  const coreVersion = await readCoreVersion({ env: deps.env });
+  const result = await applySavedPlan(saved, redis, { key, file: opts.plan, coreVersion });
+  if (format === 'json') deps.stdout(renderJson({ ...(renderPlanJson(result.plan) as Record<string, unknown>), applied: saved.changes > 0, savedPlan: opts.plan, createdAt: saved.createdAt, sourcesUpdated: result.sourcesUpdated }));
   else {
-    deps.stdout(saved.text);
+    deps.stdout(renderPlanText(result.plan, { color: useColor(deps.isTTY, deps.env) }));
     deps.stderr(saved.changes > 0 ? `Applied the saved plan ${opts.plan} (made ${saved.createdAt}).\n` : `The saved plan ${opts.plan} has no changes, and desired state still matches it.\n`);
   }
   return 0;
@@ -107,7 +117,7 @@ export async function applyCommand(opts: ApplyOptions, deps: CliDeps): Promise<n
   const prune = Boolean(opts.prune);
   const { redis } = await deps.connect();
   const coreVersion = await readCoreVersion({ env: deps.env });
-  const prepared = await preparePlan(filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin });
+  const prepared = await preparePlan(filename, redis, { applySet, prune, coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
   if (opts.dryRun) {
     let refusal: RefusedError | undefined;
