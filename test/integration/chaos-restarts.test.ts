@@ -317,7 +317,7 @@ test(`restarts of Redis, the controller and the node agent (TERM and KILL) at ra
         await waitFor(`round ${round} (${what}) to converge`, checkConverged, CONVERGE_MS);
       } catch (err) {
         await verify(round, `${what}; did not converge`);
-        failWith((err as Error).message);
+        failWith(`${(err as Error).message}\nnode agent's last lines:\n${agent.lines.slice(-4).join('\n')}\ncontroller's last lines:\n${controller.lines.slice(-4).join('\n')}`);
       }
       const took = Date.now() - started;
       // The points follow how long an operation really takes here: one already done at the

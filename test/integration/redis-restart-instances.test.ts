@@ -133,7 +133,9 @@ test.each(['SIGTERM', 'SIGKILL'] as StopSignal[])('Redis stopped with %s and sta
   await writeModule(`after ${signal}`);
   await apply();
   const generation = Number(desiredBefore.generation);
-  await waitFor(`the agent to converge generation ${generation + 1} after the restart`, async () => Number(await converged()) === generation + 1, 60_000);
+  await waitFor(`the agent to converge generation ${generation + 1} after the restart`, async () => Number(await converged()) === generation + 1, 60_000).catch((e: Error) => {
+    throw new Error(`${e.message}; the node agent's last lines:\n${agent.lines.slice(-6).join('\n')}`);
+  });
   expect(agent.pid).toBe(pid);
   expect(await instanceFacts()).toEqual(before);
   expect(removalsLogged(agent.lines)).toEqual([]);
