@@ -1,13 +1,15 @@
 #!/bin/bash
 # Builds the ns8ctl example module images without internet: FROM scratch + busybox-static.
 #
-#   examples/modules/build-images.sh --registry ADDR [--out DIR] [--push] [--keep-going]
+#   examples/modules/build-images.sh --registry ADDR [--out DIR] [--push] [--dir SRC --namespace NS]
 #
 # --registry ADDR  registry host[:port] the images are named after (required: the module images'
 #                  org.nethserver.images label names the service image by its full URL there).
 # --out DIR        also write every image as an OCI layout: DIR/<name> with one ref per tag
 #                  (skopeo copy oci:DIR/webapp:1.0.0 docker://...).
 # --push           push every tag to ADDR (plain HTTP: --tls-verify=false).
+# --dir SRC        build the images under SRC instead of this directory (examples/ns8-compat uses
+#                  it); --namespace NS names them ADDR/NS/<name> (default ns8ctl-examples).
 #
 # Images (tags come from <name>/versions/<tag>/):
 #   ADDR/ns8ctl-examples/webapp-httpd:{1.0.0,2.0.0}  service image: busybox httpd serving /www
@@ -19,6 +21,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+namespace=ns8ctl-examples
 registry=""
 out=""
 push=0
@@ -29,8 +32,10 @@ while [ $# -gt 0 ]; do
     --registry) registry=${2:?--registry needs a value}; shift 2 ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
     --push) push=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "build-images.sh: unknown argument '$1' (allowed: --registry ADDR, --out DIR, --push)" >&2; exit 2 ;;
+    --dir) here=$(cd "${2:?--dir needs a value}" && pwd); shift 2 ;;
+    --namespace) namespace=${2:?--namespace needs a value}; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    *) echo "build-images.sh: unknown argument '$1' (allowed: --registry ADDR, --out DIR, --push, --dir SRC, --namespace NS)" >&2; exit 2 ;;
   esac
 done
 [ -n "$registry" ] || { echo "build-images.sh: --registry ADDR is required (e.g. 127.0.0.1:5000)" >&2; exit 2; }
@@ -58,7 +63,7 @@ overlay() {
 build_one() {
   local name=$1 tag=$2
   local src="$here/$name" ctx="$work/$name-$tag"
-  local ref="$registry/ns8ctl-examples/$name:$tag"
+  local ref="$registry/$namespace/$name:$tag"
   mkdir -p "$ctx"
   cp "$busybox" "$ctx/busybox"
   local containerfile="FROM scratch
@@ -68,6 +73,7 @@ COPY busybox /bin/busybox"
     overlay "$src/versions/$tag/imageroot" "$ctx/imageroot"
     overlay "$src/ui" "$ctx/ui"
     overlay "$src/versions/$tag/ui" "$ctx/ui"
+    mkdir -p "$ctx/imageroot/etc"
     printf '%s\n' "$tag" > "$ctx/imageroot/etc/version"
     containerfile+="
 COPY imageroot /imageroot
@@ -79,9 +85,9 @@ COPY ui /ui"
 COPY www /www
 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]"
   fi
-  grep -rlF '@VERSION@' "$ctx" --exclude=busybox 2>/dev/null | while read -r f; do sed -i "s/@VERSION@/$tag/g" "$f"; done
+  { grep -rlF '@VERSION@' "$ctx" --exclude=busybox 2>/dev/null || true; } | while read -r f; do sed -i "s/@VERSION@/$tag/g" "$f"; done
   printf '%s\n' "$containerfile" > "$ctx/Containerfile"
-  local -a labels=(--label "org.opencontainers.image.title=ns8ctl-examples/$name" --label "org.opencontainers.image.version=$tag")
+  local -a labels=(--label "org.opencontainers.image.title=$namespace/$name" --label "org.opencontainers.image.version=$tag")
   if [ -f "$src/versions/$tag/labels" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
       case "$line" in ''|'#'*) continue ;; esac
@@ -100,8 +106,12 @@ CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]"
   echo "$ref"
 }
 
-# Service image first: the module images name it.
-for name in webapp-httpd webapp rootfull-demo; do
+# Service images (with www/) first: the module images name them.
+names=()
+for d in "$here"/*/www/; do [ -d "$d" ] && names+=("$(basename "$(dirname "$d")")"); done
+for d in "$here"/*/imageroot/; do [ -d "$d" ] && names+=("$(basename "$(dirname "$d")")"); done
+[ ${#names[@]} -gt 0 ] || { echo "build-images.sh: no image sources (NAME/www or NAME/imageroot) under $here" >&2; exit 1; }
+for name in "${names[@]}"; do
   for dir in "$here/$name"/versions/*/; do
     build_one "$name" "$(basename "$dir")"
   done

@@ -5,6 +5,7 @@
  * `get-configuration` returns (for the Drifted condition), without I/O.
  */
 import type { ErrorObject } from 'ajv';
+import { isSecretSchema, maskString, secretNamesOfSchema } from '../plan/mask.js';
 import { MASK, isSecretKey } from './mask-secrets.js';
 import { compileSchema, errorPathSegments } from './schema-validation.js';
 
@@ -36,8 +37,8 @@ const escapePointer = (s: string): string => s.replace(/~/g, '~0').replace(/\//g
 const pointerOf = (segs: readonly string[]): string => segs.map((s) => '/' + escapePointer(s)).join('');
 
 function show(value: unknown): string {
-  const s = JSON.stringify(value);
-  return s === undefined ? 'undefined' : s.length > 60 ? s.slice(0, 57) + '...' : s;
+  const s = maskString(JSON.stringify(value) ?? 'undefined');
+  return s.length > 60 ? s.slice(0, 57) + '...' : s;
 }
 
 function describe(e: ErrorObject, value: unknown, secret: boolean): string {
@@ -95,13 +96,16 @@ export function validateConfiguration(config: unknown, schemaJson: unknown, opts
   if (validate(config)) return [];
   const problems: ConfigurationProblem[] = [];
   const seen = new Set<string>();
+  // Secret by name or because the schema marks the property (format: password, writeOnly, secret).
+  const schemaSecrets = secretNamesOfSchema(schemaJson);
+  const secretName = (k: string): boolean => isSecretKey(k) || schemaSecrets.has(k);
   for (const e of validate.errors ?? []) {
     if (e.keyword === 'if') continue;
     const parentSegs = e.instancePath === '' ? [] : e.instancePath.slice(1).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
     const segs = errorPathSegments(e);
     let value: unknown = config;
     for (const s of parentSegs) value = value && typeof value === 'object' ? (value as Record<string, unknown>)[s] : undefined;
-    let message = describe(e, value, parentSegs.some(isSecretKey));
+    let message = describe(e, value, parentSegs.some(secretName) || isSecretSchema(e.parentSchema));
     if (e.keyword === 'additionalProperties') {
       const allowed = allowedProperties(schemaJson, parentSegs);
       if (allowed) message += `; allowed: ${allowed.join(', ')}`;
@@ -152,10 +156,12 @@ export function diffConfiguration(desired: unknown, actual: unknown, opts: { sch
   const d = normalizeConfiguration(withDefaults(desired, opts.schema));
   const a = normalizeConfiguration(withDefaults(actual, opts.schema));
   const changes: ConfigurationChange[] = [];
+  const schemaSecrets = secretNamesOfSchema(opts.schema);
+  const isSecret = (k: string): boolean => isSecretKey(k) || schemaSecrets.has(k);
   const walk = (dv: unknown, av: unknown, segs: string[], secret: boolean): void => {
     if (isObject(dv) && isObject(av)) {
       for (const k of Object.keys(dv)) {
-        const ks = secret || isSecretKey(k);
+        const ks = secret || isSecret(k);
         if (!(k in av)) {
           if (ks) continue; // write-only secret
           changes.push({ pointer: pointerOf([...segs, k]), kind: 'missing', desired: dv[k] });
@@ -164,7 +170,7 @@ export function diffConfiguration(desired: unknown, actual: unknown, opts: { sch
         walk(dv[k], av[k], [...segs, k], ks);
       }
       if (opts.strict) {
-        for (const k of Object.keys(av)) if (!(k in dv)) changes.push({ pointer: pointerOf([...segs, k]), kind: 'extra', actual: secret || isSecretKey(k) ? MASK : av[k] });
+        for (const k of Object.keys(av)) if (!(k in dv)) changes.push({ pointer: pointerOf([...segs, k]), kind: 'extra', actual: secret || isSecret(k) ? MASK : av[k] });
       }
       return;
     }

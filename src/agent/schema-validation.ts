@@ -8,6 +8,7 @@ import { promises as fs } from 'node:fs';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import { AgentError } from './errors.js';
+import { isSecretSchema } from '../plan/mask.js';
 import { MASK, isSecretKey, maskSecrets } from './mask-secrets.js';
 
 type FormatsPlugin = (ajv: Ajv) => Ajv;
@@ -28,7 +29,7 @@ export interface Ns8ValidationError {
 
 /** Creates an ajv instance configured like the agent's validator (draft-07, all errors, formats). */
 export function createValidatorAjv(opts: { useDefaults?: boolean } = {}): Ajv {
-  const ajv = new Ajv({ allErrors: true, strict: false, useDefaults: opts.useDefaults ?? false, validateSchema: true });
+  const ajv = new Ajv({ allErrors: true, verbose: true, strict: false, useDefaults: opts.useDefaults ?? false, validateSchema: true });
   addFormats(ajv);
   return ajv;
 }
@@ -153,7 +154,7 @@ export function toNs8Errors(errors: readonly ErrorObject[] | null | undefined, d
     const field = segs.length === 0 ? '(root)' : segs.join('.');
     const parameter = segs[0] ?? '(root)';
     const type = TYPE_OF_KEYWORD[e.keyword] ?? e.keyword;
-    const value = segs.some(isSecretKey) ? MASK : maskSecrets(valueAt(doc, segs));
+    const value = segs.some(isSecretKey) || isSecretSchema(e.parentSchema) ? MASK : maskSecrets(valueAt(doc, segs));
     out.push({ parameter, error: `${parameter}_${type}`, value, field });
   }
   return out;

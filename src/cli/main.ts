@@ -1,5 +1,8 @@
 import { Command, CommanderError, Help, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
+import { assertApplySetName } from '../manifest/names.js';
+import { readBoundedStdin } from '../manifest/read-input.js';
+import { maskSecrets, maskString } from '../plan/mask.js';
 import { ExecaRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
 import { resolveStateDir } from '../state/state-dir.js';
@@ -28,11 +31,8 @@ export interface MainIO {
   cwd: string;
 }
 
-async function readStdin(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
-  return Buffer.concat(chunks).toString('utf8');
-}
+/** Standard input, bounded (an endless producer such as /dev/zero is cut off) and strict UTF-8. */
+const readStdin = (): Promise<string> => readBoundedStdin();
 
 /** The real process's IO. */
 export function processIO(): MainIO {
@@ -88,6 +88,8 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
 
+  // Checked as it is parsed: the name becomes a Redis key part (ns8ctl/inventory/<name>).
+  const applySetOption = (): Option => new Option('--applyset <name>', 'inventory name (letters, digits, ".", "_", "-"; at most 63)').default('default').argParser((v: string) => assertApplySetName(v));
   const fileOption = (): Option => new Option('-f, --filename <path>', 'manifest file, directory (recursive) or - for stdin; repeatable').argParser(collect).makeOptionMandatory();
 
   program
@@ -103,7 +105,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .description('Show what apply would change. Exit 0: no changes, 1: changes, >1: error (like kubectl diff)')
     .addOption(fileOption())
     .option('--prune', 'also show deletions of inventory objects that left the manifests')
-    .option('--applyset <name>', 'inventory name', 'default')
+    .addOption(applySetOption())
     .option('--out <file>', 'also save the plan (the reviewed desired objects, encrypted with this host\'s plan key; mode 0600) for: ns8ctl apply --plan FILE')
     .option('--force-prune', 'with --out: allow the saved plan to prune more than half (or all) of the apply set')
     .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set')
@@ -119,7 +121,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--force-prune', 'allow pruning more than half (or all) of the apply set')
     .option('--allow-empty', 'with --prune: an empty directory or file set is valid and prunes every object of the apply set (removing the last one)')
     .option('--dry-run', 'print the plan, write nothing')
-    .option('--applyset <name>', 'inventory name', 'default')
+    .addOption(applySetOption())
     .option('-o, --output <format>', 'text or json', 'text')
     .action((opts) => run(async (d) => (await planCommands()).applyCommand(opts, d))());
 
@@ -238,9 +240,10 @@ export async function main(argv: string[], io: MainIO = processIO(), extras: Pro
       code = err.exitCode === 0 ? 0 : 2;
     } else {
       const e = toNs8ctlError(err);
-      if (wantsJson) io.stdout(renderJson(e.toJSON()));
-      io.stderr(`error: ${e.message}\n`);
-      if (!e.user && io.env.NS8CTL_DEBUG) io.stderr(`${(e.cause as Error | undefined)?.stack ?? e.stack}\n`);
+      // Error text may quote a URL, a Redis reply or a value: secrets in it are masked here, on every command's way out.
+      if (wantsJson) io.stdout(renderJson(maskSecrets(e.toJSON())));
+      io.stderr(`error: ${maskString(e.message)}\n`);
+      if (!e.user && io.env.NS8CTL_DEBUG) io.stderr(`${maskString((e.cause as Error | undefined)?.stack ?? e.stack ?? '')}\n`);
       code = Math.max(e.exitCode, 1);
       // diff uses 1 for "changes": its errors must be > 1 (like kubectl diff).
       if (argv.includes('diff')) code = Math.max(code, 2);

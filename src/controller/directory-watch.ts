@@ -57,6 +57,8 @@ export class DirectoryWatch {
       ignoreInitial: true,
       persistent: true,
       atomic: true,
+      // The loader never follows links to directories (they can loop or leave the source root): nor does the watch.
+      followSymlinks: false,
       // The roots themselves are always watched, whatever their names. chokidar also asks without
       // stats (e.g. before descending into a directory): then only the name rules apply, never the
       // extension one, or a directory named `prod.v2` would never be watched.

@@ -2,13 +2,16 @@
  * Reading manifests: `-f` paths (files, directories, `-` for stdin) into parsed YAML documents
  * that keep their syntax tree and line counter, so later stages can point at line:col.
  */
-import { readFileSync, realpathSync, type Dirent } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
-import { extname, join } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { opendir, stat } from 'node:fs/promises';
+import { extname, isAbsolute, join, relative } from 'node:path';
 import jsyaml from 'js-yaml';
 import { LineCounter, isScalar, parseAllDocuments } from 'yaml';
 import type { Document } from 'yaml';
 import { ManifestError, type Diagnostic } from '../errors.js';
+import { DEFAULT_LIMITS, describeBytes, type InputLimits } from './limits.js';
+import { locate } from './locate.js';
+import { InputError, describeFsError, fileKind, readBoundedFile, readBoundedStdin } from './read-input.js';
 import type { SourceRef } from './types.js';
 
 /** File name endings read from directories. A file named explicitly is read whatever its name. */
@@ -35,75 +38,119 @@ export interface LoadResult {
 
 /** Options for `loadManifests`. */
 export interface LoadOptions {
-  /** Reads standard input for the path `-`. Default: read `process.stdin` to the end. */
+  /** Reads standard input for the path `-`. Default: read `process.stdin` to the end (bounded, strict UTF-8). */
   stdin?: () => Promise<string>;
-}
-
-async function readProcessStdin(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
-  return Buffer.concat(chunks).toString('utf8');
+  /** Narrower limits than DEFAULT_LIMITS (tests). */
+  limits?: Partial<InputLimits>;
 }
 
 function diag(file: string, message: string, line = 0, col = 0, pointer = ''): Diagnostic {
   return { file, line, col, pointer, message };
 }
 
-function describeFsError(err: unknown): string {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOENT') return 'no such file or directory';
-  if (code === 'EACCES' || code === 'EPERM') return 'permission denied';
-  if (code === 'EISDIR') return 'is a directory';
-  return err instanceof Error ? err.message : String(err);
+const hasManifestExtension = (name: string): boolean => (MANIFEST_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase());
+
+/** True when `real` is `root` or below it (both real paths). */
+function isInside(root: string, real: string): boolean {
+  const rel = relative(root, real);
+  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
+}
+
+/** Counters shared by every path of one load, checked against the limits. */
+interface Budget {
+  limits: InputLimits;
+  files: number;
+  entries: number;
+  bytes: number;
+  /** Set once a count limit stopped the load: nothing more is read. */
+  stopped: boolean;
 }
 
 /**
- * Lists manifest files under a directory, recursively, skipping dot-entries, in byte order of path,
- * each with its real path (for reading a file reached twice once). Real paths come from the walk:
- * one realpath for the root and one per symbolic link, not one per file.
+ * Lists manifest files under a directory, skipping dot-entries, in byte order of path, each with
+ * its real path (for reading a file reached twice once). Symbolic links are never followed to a
+ * directory (two `ln -s . x` would make the walk exponential) and never out of the directory
+ * given (a link to a password file must not be read, and so cannot be echoed); a link to a file
+ * inside it is read like that file. Files that are not regular files (FIFOs, devices, sockets)
+ * are refused, as are more files, entries or levels than the limits allow.
  */
-async function listManifestFiles(dir: string, diagnostics: Diagnostic[]): Promise<{ file: string; real: string }[]> {
+async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget: Budget): Promise<{ file: string; real: string }[]> {
   const out: { file: string; real: string }[] = [];
-  async function walk(d: string, realD: string): Promise<void> {
-    let entries: Dirent[];
+  const { limits } = budget;
+  let realRoot: string;
+  try {
+    realRoot = realpathSync(dir);
+  } catch (err) {
+    diagnostics.push(diag(dir, `cannot read directory: ${describeFsError(err)}`));
+    return out;
+  }
+  const queue: { d: string; depth: number }[] = [{ d: dir, depth: 0 }];
+  while (queue.length > 0 && !budget.stopped) {
+    const { d, depth } = queue.shift()!;
+    let handle;
     try {
-      entries = await readdir(d, { withFileTypes: true });
+      handle = await opendir(d);
     } catch (err) {
       diagnostics.push(diag(d, `cannot read directory: ${describeFsError(err)}`));
-      return;
+      continue;
     }
-    const subdirs: [string, string][] = [];
-    for (const entry of entries) {
+    for await (const entry of handle) {
+      if (++budget.entries > limits.maxEntries) {
+        diagnostics.push(diag(dir, `more than ${limits.maxEntries} directory entries under ${dir}; the walk stopped there (limit maxEntries)`));
+        budget.stopped = true;
+        break;
+      }
       const name = entry.name;
       if (name.startsWith('.')) continue;
       const p = join(d, name);
-      let isDir = entry.isDirectory();
-      let isFile = entry.isFile();
-      let real = join(realD, name);
       if (entry.isSymbolicLink()) {
-        // Follow links like the files they point at.
+        let st;
         try {
-          const st = await stat(p);
-          isDir = st.isDirectory();
-          isFile = st.isFile();
+          st = await stat(p);
+        } catch (err) {
+          if (hasManifestExtension(name)) diagnostics.push(diag(p, `cannot read: symbolic link to ${describeFsError(err)}`));
+          continue;
+        }
+        if (st.isDirectory()) {
+          diagnostics.push(diag(p, `symbolic link to a directory: not followed (links to directories can loop or leave ${dir}); give that directory with its own -f`));
+          continue;
+        }
+        if (!hasManifestExtension(name)) continue;
+        let real: string;
+        try {
           real = realpathSync(p);
         } catch (err) {
           diagnostics.push(diag(p, `cannot read: ${describeFsError(err)}`));
           continue;
         }
+        if (!isInside(realRoot, real)) {
+          diagnostics.push(diag(p, `symbolic link points outside ${dir}: not read (a link may only point at a file inside the directory given with -f)`));
+          continue;
+        }
+        if (!st.isFile()) {
+          diagnostics.push(diag(p, `cannot read file: the link points at ${fileKind(st)}; only regular files are read`));
+          continue;
+        }
+        out.push({ file: p, real });
+      } else if (entry.isDirectory()) {
+        if (depth + 1 > limits.maxDirectoryDepth) diagnostics.push(diag(p, `directory is more than ${limits.maxDirectoryDepth} levels below ${dir}; not read (limit maxDirectoryDepth)`));
+        else queue.push({ d: p, depth: depth + 1 });
+        continue;
+      } else if (hasManifestExtension(name)) {
+        if (!entry.isFile()) {
+          diagnostics.push(diag(p, `cannot read file: it is ${entry.isFIFO() ? 'a FIFO (named pipe)' : entry.isSocket() ? 'a socket' : 'a device'}; only regular files are read`));
+          continue;
+        }
+        out.push({ file: p, real: join(realRoot, relative(dir, p)) });
+      } else continue;
+      if (++budget.files > limits.maxFiles) {
+        diagnostics.push(diag(dir, `more than ${limits.maxFiles} manifest files; none past the limit is read (limit maxFiles)`));
+        budget.stopped = true;
+        out.pop();
+        break;
       }
-      if (isDir) subdirs.push([p, real]);
-      else if (isFile && (MANIFEST_EXTENSIONS as readonly string[]).includes(extname(name).toLowerCase())) out.push({ file: p, real });
     }
-    await Promise.all(subdirs.map(([p, real]) => walk(p, real)));
   }
-  let realRoot = dir;
-  try {
-    realRoot = realpathSync(dir);
-  } catch {
-    // reported by the walk
-  }
-  await walk(dir, realRoot);
   return out.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
 }
 
@@ -140,16 +187,42 @@ function chunkStarts(text: string): number[] {
 }
 
 /**
+ * js-yaml's core schema with YAML 1.2 core integers: js-yaml also reads `0b1` as 1 (a YAML 1.1
+ * form); YAML 1.2 core, which the precise path follows, reads it as the string "0b1".
+ */
+const CORE_1_2 = ((): jsyaml.Schema => {
+  // js-yaml exports its built-in types at run time; its type declarations do not list them.
+  const types = (jsyaml as unknown as { types: Record<'null' | 'bool' | 'int' | 'float', jsyaml.Type> }).types;
+  const int = types.int as unknown as { resolve: (d: string | null) => boolean; construct: (d: string) => unknown; predicate: (o: unknown) => boolean; represent: unknown; defaultStyle: string };
+  const strictInt = new jsyaml.Type('tag:yaml.org,2002:int', {
+    kind: 'scalar',
+    resolve: (d: string | null) => d !== null && !/^[-+]?0b/.test(d) && int.resolve(d),
+    construct: (d: string) => int.construct(d),
+    predicate: (o: unknown) => int.predicate(o),
+    represent: int.represent as never,
+    defaultStyle: int.defaultStyle,
+  });
+  return jsyaml.FAILSAFE_SCHEMA.extend({ implicit: [types.null, types.bool, strictInt, types.float] });
+})();
+
+/**
+ * Text the fast path leaves to the precise one: anything that may hold an alias (`*name`), since
+ * js-yaml has no alias limit and the precise path counts alias expansions (an alias bomb).
+ */
+const MAY_HOLD_ALIAS = /(^|[\s[{,:-])\*[^\s,\]}]/;
+
+/**
  * Fast path: js-yaml (core schema, which resolves scalars like the yaml library's YAML 1.2 core
  * schema) is about ten times faster than building the full syntax tree. The tree, needed only to
  * point at a line:col when something is wrong, is built lazily on first use. Returns undefined
- * when the fast parser objects or the document boundaries are unclear: the caller then takes the
- * precise path, which reports the problem with its position.
+ * when the fast parser objects, the text may hold aliases, or the document boundaries are unclear:
+ * the caller then takes the precise path, which reports the problem with its position.
  */
 function parseFast(file: string, text: string): LoadedDocument[] | undefined {
+  if (MAY_HOLD_ALIAS.test(text)) return undefined;
   let values: unknown[];
   try {
-    values = jsyaml.loadAll(text, undefined, { schema: jsyaml.CORE_SCHEMA, json: false });
+    values = jsyaml.loadAll(text, undefined, { schema: CORE_1_2, json: false });
   } catch {
     return undefined;
   }
@@ -180,18 +253,165 @@ function parseFast(file: string, text: string): LoadedDocument[] | undefined {
 }
 
 /**
- * Parses the text of one file into its non-empty documents. Pure: no I/O.
- * Syntax errors and warnings (e.g. unresolved tags) become diagnostics with line:col; a document
- * with errors is not returned.
+ * Characters YAML 1.2 does not allow in a stream (outside its printable set: C0 controls but tab,
+ * line feed and carriage return; DEL; C1 controls but NEL). Refused up front: the parsers let some
+ * of them through into values.
  */
-export function parseManifestText(file: string, text: string): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
-  const fast = parseFast(file, text);
-  if (fast) return { documents: fast, diagnostics: [] };
-  return parseManifestTextPrecisely(file, text);
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTER = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u0084\u0086-\u009f]/;
+
+/** The limits with a caller's narrowing applied. */
+function limitsOf(given: Partial<InputLimits> | undefined): InputLimits {
+  return given ? { ...DEFAULT_LIMITS, ...given } : DEFAULT_LIMITS;
 }
 
-/** The precise path: the full syntax tree up front, every problem with its position. */
-export function parseManifestTextPrecisely(file: string, text: string): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
+/**
+ * Problems of one parsed value against the document limits: nesting depth, number of values
+ * (each alias use counted again), length of strings, keys and of all text together, and integers
+ * that a JavaScript number cannot hold exactly (beyond 2^53 - 1, e.g. 9007199254740993, would be
+ * stored as ...992). At most five problems, each with the JSON pointer of the value at fault.
+ * Iterative and bounded by maxNodes, whatever the value's shape.
+ */
+export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAULT_LIMITS): { pointer: string; message: string }[] {
+  const problems: { pointer: string; message: string }[] = [];
+  const stack: { v: unknown; depth: number; ptr: string }[] = [{ v: value, depth: 0, ptr: '' }];
+  let nodes = 0;
+  let chars = 0;
+  const esc = (k: string): string => k.replace(/~/g, '~0').replace(/\//g, '~1');
+  while (stack.length > 0 && problems.length < 5) {
+    const { v, depth, ptr } = stack.pop()!;
+    if (++nodes > limits.maxNodes) {
+      problems.push({ pointer: ptr, message: `document has more than ${limits.maxNodes} values (aliases counted at each use); not read (limit maxNodes)` });
+      break;
+    }
+    if (typeof v === 'string') {
+      chars += v.length;
+      if (v.length > limits.maxValueChars) problems.push({ pointer: ptr, message: `value is ${v.length} characters long; at most ${limits.maxValueChars} per value (limit maxValueChars); not shown` });
+    } else if (typeof v === 'number') {
+      if (Number.isInteger(v) && !Number.isSafeInteger(v)) {
+        problems.push({ pointer: ptr, message: `integer is beyond 2^53 - 1 (9007199254740991) and cannot be stored exactly; integers must be between -9007199254740991 and 9007199254740991 (quote the value if it is text)` });
+      }
+    } else if (v !== null && typeof v === 'object') {
+      if (depth >= limits.maxDepth) {
+        problems.push({ pointer: ptr, message: `nesting is deeper than ${limits.maxDepth} levels (limit maxDepth)` });
+        continue;
+      }
+      const entries: [string, unknown][] = Array.isArray(v) ? v.map((x, i) => [String(i), x]) : Object.entries(v);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [k, x] = entries[i]!;
+        if (!Array.isArray(v)) {
+          chars += k.length;
+          if (k.length > limits.maxKeyChars) {
+            problems.push({ pointer: ptr, message: `a key is ${k.length} characters long; at most ${limits.maxKeyChars} per key (limit maxKeyChars)` });
+            continue;
+          }
+        }
+        stack.push({ v: x, depth: depth + 1, ptr: `${ptr}/${esc(k)}` });
+      }
+    }
+    if (chars > limits.maxDocumentChars) {
+      problems.push({ pointer: '', message: `document holds more than ${limits.maxDocumentChars} characters of text (limit maxDocumentChars)` });
+      break;
+    }
+  }
+  return problems;
+}
+
+/**
+ * Parses the text of one file into its non-empty documents. Pure: no I/O.
+ * Syntax errors and warnings (e.g. unresolved tags) become diagnostics with line:col; a document
+ * with errors, or over a limit (see checkDocumentLimits, InputLimits), is not returned.
+ */
+export function parseManifestText(file: string, text: string, opts: { limits?: Partial<InputLimits> } = {}): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
+  const limits = limitsOf(opts.limits);
+  if (text.length > limits.maxFileBytes) return { documents: [], diagnostics: [diag(file, `text is ${text.length} characters; the limit is ${describeBytes(limits.maxFileBytes)} per file (limit maxFileBytes)`)] };
+  const control = CONTROL_CHARACTER.exec(text);
+  if (control) {
+    const before = text.slice(0, control.index);
+    const code = control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0');
+    return { documents: [], diagnostics: [diag(file, `YAML problem: control character U+${code} is not allowed in YAML text (write it as an escape in a double-quoted string)`, before.split('\n').length, control.index - before.lastIndexOf('\n'))] };
+  }
+  const deep = flowNestingPast(text, limits.maxDepth);
+  if (deep >= 0) {
+    const before = text.slice(0, deep);
+    const line = before.split('\n').length;
+    return { documents: [], diagnostics: [diag(file, `YAML problem: [ and { nest deeper than ${limits.maxDepth} levels; not parsed (limit maxDepth)`, line, deep - before.lastIndexOf('\n'))] };
+  }
+  const fast = parseFast(file, text);
+  const parsed = fast ? { documents: fast, diagnostics: [] } : parsePrecisely(file, text, limits);
+  const documents: LoadedDocument[] = [];
+  const diagnostics = [...parsed.diagnostics];
+  for (const d of parsed.documents) {
+    const problems = checkDocumentLimits(d.value, limits);
+    if (problems.length === 0) {
+      documents.push(d);
+      continue;
+    }
+    for (const p of problems) {
+      let pos = { line: d.source.line, col: d.source.col };
+      try {
+        pos = locate(d.doc, d.lineCounter, p.pointer, 'value');
+      } catch {
+        // the document start is a good enough place
+      }
+      diagnostics.push({ file, line: pos.line, col: pos.col, pointer: p.pointer, message: p.message });
+    }
+  }
+  return { documents, diagnostics };
+}
+
+/**
+ * Offset where flow collections (`[`, `{`) nest deeper than `max`, outside quoted scalars and
+ * comments, or -1. A linear scan run before parsing: both parsers recurse per level, so a text of
+ * a hundred thousand `[` would otherwise cost seconds and a stack overflow.
+ */
+export function flowNestingPast(text: string, max: number): number {
+  let depth = 0;
+  let quote = '';
+  let prev = '\n';
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (quote) {
+      if (c === '\\' && quote === '"') i++;
+      else if (c === quote) {
+        if (quote === "'" && text[i + 1] === "'") i++;
+        else quote = '';
+      }
+      prev = c;
+      continue;
+    }
+    const atTokenStart = prev === '\n' || prev === ' ' || prev === '\t' || prev === '[' || prev === '{' || prev === ',' || prev === ':';
+    if ((c === '"' || c === "'") && atTokenStart) quote = c;
+    else if (c === '#' && (prev === ' ' || prev === '\t' || prev === '\n')) {
+      const nl = text.indexOf('\n', i);
+      if (nl < 0) return -1;
+      i = nl;
+      prev = '\n';
+      continue;
+    } else if (c === '[' || c === '{') {
+      if (++depth > max) return i;
+    } else if ((c === ']' || c === '}') && depth > 0) depth--;
+    prev = c;
+  }
+  return -1;
+}
+
+/** The precise path, bounded: see parseManifestTextPrecisely. */
+function parsePrecisely(file: string, text: string, limits: InputLimits): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
+  try {
+    return parseManifestTextPrecisely(file, text, limits.maxAliases);
+  } catch (err) {
+    // The parser recurses per nesting level: a document nested thousands deep overflows the stack.
+    if (err instanceof RangeError) return { documents: [], diagnostics: [diag(file, `YAML problem: nesting is too deep to parse; at most ${limits.maxDepth} levels (limit maxDepth)`, 1, 1)] };
+    throw err;
+  }
+}
+
+/**
+ * The precise path: the full syntax tree up front, every problem with its position. Aliases are
+ * expanded at most `maxAliases` times per document (an alias bomb is refused, not expanded).
+ */
+export function parseManifestTextPrecisely(file: string, text: string, maxAliases: number = DEFAULT_LIMITS.maxAliases): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
   const lineCounter = new LineCounter();
   const documents: LoadedDocument[] = [];
   const diagnostics: Diagnostic[] = [];
@@ -213,9 +433,12 @@ export function parseManifestTextPrecisely(file: string, text: string): { docume
     const pos = lineCounter.linePos(startOffset);
     let value: unknown;
     try {
-      value = doc.toJS({ maxAliasCount: 100 });
+      value = doc.toJS({ maxAliasCount: maxAliases });
     } catch (err) {
-      diagnostics.push(diag(file, `YAML problem: ${err instanceof Error ? err.message : String(err)}`, pos.line, pos.col));
+      if (err instanceof RangeError) throw err;
+      const m = err instanceof Error ? err.message : String(err);
+      const named = /alias/i.test(m) ? `${m} (limit maxAliases: ${maxAliases})` : m;
+      diagnostics.push(diag(file, `YAML problem: ${named}`, pos.line, pos.col));
       return;
     }
     documents.push({ source: { file, doc: index, line: pos.line, col: pos.col }, value, doc, lineCounter });
@@ -224,22 +447,35 @@ export function parseManifestTextPrecisely(file: string, text: string): { docume
 }
 
 /**
- * Loads manifests from `-f` paths, in the order given: a file (any name), a directory (recursive,
- * `*.yaml|*.yml|*.json`, dot-entries skipped, sorted by path), or `-` for standard input (read once).
- * A file reached twice (same real path) is read once. Never throws for bad input: missing paths,
- * unreadable files, an empty directory and YAML syntax errors are returned as diagnostics, all at once.
+ * Loads manifests from `-f` paths, in the order given: a file (any name), a directory (`*.yaml|*.yml|*.json`,
+ * dot-entries skipped, sorted by path, links followed only to files inside it), or `-` for standard
+ * input (read once). A file reached twice (same real path) is read once. Only regular files are
+ * read, each within the limits (InputLimits, DEFAULT_LIMITS), as strict UTF-8. Never throws for
+ * bad input: missing paths, unreadable or special files, links out of a directory, limits,
+ * invalid UTF-8 and YAML errors are returned as diagnostics, all at once.
  */
 export async function loadManifests(paths: string[], opts: LoadOptions = {}): Promise<LoadResult> {
+  const limits = limitsOf(opts.limits);
   const documents: LoadedDocument[] = [];
   const diagnostics: Diagnostic[] = [];
   const files: string[] = [];
   const seen = new Set<string>();
+  const budget: Budget = { limits, files: 0, entries: 0, bytes: 0, stopped: false };
   let stdinRead = false;
 
   const addText = (file: string, text: string): void => {
-    const r = parseManifestText(file, text);
+    const r = parseManifestText(file, text, { limits });
     documents.push(...r.documents);
     diagnostics.push(...r.diagnostics);
+  };
+
+  /** Counts bytes against maxTotalBytes; false (and a diagnostic) once they are over it. */
+  const account = (file: string, bytes: number): boolean => {
+    budget.bytes += bytes;
+    if (budget.bytes <= limits.maxTotalBytes) return true;
+    diagnostics.push(diag(file, `the files read so far hold more than ${describeBytes(limits.maxTotalBytes)}; this one and the rest are not read (limit maxTotalBytes)`));
+    budget.stopped = true;
+    return false;
   };
 
   const readOneSync = (file: string, knownReal?: string): void => {
@@ -254,30 +490,29 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
     if (seen.has(real)) return;
     seen.add(real);
     files.push(file);
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      diagnostics.push(diag(file, `cannot read file: ${describeFsError(err)}`));
+    const r = readBoundedFile(file, limits.maxFileBytes);
+    if (!r.ok) {
+      diagnostics.push(diag(file, r.message, r.line, r.col));
       return;
     }
-    addText(file, text);
+    if (account(file, r.bytes)) addText(file, r.text);
   };
 
-
   for (const p of paths) {
+    if (budget.stopped) break;
     if (p === '-') {
       if (stdinRead) continue;
       stdinRead = true;
       files.push('-');
       let text: string;
       try {
-        text = await (opts.stdin ?? readProcessStdin)();
+        text = await (opts.stdin ?? (() => readBoundedStdin(limits.maxFileBytes)))();
       } catch (err) {
-        diagnostics.push(diag('-', `cannot read standard input: ${describeFsError(err)}`));
+        if (err instanceof InputError) diagnostics.push(diag('-', err.message, err.line, err.col));
+        else diagnostics.push(diag('-', `cannot read standard input: ${describeFsError(err)}`));
         continue;
       }
-      addText('-', text);
+      if (account('-', Buffer.byteLength(text))) addText('-', text);
       continue;
     }
     let st;
@@ -289,13 +524,20 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
       continue;
     }
     if (st.isDirectory()) {
-      const found = await listManifestFiles(p, diagnostics);
-      if (found.length === 0) {
+      const found = await listManifestFiles(p, diagnostics, budget);
+      if (found.length === 0 && !budget.stopped) {
         diagnostics.push(diag(p, `directory has no manifest files (${MANIFEST_EXTENSIONS.map((e) => '*' + e).join(', ')})`));
       }
       // Synchronous reads: for many small files they cost a fraction of the promise API's
       // open/fstat/read/close round trips through the thread pool (measured in bench/run.ts).
-      for (const f of found) readOneSync(f.file, f.real);
+      for (const f of found) {
+        if (budget.stopped) break;
+        readOneSync(f.file, f.real);
+      }
+    } else if (!st.isFile()) {
+      // Checked before opening: opening a FIFO waits for a writer, reading /dev/zero never ends.
+      files.push(p);
+      diagnostics.push(diag(p, `cannot read -f ${p}: it is ${fileKind(st)}; only regular files, directories and - (standard input) are read`));
     } else {
       readOneSync(p);
     }

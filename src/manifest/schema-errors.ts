@@ -3,6 +3,7 @@
  * schema itself (property lists, enums, descriptions) so messages stay true when schemas change.
  */
 import type { ErrorObject } from 'ajv';
+import { MASK, isSecretPath, isSecretSchema, maskString } from '../plan/mask.js';
 import { escapePointerSegment } from './locate.js';
 import type { LocateMode } from './locate.js';
 
@@ -23,12 +24,25 @@ export function jsonTypeOf(value: unknown): string {
   return typeof value;
 }
 
-/** Short printable form of a value for messages: JSON for scalars (truncated), a type word for containers. */
+/** Longest excerpt of a value shown in a message; a longer value is cut and its length given. */
+export const SHOWN_VALUE_CHARS = 40;
+
+/**
+ * Short printable form of a value for messages: JSON for scalars, cut to SHOWN_VALUE_CHARS with
+ * URL passwords and secret parameters masked; a type word for containers. A value may be a file
+ * read by mistake, so it is never echoed in full.
+ */
 export function showValue(value: unknown): string {
   if (Array.isArray(value)) return 'a list';
   if (value !== null && typeof value === 'object') return 'a mapping';
-  const s = JSON.stringify(value) ?? String(value);
-  return s.length > 80 ? s.slice(0, 77) + '...' : s;
+  const s = maskString(JSON.stringify(value) ?? String(value));
+  const chars = [...s];
+  return chars.length > SHOWN_VALUE_CHARS ? `${chars.slice(0, SHOWN_VALUE_CHARS - 3).join('')}... (${chars.length} characters)` : s;
+}
+
+/** Segments of a JSON pointer, unescaped. */
+function segmentsOf(pointer: string): string[] {
+  return pointer === '' ? [] : pointer.slice(1).split('/').map((x) => x.replace(/~1/g, '/').replace(/~0/g, '~'));
 }
 
 /** Levenshtein distance, for "did you mean". */
@@ -98,13 +112,16 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
     if (/\/oneOf\/\d+\//.test(e.schemaPath) || /\/dependencies\/[^/]+\/not\//.test(e.schemaPath)) continue;
     if (e.keyword === 'propertyNames') continue;
 
+    // A value under a secret key, or one its schema marks secret, is never shown.
+    const secret = isSecretPath(segmentsOf(path)) || isSecretSchema(parentSchema);
+    const showValue = (v: unknown): string => (secret ? MASK : showValueOf(v));
     const propertyName = (e as ErrorObject & { propertyName?: string }).propertyName;
     if (propertyName !== undefined) {
       // An invalid key of a map (volume name, label key): point at the key.
       out.push({
         pointer: `${path}/${escapePointerSegment(propertyName)}`,
         mode: 'key',
-        message: `invalid name ${JSON.stringify(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
+        message: `invalid name ${showValueOf(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
       });
       continue;
     }
@@ -116,7 +133,7 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
         out.push({
           pointer: `${path}/${escapePointerSegment(name)}`,
           mode: 'key',
-          message: `unknown field ${JSON.stringify(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
+          message: `unknown field ${showValueOf(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
         });
         break;
       }
@@ -202,6 +219,8 @@ export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMe
   }
   return dedupe(out);
 }
+
+const showValueOf = showValue;
 
 function isScalar(v: unknown): boolean {
   return v === null || typeof v !== 'object';

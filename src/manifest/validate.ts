@@ -3,6 +3,7 @@
  * URLs, id fits module), then cross-document checks (duplicate ids, unknown nodes). Pure: no I/O
  * besides reading the schema files once. Every problem is returned at once.
  */
+import { isIP } from 'node:net';
 import semver from 'semver';
 import { ManifestError } from '../errors.js';
 import type { Diagnostic } from '../errors.js';
@@ -118,6 +119,22 @@ function checkModule(diags: Diagnostic[], st: DocState, v: Record<string, unknow
   }
 }
 
+/** A DNS host name (RFC 1123 labels of letters, digits and '-', at most 253 characters, optional final dot). */
+const HOST_NAME = /^(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+/** True for an IPv4 or IPv6 address or a DNS host name: what `spec.address` of a Node may be. */
+export function isNodeAddress(address: string): boolean {
+  return isIP(address) !== 0 || HOST_NAME.test(address);
+}
+
+/** Rules of a Node the schema cannot express: the address is an IP address or a host name. */
+function checkNode(diags: Diagnostic[], st: DocState, v: Record<string, unknown>, schemaBad: Set<string>): void {
+  const spec = isRecord(v['spec']) ? v['spec'] : undefined;
+  const address = spec?.['address'];
+  if (typeof address !== 'string' || schemaBad.has('/spec/address') || isNodeAddress(address)) return;
+  report(diags, st, '/spec/address', `address ${showValue(address)} is not valid: expected an IPv4 or IPv6 address or a host name (letters, digits, '-' and '.')`);
+}
+
 /** Rules of a Repository the schema cannot express. */
 function checkRepository(diags: Diagnostic[], st: DocState, v: Record<string, unknown>, schemaBad: Set<string>): void {
   const spec = isRecord(v['spec']) ? v['spec'] : undefined;
@@ -214,7 +231,9 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
   for (const st of states) {
     const v = st.doc.value;
     if (!isRecord(v)) {
-      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${showValue(v)}`);
+      // The content is not shown: a document that is not a mapping may be a file read by mistake.
+      const got = typeof v === 'string' ? `a string of ${[...v].length} characters` : Array.isArray(v) ? 'a list' : `${typeof v} ${showValue(v)}`;
+      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${got}`);
       continue;
     }
     st.value = v;
@@ -231,6 +250,7 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
     }
     if (kind === 'Module') checkModule(diags, st, v, schemaBad);
     if (kind === 'Repository') checkRepository(diags, st, v, schemaBad);
+    if (kind === 'Node') checkNode(diags, st, v, schemaBad);
   }
 
   // Duplicate ids within a kind: report each later occurrence, naming the first.

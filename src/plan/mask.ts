@@ -1,29 +1,41 @@
 /**
- * Secret masking for everything ns8ctl shows: plans, diffs, logs and events. A value is secret
- * when the key holding it (or any key above it) looks secret, and passwords inside URLs
- * (`https://user:pw@host/`) are secret too. docs/plan.md lists the rules.
+ * The one rule set for secrets, used by everything ns8ctl shows or stores for people to read:
+ * plans, diffs, `get` output, events, errors, logs, and (with NS8's `XXX`) task contexts.
+ *
+ * A value is secret when
+ * 1. a schema marks it: `format: password`, `writeOnly: true` or `secret: true` on its property
+ *    (NS8's `validate-input.json` marks passwords with `format: password`); or
+ * 2. the key holding it, or any key above it, has a secret-looking name (`isSecretKey`); or
+ * 3. it is the password of a URL's userinfo (`scheme://user:PASSWORD@host`, the userinfo ends at
+ *    the LAST `@` of the authority) or the value of a secret-named query or `NAME=value`
+ *    parameter (`?password=...`, `&token=...`, `ADMIN_PASSWORD=...`).
+ * docs/security.md states these rules; docs/plan.md shows them in plans.
  */
 
 import { setOwn } from './canonical.js';
 
-/** What a secret value is replaced with. */
+/** What a secret value is replaced with in everything ns8ctl prints. */
 export const MASK = '(sensitive value)';
 
-/** NS8's rule (agent task context): a key ending in one of these, case-insensitive. */
-const NS8_SUFFIX = /(password|secret|token|key|pass)$/i;
+/** What NS8 replaces secrets with in stored task contexts (kept for compatibility with NS8 tools). */
+export const NS8_MASK = 'XXX';
+
+/** NS8's rule (agent task context), plus the short forms: a key ending in one of these. */
+const SUFFIX = /(password|passwd|secret|token|key|pass|pwd|pw)$/i;
 /** Anywhere in the key name. */
 const CONTAINS = /(password|passwd|passphrase|secret|token|apikey|api_key|credential|private_?key)/i;
-/** As a whole word of a snake/kebab/camel-case name (`ssh_key_file`, `keyData`, `db-pwd`). */
-const WORDS = new Set(['key', 'keys', 'pass', 'pwd', 'psk']);
+/** As a whole word of a snake/kebab/camel-case name (`ssh_key_file`, `keyData`, `db-pwd`, `pw_hash`). */
+const WORDS = new Set(['key', 'keys', 'pass', 'pwd', 'pw', 'psk', 'creds', 'cred', 'auth']);
 
 /**
- * True when a value stored under key `name` must not be shown. Matches NS8's agent rule (the
- * name ends in password/secret/token/key/pass) plus names containing password, passwd,
- * passphrase, secret, token, apikey, api_key, credential, private(_)key, or having a word
- * key/keys/pass/pwd/psk; all case-insensitive. Errs on the side of masking.
+ * True when a value stored under key `name` must not be shown. The name rule: the name ends in
+ * password, passwd, secret, token, key, pass, pwd or pw (NS8's agent rule plus the short forms:
+ * `db_pw`, `dbPwd`); or contains password, passwd, passphrase, secret, token, apikey, api_key,
+ * credential, private(_)key; or has a word key, keys, pass, pwd, pw, psk, cred, creds, auth.
+ * All case-insensitive. Errs on the side of masking.
  */
 export function isSecretKey(name: string): boolean {
-  if (NS8_SUFFIX.test(name) || CONTAINS.test(name)) return true;
+  if (SUFFIX.test(name) || CONTAINS.test(name)) return true;
   const words = name
     .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
     .toLowerCase()
@@ -31,34 +43,122 @@ export function isSecretKey(name: string): boolean {
   return words.some((w) => WORDS.has(w));
 }
 
-/** True when any key on the path (object keys, outermost first) is secret. */
+/** True when any key on the path (object keys, outermost first) is secret by name. */
 export function isSecretPath(path: readonly string[]): boolean {
   return path.some(isSecretKey);
 }
 
-const URL_PASSWORD = /\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*):([^\s/@]+)@/gi;
-
-/** Masks the password part of URLs inside a string (`https://u:(sensitive value)@host/`). */
-export function maskString(s: string): string {
-  return s.replace(URL_PASSWORD, `$1:${MASK}@`);
+/**
+ * True when a JSON Schema (the part describing one value) marks its value as secret:
+ * `format: password` (NS8's validate-input.json), `writeOnly: true`, or a `secret: true` annotation.
+ */
+export function isSecretSchema(schema: unknown): boolean {
+  if (schema === null || typeof schema !== 'object') return false;
+  const s = schema as Record<string, unknown>;
+  return s['format'] === 'password' || s['writeOnly'] === true || s['secret'] === true;
 }
 
 /**
- * A deep copy of `value` in which every value under a secret-looking key is `MASK` (whatever its
- * type) and URL passwords in strings are masked. Arrays and other keys are kept. Never throws for
- * JSON data; non-plain objects are copied as their enumerable own properties.
+ * Property names a JSON Schema marks secret (see isSecretSchema), at any depth (`properties`,
+ * `items`, `additionalProperties`, `allOf/anyOf/oneOf`, `if/then/else`, `definitions`).
+ * Bounded: at most 10 000 schema nodes are visited, so a huge or self-referencing schema cannot
+ * stall masking.
  */
-export function maskSecrets<T>(value: T): T {
-  return maskValue(value) as T;
+export function secretNamesOfSchema(schema: unknown): Set<string> {
+  const out = new Set<string>();
+  const stack: unknown[] = [schema];
+  let budget = 10_000;
+  while (stack.length > 0 && budget-- > 0) {
+    const s = stack.pop();
+    if (s === null || typeof s !== 'object') continue;
+    if (Array.isArray(s)) {
+      stack.push(...s);
+      continue;
+    }
+    const o = s as Record<string, unknown>;
+    const props = o['properties'];
+    if (props && typeof props === 'object') {
+      for (const [name, sub] of Object.entries(props as Record<string, unknown>)) {
+        if (isSecretSchema(sub)) out.add(name);
+        stack.push(sub);
+      }
+    }
+    for (const k of ['items', 'additionalProperties', 'allOf', 'anyOf', 'oneOf', 'if', 'then', 'else', 'definitions', '$defs', 'patternProperties']) {
+      const sub = o[k];
+      if (sub && typeof sub === 'object') stack.push(k === 'definitions' || k === '$defs' || k === 'patternProperties' ? Object.values(sub) : sub);
+    }
+  }
+  return out;
 }
 
-function maskValue(value: unknown): unknown {
-  if (typeof value === 'string') return maskString(value);
-  if (Array.isArray(value)) return value.map(maskValue);
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) setOwn(out, k, isSecretKey(k) && v !== undefined ? MASK : maskValue(v));
-    return out;
+/** Options of maskSecrets. */
+export interface MaskOptions {
+  /** Replacement text (default MASK; NS8_MASK for task contexts). */
+  mask?: string;
+  /** Extra key names whose values are secret, e.g. from secretNamesOfSchema(validate-input.json). */
+  secretNames?: ReadonlySet<string>;
+}
+
+/**
+ * URL userinfo: the authority runs to the first `/`, `?`, `#` or space, so the greedy match ends
+ * at its LAST `@` and a password holding `@` (`alice:p@ss@host`) is masked whole. The scheme is
+ * optional: libraries quote a URL they failed on as `//user:pw@host/`.
+ */
+const URL_USERINFO = /((?:\b[a-z][a-z0-9+.-]*:)?\/\/)([^\s/?#@:]*):([^\s/?#]*)@/gi;
+/** `?name=value`, `&name=value`, `;name=value` and `NAME=value` at a word start. */
+const PARAMETER = /(^|[\s?&;,("'])([A-Za-z_][A-Za-z0-9_.-]*)=([^\s&;#,)"']*)/g;
+
+/**
+ * Masks secrets inside a free string: URL passwords (`https://u:(sensitive value)@host/`, the
+ * whole password even when it holds `@`) and the values of secret-named parameters
+ * (`redis://h/0?password=(sensitive value)`, `ADMIN_PASSWORD=(sensitive value)`).
+ */
+export function maskString(s: string): string {
+  return maskStringWith(s, MASK);
+}
+
+function maskStringWith(s: string, mask: string): string {
+  return s
+    .replace(URL_USERINFO, (_m, scheme: string, user: string) => `${scheme}${user}:${mask}@`)
+    .replace(PARAMETER, (m, lead: string, name: string, value: string) => (value !== '' && value !== mask && isSecretKey(name) ? `${lead}${name}=${mask}` : m));
+}
+
+/** Masks a URL for messages (its password and secret query parameters); same rule as maskString. */
+export function maskUrl(url: string): string {
+  return maskString(url);
+}
+
+/**
+ * A deep copy of `value` in which every value under a secret key (by name, or listed in
+ * `opts.secretNames`) is the mask (whatever its type), and URL passwords and secret parameters in
+ * strings are masked. Arrays and other keys are kept. Never throws for JSON data; non-plain
+ * objects are copied as their enumerable own properties.
+ */
+export function maskSecrets<T>(value: T, opts: MaskOptions = {}): T {
+  const mask = opts.mask ?? MASK;
+  const names = opts.secretNames;
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') return maskStringWith(v, mask);
+    if (Array.isArray(v)) return v.map(walk);
+    if (v !== null && typeof v === 'object') {
+      const out: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) setOwn(out, k, (isSecretKey(k) || names?.has(k) === true) && x !== undefined ? mask : walk(x));
+      return out;
+    }
+    return v;
+  };
+  return walk(value) as T;
+}
+
+/**
+ * Masks a raw task JSON string the way NS8 stores `task/<agent>/<id>/context`: parsed, masked with
+ * `XXX` and re-serialised; a string that is not JSON is returned unchanged only when it holds no
+ * secret-looking word, else replaced by `XXX` (never store what we cannot mask).
+ */
+export function maskTaskJson(raw: string): string {
+  try {
+    return JSON.stringify(maskSecrets(JSON.parse(raw) as unknown, { mask: NS8_MASK }));
+  } catch {
+    return /password|passwd|secret|token|key|pass|pwd|credential/i.test(raw) ? NS8_MASK : raw;
   }
-  return value;
 }

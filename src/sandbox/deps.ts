@@ -57,12 +57,20 @@ export function findProjectRoot(start: string): string {
   }
 }
 
-/** Opens an ioredis client and waits until it answers PING (at most ~5 s of retries). */
+/**
+ * Opens an ioredis client and waits until it answers PING (at most ~5 s of retries); every
+ * command is bounded (5 s), so a stopped or paused node's Redis fails instead of hanging.
+ */
 export async function openRedisClient(url: string): Promise<SandboxRedis> {
-  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: (t) => (t > 20 ? null : 250), connectTimeout: 3000 });
+  const r = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: (t) => (t > 20 ? null : 250), connectTimeout: 3000, commandTimeout: 5000 });
   r.on('error', () => undefined);
-  await r.connect();
-  await r.ping();
+  try {
+    await r.connect();
+    await r.ping();
+  } catch (err) {
+    r.disconnect();
+    throw err;
+  }
   return r;
 }
 

@@ -1,6 +1,6 @@
 /**
  * Builds (once) and caches the node root filesystem: debootstrap from the host's Debian mirror,
- * then apt inside a chroot, then ns8ctl's files. The result lives at
+ * then apt inside a chroot, then ns8ctl's files and links. The result lives at
  * `<cache>/<recipe hash>/rootfs` and is only ever used as a read-only overlay lower layer.
  */
 import { promises as fsp, existsSync } from 'node:fs';
@@ -31,6 +31,12 @@ async function writeFiles(rootfs: string, recipe: RootfsRecipe): Promise<void> {
     await fsp.rm(dest, { force: true });
     await fsp.writeFile(dest, f.content, { mode: f.mode });
     await fsp.chmod(dest, f.mode);
+  }
+  for (const [rel, target] of Object.entries(recipe.symlinks)) {
+    const dest = path.join(rootfs, rel);
+    await fsp.mkdir(path.dirname(dest), { recursive: true });
+    await fsp.rm(dest, { force: true });
+    await fsp.symlink(target, dest);
   }
 }
 

@@ -3,9 +3,13 @@
  * ns8ctl adds. Pure data; its hash keys the cache, so changing anything here rebuilds once.
  */
 import { createHash } from 'node:crypto';
+import { ns8RuntimeLayout } from '../agent/ns8-runtime.js';
 import { nodePodmanFiles } from './host-check.js';
 import { NODE_APP_DIR, NODE_CONFIG_DIR, NODE_NODE_BINARY } from './naming.js';
 import { NODE_REDIS_ACL_SCRIPT, renderRedisAclScript } from './node-config.js';
+
+/** Python of the recipe's Debian suite (bookworm): the NS8 pyenv's site-packages path names it. */
+const NODE_PYTHON_VERSION = '3.11';
 
 /** Everything that determines the content of the cached root filesystem. */
 export interface RootfsRecipe {
@@ -19,6 +23,8 @@ export interface RootfsRecipe {
   packages: string[];
   /** Files written into the root filesystem: path (relative to /) -> content. */
   files: Record<string, { content: string; mode: number }>;
+  /** Symbolic links made in the root filesystem: path (relative to /) -> target. */
+  symlinks: Record<string, string>;
 }
 
 /** The `ns8ctl` command inside nodes: runs the host's build with the host's node binary. */
@@ -60,7 +66,12 @@ ExecStartPost=+${NODE_REDIS_ACL_SCRIPT} apply
 `;
 }
 
-/** The one recipe ns8ctl uses: Debian 12 + systemd + podman + crun + uidmap + slirp4netns + redis. */
+/**
+ * The one recipe ns8ctl uses: Debian 12 + systemd + podman + crun + uidmap + slirp4netns + redis,
+ * and NS8's agent runtime (python3 + python3-redis, /usr/local/agent, runagent, agent.env and
+ * core.env: src/agent/ns8-runtime.ts) linked to `runtime/ns8` of the bind-mounted project, so a
+ * change there needs no rebuild.
+ */
 export function defaultRecipe(): RootfsRecipe {
   const files: RootfsRecipe['files'] = {};
   for (const [p, content] of Object.entries(nodePodmanFiles())) files[p] = { content, mode: 0o644 };
@@ -72,13 +83,16 @@ export function defaultRecipe(): RootfsRecipe {
   // Nothing in a node should try to reach the internet on its own.
   files['etc/systemd/system/apt-daily.timer'] = { content: '', mode: 0o644 };
   files['etc/systemd/system/apt-daily-upgrade.timer'] = { content: '', mode: 0o644 };
+  const ns8 = ns8RuntimeLayout({ runtimeDir: `${NODE_APP_DIR}/runtime/ns8`, pythonVersion: NODE_PYTHON_VERSION });
+  Object.assign(files, ns8.files);
   return {
-    version: 1,
+    version: 2,
     suite: 'bookworm',
     variant: 'minbase',
     include: ['systemd', 'systemd-sysv', 'dbus', 'dbus-user-session', 'libpam-systemd', 'passwd', 'procps'],
-    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar'],
+    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar', 'python3', 'python3-redis'],
     files,
+    symlinks: ns8.symlinks,
   };
 }
 
@@ -89,5 +103,9 @@ export function recipeHash(recipe: RootfsRecipe): string {
     .sort()
     .map((k) => `${k}\0${recipe.files[k]?.mode}\0${recipe.files[k]?.content}`)
     .join('\0');
-  return createHash('sha256').update(canonical).update('\0').update(files).digest('hex').slice(0, 16);
+  const links = Object.keys(recipe.symlinks)
+    .sort()
+    .map((k) => `${k}\0${recipe.symlinks[k]}`)
+    .join('\0');
+  return createHash('sha256').update(canonical).update('\0').update(files).update('\0').update(links).digest('hex').slice(0, 16);
 }

@@ -207,6 +207,11 @@ function commandFault(err: unknown, command: string, e: Explain, timeoutMs: numb
   return err;
 }
 
+/** Backoff between reconnections of a proven connection: 100 ms, 200 ms, ... capped at 2 s, forever. */
+export function reconnectDelay(times: number): number {
+  return Math.min(100 * times, 2000);
+}
+
 /**
  * Opens a client and proves it talks to a Redis that accepts it, within `timeoutMs`: connect (TCP,
  * TLS or Unix socket), authenticate, PING, and SELECT the database when it is not 0. Every
@@ -262,6 +267,10 @@ async function open(target: RedisOptions, shown: Explain, name: string | undefin
   } finally {
     clearTimeout(timer);
   }
+  // Once proven, the connection outlives Redis restarts: a long-running controller or node agent
+  // reconnects with capped backoff for as long as it runs (restarts are normal), while each
+  // command still fails within maxRetriesPerRequest reconnections, so one-shot commands stay bounded.
+  redis.options.retryStrategy = reconnectDelay;
   // Later errors are reported through the command that fails.
   redis.off('error', remember);
   redis.off('connect', onConnect);

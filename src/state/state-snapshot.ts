@@ -16,7 +16,7 @@ import { scanKeys } from './scan.js';
 import type { WriteOp } from './write-state.js';
 
 /** STRING JSON `{"id","created"}`: the cluster epoch the node agents work under. */
-export const CLUSTER_EPOCH_KEY = 'ns8ctl/cluster/epoch';
+export const CLUSTER_EPOCH_KEY = keys.clusterEpoch();
 
 /** Version of the snapshot document (inside the encrypted archive). */
 export const SNAPSHOT_VERSION = 1;

@@ -48,12 +48,17 @@ describe('sandbox root filesystem recipe', () => {
     expect(pickMirror([{ name: 'x.sources', text: 'Types: deb\nURIs: http://mirror.example/debian\nEnabled: no\n' }])).toBeUndefined();
   });
 
-  test('the recipe hash is stable and changes with any package or file', () => {
+  test('the recipe hash is stable and changes with any package, file or link', () => {
     const a = defaultRecipe();
     expect(recipeHash(a)).toBe(recipeHash(defaultRecipe()));
     expect(recipeHash({ ...a, packages: [...a.packages, 'vim'] })).not.toBe(recipeHash(a));
     const files = { ...a.files, 'etc/motd': { content: 'hi', mode: 0o644 } };
     expect(recipeHash({ ...a, files })).not.toBe(recipeHash(a));
+    expect(recipeHash({ ...a, symlinks: { ...a.symlinks, 'usr/local/bin/runagent': '/elsewhere' } })).not.toBe(recipeHash(a));
+    // NS8's agent runtime: Debian's python3 and python3-redis, the pyenv, the links into runtime/ns8.
+    expect(a.packages).toEqual(expect.arrayContaining(['python3', 'python3-redis']));
+    expect(a.symlinks).toMatchObject({ 'usr/local/agent/pypkg': '/opt/ns8ctl/app/runtime/ns8/pypkg', 'usr/local/bin/runagent': '/opt/ns8ctl/app/runtime/ns8/bin/runagent', 'usr/local/agent/pyenv/bin/python3': '/usr/bin/python3' });
+    expect(Object.keys(a.files)).toEqual(expect.arrayContaining(['etc/nethserver/agent.env', 'etc/nethserver/core.env', 'usr/local/agent/pyenv/lib/python3.11/site-packages/ns8-pypkg.pth']));
     expect(a.packages).toEqual(expect.arrayContaining(['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server']));
     expect(a.include).toEqual(expect.arrayContaining(['systemd', 'libpam-systemd', 'dbus-user-session']));
   });

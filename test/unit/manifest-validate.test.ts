@@ -129,7 +129,7 @@ describe('schema errors name the value, the place and what is allowed', () => {
   test('volumes need valid names and absolute paths; each problem at its own key or value', () => {
     expect(check(lines(...HEAD, 'metadata: {name: dokuwiki1}', 'spec:', '  module: dokuwiki', '  node: 1', '  volumes:', '    "bad name": /srv', '    data: srv/data'))).toEqual([
       'm.yaml:8:5  /spec/volumes/bad name  invalid name "bad name" in /spec/volumes: expected a volume name: letters, digits, \'_\', \'.\', \'-\', starting with a letter or digit',
-      'm.yaml:9:11  /spec/volumes/data  data: "srv/data" is not valid: expected an absolute path on the node (starting with /)',
+      'm.yaml:9:11  /spec/volumes/data  data: "srv/data" is not valid: expected an absolute path on the node (starting with /) without \'.\' or \'..\' segments or control characters',
     ]);
   });
 

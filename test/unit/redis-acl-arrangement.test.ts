@@ -59,3 +59,12 @@ describe('parseRedisUrl', () => {
     ['redis://h/1#x', /query parameters and fragments/],
   ])('refuses %s', (url, why) => expect(() => parseRedisUrl(url)).toThrow(why));
 });
+
+describe('sandbox node network identity', () => {
+  test('a node keeps one MAC address across restarts, derived from its address', async () => {
+    const { nodeMac, nodeRunArgs } = await import('../../src/sandbox/podman-sandbox.js');
+    expect(nodeMac('10.89.0.11')).toBe('02:00:0a:59:00:0b');
+    const argv = nodeRunArgs({ sandbox: 'dev', nodeId: 1, address: '10.89.0.11', leaderAddress: '10.89.0.11', rootfs: '/r', configDir: '/c', containersDir: '/k', homeDir: '/h', registriesConf: '/g', projectRoot: '/p', nodeBinary: '/n' });
+    expect(argv[argv.indexOf('--mac-address') + 1]).toBe('02:00:0a:59:00:0b');
+  });
+});

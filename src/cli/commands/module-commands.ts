@@ -5,6 +5,7 @@ import { applyPlan, checkApplicable, knownNodesOf, resolvePlan } from '../../app
 import { planToWrites, storedSource } from '../../apply/to-writes.js';
 import { ConflictError, NotFoundError, RedisError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
+import { assertObjectId } from '../../manifest/names.js';
 import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
 import { plan as makePlan, planDeletion } from '../../plan/planner.js';
@@ -32,6 +33,7 @@ export interface DeleteOptions {
  */
 export async function deleteCommand(resource: string, id: string, opts: DeleteOptions, deps: CliDeps, why = 'ns8ctl delete'): Promise<number> {
   const kind: Kind = resourceKind(resource);
+  assertObjectId(kind, id); // the id names a file under --manifests: no '/', no '..'
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   const { redis } = await deps.connect();
   const state = await readClusterState(redis);

@@ -4,15 +4,16 @@
 // @ts-nocheck
 import __ucs2length from 'ajv/dist/runtime/ucs2length.js';
 export const Module = validate10;
-const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","pattern":"^/[^\\u0000\\n\\r]*$","description":"an absolute path on the node (starting with /)"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
-const schema12 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
+const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","maxLength":4096,"pattern":"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$","description":"an absolute path on the node (starting with /) without '.' or '..' segments or control characters"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema12 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
 const func2 = __ucs2length.default;
 const func7 = Object.prototype.hasOwnProperty;
 const pattern0 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$", "u");
-const pattern1 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?$", "u");
-const pattern2 = new RegExp("^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$", "u");
-const pattern4 = new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]*$", "u");
-const pattern5 = new RegExp("^/[^\\u0000\\n\\r]*$", "u");
+const pattern1 = new RegExp("^[^\\u0000-\\u001f\\u007f]+$", "u");
+const pattern3 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?$", "u");
+const pattern4 = new RegExp("^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$", "u");
+const pattern6 = new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]*$", "u");
+const pattern7 = new RegExp("^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$", "u");
 
 function validate10(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/module.schema.json" */;
@@ -183,10 +184,8 @@ vErrors.push(err13);
 }
 errors++;
 }
-}
-var valid3 = _errs12 === errors;
-if(!valid3){
-const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema12.propertyNames,parentSchema:schema12,data:data4};
+if(!pattern1.test(key2)){
+const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema12.propertyNames,data:key2,propertyName:key2};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -196,10 +195,9 @@ vErrors.push(err14);
 errors++;
 }
 }
-for(const key3 in data4){
-let data5 = data4[key3];
-if(typeof data5 !== "string"){
-const err15 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema12.additionalProperties.type,parentSchema:schema12.additionalProperties,data:data5};
+var valid3 = _errs12 === errors;
+if(!valid3){
+const err15 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema12.propertyNames,parentSchema:schema12,data:data4};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -209,14 +207,27 @@ vErrors.push(err15);
 errors++;
 }
 }
-}
-else {
-const err16 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema12.type,parentSchema:schema12,data:data4};
+for(const key3 in data4){
+let data5 = data4[key3];
+if(typeof data5 !== "string"){
+const err16 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema12.additionalProperties.type,parentSchema:schema12.additionalProperties,data:data5};
 if(vErrors === null){
 vErrors = [err16];
 }
 else {
 vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema12.type,parentSchema:schema12,data:data4};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
 }
 errors++;
 }
@@ -228,17 +239,7 @@ for(const key4 in data6){
 const _errs19 = errors;
 if(typeof key4 === "string"){
 if(func2(key4) > 253){
-const err17 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema12.propertyNames,data:key4,propertyName:key4};
-if(vErrors === null){
-vErrors = [err17];
-}
-else {
-vErrors.push(err17);
-}
-errors++;
-}
-if(func2(key4) < 1){
-const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema12.propertyNames,data:key4,propertyName:key4};
+const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema12.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -247,10 +248,8 @@ vErrors.push(err18);
 }
 errors++;
 }
-}
-var valid6 = _errs19 === errors;
-if(!valid6){
-const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema12.propertyNames,parentSchema:schema12,data:data6};
+if(func2(key4) < 1){
+const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema12.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -259,11 +258,8 @@ vErrors.push(err19);
 }
 errors++;
 }
-}
-for(const key5 in data6){
-let data7 = data6[key5];
-if(typeof data7 !== "string"){
-const err20 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema12.additionalProperties.type,parentSchema:schema12.additionalProperties,data:data7};
+if(!pattern1.test(key4)){
+const err20 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema12.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -273,9 +269,9 @@ vErrors.push(err20);
 errors++;
 }
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema12.type,parentSchema:schema12,data:data6};
+var valid6 = _errs19 === errors;
+if(!valid6){
+const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema12.propertyNames,parentSchema:schema12,data:data6};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -285,14 +281,39 @@ vErrors.push(err21);
 errors++;
 }
 }
-}
-else {
-const err22 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.metadata.type,parentSchema:schema11.properties.metadata,data:data2};
+for(const key5 in data6){
+let data7 = data6[key5];
+if(typeof data7 !== "string"){
+const err22 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema12.additionalProperties.type,parentSchema:schema12.additionalProperties,data:data7};
 if(vErrors === null){
 vErrors = [err22];
 }
 else {
 vErrors.push(err22);
+}
+errors++;
+}
+}
+}
+else {
+const err23 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema12.type,parentSchema:schema12,data:data6};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.metadata.type,parentSchema:schema11.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
 }
 errors++;
 }
@@ -305,12 +326,12 @@ let passing0 = null;
 const _errs26 = errors;
 if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
 if(data8.module === undefined){
-const err23 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf/0/required",keyword:"required",params:{missingProperty: "module"},message:"must have required property '"+"module"+"'",schema:schema11.properties.spec.oneOf[0].required,parentSchema:schema11.properties.spec.oneOf[0],data:data8};
+const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf/0/required",keyword:"required",params:{missingProperty: "module"},message:"must have required property '"+"module"+"'",schema:schema11.properties.spec.oneOf[0].required,parentSchema:schema11.properties.spec.oneOf[0],data:data8};
 if(vErrors === null){
-vErrors = [err23];
+vErrors = [err25];
 }
 else {
-vErrors.push(err23);
+vErrors.push(err25);
 }
 errors++;
 }
@@ -323,12 +344,12 @@ passing0 = 0;
 const _errs27 = errors;
 if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
 if(data8.image === undefined){
-const err24 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf/1/required",keyword:"required",params:{missingProperty: "image"},message:"must have required property '"+"image"+"'",schema:schema11.properties.spec.oneOf[1].required,parentSchema:schema11.properties.spec.oneOf[1],data:data8};
+const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf/1/required",keyword:"required",params:{missingProperty: "image"},message:"must have required property '"+"image"+"'",schema:schema11.properties.spec.oneOf[1].required,parentSchema:schema11.properties.spec.oneOf[1],data:data8};
 if(vErrors === null){
-vErrors = [err24];
+vErrors = [err26];
 }
 else {
-vErrors.push(err24);
+vErrors.push(err26);
 }
 errors++;
 }
@@ -345,12 +366,12 @@ passing0 = 1;
 }
 }
 if(!valid8){
-const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf",keyword:"oneOf",params:{passingSchemas: passing0},message:"must match exactly one schema in oneOf",schema:schema11.properties.spec.oneOf,parentSchema:schema11.properties.spec,data:data8};
+const err27 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/oneOf",keyword:"oneOf",params:{passingSchemas: passing0},message:"must match exactly one schema in oneOf",schema:schema11.properties.spec.oneOf,parentSchema:schema11.properties.spec,data:data8};
 if(vErrors === null){
-vErrors = [err25];
+vErrors = [err27];
 }
 else {
-vErrors.push(err25);
+vErrors.push(err27);
 }
 errors++;
 }
@@ -367,23 +388,23 @@ vErrors = null;
 }
 if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
 if(data8.node === undefined){
-const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "node"},message:"must have required property '"+"node"+"'",schema:schema11.properties.spec.required,parentSchema:schema11.properties.spec,data:data8};
+const err28 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "node"},message:"must have required property '"+"node"+"'",schema:schema11.properties.spec.required,parentSchema:schema11.properties.spec,data:data8};
 if(vErrors === null){
-vErrors = [err26];
+vErrors = [err28];
 }
 else {
-vErrors.push(err26);
+vErrors.push(err28);
 }
 errors++;
 }
 for(const key6 in data8){
 if(!(func7.call(schema11.properties.spec.properties, key6))){
-const err27 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec,data:data8};
+const err29 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec,data:data8};
 if(vErrors === null){
-vErrors = [err27];
+vErrors = [err29];
 }
 else {
-vErrors.push(err27);
+vErrors.push(err29);
 }
 errors++;
 }
@@ -394,24 +415,24 @@ const _errs31 = errors;
 if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
 let missing0;
 if((data8.version === undefined) && (missing0 = "version")){
-const err28 = {};
+const err30 = {};
 if(vErrors === null){
-vErrors = [err28];
+vErrors = [err30];
 }
 else {
-vErrors.push(err28);
+vErrors.push(err30);
 }
 errors++;
 }
 }
 var valid10 = _errs31 === errors;
 if(valid10){
-const err29 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/dependencies/image/not",keyword:"not",params:{},message:"must NOT be valid",schema:schema11.properties.spec.dependencies.image.not,parentSchema:schema11.properties.spec.dependencies.image,data:data8};
+const err31 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/dependencies/image/not",keyword:"not",params:{},message:"must NOT be valid",schema:schema11.properties.spec.dependencies.image.not,parentSchema:schema11.properties.spec.dependencies.image,data:data8};
 if(vErrors === null){
-vErrors = [err29];
+vErrors = [err31];
 }
 else {
-vErrors.push(err29);
+vErrors.push(err31);
 }
 errors++;
 }
@@ -431,28 +452,7 @@ if(data8.module !== undefined){
 let data9 = data8.module;
 if(typeof data9 === "string"){
 if(func2(data9) > 31){
-const err30 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/maxLength",keyword:"maxLength",params:{limit: 31},message:"must NOT have more than 31 characters",schema:31,parentSchema:schema11.properties.spec.properties.module,data:data9};
-if(vErrors === null){
-vErrors = [err30];
-}
-else {
-vErrors.push(err30);
-}
-errors++;
-}
-if(!pattern1.test(data9)){
-const err31 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?$",parentSchema:schema11.properties.spec.properties.module,data:data9};
-if(vErrors === null){
-vErrors = [err31];
-}
-else {
-vErrors.push(err31);
-}
-errors++;
-}
-}
-else {
-const err32 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.module.type,parentSchema:schema11.properties.spec.properties.module,data:data9};
+const err32 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/maxLength",keyword:"maxLength",params:{limit: 31},message:"must NOT have more than 31 characters",schema:31,parentSchema:schema11.properties.spec.properties.module,data:data9};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -461,12 +461,8 @@ vErrors.push(err32);
 }
 errors++;
 }
-}
-if(data8.image !== undefined){
-let data10 = data8.image;
-if(typeof data10 === "string"){
-if(func2(data10) > 512){
-const err33 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/maxLength",keyword:"maxLength",params:{limit: 512},message:"must NOT have more than 512 characters",schema:512,parentSchema:schema11.properties.spec.properties.image,data:data10};
+if(!pattern3.test(data9)){
+const err33 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?$",parentSchema:schema11.properties.spec.properties.module,data:data9};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -475,8 +471,9 @@ vErrors.push(err33);
 }
 errors++;
 }
-if(!pattern2.test(data10)){
-const err34 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$",parentSchema:schema11.properties.spec.properties.image,data:data10};
+}
+else {
+const err34 = {instancePath:instancePath+"/spec/module",schemaPath:"#/properties/spec/properties/module/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.module.type,parentSchema:schema11.properties.spec.properties.module,data:data9};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -486,8 +483,11 @@ vErrors.push(err34);
 errors++;
 }
 }
-else {
-const err35 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.image.type,parentSchema:schema11.properties.spec.properties.image,data:data10};
+if(data8.image !== undefined){
+let data10 = data8.image;
+if(typeof data10 === "string"){
+if(func2(data10) > 512){
+const err35 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/maxLength",keyword:"maxLength",params:{limit: 512},message:"must NOT have more than 512 characters",schema:512,parentSchema:schema11.properties.spec.properties.image,data:data10};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -496,12 +496,8 @@ vErrors.push(err35);
 }
 errors++;
 }
-}
-if(data8.version !== undefined){
-let data11 = data8.version;
-if(typeof data11 === "string"){
-if(func2(data11) < 1){
-const err36 = {instancePath:instancePath+"/spec/version",schemaPath:"#/properties/spec/properties/version/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema11.properties.spec.properties.version,data:data11};
+if(!pattern4.test(data10)){
+const err36 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$",parentSchema:schema11.properties.spec.properties.image,data:data10};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -512,7 +508,7 @@ errors++;
 }
 }
 else {
-const err37 = {instancePath:instancePath+"/spec/version",schemaPath:"#/properties/spec/properties/version/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.version.type,parentSchema:schema11.properties.spec.properties.version,data:data11};
+const err37 = {instancePath:instancePath+"/spec/image",schemaPath:"#/properties/spec/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.image.type,parentSchema:schema11.properties.spec.properties.image,data:data10};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -522,10 +518,11 @@ vErrors.push(err37);
 errors++;
 }
 }
-if(data8.node !== undefined){
-let data12 = data8.node;
-if(!(((typeof data12 == "number") && (!(data12 % 1) && !isNaN(data12))) && (isFinite(data12)))){
-const err38 = {instancePath:instancePath+"/spec/node",schemaPath:"#/properties/spec/properties/node/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema11.properties.spec.properties.node.type,parentSchema:schema11.properties.spec.properties.node,data:data12};
+if(data8.version !== undefined){
+let data11 = data8.version;
+if(typeof data11 === "string"){
+if(func2(data11) < 1){
+const err38 = {instancePath:instancePath+"/spec/version",schemaPath:"#/properties/spec/properties/version/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema11.properties.spec.properties.version,data:data11};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -534,9 +531,9 @@ vErrors.push(err38);
 }
 errors++;
 }
-if((typeof data12 == "number") && (isFinite(data12))){
-if(data12 < 1 || isNaN(data12)){
-const err39 = {instancePath:instancePath+"/spec/node",schemaPath:"#/properties/spec/properties/node/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema11.properties.spec.properties.node,data:data12};
+}
+else {
+const err39 = {instancePath:instancePath+"/spec/version",schemaPath:"#/properties/spec/properties/version/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.version.type,parentSchema:schema11.properties.spec.properties.version,data:data11};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -546,12 +543,10 @@ vErrors.push(err39);
 errors++;
 }
 }
-}
-if(data8.dependsOn !== undefined){
-let data13 = data8.dependsOn;
-if(Array.isArray(data13)){
-if(data13.length > 32){
-const err40 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/maxItems",keyword:"maxItems",params:{limit: 32},message:"must NOT have more than 32 items",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
+if(data8.node !== undefined){
+let data12 = data8.node;
+if(!(((typeof data12 == "number") && (!(data12 % 1) && !isNaN(data12))) && (isFinite(data12)))){
+const err40 = {instancePath:instancePath+"/spec/node",schemaPath:"#/properties/spec/properties/node/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema11.properties.spec.properties.node.type,parentSchema:schema11.properties.spec.properties.node,data:data12};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -560,12 +555,9 @@ vErrors.push(err40);
 }
 errors++;
 }
-const len0 = data13.length;
-for(let i0=0; i0<len0; i0++){
-let data14 = data13[i0];
-if(typeof data14 === "string"){
-if(func2(data14) > 32){
-const err41 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
+if((typeof data12 == "number") && (isFinite(data12))){
+if(data12 < 1 || isNaN(data12)){
+const err41 = {instancePath:instancePath+"/spec/node",schemaPath:"#/properties/spec/properties/node/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema11.properties.spec.properties.node,data:data12};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -574,8 +566,13 @@ vErrors.push(err41);
 }
 errors++;
 }
-if(!pattern0.test(data14)){
-const err42 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
+}
+}
+if(data8.dependsOn !== undefined){
+let data13 = data8.dependsOn;
+if(Array.isArray(data13)){
+if(data13.length > 32){
+const err42 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/maxItems",keyword:"maxItems",params:{limit: 32},message:"must NOT have more than 32 items",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -584,14 +581,38 @@ vErrors.push(err42);
 }
 errors++;
 }
-}
-else {
-const err43 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.dependsOn.items.type,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
+const len0 = data13.length;
+for(let i0=0; i0<len0; i0++){
+let data14 = data13[i0];
+if(typeof data14 === "string"){
+if(func2(data14) > 32){
+const err43 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
 if(vErrors === null){
 vErrors = [err43];
 }
 else {
 vErrors.push(err43);
+}
+errors++;
+}
+if(!pattern0.test(data14)){
+const err44 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+}
+else {
+const err45 = {instancePath:instancePath+"/spec/dependsOn/" + i0,schemaPath:"#/properties/spec/properties/dependsOn/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.dependsOn.items.type,parentSchema:schema11.properties.spec.properties.dependsOn.items,data:data14};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
 }
 errors++;
 }
@@ -607,12 +628,12 @@ continue;
 }
 if(typeof indices0[item0] == "number"){
 j0 = indices0[item0];
-const err44 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
+const err46 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
-vErrors = [err44];
+vErrors = [err46];
 }
 else {
-vErrors.push(err44);
+vErrors.push(err46);
 }
 errors++;
 break;
@@ -622,12 +643,12 @@ indices0[item0] = i1;
 }
 }
 else {
-const err45 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema11.properties.spec.properties.dependsOn.type,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
+const err47 = {instancePath:instancePath+"/spec/dependsOn",schemaPath:"#/properties/spec/properties/dependsOn/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema11.properties.spec.properties.dependsOn.type,parentSchema:schema11.properties.spec.properties.dependsOn,data:data13};
 if(vErrors === null){
-vErrors = [err45];
+vErrors = [err47];
 }
 else {
-vErrors.push(err45);
+vErrors.push(err47);
 }
 errors++;
 }
@@ -638,34 +659,8 @@ if(data15 && typeof data15 == "object" && !Array.isArray(data15)){
 for(const key7 in data15){
 const _errs46 = errors;
 if(typeof key7 === "string"){
-if(!pattern4.test(key7)){
-const err46 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema11.properties.spec.properties.volumes.propertyNames,data:key7,propertyName:key7};
-if(vErrors === null){
-vErrors = [err46];
-}
-else {
-vErrors.push(err46);
-}
-errors++;
-}
-}
-var valid15 = _errs46 === errors;
-if(!valid15){
-const err47 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames",keyword:"propertyNames",params:{propertyName: key7},message:"property name must be valid",schema:schema11.properties.spec.properties.volumes.propertyNames,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
-if(vErrors === null){
-vErrors = [err47];
-}
-else {
-vErrors.push(err47);
-}
-errors++;
-}
-}
-for(const key8 in data15){
-let data16 = data15[key8];
-if(typeof data16 === "string"){
-if(!pattern5.test(data16)){
-const err48 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/pattern",keyword:"pattern",params:{pattern: "^/[^\\u0000\\n\\r]*$"},message:"must match pattern \""+"^/[^\\u0000\\n\\r]*$"+"\"",schema:"^/[^\\u0000\\n\\r]*$",parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
+if(!pattern6.test(key7)){
+const err48 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema11.properties.spec.properties.volumes.propertyNames,data:key7,propertyName:key7};
 if(vErrors === null){
 vErrors = [err48];
 }
@@ -675,8 +670,9 @@ vErrors.push(err48);
 errors++;
 }
 }
-else {
-const err49 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.volumes.additionalProperties.type,parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
+var valid15 = _errs46 === errors;
+if(!valid15){
+const err49 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/propertyNames",keyword:"propertyNames",params:{propertyName: key7},message:"property name must be valid",schema:schema11.properties.spec.properties.volumes.propertyNames,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
 if(vErrors === null){
 vErrors = [err49];
 }
@@ -686,9 +682,11 @@ vErrors.push(err49);
 errors++;
 }
 }
-}
-else {
-const err50 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.volumes.type,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
+for(const key8 in data15){
+let data16 = data15[key8];
+if(typeof data16 === "string"){
+if(func2(data16) > 4096){
+const err50 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters",schema:4096,parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
 if(vErrors === null){
 vErrors = [err50];
 }
@@ -697,11 +695,8 @@ vErrors.push(err50);
 }
 errors++;
 }
-}
-if(data8.configuration !== undefined){
-let data17 = data8.configuration;
-if(!(data17 && typeof data17 == "object" && !Array.isArray(data17))){
-const err51 = {instancePath:instancePath+"/spec/configuration",schemaPath:"#/properties/spec/properties/configuration/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.configuration.type,parentSchema:schema11.properties.spec.properties.configuration,data:data17};
+if(!pattern7.test(data16)){
+const err51 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/pattern",keyword:"pattern",params:{pattern: "^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$"},message:"must match pattern \""+"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$"+"\"",schema:"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$",parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
 if(vErrors === null){
 vErrors = [err51];
 }
@@ -711,10 +706,8 @@ vErrors.push(err51);
 errors++;
 }
 }
-if(data8.removalPolicy !== undefined){
-let data18 = data8.removalPolicy;
-if(!((data18 === "Preserve") || (data18 === "Delete"))){
-const err52 = {instancePath:instancePath+"/spec/removalPolicy",schemaPath:"#/properties/spec/properties/removalPolicy/enum",keyword:"enum",params:{allowedValues: schema11.properties.spec.properties.removalPolicy.enum},message:"must be equal to one of the allowed values",schema:schema11.properties.spec.properties.removalPolicy.enum,parentSchema:schema11.properties.spec.properties.removalPolicy,data:data18};
+else {
+const err52 = {instancePath:instancePath+"/spec/volumes/" + key8.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/spec/properties/volumes/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.volumes.additionalProperties.type,parentSchema:schema11.properties.spec.properties.volumes.additionalProperties,data:data16};
 if(vErrors === null){
 vErrors = [err52];
 }
@@ -724,10 +717,9 @@ vErrors.push(err52);
 errors++;
 }
 }
-if(data8.suspend !== undefined){
-let data19 = data8.suspend;
-if(typeof data19 !== "boolean"){
-const err53 = {instancePath:instancePath+"/spec/suspend",schemaPath:"#/properties/spec/properties/suspend/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.suspend.type,parentSchema:schema11.properties.spec.properties.suspend,data:data19};
+}
+else {
+const err53 = {instancePath:instancePath+"/spec/volumes",schemaPath:"#/properties/spec/properties/volumes/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.volumes.type,parentSchema:schema11.properties.spec.properties.volumes,data:data15};
 if(vErrors === null){
 vErrors = [err53];
 }
@@ -737,9 +729,10 @@ vErrors.push(err53);
 errors++;
 }
 }
-}
-else {
-const err54 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(data8.configuration !== undefined){
+let data17 = data8.configuration;
+if(!(data17 && typeof data17 == "object" && !Array.isArray(data17))){
+const err54 = {instancePath:instancePath+"/spec/configuration",schemaPath:"#/properties/spec/properties/configuration/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.configuration.type,parentSchema:schema11.properties.spec.properties.configuration,data:data17};
 if(vErrors === null){
 vErrors = [err54];
 }
@@ -749,9 +742,10 @@ vErrors.push(err54);
 errors++;
 }
 }
-}
-else {
-const err55 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(data8.removalPolicy !== undefined){
+let data18 = data8.removalPolicy;
+if(!((data18 === "Preserve") || (data18 === "Delete"))){
+const err55 = {instancePath:instancePath+"/spec/removalPolicy",schemaPath:"#/properties/spec/properties/removalPolicy/enum",keyword:"enum",params:{allowedValues: schema11.properties.spec.properties.removalPolicy.enum},message:"must be equal to one of the allowed values",schema:schema11.properties.spec.properties.removalPolicy.enum,parentSchema:schema11.properties.spec.properties.removalPolicy,data:data18};
 if(vErrors === null){
 vErrors = [err55];
 }
@@ -760,15 +754,52 @@ vErrors.push(err55);
 }
 errors++;
 }
+}
+if(data8.suspend !== undefined){
+let data19 = data8.suspend;
+if(typeof data19 !== "boolean"){
+const err56 = {instancePath:instancePath+"/spec/suspend",schemaPath:"#/properties/spec/properties/suspend/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.suspend.type,parentSchema:schema11.properties.spec.properties.suspend,data:data19};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+}
+}
+else {
+const err57 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+}
+}
+else {
+const err58 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
 validate10.errors = vErrors;
 return errors === 0;
 }
 
 export const Repository = validate11;
-const schema14 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json","title":"Repository","description":"A module repository (NS8 cluster/repository/<name>).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Repository"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$","description":"a repository name: lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit (default, nethforge)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":2048,"pattern":"^(https?|file)://[^\\s]+$","description":"an http://, https:// or file:// URL of the repository (https://distfeed.nethserver.org/ns8/updates/)"},"enabled":{"type":"boolean","default":true,"description":"whether modules are looked up in this repository"},"testing":{"type":"boolean","default":false,"description":"whether testing (pre-release) versions are offered"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
-const schema15 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
-const pattern6 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
-const pattern7 = new RegExp("^(https?|file)://[^\\s]+$", "u");
+const schema14 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json","title":"Repository","description":"A module repository (NS8 cluster/repository/<name>).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Repository"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$","description":"a repository name: lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit (default, nethforge)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":2048,"pattern":"^(https?|file)://[^\\s]+$","description":"an http://, https:// or file:// URL of the repository (https://distfeed.nethserver.org/ns8/updates/)"},"enabled":{"type":"boolean","default":true,"description":"whether modules are looked up in this repository"},"testing":{"type":"boolean","default":false,"description":"whether testing (pre-release) versions are offered"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema15 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
+const pattern8 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
+const pattern11 = new RegExp("^(https?|file)://[^\\s]+$", "u");
 
 function validate11(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json" */;
@@ -891,7 +922,7 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(!pattern6.test(data3)){
+if(!pattern8.test(data3)){
 const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$",parentSchema:schema14.properties.metadata.properties.name,data:data3};
 if(vErrors === null){
 vErrors = [err10];
@@ -939,10 +970,8 @@ vErrors.push(err13);
 }
 errors++;
 }
-}
-var valid3 = _errs12 === errors;
-if(!valid3){
-const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema15.propertyNames,parentSchema:schema15,data:data4};
+if(!pattern1.test(key2)){
+const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema15.propertyNames,data:key2,propertyName:key2};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -952,10 +981,9 @@ vErrors.push(err14);
 errors++;
 }
 }
-for(const key3 in data4){
-let data5 = data4[key3];
-if(typeof data5 !== "string"){
-const err15 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema15.additionalProperties.type,parentSchema:schema15.additionalProperties,data:data5};
+var valid3 = _errs12 === errors;
+if(!valid3){
+const err15 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema15.propertyNames,parentSchema:schema15,data:data4};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -965,14 +993,27 @@ vErrors.push(err15);
 errors++;
 }
 }
-}
-else {
-const err16 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema15.type,parentSchema:schema15,data:data4};
+for(const key3 in data4){
+let data5 = data4[key3];
+if(typeof data5 !== "string"){
+const err16 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema15.additionalProperties.type,parentSchema:schema15.additionalProperties,data:data5};
 if(vErrors === null){
 vErrors = [err16];
 }
 else {
 vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema15.type,parentSchema:schema15,data:data4};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
 }
 errors++;
 }
@@ -984,17 +1025,7 @@ for(const key4 in data6){
 const _errs19 = errors;
 if(typeof key4 === "string"){
 if(func2(key4) > 253){
-const err17 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema15.propertyNames,data:key4,propertyName:key4};
-if(vErrors === null){
-vErrors = [err17];
-}
-else {
-vErrors.push(err17);
-}
-errors++;
-}
-if(func2(key4) < 1){
-const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema15.propertyNames,data:key4,propertyName:key4};
+const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema15.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -1003,10 +1034,8 @@ vErrors.push(err18);
 }
 errors++;
 }
-}
-var valid6 = _errs19 === errors;
-if(!valid6){
-const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema15.propertyNames,parentSchema:schema15,data:data6};
+if(func2(key4) < 1){
+const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema15.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -1015,11 +1044,8 @@ vErrors.push(err19);
 }
 errors++;
 }
-}
-for(const key5 in data6){
-let data7 = data6[key5];
-if(typeof data7 !== "string"){
-const err20 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema15.additionalProperties.type,parentSchema:schema15.additionalProperties,data:data7};
+if(!pattern1.test(key4)){
+const err20 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema15.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -1029,9 +1055,9 @@ vErrors.push(err20);
 errors++;
 }
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema15.type,parentSchema:schema15,data:data6};
+var valid6 = _errs19 === errors;
+if(!valid6){
+const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema15.propertyNames,parentSchema:schema15,data:data6};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -1041,9 +1067,10 @@ vErrors.push(err21);
 errors++;
 }
 }
-}
-else {
-const err22 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.properties.metadata.type,parentSchema:schema14.properties.metadata,data:data2};
+for(const key5 in data6){
+let data7 = data6[key5];
+if(typeof data7 !== "string"){
+const err22 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema15.additionalProperties.type,parentSchema:schema15.additionalProperties,data:data7};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -1053,11 +1080,9 @@ vErrors.push(err22);
 errors++;
 }
 }
-if(data.spec !== undefined){
-let data8 = data.spec;
-if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
-if(data8.url === undefined){
-const err23 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "url"},message:"must have required property '"+"url"+"'",schema:schema14.properties.spec.required,parentSchema:schema14.properties.spec,data:data8};
+}
+else {
+const err23 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema15.type,parentSchema:schema15,data:data6};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -1066,9 +1091,10 @@ vErrors.push(err23);
 }
 errors++;
 }
-for(const key6 in data8){
-if(!(((key6 === "url") || (key6 === "enabled")) || (key6 === "testing"))){
-const err24 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema14.properties.spec,data:data8};
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.properties.metadata.type,parentSchema:schema14.properties.metadata,data:data2};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -1078,11 +1104,11 @@ vErrors.push(err24);
 errors++;
 }
 }
-if(data8.url !== undefined){
-let data9 = data8.url;
-if(typeof data9 === "string"){
-if(func2(data9) > 2048){
-const err25 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/maxLength",keyword:"maxLength",params:{limit: 2048},message:"must NOT have more than 2048 characters",schema:2048,parentSchema:schema14.properties.spec.properties.url,data:data9};
+if(data.spec !== undefined){
+let data8 = data.spec;
+if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
+if(data8.url === undefined){
+const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "url"},message:"must have required property '"+"url"+"'",schema:schema14.properties.spec.required,parentSchema:schema14.properties.spec,data:data8};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -1091,8 +1117,9 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(!pattern7.test(data9)){
-const err26 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^(https?|file)://[^\\s]+$"},message:"must match pattern \""+"^(https?|file)://[^\\s]+$"+"\"",schema:"^(https?|file)://[^\\s]+$",parentSchema:schema14.properties.spec.properties.url,data:data9};
+for(const key6 in data8){
+if(!(((key6 === "url") || (key6 === "enabled")) || (key6 === "testing"))){
+const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema14.properties.spec,data:data8};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -1102,8 +1129,11 @@ vErrors.push(err26);
 errors++;
 }
 }
-else {
-const err27 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema14.properties.spec.properties.url.type,parentSchema:schema14.properties.spec.properties.url,data:data9};
+if(data8.url !== undefined){
+let data9 = data8.url;
+if(typeof data9 === "string"){
+if(func2(data9) > 2048){
+const err27 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/maxLength",keyword:"maxLength",params:{limit: 2048},message:"must NOT have more than 2048 characters",schema:2048,parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -1112,11 +1142,8 @@ vErrors.push(err27);
 }
 errors++;
 }
-}
-if(data8.enabled !== undefined){
-let data10 = data8.enabled;
-if(typeof data10 !== "boolean"){
-const err28 = {instancePath:instancePath+"/spec/enabled",schemaPath:"#/properties/spec/properties/enabled/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema14.properties.spec.properties.enabled.type,parentSchema:schema14.properties.spec.properties.enabled,data:data10};
+if(!pattern11.test(data9)){
+const err28 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^(https?|file)://[^\\s]+$"},message:"must match pattern \""+"^(https?|file)://[^\\s]+$"+"\"",schema:"^(https?|file)://[^\\s]+$",parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -1126,10 +1153,8 @@ vErrors.push(err28);
 errors++;
 }
 }
-if(data8.testing !== undefined){
-let data11 = data8.testing;
-if(typeof data11 !== "boolean"){
-const err29 = {instancePath:instancePath+"/spec/testing",schemaPath:"#/properties/spec/properties/testing/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema14.properties.spec.properties.testing.type,parentSchema:schema14.properties.spec.properties.testing,data:data11};
+else {
+const err29 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema14.properties.spec.properties.url.type,parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -1139,9 +1164,10 @@ vErrors.push(err29);
 errors++;
 }
 }
-}
-else {
-const err30 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.properties.spec.type,parentSchema:schema14.properties.spec,data:data8};
+if(data8.enabled !== undefined){
+let data10 = data8.enabled;
+if(typeof data10 !== "boolean"){
+const err30 = {instancePath:instancePath+"/spec/enabled",schemaPath:"#/properties/spec/properties/enabled/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema14.properties.spec.properties.enabled.type,parentSchema:schema14.properties.spec.properties.enabled,data:data10};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -1151,9 +1177,10 @@ vErrors.push(err30);
 errors++;
 }
 }
-}
-else {
-const err31 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.type,parentSchema:schema14,data};
+if(data8.testing !== undefined){
+let data11 = data8.testing;
+if(typeof data11 !== "boolean"){
+const err31 = {instancePath:instancePath+"/spec/testing",schemaPath:"#/properties/spec/properties/testing/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema14.properties.spec.properties.testing.type,parentSchema:schema14.properties.spec.properties.testing,data:data11};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -1162,14 +1189,38 @@ vErrors.push(err31);
 }
 errors++;
 }
+}
+}
+else {
+const err32 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.properties.spec.type,parentSchema:schema14.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+}
+}
+else {
+const err33 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema14.type,parentSchema:schema14,data};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
 validate11.errors = vErrors;
 return errors === 0;
 }
 
 export const Node = validate12;
-const schema17 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/node.schema.json","title":"Node","description":"A cluster node, identified by its numeric NS8 node id.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Node"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","minLength":1,"maxLength":253,"description":"a display name for the node"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["id"],"properties":{"id":{"type":"integer","minimum":1,"description":"the NS8 numeric node id"},"address":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[^\\s]+$","description":"host name or IP address the node is reached at, without spaces"},"flags":{"type":"array","uniqueItems":true,"items":{"type":"string","pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a flag name (nomodules)"},"description":"NS8 node flags"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}}}};
-const schema18 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253},"additionalProperties":{"type":"string"}};
-const pattern8 = new RegExp("^[^\\s]+$", "u");
+const schema17 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/node.schema.json","title":"Node","description":"A cluster node, identified by its numeric NS8 node id.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Node"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","minLength":1,"maxLength":253,"description":"a display name for the node"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["id"],"properties":{"id":{"type":"integer","minimum":1,"description":"the NS8 numeric node id"},"address":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[^\\s]+$","description":"host name or IP address the node is reached at, without spaces"},"flags":{"type":"array","uniqueItems":true,"items":{"type":"string","pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a flag name (nomodules)"},"description":"NS8 node flags"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema18 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
+const pattern14 = new RegExp("^[^\\s]+$", "u");
 
 function validate12(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/node.schema.json" */;
@@ -1340,10 +1391,8 @@ vErrors.push(err13);
 }
 errors++;
 }
-}
-var valid3 = _errs12 === errors;
-if(!valid3){
-const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema18.propertyNames,parentSchema:schema18,data:data4};
+if(!pattern1.test(key2)){
+const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema18.propertyNames,data:key2,propertyName:key2};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -1353,10 +1402,9 @@ vErrors.push(err14);
 errors++;
 }
 }
-for(const key3 in data4){
-let data5 = data4[key3];
-if(typeof data5 !== "string"){
-const err15 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema18.additionalProperties.type,parentSchema:schema18.additionalProperties,data:data5};
+var valid3 = _errs12 === errors;
+if(!valid3){
+const err15 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema18.propertyNames,parentSchema:schema18,data:data4};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -1366,14 +1414,27 @@ vErrors.push(err15);
 errors++;
 }
 }
-}
-else {
-const err16 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema18.type,parentSchema:schema18,data:data4};
+for(const key3 in data4){
+let data5 = data4[key3];
+if(typeof data5 !== "string"){
+const err16 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema18.additionalProperties.type,parentSchema:schema18.additionalProperties,data:data5};
 if(vErrors === null){
 vErrors = [err16];
 }
 else {
 vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema18.type,parentSchema:schema18,data:data4};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
 }
 errors++;
 }
@@ -1385,17 +1446,7 @@ for(const key4 in data6){
 const _errs19 = errors;
 if(typeof key4 === "string"){
 if(func2(key4) > 253){
-const err17 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema18.propertyNames,data:key4,propertyName:key4};
-if(vErrors === null){
-vErrors = [err17];
-}
-else {
-vErrors.push(err17);
-}
-errors++;
-}
-if(func2(key4) < 1){
-const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema18.propertyNames,data:key4,propertyName:key4};
+const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema18.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -1404,10 +1455,8 @@ vErrors.push(err18);
 }
 errors++;
 }
-}
-var valid6 = _errs19 === errors;
-if(!valid6){
-const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema18.propertyNames,parentSchema:schema18,data:data6};
+if(func2(key4) < 1){
+const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema18.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -1416,11 +1465,8 @@ vErrors.push(err19);
 }
 errors++;
 }
-}
-for(const key5 in data6){
-let data7 = data6[key5];
-if(typeof data7 !== "string"){
-const err20 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema18.additionalProperties.type,parentSchema:schema18.additionalProperties,data:data7};
+if(!pattern1.test(key4)){
+const err20 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema18.propertyNames,data:key4,propertyName:key4};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -1430,9 +1476,9 @@ vErrors.push(err20);
 errors++;
 }
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema18.type,parentSchema:schema18,data:data6};
+var valid6 = _errs19 === errors;
+if(!valid6){
+const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema18.propertyNames,parentSchema:schema18,data:data6};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -1442,9 +1488,10 @@ vErrors.push(err21);
 errors++;
 }
 }
-}
-else {
-const err22 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.properties.metadata.type,parentSchema:schema17.properties.metadata,data:data2};
+for(const key5 in data6){
+let data7 = data6[key5];
+if(typeof data7 !== "string"){
+const err22 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema18.additionalProperties.type,parentSchema:schema18.additionalProperties,data:data7};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -1454,11 +1501,9 @@ vErrors.push(err22);
 errors++;
 }
 }
-if(data.spec !== undefined){
-let data8 = data.spec;
-if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
-if(data8.id === undefined){
-const err23 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'",schema:schema17.properties.spec.required,parentSchema:schema17.properties.spec,data:data8};
+}
+else {
+const err23 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema18.type,parentSchema:schema18,data:data6};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -1467,9 +1512,10 @@ vErrors.push(err23);
 }
 errors++;
 }
-for(const key6 in data8){
-if(!(((key6 === "id") || (key6 === "address")) || (key6 === "flags"))){
-const err24 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema17.properties.spec,data:data8};
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.properties.metadata.type,parentSchema:schema17.properties.metadata,data:data2};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -1479,10 +1525,11 @@ vErrors.push(err24);
 errors++;
 }
 }
-if(data8.id !== undefined){
-let data9 = data8.id;
-if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
-const err25 = {instancePath:instancePath+"/spec/id",schemaPath:"#/properties/spec/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema17.properties.spec.properties.id.type,parentSchema:schema17.properties.spec.properties.id,data:data9};
+if(data.spec !== undefined){
+let data8 = data.spec;
+if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
+if(data8.id === undefined){
+const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'",schema:schema17.properties.spec.required,parentSchema:schema17.properties.spec,data:data8};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -1491,9 +1538,9 @@ vErrors.push(err25);
 }
 errors++;
 }
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 < 1 || isNaN(data9)){
-const err26 = {instancePath:instancePath+"/spec/id",schemaPath:"#/properties/spec/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema17.properties.spec.properties.id,data:data9};
+for(const key6 in data8){
+if(!(((key6 === "id") || (key6 === "address")) || (key6 === "flags"))){
+const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema17.properties.spec,data:data8};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -1503,12 +1550,10 @@ vErrors.push(err26);
 errors++;
 }
 }
-}
-if(data8.address !== undefined){
-let data10 = data8.address;
-if(typeof data10 === "string"){
-if(func2(data10) > 253){
-const err27 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema17.properties.spec.properties.address,data:data10};
+if(data8.id !== undefined){
+let data9 = data8.id;
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+const err27 = {instancePath:instancePath+"/spec/id",schemaPath:"#/properties/spec/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema17.properties.spec.properties.id.type,parentSchema:schema17.properties.spec.properties.id,data:data9};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -1517,8 +1562,9 @@ vErrors.push(err27);
 }
 errors++;
 }
-if(func2(data10) < 1){
-const err28 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema17.properties.spec.properties.address,data:data10};
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 < 1 || isNaN(data9)){
+const err28 = {instancePath:instancePath+"/spec/id",schemaPath:"#/properties/spec/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema17.properties.spec.properties.id,data:data9};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -1527,8 +1573,13 @@ vErrors.push(err28);
 }
 errors++;
 }
-if(!pattern8.test(data10)){
-const err29 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/pattern",keyword:"pattern",params:{pattern: "^[^\\s]+$"},message:"must match pattern \""+"^[^\\s]+$"+"\"",schema:"^[^\\s]+$",parentSchema:schema17.properties.spec.properties.address,data:data10};
+}
+}
+if(data8.address !== undefined){
+let data10 = data8.address;
+if(typeof data10 === "string"){
+if(func2(data10) > 253){
+const err29 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema17.properties.spec.properties.address,data:data10};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -1537,14 +1588,34 @@ vErrors.push(err29);
 }
 errors++;
 }
-}
-else {
-const err30 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema17.properties.spec.properties.address.type,parentSchema:schema17.properties.spec.properties.address,data:data10};
+if(func2(data10) < 1){
+const err30 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema17.properties.spec.properties.address,data:data10};
 if(vErrors === null){
 vErrors = [err30];
 }
 else {
 vErrors.push(err30);
+}
+errors++;
+}
+if(!pattern14.test(data10)){
+const err31 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/pattern",keyword:"pattern",params:{pattern: "^[^\\s]+$"},message:"must match pattern \""+"^[^\\s]+$"+"\"",schema:"^[^\\s]+$",parentSchema:schema17.properties.spec.properties.address,data:data10};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+}
+else {
+const err32 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema17.properties.spec.properties.address.type,parentSchema:schema17.properties.spec.properties.address,data:data10};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
 }
 errors++;
 }
@@ -1556,24 +1627,24 @@ const len0 = data11.length;
 for(let i0=0; i0<len0; i0++){
 let data12 = data11[i0];
 if(typeof data12 === "string"){
-if(!pattern4.test(data12)){
-const err31 = {instancePath:instancePath+"/spec/flags/" + i0,schemaPath:"#/properties/spec/properties/flags/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema17.properties.spec.properties.flags.items,data:data12};
+if(!pattern6.test(data12)){
+const err33 = {instancePath:instancePath+"/spec/flags/" + i0,schemaPath:"#/properties/spec/properties/flags/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9_.-]*$"+"\"",schema:"^[A-Za-z0-9][A-Za-z0-9_.-]*$",parentSchema:schema17.properties.spec.properties.flags.items,data:data12};
 if(vErrors === null){
-vErrors = [err31];
+vErrors = [err33];
 }
 else {
-vErrors.push(err31);
+vErrors.push(err33);
 }
 errors++;
 }
 }
 else {
-const err32 = {instancePath:instancePath+"/spec/flags/" + i0,schemaPath:"#/properties/spec/properties/flags/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema17.properties.spec.properties.flags.items.type,parentSchema:schema17.properties.spec.properties.flags.items,data:data12};
+const err34 = {instancePath:instancePath+"/spec/flags/" + i0,schemaPath:"#/properties/spec/properties/flags/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema17.properties.spec.properties.flags.items.type,parentSchema:schema17.properties.spec.properties.flags.items,data:data12};
 if(vErrors === null){
-vErrors = [err32];
+vErrors = [err34];
 }
 else {
-vErrors.push(err32);
+vErrors.push(err34);
 }
 errors++;
 }
@@ -1589,12 +1660,12 @@ continue;
 }
 if(typeof indices0[item0] == "number"){
 j0 = indices0[item0];
-const err33 = {instancePath:instancePath+"/spec/flags",schemaPath:"#/properties/spec/properties/flags/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema17.properties.spec.properties.flags,data:data11};
+const err35 = {instancePath:instancePath+"/spec/flags",schemaPath:"#/properties/spec/properties/flags/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema17.properties.spec.properties.flags,data:data11};
 if(vErrors === null){
-vErrors = [err33];
+vErrors = [err35];
 }
 else {
-vErrors.push(err33);
+vErrors.push(err35);
 }
 errors++;
 break;
@@ -1604,36 +1675,36 @@ indices0[item0] = i1;
 }
 }
 else {
-const err34 = {instancePath:instancePath+"/spec/flags",schemaPath:"#/properties/spec/properties/flags/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema17.properties.spec.properties.flags.type,parentSchema:schema17.properties.spec.properties.flags,data:data11};
-if(vErrors === null){
-vErrors = [err34];
-}
-else {
-vErrors.push(err34);
-}
-errors++;
-}
-}
-}
-else {
-const err35 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.properties.spec.type,parentSchema:schema17.properties.spec,data:data8};
-if(vErrors === null){
-vErrors = [err35];
-}
-else {
-vErrors.push(err35);
-}
-errors++;
-}
-}
-}
-else {
-const err36 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.type,parentSchema:schema17,data};
+const err36 = {instancePath:instancePath+"/spec/flags",schemaPath:"#/properties/spec/properties/flags/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema17.properties.spec.properties.flags.type,parentSchema:schema17.properties.spec.properties.flags,data:data11};
 if(vErrors === null){
 vErrors = [err36];
 }
 else {
 vErrors.push(err36);
+}
+errors++;
+}
+}
+}
+else {
+const err37 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.properties.spec.type,parentSchema:schema17.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
+}
+errors++;
+}
+}
+}
+else {
+const err38 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema17.type,parentSchema:schema17,data};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
 }
 errors++;
 }

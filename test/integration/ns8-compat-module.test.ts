@@ -1,0 +1,171 @@
+/**
+ * examples/ns8-compat/kickweb, a module written in ns8-kickstart's layout (Python steps that
+ * `import agent`, a bash step writing agent commands on AGENT_COMFD, redis-exec in create-module,
+ * a service started by configure-module, update-module.d scripts): built into real images with
+ * examples/modules/build-images.sh, its imageroot extracted from the image as NS8's extract-image
+ * does, and its actions run by ns8ctl's module agent (with the base actions) under NS8's module
+ * ACL on a real redis-server, with ns8ctl's NS8 runtime.
+ *
+ * This host has no systemd: `systemctl` on the steps' PATH records what the module asked
+ * (enable, restart); the unit itself runs in the sandbox tests.
+ */
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
+import { createBaseActions } from '../../src/agent/base-actions.js';
+import { parseEnvironment } from '../../src/agent/env-file.js';
+import { installNs8Runtime, ns8RuntimeLayout } from '../../src/agent/ns8-runtime.js';
+import { runTask } from '../../src/agent/task-client.js';
+import { ExecaRunner } from '../../src/host/runner.js';
+import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
+import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
+
+const REGISTRY = 'ns8ctl-compat-test.invalid';
+const IMAGE = (tag: string): string => `${REGISTRY}/ns8ctl-compat/kickweb:${tag}`;
+const HTTPD_IMAGE = `${REGISTRY}/ns8ctl-compat/kickweb-httpd:1.0.0`;
+const ID = 'kickweb1';
+const runner = new ExecaRunner();
+const acl = useNs8AclRedis();
+const password = generatePassword();
+
+let root: string;
+let installDir: string;
+let stateDir: string;
+let agent: AgentHandle | undefined;
+
+/** podman create + export | tar -x of the image's imageroot/ into installDir (NS8's extract-image). */
+async function extractImageroot(image: string): Promise<void> {
+  const created = await runner.run(['podman', 'create', image, '/bin/busybox', 'true']);
+  const ctr = created.stdout.trim();
+  try {
+    const tarball = path.join(root, 'export.tar');
+    await runner.run(['podman', 'export', '-o', tarball, ctr]);
+    await runner.run(['tar', '-x', '--no-same-owner', '--strip-components=1', '-f', tarball, '-C', installDir, 'imageroot']);
+  } finally {
+    rmSync(path.join(root, 'export.tar'), { force: true });
+    await runner.run(['podman', 'rm', '-f', ctr], { allowFailure: true });
+  }
+}
+
+function stepEnv(): Record<string, string> {
+  const nodeRoot = path.join(root, 'node');
+  return {
+    PATH: `${installDir}/bin:${root}/fakebin:${nodeRoot}/usr/local/agent/pyenv/bin:/usr/local/bin:/usr/bin:/bin:${nodeRoot}/usr/local/agent/bin`,
+    HOME: root,
+    LANG: 'C.UTF-8',
+    PYTHONDONTWRITEBYTECODE: '1',
+    PYTHONPATH: `${installDir}/pypkg`,
+    REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`,
+    REDIS_REPLICA_ADDRESS: `127.0.0.1:${acl.server.port}`,
+    REDIS_USER: `module/${ID}`,
+    REDIS_PASSWORD: password,
+    AGENT_INSTALL_DIR: installDir,
+    AGENT_STATE_DIR: stateDir,
+    AGENT_ID: `module/${ID}`,
+  };
+}
+
+function stateEnvironment(): Record<string, string> {
+  return Object.fromEntries(parseEnvironment(readFileSync(path.join(stateDir, 'environment'), 'utf8')));
+}
+
+function systemctlCalls(): string[] {
+  const log = path.join(root, 'systemctl.log');
+  return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
+}
+
+beforeAll(async () => {
+  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--registry', REGISTRY], { timeoutMs: 300_000 });
+  root = mkdtempSync(path.join(tmpdir(), 'ns8-compat-'));
+  const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
+  const nodeRoot = path.join(root, 'node');
+  await installNs8Runtime(nodeRoot, ns8RuntimeLayout({ runtimeDir: path.resolve('runtime/ns8'), pythonVersion: version, installRoot: nodeRoot }));
+  mkdirSync(path.join(root, 'fakebin'));
+  writeFileSync(path.join(root, 'fakebin', 'systemctl'), `#!/bin/sh\necho "$*" >> ${root}/systemctl.log\n`);
+  chmodSync(path.join(root, 'fakebin', 'systemctl'), 0o755);
+}, 600_000);
+
+afterAll(async () => {
+  rmSync(root, { recursive: true, force: true });
+  await runner.run(['podman', 'rmi', '-f', IMAGE('1.0.0'), IMAGE('1.1.0'), HTTPD_IMAGE], { allowFailure: true });
+});
+
+beforeEach(async () => {
+  await acl.admin.flushall();
+  await applyModuleAcl(acl.admin, ID, password);
+  installDir = path.join(root, 'home', '.config');
+  stateDir = path.join(installDir, 'state');
+  rmSync(path.join(root, 'home'), { recursive: true, force: true });
+  rmSync(path.join(root, 'systemctl.log'), { force: true });
+  mkdirSync(stateDir, { recursive: true });
+  // What the node writes before create-module: the instance environment.
+  writeFileSync(path.join(stateDir, 'environment'), `MODULE_ID=${ID}\nNODE_ID=1\nIMAGE_URL=${IMAGE('1.0.0')}\nTCP_PORT=20001\n`);
+  await extractImageroot(IMAGE('1.0.0'));
+  agent = runAgent(
+    { agentId: `module/${ID}`, installDir, stateDir, actionsDirs: [path.join(installDir, 'actions')], builtins: createBaseActions(), pollSeconds: 1, env: stepEnv(), log: () => undefined },
+    { redis: acl.connect(`module/${ID}`, password, `module/${ID}`), runner },
+  );
+  await agent.start();
+}, 120_000);
+
+afterEach(async () => {
+  await agent?.stop();
+  agent = undefined;
+});
+
+const run = (action: string, data: unknown = {}) => runTask(acl.admin, `module/${ID}`, action, { data, timeoutMs: 120_000 });
+
+describe('an NS8 module in the ns8-kickstart layout, run by ns8ctl', () => {
+  test("create-module runs the base steps and the module's Python and redis-exec steps", async () => {
+    const r = await run('create-module', { images: [], volumes: {} });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(stateEnvironment()).toMatchObject({ GREETING: 'Hello from kickweb', MODULE_ID: ID });
+    expect((await acl.admin.smembers(`module/${ID}/roles/greetadm`)).sort()).toEqual(['configure-module', 'get-*']);
+    expect(await acl.admin.smembers(`module/${ID}/roles/selfadm`)).toEqual(['configure-module']);
+  });
+
+  test('configure-module stores the configuration (Python set_env, bash AGENT_COMFD), starts the service as kickstart does; get-configuration returns it', async () => {
+    const r = await run('configure-module', { greeting: 'Hi from the manifest' });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(stateEnvironment()).toMatchObject({ GREETING: 'Hi from the manifest', LAST_CONFIGURE_TASK: r.taskId });
+    expect(await acl.admin.hget(`module/${ID}/environment`, 'GREETING')).toBe('Hi from the manifest');
+    expect(systemctlCalls()).toEqual(['--user enable kickweb.service', '--user restart kickweb.service']);
+    const got = await run('get-configuration');
+    expect(got).toMatchObject({ exitCode: 0 });
+    expect(JSON.parse(got.output)).toEqual({ greeting: 'Hi from the manifest' });
+  });
+
+  test('configure-module refuses a greeting with a newline (schema) and a blank one (the Python step), changing nothing', async () => {
+    const schema = await run('configure-module', { greeting: 'a\nGREETING=b' });
+    expect(schema).toMatchObject({ exitCode: 10, status: 'validation-failed' });
+    // set_status("validation-failed") then exit 2, as NS8 modules do: the step's own code stays.
+    const blank = await run('configure-module', { greeting: '   ' });
+    expect(blank).toMatchObject({ exitCode: 2, status: 'validation-failed' });
+    expect(JSON.parse(blank.output)).toEqual([{ field: 'greeting', parameter: 'greeting', value: '   ', error: 'greeting_blank' }]);
+    expect(stateEnvironment()['GREETING']).toBeUndefined();
+    expect(systemctlCalls()).toEqual([]);
+  });
+
+  test("the unit's ExecStartPre command (bin/write-page, run through runagent) renders the page from the environment", async () => {
+    await run('configure-module', { greeting: 'Fish & <chips>' });
+    const env = { ...stepEnv(), ...stateEnvironment() };
+    await execa(path.join(installDir, 'bin', 'write-page'), [], { env, extendEnv: false, cwd: stateDir });
+    expect(readFileSync(path.join(stateDir, 'www', 'index.html'), 'utf8')).toBe('<h1>Fish &amp; &lt;chips&gt;</h1>\n');
+    const unit = readFileSync(path.join(installDir, 'systemd', 'user', 'kickweb.service'), 'utf8');
+    expect(unit).toContain('ExecStartPre=runagent write-page\n');
+    expect(unit).toContain('${KICKWEB_HTTPD_IMAGE}');
+  });
+
+  test("1.1.0's update-module.d scripts run in order with NS8's PREV_IMAGE_URL, as NS8's update-module base action runs them", async () => {
+    await extractImageroot(IMAGE('1.1.0'));
+    const before = readFileSync(path.join(stateDir, 'environment'), 'utf8');
+    writeFileSync(path.join(stateDir, 'environment'), before.replace(`IMAGE_URL=${IMAGE('1.0.0')}`, `IMAGE_URL=${IMAGE('1.1.0')}\nPREV_IMAGE_URL=${IMAGE('1.0.0')}`));
+    const script = 'set -e; for s in "$AGENT_INSTALL_DIR"/update-module.d/*; do [ -x "$s" ] && "$s"; done';
+    const r = await execa('bash', ['-c', script], { env: { ...stepEnv(), ...stateEnvironment() }, extendEnv: false, cwd: stateDir, reject: false });
+    expect(r.exitCode).toBe(0);
+    expect(stateEnvironment()['MIGRATED_FROM']).toBe(IMAGE('1.0.0'));
+    expect(systemctlCalls()).toEqual(['--user try-restart kickweb.service']);
+  });
+});
