@@ -109,7 +109,8 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   const deps: NodeAgentDeps = createNodeAgentDeps(agentOpts, {
     redis: conn.redis,
     runner,
-    log: (line) => logger.log('info', line.replace(/^node-agent: /, '')),
+    // Refusals and orphans need a human: warn level.
+    log: (line) => logger.log(/: (DesiredStateSuspect|Orphaned)\b/.test(line) ? 'warn' : 'info', line.replace(/^node-agent: /, '')),
     // Suspended instances (`ns8ctl suspend module <id>`) reach the agent as spec.suspend: true.
     source: new SuspensionAwareSource(new RedisDesiredSource(conn.redis), conn.redis),
     ...(extras.resolveImage ? { resolveImage: extras.resolveImage } : {}),

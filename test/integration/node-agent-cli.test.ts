@@ -11,9 +11,12 @@ import type { Redis } from 'ioredis';
 import type { CliDeps } from '../../src/cli/deps.js';
 import { suspendTarget } from '../../src/controller/suspend.js';
 import { ExecaRunner } from '../../src/host/runner.js';
+import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { nodeAgentCommand } from '../../src/node-agent/cli.js';
+import { createNodeAgentDeps } from '../../src/node-agent/deps.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { channels, keys } from '../../src/state/keys.js';
+import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
 let redis: TestRedis;
@@ -131,4 +134,52 @@ test('--once refuses to act on a host with instances when desired state has no e
   expect(result.instances).toEqual([expect.objectContaining({ id: 'kept1', outcome: 'orphaned' })]);
   expect((await readModuleStatus(admin, 'kept1'))!.conditions.find((c) => c.type === 'Orphaned')).toMatchObject({ status: 'True' });
   expect(existsSync(path.join(agentStateDir, 'instances', 'kept1.json'))).toBe(true);
+}, 60_000);
+
+test('a refusing agent loop says why at most once a minute per reason, and at once when the reason changes', async () => {
+  await admin.flushall();
+  const agentStateDir = path.join(root, 'loop', 'agent');
+  await fs.mkdir(path.join(agentStateDir, 'instances'), { recursive: true });
+  await fs.writeFile(path.join(agentStateDir, 'instances', 'kept2.json'), JSON.stringify({ id: 'kept2', node: 1 }));
+  let now = Date.parse('2026-12-05T07:00:00.000Z');
+  const lines: string[] = [];
+  const deps = createNodeAgentDeps(
+    { node: 1 },
+    { redis: admin, runner: new ExecaRunner(), layout: tempHostLayout(path.join(root, 'loop'), { agentStateDir }), log: (l) => void lines.push(l), now: () => new Date(now) },
+  );
+  const reasons: (string | undefined)[] = [];
+  let wake: (() => void) | undefined;
+  const handle = runNodeAgent(
+    {
+      node: 1,
+      resyncMs: 5,
+      onReconcile: (r) => {
+        reasons.push(r.suspect?.reason);
+        now += 1000; // one second of the agent's clock per pass
+        wake?.();
+      },
+    },
+    deps,
+  );
+  const passes = async (n: number): Promise<void> => {
+    const until = reasons.length + n;
+    while (reasons.length < until) await new Promise<void>((r) => (wake = r));
+  };
+  const refusals = (reason: string): number => lines.filter((l) => l.includes(`DesiredStateSuspect (${reason})`)).length;
+  try {
+    await passes(5);
+    expect(reasons.slice(0, 5)).toEqual(Array(5).fill('EpochMissing'));
+    expect(refusals('EpochMissing')).toBe(1);
+    now += 60_000;
+    await passes(2);
+    expect(refusals('EpochMissing')).toBe(2);
+    // Desired state gets an epoch this host never worked under: another reason, said at once.
+    await admin.set('ns8ctl/cluster/epoch', JSON.stringify({ id: 'e-new', created: '2026-12-05T07:01:00.000Z' }));
+    await passes(3);
+    expect(reasons.at(-1)).toBe('EpochUnknown');
+    expect(refusals('EpochUnknown')).toBe(1);
+  } finally {
+    await handle.stop();
+  }
+  expect(existsSync(path.join(agentStateDir, 'instances', 'kept2.json'))).toBe(true);
 }, 60_000);
