@@ -19,6 +19,7 @@ import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/de
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
 import { keys } from '../../src/state/keys.js';
+import { seededRandom } from '../support/chaos.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { preparePodmanHost } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
@@ -27,16 +28,8 @@ import { tempHostLayout } from '../support/node-agent-layout.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RUNS = Number(process.env.NS8CTL_CRASH_RUNS ?? 24);
-let seed = Number(process.env.NS8CTL_CRASH_SEED ?? Date.now() % 100000);
-const startSeed = seed;
-/** Small deterministic PRNG (mulberry32): a failing run can be replayed with its seed. */
-function random(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
+const startSeed = Number(process.env.NS8CTL_CRASH_SEED ?? Date.now() % 100000);
+const random = seededRandom(startSeed);
 
 /** Transpiles `entry` and every relative import it reaches into `outDir` (same relative paths, .js). */
 async function transpileTree(entries: string[], outDir: string): Promise<void> {
