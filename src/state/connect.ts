@@ -162,8 +162,15 @@ class BoundedRedis extends Redis {
     super(options);
   }
 
+  /**
+   * A second connection (subscribers, blocking readers) with the same bounds and reconnection.
+   * Socket errors while Redis restarts are reported through the commands that fail, so they are
+   * not also thrown as unhandled 'error' events.
+   */
   override duplicate(override?: Partial<RedisOptions>): Redis {
-    return new BoundedRedis({ ...this.options, ...(override ?? {}) }, this.explain);
+    const copy = new BoundedRedis({ ...this.options, ...(override ?? {}) }, this.explain);
+    copy.on('error', () => undefined);
+    return copy;
   }
 
   override sendCommand(command: SentCommand, stream?: Parameters<SendCommand>[1]): unknown {

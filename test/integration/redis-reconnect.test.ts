@@ -3,6 +3,7 @@
  * proven, it reconnects with capped backoff for as long as it runs, however long Redis is down,
  * while each command still fails in bounded time while Redis is away.
  */
+import { jest } from '@jest/globals';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -36,7 +37,13 @@ describe('a proven Redis connection', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-reconnect-'));
     let server = await startServer(port, dir);
     const { redis } = await connectRedis({ url: `redis://127.0.0.1:${port}`, stateDir: dir, runner: new ExecaRunner(), startEmbedded: false, commandTimeoutMs: 5_000 });
+    const subscriber = redis.duplicate();
+    const printed: string[] = [];
+    const spy = jest.spyOn(console, 'error').mockImplementation((...args: unknown[]) => void printed.push(args.map(String).join(' ')));
     try {
+      // Its socket errors go to a listener: ioredis prints unhandled ones as stack traces.
+      expect(subscriber.listenerCount('error')).toBeGreaterThan(0);
+      await subscriber.subscribe('ns8ctl/event/x');
       await redis.set('k', 'before');
       await stopServer(server);
       // While Redis is down a command fails in bounded time (it is not queued forever)...
@@ -50,7 +57,11 @@ describe('a proven Redis connection', () => {
         if (value === undefined) await new Promise((r) => setTimeout(r, 100));
       }
       expect(value).toBe('before');
+      // The subscriber's socket errors while Redis was away were not thrown as unhandled events.
+      expect(printed.filter((l) => l.includes('Unhandled error event'))).toEqual([]);
     } finally {
+      spy.mockRestore();
+      subscriber.disconnect();
       redis.disconnect();
       await stopServer(server);
       rmSync(dir, { recursive: true, force: true });
