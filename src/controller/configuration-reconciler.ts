@@ -10,6 +10,10 @@
  * Tasks never hold a work-queue slot for long: each is submitted once and remembered in the record
  * (`pendingTask`), a reconcile waits a few seconds for it and otherwise asks to be requeued, and a
  * later reconcile reads that same task's result. Tasks nobody took are withdrawn after a timeout.
+ *
+ * The record belongs to one instance: it names the instance's MODULE_UUID (`instanceUuid`), and a
+ * record naming another uuid (the id was removed and added again) is dropped unread, so a
+ * re-created instance is always configured again.
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
@@ -37,6 +41,8 @@ export interface ConfigurationFacts {
 
 /** The stored record (`ns8ctl/configuration/module/<id>`), parsed. */
 export interface ConfigurationRecord {
+  /** MODULE_UUID (`cluster/module_uuid`) of the instance the record was written for. */
+  instanceUuid: string;
   appliedHash: string;
   appliedGeneration: number;
   appliedTime: string;
@@ -102,6 +108,7 @@ export function parseConfigurationRecord(h: Record<string, string>): Configurati
     drift = [];
   }
   return {
+    instanceUuid: h.instanceUuid ?? '',
     appliedHash: h.appliedHash ?? '',
     appliedGeneration: Number(h.appliedGeneration ?? 0),
     appliedTime: h.appliedTime ?? '',
@@ -178,7 +185,13 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
   const key = keys.moduleConfiguration(input.id);
   const object = `Module/${input.id}`;
   const agentId = agentIdOf(input.id);
-  const rec = parseConfigurationRecord(await redis.hgetall(key));
+  const [stored, uuid] = await Promise.all([redis.hgetall(key), redis.hget(keys.moduleUuid(), input.id)]);
+  // A record written for another instance (another MODULE_UUID: the id was removed and added
+  // again, or the record predates `instanceUuid`) says nothing about this one: start afresh.
+  const foreign = Object.keys(stored).length > 0 && Boolean(uuid) && stored.instanceUuid !== uuid;
+  if (foreign) await redis.del(key);
+  const rec = parseConfigurationRecord(foreign ? {} : stored);
+  const instanceUuid = uuid ?? '';
   const timeoutMs = deps.taskTimeoutMs ?? 120_000;
   const waitMs = deps.taskWaitMs ?? 5_000;
 
@@ -220,7 +233,7 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
       const task = buildTask(action, { data });
       const replies = await redis
         .multi()
-        .hset(key, { pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingGeneration: String(input.generation), pendingSince: now.toISOString(), pendingWhy: why })
+        .hset(key, { instanceUuid, pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingGeneration: String(input.generation), pendingSince: now.toISOString(), pendingWhy: why })
         .lpush(taskQueueKey(agentId), task.json)
         .exec();
       const failed = replies?.find(([err]) => err)?.[0];
@@ -273,14 +286,14 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
     if (r.exitCode !== 0) {
       const err = new TaskFailedError({ agentId, action: 'configure-module', taskId: step.taskId, status: r.status, exitCode: r.exitCode, output: r.output, error: r.error });
       const message = describeTaskFailure(err, input.configuration);
-      await redis.hset(key, { failedHash: hash, failedGeneration: String(input.generation), failedMessage: message });
+      await redis.hset(key, { instanceUuid, failedHash: hash, failedGeneration: String(input.generation), failedMessage: message });
       await events.record({ name: 'module-configuration-failed', type: 'Warning', object, message: `${input.id}: ${message}`, data: { module: input.id, generation: input.generation, task: step.taskId, exitCode: r.exitCode } });
       return { facts: { failed: message } };
     }
     const at = deps.now().toISOString();
     await redis
       .multi()
-      .hset(key, { appliedHash: hash, appliedGeneration: String(input.generation), appliedTime: at, appliedTask: step.taskId, drift: '[]', driftCheckedTime: at })
+      .hset(key, { instanceUuid, appliedHash: hash, appliedGeneration: String(input.generation), appliedTime: at, appliedTask: step.taskId, drift: '[]', driftCheckedTime: at })
       .hdel(key, 'failedHash', 'failedGeneration', 'failedMessage')
       .exec();
     if (step.why === 'drift') {

@@ -507,6 +507,9 @@ async function deleteModuleKeys(ctx: StepContext): Promise<void> {
   tx.hdel(keys.udpPortsDemand(), id);
   tx.del(keys.moduleStatus(id));
   tx.del(authorizationsKey(id));
+  // What configure-module accepted belongs to this instance: a later one with the same id is
+  // configured again (also for orphans, which have no desired object whose release would drop it).
+  tx.del(keys.moduleConfiguration(id));
   await tx.exec();
   // NS8's remove-module: default_instance keys naming the instance go (nothing is re-pointed).
   await releaseDefaultInstance(redis, id);

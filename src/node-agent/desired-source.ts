@@ -22,7 +22,9 @@ export interface DesiredSource {
   addFinalizer(id: string): Promise<boolean>;
   /**
    * Releases the finalizer once host cleanup is done; when no finalizer is left on a deleting
-   * object, the object and its NS8 bookkeeping (`cluster/module_node`, `cluster/module_uuid`) go.
+   * object, the object, its NS8 bookkeeping (`cluster/module_node`, `cluster/module_uuid`) and the
+   * controller's configuration record (`ns8ctl/configuration/module/<id>`) go, in one script: a
+   * Module re-added with the same id starts with no configuration applied.
    */
   releaseFinalizer(id: string): Promise<void>;
 }
@@ -51,6 +53,7 @@ if #rest == 0 and del and del ~= '' then
   redis.call('SREM', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2])
   redis.call('HDEL', KEYS[4], ARGV[2])
+  redis.call('DEL', KEYS[5])
   return 2
 end
 redis.call('HSET', KEYS[1], 'finalizers', table.concat(rest, ' '))
@@ -99,6 +102,6 @@ export class RedisDesiredSource implements DesiredSource {
       await this.finalize(this.redis, id);
       return;
     }
-    await this.redis.eval(RELEASE_FINALIZER, 4, keys.desired('Module', id), keys.desiredIndex('Module'), keys.moduleNode(), keys.moduleUuid(), NODE_AGENT_FINALIZER, id);
+    await this.redis.eval(RELEASE_FINALIZER, 5, keys.desired('Module', id), keys.desiredIndex('Module'), keys.moduleNode(), keys.moduleUuid(), keys.moduleConfiguration(id), NODE_AGENT_FINALIZER, id);
   }
 }

@@ -133,7 +133,10 @@ export function planConverge(i: ConvergeInput): InstancePlan {
 
   // ---- images ----
   if (!o.localImage) {
-    add({ id, kind: 'pull-image', url: i.imageUrl, reason: `image ${i.imageUrl} not present`, ...(rec?.extractedImageId && o.user ? { drift: `image ${i.imageUrl} removed` } : {}) });
+    // Drift only when this very image was in place (pulled and extracted for this URL): the first
+    // pull of an update's new image, which the desired state asked for, is not drift.
+    const hadIt = rec?.extractedImageId !== undefined && rec.imageUrl === i.imageUrl && rec.image?.id === rec.extractedImageId && o.user;
+    add({ id, kind: 'pull-image', url: i.imageUrl, reason: `image ${i.imageUrl} not present`, ...(hadIt ? { drift: `image ${i.imageUrl} removed` } : {}) });
   }
   for (const svc of l.images) {
     if (!o.serviceImages[svc]) add({ id, kind: 'pull-service-image', url: svc, reason: `service image ${svc} not present` });
@@ -424,7 +427,7 @@ export function planRemoval(r: RemovalInput): InstancePlan {
   if (o.ports.tcp || o.ports.udp) add({ id, kind: 'free-ports', reason: 'free the allocated ports' });
   if (o.aclLine) add({ id, kind: 'delete-acl', reason: `delete Redis ACL user module/${id}` });
   if (r.desiredPresent || rec || Object.keys(o.envRedis).length || o.flags.length || o.portsDemand.tcp || o.portsDemand.udp || o.authorizations.length) {
-    add({ id, kind: 'delete-module-keys', reason: `delete module/${id}/*, its authorizations and ports demand; recompute grants` });
+    add({ id, kind: 'delete-module-keys', reason: `delete module/${id}/*, its authorizations, ports demand and configuration record; recompute grants` });
   }
   if (rec || r.desiredPresent) add({ id, kind: 'publish-removed', reason: 'announce cluster/event/module-removed' });
   if (rec) add({ id, kind: 'forget-record', reason: 'forget the node agent record' });

@@ -16,6 +16,7 @@ import { EventRecorder, readEvents } from '../../src/controller/events.js';
 import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/controller/module-reconciler.js';
 import { ManifestError } from '../../src/errors.js';
 import { ExecaRunner } from '../../src/host/runner.js';
+import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import { keys } from '../../src/state/keys.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
@@ -213,6 +214,39 @@ describe('declarative configuration through the controller', () => {
     ]);
     expect((err as ManifestError).message).toContain(`${file}:17:5  /spec/configuration/colour`);
     expect(await redis.hgetall(keys.desired('Module', ID))).toEqual(before);
+  });
+
+  it('configures an instance removed and added again with the same id and configuration again: the record goes with the instance', async () => {
+    const file = path.join(root, 'm.yaml');
+    writeFileSync(file, manifest('    greeting: Same again\n'));
+    await apply(file);
+    await agentReady();
+    await reconcileModuleSummary(ID, deps());
+    const before = configureCount();
+    expect(await redis.hget(keys.moduleConfiguration(ID), 'appliedHash')).toMatch(/^[0-9a-f]{64}$/);
+    // The node agent finishes the removal: it releases its finalizer on the deleting Module.
+    await redis.hset(keys.desired('Module', ID), { deleting: '{"removalPolicy":"Delete"}', finalizers: 'node-agent' });
+    await new RedisDesiredSource(redis).releaseFinalizer(ID);
+    expect(await redis.exists(keys.desired('Module', ID), keys.moduleConfiguration(ID))).toBe(0);
+    // Added again, unchanged manifest: a new instance, configured again.
+    await apply(file);
+    await agentReady();
+    await reconcileModuleSummary(ID, deps());
+    expect(configureCount()).toBe(before + 1);
+  });
+
+  it('never takes a record written for an earlier instance of the id (another MODULE_UUID) as applied', async () => {
+    const before = configureCount();
+    const uuid = await redis.hget(keys.moduleUuid(), ID);
+    expect(await redis.hget(keys.moduleConfiguration(ID), 'instanceUuid')).toBe(uuid);
+    // The id was re-created behind the controller's back (record kept, new uuid).
+    await redis.hset(keys.moduleUuid(), ID, 'another-instance-uuid');
+    await reconcileModuleSummary(ID, deps());
+    expect(configureCount()).toBe(before + 1);
+    expect(await redis.hget(keys.moduleConfiguration(ID), 'instanceUuid')).toBe('another-instance-uuid');
+    // And now it is applied for this instance: no task.
+    await reconcileModuleSummary(ID, deps());
+    expect(configureCount()).toBe(before + 1);
   });
 
   it('warns, without failing, when no schema can be found offline', async () => {

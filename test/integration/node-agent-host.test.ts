@@ -254,6 +254,7 @@ describe('a rootless instance on a host without systemd', () => {
   test('removal keeps the data by default and cleans everything else', async () => {
     const env = parseEnvironment(await fs.readFile(path.join(homeOf(id), '.config', 'state', 'environment'), 'utf8'));
     const uid = statSync(homeOf(id)).uid;
+    await admin.hset(keys.moduleConfiguration(id), { appliedHash: 'h', instanceUuid: (await admin.hget(keys.moduleUuid(), id)) ?? '' });
     await deleteModule(id);
     const r = (await reconcile()).get(id)!;
     expect(r.error?.message).toBeUndefined();
@@ -265,7 +266,7 @@ describe('a rootless instance on a host without systemd', () => {
     expect((await admin.hgetall(keys.nodePorts(1)))[`${id}/tcp`]).toBeUndefined();
     expect((await admin.call('ACL', 'LIST')) as string[]).not.toContainEqual(expect.stringContaining(`module/${id} `));
     expect(await admin.keys(`module/${id}/*`)).toEqual([]);
-    expect(await admin.exists(keys.desired('Module', id), keys.moduleStatus(id))).toBe(0);
+    expect(await admin.exists(keys.desired('Module', id), keys.moduleStatus(id), keys.moduleConfiguration(id))).toBe(0);
     expect(await admin.hget(keys.moduleNode(), id)).toBeNull();
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBeNull();
     expect(existsSync(path.join(root, 'agent', 'instances', `${id}.json`))).toBe(false);

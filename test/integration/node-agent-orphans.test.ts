@@ -183,6 +183,7 @@ describe('an instance whose desired object is missing', () => {
 
     // The desired object is lost meanwhile: the removal recorded on the host resumes all the same.
     await loseDesiredObject(id);
+    await admin.hset(keys.moduleConfiguration(id), { appliedHash: 'h' });
     const again = await passFor(id);
     expect(again.error?.message).toBeUndefined();
     expect(again.outcome).toBe('removed');
@@ -192,7 +193,7 @@ describe('an instance whose desired object is missing', () => {
     expect(logs.some((l) => l.includes(`${id}: removed (data preserved;`) && l.includes('requested by alice@admin1'))).toBe(true);
     // Resumed, not started again: still one event.
     expect(await eventsNamed('module-removing')).toHaveLength(1);
-    expect(await admin.exists(keys.moduleStatus(id))).toBe(0);
+    expect(await admin.exists(keys.moduleStatus(id), keys.moduleConfiguration(id))).toBe(0);
   }, 180_000);
 });
 

@@ -224,8 +224,10 @@ describe('desired modules read from Redis', () => {
     expect(after - before).toBe(6);
   });
 
-  test('the finalizer is added once, refused for a deleting object, and its release removes the object and the bookkeeping', async () => {
+  test('the finalizer is added once, refused for a deleting object, and its release removes the object, the bookkeeping and the configuration record', async () => {
     await put('web1', 1);
+    await a.hset(keys.moduleConfiguration('web1'), { appliedHash: 'h', instanceUuid: 'uuid-web1' });
+    await a.hset(keys.moduleConfiguration('web2'), { appliedHash: 'h2' });
     const src = new RedisDesiredSource(a);
     expect(await src.addFinalizer('web1')).toBe(true);
     expect(await src.addFinalizer('web1')).toBe(true);
@@ -238,11 +240,15 @@ describe('desired modules read from Redis', () => {
     expect(await a.sismember(keys.desiredIndex('Module'), 'web1')).toBe(0);
     expect(await a.hget(keys.moduleNode(), 'web1')).toBeNull();
     expect(await a.hget(keys.moduleUuid(), 'web1')).toBeNull();
+    expect(await a.exists(keys.moduleConfiguration('web1'))).toBe(0);
+    expect(await a.exists(keys.moduleConfiguration('web2'))).toBe(1);
   });
 
-  test('releasing the finalizer of an object that is not being deleted keeps it', async () => {
+  test('releasing the finalizer of an object that is not being deleted keeps it and its configuration record', async () => {
     await put('web1', 1, { finalizers: 'other node-agent' });
+    await a.hset(keys.moduleConfiguration('web1'), { appliedHash: 'h' });
     await new RedisDesiredSource(a).releaseFinalizer('web1');
     expect(await a.hget(keys.desired('Module', 'web1'), 'finalizers')).toBe('other');
+    expect(await a.exists(keys.moduleConfiguration('web1'))).toBe(1);
   });
 });

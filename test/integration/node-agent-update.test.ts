@@ -7,6 +7,9 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import { findCondition } from '../../src/controller/conditions.js';
+import { EventRecorder, readEvents } from '../../src/controller/events.js';
+import { reconcileModuleSummary } from '../../src/controller/module-reconciler.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
@@ -124,11 +127,19 @@ test('an update to 1.1.0 proceeds: PREV_ variables set, IMAGE_URL and status nam
   expect((await admin.hgetall(keys.moduleEnvironment(id))).PREV_IMAGE_URL).toBe(images.webapp['1.0.0']);
   expect((await readModuleStatus(admin, id))!.imageUrl).toBe(images.webapp['1.1.0']);
   expect(r.applied.map((s) => s.kind)).toContain('remove-old-images');
+  // An update the desired state asked for is not drift: none reported, none summarised.
+  expect(r.drift).toEqual([]);
+  expect((await readModuleStatus(admin, id))!.drift).toEqual([]);
+  const summary = await reconcileModuleSummary(id, { redis: admin, events: new EventRecorder(admin), now: () => new Date() });
+  expect(findCondition(summary?.conditions, 'Drifted')).toMatchObject({ status: 'False', reason: 'NoDrift' });
+  expect((await readEvents(admin)).filter((e) => e.name === 'module-drifted')).toEqual([]);
   const left = await userImages();
   expect(left).toContain(images.webapp['1.1.0']);
   expect(left).not.toContain(images.webapp['1.0.0']);
   // The PREV_ variables stay (until the next update) and the instance is stable.
-  expect((await reconcile()).outcome).toBe('unchanged');
+  const again = await reconcile();
+  expect(again.outcome).toBe('unchanged');
+  expect(again.drift).toEqual([]);
   expect((await environment()).PREV_IMAGE_URL).toBe(images.webapp['1.0.0']);
 }, 180_000);
 

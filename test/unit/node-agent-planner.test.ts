@@ -223,6 +223,28 @@ describe('the node planner converges an instance', () => {
     expect(p.steps[0]).toMatchObject({ kind: 'pull-image', drift: `image ${URL} removed` });
   });
 
+  test('an update pulls the new image without reporting drift; the new image removed after it was extracted is drift', () => {
+    const NEW = '127.0.0.1:5000/ns8ctl-examples/webapp:1.1.0';
+    const newLabels = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, NEW);
+    const newImage = { ...image, url: NEW, id: 'img2', digest: 'sha256:d2' };
+    // Round one of the update 1.0.0 -> 1.1.0: the new image is not in the user's store yet.
+    const o = converged();
+    delete o.localImage;
+    const p = planConverge(input(o, { imageUrl: NEW, labels: newLabels, image: newImage, desired: { ...desired, generation: 2, spec: { image: NEW, node: 1 } } }));
+    expect(p.steps[0]).toMatchObject({ kind: 'pull-image', url: NEW });
+    expect(p.steps.filter((s) => s.drift)).toEqual([]);
+    // Pulled (the record names it) but not extracted yet, then lost: still no drift.
+    const pulled = converged();
+    delete pulled.localImage;
+    pulled.record = { ...pulled.record!, imageUrl: NEW, image: newImage };
+    expect(planConverge(input(pulled, { imageUrl: NEW, labels: newLabels, image: newImage })).steps.filter((s) => s.drift)).toEqual([]);
+    // Extracted for 1.1.0 (the update done), then removed from the host: drift.
+    const done = converged();
+    delete done.localImage;
+    done.record = { ...done.record!, imageUrl: NEW, image: newImage, extractedImageId: 'img2', uiImageId: 'img2' };
+    expect(planConverge(input(done, { imageUrl: NEW, labels: newLabels, image: newImage })).steps[0]).toMatchObject({ kind: 'pull-image', drift: `image ${NEW} removed` });
+  });
+
   test('a unit already running without a stamp (home kept from an earlier removal) is restarted, not just started', () => {
     const o = converged();
     o.record = { ...o.record!, units: {} };
