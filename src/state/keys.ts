@@ -63,7 +63,7 @@ export const keys = {
    * `appliedTime`, `appliedTask`, `failedHash`/`failedGeneration`/`failedMessage` (last refused
    * configuration, masked), `drift` (JSON array of masked field-diff lines), `driftCheckedTime`,
    * and the task in flight: `pendingTask`, `pendingAction`, `pendingHash`, `pendingGeneration`,
-   * `pendingSince`, `pendingWhy`.
+   * `pendingSince`, `pendingWhy`; `instanceUuid` (the MODULE_UUID the record was written for: a record naming another uuid is not taken as applied).
    */
   moduleConfiguration: (id: string): string => `ns8ctl/configuration/module/${id}`,
 
