@@ -9,7 +9,8 @@ import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../controll
 import { checkConfigurations, type ConfigurationCheck } from '../controller/configuration-validation.js';
 import { RedisError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
-import type { DesiredObject } from '../manifest/types.js';
+import type { DesiredObject, ModuleObject } from '../manifest/types.js';
+import { secretNamesOfSchema } from '../plan/mask.js';
 import { keys } from '../state/keys.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import { locateInDocument } from './load-validate.js';
@@ -48,4 +49,33 @@ export async function checkDesiredConfigurations(desired: readonly DesiredObject
     });
   }
   return checkConfigurations(desired, modules.map((m) => ({ id: m.metadata.name, image: m.spec.image })), { lookup, running, locate: locateInDocument });
+}
+
+/**
+ * The property names each Module's configure-module schema marks secret (`format: password`,
+ * `writeOnly`, `secret: true`), for masking what `get` prints. Cheap and offline: the instance's
+ * install dirs and the schema cache only (no podman), so a Module whose schema was never seen on
+ * this host (not installed here, not planned here) has no entry and is masked by the name rule
+ * alone. Never throws: an unreadable schema only means no extra names.
+ * @param installed instance id -> the image it runs now (status `imageUrl`), when known.
+ */
+export async function schemaSecretNames(modules: readonly ModuleObject[], installed: ReadonlyMap<string, string>, lookup: ConfigurationSchemaLookup = cachedSchemaLookup()): Promise<Map<string, Set<string>>> {
+  const out = new Map<string, Set<string>>();
+  for (const m of modules) {
+    if (m.spec.configuration === undefined) continue;
+    const id = m.metadata.name;
+    try {
+      const found = await lookup.find({ id, image: m.spec.image ?? installed.get(id), installedImage: installed.get(id) });
+      const names = found ? secretNamesOfSchema(found.schema) : undefined;
+      if (names?.size) out.set(id, names);
+    } catch {
+      // An unreadable schema file: masking falls back to the name rule.
+    }
+  }
+  return out;
+}
+
+/** The schema lookup without podman: install dirs and `<state-dir>/cache/configuration-schemas` only. */
+export function cachedSchemaLookup(runner: CommandRunner = new ExecaRunner()): ConfigurationSchemaLookup {
+  return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas'), useLocalImages: false });
 }

@@ -4,7 +4,7 @@
  */
 import type { Redis } from 'ioredis';
 import type { ConfigurationSchemaLookup } from '../controller/configuration-schema.js';
-import { checkPlannedConfigurations } from '../controller/configuration-validation.js';
+import { checkPlannedConfigurations, withSecretNames } from '../controller/configuration-validation.js';
 import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { moduleNameOf, type DesiredObject } from '../manifest/types.js';
@@ -142,8 +142,10 @@ export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[
   if (opts.configuration === false || !desired.some((d) => d.object.kind === 'Module' && d.object.spec.configuration !== undefined)) return { plan, warnings };
   const check = await checkPlannedConfigurations(desired, plan, { lookup: opts.configuration ?? defaultSchemaLookup(), running: inputs.running, locate: locateInDocument });
   if (check.diagnostics.length > 0) throw new ManifestError(check.diagnostics);
-  if (check.warnings.length === 0) return { plan, warnings };
-  return { plan: { ...plan, warnings: [...(plan.warnings ?? []), ...check.warnings] }, warnings };
+  // The schema's secret marks travel with the plan, so every rendering masks them.
+  const marked = withSecretNames(plan, check);
+  if (check.warnings.length === 0) return { plan: marked, warnings };
+  return { plan: { ...marked, warnings: [...(marked.warnings ?? []), ...check.warnings] }, warnings };
 }
 
 async function planAndResolve(desired: DesiredObject[], state: ClusterState, redis: Redis, opts: PlanOptions): Promise<PreparedPlan> {

@@ -6,6 +6,7 @@
  */
 import type { Diagnostic } from '../errors.js';
 import { validateConfiguration } from '../agent/configuration.js';
+import { secretNamesOfSchema } from '../plan/mask.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import type { Plan } from '../plan/types.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';
@@ -25,6 +26,23 @@ export interface ConfigurationCheck {
   warnings: string[];
   /** Instances checked against a schema, with where the schema came from. */
   checked: { id: string; origin: string }[];
+  /** Per instance checked: the property names its schema marks secret (secretNamesOfSchema), sorted; absent when none. */
+  secretNames: Map<string, string[]>;
+}
+
+/**
+ * `plan` with each Module change carrying the secret property names its schema marks
+ * (`check.secretNames`), so every rendering of the plan masks them. Pure; the plan is not mutated.
+ */
+export function withSecretNames(plan: Plan, check: Pick<ConfigurationCheck, 'secretNames'>): Plan {
+  if (check.secretNames.size === 0) return plan;
+  return {
+    ...plan,
+    changes: plan.changes.map((c) => {
+      const names = c.kind === 'Module' ? check.secretNames.get(c.id) : undefined;
+      return names?.length ? { ...c, secretNames: [...new Set([...(c.secretNames ?? []), ...names])].sort() } : c;
+    }),
+  };
 }
 
 /** One Module whose configuration is checked, and the image whose schema applies. */
@@ -65,7 +83,7 @@ export async function checkConfigurations(
   targets: readonly ConfigurationTarget[],
   opts: { lookup: ConfigurationSchemaLookup; running?: ReadonlyMap<string, string> | undefined; locate?: DocumentLocator },
 ): Promise<ConfigurationCheck> {
-  const out: ConfigurationCheck = { diagnostics: [], warnings: [], checked: [] };
+  const out: ConfigurationCheck = { diagnostics: [], warnings: [], checked: [], secretNames: new Map() };
   const locate = opts.locate ?? documentStart;
   const byId = new Map<string, DesiredObject<ModuleObject>>();
   for (const d of desired) if (d.object.kind === 'Module') byId.set(d.object.metadata.name, d as DesiredObject<ModuleObject>);
@@ -82,6 +100,8 @@ export async function checkConfigurations(
       continue;
     }
     out.checked.push({ id: t.id, origin: found.origin });
+    const secret = [...secretNamesOfSchema(found.schema)].sort();
+    if (secret.length) out.secretNames.set(t.id, secret);
     for (const p of validateConfiguration(config, found.schema, { basePointer: CONFIGURATION_POINTER, origin: found.origin })) {
       const mode = /is not allowed/.test(p.message) ? 'key' : 'value';
       const pos = locate(d, p.pointer, mode);

@@ -9,6 +9,7 @@ import type { ModuleObject } from '../manifest/types.js';
 import { RedisError } from '../errors.js';
 import { parseStoredObject } from '../state/read-state.js';
 import { keys } from '../state/keys.js';
+import { validInstanceIds } from './id-guard.js';
 import { parseDeletionMark } from './removal-request.js';
 import { NODE_AGENT_FINALIZER, type InstanceDesired } from './types.js';
 
@@ -69,7 +70,8 @@ export class RedisDesiredSource implements DesiredSource {
   ) {}
 
   async listForNode(node: number): Promise<InstanceDesired[]> {
-    const ids = (await this.redis.smembers(keys.desiredIndex('Module'))).sort();
+    // Ids become host paths: an invalid one is reported and skipped (id-guard.ts).
+    const ids = await validInstanceIds(this.redis, node, (await this.redis.smembers(keys.desiredIndex('Module'))).sort(), keys.desiredIndex('Module'));
     const p = this.redis.pipeline();
     for (const id of ids) p.hgetall(keys.desired('Module', id));
     p.hgetall(keys.moduleUuid());

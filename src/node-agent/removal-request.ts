@@ -15,6 +15,7 @@
  */
 import type { Redis } from 'ioredis';
 import { RedisError, RefusedError, UsageError } from '../errors.js';
+import { isValidObjectId } from '../manifest/names.js';
 import type { RemovalPolicy } from '../manifest/types.js';
 import { channels, keys } from '../state/keys.js';
 
@@ -89,6 +90,8 @@ export async function readRemovalRequests(redis: Redis, ids: readonly string[]):
     throw new RedisError('redis_command_failed', `reading removal requests: ${(err as Error).message}`, { cause: err });
   }
   ids.forEach((id, i) => {
+    // A request is only ever honoured for an id that can name a host path (see id-guard.ts).
+    if (!isValidObjectId('Module', id)) return;
     const mark = values[i] ? parseDeletionMark(values[i]) : undefined;
     if (mark) out.set(id, mark);
   });

@@ -103,6 +103,7 @@ function renderUpdate(u: UpdateNotice, paint: (style: Style, s: string) => strin
 
 function renderChange(c: Change, paint: (style: Style, s: string) => string): string[] {
   const lines: string[] = [];
+  const names = secretNamesOf(c);
   if (c.action === 'create') lines.push(paint('green', `+ ${c.key} (create)`));
   else if (c.action === 'update') lines.push(paint('yellow', `~ ${c.key} (update)`));
   else if (c.dataPolicy === 'deleted') lines.push(paint('red', `- ${c.key} (delete, `) + paint('bold', paint('red', 'DATA DELETED')) + paint('red', ')'));
@@ -111,10 +112,10 @@ function renderChange(c: Change, paint: (style: Style, s: string) => string): st
   if (c.resolved) lines.push(paint('grey', `${INDENT}# resolves to ${maskString(describeResolved(c.resolved))}`));
   if (c.resolutionError) lines.push(paint('grey', `${INDENT}# image not resolved: ${maskString(c.resolutionError.message)}`));
   const body: DiffLine[] = [];
-  if (c.action === 'create' && c.after) addedLines(c.after.spec, ['spec'], body);
+  if (c.action === 'create' && c.after) addedLines(c.after.spec, ['spec'], body, names);
   if (c.action === 'update' && c.before && c.after) {
-    diffLines(c.before.metadata, c.after.metadata, ['metadata'], body);
-    diffLines(c.before.spec, c.after.spec, ['spec'], body);
+    diffLines(c.before.metadata, c.after.metadata, ['metadata'], body, names);
+    diffLines(c.before.spec, c.after.spec, ['spec'], body, names);
   }
   const style: Record<DiffLine['op'], Style> = { '+': 'green', '~': 'yellow', '-': 'red' };
   for (const l of body) lines.push(paint(style[l.op], `${INDENT}${l.op} ${l.text}`));
@@ -133,9 +134,19 @@ function formatPath(path: readonly string[]): string {
   return path.map((seg, i) => (i === 0 ? seg : IDENT.test(seg) ? `.${seg}` : `[${JSON.stringify(seg)}]`)).join('');
 }
 
-function formatValue(path: readonly string[], value: unknown): string {
-  if (isSecretPath(path)) return MASK;
-  return JSON.stringify(maskSecrets(canonicalize(value))) ?? 'null';
+/** The schema-marked secret names of a change (Change.secretNames), or undefined when none. */
+function secretNamesOf(c: Change): ReadonlySet<string> | undefined {
+  return c.secretNames?.length ? new Set(c.secretNames) : undefined;
+}
+
+/** True when a value at `path` is secret: by the name rule, or a key on it is schema-marked. */
+function isSecretAt(path: readonly string[], names: ReadonlySet<string> | undefined): boolean {
+  return isSecretPath(path) || (names !== undefined && path.some((k) => names.has(k)));
+}
+
+function formatValue(path: readonly string[], value: unknown, names: ReadonlySet<string> | undefined): string {
+  if (isSecretAt(path, names)) return MASK;
+  return JSON.stringify(maskSecrets(canonicalize(value), names ? { secretNames: names } : {})) ?? 'null';
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -143,34 +154,34 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** One `+` line per leaf of `value` (objects are walked, arrays and scalars printed inline). */
-function addedLines(value: unknown, path: string[], out: DiffLine[]): void {
-  if (isPlainObject(value) && Object.keys(value).length > 0 && !isSecretPath(path)) {
+function addedLines(value: unknown, path: string[], out: DiffLine[], names?: ReadonlySet<string>): void {
+  if (isPlainObject(value) && Object.keys(value).length > 0 && !isSecretAt(path, names)) {
     for (const k of Object.keys(value).sort()) {
-      if (value[k] !== undefined) addedLines(value[k], [...path, k], out);
+      if (value[k] !== undefined) addedLines(value[k], [...path, k], out, names);
     }
     return;
   }
-  out.push({ op: '+', text: `${formatPath(path)}: ${formatValue(path, value)}` });
+  out.push({ op: '+', text: `${formatPath(path)}: ${formatValue(path, value, names)}` });
 }
 
 /** Field-level diff: `~ path: old -> new`, `+ path: value`, `- path`. */
-function diffLines(before: unknown, after: unknown, path: string[], out: DiffLine[]): void {
+function diffLines(before: unknown, after: unknown, path: string[], out: DiffLine[], names?: ReadonlySet<string>): void {
   if (jsonEqual(before, after)) return;
   if (before === undefined) {
-    addedLines(after, path, out);
+    addedLines(after, path, out, names);
     return;
   }
   if (after === undefined) {
     out.push({ op: '-', text: formatPath(path) });
     return;
   }
-  if (isPlainObject(before) && isPlainObject(after) && !isSecretPath(path)) {
+  if (isPlainObject(before) && isPlainObject(after) && !isSecretAt(path, names)) {
     for (const k of [...new Set([...Object.keys(before), ...Object.keys(after)])].sort()) {
-      diffLines(before[k], after[k], [...path, k], out);
+      diffLines(before[k], after[k], [...path, k], out, names);
     }
     return;
   }
-  out.push({ op: '~', text: `${formatPath(path)}: ${formatValue(path, before)} -> ${formatValue(path, after)}` });
+  out.push({ op: '~', text: `${formatPath(path)}: ${formatValue(path, before, names)} -> ${formatValue(path, after, names)}` });
 }
 
 /** JSON Pointer segments of a patch path (`/configuration/a~1b` -> [configuration, a/b]). */
@@ -181,11 +192,14 @@ function pointerSegments(pointer: string): string[] {
     .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
 }
 
-/** A patch with secret values masked: a whole value under a secret path, secret keys inside values. */
-export function maskPatch(patch: readonly Operation[]): Operation[] {
+/**
+ * A patch with secret values masked: a whole value under a secret path, secret keys inside values;
+ * `secretNames` (a schema's marks, Change.secretNames) count as secret keys too.
+ */
+export function maskPatch(patch: readonly Operation[], secretNames?: ReadonlySet<string>): Operation[] {
   return patch.map((op) => {
     if (!('value' in op)) return { ...op };
-    const value: unknown = isSecretPath(pointerSegments(op.path)) ? MASK : maskSecrets(op.value);
+    const value: unknown = isSecretAt(pointerSegments(op.path), secretNames) ? MASK : maskSecrets(op.value, secretNames ? { secretNames } : {});
     return { ...op, value } as Operation;
   });
 }
@@ -225,24 +239,7 @@ export function renderPlanJson(plan: Plan): Record<string, unknown> {
     },
     pruneRatio: { ...plan.pruneRatio },
     pruneCandidates: [...plan.pruneCandidates],
-    changes: plan.changes.map((c) => ({
-      action: c.action,
-      key: c.key,
-      kind: c.kind,
-      id: c.id,
-      reasons: c.reasons.map(maskString),
-      specChanged: c.specChanged,
-      generation: c.generation ?? null,
-      dataPolicy: c.dataPolicy ?? null,
-      source: c.source ? { file: c.source.file, doc: c.source.doc, line: c.source.line, col: c.source.col } : null,
-      patch: maskPatch(c.patch),
-      before: c.before ? maskSecrets(c.before) : null,
-      after: c.after ? maskSecrets(c.after) : null,
-      bookkeeping: c.bookkeeping.map(maskBookkeeping),
-      inventory: { add: c.inventory.add, remove: [...c.inventory.remove] },
-      resolved: c.resolved ? resolvedJson(c.resolved) : null,
-      resolutionError: c.resolutionError ? { code: c.resolutionError.code, message: maskString(c.resolutionError.message) } : null,
-    })),
+    changes: plan.changes.map((c) => maskedChangeJson(c)),
     blocked: plan.blocked.map((b) => ({ key: b.key, message: maskString(b.message) })),
     updates: (plan.updates ?? []).map((u) => ({
       key: u.key,
@@ -255,5 +252,29 @@ export function renderPlanJson(plan: Plan): Record<string, unknown> {
       refused: u.refused ? { code: u.refused.code, message: maskString(u.refused.message) } : null,
     })),
     warnings: (plan.warnings ?? []).map(maskString),
+  };
+}
+
+/** One change of the JSON form, its values masked by the name rule and the schema's marks. */
+function maskedChangeJson(c: Change): Record<string, unknown> {
+  const names = secretNamesOf(c);
+  const opts = names ? { secretNames: names } : {};
+  return {
+    action: c.action,
+    key: c.key,
+    kind: c.kind,
+    id: c.id,
+    reasons: c.reasons.map(maskString),
+    specChanged: c.specChanged,
+    generation: c.generation ?? null,
+    dataPolicy: c.dataPolicy ?? null,
+    source: c.source ? { file: c.source.file, doc: c.source.doc, line: c.source.line, col: c.source.col } : null,
+    patch: maskPatch(c.patch, names),
+    before: c.before ? maskSecrets(c.before, opts) : null,
+    after: c.after ? maskSecrets(c.after, opts) : null,
+    bookkeeping: c.bookkeeping.map(maskBookkeeping),
+    inventory: { add: c.inventory.add, remove: [...c.inventory.remove] },
+    resolved: c.resolved ? resolvedJson(c.resolved) : null,
+    resolutionError: c.resolutionError ? { code: c.resolutionError.code, message: maskString(c.resolutionError.message) } : null,
   };
 }

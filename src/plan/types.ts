@@ -34,6 +34,12 @@ export interface Change {
   id: string;
   /** Why the change is needed, one short sentence each, most important first. Never hold secret values. */
   reasons: string[];
+  /**
+   * Module: property names its configure-module schema marks secret (`format: password`,
+   * `writeOnly`, `secret: true`), found by the plan's configuration check; masked wherever the plan
+   * is shown, on top of the name rule. Absent when no schema was found (the name rule still applies).
+   */
+  secretNames?: string[];
   /** JSON Patch from the stored spec to the desired spec (`compare({}, spec)` for create, `[]` for delete). */
   patch: Operation[];
   /** The stored object (update, delete), canonical form. */

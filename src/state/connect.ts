@@ -4,6 +4,7 @@ import { Redis, type RedisOptions as IoRedisOptions } from 'ioredis';
 import { EXIT_REDIS, RedisError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { ADMIN_USER, applyDefaultUserRule, embeddedPaths, readAdminPassword, startEmbeddedRedis } from './embedded-redis.js';
+import { maskUrl } from './mask-url.js';
 
 /** ioredis options without the reply mapping (ns8ctl uses the default one). */
 type RedisOptions = Omit<IoRedisOptions, 'replyMapping'>;
@@ -32,22 +33,8 @@ export interface Connection {
   embedded: boolean;
 }
 
-/**
- * Masks the secrets of a URL for messages: the password of `scheme://user:password@host`
- * (the user is kept; everything up to the last `@` before the host counts as user info, so
- * `alice:p@ss@host` shows `alice:***@host`), and `password=`, `pass=`, `pw=`, `auth=` query values.
- */
-export function maskUrl(url: string): string {
-  let out = url;
-  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0];
-  if (scheme) {
-    const rest = url.slice(scheme.length);
-    const at = rest.lastIndexOf('@');
-    const colon = rest.indexOf(':');
-    if (at > 0 && colon >= 0 && colon < at) out = `${scheme}${rest.slice(0, colon)}:***${rest.slice(at)}`;
-  }
-  return out.replace(/([?&](?:password|pass|pw|auth)=)[^&#]*/gi, '$1***');
-}
+/** The project's one URL rule (src/plan/mask.ts re-exports it); kept exported here for callers of this module. */
+export { maskUrl };
 
 /** What `parseRedisUrl` found in a `redis://` or `rediss://` URL. */
 export interface RedisTarget {

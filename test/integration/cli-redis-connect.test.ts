@@ -13,7 +13,7 @@ describe('connection errors keep their cause', () => {
     expect(err).toBeInstanceOf(RedisError);
     const e = err as RedisError;
     expect(e.code).toBe('redis_unreachable');
-    expect(e.message).toMatch(new RegExp(`^cannot connect to Redis at redis://ns8ctl:\\*\\*\\*@127\\.0\\.0\\.1:${port}: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}; Connection is closed\\. \\(is redis-server running and listening there\\?\\)$`));
+    expect(e.message).toMatch(new RegExp(`^cannot connect to Redis at redis://ns8ctl:\\(sensitive value\\)@127\\.0\\.0\\.1:${port}: connect ECONNREFUSED 127\\.0\\.0\\.1:${port}; Connection is closed\\. \\(is redis-server running and listening there\\?\\)$`));
     expect(e.message).not.toContain('s3cret');
     expect((e.cause as NodeJS.ErrnoException).code).toBe('ECONNREFUSED');
   });
@@ -43,11 +43,11 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
   afterAll(async () => redis.stop());
 
   it.each([
-    ['http://u:pw1@127.0.0.1:6379', 'scheme "http:" is not a Redis scheme', 'http://u:***@127.0.0.1:6379'],
+    ['http://u:pw1@127.0.0.1:6379', 'scheme "http:" is not a Redis scheme', 'http://u:(sensitive value)@127.0.0.1:6379'],
     ['not a url', 'not a URL', 'not a url'],
     ['redis://127.0.0.1:99999', 'port "99999" is not a number from 1 to 65535', 'redis://127.0.0.1:99999'],
-    ['redis://ns8ctl:pw1@127.0.0.1:6379/abc', 'the path "/abc" is not a database number', 'redis://ns8ctl:***@127.0.0.1:6379/abc'],
-    ['redis://127.0.0.1:6379/?password=pw1', 'query parameters and fragments are not supported', 'redis://127.0.0.1:6379/?password=***'],
+    ['redis://ns8ctl:pw1@127.0.0.1:6379/abc', 'the path "/abc" is not a database number', 'redis://ns8ctl:(sensitive value)@127.0.0.1:6379/abc'],
+    ['redis://127.0.0.1:6379/?password=pw1', 'query parameters and fragments are not supported', 'redis://127.0.0.1:6379/?password=(sensitive value)'],
   ])('refuses %j before connecting', async (url, why, shown) => {
     const res = await runCli(['get', 'modules'], { NS8CTL_REDIS_URL: url });
     expect(res.code).toBe(3);
@@ -124,10 +124,10 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
 
 describe('maskUrl', () => {
   it.each([
-    ['redis://ns8ctl:s3cret@h:1', 'redis://ns8ctl:***@h:1'],
-    ['redis://alice:p@ss@host:6379', 'redis://alice:***@host:6379'],
-    ['redis://h:1/0?password=s3cret&x=1', 'redis://h:1/0?password=***&x=1'],
-    ['rediss://:s3cret@h', 'rediss://:***@h'],
+    ['redis://ns8ctl:s3cret@h:1', 'redis://ns8ctl:(sensitive value)@h:1'],
+    ['redis://alice:p@ss@host:6379', 'redis://alice:(sensitive value)@host:6379'],
+    ['redis://h:1/0?password=s3cret&x=1', 'redis://h:1/0?password=(sensitive value)&x=1'],
+    ['rediss://:s3cret@h', 'rediss://:(sensitive value)@h'],
     ['redis://h:6379', 'redis://h:6379'],
   ])('%s -> %s', (url, masked) => expect(maskUrl(url)).toBe(masked));
 });

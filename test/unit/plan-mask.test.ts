@@ -47,3 +47,19 @@ describe('maskSecrets', () => {
     expect(maskSecrets({ a: [1, 'x'] })).toEqual({ a: [1, 'x'] });
   });
 });
+
+describe('maskString', () => {
+  it('masks a string that is already masked to the same string (errors are masked twice on their way out)', () => {
+    for (const raw of ['redis://h:1/?password=pw1', 'redis://alice:p@ss@host:6379/0', 'ADMIN_PASSWORD=x DB_TOKEN=y']) {
+      const once = maskString(raw);
+      expect(maskString(once)).toBe(once);
+      expect(once).toContain(MASK);
+    }
+  });
+
+  it('is the rule the Redis connection uses for the URLs it names', async () => {
+    const { maskUrl } = await import('../../src/state/connect.js');
+    expect(maskUrl('redis://alice:p@ss@host:6379/0?password=x')).toBe(maskString('redis://alice:p@ss@host:6379/0?password=x'));
+    expect(maskUrl('redis://alice:p@ss@host:6379')).toBe(`redis://alice:${MASK}@host:6379`);
+  });
+});

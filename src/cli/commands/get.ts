@@ -184,6 +184,23 @@ function updatesDocument(u: InstanceUpdates): Record<string, unknown> {
   return { current: u.current, update: u.update ?? null, testingUpdate: u.testingUpdate ?? null, inSpec: u.inSpec ?? null, blocked: u.blocked.map((b) => ({ ...b })) };
 }
 
+/**
+ * Secret names marked by the configure-module schemas of the Modules among `objects` that have a
+ * configuration, found cheaply (install dirs and the schema cache; see schemaSecretNames). The
+ * schema code loads only when such a Module is shown.
+ */
+async function schemaMarks(objects: readonly StoredObject[], statuses: ReadonlyMap<string, ModuleStatus>): Promise<Map<string, Set<string>>> {
+  const modules = objects.flatMap((o) => (o.object.kind === 'Module' && o.object.spec.configuration !== undefined ? [o.object] : []));
+  if (modules.length === 0) return new Map();
+  const installed = new Map<string, string>();
+  for (const m of modules) {
+    const url = statuses.get(m.metadata.name)?.imageUrl;
+    if (typeof url === 'string' && url) installed.set(m.metadata.name, url);
+  }
+  const { schemaSecretNames } = await import('../../apply/configuration-check.js');
+  return schemaSecretNames(modules, installed);
+}
+
 function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?: InstanceUpdates, summary?: ObjectSummary): Record<string, unknown> {
   const obj = o.object as ManifestObject;
   const conditions = mergedConditions(o, status, summary);
@@ -251,7 +268,13 @@ export async function getCommand(resource: string, name: string | undefined, opt
   const updates = withUpdates ? await readUpdates(redis, objects, deps) : new Map<string, InstanceUpdates>();
   const mask = <T>(v: T): T => (opts.showSecrets ? v : maskSecrets(v));
   if (format === 'json' || format === 'yaml') {
-    const docs = objects.map((o, i) => toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!)));
+    // Each document is masked by the name rule plus the names its module's schema marks secret.
+    const marked = opts.showSecrets ? new Map<string, Set<string>>() : await schemaMarks(objects, statuses);
+    const docs = objects.map((o, i) => {
+      const doc = toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!));
+      const names = marked.get(ids[i]!);
+      return opts.showSecrets ? doc : maskSecrets(doc, names ? { secretNames: names } : {});
+    });
     const value = mask(name !== undefined ? docs[0] : { apiVersion: 'v1', kind: 'List', items: docs });
     deps.stdout(format === 'json' ? renderJson(value) : renderYaml(value));
     return 0;
