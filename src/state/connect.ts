@@ -46,7 +46,7 @@ export interface RedisTarget {
   password?: string;
 }
 
-const URL_FORMS = 'redis://[user:password@]host[:port][/db] or rediss://... (TLS)';
+const URL_FORMS = 'redis://HOST[:PORT][/DB] (credentials: USER:PASSWORD@ before HOST) or rediss://... (TLS)';
 
 function badUrl(url: string, why: string): RedisError {
   return new RedisError('redis_url_invalid', `invalid Redis URL ${JSON.stringify(maskUrl(url.slice(0, 200)))}: ${why}; expected ${URL_FORMS} (--redis or NS8CTL_REDIS_URL)`, { exitCode: EXIT_REDIS });
