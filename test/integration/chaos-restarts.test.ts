@@ -22,7 +22,7 @@ import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
 import { BIN, componentProcess, EmbeddedRedis, findLeaks, removalsLogged, seededRandom, userIdentity, writeNodeAgentEntry, type ComponentProcess, type StopSignal } from '../support/chaos.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { freePort } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
@@ -252,10 +252,7 @@ afterAll(async () => {
   await agent?.stop('SIGTERM', 10_000);
   await controller?.stop('SIGTERM', 10_000);
   dropAdmin();
-  for (const id of everUsed) {
-    await new ExecaRunner().run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-    await new ExecaRunner().run(['userdel', '-f', id], { allowFailure: true });
-  }
+  await removeTestUsers(everUsed);
   if (redis?.pid() !== undefined) await redis.stop('SIGKILL');
   await registry?.stop();
   if (root && !process.env.CHAOS_KEEP) await fs.rm(root, { recursive: true, force: true });

@@ -21,7 +21,7 @@ import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
 import { keys } from '../../src/state/keys.js';
 import { seededRandom } from '../support/chaos.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
@@ -158,11 +158,7 @@ redis.disconnect();
 }, 300_000);
 
 afterAll(async () => {
-  for (const id of ids) {
-    await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-    await new Promise((r) => setTimeout(r, 100));
-    await host.run(['userdel', '-f', id], { allowFailure: true });
-  }
+  await removeTestUsers(ids);
   await redis?.stop();
   await registry?.stop();
   if (build) await fs.rm(build, { recursive: true, force: true });

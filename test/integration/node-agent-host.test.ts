@@ -15,7 +15,7 @@ import { readModuleStatus } from '../../src/node-agent/status.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { keys, channels } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
@@ -101,11 +101,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  for (const id of new Set(users)) {
-    await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-    await new Promise((r) => setTimeout(r, 200));
-    await host.run(['userdel', '-f', id], { allowFailure: true });
-  }
+  await removeTestUsers(users);
   sub?.disconnect();
   await redis?.stop();
   await registry?.stop();

@@ -15,12 +15,11 @@ import type { NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { channels, keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 
-const host = new ExecaRunner();
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
 let admin: Redis;
@@ -67,9 +66,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await host.run(['pkill', '-KILL', '-u', good], { allowFailure: true });
-  await new Promise((r) => setTimeout(r, 200));
-  await host.run(['userdel', '-f', good], { allowFailure: true });
+  await removeTestUsers([good]);
   await redis?.stop();
   await registry?.stop();
   if (root) await fs.rm(root, { recursive: true, force: true });

@@ -18,7 +18,7 @@ import { removalRequestKey, requestOrphanRemoval } from '../../src/node-agent/re
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
@@ -38,7 +38,6 @@ class TestRunner implements CommandRunner {
   }
 }
 
-const host = new ExecaRunner();
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
 let admin: Redis;
@@ -106,11 +105,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  for (const id of new Set(users)) {
-    await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-    await new Promise((r) => setTimeout(r, 200));
-    await host.run(['userdel', '-f', id], { allowFailure: true });
-  }
+  await removeTestUsers(users);
   await redis?.stop();
   await registry?.stop();
   if (root) await fs.rm(root, { recursive: true, force: true });

@@ -19,7 +19,7 @@ import { readModuleStatus } from '../../src/node-agent/status.js';
 import { readEvents } from '../../src/controller/events.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { Redis } from 'ioredis';
@@ -219,9 +219,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await stopModuleAgent();
-  await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-  await new Promise((r) => setTimeout(r, 200));
-  await host.run(['userdel', '-f', id], { allowFailure: true });
+  await removeTestUsers([id]);
   await redis?.stop();
   await registry?.stop();
   if (root) await fs.rm(root, { recursive: true, force: true });

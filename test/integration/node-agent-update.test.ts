@@ -17,7 +17,7 @@ import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/rec
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
@@ -74,9 +74,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-  await new Promise((r) => setTimeout(r, 200));
-  await host.run(['userdel', '-f', id], { allowFailure: true });
+  await removeTestUsers([id]);
   admin?.disconnect();
   await redis?.stop();
   await registry?.stop();

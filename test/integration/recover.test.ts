@@ -22,7 +22,7 @@ import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/rec
 import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
 import { ensureExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { dumpRedis } from '../support/redis-dump.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
@@ -175,7 +175,6 @@ describe('ns8ctl recover', () => {
 
 describe('ns8ctl recover on a real host', () => {
   const id = `webapp${process.pid % 10000}7`;
-  const host = new ExecaRunner();
   let registry: TestRegistry;
   let hostRoot: string;
   let agentDeps: NodeAgentDeps;
@@ -196,8 +195,7 @@ describe('ns8ctl recover on a real host', () => {
   }, 300_000);
 
   afterAll(async () => {
-    await host.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
-    await host.run(['userdel', '-f', id], { allowFailure: true });
+    await removeTestUsers([id]);
     await registry?.stop();
     if (hostRoot) rmSync(hostRoot, { recursive: true, force: true });
   }, 120_000);

@@ -20,7 +20,7 @@ import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
 import { componentProcess, EmbeddedRedis, parseJsonLines, removalsLogged, runBin, userIdentity, writeNodeAgentEntry, type ComponentProcess, type StopSignal } from '../support/chaos.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost } from '../support/host-podman.js';
+import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { freePort } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
@@ -106,8 +106,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await agent?.stop('SIGTERM', 10_000);
   dropAdmin();
-  await new ExecaRunner().run(['pkill', '-KILL', '-u', ID], { allowFailure: true });
-  await new ExecaRunner().run(['userdel', '-f', ID], { allowFailure: true });
+  await removeTestUsers([ID]);
   if (redis?.pid() !== undefined) await redis.stop('SIGKILL');
   await registry?.stop();
   if (root) await fs.rm(root, { recursive: true, force: true });

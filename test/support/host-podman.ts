@@ -23,3 +23,17 @@ export function preparePodmanHost(): Promise<void> {
   })();
   return prepared;
 }
+
+/**
+ * Removes the Unix users a test made: their processes are killed first (rootless podman's pause
+ * process outlives a deleted user and keeps its uid, which breaks the next useradd), then
+ * `userdel -f`. Never throws: a user already gone is fine.
+ */
+export async function removeTestUsers(ids: Iterable<string>): Promise<void> {
+  const runner = new ExecaRunner();
+  for (const id of new Set(ids)) {
+    await runner.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
+    await new Promise((r) => setTimeout(r, 200));
+    await runner.run(['userdel', '-f', id], { allowFailure: true });
+  }
+}
