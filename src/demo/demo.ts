@@ -21,7 +21,7 @@ import { requireTool } from '../sandbox/preflight.js';
 import { pushImage } from '../sandbox/push.js';
 import { readAdminPassword, readRecord, type SandboxRecord } from '../sandbox/record.js';
 import { keys } from '../state/keys.js';
-import { DEMO_MANIFESTS, LEFT_OUT, LOOP_UNIT, adjustManifest, exampleImagePaths, namesSourceRegistry, nextSteps, readinessOf } from './plan.js';
+import { DEMO_MANIFESTS, LEFT_OUT, LOOP_UNIT, adjustManifest, loopUnitFile, exampleImagePaths, namesSourceRegistry, nextSteps, readinessOf } from './plan.js';
 
 /** Number of steps a demo run prints (`demo [n/STEPS] ...`). */
 const STEPS = 6;
@@ -268,19 +268,27 @@ async function ensureManifests(ctx: Ctx, rec: SandboxRecord): Promise<string> {
   return link;
 }
 
-/** Step 4: starts `ns8ctl run` as the transient unit ns8ctl-demo in node 1, unless it runs. */
+/**
+ * Step 4: installs and enables `ns8ctl run` as the unit ns8ctl-demo in node 1 and starts it,
+ * unless it runs. Enabled, not transient: it comes back by itself when the node boots again.
+ * The unit file is written whole (temp file renamed) into node 1's config dir on the host, which
+ * the node sees read-only, then copied into the node's /etc/systemd/system.
+ */
 async function ensureLoop(ctx: Ctx): Promise<void> {
   const active = await inNode(ctx, ['systemctl', 'is-active', LOOP_UNIT]);
   if (active.out.trim() === 'active') {
     ctx.out.progress(`  ${LOOP_UNIT}.service runs in node 1 already\n`);
     return;
   }
-  await inNode(ctx, ['systemctl', 'reset-failed', `${LOOP_UNIT}.service`]);
   const argv = ['/usr/local/bin/ns8ctl', 'run', '-f', NODE_MANIFESTS, '--prune', '--node', '1', '--no-http', '--agent-resync', '30s'];
-  const started = await inNode(ctx, ['systemd-run', `--unit=${LOOP_UNIT}`, '--property=Restart=on-failure', '--property=RestartSec=5s', '--setenv=NS8CTL_STATE_DIR=/var/lib/ns8ctl', ...argv]);
-  if (started.code !== 0) throw new Ns8ctlError('demo_loop_failed', `systemd-run in node 1 exited ${started.code}: ${(started.err || started.out).trim()}`);
-  ctx.out.progress(`  started ${LOOP_UNIT}.service in node 1: ${argv.slice(1).join(' ')}\n`);
-  ctx.changes.push(`started the loop (${LOOP_UNIT}.service: ns8ctl run) in node 1`);
+  const file = `${LOOP_UNIT}.service`;
+  const onHost = path.join(sandboxPaths(ctx.deps.env, ctx.name).node(1).config, file);
+  await fsp.writeFile(`${onHost}.tmp`, loopUnitFile(argv, '/var/lib/ns8ctl'), { mode: 0o644 });
+  await fsp.rename(`${onHost}.tmp`, onHost);
+  const install = await inNode(ctx, ['sh', '-c', `cp ${NODE_CONFIG_DIR}/${file} /etc/systemd/system/${file}.tmp && mv /etc/systemd/system/${file}.tmp /etc/systemd/system/${file} && systemctl daemon-reload && systemctl reset-failed ${file}; systemctl enable --now ${file}`]);
+  if (install.code !== 0) throw new Ns8ctlError('demo_loop_failed', `installing and starting ${file} in node 1 exited ${install.code}: ${(install.err || install.out).trim()}`);
+  ctx.out.progress(`  started ${file} in node 1 (enabled: it starts again when the node boots): ${argv.slice(1).join(' ')}\n`);
+  ctx.changes.push(`started the loop (${file}: ns8ctl run) in node 1`);
 }
 
 async function leaderUrl(ctx: Ctx, rec: SandboxRecord): Promise<string> {

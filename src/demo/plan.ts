@@ -29,6 +29,30 @@ const SOURCE_REGISTRY = '127.0.0.1:5000';
 export const LOOP_UNIT = 'ns8ctl-demo';
 
 /**
+ * The loop's unit file (installed in node 1's /etc/systemd/system and enabled): a node that is
+ * stopped and started again (`ns8ctl sandbox stop/start`, a host reboot) runs the loop again by
+ * itself, like a real NS8 node runs its services after a reboot. `argv` holds no spaces.
+ */
+export function loopUnitFile(argv: readonly string[], stateDir: string): string {
+  return [
+    '[Unit]',
+    'Description=ns8ctl demo: the continuous loop (controller and node agent of node 1)',
+    'Wants=network-online.target redis-server.service',
+    'After=network-online.target redis-server.service',
+    '',
+    '[Service]',
+    `Environment=NS8CTL_STATE_DIR=${stateDir}`,
+    `ExecStart=${argv.join(' ')}`,
+    'Restart=on-failure',
+    'RestartSec=5s',
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
+}
+
+/**
  * Parses the demo's arguments. `--down` removes what the demo made; `--name` picks another
  * sandbox (tests). Throws a UsageError naming the allowed flags for anything else.
  */

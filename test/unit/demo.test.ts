@@ -9,7 +9,7 @@ import { CommandFailedError } from '../../src/errors.js';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import { defaultDemoDeps, demoMain } from '../../src/demo/cli.js';
 import type { DemoDeps } from '../../src/demo/demo.js';
-import { DEMO_MANIFESTS, adjustManifest, exampleImagePaths, namesSourceRegistry, nextSteps, parseDemoArgs, readinessOf } from '../../src/demo/plan.js';
+import { DEMO_MANIFESTS, adjustManifest, exampleImagePaths, loopUnitFile, namesSourceRegistry, nextSteps, parseDemoArgs, readinessOf } from '../../src/demo/plan.js';
 import { parseManifestText } from '../../src/manifest/load.js';
 import { validateManifests } from '../../src/manifest/validate.js';
 
@@ -110,6 +110,17 @@ describe('next steps', () => {
     expect(text).toContain('sandbox env demo');
     expect(text).toContain('ns8ctl events -w');
     expect(text).toContain('sudo npm run demo -- --down');
+  });
+});
+
+describe('the loop unit', () => {
+  test('is enabled at boot, starts after the node\'s Redis, restarts on failure and runs the given command', () => {
+    const text = loopUnitFile(['/usr/local/bin/ns8ctl', 'run', '--node', '1'], '/var/lib/ns8ctl');
+    expect(text).toContain('\nExecStart=/usr/local/bin/ns8ctl run --node 1\n');
+    expect(text).toContain('\nEnvironment=NS8CTL_STATE_DIR=/var/lib/ns8ctl\n');
+    expect(text).toContain('\nAfter=network-online.target redis-server.service\n');
+    expect(text).toContain('\nRestart=on-failure\n');
+    expect(text).toMatch(/\[Install\]\nWantedBy=multi-user\.target\n$/);
   });
 });
 
