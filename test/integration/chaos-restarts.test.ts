@@ -12,7 +12,6 @@
  * replays a run; CHAOS_COMPONENTS (e.g. `controller,node-agent`) restricts what is restarted. `npm run build` first: the components run from dist/.
  */
 import { promises as fs } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -20,12 +19,11 @@ import type { HostLayout } from '../../src/node-agent/layout.js';
 import { canonicalize } from '../../src/plan/canonical.js';
 import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
-import { BIN, componentProcess, EmbeddedRedis, findLeaks, removalsLogged, seededRandom, userIdentity, writeNodeAgentEntry, type ComponentProcess, type StopSignal } from '../support/chaos.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { tempHostLayout } from '../support/node-agent-layout.js';
-import { freePort } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { EmbeddedRedis} from '../support/chaos.js';
+import { BIN, componentProcess, findLeaks, removalsLogged, seededRandom, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRegistry } from '../support/registry.js';
 import { waitFor } from '../support/wait-for.js';
 
 const ROUNDS = Number(process.env.CHAOS_ROUNDS ?? 6);
@@ -228,20 +226,9 @@ async function checkInvariants(): Promise<{ leaks: string[]; keptRemoved: string
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  registry = await startRegistry();
-  images = await ensureExampleImages(registry.address);
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-chaos-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
-  manifests = path.join(root, 'manifests');
-  await fs.mkdir(manifests);
-  await fs.writeFile(path.join(manifests, 'node-1.yaml'), 'apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node1}\nspec: {id: 1}\n');
-  layout = tempHostLayout(root);
-  env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NS8CTL_'))), NS8CTL_STATE_DIR: path.join(root, 'state'), NS8CTL_EMBEDDED_PORT: String(await freePort()) };
-  redis = new EmbeddedRedis(path.join(root, 'state'), env);
+  let entry: string;
+  ({ registry, images, root, manifests, layout, env, redis, agentEntry: entry } = await hostWorkspace('ns8ctl-chaos-'));
   await redis.start();
-  const entry = await writeNodeAgentEntry(root);
   controller = componentProcess('controller', [BIN, 'controller', '-f', manifests, '--prune', '--http-port', '0', '--lease', '2s', '--resync', '30s', '--log-format', 'json'], env, /starting controller/, path.join(root, 'controller.log'));
   agent = componentProcess('node-agent', [entry, JSON.stringify({ node: '1', resync: '3', insecureRegistry: [registry.address], logFormat: 'json' }), JSON.stringify(layout)], env, /reconciling node 1/, path.join(root, 'node-agent.log'));
   await controller.start();

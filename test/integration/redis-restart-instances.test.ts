@@ -11,19 +11,17 @@
  * `npm run build` first: the components run from dist/.
  */
 import { existsSync, promises as fs } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
-import { componentProcess, EmbeddedRedis, parseJsonLines, removalsLogged, runBin, userIdentity, writeNodeAgentEntry, type ComponentProcess, type StopSignal } from '../support/chaos.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { tempHostLayout } from '../support/node-agent-layout.js';
-import { freePort } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { EmbeddedRedis} from '../support/chaos.js';
+import { componentProcess, parseJsonLines, removalsLogged, runBin, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRegistry } from '../support/registry.js';
 import { waitFor } from '../support/wait-for.js';
 
 const ID = `webapp8${process.pid}01`;
@@ -81,19 +79,7 @@ async function instanceFacts(): Promise<Record<string, unknown>> {
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  registry = await startRegistry();
-  images = await ensureExampleImages(registry.address);
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-redis-restart-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
-  manifests = path.join(root, 'manifests');
-  await fs.mkdir(manifests);
-  await fs.writeFile(path.join(manifests, 'node-1.yaml'), 'apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node1}\nspec: {id: 1}\n');
-  layout = tempHostLayout(root);
-  env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NS8CTL_'))), NS8CTL_STATE_DIR: path.join(root, 'state'), NS8CTL_EMBEDDED_PORT: String(await freePort()) };
-  redis = new EmbeddedRedis(path.join(root, 'state'), env);
-  entry = await writeNodeAgentEntry(root);
+  ({ registry, images, root, manifests, layout, env, redis, agentEntry: entry } = await hostWorkspace('ns8ctl-redis-restart-'));
   agentOpts = JSON.stringify({ node: '1', resync: '2', insecureRegistry: [registry.address], logFormat: 'json' });
   agent = componentProcess('node-agent', [entry, agentOpts, JSON.stringify(layout)], env, /reconciling node 1/, path.join(root, 'node-agent.log'));
   // The first CLI command starts the embedded Redis, as it would for a new user.

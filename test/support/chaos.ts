@@ -12,6 +12,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, promises as fs, readFileSync, type WriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
@@ -19,6 +20,11 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { embeddedPaths } from '../../src/state/embedded-redis.js';
 import { keys } from '../../src/state/keys.js';
+import { ensureExampleImages, type ExampleImages } from './example-images.js';
+import { preparePodmanHost } from './host-podman.js';
+import { tempHostLayout } from './node-agent-layout.js';
+import { freePort } from './redis-server.js';
+import { startRegistry, type TestRegistry } from './registry.js';
 import { waitFor } from './wait-for.js';
 
 /** The checkout's root and its built CLI. */
@@ -311,4 +317,42 @@ export function removalsLogged(lines: readonly string[]): string[] {
   return parseJsonLines(lines)
     .filter((l) => l.msg === 'instance reconciled' && l.outcome === 'removed')
     .map((l) => String(l.id));
+}
+
+/** What a test of the product's processes on this host starts from (see hostWorkspace). */
+export interface HostWorkspace {
+  registry: TestRegistry;
+  images: ExampleImages;
+  /** Temp dir holding everything below (removed by the test). */
+  root: string;
+  /** Manifests directory, with node 1's Node manifest. */
+  manifests: string;
+  layout: HostLayout;
+  /** The environment of every ns8ctl process: no NS8CTL_* of the caller, a state dir of its own, a free embedded port. */
+  env: NodeJS.ProcessEnv;
+  /** The embedded Redis of that state dir (not started: the first CLI command or start() does it). */
+  redis: EmbeddedRedis;
+  /** Entry script that runs the node agent with `layout` (see writeNodeAgentEntry). */
+  agentEntry: string;
+}
+
+/**
+ * Podman ready on this host, a loopback registry with the example images, and a temp workspace
+ * (`prefix` names it) for the controller, the node agent and the embedded Redis as processes.
+ */
+export async function hostWorkspace(prefix: string): Promise<HostWorkspace> {
+  await preparePodmanHost();
+  const registry = await startRegistry();
+  const images = await ensureExampleImages(registry.address);
+  const root = await fs.mkdtemp(path.join(tmpdir(), prefix));
+  await fs.chmod(root, 0o755);
+  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  const manifests = path.join(root, 'manifests');
+  await fs.mkdir(manifests);
+  await fs.writeFile(path.join(manifests, 'node-1.yaml'), 'apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node1}\nspec: {id: 1}\n');
+  const layout = tempHostLayout(root);
+  const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('NS8CTL_'))), NS8CTL_STATE_DIR: path.join(root, 'state'), NS8CTL_EMBEDDED_PORT: String(await freePort()) };
+  const redis = new EmbeddedRedis(path.join(root, 'state'), env);
+  const agentEntry = await writeNodeAgentEntry(root);
+  return { registry, images, root, manifests, layout, env, redis, agentEntry };
 }
