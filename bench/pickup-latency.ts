@@ -14,7 +14,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
 import { Controller } from '../src/controller/controller.js';
-import { createLogger } from '../src/controller/log.js';
+import { createLogger } from '../src/runtime/log.js';
 import { startLocalNodeAgent } from '../src/controller/node-agent-seam.js';
 import { ExecaRunner } from '../src/host/runner.js';
 import { startBenchRedis } from './support/redis.js';

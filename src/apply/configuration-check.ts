@@ -10,7 +10,7 @@ import { checkConfigurations, type ConfigurationCheck } from '../controller/conf
 import { RedisError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
-import { secretNamesOfSchema } from '../plan/mask.js';
+import { secretNamesOfSchema } from '../runtime/mask.js';
 import { keys } from '../state/keys.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import { locateInDocument } from './load-validate.js';

@@ -20,7 +20,7 @@ import { ConflictError, ManifestError, Ns8ctlError } from '../errors.js';
 import { parseManifestText } from '../manifest/load.js';
 import { moduleNameOf, objectKey, type DesiredObject, type ManifestObject, type ModuleSpec, type SourceRef } from '../manifest/types.js';
 import { validateManifests } from '../manifest/validate.js';
-import { canonicalJson } from '../plan/canonical.js';
+import { canonicalJson } from '../runtime/canonical.js';
 import { plan as makePlan } from '../plan/planner.js';
 import type { ClusterState } from '../plan/state.js';
 import type { Plan } from '../plan/types.js';

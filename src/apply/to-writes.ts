@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Ns8ctlError } from '../errors.js';
 import { objectKey, type DesiredObject, type ManifestObject } from '../manifest/types.js';
-import { canonicalize } from '../plan/canonical.js';
+import { canonicalize } from '../runtime/canonical.js';
 import { parseKey } from '../plan/planner.js';
 import type { BookkeepingWrite, Plan } from '../plan/types.js';
 import type { ClusterState, DeletionMark } from '../plan/state.js';

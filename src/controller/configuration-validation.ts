@@ -6,7 +6,7 @@
  */
 import type { Diagnostic } from '../errors.js';
 import { validateConfiguration } from '../agent/configuration.js';
-import { secretNamesOfSchema } from '../plan/mask.js';
+import { secretNamesOfSchema } from '../runtime/mask.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import type { Plan } from '../plan/types.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';

@@ -21,20 +21,20 @@ import { toNs8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { ClusterState } from '../plan/state.js';
 import { keys } from '../state/keys.js';
-import { systemClock, type Clock, type TimerHandle } from './clock.js';
-import type { BackoffOptions } from './backoff.js';
+import { systemClock, type Clock, type TimerHandle } from '../runtime/clock.js';
+import type { BackoffOptions } from '../runtime/backoff.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';
 import { longLivedConnection } from './connections.js';
 import { DirectoryWatch } from './directory-watch.js';
-import { EventRecorder } from './events.js';
+import { EventRecorder } from '../state/events.js';
 import { ControllerHttpServer } from './http-server.js';
 import { LeaderElector } from './leader-election.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../runtime/log.js';
 import { ControllerMetrics } from './metrics.js';
 import { moduleKey, reconcileModuleSummary } from './module-reconciler.js';
 import { changedModules, NotificationSubscriber, type Notification } from './notifications.js';
 import { sourceKey, SourceReconciler, type SourceSpec } from './source-reconciler.js';
-import { isTerminalError, WorkQueue, type ReconcileReport, type ReconcileResult } from './work-queue.js';
+import { isTerminalError, WorkQueue, type ReconcileReport, type ReconcileResult } from '../runtime/work-queue.js';
 import { scanNames } from '../state/scan.js';
 
 /** Default `ControllerOptions.redisCommandTimeoutMs`. */

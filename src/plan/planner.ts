@@ -9,7 +9,7 @@ import { ManifestError, Ns8ctlError, RefusedError, type Diagnostic } from '../er
 import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
-import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from './canonical.js';
+import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
 import type { ClusterState } from './state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import type { Redis } from 'ioredis';
 import type { CliDeps } from '../cli/deps.js';
-import { parseOutput, renderJson, renderTable, renderYaml } from '../cli/output.js';
+import { parseOutput, renderJson, renderTable, renderYaml } from '../runtime/output.js';
 import { NotFoundError, UsageError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { createrepo, type CreaterepoResult, type TagPolicy } from './createrepo.js';

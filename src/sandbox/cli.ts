@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import type { CommandRunner } from '../host/runner.js';
-import { renderJson } from '../cli/output.js';
+import { renderJson } from '../runtime/output.js';
 import { UsageError } from '../errors.js';
 import { createSandbox, renderCreated } from './create.js';
 import { deleteSandbox } from './delete.js';

@@ -12,7 +12,7 @@ import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyPlan, preparePlan } from '../../src/apply/pipeline.js';
 import { findCondition } from '../../src/controller/conditions.js';
 import { OfflineSchemaLookup } from '../../src/controller/configuration-schema.js';
-import { EventRecorder, readEvents } from '../../src/controller/events.js';
+import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/controller/module-reconciler.js';
 import { ManifestError } from '../../src/errors.js';
 import { ExecaRunner } from '../../src/host/runner.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { watchModules } from '../../src/controller/cli.js';
 import { controllerMain } from '../../src/controller/controller-main.js';
-import { EventRecorder } from '../../src/controller/events.js';
+import { EventRecorder } from '../../src/state/events.js';
 import { startLocalNodeAgent, SuspensionAwareSource } from '../../src/controller/node-agent-seam.js';
 import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { MainIO } from '../../src/cli/main.js';

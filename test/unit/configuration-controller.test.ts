@@ -8,7 +8,7 @@ import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../../src/c
 import { checkPlannedConfigurations } from '../../src/controller/configuration-validation.js';
 import type { CommandRunner } from '../../src/host/runner.js';
 import type { DesiredObject, ModuleObject } from '../../src/manifest/types.js';
-import { MASK } from '../../src/plan/mask.js';
+import { MASK } from '../../src/runtime/mask.js';
 import type { Plan } from '../../src/plan/types.js';
 
 const noCommands: CommandRunner = {

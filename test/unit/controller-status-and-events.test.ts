@@ -1,5 +1,5 @@
 import { cond, moduleTransitionEvent, sameConditions, stampConditions, summarizeModule, transitions, type ModuleFacts } from '../../src/controller/conditions.js';
-import { formatEventLine, parseStreamEntry } from '../../src/controller/events.js';
+import { formatEventLine, parseStreamEntry } from '../../src/state/events.js';
 import { StatusChangeTracker } from '../../src/controller/node-agent-seam.js';
 import { changedModules, decodeNotification } from '../../src/controller/notifications.js';
 import { parseSuspendTarget } from '../../src/controller/suspend.js';

@@ -12,7 +12,7 @@ import { backoffDelay } from '../../src/node-agent/agent-loop.js';
 import { systemUnitNames } from '../../src/node-agent/observe.js';
 import { Redis } from 'ioredis';
 import { Ns8ctlError } from '../../src/errors.js';
-import { createLogger } from '../../src/controller/log.js';
+import { createLogger } from '../../src/runtime/log.js';
 import { logReconcileResult } from '../../src/node-agent/cli.js';
 import { redisAddressOf } from '../../src/node-agent/deps.js';
 import { REASONS, TERMINAL_REASONS } from '../../src/node-agent/reconcile.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import { withSecretNames } from '../../src/controller/configuration-validation.js';
-import { MASK } from '../../src/plan/mask.js';
+import { MASK } from '../../src/runtime/mask.js';
 import { plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
 import { emptyState } from '../../src/plan/state.js';

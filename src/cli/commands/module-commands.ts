@@ -17,7 +17,7 @@ import type { ClusterState } from '../../plan/state.js';
 import type { Redis } from 'ioredis';
 import { requestOrphanRemoval } from '../../node-agent/removal-request.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson, useColor } from '../output.js';
+import { parseOutput, renderJson, useColor } from '../../runtime/output.js';
 import { resourceKind } from './get.js';
 
 export interface DeleteOptions {
