@@ -15,7 +15,7 @@ import { Redis } from 'ioredis';
 import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
 import { Controller } from '../src/controller/controller.js';
 import { createLogger } from '../src/runtime/log.js';
-import { startLocalNodeAgent } from '../src/controller/node-agent-seam.js';
+import { startLocalNodeAgent } from '../src/cli/local-node-agent.js';
 import { ExecaRunner } from '../src/host/runner.js';
 import { startBenchRedis } from './support/redis.js';
 import { emitResult } from './support/result.js';

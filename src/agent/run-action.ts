@@ -11,7 +11,7 @@ import type { ActionPlan, AgentTask, BuiltinStepContext, PlannedStep, SchemaSour
 import { parseAgentCommand } from './comfd-protocol.js';
 import { readEnvironmentFile, updateEnvironmentFile } from './env-file.js';
 import { ProgressTracker } from './progress.js';
-import { compileSchemaCached, readDefinitions, readJsonFile, toNs8Errors } from './schema-validation.js';
+import { compileSchemaCached, readDefinitions, readJsonFile, toNs8Errors } from '../configuration/schema-validation.js';
 import { runStepProcess } from './step-process.js';
 import type { TaskResult, TaskStatus } from './task-store.js';
 

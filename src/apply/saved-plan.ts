@@ -22,7 +22,7 @@ import { moduleNameOf, objectKey, type DesiredObject, type ManifestObject, type 
 import { validateManifests } from '../manifest/validate.js';
 import { canonicalJson } from '../runtime/canonical.js';
 import { plan as makePlan } from '../plan/planner.js';
-import type { ClusterState } from '../plan/state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { Plan } from '../plan/types.js';
 import { readClusterState, readNodeRecords } from '../state/read-state.js';
 import { conflictWhat, executeWrites, newEpoch, type WriteConflict, type WriteOp } from '../state/write-state.js';

@@ -6,7 +6,7 @@ import { objectKey, type DesiredObject, type ManifestObject } from '../manifest/
 import { canonicalize } from '../runtime/canonical.js';
 import { parseKey } from '../plan/planner.js';
 import type { BookkeepingWrite, Plan } from '../plan/types.js';
-import type { ClusterState, DeletionMark } from '../plan/state.js';
+import type { ClusterState, DeletionMark } from '../state/cluster-state.js';
 import { keys } from '../state/keys.js';
 import type { WriteOp } from '../state/write-state.js';
 

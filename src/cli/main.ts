@@ -135,7 +135,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--show-secrets', 'print secret values (passwords, tokens, URL passwords) instead of masking them')
     .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean; showSecrets?: boolean }) => {
       if (!opts.watch) return run(async (d) => (await getCommands()).getCommand(resource, name, opts, d))();
-      const { watchModules } = await import('../controller/cli.js');
+      const { watchModules } = await import('./commands/controller.js');
       const { shutdownSignal } = await import('../runtime/shutdown.js');
       const s = shutdownSignal();
       try {

@@ -10,7 +10,7 @@ import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/typ
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
-import type { ClusterState } from './state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
 export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';

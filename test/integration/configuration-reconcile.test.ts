@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyPlan, preparePlan } from '../../src/apply/pipeline.js';
 import { findCondition } from '../../src/controller/conditions.js';
-import { OfflineSchemaLookup } from '../../src/controller/configuration-schema.js';
+import { OfflineSchemaLookup } from '../../src/configuration/configuration-schema.js';
 import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/controller/module-reconciler.js';
 import { ManifestError } from '../../src/errors.js';

@@ -13,7 +13,7 @@ import { parseInstallSection, type SystemdHost, type UnitScope } from '../../src
 import { reconcileNodeOnce, type InstanceResult, type NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
-import { agentRedisUrl } from '../../src/agent/cli.js';
+import { agentRedisUrl } from '../../src/cli/commands/agent.js';
 import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { readEvents } from '../../src/state/events.js';

@@ -4,7 +4,7 @@
 import { Command } from 'commander';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import { pickMirror } from '../../src/sandbox/apt-mirror.js';
-import { registerSandboxCommands } from '../../src/sandbox/cli.js';
+import { registerSandboxCommands } from '../../src/cli/commands/sandbox.js';
 import { renderCreated } from '../../src/sandbox/create.js';
 import { envCommand, leaderRedisUrlOf, renderEnv } from '../../src/sandbox/env.js';
 import { renderList } from '../../src/sandbox/list.js';

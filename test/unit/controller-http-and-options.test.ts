@@ -1,7 +1,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { buildControllerOptions, DEFAULT_HTTP_PORT } from '../../src/controller/cli.js';
+import { buildControllerOptions, DEFAULT_HTTP_PORT } from '../../src/cli/commands/controller.js';
 import { ignoredName } from '../../src/controller/directory-watch.js';
 import { formatDuration, parseDuration } from '../../src/runtime/duration.js';
 import { ControllerHttpServer, MAX_BODY_BYTES } from '../../src/controller/http-server.js';
@@ -11,7 +11,7 @@ import { desiredDigest, pinSuspended } from '../../src/controller/source-reconci
 import { hmacHex, safeEqual, verifyWebhook } from '../../src/controller/webhook-auth.js';
 import { UsageError } from '../../src/errors.js';
 import type { DesiredObject, ModuleObject } from '../../src/manifest/types.js';
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 
 describe('webhook secret checks', () => {
   const body = Buffer.from('{"ref":"refs/heads/main"}');

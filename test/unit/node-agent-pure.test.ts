@@ -13,7 +13,7 @@ import { systemUnitNames } from '../../src/node-agent/observe.js';
 import { Redis } from 'ioredis';
 import { Ns8ctlError } from '../../src/errors.js';
 import { createLogger } from '../../src/runtime/log.js';
-import { logReconcileResult } from '../../src/node-agent/cli.js';
+import { logReconcileResult } from '../../src/cli/commands/node-agent.js';
 import { redisAddressOf } from '../../src/node-agent/deps.js';
 import { REASONS, TERMINAL_REASONS } from '../../src/node-agent/reconcile.js';
 import { parseStatus, sameStatus, statusFields } from '../../src/node-agent/status.js';

@@ -6,8 +6,8 @@ import { ManifestError } from '../../src/errors.js';
 import { compareNatural, jsonEqual } from '../../src/runtime/canonical.js';
 import { applyPlanToState, plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
-import { emptyState } from '../../src/plan/state.js';
-import type { ClusterState, StoredObject } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
+import type { ClusterState, StoredObject } from '../../src/state/cluster-state.js';
 import { desired, uuidFor } from '../support/plan-fixtures.js';
 
 // ---- generators: small value pools so objects collide with the state often -------------------

@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
-import { validateConfiguration, diffConfiguration } from '../../src/agent/configuration.js';
+import { validateConfiguration, diffConfiguration } from '../../src/configuration/configuration.js';
 import { maskSecrets as maskForTask } from '../../src/runtime/mask-ns8.js';
-import { toNs8Errors, compileSchema } from '../../src/agent/schema-validation.js';
+import { toNs8Errors, compileSchema } from '../../src/configuration/schema-validation.js';
 import { formatDiagnostic } from '../../src/errors.js';
 import { parseManifestText } from '../../src/manifest/load.js';
 import { validateManifests } from '../../src/manifest/validate.js';

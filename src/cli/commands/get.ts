@@ -4,7 +4,7 @@ import { readSourceStatus, type SourceStatus } from '../../controller/source-sta
 import { NotFoundError, RedisError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
 import { maskSecrets, maskString } from '../../runtime/mask.js';
-import type { StoredObject } from '../../plan/state.js';
+import type { StoredObject } from '../../state/cluster-state.js';
 import { readCoreVersion } from '../../repository/core-version.js';
 import { updatesFromRedis } from '../../repository/installed.js';
 import type { InstanceUpdates } from '../../repository/resolve.js';

@@ -5,7 +5,7 @@
  * message`); a Module whose schema cannot be found gets a plan warning instead.
  */
 import type { Diagnostic } from '../errors.js';
-import { validateConfiguration } from '../agent/configuration.js';
+import { validateConfiguration } from './configuration.js';
 import { secretNamesOfSchema } from '../runtime/mask.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import type { Plan } from '../plan/types.js';

@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 import { isSecretSchema } from '../runtime/mask.js';
 import { MASK, isSecretKey, maskSecrets } from '../runtime/mask-ns8.js';
 
