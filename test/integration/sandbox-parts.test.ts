@@ -13,7 +13,7 @@ import { renderRedisConf, renderSandboxEnv } from '../../src/sandbox/node-config
 import { nodeRunArgs, parsePs } from '../../src/sandbox/podman-sandbox.js';
 import { targetPath } from '../../src/sandbox/push.js';
 import { defaultRecipe, recipeHash } from '../../src/sandbox/rootfs-recipe.js';
-import { podmanExecFlags, type ExecStdio, type StreamExec } from '../../src/sandbox/stream-exec.js';
+import { podmanExecFlags, type ExecStdio, type StreamExec } from '../../src/host/stream-exec.js';
 
 describe('sandbox naming and addresses', () => {
   test('nodes are named by id, nodeN or container name, and anything else is refused with the allowed forms', () => {

@@ -17,7 +17,7 @@ import { createBaseActions } from '../../agent/base-actions.js';
 import { runEventHandlers } from '../../agent/events.js';
 import { agentIdOf, assertInstanceId, isInstanceId, parseEventChannel } from '../../agent/names.js';
 import { planRunagent, withPathFirst, type InstancePaths } from '../../agent/runagent.js';
-import { runInteractive } from '../../agent/step-process.js';
+import { runInteractive } from '../../host/step-process.js';
 import { SystemctlStatusAdapter } from '../../agent/systemd-status.js';
 import { runTask, runTaskViaRelay, submitTask, submitTaskViaRelay } from '../../agent/task-client.js';
 import type { TaskStatus } from '../../agent/task-store.js';

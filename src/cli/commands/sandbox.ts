@@ -14,7 +14,7 @@ import { listSandboxes, renderList } from '../../sandbox/list.js';
 import { DEFAULT_SANDBOX_NAME, MAX_NODES } from '../../sandbox/naming.js';
 import { pushImage } from '../../sandbox/push.js';
 import { renderEnv, sandboxEnv } from '../../sandbox/env.js';
-import { processExecStdio } from '../../sandbox/stream-exec.js';
+import { processExecStdio } from '../../host/stream-exec.js';
 
 /**
  * What the main CLI may hand over (its stdout, stderr, env and runner; tests may give any other
