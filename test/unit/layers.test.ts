@@ -81,6 +81,23 @@ function graphOf(edges: readonly Edge[]): Map<string, Set<string>> {
   return g;
 }
 
+/** Imports that load code at run time: not `import type`/`export type` (erased), not `import()` (lazy). */
+const STATIC_IMPORT = /^\s*(?:import|export)\s+(?!type\b)(?:[^;'"]*?\sfrom\s*)?(['"])(\.{1,2}\/[^'"\n]+)\1/gm;
+
+/** The src/ folders a module loads when it is imported, following static imports only. */
+async function foldersLoadedBy(entry: string): Promise<string[]> {
+  const seen = new Set<string>();
+  const todo = [path.resolve(entry)];
+  while (todo.length > 0) {
+    const file = todo.pop() as string;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    const text = await fs.readFile(file, 'utf8');
+    for (const m of text.matchAll(STATIC_IMPORT)) todo.push(path.resolve(path.dirname(file), (m[2] as string).replace(/\.js$/, '.ts')));
+  }
+  return [...new Set([...seen].map(folderOf))].sort();
+}
+
 async function layerTable(): Promise<string[][]> {
   const mod = (await import(pathToFileURL(path.resolve('eslint.config.js')).href)) as { LAYERS: string[][] };
   return mod.LAYERS;
@@ -127,5 +144,10 @@ describe('layers of src/', () => {
     const rank = (folder: string): number => (folder === '.' ? 0 : layers.findIndex((l) => l.includes(folder)));
     const upward = (await folderEdges()).filter((e) => rank(e.to) > rank(e.from)).map((e) => e.example);
     expect(upward).toEqual([]);
+  });
+  it('loads no agent, node agent, controller or sandbox code for `ns8ctl diff` and `apply`', async () => {
+    const loaded = await foldersLoadedBy('src/cli/commands/plan-commands.ts');
+    expect(loaded).toEqual(expect.arrayContaining(['apply', 'plan', 'state']));
+    expect(loaded.filter((f) => ['agent', 'node-agent', 'controller', 'sandbox', 'demo'].includes(f))).toEqual([]);
   });
 });
