@@ -16,7 +16,7 @@ const SPECIFIER = /(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)(['"])(\.{1,2}\/[^'
 interface Edge {
   from: string;
   to: string;
-  /** `src/state/read-state.ts -> src/plan/state.ts`, for the failure message. */
+  /** `src/state/read-state.ts -> src/plan/types.ts`, for the failure message. */
   example: string;
 }
 
