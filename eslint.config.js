@@ -39,6 +39,28 @@ function layerRules() {
   });
 }
 
+/**
+ * plan/ is pure (desired + observed -> changes): no Redis, no files, no processes. From state/ it
+ * takes key names (keys.ts) and the observed-state model (cluster-state.ts), from repository/ the pure
+ * resolver; types from the rest.
+ */
+const PURE_PLAN = {
+  files: ['src/plan/**/*.ts'],
+  rules: {
+    '@typescript-eslint/no-restricted-imports': [
+      'error',
+      {
+        patterns: [
+          { regex: '^(\\.\\./)+state/(?!(keys|cluster-state)\\.js$)', allowTypeImports: true, message: 'plan/ is pure: from state/ only keys.ts and cluster-state.ts (type imports of the rest)' },
+          { regex: '^(\\.\\./)+repository/(?!(resolve|errors)\\.js$)', allowTypeImports: true, message: 'plan/ is pure: from repository/ only the pure resolver (resolve.ts) and its errors' },
+          { regex: '^(\\.\\./)+host/', message: 'plan/ is pure: no processes' },
+          { regex: '^(ioredis|execa|chokidar|node:(fs|fs/promises|child_process|net|http|https|dgram))$', message: 'plan/ is pure: no I/O' },
+        ],
+      },
+    ],
+  },
+};
+
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', 'coverage/', 'examples/**/imageroot/**', '**/*.cjs'] },
   js.configs.recommended,
@@ -51,5 +73,6 @@ export default tseslint.config(
     },
   },
   ...layerRules(),
+  PURE_PLAN,
   { files: ['test/**', 'bench/**'], rules: { 'no-restricted-syntax': 'off' } },
 );
