@@ -27,7 +27,11 @@ let leader: Redis;
 
 const image = (name: string, tag: string): string => `${info.registry}/ns8ctl-compat/${name}:${tag}`;
 const journal = async (): Promise<string> => (await inNode(['journalctl', '--no-pager', '-n', '80'])).out;
-const unitJournal = async (): Promise<string> => (await inNode(['journalctl', '--no-pager', '-n', '60', '-u', `${ID}.service`, '-u', `agent@${ID}.service`, '-u', 'ns8ctl-run'])).out;
+/** The module's unit, its agent's tasks and the run loop, each its own excerpt (the loop logs every few seconds). */
+const unitJournal = async (): Promise<string> => {
+  const part = async (unit: string, lines: string): Promise<string> => `--- ${unit}\n${(await inNode(['journalctl', '--no-pager', '-n', lines, '-u', unit])).out}`;
+  return [await part(`${ID}.service`, '20'), await part(`agent@${ID}.service`, '30'), await part('ns8ctl-run', '15')].join('\n');
+};
 const slow = { timeoutMs: 300_000, everyMs: 2000, explain: unitJournal };
 
 /** Writes /root/manifests/<id>.yaml atomically (the run loop watches the directory). */
