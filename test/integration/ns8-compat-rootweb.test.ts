@@ -106,13 +106,6 @@ async function install(id: string, image: string, rootfull: boolean): Promise<vo
 
 const run = (action: string, data: unknown = {}, id = ID) => runTask(acl.admin, `module/${id}`, action, { data, timeoutMs: 120_000 });
 
-/** Runs the install dir's update-module.d scripts in order, as NS8's update-module base action. */
-async function runUpdateScripts(): Promise<number> {
-  const script = 'set -e; for s in "$AGENT_INSTALL_DIR"/update-module.d/*; do [ -x "$s" ] && "$s"; done';
-  const r = await execa('bash', ['-c', script], { env: { ...stepEnv(ID), ...stateEnvironment() }, extendEnv: false, cwd: stateDirOf(ID), reject: false });
-  return r.exitCode ?? -1;
-}
-
 const volumeExists = async (): Promise<boolean> => (await runner.run(['podman', 'volume', 'exists', VOLUME], { allowFailure: true })).exitCode === 0;
 
 beforeAll(async () => {
@@ -227,7 +220,7 @@ describe('a rootfull NS8 module in the ns8-netdata / ns8-crowdsec layout, run by
     expect(unit).toContain('WantedBy=multi-user.target');
   });
 
-  test("1.1.0's update-module.d scripts, in order with NS8's PREV_IMAGE_URL: unit reinstalled, migration mark in the kept volume, service restarted if running", async () => {
+  test("update-module (ns8ctl's base action) runs 1.1.0's update-module.d in order with NS8's PREV_IMAGE_URL: unit reinstalled, migration mark in the kept volume, service restarted if running", async () => {
     await run('create-module', { images: [], volumes: {} });
     await runner.run(['podman', 'volume', 'create', VOLUME]);
     const mount = (await runner.run(['podman', 'volume', 'inspect', '--format', '{{.Mountpoint}}', VOLUME])).stdout.trim();
@@ -235,9 +228,15 @@ describe('a rootfull NS8 module in the ns8-netdata / ns8-crowdsec layout, run by
     await extractImageroot(IMAGE('rootweb', '1.1.0'), installDirOf(ID));
     const before = readFileSync(path.join(stateDirOf(ID), 'environment'), 'utf8');
     writeFileSync(path.join(stateDirOf(ID), 'environment'), before.replace(`IMAGE_URL=${IMAGE('rootweb', '1.0.0')}`, `IMAGE_URL=${IMAGE('rootweb', '1.1.0')}\nPREV_IMAGE_URL=${IMAGE('rootweb', '1.0.0')}`));
+    // The new template replaces the installed unit: make the old one differ.
+    writeFileSync(path.join(unitDir(), `${ID}.service`), '# the 1.0.0 unit\n');
     rmSync(path.join(root, 'systemctl.log'), { force: true });
-    expect(await runUpdateScripts()).toBe(0);
+    const r = await run('update-module', { module_url: IMAGE('rootweb', '1.1.0'), force: false });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(r.error).not.toContain('failed with exit code');
+    expect(readFileSync(path.join(unitDir(), `${ID}.service`), 'utf8')).toBe(readFileSync(path.join(installDirOf(ID), 'rootweb.service'), 'utf8'));
     expect(stateEnvironment()['MIGRATED_FROM']).toBe(IMAGE('rootweb', '1.0.0'));
+    expect(await acl.admin.hget(`module/${ID}/environment`, 'MIGRATED_FROM')).toBe(IMAGE('rootweb', '1.0.0'));
     expect(readFileSync(path.join(mount, 'migrated'), 'utf8')).toBe(`${IMAGE('rootweb', '1.0.0')}\n`);
     expect(readFileSync(path.join(mount, 'installed'), 'utf8')).toBe(`${IMAGE('rootweb', '1.0.0')}\n`);
     expect(systemctlCalls()).toEqual(['daemon-reload', `try-restart ${ID}.service`]);
