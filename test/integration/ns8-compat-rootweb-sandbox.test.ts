@@ -59,6 +59,14 @@ async function served(port: string, urlPath: string, text: string): Promise<stri
   }, slow);
 }
 
+/** The instance's node agent status once Ready=True (the module agent runs, the last lifecycle action succeeded). */
+async function ready(): Promise<true> {
+  return eventually(`${ID} Ready`, async () => {
+    const conditions = JSON.parse((await leader.hget(keys.moduleStatus(ID), 'conditions')) ?? '[]') as { type: string; status: string }[];
+    return conditions.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+  }, slow);
+}
+
 /** Exit codes of the instance's tasks running `action` (from their stored contexts and results). */
 async function tasks(id: string, action: string): Promise<{ user: string; exit: string }[]> {
   const out: { user: string; exit: string }[] = [];
@@ -122,6 +130,7 @@ describe('a rootfull NS8-layout module run by ns8ctl run in a sandbox node', () 
     const status = await inNode(['timeout', '30', 'ns8ctl', 'run-action', ID, 'get-status']);
     expect(JSON.parse(status.out)).toMatchObject({ instance: ID, services: [{ name: ID, active: true, enabled: true, failed: false }] });
     expect(await tasks(ID, 'create-module')).toEqual([{ user: expect.any(String) as string, exit: '0' }]);
+    expect(await ready()).toBe(true);
   }, 1_200_000);
 
   test('reconfigured: the edited manifest reaches configure-module, the running service serves the new title', async () => {
@@ -139,6 +148,11 @@ describe('a rootfull NS8-layout module run by ns8ctl run in a sandbox node', () 
     expect((await served(port, '/data/migrated', image('rootweb', '1.0.0'))).trim()).toBe(image('rootweb', '1.0.0'));
     expect((await served(port, '/data/installed', image('rootweb', '1.0.0'))).trim()).toBe(image('rootweb', '1.0.0'));
     expect(await configured(ID, { title: 'Rootfull two' })).toEqual({ title: 'Rootfull two' });
+    expect(await tasks(ID, 'update-module')).toEqual([{ user: expect.any(String) as string, exit: '0' }]);
+    // Every update-module.d script succeeded (a failing one is only reported in the task's error).
+    const updateErrors = await Promise.all((await leader.keys(`task/module/${ID}/*/error`)).map(async (k) => (await leader.get(k)) ?? ''));
+    expect(updateErrors.join('\n')).not.toContain('failed with exit code');
+    expect(await ready()).toBe(true);
   }, 600_000);
 
   test('removed with removalPolicy Delete: destroy-module removed its unit and volume; install dir, ports, Redis keys gone', async () => {
