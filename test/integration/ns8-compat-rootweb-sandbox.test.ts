@@ -42,12 +42,18 @@ async function writeManifest(id: string, img: string, configuration: Record<stri
   expect(w.code).toBe(0);
 }
 
-/** get-configuration of an instance once it equals `want`. */
+/**
+ * get-configuration of an instance once it equals `want` and no configure-module task runs any
+ * more: the value is stored by configure-module's first step, its later steps (the task to
+ * kickweb, the unit) are done only when the task has its exit code.
+ */
 async function configured(id: string, want: Record<string, string>): Promise<Record<string, string>> {
-  return eventually(`get-configuration of ${id} returns ${JSON.stringify(want)}`, async () => {
+  return eventually(`get-configuration of ${id} returns ${JSON.stringify(want)}, configure-module done`, async () => {
     const r = await inNode(['timeout', '30', 'ns8ctl', 'run-action', id, 'get-configuration']);
     const c = r.code === 0 ? (JSON.parse(r.out) as Record<string, string>) : undefined;
-    return c && JSON.stringify(c) === JSON.stringify(want) ? c : undefined;
+    if (!c || JSON.stringify(c) !== JSON.stringify(want)) return undefined;
+    const runs = await tasks(id, 'configure-module');
+    return runs.some((t) => t.exit === '0') && runs.every((t) => t.exit !== 'none') ? c : undefined;
   }, slow);
 }
 
