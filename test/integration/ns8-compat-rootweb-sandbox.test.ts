@@ -139,6 +139,14 @@ describe('a rootfull NS8-layout module run by ns8ctl run in a sandbox node', () 
     expect(await ready()).toBe(true);
   }, 1_200_000);
 
+  test('the unit the module installed and enabled, stopped by hand, is started again by the node agent (drift) and the page answers', async () => {
+    expect((await inNode(['systemctl', 'stop', `${ID}.service`])).code).toBe(0);
+    await eventually(`${ID}.service started again`, async () => ((await inNode(['systemctl', 'is-active', `${ID}.service`])).out.trim() === 'active' ? true : undefined), { timeoutMs: 120_000, everyMs: 1000, explain: journal });
+    const logged = await inNode(['journalctl', '--no-pager', '-o', 'cat', '-u', 'ns8ctl-run']);
+    expect(logged.out).toContain(`${ID}: drift: units stopped: ${ID}.service`);
+    expect(await served(port, '/', 'Rootfull one')).toContain('<p>rootweb 1.0.0</p>');
+  }, 300_000);
+
   test('reconfigured: the edited manifest reaches configure-module, the running service serves the new title', async () => {
     await writeManifest(ID, image('rootweb', '1.0.0'), { title: 'Rootfull two' });
     await configured(ID, { title: 'Rootfull two' });
