@@ -10,6 +10,7 @@
  * again on the same schedule (recheck or backoff).
  * `stop()` (or the AbortSignal) lets the current reconcile finish its step and ends the loop.
  */
+import { backoffDelay } from '../runtime/backoff.js';
 import type { Redis } from 'ioredis';
 import { toNs8ctlError } from '../errors.js';
 import { channels } from '../state/keys.js';
@@ -72,17 +73,13 @@ interface Hold {
   until: number;
 }
 
-/** Delay before retry `attempt` (1-based): base * 2^(attempt-1), capped, with +-20% jitter. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
-  const raw = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempt - 1));
-  return Math.round(raw * (0.8 + 0.4 * random()));
-}
-
 /** Starts the loop (see module doc) and returns its handle at once. */
 export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): NodeAgentHandle {
   const resyncMs = opts.resyncMs ?? 60_000;
   const baseMs = opts.backoffBaseMs ?? 2_000;
   const maxMs = opts.backoffMaxMs ?? 300_000;
+  // The controller's backoff (runtime/backoff.ts): base * 2^(n-1), capped, +-20 % jitter.
+  const retry = { baseMs, maxMs };
   const terminalRecheckMs = opts.terminalRecheckMs ?? 600_000;
   const suspectLogEveryMs = opts.suspectLogEveryMs ?? 60_000;
   let lastSuspectLog: { reason: string; at: number } | undefined;
@@ -174,7 +171,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
               const h = holds.get(r.id);
               const generation = r.status?.observedGeneration;
               const attempts = h && h.generation === generation ? h.attempts + 1 : 1;
-              holds.set(r.id, { setback: r.setback, generation, attempts, until: after + (r.setback.terminal ? terminalRecheckMs : backoffDelay(attempts, baseMs, maxMs)) });
+              holds.set(r.id, { setback: r.setback, generation, attempts, until: after + (r.setback.terminal ? terminalRecheckMs : backoffDelay(attempts, retry)) });
             }
             // The installed image converged: nothing to back off from. A step that failed meanwhile is.
             if (r.error?.code === r.setback.code) {
@@ -184,7 +181,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
           } else holds.delete(r.id);
           if (r.outcome === 'failed' || r.outcome === 'blocked') {
             const attempts = (backoff.get(r.id)?.attempts ?? 0) + 1;
-            const b: Backoff = { attempts, until: after + backoffDelay(attempts, baseMs, maxMs) };
+            const b: Backoff = { attempts, until: after + backoffDelay(attempts, retry) };
             if (!r.retry && r.status) {
               b.terminalGeneration = r.status.observedGeneration;
               b.until = after + terminalRecheckMs;
@@ -203,7 +200,7 @@ export function runNodeAgent(opts: RunNodeAgentOptions, deps: NodeAgentDeps): No
       } catch (err) {
         // Desired state or Redis could not be read at all: the whole node waits and retries.
         nodeFailures++;
-        nextWait = backoffDelay(nodeFailures, baseMs, maxMs);
+        nextWait = backoffDelay(nodeFailures, retry);
         deps.log(`node-agent: node ${opts.node}: reconcile failed, retrying in ${Math.round(nextWait / 1000)} s: ${toNs8ctlError(err).message}`);
       }
       if (pending || control.signal.aborted) continue;

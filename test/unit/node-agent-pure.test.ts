@@ -8,7 +8,6 @@ import { freeSubidRange, parsePasswd, parseSubids } from '../../src/node-agent/h
 import { isStartableUnit, parseInstallSection } from '../../src/node-agent/host/systemd.js';
 import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-agent/redis-acl.js';
 import { ownerPrefix, shq } from '../../src/node-agent/host/owner.js';
-import { backoffDelay } from '../../src/node-agent/agent-loop.js';
 import { systemUnitNames } from '../../src/node-agent/observe.js';
 import { Redis } from 'ioredis';
 import { Ns8ctlError } from '../../src/errors.js';
@@ -186,16 +185,6 @@ describe('module ACL rules', () => {
     expect(aclLineMatches(line, 'w1', 'other')).toBe(false);
     expect(aclLineMatches(line + ' ~cluster/*', 'w1', 'pw')).toBe(false);
     expect(aclLineMatches(undefined, 'w1', 'pw')).toBe(false);
-  });
-});
-
-describe('retry backoff', () => {
-  test('doubles from the base up to the cap, with at most 20% jitter either way', () => {
-    expect(backoffDelay(1, 1000, 60_000, () => 0.5)).toBe(1000);
-    expect(backoffDelay(3, 1000, 60_000, () => 0.5)).toBe(4000);
-    expect(backoffDelay(30, 1000, 60_000, () => 0.5)).toBe(60_000);
-    expect(backoffDelay(1, 1000, 60_000, () => 0)).toBe(800);
-    expect(backoffDelay(1, 1000, 60_000, () => 1)).toBe(1200);
   });
 });
 
