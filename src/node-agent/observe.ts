@@ -223,21 +223,8 @@ export async function observeInstance(
     readImagerootList(paths.installDir),
   ]);
 
-  const volumeDirs: Record<string, boolean> = {};
-  for (const base of [...new Set([...volumeBases, ...(record?.volumeBases ?? [])])].sort()) {
-    volumeDirs[base] = Boolean((await statOrUndefined(path.join(base, id)))?.isDirectory());
-  }
-
-  const missing: string[] = [];
-  if (list) {
-    for (const entry of list) {
-      if (entry.endsWith('/') || entry.split('/').includes('..')) continue;
-      if (!(await statOrUndefined(path.join(paths.installDir, entry)))) {
-        missing.push(entry);
-        if (missing.length >= 5) break;
-      }
-    }
-  }
+  const volumeDirs = await observeVolumeDirs(id, [...volumeBases, ...(record?.volumeBases ?? [])]);
+  const missing = list ? await missingImagerootFiles(paths.installDir, list) : [];
 
   const observed: ObservedInstance = {
     id,
@@ -250,15 +237,7 @@ export async function observeInstance(
     imagerootMissing: list ? missing : ['.imageroot.lst'],
     uiPresent: Boolean(uiStat?.isDirectory()),
     envText: envText ?? '',
-    envRedis: ctx.redis.env.get(id) ?? {},
-    ports: ctx.redis.ports.get(id) ?? {},
-    flags: ctx.redis.flags.get(id) ?? [],
-    authorizations: ctx.redis.authorizations.get(id) ?? [],
-    roles: ctx.redis.roles.get(id) ?? { owner: [], reader: [] },
-    portsDemand: {
-      ...(ctx.redis.tcpDemand[id] !== undefined ? { tcp: ctx.redis.tcpDemand[id] } : {}),
-      ...(ctx.redis.udpDemand[id] !== undefined ? { udp: ctx.redis.udpDemand[id] } : {}),
-    },
+    ...observedRedis(ctx.redis, id),
     units: [],
   };
   if (record) observed.record = record;
@@ -278,16 +257,54 @@ export async function observeInstance(
   const aclLine = ctx.redis.acl.get(moduleAclUser(id));
   if (aclLine) observed.aclLine = aclLine;
   if (ctx.redis.moduleNode[id] !== undefined) observed.moduleNode = ctx.redis.moduleNode[id];
-  if (url && ctx.node !== undefined) {
-    const module = defaultInstanceModule(url);
-    const c = ctx.redis.defaults.get(clusterDefaultInstanceKey(module));
-    const n = ctx.redis.defaults.get(nodeDefaultInstanceKey(ctx.node, module));
-    // Known only when the snapshot read them (the reconciler asks for the module of each instance).
-    if (c !== undefined && n !== undefined) observed.defaultInstance = { module, cluster: c, node: n };
-  }
+  const defaults = url && ctx.node !== undefined ? observedDefaults(ctx, ctx.node, url) : undefined;
+  if (defaults) observed.defaultInstance = defaults;
   if (!ctx.systemdMissing && !rootfull) observed.linger = await ctx.systemd.lingerEnabled(id);
   observed.units = await observeUnits(ctx, id, paths, rootfull, user, agentText, labels?.units ?? 'agent');
   return observed;
+}
+
+/** Which `<base>/<id>` volume directories exist, per base (sorted, duplicates removed). */
+async function observeVolumeDirs(id: string, bases: readonly string[]): Promise<Record<string, boolean>> {
+  const out: Record<string, boolean> = {};
+  for (const base of [...new Set(bases)].sort()) out[base] = Boolean((await statOrUndefined(path.join(base, id)))?.isDirectory());
+  return out;
+}
+
+/** Files of `.imageroot.lst` missing from the install dir (the first five: enough to report). */
+async function missingImagerootFiles(installDir: string, list: readonly string[]): Promise<string[]> {
+  const missing: string[] = [];
+  for (const entry of list) {
+    if (entry.endsWith('/') || entry.split('/').includes('..')) continue;
+    if (!(await statOrUndefined(path.join(installDir, entry)))) {
+      missing.push(entry);
+      if (missing.length >= 5) break;
+    }
+  }
+  return missing;
+}
+
+/** What the node's Redis snapshot says of the instance (environment mirror, ports, flags, grants). */
+function observedRedis(redis: RedisSnapshot, id: string): Pick<ObservedInstance, 'envRedis' | 'ports' | 'flags' | 'authorizations' | 'roles' | 'portsDemand'> {
+  return {
+    envRedis: redis.env.get(id) ?? {},
+    ports: redis.ports.get(id) ?? {},
+    flags: redis.flags.get(id) ?? [],
+    authorizations: redis.authorizations.get(id) ?? [],
+    roles: redis.roles.get(id) ?? { owner: [], reader: [] },
+    portsDemand: {
+      ...(redis.tcpDemand[id] !== undefined ? { tcp: redis.tcpDemand[id] } : {}),
+      ...(redis.udpDemand[id] !== undefined ? { udp: redis.udpDemand[id] } : {}),
+    },
+  };
+}
+
+/** NS8's default instances of the image's module, when the snapshot read them (the reconciler asks for each instance's module). */
+function observedDefaults(ctx: ObserveContext, node: number, url: string): ObservedInstance['defaultInstance'] {
+  const module = defaultInstanceModule(url);
+  const c = ctx.redis.defaults.get(clusterDefaultInstanceKey(module));
+  const n = ctx.redis.defaults.get(nodeDefaultInstanceKey(node, module));
+  return c !== undefined && n !== undefined ? { module, cluster: c, node: n } : undefined;
 }
 
 /**
