@@ -81,6 +81,34 @@ export function renderReconcileResult(r: NodeReconcileResult): string {
   return head + renderTable(['instance', 'result', 'steps', 'detail'], rows);
 }
 
+
+/** A runner that counts the commands of this run (the runner's own history is bounded). */
+function countingRunner(inner: CommandRunner): { runner: CommandRunner; counted: { all: number; mutating: number } } {
+  const counted = { all: 0, mutating: 0 };
+  const runner: CommandRunner = {
+    get history() {
+      return inner.history;
+    },
+    run: (argv, o) => {
+      counted.all++;
+      if (o?.mutating) counted.mutating++;
+      return inner.run(argv, o);
+    },
+  };
+  return { runner, counted };
+}
+
+/** `node-agent --once -o json`: the pass, its commands and each instance's steps. */
+function renderOnceJson(result: NodeReconcileResult, counted: { all: number; mutating: number }): string {
+  return renderJson({
+    node: result.node,
+    systemdMissing: result.systemdMissing ?? null,
+    suspect: result.suspect ?? null,
+    commands: counted,
+    instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })),
+  });
+}
+
 /**
  * `node-agent` command body: `--once` reconciles and returns 0 (all fine) or 1 (an instance
  * failed); without it, runs until SIGTERM/SIGINT and returns 0.
@@ -94,18 +122,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
   if (opts.acceptDesiredState) return acceptCommand(node, output, d, extras);
   const conn = await d.connect({ startEmbedded: true });
   const agentOpts = { node, concurrency, insecureRegistries: opts.insecureRegistry ?? [], ...(extras.layout ? { layout: extras.layout } : {}) };
-  // Counts the commands of this run (the runner's own history is bounded).
-  const counted = { all: 0, mutating: 0 };
-  const runner: CommandRunner = {
-    get history() {
-      return d.runner.history;
-    },
-    run: (argv, o) => {
-      counted.all++;
-      if (o?.mutating) counted.mutating++;
-      return d.runner.run(argv, o);
-    },
-  };
+  const { runner, counted } = countingRunner(d.runner);
   const deps: NodeAgentDeps = createNodeAgentDeps(agentOpts, {
     redis: conn.redis,
     runner,
@@ -129,17 +146,7 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
     logReconcileResult(logger, result);
     // No earlier pass to compare with: an instance left unchanged wrote no status.
     await announce(result, (r) => r.outcome !== 'unchanged');
-    d.stdout(
-      output === 'json'
-        ? renderJson({
-            node: result.node,
-            systemdMissing: result.systemdMissing ?? null,
-            suspect: result.suspect ?? null,
-            commands: counted,
-            instances: result.instances.map((i) => ({ id: i.id, outcome: i.outcome, steps: i.applied.map((s) => ({ kind: s.kind, reason: s.reason })), drift: i.drift, error: i.error?.toJSON() ?? null })),
-          })
-        : renderReconcileResult(result) + `${counted.all} command(s) run, ${counted.mutating} changing the host\n`,
-    );
+    d.stdout(output === 'json' ? renderOnceJson(result, counted) : renderReconcileResult(result) + `${counted.all} command(s) run, ${counted.mutating} changing the host\n`);
     return result.suspect || result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
   }
   const subscriber = conn.redis.duplicate();
