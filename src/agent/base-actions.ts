@@ -6,6 +6,8 @@
  * - create-module: `05create_volumes`, `05pullimages` (service images from the input, their
  *   `<NAME>_IMAGE` variables), `10default_roles` (owner/reader roles), `10selfadm_role`;
  * - destroy-module: `50destroy` (no-op hook point), `95cleanup_images` (rootfull only);
+ * - update-module: `05pullimages` (the node agent pulled, extracted and wrote IMAGE_* and
+ *   PREV_* already), `50run_scriptdir` (the module's `update-module.d/` scripts, in order);
  * - get-status: `20read` (services, images, volumes).
  * get-configuration / configure-module are the module's own (a convention, see docs/module-agent.md).
  */
@@ -14,6 +16,7 @@ import path from 'node:path';
 import type { BuiltinAction, BuiltinStep, BuiltinStepContext } from './action-catalog.js';
 import { formatCommandLine } from './comfd-protocol.js';
 import { instanceIdOfAgent, isSafeName } from './names.js';
+import { runStepProcess } from './step-process.js';
 
 /** Options for the base actions (paths the tests and rootfull hosts change). */
 export interface BaseActionsOptions {
@@ -156,6 +159,72 @@ const selfadmRole: BuiltinStep = {
 
 const destroyHook: BuiltinStep = { name: '50destroy', run: () => Promise.resolve(0) };
 
+const updateModuleInput = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  title: 'update-module input',
+  type: 'object',
+  properties: {
+    module_url: { type: 'string', minLength: 1 },
+    force: { type: 'boolean' },
+  },
+};
+
+/**
+ * NS8's `05pullimages` pulls and extracts the new image and writes IMAGE_* and PREV_*; under
+ * ns8ctl the node agent has done all of that before it sends update-module, so this step only
+ * says so when asked for another image than the installed one (a hand-made task).
+ */
+const updatePulledImages: BuiltinStep = {
+  name: '05pullimages',
+  run(ctx) {
+    const url = asObject(ctx.input)['module_url'];
+    const installed = ctx.env['IMAGE_URL'] ?? '';
+    if (typeof url === 'string' && url !== installed) {
+      ctx.err(`05pullimages: module_url ${url} is not the installed image ${installed || '(none)'}: ns8ctl's node agent pulls and extracts images (change the Module's spec.image); running the update steps for ${installed || 'the installed image'}\n`);
+    }
+    return Promise.resolve(0);
+  },
+};
+
+/**
+ * NS8's `50run_scriptdir`: every executable file of `update-module.d/`, in name order, with the
+ * step's environment (the new IMAGE_* and the PREV_* variables) and AGENT_COMFD. A failing
+ * script is reported and the next one runs, as in NS8 (a migration must not leave the instance
+ * half-updated because a later, independent script failed).
+ */
+const runUpdateScripts: BuiltinStep = {
+  name: '50run_scriptdir',
+  async run(ctx) {
+    const dir = path.join(ctx.installDir, 'update-module.d');
+    let names: string[];
+    try {
+      names = (await fs.readdir(dir)).sort();
+    } catch {
+      return 0;
+    }
+    for (const name of names) {
+      if (ctx.signal.aborted) return 143;
+      const file = path.join(dir, name);
+      const st = await fs.stat(file).catch(() => undefined);
+      if (!st?.isFile() || (st.mode & 0o111) === 0 || name.startsWith('.')) continue;
+      const res = await runStepProcess({
+        file,
+        cwd: ctx.stateDir,
+        env: { ...ctx.env, AGENT_COMFD: '3' },
+        input: JSON.stringify(ctx.input ?? null),
+        comfd: true,
+        signal: ctx.signal,
+        onStdout: (t) => ctx.err(t),
+        onStderr: (t) => ctx.err(t),
+        onCommandLine: (line) => void ctx.command(line),
+      });
+      if (res.spawnError) ctx.err(`50run_scriptdir: update-module.d/${name} could not run: ${res.spawnError.message}\n`);
+      else if (res.exitCode !== 0) ctx.err(`50run_scriptdir: update-module.d/${name} failed with exit code ${res.exitCode} (the next scripts still run)\n`);
+    }
+    return 0;
+  },
+};
+
 const cleanupImages: BuiltinStep = {
   name: '95cleanup_images',
   async run(ctx) {
@@ -235,6 +304,7 @@ export function createBaseActions(opts: BaseActionsOptions = {}): BuiltinAction[
   return [
     { name: 'create-module', steps: [createVolumes, pullImages, defaultRoles, selfadmRole], inputSchema: createModuleInput },
     { name: 'destroy-module', steps: [destroyHook, cleanupImages] },
+    { name: 'update-module', steps: [updatePulledImages, runUpdateScripts], inputSchema: updateModuleInput },
     { name: 'get-status', steps: [getStatusStep(opts)], outputSchema: getStatusOutput },
   ];
 }

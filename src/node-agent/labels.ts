@@ -18,6 +18,25 @@ export interface ModuleLabels {
   imageroot: string;
   /** Directory of the image extracted into the UI dir (`org.nethserver.uiroot`). */
   uiroot: string;
+  /**
+   * Who enables and starts the image's own units (`ns8ctl.units`): `module` (no label: NS8's rule,
+   * the module's actions do it, e.g. `systemctl --user enable --now` in configure-module) or
+   * `agent` (`ns8ctl.units=agent`: ns8ctl's node agent enables, starts and restarts them).
+   */
+  units: UnitsOwner;
+}
+
+/** Who enables and starts an image's units; see ModuleLabels.units. */
+export type UnitsOwner = 'module' | 'agent';
+
+/** The ns8ctl label that hands an image's units to the node agent (NS8 images do not have it). */
+export const UNITS_LABEL = 'ns8ctl.units';
+
+function unitsOwner(labels: Record<string, string>, image: string): UnitsOwner {
+  const raw = (labels[UNITS_LABEL] ?? '').trim();
+  if (raw === '' || raw === 'module') return 'module';
+  if (raw === 'agent') return 'agent';
+  throw new Ns8ctlError('image_label_invalid', `image ${image}: label ${UNITS_LABEL}=${JSON.stringify(labels[UNITS_LABEL])} must be "agent" or "module" (or absent: the module starts its own units, as in NS8)`);
 }
 
 const words = (v: string | undefined): string[] => [...new Set((v ?? '').split(/\s+/).filter(Boolean))];
@@ -42,7 +61,7 @@ function rootDir(labels: Record<string, string>, name: string, dflt: string, ima
 
 /**
  * Parses an image's labels. Throws `image_label_invalid` (naming the image and label) for a
- * non-integer port demand or an unsafe imageroot/uiroot directory.
+ * non-integer port demand, an unsafe imageroot/uiroot directory or an unknown `ns8ctl.units`.
  */
 export function parseModuleLabels(labels: Record<string, string>, image: string): ModuleLabels {
   return {
@@ -54,6 +73,7 @@ export function parseModuleLabels(labels: Record<string, string>, image: string)
     authorizations: words(labels['org.nethserver.authorizations']),
     imageroot: rootDir(labels, 'org.nethserver.imageroot', 'imageroot', image),
     uiroot: rootDir(labels, 'org.nethserver.uiroot', 'ui', image),
+    units: unitsOwner(labels, image),
   };
 }
 

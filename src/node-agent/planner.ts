@@ -275,7 +275,7 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   } else if (envText === undefined) {
     waiting.push('units: wait for the environment');
   } else {
-    planUnits(id, o, l.rootfull, envText, add);
+    planUnits(id, o, l, envText, add);
   }
 
   // ---- NS8 lifecycle action owed by the module agent (create-module, update-module) ----
@@ -319,7 +319,8 @@ function fileKey(u: UnitObservation): string {
   return u.extraHash ? `${u.fileHash}+${u.extraHash}` : u.fileHash;
 }
 
-function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: string, add: (s: Step) => void): void {
+function planUnits(id: string, o: ObservedInstance, l: Pick<ModuleLabels, 'rootfull' | 'units'>, envText: string, add: (s: Step) => void): void {
+  const rootfull = l.rootfull;
   const rec = o.record;
   const recUnits = rec?.units ?? {};
   const agentFiles = o.units.filter((u) => u.nodeLevel && u.fileHash !== sha(u.nodeLevel.content));
@@ -327,6 +328,10 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
     for (const u of agentFiles) add({ id, kind: 'install-agent-unit', path: u.nodeLevel!.path, content: u.nodeLevel!.content, reason: `module agent unit ${u.nodeLevel!.path} ${u.fileHash ? 'differs' : 'missing'}` });
     add({ id, kind: 'daemon-reload', reason: 'module agent unit file changed' });
     return; // enable/start next round, with the installed file's hash
+  }
+  if (l.units === 'module') {
+    planModuleUnits(id, o, recUnits, envText, add);
+    return;
   }
   if (rootfull) {
     const install = o.units.filter((u) => u.sourceHash !== undefined && u.fileHash !== u.sourceHash).map((u) => ({ source: u.source!, name: u.file }));
@@ -350,6 +355,35 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
   if (gone.length) add({ id, kind: 'stop-units', units: gone, reason: `units no longer in the image: ${gone.join(' ')}` });
   // Rootfull unit files arrive through install-system-units, which is followed by its own reload.
   if ((!rootfull && (fresh.length || fileChanged.length)) || gone.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${[...fresh, ...fileChanged].map((u) => u.name).join(' ') || gone.join(' ')}` });
+  addEnableStart(id, enable, start, recUnits, add);
+  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed (or unknown): ${restart.map((u) => u.name).join(' ')}` });
+  addRecordUnits(wanted, recUnits, envText, id, add);
+}
+
+/**
+ * Units of a module that starts its own services (NS8's rule: the core enables and starts only
+ * the module agent; the module's actions enable and start the rest, and its update-module.d
+ * scripts restart them). The agent keeps the module agent enabled, running and restarted with
+ * new credentials; reloads the user manager when extracted unit files change (as NS8's
+ * update-module does); and starts a unit the module enabled that is found stopped (after a crash
+ * or by hand), so the instance is Ready only while every unit the module enabled runs. It never
+ * enables, stops or restarts the module's own units.
+ */
+function planModuleUnits(id: string, o: ObservedInstance, recUnits: Record<string, string>, envText: string, add: (s: Step) => void): void {
+  const agentUnits = o.units.filter((u) => u.nodeLevel);
+  const own = o.units.filter((u) => !u.nodeLevel);
+  const running = [...agentUnits, ...own.filter((u) => u.wanted && u.enabled)];
+  const changedFiles = own.filter((u) => recUnits[u.name]?.split(':')[0] !== fileKey(u));
+  if (changedFiles.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${changedFiles.map((u) => u.name).join(' ')}` });
+  const restart = agentUnits.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(fileKey(u), envText));
+  const enable = agentUnits.filter((u) => !u.enabled);
+  const start = running.filter((u) => !restart.includes(u) && u.active === false);
+  addEnableStart(id, enable, start, recUnits, add);
+  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `module agent credentials or unit changed: ${restart.map((u) => u.name).join(' ')}` });
+  addRecordUnits(o.units, recUnits, envText, id, add);
+}
+
+function addEnableStart(id: string, enable: UnitObservation[], start: UnitObservation[], recUnits: Record<string, string>, add: (s: Step) => void): void {
   if (enable.length) {
     add({ id, kind: 'enable-units', units: enable.map((u) => u.name), reason: `units not enabled: ${enable.map((u) => u.name).join(' ')}`, ...(enable.some((u) => recUnits[u.name]) ? { drift: `units disabled: ${enable.filter((u) => recUnits[u.name]).map((u) => u.name).join(' ')}` } : {}) });
   }
@@ -357,8 +391,10 @@ function planUnits(id: string, o: ObservedInstance, rootfull: boolean, envText: 
     const stopped = start.filter((u) => recUnits[u.name] !== undefined);
     add({ id, kind: 'start-units', units: start.map((u) => u.name), reason: `units not running: ${start.map((u) => u.name).join(' ')}`, ...(stopped.length ? { drift: `units stopped: ${stopped.map((u) => u.name).join(' ')}` } : {}) });
   }
-  if (restart.length) add({ id, kind: 'restart-units', units: restart.map((u) => u.name), reason: `unit file or environment changed (or unknown): ${restart.map((u) => u.name).join(' ')}` });
-  const stamps = Object.fromEntries(wanted.map((u): [string, string] => [u.name, unitStamp(fileKey(u), envText)]).sort((a, b) => (a[0] < b[0] ? -1 : 1)));
+}
+
+function addRecordUnits(units: UnitObservation[], recUnits: Record<string, string>, envText: string, id: string, add: (s: Step) => void): void {
+  const stamps = Object.fromEntries(units.map((u): [string, string] => [u.name, unitStamp(fileKey(u), envText)]).sort((a, b) => (a[0] < b[0] ? -1 : 1)));
   if (JSON.stringify(stamps) !== JSON.stringify(Object.fromEntries(Object.entries(recUnits).sort()))) {
     add({ id, kind: 'record-units', units: stamps, reason: 'remember unit files and environment the units run with' });
   }

@@ -158,14 +158,25 @@ describe('an NS8 module in the ns8-kickstart layout, run by ns8ctl', () => {
     expect(unit).toContain('${KICKWEB_HTTPD_IMAGE}');
   });
 
-  test("1.1.0's update-module.d scripts run in order with NS8's PREV_IMAGE_URL, as NS8's update-module base action runs them", async () => {
+  test("update-module (ns8ctl's base action) runs 1.1.0's update-module.d scripts in order with NS8's PREV_IMAGE_URL", async () => {
     await extractImageroot(IMAGE('1.1.0'));
     const before = readFileSync(path.join(stateDir, 'environment'), 'utf8');
+    // What the node agent writes before it sends update-module: the new image and the PREV_ values.
     writeFileSync(path.join(stateDir, 'environment'), before.replace(`IMAGE_URL=${IMAGE('1.0.0')}`, `IMAGE_URL=${IMAGE('1.1.0')}\nPREV_IMAGE_URL=${IMAGE('1.0.0')}`));
-    const script = 'set -e; for s in "$AGENT_INSTALL_DIR"/update-module.d/*; do [ -x "$s" ] && "$s"; done';
-    const r = await execa('bash', ['-c', script], { env: { ...stepEnv(), ...stateEnvironment() }, extendEnv: false, cwd: stateDir, reject: false });
-    expect(r.exitCode).toBe(0);
+    const r = await run('update-module', { module_url: IMAGE('1.1.0'), force: false });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    // 20migrate (Python set_env) ran before 80restart_services (systemctl), in name order.
     expect(stateEnvironment()['MIGRATED_FROM']).toBe(IMAGE('1.0.0'));
+    expect(await acl.admin.hget(`module/${ID}/environment`, 'MIGRATED_FROM')).toBe(IMAGE('1.0.0'));
+    expect(systemctlCalls()).toEqual(['--user try-restart kickweb.service']);
+  });
+
+  test('a failing update-module.d script is reported and the later ones still run, as in NS8', async () => {
+    await extractImageroot(IMAGE('1.1.0'));
+    writeFileSync(path.join(installDir, 'update-module.d', '10broken'), '#!/bin/sh\necho "set-progress 50" >&${AGENT_COMFD:-2}\nexit 3\n', { mode: 0o755 });
+    const r = await run('update-module', { module_url: IMAGE('1.0.0'), force: false });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(r.error).toContain('update-module.d/10broken failed with exit code 3 (the next scripts still run)');
     expect(systemctlCalls()).toEqual(['--user try-restart kickweb.service']);
   });
 });

@@ -8,7 +8,7 @@ import type { InstanceDesired, ObservedInstance, Step } from '../../src/node-age
 
 const URL = '127.0.0.1:5000/ns8ctl-examples/webapp:1.0.0';
 const SVC = '127.0.0.1:5000/ns8ctl-examples/webapp-httpd:1.0.0';
-const labels = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, URL);
+const labels = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, URL);
 const image = { url: URL, id: 'img1', digest: 'sha256:d1', repoDigest: '127.0.0.1:5000/ns8ctl-examples/webapp@sha256:d1', labels: {} };
 const user = { name: 'webapp1', uid: 1001, gid: 1001, home: '/home/webapp1', shell: '/sbin/nologin' };
 const desired: InstanceDesired = { id: 'webapp1', generation: 1, spec: { image: URL, node: 1 }, uuid: 'uuid-1', finalizers: ['node-agent'] };
@@ -216,6 +216,66 @@ describe('the node planner converges an instance', () => {
     expect(p.steps[1]!.drift).toBe('units stopped: webapp.service');
   });
 
+  describe('an NS8 module (no ns8ctl.units label) starts its own units, as in NS8', () => {
+    const ns8Labels = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, URL);
+    const AGENT = { name: 'agent.service', file: 'agent.service', fileHash: 'a1', wanted: true, enabled: true, active: true, nodeLevel: { path: '/etc/systemd/user/agent.service', content: 'x' } };
+    const agentHash = createHash('sha256').update('x').digest('hex');
+    const withAgent = (o: ObservedInstance, own: ObservedInstance['units']): ObservedInstance => {
+      o.units = [...own, { ...AGENT, fileHash: agentHash }];
+      o.record!.units = Object.fromEntries(o.units.map((u) => [u.name, unitStamp(u.fileHash, envText)]));
+      return o;
+    };
+
+    test('a unit the module has not enabled is neither enabled nor started (configure-module does it)', () => {
+      const o = withAgent(converged(), [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false }]);
+      expect(planConverge(input(o, { labels: ns8Labels })).steps).toEqual([]);
+      // The same observation under the agent's ownership enables and starts it.
+      expect(kinds(planConverge(input(o, { labels: parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, URL) })).steps)).toEqual(['enable-units', 'start-units']);
+    });
+
+    test('a fresh instance: unit files are reloaded and recorded, only the module agent is enabled and started', () => {
+      const o = converged();
+      delete o.record!.units;
+      o.units = [
+        { name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: false, active: false },
+        { ...AGENT, fileHash: agentHash, enabled: false, active: false },
+      ];
+      const p = planConverge(input(o, { labels: ns8Labels }));
+      expect(kinds(p.steps)).toEqual(['daemon-reload', 'enable-units', 'start-units', 'record-units']);
+      expect(p.steps[1]).toMatchObject({ units: ['agent.service'] });
+      expect(p.steps[2]).toMatchObject({ units: ['agent.service'] });
+    });
+
+    test('a unit the module enabled and that stopped is started again and reported; a running one is left alone', () => {
+      const o = withAgent(converged(), [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: false }]);
+      const p = planConverge(input(o, { labels: ns8Labels }));
+      expect(kinds(p.steps)).toEqual(['start-units']);
+      expect(p.steps[0]).toMatchObject({ units: ['webapp.service'], drift: 'units stopped: webapp.service' });
+      o.units[0]!.active = true;
+      expect(planConverge(input(o, { labels: ns8Labels })).steps).toEqual([]);
+    });
+
+    test('a unit the module started without the agent knowing is recorded, never restarted', () => {
+      const o = withAgent(converged(), [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }]);
+      o.record!.units = { 'agent.service': unitStamp(agentHash, envText) };
+      expect(kinds(planConverge(input(o, { labels: ns8Labels })).steps)).toEqual(['daemon-reload', 'record-units']);
+    });
+
+    test('a new environment restarts only the module agent; a changed unit file only reloads', () => {
+      const o = withAgent(converged(), [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }]);
+      o.record!.units = { 'agent.service': unitStamp(agentHash, 'old env'), 'webapp.service': unitStamp('h0', 'old env') };
+      const p = planConverge(input(o, { labels: ns8Labels }));
+      expect(kinds(p.steps)).toEqual(['daemon-reload', 'restart-units', 'record-units']);
+      expect(p.steps[1]).toMatchObject({ units: ['agent.service'] });
+    });
+
+    test('a unit that left the image is not stopped by the agent (the module owns it)', () => {
+      const o = withAgent(converged(), []);
+      o.record!.units = { ...o.record!.units, 'old.service': unitStamp('h0', envText) };
+      expect(kinds(planConverge(input(o, { labels: ns8Labels })).steps)).toEqual(['record-units']);
+    });
+  });
+
   test('a removed image is pulled again and reported', () => {
     const o = converged();
     delete o.localImage;
@@ -225,7 +285,7 @@ describe('the node planner converges an instance', () => {
 
   test('an update pulls the new image without reporting drift; the new image removed after it was extracted is drift', () => {
     const NEW = '127.0.0.1:5000/ns8ctl-examples/webapp:1.1.0';
-    const newLabels = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, NEW);
+    const newLabels = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC }, NEW);
     const newImage = { ...image, url: NEW, id: 'img2', digest: 'sha256:d2' };
     // Round one of the update 1.0.0 -> 1.1.0: the new image is not in the user's store yet.
     const o = converged();
@@ -258,7 +318,7 @@ describe('the node planner converges an instance', () => {
   });
 
   test('a larger port demand (an update) grows the range and rewrites the environment next round', () => {
-    const l3 = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '3', 'org.nethserver.images': SVC }, URL);
+    const l3 = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.tcp-ports-demand': '3', 'org.nethserver.images': SVC }, URL);
     const p = planConverge(input(converged(), { labels: l3 }));
     expect(kinds(p.steps)).toEqual(['allocate-ports', 'set-ports-demand']);
     expect(p.steps[0]).toMatchObject({ proto: 'tcp', demand: 3, reason: expect.stringContaining('first port kept') });
@@ -266,7 +326,7 @@ describe('the node planner converges an instance', () => {
   });
 
   test('a smaller or no port demand (an update, as NS8) keeps the range and TCP_PORT; only the demand hash changes', () => {
-    const l0 = parseModuleLabels({ 'org.nethserver.images': SVC }, URL);
+    const l0 = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.images': SVC }, URL);
     const p = planConverge(input(converged(), { labels: l0 }));
     expect(p.steps).toEqual([expect.objectContaining({ kind: 'set-ports-demand', proto: 'tcp', demand: 0 })]);
     expect(p.waiting).toEqual([]);
@@ -323,7 +383,7 @@ describe('the node planner converges an instance', () => {
   });
 
   test('switching between rootless and rootfull is refused', () => {
-    const lf = parseModuleLabels({ 'org.nethserver.rootfull': '1' }, URL);
+    const lf = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.rootfull': '1' }, URL);
     const p = planConverge(input(converged(), { labels: lf }));
     expect(p.blocked?.reason).toBe('RootfullChanged');
     expect(p.steps).toEqual([]);
@@ -341,10 +401,10 @@ describe('the node planner converges an instance', () => {
   });
 
   test('authorizations from the label are stored with self:selfadm; an invalid label blocks the instance', () => {
-    const la = parseModuleLabels({ 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC, 'org.nethserver.authorizations': 'traefik@any:routeadm node:portsadm' }, URL);
+    const la = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.tcp-ports-demand': '1', 'org.nethserver.images': SVC, 'org.nethserver.authorizations': 'traefik@any:routeadm node:portsadm' }, URL);
     const p = planConverge(input(converged(), { labels: la }));
     expect(p.steps).toEqual([expect.objectContaining({ kind: 'set-authorizations', authorizations: ['node:portsadm', 'self:selfadm', 'traefik@any:routeadm'] })]);
-    const bad = parseModuleLabels({ 'org.nethserver.authorizations': 'cluster:owner' }, URL);
+    const bad = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.authorizations': 'cluster:owner' }, URL);
     expect(planConverge(input(converged(), { labels: bad })).blocked).toMatchObject({ reason: 'ImageLabelInvalid', message: expect.stringContaining('cluster:owner') });
   });
 

@@ -34,7 +34,7 @@ describe('service image variable names follow the seeds rule', () => {
 
 describe('image labels are read as NS8 reads them', () => {
   test('defaults for an image without labels: rootless, no ports, imageroot and ui', () => {
-    expect(parseModuleLabels({}, 'x')).toEqual({ rootfull: false, tcpPortsDemand: 0, udpPortsDemand: 0, images: [], flags: [], authorizations: [], imageroot: 'imageroot', uiroot: 'ui' });
+    expect(parseModuleLabels({}, 'x')).toEqual({ rootfull: false, tcpPortsDemand: 0, udpPortsDemand: 0, images: [], flags: [], authorizations: [], imageroot: 'imageroot', uiroot: 'ui', units: 'module' });
   });
   test('hyphenated names, space-separated lists, rootfull 1', () => {
     const l = parseModuleLabels(
