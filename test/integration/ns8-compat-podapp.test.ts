@@ -221,22 +221,39 @@ describe('an NS8 module in the ns8-nextcloud layout (pod, service images, volume
     expect(images.split(' ')).toEqual([ref('podapp-web', '1.0.0'), ref('podapp-db', '1.0.0')]);
   });
 
-  test("1.1.0's update-module.d scripts run in order with NS8's PREV_ variables: the migration notes the database image change in the volume, then the services are try-restarted", async () => {
+  test("update-module (ns8ctl's base action) runs 1.1.0's update-module.d in order with NS8's PREV_ variables: the migration notes the database image change in the volume, then the services are try-restarted", async () => {
     await grantFromLabel(ref('podapp', '1.0.0'));
     expect(await run(podapp, 'create-module', { images: [], volumes: {} })).toMatchObject({ exitCode: 0 });
     expect(await run(podapp, 'configure-module', { title: 'Team notes', kickweb: 'kickweb1' })).toMatchObject({ exitCode: 0 });
     rmSync(path.join(root, 'systemctl.log'), { force: true });
     await extractImageroot(podapp, ref('podapp', '1.1.0'));
+    // What the node agent writes before it sends update-module: the new images and the PREV_ values.
     const before = readFileSync(path.join(podapp.stateDir, 'environment'), 'utf8');
     writeFileSync(
       path.join(podapp.stateDir, 'environment'),
-      before.replace(`PODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}`, `PODAPP_DB_IMAGE=${ref('podapp-db', '1.1.0')}\nPREV_PODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}\nPREV_PODAPP_WEB_IMAGE=${ref('podapp-web', '1.0.0')}`),
+      before
+        .replace(`IMAGE_URL=${ref('podapp', '1.0.0')}`, `IMAGE_URL=${ref('podapp', '1.1.0')}\nPREV_IMAGE_URL=${ref('podapp', '1.0.0')}`)
+        .replace(`PODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}`, `PODAPP_DB_IMAGE=${ref('podapp-db', '1.1.0')}\nPREV_PODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}\nPREV_PODAPP_WEB_IMAGE=${ref('podapp-web', '1.0.0')}`),
     );
-    const script = 'set -e; for s in "$AGENT_INSTALL_DIR"/update-module.d/*; do [ -x "$s" ] && "$s"; done';
-    const r = await execa('bash', ['-c', script], { env: { ...stepEnv(podapp), ...stateEnvironment(podapp) }, extendEnv: false, cwd: podapp.stateDir, reject: false });
-    expect(r.exitCode).toBe(0);
+    const r = await run(podapp, 'update-module', { module_url: ref('podapp', '1.1.0'), force: false });
+    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(r.error).not.toContain('failed with exit code');
     expect(stateEnvironment(podapp)['PODAPP_DB_MIGRATED_FROM']).toBe(ref('podapp-db', '1.0.0'));
+    expect(await acl.admin.hget('module/podapp1/environment', 'PODAPP_DB_MIGRATED_FROM')).toBe(ref('podapp-db', '1.0.0'));
     expect(await records()).toBe(`configured: Team notes\nmigrated: ${ref('podapp-db', '1.0.0')} -> ${ref('podapp-db', '1.1.0')}\n`);
+    // 20migrate_db ran before 80restart_services (name order).
     expect(systemctlCalls()).toEqual(['--user try-restart podapp.service podapp-db.service podapp-web.service']);
+  });
+
+  test('update-module with no database image change (PREV_PODAPP_DB_IMAGE equal, or NS8\'s None) writes no migration record', async () => {
+    expect(await run(podapp, 'create-module', { images: [], volumes: {} })).toMatchObject({ exitCode: 0 });
+    await extractImageroot(podapp, ref('podapp', '1.1.0'));
+    const before = readFileSync(path.join(podapp.stateDir, 'environment'), 'utf8');
+    writeFileSync(path.join(podapp.stateDir, 'environment'), `${before}PREV_PODAPP_DB_IMAGE=None\n`);
+    expect(await run(podapp, 'update-module', {})).toMatchObject({ exitCode: 0, status: 'completed' });
+    writeFileSync(path.join(podapp.stateDir, 'environment'), `${before}PREV_PODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}\n`);
+    expect(await run(podapp, 'update-module', {})).toMatchObject({ exitCode: 0, status: 'completed' });
+    expect(stateEnvironment(podapp)['PODAPP_DB_MIGRATED_FROM']).toBeUndefined();
+    expect(await records()).toBe('');
   });
 });
