@@ -182,8 +182,11 @@ describe('an NS8 module with a pod, two service images and a volume, run by ns8c
       const c = (await getConfiguration()) as { title?: string } | undefined;
       return c?.title === 'Renamed' ? c : undefined;
     }, { timeoutMs: 480_000, everyMs: 3000, explain });
-    const configures = await lifecycleTasks('configure-module');
-    expect(configures.length).toBe(configuresBeforeRemoval + 1);
+    // get-configuration answers once 20configure has run; the task itself ends after 80start_services.
+    const configures = await eventually('the new configure-module task completed', async () => {
+      const c = await lifecycleTasks('configure-module');
+      return c.length === configuresBeforeRemoval + 1 && !c.includes('none') ? c : undefined;
+    }, { timeoutMs: 240_000, everyMs: 2000, explain });
     expect(configures.filter((c) => c !== '0')).toEqual([]);
     port = (await leader.hget(keys.moduleEnvironment(ID), 'TCP_PORT')) ?? '';
     const page = await pageWith('the re-added instance serves its configuration', ['title: Renamed', 'kickweb: Hello from kickweb1', 'db: podapp-db 1.1.0', 'configured: Renamed']);
@@ -195,6 +198,8 @@ describe('an NS8 module with a pod, two service images and a volume, run by ns8c
   test("kickweb1's removal reaches podapp1's module-removed event handler, which stops showing the greeting", async () => {
     expect((await inNode(['ns8ctl', 'delete', 'module', KICKWEB, '--manifests', '/root/manifests'])).code).toBe(0);
     await pageWith('the page no longer shows the greeting', ['kickweb: (removed)'], 300_000);
-    expect(await leader.hget(keys.moduleEnvironment(ID), 'KICKWEB_GREETING')).toBe('(removed)');
+    // set_env wrote the state file; ns8ctl's agent mirrors it to module/<id>/environment when a
+    // task ends, and an event handler is no task.
+    expect((await inNode(['ns8ctl', 'runagent', '-m', ID, 'grep', '^KICKWEB_GREETING=', 'environment'])).out.trim()).toBe('KICKWEB_GREETING=(removed)');
   }, 600_000);
 });
