@@ -116,6 +116,16 @@ export class CommandFailedError extends Ns8ctlError {
   }
 }
 
+/**
+ * A problem in the module agent's area: a bad action or step name, a refused agent command, an
+ * instance that cannot be found for runagent. Always names the instance/action and what is allowed.
+ */
+export class AgentError extends Ns8ctlError {
+  constructor(code: string, message: string, opts: { cause?: unknown; user?: boolean; exitCode?: number } = {}) {
+    super(code, message, opts);
+  }
+}
+
 /** Turns anything thrown into an Ns8ctlError (internal when it was not one already). */
 export function toNs8ctlError(err: unknown): Ns8ctlError {
   if (err instanceof Ns8ctlError) return err;

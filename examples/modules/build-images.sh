@@ -95,7 +95,9 @@ CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]"
     done < "$src/versions/$tag/labels"
   fi
   echo "build-images.sh: building $ref" >&2
-  podman build -q --timestamp 0 --format oci "${labels[@]}" -t "$ref" -f "$ctx/Containerfile" "$ctx" >/dev/null
+  # --no-cache: no lookup of earlier build layers, which fails ("layer not known") when another
+  # process removes images from the same storage meanwhile; these builds are small anyway.
+  podman build -q --no-cache --timestamp 0 --format oci "${labels[@]}" -t "$ref" -f "$ctx/Containerfile" "$ctx" >/dev/null
   if [ -n "$out" ]; then
     skopeo copy -q "containers-storage:$ref" "oci:$out/$name:$tag"
   fi

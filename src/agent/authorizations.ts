@@ -14,7 +14,7 @@
  * agent consults before running a task submitted by someone else.
  */
 import type { Redis } from 'ioredis';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 import { scanKeys } from '../state/scan.js';
 
 /** One parsed authorization: selector and the roles it asks for. */

@@ -16,7 +16,7 @@ import path from 'node:path';
 import type { BuiltinAction, BuiltinStep, BuiltinStepContext } from './action-catalog.js';
 import { formatCommandLine } from './comfd-protocol.js';
 import { instanceIdOfAgent, isSafeName } from './names.js';
-import { runStepProcess } from './step-process.js';
+import { runStepProcess } from '../host/step-process.js';
 
 /** Options for the base actions (paths the tests and rootfull hosts change). */
 export interface BaseActionsOptions {

@@ -4,13 +4,10 @@
  * get-configuration, and compare the two (diffConfiguration) for the Drifted condition. Needs a
  * connection that may submit tasks to the instance and read their results (ns8ctl's admin one).
  */
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { diffConfiguration, type ConfigurationDiff } from './configuration.js';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
+import { diffConfiguration, type ConfigurationDiff } from '../configuration/configuration.js';
 import { agentIdOf, assertInstanceId } from './names.js';
-import { readJsonFile } from './schema-validation.js';
 import { runTaskOrThrow, type TaskOutcome, type WaitOptions } from './task-client.js';
 
 /**
@@ -36,19 +33,4 @@ export async function readConfiguration(redis: Redis, instanceId: string, opts: 
 export async function checkConfigurationDrift(redis: Redis, instanceId: string, desired: unknown, opts: WaitOptions & { schema?: unknown; strict?: boolean } = {}): Promise<ConfigurationDiff> {
   const actual = await readConfiguration(redis, instanceId, opts);
   return diffConfiguration(desired, actual, { ...(opts.schema !== undefined ? { schema: opts.schema } : {}), ...(opts.strict !== undefined ? { strict: opts.strict } : {}) });
-}
-
-/**
- * Reads `actions/configure-module/validate-input.json` under `root` (an install dir, or an
- * imageroot extracted from the image for offline validation at plan time). Undefined when the
- * module has no such schema; AgentError `schema_unreadable` when it exists but is not JSON.
- */
-export async function readConfigureModuleSchema(root: string): Promise<unknown> {
-  const file = path.join(root, 'actions', 'configure-module', 'validate-input.json');
-  try {
-    await fs.access(file);
-  } catch {
-    return undefined;
-  }
-  return readJsonFile(file);
 }

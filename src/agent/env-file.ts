@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { withFileLock } from '../host/file-lock.js';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 

@@ -1,16 +1,6 @@
 import { Ns8ctlError } from '../errors.js';
 
 /**
- * A problem in the module agent's area: a bad action or step name, a refused agent command, an
- * instance that cannot be found for runagent. Always names the instance/action and what is allowed.
- */
-export class AgentError extends Ns8ctlError {
-  constructor(code: string, message: string, opts: { cause?: unknown; user?: boolean; exitCode?: number } = {}) {
-    super(code, message, opts);
-  }
-}
-
-/**
  * A task finished with a non-zero exit code. `exitCode` is the task's own exit code (NS8: 8 unknown
  * action, 10 validation failed, 11 busy, 32 permission denied, anything else the action's), so
  * `ns8ctl run-action` exits the way the action did.

@@ -19,7 +19,7 @@ import { resolveAction } from './action-catalog.js';
 import { readEnvironmentFile } from './env-file.js';
 import { parseIni } from './ini.js';
 import { isSafeName, parseEventChannel } from './names.js';
-import { runStepProcess } from './step-process.js';
+import { runStepProcess } from '../host/step-process.js';
 import { taskQueueKey } from './task-store.js';
 
 /** The pattern every agent listens to for `events/<name>/` handlers (as NS8's agent). */

@@ -1,4 +1,4 @@
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 
 /**
  * Names that become path components (actions, steps, event names) are limited to letters, digits,

@@ -19,7 +19,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_CORE_VERSION } from '../repository/core-version.js';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 
 /** Where NS8 keeps its agent runtime (absolute paths on a node). */
 export const NS8_RUNTIME_PATHS = {

@@ -11,8 +11,8 @@ import type { ActionPlan, AgentTask, BuiltinStepContext, PlannedStep, SchemaSour
 import { parseAgentCommand } from './comfd-protocol.js';
 import { readEnvironmentFile, updateEnvironmentFile } from './env-file.js';
 import { ProgressTracker } from './progress.js';
-import { compileSchemaCached, readDefinitions, readJsonFile, toNs8Errors } from './schema-validation.js';
-import { runStepProcess } from './step-process.js';
+import { compileSchemaCached, readDefinitions, readJsonFile, toNs8Errors } from '../configuration/schema-validation.js';
+import { runStepProcess } from '../host/step-process.js';
 import type { TaskResult, TaskStatus } from './task-store.js';
 
 /** Everything an action run needs from its agent. */

@@ -9,7 +9,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { readEnvironmentFile } from './env-file.js';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 import { agentIdOf, assertInstanceId } from './names.js';
 
 /** Paths runagent reads (tests point them at temp dirs). */

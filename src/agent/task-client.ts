@@ -7,7 +7,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { AgentError, TaskFailedError } from './errors.js';
+import { AgentError } from '../errors.js';
+import { TaskFailedError } from './errors.js';
 import { isTaskId } from './names.js';
 import { progressChannel, taskKey, taskQueueKey, type TaskResult, type TaskStatus } from './task-store.js';
 import { buildRelayRequest, relayProgressChannel, relayQueueKey, relayResultKey } from './task-relay.js';

@@ -29,7 +29,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { actionMatches, PERMISSION_DENIED_ERROR, PERMISSION_DENIED_EXIT_CODE } from './authorizations.js';
-import { AgentError } from './errors.js';
+import { AgentError } from '../errors.js';
 import { isInstanceId, isSafeName, isTaskId } from './names.js';
 import { progressChannel, progressMessage, taskKey, taskQueueKey, TASK_TTL_SECONDS, type TaskResult, type TaskStatus } from './task-store.js';
 

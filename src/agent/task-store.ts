@@ -8,7 +8,7 @@
  * The final writes and the final status message go in one MULTI, as NS8 does.
  */
 import type { Redis } from 'ioredis';
-import { maskTaskJson } from './mask-secrets.js';
+import { maskTaskJson } from '../runtime/mask-ns8.js';
 
 /** Task results live 8 hours (NS8's taskExpireDuration). */
 export const TASK_TTL_SECONDS = 8 * 3600;

@@ -5,12 +5,12 @@
  */
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../controller/configuration-schema.js';
-import { checkConfigurations, type ConfigurationCheck } from '../controller/configuration-validation.js';
+import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
+import { checkConfigurations, type ConfigurationCheck } from '../configuration/configuration-validation.js';
 import { RedisError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
-import { secretNamesOfSchema } from '../plan/mask.js';
+import { secretNamesOfSchema } from '../runtime/mask.js';
 import { keys } from '../state/keys.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import { locateInDocument } from './load-validate.js';

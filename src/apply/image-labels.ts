@@ -2,7 +2,7 @@
  * Offline lookup of a container image's labels, for plan-time checks of Modules that name a full
  * image URL (`spec.image`): `org.nethserver.max-per-node` is a label of the image, and such a
  * Module has no repository metadata to read it from. Like the configuration schema lookup
- * (src/controller/configuration-schema.ts) it never contacts a registry: it reads root's local
+ * (src/configuration/configuration-schema.ts) it never contacts a registry: it reads root's local
  * container storage with `podman image inspect`.
  */
 import type { CommandRunner } from '../host/runner.js';

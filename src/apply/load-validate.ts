@@ -4,13 +4,13 @@
  * the schemas and, with a Redis, the cluster's facts (known nodes and instances).
  */
 import type { Redis } from 'ioredis';
-import type { DocumentLocator } from '../controller/configuration-validation.js';
+import type { DocumentLocator } from '../configuration/configuration-validation.js';
 import { ManifestError } from '../errors.js';
 import { loadManifests, type LoadedDocument, type LoadResult } from '../manifest/load.js';
 import { locate } from '../manifest/locate.js';
 import { moduleNameOf, type DesiredObject, type ModuleSpec } from '../manifest/types.js';
 import { validateManifests } from '../manifest/validate.js';
-import type { ClusterState } from '../plan/state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import { readClusterState, readNodeRecords, type ReadScope } from '../state/read-state.js';
 
 /** The document each validated object came from (set by loadAndValidate), for precise diagnostics. */

@@ -3,14 +3,14 @@
  * Only `applyPlan` writes; everything before it is read-only, so invalid input writes nothing.
  */
 import type { Redis } from 'ioredis';
-import type { ConfigurationSchemaLookup } from '../controller/configuration-schema.js';
-import { checkPlannedConfigurations, withSecretNames } from '../controller/configuration-validation.js';
+import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
+import { checkPlannedConfigurations, withSecretNames } from '../configuration/configuration-validation.js';
 import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { moduleNameOf, type DesiredObject } from '../manifest/types.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
 import { annotatePlan, catalogLabels, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
-import type { ClusterState, StoredObject } from '../plan/state.js';
+import type { ClusterState, StoredObject } from '../state/cluster-state.js';
 import type { Plan } from '../plan/types.js';
 import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
@@ -45,7 +45,7 @@ export interface ResolveOptions {
   imageLabels?: ImageLabelLookup | false;
   /**
    * Where plan-time validation of `spec.configuration` finds configure-module schemas (offline:
-   * install dir, local container storage, cache; see src/controller/configuration-schema.ts).
+   * install dir, local container storage, cache; see src/configuration/configuration-schema.ts).
    * Default: defaultSchemaLookup(); `false` skips the check.
    */
   configuration?: ConfigurationSchemaLookup | false;

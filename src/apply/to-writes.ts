@@ -3,10 +3,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { Ns8ctlError } from '../errors.js';
 import { objectKey, type DesiredObject, type ManifestObject } from '../manifest/types.js';
-import { canonicalize } from '../plan/canonical.js';
+import { canonicalize } from '../runtime/canonical.js';
 import { parseKey } from '../plan/planner.js';
 import type { BookkeepingWrite, Plan } from '../plan/types.js';
-import type { ClusterState, DeletionMark } from '../plan/state.js';
+import type { ClusterState, DeletionMark } from '../state/cluster-state.js';
 import { keys } from '../state/keys.js';
 import type { WriteOp } from '../state/write-state.js';
 

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { ControllerExtras } from '../controller/cli.js';
+import type { ControllerExtras } from './commands/controller.js';
 import type { ModuleSpec } from '../manifest/types.js';
 import type { CliDeps } from './deps.js';
 
@@ -93,23 +93,23 @@ type Registrar = (program: Command, deps: () => CliDeps, setExitCode: (code: num
 
 const LOADERS: Record<Area, () => Promise<Registrar>> = {
   repository: async () => {
-    const { registerRepositoryCommands } = await import('../repository/cli.js');
+    const { registerRepositoryCommands } = await import('./commands/repository.js');
     return (program, deps, setExitCode, get) => registerRepositoryCommands(program, deps, setExitCode, get);
   },
   nodeAgent: async () => {
-    const { registerNodeAgentCommand } = await import('../node-agent/cli.js');
+    const { registerNodeAgentCommand } = await import('./commands/node-agent.js');
     return (program, deps, setExitCode, _get, _extras, resolveImage) => registerNodeAgentCommand(program, deps, setExitCode, { resolveImage });
   },
   controller: async () => {
-    const { registerControllerCommands } = await import('../controller/cli.js');
+    const { registerControllerCommands } = await import('./commands/controller.js');
     return (program, deps, setExitCode, _get, extras, resolveImage) => registerControllerCommands(program, deps, setExitCode, { resolveImage, ...extras.controller });
   },
   agent: async () => {
-    const { registerAgentCommands } = await import('../agent/cli.js');
+    const { registerAgentCommands } = await import('./commands/agent.js');
     return (program, deps, setExitCode) => registerAgentCommands(program, deps, setExitCode);
   },
   sandbox: async () => {
-    const { registerSandboxCommands } = await import('../sandbox/cli.js');
+    const { registerSandboxCommands } = await import('./commands/sandbox.js');
     return (program, deps, setExitCode) =>
       registerSandboxCommands(program, {
         deps: () => {

@@ -2,7 +2,7 @@ import { Command, CommanderError, Help, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { assertApplySetName } from '../manifest/names.js';
 import { readBoundedStdin } from '../manifest/read-input.js';
-import { maskSecrets, maskString } from '../plan/mask.js';
+import { maskSecrets, maskString } from '../runtime/mask.js';
 import { ExecaRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
 import { resolveStateDir } from '../state/state-dir.js';
@@ -13,7 +13,7 @@ import type { CliDeps, GlobalOptions } from './deps.js';
 const planCommands = () => import('./commands/plan-commands.js');
 const moduleCommands = () => import('./commands/module-commands.js');
 const getCommands = () => import('./commands/get.js');
-import { renderJson } from './output.js';
+import { renderJson } from '../runtime/output.js';
 import { loadExtensions, placeholderTerm, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
 
 const VERSION = '0.1.0';
@@ -135,7 +135,8 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--show-secrets', 'print secret values (passwords, tokens, URL passwords) instead of masking them')
     .action(async (resource: string, name: string | undefined, opts: { output?: string; watch?: boolean; showSecrets?: boolean }) => {
       if (!opts.watch) return run(async (d) => (await getCommands()).getCommand(resource, name, opts, d))();
-      const { shutdownSignal, watchModules } = await import('../controller/cli.js');
+      const { watchModules } = await import('./commands/controller.js');
+      const { shutdownSignal } = await import('../runtime/shutdown.js');
       const s = shutdownSignal();
       try {
         setExitCode(await watchModules({ ...deps(), signal: s.signal }, async () => (await getCommands()).getCommand(resource, name, opts, deps())));

@@ -10,7 +10,7 @@
  */
 import { promises as fs } from 'node:fs';
 import type { Redis } from 'ioredis';
-import { followEvents, type ControllerEvent } from './events.js';
+import { followEvents, type ControllerEvent } from '../state/events.js';
 
 export interface AuditLogOptions {
   file: string;

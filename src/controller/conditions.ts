@@ -5,7 +5,7 @@
  * source reconciler. Transition times carry over while a condition's status stays the same.
  */
 import type { ModuleStatus as AgentStatus } from '../node-agent/types.js';
-import { maskString } from '../plan/mask.js';
+import { maskString } from '../runtime/mask.js';
 import type { ConfigurationFacts } from './configuration-reconciler.js';
 
 export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled' | 'Drifted';

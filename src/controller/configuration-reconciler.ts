@@ -17,17 +17,17 @@
  */
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { diffConfiguration, formatConfigurationDiff } from '../agent/configuration.js';
-import { AgentError, TaskFailedError } from '../agent/errors.js';
+import { diffConfiguration, formatConfigurationDiff } from '../configuration/configuration.js';
+import { TaskFailedError } from '../agent/errors.js';
 import { agentIdOf } from '../agent/names.js';
 import { buildTask, readTaskResult, taskState, waitForTask, withdrawTask } from '../agent/task-client.js';
 import { taskQueueKey, type TaskResult } from '../agent/task-store.js';
-import { RedisError, type Ns8ctlError } from '../errors.js';
-import { canonicalJson } from '../plan/canonical.js';
-import { isSecretKey, MASK, maskString } from '../plan/mask.js';
+import { AgentError, type Ns8ctlError, RedisError } from '../errors.js';
+import { canonicalJson } from '../runtime/canonical.js';
+import { isSecretKey, MASK, maskString } from '../runtime/mask.js';
 import { keys } from '../state/keys.js';
-import type { ConfigurationSchemaLookup } from './configuration-schema.js';
-import type { EventRecorder } from './events.js';
+import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
+import type { EventRecorder } from '../state/events.js';
 
 /** What the configuration step tells the Module summary (conditions.ts). */
 export interface ConfigurationFacts {

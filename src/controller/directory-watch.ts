@@ -9,7 +9,7 @@ import path from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import { Ns8ctlError } from '../errors.js';
 import { MANIFEST_EXTENSIONS } from '../manifest/load.js';
-import { systemClock, type Clock, type TimerHandle } from './clock.js';
+import { systemClock, type Clock, type TimerHandle } from '../runtime/clock.js';
 
 export interface DirectoryWatchOptions {
   paths: string[];

@@ -8,7 +8,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { CommandFailedError, Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
-import { maskString } from '../plan/mask.js';
+import { maskString } from '../runtime/mask.js';
 
 /** Default timeout of one git command (the longest step a controller stop may wait for). */
 export const GIT_COMMAND_TIMEOUT_MS = 60_000;

@@ -13,7 +13,7 @@
  */
 import type { Redis } from 'ioredis';
 import { channels, keys } from '../state/keys.js';
-import { sleep, systemClock, type Clock } from './clock.js';
+import { sleep, systemClock, type Clock } from '../runtime/clock.js';
 
 const RENEW = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -12,7 +12,7 @@ import { parseStoredObject } from '../state/read-state.js';
 import { keys } from '../state/keys.js';
 import { findCondition, moduleTransitionEvent, sameConditions, stampConditions, summarizeModule, transitions, type Condition, type ObjectSummary } from './conditions.js';
 import { reconcileConfiguration, type ConfigurationReconcileDeps } from './configuration-reconciler.js';
-import type { EventRecorder } from './events.js';
+import type { EventRecorder } from '../state/events.js';
 import type { Suspension } from './suspend.js';
 
 type Reply = [Error | null, unknown];

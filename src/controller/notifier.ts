@@ -12,9 +12,9 @@
  * are logged, never thrown: notifications must not disturb reconciling.
  */
 import type { Redis } from 'ioredis';
-import { maskString } from '../plan/mask.js';
+import { maskString } from '../runtime/mask.js';
 import { keys } from '../state/keys.js';
-import { followEvents, type ControllerEvent } from './events.js';
+import { followEvents, type ControllerEvent } from '../state/events.js';
 
 export interface NotifierOptions {
   url: string;

@@ -15,7 +15,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import { parseDuration } from './duration.js';
+import { parseDuration } from '../runtime/duration.js';
 import { validBranchName } from './git-checkout.js';
 import type { SourceSpec } from './source-reconciler.js';
 

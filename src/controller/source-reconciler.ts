@@ -21,21 +21,21 @@ import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, locateDesir
 import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { objectKey, type DesiredObject } from '../manifest/types.js';
-import { canonicalJson } from '../plan/canonical.js';
-import { maskString } from '../plan/mask.js';
+import { canonicalJson } from '../runtime/canonical.js';
+import { maskString } from '../runtime/mask.js';
 import { checkPruneSafety, isEmpty, parseKey, plan as makePlan } from '../plan/planner.js';
-import type { ClusterState } from '../plan/state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { Plan } from '../plan/types.js';
 import { cond, type Condition } from './conditions.js';
-import type { ConfigurationSchemaLookup } from './configuration-schema.js';
-import type { EventRecorder } from './events.js';
+import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
+import type { EventRecorder } from '../state/events.js';
 import { GitCheckout, type CommitInfo, type CommitSigner, type GitSourceSpec } from './git-checkout.js';
-import { formatDuration } from './duration.js';
+import { formatDuration } from '../runtime/duration.js';
 import { formatLocal, windowState, type SyncWindow } from './sync-window.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../runtime/log.js';
 import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
 import { readSuspension, readSuspensions } from './suspend.js';
-import type { ReconcileResult } from './work-queue.js';
+import type { ReconcileResult } from '../runtime/work-queue.js';
 
 /** One source the controller keeps desired state equal to. */
 export interface SourceSpec {

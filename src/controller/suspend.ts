@@ -10,8 +10,8 @@
 import type { Redis } from 'ioredis';
 import { NotFoundError, RedisError, UsageError } from '../errors.js';
 import { keys } from '../state/keys.js';
-import type { EventRecorder } from './events.js';
-import { formatDuration } from './duration.js';
+import type { EventRecorder } from '../state/events.js';
+import { formatDuration } from '../runtime/duration.js';
 import { scanNames } from '../state/scan.js';
 
 export type SuspendKind = 'module' | 'source';

@@ -3,7 +3,7 @@
  * schema itself (property lists, enums, descriptions) so messages stay true when schemas change.
  */
 import type { ErrorObject } from 'ajv';
-import { MASK, isSecretPath, isSecretSchema, maskString } from '../plan/mask.js';
+import { MASK, isSecretPath, isSecretSchema, maskString } from '../runtime/mask.js';
 import { escapePointerSegment } from './locate.js';
 import type { LocateMode } from './locate.js';
 

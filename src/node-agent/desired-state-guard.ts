@@ -18,7 +18,7 @@ import { randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { EventRecorder } from '../controller/events.js';
+import { EventRecorder } from '../state/events.js';
 import { Ns8ctlError, RedisError } from '../errors.js';
 import { channels, keys } from '../state/keys.js';
 import { writeFileAtomic } from './atomic-write.js';

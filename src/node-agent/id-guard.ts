@@ -7,7 +7,7 @@
  * key does not flood the event stream at every pass), never turned into a path.
  */
 import type { Redis } from 'ioredis';
-import { EventRecorder } from '../controller/events.js';
+import { EventRecorder } from '../state/events.js';
 import { isValidObjectId } from '../manifest/names.js';
 
 /** Ids already reported by this process (bounded: a hostile index cannot grow it without limit). */

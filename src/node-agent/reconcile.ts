@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
-import { EventRecorder } from '../controller/events.js';
+import { EventRecorder } from '../state/events.js';
 import { keys } from '../state/keys.js';
 import { applyStep, type StepContext } from './applier.js';
 import type { NodeAgentDeps, NodeAgentOptions } from './deps.js';

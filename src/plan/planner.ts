@@ -9,8 +9,8 @@ import { ManifestError, Ns8ctlError, RefusedError, type Diagnostic } from '../er
 import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
-import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from './canonical.js';
-import type { ClusterState } from './state.js';
+import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
 export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';

@@ -7,7 +7,7 @@
 import { API_VERSION, type ModuleObject, type NodeObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import type { WriteOp } from '../state/write-state.js';
-import type { ClusterState } from './state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 
 /** An inclusive port range. */
 interface Range {

@@ -4,8 +4,8 @@
  */
 import type { Operation } from 'fast-json-patch';
 import { API_VERSION } from '../manifest/types.js';
-import { canonicalize, jsonEqual } from './canonical.js';
-import { MASK, isSecretKey, isSecretPath, maskSecrets, maskString } from './mask.js';
+import { canonicalize, jsonEqual } from '../runtime/canonical.js';
+import { MASK, isSecretKey, isSecretPath, maskSecrets, maskString } from '../runtime/mask.js';
 import { isEmpty } from './planner.js';
 import type { BookkeepingWrite, Change, Plan, ResolvedImage, UpdateNotice } from './types.js';
 

@@ -8,9 +8,9 @@
 import { moduleNameOf, objectKey, splitInstanceId, type DesiredObject, type ModuleObject, type ModuleSpec } from '../manifest/types.js';
 import { RepositoryError } from '../repository/errors.js';
 import { admitMaxPerNode, checkUpdate, findModules, resolveModule, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
-import { compareNatural } from './canonical.js';
+import { compareNatural } from '../runtime/canonical.js';
 import { compareKeys } from './planner.js';
-import type { ClusterState } from './state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { BlockedChange, Change, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';
 
 /** The modules the enabled repositories offer, as `loadAvailable` returns them. */

@@ -5,8 +5,8 @@
  */
 import { Ns8ctlError } from '../errors.js';
 import { keys } from '../state/keys.js';
-import { cloneState } from './state.js';
-import type { ClusterState } from './state.js';
+import { cloneState } from '../state/cluster-state.js';
+import type { ClusterState } from '../state/cluster-state.js';
 import type { BookkeepingWrite, Plan } from './types.js';
 
 /**

@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { Ns8ctlError } from '../errors.js';
 import type { HostPaths } from './host-check.js';
-import { execaStreamExec, processExecStdio, type ExecStdio, type StreamExec } from './stream-exec.js';
+import { execaStreamExec, processExecStdio, type ExecStdio, type StreamExec } from '../host/stream-exec.js';
 
 /** The subset of a Redis client the sandbox uses (ioredis fits). */
 export type SandboxRedis = Pick<Redis, 'set' | 'get' | 'hset' | 'sadd' | 'info' | 'quit' | 'disconnect' | 'ping'>;

@@ -8,7 +8,7 @@ import type { SandboxDeps } from './deps.js';
 import { DEFAULT_SANDBOX_NAME, nodeContainer, parseNodeRef, validateSandboxName } from './naming.js';
 import { listContainers, waitForSystemd, type SandboxContainer } from './podman-sandbox.js';
 import { adjustHost, requireRoot, requireTool } from './preflight.js';
-import { podmanExecFlags } from './stream-exec.js';
+import { podmanExecFlags } from '../host/stream-exec.js';
 import { step } from './progress.js';
 import { readAdminPassword } from './record.js';
 

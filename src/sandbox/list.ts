@@ -3,7 +3,7 @@
  * the containers' labels (the truth) and the sandbox records.
  */
 import { UsageError } from '../errors.js';
-import { renderJson, renderTable } from '../cli/output.js';
+import { renderJson, renderTable } from '../runtime/output.js';
 import type { SandboxDeps } from './deps.js';
 import { listContainers } from './podman-sandbox.js';
 import { envCommand, leaderRedisUrlOf } from './env.js';

@@ -4,7 +4,7 @@ import { Redis, type RedisOptions as IoRedisOptions } from 'ioredis';
 import { EXIT_REDIS, RedisError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { ADMIN_USER, applyDefaultUserRule, embeddedPaths, readAdminPassword, startEmbeddedRedis } from './embedded-redis.js';
-import { maskUrl } from './mask-url.js';
+import { maskUrl } from '../runtime/mask-url.js';
 
 /** ioredis options without the reply mapping (ns8ctl uses the default one). */
 type RedisOptions = Omit<IoRedisOptions, 'replyMapping'>;
@@ -33,7 +33,7 @@ export interface Connection {
   embedded: boolean;
 }
 
-/** The project's one URL rule (src/plan/mask.ts re-exports it); kept exported here for callers of this module. */
+/** The project's one URL rule (src/runtime/mask.ts re-exports it); kept exported here for callers of this module. */
 export { maskUrl };
 
 /** What `parseRedisUrl` found in a `redis://` or `rediss://` URL. */

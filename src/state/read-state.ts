@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { KINDS, type Kind, type ManifestObject, type RemovalPolicy } from '../manifest/types.js';
-import { emptyState, type ClusterState, type DeletionMark, type StoredObject } from '../plan/state.js';
+import { emptyState, type ClusterState, type DeletionMark, type StoredObject } from './cluster-state.js';
 import { RedisError } from '../errors.js';
 import { keys } from './keys.js';
 

@@ -9,7 +9,7 @@ import { Command } from 'commander';
 import type { Redis } from 'ioredis';
 import { runAgent } from '../../src/agent/agent.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
-import { agentCommand, registerAgentCommands, type AgentCliDeps } from '../../src/agent/cli.js';
+import { agentCommand, registerAgentCommands, type AgentCliDeps } from '../../src/cli/commands/agent.js';
 import type { SystemdAdapter } from '../../src/agent/systemd-status.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';

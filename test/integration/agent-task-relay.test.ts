@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
-import { runActionCommand, type AgentCliDeps } from '../../src/agent/cli.js';
+import { runActionCommand, type AgentCliDeps } from '../../src/cli/commands/agent.js';
 import { readTaskResult, runTask, runTaskViaRelay, submitTaskViaRelay, waitForRelayedTask } from '../../src/agent/task-client.js';
 import { buildRelayRequest, parseRelayRequest, RELAY_INFLIGHT_KEY, relayQueueKey, relayResultKey, startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { finalizeTask } from '../../src/agent/task-store.js';

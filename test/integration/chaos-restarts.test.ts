@@ -16,7 +16,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
-import { canonicalize } from '../../src/plan/canonical.js';
+import { canonicalize } from '../../src/runtime/canonical.js';
 import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
 import type { EmbeddedRedis} from '../support/chaos.js';

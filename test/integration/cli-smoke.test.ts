@@ -34,13 +34,18 @@ describe('the built ns8ctl command (plain node, real ESM)', () => {
   it('prints help for the program and every command', async () => {
     const top = await ns8ctl(['--help']);
     expect(top.code).toBe(0);
-    for (const cmd of ['validate', 'diff', 'apply', 'get', 'delete', 'add-module', 'remove-module', 'repo', 'search', 'createrepo', 'node-agent', 'run-action', 'publish', 'runagent', 'agent', 'sandbox', 'run', 'controller', 'suspend', 'resume', 'events']) {
-      expect(top.stdout).toContain(cmd);
-      const sub = await ns8ctl([cmd, '--help']);
-      expect(sub.code).toBe(0);
-      expect(sub.stdout).toContain(`Usage: ns8ctl ${cmd}`);
+    const cmds = ['validate', 'diff', 'apply', 'get', 'delete', 'add-module', 'remove-module', 'repo', 'search', 'createrepo', 'node-agent', 'run-action', 'publish', 'runagent', 'agent', 'sandbox', 'run', 'controller', 'suspend', 'resume', 'events'];
+    for (const cmd of cmds) expect(top.stdout).toContain(cmd);
+    // 21 processes: four at a time, with room for a loaded machine (each one is a full CLI start).
+    for (let i = 0; i < cmds.length; i += 4) {
+      const batch = cmds.slice(i, i + 4);
+      const subs = await Promise.all(batch.map((cmd) => ns8ctl([cmd, '--help'])));
+      subs.forEach((sub, j) => {
+        expect(sub.code).toBe(0);
+        expect(sub.stdout).toContain(`Usage: ns8ctl ${batch[j]}`);
+      });
     }
-  });
+  }, 240_000);
 
   it('exits 2 on usage errors', async () => {
     const r = await ns8ctl(['diff']);

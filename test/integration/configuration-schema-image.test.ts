@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { OfflineSchemaLookup } from '../../src/controller/configuration-schema.js';
+import { OfflineSchemaLookup } from '../../src/configuration/configuration-schema.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 
 const runner = new ExecaRunner();

@@ -8,10 +8,10 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { watchModules } from '../../src/controller/cli.js';
-import { controllerMain } from '../../src/controller/controller-main.js';
-import { EventRecorder } from '../../src/controller/events.js';
-import { startLocalNodeAgent, SuspensionAwareSource } from '../../src/controller/node-agent-seam.js';
+import { watchModules } from '../../src/cli/commands/controller.js';
+import { controllerMain } from '../support/controller-main.js';
+import { EventRecorder } from '../../src/state/events.js';
+import { startLocalNodeAgent, SuspensionAwareSource } from '../../src/cli/local-node-agent.js';
 import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { MainIO } from '../../src/cli/main.js';
 import type { CliDeps } from '../../src/cli/deps.js';

@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { Controller } from '../../src/controller/controller.js';
 import { LeaderElector } from '../../src/controller/leader-election.js';
-import { createLogger } from '../../src/controller/log.js';
+import { createLogger } from '../../src/runtime/log.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';

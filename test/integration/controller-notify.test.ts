@@ -6,8 +6,8 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Controller } from '../../src/controller/controller.js';
-import { EventRecorder, type ControllerEvent } from '../../src/controller/events.js';
-import { createLogger } from '../../src/controller/log.js';
+import { EventRecorder, type ControllerEvent } from '../../src/state/events.js';
+import { createLogger } from '../../src/runtime/log.js';
 import { NotificationFilter, startNotifier } from '../../src/controller/notifier.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';

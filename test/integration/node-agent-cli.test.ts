@@ -12,7 +12,7 @@ import type { CliDeps } from '../../src/cli/deps.js';
 import { suspendTarget } from '../../src/controller/suspend.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
-import { nodeAgentCommand } from '../../src/node-agent/cli.js';
+import { nodeAgentCommand } from '../../src/cli/commands/node-agent.js';
 import { createNodeAgentDeps } from '../../src/node-agent/deps.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { channels, keys } from '../../src/state/keys.js';

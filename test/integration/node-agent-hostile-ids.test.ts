@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { readEvents } from '../../src/controller/events.js';
+import { readEvents } from '../../src/state/events.js';
 import { CommandFailedError } from '../../src/errors.js';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';

@@ -13,10 +13,10 @@ import { parseInstallSection, type SystemdHost, type UnitScope } from '../../src
 import { reconcileNodeOnce, type InstanceResult, type NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
-import { agentRedisUrl } from '../../src/agent/cli.js';
+import { agentRedisUrl } from '../../src/cli/commands/agent.js';
 import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
-import { readEvents } from '../../src/controller/events.js';
+import { readEvents } from '../../src/state/events.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { findCondition } from '../../src/controller/conditions.js';
-import { EventRecorder, readEvents } from '../../src/controller/events.js';
+import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { reconcileModuleSummary } from '../../src/controller/module-reconciler.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';

@@ -11,7 +11,7 @@ import { RepositoryError } from '../../src/repository/errors.js';
 import { CACHE_TTL_SECONDS, getRepodata, loadSnapshots, readRepositories, refreshRepositories } from '../../src/repository/fetch.js';
 import { makeImageResolver, makeModuleResolver } from '../../src/repository/image-resolver.js';
 import { updatesFromRedis } from '../../src/repository/installed.js';
-import { getAvailable, registerRepositoryCommands, repoRefresh, search, type RepositoryDeps } from '../../src/repository/cli.js';
+import { getAvailable, registerRepositoryCommands, repoRefresh, search, type RepositoryDeps } from '../../src/cli/commands/repository.js';
 import type { RepositoryInfo } from '../../src/repository/resolve.js';
 import { keys } from '../../src/state/keys.js';
 import { freePort, startRedis, type TestRedis } from '../support/redis-server.js';

@@ -4,7 +4,7 @@
 import { Command } from 'commander';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import { pickMirror } from '../../src/sandbox/apt-mirror.js';
-import { registerSandboxCommands } from '../../src/sandbox/cli.js';
+import { registerSandboxCommands } from '../../src/cli/commands/sandbox.js';
 import { renderCreated } from '../../src/sandbox/create.js';
 import { envCommand, leaderRedisUrlOf, renderEnv } from '../../src/sandbox/env.js';
 import { renderList } from '../../src/sandbox/list.js';
@@ -13,7 +13,7 @@ import { renderRedisConf, renderSandboxEnv } from '../../src/sandbox/node-config
 import { nodeRunArgs, parsePs } from '../../src/sandbox/podman-sandbox.js';
 import { targetPath } from '../../src/sandbox/push.js';
 import { defaultRecipe, recipeHash } from '../../src/sandbox/rootfs-recipe.js';
-import { podmanExecFlags, type ExecStdio, type StreamExec } from '../../src/sandbox/stream-exec.js';
+import { podmanExecFlags, type ExecStdio, type StreamExec } from '../../src/host/stream-exec.js';
 
 describe('sandbox naming and addresses', () => {
   test('nodes are named by id, nodeN or container name, and anything else is refused with the allowed forms', () => {

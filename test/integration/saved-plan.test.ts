@@ -5,7 +5,7 @@
 import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { canonicalJson } from '../../src/plan/canonical.js';
+import { canonicalJson } from '../../src/runtime/canonical.js';
 import { loadPlanKey, sealObjects, unsealObjects, type SealedObjects } from '../../src/apply/saved-plan.js';
 import type { DesiredObject } from '../../src/manifest/types.js';
 import { runCli } from '../support/cli.js';

@@ -6,8 +6,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { MASK } from '../../src/plan/mask.js';
-import { schemaCacheFile } from '../../src/controller/configuration-schema.js';
+import { MASK } from '../../src/runtime/mask.js';
+import { schemaCacheFile } from '../../src/configuration/configuration-schema.js';
 import { runCli } from '../support/cli.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 

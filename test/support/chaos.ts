@@ -162,7 +162,7 @@ export async function writeNodeAgentEntry(dir: string): Promise<string> {
   const file = path.join(dir, 'node-agent-entry.mjs');
   await fs.writeFile(
     file,
-    `import { nodeAgentCommand } from ${JSON.stringify(dist('node-agent/cli.js'))};
+    `import { nodeAgentCommand } from ${JSON.stringify(dist('cli/commands/node-agent.js'))};
 import { ExecaRunner } from ${JSON.stringify(dist('host/runner.js'))};
 import { connectRedis } from ${JSON.stringify(dist('state/connect.js'))};
 import { resolveStateDir } from ${JSON.stringify(dist('state/state-dir.js'))};

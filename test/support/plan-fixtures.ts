@@ -1,8 +1,8 @@
 /** Small builders for planner and renderer tests: desired objects and stored state by hand. */
 import { API_VERSION, objectKey } from '../../src/manifest/types.js';
 import type { DesiredObject, ManifestObject, ModuleObject, ModuleSpec, NodeObject, RepositoryObject } from '../../src/manifest/types.js';
-import { emptyState } from '../../src/plan/state.js';
-import type { ClusterState, StoredObject } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
+import type { ClusterState, StoredObject } from '../../src/state/cluster-state.js';
 
 export function mod(id: string, spec: Partial<ModuleSpec> = {}, labels?: Record<string, string>): ModuleObject {
   const module = id.replace(/[0-9]+$/, '');

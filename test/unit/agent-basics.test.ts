@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { formatCommandLine, parseAgentCommand, splitCommandLine } from '../../src/agent/comfd-protocol.js';
-import { isSecretKey, maskSecrets, maskTaskJson } from '../../src/agent/mask-secrets.js';
+import { isSecretKey, maskSecrets, maskTaskJson } from '../../src/runtime/mask-ns8.js';
 import { assertActionName, isSafeName, parseEventChannel } from '../../src/agent/names.js';
-import { resolveAgentTarget as resolveAgentTargetForTest, splitRunagentArgs } from '../../src/agent/cli.js';
+import { resolveAgentTarget as resolveAgentTargetForTest, splitRunagentArgs } from '../../src/cli/commands/agent.js';
 import { ProgressTracker } from '../../src/agent/progress.js';
 
 describe('secret masking', () => {

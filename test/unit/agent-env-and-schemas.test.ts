@@ -1,9 +1,9 @@
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, chmodSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { diffConfiguration, formatConfigurationDiff, validateConfiguration } from '../../src/agent/configuration.js';
+import { diffConfiguration, formatConfigurationDiff, validateConfiguration } from '../../src/configuration/configuration.js';
 import { formatEnvironment, parseEnvironment, readEnvironmentFile, updateEnvironmentFile, writeEnvironmentFile } from '../../src/agent/env-file.js';
-import { compileSchema, toNs8Errors } from '../../src/agent/schema-validation.js';
+import { compileSchema, toNs8Errors } from '../../src/configuration/schema-validation.js';
 
 let dir: string;
 beforeEach(() => {

@@ -4,11 +4,11 @@ import path from 'node:path';
 import { TaskFailedError } from '../../src/agent/errors.js';
 import { summarizeModule, findCondition, type ModuleFacts } from '../../src/controller/conditions.js';
 import { configurationHash, describeTaskFailure, maskAgentText, parseConfigurationRecord } from '../../src/controller/configuration-reconciler.js';
-import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../../src/controller/configuration-schema.js';
-import { checkPlannedConfigurations } from '../../src/controller/configuration-validation.js';
+import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../../src/configuration/configuration-schema.js';
+import { checkPlannedConfigurations } from '../../src/configuration/configuration-validation.js';
 import type { CommandRunner } from '../../src/host/runner.js';
 import type { DesiredObject, ModuleObject } from '../../src/manifest/types.js';
-import { MASK } from '../../src/plan/mask.js';
+import { MASK } from '../../src/runtime/mask.js';
 import type { Plan } from '../../src/plan/types.js';
 
 const noCommands: CommandRunner = {

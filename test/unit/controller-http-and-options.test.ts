@@ -1,17 +1,17 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { buildControllerOptions, DEFAULT_HTTP_PORT } from '../../src/controller/cli.js';
+import { buildControllerOptions, DEFAULT_HTTP_PORT } from '../../src/cli/commands/controller.js';
 import { ignoredName } from '../../src/controller/directory-watch.js';
-import { formatDuration, parseDuration } from '../../src/controller/duration.js';
+import { formatDuration, parseDuration } from '../../src/runtime/duration.js';
 import { ControllerHttpServer, MAX_BODY_BYTES } from '../../src/controller/http-server.js';
-import { formatLogLine, parseLogFormat } from '../../src/controller/log.js';
+import { formatLogLine, parseLogFormat } from '../../src/runtime/log.js';
 import { ControllerMetrics, escapeLabelValue, Histogram } from '../../src/controller/metrics.js';
 import { desiredDigest, pinSuspended } from '../../src/controller/source-reconciler.js';
 import { hmacHex, safeEqual, verifyWebhook } from '../../src/controller/webhook-auth.js';
 import { UsageError } from '../../src/errors.js';
 import type { DesiredObject, ModuleObject } from '../../src/manifest/types.js';
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 
 describe('webhook secret checks', () => {
   const body = Buffer.from('{"ref":"refs/heads/main"}');

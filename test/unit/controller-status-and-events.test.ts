@@ -1,6 +1,6 @@
 import { cond, moduleTransitionEvent, sameConditions, stampConditions, summarizeModule, transitions, type ModuleFacts } from '../../src/controller/conditions.js';
-import { formatEventLine, parseStreamEntry } from '../../src/controller/events.js';
-import { StatusChangeTracker } from '../../src/controller/node-agent-seam.js';
+import { formatEventLine, parseStreamEntry } from '../../src/state/events.js';
+import { StatusChangeTracker } from '../../src/cli/local-node-agent.js';
 import { changedModules, decodeNotification } from '../../src/controller/notifications.js';
 import { parseSuspendTarget } from '../../src/controller/suspend.js';
 import type { ModuleStatus } from '../../src/node-agent/types.js';

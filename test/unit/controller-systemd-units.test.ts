@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { controllerMain } from '../../src/controller/controller-main.js';
+import { controllerMain } from '../support/controller-main.js';
 import { GIT_COMMAND_TIMEOUT_MS } from '../../src/controller/git-checkout.js';
 
 const UNITS = path.resolve('contrib/systemd');

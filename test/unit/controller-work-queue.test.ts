@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { ManifestError, RedisError, RefusedError } from '../../src/errors.js';
-import { backoffDelay } from '../../src/controller/backoff.js';
-import { ManualClock } from '../../src/controller/clock.js';
-import { isTerminalError, WorkQueue, type ReconcileReport } from '../../src/controller/work-queue.js';
+import { backoffDelay } from '../../src/runtime/backoff.js';
+import { ManualClock } from '../../src/runtime/clock.js';
+import { isTerminalError, WorkQueue, type ReconcileReport } from '../../src/runtime/work-queue.js';
 
 /** Lets pending promise callbacks run (the queue's bookkeeping is promise-driven). */
 const flush = async (): Promise<void> => {

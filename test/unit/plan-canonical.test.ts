@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { canonicalJson, canonicalize, compareNatural, jsonEqual } from '../../src/plan/canonical.js';
+import { canonicalJson, canonicalize, compareNatural, jsonEqual } from '../../src/runtime/canonical.js';
 import { plan } from '../../src/plan/planner.js';
 import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 

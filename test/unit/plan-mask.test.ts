@@ -1,5 +1,5 @@
 import { describe, expect, it } from '@jest/globals';
-import { MASK, isSecretKey, maskSecrets, maskString } from '../../src/plan/mask.js';
+import { MASK, isSecretKey, maskSecrets, maskString } from '../../src/runtime/mask.js';
 
 describe('isSecretKey', () => {
   it.each(['password', 'ADMIN_PASSWORD', 'dbPass', 'smtp_pass', 'client_secret', 'secrets', 'apiToken', 'tokens', 'key', 'ssh_key', 'sshKey', 'ssh_key_file', 'keyData', 'apikey', 'API_KEY_ID', 'passwd', 'passphrase', 'credentials', 'aws-credential', 'privateKey', 'db-pwd', 'wifi_psk'])(

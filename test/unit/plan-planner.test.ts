@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { ManifestError, RefusedError } from '../../src/errors.js';
 import { applyPlanToState, checkPruneSafety, isEmpty, plan, planDeletion } from '../../src/plan/planner.js';
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 import { appliedState, desired, mod, node, repo, stored, uuidFor } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };

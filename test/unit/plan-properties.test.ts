@@ -3,11 +3,11 @@ import fc from 'fast-check';
 import { API_VERSION, objectKey } from '../../src/manifest/types.js';
 import type { DesiredObject, ManifestObject, ModuleObject, NodeObject, RepositoryObject } from '../../src/manifest/types.js';
 import { ManifestError } from '../../src/errors.js';
-import { compareNatural, jsonEqual } from '../../src/plan/canonical.js';
+import { compareNatural, jsonEqual } from '../../src/runtime/canonical.js';
 import { applyPlanToState, plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
-import { emptyState } from '../../src/plan/state.js';
-import type { ClusterState, StoredObject } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
+import type { ClusterState, StoredObject } from '../../src/state/cluster-state.js';
 import { desired, uuidFor } from '../support/plan-fixtures.js';
 
 // ---- generators: small value pools so objects collide with the state often -------------------

@@ -4,7 +4,7 @@ import type { DesiredObject, ModuleObject } from '../../src/manifest/types.js';
 import { applyPlanToState, isEmpty, plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText, summaryLine } from '../../src/plan/render.js';
 import { annotatePlan, usesRepository, type ResolutionCatalog, type ResolutionInputs } from '../../src/plan/resolution.js';
-import { emptyState, type ClusterState } from '../../src/plan/state.js';
+import { emptyState, type ClusterState } from '../../src/state/cluster-state.js';
 import type { Plan } from '../../src/plan/types.js';
 import { listAvailable, type RepositorySnapshot } from '../../src/repository/resolve.js';
 import { pkg, repo, ver } from '../fixtures/repodata/builders.js';

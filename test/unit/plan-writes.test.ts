@@ -6,7 +6,7 @@ import { checkReplan, type PreparedPlan } from '../../src/apply/pipeline.js';
 import { expectOp, planToWrites } from '../../src/apply/to-writes.js';
 import { ConflictError } from '../../src/errors.js';
 import { plan, planDeletion } from '../../src/plan/planner.js';
-import type { ClusterState } from '../../src/plan/state.js';
+import type { ClusterState } from '../../src/state/cluster-state.js';
 import { parseDeletionMark } from '../../src/state/read-state.js';
 import { describeConflict, type WriteOp } from '../../src/state/write-state.js';
 import { appliedState, desired, mod, node, stored } from '../support/plan-fixtures.js';

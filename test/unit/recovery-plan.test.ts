@@ -2,7 +2,7 @@
  * The pure deciders of recovery: planRecovery (what a host's instances become) and planRestore
  * (what a saved snapshot writes over the current state). Plain data in, data out.
  */
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 import { planRecovery, type RecoverableInstance } from '../../src/plan/recovery.js';
 import { CLUSTER_EPOCH_KEY, planRestore, type StateSnapshot } from '../../src/state/state-snapshot.js';
 

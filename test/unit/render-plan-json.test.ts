@@ -1,7 +1,7 @@
 import { describe, expect, it } from '@jest/globals';
 import { plan } from '../../src/plan/planner.js';
 import { renderPlanJson } from '../../src/plan/render.js';
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 import { appliedState, desired, mod, repo } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };

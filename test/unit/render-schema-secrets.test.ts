@@ -1,9 +1,9 @@
 import { describe, expect, it } from '@jest/globals';
-import { withSecretNames } from '../../src/controller/configuration-validation.js';
-import { MASK } from '../../src/plan/mask.js';
+import { withSecretNames } from '../../src/configuration/configuration-validation.js';
+import { MASK } from '../../src/runtime/mask.js';
 import { plan } from '../../src/plan/planner.js';
 import { renderPlanJson, renderPlanText } from '../../src/plan/render.js';
-import { emptyState } from '../../src/plan/state.js';
+import { emptyState } from '../../src/state/cluster-state.js';
 import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };

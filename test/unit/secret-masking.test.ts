@@ -1,11 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import { validateConfiguration, diffConfiguration } from '../../src/agent/configuration.js';
-import { maskSecrets as maskForTask } from '../../src/agent/mask-secrets.js';
-import { toNs8Errors, compileSchema } from '../../src/agent/schema-validation.js';
+import { validateConfiguration, diffConfiguration } from '../../src/configuration/configuration.js';
+import { maskSecrets as maskForTask } from '../../src/runtime/mask-ns8.js';
+import { toNs8Errors, compileSchema } from '../../src/configuration/schema-validation.js';
 import { formatDiagnostic } from '../../src/errors.js';
 import { parseManifestText } from '../../src/manifest/load.js';
 import { validateManifests } from '../../src/manifest/validate.js';
-import { MASK, isSecretKey, maskSecrets, maskString, secretNamesOfSchema } from '../../src/plan/mask.js';
+import { MASK, isSecretKey, maskSecrets, maskString, secretNamesOfSchema } from '../../src/runtime/mask.js';
 
 describe('one secret rule set', () => {
   it.each(['db_pw', 'smtpPw', 'DB_PWD', 'dbpwd', 'pw', 'ldap-pw', 'api_creds', 'basic_auth', 'admin_passwd'])('treats %s as secret (the documented name rule)', (name) => expect(isSecretKey(name)).toBe(true));

@@ -19,7 +19,7 @@ import { readNodeRecords } from '../../state/read-state.js';
 import { keys } from '../../state/keys.js';
 import { scanNames } from '../../state/scan.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson } from '../output.js';
+import { parseOutput, renderJson } from '../../runtime/output.js';
 
 export interface AdoptOptions {
   manifests?: string;

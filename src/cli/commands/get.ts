@@ -3,8 +3,8 @@ import { findCondition, type Condition as ControllerCondition, type ObjectSummar
 import { readSourceStatus, type SourceStatus } from '../../controller/source-status.js';
 import { NotFoundError, RedisError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
-import { maskSecrets, maskString } from '../../plan/mask.js';
-import type { StoredObject } from '../../plan/state.js';
+import { maskSecrets, maskString } from '../../runtime/mask.js';
+import type { StoredObject } from '../../state/cluster-state.js';
 import { readCoreVersion } from '../../repository/core-version.js';
 import { updatesFromRedis } from '../../repository/installed.js';
 import type { InstanceUpdates } from '../../repository/resolve.js';
@@ -12,7 +12,7 @@ import { describeUpdate } from '../../repository/update-text.js';
 import { keys } from '../../state/keys.js';
 import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson, renderTable, renderYaml } from '../output.js';
+import { parseOutput, renderJson, renderTable, renderYaml } from '../../runtime/output.js';
 import { scanNames } from '../../state/scan.js';
 
 /** Resource names `get` accepts, with their kind (kubectl-style singular/plural/short forms). */

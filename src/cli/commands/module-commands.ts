@@ -13,11 +13,11 @@ import { renderPlanText } from '../../plan/render.js';
 import { keys } from '../../state/keys.js';
 import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import { executeWrites, type WriteOp } from '../../state/write-state.js';
-import type { ClusterState } from '../../plan/state.js';
+import type { ClusterState } from '../../state/cluster-state.js';
 import type { Redis } from 'ioredis';
 import { requestOrphanRemoval } from '../../node-agent/removal-request.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson, useColor } from '../output.js';
+import { parseOutput, renderJson, useColor } from '../../runtime/output.js';
 import { resourceKind } from './get.js';
 
 export interface DeleteOptions {

@@ -8,7 +8,7 @@ import { renderPlanJson, renderPlanText } from '../../plan/render.js';
 import type { Plan } from '../../plan/types.js';
 import { readCoreVersion } from '../../repository/core-version.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson, useColor } from '../output.js';
+import { parseOutput, renderJson, useColor } from '../../runtime/output.js';
 
 export interface DiffOptions {
   filename: string[];

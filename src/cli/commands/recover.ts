@@ -26,7 +26,7 @@ import { claimClusterEpoch } from '../../state/state-snapshot.js';
 import { executeWrites } from '../../state/write-state.js';
 import { knownNodesOf } from '../../apply/pipeline.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson } from '../output.js';
+import { parseOutput, renderJson } from '../../runtime/output.js';
 import { generatedManifests, validateGenerated, writeGenerated } from './adopt.js';
 
 /** The apply set recovered objects are written into (its inventory lists them). */

@@ -13,7 +13,7 @@ import { planRestore, readStateSnapshot, snapshotCounts, validateSnapshot } from
 import { readNodeRecords } from '../../state/read-state.js';
 import { executeWrites } from '../../state/write-state.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson } from '../output.js';
+import { parseOutput, renderJson } from '../../runtime/output.js';
 
 export interface BackupStateOptions {
   out?: string;

@@ -1,7 +1,7 @@
 import { loadAndValidate } from '../../apply/load-validate.js';
 import { ManifestError } from '../../errors.js';
 import type { CliDeps } from '../deps.js';
-import { parseOutput, renderJson } from '../output.js';
+import { parseOutput, renderJson } from '../../runtime/output.js';
 
 export interface ValidateOptions {
   filename: string[];

@@ -3,18 +3,18 @@
  * (options, deps) -> result.
  */
 import type { Command } from 'commander';
-import type { CommandRunner } from '../host/runner.js';
-import { renderJson } from '../cli/output.js';
-import { UsageError } from '../errors.js';
-import { createSandbox, renderCreated } from './create.js';
-import { deleteSandbox } from './delete.js';
-import { defaultSandboxDeps, type SandboxDeps } from './deps.js';
-import { execInNode, startNode, stopNode } from './lifecycle.js';
-import { listSandboxes, renderList } from './list.js';
-import { DEFAULT_SANDBOX_NAME, MAX_NODES } from './naming.js';
-import { pushImage } from './push.js';
-import { renderEnv, sandboxEnv } from './env.js';
-import { processExecStdio } from './stream-exec.js';
+import type { CommandRunner } from '../../host/runner.js';
+import { renderJson } from '../../runtime/output.js';
+import { UsageError } from '../../errors.js';
+import { createSandbox, renderCreated } from '../../sandbox/create.js';
+import { deleteSandbox } from '../../sandbox/delete.js';
+import { defaultSandboxDeps, type SandboxDeps } from '../../sandbox/deps.js';
+import { execInNode, startNode, stopNode } from '../../sandbox/lifecycle.js';
+import { listSandboxes, renderList } from '../../sandbox/list.js';
+import { DEFAULT_SANDBOX_NAME, MAX_NODES } from '../../sandbox/naming.js';
+import { pushImage } from '../../sandbox/push.js';
+import { renderEnv, sandboxEnv } from '../../sandbox/env.js';
+import { processExecStdio } from '../../host/stream-exec.js';
 
 /**
  * What the main CLI may hand over (its stdout, stderr, env and runner; tests may give any other

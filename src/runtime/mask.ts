@@ -13,11 +13,11 @@
  */
 
 import { setOwn } from './canonical.js';
-import { MASK, isSecretKey, maskStringWith } from '../state/mask-url.js';
+import { MASK, isSecretKey, maskStringWith } from './mask-url.js';
 
-// The string rules live in the state layer (the Redis connection masks URLs too, and state/ must
-// not depend on plan/); re-exported here so this stays the one place to import the rules from.
-export { MASK, isSecretKey, maskString, maskUrl } from '../state/mask-url.js';
+// The string rules live in mask-url.ts (no imports at all); re-exported here so this stays the one
+// place to import the rules from.
+export { MASK, isSecretKey, maskString, maskUrl } from './mask-url.js';
 
 /** What NS8 replaces secrets with in stored task contexts (kept for compatibility with NS8 tools). */
 export const NS8_MASK = 'XXX';

@@ -5,8 +5,8 @@
  * `get-configuration` returns (for the Drifted condition), without I/O.
  */
 import type { ErrorObject } from 'ajv';
-import { isSecretSchema, maskString, secretNamesOfSchema } from '../plan/mask.js';
-import { MASK, isSecretKey } from './mask-secrets.js';
+import { isSecretSchema, maskString, secretNamesOfSchema } from '../runtime/mask.js';
+import { MASK, isSecretKey } from '../runtime/mask-ns8.js';
 import { compileSchema, errorPathSegments } from './schema-validation.js';
 
 /** A configuration problem: where (JSON pointer, prefixed with `basePointer`) and what is allowed. */

@@ -3,21 +3,21 @@
  * reconciles once with `--once`. Wired into the command tree by `registerNodeAgentCommand`.
  */
 import { Option, type Command } from 'commander';
-import { UsageError } from '../errors.js';
-import type { CommandRunner } from '../host/runner.js';
-import type { ModuleSpec } from '../manifest/types.js';
-import type { CliDeps } from '../cli/deps.js';
-import { renderJson, renderTable, parseOutput } from '../cli/output.js';
-import { shutdownSignal } from '../controller/cli.js';
-import { createLogger, parseLogFormat, type Logger } from '../controller/log.js';
-import { StatusChangeTracker, SuspensionAwareSource } from '../controller/node-agent-seam.js';
-import { channels } from '../state/keys.js';
-import { RedisDesiredSource } from './desired-source.js';
-import { defaultLayout, type HostLayout } from './layout.js';
-import { acceptDesiredStateOnHost, hostEpochFile } from './desired-state-guard.js';
-import { runNodeAgent } from './agent-loop.js';
-import { createNodeAgentDeps, type NodeAgentDeps } from './deps.js';
-import { reconcileNodeOnce, type NodeReconcileResult } from './reconcile.js';
+import { UsageError } from '../../errors.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { ModuleSpec } from '../../manifest/types.js';
+import type { CliDeps } from '../deps.js';
+import { renderJson, renderTable, parseOutput } from '../../runtime/output.js';
+import { createLogger, parseLogFormat, type Logger } from '../../runtime/log.js';
+import { shutdownSignal } from '../../runtime/shutdown.js';
+import { StatusChangeTracker, SuspensionAwareSource } from '../local-node-agent.js';
+import { channels } from '../../state/keys.js';
+import { RedisDesiredSource } from '../../node-agent/desired-source.js';
+import { defaultLayout, type HostLayout } from '../../node-agent/layout.js';
+import { acceptDesiredStateOnHost, hostEpochFile } from '../../node-agent/desired-state-guard.js';
+import { runNodeAgent } from '../../node-agent/agent-loop.js';
+import { createNodeAgentDeps, type NodeAgentDeps } from '../../node-agent/deps.js';
+import { reconcileNodeOnce, type NodeReconcileResult } from '../../node-agent/reconcile.js';
 
 export interface NodeAgentCommandOptions {
   node: string;

@@ -18,8 +18,8 @@ import type { HostLayout } from '../node-agent/layout.js';
 import type { NodeReconcileResult } from '../node-agent/reconcile.js';
 import type { InstanceDesired } from '../node-agent/types.js';
 import { channels } from '../state/keys.js';
-import { longLivedConnection } from './connections.js';
-import { readSuspensions } from './suspend.js';
+import { longLivedConnection } from '../controller/connections.js';
+import { readSuspensions } from '../controller/suspend.js';
 
 /** A running local node agent. */
 export interface LocalNodeAgent {

@@ -6,8 +6,8 @@
  */
 import type { Redis } from 'ioredis';
 import { RedisError } from '../errors.js';
-import { maskSecrets, maskString } from '../plan/mask.js';
-import { channels, keys } from '../state/keys.js';
+import { maskSecrets, maskString } from '../runtime/mask.js';
+import { channels, keys } from './keys.js';
 
 /** Normal: something happened as intended. Warning: something needs a human. */
 export type EventType = 'Normal' | 'Warning';

@@ -1,5 +1,5 @@
 /**
- * The one place that spawns processes with node:child_process directly. Why not the command
+ * Action steps and runagent commands, spawned with node:child_process directly. Why not the command
  * runner (src/host/runner.ts): action steps need (1) an extra pipe on file descriptor 3 for the
  * AGENT_COMFD protocol, read line by line while the step runs, (2) stdout/stderr streamed as they
  * come (stderr is tee'd to the agent log, progress is published meanwhile), (3) their own process

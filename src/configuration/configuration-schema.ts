@@ -17,9 +17,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readConfigureModuleSchema } from '../agent/configuration-tasks.js';
 import { Ns8ctlError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
+import { readJsonFile } from './schema-validation.js';
 
 /** Relative path of the schema inside an install dir or an image's imageroot. */
 export const CONFIGURE_SCHEMA_PATH = path.join('actions', 'configure-module', 'validate-input.json');
@@ -181,4 +181,19 @@ export class OfflineSchemaLookup implements ConfigurationSchemaLookup {
       await fs.rm(dir, { recursive: true, force: true });
     }
   }
+}
+
+/**
+ * Reads `actions/configure-module/validate-input.json` under `root` (an install dir, or an
+ * imageroot extracted from the image for offline validation at plan time). Undefined when the
+ * module has no such schema; AgentError `schema_unreadable` when it exists but is not JSON.
+ */
+export async function readConfigureModuleSchema(root: string): Promise<unknown> {
+  const file = path.join(root, 'actions', 'configure-module', 'validate-input.json');
+  try {
+    await fs.access(file);
+  } catch {
+    return undefined;
+  }
+  return readJsonFile(file);
 }

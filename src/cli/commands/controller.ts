@@ -12,22 +12,23 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import type { CliDeps } from '../cli/deps.js';
-import { parseOutput, renderJson } from '../cli/output.js';
-import { UsageError } from '../errors.js';
-import type { ModuleSpec } from '../manifest/types.js';
-import { resolveStateDir } from '../state/state-dir.js';
-import { Controller, type ControllerOptions } from './controller.js';
-import { formatDuration, parseDuration } from './duration.js';
-import { EventRecorder, followEvents, formatEventLine, readEvents, type ControllerEvent } from './events.js';
-import { createLogger, parseLogFormat } from './log.js';
-import { startLocalNodeAgent, type LocalNodeAgentFactory } from './node-agent-seam.js';
-import { logReconcileResult } from '../node-agent/cli.js';
-import { NotificationSubscriber } from './notifications.js';
-import { maskString } from '../plan/mask.js';
-import { buildSources } from './source-options.js';
-import { parseSyncWindow } from './sync-window.js';
-import { assertTargetExists, parseSuspendTarget, resumeTarget, suspendTarget } from './suspend.js';
+import type { CliDeps } from '../deps.js';
+import { parseOutput, renderJson } from '../../runtime/output.js';
+import { UsageError } from '../../errors.js';
+import type { ModuleSpec } from '../../manifest/types.js';
+import { resolveStateDir } from '../../state/state-dir.js';
+import { Controller, type ControllerOptions } from '../../controller/controller.js';
+import { formatDuration, parseDuration } from '../../runtime/duration.js';
+import { EventRecorder, followEvents, formatEventLine, readEvents, type ControllerEvent } from '../../state/events.js';
+import { createLogger, parseLogFormat } from '../../runtime/log.js';
+import { shutdownSignal } from '../../runtime/shutdown.js';
+import { startLocalNodeAgent, type LocalNodeAgentFactory } from '../local-node-agent.js';
+import { logReconcileResult } from './node-agent.js';
+import { NotificationSubscriber } from '../../controller/notifications.js';
+import { maskString } from '../../runtime/mask.js';
+import { buildSources } from '../../controller/source-options.js';
+import { parseSyncWindow } from '../../controller/sync-window.js';
+import { assertTargetExists, parseSuspendTarget, resumeTarget, suspendTarget } from '../../controller/suspend.js';
 
 /** Default HTTP port of /healthz, /readyz, /metrics and the webhook. */
 export const DEFAULT_HTTP_PORT = 9780;
@@ -318,35 +319,6 @@ export async function watchModules(deps: CliDeps & { signal: AbortSignal }, rend
     await chain;
   }
   return code;
-}
-
-/**
- * An AbortSignal that aborts on the first SIGTERM or SIGINT, and `dispose` to remove the handlers
- * once the command is done. A second signal ends the process at once: the handlers are removed and
- * the signal raised again, so the default action terminates it (status 128 + signal). The handlers stay
- * registered until `dispose`: with a `once` handler, execa's signal-exit hook would find no other
- * listener after the first signal and kill the process before it could stop cleanly.
- */
-export function shutdownSignal(): { signal: AbortSignal; dispose: () => void } {
-  const ctl = new AbortController();
-  const dispose = (): void => {
-    process.off('SIGTERM', on);
-    process.off('SIGINT', on);
-  };
-  function on(sig: NodeJS.Signals): void {
-    if (ctl.signal.aborted) {
-      dispose();
-      process.kill(process.pid, sig);
-      return;
-    }
-    ctl.abort();
-  }
-  process.on('SIGTERM', on);
-  process.on('SIGINT', on);
-  return {
-    signal: ctl.signal,
-    dispose,
-  };
 }
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];

@@ -5,8 +5,8 @@
  * message`); a Module whose schema cannot be found gets a plan warning instead.
  */
 import type { Diagnostic } from '../errors.js';
-import { validateConfiguration } from '../agent/configuration.js';
-import { secretNamesOfSchema } from '../plan/mask.js';
+import { validateConfiguration } from './configuration.js';
+import { secretNamesOfSchema } from '../runtime/mask.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import type { Plan } from '../plan/types.js';
 import type { ConfigurationSchemaLookup } from './configuration-schema.js';

@@ -4,7 +4,7 @@
  * `json`: one JSON object per line. Every value is masked (URL passwords, secret-looking fields).
  */
 import { UsageError } from '../errors.js';
-import { maskSecrets, maskString } from '../plan/mask.js';
+import { maskSecrets, maskString } from './mask.js';
 
 export type LogFormat = 'text' | 'json';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';

@@ -7,9 +7,9 @@
 import { promises as fs } from 'node:fs';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
-import { AgentError } from './errors.js';
-import { isSecretSchema } from '../plan/mask.js';
-import { MASK, isSecretKey, maskSecrets } from './mask-secrets.js';
+import { AgentError } from '../errors.js';
+import { isSecretSchema } from '../runtime/mask.js';
+import { MASK, isSecretKey, maskSecrets } from '../runtime/mask-ns8.js';
 
 type FormatsPlugin = (ajv: Ajv) => Ajv;
 const addFormats: FormatsPlugin =

@@ -1,7 +1,7 @@
 /**
- * The string half of ns8ctl's secret rules (see src/plan/mask.ts for the whole set and
+ * The string half of ns8ctl's secret rules (see src/runtime/mask.ts for the whole set and
  * docs/security.md): the name rule (isSecretKey) and the masking of URL passwords and secret-named
- * parameters in free text. It sits at the bottom (no imports) so the Redis connection code can mask
+ * parameters in free text. It has no imports, so anything (the Redis connection code too) can mask
  * the URLs it names in errors with the same rule plans and `get` use.
  */
 

@@ -5,14 +5,14 @@
  */
 import type { Command } from 'commander';
 import type { Redis } from 'ioredis';
-import type { CliDeps } from '../cli/deps.js';
-import { parseOutput, renderJson, renderTable, renderYaml } from '../cli/output.js';
-import { NotFoundError, UsageError } from '../errors.js';
-import type { CommandRunner } from '../host/runner.js';
-import { createrepo, type CreaterepoResult, type TagPolicy } from './createrepo.js';
-import { getRepodata, readRepositories, refreshRepositories } from './fetch.js';
-import { loadAvailable, type AvailableCatalog } from './image-resolver.js';
-import type { AvailableModule } from './resolve.js';
+import type { CliDeps } from '../deps.js';
+import { parseOutput, renderJson, renderTable, renderYaml } from '../../runtime/output.js';
+import { NotFoundError, UsageError } from '../../errors.js';
+import type { CommandRunner } from '../../host/runner.js';
+import { createrepo, type CreaterepoResult, type TagPolicy } from '../../repository/createrepo.js';
+import { getRepodata, readRepositories, refreshRepositories } from '../../repository/fetch.js';
+import { loadAvailable, type AvailableCatalog } from '../../repository/image-resolver.js';
+import type { AvailableModule } from '../../repository/resolve.js';
 
 /** What the repository commands need; injected. */
 export interface RepositoryDeps {

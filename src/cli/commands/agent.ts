@@ -10,18 +10,17 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { Redis } from 'ioredis';
-import { UsageError } from '../errors.js';
-import type { CommandRunner } from '../host/runner.js';
-import { runAgent } from './agent.js';
-import { createBaseActions } from './base-actions.js';
-import { AgentError } from './errors.js';
-import { runEventHandlers } from './events.js';
-import { agentIdOf, assertInstanceId, isInstanceId, parseEventChannel } from './names.js';
-import { planRunagent, withPathFirst, type InstancePaths } from './runagent.js';
-import { runInteractive } from './step-process.js';
-import { SystemctlStatusAdapter } from './systemd-status.js';
-import { runTask, runTaskViaRelay, submitTask, submitTaskViaRelay } from './task-client.js';
-import type { TaskStatus } from './task-store.js';
+import { AgentError, UsageError } from '../../errors.js';
+import type { CommandRunner } from '../../host/runner.js';
+import { runAgent } from '../../agent/agent.js';
+import { createBaseActions } from '../../agent/base-actions.js';
+import { runEventHandlers } from '../../agent/events.js';
+import { agentIdOf, assertInstanceId, isInstanceId, parseEventChannel } from '../../agent/names.js';
+import { planRunagent, withPathFirst, type InstancePaths } from '../../agent/runagent.js';
+import { runInteractive } from '../../host/step-process.js';
+import { SystemctlStatusAdapter } from '../../agent/systemd-status.js';
+import { runTask, runTaskViaRelay, submitTask, submitTaskViaRelay } from '../../agent/task-client.js';
+import type { TaskStatus } from '../../agent/task-store.js';
 
 /** What the agent commands need from main() (a subset of the CLI's deps). */
 export interface AgentCliDeps {

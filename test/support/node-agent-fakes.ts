@@ -1,0 +1,206 @@
+/**
+ * Small fakes behind the node agent's host interfaces (PodmanHost, SystemdHost, UserHost,
+ * CommandRunner), for unit tests of step handlers and the reconciler without podman, systemd or
+ * useradd. Files are real (a temp layout): the handlers' file-system effects are what is checked.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
+import type { NodeAgentDeps } from '../../src/node-agent/deps.js';
+import type { DesiredSource } from '../../src/node-agent/desired-source.js';
+import { findImage, type LocalImage } from '../../src/node-agent/host/image-store.js';
+import type { Owner } from '../../src/node-agent/host/owner.js';
+import type { ExtractPart, PodmanHost } from '../../src/node-agent/host/podman.js';
+import type { SystemdHost, UnitScope } from '../../src/node-agent/host/systemd.js';
+import type { UserHost } from '../../src/node-agent/host/users.js';
+import type { HostLayout } from '../../src/node-agent/layout.js';
+import { RecordStore } from '../../src/node-agent/records.js';
+import type { ImageFacts } from '../../src/node-agent/types.js';
+import { tempHostLayout } from './node-agent-layout.js';
+
+const ownerName = (o: Owner): string => (o.kind === 'root' ? 'root' : o.name);
+
+/** Records every command; answers exit 0 with empty output. */
+export class FakeRunner implements CommandRunner {
+  readonly history: (CommandRecord & { mutating: boolean })[] = [];
+  async run(argv: string[], opts: RunOptions = {}): Promise<CommandRecord> {
+    const rec = { argv, exitCode: 0, stdout: '', stderr: '', durationMs: 0, mutating: opts.mutating ?? false } as CommandRecord & { mutating: boolean };
+    this.history.push(rec);
+    return rec;
+  }
+}
+
+/** Users in the layout's passwd file (uids from 5000), homes made as directories. */
+export class FakeUsers implements UserHost {
+  readonly calls: string[] = [];
+  private nextUid = 5000;
+  constructor(private readonly layout: HostLayout) {}
+  async create(id: string): Promise<void> {
+    this.calls.push(`create ${id}`);
+    const uid = this.nextUid++;
+    const home = path.join(this.layout.homeBase, id);
+    await fs.mkdir(home, { recursive: true });
+    await fs.appendFile(this.layout.passwdFile, `${id}:x:${uid}:${uid}::${home}:/sbin/nologin\n`);
+  }
+  async addSubids(id: string): Promise<void> {
+    this.calls.push(`add-subids ${id}`);
+  }
+  async remove(id: string): Promise<void> {
+    this.calls.push(`remove ${id}`);
+    const text = await fs.readFile(this.layout.passwdFile, 'utf8').catch(() => '');
+    await fs.writeFile(this.layout.passwdFile, text.split('\n').filter((l) => l && !l.startsWith(`${id}:`)).map((l) => `${l}\n`).join(''));
+  }
+  async killProcesses(id: string): Promise<void> {
+    this.calls.push(`kill ${id}`);
+  }
+  async chownTree(dir: string, uid: number, gid: number): Promise<void> {
+    this.calls.push(`chown ${dir} ${uid}:${gid}`);
+  }
+  async removeTree(dir: string): Promise<void> {
+    this.calls.push(`remove-tree ${dir}`);
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Per-owner image stores in memory; `extract` writes the given files into each part's dest. */
+export class FakePodman implements PodmanHost {
+  readonly calls: string[] = [];
+  readonly stores = new Map<string, LocalImage[]>();
+  /** Files each image holds under a root (`imageroot` -> {relative path: content}). */
+  readonly content = new Map<string, Record<string, Record<string, string>>>();
+  facts: (url: string) => ImageFacts = (url) => ({ url, id: `id-${url}`, digest: 'sha256:d', repoDigest: '', labels: {} });
+  add(owner: Owner, url: string): void {
+    const list = this.stores.get(ownerName(owner)) ?? [];
+    list.push({ id: this.facts(url).id, digest: this.facts(url).digest, names: [url], digests: [] });
+    this.stores.set(ownerName(owner), list);
+  }
+  async listImages(owner: Owner): Promise<LocalImage[]> {
+    return this.stores.get(ownerName(owner)) ?? [];
+  }
+  async pull(owner: Owner, url: string): Promise<void> {
+    this.calls.push(`pull ${ownerName(owner)} ${url}`);
+    if (!findImage(await this.listImages(owner), url)) this.add(owner, url);
+  }
+  async inspectLocal(_owner: Owner, url: string): Promise<ImageFacts> {
+    return this.facts(url);
+  }
+  async inspectRemote(url: string): Promise<ImageFacts> {
+    return this.facts(url);
+  }
+  async extract(owner: Owner, url: string, parts: ExtractPart[]): Promise<(string[] | undefined)[]> {
+    this.calls.push(`extract ${ownerName(owner)} ${url} ${parts.map((p) => p.root).join(' ')}`);
+    const out: string[][] = [];
+    for (const part of parts) {
+      const files = this.content.get(url)?.[part.root] ?? {};
+      for (const [rel, text] of Object.entries(files)) {
+        await fs.mkdir(path.dirname(path.join(part.dest, rel)), { recursive: true });
+        await fs.writeFile(path.join(part.dest, rel), text);
+      }
+      out.push(Object.keys(files).sort());
+    }
+    return out;
+  }
+  async removeImages(owner: Owner, refs: string[]): Promise<void> {
+    this.calls.push(`rmi ${ownerName(owner)} ${refs.join(' ')}`);
+    this.stores.set(ownerName(owner), (this.stores.get(ownerName(owner)) ?? []).filter((i) => !refs.some((r) => i.names.includes(r))));
+  }
+}
+
+/** Unit states in memory: started units are active unless listed in `failing`. */
+export class FakeSystemd implements SystemdHost {
+  readonly calls: string[] = [];
+  readonly active = new Set<string>();
+  readonly failing = new Set<string>();
+  readonly linger = new Set<string>();
+  async missing(): Promise<string | undefined> {
+    return undefined;
+  }
+  async lingerEnabled(user: string): Promise<boolean> {
+    return this.linger.has(user);
+  }
+  async enableLinger(user: string): Promise<void> {
+    this.calls.push(`enable-linger ${user}`);
+    this.linger.add(user);
+  }
+  async disableLinger(user: string): Promise<void> {
+    this.calls.push(`disable-linger ${user}`);
+    this.linger.delete(user);
+  }
+  async daemonReload(scope: UnitScope): Promise<void> {
+    this.calls.push(`daemon-reload ${scope.kind}`);
+  }
+  async enable(_scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`enable ${units.join(' ')}`);
+  }
+  async disable(_scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`disable ${units.join(' ')}`);
+  }
+  async start(_scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`start ${units.join(' ')}`);
+    for (const u of units) if (!this.failing.has(u)) this.active.add(u);
+  }
+  async restart(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`restart ${units.join(' ')}`);
+    await this.start(scope, []);
+    for (const u of units) if (!this.failing.has(u)) this.active.add(u);
+  }
+  async stop(_scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`stop ${units.join(' ')}`);
+    for (const u of units) this.active.delete(u);
+  }
+  async activeFromCgroup(_scope: UnitScope, unit: string): Promise<boolean | undefined> {
+    return this.active.has(unit);
+  }
+  async isActive(_scope: UnitScope, units: string[]): Promise<Record<string, string>> {
+    return Object.fromEntries(units.map((u) => [u, this.active.has(u) ? 'active' : this.failing.has(u) ? 'failed' : 'inactive']));
+  }
+  async describe(_scope: UnitScope, unit: string): Promise<string> {
+    return `${unit}: failed (exit code 1)`;
+  }
+}
+
+/** Node agent dependencies over a temp layout under `root`, with the fakes above; no Redis. */
+export interface FakeNodeAgent {
+  deps: NodeAgentDeps;
+  layout: HostLayout;
+  users: FakeUsers;
+  podman: FakePodman;
+  systemd: FakeSystemd;
+  runner: FakeRunner;
+  logs: string[];
+}
+
+export async function fakeNodeAgent(root: string): Promise<FakeNodeAgent> {
+  const layout = tempHostLayout(root, { passwdFile: path.join(root, 'passwd'), subuidFile: path.join(root, 'subuid'), subgidFile: path.join(root, 'subgid') });
+  await fs.mkdir(layout.homeBase, { recursive: true });
+  await fs.writeFile(layout.passwdFile, 'root:x:0:0:root:/root:/bin/sh\n');
+  const users = new FakeUsers(layout);
+  const podman = new FakePodman();
+  const systemd = new FakeSystemd();
+  const runner = new FakeRunner();
+  const logs: string[] = [];
+  const finalizers = new Set<string>();
+  const source = {
+    addFinalizer: async (id: string) => (finalizers.add(id), true),
+    releaseFinalizer: async (id: string) => void finalizers.delete(id),
+  } as unknown as DesiredSource;
+  const deps: NodeAgentDeps = {
+    // Handlers that reach Redis are covered by the integration tests with a real redis-server.
+    redis: {} as Redis,
+    runner,
+    layout,
+    source,
+    records: new RecordStore(layout.agentStateDir),
+    podman,
+    users,
+    systemd,
+    resolveImage: async (spec) => spec.image ?? '',
+    coreVersion: async () => '3.0.0',
+    now: () => new Date('2026-12-05T00:00:00Z'),
+    log: (line) => void logs.push(line),
+    delay: async () => undefined,
+    lifecycleTimeoutMs: 1000,
+  };
+  return { deps, layout, users, podman, systemd, runner, logs };
+}
