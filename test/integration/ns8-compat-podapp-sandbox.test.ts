@@ -112,6 +112,9 @@ describe('an NS8 module with a pod, two service images and a volume, run by ns8c
     expect(env.PODAPP_LAST_CONFIGURE_TASK).toMatch(/^[0-9a-f-]{36}$/);
     const page = await pageWith('the page shows the configuration and the records', ['title: Team notes', 'kickweb: Hello from kickweb1', 'db: podapp-db 1.0.0', 'configured: Team notes', 'started: podapp-db 1.0.0']);
     expect(page).toContain('web: podapp-web 1.0.0');
+    // NS8's order: nothing started the containers before configure-module wrote its record (the
+    // database container appends a `started:` record each time it starts).
+    expect(page.split('records:\n')[1]?.split('\n')[0]).toBe('configured: Team notes');
     // The module enabled and started its pod and both containers itself (configure-module).
     expect((await userctl('is-enabled', ...UNITS)).out.trim().split('\n')).toEqual(['enabled', 'enabled', 'enabled']);
     expect((await userctl('is-active', ...UNITS)).out.trim().split('\n')).toEqual(['active', 'active', 'active']);
