@@ -73,7 +73,7 @@ async function lifecycleTasks(action: string): Promise<string[]> {
 beforeAll(async () => {
   await deleteSandbox({ name: NAME }, deps);
   info = await createSandbox({ name: NAME, nodes: 1 }, deps);
-  await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--registry', info.registry, '--push'], { timeoutMs: 600_000 });
+  await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp,podapp-web,podapp-db,kickweb,kickweb-httpd', '--registry', info.registry, '--push'], { timeoutMs: 600_000 });
   leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });
 }, 1_200_000);
 

@@ -121,7 +121,7 @@ async function grantFromLabel(image: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--registry', REGISTRY], { timeoutMs: 600_000 });
+  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp,podapp-web,podapp-db,kickweb,kickweb-httpd', '--registry', REGISTRY], { timeoutMs: 600_000 });
   root = mkdtempSync(path.join(tmpdir(), 'ns8-compat-podapp-'));
   const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
   const nodeRoot = path.join(root, 'node');
@@ -160,6 +160,22 @@ afterEach(async () => {
     await inst.agent?.stop();
     inst.agent = undefined;
   }
+});
+
+describe('examples/modules/build-images.sh --only', () => {
+  test('builds just the named images, and refuses a name with no image source', async () => {
+    const other = 'ns8ctl-compat-only-test.invalid';
+    const script = path.resolve('examples/modules/build-images.sh');
+    try {
+      const built = await runner.run([script, '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp-web', '--registry', other], { timeoutMs: 300_000 });
+      expect(built.stdout.trim().split('\n')).toEqual([`${other}/ns8ctl-compat/podapp-web:1.0.0`]);
+      const refused = await runner.run([script, '--dir', path.resolve('examples/ns8-compat'), '--only', 'podapp,nope', '--registry', other], { allowFailure: true });
+      expect(refused.exitCode).toBe(2);
+      expect(refused.stderr).toMatch(/--only: no image source 'nope' under .*examples\/ns8-compat \(there are: .*podapp-web/);
+    } finally {
+      await runner.run(['podman', 'rmi', '-f', `${other}/ns8ctl-compat/podapp-web:1.0.0`], { allowFailure: true });
+    }
+  }, 300_000);
 });
 
 describe('an NS8 module in the ns8-nextcloud layout (pod, service images, volume), run by ns8ctl', () => {
