@@ -15,7 +15,7 @@ import type { Owner } from './host/owner.js';
 import type { PodmanHost } from './host/podman.js';
 import { isStartableUnit, parseInstallSection, type SystemdHost, type UnitScope } from './host/systemd.js';
 import { instancePaths, type HostLayout } from './layout.js';
-import type { ModuleLabels } from './labels.js';
+import type { ModuleLabels, UnitsOwner } from './labels.js';
 import { parseNodePorts, type PortRange } from './ports.js';
 import { clusterDefaultInstanceKey, defaultInstanceModule, nodeDefaultInstanceKey } from './default-instance.js';
 import { moduleAclUser } from './redis-acl.js';
@@ -286,26 +286,39 @@ export async function observeInstance(
     if (c !== undefined && n !== undefined) observed.defaultInstance = { module, cluster: c, node: n };
   }
   if (!ctx.systemdMissing && !rootfull) observed.linger = await ctx.systemd.lingerEnabled(id);
-  observed.units = await observeUnits(ctx, id, paths, rootfull, user, agentText);
+  observed.units = await observeUnits(ctx, id, paths, rootfull, user, agentText, labels?.units ?? 'agent');
   return observed;
 }
 
-async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePaths, rootfull: boolean, user: PasswdEntry | undefined, agentEnvText: string | undefined): Promise<UnitObservation[]> {
-  const dir = await unitSourceDir(paths, rootfull);
+/**
+ * A rootfull module's own system unit, by NS8's naming (ns8-crowdsec, ns8-netdata: the module's
+ * create-module installs `<id>.service` or `<id>-<name>.service` in /etc/systemd/system).
+ * `rootweb1` does not match `rootweb10.service`.
+ */
+export function isOwnSystemUnit(id: string, file: string): boolean {
+  return file.startsWith(`${id}.`) || (file.startsWith(`${id}-`) && !file.includes('@'));
+}
+
+async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePaths, rootfull: boolean, user: PasswdEntry | undefined, agentEnvText: string | undefined, unitsOwner: UnitsOwner): Promise<UnitObservation[]> {
+  // A rootfull module that installs its own units (no ns8ctl.units=agent): they are watched where
+  // the module put them, never installed by the agent.
+  const installedByModule = rootfull && unitsOwner === 'module';
+  const dir = installedByModule ? ctx.layout.systemUnitDir : await unitSourceDir(paths, rootfull);
   let names: string[];
   try {
     names = (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
   } catch {
     names = [];
   }
+  if (installedByModule) names = names.filter((n) => isOwnSystemUnit(id, n));
   const scope = scopeOf(id, rootfull, user);
   const wantsDir = rootfull ? ctx.layout.systemUnitDir : paths.unitSourceDir;
   const out: UnitObservation[] = [];
   const unknown: UnitObservation[] = [];
   for (const file of names.filter((n) => /\.(service|socket|timer|path|target|mount)$/.test(n)).sort()) {
     const srcText = (await readOrUndefined(path.join(dir, file))) ?? '';
-    const names = rootfull ? systemUnitNames(id, file) : { file, name: file };
-    const installedText = rootfull ? await readOrUndefined(path.join(ctx.layout.systemUnitDir, names.file)) : srcText;
+    const names = rootfull && !installedByModule ? systemUnitNames(id, file) : { file, name: file };
+    const installedText = rootfull && !installedByModule ? await readOrUndefined(path.join(ctx.layout.systemUnitDir, names.file)) : srcText;
     const inst = parseInstallSection(srcText);
     const targets = [...inst.wantedBy.map((t) => `${t}.wants`), ...inst.requiredBy.map((t) => `${t}.requires`)];
     let enabled = targets.length > 0;
@@ -318,7 +331,7 @@ async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePath
       enabled,
       active: undefined,
     };
-    if (rootfull) {
+    if (rootfull && !installedByModule) {
       u.source = path.join(dir, file);
       u.sourceHash = sha(srcText);
     }

@@ -75,6 +75,21 @@ export function unitStamp(fileHash: string, envText: string): string {
   return `${fileHash}:${sha(envText)}`;
 }
 
+/** What the section planners of planConverge share: the input, the steps so far, what waits. */
+interface Planning {
+  i: ConvergeInput;
+  id: string;
+  rec: ObservedInstance['record'];
+  waiting: string[];
+  add: (s: Step) => void;
+}
+
+/** The environment section's result: the managed environment's text once it can be written. */
+interface EnvironmentPlan {
+  envText?: string;
+  blocked?: InstancePlan['blocked'];
+}
+
 /**
  * Plans the steps that converge an instance (see module doc). Deterministic: the same input
  * gives the same steps in the same order.
@@ -85,9 +100,7 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const rec = o.record;
   const steps: Step[] = [];
   const waiting: string[] = [];
-  const add = (s: Step): void => {
-    steps.push(s);
-  };
+  const p: Planning = { i, id, rec, waiting, add: (s) => void steps.push(s) };
 
   if (rec?.rootfull !== undefined && rec.rootfull !== l.rootfull) {
     return {
@@ -100,9 +113,53 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     };
   }
 
-  if (rec?.removing) add({ id, kind: 'cancel-removal', reason: 'the Module is desired again: removal cancelled' });
-  if (!d.finalizers.includes(NODE_AGENT_FINALIZER)) add({ id, kind: 'add-finalizer', reason: 'hold the Module until the node agent has cleaned the host' });
+  if (rec?.removing) p.add({ id, kind: 'cancel-removal', reason: 'the Module is desired again: removal cancelled' });
+  if (!d.finalizers.includes(NODE_AGENT_FINALIZER)) p.add({ id, kind: 'add-finalizer', reason: 'hold the Module until the node agent has cleaned the host' });
+  planUserAndDirs(p);
+  planImages(p);
+  const portsOk = planPorts(p);
+  const extracting = planExtraction(p);
+  const env = planEnvironment(p, portsOk);
+  if (env.blocked) return { steps, waiting, blocked: env.blocked };
+  planCredentials(p);
+  const blocked = planFlagsAndGrants(p);
+  if (blocked) return { steps, waiting, blocked };
 
+  // ---- systemd ----
+  if (node.systemdMissing) {
+    // Reported by the status (Degraded: SystemdUnavailable); nothing to plan without a manager.
+  } else if (extracting) {
+    waiting.push('units: wait for the extraction');
+  } else if (env.envText === undefined) {
+    waiting.push('units: wait for the environment');
+  } else {
+    planUnits(id, o, l, env.envText, p.add);
+  }
+
+  // ---- NS8 lifecycle action owed by the module agent (create-module, update-module) ----
+  // Once everything else is in place and the module agent runs (NS8 runs create-module last,
+  // before module-added; update-module once the new image is in place).
+  const owed = rec?.lifecycle;
+  if (owed && owed.image === i.imageUrl && agentRunning(o) && steps.length === 0 && waiting.length === 0) {
+    p.add({
+      id,
+      kind: 'run-lifecycle',
+      action: owed.action,
+      data: owed.action === 'create-module' ? { images: l.images, volumes: d.spec.volumes ?? {} } : { module_url: i.imageUrl, force: false },
+      reason: `${owed.action} of ${i.imageUrl} through the module agent`,
+    });
+  }
+
+  if (!rec?.announced && steps.length === 0 && waiting.length === 0) {
+    p.add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
+  }
+  return { steps, waiting };
+}
+
+/** The Unix user, its home, subordinate ids, install and volume dirs, linger. */
+function planUserAndDirs(p: Planning): void {
+  const { id, rec, add } = p;
+  const { desired: d, observed: o, labels: l, node } = p.i;
   // ---- user and directories ----
   const rootless = !l.rootfull;
   if (rootless && !o.user) {
@@ -131,6 +188,12 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     add({ id, kind: 'enable-linger', reason: `session lingering of ${id} is off`, ...(rec?.units && o.user ? { drift: `linger of ${id} disabled` } : {}) });
   }
 
+}
+
+/** The module image and its service images, pulled by the instance's owner. */
+function planImages(p: Planning): void {
+  const { i, id, rec, add } = p;
+  const { observed: o, labels: l } = p.i;
   // ---- images ----
   if (!o.localImage) {
     // Drift only when this very image was in place (pulled and extracted for this URL): the first
@@ -142,6 +205,12 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     if (!o.serviceImages[svc]) add({ id, kind: 'pull-service-image', url: svc, reason: `service image ${svc} not present` });
   }
 
+}
+
+/** Port ranges and the cluster's ports demand; says per protocol whether the range is there. */
+function planPorts(p: Planning): Record<PortProto, boolean> {
+  const { id, add } = p;
+  const { observed: o, labels: l } = p.i;
   // ---- ports ----
   // As NS8's update-module, a new image with a smaller demand (or none) frees nothing: the range
   // and TCP_PORT stay. A larger demand grows the range, keeping its first port when the next ports
@@ -158,6 +227,13 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     if (o.portsDemand[proto] !== wantDemand) add({ id, kind: 'set-ports-demand', proto, demand, reason: `cluster/${proto}_ports_demand must say ${demand}` });
   }
 
+  return portsOk;
+}
+
+/** imageroot/ and ui/ of the image in place; true while the imageroot is (re-)extracted. */
+function planExtraction(p: Planning): boolean {
+  const { i, id, rec, add } = p;
+  const { observed: o, labels: l } = p.i;
   // ---- extraction ----
   const imageId = o.localImage?.id;
   const rootStale = !imageId || rec?.extractedImageId !== imageId || !o.imagerootIntact;
@@ -183,6 +259,13 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     });
   }
 
+  return extracting;
+}
+
+/** state/environment and its Redis mirror, once image and ports are known. */
+function planEnvironment(p: Planning, portsOk: Record<PortProto, boolean>): EnvironmentPlan {
+  const { i, id, rec, add, waiting } = p;
+  const { desired: d, observed: o, labels: l, node } = p.i;
   // ---- environment ----
   let envText: string | undefined;
   if (!o.localImage) waiting.push('environment: waits for the image pull (IMAGE_ID, IMAGE_DIGEST)');
@@ -207,9 +290,9 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       envText = renderEnvironment(id, managed);
     } catch (err) {
       const e = err as Ns8ctlError;
-      return { steps, waiting, blocked: { reason: 'EnvironmentInvalid', message: e.message } };
+      return { blocked: { reason: 'EnvironmentInvalid', message: e.message } };
     }
-    const wantUid = rootless ? o.user?.uid : 0;
+    const wantUid = p.i.labels.rootfull ? 0 : o.user?.uid;
     const recordStale = !sameEnvironment(wrote, managed);
     if (!sameEnvironment(o.envFile, merged) || (wantUid !== undefined && o.envFileUid !== wantUid) || recordStale) {
       // Drift: a value the agent wrote was changed by someone else (not: the agent wants a new value).
@@ -228,6 +311,13 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     if (!sameEnvironment(o.envRedis, merged)) add({ id, kind: 'mirror-environment', env: merged, reason: `${`module/${id}/environment`} differs from state/environment` });
   }
 
+  return envText === undefined ? {} : { envText };
+}
+
+/** state/agent.env and the Redis ACL user of the instance. */
+function planCredentials(p: Planning): void {
+  const { i, id, rec, add } = p;
+  const { observed: o, node } = p.i;
   // ---- Redis credentials ----
   const password = o.agentEnv?.REDIS_PASSWORD ?? '';
   const wantAgent = agentEnvironment(i.installDir, password || 'x', id, node.redisAddress);
@@ -237,12 +327,18 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     Object.entries(wantAgent).every(([k, v]) => k === 'REDIS_PASSWORD' || o.agentEnv?.[k] === v) &&
     (node.redisAddress !== undefined || o.agentEnv?.REDIS_ADDRESS === undefined) &&
     o.agentEnvMode === 0o600 &&
-    (rootless ? o.agentEnvUid === o.user?.uid : o.agentEnvUid === 0);
+    (p.i.labels.rootfull ? o.agentEnvUid === 0 : o.agentEnvUid === o.user?.uid);
   if (!agentOk) add({ id, kind: 'write-agent-env', reason: o.agentEnv ? 'state/agent.env differs (user, path, Redis address, mode or owner)' : 'state/agent.env missing' });
   if (!agentOk || !aclLineMatches(o.aclLine, id, password)) {
     add({ id, kind: 'apply-acl', reason: o.aclLine ? `Redis ACL user module/${id} differs` : `Redis ACL user module/${id} missing`, ...(o.aclLine === undefined && rec?.aclLine ? { drift: `Redis ACL user module/${id} removed` } : {}) });
   }
 
+}
+
+/** module/<id>/flags, NS8's default instances, authorizations and built-in roles. */
+function planFlagsAndGrants(p: Planning): InstancePlan['blocked'] {
+  const { i, id, rec, add } = p;
+  const { observed: o, labels: l, node } = p.i;
   // ---- flags ----
   const flags = moduleFlags(l);
   if (JSON.stringify(o.flags) !== JSON.stringify(flags)) add({ id, kind: 'set-flags', flags, reason: `module/${id}/flags must be ${flags.join(' ')}` });
@@ -261,41 +357,13 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   try {
     auths = authorizationsToStore(l.authorizations.join(' ')).sort();
   } catch (err) {
-    return { steps, waiting, blocked: { reason: 'ImageLabelInvalid', message: `image ${i.imageUrl}: ${(err as Error).message}` } };
+    return { reason: 'ImageLabelInvalid', message: `image ${i.imageUrl}: ${(err as Error).message}` };
   }
   if (JSON.stringify(o.authorizations) !== JSON.stringify(auths) || JSON.stringify(o.roles.owner) !== JSON.stringify(OWNER_ROLE) || JSON.stringify(o.roles.reader) !== JSON.stringify(READER_ROLE)) {
     add({ id, kind: 'set-authorizations', authorizations: auths, reason: `cluster/authorizations/module/${id} must be ${auths.join(' ')} (and the built-in roles present)` });
   }
 
-  // ---- systemd ----
-  if (node.systemdMissing) {
-    // Reported by the status (Degraded: SystemdUnavailable); nothing to plan without a manager.
-  } else if (extracting) {
-    waiting.push('units: wait for the extraction');
-  } else if (envText === undefined) {
-    waiting.push('units: wait for the environment');
-  } else {
-    planUnits(id, o, l, envText, add);
-  }
-
-  // ---- NS8 lifecycle action owed by the module agent (create-module, update-module) ----
-  // Once everything else is in place and the module agent runs (NS8 runs create-module last,
-  // before module-added; update-module once the new image is in place).
-  const owed = rec?.lifecycle;
-  if (owed && owed.image === i.imageUrl && agentRunning(o) && steps.length === 0 && waiting.length === 0) {
-    add({
-      id,
-      kind: 'run-lifecycle',
-      action: owed.action,
-      data: owed.action === 'create-module' ? { images: l.images, volumes: d.spec.volumes ?? {} } : { module_url: i.imageUrl, force: false },
-      reason: `${owed.action} of ${i.imageUrl} through the module agent`,
-    });
-  }
-
-  if (!rec?.announced && steps.length === 0 && waiting.length === 0) {
-    add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
-  }
-  return { steps, waiting };
+  return undefined;
 }
 
 /** The instance's module agent unit (agent.service / agent@<id>) is running. */

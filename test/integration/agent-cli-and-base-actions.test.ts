@@ -70,7 +70,7 @@ describe('ns8ctl agent + run-action', () => {
       expect(await cli(['run-action', 'web1', 'list-actions', '-o', 'json'])).toBe(0);
       const doc = JSON.parse(out.join(''));
       expect(doc).toMatchObject({ agent: 'module/web1', action: 'list-actions', status: 'completed', exitCode: 0 });
-      expect(doc.output).toEqual(['broken', 'cancel-task', 'create-module', 'destroy-module', 'get-status', 'hello', 'list-actions']);
+      expect(doc.output).toEqual(['broken', 'cancel-task', 'create-module', 'destroy-module', 'get-status', 'hello', 'list-actions', 'update-module']);
     } finally {
       stop.abort();
       expect(await running).toBe(0);

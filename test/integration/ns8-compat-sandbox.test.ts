@@ -66,7 +66,9 @@ test('ns8ctl run installs and configures the kickstart-style module; its unit se
   expect(config).toEqual({ greeting: 'Hello from an NS8-layout module' });
   // create-module's own steps ran (redis-exec roles), and configure-module's bash step (AGENT_COMFD).
   expect((await leader.smembers(`module/${ID}/roles/greetadm`)).sort()).toEqual(['configure-module', 'get-*']);
-  expect(await leader.hget(`module/${ID}/environment`, 'LAST_CONFIGURE_TASK')).toMatch(/^[0-9a-f-]{36}$/);
+  // Written by a later configure-module step than the one get-configuration reads: wait for it.
+  const lastTask = await eventually('LAST_CONFIGURE_TASK from configure-module\'s bash step', async () => (await leader.hget(`module/${ID}/environment`, 'LAST_CONFIGURE_TASK')) ?? undefined, { timeoutMs: 120_000, explain: journal });
+  expect(lastTask).toMatch(/^[0-9a-f-]{36}$/);
   const port = (await leader.hget(`module/${ID}/environment`, 'TCP_PORT')) ?? '';
   const page = await eventually('the unit serves the configured page', async () => {
     const r = await inNode(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/`]);
@@ -119,7 +121,7 @@ test('removal (removalPolicy Delete) leaves nothing: user, home, unit, ports, mo
 test('added again with the same id, it is created and configured again (configure-module is not skipped)', async () => {
   await writeManifest('Second greeting', '1.1.0');
   await served('Second greeting');
-  const task = (await leader.hget(`module/${ID}/environment`, 'LAST_CONFIGURE_TASK')) ?? '';
+  const task = await eventually('LAST_CONFIGURE_TASK of the new instance', async () => (await leader.hget(`module/${ID}/environment`, 'LAST_CONFIGURE_TASK')) ?? undefined, { timeoutMs: 120_000, explain: journal });
   expect(task).toMatch(/^[0-9a-f-]{36}$/);
   expect(task).not.toBe(lastConfigureTask);
   // A fresh instance: no update ran, so no migration mark.

@@ -21,11 +21,12 @@ import { tempHostLayout } from './node-agent-layout.js';
 
 const ownerName = (o: Owner): string => (o.kind === 'root' ? 'root' : o.name);
 
-/** Records every command; answers exit 0 with empty output. */
+/** Records every command; answers exit 0 with the output `respond` gives (default empty). */
 export class FakeRunner implements CommandRunner {
   readonly history: (CommandRecord & { mutating: boolean })[] = [];
+  respond: (argv: string[]) => string = () => '';
   async run(argv: string[], opts: RunOptions = {}): Promise<CommandRecord> {
-    const rec = { argv, exitCode: 0, stdout: '', stderr: '', durationMs: 0, mutating: opts.mutating ?? false } as CommandRecord & { mutating: boolean };
+    const rec = { argv, exitCode: 0, stdout: this.respond(argv), stderr: '', durationMs: 0, mutating: opts.mutating ?? false } as CommandRecord & { mutating: boolean };
     this.history.push(rec);
     return rec;
   }

@@ -198,4 +198,20 @@ describe('lifecycle and removal steps', () => {
     await applyStep(step('erase-data', { volumeBases: [base] }), ctx);
     expect([existsSync(home()), existsSync(path.join(base, ID)), existsSync(base)]).toEqual([false, false, true]);
   });
+
+  test("erase-data of a rootfull instance also removes its podman volumes named <id>-<name> (NS8's convention), not another instance's", async () => {
+    ctx = { ...ctx, rootfull: true };
+    await fs.mkdir(path.join(f.layout.rootfullBase, ID), { recursive: true });
+    f.runner.respond = (argv) => (argv.join(' ') === 'podman volume ls --format {{.Name}}' ? 'web1-data\nweb10-data\nweb1-cache\nother\n' : '');
+    await applyStep(step('erase-data', { volumeBases: [] }), ctx);
+    expect(existsSync(path.join(f.layout.rootfullBase, ID))).toBe(false);
+    expect(f.runner.history.at(-1)!.argv).toEqual(['podman', 'volume', 'rm', '--force', 'web1-data', 'web1-cache']);
+  });
+});
+
+describe('units a rootfull module installs itself', () => {
+  test("are its own by NS8's naming: <id>.service and <id>-<name>.service, not another id's or a template", async () => {
+    const { isOwnSystemUnit } = await import('../../src/node-agent/observe.js');
+    expect(['rootweb1.service', 'rootweb1-httpd.service', 'rootweb10.service', 'rootweb1@.service', 'agent@rootweb1.service'].filter((f) => isOwnSystemUnit('rootweb1', f))).toEqual(['rootweb1.service', 'rootweb1-httpd.service']);
+  });
 });

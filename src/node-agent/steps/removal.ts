@@ -31,6 +31,7 @@ export const removalSteps: StepHandlers<'mark-removing' | 'run-destroy-module' |
       }
       await deps.users.removeTree(dir, purpose);
     }
+    if (ctx.rootfull) await removeRootfullVolumes(ctx, purpose);
   },
   'delete-module-keys': async (_step, ctx) => {
     await deleteModuleKeys(ctx);
@@ -98,3 +99,15 @@ async function deleteModuleKeys(ctx: StepContext): Promise<void> {
   // Grants given by or to the instance go with it.
   await applyGrants(redis);
 }
+
+/**
+ * NS8's remove-module without preserve: the podman volumes of a rootfull instance, named
+ * `<id>-<name>` by NS8's convention (ns8-core PR #307), are removed with its data.
+ */
+async function removeRootfullVolumes(ctx: StepContext, purpose: string): Promise<void> {
+  const listed = await ctx.deps.runner.run(['podman', 'volume', 'ls', '--format', '{{.Name}}'], { purpose: `${purpose} (list volumes)` });
+  const mine = new RegExp(`^${ctx.id.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-\\w+$`);
+  const volumes = listed.stdout.split('\n').map((l) => l.trim()).filter((v) => mine.test(v));
+  if (volumes.length) await ctx.deps.runner.run(['podman', 'volume', 'rm', '--force', ...volumes], { purpose: `${purpose} (remove volumes ${volumes.join(' ')})`, mutating: true });
+}
+
