@@ -1,7 +1,7 @@
 #!/bin/bash
 # Builds the ns8ctl example module images without internet: FROM scratch + busybox-static.
 #
-#   examples/modules/build-images.sh --registry ADDR [--out DIR] [--push] [--dir SRC --namespace NS]
+#   examples/modules/build-images.sh --registry ADDR [--out DIR] [--push] [--dir SRC --namespace NS] [--only N,...]
 #
 # --registry ADDR  registry host[:port] the images are named after (required: the module images'
 #                  org.nethserver.images label names the service image by its full URL there).
@@ -10,6 +10,7 @@
 # --push           push every tag to ADDR (plain HTTP: --tls-verify=false).
 # --dir SRC        build the images under SRC instead of this directory (examples/ns8-compat uses
 #                  it); --namespace NS names them ADDR/NS/<name> (default ns8ctl-examples).
+# --only N,...     build only these image names (directories under SRC), e.g. podapp,podapp-web.
 #
 # Images (tags come from <name>/versions/<tag>/):
 #   ADDR/ns8ctl-examples/webapp-httpd:{1.0.0,2.0.0}  service image: busybox httpd serving /www
@@ -25,6 +26,7 @@ namespace=ns8ctl-examples
 registry=""
 out=""
 push=0
+only=""
 busybox=${BUSYBOX:-/bin/busybox}
 
 while [ $# -gt 0 ]; do
@@ -34,8 +36,9 @@ while [ $# -gt 0 ]; do
     --push) push=1; shift ;;
     --dir) here=$(cd "${2:?--dir needs a value}" && pwd); shift 2 ;;
     --namespace) namespace=${2:?--namespace needs a value}; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
-    *) echo "build-images.sh: unknown argument '$1' (allowed: --registry ADDR, --out DIR, --push, --dir SRC, --namespace NS)" >&2; exit 2 ;;
+    --only) only=${2:?--only needs a value}; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "build-images.sh: unknown argument '$1' (allowed: --registry ADDR, --out DIR, --push, --dir SRC, --namespace NS, --only N,...)" >&2; exit 2 ;;
   esac
 done
 [ -n "$registry" ] || { echo "build-images.sh: --registry ADDR is required (e.g. 127.0.0.1:5000)" >&2; exit 2; }
@@ -113,6 +116,17 @@ names=()
 for d in "$here"/*/www/; do [ -d "$d" ] && names+=("$(basename "$(dirname "$d")")"); done
 for d in "$here"/*/imageroot/; do [ -d "$d" ] && names+=("$(basename "$(dirname "$d")")"); done
 [ ${#names[@]} -gt 0 ] || { echo "build-images.sh: no image sources (NAME/www or NAME/imageroot) under $here" >&2; exit 1; }
+if [ -n "$only" ]; then
+  IFS=, read -r -a wanted <<< "$only"
+  for w in "${wanted[@]}"; do
+    case " ${names[*]} " in *" $w "*) ;; *) echo "build-images.sh: --only: no image source '$w' under $here (there are: ${names[*]})" >&2; exit 2 ;; esac
+  done
+  kept=()
+  for name in "${names[@]}"; do
+    case ",$only," in *",$name,"*) kept+=("$name") ;; esac
+  done
+  names=("${kept[@]}")
+fi
 for name in "${names[@]}"; do
   for dir in "$here/$name"/versions/*/; do
     build_one "$name" "$(basename "$dir")"

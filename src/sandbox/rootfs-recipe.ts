@@ -68,6 +68,8 @@ ExecStartPost=+${NODE_REDIS_ACL_SCRIPT} apply
 
 /**
  * The one recipe ns8ctl uses: Debian 12 + systemd + podman + crun + uidmap + slirp4netns + redis,
+ * catatonit (the pause binary `podman pod create` builds its infra image from; podman recommends
+ * it, so NS8 nodes have it, and modules with a pod unit such as ns8-nextcloud need it),
  * and NS8's agent runtime (python3 + python3-redis, /usr/local/agent, runagent, agent.env and
  * core.env: src/agent/ns8-runtime.ts) linked to `runtime/ns8` of the bind-mounted project, so a
  * change there needs no rebuild.
@@ -90,7 +92,7 @@ export function defaultRecipe(): RootfsRecipe {
     suite: 'bookworm',
     variant: 'minbase',
     include: ['systemd', 'systemd-sysv', 'dbus', 'dbus-user-session', 'libpam-systemd', 'passwd', 'procps'],
-    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar', 'python3', 'python3-redis'],
+    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar', 'python3', 'python3-redis', 'catatonit'],
     files,
     symlinks: ns8.symlinks,
   };
