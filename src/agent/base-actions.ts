@@ -100,7 +100,11 @@ const createVolumes: BuiltinStep = {
       if (path.resolve(ctx.installDir).startsWith(path.resolve(base) + path.sep)) continue;
       const volpath = path.join(base, moduleId, vol, '_data');
       await fs.mkdir(volpath, { recursive: true, mode: 0o700 });
-      await ctx.services.runner.run(['podman', 'volume', 'create', '--ignore', `--opt=device=${volpath}`, '--opt=type=bind', vol], {
+      // NS8 runs `podman volume create --ignore`; Debian 12's podman (4.3) has no --ignore: an
+      // existing volume is detected first, with the same result.
+      const exists = await ctx.services.runner.run(['podman', 'volume', 'exists', vol], { allowFailure: true, purpose: `${moduleId}: create-module: check volume ${vol}`, env: { ...ctx.env } });
+      if (exists.exitCode === 0) continue;
+      await ctx.services.runner.run(['podman', 'volume', 'create', `--opt=device=${volpath}`, '--opt=type=bind', vol], {
         purpose: `${moduleId}: create-module: create volume ${vol}`,
         mutating: true,
         env: { ...ctx.env },

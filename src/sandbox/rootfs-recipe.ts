@@ -67,6 +67,55 @@ ExecStartPost=+${NODE_REDIS_ACL_SCRIPT} apply
 }
 
 /**
+ * Debian 12's /etc/login.defs with other uid, gid and subordinate id ranges. Sandbox nodes share
+ * the host's uids (no user namespace): a node's instance user with the host test user's uid
+ * would be killed by that test's `killall -u` (seen: a node's user manager SIGKILLed mid-test).
+ * Nodes take 52000-59999 and subordinate ids from 300000000; the host keeps Debian's 1000+ and
+ * 100000+.
+ */
+export function renderLoginDefs(): string {
+  return `# ns8ctl sandbox node: Debian 12's values, with uid/gid and subordinate id ranges of its own
+MAIL_DIR /var/mail
+FAILLOG_ENAB yes
+LOG_UNKFAIL_ENAB no
+LOG_OK_LOGINS no
+SYSLOG_SU_ENAB yes
+SYSLOG_SG_ENAB yes
+FTMP_FILE /var/log/btmp
+SU_NAME su
+HUSHLOGIN_FILE .hushlogin
+ENV_SUPATH PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV_PATH PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games
+TTYGROUP tty
+TTYPERM 0600
+ERASECHAR 0177
+KILLCHAR 025
+UMASK 022
+PASS_MAX_DAYS 99999
+PASS_MIN_DAYS 0
+PASS_WARN_AGE 7
+UID_MIN 52000
+UID_MAX 59999
+GID_MIN 52000
+GID_MAX 59999
+SUB_UID_MIN 300000000
+SUB_UID_MAX 600100000
+SUB_UID_COUNT 65536
+SUB_GID_MIN 300000000
+SUB_GID_MAX 600100000
+SUB_GID_COUNT 65536
+LOGIN_RETRIES 5
+LOGIN_TIMEOUT 60
+CHFN_RESTRICT rwh
+DEFAULT_HOME yes
+USERGROUPS_ENAB yes
+ENCRYPT_METHOD SHA512
+NONEXISTENT /nonexistent
+PREVENT_NO_AUTH superuser
+`;
+}
+
+/**
  * The one recipe ns8ctl uses: Debian 12 + systemd + podman + crun + uidmap + slirp4netns + redis,
  * catatonit (the pause binary `podman pod create` builds its infra image from; podman recommends
  * it, so NS8 nodes have it, and modules with a pod unit such as ns8-nextcloud need it),
@@ -76,6 +125,7 @@ ExecStartPost=+${NODE_REDIS_ACL_SCRIPT} apply
  */
 export function defaultRecipe(): RootfsRecipe {
   const files: RootfsRecipe['files'] = {};
+  files['etc/login.defs'] = { content: renderLoginDefs(), mode: 0o644 };
   for (const [p, content] of Object.entries(nodePodmanFiles())) files[p] = { content, mode: 0o644 };
   files['usr/local/bin/ns8ctl'] = { content: renderNodeWrapper(), mode: 0o755 };
   files['etc/systemd/system/redis-server.service.d/ns8ctl.conf'] = { content: renderRedisDropin(), mode: 0o644 };

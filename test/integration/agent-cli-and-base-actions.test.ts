@@ -136,7 +136,7 @@ describe('base actions', () => {
     async run(argv: string[], opts?: RunOptions): Promise<CommandRecord> {
       if (argv[0] !== 'podman') return this.real.run(argv, opts);
       this.calls.push(argv);
-      const exists = argv[1] === 'image' && argv[2] === 'exists';
+      const exists = (argv[1] === 'image' || argv[1] === 'volume') && argv[2] === 'exists';
       const list = argv[1] === 'image' && argv[2] === 'list';
       const vols = argv[1] === 'volume' && argv[2] === 'ls';
       const stdout = list ? 'ghcr.io/x/mysql:8,402 MB,2024-01-01 00:00:00 +0000 UTC\n' : vols ? 'web-data,/home/web1/.local/share/containers/storage/volumes/web-data/_data,2024-01-02\n' : '';
@@ -159,7 +159,9 @@ describe('base actions', () => {
       expect(readFileSync(path.join(root, 'state', 'environment'), 'utf8')).toBe('I2FAUTH_IMAGE=ghcr.io/x/2fauth:1\nMODULE_ID=web1\nMYSQL_IMAGE=docker.io/library/mysql:8\nNODE_ID=1\n');
       expect(await admin.hget('module/web1/environment', 'MYSQL_IMAGE')).toBe('docker.io/library/mysql:8');
       expect(runner.calls).toEqual([
-        ['podman', 'volume', 'create', '--ignore', `--opt=device=${path.join(volBase, 'web1', 'web-data', '_data')}`, '--opt=type=bind', 'web-data'],
+        // No --ignore (Debian 12's podman 4.3 lacks it): an existing volume is checked for first.
+        ['podman', 'volume', 'exists', 'web-data'],
+        ['podman', 'volume', 'create', `--opt=device=${path.join(volBase, 'web1', 'web-data', '_data')}`, '--opt=type=bind', 'web-data'],
         ['podman', 'image', 'exists', 'docker.io/library/mysql:8'],
         ['podman', 'pull', 'docker.io/library/mysql:8'],
         ['podman', 'image', 'exists', 'ghcr.io/x/2fauth:1'],

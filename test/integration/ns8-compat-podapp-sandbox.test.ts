@@ -73,11 +73,8 @@ async function lifecycleTasks(action: string): Promise<string[]> {
 beforeAll(async () => {
   await deleteSandbox({ name: NAME }, deps);
   info = await createSandbox({ name: NAME, nodes: 1 }, deps);
-  // Test-machine guard: sandbox nodes share the host's uids (no user namespace), and host tests
-  // end their own users with `pkill -KILL -u`, which also kills a node's instance user that got the
-  // same uid (seen: podapp1's user manager SIGKILLed while the CI suite ran). Instance users of
-  // this node take uids no host test uses.
-  expect((await inNode(['sed', '-i', '-e', 's/^UID_MIN.*/UID_MIN 52000/', '-e', 's/^GID_MIN.*/GID_MIN 52000/', '-e', 's/^UID_MAX.*/UID_MAX 52999/', '-e', 's/^GID_MAX.*/GID_MAX 52999/', '/etc/login.defs'])).code).toBe(0);
+  // Sandbox nodes share the host's uids (no user namespace): the recipe gives node users a uid
+  // range no host test user has (a host test's `killall -u` must not reach a node's instance).
   expect((await inNode(['grep', '-c', '^UID_MIN 52000', '/etc/login.defs'])).out.trim()).toBe('1');
   await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp,podapp-web,podapp-db,kickweb,kickweb-httpd', '--registry', info.registry, '--push'], { timeoutMs: 600_000 });
   leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });

@@ -59,6 +59,9 @@ describe('sandbox root filesystem recipe', () => {
     expect(a.packages).toEqual(expect.arrayContaining(['python3', 'python3-redis']));
     expect(a.symlinks).toMatchObject({ 'usr/local/agent/pypkg': '/opt/ns8ctl/app/runtime/ns8/pypkg', 'usr/local/bin/runagent': '/opt/ns8ctl/app/runtime/ns8/bin/runagent', 'usr/local/agent/pyenv/bin/python3': '/usr/bin/python3' });
     expect(Object.keys(a.files)).toEqual(expect.arrayContaining(['etc/nethserver/agent.env', 'etc/nethserver/core.env', 'usr/local/agent/pyenv/lib/python3.11/site-packages/ns8-pypkg.pth']));
+    // Node users never share a uid or subordinate ids with the host's users (no user namespace).
+    expect(a.files['etc/login.defs']?.content).toMatch(/^UID_MIN 52000$/m);
+    expect(a.files['etc/login.defs']?.content).toMatch(/^SUB_UID_MIN 300000000$/m);
     expect(a.packages).toEqual(expect.arrayContaining(['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server']));
     expect(a.include).toEqual(expect.arrayContaining(['systemd', 'libpam-systemd', 'dbus-user-session']));
   });
