@@ -305,19 +305,40 @@ export const PERMISSION_DENIED_ERROR = 'module_permission_denied';
 export const PERMISSION_DENIED_EXIT_CODE = 32;
 
 /**
+ * Where a permission check reads the role names a user holds on an agent. Both name the same
+ * grants (applyGrants writes them together); they differ in who can read them:
+ * - `grants-mirror`: field `<user>` of `<agent>/grants`, the mirror applyGrants keeps for each
+ *   module agent, readable by that module's own agent (NS8's ACL hides `roles/*` from it);
+ * - `roles`: field `<agent>` of `roles/<user>`, the hash NS8 itself keeps, readable with admin
+ *   credentials only; the one to use for node and cluster agents, which have no mirror.
+ */
+export type RoleSource = 'grants-mirror' | 'roles';
+
+/** The Redis reads a permission check makes (an ioredis client satisfies it). */
+export interface PermissionStore {
+  hget(key: string, field: string): Promise<string | null>;
+  smembers(key: string): Promise<string[]>;
+}
+
+/** The role names `user` holds on `agentId`, read from `source`. */
+async function heldRoles(store: PermissionStore, agentId: string, user: string, source: RoleSource): Promise<string[]> {
+  const roles = source === 'grants-mirror' ? await store.hget(grantsMirrorKey(agentId), user) : await store.hget(`roles/${user}`, agentId);
+  return (roles ?? '').split(',').filter(Boolean);
+}
+
+/**
  * Decides whether `user` may run `action` on `agentId`. An empty user or `cluster` is the
  * privileged submitter (NS8's empty AGENT_TASK_USER) and is always allowed. Anyone else needs a
- * role on the agent (from the `module/<id>/grants` mirror) whose `<agent>/roles/<role>` SET holds
- * a glob matching the action.
+ * role on the agent (its names read from `source`, see RoleSource) whose `<agent>/roles/<role>`
+ * SET holds a glob matching the action. A denial's reason names the user, the roles it holds and
+ * the action. An error reading the role names is thrown; an unreadable role SET allows nothing.
  */
-export async function checkTaskPermission(redis: Redis, agentId: string, user: string | undefined, action: string): Promise<PermissionDecision> {
+export async function checkTaskPermission(store: PermissionStore, agentId: string, user: string | undefined, action: string, source: RoleSource = 'grants-mirror'): Promise<PermissionDecision> {
   if (!user || user === 'cluster') return { allowed: true };
-  const roles = (await redis.hget(grantsMirrorKey(agentId), user)) ?? '';
-  const names = roles.split(',').filter(Boolean);
+  const names = await heldRoles(store, agentId, user, source);
   if (names.length === 0) return { allowed: false, reason: `${user} holds no role on ${agentId}` };
-  const p = redis.pipeline();
-  for (const r of names) p.smembers(`${agentId}/roles/${r}`);
-  const globs = ((await p.exec()) ?? []).flatMap(([, v]) => (v as string[] | undefined) ?? []);
+  // A role SET that cannot be read grants nothing: the check fails closed.
+  const globs = (await Promise.all(names.map((r) => store.smembers(`${agentId}/roles/${r}`).catch((): string[] => [])))).flat();
   if (actionMatches(globs, action)) return { allowed: true };
   return { allowed: false, reason: `${user} holds role${names.length > 1 ? 's' : ''} ${names.join(',')} on ${agentId}, which do${names.length > 1 ? '' : 'es'} not allow action ${action}` };
 }

@@ -17,7 +17,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/events.ts:runEventHandlers',
   'src/agent/run-action.ts:executeAction',
   'src/agent/step-process.ts:runStepProcess',
-  'src/agent/task-relay.ts:startTaskRelay',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/cli/main.ts:buildProgram',
   'src/controller/configuration-reconciler.ts:reconcileConfiguration',
