@@ -22,7 +22,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/controller/configuration-reconciler.ts:reconcileConfiguration',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
   'src/controller/source-options.ts:buildSources',
-  'src/controller/source-reconciler.ts:reconcile',
   'src/manifest/load.ts:loadManifests',
   'src/manifest/schema-errors.ts:translateSchemaErrors',
   'src/manifest/validate.ts:validateManifests',
