@@ -14,7 +14,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/authorizations.ts:applyGrants',
   'src/agent/cli.ts:runActionCommand',
   'src/agent/events.ts:runEventHandlers',
-  'src/agent/run-action.ts:executeAction',
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/cli/main.ts:buildProgram',
