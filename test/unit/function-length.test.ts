@@ -17,7 +17,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/cli/main.ts:buildProgram',
-  'src/controller/configuration-reconciler.ts:reconcileConfiguration',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
   'src/controller/source-options.ts:buildSources',
   'src/manifest/load.ts:loadManifests',
