@@ -16,7 +16,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/events.ts:runEventHandlers',
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
-  'src/cli/main.ts:buildProgram',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
   'src/controller/source-options.ts:buildSources',
   'src/manifest/load.ts:loadManifests',
