@@ -13,7 +13,6 @@ const MAX_LINES = 80;
 const ALLOWED_LONG: readonly string[] = [
   'src/agent/authorizations.ts:applyGrants',
   'src/agent/cli.ts:runActionCommand',
-  'src/agent/events.ts:runEventHandlers',
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
