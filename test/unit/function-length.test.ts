@@ -27,7 +27,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/node-agent/observe.ts:observeInstance',
   'src/node-agent/planner.ts:planConverge',
   'src/node-agent/reconcile.ts:convergeInstance',
-  'src/plan/planner.ts:plan',
   'src/repository/createrepo.ts:createrepo',
   'src/sandbox/cli.ts:registerSandboxCommands',
   'src/sandbox/create.ts:createSandbox',
