@@ -28,7 +28,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/node-agent/planner.ts:planConverge',
   'src/node-agent/reconcile.ts:convergeInstance',
   'src/repository/createrepo.ts:createrepo',
-  'src/sandbox/cli.ts:registerSandboxCommands',
   'src/sandbox/create.ts:createSandbox',
 ];
 
