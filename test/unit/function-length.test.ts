@@ -18,7 +18,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
   'src/controller/source-options.ts:buildSources',
   'src/manifest/load.ts:loadManifests',
-  'src/manifest/schema-errors.ts:translateSchemaErrors',
   'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
