@@ -26,7 +26,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/node-agent/planner.ts:planConverge',
   'src/node-agent/reconcile.ts:convergeInstance',
   'src/repository/createrepo.ts:createrepo',
-  'src/sandbox/create.ts:createSandbox',
 ];
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
