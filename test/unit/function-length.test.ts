@@ -11,7 +11,6 @@ const MAX_LINES = 80;
  * when an entry is now short enough (remove it) or no longer exists.
  */
 const ALLOWED_LONG: readonly string[] = [
-  'src/agent/cli.ts:runActionCommand',
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
