@@ -24,7 +24,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/node-agent/observe.ts:observeInstance',
   'src/node-agent/planner.ts:planConverge',
   'src/node-agent/reconcile.ts:convergeInstance',
-  'src/repository/createrepo.ts:createrepo',
 ];
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
