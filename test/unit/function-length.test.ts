@@ -14,7 +14,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
-  'src/controller/source-options.ts:buildSources',
   'src/manifest/load.ts:loadManifests',
   'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
