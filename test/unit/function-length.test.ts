@@ -14,7 +14,6 @@ const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
   'src/controller/module-reconciler.ts:reconcileModuleSummary',
-  'src/manifest/load.ts:loadManifests',
   'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
