@@ -13,7 +13,6 @@ const MAX_LINES = 80;
 const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
   'src/cli/commands/recover.ts:recoverCommand',
-  'src/controller/module-reconciler.ts:reconcileModuleSummary',
   'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
