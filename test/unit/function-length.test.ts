@@ -12,7 +12,6 @@ const MAX_LINES = 80;
  */
 const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
-  'src/cli/commands/recover.ts:recoverCommand',
   'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
