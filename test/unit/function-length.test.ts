@@ -12,7 +12,6 @@ const MAX_LINES = 80;
  */
 const ALLOWED_LONG: readonly string[] = [
   'src/agent/step-process.ts:runStepProcess',
-  'src/manifest/validate.ts:validateManifests',
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
   'src/node-agent/applier.ts:applyStep',
