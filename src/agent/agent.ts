@@ -70,191 +70,243 @@ const BUSY_EXIT_CODE = 11;
 
 /** Creates the agent. Nothing happens until start(). */
 export function runAgent(opts: AgentOptions, deps: AgentDeps): AgentHandle {
-  const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
-  const maxConcurrency = opts.maxConcurrency ?? 32;
-  const pollSeconds = opts.pollSeconds ?? 5;
-  const heartbeatMs = opts.heartbeatMs ?? 5000;
-  const builtins = opts.builtins ?? [];
-  const running = new Map<string, { controller: AbortController; done: Promise<void> }>();
-  let blocking: Redis | undefined;
-  let stopping = false;
-  let started: Promise<void> | undefined;
-  let stopped: Promise<void> | undefined;
-  let resolveDone!: () => void;
-  const done = new Promise<void>((r) => (resolveDone = r));
+  return new Agent(opts, deps);
+}
 
-  const finish = async (task: AgentTask, result: TaskResult, progress: number): Promise<void> => {
-    const env = await readEnvironmentFile(path.join(opts.stateDir, 'environment')).catch(() => undefined);
-    try {
-      await finalizeTask(deps.redis, opts.agentId, task.id, result, progress, env);
-    } catch (err) {
-      log(`error: ${opts.agentId}: task ${task.id}: cannot store the result: ${(err as Error).message}`);
-    }
-    log(`task/${opts.agentId}/${task.id}: action "${task.action}" status is "${result.status}" (${result.exitCode})`);
-  };
+/** A task's last published status and progress, which the heartbeat repeats. */
+interface LiveStatus {
+  status: TaskStatus;
+  progress: number;
+}
 
-  const publish = (task: AgentTask, status: TaskStatus, progress: number): void => {
-    publishProgress(deps.redis, opts.agentId, task.id, status, progress).catch((err: Error) => log(`error: ${opts.agentId}: publish progress: ${err.message}`));
-  };
+/** The agent behind runAgent's handle. */
+class Agent implements AgentHandle {
+  readonly done: Promise<void>;
+  private readonly log: (line: string) => void;
+  private readonly maxConcurrency: number;
+  private readonly pollSeconds: number;
+  private readonly builtins: readonly BuiltinAction[];
+  private readonly tasks = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  private blocking: Redis | undefined;
+  private stopping = false;
+  private started: Promise<void> | undefined;
+  private stopped: Promise<void> | undefined;
+  private resolveDone!: () => void;
 
-  const runBuiltin = async (task: AgentTask): Promise<TaskResult | undefined> => {
-    if (task.action === 'list-actions') {
-      const names = await listActionNames(opts.actionsDirs, builtins);
-      return { status: 'completed', exitCode: 0, output: JSON.stringify(names), error: '' };
-    }
-    if (task.action === 'cancel-task') {
-      const target = (task.data as { task?: unknown } | null | undefined)?.task;
-      if (typeof target !== 'string' || target === '') {
-        return { status: 'validation-failed', exitCode: 10, output: JSON.stringify([{ parameter: 'task', error: 'task_required', value: target ?? null, field: 'task' }]), error: 'cancel-task: input must be {"task":"<task id>"}\n' };
+  constructor(
+    private readonly opts: AgentOptions,
+    private readonly deps: AgentDeps,
+  ) {
+    this.log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+    this.maxConcurrency = opts.maxConcurrency ?? 32;
+    this.pollSeconds = opts.pollSeconds ?? 5;
+    this.builtins = opts.builtins ?? [];
+    this.done = new Promise<void>((r) => (this.resolveDone = r));
+  }
+
+  start(signal?: AbortSignal): Promise<void> {
+    if (this.started) return this.started;
+    this.started = (async () => {
+      const { agentId, actionsDirs } = this.opts;
+      this.blocking = this.deps.redis.duplicate({ connectionName: agentId.replace(/\s/g, '_') });
+      await this.blocking.ping();
+      this.log(`${agentId}: agent started; actions from ${actionsDirs.join(', ') || '(none)'}${this.builtins.length ? ' + base actions' : ''}`);
+      void this.loop()
+        .catch((err: Error) => this.log(`error: ${agentId}: agent loop ended: ${err.message}`))
+        .finally(this.resolveDone);
+      if (signal) {
+        if (signal.aborted) void this.stop();
+        else signal.addEventListener('abort', () => void this.stop(), { once: true });
       }
-      const r = running.get(target);
-      if (!r) return { status: 'aborted', exitCode: 2, output: '', error: `cancel-task: task ${target} is not running on ${opts.agentId}\n` };
-      log(`warning: task/${opts.agentId}/${target}: cancelled by task ${task.id}`);
-      r.controller.abort();
-      return { status: 'completed', exitCode: 0, output: '', error: '' };
-    }
-    return undefined;
-  };
+    })();
+    return this.started;
+  }
 
-  const handle = async (task: AgentTask, controller: AbortController): Promise<void> => {
-    let status: TaskStatus = 'pending';
-    let progress = 0;
-    const beat = setInterval(() => {
-      heartbeatTask(deps.redis, opts.agentId, task.id, status, progress).catch(() => undefined);
-    }, heartbeatMs);
-    beat.unref();
-    try {
-      const decision = await checkTaskPermission(deps.redis, opts.agentId, task.user, task.action);
-      if (!decision.allowed) {
-        log(`warning: ${opts.agentId}: task ${task.id} refused: ${decision.reason}`);
-        await finish(task, { status: 'aborted', exitCode: PERMISSION_DENIED_EXIT_CODE, output: '', error: `${PERMISSION_DENIED_ERROR}: ${decision.reason}\n` }, 0);
+  stop(): Promise<void> {
+    if (this.stopped) return this.stopped;
+    this.stopping = true;
+    this.stopped = (async () => {
+      if (!this.started) {
+        this.resolveDone();
         return;
       }
-      const builtinResult = await runBuiltin(task);
-      if (builtinResult) {
-        await finish(task, builtinResult, 100);
+      await this.started.catch(() => undefined);
+      this.blocking?.disconnect();
+      await this.done;
+      await Promise.all([...this.tasks.values()].map((r) => r.done));
+      this.log(`${this.opts.agentId}: agent stopped`);
+    })();
+    return this.stopped;
+  }
+
+  running(): string[] {
+    return [...this.tasks.keys()];
+  }
+
+  /** Pops tasks until stopped; a pop error is logged once per distinct message and retried after a pause. */
+  private async loop(): Promise<void> {
+    const { agentId } = this.opts;
+    let lastError = '';
+    while (!this.stopping && this.blocking) {
+      let popped: [string, string] | null;
+      try {
+        popped = (await this.blocking.brpop(taskQueueKey(agentId), this.pollSeconds)) as [string, string] | null;
+        lastError = '';
+      } catch (err) {
+        if (this.stopping) break;
+        const msg = (err as Error).message;
+        if (msg !== lastError) this.log(`error: ${agentId}: task queue pop error: ${msg}`);
+        lastError = msg;
+        await new Promise((r) => setTimeout(r, Math.min(this.pollSeconds, 5) * 1000));
+        continue;
+      }
+      if (popped) await this.accept(popped[1]);
+    }
+  }
+
+  /** Decodes a popped task, stores its context, and starts it unless every slot stays busy. */
+  private async accept(raw: string): Promise<void> {
+    const { agentId } = this.opts;
+    const task = this.decode(raw);
+    if (!task) return;
+    try {
+      await storeTaskContext(this.deps.redis, agentId, task.id, raw);
+    } catch (err) {
+      this.log(`error: ${agentId}: context set error: ${(err as Error).message}`);
+    }
+    if (this.tasks.size >= this.maxConcurrency) {
+      await new Promise((r) => setTimeout(r, this.opts.overloadWaitMs ?? 500));
+      if (this.tasks.size >= this.maxConcurrency) {
+        this.log(`warning: ${agentId}: task ${task.id} refused: ${this.tasks.size} tasks running (limit ${this.maxConcurrency})`);
+        await this.finish(task, { status: 'aborted', exitCode: BUSY_EXIT_CODE, output: '', error: 'Agent is busy\n' }, 0);
         return;
       }
-      let outcome: ActionOutcome;
-      if (!isSafeName(task.action)) {
-        outcome = { status: 'aborted', exitCode: 8, output: '', error: `Action ${JSON.stringify(task.action)} is not defined (not a valid action name)\n`, progress: 0, lastStep: '{unknown}' };
-      } else {
-        const plan = await resolveAction(task.action, opts.actionsDirs, builtins);
-        outcome = await executeAction(plan, task, {
-          agentId: opts.agentId,
-          installDir: opts.installDir,
-          stateDir: opts.stateDir,
-          rootfull: opts.rootfull ?? false,
-          baseEnv: opts.env ?? process.env,
-          services: { runner: deps.runner, redis: deps.redis, ...(deps.systemd ? { systemd: deps.systemd } : {}) },
-          signal: controller.signal,
-          onStatus: (s, p) => {
-            status = s;
-            progress = p;
-            publish(task, s, p);
-          },
-          onEnvDumped: (env) => mirrorEnvironment(deps.redis, opts.agentId, env),
-          log,
-          ...(opts.drainMs !== undefined ? { drainMs: opts.drainMs } : {}),
-        });
-      }
-      await finish(task, outcome, outcome.progress);
-    } catch (err) {
-      log(`error: ${opts.agentId}: task ${task.id} (${task.action}) failed in the agent: ${(err as Error).message}`);
-      await finish(task, { status: 'aborted', exitCode: 1, output: '', error: `agent error: ${(err as Error).message}\n` }, progress);
-    } finally {
-      clearInterval(beat);
     }
-  };
+    const controller = new AbortController();
+    const entry = { controller, done: Promise.resolve() };
+    this.tasks.set(task.id, entry);
+    entry.done = this.handle(task, controller).finally(() => this.tasks.delete(task.id));
+  }
 
-  const accept = async (raw: string): Promise<void> => {
+  /** The task in `raw`, with `action` and `user` made strings; undefined (logged) when it is not a JSON object with a valid id. */
+  private decode(raw: string): AgentTask | undefined {
+    const { agentId } = this.opts;
     let task: AgentTask;
     try {
       const parsed = JSON.parse(raw) as unknown;
       if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new TypeError('not a JSON object');
       task = parsed as AgentTask;
     } catch (err) {
-      log(`error: ${opts.agentId}: task ignored for decoding error: ${(err as Error).message}`);
-      return;
+      this.log(`error: ${agentId}: task ignored for decoding error: ${(err as Error).message}`);
+      return undefined;
     }
     if (!isTaskId(task.id)) {
-      log(`error: ${opts.agentId}: task ignored: "id" must be a string of letters, digits, ".", "_", "-" (got ${JSON.stringify(String(task.id as unknown).slice(0, 64))})`);
-      return;
+      this.log(`error: ${agentId}: task ignored: "id" must be a string of letters, digits, ".", "_", "-" (got ${JSON.stringify(String(task.id as unknown).slice(0, 64))})`);
+      return undefined;
     }
     if (typeof task.action !== 'string') task.action = String(task.action ?? '');
     if (task.user !== undefined && typeof task.user !== 'string') task.user = String(task.user);
+    return task;
+  }
+
+  /** Runs one task with a heartbeat; an error of the agent itself ends it aborted (1). */
+  private async handle(task: AgentTask, controller: AbortController): Promise<void> {
+    const { agentId } = this.opts;
+    const live: LiveStatus = { status: 'pending', progress: 0 };
+    const beat = setInterval(() => {
+      heartbeatTask(this.deps.redis, agentId, task.id, live.status, live.progress).catch(() => undefined);
+    }, this.opts.heartbeatMs ?? 5000);
+    beat.unref();
     try {
-      await storeTaskContext(deps.redis, opts.agentId, task.id, raw);
+      await this.serve(task, controller, live);
     } catch (err) {
-      log(`error: ${opts.agentId}: context set error: ${(err as Error).message}`);
+      this.log(`error: ${agentId}: task ${task.id} (${task.action}) failed in the agent: ${(err as Error).message}`);
+      await this.finish(task, { status: 'aborted', exitCode: 1, output: '', error: `agent error: ${(err as Error).message}\n` }, live.progress);
+    } finally {
+      clearInterval(beat);
     }
-    if (running.size >= maxConcurrency) {
-      await new Promise((r) => setTimeout(r, opts.overloadWaitMs ?? 500));
-      if (running.size >= maxConcurrency) {
-        log(`warning: ${opts.agentId}: task ${task.id} refused: ${running.size} tasks running (limit ${maxConcurrency})`);
-        await finish(task, { status: 'aborted', exitCode: BUSY_EXIT_CODE, output: '', error: 'Agent is busy\n' }, 0);
-        return;
-      }
-    }
-    const controller = new AbortController();
-    const entry = { controller, done: Promise.resolve() };
-    running.set(task.id, entry);
-    entry.done = handle(task, controller).finally(() => running.delete(task.id));
-  };
+  }
 
-  const loop = async (): Promise<void> => {
-    let lastError = '';
-    while (!stopping && blocking) {
-      let popped: [string, string] | null;
-      try {
-        popped = (await blocking.brpop(taskQueueKey(opts.agentId), pollSeconds)) as [string, string] | null;
-        lastError = '';
-      } catch (err) {
-        if (stopping) break;
-        const msg = (err as Error).message;
-        if (msg !== lastError) log(`error: ${opts.agentId}: task queue pop error: ${msg}`);
-        lastError = msg;
-        await new Promise((r) => setTimeout(r, Math.min(pollSeconds, 5) * 1000));
-        continue;
-      }
-      if (popped) await accept(popped[1]);
+  /** Permission check, then a built-in or the action's steps; stores the result. */
+  private async serve(task: AgentTask, controller: AbortController, live: LiveStatus): Promise<void> {
+    const decision = await checkTaskPermission(this.deps.redis, this.opts.agentId, task.user, task.action);
+    if (!decision.allowed) {
+      this.log(`warning: ${this.opts.agentId}: task ${task.id} refused: ${decision.reason}`);
+      await this.finish(task, { status: 'aborted', exitCode: PERMISSION_DENIED_EXIT_CODE, output: '', error: `${PERMISSION_DENIED_ERROR}: ${decision.reason}\n` }, 0);
+      return;
     }
-  };
+    const builtinResult = await this.runBuiltin(task);
+    if (builtinResult) {
+      await this.finish(task, builtinResult, 100);
+      return;
+    }
+    const outcome = await this.runSteps(task, controller, live);
+    await this.finish(task, outcome, outcome.progress);
+  }
 
-  return {
-    start(signal?: AbortSignal): Promise<void> {
-      if (started) return started;
-      started = (async () => {
-        blocking = deps.redis.duplicate({ connectionName: opts.agentId.replace(/\s/g, '_') });
-        await blocking.ping();
-        log(`${opts.agentId}: agent started; actions from ${opts.actionsDirs.join(', ') || '(none)'}${builtins.length ? ' + base actions' : ''}`);
-        void loop()
-          .catch((err: Error) => log(`error: ${opts.agentId}: agent loop ended: ${err.message}`))
-          .finally(resolveDone);
-        if (signal) {
-          if (signal.aborted) void this.stop();
-          else signal.addEventListener('abort', () => void this.stop(), { once: true });
-        }
-      })();
-      return started;
-    },
-    stop(): Promise<void> {
-      if (stopped) return stopped;
-      stopping = true;
-      stopped = (async () => {
-        if (!started) {
-          resolveDone();
-          return;
-        }
-        await started.catch(() => undefined);
-        blocking?.disconnect();
-        await done;
-        await Promise.all([...running.values()].map((r) => r.done));
-        log(`${opts.agentId}: agent stopped`);
-      })();
-      return stopped;
-    },
-    done,
-    running: () => [...running.keys()],
-  };
+  /** Runs the action's steps (an unsafe action name is undefined: exit code 8). */
+  private async runSteps(task: AgentTask, controller: AbortController, live: LiveStatus): Promise<ActionOutcome> {
+    if (!isSafeName(task.action)) {
+      return { status: 'aborted', exitCode: 8, output: '', error: `Action ${JSON.stringify(task.action)} is not defined (not a valid action name)\n`, progress: 0, lastStep: '{unknown}' };
+    }
+    const { opts, deps } = this;
+    const plan = await resolveAction(task.action, opts.actionsDirs, this.builtins);
+    return executeAction(plan, task, {
+      agentId: opts.agentId,
+      installDir: opts.installDir,
+      stateDir: opts.stateDir,
+      rootfull: opts.rootfull ?? false,
+      baseEnv: opts.env ?? process.env,
+      services: { runner: deps.runner, redis: deps.redis, ...(deps.systemd ? { systemd: deps.systemd } : {}) },
+      signal: controller.signal,
+      onStatus: (s, p) => {
+        live.status = s;
+        live.progress = p;
+        this.publish(task, s, p);
+      },
+      onEnvDumped: (env) => mirrorEnvironment(deps.redis, opts.agentId, env),
+      log: this.log,
+      ...(opts.drainMs !== undefined ? { drainMs: opts.drainMs } : {}),
+    });
+  }
+
+  /** The built-ins list-actions and cancel-task; undefined for any other action. */
+  private async runBuiltin(task: AgentTask): Promise<TaskResult | undefined> {
+    if (task.action === 'list-actions') {
+      const names = await listActionNames(this.opts.actionsDirs, this.builtins);
+      return { status: 'completed', exitCode: 0, output: JSON.stringify(names), error: '' };
+    }
+    if (task.action === 'cancel-task') return this.cancelTask(task);
+    return undefined;
+  }
+
+  /** cancel-task `{"task": "<id>"}`: aborts that running task. */
+  private cancelTask(task: AgentTask): TaskResult {
+    const { agentId } = this.opts;
+    const target = (task.data as { task?: unknown } | null | undefined)?.task;
+    if (typeof target !== 'string' || target === '') {
+      return { status: 'validation-failed', exitCode: 10, output: JSON.stringify([{ parameter: 'task', error: 'task_required', value: target ?? null, field: 'task' }]), error: 'cancel-task: input must be {"task":"<task id>"}\n' };
+    }
+    const r = this.tasks.get(target);
+    if (!r) return { status: 'aborted', exitCode: 2, output: '', error: `cancel-task: task ${target} is not running on ${agentId}\n` };
+    this.log(`warning: task/${agentId}/${target}: cancelled by task ${task.id}`);
+    r.controller.abort();
+    return { status: 'completed', exitCode: 0, output: '', error: '' };
+  }
+
+  /** Stores the result (with the instance's environment, for masking) and logs the final status. */
+  private async finish(task: AgentTask, result: TaskResult, progress: number): Promise<void> {
+    const { agentId } = this.opts;
+    const env = await readEnvironmentFile(path.join(this.opts.stateDir, 'environment')).catch(() => undefined);
+    try {
+      await finalizeTask(this.deps.redis, agentId, task.id, result, progress, env);
+    } catch (err) {
+      this.log(`error: ${agentId}: task ${task.id}: cannot store the result: ${(err as Error).message}`);
+    }
+    this.log(`task/${agentId}/${task.id}: action "${task.action}" status is "${result.status}" (${result.exitCode})`);
+  }
+
+  private publish(task: AgentTask, status: TaskStatus, progress: number): void {
+    publishProgress(this.deps.redis, this.opts.agentId, task.id, status, progress).catch((err: Error) => this.log(`error: ${this.opts.agentId}: publish progress: ${err.message}`));
+  }
 }

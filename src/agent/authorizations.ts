@@ -186,19 +186,40 @@ export interface ApplyGrantsResult {
  * (once its create-module defined its roles) or removed.
  */
 export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
+  const input = await readGrantInput(redis);
+  const table = computeGrants(input);
+  const current = await readRoleHashes(redis);
+  const live = new Set(input.instances.map((i) => `module/${i.id}`));
+  const m = redis.multi();
+  const { writes: grantWrites, finalState } = queueGrantWrites(m, current, table, live);
+  const writes = grantWrites + (await queueMirrorWrites(redis, m, finalState, live));
+  if (writes > 0) {
+    const replies = await m.exec();
+    const failed = replies?.find(([err]) => err);
+    if (failed?.[0]) throw failed[0];
+  } else m.discard();
+  return { table, writes };
+}
+
+/** Instances (`cluster/module_node`) with their stored authorizations, the roles each agent defines, and default instances. */
+async function readGrantInput(redis: Redis): Promise<GrantInput & { instances: GrantInstance[] }> {
   const moduleNode = await redis.hgetall('cluster/module_node');
   const ids = Object.keys(moduleNode).sort();
   const authPipe = redis.pipeline();
   for (const id of ids) authPipe.smembers(`cluster/authorizations/module/${id}`);
   const authReplies = (await authPipe.exec()) ?? [];
   const instances: GrantInstance[] = ids.map((id, i) => ({ id, node: moduleNode[id] ?? '', authorizations: ((authReplies[i]?.[1] as string[] | undefined) ?? []).slice().sort() }));
-
   const agentRoles: Record<string, string[]> = {};
   for (const key of await scanKeys(redis, '*/roles/*')) {
     const m = /^((?:module\/[^/]+)|(?:node\/[^/]+)|cluster)\/roles\/([^/]+)$/.exec(key);
     if (!m) continue;
     (agentRoles[m[1] as string] ??= []).push(m[2] as string);
   }
+  return { instances, agentRoles, ...(await readDefaultInstances(redis)) };
+}
+
+/** `cluster/default_instance/<module>` and `node/<N>/default_instance/<module>` values. */
+async function readDefaultInstances(redis: Redis): Promise<{ clusterDefaults: Record<string, string>; nodeDefaults: Record<string, Record<string, string>> }> {
   const clusterDefaults: Record<string, string> = {};
   const nodeDefaults: Record<string, Record<string, string>> = {};
   const defaultKeys = [...(await scanKeys(redis, 'cluster/default_instance/*')), ...(await scanKeys(redis, 'node/*/default_instance/*'))];
@@ -213,17 +234,27 @@ export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
       if (n) (nodeDefaults[n[1] as string] ??= {})[n[2] as string] = v;
     });
   }
-  const table = computeGrants({ instances, agentRoles, clusterDefaults, nodeDefaults });
+  return { clusterDefaults, nodeDefaults };
+}
 
-  // Current state of every roles/* hash.
+/** Current state of every `roles/*` hash. */
+async function readRoleHashes(redis: Redis): Promise<Map<string, Record<string, string>>> {
   const roleKeys = await scanKeys(redis, 'roles/*');
   const readPipe = redis.pipeline();
   for (const k of roleKeys) readPipe.hgetall(k);
   const current = new Map<string, Record<string, string>>();
   ((await readPipe.exec()) ?? []).forEach(([, v], i) => current.set(roleKeys[i] as string, (v as Record<string, string>) ?? {}));
+  return current;
+}
 
-  const live = new Set(ids.map((id) => `module/${id}`));
-  const m = redis.multi();
+type Multi = ReturnType<Redis['multi']>;
+
+/**
+ * Queues on `m` the writes that make every `roles/module/<id>` hash equal its row of `table`
+ * (dropping hashes of removed instances), and remove grants on removed module agents from every
+ * other `roles/*` hash. Returns the number of writes and every hash as it will be.
+ */
+function queueGrantWrites(m: Multi, current: ReadonlyMap<string, Record<string, string>>, table: GrantTable, live: ReadonlySet<string>): { writes: number; finalState: Map<string, Record<string, string>> } {
   let writes = 0;
   const finalState = new Map<string, Record<string, string>>();
   for (const [key, fields] of current) {
@@ -235,16 +266,7 @@ export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
         writes++;
         continue;
       }
-      for (const f of Object.keys(fields)) {
-        if (f in want) continue;
-        m.hdel(key, f);
-        writes++;
-      }
-      for (const [f, v] of Object.entries(want)) {
-        if (fields[f] === v) continue;
-        m.hset(key, f, v);
-        writes++;
-      }
+      writes += queueHashDiff(m, key, fields, want);
       finalState.set(key, want);
     } else {
       // A user's (or another agent's) roles: drop grants on module agents that no longer exist.
@@ -265,8 +287,28 @@ export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
     writes++;
     finalState.set(key, want);
   }
+  return { writes, finalState };
+}
 
-  // Mirrors: for each live module agent, who holds which roles on it.
+/** Queues the HDEL/HSET that turn hash `key` from `have` into `want`; returns how many. */
+function queueHashDiff(m: Multi, key: string, have: Record<string, string>, want: Record<string, string>): number {
+  let writes = 0;
+  for (const f of Object.keys(have)) {
+    if (f in want) continue;
+    m.hdel(key, f);
+    writes++;
+  }
+  for (const [f, v] of Object.entries(want)) {
+    if (have[f] === v) continue;
+    m.hset(key, f, v);
+    writes++;
+  }
+  return writes;
+}
+
+/** Queues on `m` the rewrite of each live module agent's `grants` mirror that differs from `finalState`; returns how many. */
+async function queueMirrorWrites(redis: Redis, m: Multi, finalState: ReadonlyMap<string, Record<string, string>>, live: ReadonlySet<string>): Promise<number> {
+  // For each live module agent, who holds which roles on it.
   const mirrors = new Map<string, Record<string, string>>();
   for (const agent of live) mirrors.set(agent, {});
   for (const [key, fields] of finalState) {
@@ -280,6 +322,7 @@ export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
   const agentsOrdered = [...mirrors.keys()].sort();
   for (const agent of agentsOrdered) mirrorPipe.hgetall(grantsMirrorKey(agent));
   const mirrorNow = (await mirrorPipe.exec()) ?? [];
+  let writes = 0;
   agentsOrdered.forEach((agent, i) => {
     const want = mirrors.get(agent) ?? {};
     const have = (mirrorNow[i]?.[1] as Record<string, string> | undefined) ?? {};
@@ -288,12 +331,7 @@ export async function applyGrants(redis: Redis): Promise<ApplyGrantsResult> {
     if (Object.keys(want).length) m.hset(grantsMirrorKey(agent), want);
     writes++;
   });
-  if (writes > 0) {
-    const replies = await m.exec();
-    const failed = replies?.find(([err]) => err);
-    if (failed?.[0]) throw failed[0];
-  } else m.discard();
-  return { table, writes };
+  return writes;
 }
 
 /** Result of a permission check. */
@@ -305,19 +343,40 @@ export const PERMISSION_DENIED_ERROR = 'module_permission_denied';
 export const PERMISSION_DENIED_EXIT_CODE = 32;
 
 /**
+ * Where a permission check reads the role names a user holds on an agent. Both name the same
+ * grants (applyGrants writes them together); they differ in who can read them:
+ * - `grants-mirror`: field `<user>` of `<agent>/grants`, the mirror applyGrants keeps for each
+ *   module agent, readable by that module's own agent (NS8's ACL hides `roles/*` from it);
+ * - `roles`: field `<agent>` of `roles/<user>`, the hash NS8 itself keeps, readable with admin
+ *   credentials only; the one to use for node and cluster agents, which have no mirror.
+ */
+export type RoleSource = 'grants-mirror' | 'roles';
+
+/** The Redis reads a permission check makes (an ioredis client satisfies it). */
+export interface PermissionStore {
+  hget(key: string, field: string): Promise<string | null>;
+  smembers(key: string): Promise<string[]>;
+}
+
+/** The role names `user` holds on `agentId`, read from `source`. */
+async function heldRoles(store: PermissionStore, agentId: string, user: string, source: RoleSource): Promise<string[]> {
+  const roles = source === 'grants-mirror' ? await store.hget(grantsMirrorKey(agentId), user) : await store.hget(`roles/${user}`, agentId);
+  return (roles ?? '').split(',').filter(Boolean);
+}
+
+/**
  * Decides whether `user` may run `action` on `agentId`. An empty user or `cluster` is the
  * privileged submitter (NS8's empty AGENT_TASK_USER) and is always allowed. Anyone else needs a
- * role on the agent (from the `module/<id>/grants` mirror) whose `<agent>/roles/<role>` SET holds
- * a glob matching the action.
+ * role on the agent (its names read from `source`, see RoleSource) whose `<agent>/roles/<role>`
+ * SET holds a glob matching the action. A denial's reason names the user, the roles it holds and
+ * the action. An error reading the role names is thrown; an unreadable role SET allows nothing.
  */
-export async function checkTaskPermission(redis: Redis, agentId: string, user: string | undefined, action: string): Promise<PermissionDecision> {
+export async function checkTaskPermission(store: PermissionStore, agentId: string, user: string | undefined, action: string, source: RoleSource = 'grants-mirror'): Promise<PermissionDecision> {
   if (!user || user === 'cluster') return { allowed: true };
-  const roles = (await redis.hget(grantsMirrorKey(agentId), user)) ?? '';
-  const names = roles.split(',').filter(Boolean);
+  const names = await heldRoles(store, agentId, user, source);
   if (names.length === 0) return { allowed: false, reason: `${user} holds no role on ${agentId}` };
-  const p = redis.pipeline();
-  for (const r of names) p.smembers(`${agentId}/roles/${r}`);
-  const globs = ((await p.exec()) ?? []).flatMap(([, v]) => (v as string[] | undefined) ?? []);
+  // A role SET that cannot be read grants nothing: the check fails closed.
+  const globs = (await Promise.all(names.map((r) => store.smembers(`${agentId}/roles/${r}`).catch((): string[] => [])))).flat();
   if (actionMatches(globs, action)) return { allowed: true };
   return { allowed: false, reason: `${user} holds role${names.length > 1 ? 's' : ''} ${names.join(',')} on ${agentId}, which do${names.length > 1 ? '' : 'es'} not allow action ${action}` };
 }

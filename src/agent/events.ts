@@ -106,18 +106,106 @@ export interface EventHandlersHandle {
 
 /** Creates the event handlers; nothing happens until start(). */
 export function runEventHandlers(opts: EventHandlersOptions, deps: EventHandlersDeps): EventHandlersHandle {
-  const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
-  const configFile = opts.configFile ?? path.join(opts.stateDir, 'eventsgw.conf');
-  const maxQueue = opts.maxQueue ?? 1000;
-  let config: EventsGatewayConfig = { actions: [], commands: [], errors: [] };
-  const channels = new Set<string>();
-  const patterns = new Set<string>();
-  let queue: Promise<void> = Promise.resolve();
-  let queued = 0;
-  let stopping = false;
-  let started: Promise<void> | undefined;
+  return new EventHandlers(opts, deps);
+}
 
-  const baseEnv = async (): Promise<Record<string, string>> => {
+/** The handlers behind runEventHandlers' handle: subscriptions from eventsgw.conf, one queue of jobs run in order. */
+class EventHandlers implements EventHandlersHandle {
+  private readonly log: (line: string) => void;
+  private readonly configFile: string;
+  private readonly maxQueue: number;
+  private config: EventsGatewayConfig = { actions: [], commands: [], errors: [] };
+  private readonly channels = new Set<string>();
+  private readonly patterns = new Set<string>();
+  private queue: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private stopping = false;
+  private started: Promise<void> | undefined;
+
+  constructor(
+    private readonly opts: EventHandlersOptions,
+    private readonly deps: EventHandlersDeps,
+  ) {
+    this.log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+    this.configFile = opts.configFile ?? path.join(opts.stateDir, 'eventsgw.conf');
+    this.maxQueue = opts.maxQueue ?? 1000;
+  }
+
+  start(signal?: AbortSignal): Promise<void> {
+    if (this.started) return this.started;
+    this.started = (async () => {
+      this.deps.subscriber.on('pmessage', this.onPMessage);
+      this.deps.subscriber.on('message', this.onMessage);
+      await this.reload();
+      if (signal) {
+        if (signal.aborted) void this.stop();
+        else signal.addEventListener('abort', () => void this.stop(), { once: true });
+      }
+    })();
+    return this.started;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    const { subscriber } = this.deps;
+    await this.started?.catch(() => undefined);
+    subscriber.off('pmessage', this.onPMessage);
+    subscriber.off('message', this.onMessage);
+    if (this.channels.size) await subscriber.unsubscribe(...this.channels).catch(() => undefined);
+    if (this.patterns.size) await subscriber.punsubscribe(...this.patterns).catch(() => undefined);
+    this.channels.clear();
+    this.patterns.clear();
+    await this.queue;
+  }
+
+  async reload(): Promise<void> {
+    this.config = await readEventsGatewayConfig(this.configFile);
+    for (const e of this.config.errors) this.log(`warning: ${this.opts.agentId}: ${e}`);
+    await this.syncSubscriptions();
+  }
+
+  async idle(): Promise<void> {
+    let seen;
+    do {
+      seen = this.queue;
+      await seen;
+    } while (seen !== this.queue);
+  }
+
+  subscriptions(): { channels: string[]; patterns: string[] } {
+    return { channels: [...this.channels].sort(), patterns: [...this.patterns].sort() };
+  }
+
+  private readonly onPMessage = (pattern: string, channel: string, message: string): void => this.dispatch(pattern, channel, message);
+  private readonly onMessage = (channel: string, message: string): void => this.dispatch(channel, channel, message);
+
+  /** Queues every handler of `key` (the channel, or the pattern it matched): step directories, actions, commands. */
+  private dispatch(key: string, channel: string, payload: string): void {
+    if (key === EVENTS_PATTERN && this.opts.eventsDirs.length > 0) this.enqueue(`event ${channel}`, () => this.runStepDirs(channel, payload));
+    for (const a of this.config.actions) if (a.channel === key) this.enqueue(`event ${channel} -> action ${a.action}`, () => this.runActionHandler(channel, a.action, payload));
+    for (const c of this.config.commands) if (c.channel === key) this.enqueue(`event ${channel} -> command`, () => this.runCommandHandler(channel, c.command, payload));
+  }
+
+  /** Adds a job to the queue (dropped, logged, when maxQueue jobs wait or once stopping); a failing job is logged. */
+  private enqueue(what: string, job: () => Promise<void>): void {
+    if (this.stopping) return;
+    if (this.queued >= this.maxQueue) {
+      this.log(`error: ${this.opts.agentId}: event queue full (${this.maxQueue}); dropped ${what}`);
+      return;
+    }
+    this.queued++;
+    this.queue = this.queue
+      .then(job)
+      .catch((err: Error) => this.log(`error: ${this.opts.agentId}: ${what}: ${err.message}`))
+      .finally(() => {
+        this.queued--;
+      });
+  }
+
+  /** The environment of handler steps and commands: the agent's, the instance environment file, the agent ids. */
+  private async baseEnv(): Promise<Record<string, string>> {
+    const { opts } = this;
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(opts.env ?? process.env)) if (v !== undefined) env[k] = v;
     for (const [k, v] of await readEnvironmentFile(path.join(opts.stateDir, 'environment')).catch(() => new Map<string, string>())) env[k] = v;
@@ -125,39 +213,34 @@ export function runEventHandlers(opts: EventHandlersOptions, deps: EventHandlers
     env['AGENT_INSTALL_DIR'] = opts.installDir;
     env['AGENT_STATE_DIR'] = opts.stateDir;
     return env;
-  };
+  }
 
-  const runStepDirs = async (channel: string, payload: string): Promise<void> => {
+  /** Runs the event's step files in order with the payload on stdin; a failing step ends the handler. */
+  private async runStepDirs(channel: string, payload: string): Promise<void> {
+    const { opts } = this;
     const ev = parseEventChannel(channel);
     if (!ev || opts.eventsDirs.length === 0) return;
     const plan = await resolveAction(ev.name, opts.eventsDirs).catch(() => undefined);
     if (!plan || plan.steps.length === 0) return;
-    const env = { ...(await baseEnv()), AGENT_EVENT_NAME: ev.name, AGENT_EVENT_SOURCE: ev.source, AGENT_COMFD: '2' };
+    const env = { ...(await this.baseEnv()), AGENT_EVENT_NAME: ev.name, AGENT_EVENT_SOURCE: ev.source, AGENT_COMFD: '2' };
     for (const step of plan.steps) {
       if (step.kind !== 'file') continue;
-      const res = await runStepProcess({
-        file: step.path,
-        cwd: opts.stateDir,
-        env,
-        input: payload,
-        comfd: false,
-        onStdout: (t) => log(`${opts.agentId}: event ${ev.name}/${step.name}: ${t.replace(/\n$/, '')}`),
-        onStderr: (t) => log(`${opts.agentId}: event ${ev.name}/${step.name}: ${t.replace(/\n$/, '')}`),
-        ...(opts.drainMs !== undefined ? { drainMs: opts.drainMs } : {}),
-      });
+      const say = (t: string): void => this.log(`${opts.agentId}: event ${ev.name}/${step.name}: ${t.replace(/\n$/, '')}`);
+      const res = await runStepProcess({ file: step.path, cwd: opts.stateDir, env, input: payload, comfd: false, onStdout: say, onStderr: say, ...(opts.drainMs !== undefined ? { drainMs: opts.drainMs } : {}) });
       if (res.spawnError) {
-        log(`warning: ${opts.agentId}: event ${ev.name}: skipped step ${step.name}: ${res.spawnError.message}`);
+        this.log(`warning: ${opts.agentId}: event ${ev.name}: skipped step ${step.name}: ${res.spawnError.message}`);
         continue;
       }
       if (res.exitCode !== 0) {
-        log(`error: ${opts.agentId}: event ${ev.name} from ${ev.source}: step ${step.name} exited ${res.exitCode}; later steps not run`);
+        this.log(`error: ${opts.agentId}: event ${ev.name} from ${ev.source}: step ${step.name} exited ${res.exitCode}; later steps not run`);
         return;
       }
     }
-    log(`${opts.agentId}: event ${ev.name} from ${ev.source} handled`);
-  };
+    this.log(`${opts.agentId}: event ${ev.name} from ${ev.source} handled`);
+  }
 
-  const runActionHandler = async (channel: string, action: string, payload: string): Promise<void> => {
+  /** Submits `action` to the agent's own queue with the payload as data (JSON, else the raw string). */
+  private async runActionHandler(channel: string, action: string, payload: string): Promise<void> {
     let data: unknown = payload;
     try {
       data = JSON.parse(payload) as unknown;
@@ -165,101 +248,38 @@ export function runEventHandlers(opts: EventHandlersOptions, deps: EventHandlers
       // not JSON: the raw string is the data, as eventsgw did
     }
     const id = randomUUID();
-    await deps.redis.lpush(taskQueueKey(opts.agentId), JSON.stringify({ id, action, data, extra: {}, parent: '' }));
-    log(`${opts.agentId}: event ${channel} -> action ${action} (task ${id})`);
-  };
+    await this.deps.redis.lpush(taskQueueKey(this.opts.agentId), JSON.stringify({ id, action, data, extra: {}, parent: '' }));
+    this.log(`${this.opts.agentId}: event ${channel} -> action ${action} (task ${id})`);
+  }
 
-  const runCommandHandler = async (channel: string, command: string, payload: string): Promise<void> => {
+  /** Runs a shell command with the payload on stdin. */
+  private async runCommandHandler(channel: string, command: string, payload: string): Promise<void> {
+    const { opts } = this;
     const ev = parseEventChannel(channel);
-    const env = { ...(await baseEnv()), AGENT_EVENT_NAME: ev?.name ?? '', AGENT_EVENT_SOURCE: ev?.source ?? '', AGENT_COMFD: '2' };
-    const rec = await deps.runner.run(['/bin/sh', '-c', command], { input: payload, env, cwd: opts.stateDir, allowFailure: true, purpose: `${opts.agentId}: event ${channel}: command` });
-    if (rec.exitCode !== 0) log(`error: ${opts.agentId}: event ${channel}: command exited ${rec.exitCode ?? 'by signal'}: ${rec.stderr.trim().split('\n').slice(-3).join(' | ')}`);
-    else log(`${opts.agentId}: event ${channel}: command done`);
-  };
+    const env = { ...(await this.baseEnv()), AGENT_EVENT_NAME: ev?.name ?? '', AGENT_EVENT_SOURCE: ev?.source ?? '', AGENT_COMFD: '2' };
+    const rec = await this.deps.runner.run(['/bin/sh', '-c', command], { input: payload, env, cwd: opts.stateDir, allowFailure: true, purpose: `${opts.agentId}: event ${channel}: command` });
+    if (rec.exitCode !== 0) this.log(`error: ${opts.agentId}: event ${channel}: command exited ${rec.exitCode ?? 'by signal'}: ${rec.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    else this.log(`${opts.agentId}: event ${channel}: command done`);
+  }
 
-  const enqueue = (what: string, job: () => Promise<void>): void => {
-    if (stopping) return;
-    if (queued >= maxQueue) {
-      log(`error: ${opts.agentId}: event queue full (${maxQueue}); dropped ${what}`);
-      return;
-    }
-    queued++;
-    queue = queue
-      .then(job)
-      .catch((err: Error) => log(`error: ${opts.agentId}: ${what}: ${err.message}`))
-      .finally(() => {
-        queued--;
-      });
-  };
-
-  const dispatch = (key: string, channel: string, payload: string): void => {
-    if (key === EVENTS_PATTERN && opts.eventsDirs.length > 0) enqueue(`event ${channel}`, () => runStepDirs(channel, payload));
-    for (const a of config.actions) if (a.channel === key) enqueue(`event ${channel} -> action ${a.action}`, () => runActionHandler(channel, a.action, payload));
-    for (const c of config.commands) if (c.channel === key) enqueue(`event ${channel} -> command`, () => runCommandHandler(channel, c.command, payload));
-  };
-
-  const onPMessage = (pattern: string, channel: string, message: string): void => dispatch(pattern, channel, message);
-  const onMessage = (channel: string, message: string): void => dispatch(channel, channel, message);
-
-  const syncSubscriptions = async (): Promise<void> => {
+  /** Subscribes to the channels and patterns the configuration names now, and unsubscribes from the others. */
+  private async syncSubscriptions(): Promise<void> {
+    const { subscriber } = this.deps;
     const wantChannels = new Set<string>();
     const wantPatterns = new Set<string>();
-    if (opts.eventsDirs.length > 0) wantPatterns.add(EVENTS_PATTERN);
-    for (const k of [...config.actions.map((a) => a.channel), ...config.commands.map((c) => c.channel)]) (isChannelPattern(k) ? wantPatterns : wantChannels).add(k);
-    const addC = [...wantChannels].filter((c) => !channels.has(c));
-    const delC = [...channels].filter((c) => !wantChannels.has(c));
-    const addP = [...wantPatterns].filter((p) => !patterns.has(p));
-    const delP = [...patterns].filter((p) => !wantPatterns.has(p));
-    if (addC.length) await deps.subscriber.subscribe(...addC);
-    if (delC.length) await deps.subscriber.unsubscribe(...delC);
-    if (addP.length) await deps.subscriber.psubscribe(...addP);
-    if (delP.length) await deps.subscriber.punsubscribe(...delP);
-    addC.forEach((c) => channels.add(c));
-    delC.forEach((c) => channels.delete(c));
-    addP.forEach((p) => patterns.add(p));
-    delP.forEach((p) => patterns.delete(p));
-  };
-
-  const reload = async (): Promise<void> => {
-    config = await readEventsGatewayConfig(configFile);
-    for (const e of config.errors) log(`warning: ${opts.agentId}: ${e}`);
-    await syncSubscriptions();
-  };
-
-  return {
-    start(signal?: AbortSignal): Promise<void> {
-      if (started) return started;
-      started = (async () => {
-        deps.subscriber.on('pmessage', onPMessage);
-        deps.subscriber.on('message', onMessage);
-        await reload();
-        if (signal) {
-          if (signal.aborted) void this.stop();
-          else signal.addEventListener('abort', () => void this.stop(), { once: true });
-        }
-      })();
-      return started;
-    },
-    async stop(): Promise<void> {
-      if (stopping) return;
-      stopping = true;
-      await started?.catch(() => undefined);
-      deps.subscriber.off('pmessage', onPMessage);
-      deps.subscriber.off('message', onMessage);
-      if (channels.size) await deps.subscriber.unsubscribe(...channels).catch(() => undefined);
-      if (patterns.size) await deps.subscriber.punsubscribe(...patterns).catch(() => undefined);
-      channels.clear();
-      patterns.clear();
-      await queue;
-    },
-    reload,
-    async idle(): Promise<void> {
-      let seen;
-      do {
-        seen = queue;
-        await seen;
-      } while (seen !== queue);
-    },
-    subscriptions: () => ({ channels: [...channels].sort(), patterns: [...patterns].sort() }),
-  };
+    if (this.opts.eventsDirs.length > 0) wantPatterns.add(EVENTS_PATTERN);
+    for (const k of [...this.config.actions.map((a) => a.channel), ...this.config.commands.map((c) => c.channel)]) (isChannelPattern(k) ? wantPatterns : wantChannels).add(k);
+    const addC = [...wantChannels].filter((c) => !this.channels.has(c));
+    const delC = [...this.channels].filter((c) => !wantChannels.has(c));
+    const addP = [...wantPatterns].filter((p) => !this.patterns.has(p));
+    const delP = [...this.patterns].filter((p) => !wantPatterns.has(p));
+    if (addC.length) await subscriber.subscribe(...addC);
+    if (delC.length) await subscriber.unsubscribe(...delC);
+    if (addP.length) await subscriber.psubscribe(...addP);
+    if (delP.length) await subscriber.punsubscribe(...delP);
+    addC.forEach((c) => this.channels.add(c));
+    delC.forEach((c) => this.channels.delete(c));
+    addP.forEach((p) => this.patterns.add(p));
+    delP.forEach((p) => this.patterns.delete(p));
+  }
 }

@@ -28,7 +28,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { actionMatches, PERMISSION_DENIED_ERROR, PERMISSION_DENIED_EXIT_CODE } from './authorizations.js';
+import { checkTaskPermission, PERMISSION_DENIED_ERROR, PERMISSION_DENIED_EXIT_CODE } from './authorizations.js';
 import { AgentError } from '../errors.js';
 import { isInstanceId, isSafeName, isTaskId } from './names.js';
 import { progressChannel, progressMessage, taskKey, taskQueueKey, TASK_TTL_SECONDS, type TaskResult, type TaskStatus } from './task-store.js';
@@ -229,113 +229,217 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
  * Run one per cluster (the controller leader); two at once are harmless (each request is popped once).
  */
 export function startTaskRelay(redis: Redis, opts: TaskRelayOptions = {}): TaskRelay {
-  const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
-  const blockSeconds = opts.blockSeconds ?? 1;
-  const refreshMs = opts.refreshMs ?? 5000;
-  const pollMs = opts.pollMs ?? 2000;
-  const maxInFlight = opts.maxInFlight ?? 1024;
-  const maxAgeMs = opts.maxAgeMs ?? TASK_TTL_SECONDS * 1000;
-  const stopTimeoutMs = opts.stopTimeoutMs ?? 5000;
-  const abort = new AbortController();
-  const connect = (suffix: string): Redis => {
-    const c = redis.duplicate({
-      connectionName: CONNECTION_NAME + suffix,
-      maxRetriesPerRequest: null,
-      enableOfflineQueue: true,
-      retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 6), 5000),
-    });
-    c.on('error', () => undefined); // reported through the command that fails
-    return c;
-  };
-  const cmd = connect('');
-  const blocking = connect('-pop');
-  const sub = connect('-sub');
+  const relay = new Relay(redis, relaySettings(opts));
+  relay.start();
+  if (opts.signal) {
+    if (opts.signal.aborted) void relay.stop();
+    else opts.signal.addEventListener('abort', () => void relay.stop(), { once: true });
+  }
+  return { ready: relay.ready, stop: () => relay.stop(), inFlight: () => relay.inflight.size };
+}
 
-  const inflight = new Map<string, InFlight>(); // `<sender>/<id>` -> entry
-  const byChannel = new Map<string, string>(); // progress channel -> field
-  let queues: string[] = [];
-  let rotation = 0;
-  const errors = new Map<string, string>();
-  const report = (where: string, err: unknown): void => {
+/** TaskRelayOptions with every default applied. */
+interface RelaySettings {
+  log: (line: string) => void;
+  blockSeconds: number;
+  refreshMs: number;
+  pollMs: number;
+  maxInFlight: number;
+  maxPayloadBytes: number | undefined;
+  maxAgeMs: number;
+  stopTimeoutMs: number;
+}
+
+function relaySettings(opts: TaskRelayOptions): RelaySettings {
+  return {
+    log: opts.log ?? ((line: string) => process.stderr.write(line + '\n')),
+    blockSeconds: opts.blockSeconds ?? 1,
+    refreshMs: opts.refreshMs ?? 5000,
+    pollMs: opts.pollMs ?? 2000,
+    maxInFlight: opts.maxInFlight ?? 1024,
+    maxPayloadBytes: opts.maxPayloadBytes,
+    maxAgeMs: opts.maxAgeMs ?? TASK_TTL_SECONDS * 1000,
+    stopTimeoutMs: opts.stopTimeoutMs ?? 5000,
+  };
+}
+
+/** A duplicate of `redis` named `ns8ctl-task-relay<suffix>` that reconnects forever with capped backoff. */
+function connectRelay(redis: Redis, suffix: string): Redis {
+  const c = redis.duplicate({
+    connectionName: CONNECTION_NAME + suffix,
+    maxRetriesPerRequest: null,
+    enableOfflineQueue: true,
+    retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 6), 5000),
+  });
+  c.on('error', () => undefined); // reported through the command that fails
+  return c;
+}
+
+/** The HASH field (and in-memory key) of a relayed task: `<sender>/<id>`. */
+function inflightField(sender: string, id: string): string {
+  return `${sender}/${id}`;
+}
+
+/** The answer to a request refused as invalid: NS8's validation-failed with its problems as output. */
+function invalidResult(problems: RelayProblem[], message: string): TaskResult {
+  return { status: 'validation-failed', exitCode: 10, output: JSON.stringify(problems), error: `task relay: ${message}\n` };
+}
+
+/** An entry of RELAY_INFLIGHT_KEY read back, or undefined when it is malformed or filed under another field. */
+function parseInflightEntry(f: string, json: string): InFlight | undefined {
+  try {
+    const e = JSON.parse(json) as Partial<InFlight>;
+    if (typeof e.sender !== 'string' || !isRelayTarget(e.target) || !isTaskId(e.id) || inflightField(e.sender, e.id) !== f) return undefined;
+    return { sender: e.sender, target: e.target, id: e.id, action: typeof e.action === 'string' ? e.action : '?', since: typeof e.since === 'number' ? e.since : Date.now() };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why a well-formed request is not forwarded: the submitter's answer and a line for the log. */
+interface Refusal {
+  result: TaskResult;
+  why: string;
+}
+
+/** The running relay: its connections, the tasks it follows, its two loops. */
+class Relay {
+  readonly inflight = new Map<string, InFlight>(); // `<sender>/<id>` -> entry
+  readonly ready: Promise<void>;
+  private readonly cmd: Redis;
+  private readonly blocking: Redis;
+  private readonly sub: Redis;
+  private readonly log: (line: string) => void;
+  private readonly byChannel = new Map<string, string>(); // progress channel -> field
+  private readonly errors = new Map<string, string>();
+  private readonly abort = new AbortController();
+  private queues: string[] = [];
+  private rotation = 0;
+  private resolveReady!: () => void;
+  private loopsDone: Promise<unknown> = Promise.resolve();
+  private stopped: Promise<void> | undefined;
+
+  constructor(
+    redis: Redis,
+    private readonly settings: RelaySettings,
+  ) {
+    this.log = settings.log;
+    this.cmd = connectRelay(redis, '');
+    this.blocking = connectRelay(redis, '-pop');
+    this.sub = connectRelay(redis, '-sub');
+    this.ready = new Promise<void>((r) => (this.resolveReady = r));
+  }
+
+  /** Starts following progress messages and the maintenance and pop loops. */
+  start(): void {
+    this.sub.on('message', (channel: string, message: string) => this.onProgress(channel, message));
+    const maintainDone = this.maintain().catch((err: unknown) => this.report('maintenance loop', err));
+    const popDone = this.pop().catch((err: unknown) => this.report('pop loop', err));
+    this.loopsDone = Promise.all([maintainDone, popDone]);
+    this.log(`task-relay: started; relays module/<id>/relay/tasks to <agent_id>/tasks`);
+  }
+
+  /** Stops the loops, waits for them (bounded by stopTimeoutMs), closes the connections. Idempotent. */
+  stop(): Promise<void> {
+    this.stopped ??= (async () => {
+      this.abort.abort();
+      this.resolveReady();
+      this.blocking.disconnect(); // ends the pending BLPOP at once
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.loopsDone, new Promise<void>((r) => (timer = setTimeout(r, this.settings.stopTimeoutMs)))]);
+      clearTimeout(timer);
+      this.sub.disconnect();
+      this.cmd.disconnect();
+      this.log('task-relay: stopped');
+    })();
+    return this.stopped;
+  }
+
+  /** Logs an error once per distinct message and place. */
+  private report(where: string, err: unknown): void {
     const msg = (err as Error).message;
-    if (errors.get(where) !== msg) log(`error: task-relay: ${where}: ${msg}`);
-    errors.set(where, msg);
-  };
-  const recovered = (where: string): void => {
-    if (errors.delete(where)) log(`task-relay: ${where}: working again`);
-  };
+    if (this.errors.get(where) !== msg) this.log(`error: task-relay: ${where}: ${msg}`);
+    this.errors.set(where, msg);
+  }
 
-  const field = (sender: string, id: string): string => `${sender}/${id}`;
+  private recovered(where: string): void {
+    if (this.errors.delete(where)) this.log(`task-relay: ${where}: working again`);
+  }
 
   /** Writes a result for the submitter and publishes its final status, in one MULTI (dropping the in-flight record too, when given). */
-  const answer = async (sender: string, id: string, result: TaskResult, progress: number, inflightField?: string): Promise<void> => {
-    const m = cmd.multi();
+  private async answer(sender: string, id: string, result: TaskResult, progress: number, field?: string): Promise<void> {
+    const m = this.cmd.multi();
     m.set(relayResultKey(sender, id, 'output'), result.output, 'EX', TASK_TTL_SECONDS);
     m.set(relayResultKey(sender, id, 'error'), result.error, 'EX', TASK_TTL_SECONDS);
     m.set(relayResultKey(sender, id, 'exit_code'), String(result.exitCode), 'EX', TASK_TTL_SECONDS);
-    if (inflightField !== undefined) m.hdel(RELAY_INFLIGHT_KEY, inflightField);
+    if (field !== undefined) m.hdel(RELAY_INFLIGHT_KEY, field);
     m.publish(relayProgressChannel(sender, id), progressMessage(result.status, progress));
     const replies = await m.exec();
     const failed = replies?.find(([err]) => err);
     if (failed?.[0]) throw failed[0];
-  };
+  }
 
-  const refuse = async (sender: string, id: string, target: string, action: string, result: TaskResult, why: string): Promise<void> => {
-    log(`warning: task-relay: module/${sender} -> ${target} ${action} (task ${id}) refused: ${why}`);
-    await answer(sender, id, result, 0);
-  };
+  private async refuse(sender: string, id: string, target: string, action: string, result: TaskResult, why: string): Promise<void> {
+    this.log(`warning: task-relay: module/${sender} -> ${target} ${action} (task ${id}) refused: ${why}`);
+    await this.answer(sender, id, result, 0);
+  }
 
-  const invalid = (problems: RelayProblem[], message: string): TaskResult => ({ status: 'validation-failed', exitCode: 10, output: JSON.stringify(problems), error: `task relay: ${message}\n` });
-
-  const track = async (entry: InFlight): Promise<void> => {
-    const f = field(entry.sender, entry.id);
-    inflight.set(f, entry);
+  private async track(entry: InFlight): Promise<void> {
+    const f = inflightField(entry.sender, entry.id);
+    this.inflight.set(f, entry);
     const channel = progressChannel(entry.target, entry.id);
-    byChannel.set(channel, f);
-    await sub.subscribe(channel);
-  };
+    this.byChannel.set(channel, f);
+    await this.sub.subscribe(channel);
+  }
 
-  const untrack = async (f: string): Promise<void> => {
-    const entry = inflight.get(f);
+  private async untrack(f: string): Promise<void> {
+    const entry = this.inflight.get(f);
     if (!entry) return;
-    inflight.delete(f);
+    this.inflight.delete(f);
     const channel = progressChannel(entry.target, entry.id);
-    byChannel.delete(channel);
-    await sub.unsubscribe(channel).catch(() => undefined);
-  };
+    this.byChannel.delete(channel);
+    await this.sub.unsubscribe(channel).catch(() => undefined);
+  }
+
+  /** Runs `finish` for an entry unless it is already being finished; `finish` ends by untracking it. */
+  private async finishOnce(entry: InFlight, finish: () => Promise<void>): Promise<void> {
+    if (entry.completing) return;
+    entry.completing = true;
+    try {
+      await finish();
+    } finally {
+      entry.completing = false;
+    }
+  }
 
   /** Copies the target's result to the submitter, once it has one. */
-  const complete = async (entry: InFlight): Promise<void> => {
-    if (entry.completing) return;
-    entry.completing = true;
-    try {
-      const [output, error, code] = await cmd.mget(taskKey(entry.target, entry.id, 'output'), taskKey(entry.target, entry.id, 'error'), taskKey(entry.target, entry.id, 'exit_code'));
+  private complete(entry: InFlight): Promise<void> {
+    return this.finishOnce(entry, async () => {
+      const [output, error, code] = await this.cmd.mget(taskKey(entry.target, entry.id, 'output'), taskKey(entry.target, entry.id, 'error'), taskKey(entry.target, entry.id, 'exit_code'));
       if (code === null || code === undefined) return;
       const exitCode = Number(code);
-      await answer(entry.sender, entry.id, { status: entry.finalStatus ?? statusOf(exitCode), exitCode, output: output ?? '', error: error ?? '' }, 100, field(entry.sender, entry.id));
-      await untrack(field(entry.sender, entry.id));
-    } finally {
-      entry.completing = false;
-    }
-  };
+      const f = inflightField(entry.sender, entry.id);
+      await this.answer(entry.sender, entry.id, { status: entry.finalStatus ?? statusOf(exitCode), exitCode, output: output ?? '', error: error ?? '' }, 100, f);
+      await this.untrack(f);
+    });
+  }
 
-  const giveUp = async (entry: InFlight): Promise<void> => {
-    if (entry.completing) return;
-    entry.completing = true;
-    try {
-      const hours = Math.round(maxAgeMs / 360_000) / 10;
+  /** Ends a task that had no result for maxAgeMs as aborted for its submitter. */
+  private giveUp(entry: InFlight): Promise<void> {
+    return this.finishOnce(entry, async () => {
+      const hours = Math.round(this.settings.maxAgeMs / 360_000) / 10;
       const error = `task relay: no result from ${entry.target} for task ${entry.id} after ${hours} h (is its agent running? it reads ${taskQueueKey(entry.target)})\n`;
-      log(`warning: task-relay: module/${entry.sender} -> ${entry.target} ${entry.action} (task ${entry.id}): no result after ${hours} h, given up`);
-      await answer(entry.sender, entry.id, { status: 'aborted', exitCode: 1, output: '', error }, 0, field(entry.sender, entry.id));
-      await untrack(field(entry.sender, entry.id));
-    } finally {
-      entry.completing = false;
-    }
-  };
+      this.log(`warning: task-relay: module/${entry.sender} -> ${entry.target} ${entry.action} (task ${entry.id}): no result after ${hours} h, given up`);
+      const f = inflightField(entry.sender, entry.id);
+      await this.answer(entry.sender, entry.id, { status: 'aborted', exitCode: 1, output: '', error }, 0, f);
+      await this.untrack(f);
+    });
+  }
 
-  sub.on('message', (channel: string, message: string) => {
-    const f = byChannel.get(channel);
-    const entry = f ? inflight.get(f) : undefined;
+  /** A progress message of a relayed task: republished to the submitter, or, when final, the result is copied. */
+  private onProgress(channel: string, message: string): void {
+    const f = this.byChannel.get(channel);
+    const entry = f ? this.inflight.get(f) : undefined;
     if (!entry) return;
     let status: string | undefined;
     try {
@@ -345,202 +449,194 @@ export function startTaskRelay(redis: Redis, opts: TaskRelayOptions = {}): TaskR
     }
     if (status !== undefined && FINAL.includes(status)) {
       entry.finalStatus = status as TaskStatus;
-      complete(entry).catch((err: unknown) => report('copy result', err));
+      this.complete(entry).catch((err: unknown) => this.report('copy result', err));
     } else {
-      cmd.publish(relayProgressChannel(entry.sender, entry.id), message).catch((err: unknown) => report('republish progress', err));
+      this.cmd.publish(relayProgressChannel(entry.sender, entry.id), message).catch((err: unknown) => this.report('republish progress', err));
     }
-  });
+  }
 
-  /** Node and cluster agents do not check roles (NS8's api-server does): the relay checks them, as the api-server would. */
-  const allowedOnAgent = async (sender: string, target: string, action: string): Promise<{ allowed: true } | { allowed: false; reason: string }> => {
-    const user = `module/${sender}`;
-    const names = ((await cmd.hget(`roles/${user}`, target)) ?? '').split(',').filter(Boolean);
-    if (names.length === 0) return { allowed: false, reason: `${user} holds no role on ${target}` };
-    const p = cmd.pipeline();
-    for (const r of names) p.smembers(`${target}/roles/${r}`);
-    const globs = ((await p.exec()) ?? []).flatMap(([, v]) => (v as string[] | undefined) ?? []);
-    if (actionMatches(globs, action)) return { allowed: true };
-    return { allowed: false, reason: `${user} holds role${names.length > 1 ? 's' : ''} ${names.join(',')} on ${target}, which do${names.length > 1 ? '' : 'es'} not allow action ${action}` };
-  };
-
-  const handle = async (queue: string, raw: string): Promise<void> => {
+  /** Handles one popped request: drop, refuse (answered to the submitter) or forward. */
+  private async handle(queue: string, raw: string): Promise<void> {
     const sender = /^module\/([^/]+)\/relay\/tasks$/.exec(queue)?.[1];
     if (!sender) return;
-    const parsed = parseRelayRequest(raw, opts.maxPayloadBytes !== undefined ? { maxBytes: opts.maxPayloadBytes } : {});
+    const max = this.settings.maxPayloadBytes;
+    const parsed = parseRelayRequest(raw, max !== undefined ? { maxBytes: max } : {});
     const id = parsed.ok ? parsed.request.id : parsed.id;
     if (id === undefined) {
-      log(`warning: task-relay: request from module/${sender} dropped (no answer possible): ${parsed.ok ? '' : parsed.message}`);
+      this.log(`warning: task-relay: request from module/${sender} dropped (no answer possible): ${parsed.ok ? '' : parsed.message}`);
       return;
     }
-    const f = field(sender, id);
-    // The sender reusing one of its own ids: the pending or stored answer stands (never overwritten).
-    if (inflight.has(f) || (await cmd.exists(relayResultKey(sender, id, 'exit_code'))) > 0 || (await cmd.hexists(RELAY_INFLIGHT_KEY, f))) {
-      log(`warning: task-relay: request ${id} from module/${sender} dropped: module/${sender} already used that task id`);
+    if (await this.senderReusesId(sender, id)) {
+      this.log(`warning: task-relay: request ${id} from module/${sender} dropped: module/${sender} already used that task id`);
       return;
     }
     if (!parsed.ok) {
-      await refuse(sender, id, '?', '?', invalid(parsed.problems, parsed.message), parsed.message);
+      await this.refuse(sender, id, '?', '?', invalidResult(parsed.problems, parsed.message), parsed.message);
       return;
     }
     const { request } = parsed;
-    const { agent_id: target, action } = request;
-    if (parsed.forgedUser) log(`warning: task-relay: request ${id} from module/${sender} carries a "user" field: ignored, the task runs as module/${sender}`);
+    if (parsed.forgedUser) this.log(`warning: task-relay: request ${id} from module/${sender} carries a "user" field: ignored, the task runs as module/${sender}`);
+    const refusal = await this.refusalFor(sender, request);
+    if (refusal) await this.refuse(sender, id, request.agent_id, request.action, refusal.result, refusal.why);
+    else await this.forward(sender, request);
+  }
+
+  /** The sender reusing one of its own ids: the pending or stored answer stands (never overwritten). */
+  private async senderReusesId(sender: string, id: string): Promise<boolean> {
+    const f = inflightField(sender, id);
+    return this.inflight.has(f) || (await this.cmd.exists(relayResultKey(sender, id, 'exit_code'))) > 0 || (await this.cmd.hexists(RELAY_INFLIGHT_KEY, f)) === 1;
+  }
+
+  /** Why a well-formed request must not be forwarded, checked in order: id taken on the target, unknown instance or missing role, relay busy. */
+  private async refusalFor(sender: string, request: RelayRequest): Promise<Refusal | undefined> {
+    const { id, agent_id: target, action } = request;
     // An id already used on the target by someone else: its keys are not ours to touch.
-    if ((await cmd.exists(taskKey(target, id, 'context'), taskKey(target, id, 'exit_code'))) > 0 || [...inflight.values()].some((e) => e.target === target && e.id === id)) {
+    if ((await this.cmd.exists(taskKey(target, id, 'context'), taskKey(target, id, 'exit_code'))) > 0 || [...this.inflight.values()].some((e) => e.target === target && e.id === id)) {
       const problems = [problem('id', 'id_already_used', id)];
-      await refuse(sender, id, target, action, invalid(problems, `task id ${id} is already used on ${target}: use a new id (a uuid)`), 'task id already used on the target');
-      return;
+      return { result: invalidResult(problems, `task id ${id} is already used on ${target}: use a new id (a uuid)`), why: 'task id already used on the target' };
     }
     const targetInstance = /^module\/(.+)$/.exec(target)?.[1];
     if (targetInstance !== undefined) {
-      if (!(await cmd.hexists('cluster/module_node', targetInstance))) {
+      if (!(await this.cmd.hexists('cluster/module_node', targetInstance))) {
         const problems = [problem('agent_id', 'agent_id_not_found', target)];
-        await refuse(sender, id, target, action, invalid(problems, `no instance ${targetInstance} in cluster/module_node`), 'no such instance');
-        return;
+        return { result: invalidResult(problems, `no instance ${targetInstance} in cluster/module_node`), why: 'no such instance' };
       }
     } else {
-      const decision = await allowedOnAgent(sender, target, action);
-      if (!decision.allowed) {
-        await refuse(sender, id, target, action, { status: 'aborted', exitCode: PERMISSION_DENIED_EXIT_CODE, output: '', error: `${PERMISSION_DENIED_ERROR}: ${decision.reason}\n` }, decision.reason);
-        return;
-      }
+      // Node and cluster agents do not check roles (NS8's api-server does): the relay checks them, as the api-server would.
+      const decision = await checkTaskPermission(this.cmd, target, `module/${sender}`, action, 'roles');
+      if (!decision.allowed) return { result: { status: 'aborted', exitCode: PERMISSION_DENIED_EXIT_CODE, output: '', error: `${PERMISSION_DENIED_ERROR}: ${decision.reason}\n` }, why: decision.reason };
     }
-    if (inflight.size >= maxInFlight) {
-      await refuse(sender, id, target, action, { status: 'aborted', exitCode: RELAY_BUSY_EXIT_CODE, output: '', error: `Relay is busy (${inflight.size} relayed tasks waiting for a result, limit ${maxInFlight})\n` }, 'relay busy');
-      return;
+    const { maxInFlight } = this.settings;
+    if (this.inflight.size >= maxInFlight) {
+      return { result: { status: 'aborted', exitCode: RELAY_BUSY_EXIT_CODE, output: '', error: `Relay is busy (${this.inflight.size} relayed tasks waiting for a result, limit ${maxInFlight})\n` }, why: 'relay busy' };
     }
+    return undefined;
+  }
+
+  /** Records the task in flight, follows its progress, then pushes it on the target's queue as `module/<sender>`. */
+  private async forward(sender: string, request: RelayRequest): Promise<void> {
+    const { id, agent_id: target, action } = request;
+    const f = inflightField(sender, id);
     const entry: InFlight = { sender, target, id, action, since: Date.now() };
     const task = JSON.stringify({ id, action, data: request.data, extra: request.extra, parent: request.parent, user: `module/${sender}`, timestamp: new Date().toISOString() });
     // Recorded and subscribed before the push, so even an instant result is not missed.
-    await cmd.hset(RELAY_INFLIGHT_KEY, f, JSON.stringify({ sender, target, id, action, since: entry.since }));
-    await track(entry);
+    await this.cmd.hset(RELAY_INFLIGHT_KEY, f, JSON.stringify({ sender, target, id, action, since: entry.since }));
+    await this.track(entry);
     try {
-      await cmd.lpush(taskQueueKey(target), task);
+      await this.cmd.lpush(taskQueueKey(target), task);
     } catch (err) {
-      await cmd.hdel(RELAY_INFLIGHT_KEY, f).catch(() => undefined);
-      await untrack(f);
+      await this.cmd.hdel(RELAY_INFLIGHT_KEY, f).catch(() => undefined);
+      await this.untrack(f);
       throw err;
     }
-    log(`task-relay: module/${sender} -> ${target} ${action} (task ${id}) forwarded`);
-  };
+    this.log(`task-relay: module/${sender} -> ${target} ${action} (task ${id}) forwarded`);
+  }
 
   /** Re-reads the instance list and the shared in-flight record (another relay may have added or finished some). */
-  const refresh = async (): Promise<void> => {
+  private async refresh(): Promise<void> {
     const startedAt = Date.now();
-    const ids = (await cmd.hkeys('cluster/module_node')).filter(isInstanceId).sort();
-    queues = ids.map(relayQueueKey);
-    const stored = await cmd.hgetall(RELAY_INFLIGHT_KEY);
+    const ids = (await this.cmd.hkeys('cluster/module_node')).filter(isInstanceId).sort();
+    this.queues = ids.map(relayQueueKey);
+    const stored = await this.cmd.hgetall(RELAY_INFLIGHT_KEY);
     for (const [f, json] of Object.entries(stored)) {
-      if (inflight.has(f)) continue;
-      try {
-        const e = JSON.parse(json) as Partial<InFlight>;
-        if (typeof e.sender !== 'string' || !isRelayTarget(e.target) || !isTaskId(e.id) || field(e.sender, e.id) !== f) throw new TypeError('bad entry');
-        await track({ sender: e.sender, target: e.target, id: e.id, action: typeof e.action === 'string' ? e.action : '?', since: typeof e.since === 'number' ? e.since : Date.now() });
-      } catch {
-        log(`warning: task-relay: dropping a malformed ${RELAY_INFLIGHT_KEY} entry ${JSON.stringify(f)}`);
-        await cmd.hdel(RELAY_INFLIGHT_KEY, f);
-      }
+      if (this.inflight.has(f)) continue;
+      const entry = parseInflightEntry(f, json);
+      if (entry) await this.trackStored(f, entry);
+      else await this.dropStored(f);
     }
     // Gone from the record: finished by another relay (entries forwarded since the read are kept).
-    for (const [f, e] of [...inflight]) if (!(f in stored) && !e.completing && e.since < startedAt) await untrack(f);
-  };
+    for (const [f, e] of [...this.inflight]) if (!(f in stored) && !e.completing && e.since < startedAt) await this.untrack(f);
+  }
+
+  private async trackStored(f: string, entry: InFlight): Promise<void> {
+    try {
+      await this.track(entry);
+    } catch {
+      await this.dropStored(f);
+    }
+  }
+
+  private async dropStored(f: string): Promise<void> {
+    this.log(`warning: task-relay: dropping a malformed ${RELAY_INFLIGHT_KEY} entry ${JSON.stringify(f)}`);
+    await this.cmd.hdel(RELAY_INFLIGHT_KEY, f);
+  }
 
   /** Checks the in-flight tasks' results (a progress message may have been missed) and ages. */
-  const poll = async (): Promise<void> => {
-    const entries = [...inflight.values()].filter((e) => !e.completing);
+  private async poll(): Promise<void> {
+    const entries = [...this.inflight.values()].filter((e) => !e.completing);
     if (entries.length === 0) return;
-    const p = cmd.pipeline();
+    const p = this.cmd.pipeline();
     for (const e of entries) p.exists(taskKey(e.target, e.id, 'exit_code'));
     const replies = (await p.exec()) ?? [];
     const now = Date.now();
     for (const [i, e] of entries.entries()) {
-      if (replies[i]?.[1] === 1) await complete(e);
-      else if (now - e.since > maxAgeMs) await giveUp(e);
+      if (replies[i]?.[1] === 1) await this.complete(e);
+      else if (now - e.since > this.settings.maxAgeMs) await this.giveUp(e);
     }
-  };
+  }
 
-  let resolveReady!: () => void;
-  const ready = new Promise<void>((r) => (resolveReady = r));
-
-  const maintain = async (): Promise<void> => {
+  /** The maintenance loop: refresh every refreshMs (the first one makes the relay ready), poll every pollMs. */
+  private async maintain(): Promise<void> {
+    const { refreshMs, pollMs } = this.settings;
     let lastRefresh = -Infinity;
-    while (!abort.signal.aborted) {
+    while (!this.abort.signal.aborted) {
       if (Date.now() - lastRefresh >= refreshMs) {
         try {
-          await refresh();
+          await this.refresh();
           lastRefresh = Date.now();
-          recovered('refresh');
-          resolveReady();
+          this.recovered('refresh');
+          this.resolveReady();
         } catch (err) {
-          if (abort.signal.aborted) break;
-          report('refresh', err);
+          if (this.abort.signal.aborted) break;
+          this.report('refresh', err);
         }
       }
       try {
-        await poll();
-        recovered('poll');
+        await this.poll();
+        this.recovered('poll');
       } catch (err) {
-        if (abort.signal.aborted) break;
-        report('poll', err);
+        if (this.abort.signal.aborted) break;
+        this.report('poll', err);
       }
-      await sleep(Math.min(pollMs, refreshMs), abort.signal);
+      await sleep(Math.min(pollMs, refreshMs), this.abort.signal);
     }
-  };
+  }
 
-  const pop = async (): Promise<void> => {
-    await ready;
-    let failures = 0;
-    while (!abort.signal.aborted) {
-      if (queues.length === 0) {
-        await sleep(Math.min(refreshMs, blockSeconds * 1000), abort.signal);
+  /** The pop loop: BLPOP every instance's relay queue, rotated, and handle each request. */
+  private async pop(): Promise<void> {
+    await this.ready;
+    const failures = { count: 0 };
+    while (!this.abort.signal.aborted) {
+      if (this.queues.length === 0) {
+        await sleep(Math.min(this.settings.refreshMs, this.settings.blockSeconds * 1000), this.abort.signal);
         continue;
       }
-      // Rotate, so one busy module cannot starve the ones listed after it.
-      const start = rotation++ % queues.length;
-      const order = [...queues.slice(start), ...queues.slice(0, start)];
-      let popped: [string, string] | null;
-      try {
-        popped = (await blocking.blpop(...order, blockSeconds)) as [string, string] | null;
-        failures = 0;
-        recovered('pop');
-      } catch (err) {
-        if (abort.signal.aborted) break;
-        report('pop', err);
-        await sleep(Math.min(5000, 100 * 2 ** Math.min(++failures, 6)), abort.signal);
-        continue;
-      }
+      const popped = await this.popOne(failures);
+      if (popped === 'stop') break;
       if (!popped) continue;
       try {
-        await handle(popped[0], popped[1]);
+        await this.handle(popped[0], popped[1]);
       } catch (err) {
-        if (abort.signal.aborted) break;
-        report(`request from ${popped[0]}`, err);
+        if (this.abort.signal.aborted) break;
+        this.report(`request from ${popped[0]}`, err);
       }
     }
-  };
-
-  const maintainDone = maintain().catch((err: unknown) => report('maintenance loop', err));
-  const popDone = pop().catch((err: unknown) => report('pop loop', err));
-  log(`task-relay: started; relays module/<id>/relay/tasks to <agent_id>/tasks`);
-
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopped ??= (async () => {
-      abort.abort();
-      resolveReady();
-      blocking.disconnect(); // ends the pending BLPOP at once
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.all([maintainDone, popDone]), new Promise<void>((r) => (timer = setTimeout(r, stopTimeoutMs)))]);
-      clearTimeout(timer);
-      sub.disconnect();
-      cmd.disconnect();
-      log('task-relay: stopped');
-    })();
-    return stopped;
-  };
-  if (opts.signal) {
-    if (opts.signal.aborted) void stop();
-    else opts.signal.addEventListener('abort', () => void stop(), { once: true });
   }
-  return { ready, stop, inFlight: () => inflight.size };
+
+  /** One BLPOP over the queues, rotated so one busy module cannot starve the ones listed after it; after a failure, a capped backoff. */
+  private async popOne(failures: { count: number }): Promise<[string, string] | null | 'stop'> {
+    const start = this.rotation++ % this.queues.length;
+    const order = [...this.queues.slice(start), ...this.queues.slice(0, start)];
+    try {
+      const popped = (await this.blocking.blpop(...order, this.settings.blockSeconds)) as [string, string] | null;
+      failures.count = 0;
+      this.recovered('pop');
+      return popped;
+    } catch (err) {
+      if (this.abort.signal.aborted) return 'stop';
+      this.report('pop', err);
+      await sleep(Math.min(5000, 100 * 2 ** Math.min(++failures.count, 6)), this.abort.signal);
+      return null;
+    }
+  }
 }

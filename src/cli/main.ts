@@ -46,15 +46,35 @@ export function processIO(): MainIO {
   };
 }
 
+/** Wraps a command function as a commander action that records its exit code for main(). */
+type RunCommand = (fn: (d: CliDeps) => Promise<number>) => () => Promise<void>;
+
 /**
  * Builds the command tree. Every action is a thin adapter: it calls a command function
  * (options, deps) -> exit code, and records the code for main().
  */
 export function buildProgram(io: MainIO, setExitCode: (code: number) => void, connections: Connection[], extras: ProgramExtras = {}, loaded: LoadedExtensions = []): Command {
   const program = new Command('ns8ctl');
+  const deps = cliDepsFactory(program, io, connections);
+  const run: RunCommand = (fn) => async (): Promise<void> => setExitCode(await fn(deps()));
+  configureRoot(program, io);
+  registerPlanCommands(program, run);
+  const get = registerObjectCommands(program, run, deps, setExitCode);
+  registerStateCommands(program, run);
+  registerExtensions(program, deps, setExitCode, get, extras, loaded);
+  program
+    .command('completion')
+    .description('Print a shell completion script: source <(ns8ctl completion bash), or zsh')
+    .argument('<shell>', 'bash | zsh')
+    .action((shell: string) => run(async (d) => (await import('./commands/completion.js')).completionCommand(shell, program, d.stdout))());
+  return program;
+}
+
+/** The deps of each command: built from the global options when it runs; one Redis connection per process, opened on first use and recorded in `connections`. */
+function cliDepsFactory(program: Command, io: MainIO, connections: Connection[]): () => CliDeps {
   const runner = new ExecaRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
-  const deps = (): CliDeps => {
+  return (): CliDeps => {
     const g = program.opts<GlobalOptions>();
     return {
       stdout: io.stdout,
@@ -76,8 +96,10 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
       },
     };
   };
-  const run = (fn: (d: CliDeps) => Promise<number>) => async (): Promise<void> => setExitCode(await fn(deps()));
+}
 
+/** Global options, output and help settings of the root command. */
+function configureRoot(program: Command, io: MainIO): void {
   program
     .description('Declarative reconciler for NethServer 8 modules: manifests in, converged nodes out.')
     .version(VERSION)
@@ -87,11 +109,14 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .configureHelp({ subcommandTerm: (cmd) => placeholderTerm(cmd) ?? new Help().subcommandTerm(cmd) })
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
+}
 
-  // Checked as it is parsed: the name becomes a Redis key part (ns8ctl/inventory/<name>).
-  const applySetOption = (): Option => new Option('--applyset <name>', 'inventory name (letters, digits, ".", "_", "-"; at most 63)').default('default').argParser((v: string) => assertApplySetName(v));
-  const fileOption = (): Option => new Option('-f, --filename <path>', 'manifest file, directory (recursive) or - for stdin; repeatable').argParser(collect).makeOptionMandatory();
+// Checked as it is parsed: the name becomes a Redis key part (ns8ctl/inventory/<name>).
+const applySetOption = (): Option => new Option('--applyset <name>', 'inventory name (letters, digits, ".", "_", "-"; at most 63)').default('default').argParser((v: string) => assertApplySetName(v));
+const fileOption = (): Option => new Option('-f, --filename <path>', 'manifest file, directory (recursive) or - for stdin; repeatable').argParser(collect).makeOptionMandatory();
 
+/** validate, diff, apply. */
+function registerPlanCommands(program: Command, run: RunCommand): void {
   program
     .command('validate')
     .description('Check manifests against the schemas and cluster facts; prints every problem as file:line:col  /pointer  message')
@@ -124,7 +149,10 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .addOption(applySetOption())
     .option('-o, --output <format>', 'text or json', 'text')
     .action((opts) => run(async (d) => (await planCommands()).applyCommand(opts, d))());
+}
 
+/** get (with --watch), delete, add-module, remove-module, adopt. Returns `get`, which extensions add resources to. */
+function registerObjectCommands(program: Command, run: RunCommand, deps: () => CliDeps, setExitCode: (code: number) => void): Command {
   const get = program
     .command('get')
     .description('List modules, repositories, nodes (desired state with observed status) or sources (controller status)')
@@ -183,7 +211,11 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--manifests <dir>', 'write <dir>/<name>.yaml (refused when one exists) instead of printing')
     .option('-o, --output <format>', 'yaml or json', 'yaml')
     .action((resource: string, names: string[], opts: { manifests?: string; output?: string }) => run(async (d) => (await import('./commands/adopt.js')).adoptCommand(resource, names, opts, d))());
+  return get;
+}
 
+/** recover, backup-state, restore-state. */
+function registerStateCommands(program: Command, run: RunCommand): void {
   program
     .command('recover')
     .description('Rebuild desired state after Redis lost it, from what this node runs (node agent records, environment files), into apply set "recovered"')
@@ -213,15 +245,6 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
     .option('--yes', 'write it (without --yes restore-state only prints)')
     .option('-o, --output <format>', 'text or json', 'text')
     .action((file: string, opts) => run(async (d) => (await import('./commands/state-backup.js')).restoreStateCommand(file, opts, d))());
-
-  registerExtensions(program, deps, setExitCode, get, extras, loaded);
-
-  program
-    .command('completion')
-    .description('Print a shell completion script: source <(ns8ctl completion bash), or zsh')
-    .argument('<shell>', 'bash | zsh')
-    .action((shell: string) => run(async (d) => (await import('./commands/completion.js')).completionCommand(shell, program, d.stdout))());
-  return program;
 }
 
 /**

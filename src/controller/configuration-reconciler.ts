@@ -170,6 +170,13 @@ function seconds(ms: number): string {
   return ms >= 120_000 ? `${Math.round(ms / 60_000)} min` : `${Math.round(ms / 1000)} s`;
 }
 
+/** What reconcileConfiguration returns: the facts for the summary, and how the work queue goes on. */
+export interface ConfigurationOutcome {
+  facts: ConfigurationFacts | undefined;
+  retry?: Error;
+  requeueAfterMs?: number;
+}
+
 /**
  * One configuration reconcile (see the module doc). A task is submitted once and remembered in
  * the record (`pendingTask`): the reconcile waits at most `taskWaitMs` for its result, then gives
@@ -180,10 +187,9 @@ function seconds(ms: number): string {
  * Returns the facts for the summary; the caller writes the summary, then throws `retry`.
  * @throws RedisError (or the client's error) when Redis fails.
  */
-export async function reconcileConfiguration(input: ConfigurationInput, deps: ConfigurationReconcileDeps): Promise<{ facts: ConfigurationFacts | undefined; retry?: Error; requeueAfterMs?: number }> {
-  const { redis, events } = deps;
+export async function reconcileConfiguration(input: ConfigurationInput, deps: ConfigurationReconcileDeps): Promise<ConfigurationOutcome> {
+  const { redis } = deps;
   const key = keys.moduleConfiguration(input.id);
-  const object = `Module/${input.id}`;
   const agentId = agentIdOf(input.id);
   const [stored, uuid] = await Promise.all([redis.hgetall(key), redis.hget(keys.moduleUuid(), input.id)]);
   // A record written for another instance (another MODULE_UUID: the id was removed and added
@@ -191,26 +197,6 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
   const foreign = Object.keys(stored).length > 0 && Boolean(uuid) && stored.instanceUuid !== uuid;
   if (foreign) await redis.del(key);
   const rec = parseConfigurationRecord(foreign ? {} : stored);
-  const instanceUuid = uuid ?? '';
-  const timeoutMs = deps.taskTimeoutMs ?? 120_000;
-  const waitMs = deps.taskWaitMs ?? 5_000;
-
-  const clearPending = async (): Promise<void> => {
-    await redis.hdel(key, ...PENDING_FIELDS);
-    rec.pendingTask = '';
-  };
-  /** Disposes of a pending task nobody wants any more; false while it still runs (wait for it). */
-  const dropPending = async (): Promise<boolean> => {
-    if (!rec.pendingTask) return true;
-    if (await withdrawTask(redis, agentId, rec.pendingTask)) {
-      await clearPending();
-      return true;
-    }
-    if ((await taskState(redis, agentId, rec.pendingTask)).state === 'running') return false;
-    await clearPending();
-    return true;
-  };
-
   if (input.configuration === undefined) {
     if (rec.pendingTask) await withdrawTask(redis, agentId, rec.pendingTask);
     await redis.del(key);
@@ -219,56 +205,234 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
   const hash = configurationHash(input.configuration);
   const failedNow = rec.failedHash === hash && rec.failedGeneration === input.generation;
   if (!input.ready) return { facts: failedNow ? { failed: rec.failedMessage } : undefined };
-  const now = deps.now();
+  const run = new ConfigurationRun(input, deps, rec, hash, uuid ?? '');
+  if (rec.appliedHash !== hash) return run.applyChange(failedNow);
+  return run.keepApplied();
+}
+
+/** Where a submitted (or found) task stands before its result is read. */
+interface Submitted {
+  taskId: string;
+  /** When it was submitted (ms; NaN when the record does not say). */
+  since: number;
+  submittedFor: Why;
+}
+
+/** One reconcile of a module's configuration record, whose spec.configuration is set and whose instance is ready. */
+class ConfigurationRun {
+  private readonly key: string;
+  private readonly object: string;
+  private readonly agentId: string;
+  private readonly now: Date;
+  private readonly timeoutMs: number;
+  private readonly waitMs: number;
+
+  constructor(
+    private readonly input: ConfigurationInput,
+    private readonly deps: ConfigurationReconcileDeps,
+    private readonly rec: ConfigurationRecord,
+    private readonly hash: string,
+    private readonly instanceUuid: string,
+  ) {
+    this.key = keys.moduleConfiguration(input.id);
+    this.object = `Module/${input.id}`;
+    this.agentId = agentIdOf(input.id);
+    this.now = deps.now();
+    this.timeoutMs = deps.taskTimeoutMs ?? 120_000;
+    this.waitMs = deps.taskWaitMs ?? 5_000;
+  }
+
+  /** spec.configuration differs from the one applied: configure, unless this very content failed for this generation. */
+  async applyChange(failedNow: boolean): Promise<ConfigurationOutcome> {
+    if (failedNow) {
+      if (!(await this.dropPending())) return { facts: { failed: this.rec.failedMessage }, requeueAfterMs: 2_000 };
+      return { facts: { failed: this.rec.failedMessage } };
+    }
+    return (await this.configure('changed')) ?? { facts: {} };
+  }
+
+  /** Applied: finishes a heal an earlier reconcile started, else checks for drift when due. */
+  async keepApplied(): Promise<ConfigurationOutcome> {
+    const { rec, hash } = this;
+    if (rec.pendingTask && rec.pendingAction === 'configure-module' && rec.pendingHash === hash) return (await this.configure('drift')) ?? { facts: {} };
+    const every = this.deps.driftCheckEveryMs ?? 600_000;
+    const last = rec.driftCheckedTime ? Date.parse(rec.driftCheckedTime) : 0;
+    const checking = rec.pendingTask !== '' && rec.pendingAction === 'get-configuration' && rec.pendingHash === hash;
+    if (!checking && this.now.getTime() - last < every) {
+      if (rec.pendingTask && !(await this.dropPending())) return { facts: this.driftFacts(), requeueAfterMs: 2_000 };
+      return { facts: this.driftFacts() };
+    }
+    return this.checkDrift();
+  }
+
+  private driftFacts(): ConfigurationFacts {
+    return this.rec.drift.length ? { drift: this.rec.drift } : {};
+  }
+
+  /** Runs get-configuration and compares its output with spec.configuration: equal, healed (self-heal), or reported. */
+  private async checkDrift(): Promise<ConfigurationOutcome> {
+    const { input, deps, key } = this;
+    const checkedNow = { driftCheckedTime: this.now.toISOString() };
+    const step = await this.drive('get-configuration', 'check', {});
+    if (step.kind === 'waiting') return { facts: this.driftFacts(), requeueAfterMs: step.requeueAfterMs };
+    if (step.kind === 'unanswered') {
+      // Remember the attempt so the check is not retried before it is due again.
+      await deps.redis.hset(key, checkedNow);
+      return { facts: this.driftFacts(), retry: step.error };
+    }
+    const actual = this.liveConfiguration(step);
+    if (actual === undefined) {
+      // A module without get-configuration (or one that fails, or prints no JSON) cannot be
+      // drift-checked: remember the attempt so it is not retried before the next check is due.
+      await deps.redis.hset(key, checkedNow);
+      return { facts: this.driftFacts() };
+    }
+    const schema = (await deps.schemas?.find({ id: input.id, installedImage: input.installedImage }).catch(() => undefined))?.schema;
+    const diff = diffConfiguration(input.configuration, actual.value, schema !== undefined ? { schema } : {});
+    const lines = formatConfigurationDiff(diff).map((l) => maskAgentText(l, input.configuration));
+    if (diff.equal) {
+      await deps.redis.hset(key, { drift: '[]', ...checkedNow });
+      return { facts: {} };
+    }
+    if (deps.selfHeal(input.applySet)) {
+      this.rec.drift = lines;
+      await deps.redis.hset(key, checkedNow);
+      return (await this.configure('drift')) ?? { facts: {} };
+    }
+    await deps.redis.hset(key, { drift: JSON.stringify(lines), ...checkedNow });
+    if (JSON.stringify(lines) !== JSON.stringify(this.rec.drift)) {
+      await deps.events.record({ name: 'module-configuration-drifted', type: 'Warning', object: this.object, message: `${input.id}: live configuration differs from spec.configuration (self-heal is off): ${lines.join('; ')}`, data: { module: input.id, changes: lines } });
+    }
+    return { facts: { drift: lines } };
+  }
+
+  /** The JSON get-configuration printed, or undefined when it failed or printed no JSON. */
+  private liveConfiguration(step: Extract<TaskStep, { kind: 'done' }>): { value: unknown } | undefined {
+    if (step.result.exitCode !== 0) return undefined;
+    try {
+      return { value: JSON.parse(step.result.output) as unknown };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Runs configure-module; records success (and its event) or failure. Undefined once applied. */
+  private async configure(why: 'changed' | 'drift'): Promise<{ facts: ConfigurationFacts; retry?: Error; requeueAfterMs?: number } | undefined> {
+    const { input } = this;
+    const step = await this.drive('configure-module', why, input.configuration);
+    if (step.kind === 'waiting') return { facts: { pending: maskAgentText(`${input.id}: ${step.message}`, input.configuration) }, requeueAfterMs: step.requeueAfterMs };
+    if (step.kind === 'unanswered') return { facts: { pending: maskAgentText(`configure-module of ${input.id} could not run: ${step.error.message}`, input.configuration) }, retry: step.error };
+    if (step.result.exitCode !== 0) return { facts: { failed: await this.recordFailure(step.taskId, step.result) } };
+    await this.recordApplied(step.taskId, step.why);
+    return undefined;
+  }
+
+  /** Remembers that this content failed for this generation (not retried until either changes); returns the masked message. */
+  private async recordFailure(taskId: string, r: TaskResult): Promise<string> {
+    const { input, agentId } = this;
+    const err = new TaskFailedError({ agentId, action: 'configure-module', taskId, status: r.status, exitCode: r.exitCode, output: r.output, error: r.error });
+    const message = describeTaskFailure(err, input.configuration);
+    await this.deps.redis.hset(this.key, { instanceUuid: this.instanceUuid, failedHash: this.hash, failedGeneration: String(input.generation), failedMessage: message });
+    await this.deps.events.record({ name: 'module-configuration-failed', type: 'Warning', object: this.object, message: `${input.id}: ${message}`, data: { module: input.id, generation: input.generation, task: taskId, exitCode: r.exitCode } });
+    return message;
+  }
+
+  private async recordApplied(taskId: string, why: Why): Promise<void> {
+    const { input, deps, rec } = this;
+    const at = deps.now().toISOString();
+    await deps.redis
+      .multi()
+      .hset(this.key, { instanceUuid: this.instanceUuid, appliedHash: this.hash, appliedGeneration: String(input.generation), appliedTime: at, appliedTask: taskId, drift: '[]', driftCheckedTime: at })
+      .hdel(this.key, 'failedHash', 'failedGeneration', 'failedMessage')
+      .exec();
+    if (why === 'drift') {
+      await deps.events.record({ name: 'module-configuration-drift-corrected', type: 'Warning', object: this.object, message: `${input.id}: live configuration differed from spec.configuration; configure-module ran again${rec.drift.length ? `: ${rec.drift.join('; ')}` : ''}`, data: { module: input.id, changes: rec.drift } });
+    } else {
+      await deps.events.record({ name: 'module-configured', type: 'Normal', object: this.object, message: `${input.id}: configure-module applied spec.configuration (generation ${input.generation}, task ${taskId})`, data: { module: input.id, generation: input.generation, task: taskId } });
+    }
+  }
+
+  private async clearPending(): Promise<void> {
+    await this.deps.redis.hdel(this.key, ...PENDING_FIELDS);
+    this.rec.pendingTask = '';
+  }
+
+  /** Disposes of a pending task nobody wants any more; false while it still runs (wait for it). */
+  private async dropPending(): Promise<boolean> {
+    const { redis } = this.deps;
+    if (!this.rec.pendingTask) return true;
+    if (await withdrawTask(redis, this.agentId, this.rec.pendingTask)) {
+      await this.clearPending();
+      return true;
+    }
+    if ((await taskState(redis, this.agentId, this.rec.pendingTask)).state === 'running') return false;
+    await this.clearPending();
+    return true;
+  }
 
   /** Submits `action` (or finds the task an earlier reconcile submitted) and waits a little for it. */
-  const drive = async (action: Action, why: Why, data: unknown): Promise<TaskStep> => {
-    let taskId = rec.pendingTask;
-    let since = Date.parse(rec.pendingSince);
-    let submittedFor = (rec.pendingWhy || why) as Why;
-    if (!taskId || rec.pendingAction !== action || rec.pendingHash !== hash) {
-      if (!(await dropPending())) {
-        return { kind: 'waiting', taskId: rec.pendingTask, message: `an earlier ${rec.pendingAction} task ${rec.pendingTask} of ${input.id} is still running`, requeueAfterMs: 2_000 };
-      }
-      const task = buildTask(action, { data });
-      const replies = await redis
-        .multi()
-        .hset(key, { instanceUuid, pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingGeneration: String(input.generation), pendingSince: now.toISOString(), pendingWhy: why })
-        .lpush(taskQueueKey(agentId), task.json)
-        .exec();
-      const failed = replies?.find(([err]) => err)?.[0];
-      if (!replies || failed) throw new RedisError('redis_write_failed', `${input.id}: submitting ${action}: ${failed?.message ?? 'the transaction was discarded'}`, { cause: failed });
-      Object.assign(rec, { pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingSince: now.toISOString(), pendingWhy: why });
-      taskId = task.id;
-      since = now.getTime();
-      submittedFor = why;
-    }
-    let result = await readTaskResult(redis, agentId, taskId);
-    if (!result && waitMs > 0 && !deps.signal?.aborted) {
-      try {
-        result = await waitForTask(redis, agentId, taskId, { timeoutMs: waitMs, pollMs: Math.min(500, waitMs), ...(deps.signal ? { signal: deps.signal } : {}) });
-      } catch (err) {
-        const code = (err as { code?: unknown }).code;
-        if (code !== 'task_timeout' && code !== 'task_wait_aborted') throw err;
-      }
-    }
+  private async drive(action: Action, why: Why, data: unknown): Promise<TaskStep> {
+    const submitted = await this.submitOrFind(action, why, data);
+    if ('kind' in submitted) return submitted;
+    const { taskId, submittedFor } = submitted;
+    const result = await this.waitBriefly(taskId);
     if (result) {
-      await clearPending();
+      await this.clearPending();
       return { kind: 'done', taskId, why: submittedFor, result };
     }
-    const age = Math.max(0, deps.now().getTime() - (Number.isFinite(since) ? since : now.getTime()));
+    return this.followUp(action, submitted);
+  }
+
+  /** The pending task when it is for this action and content; otherwise drops it (or waits for it to end) and submits a new one. */
+  private async submitOrFind(action: Action, why: Why, data: unknown): Promise<Submitted | TaskStep> {
+    const { rec, input, hash, now } = this;
+    if (rec.pendingTask && rec.pendingAction === action && rec.pendingHash === hash) return { taskId: rec.pendingTask, since: Date.parse(rec.pendingSince), submittedFor: (rec.pendingWhy || why) as Why };
+    if (!(await this.dropPending())) {
+      return { kind: 'waiting', taskId: rec.pendingTask, message: `an earlier ${rec.pendingAction} task ${rec.pendingTask} of ${input.id} is still running`, requeueAfterMs: 2_000 };
+    }
+    const task = buildTask(action, { data });
+    const replies = await this.deps.redis
+      .multi()
+      .hset(this.key, { instanceUuid: this.instanceUuid, pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingGeneration: String(input.generation), pendingSince: now.toISOString(), pendingWhy: why })
+      .lpush(taskQueueKey(this.agentId), task.json)
+      .exec();
+    const failed = replies?.find(([err]) => err)?.[0];
+    if (!replies || failed) throw new RedisError('redis_write_failed', `${input.id}: submitting ${action}: ${failed?.message ?? 'the transaction was discarded'}`, { cause: failed });
+    Object.assign(rec, { pendingTask: task.id, pendingAction: action, pendingHash: hash, pendingSince: now.toISOString(), pendingWhy: why });
+    return { taskId: task.id, since: now.getTime(), submittedFor: why };
+  }
+
+  /** The task's result, waiting at most taskWaitMs (not at all once aborted). */
+  private async waitBriefly(taskId: string): Promise<TaskResult | undefined> {
+    const { redis, signal } = this.deps;
+    const result = await readTaskResult(redis, this.agentId, taskId);
+    if (result || this.waitMs <= 0 || signal?.aborted) return result;
+    try {
+      return await waitForTask(redis, this.agentId, taskId, { timeoutMs: this.waitMs, pollMs: Math.min(500, this.waitMs), ...(signal ? { signal } : {}) });
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (code !== 'task_timeout' && code !== 'task_wait_aborted') throw err;
+      return undefined;
+    }
+  }
+
+  /** A task without a result yet: withdrawn when no agent took it in time, lost when nobody holds it, else still waited for. */
+  private async followUp(action: Action, { taskId, since, submittedFor }: Submitted): Promise<TaskStep> {
+    const { redis } = this.deps;
+    const { input, agentId, timeoutMs } = this;
+    const age = Math.max(0, this.deps.now().getTime() - (Number.isFinite(since) ? since : this.now.getTime()));
     let state = await taskState(redis, agentId, taskId);
     if (state.state === 'queued' && age >= timeoutMs && (await withdrawTask(redis, agentId, taskId))) {
-      await clearPending();
+      await this.clearPending();
       return { kind: 'unanswered', error: new AgentError('task_timeout', `no agent took ${action} task ${taskId} of ${input.id} within ${seconds(timeoutMs)}: withdrawn from ${taskQueueKey(agentId)} (is the module agent running?); it is submitted again after a backoff`) };
     }
     if (state.state === 'unknown') state = await taskState(redis, agentId, taskId);
     if (state.state === 'done') {
-      await clearPending();
+      await this.clearPending();
       return { kind: 'done', taskId, why: submittedFor, result: state.result };
     }
     if (state.state === 'unknown') {
-      await clearPending();
+      await this.clearPending();
       return { kind: 'unanswered', error: new AgentError('task_lost', `${action} task ${taskId} of ${input.id} was taken by the agent but has neither a result nor a running context (the agent stopped while running it?); it is submitted again after a backoff`) };
     }
     const message =
@@ -276,84 +440,5 @@ export async function reconcileConfiguration(input: ConfigurationInput, deps: Co
         ? `${action} task ${taskId} waits for the module agent (queued ${seconds(age)} ago; withdrawn after ${seconds(timeoutMs)})`
         : `${action} task ${taskId} is running`;
     return { kind: 'waiting', taskId, message, requeueAfterMs: Math.min(30_000, Math.max(1_000, Math.round(age / 4))) };
-  };
-
-  const configure = async (why: 'changed' | 'drift'): Promise<{ facts: ConfigurationFacts; retry?: Error; requeueAfterMs?: number } | undefined> => {
-    const step = await drive('configure-module', why, input.configuration);
-    if (step.kind === 'waiting') return { facts: { pending: maskAgentText(`${input.id}: ${step.message}`, input.configuration) }, requeueAfterMs: step.requeueAfterMs };
-    if (step.kind === 'unanswered') return { facts: { pending: maskAgentText(`configure-module of ${input.id} could not run: ${step.error.message}`, input.configuration) }, retry: step.error };
-    const r = step.result;
-    if (r.exitCode !== 0) {
-      const err = new TaskFailedError({ agentId, action: 'configure-module', taskId: step.taskId, status: r.status, exitCode: r.exitCode, output: r.output, error: r.error });
-      const message = describeTaskFailure(err, input.configuration);
-      await redis.hset(key, { instanceUuid, failedHash: hash, failedGeneration: String(input.generation), failedMessage: message });
-      await events.record({ name: 'module-configuration-failed', type: 'Warning', object, message: `${input.id}: ${message}`, data: { module: input.id, generation: input.generation, task: step.taskId, exitCode: r.exitCode } });
-      return { facts: { failed: message } };
-    }
-    const at = deps.now().toISOString();
-    await redis
-      .multi()
-      .hset(key, { instanceUuid, appliedHash: hash, appliedGeneration: String(input.generation), appliedTime: at, appliedTask: step.taskId, drift: '[]', driftCheckedTime: at })
-      .hdel(key, 'failedHash', 'failedGeneration', 'failedMessage')
-      .exec();
-    if (step.why === 'drift') {
-      await events.record({ name: 'module-configuration-drift-corrected', type: 'Warning', object, message: `${input.id}: live configuration differed from spec.configuration; configure-module ran again${rec.drift.length ? `: ${rec.drift.join('; ')}` : ''}`, data: { module: input.id, changes: rec.drift } });
-    } else {
-      await events.record({ name: 'module-configured', type: 'Normal', object, message: `${input.id}: configure-module applied spec.configuration (generation ${input.generation}, task ${step.taskId})`, data: { module: input.id, generation: input.generation, task: step.taskId } });
-    }
-    return undefined;
-  };
-
-  if (rec.appliedHash !== hash) {
-    if (failedNow) {
-      if (!(await dropPending())) return { facts: { failed: rec.failedMessage }, requeueAfterMs: 2_000 };
-      return { facts: { failed: rec.failedMessage } };
-    }
-    return (await configure('changed')) ?? { facts: {} };
   }
-
-  // Applied. A heal an earlier reconcile started is finished first.
-  if (rec.pendingTask && rec.pendingAction === 'configure-module' && rec.pendingHash === hash) return (await configure('drift')) ?? { facts: {} };
-  const driftFacts = (): ConfigurationFacts => (rec.drift.length ? { drift: rec.drift } : {});
-  const every = deps.driftCheckEveryMs ?? 600_000;
-  const last = rec.driftCheckedTime ? Date.parse(rec.driftCheckedTime) : 0;
-  const checking = rec.pendingTask !== '' && rec.pendingAction === 'get-configuration' && rec.pendingHash === hash;
-  if (!checking && now.getTime() - last < every) {
-    if (rec.pendingTask && !(await dropPending())) return { facts: driftFacts(), requeueAfterMs: 2_000 };
-    return { facts: driftFacts() };
-  }
-  const step = await drive('get-configuration', 'check', {});
-  if (step.kind === 'waiting') return { facts: driftFacts(), requeueAfterMs: step.requeueAfterMs };
-  if (step.kind === 'unanswered') {
-    // Remember the attempt so the check is not retried before it is due again.
-    await redis.hset(key, { driftCheckedTime: now.toISOString() });
-    return { facts: driftFacts(), retry: step.error };
-  }
-  let actual: unknown;
-  try {
-    if (step.result.exitCode !== 0) throw new TaskFailedError({ agentId, action: 'get-configuration', taskId: step.taskId, status: step.result.status, exitCode: step.result.exitCode, output: step.result.output, error: step.result.error });
-    actual = JSON.parse(step.result.output) as unknown;
-  } catch {
-    // A module without get-configuration (or one that fails, or prints no JSON) cannot be
-    // drift-checked: remember the attempt so it is not retried before the next check is due.
-    await redis.hset(key, { driftCheckedTime: now.toISOString() });
-    return { facts: driftFacts() };
-  }
-  const schema = (await deps.schemas?.find({ id: input.id, installedImage: input.installedImage }).catch(() => undefined))?.schema;
-  const diff = diffConfiguration(input.configuration, actual, schema !== undefined ? { schema } : {});
-  const lines = formatConfigurationDiff(diff).map((l) => maskAgentText(l, input.configuration));
-  if (diff.equal) {
-    await redis.hset(key, { drift: '[]', driftCheckedTime: now.toISOString() });
-    return { facts: {} };
-  }
-  if (deps.selfHeal(input.applySet)) {
-    rec.drift = lines;
-    await redis.hset(key, { driftCheckedTime: now.toISOString() });
-    return (await configure('drift')) ?? { facts: {} };
-  }
-  await redis.hset(key, { drift: JSON.stringify(lines), driftCheckedTime: now.toISOString() });
-  if (JSON.stringify(lines) !== JSON.stringify(rec.drift)) {
-    await events.record({ name: 'module-configuration-drifted', type: 'Warning', object, message: `${input.id}: live configuration differs from spec.configuration (self-heal is off): ${lines.join('; ')}`, data: { module: input.id, changes: lines } });
-  }
-  return { facts: { drift: lines } };
 }

@@ -90,33 +90,13 @@ export interface ModuleReconcilerDeps {
 /** One reconcile of a Module summary. Throws RedisError when Redis cannot be read or written. */
 export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerDeps): Promise<ObjectSummary | undefined> {
   const { redis } = deps;
-  const summaryKey = keys.objectConditions('Module', id);
-  const p = redis.pipeline();
-  p.hgetall(keys.desired('Module', id));
-  p.hgetall(keys.moduleStatus(id));
-  p.get(keys.suspension('module', id));
-  p.hgetall(summaryKey);
-  const res = (await p.exec()) as Reply[] | null;
-  if (!res) throw new RedisError('redis_pipeline_failed', `reading the state of module ${id}: Redis returned no replies`);
-  for (const [err] of res) if (err) throw new RedisError('redis_command_failed', `reading the state of module ${id}: ${err.message}`, { cause: err });
-  const desiredHash = res[0]![1] as Record<string, string>;
-  const agent = parseStatus(id, res[1]![1] as Record<string, string>);
-  const suspension = parseSuspension(res[2]![1] as string | null);
-  const prevHash = res[3]![1] as Record<string, string>;
-  const prev = parseSummary(prevHash);
-
-  const stored = parseStoredObject('Module', id, desiredHash);
+  const state = await readModuleState(redis, id);
+  const { agent, suspension, prev } = state;
+  const stored = parseStoredObject('Module', id, state.desiredHash);
   if (!stored) {
-    if (Object.keys(prevHash).length > 0) await redis.del(summaryKey);
+    if (Object.keys(state.prevHash).length > 0) await redis.del(keys.objectConditions('Module', id));
     deps.onDrift?.(id, false);
     return undefined;
-  }
-  let desiredDrift: { source: string; message: string } | undefined;
-  if (stored.applySet) {
-    const drifted = parseJson<string[]>((await redis.hget(keys.sourceStatus(stored.applySet), 'driftedKeys')) ?? undefined, []);
-    if (drifted.includes(moduleKey(id))) {
-      desiredDrift = { source: stored.applySet, message: `desired state of ${id} differs from source ${stored.applySet} (changed outside it; self-heal is off)` };
-    }
   }
   const spec = stored.object.spec as ModuleSpec;
   const facts = {
@@ -128,42 +108,82 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
     node: typeof spec.node === 'number' ? spec.node : undefined,
     agent,
     suspended: suspension ? { reason: suspension.reason, ...(suspension.until ? { until: suspension.until } : {}) } : undefined,
-    desiredDrift,
+    desiredDrift: await readDesiredDrift(redis, id, stored.applySet),
   };
-  let next = summarizeModule(facts);
-  let retry: Error | undefined;
-  let requeueAt: number | undefined;
-  if (deps.configuration) {
-    const ready = findCondition(next.conditions, 'Ready');
-    const res = await reconcileConfiguration(
-      {
-        id,
-        generation: stored.generation,
-        applySet: stored.applySet ?? '',
-        configuration: spec.configuration,
-        ready: ready?.status === 'True' && ready.reason === 'Converged' && !suspension && !stored.deleting,
-        installedImage: agent?.imageUrl || undefined,
-      },
-      { ...deps.configuration, redis, events: deps.events, now: deps.now },
-    );
-    retry = res.retry;
-    if (res.requeueAfterMs !== undefined) requeueAt = res.requeueAfterMs;
-    if (res.facts) next = summarizeModule({ ...facts, configuration: res.facts });
-  }
+  const configured = await reconcileModuleConfiguration(id, stored, facts, state, deps);
+  const { next, retry } = configured;
+  let { requeueAt } = configured;
   if (suspension?.until) {
     // The suspension lapses by itself (a TTL): nothing announces it, so look again then.
     const left = Date.parse(suspension.until) - deps.now().getTime() + 50;
     if (Number.isFinite(left) && left >= 0) requeueAt = Math.min(requeueAt ?? Infinity, left);
   }
   if (requeueAt !== undefined && !retry) deps.requeueAfter?.(requeueAt);
-  const done = (s: ObjectSummary): ObjectSummary => {
-    if (retry) throw retry;
-    return s;
-  };
   deps.onDrift?.(id, findCondition(next.conditions, 'Drifted')?.status === 'True');
-  if (sameSummary(prev, next)) return done(prev as ObjectSummary);
+  const summary = sameSummary(prev, next) ? (prev as ObjectSummary) : await writeSummary(id, prev, next, deps);
+  if (retry) throw retry;
+  return summary;
+}
+
+/** A module's desired hash, agent status, suspension and previous summary, read in one pipeline. */
+async function readModuleState(redis: Redis, id: string) {
+  const p = redis.pipeline();
+  p.hgetall(keys.desired('Module', id));
+  p.hgetall(keys.moduleStatus(id));
+  p.get(keys.suspension('module', id));
+  p.hgetall(keys.objectConditions('Module', id));
+  const res = (await p.exec()) as Reply[] | null;
+  if (!res) throw new RedisError('redis_pipeline_failed', `reading the state of module ${id}: Redis returned no replies`);
+  for (const [err] of res) if (err) throw new RedisError('redis_command_failed', `reading the state of module ${id}: ${err.message}`, { cause: err });
+  const prevHash = res[3]![1] as Record<string, string>;
+  return {
+    desiredHash: res[0]![1] as Record<string, string>,
+    agent: parseStatus(id, res[1]![1] as Record<string, string>),
+    suspension: parseSuspension(res[2]![1] as string | null),
+    prevHash,
+    prev: parseSummary(prevHash),
+  };
+}
+
+/** The drift its source reports for this module (self-heal off), if any. */
+async function readDesiredDrift(redis: Redis, id: string, applySet: string | undefined): Promise<{ source: string; message: string } | undefined> {
+  if (!applySet) return undefined;
+  const drifted = parseJson<string[]>((await redis.hget(keys.sourceStatus(applySet), 'driftedKeys')) ?? undefined, []);
+  if (!drifted.includes(moduleKey(id))) return undefined;
+  return { source: applySet, message: `desired state of ${id} differs from source ${applySet} (changed outside it; self-heal is off)` };
+}
+
+/** The summary, with spec.configuration reconciled once the module is converged (when configured); its retry and requeue. */
+async function reconcileModuleConfiguration(
+  id: string,
+  stored: NonNullable<ReturnType<typeof parseStoredObject>>,
+  facts: Parameters<typeof summarizeModule>[0],
+  state: Awaited<ReturnType<typeof readModuleState>>,
+  deps: ModuleReconcilerDeps,
+): Promise<{ next: ObjectSummary; retry: Error | undefined; requeueAt: number | undefined }> {
+  const next = summarizeModule(facts);
+  if (!deps.configuration) return { next, retry: undefined, requeueAt: undefined };
+  const spec = stored.object.spec as ModuleSpec;
+  const ready = findCondition(next.conditions, 'Ready');
+  const res = await reconcileConfiguration(
+    {
+      id,
+      generation: stored.generation,
+      applySet: stored.applySet ?? '',
+      configuration: spec.configuration,
+      ready: ready?.status === 'True' && ready.reason === 'Converged' && !state.suspension && !stored.deleting,
+      installedImage: state.agent?.imageUrl || undefined,
+    },
+    { ...deps.configuration, redis: deps.redis, events: deps.events, now: deps.now },
+  );
+  return { next: res.facts ? summarizeModule({ ...facts, configuration: res.facts }) : next, retry: res.retry, requeueAt: res.requeueAfterMs };
+}
+
+/** Writes the new summary (conditions stamped with their transition times) and records an event per transition. */
+async function writeSummary(id: string, prev: ObjectSummary | undefined, next: ObjectSummary, deps: ModuleReconcilerDeps): Promise<ObjectSummary> {
+  const summaryKey = keys.objectConditions('Module', id);
   const stamped: ObjectSummary = { ...next, conditions: stampConditions(prev?.conditions, next.conditions, deps.now()) };
-  await redis.multi().del(summaryKey).hset(summaryKey, summaryFields(stamped)).exec();
+  await deps.redis.multi().del(summaryKey).hset(summaryKey, summaryFields(stamped)).exec();
   for (const t of transitions(prev?.conditions, stamped.conditions)) {
     const ev = moduleTransitionEvent(t);
     if (!ev) continue;
@@ -175,5 +195,5 @@ export async function reconcileModuleSummary(id: string, deps: ModuleReconcilerD
       data: { module: id, condition: t.type, status: t.to, reason: t.condition.reason, generation: stamped.generation, observedGeneration: stamped.observedGeneration },
     });
   }
-  return done(stamped);
+  return stamped;
 }

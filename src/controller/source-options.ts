@@ -109,91 +109,133 @@ export function buildSources(opts: SourceFlags, deps: { stateDir: string; cwd: s
   const files = opts.filename ?? [];
   const gits = opts.git === undefined ? [] : Array.isArray(opts.git) ? opts.git : [opts.git];
   const unnamedGits = gits.filter((g) => !NAMED.test(g));
-  const namedGits = gits.filter((g) => NAMED.test(g));
   const defaultName = checkSourceName(opts.sourceName ?? 'default', '--source-name');
   if (files.length > 0 && unnamedGits.length > 0) {
     throw new UsageError(`-f and --git without a name would both be source ${JSON.stringify(defaultName)}; to follow both, name them: --source NAME=PATH and --git NAME=URL (one controller follows any number of sources)`);
   }
   if (unnamedGits.length > 1) throw new UsageError('several --git URL without a name: name each source, e.g. --git prod=URL --git lab=URL');
   if ([...files, ...(opts.source ?? [])].some((f) => f === '-' || f.endsWith('=-'))) throw new UsageError('-f - (stdin) cannot be watched: give a file or a directory');
-
-  const prune = Boolean(opts.prune);
-  const selfHeal = opts.selfHeal !== false;
-  const allowEmpty = Boolean(opts.allowEmpty);
-  // Only set when true: a source spec without it reads as false.
-  const empty = (v: boolean): { allowEmpty?: true } => (v ? { allowEmpty: true } : {});
-  const sources: SourceSpec[] = [];
+  const defaults: SourceDefaults = { prune: Boolean(opts.prune), selfHeal: opts.selfHeal !== false, allowEmpty: Boolean(opts.allowEmpty) };
   const origin = new Map<string, string>();
   const claim = (name: string, how: string): void => {
     const was = origin.get(name);
     if (was) throw new UsageError(`source ${JSON.stringify(name)} is given twice (${was} and ${how}): each source needs its own name, which is also its apply set`);
     origin.set(name, how);
   };
-
+  const sources: SourceSpec[] = [];
   if (files.length > 0) {
     claim(defaultName, '-f');
-    sources.push({ name: defaultName, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune, selfHeal, ...empty(allowEmpty) });
+    sources.push({ name: defaultName, kind: 'directory', paths: files.map((f) => path.resolve(deps.cwd, f)), prune: defaults.prune, selfHeal: defaults.selfHeal, ...allowEmptyField(defaults.allowEmpty) });
   }
+  sources.push(...directorySources(opts.source ?? [], defaults, deps.cwd, claim));
+  sources.push(...gitSources(gits, defaultName, opts, defaults, deps, claim));
+  return sources;
+}
 
+/** The global settings, which a source's own settings override. */
+interface SourceDefaults {
+  prune: boolean;
+  selfHeal: boolean;
+  allowEmpty: boolean;
+}
+
+/** Only set when true: a source spec without it reads as false. */
+function allowEmptyField(v: boolean): { allowEmpty?: true } {
+  return v ? { allowEmpty: true } : {};
+}
+
+/** `--source NAME=PATH[,settings]` values, in order; the same name again adds a path to that source. */
+function directorySources(values: readonly string[], defaults: SourceDefaults, cwd: string, claim: (name: string, how: string) => void): SourceSpec[] {
+  const sources: SourceSpec[] = [];
   const dirs = new Map<string, { spec: SourceSpec; settings: Settings }>();
-  for (const value of opts.source ?? []) {
+  for (const value of values) {
     const { name, location, settings } = splitNamed(value, '--source', false);
     const seen = dirs.get(name);
     if (seen) {
-      // The same name again adds a path; its settings must not contradict the first ones.
-      for (const k of ['prune', 'selfHeal', 'allowEmpty'] as const) {
-        if (settings[k] !== undefined && seen.settings[k] !== undefined && settings[k] !== seen.settings[k]) throw new UsageError(`--source ${name}=...: contradictory settings for source ${name}`);
-        if (settings[k] !== undefined) seen.settings[k] = settings[k];
-      }
-      if (settings.prune !== undefined) seen.spec.prune = settings.prune;
-      if (settings.selfHeal !== undefined) seen.spec.selfHeal = settings.selfHeal;
-      if (settings.allowEmpty !== undefined) {
-        if (settings.allowEmpty) seen.spec.allowEmpty = true;
-        else delete seen.spec.allowEmpty;
-      }
-      seen.spec.paths.push(path.resolve(deps.cwd, location));
+      addSourcePath(seen, name, settings, path.resolve(cwd, location));
       continue;
     }
     claim(name, `--source ${name}=...`);
-    const spec: SourceSpec = { name, kind: 'directory', paths: [path.resolve(deps.cwd, location)], prune: settings.prune ?? prune, selfHeal: settings.selfHeal ?? selfHeal, ...empty(settings.allowEmpty ?? allowEmpty) };
+    const spec: SourceSpec = {
+      name,
+      kind: 'directory',
+      paths: [path.resolve(cwd, location)],
+      prune: settings.prune ?? defaults.prune,
+      selfHeal: settings.selfHeal ?? defaults.selfHeal,
+      ...allowEmptyField(settings.allowEmpty ?? defaults.allowEmpty),
+    };
     dirs.set(name, { spec, settings });
     sources.push(spec);
   }
-
-  const gitSpecs: { name: string; url: string; settings: Settings; named: boolean }[] = [];
-  for (const url of unnamedGits) gitSpecs.push({ name: defaultName, url, settings: {}, named: false });
-  for (const value of namedGits) {
-    const { name, location, settings } = splitNamed(value, '--git', true);
-    gitSpecs.push({ name, url: location, settings, named: true });
-  }
-  if (gitSpecs.length === 0 && (opts.branch || opts.path || opts.interval || opts.trustedKeys)) throw new UsageError('--branch, --path, --interval and --trusted-keys need --git URL');
-  if (gitSpecs.length > 1 && opts.cacheDir) throw new UsageError('--cache-dir is for a single git source; with several, give each its own: --git NAME=URL,cache-dir=DIR (default <state-dir>/git/NAME)');
-  const caches = new Map<string, string>();
-  for (const g of gitSpecs) {
-    claim(g.name, g.named ? `--git ${g.name}=...` : '--git');
-    const flag = (k: keyof Settings, global: string): string => (g.settings[k] !== undefined ? `--git ${g.name}=...,${global}=` : `--${global}`);
-    const branch = g.settings.branch ?? opts.branch ?? 'main';
-    if (!validBranchName(branch)) throw new UsageError(`${flag('branch', 'branch')} ${JSON.stringify(branch)} is not a valid branch name`);
-    const sub = g.settings.path ?? opts.path ?? '.';
-    if (path.isAbsolute(sub) || sub.split(/[\\/]/).includes('..')) throw new UsageError(`${flag('path', 'path')} ${JSON.stringify(sub)} must be relative and stay inside the repository`);
-    const intervalMs = parseDuration(g.settings.interval ?? opts.interval ?? '1m', flag('interval', 'interval'));
-    if (intervalMs < 1000) throw new UsageError(`${flag('interval', 'interval')}: the git poll interval of source ${g.name} must be at least 1s`);
-    const cacheDir = path.resolve(deps.cwd, g.settings.cacheDir ?? opts.cacheDir ?? path.join(deps.stateDir, 'git', g.name));
-    const other = caches.get(cacheDir);
-    if (other) throw new UsageError(`git sources ${other} and ${g.name} would share the cache clone ${cacheDir}: give one another cache-dir=`);
-    caches.set(cacheDir, g.name);
-    const keys = g.settings.trustedKeys ?? opts.trustedKeys;
-    const trustedKeys = keys ? path.resolve(deps.cwd, keys) : undefined;
-    if (trustedKeys && !existsSync(trustedKeys)) throw new UsageError(`${flag('trustedKeys', 'trusted-keys')} ${JSON.stringify(keys)}: no such file or directory (give the OpenPGP public keys of who may sign commits of source ${g.name})`);
-    sources.push({
-      name: g.name,
-      kind: 'git',
-      paths: [],
-      prune: g.settings.prune ?? prune,
-      selfHeal: g.settings.selfHeal ?? selfHeal,
-      ...empty(g.settings.allowEmpty ?? allowEmpty),
-      git: { url: g.url, branch, path: sub, cacheDir, intervalMs, ...(trustedKeys ? { trustedKeys } : {}) },
-    });
-  }
   return sources;
+}
+
+/** Adds a path to a directory source named again; its settings must not contradict the first ones. */
+function addSourcePath(seen: { spec: SourceSpec; settings: Settings }, name: string, settings: Settings, resolved: string): void {
+  for (const k of ['prune', 'selfHeal', 'allowEmpty'] as const) {
+    if (settings[k] !== undefined && seen.settings[k] !== undefined && settings[k] !== seen.settings[k]) throw new UsageError(`--source ${name}=...: contradictory settings for source ${name}`);
+    if (settings[k] !== undefined) seen.settings[k] = settings[k];
+  }
+  if (settings.prune !== undefined) seen.spec.prune = settings.prune;
+  if (settings.selfHeal !== undefined) seen.spec.selfHeal = settings.selfHeal;
+  if (settings.allowEmpty !== undefined) {
+    if (settings.allowEmpty) seen.spec.allowEmpty = true;
+    else delete seen.spec.allowEmpty;
+  }
+  seen.spec.paths.push(resolved);
+}
+
+/** A `--git` value: the source name (the default one when unnamed), URL and own settings. */
+interface GitFlag {
+  name: string;
+  url: string;
+  settings: Settings;
+  named: boolean;
+}
+
+/** The git sources: unnamed `--git URL` first, then `--git NAME=URL[,settings]` in order; no two share a cache clone. */
+function gitSources(gits: readonly string[], defaultName: string, opts: SourceFlags, defaults: SourceDefaults, deps: { stateDir: string; cwd: string }, claim: (name: string, how: string) => void): SourceSpec[] {
+  const gitFlags: GitFlag[] = [];
+  for (const url of gits.filter((g) => !NAMED.test(g))) gitFlags.push({ name: defaultName, url, settings: {}, named: false });
+  for (const value of gits.filter((g) => NAMED.test(g))) {
+    const { name, location, settings } = splitNamed(value, '--git', true);
+    gitFlags.push({ name, url: location, settings, named: true });
+  }
+  if (gitFlags.length === 0 && (opts.branch || opts.path || opts.interval || opts.trustedKeys)) throw new UsageError('--branch, --path, --interval and --trusted-keys need --git URL');
+  if (gitFlags.length > 1 && opts.cacheDir) throw new UsageError('--cache-dir is for a single git source; with several, give each its own: --git NAME=URL,cache-dir=DIR (default <state-dir>/git/NAME)');
+  const caches = new Map<string, string>();
+  return gitFlags.map((g) => {
+    claim(g.name, g.named ? `--git ${g.name}=...` : '--git');
+    return gitSource(g, opts, defaults, deps, caches);
+  });
+}
+
+/**
+ * One git source: its settings over the global flags, each checked (branch name, relative path,
+ * interval >= 1s, a cache clone not in `caches` (cache dir -> source, updated), trusted keys exist).
+ */
+function gitSource(g: GitFlag, opts: SourceFlags, defaults: SourceDefaults, deps: { stateDir: string; cwd: string }, caches: Map<string, string>): SourceSpec {
+  const flag = (k: keyof Settings, global: string): string => (g.settings[k] !== undefined ? `--git ${g.name}=...,${global}=` : `--${global}`);
+  const branch = g.settings.branch ?? opts.branch ?? 'main';
+  if (!validBranchName(branch)) throw new UsageError(`${flag('branch', 'branch')} ${JSON.stringify(branch)} is not a valid branch name`);
+  const sub = g.settings.path ?? opts.path ?? '.';
+  if (path.isAbsolute(sub) || sub.split(/[\\/]/).includes('..')) throw new UsageError(`${flag('path', 'path')} ${JSON.stringify(sub)} must be relative and stay inside the repository`);
+  const intervalMs = parseDuration(g.settings.interval ?? opts.interval ?? '1m', flag('interval', 'interval'));
+  if (intervalMs < 1000) throw new UsageError(`${flag('interval', 'interval')}: the git poll interval of source ${g.name} must be at least 1s`);
+  const cacheDir = path.resolve(deps.cwd, g.settings.cacheDir ?? opts.cacheDir ?? path.join(deps.stateDir, 'git', g.name));
+  const other = caches.get(cacheDir);
+  if (other) throw new UsageError(`git sources ${other} and ${g.name} would share the cache clone ${cacheDir}: give one another cache-dir=`);
+  caches.set(cacheDir, g.name);
+  const keys = g.settings.trustedKeys ?? opts.trustedKeys;
+  const trustedKeys = keys ? path.resolve(deps.cwd, keys) : undefined;
+  if (trustedKeys && !existsSync(trustedKeys)) throw new UsageError(`${flag('trustedKeys', 'trusted-keys')} ${JSON.stringify(keys)}: no such file or directory (give the OpenPGP public keys of who may sign commits of source ${g.name})`);
+  return {
+    name: g.name,
+    kind: 'git',
+    paths: [],
+    prune: g.settings.prune ?? defaults.prune,
+    selfHeal: g.settings.selfHeal ?? defaults.selfHeal,
+    ...allowEmptyField(g.settings.allowEmpty ?? defaults.allowEmpty),
+    git: { url: g.url, branch, path: sub, cacheDir, intervalMs, ...(trustedKeys ? { trustedKeys } : {}) },
+  };
 }

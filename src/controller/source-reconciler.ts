@@ -34,7 +34,7 @@ import { formatDuration } from '../runtime/duration.js';
 import { formatLocal, windowState, type SyncWindow } from './sync-window.js';
 import type { Logger } from '../runtime/log.js';
 import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
-import { readSuspension, readSuspensions } from './suspend.js';
+import { readSuspension, readSuspensions, type Suspension } from './suspend.js';
 import type { ReconcileResult } from '../runtime/work-queue.js';
 
 /** One source the controller keeps desired state equal to. */
@@ -161,6 +161,69 @@ function shortRev(rev: string): string {
   return rev ? rev.slice(0, 12) : '';
 }
 
+/** A revision held back as rejected: the branch head that was refused, and why. */
+interface Rejected {
+  revision: string;
+  reason: string;
+  message: string;
+  code: string;
+}
+
+/** What one reconcile started from. */
+interface Attempt {
+  prev: SourceStatus | undefined;
+  base: SourceStatus;
+  signal: AbortSignal;
+}
+
+/** The revision a reconcile applies and what is known about it. */
+interface Revision {
+  /** Commit SHA (git) or '' (directory). */
+  revision: string;
+  paths: string[];
+  /** The branch head stays rejected while the last good commit is applied. */
+  rejected: Rejected | undefined;
+  commit: CommitInfo | undefined;
+  signer: CommitSigner | undefined;
+  /** The branch head waits for a sync window while the last applied commit is kept. */
+  deferred: Deferral | undefined;
+}
+
+/** The loaded source: its objects and the cluster state read with them. */
+interface Loaded {
+  desired: DesiredObject[];
+  state: ClusterState;
+}
+
+/** The plan of a revision. */
+interface Planned {
+  /** Desired objects with suspended modules pinned. */
+  pinned: DesiredObject[];
+  state: ClusterState;
+  digest: string;
+  plan: Plan;
+}
+
+/** A step that ended the reconcile with this result. */
+interface Done {
+  done: ReconcileResult;
+}
+
+function isDone<T extends object>(x: T | Done): x is Done {
+  return 'done' in x;
+}
+
+function directoryRevision(paths: string[]): Revision {
+  return { revision: '', paths, rejected: undefined, commit: undefined, signer: undefined, deferred: undefined };
+}
+
+/** The branch head when it is the commit last refused for good (a terminal error): still rejected. */
+function knownRejection(prev: SourceStatus | undefined, head: string): Rejected | undefined {
+  if (!prev || head !== prev.lastAttemptedRevision || head === prev.lastAppliedRevision || !TERMINAL_CODES.has(prev.lastError)) return undefined;
+  const ready = prev.conditions.find((c) => c.type === 'Ready');
+  return { revision: head, reason: ready?.reason ?? 'ValidationFailed', message: ready?.message ?? `commit ${shortRev(head)} was rejected`, code: prev.lastError };
+}
+
 /** Reconciles one source; keep one instance per source for the life of the controller. */
 export class SourceReconciler {
   readonly key: string;
@@ -276,224 +339,307 @@ export class SourceReconciler {
    * parks it until a file changes); a git source reports them in status and keeps polling.
    */
   async reconcile(signal: AbortSignal): Promise<ReconcileResult> {
-    const { redis } = this.deps;
-    const name = this.spec.name;
-    const prev = await readSourceStatus(redis, name);
+    const prev = await readSourceStatus(this.deps.redis, this.spec.name);
     const base = this.baseStatus(prev);
-
-    const suspension = await readSuspension(redis, 'source', name);
+    const suspension = await readSuspension(this.deps.redis, 'source', this.spec.name);
     this.suspended = suspension !== undefined;
-    if (suspension) {
-      const ready = prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Suspended', 'never reconciled');
-      await this.save(prev, {
-        ...base,
-        conditions: [ready, cond('Reconciling', 'False', 'Suspended', `suspended${suspension.reason ? `: ${suspension.reason}` : ''}; \`ns8ctl resume source ${name}\` resumes`), cond('Stalled', 'False', 'Suspended', 'suspended'), this.driftCondition(base.driftedKeys)],
-      });
-      const until = suspension.until ? Date.parse(suspension.until) - this.deps.now().getTime() : undefined;
-      const r = this.requeue();
-      if (until !== undefined && until >= 0) return { requeueAfterMs: Math.min(r.requeueAfterMs ?? Infinity, until + 50) };
-      return r;
-    }
-
+    if (suspension) return this.holdSuspended(prev, base, suspension);
+    const a: Attempt = { prev, base, signal };
     // 1. Which revision to apply.
-    let revision = '';
-    let paths = this.spec.paths;
-    let rejected: { revision: string; reason: string; message: string; code: string } | undefined;
-    let commit: CommitInfo | undefined;
-    let signer: CommitSigner | undefined;
-    let deferred: Deferral | undefined;
-    if (this.git) {
-      let head: string;
-      try {
-        head = await this.headToApply(this.git, signal);
-      } catch (err) {
-        if (signal.aborted) return {}; // stopping: the fetch was cancelled, not failed
-        await this.failed(prev, base, 'FetchFailed', 'source-fetch-failed', toNs8ctlError(err), base.lastAttemptedRevision);
-        throw err;
-      }
-      if (signal.aborted) return {};
-      revision = head;
-      const knownBad = prev && head === prev.lastAttemptedRevision && head !== prev.lastAppliedRevision && TERMINAL_CODES.has(prev.lastError);
-      if (knownBad) {
-        const ready = prev.conditions.find((c) => c.type === 'Ready');
-        rejected = { revision: head, reason: ready?.reason ?? 'ValidationFailed', message: ready?.message ?? `commit ${shortRev(head)} was rejected`, code: prev.lastError };
-        if (!prev.lastAppliedRevision) return this.requeue(); // nothing good to fall back to
-        revision = prev.lastAppliedRevision;
-      }
-      // Outside the sync windows a new commit waits; the last applied one is kept (drift repair).
-      if (!rejected && head !== prev?.lastAppliedRevision) {
-        deferred = this.deferral(`commit ${shortRev(head)}`, head);
-        if (deferred) {
-          if (!prev?.lastAppliedRevision) return this.defer(prev, base, deferred);
-          revision = prev.lastAppliedRevision;
-        }
-      }
-      if (!rejected && !deferred && this.spec.git?.trustedKeys) {
-        // Signed by a trusted key, or not applied (checked before its files are even checked out).
-        try {
-          // Once per commit: drift repair and resyncs of the same head spawn no git or gpg.
-          signer = this.verified?.sha === head ? this.verified.signer : await this.git.verifyCommit(head);
-          this.verified = { sha: head, signer };
-        } catch (err) {
-          const e = toNs8ctlError(err);
-          if (e.code === 'commit_signature_invalid') return this.rejectOther(prev, base, head, e, await this.git.describe(head));
-          await this.failed(prev, base, 'VerificationFailed', 'source-verification-failed', e, head);
-          throw err;
-        }
-      }
-      try {
-        await this.git.checkout(revision);
-        if (!rejected) commit = await this.git.describe(revision);
-      } catch (err) {
-        // Nothing read, nothing written: a checkout that failed is never an empty source.
-        if (signal.aborted) return {};
-        await this.failed(prev, base, 'CheckoutFailed', 'source-checkout-failed', toNs8ctlError(err), revision);
-        throw err;
-      }
-      paths = [this.git.manifestsDir];
-    }
+    const rev = this.git ? await this.pickCommit(this.git, a) : directoryRevision(this.spec.paths);
+    if (isDone(rev)) return rev.done;
     if (signal.aborted) return {};
-
     // 2. Load and validate; a bad revision is rejected, nothing written.
-    let desired: DesiredObject[];
-    let state: ClusterState;
+    const loaded = await this.loadRevision(a, rev);
+    if (isDone(loaded)) return loaded.done;
+    // 3. Plan with suspended modules pinned.
+    const planned = await this.planRevision(a, rev, loaded);
+    if (isDone(planned)) return planned.done;
+    // 4. Drift: the source did not change since the last apply, yet desired state differs.
+    const drift = await this.handleDrift(a, rev, planned);
+    if (drift) return drift.done;
+    // 5. Blocked changes wait; everything else goes ahead.
+    const applied = await this.applyChanges(a, rev, loaded.desired, planned);
+    if (isDone(applied)) return applied.done;
+    // 6. Status.
+    return this.recordApplied(a, rev, planned, applied.plan);
+  }
+
+  /** A suspended source: status says so, nothing is read or written; runs again when the suspension lapses. */
+  private async holdSuspended(prev: SourceStatus | undefined, base: SourceStatus, suspension: Suspension): Promise<ReconcileResult> {
+    const ready = prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Suspended', 'never reconciled');
+    await this.save(prev, {
+      ...base,
+      conditions: [ready, cond('Reconciling', 'False', 'Suspended', `suspended${suspension.reason ? `: ${suspension.reason}` : ''}; \`ns8ctl resume source ${this.spec.name}\` resumes`), cond('Stalled', 'False', 'Suspended', 'suspended'), this.driftCondition(base.driftedKeys)],
+    });
+    const until = suspension.until ? Date.parse(suspension.until) - this.deps.now().getTime() : undefined;
+    const r = this.requeue();
+    if (until !== undefined && until >= 0) return { requeueAfterMs: Math.min(r.requeueAfterMs ?? Infinity, until + 50) };
+    return r;
+  }
+
+  /**
+   * The commit to apply: the branch head, unless it was rejected before (then the last applied
+   * commit, kept), waits for a sync window (idem) or fails signature verification. Checks it out.
+   */
+  private async pickCommit(git: GitCheckout, a: Attempt): Promise<Revision | Done> {
+    const { prev, base, signal } = a;
+    let head: string;
     try {
-      const loaded = await this.load(paths);
-      desired = loaded.desired;
-      state = loaded.state as ClusterState;
+      head = await this.headToApply(git, signal);
     } catch (err) {
-      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
-      await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', toNs8ctlError(err), revision);
+      if (signal.aborted) return { done: {} }; // stopping: the fetch was cancelled, not failed
+      await this.failed(prev, base, 'FetchFailed', 'source-fetch-failed', toNs8ctlError(err), base.lastAttemptedRevision);
       throw err;
     }
-    if (desired.length === 0 && !this.spec.allowEmpty) return this.rejectOther(prev, base, revision, this.emptyError(state), commit);
+    if (signal.aborted) return { done: {} };
+    const rev: Revision = { revision: head, paths: [git.manifestsDir], rejected: knownRejection(prev, head), commit: undefined, signer: undefined, deferred: undefined };
+    if (rev.rejected) {
+      if (!prev?.lastAppliedRevision) return { done: this.requeue() }; // nothing good to fall back to
+      rev.revision = prev.lastAppliedRevision;
+    }
+    // Outside the sync windows a new commit waits; the last applied one is kept (drift repair).
+    if (!rev.rejected && head !== prev?.lastAppliedRevision) {
+      rev.deferred = this.deferral(`commit ${shortRev(head)}`, head);
+      if (rev.deferred) {
+        if (!prev?.lastAppliedRevision) return { done: await this.defer(prev, base, rev.deferred) };
+        rev.revision = prev.lastAppliedRevision;
+      }
+    }
+    if (!rev.rejected && !rev.deferred && this.spec.git?.trustedKeys) {
+      const verified = await this.verifyHead(git, a, head);
+      if (isDone(verified)) return verified;
+      rev.signer = verified.signer;
+    }
+    return this.checkoutRevision(git, a, rev);
+  }
+
+  /** Signed by a trusted key, or not applied (checked before its files are even checked out). */
+  private async verifyHead(git: GitCheckout, a: Attempt, head: string): Promise<{ signer: CommitSigner } | Done> {
+    try {
+      // Once per commit: drift repair and resyncs of the same head spawn no git or gpg.
+      const signer = this.verified?.sha === head ? this.verified.signer : await git.verifyCommit(head);
+      this.verified = { sha: head, signer };
+      return { signer };
+    } catch (err) {
+      const e = toNs8ctlError(err);
+      if (e.code === 'commit_signature_invalid') return { done: await this.rejectOther(a.prev, a.base, head, e, await git.describe(head)) };
+      await this.failed(a.prev, a.base, 'VerificationFailed', 'source-verification-failed', e, head);
+      throw err;
+    }
+  }
+
+  private async checkoutRevision(git: GitCheckout, a: Attempt, rev: Revision): Promise<Revision | Done> {
+    try {
+      await git.checkout(rev.revision);
+      if (!rev.rejected) rev.commit = await git.describe(rev.revision);
+      return rev;
+    } catch (err) {
+      // Nothing read, nothing written: a checkout that failed is never an empty source.
+      if (a.signal.aborted) return { done: {} };
+      await this.failed(a.prev, a.base, 'CheckoutFailed', 'source-checkout-failed', toNs8ctlError(err), rev.revision);
+      throw err;
+    }
+  }
+
+  /** Loads and validates the revision, refuses an empty source (unless allowed) and objects another source owns. */
+  private async loadRevision(a: Attempt, rev: Revision): Promise<Loaded | Done> {
+    const { prev, base, signal } = a;
+    let loaded: Loaded;
+    try {
+      const l = await this.load(rev.paths);
+      loaded = { desired: l.desired, state: l.state as ClusterState };
+    } catch (err) {
+      if (err instanceof ManifestError) return { done: await this.rejectInvalid(prev, base, rev.revision, err, rev.commit) };
+      await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', toNs8ctlError(err), rev.revision);
+      throw err;
+    }
+    if (loaded.desired.length === 0 && !this.spec.allowEmpty) return { done: await this.rejectOther(prev, base, rev.revision, this.emptyError(loaded.state), rev.commit) };
+    const nowKeys = this.noteDesiredKeys(loaded.desired);
+    if (signal.aborted) return { done: {} };
+    const conflict = this.ownershipConflict(nowKeys, loaded.state);
+    if (conflict) return { done: await this.rejectOther(prev, base, rev.revision, conflict, rev.commit) };
+    return loaded;
+  }
+
+  /** Remembers the keys the source declares (telling the controller when they changed); returns them. */
+  private noteDesiredKeys(desired: readonly DesiredObject[]): Set<string> {
     const nowKeys = new Set(desired.map((d) => objectKey(d.object)));
     const keysChanged = !this.loaded || nowKeys.size !== this.desiredKeys.size || [...nowKeys].some((k) => !this.desiredKeys.has(k));
     this.desiredKeys = nowKeys;
     this.loaded = true;
-    if (keysChanged) this.deps.onDesiredKeysChanged?.(name);
-    if (signal.aborted) return {};
-    // Several sources in one controller: an object belongs to one source (its apply set). One this
-    // source declares but does not hold, while another source claims it, waits (two sources would
-    // take it from each other forever); one it holds but no longer declares, while another source
-    // declares it, is handed over (not pruned: the other source adopts it).
+    if (keysChanged) this.deps.onDesiredKeysChanged?.(this.spec.name);
+    return nowKeys;
+  }
+
+  /**
+   * Several sources in one controller: an object belongs to one source (its apply set). One this
+   * source declares but does not hold, while another source claims it, waits (two sources would
+   * take it from each other forever): returned as the `source_conflict` refusal. One it holds but
+   * no longer declares, while another source declares it, is handed over (not pruned: the other
+   * source adopts it): dropped from this source's inventory in `state`.
+   */
+  private ownershipConflict(nowKeys: ReadonlySet<string>, state: ClusterState): Ns8ctlError | undefined {
+    const name = this.spec.name;
     const ownInventory = state.inventory.get(name) ?? new Set<string>();
     const clash = this.deps.claimedElsewhere?.(name, [...nowKeys].filter((k) => !ownInventory.has(k)).sort(), state, { declaredOnly: false }) ?? new Map<string, string>();
     if (clash.size > 0) {
       const list = [...clash].map(([k, s]) => `${k} (source ${s})`);
-      const err = new Ns8ctlError(
+      return new Ns8ctlError(
         'source_conflict',
         `${list.slice(0, 5).join(', ')}${list.length > 5 ? ` and ${list.length - 5} more` : ''} ${clash.size === 1 ? 'belongs' : 'belong'} to another source; an object belongs to one source (its apply set): remove it from one of them (to move it, remove it from the other source: this one then takes it over). Source ${name} applies nothing meanwhile`,
       );
-      return this.rejectOther(prev, base, revision, err, commit);
     }
     const handedOver = this.deps.claimedElsewhere?.(name, [...ownInventory].filter((k) => !nowKeys.has(k)).sort(), state, { declaredOnly: true }) ?? new Map<string, string>();
     if (handedOver.size > 0) state.inventory.set(name, new Set([...ownInventory].filter((k) => !handedOver.has(k))));
+    return undefined;
+  }
 
-    // 3. Plan with suspended modules pinned.
-    const inventory = state.inventory.get(name) ?? new Set<string>();
-    const moduleIds = new Set<string>();
-    for (const d of desired) if (d.object.kind === 'Module') moduleIds.add(d.object.metadata.name);
-    for (const k of inventory) if (k.startsWith('Module/')) moduleIds.add(k.slice('Module/'.length));
-    const suspended = await readSuspensions(redis, 'module', [...moduleIds].sort());
-    const untils = [...suspended.values()].map((x) => (x.until ? Date.parse(x.until) : NaN)).filter((t) => Number.isFinite(t));
-    this.suspensionLapseAt = untils.length > 0 ? Math.min(...untils) : undefined;
-    const pinned = pinSuspended(desired, state, name, new Set(suspended.keys()));
+  /** Pins suspended modules, holds changed manifests of a directory source outside its sync windows, plans and resolves images and configuration. */
+  private async planRevision(a: Attempt, rev: Revision, loaded: Loaded): Promise<Planned | Done> {
+    const { prev, base } = a;
+    const { desired, state } = loaded;
+    const pinned = pinSuspended(desired, state, this.spec.name, await this.suspendedModules(desired, state));
     const digest = desiredDigest(pinned);
     if (!this.git && prev?.lastAppliedDigest !== digest) {
       const d = this.deferral('the changed manifests', digest);
-      if (d) return this.defer(prev, base, d);
+      if (d) return { done: await this.defer(prev, base, d) };
     }
     let p: Plan;
     try {
-      p = makePlan(pinned, state, { applySet: name, prune: this.spec.prune, locate: locateDesired });
+      p = makePlan(pinned, state, { applySet: this.spec.name, prune: this.spec.prune, locate: locateDesired });
     } catch (err) {
       // e.g. a Module moved to another node: a validation error at its line.
-      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
-      return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
+      if (err instanceof ManifestError) return { done: await this.rejectInvalid(prev, base, rev.revision, err, rev.commit) };
+      return { done: await this.rejectOther(prev, base, rev.revision, toNs8ctlError(err), rev.commit) };
     }
     // Image resolution as `ns8ctl apply` does it: unresolvable or over-limit Modules are blocked.
     // ... and spec.configuration checked against configure-module schemas: invalid rejects the revision.
     let resolved: Awaited<ReturnType<typeof resolvePlan>>;
     try {
-      resolved = await resolvePlan(redis, pinned, state, p, { configuration: this.deps.configurationSchemas ?? defaultSchemaLookup(this.deps.runner) });
+      resolved = await resolvePlan(this.deps.redis, pinned, state, p, { configuration: this.deps.configurationSchemas ?? defaultSchemaLookup(this.deps.runner) });
     } catch (err) {
-      if (err instanceof ManifestError) return this.rejectInvalid(prev, base, revision, err, commit);
+      if (err instanceof ManifestError) return { done: await this.rejectInvalid(prev, base, rev.revision, err, rev.commit) };
       throw err;
     }
-    p = resolved.plan;
-    const warnings = [...resolved.warnings, ...(p.warnings ?? [])].join('; ');
-    if (warnings && warnings !== this.lastWarnings) this.deps.log.log('warn', 'plan warnings', { source: name, warnings });
+    const warnings = [...resolved.warnings, ...(resolved.plan.warnings ?? [])].join('; ');
+    if (warnings && warnings !== this.lastWarnings) this.deps.log.log('warn', 'plan warnings', { source: this.spec.name, warnings });
     this.lastWarnings = warnings;
+    return { pinned, state, digest, plan: resolved.plan };
+  }
 
-    // 4. Drift: the source did not change since the last apply, yet desired state differs.
-    const drift = prev && prev.lastAppliedDigest === digest ? p.changes.map((c) => c.key) : [];
+  /** The suspended modules among those the source declares or holds; notes when the first timed suspension lapses. */
+  private async suspendedModules(desired: readonly DesiredObject[], state: ClusterState): Promise<Set<string>> {
+    const inventory = state.inventory.get(this.spec.name) ?? new Set<string>();
+    const moduleIds = new Set<string>();
+    for (const d of desired) if (d.object.kind === 'Module') moduleIds.add(d.object.metadata.name);
+    for (const k of inventory) if (k.startsWith('Module/')) moduleIds.add(k.slice('Module/'.length));
+    const suspended = await readSuspensions(this.deps.redis, 'module', [...moduleIds].sort());
+    const untils = [...suspended.values()].map((x) => (x.until ? Date.parse(x.until) : NaN)).filter((t) => Number.isFinite(t));
+    this.suspensionLapseAt = untils.length > 0 ? Math.min(...untils) : undefined;
+    return new Set(suspended.keys());
+  }
+
+  /**
+   * Changes while the source's content is the one last applied are drift. Without self-heal they
+   * are reported (status, one event per new set) and the reconcile ends; with it they are
+   * announced and the apply restores them.
+   */
+  private async handleDrift(a: Attempt, rev: Revision, planned: Planned): Promise<Done | undefined> {
+    const { prev, base } = a;
+    const { revision } = rev;
+    const name = this.spec.name;
+    const drift = prev && prev.lastAppliedDigest === planned.digest ? planned.plan.changes.map((c) => c.key) : [];
     if (drift.length > 0 && !this.spec.selfHeal) {
       const touched = [...new Set([...drift, ...base.driftedKeys])];
-      const next = await this.save(prev, {
+      await this.save(prev, {
         ...base,
         lastAttemptedRevision: revision,
         lastError: '',
         driftedKeys: drift,
-        conditions: this.conditionsFor(rejected, cond('Ready', 'False', 'Drifted', `${drift.length} object(s) differ from ${this.where(revision)}: ${drift.slice(0, 5).join(', ')}${drift.length > 5 ? ', ...' : ''} (self-heal is off)`), drift),
+        conditions: this.conditionsFor(rev.rejected, cond('Ready', 'False', 'Drifted', `${drift.length} object(s) differ from ${this.where(revision)}: ${drift.slice(0, 5).join(', ')}${drift.length > 5 ? ', ...' : ''} (self-heal is off)`), drift),
       });
       if (JSON.stringify(prev?.driftedKeys ?? []) !== JSON.stringify(drift)) {
         await this.deps.events.record({ name: 'source-drift-detected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; not restored because self-heal is off`, data: { source: name, revision, objects: drift } });
         this.deps.onObjectsTouched?.(touched);
       }
-      void next;
-      return this.requeue();
+      return { done: this.requeue() };
     }
     if (drift.length > 0) {
       await this.deps.events.record({ name: 'source-drift-corrected', type: 'Warning', object: this.key, message: `desired state of ${drift.join(', ')} was changed outside source ${name}; restoring ${this.where(revision)}`, data: { source: name, revision, objects: drift } });
       this.deps.onDriftCorrected?.(name, drift.length);
     }
+    return undefined;
+  }
 
-    // 5. Blocked changes wait; everything else goes ahead.
-    const blocked = p.blocked;
-    const applyable: Plan = { ...p, blocked: [] };
+  /**
+   * Applies the plan without its blocked changes, once the prune safety rule allows it. Returns
+   * the applied plan (undefined when there was nothing to apply; manifests that only moved get
+   * their recorded source refreshed, with no generation bump and no event).
+   */
+  private async applyChanges(a: Attempt, rev: Revision, desired: readonly DesiredObject[], planned: Planned): Promise<{ plan: Plan | undefined } | Done> {
+    const { prev, base, signal } = a;
+    const { pinned, state } = planned;
+    const name = this.spec.name;
+    const applyable: Plan = { ...planned.plan, blocked: [] };
     // allowEmpty: an empty source may prune the one object it holds; more at once stays refused.
     const lastObject = Boolean(this.spec.allowEmpty) && desired.length === 0 && applyable.pruneRatio.prune === 1 && applyable.pruneRatio.inventory === 1;
     try {
       checkPruneSafety(applyable, { forcePrune: lastObject });
     } catch (err) {
-      return this.rejectOther(prev, base, revision, toNs8ctlError(err), commit);
+      return { done: await this.rejectOther(prev, base, rev.revision, toNs8ctlError(err), rev.commit) };
     }
-    if (signal.aborted) return {};
-
-    let applied: Plan | undefined;
-    if (!isEmpty(applyable)) {
-      await this.save(prev, { ...base, conditions: [prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Progressing', 'first reconcile'), cond('Reconciling', 'True', 'Progressing', `applying ${summaryText(applyable)} from ${this.where(revision)}`), cond('Stalled', 'False', 'NotStalled', 'applying'), this.driftCondition([])] });
-      try {
-        applied = (await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: lastObject, runner: this.deps.runner, actor: `controller source ${name}` })).plan;
-      } catch (err) {
-        const e = toNs8ctlError(err);
-        if (TERMINAL_CODES.has(e.code)) return this.rejectOther(prev, base, revision, e, commit);
-        await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', e, revision);
-        throw err;
-      }
-      await this.deps.events.record({
-        name: 'source-applied',
-        type: 'Normal',
-        object: this.key,
-        message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}${signer ? `, signed by ${signer.uid} (${signer.fingerprint.slice(-16)})` : ''}`,
-        data: {
-          source: name,
-          revision,
-          summary: applied.summary,
-          changes: applied.changes.map((c) => `${c.action} ${c.key}`),
-          ...(commit ? { author: commit.author, subject: commit.subject } : {}),
-          ...(signer ? { signer: signer.uid, signerFingerprint: signer.fingerprint } : {}),
-        },
-      });
-      this.deps.onApplied?.(name);
-    } else if (hasWrites({ desired: pinned, state, plan: applyable })) {
-      // Only manifests that moved (same content): their recorded source is refreshed, no
-      // generation bump, no event.
-      await applyPlan({ desired: pinned, state, plan: applyable }, redis, { applySet: name, prune: this.spec.prune, forcePrune: false, runner: this.deps.runner, actor: `controller source ${name}` });
+    if (signal.aborted) return { done: {} };
+    const options = { applySet: name, prune: this.spec.prune, runner: this.deps.runner, actor: `controller source ${name}` };
+    if (isEmpty(applyable)) {
+      if (hasWrites({ desired: pinned, state, plan: applyable })) await applyPlan({ desired: pinned, state, plan: applyable }, this.deps.redis, { ...options, forcePrune: false });
+      return { plan: undefined };
     }
+    await this.save(prev, { ...base, conditions: [prev?.conditions.find((c) => c.type === 'Ready') ?? cond('Ready', 'Unknown', 'Progressing', 'first reconcile'), cond('Reconciling', 'True', 'Progressing', `applying ${summaryText(applyable)} from ${this.where(rev.revision)}`), cond('Stalled', 'False', 'NotStalled', 'applying'), this.driftCondition([])] });
+    let applied: Plan;
+    try {
+      applied = (await applyPlan({ desired: pinned, state, plan: applyable }, this.deps.redis, { ...options, forcePrune: lastObject })).plan;
+    } catch (err) {
+      const e = toNs8ctlError(err);
+      if (TERMINAL_CODES.has(e.code)) return { done: await this.rejectOther(prev, base, rev.revision, e, rev.commit) };
+      await this.failed(prev, base, 'ApplyFailed', 'source-apply-failed', e, rev.revision);
+      throw err;
+    }
+    await this.announceApplied(rev, applied);
+    this.deps.onApplied?.(name);
+    return { plan: applied };
+  }
 
-    // 6. Status.
+  /** The `source-applied` event: what changed, from which commit, signed by whom. */
+  private async announceApplied(rev: Revision, applied: Plan): Promise<void> {
+    const { revision, commit, signer } = rev;
+    const name = this.spec.name;
+    await this.deps.events.record({
+      name: 'source-applied',
+      type: 'Normal',
+      object: this.key,
+      message: `applied ${this.where(revision)} of source ${name}: ${summaryText(applied)}${commit?.subject ? ` ("${commit.subject}" by ${commit.author})` : ''}${signer ? `, signed by ${signer.uid} (${signer.fingerprint.slice(-16)})` : ''}`,
+      data: {
+        source: name,
+        revision,
+        summary: applied.summary,
+        changes: applied.changes.map((c) => `${c.action} ${c.key}`),
+        ...(commit ? { author: commit.author, subject: commit.subject } : {}),
+        ...(signer ? { signer: signer.uid, signerFingerprint: signer.fingerprint } : {}),
+      },
+    });
+  }
+
+  /**
+   * Status after an apply: Ready (or Blocked, then thrown as `plan_blocked` for the backoff, with
+   * one `source-apply-blocked` event per blocked episode); a rejected or waiting head stays reported.
+   */
+  private async recordApplied(a: Attempt, rev: Revision, planned: Planned, applied: Plan | undefined): Promise<ReconcileResult> {
+    const { prev, base } = a;
+    const { revision, rejected, deferred } = rev;
+    const { digest, pinned } = planned;
+    const { blocked } = planned.plan;
+    const name = this.spec.name;
     const now = this.deps.now();
     const changedContent = !prev || prev.lastAppliedDigest !== digest || prev.lastAppliedRevision !== revision;
     const lastAppliedTime = applied || changedContent ? now.toISOString() : base.lastAppliedTime;

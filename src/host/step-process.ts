@@ -7,7 +7,7 @@
  * terminal handed over to an interactive command. The runner buffers one-shot commands and does
  * none of these; every other external command still goes through it.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
 
 /** How to run one step. */
@@ -85,27 +85,9 @@ export function runStepProcess(opts: StepProcessOptions): Promise<StepProcessRes
     if (opts.signal?.aborted) onAbort();
     else opts.signal?.addEventListener('abort', onAbort, { once: true });
 
-    child.stdin?.on('error', () => undefined); // a step that does not read stdin closes it early (EPIPE)
-    child.stdin?.end(opts.input);
-    child.stdout?.setEncoding('utf8');
-    child.stderr?.setEncoding('utf8');
-    child.stdout?.on('data', (t: string) => opts.onStdout?.(t));
-    child.stderr?.on('data', (t: string) => opts.onStderr?.(t));
+    pipeStdio(child, opts);
     const com = opts.comfd ? child.stdio[3] : null;
-    let pending = '';
-    if (com && 'setEncoding' in com) {
-      com.setEncoding('utf8');
-      com.on('data', (t: string) => {
-        pending += t;
-        let nl;
-        while ((nl = pending.indexOf('\n')) >= 0) {
-          const line = pending.slice(0, nl);
-          pending = pending.slice(nl + 1);
-          if (line.trim() !== '') opts.onCommandLine?.(line);
-        }
-      });
-      com.on('error', () => undefined);
-    }
+    const commands = readCommandLines(com, opts.onCommandLine);
     let exit: StepProcessResult | undefined;
     let drainTimer: NodeJS.Timeout | undefined;
     child.on('exit', (code, sig) => {
@@ -119,11 +101,44 @@ export function runStepProcess(opts: StepProcessOptions): Promise<StepProcessRes
     });
     child.on('close', () => {
       if (drainTimer) clearTimeout(drainTimer);
-      if (pending.trim() !== '') opts.onCommandLine?.(pending);
-      pending = '';
+      commands.flush();
       finish(exit ?? { exitCode: 1, signal: null });
     });
   });
+}
+
+/** Feeds the input on stdin (a step that does not read it is fine) and passes stdout and stderr on as text. */
+function pipeStdio(child: ChildProcess, opts: StepProcessOptions): void {
+  child.stdin?.on('error', () => undefined); // a step that does not read stdin closes it early (EPIPE)
+  child.stdin?.end(opts.input);
+  child.stdout?.setEncoding('utf8');
+  child.stderr?.setEncoding('utf8');
+  child.stdout?.on('data', (t: string) => opts.onStdout?.(t));
+  child.stderr?.on('data', (t: string) => opts.onStderr?.(t));
+}
+
+/** Splits the AGENT_COMFD stream into non-blank lines for `onLine`; flush() passes on an unterminated last line once the stream closed. */
+function readCommandLines(com: ChildProcess['stdio'][3] | null, onLine: ((line: string) => void) | undefined): { flush(): void } {
+  let pending = '';
+  if (com && 'setEncoding' in com) {
+    com.setEncoding('utf8');
+    com.on('data', (t: string) => {
+      pending += t;
+      let nl;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl);
+        pending = pending.slice(nl + 1);
+        if (line.trim() !== '') onLine?.(line);
+      }
+    });
+    com.on('error', () => undefined);
+  }
+  return {
+    flush(): void {
+      if (pending.trim() !== '') onLine?.(pending);
+      pending = '';
+    },
+  };
 }
 
 /** How to run an interactive command for runagent. */

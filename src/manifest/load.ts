@@ -455,30 +455,82 @@ export function parseManifestTextPrecisely(file: string, text: string, maxAliase
  * invalid UTF-8 and YAML errors are returned as diagnostics, all at once.
  */
 export async function loadManifests(paths: string[], opts: LoadOptions = {}): Promise<LoadResult> {
-  const limits = limitsOf(opts.limits);
-  const documents: LoadedDocument[] = [];
-  const diagnostics: Diagnostic[] = [];
-  const files: string[] = [];
-  const seen = new Set<string>();
-  const budget: Budget = { limits, files: 0, entries: 0, bytes: 0, stopped: false };
-  let stdinRead = false;
+  const reader = new ManifestReader(limitsOf(opts.limits), opts.stdin);
+  for (const p of paths) {
+    if (reader.budget.stopped) break;
+    if (p === '-') await reader.readStdin();
+    else await reader.readPath(p);
+  }
+  return { documents: reader.documents, diagnostics: reader.diagnostics, files: reader.files };
+}
 
-  const addText = (file: string, text: string): void => {
-    const r = parseManifestText(file, text, { limits });
-    documents.push(...r.documents);
-    diagnostics.push(...r.diagnostics);
-  };
+/** What loadManifests has read so far, within one budget. */
+class ManifestReader {
+  readonly documents: LoadedDocument[] = [];
+  readonly diagnostics: Diagnostic[] = [];
+  readonly files: string[] = [];
+  readonly budget: Budget;
+  private readonly seen = new Set<string>();
+  private stdinRead = false;
 
-  /** Counts bytes against maxTotalBytes; false (and a diagnostic) once they are over it. */
-  const account = (file: string, bytes: number): boolean => {
-    budget.bytes += bytes;
-    if (budget.bytes <= limits.maxTotalBytes) return true;
-    diagnostics.push(diag(file, `the files read so far hold more than ${describeBytes(limits.maxTotalBytes)}; this one and the rest are not read (limit maxTotalBytes)`));
-    budget.stopped = true;
-    return false;
-  };
+  constructor(
+    private readonly limits: InputLimits,
+    private readonly stdin: LoadOptions['stdin'],
+  ) {
+    this.budget = { limits, files: 0, entries: 0, bytes: 0, stopped: false };
+  }
 
-  const readOneSync = (file: string, knownReal?: string): void => {
+  /** Standard input, read once whatever the number of `-`. */
+  async readStdin(): Promise<void> {
+    if (this.stdinRead) return;
+    this.stdinRead = true;
+    this.files.push('-');
+    let text: string;
+    try {
+      text = await (this.stdin ?? (() => readBoundedStdin(this.limits.maxFileBytes)))();
+    } catch (err) {
+      if (err instanceof InputError) this.diagnostics.push(diag('-', err.message, err.line, err.col));
+      else this.diagnostics.push(diag('-', `cannot read standard input: ${describeFsError(err)}`));
+      return;
+    }
+    if (this.account('-', Buffer.byteLength(text))) this.addText('-', text);
+  }
+
+  /** A `-f` path: a directory's manifest files, or a regular file; anything else is a diagnostic. */
+  async readPath(p: string): Promise<void> {
+    let st;
+    try {
+      st = await stat(p);
+    } catch (err) {
+      this.files.push(p);
+      this.diagnostics.push(diag(p, `cannot read -f ${p}: ${describeFsError(err)}`));
+      return;
+    }
+    if (st.isDirectory()) await this.readDirectory(p);
+    else if (!st.isFile()) {
+      // Checked before opening: opening a FIFO waits for a writer, reading /dev/zero never ends.
+      this.files.push(p);
+      this.diagnostics.push(diag(p, `cannot read -f ${p}: it is ${fileKind(st)}; only regular files, directories and - (standard input) are read`));
+    } else {
+      this.readFile(p);
+    }
+  }
+
+  private async readDirectory(p: string): Promise<void> {
+    const found = await listManifestFiles(p, this.diagnostics, this.budget);
+    if (found.length === 0 && !this.budget.stopped) {
+      this.diagnostics.push(diag(p, `directory has no manifest files (${MANIFEST_EXTENSIONS.map((e) => '*' + e).join(', ')})`));
+    }
+    // Synchronous reads: for many small files they cost a fraction of the promise API's
+    // open/fstat/read/close round trips through the thread pool (measured in bench/run.ts).
+    for (const f of found) {
+      if (this.budget.stopped) break;
+      this.readFile(f.file, f.real);
+    }
+  }
+
+  /** Reads one file unless its real path was read already. */
+  private readFile(file: string, knownReal?: string): void {
     let real = knownReal ?? file;
     if (knownReal === undefined) {
       try {
@@ -487,60 +539,29 @@ export async function loadManifests(paths: string[], opts: LoadOptions = {}): Pr
         // unreadable: reported when read
       }
     }
-    if (seen.has(real)) return;
-    seen.add(real);
-    files.push(file);
-    const r = readBoundedFile(file, limits.maxFileBytes);
+    if (this.seen.has(real)) return;
+    this.seen.add(real);
+    this.files.push(file);
+    const r = readBoundedFile(file, this.limits.maxFileBytes);
     if (!r.ok) {
-      diagnostics.push(diag(file, r.message, r.line, r.col));
+      this.diagnostics.push(diag(file, r.message, r.line, r.col));
       return;
     }
-    if (account(file, r.bytes)) addText(file, r.text);
-  };
-
-  for (const p of paths) {
-    if (budget.stopped) break;
-    if (p === '-') {
-      if (stdinRead) continue;
-      stdinRead = true;
-      files.push('-');
-      let text: string;
-      try {
-        text = await (opts.stdin ?? (() => readBoundedStdin(limits.maxFileBytes)))();
-      } catch (err) {
-        if (err instanceof InputError) diagnostics.push(diag('-', err.message, err.line, err.col));
-        else diagnostics.push(diag('-', `cannot read standard input: ${describeFsError(err)}`));
-        continue;
-      }
-      if (account('-', Buffer.byteLength(text))) addText('-', text);
-      continue;
-    }
-    let st;
-    try {
-      st = await stat(p);
-    } catch (err) {
-      files.push(p);
-      diagnostics.push(diag(p, `cannot read -f ${p}: ${describeFsError(err)}`));
-      continue;
-    }
-    if (st.isDirectory()) {
-      const found = await listManifestFiles(p, diagnostics, budget);
-      if (found.length === 0 && !budget.stopped) {
-        diagnostics.push(diag(p, `directory has no manifest files (${MANIFEST_EXTENSIONS.map((e) => '*' + e).join(', ')})`));
-      }
-      // Synchronous reads: for many small files they cost a fraction of the promise API's
-      // open/fstat/read/close round trips through the thread pool (measured in bench/run.ts).
-      for (const f of found) {
-        if (budget.stopped) break;
-        readOneSync(f.file, f.real);
-      }
-    } else if (!st.isFile()) {
-      // Checked before opening: opening a FIFO waits for a writer, reading /dev/zero never ends.
-      files.push(p);
-      diagnostics.push(diag(p, `cannot read -f ${p}: it is ${fileKind(st)}; only regular files, directories and - (standard input) are read`));
-    } else {
-      readOneSync(p);
-    }
+    if (this.account(file, r.bytes)) this.addText(file, r.text);
   }
-  return { documents, diagnostics, files };
+
+  private addText(file: string, text: string): void {
+    const r = parseManifestText(file, text, { limits: this.limits });
+    this.documents.push(...r.documents);
+    this.diagnostics.push(...r.diagnostics);
+  }
+
+  /** Counts bytes against maxTotalBytes; false (and a diagnostic) once they are over it. */
+  private account(file: string, bytes: number): boolean {
+    this.budget.bytes += bytes;
+    if (this.budget.bytes <= this.limits.maxTotalBytes) return true;
+    this.diagnostics.push(diag(file, `the files read so far hold more than ${describeBytes(this.limits.maxTotalBytes)}; this one and the rest are not read (limit maxTotalBytes)`));
+    this.budget.stopped = true;
+    return false;
+  }
 }

@@ -105,120 +105,115 @@ function fieldName(pointer: string): string {
 export function translateSchemaErrors(errors: readonly ErrorObject[]): PointedMessage[] {
   const out: PointedMessage[] = [];
   for (const e of errors) {
-    const path = e.instancePath;
-    const parentSchema = e.parentSchema as SchemaLike | undefined;
-    const description = typeof parentSchema?.['description'] === 'string' ? (parentSchema['description'] as string) : undefined;
     // Sub-errors of a oneOf branch or of a dependencies/not are explained by the parent error.
     if (/\/oneOf\/\d+\//.test(e.schemaPath) || /\/dependencies\/[^/]+\/not\//.test(e.schemaPath)) continue;
     if (e.keyword === 'propertyNames') continue;
-
-    // A value under a secret key, or one its schema marks secret, is never shown.
-    const secret = isSecretPath(segmentsOf(path)) || isSecretSchema(parentSchema);
-    const showValue = (v: unknown): string => (secret ? MASK : showValueOf(v));
+    const view = viewOf(e);
     const propertyName = (e as ErrorObject & { propertyName?: string }).propertyName;
-    if (propertyName !== undefined) {
-      // An invalid key of a map (volume name, label key): point at the key.
-      out.push({
-        pointer: `${path}/${escapePointerSegment(propertyName)}`,
-        mode: 'key',
-        message: `invalid name ${showValueOf(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
-      });
-      continue;
-    }
-
-    switch (e.keyword) {
-      case 'additionalProperties': {
-        const name = String((e.params as { additionalProperty: string }).additionalProperty);
-        const allowed = Object.keys((parentSchema?.['properties'] as SchemaLike | undefined) ?? {});
-        out.push({
-          pointer: `${path}/${escapePointerSegment(name)}`,
-          mode: 'key',
-          message: `unknown field ${showValueOf(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}`,
-        });
-        break;
-      }
-      case 'required': {
-        const name = String((e.params as { missingProperty: string }).missingProperty);
-        const propSchema = (parentSchema?.['properties'] as Record<string, SchemaLike> | undefined)?.[name];
-        out.push({
-          pointer: `${path}/${escapePointerSegment(name)}`,
-          mode: 'value',
-          message: `missing required field ${JSON.stringify(name)} in ${path || '/'}: expected ${describeExpected(propSchema)}`,
-        });
-        break;
-      }
-      case 'type': {
-        const expected = describeExpected(parentSchema ?? { type: (e.params as { type: string }).type });
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: expected ${expected}, got ${jsonTypeOf(e.data)}${isScalar(e.data) && e.data !== null ? ' ' + showValue(e.data) : ''}` });
-        break;
-      }
-      case 'const': {
-        const allowed = (e.params as { allowedValue: unknown }).allowedValue;
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)} must be ${JSON.stringify(allowed)}; got ${showValue(e.data)}` });
-        break;
-      }
-      case 'enum': {
-        const allowed = ((e.params as { allowedValues: unknown[] }).allowedValues ?? []).map(String);
-        out.push({
-          pointer: path,
-          mode: 'value',
-          message: `${fieldName(path)}: ${showValue(e.data)} is not allowed; allowed: ${allowed.join(', ')}${typeof e.data === 'string' ? didYouMean(e.data, allowed) : ''}`,
-        });
-        break;
-      }
-      case 'pattern':
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is not valid: expected ${description ?? `a string matching ${String(parentSchema?.['pattern'])}`}` });
-        break;
-      case 'maxLength':
-      case 'minLength': {
-        const limit = (e.params as { limit: number }).limit;
-        const len = typeof e.data === 'string' ? [...e.data].length : 0;
-        const rule = e.keyword === 'maxLength' ? `at most ${limit}` : `at least ${limit}`;
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is ${len} characters long; ${rule} allowed` });
-        break;
-      }
-      case 'minimum':
-      case 'maximum': {
-        const p = e.params as { comparison: string; limit: number };
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is out of range; must be ${p.comparison} ${p.limit}` });
-        break;
-      }
-      case 'uniqueItems': {
-        const p = e.params as { i: number; j: number };
-        const [first, second] = [Math.min(p.i, p.j), Math.max(p.i, p.j)];
-        const items = Array.isArray(e.data) ? (e.data as unknown[]) : [];
-        out.push({
-          pointer: `${path}/${second}`,
-          mode: 'value',
-          message: `${fieldName(path)}: ${showValue(items[second])} is listed twice (items ${first} and ${second}); items must be unique`,
-        });
-        break;
-      }
-      case 'oneOf': {
-        const data = (e.data ?? {}) as Record<string, unknown>;
-        const both = 'module' in data && 'image' in data;
-        out.push(
-          both
-            ? { pointer: `${path}/image`, mode: 'key', message: `"module" and "image" are mutually exclusive: give a module name looked up in the repositories, or a full image URL, not both` }
-            : { pointer: path, mode: 'key', message: `missing "module" or "image" in ${path || '/'}: give exactly one, a module name (dokuwiki) or a full image URL (ghcr.io/nethserver/dokuwiki:1.2.3)` },
-        );
-        break;
-      }
-      case 'not': {
-        const m = /\/dependencies\/([^/]+)\/not$/.exec(e.schemaPath);
-        if (m?.[1] === 'image') {
-          out.push({ pointer: `${path}/version`, mode: 'key', message: `"version" is not allowed with "image": the image tag selects the version; use "module" with "version", or put the tag in the image URL` });
-        } else {
-          out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${e.message ?? 'is not valid'}` });
-        }
-        break;
-      }
-      default:
-        out.push({ pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${showValue(e.data)} ${e.message ?? 'is not valid'}${description ? `: expected ${description}` : ''}` });
-    }
+    if (propertyName !== undefined) out.push(invalidKeyMessage(view, propertyName));
+    else out.push(((Object.hasOwn(TRANSLATORS, e.keyword) ? TRANSLATORS[e.keyword] : undefined) ?? translateOther)(view));
   }
   return dedupe(out);
 }
+
+/** One ajv error with what every translator needs. */
+interface ErrorView {
+  e: ErrorObject;
+  path: string;
+  parentSchema: SchemaLike | undefined;
+  description: string | undefined;
+  /** Shows a value, masked when it is secret (by its key or its schema). */
+  showValue: (v: unknown) => string;
+}
+
+function viewOf(e: ErrorObject): ErrorView {
+  const path = e.instancePath;
+  const parentSchema = e.parentSchema as SchemaLike | undefined;
+  const description = typeof parentSchema?.['description'] === 'string' ? (parentSchema['description'] as string) : undefined;
+  // A value under a secret key, or one its schema marks secret, is never shown.
+  const secret = isSecretPath(segmentsOf(path)) || isSecretSchema(parentSchema);
+  return { e, path, parentSchema, description, showValue: (v: unknown): string => (secret ? MASK : showValueOf(v)) };
+}
+
+/** An invalid key of a map (volume name, label key): point at the key. */
+function invalidKeyMessage({ e, path, description }: ErrorView, propertyName: string): PointedMessage {
+  return {
+    pointer: `${path}/${escapePointerSegment(propertyName)}`,
+    mode: 'key',
+    message: `invalid name ${showValueOf(propertyName)} in ${path || '/'}: expected ${description ?? describeKeyRule(e)}`,
+  };
+}
+
+function translateOther({ e, path, description, showValue }: ErrorView): PointedMessage {
+  return { pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${showValue(e.data)} ${e.message ?? 'is not valid'}${description ? `: expected ${description}` : ''}` };
+}
+
+function translateLength({ e, path, showValue }: ErrorView): PointedMessage {
+  const limit = (e.params as { limit: number }).limit;
+  const len = typeof e.data === 'string' ? [...e.data].length : 0;
+  const rule = e.keyword === 'maxLength' ? `at most ${limit}` : `at least ${limit}`;
+  return { pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is ${len} characters long; ${rule} allowed` };
+}
+
+function translateRange({ e, path, showValue }: ErrorView): PointedMessage {
+  const p = e.params as { comparison: string; limit: number };
+  return { pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is out of range; must be ${p.comparison} ${p.limit}` };
+}
+
+/** The message of each ajv keyword that has one of its own (others: translateOther). */
+const TRANSLATORS: Readonly<Partial<Record<string, (v: ErrorView) => PointedMessage>>> = {
+  additionalProperties: ({ e, path, parentSchema }) => {
+    const name = String((e.params as { additionalProperty: string }).additionalProperty);
+    const allowed = Object.keys((parentSchema?.['properties'] as SchemaLike | undefined) ?? {});
+    return { pointer: `${path}/${escapePointerSegment(name)}`, mode: 'key', message: `unknown field ${showValueOf(name)} in ${path || '/'}; allowed: ${allowed.join(', ')}${didYouMean(name, allowed)}` };
+  },
+  required: ({ e, path, parentSchema }) => {
+    const name = String((e.params as { missingProperty: string }).missingProperty);
+    const propSchema = (parentSchema?.['properties'] as Record<string, SchemaLike> | undefined)?.[name];
+    return { pointer: `${path}/${escapePointerSegment(name)}`, mode: 'value', message: `missing required field ${JSON.stringify(name)} in ${path || '/'}: expected ${describeExpected(propSchema)}` };
+  },
+  type: ({ e, path, parentSchema, showValue }) => {
+    const expected = describeExpected(parentSchema ?? { type: (e.params as { type: string }).type });
+    return { pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: expected ${expected}, got ${jsonTypeOf(e.data)}${isScalar(e.data) && e.data !== null ? ' ' + showValue(e.data) : ''}` };
+  },
+  const: ({ e, path, showValue }) => {
+    const allowed = (e.params as { allowedValue: unknown }).allowedValue;
+    return { pointer: path, mode: 'value', message: `${fieldName(path)} must be ${JSON.stringify(allowed)}; got ${showValue(e.data)}` };
+  },
+  enum: ({ e, path, showValue }) => {
+    const allowed = ((e.params as { allowedValues: unknown[] }).allowedValues ?? []).map(String);
+    return { pointer: path, mode: 'value', message: `${fieldName(path)}: ${showValue(e.data)} is not allowed; allowed: ${allowed.join(', ')}${typeof e.data === 'string' ? didYouMean(e.data, allowed) : ''}` };
+  },
+  pattern: ({ e, path, parentSchema, description, showValue }) => ({
+    pointer: path,
+    mode: 'value',
+    message: `${fieldName(path)}: ${showValue(e.data)} is not valid: expected ${description ?? `a string matching ${String(parentSchema?.['pattern'])}`}`,
+  }),
+  maxLength: translateLength,
+  minLength: translateLength,
+  minimum: translateRange,
+  maximum: translateRange,
+  uniqueItems: ({ e, path, showValue }) => {
+    const p = e.params as { i: number; j: number };
+    const [first, second] = [Math.min(p.i, p.j), Math.max(p.i, p.j)];
+    const items = Array.isArray(e.data) ? (e.data as unknown[]) : [];
+    return { pointer: `${path}/${second}`, mode: 'value', message: `${fieldName(path)}: ${showValue(items[second])} is listed twice (items ${first} and ${second}); items must be unique` };
+  },
+  oneOf: ({ e, path }) => {
+    const data = (e.data ?? {}) as Record<string, unknown>;
+    if ('module' in data && 'image' in data) {
+      return { pointer: `${path}/image`, mode: 'key', message: `"module" and "image" are mutually exclusive: give a module name looked up in the repositories, or a full image URL, not both` };
+    }
+    return { pointer: path, mode: 'key', message: `missing "module" or "image" in ${path || '/'}: give exactly one, a module name (dokuwiki) or a full image URL (ghcr.io/nethserver/dokuwiki:1.2.3)` };
+  },
+  not: ({ e, path }) => {
+    const m = /\/dependencies\/([^/]+)\/not$/.exec(e.schemaPath);
+    if (m?.[1] === 'image') {
+      return { pointer: `${path}/version`, mode: 'key', message: `"version" is not allowed with "image": the image tag selects the version; use "module" with "version", or put the tag in the image URL` };
+    }
+    return { pointer: path, mode: 'value', message: `${fieldName(path) || 'document'}: ${e.message ?? 'is not valid'}` };
+  },
+};
 
 const showValueOf = showValue;
 

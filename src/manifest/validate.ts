@@ -227,33 +227,41 @@ function rawId(kind: Kind, v: Record<string, unknown>): { id: string; pointer: s
 export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): ValidationResult {
   const diags: Diagnostic[] = [];
   const states: DocState[] = loaded.documents.map((doc) => ({ doc, bad: false }));
+  for (const st of states) checkDocument(diags, st);
+  checkDuplicateIds(states, diags);
+  checkModuleNodes(states, facts, diags);
+  checkDependencies(states, facts, diags);
+  return { objects: validObjects(states), diagnostics: sortDiagnostics([...loaded.diagnostics, ...diags], loaded.files ?? []) };
+}
 
-  for (const st of states) {
-    const v = st.doc.value;
-    if (!isRecord(v)) {
-      // The content is not shown: a document that is not a mapping may be a file read by mistake.
-      const got = typeof v === 'string' ? `a string of ${[...v].length} characters` : Array.isArray(v) ? 'a list' : `${typeof v} ${showValue(v)}`;
-      report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${got}`);
-      continue;
-    }
-    st.value = v;
-    const kind = checkHeader(diags, st, v);
-    if (!kind) continue;
-    st.kind = kind;
-    const validate = kindSchema(kind).validate;
-    const schemaBad = new Set<string>();
-    if (!validate(v)) {
-      for (const m of translateSchemaErrors(validate.errors ?? [])) {
-        report(diags, st, m.pointer, m.message, m.mode);
-        schemaBad.add(m.pointer);
-      }
-    }
-    if (kind === 'Module') checkModule(diags, st, v, schemaBad);
-    if (kind === 'Repository') checkRepository(diags, st, v, schemaBad);
-    if (kind === 'Node') checkNode(diags, st, v, schemaBad);
+/** One document on its own: a mapping, its header, its kind's schema, then the kind's own rules. */
+function checkDocument(diags: Diagnostic[], st: DocState): void {
+  const v = st.doc.value;
+  if (!isRecord(v)) {
+    // The content is not shown: a document that is not a mapping may be a file read by mistake.
+    const got = typeof v === 'string' ? `a string of ${[...v].length} characters` : Array.isArray(v) ? 'a list' : `${typeof v} ${showValue(v)}`;
+    report(diags, st, '', `a manifest must be a mapping with apiVersion, kind, metadata and spec; got ${got}`);
+    return;
   }
+  st.value = v;
+  const kind = checkHeader(diags, st, v);
+  if (!kind) return;
+  st.kind = kind;
+  const validate = kindSchema(kind).validate;
+  const schemaBad = new Set<string>();
+  if (!validate(v)) {
+    for (const m of translateSchemaErrors(validate.errors ?? [])) {
+      report(diags, st, m.pointer, m.message, m.mode);
+      schemaBad.add(m.pointer);
+    }
+  }
+  if (kind === 'Module') checkModule(diags, st, v, schemaBad);
+  if (kind === 'Repository') checkRepository(diags, st, v, schemaBad);
+  if (kind === 'Node') checkNode(diags, st, v, schemaBad);
+}
 
-  // Duplicate ids within a kind: report each later occurrence, naming the first.
+/** Duplicate ids within a kind: reports each later occurrence, naming the first. */
+function checkDuplicateIds(states: DocState[], diags: Diagnostic[]): void {
   const firstById = new Map<string, DocState>();
   for (const st of states) {
     if (!st.kind || !st.value) continue;
@@ -269,8 +277,10 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
     report(diags, st, id.pointer, `duplicate ${what}: already defined at ${where(first, id.pointer)}; ids must be unique`);
     first.bad = true;
   }
+}
 
-  // Every Module's node must be declared.
+/** Every Module's node must be declared: by a Node document or in `facts.knownNodes`. */
+function checkModuleNodes(states: DocState[], facts: ClusterFacts | undefined, diags: Diagnostic[]): void {
   const declared = new Set<number>(facts?.knownNodes ?? []);
   for (const st of states) {
     if (st.kind !== 'Node' || !st.value) continue;
@@ -290,15 +300,16 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
       `node ${node} is not declared: no Node manifest has spec.id ${node} and the cluster has no node ${node}; known nodes: ${known.length ? known.join(', ') : 'none'}`,
     );
   }
+}
 
-  checkDependencies(states, facts, diags);
-
+/** The normalised objects of the documents without problems, by kind order then id. */
+function validObjects(states: DocState[]): DesiredObject[] {
   const objects: DesiredObject[] = [];
   for (const st of states) {
     if (st.bad || !st.kind || !st.value) continue;
     objects.push({ object: normalise(st.kind, st.value), source: { ...st.doc.source } });
   }
-  objects.sort((a, b) => {
+  return objects.sort((a, b) => {
     const ka = KIND_ORDER.indexOf(a.object.kind);
     const kb = KIND_ORDER.indexOf(b.object.kind);
     if (ka !== kb) return ka - kb;
@@ -306,8 +317,6 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
     const ib = b.object.kind === 'Node' ? String(b.object.spec.id) : b.object.metadata.name;
     return compareIds(a.object.kind, ia, ib);
   });
-
-  return { objects, diagnostics: sortDiagnostics([...loaded.diagnostics, ...diags], loaded.files ?? []) };
 }
 
 /**

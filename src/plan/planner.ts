@@ -10,7 +10,7 @@ import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/typ
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
-import type { ClusterState } from '../state/cluster-state.js';
+import type { ClusterState, StoredObject } from '../state/cluster-state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
 export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';
@@ -82,6 +82,52 @@ function sortKeys(list: Iterable<string>, reverseKinds = false): string[] {
  *   (validation reports it with both files first; this only guards the contract).
  */
 export function plan(desired: readonly DesiredObject[], state: ClusterState, opts: PlanOptions): Plan {
+  const byKey = indexDesired(desired);
+  const ctx: PlanContext = {
+    state,
+    opts,
+    inventory: state.inventory.get(opts.applySet) ?? new Set<string>(),
+    otherInventories: [...state.inventory.keys()].filter((s) => s !== opts.applySet).sort(compareNatural),
+  };
+  const writes: Change[] = [];
+  const blocked: BlockedChange[] = [];
+  const refused: Diagnostic[] = [];
+  for (const key of sortKeys(byKey.keys())) {
+    const outcome = planWrite(key, byKey.get(key) as DesiredObject, ctx);
+    if (outcome?.blocked) blocked.push(outcome.blocked);
+    if (outcome?.refused) refused.push(outcome.refused);
+    if (outcome?.change) writes.push(outcome.change);
+  }
+  if (refused.length > 0) throw new ManifestError(refused);
+  const { deletes, pruneCandidates } = planDeletes(byKey, ctx, blocked);
+  const changes = [...writes, ...deletes];
+  return {
+    applySet: opts.applySet,
+    prune: opts.prune,
+    changes,
+    blocked: blocked.sort((a, b) => compareKeys(a.key, b.key)),
+    summary: {
+      create: changes.filter((c) => c.action === 'create').length,
+      update: changes.filter((c) => c.action === 'update').length,
+      delete: deletes.length,
+    },
+    pruneRatio: { prune: deletes.length, inventory: ctx.inventory.size },
+    pruneCandidates,
+  };
+}
+
+/** What plan() works with besides the desired objects. */
+interface PlanContext {
+  state: ClusterState;
+  opts: PlanOptions;
+  /** The apply set's inventory. */
+  inventory: ReadonlySet<string>;
+  /** The other apply sets, in natural order. */
+  otherInventories: string[];
+}
+
+/** Desired objects by `Kind/id`. @throws Ns8ctlError `duplicate_object` when a key appears twice. */
+function indexDesired(desired: readonly DesiredObject[]): Map<string, DesiredObject> {
   const byKey = new Map<string, DesiredObject>();
   for (const d of desired) {
     const key = objectKey(d.object);
@@ -91,111 +137,142 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     }
     byKey.set(key, d);
   }
-  const desiredKeys = sortKeys(byKey.keys());
-  const inventory = state.inventory.get(opts.applySet) ?? new Set<string>();
-  const otherInventories = [...state.inventory.keys()].filter((s) => s !== opts.applySet).sort(compareNatural);
+  return byKey;
+}
 
-  const writes: Change[] = [];
-  const blocked: BlockedChange[] = [];
-  const refused: Diagnostic[] = [];
-  for (const key of desiredKeys) {
-    const d = byKey.get(key) as DesiredObject;
-    const obj = d.object;
-    const id = idOf(obj);
-    const stored = state.objects.get(key);
-    const others = otherInventories.filter((s) => state.inventory.get(s)?.has(key));
-    if (stored?.deleting) {
-      const waiting = stored.finalizers.length ? `waiting for ${stored.finalizers.join(', ')}` : 'finishing';
-      blocked.push({
+/** The outcome for one desired object: a write, a blocked change, a refusal, or nothing (up to date). */
+type WriteOutcome = { change?: Change; blocked?: BlockedChange; refused?: Diagnostic } | undefined;
+
+function planWrite(key: string, d: DesiredObject, ctx: PlanContext): WriteOutcome {
+  const stored = ctx.state.objects.get(key);
+  const held = holdBack(key, d, stored, ctx);
+  if (held) return held;
+  const others = ctx.otherInventories.filter((s) => ctx.state.inventory.get(s)?.has(key));
+  if (!stored) return { change: createChange(key, d, others, ctx) };
+  const change = updateChange(key, d, stored, others, ctx);
+  return change ? { change } : undefined;
+}
+
+/**
+ * A desired object that cannot be written now: one being removed (blocked until the removal
+ * finishes), a new Module whose id NS8 records on another node (blocked), a stored Module moved
+ * to another node (refused: NS8 has no move).
+ */
+function holdBack(key: string, d: DesiredObject, stored: StoredObject | undefined, ctx: PlanContext): WriteOutcome {
+  const obj = d.object;
+  if (stored?.deleting) {
+    const waiting = stored.finalizers.length ? `waiting for ${stored.finalizers.join(', ')}` : 'finishing';
+    return {
+      blocked: {
         key,
         message: `${key} is being removed (removalPolicy ${stored.deleting.removalPolicy}, ${waiting}); it cannot be desired again until the removal finishes: apply again later, or give the new object another id`,
-      });
-      continue;
-    }
-    if (obj.kind === 'Module') {
-      const recorded = state.moduleNode.get(id);
-      if (!stored && recorded !== undefined && recorded !== String(obj.spec.node)) {
-        blocked.push({
-          key,
-          message: `${key} already exists in NS8 on node ${recorded} (cluster/module_node) but the manifest places it on node ${obj.spec.node}; set spec.node: ${recorded} to adopt the instance, or choose another id`,
-        });
-        continue;
-      }
-      if (stored && stored.object.kind === 'Module' && stored.object.spec.node !== obj.spec.node) {
-        refused.push(moveRefusal(d as DesiredObject<ModuleObject>, stored.object.spec.node, opts.locate ?? documentStart));
-        continue;
-      }
-    }
-    const bk = bookkeepingFor(obj, state);
-    if (!stored) {
-      const after = canonicalize(obj);
-      writes.push({
-        action: 'create',
-        key,
-        kind: after.kind,
-        id,
-        reasons: [createReason(after, state)],
-        patch: jsonpatch.compare({}, after.spec),
-        after,
-        specChanged: true,
-        generation: 1,
-        source: d.source,
-        bookkeeping: bk.writes,
-        inventory: { add: opts.applySet, remove: others },
-      });
-      continue;
-    }
-    // The common case (nothing changed) costs one canonical serialisation per side.
-    const afterJson = canonicalJson(obj);
-    const objectChanged = stored.objectJson !== afterJson && canonicalJson(stored.object) !== afterJson;
-    let specChanged = false;
-    const reasons: string[] = [];
-    if (objectChanged) {
-      specChanged = !jsonEqual(stored.object.spec, obj.spec);
-      if (specChanged) reasons.push(...fieldReasons('spec', stored.object.spec, obj.spec));
-      if (stored.object.apiVersion !== obj.apiVersion) reasons.push(`apiVersion changed`);
-      reasons.push(...fieldReasons('metadata', stored.object.metadata, obj.metadata));
-    }
-    if (!inventory.has(key)) {
-      reasons.push(
-        others.length
-          ? `moves from apply set ${others.map((s) => JSON.stringify(s)).join(', ')} to ${JSON.stringify(opts.applySet)}`
-          : `not in apply set ${JSON.stringify(opts.applySet)}'s inventory (adopting it)`,
-      );
-    } else if (others.length) {
-      reasons.push(`also listed in apply set ${others.map((s) => JSON.stringify(s)).join(', ')} (keeping it in ${JSON.stringify(opts.applySet)} only)`);
-    }
-    if (stored.applySet !== opts.applySet) {
-      reasons.push(`recorded apply set is ${JSON.stringify(stored.applySet)}, want ${JSON.stringify(opts.applySet)}`);
-    }
-    reasons.push(...bk.reasons);
-    if (reasons.length === 0) continue;
-    const before = canonicalize(stored.object);
-    const after = canonicalize(obj);
-    writes.push({
-      action: 'update',
-      key,
-      kind: after.kind,
-      id,
-      reasons,
-      patch: jsonpatch.compare(before.spec, after.spec),
-      before,
-      after,
-      specChanged,
-      generation: stored.generation + (specChanged ? 1 : 0),
-      source: d.source,
-      bookkeeping: bk.writes,
-      inventory: { add: opts.applySet, remove: others },
-    });
+      },
+    };
   }
+  if (obj.kind !== 'Module') return undefined;
+  const recorded = ctx.state.moduleNode.get(idOf(obj));
+  if (!stored && recorded !== undefined && recorded !== String(obj.spec.node)) {
+    return {
+      blocked: {
+        key,
+        message: `${key} already exists in NS8 on node ${recorded} (cluster/module_node) but the manifest places it on node ${obj.spec.node}; set spec.node: ${recorded} to adopt the instance, or choose another id`,
+      },
+    };
+  }
+  if (stored && stored.object.kind === 'Module' && stored.object.spec.node !== obj.spec.node) {
+    return { refused: moveRefusal(d as DesiredObject<ModuleObject>, stored.object.spec.node, ctx.opts.locate ?? documentStart) };
+  }
+  return undefined;
+}
 
-  if (refused.length > 0) throw new ManifestError(refused);
+function createChange(key: string, d: DesiredObject, others: string[], ctx: PlanContext): Change {
+  const after = canonicalize(d.object);
+  return {
+    action: 'create',
+    key,
+    kind: after.kind,
+    id: idOf(d.object),
+    reasons: [createReason(after, ctx.state)],
+    patch: jsonpatch.compare({}, after.spec),
+    after,
+    specChanged: true,
+    generation: 1,
+    source: d.source,
+    bookkeeping: bookkeepingFor(d.object, ctx.state).writes,
+    inventory: { add: ctx.opts.applySet, remove: others },
+  };
+}
 
+/** The update of a stored object, or undefined when nothing differs (object, inventories, recorded apply set, bookkeeping). */
+function updateChange(key: string, d: DesiredObject, stored: StoredObject, others: string[], ctx: PlanContext): Change | undefined {
+  const obj = d.object;
+  const bk = bookkeepingFor(obj, ctx.state);
+  const { specChanged, reasons } = objectReasons(stored, obj);
+  reasons.push(...membershipReasons(key, stored, others, ctx));
+  reasons.push(...bk.reasons);
+  if (reasons.length === 0) return undefined;
+  const before = canonicalize(stored.object);
+  const after = canonicalize(obj);
+  return {
+    action: 'update',
+    key,
+    kind: after.kind,
+    id: idOf(obj),
+    reasons,
+    patch: jsonpatch.compare(before.spec, after.spec),
+    before,
+    after,
+    specChanged,
+    generation: stored.generation + (specChanged ? 1 : 0),
+    source: d.source,
+    bookkeeping: bk.writes,
+    inventory: { add: ctx.opts.applySet, remove: others },
+  };
+}
+
+/** What differs between the stored and the desired object (spec, apiVersion, metadata). */
+function objectReasons(stored: StoredObject, obj: DesiredObject['object']): { specChanged: boolean; reasons: string[] } {
+  // The common case (nothing changed) costs one canonical serialisation per side.
+  const afterJson = canonicalJson(obj);
+  const objectChanged = stored.objectJson !== afterJson && canonicalJson(stored.object) !== afterJson;
+  const reasons: string[] = [];
+  if (!objectChanged) return { specChanged: false, reasons };
+  const specChanged = !jsonEqual(stored.object.spec, obj.spec);
+  if (specChanged) reasons.push(...fieldReasons('spec', stored.object.spec, obj.spec));
+  if (stored.object.apiVersion !== obj.apiVersion) reasons.push(`apiVersion changed`);
+  reasons.push(...fieldReasons('metadata', stored.object.metadata, obj.metadata));
+  return { specChanged, reasons };
+}
+
+/** Why the object's apply-set membership needs a write: not in this inventory, also in others, or recorded under another apply set. */
+function membershipReasons(key: string, stored: StoredObject, others: string[], ctx: PlanContext): string[] {
+  const { applySet } = ctx.opts;
+  const reasons: string[] = [];
+  if (!ctx.inventory.has(key)) {
+    reasons.push(
+      others.length ? `moves from apply set ${others.map((s) => JSON.stringify(s)).join(', ')} to ${JSON.stringify(applySet)}` : `not in apply set ${JSON.stringify(applySet)}'s inventory (adopting it)`,
+    );
+  } else if (others.length) {
+    reasons.push(`also listed in apply set ${others.map((s) => JSON.stringify(s)).join(', ')} (keeping it in ${JSON.stringify(applySet)} only)`);
+  }
+  if (stored.applySet !== applySet) {
+    reasons.push(`recorded apply set is ${JSON.stringify(stored.applySet)}, want ${JSON.stringify(applySet)}`);
+  }
+  return reasons;
+}
+
+/**
+ * Deletions of inventory members no longer desired (with `prune`; without it they are only
+ * prune candidates). Objects being removed are skipped. Nodes go last; one that still hosts a
+ * module after this plan is added to `blocked` instead.
+ */
+function planDeletes(byKey: Map<string, DesiredObject>, ctx: PlanContext, blocked: BlockedChange[]): { deletes: Change[]; pruneCandidates: string[] } {
+  const { state, opts } = ctx;
   const deletes: Change[] = [];
   const pruneCandidates: string[] = [];
   const deletedIds = new Set<string>();
   const nodeDeletes: string[] = [];
-  for (const key of sortKeys(inventory, true)) {
+  for (const key of sortKeys(ctx.inventory, true)) {
     if (byKey.has(key)) continue;
     const parsed = parseKey(key);
     if (!parsed) continue;
@@ -213,7 +290,6 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     if (parsed.kind === 'Module' && !stored?.finalizers.length) deletedIds.add(parsed.id);
     deletes.push(deleteChange(key, parsed.kind, parsed.id, stored?.object, state, opts.applySet));
   }
-  // Nodes go last; one that still hosts a module after this plan cannot be deleted.
   const placement = modulePlacement(state, byKey, deletedIds);
   for (const key of nodeDeletes) {
     const { kind, id } = parseKey(key) as { kind: Kind; id: string };
@@ -221,22 +297,8 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     if (refusal) blocked.push(refusal);
     else deletes.push(deleteChange(key, kind, id, state.objects.get(key)?.object, state, opts.applySet));
   }
-
   deletes.sort((a, b) => compareKeys(a.key, b.key, true));
-  const changes = [...writes, ...deletes];
-  return {
-    applySet: opts.applySet,
-    prune: opts.prune,
-    changes,
-    blocked: blocked.sort((a, b) => compareKeys(a.key, b.key)),
-    summary: {
-      create: changes.filter((c) => c.action === 'create').length,
-      update: changes.filter((c) => c.action === 'update').length,
-      delete: deletes.length,
-    },
-    pruneRatio: { prune: deletes.length, inventory: inventory.size },
-    pruneCandidates,
-  };
+  return { deletes, pruneCandidates };
 }
 
 /**

@@ -195,8 +195,32 @@ function describeFailure(err: unknown): string {
 export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOptions): Promise<CreaterepoResult> {
   const root = resolvePath(dir);
   const log = opts.log ?? (() => undefined);
-  const tlsVerify = opts.registryTlsVerify ?? true;
-  const policy = opts.tagPolicy ?? 'all-stable';
+  const { dirs, drafts } = await readDrafts(root, log);
+  const { jobs, inspected } = await queryRegistry(drafts, opts);
+  const { packages, skipped } = assemblePackages(drafts, jobs, inspected, log);
+  if (packages.length === 0) {
+    throw new RepositoryError('createrepo_empty', `createrepo: no module with a published version under ${root} (${dirs.length} director${dirs.length === 1 ? 'y' : 'ies'} looked at); nothing was written`);
+  }
+  const final = checkRepodata(packages);
+  if (final.length) {
+    throw new RepositoryError('createrepo_output_invalid', `createrepo: the generated repodata does not validate:\n${final.map((p) => `  ${p.where}: ${p.message}`).join('\n')}`, { problems: final });
+  }
+  const text = JSON.stringify(packages);
+  const output = opts.output === null ? null : resolvePath(opts.output ?? join(root, REPODATA_FILE));
+  if (output) {
+    const tmp = join(resolvePath(output, '..'), `.${basename(output)}.${process.pid}.tmp`);
+    await writeFile(tmp, text);
+    await rename(tmp, output);
+  }
+  return { packages, text, output, skipped };
+}
+
+/**
+ * Reads every module directory's metadata and images, and validates the metadata (with no
+ * versions yet, so schema problems point at metadata.json).
+ * @throws RepositoryError `createrepo_invalid` listing every problem.
+ */
+async function readDrafts(root: string, log: (line: string) => void): Promise<{ dirs: string[]; drafts: Draft[] }> {
   let entries;
   try {
     entries = await readdir(root, { withFileTypes: true });
@@ -210,7 +234,6 @@ export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOp
     const draft = await readDraft(root, d, problems, log);
     if (draft) drafts.push(draft);
   }
-  // Validate the metadata now (with no versions yet) so schema problems point at metadata.json.
   const early = checkRepodata(drafts.map((d) => ({ ...d.pkg, versions: [] })));
   for (const p of early) {
     const m = /^\/(\d+)(.*)$/.exec(p.where);
@@ -224,7 +247,25 @@ export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOp
       { problems },
     );
   }
+  return { dirs, drafts };
+}
 
+/** One tag of one draft to inspect. */
+interface TagJob {
+  d: Draft;
+  /** Index of the draft. */
+  i: number;
+  tag: string;
+}
+
+/**
+ * Lists each draft's tags (kept per the tag policy) and inspects each kept tag for its labels,
+ * `concurrency` skopeo runs at a time. `inspected[k]` is the version of `jobs[k]`.
+ * @throws RepositoryError `createrepo_registry_failed` with one problem per failed query.
+ */
+async function queryRegistry(drafts: Draft[], opts: CreaterepoOptions): Promise<{ jobs: TagJob[]; inspected: (RepodataVersion | undefined)[] }> {
+  const tlsVerify = opts.registryTlsVerify ?? true;
+  const policy = opts.tagPolicy ?? 'all-stable';
   const registryProblems: RepositoryProblem[] = [];
   const concurrency = opts.concurrency ?? 4;
   const tagLists = await pool(drafts, concurrency, async (d) => {
@@ -237,7 +278,7 @@ export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOp
       return [];
     }
   });
-  const jobs = drafts.flatMap((d, i) => (tagLists[i] ?? []).map((tag) => ({ d, i, tag })));
+  const jobs: TagJob[] = drafts.flatMap((d, i) => (tagLists[i] ?? []).map((tag) => ({ d, i, tag })));
   const inspected = await pool(jobs, concurrency, async ({ d, tag }) => {
     try {
       const rec = await opts.runner.run(skopeoArgs('inspect', `${d.pkg.source}:${tag}`, tlsVerify, ['--no-tags']), { purpose: `createrepo ${d.dir}: labels of ${d.pkg.source}:${tag}`, timeoutMs: 120_000 });
@@ -257,6 +298,11 @@ export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOp
       { problems: registryProblems },
     );
   }
+  return { jobs, inspected };
+}
+
+/** The packages with their versions, in draft order; drafts without a version are skipped (and logged). */
+function assemblePackages(drafts: Draft[], jobs: TagJob[], inspected: (RepodataVersion | undefined)[], log: (line: string) => void): { packages: RepodataPackage[]; skipped: CreaterepoResult['skipped'] } {
   const packages: RepodataPackage[] = [];
   const skipped: CreaterepoResult['skipped'] = [];
   drafts.forEach((d, i) => {
@@ -269,21 +315,7 @@ export async function createrepo(dir: string = process.cwd(), opts: CreaterepoOp
     packages.push(orderFields({ ...d.pkg, versions }));
     log(`${d.dir}: ${versions.map((v) => v.tag).join(', ')}`);
   });
-  if (packages.length === 0) {
-    throw new RepositoryError('createrepo_empty', `createrepo: no module with a published version under ${root} (${dirs.length} director${dirs.length === 1 ? 'y' : 'ies'} looked at); nothing was written`);
-  }
-  const final = checkRepodata(packages);
-  if (final.length) {
-    throw new RepositoryError('createrepo_output_invalid', `createrepo: the generated repodata does not validate:\n${final.map((p) => `  ${p.where}: ${p.message}`).join('\n')}`, { problems: final });
-  }
-  const text = JSON.stringify(packages);
-  const output = opts.output === null ? null : resolvePath(opts.output ?? join(root, REPODATA_FILE));
-  if (output) {
-    const tmp = join(resolvePath(output, '..'), `.${basename(output)}.${process.pid}.tmp`);
-    await writeFile(tmp, text);
-    await rename(tmp, output);
-  }
-  return { packages, text, output, skipped };
+  return { packages, skipped };
 }
 
 function orderFields(p: RepodataPackage): RepodataPackage {

@@ -96,13 +96,7 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
   const started = deps.now();
   const name = validateSandboxName(opts.name ?? DEFAULT_SANDBOX_NAME);
   const nodes = parseNodeCount(opts.nodes);
-  requireRoot(deps, 'create');
-  await requireTool(deps, 'podman');
-  const existing = await listContainers(deps, name);
-  const paths = sandboxPaths(deps.env, name);
-  if (existing.length > 0 || existsSync(paths.record)) {
-    throw new RefusedError('sandbox_exists', `sandbox "${name}" already exists (${existing.length} container(s)); delete it first (ns8ctl sandbox delete --name ${name}) or pick another --name`);
-  }
+  const paths = await checkCreatable(deps, name);
   await adjustHost(deps);
   const rootfsStarted = deps.now();
   const rootfs = await ensureRootfs(deps);
@@ -110,73 +104,14 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
   if (!existsSync(path.join(deps.projectRoot, 'dist', 'src', 'cli', 'bin.js'))) {
     deps.stderr(`sandbox: note: ${deps.projectRoot}/dist is not built, so 'ns8ctl' inside the nodes will not run until you run 'npm run build' there\n`);
   }
-
   try {
     const bootStarted = deps.now();
-    await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 });
-    const password = randomBytes(24).toString('hex');
-    await fsp.writeFile(paths.redisPassword, password + '\n', { mode: 0o600 });
-    const subnet = await ensureNetwork(deps, name);
-    const plan = addressPlan(subnet);
-    const registry = registryAddress(plan.registry);
-    const leaderAddress = plan.node(1);
-
-    await fsp.mkdir(paths.registryData, { recursive: true });
-    await fsp.writeFile(paths.registryConfig, renderRegistryConfig('0.0.0.0:5000', '/var/lib/docker-registry'));
-    await fsp.writeFile(paths.registriesConf, renderRegistriesConf(registry), { mode: 0o644 });
-    await deps.runner.run(registryRunArgs({ sandbox: name, address: plan.registry, rootfs: rootfs.path, configFile: paths.registryConfig, dataDir: paths.registryData }), {
-      purpose: `sandbox ${name}: start registry`,
-      mutating: true,
-    });
-
-    const addresses: Record<string, string> = {};
-    const nodeTimings: NodeBootTiming[] = [];
-    await step(deps, `booting nodes: ${nodes} container${nodes > 1 ? 's' : ''} with systemd`, async () => {
-      // Each node's systemd wait starts as soon as its container runs, so nodes boot in parallel.
-      const booting: Promise<void>[] = [];
-      for (let id = 1; id <= nodes; id++) {
-        const address = plan.node(id);
-        addresses[String(id)] = address;
-        const np = paths.node(id);
-        for (const d of [np.config, np.containers, np.home]) await fsp.mkdir(d, { recursive: true });
-        const input = { sandbox: name, nodeId: id, leaderAddress, adminPassword: password, registry };
-        await fsp.writeFile(path.join(np.config, 'redis.conf'), renderRedisConf(input), { mode: 0o600 });
-        await fsp.writeFile(path.join(np.config, 'users.acl'), renderNodeAcl(password), { mode: 0o600 });
-        await fsp.writeFile(path.join(np.config, 'admin.password'), password + '\n', { mode: 0o600 });
-        await fsp.writeFile(path.join(np.config, 'sandbox.env'), renderSandboxEnv(input), { mode: 0o600 });
-        await fsp.writeFile(path.join(np.config, 'node-id'), `${id}\n`, { mode: 0o644 });
-        const runStarted = deps.now();
-        const run = await deps.runner.run(
-          nodeRunArgs({ sandbox: name, nodeId: id, address, leaderAddress, rootfs: rootfs.path, configDir: np.config, containersDir: np.containers, homeDir: np.home, registriesConf: paths.registriesConf, projectRoot: deps.projectRoot, nodeBinary: deps.nodeBinary }),
-          { purpose: `sandbox ${name}: boot node ${id}`, mutating: true, allowFailure: true },
-        );
-        if (run.exitCode !== 0) {
-          throw new Ns8ctlError('sandbox_host_unsupported', `the host cannot run sandbox node ${id} (${nodeContainer(name, id)}): ${run.stderr.trim().split('\n').slice(-3).join(' ')}. Check the host: lines above and docs/sandbox.md ("Host adjustments"); podman must be able to run privileged containers with --systemd=always`);
-        }
-        const ran = deps.now();
-        const boot = waitForSystemd(deps, nodeContainer(name, id)).then(() => {
-          const systemdS = (deps.now() - ran) / 1000;
-          const runS = (ran - runStarted) / 1000;
-          nodeTimings.push({ id, runS, systemdS, bootS: runS + systemdS });
-        });
-        boot.catch(() => undefined); // awaited below; a later node's failure must not leave it unhandled
-        booting.push(boot);
-      }
-      await Promise.all(booting);
-    });
+    const layout = await prepareLayout(deps, name, nodes, paths, rootfs);
+    await startRegistry(deps, layout);
+    const nodeTimings = await step(deps, `booting nodes: ${nodes} container${nodes > 1 ? 's' : ''} with systemd`, () => bootNodes(deps, layout));
     nodeTimings.sort((a, b) => a.id - b.id);
-
-    await step(deps, 'starting Redis: node 1 master, other nodes read-only replicas, node records', async () => {
-      const leader = await connectWithRetry(deps, adminRedisUrl(leaderAddress, password), `sandbox ${name} leader (node 1, ${leaderAddress}:${REDIS_PORT})`);
-      try {
-        await writeNodeRecords(leader, { nodes, addresses });
-      } finally {
-        leader.disconnect();
-      }
-      for (let id = 2; id <= nodes; id++) await waitForReplica(deps, addresses[String(id)] ?? '', password, `node/${nodes}/ui_name`);
-      await waitForRegistry(deps, registry, registryContainer(name));
-    });
-
+    await step(deps, 'starting Redis: node 1 master, other nodes read-only replicas, node records', () => startRedis(deps, layout));
+    const { subnet, registry, addresses, password, leaderAddress } = layout;
     const rec: SandboxRecord = { name, nodes, network: networkName(name), subnet, registry, addresses, rootfs: rootfs.path, recipeHash: rootfs.hash, createdAt: new Date(deps.now()).toISOString() };
     await writeRecord(deps, rec);
     const totalS = (deps.now() - started) / 1000;
@@ -188,6 +123,114 @@ export async function createSandbox(opts: CreateOptions, deps: SandboxDeps): Pro
     }
     throw err;
   }
+}
+
+type SandboxPaths = ReturnType<typeof sandboxPaths>;
+
+/** Everything decided before the containers start: names, paths, network, addresses, the admin password. */
+interface SandboxLayout {
+  name: string;
+  nodes: number;
+  paths: SandboxPaths;
+  rootfs: Awaited<ReturnType<typeof ensureRootfs>>;
+  password: string;
+  subnet: string;
+  plan: ReturnType<typeof addressPlan>;
+  registry: string;
+  leaderAddress: string;
+  /** Node id -> address. */
+  addresses: Record<string, string>;
+}
+
+/** Root, podman, and no sandbox of that name yet (containers or record); returns its paths. */
+async function checkCreatable(deps: SandboxDeps, name: string): Promise<SandboxPaths> {
+  requireRoot(deps, 'create');
+  await requireTool(deps, 'podman');
+  const existing = await listContainers(deps, name);
+  const paths = sandboxPaths(deps.env, name);
+  if (existing.length > 0 || existsSync(paths.record)) {
+    throw new RefusedError('sandbox_exists', `sandbox "${name}" already exists (${existing.length} container(s)); delete it first (ns8ctl sandbox delete --name ${name}) or pick another --name`);
+  }
+  return paths;
+}
+
+/** Makes the state directory, the admin password and the network; plans the addresses. */
+async function prepareLayout(deps: SandboxDeps, name: string, nodes: number, paths: SandboxPaths, rootfs: SandboxLayout['rootfs']): Promise<SandboxLayout> {
+  await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 });
+  const password = randomBytes(24).toString('hex');
+  await fsp.writeFile(paths.redisPassword, password + '\n', { mode: 0o600 });
+  const subnet = await ensureNetwork(deps, name);
+  const plan = addressPlan(subnet);
+  const addresses: Record<string, string> = {};
+  for (let id = 1; id <= nodes; id++) addresses[String(id)] = plan.node(id);
+  return { name, nodes, paths, rootfs, password, subnet, plan, registry: registryAddress(plan.registry), leaderAddress: plan.node(1), addresses };
+}
+
+async function startRegistry(deps: SandboxDeps, l: SandboxLayout): Promise<void> {
+  const { paths } = l;
+  await fsp.mkdir(paths.registryData, { recursive: true });
+  await fsp.writeFile(paths.registryConfig, renderRegistryConfig('0.0.0.0:5000', '/var/lib/docker-registry'));
+  await fsp.writeFile(paths.registriesConf, renderRegistriesConf(l.registry), { mode: 0o644 });
+  await deps.runner.run(registryRunArgs({ sandbox: l.name, address: l.plan.registry, rootfs: l.rootfs.path, configFile: paths.registryConfig, dataDir: paths.registryData }), {
+    purpose: `sandbox ${l.name}: start registry`,
+    mutating: true,
+  });
+}
+
+/** Starts every node container; each node's systemd wait starts as soon as its container runs, so nodes boot in parallel. */
+async function bootNodes(deps: SandboxDeps, l: SandboxLayout): Promise<NodeBootTiming[]> {
+  const nodeTimings: NodeBootTiming[] = [];
+  const booting: Promise<void>[] = [];
+  for (let id = 1; id <= l.nodes; id++) {
+    const boot = (await startNode(deps, l, id)).booted.then((t) => void nodeTimings.push(t));
+    boot.catch(() => undefined); // awaited below; a later node's failure must not leave it unhandled
+    booting.push(boot);
+  }
+  await Promise.all(booting);
+  return nodeTimings;
+}
+
+/** Writes node `id`'s configuration and runs its container; `booted` waits for its systemd and gives its timing. */
+async function startNode(deps: SandboxDeps, l: SandboxLayout, id: number): Promise<{ booted: Promise<NodeBootTiming> }> {
+  const { name, password, registry, leaderAddress } = l;
+  const address = l.plan.node(id);
+  const np = l.paths.node(id);
+  for (const d of [np.config, np.containers, np.home]) await fsp.mkdir(d, { recursive: true });
+  const input = { sandbox: name, nodeId: id, leaderAddress, adminPassword: password, registry };
+  await fsp.writeFile(path.join(np.config, 'redis.conf'), renderRedisConf(input), { mode: 0o600 });
+  await fsp.writeFile(path.join(np.config, 'users.acl'), renderNodeAcl(password), { mode: 0o600 });
+  await fsp.writeFile(path.join(np.config, 'admin.password'), password + '\n', { mode: 0o600 });
+  await fsp.writeFile(path.join(np.config, 'sandbox.env'), renderSandboxEnv(input), { mode: 0o600 });
+  await fsp.writeFile(path.join(np.config, 'node-id'), `${id}\n`, { mode: 0o644 });
+  const runStarted = deps.now();
+  const run = await deps.runner.run(
+    nodeRunArgs({ sandbox: name, nodeId: id, address, leaderAddress, rootfs: l.rootfs.path, configDir: np.config, containersDir: np.containers, homeDir: np.home, registriesConf: l.paths.registriesConf, projectRoot: deps.projectRoot, nodeBinary: deps.nodeBinary }),
+    { purpose: `sandbox ${name}: boot node ${id}`, mutating: true, allowFailure: true },
+  );
+  if (run.exitCode !== 0) {
+    throw new Ns8ctlError('sandbox_host_unsupported', `the host cannot run sandbox node ${id} (${nodeContainer(name, id)}): ${run.stderr.trim().split('\n').slice(-3).join(' ')}. Check the host: lines above and docs/sandbox.md ("Host adjustments"); podman must be able to run privileged containers with --systemd=always`);
+  }
+  const ran = deps.now();
+  const booted = waitForSystemd(deps, nodeContainer(name, id)).then(() => {
+    const systemdS = (deps.now() - ran) / 1000;
+    const runS = (ran - runStarted) / 1000;
+    return { id, runS, systemdS, bootS: runS + systemdS };
+  });
+  booted.catch(() => undefined); // awaited by bootNodes; handled here too until it is
+  return { booted };
+}
+
+/** Writes the node records on the leader, waits for every replica to have them, and for the registry. */
+async function startRedis(deps: SandboxDeps, l: SandboxLayout): Promise<void> {
+  const { name, nodes, addresses, password, leaderAddress } = l;
+  const leader = await connectWithRetry(deps, adminRedisUrl(leaderAddress, password), `sandbox ${name} leader (node 1, ${leaderAddress}:${REDIS_PORT})`);
+  try {
+    await writeNodeRecords(leader, { nodes, addresses });
+  } finally {
+    leader.disconnect();
+  }
+  for (let id = 2; id <= nodes; id++) await waitForReplica(deps, addresses[String(id)] ?? '', password, `node/${nodes}/ui_name`);
+  await waitForRegistry(deps, l.registry, registryContainer(name));
 }
 
 /** Human summary of a created sandbox (stdout of `create`). */

@@ -104,26 +104,7 @@ export async function runActionCommand(target: string, action: string, opts: Run
   if (opts.data !== undefined && opts.dataFile !== undefined) throw new UsageError('give --data or --data-file, not both');
   const self = moduleCredentialsOf(deps.env);
   if (self && opts.as !== undefined) throw new UsageError(`--as cannot be used with module credentials (REDIS_USER=${self.username}): the task relay submits as ${self.username}`);
-  let text = opts.data;
-  if (opts.dataFile !== undefined) {
-    if (opts.dataFile === '-') {
-      if (!deps.stdin) throw new UsageError('--data-file - needs standard input');
-      text = await deps.stdin();
-    } else {
-      const { readFile } = await import('node:fs/promises');
-      text = await readFile(opts.dataFile, 'utf8').catch((err: Error) => {
-        throw new UsageError(`cannot read --data-file ${opts.dataFile}: ${err.message}`);
-      });
-    }
-  }
-  let data: unknown = {};
-  if (text !== undefined) {
-    try {
-      data = JSON.parse(text) as unknown;
-    } catch (err) {
-      throw new UsageError(`--data is not valid JSON: ${(err as Error).message}`);
-    }
-  }
+  const data = await readTaskData(opts, deps);
   const timeoutMs = opts.timeout !== undefined ? Number(opts.timeout) * 1000 : undefined;
   if (timeoutMs !== undefined && !(timeoutMs > 0)) throw new UsageError(`--timeout must be a positive number of seconds, got "${opts.timeout}"`);
   const open = extras.openRedis ?? openRedis;
@@ -140,55 +121,100 @@ export async function runActionCommand(target: string, action: string, opts: Run
       deps.stdout(format === 'json' ? JSON.stringify({ task: id, agent: agentId, action }, null, 2) + '\n' : `${id}\n`);
       return 0;
     }
-    const showProgress = opts.progress ?? deps.isTTY;
-    let last = '';
-    // One hint when nothing at all is heard: the task waits in the queue until an agent pops it.
-    const waiting = self
-      ? `waiting for the task relay and ${agentId} (the controller leader relays ${self.username}/relay/tasks to ${agentId}/tasks)`
-      : `waiting for ${agentId} to pick up the task (is its agent running? it reads ${agentId}/tasks)`;
-    const hint = setTimeout(() => deps.stderr(waiting + '\n'), 10_000);
-    hint.unref();
-    const common = {
-      data,
-      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-      onProgress: (status: TaskStatus, progress: number) => {
-        clearTimeout(hint);
-        const line = `${agentId} ${action}: ${status} ${progress}%`;
-        if (showProgress && line !== last) deps.stderr(line + '\n');
-        last = line;
-      },
-    };
-    let r;
-    try {
-      if (self) {
-        // Module users may not SUBSCRIBE: progress comes through NS8's read-only default user; without it, polling.
-        const subscriber = await open({ url }).catch(() => undefined);
-        if (subscriber) opened.push(subscriber);
-        r = await runTaskViaRelay(redis, self.instanceId, agentId, action, { ...common, ...(subscriber ? { subscriber } : {}) });
-      } else {
-        r = await runTask(redis, agentId, action, { ...common, ...(opts.as ? { user: opts.as } : {}) });
-      }
-    } finally {
-      clearTimeout(hint);
-    }
-    if (format === 'json') {
-      let output: unknown = r.output;
-      try {
-        output = r.output.trim() === '' ? null : (JSON.parse(r.output) as unknown);
-      } catch {
-        // not JSON: keep the text
-      }
-      deps.stdout(JSON.stringify({ task: r.taskId, agent: agentId, action, status: r.status, exitCode: r.exitCode, output, error: r.error }, null, 2) + '\n');
-    } else {
-      if (r.output !== '') deps.stdout(r.output.endsWith('\n') ? r.output : r.output + '\n');
-      if (r.exitCode !== 0) {
-        if (r.error.trim() !== '') deps.stderr(r.error.endsWith('\n') ? r.error : r.error + '\n');
-        deps.stderr(`error: ${agentId}: action ${action} ${r.status} with exit code ${r.exitCode} (task ${r.taskId})\n`);
-      }
-    }
+    const submit: TaskSubmission = { redis, self, agentId, action, data, timeoutMs, as: opts.as, url, open, opened };
+    const r = await runAndFollow(submit, opts.progress ?? deps.isTTY, deps);
+    printTaskResult(r, format, agentId, action, deps);
     return r.exitCode === 0 ? 0 : r.exitCode > 0 && r.exitCode < 256 ? r.exitCode : 1;
   } finally {
     for (const c of opened) c.disconnect();
+  }
+}
+
+/** The task data: --data, or --data-file (`-`: standard input), parsed as JSON; `{}` when neither is given. */
+async function readTaskData(opts: RunActionOptions, deps: AgentCliDeps): Promise<unknown> {
+  let text = opts.data;
+  if (opts.dataFile !== undefined) {
+    if (opts.dataFile === '-') {
+      if (!deps.stdin) throw new UsageError('--data-file - needs standard input');
+      text = await deps.stdin();
+    } else {
+      const { readFile } = await import('node:fs/promises');
+      text = await readFile(opts.dataFile, 'utf8').catch((err: Error) => {
+        throw new UsageError(`cannot read --data-file ${opts.dataFile}: ${err.message}`);
+      });
+    }
+  }
+  if (text === undefined) return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new UsageError(`--data is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** One task run-action submits and follows. */
+interface TaskSubmission {
+  redis: Redis;
+  /** Module credentials: the task goes through the relay. */
+  self: ModuleCredentials | undefined;
+  agentId: string;
+  action: string;
+  data: unknown;
+  timeoutMs: number | undefined;
+  as: string | undefined;
+  url: string;
+  open: NonNullable<AgentCliExtras['openRedis']>;
+  /** Connections opened here, closed by the caller. */
+  opened: Redis[];
+}
+
+/** Submits the task and waits for its result, printing progress lines (when asked) and one hint when nothing is heard for 10 s. */
+async function runAndFollow(s: TaskSubmission, showProgress: boolean, deps: AgentCliDeps): Promise<Awaited<ReturnType<typeof runTask>>> {
+  const { redis, self, agentId, action } = s;
+  let last = '';
+  // One hint when nothing at all is heard: the task waits in the queue until an agent pops it.
+  const waiting = self
+    ? `waiting for the task relay and ${agentId} (the controller leader relays ${self.username}/relay/tasks to ${agentId}/tasks)`
+    : `waiting for ${agentId} to pick up the task (is its agent running? it reads ${agentId}/tasks)`;
+  const hint = setTimeout(() => deps.stderr(waiting + '\n'), 10_000);
+  hint.unref();
+  const common = {
+    data: s.data,
+    ...(s.timeoutMs !== undefined ? { timeoutMs: s.timeoutMs } : {}),
+    onProgress: (status: TaskStatus, progress: number) => {
+      clearTimeout(hint);
+      const line = `${agentId} ${action}: ${status} ${progress}%`;
+      if (showProgress && line !== last) deps.stderr(line + '\n');
+      last = line;
+    },
+  };
+  try {
+    if (!self) return await runTask(redis, agentId, action, { ...common, ...(s.as ? { user: s.as } : {}) });
+    // Module users may not SUBSCRIBE: progress comes through NS8's read-only default user; without it, polling.
+    const subscriber = await s.open({ url: s.url }).catch(() => undefined);
+    if (subscriber) s.opened.push(subscriber);
+    return await runTaskViaRelay(redis, self.instanceId, agentId, action, { ...common, ...(subscriber ? { subscriber } : {}) });
+  } finally {
+    clearTimeout(hint);
+  }
+}
+
+/** Prints the result: one JSON document (output parsed when it is JSON), or the output, and on failure the error and a summary line on stderr. */
+function printTaskResult(r: Awaited<ReturnType<typeof runTask>>, format: string, agentId: string, action: string, deps: AgentCliDeps): void {
+  if (format === 'json') {
+    let output: unknown = r.output;
+    try {
+      output = r.output.trim() === '' ? null : (JSON.parse(r.output) as unknown);
+    } catch {
+      // not JSON: keep the text
+    }
+    deps.stdout(JSON.stringify({ task: r.taskId, agent: agentId, action, status: r.status, exitCode: r.exitCode, output, error: r.error }, null, 2) + '\n');
+    return;
+  }
+  if (r.output !== '') deps.stdout(r.output.endsWith('\n') ? r.output : r.output + '\n');
+  if (r.exitCode !== 0) {
+    if (r.error.trim() !== '') deps.stderr(r.error.endsWith('\n') ? r.error : r.error + '\n');
+    deps.stderr(`error: ${agentId}: action ${action} ${r.status} with exit code ${r.exitCode} (task ${r.taskId})\n`);
   }
 }
 

@@ -15,7 +15,7 @@ import { planToWrites, storedSource } from '../../apply/to-writes.js';
 import { moduleNameOf, type DesiredObject } from '../../manifest/types.js';
 import { defaultLayout, type HostLayout } from '../../node-agent/layout.js';
 import { readHostEpoch } from '../../node-agent/desired-state-guard.js';
-import { scanHostInstances, type HostEpochSource } from '../../node-agent/recover-scan.js';
+import { scanHostInstances, type HostEpoch, type HostEpochSource } from '../../node-agent/recover-scan.js';
 import { plan as makePlan } from '../../plan/planner.js';
 import { planRecovery, type RecoveryPlan } from '../../plan/recovery.js';
 import { renderPlanText } from '../../plan/render.js';
@@ -120,33 +120,14 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
   const { redis } = await d.connect();
   const write = !opts.dryRun && opts.yes === true;
   const scope = { ...(onlyNode !== undefined ? { onlyNode } : {}), ...(opts.manifests ? { manifests: opts.manifests } : {}) };
-  let prepared = await prepare(redis, instances, scope);
-  const texts = generatedManifests(prepared.recovery.objects);
+  const first = await prepare(redis, instances, scope);
+  const texts = generatedManifests(first.recovery.objects);
   // Files in the way refuse before anything is written to Redis.
   const clash = write && opts.manifests ? texts.map(({ a }) => path.join(opts.manifests!, `${a.id}.yaml`)).filter((f) => existsSync(f)) : [];
   if (clash.length) throw new RefusedError('recover_file_exists', `not overwriting ${clash.join(', ')} (nothing written): move them away or recover without --manifests`);
-
-  let attempts = 1;
-  let epoch: { id: string; result: 'set' | 'same' | 'other' } | undefined;
-  if (write) {
-    // The epoch first: agents on this host recognise the state they worked under as soon as
-    // objects appear (a crash in between leaves an epoch without objects, which agents refuse as
-    // DesiredStateEmpty until recover runs again).
-    if (hostEpoch) epoch = { id: hostEpoch.id, result: await claimClusterEpoch(redis, hostEpoch) };
-    for (;;) {
-      try {
-        await executeWrites(redis, prepared.ops);
-        break;
-      } catch (err) {
-        if (!(err instanceof ConflictError) || attempts >= 5) throw err;
-        attempts++;
-        // Another writer changed desired state in between: observe and decide again.
-        prepared = await prepare(redis, instances, scope);
-      }
-    }
-  }
+  const written = write ? await writeRecovery(redis, first, () => prepare(redis, instances, scope), hostEpoch) : { prepared: first, attempts: 1, epoch: undefined };
+  const { prepared } = written;
   const files = write && opts.manifests && prepared.recovery.objects.length ? writeGenerated(opts.manifests, generatedManifests(prepared.recovery.objects), 'recover_file_exists', 'move them away or recover without --manifests') : [];
-
   const r = prepared.recovery;
   const refusal = !write && !opts.dryRun && r.objects.length ? new RefusedError('confirmation_required', 'recover writes desired state only when confirmed: review the above, then run it again with --yes') : undefined;
   if (format === 'json') {
@@ -159,7 +140,7 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
         restored: r.restored,
         skipped: r.skipped,
         files,
-        epoch: epoch ?? (hostEpoch ? { id: hostEpoch.id, result: 'not-written' } : null),
+        epoch: written.epoch ?? (hostEpoch ? { id: hostEpoch.id, result: 'not-written' } : null),
         refused: refusal ? refusal.toJSON() : null,
       }),
     );
@@ -178,17 +159,51 @@ export async function recoverCommand(opts: RecoverOptions, d: CliDeps, extras: R
     if (refusal) throw refusal;
     return 0;
   }
-  if (format !== 'json') {
-    if (epoch?.result === 'set') d.stderr(`Restored the cluster epoch ${epoch.id} from this host: its node agent accepts the recovered state.\n`);
-    if (epoch?.result === 'other') d.stderr(`warning: the cluster epoch in Redis is not the one this host's node agent worked under (${epoch.id}): the agent waits for an operator to accept the new desired state.\n`);
-    if (r.objects.length === 0) d.stderr('Nothing to recover: every instance this host runs is in desired state.\n');
-    else {
-      const where = files.length ? `Wrote ${files.length} manifest(s) to ${opts.manifests}. ` : '';
-      d.stderr(
-        `Recovered ${r.instances.length} instance(s) into apply set "${RECOVERED_APPLY_SET}"${attempts > 1 ? ` (after ${attempts - 1} retr${attempts === 2 ? 'y' : 'ies'})` : ''}. ${where}` +
-          `Next: check with \`ns8ctl get modules\`, then put the manifests in git (with their spec.configuration, which the host does not have) and run \`ns8ctl apply -f DIR --applyset ${RECOVERED_APPLY_SET}\`; run recover on every other node too.\n`,
-      );
+  if (format !== 'json') reportWritten(d, r, written, files, opts.manifests);
+  return 0;
+}
+
+/** What writeRecovery wrote: the recovery it executed, after how many attempts, and the cluster epoch claim. */
+interface WrittenRecovery {
+  prepared: Prepared;
+  attempts: number;
+  epoch: { id: string; result: 'set' | 'same' | 'other' } | undefined;
+}
+
+/**
+ * Claims the host's epoch, then writes the recovery; when another writer changed desired state
+ * in between (ConflictError), prepares again (`again`) and retries, five attempts at most.
+ */
+async function writeRecovery(redis: Redis, prepared: Prepared, again: () => Promise<Prepared>, hostEpoch: HostEpoch | undefined): Promise<WrittenRecovery> {
+  let attempts = 1;
+  // The epoch first: agents on this host recognise the state they worked under as soon as
+  // objects appear (a crash in between leaves an epoch without objects, which agents refuse as
+  // DesiredStateEmpty until recover runs again).
+  const epoch = hostEpoch ? { id: hostEpoch.id, result: await claimClusterEpoch(redis, hostEpoch) } : undefined;
+  for (;;) {
+    try {
+      await executeWrites(redis, prepared.ops);
+      return { prepared, attempts, epoch };
+    } catch (err) {
+      if (!(err instanceof ConflictError) || attempts >= 5) throw err;
+      attempts++;
+      // Another writer changed desired state in between: observe and decide again.
+      prepared = await again();
     }
   }
-  return 0;
+}
+
+/** The text summary on stderr after a write: the epoch claim, what was recovered, and what to do next. */
+function reportWritten(d: CliDeps, r: RecoveryPlan, { epoch, attempts }: WrittenRecovery, files: readonly string[], manifests: string | undefined): void {
+  if (epoch?.result === 'set') d.stderr(`Restored the cluster epoch ${epoch.id} from this host: its node agent accepts the recovered state.\n`);
+  if (epoch?.result === 'other') d.stderr(`warning: the cluster epoch in Redis is not the one this host's node agent worked under (${epoch.id}): the agent waits for an operator to accept the new desired state.\n`);
+  if (r.objects.length === 0) {
+    d.stderr('Nothing to recover: every instance this host runs is in desired state.\n');
+    return;
+  }
+  const where = files.length ? `Wrote ${files.length} manifest(s) to ${manifests}. ` : '';
+  d.stderr(
+    `Recovered ${r.instances.length} instance(s) into apply set "${RECOVERED_APPLY_SET}"${attempts > 1 ? ` (after ${attempts - 1} retr${attempts === 2 ? 'y' : 'ies'})` : ''}. ${where}` +
+      `Next: check with \`ns8ctl get modules\`, then put the manifests in git (with their spec.configuration, which the host does not have) and run \`ns8ctl apply -f DIR --applyset ${RECOVERED_APPLY_SET}\`; run recover on every other node too.\n`,
+  );
 }

@@ -32,27 +32,41 @@ function checkOutput(value: string | undefined, allowed: string[]): string | und
   return value;
 }
 
+/** What every sandbox command action uses: its deps (built when it runs) and the exit code sink. */
+interface SandboxCommandContext {
+  deps: () => SandboxDeps;
+  setExitCode: (code: number) => void;
+}
+
+const nameOpt = ['--name <name>', 'sandbox name', DEFAULT_SANDBOX_NAME] as const;
+
 /**
  * Adds `sandbox create|list|env|exec|stop|start|delete|push` to the program. Errors are thrown (as
  * Ns8ctlError) for main() to print; `exec` passes the command's exit code to `setExitCode`.
  */
 export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks = {}): void {
-  const deps = (): SandboxDeps => {
-    const given: Partial<SandboxDeps> = hooks.deps?.() ?? {};
-    const picked = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<SandboxDeps>;
-    // The CLI's exec is a passthrough like `podman exec`: this process's stdio, unless told otherwise.
-    return defaultSandboxDeps({ execStdio: processExecStdio(), ...picked });
+  const ctx: SandboxCommandContext = {
+    deps: (): SandboxDeps => {
+      const given: Partial<SandboxDeps> = hooks.deps?.() ?? {};
+      const picked = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as Partial<SandboxDeps>;
+      // The CLI's exec is a passthrough like `podman exec`: this process's stdio, unless told otherwise.
+      return defaultSandboxDeps({ execStdio: processExecStdio(), ...picked });
+    },
+    setExitCode: (code: number): void => {
+      if (hooks.setExitCode) hooks.setExitCode(code);
+      else if (code !== 0) process.exitCode = code;
+    },
   };
-  const setExitCode = (code: number): void => {
-    if (hooks.setExitCode) hooks.setExitCode(code);
-    else if (code !== 0) process.exitCode = code;
-  };
-  const nameOpt = ['--name <name>', 'sandbox name', DEFAULT_SANDBOX_NAME] as const;
-
   const sandbox = program
     .command('sandbox')
     .description('NS8 nodes as local containers with systemd, rootless Podman and Redis (like kind for Kubernetes)');
+  registerSetupCommands(sandbox, ctx);
+  registerNodeCommands(sandbox, ctx);
+  registerDeleteAndPush(sandbox, ctx);
+}
 
+/** create, list, env. */
+function registerSetupCommands(sandbox: Command, ctx: SandboxCommandContext): void {
   sandbox
     .command('create')
     .description(`Create a sandbox: N nodes (1-${MAX_NODES}), node 1 the leader (Redis master), the others read-only replicas, plus a registry`)
@@ -62,10 +76,10 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .option('-o, --output <format>', 'text or json', 'text')
     .action(async (opts: { nodes: string; name: string; retain?: boolean; output: string }) => {
       const format = checkOutput(opts.output, ['text', 'json']);
-      const d = deps();
+      const d = ctx.deps();
       const info = await createSandbox({ name: opts.name, nodes: opts.nodes, ...(opts.retain ? { retain: true } : {}) }, d);
       d.stdout(format === 'json' ? renderJson(info) : renderCreated(info));
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
 
   sandbox
@@ -74,10 +88,10 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .option('--name <name>', 'only this sandbox')
     .option('-o, --output <format>', 'table or json (both include the leader Redis URL)', 'table')
     .action(async (opts: { name?: string; output: string }) => {
-      const d = deps();
+      const d = ctx.deps();
       const format = checkOutput(opts.output, ['table', 'json']);
       d.stdout(renderList(await listSandboxes({ ...(opts.name ? { name: opts.name } : {}) }, d), format));
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
 
   sandbox
@@ -91,12 +105,15 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
       if (positional !== undefined && opts.name !== DEFAULT_SANDBOX_NAME && positional !== opts.name) {
         throw new UsageError(`sandbox env: two names given ("${positional}" and --name ${opts.name}); give one`);
       }
-      const d = deps();
+      const d = ctx.deps();
       const env = await sandboxEnv({ name: positional ?? opts.name }, d);
       d.stdout(format === 'json' ? renderJson(env) : renderEnv(env));
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
+}
 
+/** exec, stop, start: one node of a sandbox. */
+function registerNodeCommands(sandbox: Command, ctx: SandboxCommandContext): void {
   sandbox
     .command('exec')
     .description('Run a command in a node as root, with stdin, stdout and stderr streamed (a terminal when both are one): ns8ctl sandbox exec 1 -- journalctl -f')
@@ -104,7 +121,7 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .argument('<command...>', 'command and arguments (after --)')
     .option(...nameOpt)
     .action(async (node: string, command: string[], opts: { name: string }) => {
-      setExitCode(await execInNode({ name: opts.name, node, command }, deps()));
+      ctx.setExitCode(await execInNode({ name: opts.name, node, command }, ctx.deps()));
     });
 
   sandbox
@@ -113,10 +130,10 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .argument('<node>', 'node id (1), node1, or the container name')
     .option(...nameOpt)
     .action(async (node: string, opts: { name: string }) => {
-      const d = deps();
+      const d = ctx.deps();
       const n = await stopNode({ name: opts.name, node }, d);
       d.stdout(`node ${n.nodeId} (${n.name}) stopped\n`);
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
 
   sandbox
@@ -125,12 +142,15 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .argument('<node>', 'node id (1), node1, or the container name')
     .option(...nameOpt)
     .action(async (node: string, opts: { name: string }) => {
-      const d = deps();
+      const d = ctx.deps();
       const n = await startNode({ name: opts.name, node }, d);
       d.stdout(`node ${n.nodeId} (${n.name}) running\n`);
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
+}
 
+/** delete, push. */
+function registerDeleteAndPush(sandbox: Command, ctx: SandboxCommandContext): void {
   sandbox
     .command('delete')
     .description('Delete a sandbox: containers, network and state (the cached root filesystem stays)')
@@ -138,11 +158,11 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .option('-o, --output <format>', 'text or json', 'text')
     .action(async (opts: { name: string; output: string }) => {
       const format = checkOutput(opts.output, ['text', 'json']);
-      const d = deps();
+      const d = ctx.deps();
       const res = await deleteSandbox({ name: opts.name }, d);
       if (format === 'json') d.stdout(renderJson(res));
       else d.stdout(res.containers.length === 0 && !res.network && !res.stateDir ? `sandbox "${res.name}" did not exist; nothing to delete\n` : `sandbox "${res.name}" deleted (${res.containers.length} container(s), network ${res.network ?? '-'})\n`);
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
 
   sandbox
@@ -154,9 +174,9 @@ export function registerSandboxCommands(program: Command, hooks: SandboxCliHooks
     .option('-o, --output <format>', 'text or json', 'text')
     .action(async (image: string, opts: { as?: string; name: string; output: string }) => {
       const format = checkOutput(opts.output, ['text', 'json']);
-      const d = deps();
+      const d = ctx.deps();
       const res = await pushImage({ name: opts.name, image, ...(opts.as ? { as: opts.as } : {}) }, d);
       d.stdout(format === 'json' ? renderJson(res) : `${res.url}\n`);
-      setExitCode(0);
+      ctx.setExitCode(0);
     });
 }
