@@ -424,6 +424,55 @@ async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: Ins
   return facts;
 }
 
+/** The image a converge pass works on: the wanted one, or the installed one with a setback. */
+type ChosenImage =
+  | { result: InstanceResult }
+  | { url: string; facts: ImageFacts; labels: ModuleLabels; updateFrom?: string; previousEnv?: Record<string, string>; setback?: Setback; rec: InstanceRecord | undefined };
+
+/**
+ * Chooses the image to converge on (sets `base.imageUrl` and `targetImage`): the wanted one; when
+ * it cannot be used, the installed one (drift repair, credentials and units go on) with the
+ * setback that says why; with nothing installed to fall back on, a failed result.
+ */
+async function chooseImage(
+  d: InstanceDesired,
+  rec: InstanceRecord | undefined,
+  installed: string | undefined,
+  prev: ModuleStatus | undefined,
+  base: Omit<ModuleStatus, 'conditions'>,
+  deps: NodeAgentDeps,
+  shared: ObserveContext,
+  control: ReconcileControl,
+  holdFinalizer: (url: string) => Promise<void>,
+): Promise<ChosenImage> {
+  const id = d.id;
+  const wanted = await wantedImage(d, rec, installed, deps, shared, control, holdFinalizer);
+  if (wanted.ok) {
+    const { url, facts, labels, updateFrom, previousEnv } = wanted;
+    base.imageUrl = updateFrom ?? url;
+    if (updateFrom) base.targetImage = url;
+    // A new update (another image or generation) starts from where the rollback left the instance.
+    if (updateFrom && rec?.failedUpdate) rec = await deps.records.update(id, { failedUpdate: undefined });
+    return { url, facts, labels, ...(updateFrom ? { updateFrom } : {}), ...(previousEnv ? { previousEnv } : {}), rec };
+  }
+  if (!installed) {
+    // Nothing installed to fall back on: report and wait.
+    return { result: await failed(deps, d, prev, { ...base, imageUrl: wanted.setback.targetImage ?? prev?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked) };
+  }
+  // The wanted image cannot be used: the instance keeps converging on the one it runs (drift
+  // repair, credentials, units) and reports why it is not on the wanted one.
+  const setback = wanted.setback;
+  base.imageUrl = installed;
+  if (setback.targetImage && setback.targetImage !== installed) base.targetImage = setback.targetImage;
+  try {
+    const facts = await imageFacts(deps, id, installed, rec, () => holdFinalizer(installed), localOwner(id, rec, shared));
+    return { url: installed, facts, labels: parseModuleLabels(facts.labels, installed), setback, rec };
+  } catch (err) {
+    deps.log(`node-agent: ${id}: the installed image ${installed} cannot be read either: ${toNs8ctlError(err).message}`);
+    return { result: await failed(deps, d, prev, { ...base, imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked) };
+  }
+}
+
 async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
   let d = desired;
   const id = d.id;
@@ -442,44 +491,14 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
   };
   // Not created yet: the instances it depends on come first (any node).
   if (!installed && d.spec.dependsOn?.length) {
-    const waiting = await unreadyDependencies(deps.redis, d.spec.dependsOn);
-    if (waiting.length > 0) {
-      const message = `waits for ${waiting.map((w) => `${w.id} (${w.why})`).join(', ')} before it is created (spec.dependsOn)`;
-      const status = await writeStatus(deps.redis, prev, { ...base, imageUrl: prev?.imageUrl ?? '', conditions: [cond('Ready', 'False', 'DependencyNotReady', message), cond('Progressing', 'False', 'Waiting', message), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
-      return { id, outcome: 'blocked', applied: [], drift: [], error: new Ns8ctlError('dependency_not_ready', `${id} ${message}`), retry: true, status, waitingFor: waiting.map((w) => w.id) };
-    }
+    const waits = await waitForDependencies(d, prev, base, deps);
+    if (waits) return waits;
   }
-  const wanted = await wantedImage(d, rec, installed, deps, shared, control, holdFinalizer);
-  let setback: Setback | undefined;
-  let url: string;
-  let facts: ImageFacts;
-  let labels: ModuleLabels;
-  let updateFrom: string | undefined;
-  let previousEnv: Record<string, string> | undefined;
-  if (wanted.ok) {
-    ({ url, facts, labels, updateFrom, previousEnv } = wanted);
-    base.imageUrl = updateFrom ?? url;
-    if (updateFrom) base.targetImage = url;
-    // A new update (another image or generation) starts from where the rollback left the instance.
-    if (updateFrom && rec?.failedUpdate) rec = await deps.records.update(id, { failedUpdate: undefined });
-  } else if (!installed) {
-    // Nothing installed to fall back on: report and wait.
-    return failed(deps, d, prev, { ...base, imageUrl: wanted.setback.targetImage ?? prev?.imageUrl ?? '', imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked);
-  } else {
-    // The wanted image cannot be used: the instance keeps converging on the one it runs (drift
-    // repair, credentials, units) and reports why it is not on the wanted one.
-    setback = wanted.setback;
-    url = installed;
-    base.imageUrl = installed;
-    if (setback.targetImage && setback.targetImage !== installed) base.targetImage = setback.targetImage;
-    try {
-      facts = await imageFacts(deps, id, installed, rec, () => holdFinalizer(installed), localOwner(id, rec, shared));
-      labels = parseModuleLabels(facts.labels, installed);
-    } catch (err) {
-      deps.log(`node-agent: ${id}: the installed image ${installed} cannot be read either: ${toNs8ctlError(err).message}`);
-      return failed(deps, d, prev, { ...base, imageDigest: prev?.imageDigest ?? '' }, wanted.error, undefined, [], [], wanted.blocked);
-    }
-  }
+  const chosen = await chooseImage(d, rec, installed, prev, base, deps, shared, control, holdFinalizer);
+  if ('result' in chosen) return chosen.result;
+  const { url, setback, updateFrom, previousEnv } = chosen;
+  let { facts, labels } = chosen;
+  rec = chosen.rec;
   const rootfull = labels.rootfull;
   const applied: Step[] = [];
   let drift: string[] = [];
@@ -513,14 +532,10 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     if (observed.localImage && facts.id !== observed.localImage.id && !relabelled) {
       const owner = ownerOf(id, rootfull, observed.user);
       if (owner) {
-        try {
-          facts = await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
-          labels = parseModuleLabels(facts.labels, url);
-          stepCtx.labels = labels;
-          rec = await deps.records.update(id, { image: facts, imageUrl: url });
-        } catch (err) {
-          return failed(deps, d, prev, base, toNs8ctlError(err), undefined, applied, drift, false, setback);
-        }
+        const again = await relabel(deps, id, owner, url);
+        if (again instanceof Ns8ctlError) return failed(deps, d, prev, base, again, undefined, applied, drift, false, setback);
+        ({ facts, labels, rec } = again);
+        stepCtx.labels = labels;
         relabelled = true;
       }
     }
@@ -545,17 +560,7 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     }
     if (plan.steps.length === 0) break;
     if (control.signal?.aborted) break;
-    if (round === 0) {
-      const progressing: ModuleStatus = {
-        ...base,
-        conditions: [
-          cond('Ready', 'False', 'Progressing', `applying: ${plan.steps.map((s) => s.kind).join(', ')}`),
-          cond('Progressing', 'True', 'Applying', `${plan.steps.length} step(s): ${plan.steps.map((s) => s.kind).join(', ')}`),
-          cond('Degraded', prev && prev.conditions.some((c) => c.type === 'Degraded' && c.status === 'True') ? 'True' : 'False', prev?.conditions.find((c) => c.type === 'Degraded')?.reason ?? 'AsExpected', prev?.conditions.find((c) => c.type === 'Degraded' && c.status === 'True')?.message ?? ''),
-        ],
-      };
-      prev = await writeStatus(deps.redis, prev, progressing, deps.now());
-    }
+    if (round === 0) prev = await writeStatus(deps.redis, prev, progressingStatus(base, prev, plan.steps), deps.now());
     for (const step of plan.steps) {
       try {
         await applyStep(step, stepCtx);
@@ -571,43 +576,104 @@ async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | 
     }
   }
   if (!observed || !plan) throw new Ns8ctlError('internal', `${id}: reconcile made no observation`, { user: false });
-  if (plan.steps.length > 0 && !control.signal?.aborted) {
-    const e = new Ns8ctlError('not_converging', `${id}: still ${plan.steps.length} step(s) to apply after ${MAX_ROUNDS} rounds: ${plan.steps.map((s) => `${s.kind} (${s.reason})`).join('; ')}`, { user: false });
-    return failed(deps, d, prev, base, e, undefined, applied, drift, false, setback);
+  const unfinished = notConverged(id, plan, control.signal?.aborted ?? false);
+  if (unfinished) return failed(deps, d, prev, base, unfinished, undefined, applied, drift, false, setback);
+  if (updateFrom && previousEnv) await finishUpdate(base, observed, facts, url, previousEnv, stepCtx, applied);
+  return reportConverged({ d, rec, prev, base, observed, applied, drift, url, setback, systemdMissing: ctx.systemdMissing }, deps);
+}
+
+/** Why a pass that ended its rounds did not converge (steps left, or inputs still awaited), if so. */
+function notConverged(id: string, plan: InstancePlan, aborted: boolean): Ns8ctlError | undefined {
+  if (plan.steps.length > 0 && !aborted) return new Ns8ctlError('not_converging', `${id}: still ${plan.steps.length} step(s) to apply after ${MAX_ROUNDS} rounds: ${plan.steps.map((s) => `${s.kind} (${s.reason})`).join('; ')}`, { user: false });
+  if (plan.waiting.length > 0) return new Ns8ctlError('not_converging', `${id}: waiting: ${plan.waiting.join('; ')}`, { user: false });
+  return undefined;
+}
+
+/** The labels of the image now present (its tag moved or it was pulled again), recorded. */
+async function relabel(deps: NodeAgentDeps, id: string, owner: Owner, url: string): Promise<{ facts: ImageFacts; labels: ModuleLabels; rec: InstanceRecord | undefined } | Ns8ctlError> {
+  try {
+    const facts = await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
+    const labels = parseModuleLabels(facts.labels, url);
+    return { facts, labels, rec: await deps.records.update(id, { image: facts, imageUrl: url }) };
+  } catch (err) {
+    return toNs8ctlError(err);
   }
-  if (plan.waiting.length > 0) {
-    const e = new Ns8ctlError('not_converging', `${id}: waiting: ${plan.waiting.join('; ')}`, { user: false });
-    return failed(deps, d, prev, base, e, undefined, applied, drift, false, setback);
+}
+
+/** The status written when a pass starts applying steps: Progressing, Degraded as it was. */
+function progressingStatus(base: Omit<ModuleStatus, 'conditions'>, prev: ModuleStatus | undefined, steps: readonly Step[]): ModuleStatus {
+  const kinds = steps.map((s) => s.kind).join(', ');
+  const degraded = prev?.conditions.find((c) => c.type === 'Degraded' && c.status === 'True');
+  return {
+    ...base,
+    conditions: [
+      cond('Ready', 'False', 'Progressing', `applying: ${kinds}`),
+      cond('Progressing', 'True', 'Applying', `${steps.length} step(s): ${kinds}`),
+      cond('Degraded', degraded ? 'True' : 'False', prev?.conditions.find((c) => c.type === 'Degraded')?.reason ?? 'AsExpected', degraded?.message ?? ''),
+    ],
+  };
+}
+
+/** An update converged: the status names the new image, and the previous images go (failure only logged). */
+async function finishUpdate(base: Omit<ModuleStatus, 'conditions'>, observed: ObservedInstance, facts: ImageFacts, url: string, previousEnv: Record<string, string>, stepCtx: StepContext, applied: Step[]): Promise<void> {
+  const { deps, id } = stepCtx;
+  base.imageUrl = url;
+  delete base.targetImage;
+  base.imageDigest = observed.localImage?.digest || facts.digest;
+  const refs = imagesToClean(previousEnv, observed.envFile ?? {});
+  if (!refs.length) return;
+  const step: Step = { id, kind: 'remove-old-images', refs, reason: `update to ${url} done: remove ${refs.join(' ')}` };
+  try {
+    await applyStep(step, stepCtx);
+    applied.push(step);
+  } catch (err) {
+    deps.log(`node-agent: ${id}: removing the previous images failed (left in place): ${toNs8ctlError(err).message}`);
   }
-  if (updateFrom && previousEnv) {
-    // The update succeeded: the status names the new image, and the previous images go.
-    base.imageUrl = url;
-    delete base.targetImage;
-    base.imageDigest = observed.localImage?.digest || facts.digest;
-    const refs = imagesToClean(previousEnv, observed.envFile ?? {});
-    if (refs.length) {
-      const step: Step = { id, kind: 'remove-old-images', refs, reason: `update to ${url} done: remove ${refs.join(' ')}` };
-      try {
-        await applyStep(step, stepCtx);
-        applied.push(step);
-      } catch (err) {
-        deps.log(`node-agent: ${id}: removing the previous images failed (left in place): ${toNs8ctlError(err).message}`);
-      }
-    }
-  }
+}
+
+/** An instance not created yet whose `spec.dependsOn` are not all Ready: reported, not created. */
+async function waitForDependencies(d: InstanceDesired, prev: ModuleStatus | undefined, base: Omit<ModuleStatus, 'conditions'>, deps: NodeAgentDeps): Promise<InstanceResult | undefined> {
+  const waiting = await unreadyDependencies(deps.redis, d.spec.dependsOn ?? []);
+  if (waiting.length === 0) return undefined;
+  const message = `waits for ${waiting.map((w) => `${w.id} (${w.why})`).join(', ')} before it is created (spec.dependsOn)`;
+  const status = await writeStatus(deps.redis, prev, { ...base, imageUrl: prev?.imageUrl ?? '', conditions: [cond('Ready', 'False', 'DependencyNotReady', message), cond('Progressing', 'False', 'Waiting', message), cond('Degraded', 'False', 'AsExpected', '')] }, deps.now());
+  return { id: d.id, outcome: 'blocked', applied: [], drift: [], error: new Ns8ctlError('dependency_not_ready', `${d.id} ${message}`), retry: true, status, waitingFor: waiting.map((w) => w.id) };
+}
+
+/** What a converge pass ends with, for its report. */
+interface ConvergedPass {
+  d: InstanceDesired;
+  rec: InstanceRecord | undefined;
+  prev: ModuleStatus | undefined;
+  base: Omit<ModuleStatus, 'conditions'>;
+  observed: ObservedInstance;
+  applied: Step[];
+  drift: string[];
+  url: string;
+  setback: Setback | undefined;
+  systemdMissing: string | undefined;
+}
+
+/**
+ * The status of an instance whose plan is empty: Ready, or not Ready with the setback that kept
+ * it on its installed image, or without systemd to start its units.
+ */
+async function reportConverged(r: ConvergedPass, deps: NodeAgentDeps): Promise<InstanceResult> {
+  const { d, rec, prev, base, observed, applied, drift, url, setback, systemdMissing } = r;
+  const id = d.id;
   const wantedUnits = observed.units.filter((u) => u.wanted).map((u) => u.name);
   let conditions: Condition[];
   if (setback) {
     // Converged, but on the installed image: not Ready, with the reason the wanted one is not used.
-    const msg = `${setback.message}${ctx.systemdMissing ? `; ${ctx.systemdMissing}` : ''}`;
+    const msg = `${setback.message}${systemdMissing ? `; ${systemdMissing}` : ''}`;
     const next = setback.terminal ? 'waiting for a change of the Module, the repositories or the core' : 'will retry with backoff';
     conditions = [cond('Ready', 'False', setback.reason, msg), cond('Progressing', 'False', 'Failed', `${next}; meanwhile ${url} is kept converged`), cond('Degraded', 'True', setback.reason, msg)];
     const status = await writeStatus(deps.redis, prev, { ...base, conditions }, deps.now());
     if (applied.length) deps.log(`node-agent: ${id}: converged on the installed image ${url} (${applied.length} step(s): ${applied.map((s) => s.kind).join(', ')})`);
     return { id, outcome: setback.terminal ? 'blocked' : 'failed', applied, drift, error: new Ns8ctlError(setback.code, setback.message), retry: !setback.terminal, status, setback };
   }
-  if (ctx.systemdMissing) {
-    const msg = `${ctx.systemdMissing}: ${wantedUnits.length ? `units ${wantedUnits.join(', ')} are installed but not started` : 'no unit to start'}`;
+  if (systemdMissing) {
+    const msg = `${systemdMissing}: ${wantedUnits.length ? `units ${wantedUnits.join(', ')} are installed but not started` : 'no unit to start'}`;
     conditions = [cond('Ready', 'False', 'SystemdUnavailable', msg), cond('Progressing', 'False', 'HostConverged', 'files, user, ports, environment and credentials are in place'), cond('Degraded', 'True', 'SystemdUnavailable', msg)];
   } else {
     conditions = [cond('Ready', 'True', 'Converged', 'the instance matches its Module'), cond('Progressing', 'False', 'Converged', 'nothing left to do'), cond('Degraded', 'False', 'AsExpected', '')];
