@@ -77,7 +77,7 @@ function systemctlCalls(): string[] {
 }
 
 beforeAll(async () => {
-  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--registry', REGISTRY], { timeoutMs: 300_000 });
+  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'kickweb,kickweb-httpd', '--registry', REGISTRY], { timeoutMs: 300_000 });
   root = mkdtempSync(path.join(tmpdir(), 'ns8-compat-'));
   const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
   const nodeRoot = path.join(root, 'node');

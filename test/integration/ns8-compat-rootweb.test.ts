@@ -28,7 +28,8 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 
-const REGISTRY = 'ns8ctl-compat-test.invalid';
+// Its own name: the kickweb test (another jest worker) builds and removes kickweb under its own.
+const REGISTRY = 'ns8ctl-compat-rootweb-test.invalid';
 const IMAGE = (name: string, tag: string): string => `${REGISTRY}/ns8ctl-compat/${name}:${tag}`;
 const BUILT = [IMAGE('rootweb', '1.0.0'), IMAGE('rootweb', '1.1.0'), IMAGE('rootweb-httpd', '1.0.0'), IMAGE('kickweb', '1.0.0'), IMAGE('kickweb', '1.1.0'), IMAGE('kickweb-httpd', '1.0.0')];
 // The volume is a real root podman volume named after the instance: an id of this process only.
@@ -109,7 +110,7 @@ const run = (action: string, data: unknown = {}, id = ID) => runTask(acl.admin, 
 const volumeExists = async (): Promise<boolean> => (await runner.run(['podman', 'volume', 'exists', VOLUME], { allowFailure: true })).exitCode === 0;
 
 beforeAll(async () => {
-  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--registry', REGISTRY], { timeoutMs: 300_000 });
+  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'rootweb,rootweb-httpd,kickweb,kickweb-httpd', '--registry', REGISTRY], { timeoutMs: 300_000 });
   root = mkdtempSync(path.join(tmpdir(), 'ns8-compat-rootweb-'));
   const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
   const nodeRoot = path.join(root, 'node');
