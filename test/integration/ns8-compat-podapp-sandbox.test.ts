@@ -101,7 +101,12 @@ describe('an NS8 module with a pod, two service images and a volume, run by ns8c
       return c?.title === 'Team notes' ? c : undefined;
     }, { timeoutMs: 480_000, everyMs: 3000, explain });
     expect(config).toEqual({ title: 'Team notes', kickweb: KICKWEB });
-    const env = await leader.hgetall(keys.moduleEnvironment(ID));
+    // get-configuration reads what configure-module's first step stored; the later steps (and the
+    // copy of the environment into Redis at the task's end) may still be running: wait for the last.
+    const env = await eventually('configure-module finished (PODAPP_LAST_CONFIGURE_TASK in Redis)', async () => {
+      const e = await leader.hgetall(keys.moduleEnvironment(ID));
+      return e.PODAPP_LAST_CONFIGURE_TASK ? e : undefined;
+    }, { timeoutMs: 120_000, everyMs: 1000, explain });
     port = env.TCP_PORT ?? '';
     expect(port).toMatch(/^\d+$/);
     // The service images of the label, under NS8's variable names, and what configure-module set.
@@ -155,9 +160,16 @@ describe('an NS8 module with a pod, two service images and a volume, run by ns8c
     expect(page).toContain('started: podapp-db 1.0.0\n');
     expect(page).toContain('started: podapp-db 1.1.0\n');
     expect(page).toContain('title: Renamed');
-    const env = await leader.hgetall(keys.moduleEnvironment(ID));
+    // The migration's record is on the page before update-module ends and copies the environment.
+    const env = await eventually('update-module finished (PODAPP_DB_MIGRATED_FROM in Redis)', async () => {
+      const e = await leader.hgetall(keys.moduleEnvironment(ID));
+      return e.PODAPP_DB_MIGRATED_FROM ? e : undefined;
+    }, { timeoutMs: 120_000, everyMs: 1000, explain });
     expect(env).toMatchObject({ IMAGE_URL: image('podapp', '1.1.0'), PODAPP_DB_IMAGE: image('podapp-db', '1.1.0'), PREV_PODAPP_DB_IMAGE: image('podapp-db', '1.0.0'), PODAPP_DB_MIGRATED_FROM: image('podapp-db', '1.0.0') });
-    expect(await lifecycleTasks('update-module')).toEqual(['0']);
+    expect(await eventually('update-module ended', async () => {
+      const t = await lifecycleTasks('update-module');
+      return t.includes('none') ? undefined : t;
+    }, { timeoutMs: 60_000, explain })).toEqual(['0']);
   }, 900_000);
 
   test('a recorded removal runs destroy-module and leaves no user, unit, port, Redis key, grant or volume', async () => {
