@@ -307,6 +307,11 @@ function observedDefaults(ctx: ObserveContext, node: number, url: string): Obser
   return c !== undefined && n !== undefined ? { module, cluster: c, node: n } : undefined;
 }
 
+/** `Type=oneshot` without `RemainAfterExit=yes`: inactive once it did its work, which is no failure. */
+export function runsOnceAndExits(unitText: string): boolean {
+  return /^\s*Type\s*=\s*oneshot\s*$/m.test(unitText) && !/^\s*RemainAfterExit\s*=\s*(yes|true|on|1)\s*$/im.test(unitText);
+}
+
 /**
  * A rootfull module's own system unit, by NS8's naming (ns8-crowdsec, ns8-netdata: the module's
  * create-module installs `<id>.service` or `<id>-<name>.service` in /etc/systemd/system).
@@ -348,6 +353,7 @@ async function observeUnits(ctx: ObserveContext, id: string, paths: InstancePath
       enabled,
       active: undefined,
     };
+    if (runsOnceAndExits(srcText)) u.runsOnce = true;
     if (rootfull && !installedByModule) {
       u.source = path.join(dir, file);
       u.sourceHash = sha(srcText);

@@ -440,7 +440,7 @@ function planUnits(id: string, o: ObservedInstance, l: Pick<ModuleLabels, 'rootf
 function planModuleUnits(id: string, o: ObservedInstance, recUnits: Record<string, string>, envText: string, add: (s: Step) => void): void {
   const agentUnits = o.units.filter((u) => u.nodeLevel);
   const own = o.units.filter((u) => !u.nodeLevel);
-  const running = [...agentUnits, ...own.filter((u) => u.wanted && u.enabled)];
+  const running = [...agentUnits, ...own.filter((u) => u.wanted && u.enabled && !u.runsOnce)];
   const changedFiles = own.filter((u) => recUnits[u.name]?.split(':')[0] !== fileKey(u));
   if (changedFiles.length) add({ id, kind: 'daemon-reload', reason: `unit files added or changed: ${changedFiles.map((u) => u.name).join(' ')}` });
   const restart = agentUnits.filter((u) => recUnits[u.name] !== undefined && recUnits[u.name] !== unitStamp(fileKey(u), envText));

@@ -112,6 +112,8 @@ export interface UnitObservation {
   enabled: boolean;
   /** Running; undefined when systemd is not running. */
   active: boolean | undefined;
+  /** `Type=oneshot` without RemainAfterExit: inactive after it ran, so a stopped one is not drift. */
+  runsOnce?: boolean;
   /** Rootfull: the unit file in the install dir (source of the installed copy) and its hash. */
   source?: string;
   sourceHash?: string;

@@ -255,6 +255,11 @@ describe('the node planner converges an instance', () => {
       expect(planConverge(input(o, { labels: ns8Labels })).steps).toEqual([]);
     });
 
+    test('an enabled unit that runs once and exits (oneshot) is not started again when found inactive', () => {
+      const o = withAgent(converged(), [{ name: 'setup.service', file: 'setup.service', fileHash: 'h1', wanted: true, enabled: true, active: false, runsOnce: true }]);
+      expect(planConverge(input(o, { labels: ns8Labels })).steps).toEqual([]);
+    });
+
     test('a unit the module started without the agent knowing is recorded, never restarted', () => {
       const o = withAgent(converged(), [{ name: 'webapp.service', file: 'webapp.service', fileHash: 'h1', wanted: true, enabled: true, active: true }]);
       o.record!.units = { 'agent.service': unitStamp(agentHash, envText) };

@@ -244,3 +244,13 @@ describe('status, Redis address and log lines of the node agent', () => {
     expect(text).toEqual(['2025-01-01T00:00:00.000Z info  instance reconciled id=web3 node=1 outcome=converged duration_ms=5 reason=Converged\n']);
   });
 });
+
+describe('units that run once', () => {
+  test('Type=oneshot without RemainAfterExit=yes runs once and exits; with it, or another type, it stays active', async () => {
+    const { runsOnceAndExits } = await import('../../src/node-agent/observe.js');
+    expect(runsOnceAndExits('[Service]\nType=oneshot\nExecStart=/bin/true\n')).toBe(true);
+    expect(runsOnceAndExits('[Service]\nType=oneshot\nRemainAfterExit=yes\n')).toBe(false);
+    expect(runsOnceAndExits('[Service]\nType=forking\n')).toBe(false);
+    expect(runsOnceAndExits('[Service]\nExecStart=/bin/sleep 1\n')).toBe(false);
+  });
+});
