@@ -9,14 +9,13 @@
  * This host has no systemd: `systemctl` on the steps' PATH records what the module asked
  * (enable, restart); the unit itself runs in the sandbox tests.
  */
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { prepareCompatHost } from '../support/ns8-compat.js';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { parseEnvironment } from '../../src/agent/env-file.js';
-import { installNs8Runtime, ns8RuntimeLayout } from '../../src/agent/ns8-runtime.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
@@ -77,14 +76,7 @@ function systemctlCalls(): string[] {
 }
 
 beforeAll(async () => {
-  await runner.run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'kickweb,kickweb-httpd', '--registry', REGISTRY], { timeoutMs: 300_000 });
-  root = mkdtempSync(path.join(tmpdir(), 'ns8-compat-'));
-  const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
-  const nodeRoot = path.join(root, 'node');
-  await installNs8Runtime(nodeRoot, ns8RuntimeLayout({ runtimeDir: path.resolve('runtime/ns8'), pythonVersion: version, installRoot: nodeRoot }));
-  mkdirSync(path.join(root, 'fakebin'));
-  writeFileSync(path.join(root, 'fakebin', 'systemctl'), `#!/bin/sh\necho "$*" >> ${root}/systemctl.log\n`);
-  chmodSync(path.join(root, 'fakebin', 'systemctl'), 0o755);
+  root = await prepareCompatHost({ only: 'kickweb,kickweb-httpd', registry: REGISTRY, prefix: 'ns8-compat-' });
 }, 600_000);
 
 afterAll(async () => {
