@@ -15,7 +15,8 @@ import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError } from '../../errors.js';
 import type { CommandRunner, RunOptions } from '../../host/runner.js';
-import { asOwner, expectExitCode, type Owner } from '../host/owner.js';
+import { asOwner, expectExitCode } from '../host/owner.js';
+import { ensureSrvVolume, runInSrv, type SrvTarget } from './srv.js';
 import {
   backupArgs,
   checkSnapshotRef,
@@ -23,24 +24,17 @@ import {
   instanceRepository,
   parseBackupSummary,
   parseSnapshots,
-  srvScript,
-  srvVolumes,
   type BackupSummary,
   type ResticDestination,
   type SnapshotInfo,
 } from './restic.js';
 
 /** The instance a backup or restore is about. */
-export interface BackupTarget {
-  id: string;
+export interface BackupTarget extends SrvTarget {
   /** MODULE_UUID: names the repository, kept across restore. */
   uuid: string;
   /** The image the instance runs (its name, without tag, names the repository). */
   imageUrl: string;
-  owner: Owner;
-  rootfull: boolean;
-  stateDir: string;
-  installDir: string;
 }
 
 /** Runs a module hook (`module-dump-state`, `module-cleanup-state`) in the instance's agent environment. */
@@ -142,7 +136,7 @@ export class ResticBackups {
     const chosen = found[found.length - 1];
     if (!chosen) throw new Ns8ctlError('snapshot_not_found', `${target.id}: no snapshot ${ref} in ${repo}`);
     const wanted = chosen.paths.map((p) => /^\/srv\/volumes\/([^/]+)/.exec(p)?.[1]).filter((v): v is string => v !== undefined);
-    for (const shown of wanted) await this.ensureVolume(target, target.rootfull ? `${target.id}-${shown}` : shown);
+    for (const shown of wanted) await ensureSrvVolume(this.runner, target, shown);
     await this.inSrv(target, ['restore', chosen.id, '--target', '/srv'], repo, password, `${target.id}: restore snapshot ${chosen.shortId}`);
   }
 
@@ -160,27 +154,9 @@ export class ResticBackups {
     return repo;
   }
 
-  private async ensureVolume(target: BackupTarget, name: string): Promise<void> {
-    const exists = asOwner(target.owner, ['podman', 'volume', 'exists', name], { allowFailure: true, purpose: `${target.id}: volume ${name} exists?` });
-    if ((await this.runner.run(exists.argv, exists.opts)).exitCode === 0) return;
-    const create = asOwner(target.owner, ['podman', 'volume', 'create', name], { purpose: `${target.id}: create volume ${name} to restore into`, mutating: true });
-    await this.runner.run(create.argv, create.opts);
-  }
-
-  /** Podman volumes of the instance, as bound under /srv/volumes. */
-  private async volumes(target: BackupTarget): Promise<{ podmanName: string; shown: string }[]> {
-    const ls = asOwner(target.owner, ['podman', 'volume', 'ls', '--format', '{{.Name}}'], { purpose: `${target.id}: list volumes` });
-    const res = await this.runner.run(ls.argv, ls.opts);
-    return srvVolumes(res.stdout.split('\n').map((l) => l.trim()), target.id, target.rootfull);
-  }
-
   /** restic run in the instance's /srv namespace (rootless: inside its user namespace). */
   private async inSrv(target: BackupTarget, args: string[], repo: string, password: string, purpose: string): Promise<{ stdout: string; stderr: string }> {
-    const script = srvScript({ stateDir: target.stateDir, installDir: target.installDir, volumes: await this.volumes(target) });
-    const ns = target.owner.kind === 'root' ? ['unshare', '--mount', '--propagation', 'private'] : ['podman', 'unshare', 'unshare', '--mount'];
-    const argv = [...ns, 'sh', '-c', script, 'ns8ctl-backup', this.restic, '--no-cache', ...args];
-    const run = asOwner(target.owner, argv, { env: { RESTIC_REPOSITORY: repo, RESTIC_PASSWORD: password }, timeoutMs: RESTIC_TIMEOUT_MS, purpose, mutating: true });
-    return this.runner.run(run.argv, run.opts);
+    return runInSrv(this.runner, target, [this.restic, '--no-cache', ...args], { env: { RESTIC_REPOSITORY: repo, RESTIC_PASSWORD: password }, timeoutMs: RESTIC_TIMEOUT_MS, purpose, mutating: true });
   }
 
   /** restic run as the instance's owner, outside any namespace (repository commands). */
