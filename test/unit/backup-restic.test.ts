@@ -54,3 +54,27 @@ describe('restic, the NS8 way', () => {
     expect(() => checkSnapshotRef('--target=/')).toThrow(/expected latest/);
   });
 });
+
+describe('state transfer, the NS8 way', () => {
+  test('the receiver serves /srv as one module with numeric ids, one connection and its own lock, pid and secrets files', async () => {
+    const { receiverConfig } = await import('../../src/node-agent/backup/transfer.js');
+    const conf = receiverConfig('/run/x/web2', 'web2');
+    expect(conf).toContain('[data]\n  path = /srv\n  read only = no');
+    expect(conf).toContain('numeric ids = yes');
+    expect(conf).toContain('max connections = 1');
+    expect(conf).toContain('lock file = /run/x/web2/rsyncd.lock');
+    expect(conf).toContain('  auth users = web2\n  secrets file = /run/x/web2/rsyncd.secrets');
+    expect(() => receiverConfig('/run/x', 'web2\n[root]')).toThrow(/expected an instance id/);
+  });
+
+  test('the sender never sends the identity files, merges the module filter, and deletes only on the final pass', async () => {
+    const { senderArgs } = await import('../../src/node-agent/backup/transfer.js');
+    const to = { address: '10.0.0.2', port: 20027, user: 'web2', password: 'p' };
+    const live = senderArgs(to, { final: false });
+    expect(live).toEqual(['rsync', '-aH', '--numeric-ids', '--stats', '--filter=- /state/agent.env', '--filter=- /state/environment', '--filter=- /state/apitoken.cache', './', 'rsync://web2@10.0.0.2:20027/data/']);
+    const final = senderArgs(to, { final: true, filterFile: '/i/etc/state-filter-rules.rsync' });
+    expect(final).toContain('--delete-after');
+    expect(final).toContain('--filter=merge /i/etc/state-filter-rules.rsync');
+    expect(final.join(' ')).not.toContain('p@');
+  });
+});
