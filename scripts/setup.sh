@@ -11,9 +11,9 @@ purpose=${1:-test}
 
 # What the tests use: the embedded Redis, rootless Podman with a loopback registry, the sandbox
 # node builder (debootstrap), git sources with signed commits, the NS8 Python agent runtime,
-# backups (restic, rsync), and load for the flake hunt (stress-ng).
+# backups (restic, rsync, and rclone as a restic REST server on loopback).
 test_packages=(redis-server podman runc crun skopeo buildah docker-registry busybox-static debootstrap
-  uidmap git gnupg slirp4netns fuse-overlayfs python3 python3-redis restic rsync)
+  uidmap git gnupg slirp4netns fuse-overlayfs python3 python3-redis restic rsync rclone)
 # What the demo uses: a sandbox node with the example images.
 demo_packages=(redis-server podman runc crun skopeo buildah docker-registry busybox-static debootstrap
   uidmap slirp4netns fuse-overlayfs)

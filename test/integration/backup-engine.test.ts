@@ -5,7 +5,9 @@
  * uids and subordinate ids: every file comes back with the owner the containers see.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
+import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -146,6 +148,42 @@ describe('backup engine (real restic, real users, real volumes)', () => {
     expect(String(err?.message)).not.toContain(PASSWORD);
     expect(JSON.stringify(err)).not.toContain(wrong);
   }, 60_000);
+
+  test('a restic REST server is a destination like a local path: back up, list, restore', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer();
+      s.listen(0, '127.0.0.1', () => {
+        const p = (s.address() as { port: number }).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const served = path.join(root, 'rest');
+    await fs.mkdir(served);
+    const server: ChildProcess = spawn('rclone', ['serve', 'restic', '--addr', `127.0.0.1:${port}`, served], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      // rclone says when it listens: wait for that line, not for time.
+      await new Promise<void>((resolve, reject) => {
+        let seen = '';
+        server.stderr?.on('data', (c: Buffer) => {
+          seen += c.toString();
+          if (/Serving restic REST API on/.test(seen)) resolve();
+        });
+        server.once('exit', (code) => reject(new Error(`rclone exited ${code}: ${seen}`)));
+      });
+      const rest = { url: `rest:http://127.0.0.1:${port}/` };
+      const src = await instance('bkeng1');
+      const result = await engine().backup(src, rest, PASSWORD);
+      expect(result.repository).toBe(`rest:http://127.0.0.1:${port}/kickweb/${UUID}`);
+      expect((await engine().snapshots(src, rest, PASSWORD)).map((s) => s.shortId)).toEqual([result.snapshotId.slice(0, 8)]);
+      await expect(fs.stat(path.join(served, 'kickweb', UUID, 'config'))).resolves.toBeTruthy();
+      const dst = await instance('bkeng2');
+      await fs.writeFile(path.join(dst.stateDir, 'data.txt'), 'overwritten\n');
+      await engine().restore(dst, rest, PASSWORD, result.snapshotId);
+      expect(await fs.readFile(path.join(dst.stateDir, 'data.txt'), 'utf8')).toBe('page one\n');
+    } finally {
+      server.kill('SIGTERM');
+    }
+  }, 120_000);
 
   test('a snapshot argument that is neither latest nor an id is refused before restic runs', async () => {
     const before = runner.history.length;
