@@ -34,8 +34,14 @@ export const PLACEHOLDER_REGISTRY = 'ns8ctl-example-registry.invalid';
 const IMAGE_NAMES = ['webapp-httpd', 'webapp', 'rootfull-demo'] as const;
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-/** examples/modules/ of this checkout. */
-export const EXAMPLES_DIR = path.resolve(here, '..', '..', 'examples', 'modules');
+/** examples/modules/ of this checkout (found upward, so the compiled copy under dist/ finds it too). */
+export const EXAMPLES_DIR = ((): string => {
+  for (let dir = here; ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, 'examples', 'modules');
+    if (existsSync(path.join(candidate, 'build-images.sh'))) return candidate;
+    if (path.dirname(dir) === dir) return path.resolve(here, '..', '..', 'examples', 'modules');
+  }
+})();
 const cacheRoot = (): string => process.env.NS8CTL_EXAMPLE_IMAGES_CACHE ?? '/var/tmp/ns8ctl-example-images';
 
 async function hashTree(dir: string, h: ReturnType<typeof createHash>, rel = ''): Promise<void> {

@@ -1,0 +1,122 @@
+/**
+ * Scale run (issue 14): N instances of the example web app across a sandbox of real systemd nodes
+ * (default 100 instances, 2 nodes), from one `ns8ctl apply` to every instance Ready. A node agent
+ * runs continuously in each node (`ns8ctl node-agent --node K` as a transient unit). Prints and
+ * reports: time from apply to all Ready, p50/p95 of each instance's apply -> Ready time, the peak
+ * RSS of each node agent, and the commands the leader's Redis processed meanwhile; beside Flux's
+ * published figure (flux-benchmark: 100 Kustomizations reconciled in 28 s on a 16-core runner).
+ *
+ * Needs root, podman, skopeo, docker-registry, debootstrap (the sandbox). Sizes:
+ * BENCH_SCALE_INSTANCES (100), BENCH_SCALE_NODES (2), BENCH_SCALE_TIMEOUT_S (1800).
+ * Run: `npm run build && node dist/bench/scale.js`. The sandbox `bench-scale` is deleted at the end.
+ */
+import { Redis } from 'ioredis';
+import { ExecaRunner } from '../src/host/runner.js';
+import { createSandbox } from '../src/sandbox/create.js';
+import { deleteSandbox } from '../src/sandbox/delete.js';
+import { defaultSandboxDeps } from '../src/sandbox/deps.js';
+import { execInNode } from '../src/sandbox/lifecycle.js';
+import { adminRedisUrl } from '../src/sandbox/node-config.js';
+import { readAdminPassword } from '../src/sandbox/record.js';
+import { keys } from '../src/state/keys.js';
+import { ensureExampleImages } from '../test/support/example-images.js';
+import { emitResult, type Figure } from './support/result.js';
+
+const INSTANCES = Number(process.env.BENCH_SCALE_INSTANCES ?? 100);
+const NODES = Number(process.env.BENCH_SCALE_NODES ?? 2);
+const TIMEOUT_MS = Number(process.env.BENCH_SCALE_TIMEOUT_S ?? 1800) * 1000;
+const NAME = 'bench-scale';
+const AGENT_UNIT = 'ns8ctl-bench-agent';
+/** flux-benchmark (fluxcd/flux-benchmark README): 100 Kustomizations on a 16-core GitHub runner. */
+const FLUX_100_S = 28;
+
+const runner = new ExecaRunner(50);
+const deps = defaultSandboxDeps({ runner, stderr: (t) => process.stderr.write(t), stdout: () => undefined });
+
+async function inNode(node: number, command: string[], input?: string): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const execStdio = input === undefined ? { mode: 'pipe' as const } : { mode: 'pipe' as const, stdin: input };
+  const code = await execInNode({ name: NAME, node: String(node), command }, { ...deps, execStdio, stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
+  return { code, out, err };
+}
+
+async function must(node: number, command: string[], input?: string): Promise<string> {
+  const r = await inNode(node, command, input);
+  if (r.code !== 0) throw new Error(`node ${node}: ${command.join(' ')} exited ${r.code}: ${r.err || r.out}`);
+  return r.out;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? 0;
+}
+
+/** Peak RSS (VmHWM, MiB) of a node's agent unit. */
+async function agentPeakRss(node: number): Promise<number> {
+  const pid = (await must(node, ['systemctl', 'show', '-p', 'MainPID', '--value', AGENT_UNIT])).trim();
+  const status = await must(node, ['cat', `/proc/${pid}/status`]);
+  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return kb / 1024;
+}
+
+async function commandsProcessed(redis: Redis): Promise<number> {
+  return Number(/total_commands_processed:(\d+)/.exec(await redis.info('stats'))?.[1] ?? 0);
+}
+
+async function main(): Promise<void> {
+  await deleteSandbox({ name: NAME }, deps);
+  const info = await createSandbox({ name: NAME, nodes: NODES }, deps);
+  let leader: Redis | undefined;
+  try {
+    const images = await ensureExampleImages(info.registry);
+    leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 2 });
+    const ids = Array.from({ length: INSTANCES }, (_, i) => `webapp${i + 1}`);
+    const manifests = ids
+      .map((id, i) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${id}\nspec:\n  image: ${images.webapp['1.0.0']}\n  node: ${(i % NODES) + 1}\n`)
+      .join('---\n');
+    await must(1, ['sh', '-c', 'mkdir -p /root/scale && cat > /root/scale/modules.yaml'], manifests);
+    for (let n = 1; n <= NODES; n++) await must(n, ['systemd-run', `--unit=${AGENT_UNIT}`, '--collect', 'ns8ctl', 'node-agent', '--node', String(n)]);
+    const commandsBefore = await commandsProcessed(leader);
+    const started = Date.now();
+    await must(1, ['ns8ctl', 'apply', '-f', '/root/scale/']);
+    const readyAt = new Map<string, number>();
+    while (readyAt.size < ids.length) {
+      if (Date.now() - started > TIMEOUT_MS) throw new Error(`${ids.length - readyAt.size} instance(s) not Ready after ${TIMEOUT_MS / 1000} s: ${ids.filter((id) => !readyAt.has(id)).slice(0, 5).join(', ')} ...`);
+      const p = leader.pipeline();
+      for (const id of ids) p.hget(keys.moduleStatus(id), 'conditions');
+      const now = Date.now();
+      ((await p.exec()) ?? []).forEach(([, v], i) => {
+        const id = ids[i] as string;
+        if (readyAt.has(id) || typeof v !== 'string') return;
+        const ready = (JSON.parse(v) as { type: string; status: string }[]).some((c) => c.type === 'Ready' && c.status === 'True');
+        if (ready) readyAt.set(id, now - started);
+      });
+      process.stderr.write(`\rscale: ${readyAt.size}/${ids.length} Ready after ${((now - started) / 1000).toFixed(0)} s`);
+      if (readyAt.size < ids.length) await new Promise((r) => setTimeout(r, 500));
+    }
+    const total = (Date.now() - started) / 1000;
+    const commands = (await commandsProcessed(leader)) - commandsBefore;
+    const times = [...readyAt.values()].sort((a, b) => a - b);
+    const rss: number[] = [];
+    for (let n = 1; n <= NODES; n++) rss.push(await agentPeakRss(n));
+    process.stderr.write('\n');
+    const figures: Figure[] = [
+      { what: `${INSTANCES} instances on ${NODES} nodes: apply -> all Ready`, value: total, unit: 's', ...(INSTANCES === 100 ? { versus: { what: 'Flux, 100 Kustomizations, 16 cores (flux-benchmark)', value: FLUX_100_S } } : {}) },
+      { what: 'apply -> Ready per instance, p50', value: percentile(times, 50) / 1000, unit: 's' },
+      { what: 'apply -> Ready per instance, p95', value: percentile(times, 95) / 1000, unit: 's' },
+      { what: 'node agent peak RSS (largest node)', value: Math.max(...rss), unit: 'MiB' },
+      { what: 'Redis commands on the leader, apply -> all Ready', value: commands, unit: 'commands' },
+    ];
+    console.log(`\nscale run: ${INSTANCES} instances, ${NODES} nodes (sandbox, 2-core host)`);
+    for (const f of figures) console.log(`  ${f.what}: ${f.value.toFixed(f.unit === 'commands' ? 0 : 2)} ${f.unit}${f.versus ? ` (${f.versus.what}: ${f.versus.value} s)` : ''}`);
+    emitResult({ bench: 'scale', sizes: { instances: INSTANCES, nodes: NODES }, figures });
+  } finally {
+    leader?.disconnect();
+    if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? err.message : err);
+  process.exitCode = 1;
+});
