@@ -157,6 +157,8 @@ class NodeLoop implements NodeAgentHandle {
   /** Aborted by stop() or by the caller's signal: the loop ends after the current step. */
   private readonly ended = new AbortController();
   private readonly onAbort = (): void => this.ended.abort();
+  /** A trigger is waiting for the end of the current tick (see trigger). */
+  private wakeQueued = false;
 
   constructor(
     private readonly opts: NodeLoopOptions,
@@ -187,7 +189,14 @@ class NodeLoop implements NodeAgentHandle {
   }
 
   trigger(): void {
-    this.queue.add(NODE_KEY);
+    // The queue starts a pass synchronously: a burst of wake-ups in one tick (several messages of
+    // one Redis reply) is gathered first, so it makes one pass, not a pass and a rerun.
+    if (this.wakeQueued) return;
+    this.wakeQueued = true;
+    queueMicrotask(() => {
+      this.wakeQueued = false;
+      this.queue.add(NODE_KEY);
+    });
   }
 
   async stop(): Promise<void> {

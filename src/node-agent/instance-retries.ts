@@ -103,11 +103,6 @@ export class InstanceRetryBook {
     return true;
   }
 
-  /** Attempts booked for `id` (failures in a row, 0 when it is not backing off). */
-  attempts(id: string): number {
-    return this.backoff.get(id)?.attempts ?? 0;
-  }
-
   private recordInstance(r: InstanceResult, now: number): void {
     // What it waits for now (skipped instances keep what they waited for).
     for (const [dep, waiters] of this.waitingOn) if (waiters.delete(r.id) && waiters.size === 0) this.waitingOn.delete(dep);
