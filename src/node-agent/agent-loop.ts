@@ -226,7 +226,7 @@ class NodeLoop implements NodeAgentHandle {
     const after = this.deps.clock.now();
     this.book.record(result, after);
     this.opts.onReconcile?.(result);
-    return { requeueAfterMs: this.book.nextDueIn(after, this.resyncMs) };
+    return { requeueAfterMs: Math.max(0, this.book.nextDueIn(after, this.resyncMs)) };
   }
 
   private logNodeFailure(report: ReconcileReport): void {

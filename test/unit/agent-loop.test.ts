@@ -332,6 +332,39 @@ describe('node agent loop: retries', () => {
     expect(clock.pendingDelays()).toEqual([2_000]);
   });
 
+  it('backs off an instance set back from its wanted image whose convergence on the installed image failed too', async () => {
+    const setback: Setback = { code: 'UpdateRefused', reason: 'UpdateRefused', message: 'min-core 3.9 is above this core', terminal: true };
+    const upd: FakeInstance = { id: 'upd1', generation: 2, behave: (_n, held) => ({ outcome: 'failed', setback: held ?? setback, error: new Ns8ctlError('unit_failed', 'unit webapp.service did not start') }) };
+    const { clock, node, handle } = start([upd]);
+    await settle();
+    expect(clock.pendingDelays()).toEqual([1_000]);
+    await advance(clock, 500);
+    handle.trigger();
+    await settle();
+    expect(node.passes[1]).toMatchObject({ skipped: ['upd1'] });
+    await advance(clock, 500);
+    // Tried again after its backoff, its setback still held until the recheck.
+    expect(node.passes[2]).toMatchObject({ at: 1_000, tried: ['upd1'], held: ['upd1'] });
+    expect(clock.pendingDelays()).toEqual([2_000]);
+  });
+
+  it('forgets an instance that left the node: back on it, its backoff starts over', async () => {
+    const bad: FakeInstance = { id: 'bad1', generation: 1, behave: failing };
+    const { clock, node, handle } = start([bad]);
+    await settle();
+    await advance(clock, 1_000);
+    expect(clock.pendingDelays()).toEqual([2_000]);
+    node.instances.splice(0);
+    handle.trigger();
+    await settle();
+    expect(clock.pendingDelays()).toEqual([60_000]);
+    node.instances.push(bad);
+    handle.trigger();
+    await settle();
+    expect(node.triedAt('bad1')).toEqual([0, 1_000, 1_000]);
+    expect(clock.pendingDelays()).toEqual([1_000]);
+  });
+
   it('backs the whole pass off when the node cannot be read, says when it retries, and starts over after a success', async () => {
     const { clock, node, lines, results } = start([{ id: 'web1', generation: 1, behave: ok }], {}, undefined, (n) =>
       n.failNextPasses(new RedisError('redis_unavailable', 'Redis at 127.0.0.1:6379 refused the connection'), new RedisError('redis_unavailable', 'Redis at 127.0.0.1:6379 refused the connection')),
