@@ -47,7 +47,6 @@ interface Pass {
 class FakeNode {
   readonly passes: Pass[] = [];
   readonly tries = new Map<string, number[]>();
-  readonly controls: ReconcileControl[] = [];
   private gates: Gate[] = [];
   private failures: Error[] = [];
   /** While set, every pass refuses (DesiredStateSuspect) and asks the loop whether to say so. */
@@ -77,7 +76,6 @@ class FakeNode {
   }
 
   readonly reconcile = async (control: ReconcileControl): Promise<NodeReconcileResult> => {
-    this.controls.push(control);
     const pass: Pass = { at: this.clock.now(), tried: [], skipped: [], held: [], signal: control.signal };
     this.passes.push(pass);
     const g = this.gates.shift();
