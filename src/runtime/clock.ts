@@ -1,6 +1,6 @@
 /**
- * The clock the controller's loops read and sleep on. Injected everywhere so unit tests drive time
- * by hand (`ManualClock`) and production uses the real one (`systemClock`).
+ * The clock the loops (controller and node agent) read and sleep on. Injected everywhere so unit
+ * tests drive time by hand (`ManualClock`) and production uses the real one (`systemClock`).
  */
 
 /** An opaque timer handle returned by `Clock.setTimer`. */

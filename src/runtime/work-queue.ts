@@ -10,6 +10,8 @@
  * - `start()` and `stop()` are idempotent and awaitable; `stop()` aborts the signal the running
  *   reconciles got, waits for them to return, and cancels every timer.
  * Time comes from an injected Clock, so every rule above is unit-tested without waiting.
+ * The controller queues one key per source and per Module; the node agent queues its whole-node
+ * pass as a single key (so its passes never overlap and its wake-ups coalesce).
  */
 import { ManifestError, RefusedError } from '../errors.js';
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
