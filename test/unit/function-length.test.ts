@@ -13,7 +13,6 @@ const MAX_LINES = 80;
 const ALLOWED_LONG: readonly string[] = [
   'src/node-agent/agent-loop.ts:runNodeAgent',
   'src/node-agent/agent-loop.ts:loop',
-  'src/node-agent/reconcile.ts:convergeInstance',
 ];
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
