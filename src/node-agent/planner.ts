@@ -46,8 +46,11 @@ export interface InstancePlan {
   steps: Step[];
   /** What later rounds will do once current steps are applied (`environment: waits for the image`). */
   waiting: string[];
-  /** Set when the instance cannot converge without a change of desired state or of the host. */
-  blocked?: { reason: string; message: string };
+  /**
+   * Set when the instance cannot converge without a change of desired state or of the host; `code`
+   * is an error code (its status reason comes from REASONS, reasons.ts).
+   */
+  blocked?: { code: string; message: string };
 }
 
 export interface ConvergeInput {
@@ -107,7 +110,7 @@ export function planConverge(i: ConvergeInput): InstancePlan {
       steps: [],
       waiting: [],
       blocked: {
-        reason: 'RootfullChanged',
+        code: 'rootfull_changed',
         message: `${id} was created ${rec.rootfull ? 'rootfull' : 'rootless'} but image ${i.imageUrl} is ${l.rootfull ? 'rootfull' : 'rootless'} (org.nethserver.rootfull); an instance cannot switch in place: remove it and add a new one`,
       },
     };
@@ -290,7 +293,7 @@ function planEnvironment(p: Planning, portsOk: Record<PortProto, boolean>): Envi
       envText = renderEnvironment(id, managed);
     } catch (err) {
       const e = err as Ns8ctlError;
-      return { blocked: { reason: 'EnvironmentInvalid', message: e.message } };
+      return { blocked: { code: 'environment_value_invalid', message: e.message } };
     }
     const wantUid = p.i.labels.rootfull ? 0 : o.user?.uid;
     const recordStale = !sameEnvironment(wrote, managed);
@@ -357,7 +360,7 @@ function planFlagsAndGrants(p: Planning): InstancePlan['blocked'] {
   try {
     auths = authorizationsToStore(l.authorizations.join(' ')).sort();
   } catch (err) {
-    return { reason: 'ImageLabelInvalid', message: `image ${i.imageUrl}: ${(err as Error).message}` };
+    return { code: 'image_label_invalid', message: `image ${i.imageUrl}: ${(err as Error).message}` };
   }
   if (JSON.stringify(o.authorizations) !== JSON.stringify(auths) || JSON.stringify(o.roles.owner) !== JSON.stringify(OWNER_ROLE) || JSON.stringify(o.roles.reader) !== JSON.stringify(READER_ROLE)) {
     add({ id, kind: 'set-authorizations', authorizations: auths, reason: `cluster/authorizations/module/${id} must be ${auths.join(' ')} (and the built-in roles present)` });

@@ -344,7 +344,7 @@ describe('systemd units of a rootless instance', () => {
     systemd.calls.length = 0;
     systemd.active.clear();
     const r = await once();
-    expect(r).toMatchObject({ outcome: 'blocked', retry: false, setback: { code: 'UpdateRefused', terminal: true, targetImage: images.webapp['1.0.0'] } });
+    expect(r).toMatchObject({ outcome: 'blocked', retry: false, setback: { code: 'update_refused', terminal: true, targetImage: images.webapp['1.0.0'] } });
     expect(r.drift).toEqual(['units stopped: webapp.service agent.service']);
     expect(systemd.calls).toEqual(['start webapp.service agent.service']);
     const st = (await readModuleStatus(admin, id))!;

@@ -11,7 +11,6 @@ const MAX_LINES = 80;
  * when an entry is now short enough (remove it) or no longer exists.
  */
 const ALLOWED_LONG: readonly string[] = [
-  'src/node-agent/reconcile.ts:convergeInstance',
 ];
 
 const ROOT = path.resolve(import.meta.dirname, '../..');

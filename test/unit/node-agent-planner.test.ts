@@ -152,7 +152,7 @@ describe('the node planner converges an instance', () => {
 
   test('a value with a newline blocks the instance with EnvironmentInvalid', () => {
     const p = planConverge(input(converged(), { desired: { ...desired, uuid: 'a\nEVIL=1' } }));
-    expect(p.blocked?.reason).toBe('EnvironmentInvalid');
+    expect(p.blocked?.code).toBe('environment_value_invalid');
     expect(p.blocked?.message).toMatch(/MODULE_UUID contains a newline/);
   });
 
@@ -390,7 +390,7 @@ describe('the node planner converges an instance', () => {
   test('switching between rootless and rootfull is refused', () => {
     const lf = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.rootfull': '1' }, URL);
     const p = planConverge(input(converged(), { labels: lf }));
-    expect(p.blocked?.reason).toBe('RootfullChanged');
+    expect(p.blocked?.code).toBe('rootfull_changed');
     expect(p.steps).toEqual([]);
   });
 
@@ -410,7 +410,7 @@ describe('the node planner converges an instance', () => {
     const p = planConverge(input(converged(), { labels: la }));
     expect(p.steps).toEqual([expect.objectContaining({ kind: 'set-authorizations', authorizations: ['node:portsadm', 'self:selfadm', 'traefik@any:routeadm'] })]);
     const bad = parseModuleLabels({ 'ns8ctl.units': 'agent', 'org.nethserver.authorizations': 'cluster:owner' }, URL);
-    expect(planConverge(input(converged(), { labels: bad })).blocked).toMatchObject({ reason: 'ImageLabelInvalid', message: expect.stringContaining('cluster:owner') });
+    expect(planConverge(input(converged(), { labels: bad })).blocked).toMatchObject({ code: 'image_label_invalid', message: expect.stringContaining('cluster:owner') });
   });
 
   test('an owed create-module or update-module runs once everything else is in place and the module agent runs', () => {
