@@ -29,6 +29,7 @@ const BENCHES: BenchSpec[] = [
   { name: 'resolve', script: 'resolve-bench.js', full: {}, smoke: { BENCH_REPO_MODULES: '10' } },
   { name: 'pickup-latency', script: 'pickup-latency.js', full: {}, smoke: { BENCH_CHANGES: '3' } },
   { name: 'idle-cost', script: 'idle-cost.js', full: {}, smoke: { BENCH_INSTANCES: '5', BENCH_IDLE_SECONDS: '2' } },
+  { name: 'scale', script: 'scale.js', full: {}, smoke: { BENCH_SCALE_INSTANCES: '2' }, root: true },
   { name: 'node-agent-converge', script: 'node-agent-converge.js', full: {}, smoke: { BENCH_CONVERGE_INSTANCES: '2', BENCH_NOOP_INSTANCES: '3', BENCH_CONCURRENCY: '2' }, root: true },
 ];
 

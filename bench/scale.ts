@@ -80,6 +80,7 @@ async function main(): Promise<void> {
     const started = Date.now();
     await must(1, ['ns8ctl', 'apply', '-f', '/root/scale/']);
     const readyAt = new Map<string, number>();
+    let shown = -1;
     while (readyAt.size < ids.length) {
       if (Date.now() - started > TIMEOUT_MS) throw new Error(`${ids.length - readyAt.size} instance(s) not Ready after ${TIMEOUT_MS / 1000} s: ${ids.filter((id) => !readyAt.has(id)).slice(0, 5).join(', ')} ...`);
       const p = leader.pipeline();
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
         const ready = (JSON.parse(v) as { type: string; status: string }[]).some((c) => c.type === 'Ready' && c.status === 'True');
         if (ready) readyAt.set(id, now - started);
       });
-      process.stderr.write(`\rscale: ${readyAt.size}/${ids.length} Ready after ${((now - started) / 1000).toFixed(0)} s`);
+      if (readyAt.size !== shown) process.stderr.write(`scale: ${(shown = readyAt.size)}/${ids.length} Ready after ${((now - started) / 1000).toFixed(1)} s\n`);
       if (readyAt.size < ids.length) await new Promise((r) => setTimeout(r, 500));
     }
     const total = (Date.now() - started) / 1000;
@@ -99,7 +100,6 @@ async function main(): Promise<void> {
     const times = [...readyAt.values()].sort((a, b) => a - b);
     const rss: number[] = [];
     for (let n = 1; n <= NODES; n++) rss.push(await agentPeakRss(n));
-    process.stderr.write('\n');
     const figures: Figure[] = [
       { what: `${INSTANCES} instances on ${NODES} nodes: apply -> all Ready`, value: total, unit: 's', ...(INSTANCES === 100 ? { versus: { what: 'Flux, 100 Kustomizations, 16 cores (flux-benchmark)', value: FLUX_100_S } } : {}) },
       { what: 'apply -> Ready per instance, p50', value: percentile(times, 50) / 1000, unit: 's' },

@@ -7,7 +7,7 @@
  */
 import { moduleNameOf, objectKey, splitInstanceId, type DesiredObject, type ModuleObject, type ModuleSpec } from '../manifest/types.js';
 import { RepositoryError } from '../repository/errors.js';
-import { admitMaxPerNode, checkUpdate, findModules, resolveModule, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
+import { admitMaxPerNode, checkUpdate, findModules, resolveInCatalog, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
 import { compareNatural } from '../runtime/canonical.js';
 import { compareKeys } from './planner.js';
 import type { ClusterState } from '../state/cluster-state.js';
@@ -70,16 +70,15 @@ function resolveSpec(spec: ModuleSpec, inputs: ResolutionInputs): Outcome {
   const repo = usesRepository(spec);
   if (repo && !catalog) return { kind: 'skipped' };
   try {
-    const resolution = resolveModule(spec, repo && catalog ? catalog.available : []);
+    const failures = catalog?.failures ?? [];
+    const resolution = resolveInCatalog(spec, repo && catalog ? catalog.available : [], repo ? failures.map((f) => f.message) : []);
     const module = repo && catalog ? findModules(catalog.available, resolution.module).find((m) => m.source === resolution.source && m.repository === resolution.repository) : undefined;
     const labels = resolution.labels ?? (catalog ? catalogLabels(catalog.available, resolution.source, resolution.tag) : undefined) ?? inputs.imageLabels?.get(resolution.image);
     return { kind: 'resolved', resolution, module, labels };
   } catch (err) {
     if (!(err instanceof RepositoryError)) throw err;
-    const failures = catalog?.failures ?? [];
-    const uncertain = failures.length > 0 && (err.code === 'module_not_found' || err.code === 'version_not_found');
-    const message = uncertain ? `${err.message}; some repositories could not be read: ${failures.map((f) => f.message).join('; ')}` : err.message;
-    return { kind: 'error', problem: { code: err.code, message }, definite: !uncertain };
+    const uncertain = (catalog?.failures.length ?? 0) > 0 && (err.code === 'module_not_found' || err.code === 'version_not_found');
+    return { kind: 'error', problem: { code: err.code, message: err.message }, definite: !uncertain };
   }
 }
 
@@ -110,7 +109,7 @@ function tagOf(url: string): string | undefined {
 /**
  * Adds image resolution to a plan made by `plan(desired, state, ...)` with the same desired
  * objects and state. Returns a new plan; the input is not modified. Rules (docs/plan.md):
- * - every desired Module is resolved (`resolveModule`): `spec.image` as-is, `spec.module` through
+ * - every desired Module is resolved (`resolveInCatalog`, the function the node agent resolves with too): `spec.image` as-is, `spec.module` through
  *   `inputs.catalog`. Module create/update changes carry `resolved` (or `resolutionError`);
  * - a Module that cannot be resolved while every repository was read (unknown module, no version
  *   in the range, invalid range) is blocked when it is new or its module/image/version changed;

@@ -5,9 +5,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Redis } from 'ioredis';
 import { readCoreVersion } from './core-version.js';
-import { RepositoryError } from './errors.js';
 import { loadSnapshots, type FetchOptions, type PlannedRepositories, type RepositoryFailure } from './fetch.js';
-import { listAvailable, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type RepositorySnapshot, type Resolution } from './resolve.js';
+import { listAvailable, resolveInCatalog, resolveModule, type AvailableModule, type ImageSpec, type RepositoryInfo, type RepositorySnapshot, type Resolution } from './resolve.js';
 
 export interface ResolverOptions extends FetchOptions {
   /** Core version min-core labels are compared with; default readCoreVersion() (env, core.env, 3.21.0). */
@@ -99,15 +98,7 @@ export async function resolveFromRedis(redis: Redis, spec: ImageSpec | string, o
   const direct = typeof spec === 'string' ? spec.includes('/') : spec.image !== undefined || (spec.module?.includes('/') ?? false);
   if (direct) return resolveModule(spec, []);
   const catalog = await loadAvailable(redis, opts);
-  try {
-    return resolveModule(spec, catalog.available);
-  } catch (err) {
-    if (err instanceof RepositoryError && catalog.failures.length && (err.code === 'module_not_found' || err.code === 'version_not_found')) {
-      const extra = catalog.failures.map((f) => f.error.message).join('; ');
-      throw new RepositoryError(err.code, `${err.message}; some repositories could not be read: ${extra}`, { cause: err });
-    }
-    throw err;
-  }
+  return resolveInCatalog(spec, catalog.available, catalog.failures.map((f) => f.error.message));
 }
 
 /** Returns a function resolving Module specs to full Resolutions (for plan and status). */

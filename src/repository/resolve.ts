@@ -644,3 +644,22 @@ export function listUpdates(instances: readonly InstalledInstance[], available: 
   }
   return out;
 }
+
+/**
+ * The one resolution of a Module spec against a catalogue: the plan (what `diff` shows) and the
+ * node agent (what it pulls) both call it, with the same catalogue read from Redis, so both get
+ * the same image. When the module or version is not found and some repositories could not be
+ * read, the error names them (the module may be in one of them).
+ * @param unreadable messages of the repositories that could not be read.
+ * @throws RepositoryError as resolveModule.
+ */
+export function resolveInCatalog(spec: ImageSpec | string, available: readonly AvailableModule[], unreadable: readonly string[] = []): Resolution {
+  try {
+    return resolveModule(spec, available);
+  } catch (err) {
+    if (err instanceof RepositoryError && unreadable.length > 0 && (err.code === 'module_not_found' || err.code === 'version_not_found')) {
+      throw new RepositoryError(err.code, `${err.message}; some repositories could not be read: ${unreadable.join('; ')}`, { cause: err });
+    }
+    throw err;
+  }
+}
