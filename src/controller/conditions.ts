@@ -7,6 +7,7 @@
 import type { ModuleStatus as AgentStatus } from '../node-agent/types.js';
 import { maskString } from '../runtime/mask.js';
 import type { ConfigurationFacts } from './configuration-reconciler.js';
+import { TERMINAL_REASONS } from '../state/status-reasons.js';
 
 export type ConditionType = 'Ready' | 'Reconciling' | 'Stalled' | 'Drifted';
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
@@ -24,8 +25,6 @@ export interface Condition {
 /** Order conditions are listed in. */
 export const CONDITION_TYPES: readonly ConditionType[] = ['Ready', 'Reconciling', 'Stalled', 'Drifted'];
 
-/** Node agent reasons no retry can fix (the desired spec or the image must change). */
-export const TERMINAL_AGENT_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged']);
 
 export function cond(type: ConditionType, status: ConditionStatus, reason: string, message: string): Condition {
   return { type, status, reason, message: maskString(message) };
@@ -94,7 +93,7 @@ export function summarizeModule(f: ModuleFacts): ObjectSummary {
     reconciling = cond('Reconciling', 'True', 'Progressing', `converging ${f.id} to generation ${f.generation}${onNode}`);
   } else if (degraded?.status === 'True') {
     ready = cond('Ready', 'False', degraded.reason || 'Degraded', degraded.message || `${f.id} is degraded`);
-    if (TERMINAL_AGENT_REASONS.has(degraded.reason)) {
+    if (TERMINAL_REASONS.has(degraded.reason)) {
       stalled = cond('Stalled', 'True', degraded.reason, `${degraded.message} (retrying cannot fix this: change the manifest)`);
       reconciling = cond('Reconciling', 'False', degraded.reason, 'stopped until the desired spec changes');
     } else {

@@ -36,8 +36,8 @@ export const REASONS: Readonly<Record<string, string>> = {
   dependency_not_ready: 'DependencyNotReady',
 };
 
-/** Reasons only a change of the Module, of the repositories or of the core can fix. */
-export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused', 'UpdateFailed']);
+/** Reasons only a change of the Module, of the repositories or of the core can fix (shared with the controller). */
+export { TERMINAL_REASONS } from '../state/status-reasons.js';
 
 /** The status reason of an error code (`StepFailed` for codes the table does not name). */
 export function reasonOfCode(code: string): string {

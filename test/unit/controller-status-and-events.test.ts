@@ -43,6 +43,9 @@ describe('module summaries (summarizeModule)', () => {
   it('is Stalled only for agent reasons no retry can fix', () => {
     const degraded = (reason: string): ModuleStatus => agent({ conditions: [{ type: 'Ready', status: 'False', reason, message: 'm' }, { type: 'Degraded', status: 'True', reason, message: 'boom' }] });
     expect(short(facts({ agent: degraded('ImageLabelInvalid') })).slice(0, 3)).toEqual(['Ready=False/ImageLabelInvalid', 'Reconciling=False/ImageLabelInvalid', 'Stalled=True/ImageLabelInvalid']);
+    // The node agent stops retrying a refused or failed update too: the controller agrees.
+    expect(short(facts({ agent: degraded('UpdateRefused') })).slice(0, 3)).toEqual(['Ready=False/UpdateRefused', 'Reconciling=False/UpdateRefused', 'Stalled=True/UpdateRefused']);
+    expect(short(facts({ agent: degraded('UpdateFailed') }))[2]).toBe('Stalled=True/UpdateFailed');
     expect(short(facts({ agent: degraded('RegistryUnreachable') })).slice(0, 3)).toEqual(['Ready=False/RegistryUnreachable', 'Reconciling=True/Retrying', 'Stalled=False/NotStalled']);
   });
 
