@@ -61,4 +61,11 @@ describe('CLI startup: what a command loads before it runs', () => {
     expect([...packages].filter((p) => heavy.includes(p))).toEqual([]);
     expect([...packages].filter((p) => p.startsWith('semver/'))).toEqual(expect.arrayContaining(['semver/classes/semver.js', 'semver/classes/range.js']));
   });
+
+  test('`ns8ctl get` loads no repository building code, no JSON Schema compiler, no YAML syntax tree and only the parts of semver it uses', () => {
+    // get.ts, and the repository area every `get` registers `get available` from.
+    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts']);
+    expect([...packages].filter((p) => ['yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'].includes(p))).toEqual([]);
+    expect(rel(files).filter((f) => ['src/repository/createrepo.ts', 'src/repository/png.ts'].includes(f))).toEqual([]);
+  });
 });
