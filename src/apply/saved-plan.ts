@@ -15,7 +15,6 @@ import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes }
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import YAML from 'yaml';
 import { ConflictError, ManifestError, Ns8ctlError } from '../errors.js';
 import { parseManifestText } from '../manifest/load.js';
 import { moduleNameOf, objectKey, type DesiredObject, type ManifestObject, type ModuleSpec, type SourceRef } from '../manifest/types.js';
@@ -335,6 +334,8 @@ export async function applySavedPlan(
 
   // 2. The same validation as apply: the objects are loaded back from YAML text.
   const yamlFile = `${file} (desired objects)`;
+  // The yaml package loads here, not at startup: diff and apply without a saved plan never need it.
+  const { default: YAML } = await import('yaml');
   const text = objects.map((d) => YAML.stringify(d.object)).join('---\n');
   const parsed = parseManifestText(yamlFile, text);
   const result = validateManifests({ ...parsed, files: [yamlFile] }, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)), knownModules: knownModulesOf(state) });

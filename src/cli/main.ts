@@ -1,8 +1,6 @@
 import { Command, CommanderError, Help, Option } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { assertApplySetName } from '../manifest/names.js';
-import { readBoundedStdin } from '../manifest/read-input.js';
-import { maskSecrets, maskString } from '../runtime/mask.js';
 import { ExecaRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
 import { resolveStateDir } from '../state/state-dir.js';
@@ -13,7 +11,6 @@ import type { CliDeps, GlobalOptions } from './deps.js';
 const planCommands = () => import('./commands/plan-commands.js');
 const moduleCommands = () => import('./commands/module-commands.js');
 const getCommands = () => import('./commands/get.js');
-import { renderJson } from '../runtime/output.js';
 import { loadExtensions, placeholderTerm, registerExtensions, type LoadedExtensions, type ProgramExtras } from './extensions.js';
 
 const VERSION = '0.1.0';
@@ -32,7 +29,7 @@ export interface MainIO {
 }
 
 /** Standard input, bounded (an endless producer such as /dev/zero is cut off) and strict UTF-8. */
-const readStdin = (): Promise<string> => readBoundedStdin();
+const readStdin = async (): Promise<string> => (await import('../manifest/read-input.js')).readBoundedStdin();
 
 /** The real process's IO. */
 export function processIO(): MainIO {
@@ -264,6 +261,8 @@ export async function main(argv: string[], io: MainIO = processIO(), extras: Pro
       code = err.exitCode === 0 ? 0 : 2;
     } else {
       const e = toNs8ctlError(err);
+      // Loaded on this way out only: a command that succeeds never needs them.
+      const [{ maskSecrets, maskString }, { renderJson }] = await Promise.all([import('../runtime/mask.js'), import('../runtime/output.js')]);
       // Error text may quote a URL, a Redis reply or a value: secrets in it are masked here, on every command's way out.
       if (wantsJson) io.stdout(renderJson(maskSecrets(e.toJSON())));
       io.stderr(`error: ${maskString(e.message)}\n`);

@@ -5,15 +5,29 @@
  * `{parameter, error: "<parameter>_<type>", value, field}` that UIs and scripts already read.
  */
 import { promises as fs } from 'node:fs';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import addFormatsModule from 'ajv-formats';
+import { createRequire } from 'node:module';
+import type { Ajv, ErrorObject, ValidateFunction } from 'ajv';
 import { AgentError } from '../errors.js';
 import { isSecretSchema } from '../runtime/mask.js';
 import { MASK, isSecretKey, maskSecrets } from '../runtime/mask-ns8.js';
 
 type FormatsPlugin = (ajv: Ajv) => Ajv;
-const addFormats: FormatsPlugin =
-  ((addFormatsModule as unknown as { default?: FormatsPlugin }).default ?? (addFormatsModule as unknown as FormatsPlugin));
+type AjvPackages = { Ajv: typeof Ajv; addFormats: FormatsPlugin };
+let ajvPackages: AjvPackages | undefined;
+
+/**
+ * ajv and ajv-formats (CommonJS, about a hundred files to compile), loaded on the first schema
+ * compiled: `validate` and `diff` import this module for every Module with a configuration, but
+ * need ajv only when a configure-module schema was found for one.
+ */
+function loadAjv(): AjvPackages {
+  if (!ajvPackages) {
+    const require = createRequire(import.meta.url);
+    const formats = require('ajv-formats') as { default?: FormatsPlugin } & FormatsPlugin;
+    ajvPackages = { Ajv: (require('ajv') as { Ajv: typeof Ajv }).Ajv, addFormats: formats.default ?? formats };
+  }
+  return ajvPackages;
+}
 
 /** One input/output validation problem, in NS8's format. */
 export interface Ns8ValidationError {
@@ -29,6 +43,7 @@ export interface Ns8ValidationError {
 
 /** Creates an ajv instance configured like the agent's validator (draft-07, all errors, formats). */
 export function createValidatorAjv(opts: { useDefaults?: boolean } = {}): Ajv {
+  const { Ajv, addFormats } = loadAjv();
   const ajv = new Ajv({ allErrors: true, verbose: true, strict: false, useDefaults: opts.useDefaults ?? false, validateSchema: true });
   addFormats(ajv);
   return ajv;

@@ -6,10 +6,10 @@ import { realpathSync } from 'node:fs';
 import { opendir, stat } from 'node:fs/promises';
 import { extname, isAbsolute, join, relative } from 'node:path';
 import jsyaml from 'js-yaml';
-import { LineCounter, isScalar, parseAllDocuments } from 'yaml';
-import type { Document } from 'yaml';
+import type { Document, LineCounter } from 'yaml';
 import { ManifestError, type Diagnostic } from '../errors.js';
 import { DEFAULT_LIMITS, describeBytes, type InputLimits } from './limits.js';
+import { yamlSyntax } from './lazy-packages.js';
 import { locate } from './locate.js';
 import { InputError, describeFsError, fileKind, readBoundedFile, readBoundedStdin } from './read-input.js';
 import type { SourceRef } from './types.js';
@@ -156,7 +156,7 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
 
 function isEmptyDocument(doc: Document.Parsed): boolean {
   const c = doc.contents;
-  return c === null || (isScalar(c) && c.value === null);
+  return c === null || (yamlSyntax().isScalar(c) && c.value === null);
 }
 
 /** Start line (1-based) of each `---`-separated chunk that has content, for the fast path. */
@@ -232,6 +232,7 @@ function parseFast(file: string, text: string): LoadedDocument[] | undefined {
   let tree: { docs: Document.Parsed[]; lineCounter: LineCounter } | undefined;
   const syntax = (): { docs: Document.Parsed[]; lineCounter: LineCounter } => {
     if (!tree) {
+      const { LineCounter, parseAllDocuments } = yamlSyntax();
       const lineCounter = new LineCounter();
       const all = parseAllDocuments(text, { lineCounter, prettyErrors: false });
       tree = { docs: (Array.isArray(all) ? all : []).filter((d) => !isEmptyDocument(d)), lineCounter };
@@ -412,6 +413,7 @@ function parsePrecisely(file: string, text: string, limits: InputLimits): { docu
  * expanded at most `maxAliases` times per document (an alias bomb is refused, not expanded).
  */
 export function parseManifestTextPrecisely(file: string, text: string, maxAliases: number = DEFAULT_LIMITS.maxAliases): { documents: LoadedDocument[]; diagnostics: Diagnostic[] } {
+  const { LineCounter, parseAllDocuments } = yamlSyntax();
   const lineCounter = new LineCounter();
   const documents: LoadedDocument[] = [];
   const diagnostics: Diagnostic[] = [];

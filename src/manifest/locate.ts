@@ -2,8 +2,8 @@
  * Maps a JSON pointer inside a parsed YAML document back to a line and column, so every
  * diagnostic points at the text the user wrote.
  */
-import { isAlias, isMap, isPair, isScalar, isSeq } from 'yaml';
 import type { Document, LineCounter, Node as YamlNode, Pair } from 'yaml';
+import { yamlSyntax } from './lazy-packages.js';
 
 /** Where to point for a pointer: the value itself, or the key that holds it. */
 export type LocateMode = 'value' | 'key';
@@ -31,20 +31,20 @@ export function escapePointerSegment(segment: string): string {
 function resolve(node: unknown, doc: Document.Parsed): unknown {
   let n = node;
   // Aliases may chain; bound the walk so a malformed document cannot loop.
-  for (let i = 0; i < 100 && isAlias(n); i++) n = n.resolve(doc);
+  for (let i = 0; i < 100 && yamlSyntax().isAlias(n); i++) n = n.resolve(doc);
   return n;
 }
 
 function keyString(pair: Pair): string | undefined {
   const k = pair.key;
-  if (isScalar(k)) return String(k.value);
+  if (yamlSyntax().isScalar(k)) return String(k.value);
   if (k === null || k === undefined) return undefined;
   return typeof k === 'object' ? undefined : String(k);
 }
 
 function start(node: unknown, lc: LineCounter): Position | undefined {
   // An empty value (`spec:` with nothing after it) has no text of its own to point at.
-  if (isScalar(node) && node.value === null && !node.source) return undefined;
+  if (yamlSyntax().isScalar(node) && node.value === null && !node.source) return undefined;
   if (node && typeof node === 'object' && 'range' in node) {
     const range = (node as YamlNode).range;
     if (range) return lc.linePos(range[0]);
@@ -70,16 +70,16 @@ export function locate(doc: Document.Parsed, lc: LineCounter, pointer: string, m
     let nextValue: unknown = undefined;
     let nextKey: unknown = undefined;
     let found = false;
-    if (isMap(node)) {
+    if (yamlSyntax().isMap(node)) {
       for (const item of node.items) {
-        if (isPair(item) && keyString(item) === seg) {
+        if (yamlSyntax().isPair(item) && keyString(item) === seg) {
           nextKey = item.key;
           nextValue = item.value;
           found = true;
           break;
         }
       }
-    } else if (isSeq(node) && seg !== undefined && /^(0|[1-9][0-9]*)$/.test(seg)) {
+    } else if (yamlSyntax().isSeq(node) && seg !== undefined && /^(0|[1-9][0-9]*)$/.test(seg)) {
       const item = node.items[Number(seg)];
       if (item !== undefined) {
         nextValue = item;

@@ -111,7 +111,10 @@ export function readBoundedFile(file: string, maxBytes: number = DEFAULT_LIMITS.
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
-      const buf = Buffer.allocUnsafe(Math.min(Math.max(st.size, 16 * 1024) + 1, maxBytes + 1 - total));
+      // One byte past the size fstat gave, so the first read normally meets the end; a small file
+      // then takes its buffer from Node's shared pool instead of a fresh allocation (1,000
+      // manifests are 1,000 reads). A file that grew, or claims size 0, is read on in the loop.
+      const buf = Buffer.allocUnsafe(Math.min(Math.max(st.size + 1, 1024), maxBytes + 1 - total));
       const n = readSync(fd, buf, 0, buf.length, null);
       if (n === 0) break;
       chunks.push(buf.subarray(0, n));

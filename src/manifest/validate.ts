@@ -4,12 +4,12 @@
  * besides reading the schema files once. Every problem is returned at once.
  */
 import { isIP } from 'node:net';
-import semver from 'semver';
 import { ManifestError } from '../errors.js';
 import type { Diagnostic } from '../errors.js';
 import type { LoadResult, LoadedDocument } from './load.js';
 import { locate } from './locate.js';
 import type { LocateMode } from './locate.js';
+import { isSemverVersionOrRange } from './lazy-packages.js';
 import { kindSchema } from './schemas.js';
 import { closest, showValue } from './schema-errors.js';
 import { translateSchemaErrors } from './schema-errors.js';
@@ -91,7 +91,7 @@ function checkModule(diags: Diagnostic[], st: DocState, v: Record<string, unknow
   if (!spec) return;
   const version = spec['version'];
   if (typeof version === 'string' && version !== '' && !schemaBad.has('/spec/version') && !('image' in spec)) {
-    if (version !== 'latest' && semver.valid(version) === null && semver.validRange(version) === null) {
+    if (version !== 'latest' && !isSemverVersionOrRange(version)) {
       report(diags, st, '/spec/version', `version ${showValue(version)} is not valid: expected "latest", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0)`);
     }
   }

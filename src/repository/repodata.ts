@@ -5,8 +5,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Ajv } from 'ajv';
-import type { ErrorObject, ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, ErrorObject, ValidateFunction } from 'ajv';
 import { Ns8ctlError } from '../errors.js';
 import { RepositoryError, type RepositoryProblem } from './errors.js';
 
@@ -73,7 +73,9 @@ export function repodataSchema(): Record<string, unknown> {
 
 function getValidator(): ValidateFunction {
   if (!validator) {
-    const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
+    // ajv (about sixty CommonJS files) loads with the first repodata read, not with every command that imports this module.
+    const { Ajv: AjvClass } = createRequire(import.meta.url)('ajv') as { Ajv: typeof Ajv };
+    const ajv = new AjvClass({ allErrors: true, strict: true, allowUnionTypes: true });
     validator = ajv.compile(repodataSchema());
   }
   return validator;

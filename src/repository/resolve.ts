@@ -5,7 +5,8 @@
  * (min-from, min-core). No I/O and no clock: callers pass repositories, repodata and the core
  * version in. See docs/repositories.md.
  */
-import semver from 'semver';
+import type { Range, SemVer } from 'semver';
+import semver from './semver-subset.js';
 import { RepositoryError } from './errors.js';
 import { packageId, type RepodataAuthor, type RepodataDocs, type RepodataPackage } from './repodata.js';
 import { compareDesc, effectiveCoreVersion, parseVersion } from './semver-tags.js';
@@ -165,10 +166,10 @@ export function listAvailable(snapshots: readonly RepositorySnapshot[], opts: Co
   return out;
 }
 
-function toAvailable(pkg: RepodataPackage, snap: RepositorySnapshot, core: semver.SemVer, coreText: string): AvailableModule {
+function toAvailable(pkg: RepodataPackage, snap: RepositorySnapshot, core: SemVer, coreText: string): AvailableModule {
   const repo = snap.repository;
   const id = packageId(pkg);
-  const versions: { v: AvailableVersion; parsed: semver.SemVer }[] = [];
+  const versions: { v: AvailableVersion; parsed: SemVer }[] = [];
   const hidden: HiddenVersion[] = [];
   const tags = new Set<string>();
   for (const v of pkg.versions) {
@@ -262,8 +263,8 @@ export function imageModuleName(url: string): string {
  */
 type VersionSpec =
   | { kind: 'latest' }
-  | { kind: 'exact'; version: semver.SemVer }
-  | { kind: 'range'; range: semver.Range; withPrerelease: semver.Range };
+  | { kind: 'exact'; version: SemVer }
+  | { kind: 'range'; range: Range; withPrerelease: Range };
 
 const ranges = new Map<string, VersionSpec>();
 
@@ -300,7 +301,7 @@ function matches(spec: VersionSpec, version: string): boolean {
   const v = parseVersion(version);
   if (v === undefined) return false;
   if (v.prerelease.length === 0) return spec.range.test(v);
-  return spec.withPrerelease.test(parseVersion(version, true) as semver.SemVer);
+  return spec.withPrerelease.test(parseVersion(version, true) as SemVer);
 }
 
 const indexes = new WeakMap<readonly AvailableModule[], Map<string, AvailableModule[]>>();
@@ -549,7 +550,7 @@ export function checkUpdate(current: InstalledInstance, target: UpdateTarget, op
   return { ok: true, kind };
 }
 
-function minFromAllows(v: AvailableVersion, from: semver.SemVer): boolean {
+function minFromAllows(v: AvailableVersion, from: SemVer): boolean {
   const mf = v.labels[LABELS.minFrom]?.trim();
   if (!mf) return true;
   const p = parseVersion(mf);
@@ -572,11 +573,11 @@ export function planUpdatePath(current: string, target: string, mod: AvailableMo
     return p !== undefined && semver.lte(p, tgt) && (!v.prerelease || semver.eq(p, tgt));
   });
   while (semver.lt(cur, tgt)) {
-    const from: semver.SemVer = cur;
+    const from: SemVer = cur;
     const next = candidates.find((v) => semver.gt(v.version, from) && minFromAllows(v, from));
     if (!next) return undefined;
     steps.push(next.tag);
-    cur = parseVersion(next.tag) as semver.SemVer;
+    cur = parseVersion(next.tag) as SemVer;
   }
   return steps;
 }

@@ -2,7 +2,7 @@
  * Strict semantic-version handling for image tags and label values, as NS8 does it with
  * python-semver: `v1.2.3`, `1.2` or `=1.2.3` are not versions (node-semver would accept some).
  */
-import semver from 'semver';
+import semver from './semver-subset.js';
 import type { SemVer } from 'semver';
 
 const SEMVER_RE =

@@ -9,9 +9,12 @@ import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, renderTable, renderYaml } from '../../runtime/output.js';
 import { NotFoundError, UsageError } from '../../errors.js';
 import type { CommandRunner } from '../../host/runner.js';
-import { createrepo, type CreaterepoResult, type TagPolicy } from '../../repository/createrepo.js';
-import { getRepodata, readRepositories, refreshRepositories } from '../../repository/fetch.js';
-import { loadAvailable, type AvailableCatalog } from '../../repository/image-resolver.js';
+import type { CreaterepoResult, TagPolicy } from '../../repository/createrepo.js';
+import type { AvailableCatalog } from '../../repository/image-resolver.js';
+
+// The repository code (semver, PNG checks, fetching) loads when one of these commands runs: this
+// module is also loaded by every `get`, which registers `get available` here.
+const fetchCode = () => import('../../repository/fetch.js');
 import type { AvailableModule } from '../../repository/resolve.js';
 
 /** What the repository commands need; injected. */
@@ -46,6 +49,7 @@ export interface RefreshRow {
  */
 export async function repoRefresh(opts: { name?: string | undefined }, deps: RepositoryDeps): Promise<RefreshRow[]> {
   const redis = await deps.connectRedis();
+  const { getRepodata, readRepositories, refreshRepositories } = await fetchCode();
   const repos = await readRepositories(redis);
   const chosen = opts.name === undefined ? repos : repos.filter((r) => r.name === opts.name);
   if (opts.name !== undefined && chosen.length === 0) {
@@ -128,6 +132,7 @@ function toResult(catalog: AvailableCatalog, modules: readonly AvailableModule[]
 
 async function catalogOf(deps: RepositoryDeps): Promise<AvailableCatalog> {
   const redis = await deps.connectRedis();
+  const { loadAvailable } = await import('../../repository/image-resolver.js');
   return loadAvailable(redis, {
     ...(deps.coreVersion !== undefined ? { coreVersion: deps.coreVersion } : {}),
     ...(deps.timeoutMs !== undefined ? { timeoutMs: deps.timeoutMs } : {}),
@@ -191,6 +196,7 @@ export interface CreaterepoCommandOptions {
 export async function runCreaterepo(opts: CreaterepoCommandOptions, deps: RepositoryDeps): Promise<CreaterepoResult> {
   const policy = opts.tagPolicy ?? 'all-stable';
   if (policy !== 'all-stable' && policy !== 'ns8') throw new UsageError(`unknown --tag-policy "${policy}"; allowed: all-stable, ns8`);
+  const { createrepo } = await import('../../repository/createrepo.js');
   return createrepo(opts.dir ?? process.cwd(), {
     runner: deps.runner,
     registryTlsVerify: opts.tlsVerify ?? true,

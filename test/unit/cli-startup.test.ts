@@ -1,0 +1,71 @@
+/**
+ * What each CLI command loads before it does any work: the packages reached through static
+ * imports from the command's code (dynamic `import()` and first-use loads inside functions are
+ * not followed: they cost only the commands that reach them). Every package file loaded is
+ * compiled at every start, so a static import of ioredis, ajv, yaml or the whole of semver on
+ * these paths makes `--help`, `validate` or `diff` start tens of milliseconds slower
+ * (docs/performance.md, bench/cli-startup.ts).
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+
+const ROOT = path.resolve('.');
+
+/** Static value imports and re-exports (`import type` / `export type` are erased by the compiler). */
+const STATIC = /^\s*(?:import|export)\s+(?!type\b)(?:[^'";]*?\sfrom\s+)?(['"])([^'"\n]+)\1/gm;
+
+/** The static import graph from `entries`: the source files and the package specifiers reached. */
+function staticGraph(entries: string[]): { files: Set<string>; packages: Set<string> } {
+  const files = new Set<string>();
+  const packages = new Set<string>();
+  const queue = entries.map((e) => path.resolve(ROOT, e));
+  while (queue.length > 0) {
+    const file = queue.pop()!;
+    if (files.has(file)) continue;
+    files.add(file);
+    for (const m of readFileSync(file, 'utf8').matchAll(STATIC)) {
+      const spec = m[2]!;
+      if (spec.startsWith('.')) queue.push(path.resolve(path.dirname(file), spec.replace(/\.js$/, '.ts')));
+      else if (!spec.startsWith('node:')) packages.add(spec);
+    }
+  }
+  return { files, packages };
+}
+
+const rel = (files: Set<string>): string[] => [...files].map((f) => path.relative(ROOT, f));
+
+describe('CLI startup: what a command loads before it runs', () => {
+  test('the parser reads static imports and re-exports, not type-only imports', () => {
+    const { packages } = staticGraph(['src/apply/load-validate.ts']);
+    // load-validate imports ioredis for its types only.
+    expect(packages.has('ioredis')).toBe(false);
+    expect(packages.has('js-yaml')).toBe(true);
+  });
+
+  test('`ns8ctl --help` loads commander and no command code', () => {
+    const { files, packages } = staticGraph(['src/cli/bin.ts']);
+    expect([...packages]).toEqual(['commander']);
+    expect(rel(files).filter((f) => f.startsWith('src/cli/commands/'))).toEqual([]);
+  });
+
+  test('`ns8ctl validate` loads no Redis client, no JSON Schema compiler, no YAML syntax tree, no process runner', () => {
+    // validate.ts, and the configuration check it imports when a Module has a configuration.
+    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/validate.ts', 'src/apply/configuration-check.ts']);
+    // ucs2length (one file) is what the precompiled manifest schemas need of ajv at run time.
+    expect([...packages].sort()).toEqual(['ajv/dist/runtime/ucs2length.js', 'commander', 'js-yaml']);
+  });
+
+  test('`ns8ctl diff` and `apply` load no YAML syntax tree, no JSON Schema compiler and only the parts of semver they use', () => {
+    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/plan-commands.ts']);
+    const heavy = ['yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'];
+    expect([...packages].filter((p) => heavy.includes(p))).toEqual([]);
+    expect([...packages].filter((p) => p.startsWith('semver/'))).toEqual(expect.arrayContaining(['semver/classes/semver.js', 'semver/classes/range.js']));
+  });
+
+  test('`ns8ctl get` loads no repository building code, no JSON Schema compiler, no YAML syntax tree and only the parts of semver it uses', () => {
+    // get.ts, and the repository area every `get` registers `get available` from.
+    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts']);
+    expect([...packages].filter((p) => ['yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'].includes(p))).toEqual([]);
+    expect(rel(files).filter((f) => ['src/repository/createrepo.ts', 'src/repository/png.ts'].includes(f))).toEqual([]);
+  });
+});
