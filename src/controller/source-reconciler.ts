@@ -14,7 +14,6 @@
  * its last object (more at once still trips the mass-prune guard).
  */
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, locateDesired, resolvePlan } from '../apply/pipeline.js';
@@ -36,6 +35,7 @@ import type { Logger } from '../runtime/log.js';
 import { readSourceStatus, writeSourceStatus, type SourceStatus } from './source-status.js';
 import { readSuspension, readSuspensions, type Suspension } from './suspend.js';
 import type { ReconcileResult } from '../runtime/work-queue.js';
+import { pathExists } from '../runtime/path-exists.js';
 
 /** One source the controller keeps desired state equal to. */
 export interface SourceSpec {
@@ -798,11 +798,3 @@ export class SourceReconciler {
   }
 }
 
-async function pathExists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}

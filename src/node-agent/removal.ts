@@ -2,7 +2,6 @@
  * Removal of an instance from its node, on an explicit request only (a deleted Module, a removal
  * request for an orphan): planned by planRemoval, applied step by step, reported in status.
  */
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { toNs8ctlError } from '../errors.js';
 import { EventRecorder } from '../state/events.js';
@@ -17,15 +16,7 @@ import type { InstanceResult } from './result.js';
 import { cond } from './status-report.js';
 import { writeStatus } from './status.js';
 import type { InstanceDesired, InstanceRecord, ModuleStatus, Step } from './types.js';
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { pathExists } from '../runtime/path-exists.js';
 
 /**
  * Removes an instance on an explicit request (`mark`, see instance-decision.ts). The request is
@@ -51,7 +42,7 @@ export async function removeInstance(
     await clearRemovalRequest(deps.redis, id);
   }
   const user = shared.users.get(id);
-  const rootfull = rec?.rootfull ?? (!user && (await exists(path.join(deps.layout.rootfullBase, id))));
+  const rootfull = rec?.rootfull ?? (!user && (await pathExists(path.join(deps.layout.rootfullBase, id))));
   let labels: ModuleLabels | undefined;
   try {
     labels = rec?.image ? parseModuleLabels(rec.image.labels, rec.image.url) : undefined;

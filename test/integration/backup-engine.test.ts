@@ -14,6 +14,7 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import { ResticBackups, type BackupTarget, type HookRunner } from '../../src/node-agent/backup/engine.js';
 import { asOwner, type Owner } from '../../src/node-agent/host/owner.js';
 import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
+import { createModuleUsers, runAsUser, subuidStart, userOwner } from '../support/module-users.js';
 
 const USERS = ['bkeng1', 'bkeng2'];
 const PASSWORD = 'correct-horse-battery-staple-42';
@@ -23,26 +24,14 @@ const runner = new ExecaRunner();
 let root: string;
 let dest: { url: string };
 
-async function owner(name: string): Promise<Owner> {
-  const line = (await fs.readFile('/etc/passwd', 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`)) as string;
-  const [, , uid, gid, , home] = line.split(':');
-  return { kind: 'user', name, uid: Number(uid), gid: Number(gid), home: home as string };
-}
-
-async function subuidStart(name: string): Promise<number> {
-  const line = (await fs.readFile('/etc/subuid', 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`)) as string;
-  return Number(line.split(':')[1]);
-}
-
 async function asUser(o: Owner, argv: string[]): Promise<string> {
-  const r = asOwner(o, argv);
-  return (await runner.run(r.argv, r.opts)).stdout;
+  return runAsUser(runner, o, argv);
 }
 
 /** The instance of user `name`: install dir `~/.config`, state `~/.config/state`, as NS8 lays a rootless module out. */
 async function instance(name: string): Promise<BackupTarget> {
-  const o = await owner(name);
-  const installDir = path.join((o as { home: string }).home, '.config');
+  const o = await userOwner(name);
+  const installDir = path.join(o.home, '.config');
   return { id: name, uuid: UUID, imageUrl: IMAGE, owner: o, rootfull: false, installDir, stateDir: path.join(installDir, 'state') };
 }
 
@@ -56,11 +45,8 @@ const directHooks: HookRunner = async (t, hook, args) => {
 
 beforeAll(async () => {
   await preparePodmanHost();
-  await removeTestUsers(USERS);
   root = await fs.mkdtemp(path.join(os.tmpdir(), 'ns8ctl-backup-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
-  for (const u of USERS) await runner.run(['useradd', '-m', '-b', path.join(root, 'home'), '-s', '/sbin/nologin', u]);
+  await createModuleUsers(runner, root, USERS);
   dest = { url: path.join(root, 'repo') };
   // The source instance: environment, data, a file the module excludes, a volume with a file a container user owns, hooks.
   const src = await instance('bkeng1');

@@ -11,8 +11,9 @@ import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { StateTransfer, type ReceiverAddress } from '../../src/node-agent/backup/transfer.js';
 import type { SrvTarget } from '../../src/node-agent/backup/srv.js';
-import { asOwner, type Owner } from '../../src/node-agent/host/owner.js';
+import type { Owner } from '../../src/node-agent/host/owner.js';
 import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
+import { createModuleUsers, runAsUser, subuidStart, userOwner, type UserOwner } from '../support/module-users.js';
 
 const USERS = ['trsrc1', 'trdst1'];
 const PASSWORD = 'rsync-secret-0c1d9e';
@@ -20,23 +21,14 @@ const runner = new ExecaRunner();
 let root: string;
 let runBase: string;
 
-type UserOwner = Extract<Owner, { kind: 'user' }>;
-
-async function owner(name: string): Promise<UserOwner> {
-  const line = (await fs.readFile('/etc/passwd', 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`)) as string;
-  const [, , uid, gid, , home] = line.split(':');
-  return { kind: 'user', name, uid: Number(uid), gid: Number(gid), home: home as string };
-}
-
 async function instance(name: string): Promise<SrvTarget & { owner: UserOwner }> {
-  const o = await owner(name);
+  const o = await userOwner(name);
   const installDir = path.join(o.home, '.config');
   return { id: name, owner: o, rootfull: false, installDir, stateDir: path.join(installDir, 'state') };
 }
 
 async function asUser(o: Owner, argv: string[]): Promise<string> {
-  const r = asOwner(o, argv);
-  return (await runner.run(r.argv, r.opts)).stdout;
+  return runAsUser(runner, o, argv);
 }
 
 async function freePort(): Promise<number> {
@@ -74,12 +66,9 @@ async function writeTree(t: SrvTarget & { owner: UserOwner }, files: Record<stri
 
 beforeAll(async () => {
   await preparePodmanHost();
-  await removeTestUsers(USERS);
   root = await fs.mkdtemp(path.join(os.tmpdir(), 'ns8ctl-transfer-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
   runBase = path.join(root, 'run');
-  for (const u of USERS) await runner.run(['useradd', '-m', '-b', path.join(root, 'home'), '-s', '/sbin/nologin', u]);
+  await createModuleUsers(runner, root, USERS);
   const src = await instance('trsrc1');
   await writeTree(src, {
     'state/environment': 'MODULE_UUID=source-uuid\n',
@@ -114,7 +103,7 @@ describe('state transfer (real rsync, real users, real volumes)', () => {
     expect(await fs.readFile(path.join(dst.stateDir, 'environment'), 'utf8')).toBe('MODULE_UUID=dest-uuid\n');
     for (const kept of ['agent.env', 'apitoken.cache', 'skip.me']) await expect(fs.stat(path.join(dst.stateDir, kept))).rejects.toThrow(/ENOENT/);
     const db = await fs.stat(path.join(await volumeDir(dst.owner, 'appdata'), 'db'));
-    const subuid = Number((await fs.readFile('/etc/subuid', 'utf8')).split('\n').find((l) => l.startsWith('trdst1:'))?.split(':')[1]);
+    const subuid = await subuidStart('trdst1');
     expect(db.uid).toBe(subuid + 32);
     expect((await fs.stat(path.join(dst.stateDir, 'data.txt'))).uid).toBe(dst.owner.uid);
 

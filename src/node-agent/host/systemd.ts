@@ -12,6 +12,7 @@ import { Ns8ctlError } from '../../errors.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { HostLayout } from '../layout.js';
 import { expectExitCode } from './owner.js';
+import { pathExists } from '../../runtime/path-exists.js';
 
 /** Which systemd manager a unit belongs to. */
 export type UnitScope = { kind: 'user'; user: string; uid: number } | { kind: 'system' };
@@ -46,15 +47,6 @@ export interface SystemdHostOptions {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await fs.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Production SystemdHost over the CommandRunner. */
 export class RunnerSystemdHost implements SystemdHost {
   private readonly delay: (ms: number) => Promise<void>;
@@ -67,11 +59,11 @@ export class RunnerSystemdHost implements SystemdHost {
   }
 
   async missing(): Promise<string | undefined> {
-    return (await exists(this.layout.systemdRunDir)) ? undefined : 'systemd not running on this host';
+    return (await pathExists(this.layout.systemdRunDir)) ? undefined : 'systemd not running on this host';
   }
 
   lingerEnabled(user: string): Promise<boolean> {
-    return exists(path.join(this.layout.lingerDir, user));
+    return pathExists(path.join(this.layout.lingerDir, user));
   }
 
   private ctl(scope: UnitScope): string[] {
@@ -150,14 +142,14 @@ export class RunnerSystemdHost implements SystemdHost {
     for (const root of roots) {
       if (scope.kind === 'system') {
         const slice = path.join(root, 'system.slice');
-        if (!(await exists(slice))) continue;
+        if (!(await pathExists(slice))) continue;
         // Instances of a template x@.service live in system-x.slice.
         const tpl = /^(.+)@/.exec(unit);
         if (tpl) return (await populated(path.join(slice, `system-${tpl[1]!.replace(/-/g, '\\x2d')}.slice`, unit))) || (await populated(path.join(slice, unit)));
         return populated(path.join(slice, unit));
       }
       const mgr = path.join(root, 'user.slice', `user-${scope.uid}.slice`, `user@${scope.uid}.service`);
-      if (!(await exists(mgr))) continue;
+      if (!(await pathExists(mgr))) continue;
       return (await populated(path.join(mgr, 'app.slice', unit))) || (await populated(path.join(mgr, unit)));
     }
     return undefined;
