@@ -10,6 +10,7 @@ import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { runEventHandlers, type EventHandlersHandle } from '../../src/agent/events.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { until } from '../support/wait-for.js';
 
 let server: TestRedis;
 let admin: Redis;
@@ -25,17 +26,12 @@ function step(dir: string, name: string, body: string): void {
   chmodSync(path.join(dir, name), 0o755);
 }
 
-async function waitUntil(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!ok()) throw new Error(`gave up waiting: ${what}`);
-}
-
 /**
  * Waits for `file` to exist and returns its content. Every writer in these tests renames a
  * complete temporary file into place, so existence means complete content.
  */
 async function waitForFile(file: string): Promise<string> {
-  await waitUntil(`${file} written`, () => existsSync(file));
+  await until(`${file} written`, () => existsSync(file), { timeoutMs: 10_000 });
   return readFileSync(file, 'utf8');
 }
 
@@ -77,7 +73,7 @@ describe('event handlers', () => {
     step(dir, '40done', `touch ${out}.never`);
     await events.start();
     await publish('module/traefik1/event/certificate-updated', { domain: 'example.org' });
-    await waitUntil('the handler ran', () => log.some((l) => l.includes('later steps not run')));
+    await until('the handler ran', () => log.some((l) => l.includes('later steps not run')), { timeoutMs: 10_000 });
     expect(await waitForFile(out)).toBe('certificate-updated module/traefik1 web1 {"domain":"example.org"} failed');
     expect(existsSync(`${out}.never`)).toBe(false);
     expect(log.join('\n')).toMatch(/step 20fail exited 5; later steps not run/);

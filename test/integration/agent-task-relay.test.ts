@@ -18,6 +18,7 @@ import { finalizeTask } from '../../src/agent/task-store.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
+import { until } from '../support/wait-for.js';
 
 let root: string;
 let relay: TaskRelay | undefined;
@@ -48,15 +49,6 @@ async function startBravo(): Promise<AgentHandle> {
 
 function startRelay(): TaskRelay {
   return startTaskRelay(acl.admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: (l) => relayLog.push(l) });
-}
-
-/** Waits (bounded) until `check` holds; a helper for state another process reaches, not a timing assertion. */
-async function until(check: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 beforeEach(async () => {
@@ -93,7 +85,7 @@ describe('a module under NS8 module ACL', () => {
     await expect(a.get('task/module/bravo1/t1/exit_code')).rejects.toThrow(/NOPERM/);
     await expect(a.lpush(relayQueueKey('bravo1'), '{}')).rejects.toThrow(/NOPERM/);
     await expect(a.lpush(relayQueueKey('alpha1'), 'not json')).resolves.toBe(1);
-    await until(async () => relayLog.some((l) => l.includes('request from module/alpha1 dropped (no answer possible)')), 'the unanswerable request is dropped');
+    await until('the unanswerable request is dropped', async () => relayLog.some((l) => l.includes('request from module/alpha1 dropped (no answer possible)')), { timeoutMs: 15_000 });
   });
 });
 
@@ -202,7 +194,7 @@ describe('the task relay', () => {
     await bravoAgent?.stop();
     const a = alpha();
     const id = await submitTaskViaRelay(a, 'alpha1', 'module/bravo1', 'set-route', { data: { n: 1 } });
-    await until(async () => (await acl.admin.llen('module/bravo1/tasks')) === 1, 'the relay forwards the task');
+    await until('the relay forwards the task', async () => (await acl.admin.llen('module/bravo1/tasks')) === 1, { timeoutMs: 15_000 });
     expect(await acl.admin.hkeys(RELAY_INFLIGHT_KEY)).toEqual([`alpha1/${id}`]);
     await relay?.stop();
     relay = startRelay();

@@ -10,6 +10,7 @@ import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { runTask, submitTask, waitForTask } from '../../src/agent/task-client.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { until } from '../support/wait-for.js';
 
 const AGENT = 'module/web1';
 let redisServer: TestRedis;
@@ -28,8 +29,7 @@ function step(dir: string, name: string, body: string, executable = true): void 
 }
 
 async function waitForFile(file: string): Promise<void> {
-  for (let i = 0; i < 200 && !existsSync(file); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!existsSync(file)) throw new Error(`${file} never appeared`);
+  await until(`${file} appeared`, () => existsSync(file), { timeoutMs: 10_000 });
 }
 
 function startAgent(extra: Partial<Parameters<typeof runAgent>[0]> = {}): AgentHandle {

@@ -13,14 +13,11 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { canonicalize } from '../../src/runtime/canonical.js';
-import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
 import type { EmbeddedRedis} from '../support/chaos.js';
-import { BIN, componentProcess, findLeaks, removalsLogged, seededRandom, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
+import { BIN, workspaceAdmin, componentProcess, findLeaks, removalsLogged, seededRandom, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
 import type { ExampleImages } from '../support/example-images.js';
 import { removeTestUsers } from '../support/host-podman.js';
 import type { TestRegistry } from '../support/registry.js';
@@ -59,7 +56,6 @@ let manifests: string;
 let layout: HostLayout;
 let env: NodeJS.ProcessEnv;
 let redis: EmbeddedRedis;
-let admin: Redis | undefined;
 let controller: ComponentProcess;
 let agent: ComponentProcess;
 /** What the manifests directory holds: id -> spec, and the tag of each image. */
@@ -73,14 +69,9 @@ let nextN = 1;
 /** The cluster epoch (`ns8ctl/cluster/epoch`) first seen. */
 let epoch: string | undefined;
 
-async function adminClient(): Promise<Redis> {
-  admin ??= (await connectRedis({ stateDir: path.join(root, 'state'), env, runner: new ExecaRunner(), name: 'chaos-test', startEmbedded: false })).redis;
-  return admin;
-}
-function dropAdmin(): void {
-  admin?.disconnect();
-  admin = undefined;
-}
+const admin = workspaceAdmin(() => ({ root, env }), 'chaos-test');
+const adminClient = admin.get;
+const dropAdmin = admin.drop;
 
 /** Writes one manifest atomically (the controller never reads half a file). */
 async function writeManifest(id: string, spec: Spec): Promise<void> {

@@ -5,23 +5,19 @@
  * nothing behind. Uses the built CLI inside the node (CI builds before testing) and the shared
  * cached node root filesystem of the other sandbox tests.
  */
-import { existsSync, mkdtempSync, promises as fsp } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
-import { defaultDemoDeps } from '../../src/demo/cli.js';
-import { NOTHING_CHANGED, downDemo, runDemo, type DemoDeps, type DemoResult } from '../../src/demo/demo.js';
+import { NOTHING_CHANGED, downDemo, runDemo, type DemoResult } from '../../src/demo/demo.js';
 import { main as cliMain, processIO } from '../../src/cli/main.js';
 import { sandboxEnv } from '../../src/sandbox/env.js';
 import { sandboxPaths } from '../../src/sandbox/naming.js';
 import { readRecord } from '../../src/sandbox/record.js';
+import { useDemoSandbox } from '../support/demo-sandbox.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'demotest';
-const runner = new ExecaRunner();
 let out = '';
-const demoDir = path.join(mkdtempSync(path.join(tmpdir(), 'ns8ctl-demo-test-')), 'demo');
-const deps: DemoDeps = defaultDemoDeps({ runner, demoDir, stdout: (t) => void (out += t), stderr: (t) => void (out += t), readyTimeoutMs: 300_000 });
+const { runner, demoDir, deps } = useDemoSandbox(NAME, 'ns8ctl-demo-test-', (t) => void (out += t));
 let first: DemoResult;
 let registry = '';
 
@@ -30,15 +26,6 @@ async function getModules(url: string): Promise<string> {
   await cliMain(['get', 'modules'], { ...processIO(), stdout: (t) => void (text += t), stderr: (t) => void (text += t), env: { ...process.env, NS8CTL_REDIS_URL: url }, isTTY: false });
   return text;
 }
-
-beforeAll(async () => {
-  await downDemo({ name: NAME }, deps);
-}, 120_000);
-
-afterAll(async () => {
-  if (!process.env.NS8CTL_KEEP_SANDBOX) await downDemo({ name: NAME }, deps).catch(() => undefined);
-  await fsp.rm(path.dirname(demoDir), { recursive: true, force: true });
-}, 120_000);
 
 describe('npm run demo', () => {
   test('brings up a sandbox node where the example web app is Ready and answers HTTP, and shows it', async () => {

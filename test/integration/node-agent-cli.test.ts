@@ -18,6 +18,7 @@ import { readModuleStatus } from '../../src/node-agent/status.js';
 import { channels, keys } from '../../src/state/keys.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { putDesiredModule } from '../support/desired-module.js';
 
 let redis: TestRedis;
 let admin: Redis;
@@ -28,9 +29,7 @@ const waiters: (() => void)[] = [];
 
 async function putModule(id: string): Promise<void> {
   // spec.module without a repository resolver: ImageResolutionFailed, terminal, nothing created.
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, module: 'webapp' } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
+  await putDesiredModule(admin, id, { node: 1, module: 'webapp' });
 }
 
 async function announced(id: string): Promise<void> {

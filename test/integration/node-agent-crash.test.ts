@@ -9,7 +9,6 @@
  */
 import { spawn } from 'node:child_process';
 import { promises as fs, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
@@ -20,11 +19,13 @@ import type { HostLayout } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
 import { keys } from '../../src/state/keys.js';
 import { seededRandom } from '../support/chaos.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RUNS = Number(process.env.NS8CTL_CRASH_RUNS ?? 24);
@@ -91,11 +92,7 @@ async function childRun(killAfterMs: number | undefined): Promise<{ end: 'killed
 
 async function putModule(id: string, removalPolicy: 'Preserve' | 'Delete'): Promise<void> {
   ids.add(id);
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, image: images.webapp['1.0.0'], removalPolicy } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 'crash.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hset(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
-  await admin.hset(keys.moduleNode(), id, '1');
+  await putDesiredModule(admin, id, { node: 1, image: images.webapp['1.0.0'], removalPolicy }, { source: 'crash.yaml', uuid: { set: '11111111-2222-4333-8444-555555555555' }, node: 1 });
 }
 
 /** Steps the run after each kill still had to apply: shows where the kills landed. */
@@ -128,13 +125,7 @@ async function expectNothingLeft(id: string, policy: 'Preserve' | 'Delete'): Pro
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-crash-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-crash-'));
   layout = tempHostLayout(root);
   deps = createNodeAgentDeps({ node: 1, insecureRegistries: [registry.address] }, { redis: admin, runner: new ExecaRunner(), layout, log: () => undefined });
   // Inside node_modules so the child resolves ioredis/execa from the project; removed afterwards.
@@ -159,10 +150,8 @@ redis.disconnect();
 
 afterAll(async () => {
   await removeTestUsers(ids);
-  await redis?.stop();
-  await registry?.stop();
   if (build) await fs.rm(build, { recursive: true, force: true });
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
 test(`kill -9 at random points of create and removal (${RUNS} kills): every next run converges and nothing leaks`, async () => {

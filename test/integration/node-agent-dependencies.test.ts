@@ -18,6 +18,7 @@ import { channels, keys } from '../../src/state/keys.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
+import { putDesiredModule } from '../support/desired-module.js';
 
 let redis: TestRedis;
 let admin: Redis;
@@ -26,10 +27,7 @@ let deps: NodeAgentDeps;
 const IMAGE = '127.0.0.1:1/ns8ctl-examples/webapp:1.0.0';
 
 async function putModule(id: string, node: number, dependsOn: string[] = []): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { image: IMAGE, node, ...(dependsOn.length ? { dependsOn } : {}) } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 't.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hset(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
+  await putDesiredModule(admin, id, { image: IMAGE, node, ...(dependsOn.length ? { dependsOn } : {}) }, { source: 't.yaml', uuid: { set: '11111111-2222-4333-8444-555555555555' } });
 }
 
 /** What the node agent of another node writes when its instance is (or is not) Ready. */

@@ -5,7 +5,6 @@
  * everything else; real systemd is exercised in a sandbox node.
  */
 import { promises as fs, existsSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
@@ -14,11 +13,13 @@ import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/rec
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { keys, channels } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 /** Keeps every command (the production runner keeps the last 1000 only). */
 class RecordingRunner implements CommandRunner {
@@ -52,12 +53,7 @@ const events: { channel: string; message: string }[] = [];
 let sub: Redis;
 
 async function putModule(id: string, spec: Record<string, unknown>, generation = 1): Promise<void> {
-  const key = keys.desired('Module', id);
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
-  await admin.hset(key, { object, generation: String(generation), source: 'test.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hsetnx(keys.moduleUuid(), id, `00000000-0000-4000-8000-${id.padStart(12, '0').slice(-12)}`);
-  await admin.hset(keys.moduleNode(), id, '1');
+  await putDesiredModule(admin, id, { node: 1, ...spec }, { generation, uuid: { ifAbsent: `00000000-0000-4000-8000-${id.padStart(12, '0').slice(-12)}` }, node: 1 });
   if (id.startsWith('webapp') || id.startsWith('bad')) users.push(id);
 }
 
@@ -79,15 +75,10 @@ async function userExists(id: string): Promise<boolean> {
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-'));
   sub = redis.client();
   await sub.subscribe(channels.moduleAdded, channels.moduleRemoved);
   sub.on('message', (channel: string, message: string) => events.push({ channel, message }));
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-'));
-  await fs.chmod(root, 0o755);
   runner = new RecordingRunner();
   opts = { node: 1, concurrency: 4, insecureRegistries: [registry.address] };
   deps = createNodeAgentDeps(opts, {
@@ -97,15 +88,12 @@ beforeAll(async () => {
     log: () => undefined,
     delay: async () => undefined,
   });
-  await fs.mkdir(path.join(root, 'home'), { recursive: true, mode: 0o755 });
 }, 300_000);
 
 afterAll(async () => {
   await removeTestUsers(users);
   sub?.disconnect();
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
 describe('a rootless instance on a host without systemd', () => {

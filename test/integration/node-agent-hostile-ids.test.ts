@@ -17,6 +17,7 @@ import { readRemovalRequests, removalRequestKey } from '../../src/node-agent/rem
 import { keys } from '../../src/state/keys.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { putDesiredModule } from '../support/desired-module.js';
 
 /** Runs read-only commands; refuses (and counts) every changing one. */
 class ReadOnlyRunner implements CommandRunner {
@@ -44,11 +45,7 @@ let runner: ReadOnlyRunner;
 const logs: string[] = [];
 
 async function putModule(id: string, node: number): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node, image: 'registry.invalid/webapp:1' } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default', finalizers: 'node-agent', deleting: '{"removalPolicy":"Delete"}' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hset(keys.moduleNode(), id, String(node));
-  await admin.hset(keys.moduleUuid(), id, '00000000-0000-4000-8000-000000000001');
+  await putDesiredModule(admin, id, { node, image: 'registry.invalid/webapp:1' }, { fields: { finalizers: 'node-agent', deleting: '{"removalPolicy":"Delete"}' }, node, uuid: { set: '00000000-0000-4000-8000-000000000001' } });
   await admin.set(removalRequestKey(id), JSON.stringify({ removalPolicy: 'Delete', by: 'attacker', why: 'escape' }));
 }
 

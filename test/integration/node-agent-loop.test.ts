@@ -3,9 +3,6 @@
  * instances retried with backoff while others converge, terminal failures waiting for a new
  * generation, and a clean stop.
  */
-import { promises as fs } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { Ns8ctlError } from '../../src/errors.js';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -14,11 +11,14 @@ import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/de
 import type { NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { channels, keys } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { until } from '../support/wait-for.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
@@ -32,28 +32,11 @@ const down = `bad${suffix}7`;
 const terminal = `dokuwiki${suffix}7`;
 
 async function putModule(id: string, spec: Record<string, unknown>, generation = 1): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
-  await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 't.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hsetnx(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await putDesiredModule(admin, id, { node: 1, ...spec }, { generation, source: 't.yaml', uuid: { ifAbsent: '11111111-2222-4333-8444-555555555555' } });
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-loop-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-loop-'));
   deps = createNodeAgentDeps(
     { node: 1, insecureRegistries: [registry.address] },
     {
@@ -67,9 +50,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await removeTestUsers([good]);
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 60_000);
 
 test('the loop converges on a desired-state event, retries a failing instance with backoff, waits for a new generation after a terminal error, and stops', async () => {
@@ -78,15 +59,15 @@ test('the loop converges on a desired-state event, retries a failing instance wi
   // Resync far away: every reconcile after the first comes from the event or from backoff.
   const handle: NodeAgentHandle = runNodeAgent({ node: 1, resyncMs: 3_600_000, backoffBaseMs: 50, backoffMaxMs: 200, subscriber, onReconcile: (r) => results.push(r) }, deps);
   try {
-    await until('first (empty) reconcile', () => results.length >= 1);
+    await until('first (empty) reconcile', () => results.length >= 1, { timeoutMs: 60_000 });
     await putModule(good, { image: images.webapp['1.0.0'] });
     await putModule(down, { image: '127.0.0.1:1/ns8ctl-examples/webapp:1.0.0' });
     await putModule(terminal, { module: 'dokuwiki' });
     await admin.publish(channels.desiredChanged, JSON.stringify({ keys: [`Module/${good}`, `Module/${down}`, `Module/${terminal}`] }));
 
     const attempts = (id: string): number => results.filter((r) => r.instances.some((i) => i.id === id && i.outcome !== 'skipped')).length;
-    await until('good converged', () => results.some((r) => r.instances.some((i) => i.id === good && i.outcome === 'converged')));
-    await until('the failing instance retried at least 3 times', () => attempts(down) >= 3);
+    await until('good converged', () => results.some((r) => r.instances.some((i) => i.id === good && i.outcome === 'converged')), { timeoutMs: 60_000 });
+    await until('the failing instance retried at least 3 times', () => attempts(down) >= 3, { timeoutMs: 60_000 });
     // The good one is not redone while the failing one is retried.
     const later = results.slice(results.findIndex((r) => r.instances.some((i) => i.id === good && i.outcome === 'converged')) + 1);
     expect(later.flatMap((r) => r.instances.filter((i) => i.id === good).map((i) => i.outcome)).every((o) => o === 'unchanged' || o === 'skipped')).toBe(true);
@@ -97,7 +78,7 @@ test('the loop converges on a desired-state event, retries a failing instance wi
     // Fixing it (new generation) is picked up.
     await admin.hset(keys.desired('Module', terminal), 'generation', '2', 'object', JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: terminal }, spec: { node: 1, image: '127.0.0.1:1/x/dokuwiki:1' } }));
     await admin.publish(channels.desiredChanged, '{}');
-    await until('the terminal instance retried after its spec changed', () => attempts(terminal) >= 2);
+    await until('the terminal instance retried after its spec changed', () => attempts(terminal) >= 2, { timeoutMs: 60_000 });
   } finally {
     await handle.stop();
   }
@@ -125,11 +106,11 @@ test('a terminal failure is rechecked without a spec change: a version a reposit
   const outcomes = (): string[] => results.flatMap((r) => r.instances.filter((i) => i.id === id && i.outcome !== 'skipped').map((i) => (i.status?.conditions.find((c) => c.type === 'Degraded')?.reason ?? i.outcome)));
   const handle = runNodeAgent({ node: 1, resyncMs: 100, backoffBaseMs: 50, backoffMaxMs: 200, terminalRecheckMs: 500, onReconcile: (r) => results.push(r) }, resolving);
   try {
-    await until('the terminal failure recorded', () => outcomes().includes('ImageResolutionFailed'));
+    await until('the terminal failure recorded', () => outcomes().includes('ImageResolutionFailed'), { timeoutMs: 60_000 });
     // Resyncs every 100 ms do not retry it (same generation) until the recheck is due.
-    await until('a few resyncs', () => results.length >= 4);
+    await until('a few resyncs', () => results.length >= 4, { timeoutMs: 60_000 });
     published = true;
-    await until('rechecked after the repository published it', () => outcomes().includes('RegistryUnreachable'));
+    await until('rechecked after the repository published it', () => outcomes().includes('RegistryUnreachable'), { timeoutMs: 60_000 });
     expect(outcomes().filter((o) => o === 'ImageResolutionFailed').length).toBeLessThan(outcomes().length);
   } finally {
     await handle.stop();

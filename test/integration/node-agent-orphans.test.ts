@@ -4,7 +4,6 @@
  * registry, the node agent's real reconcile (no systemd on these machines).
  */
 import { promises as fs, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { readEvents } from '../../src/state/events.js';
@@ -17,11 +16,13 @@ import { reconcileNodeOnce, type NodeReconcileResult } from '../../src/node-agen
 import { removalRequestKey, requestOrphanRemoval } from '../../src/node-agent/removal-request.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 /** The production runner, counting changing commands, and refusing `userdel` while `failUserdel` is set. */
 class TestRunner implements CommandRunner {
@@ -52,11 +53,7 @@ const logs: string[] = [];
 const users: string[] = [];
 
 async function putModule(id: string, spec: Record<string, unknown>, node = 1): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node, ...spec } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hsetnx(keys.moduleUuid(), id, `00000000-0000-4000-8000-${id.padStart(12, '0').slice(-12)}`);
-  await admin.hset(keys.moduleNode(), id, String(node));
+  await putDesiredModule(admin, id, { node, ...spec }, { uuid: { ifAbsent: `00000000-0000-4000-8000-${id.padStart(12, '0').slice(-12)}` }, node });
   if (node === 1) users.push(id);
 }
 
@@ -89,13 +86,7 @@ function recordFile(id: string): string {
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-orphans-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { recursive: true, mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-orphans-'));
   runner = new TestRunner();
   layout = tempHostLayout(root, { uiBase: path.join(root, 'ui', 'apps') });
   opts = { node: 1, concurrency: 2, insecureRegistries: [registry.address] };
@@ -106,9 +97,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await removeTestUsers(users);
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
 describe('an instance whose desired object is missing', () => {

@@ -17,6 +17,7 @@ import { readModuleStatuses } from '../../src/node-agent/status.js';
 import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { keys } from '../../src/state/keys.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
+import { putDesiredModule } from '../support/desired-module.js';
 
 let redis: TestRedis;
 let admin: Redis;
@@ -25,10 +26,7 @@ let deps: NodeAgentDeps;
 const UNREACHABLE = '127.0.0.1:1/ns8ctl-examples';
 
 async function putModule(id: string, spec: Record<string, unknown>): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
-  await admin.hset(keys.desired('Module', id), { object, generation: '1', source: 't.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hset(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
+  await putDesiredModule(admin, id, { node: 1, ...spec }, { source: 't.yaml', uuid: { set: '11111111-2222-4333-8444-555555555555' } });
 }
 
 async function scans(): Promise<number> {

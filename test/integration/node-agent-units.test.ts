@@ -5,7 +5,6 @@
  * start/restart mark units active; the agent observes them through the same interface.
  */
 import { promises as fs, existsSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
@@ -18,14 +17,17 @@ import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { readEvents } from '../../src/state/events.js';
 import { keys } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 import { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import type { BuiltinAction } from '../../src/agent/action-catalog.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { until } from '../support/wait-for.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 /** Keeps what systemd would keep, and every call made to it. */
 class RecordingSystemd implements SystemdHost {
@@ -171,18 +173,7 @@ const opts: NodeAgentOptions = { node: 1, agentCommand: ['/usr/local/bin/ns8ctl'
 const id = `webapp${suffix}9`;
 
 async function putModule(spec: Record<string, unknown>, generation: number): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, ...spec } });
-  await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 't.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hsetnx(keys.moduleUuid(), id, '11111111-2222-4333-8444-555555555555');
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await putDesiredModule(admin, id, { node: 1, ...spec }, { generation, source: 't.yaml', uuid: { ifAbsent: '11111111-2222-4333-8444-555555555555' } });
 }
 
 async function once(): Promise<InstanceResult> {
@@ -190,13 +181,7 @@ async function once(): Promise<InstanceResult> {
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-units-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-units-'));
   systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')), [path.join(root, 'user-units'), path.join(root, 'units')]);
   systemd.onUnit = async (event, scope, unit) => {
     if (unit !== 'agent.service' || scope.kind !== 'user') return;
@@ -220,9 +205,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await stopModuleAgent();
   await removeTestUsers([id]);
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 60_000);
 
 describe('systemd units of a rootless instance', () => {
@@ -371,15 +354,15 @@ describe('systemd units of a rootless instance', () => {
     const results: NodeReconcileResult[] = [];
     const handle = runNodeAgent({ ...opts, resyncMs: 50, backoffBaseMs: 50, backoffMaxMs: 100, terminalRecheckMs: 3_600_000, onReconcile: (x) => results.push(x) }, counting);
     try {
-      await until('a first pass', () => results.length >= 1);
+      await until('a first pass', () => results.length >= 1, { everyMs: 20 });
       expect(resolutions).toBe(1);
       systemd.active.clear();
       const seen = results.length;
-      await until('the stopped units restarted by a later pass', () => results.slice(seen).some((x) => x.instances.some((i) => i.id === id && i.applied.some((st) => st.kind === 'start-units'))));
+      await until('the stopped units restarted by a later pass', () => results.slice(seen).some((x) => x.instances.some((i) => i.id === id && i.applied.some((st) => st.kind === 'start-units'))), { everyMs: 20 });
       expect(resolutions).toBe(1);
       // A new generation is resolved at once (and the update back to 1.1.0 needs nothing).
       await putModule({ image: images.webapp['1.1.0'] }, 5);
-      await until('the new generation converged', async () => (await readModuleStatus(admin, id))?.conditions.find((c) => c.type === 'Ready')?.status === 'True');
+      await until('the new generation converged', async () => (await readModuleStatus(admin, id))?.conditions.find((c) => c.type === 'Ready')?.status === 'True', { everyMs: 20 });
       expect(resolutions).toBeGreaterThan(1);
       expect((await readModuleStatus(admin, id))!.targetImage).toBeUndefined();
     } finally {

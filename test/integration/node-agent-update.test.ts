@@ -4,7 +4,6 @@
  * (webapp 2.0.0 has `org.nethserver.min-from=1.1.0`). The registry is stopped for the last test.
  */
 import { promises as fs } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { findCondition } from '../../src/controller/conditions.js';
@@ -16,11 +15,13 @@ import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { keys } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
+import { putDesiredModule } from '../support/desired-module.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 const host = new ExecaRunner();
 const id = `webapp${process.pid % 10000}9`;
@@ -33,11 +34,7 @@ let deps: NodeAgentDeps;
 let opts: NodeAgentOptions;
 
 async function putModule(image: string, generation: number): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: id }, spec: { node: 1, image } });
-  await admin.hset(keys.desired('Module', id), { object, generation: String(generation), source: 'test.yaml', revision: '', applyset: 'default' });
-  await admin.sadd(keys.desiredIndex('Module'), id);
-  await admin.hsetnx(keys.moduleUuid(), id, '00000000-0000-4000-8000-000000000009');
-  await admin.hset(keys.moduleNode(), id, '1');
+  await putDesiredModule(admin, id, { node: 1, image }, { generation, uuid: { ifAbsent: '00000000-0000-4000-8000-000000000009' }, node: 1 });
 }
 
 async function reconcile(): Promise<InstanceResult> {
@@ -55,13 +52,7 @@ async function userImages(): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-update-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { recursive: true, mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-update-'));
   opts = { node: 1, concurrency: 1, insecureRegistries: [registry.address] };
   deps = createNodeAgentDeps(opts, {
     redis: admin,
@@ -76,9 +67,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await removeTestUsers([id]);
   admin?.disconnect();
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
 test('webapp 1.0.0 is installed', async () => {

@@ -9,13 +9,12 @@
  * This host has no systemd: `systemctl` on the steps' PATH records what the module asked
  * (enable, restart); the unit itself runs in the sandbox tests.
  */
-import { prepareCompatHost } from '../support/ns8-compat.js';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls } from '../support/ns8-compat.js';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
-import { parseEnvironment } from '../../src/agent/env-file.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
@@ -34,46 +33,10 @@ let installDir: string;
 let stateDir: string;
 let agent: AgentHandle | undefined;
 
-/** podman create + export | tar -x of the image's imageroot/ into installDir (NS8's extract-image). */
-async function extractImageroot(image: string): Promise<void> {
-  const created = await runner.run(['podman', 'create', image, '/bin/busybox', 'true']);
-  const ctr = created.stdout.trim();
-  try {
-    const tarball = path.join(root, 'export.tar');
-    await runner.run(['podman', 'export', '-o', tarball, ctr]);
-    await runner.run(['tar', '-x', '--no-same-owner', '--strip-components=1', '-f', tarball, '-C', installDir, 'imageroot']);
-  } finally {
-    rmSync(path.join(root, 'export.tar'), { force: true });
-    await runner.run(['podman', 'rm', '-f', ctr], { allowFailure: true });
-  }
-}
-
-function stepEnv(): Record<string, string> {
-  const nodeRoot = path.join(root, 'node');
-  return {
-    PATH: `${installDir}/bin:${root}/fakebin:${nodeRoot}/usr/local/agent/pyenv/bin:/usr/local/bin:/usr/bin:/bin:${nodeRoot}/usr/local/agent/bin`,
-    HOME: root,
-    LANG: 'C.UTF-8',
-    PYTHONDONTWRITEBYTECODE: '1',
-    PYTHONPATH: `${installDir}/pypkg`,
-    REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_REPLICA_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_USER: `module/${ID}`,
-    REDIS_PASSWORD: password,
-    AGENT_INSTALL_DIR: installDir,
-    AGENT_STATE_DIR: stateDir,
-    AGENT_ID: `module/${ID}`,
-  };
-}
-
-function stateEnvironment(): Record<string, string> {
-  return Object.fromEntries(parseEnvironment(readFileSync(path.join(stateDir, 'environment'), 'utf8')));
-}
-
-function systemctlCalls(): string[] {
-  const log = path.join(root, 'systemctl.log');
-  return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
-}
+const extractImageroot = (image: string): Promise<void> => extractCompatImageroot(runner, image, installDir, root);
+const stepEnv = (): Record<string, string> => compatStepEnv(root, acl.server.port, { id: ID, installDir, stateDir, password });
+const stateEnvironment = (): Record<string, string> => readStateEnvironment(stateDir);
+const systemctlCalls = (): string[] => recordedSystemctlCalls(root);
 
 beforeAll(async () => {
   root = await prepareCompatHost({ only: 'kickweb,kickweb-httpd', registry: REGISTRY, prefix: 'ns8-compat-' });

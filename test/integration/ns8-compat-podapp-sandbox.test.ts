@@ -8,14 +8,10 @@
  * and a recorded removal leaves nothing; re-added, the same id is configured again. The steps run
  * in order on one node.
  */
-import path from 'node:path';
-import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
-import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
-import { deleteSandbox } from '../../src/sandbox/delete.js';
-import { adminRedisUrl } from '../../src/sandbox/node-config.js';
-import { readAdminPassword } from '../../src/sandbox/record.js';
+import type { Redis } from 'ioredis';
+import type { SandboxInfo } from '../../src/sandbox/create.js';
 import { keys } from '../../src/state/keys.js';
+import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'ns8pod';
@@ -70,24 +66,23 @@ async function lifecycleTasks(action: string): Promise<string[]> {
   return out;
 }
 
+const BUILT = ['podapp:1.0.0', 'podapp:1.1.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0', 'podapp-db:1.1.0', 'kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'];
+
 beforeAll(async () => {
-  await deleteSandbox({ name: NAME }, deps);
-  info = await createSandbox({ name: NAME, nodes: 1 }, deps);
-  // Sandbox nodes share the host's uids (no user namespace): the recipe gives node users a uid
-  // range no host test user has (a host test's `killall -u` must not reach a node's instance).
-  expect((await inNode(['grep', '-c', '^UID_MIN 52000', '/etc/login.defs'])).out.trim()).toBe('1');
-  await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp,podapp-web,podapp-db,kickweb,kickweb-httpd', '--registry', info.registry, '--push'], { timeoutMs: 600_000 });
-  leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });
+  ({ info, leader } = await startCompatSandbox(NAME, deps, {
+    only: ['podapp', 'podapp-web', 'podapp-db', 'kickweb', 'kickweb-httpd'],
+    built: BUILT,
+    buildTimeoutMs: 600_000,
+    afterCreate: async () => {
+      // Sandbox nodes share the host's uids (no user namespace): the recipe gives node users a uid
+      // range no host test user has (a host test's `killall -u` must not reach a node's instance).
+      expect((await inNode(['grep', '-c', '^UID_MIN 52000', '/etc/login.defs'])).out.trim()).toBe('1');
+    },
+  }));
 }, 1_200_000);
 
 afterAll(async () => {
-  leader?.disconnect();
-  // The build left the images in the host's storage under the sandbox registry's name.
-  if (info) {
-    const built = ['podapp:1.0.0', 'podapp:1.1.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0', 'podapp-db:1.1.0', 'kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'];
-    await new ExecaRunner().run(['podman', 'rmi', '-f', ...built.map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true });
-  }
-  if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+  await stopCompatSandbox(NAME, deps, { info, leader }, BUILT);
 }, 120_000);
 
 describe('an NS8 module with a pod, two service images and a volume, run by ns8ctl run in a sandbox node', () => {

@@ -12,13 +12,12 @@
  * units run in the sandbox test (ns8-compat-podapp-sandbox.test.ts). The steps' podman is the
  * host's (as root): the test owns the volume name podapp-db-data and removes it.
  */
-import { prepareCompatHost } from '../support/ns8-compat.js';
+import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls } from '../support/ns8-compat.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants, authorizationsToStore } from '../../src/agent/authorizations.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
-import { parseEnvironment } from '../../src/agent/env-file.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -45,46 +44,10 @@ let relay: TaskRelay | undefined;
 const podapp: Instance = { id: 'podapp1', password: generatePassword(), installDir: '', stateDir: '' };
 const kickweb: Instance = { id: 'kickweb1', password: generatePassword(), installDir: '', stateDir: '' };
 
-/** podman create + export | tar -x of the image's imageroot/ into the install dir (NS8's extract-image). */
-async function extractImageroot(inst: Instance, image: string): Promise<void> {
-  const created = await runner.run(['podman', 'create', image, '/bin/busybox', 'true']);
-  const ctr = created.stdout.trim();
-  const tarball = path.join(root, `export-${inst.id}.tar`);
-  try {
-    await runner.run(['podman', 'export', '-o', tarball, ctr]);
-    await runner.run(['tar', '-x', '--no-same-owner', '--strip-components=1', '-f', tarball, '-C', inst.installDir, 'imageroot']);
-  } finally {
-    rmSync(tarball, { force: true });
-    await runner.run(['podman', 'rm', '-f', ctr], { allowFailure: true });
-  }
-}
-
-function stepEnv(inst: Instance): Record<string, string> {
-  const nodeRoot = path.join(root, 'node');
-  return {
-    PATH: `${inst.installDir}/bin:${root}/fakebin:${nodeRoot}/usr/local/agent/pyenv/bin:/usr/local/bin:/usr/bin:/bin:${nodeRoot}/usr/local/agent/bin`,
-    HOME: root,
-    LANG: 'C.UTF-8',
-    PYTHONDONTWRITEBYTECODE: '1',
-    PYTHONPATH: `${inst.installDir}/pypkg`,
-    REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_REPLICA_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_USER: `module/${inst.id}`,
-    REDIS_PASSWORD: inst.password,
-    AGENT_INSTALL_DIR: inst.installDir,
-    AGENT_STATE_DIR: inst.stateDir,
-    AGENT_ID: `module/${inst.id}`,
-  };
-}
-
-function stateEnvironment(inst: Instance): Record<string, string> {
-  return Object.fromEntries(parseEnvironment(readFileSync(path.join(inst.stateDir, 'environment'), 'utf8')));
-}
-
-function systemctlCalls(): string[] {
-  const log = path.join(root, 'systemctl.log');
-  return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
-}
+const extractImageroot = (inst: Instance, image: string): Promise<void> => extractCompatImageroot(runner, image, inst.installDir, root);
+const stepEnv = (inst: Instance): Record<string, string> => compatStepEnv(root, acl.server.port, inst);
+const stateEnvironment = (inst: Instance): Record<string, string> => readStateEnvironment(inst.stateDir);
+const systemctlCalls = (): string[] => recordedSystemctlCalls(root);
 
 /** The records file of the database volume, read where podman keeps the volume. */
 async function records(): Promise<string> {

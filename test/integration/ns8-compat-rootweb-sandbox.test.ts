@@ -8,14 +8,10 @@
  * (unit file, volume, install dir, ports, Redis keys gone) and added again with the same id.
  * One sandbox, sequential steps.
  */
-import path from 'node:path';
-import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
-import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
-import { deleteSandbox } from '../../src/sandbox/delete.js';
-import { adminRedisUrl } from '../../src/sandbox/node-config.js';
-import { readAdminPassword } from '../../src/sandbox/record.js';
+import type { Redis } from 'ioredis';
+import type { SandboxInfo } from '../../src/sandbox/create.js';
 import { keys } from '../../src/state/keys.js';
+import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'ns8root';
@@ -83,21 +79,14 @@ async function tasks(id: string, action: string): Promise<{ user: string; exit: 
   return out;
 }
 
+const BUILT = ['rootweb:1.0.0', 'rootweb:1.1.0', 'rootweb-httpd:1.0.0', 'kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'];
+
 beforeAll(async () => {
-  await deleteSandbox({ name: NAME }, deps);
-  info = await createSandbox({ name: NAME, nodes: 1 }, deps);
-  await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'rootweb,rootweb-httpd,kickweb,kickweb-httpd', '--registry', info.registry, '--push'], { timeoutMs: 300_000 });
-  leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });
+  ({ info, leader } = await startCompatSandbox(NAME, deps, { only: ['rootweb', 'rootweb-httpd', 'kickweb', 'kickweb-httpd'], built: BUILT, buildTimeoutMs: 300_000 }));
 }, 900_000);
 
 afterAll(async () => {
-  leader?.disconnect();
-  // The build left the images in the host's storage under the sandbox registry's name.
-  if (info) {
-    const built = ['rootweb:1.0.0', 'rootweb:1.1.0', 'rootweb-httpd:1.0.0', 'kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'].map((t) => `${info.registry}/ns8ctl-compat/${t}`);
-    await new ExecaRunner().run(['podman', 'rmi', '-f', ...built], { allowFailure: true });
-  }
-  if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+  await stopCompatSandbox(NAME, deps, { info, leader }, BUILT);
 }, 120_000);
 
 describe('a rootfull NS8-layout module run by ns8ctl run in a sandbox node', () => {

@@ -13,13 +13,12 @@
  * module's unit directory is a temp dir (ROOTWEB_SYSTEMD_DIR, the module's test seam). The unit
  * itself runs in ns8-compat-rootweb-sandbox.test.ts.
  */
-import { prepareCompatHost } from '../support/ns8-compat.js';
+import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls } from '../support/ns8-compat.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
-import { parseEnvironment } from '../../src/agent/env-file.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
@@ -46,47 +45,10 @@ const installDirOf = (id: string): string => path.join(root, 'var-lib-nethserver
 const stateDirOf = (id: string): string => path.join(installDirOf(id), 'state');
 const unitDir = (): string => path.join(root, 'etc-systemd-system');
 
-/** podman create + export | tar -x of the image's imageroot/ into the install dir (NS8's extract-image). */
-async function extractImageroot(image: string, installDir: string): Promise<void> {
-  const created = await runner.run(['podman', 'create', image, '/bin/busybox', 'true']);
-  const ctr = created.stdout.trim();
-  const tarball = path.join(root, `export-${path.basename(installDir)}.tar`);
-  try {
-    await runner.run(['podman', 'export', '-o', tarball, ctr]);
-    await runner.run(['tar', '-x', '--no-same-owner', '--strip-components=1', '-f', tarball, '-C', installDir, 'imageroot']);
-  } finally {
-    rmSync(tarball, { force: true });
-    await runner.run(['podman', 'rm', '-f', ctr], { allowFailure: true });
-  }
-}
-
-function stepEnv(id: string): Record<string, string> {
-  const nodeRoot = path.join(root, 'node');
-  return {
-    PATH: `${installDirOf(id)}/bin:${root}/fakebin:${nodeRoot}/usr/local/agent/pyenv/bin:/usr/local/bin:/usr/bin:/bin:${nodeRoot}/usr/local/agent/bin`,
-    HOME: root,
-    LANG: 'C.UTF-8',
-    PYTHONDONTWRITEBYTECODE: '1',
-    PYTHONPATH: `${installDirOf(id)}/pypkg`,
-    REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_REPLICA_ADDRESS: `127.0.0.1:${acl.server.port}`,
-    REDIS_USER: `module/${id}`,
-    REDIS_PASSWORD: password[id] ?? '',
-    AGENT_INSTALL_DIR: installDirOf(id),
-    AGENT_STATE_DIR: stateDirOf(id),
-    AGENT_ID: `module/${id}`,
-    ROOTWEB_SYSTEMD_DIR: unitDir(),
-  };
-}
-
-function stateEnvironment(id = ID): Record<string, string> {
-  return Object.fromEntries(parseEnvironment(readFileSync(path.join(stateDirOf(id), 'environment'), 'utf8')));
-}
-
-function systemctlCalls(): string[] {
-  const log = path.join(root, 'systemctl.log');
-  return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
-}
+const extractImageroot = (image: string, installDir: string): Promise<void> => extractCompatImageroot(runner, image, installDir, root);
+const stepEnv = (id: string): Record<string, string> => compatStepEnv(root, acl.server.port, { id, installDir: installDirOf(id), stateDir: stateDirOf(id), password: password[id] ?? '' }, { ROOTWEB_SYSTEMD_DIR: unitDir() });
+const stateEnvironment = (id = ID): Record<string, string> => readStateEnvironment(stateDirOf(id));
+const systemctlCalls = (): string[] => recordedSystemctlCalls(root);
 
 /** A fresh instance: environment as the node writes it, imageroot extracted, its agent running. */
 async function install(id: string, image: string, rootfull: boolean): Promise<void> {

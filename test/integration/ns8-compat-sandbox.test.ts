@@ -4,13 +4,9 @@
  * runtime, its kickstart-style unit (runagent in ExecStartPre, podman) serves the configured page,
  * and get-configuration returns the manifest's configuration.
  */
-import path from 'node:path';
-import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
-import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
-import { deleteSandbox } from '../../src/sandbox/delete.js';
-import { adminRedisUrl } from '../../src/sandbox/node-config.js';
-import { readAdminPassword } from '../../src/sandbox/record.js';
+import type { Redis } from 'ioredis';
+import type { SandboxInfo } from '../../src/sandbox/create.js';
+import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'ns8kick';
@@ -29,18 +25,14 @@ async function writeManifest(greeting: string, version = '1.0.0'): Promise<void>
   expect(w.code).toBe(0);
 }
 
+const BUILT = ['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'];
+
 beforeAll(async () => {
-  await deleteSandbox({ name: NAME }, deps);
-  info = await createSandbox({ name: NAME, nodes: 1 }, deps);
-  await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'kickweb,kickweb-httpd', '--registry', info.registry, '--push'], { timeoutMs: 300_000 });
-  leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, NAME)), { maxRetriesPerRequest: 1 });
+  ({ info, leader } = await startCompatSandbox(NAME, deps, { only: ['kickweb', 'kickweb-httpd'], built: BUILT, buildTimeoutMs: 300_000 }));
 }, 900_000);
 
 afterAll(async () => {
-  leader?.disconnect();
-  // The build left the images in the host's storage under the sandbox registry's name.
-  if (info) await new ExecaRunner().run(['podman', 'rmi', '-f', ...['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'].map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true });
-  if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+  await stopCompatSandbox(NAME, deps, { info, leader }, BUILT);
 }, 120_000);
 
 /** The page the instance serves on its TCP_PORT, once it contains `text`. */

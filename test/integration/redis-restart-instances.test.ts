@@ -12,13 +12,11 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
-import { connectRedis } from '../../src/state/connect.js';
 import { keys } from '../../src/state/keys.js';
 import type { EmbeddedRedis} from '../support/chaos.js';
-import { componentProcess, parseJsonLines, removalsLogged, runBin, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
+import { workspaceAdmin, componentProcess, parseJsonLines, removalsLogged, runBin, userIdentity, hostWorkspace, type ComponentProcess, type StopSignal } from '../support/chaos.js';
 import type { ExampleImages } from '../support/example-images.js';
 import { removeTestUsers } from '../support/host-podman.js';
 import type { TestRegistry } from '../support/registry.js';
@@ -33,19 +31,13 @@ let manifests: string;
 let layout: HostLayout;
 let env: NodeJS.ProcessEnv;
 let redis: EmbeddedRedis;
-let admin: Redis | undefined;
 let agent: ComponentProcess;
 let entry: string;
 let agentOpts: string;
 
-async function adminClient(): Promise<Redis> {
-  admin ??= (await connectRedis({ stateDir: path.join(root, 'state'), env, runner: new ExecaRunner(), name: 'restart-test', startEmbedded: false })).redis;
-  return admin;
-}
-function dropAdmin(): void {
-  admin?.disconnect();
-  admin = undefined;
-}
+const admin = workspaceAdmin(() => ({ root, env }), 'restart-test');
+const adminClient = admin.get;
+const dropAdmin = admin.drop;
 
 async function writeModule(greeting: string): Promise<void> {
   const doc = { apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'Module', metadata: { name: ID }, spec: { image: images.webapp['1.0.0'], node: 1, removalPolicy: 'Delete', configuration: { greeting } } };

@@ -15,6 +15,7 @@ import { getAvailable, registerRepositoryCommands, repoRefresh, search, type Rep
 import type { RepositoryInfo } from '../../src/repository/resolve.js';
 import { keys } from '../../src/state/keys.js';
 import { freePort, startRedis, type TestRedis } from '../support/redis-server.js';
+import { rejectionOf } from '../support/caught.js';
 
 const sample = readFileSync(new URL('../fixtures/repodata/sample.json', import.meta.url), 'utf8');
 const LAST_MODIFIED = 'Wed, 01 Jan 2025 10:00:00 GMT';
@@ -60,15 +61,7 @@ class RepoServer {
   }
 }
 
-async function rejection(p: Promise<unknown>): Promise<RepositoryError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof RepositoryError) return err;
-    throw err;
-  }
-  throw new Error('expected a RepositoryError');
-}
+const rejection = (p: Promise<unknown>): Promise<RepositoryError> => rejectionOf(RepositoryError, p);
 
 describe('repository metadata over HTTP with the Redis cache', () => {
   let redisServer: TestRedis;

@@ -10,23 +10,17 @@
  * Real podman, systemd, redis-server and useradd inside the node; the built CLI runs in the node
  * (`npm run build` first); shares the cached node root filesystem of the other sandbox tests.
  */
-import { mkdtempSync, promises as fsp } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
-import { defaultDemoDeps } from '../../src/demo/cli.js';
-import { downDemo, runDemo, type DemoDeps, type DemoResult } from '../../src/demo/demo.js';
+import { runDemo, type DemoResult } from '../../src/demo/demo.js';
 import { LOOP_UNIT } from '../../src/demo/plan.js';
 import { sandboxEnv } from '../../src/sandbox/env.js';
 import { runCli } from '../support/cli.js';
+import { useDemoSandbox } from '../support/demo-sandbox.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 
 const NAME = 'reboot';
 const ID = 'webapp1';
-const runner = new ExecaRunner();
 let out = '';
-const demoDir = path.join(mkdtempSync(path.join(tmpdir(), 'ns8ctl-reboot-test-')), 'demo');
-const deps: DemoDeps = defaultDemoDeps({ runner, demoDir, stdout: (t) => void (out += t), stderr: (t) => void (out += t), readyTimeoutMs: 300_000 });
+const { deps } = useDemoSandbox(NAME, 'ns8ctl-reboot-test-', (t) => void (out += t));
 const { inNode } = sandboxNode(NAME);
 const userctl = (...args: string[]) => inNode(['systemctl', '--user', '-M', `${ID}@`, ...args]);
 
@@ -66,15 +60,6 @@ const eventList = async (): Promise<{ name: string; type: string; object: string
 
 const desiredNames = async (kind: 'modules' | 'nodes'): Promise<string[]> =>
   (await cliJson<{ items: { metadata: { name: string } }[] }>(['get', kind])).items.map((i) => i.metadata.name).sort();
-
-beforeAll(async () => {
-  await downDemo({ name: NAME }, deps);
-}, 120_000);
-
-afterAll(async () => {
-  if (!process.env.NS8CTL_KEEP_SANDBOX) await downDemo({ name: NAME }, deps).catch(() => undefined);
-  await fsp.rm(path.dirname(demoDir), { recursive: true, force: true });
-}, 120_000);
 
 describe('a sandbox node rebooted under a Ready instance', () => {
   test('the continuous loop in node 1 brings webapp1 to Ready, answering HTTP', async () => {

@@ -18,6 +18,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
+import { connectRedis } from '../../src/state/connect.js';
 import { embeddedPaths } from '../../src/state/embedded-redis.js';
 import { keys } from '../../src/state/keys.js';
 import { ensureExampleImages, type ExampleImages } from './example-images.js';
@@ -355,4 +356,34 @@ export async function hostWorkspace(prefix: string): Promise<HostWorkspace> {
   const redis = new EmbeddedRedis(path.join(root, 'state'), env);
   const agentEntry = await writeNodeAgentEntry(root);
   return { registry, images, root, manifests, layout, env, redis, agentEntry };
+}
+
+/** One admin connection to a workspace's embedded Redis, made when first asked for. */
+export interface WorkspaceAdmin {
+  /** The connection, opened on first use (and again after drop()); never starts Redis. */
+  get(): Promise<Redis>;
+  /** Closes the connection, if any: call it before stopping Redis, so the next get() reconnects. */
+  drop(): void;
+}
+
+/**
+ * An admin client of the embedded Redis of the workspace `ws()` names (read on each connect, so
+ * it can be created before beforeAll fills the workspace in), connected as the CLI does through
+ * the state dir `<root>/state`, under the client name `name`.
+ *
+ * @throws from get(): what connectRedis throws when that Redis is not running.
+ */
+export function workspaceAdmin(ws: () => { root: string; env: NodeJS.ProcessEnv }, name: string): WorkspaceAdmin {
+  let admin: Redis | undefined;
+  return {
+    async get() {
+      const { root, env } = ws();
+      admin ??= (await connectRedis({ stateDir: path.join(root, 'state'), env, runner: new ExecaRunner(), name, startEmbedded: false })).redis;
+      return admin;
+    },
+    drop() {
+      admin?.disconnect();
+      admin = undefined;
+    },
+  };
 }

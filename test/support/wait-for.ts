@@ -17,3 +17,17 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * Polls the condition `check` every `everyMs` (default 50 ms) until it holds. Unlike
+ * {@link waitFor}, a check that throws fails at once with its own error: use it where a throw
+ * means a real fault, not "not there yet". Bounded: fails with `timed out waiting for: <what>`
+ * once `timeoutMs` (default 30 s) has passed; the check runs at least once.
+ */
+export async function until(what: string, check: () => boolean | Promise<boolean>, opts: { timeoutMs?: number; everyMs?: number } = {}): Promise<void> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, opts.everyMs ?? 50));
+  }
+}

@@ -7,6 +7,7 @@ import { createrepo, selectTags } from '../../src/repository/createrepo.js';
 import { RepositoryError } from '../../src/repository/errors.js';
 import { checkRepodata } from '../../src/repository/repodata.js';
 import { JPEG_HEAD, makePng } from '../fixtures/repodata/png.js';
+import { rejectionOf } from '../support/caught.js';
 
 /** A registry seen through skopeo: source -> tag -> labels. Records every argv. */
 class FakeSkopeo implements CommandRunner {
@@ -45,15 +46,7 @@ const meta = (source: string, extra: Record<string, unknown> = {}): string =>
     ...extra,
   });
 
-async function failure(p: Promise<unknown>): Promise<RepositoryError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof RepositoryError) return err;
-    throw err;
-  }
-  throw new Error('expected a RepositoryError');
-}
+const failure = (p: Promise<unknown>): Promise<RepositoryError> => rejectionOf(RepositoryError, p);
 
 describe('selectTags', () => {
   const tags = ['latest', '1.0.0', '2.0.0', '1.1.0', '2.1.0-rc.2', '2.1.0-rc.1', '1.5.0-beta.1', 'v3.0.0'];

@@ -14,18 +14,11 @@ import {
   resolveVersion,
 } from '../../src/repository/resolve.js';
 import { pkg, repo, ver } from '../fixtures/repodata/builders.js';
+import { errorOf as caughtError } from '../support/caught.js';
 
 const core = { coreVersion: '3.5.0' };
 
-function errorOf(fn: () => unknown): RepositoryError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof RepositoryError) return err;
-    throw err;
-  }
-  throw new Error('expected a RepositoryError');
-}
+const errorOf = (fn: () => unknown): RepositoryError => caughtError(RepositoryError, fn);
 
 describe('listAvailable', () => {
   it('gives the alphabetically last repository priority when two carry the same source', () => {

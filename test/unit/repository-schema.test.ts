@@ -1,19 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { RepositoryError } from '../../src/repository/errors.js';
 import { checkRepodata, parseRepodata, repodataSchema } from '../../src/repository/repodata.js';
+import { errorOf } from '../support/caught.js';
 
 const sampleText = readFileSync(new URL('../fixtures/repodata/sample.json', import.meta.url), 'utf8');
 const sample = (): Record<string, unknown>[] => JSON.parse(sampleText) as Record<string, unknown>[];
 
-function parseError(text: string): RepositoryError {
-  try {
-    parseRepodata(text, 'default', 'https://repo.test/repodata.json');
-  } catch (err) {
-    if (err instanceof RepositoryError) return err;
-    throw err;
-  }
-  throw new Error('expected a RepositoryError');
-}
+const parseError = (text: string): RepositoryError => errorOf(RepositoryError, () => parseRepodata(text, 'default', 'https://repo.test/repodata.json'));
 
 describe('repodata schema', () => {
   it('is a draft-07 schema for an array of packages', () => {
