@@ -6,7 +6,6 @@
  * useradd'ed user.
  */
 import { promises as fs, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
@@ -18,11 +17,12 @@ import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { makeImageResolver } from '../../src/repository/image-resolver.js';
 import { keys } from '../../src/state/keys.js';
-import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
-import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
+import type { ExampleImages } from '../support/example-images.js';
+import { removeTestUsers } from '../support/host-podman.js';
+import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
-import { startRedis, type TestRedis } from '../support/redis-server.js';
-import { startRegistry, type TestRegistry } from '../support/registry.js';
+import type { TestRedis } from '../support/redis-server.js';
+import type { TestRegistry } from '../support/registry.js';
 
 const id = `webapp${process.pid % 10000}7`;
 let redis: TestRedis;
@@ -32,13 +32,7 @@ let images: ExampleImages;
 let root: string;
 
 beforeAll(async () => {
-  await preparePodmanHost();
-  [redis, registry] = await Promise.all([startRedis(), startRegistry()]);
-  images = await ensureExampleImages(registry.address);
-  admin = redis.client();
-  root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-resolution-agreement-'));
-  await fs.chmod(root, 0o755);
-  await fs.mkdir(path.join(root, 'home'), { recursive: true, mode: 0o755 });
+  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-resolution-agreement-'));
   // The sample repository offers webapp 1.0.0, 1.1.0, 2.0.0 and 2.1.0-rc.1, in this test's registry.
   const sample = readFileSync(new URL('../fixtures/repodata/sample.json', import.meta.url), 'utf8').replaceAll('127.0.0.1:5000', registry.address);
   await fs.mkdir(path.join(root, 'repo'));
@@ -49,9 +43,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await removeTestUsers([id]);
   admin?.disconnect();
-  await redis?.stop();
-  await registry?.stop();
-  if (root) await fs.rm(root, { recursive: true, force: true });
+  await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
 test('the image diff shows for a {module, version} spec is the image the node agent converges on and records in status', async () => {
