@@ -19,6 +19,7 @@ import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { putDesiredModule } from '../support/desired-module.js';
+import { waitFor } from '../support/wait-for.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 /** Keeps every command (the production runner keeps the last 1000 only). */
@@ -160,8 +161,8 @@ describe('a rootless instance on a host without systemd', () => {
     }
     expect((await admin.smembers(keys.moduleFlags(id))).sort()).toEqual(['no_data_backup', 'rootless']);
     expect(await admin.hget(keys.desired('Module', id), 'finalizers')).toBe('node-agent');
-    // module-added published once, with NS8's payload.
-    await new Promise((r) => setTimeout(r, 50));
+    // module-added published once, with NS8's payload (the subscriber gets it asynchronously: wait for it).
+    await waitFor('module-added received', () => events.some((e) => e.channel === channels.moduleAdded));
     expect(events.filter((e) => e.channel === channels.moduleAdded).map((e) => JSON.parse(e.message))).toContainEqual({ module: id, node: 1 });
     // Status: host converged, but without systemd the instance is Degraded and says why.
     const st = await readModuleStatus(admin, id);
@@ -254,7 +255,7 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hget(keys.moduleNode(), id)).toBeNull();
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBeNull();
     expect(existsSync(path.join(root, 'agent', 'instances', `${id}.json`))).toBe(false);
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor('module-removed received', () => events.some((e) => e.channel === channels.moduleRemoved));
     expect(events.filter((e) => e.channel === channels.moduleRemoved).map((e) => JSON.parse(e.message))).toContainEqual({ module: id, node: 1 });
     expect(env.TCP_PORT).toBeDefined();
     expect((await reconcile()).get(id)).toBeUndefined();
