@@ -1,7 +1,9 @@
 /**
  * The node agent's step handlers (src/node-agent/steps/), one concern at a time, on fakes of
  * podman, systemd and useradd over a temp layout: what each does to files and records, and what it
- * refuses. Handlers that write Redis are covered with a real redis-server by the integration tests.
+ * refuses. Handlers that reach Redis (ACL, flags, authorizations, default instances, ports,
+ * mirror-environment, module keys, publish-*, release-finalizer, run-lifecycle, run-destroy-module)
+ * are covered with a real redis-server elsewhere.
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
