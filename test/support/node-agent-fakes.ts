@@ -20,6 +20,8 @@ import type { ImageFacts } from '../../src/node-agent/types.js';
 import { tempHostLayout } from './node-agent-layout.js';
 
 const ownerName = (o: Owner): string => (o.kind === 'root' ? 'root' : o.name);
+/** `system`, or `user:<name>:<uid>`: which manager a call went to. */
+const scopeName = (s: UnitScope): string => (s.kind === 'system' ? 'system' : `user:${s.user}:${s.uid}`);
 
 /** Records every command; answers exit 0 with the output `respond` gives (default empty). */
 export class FakeRunner implements CommandRunner {
@@ -102,18 +104,21 @@ export class FakePodman implements PodmanHost {
     }
     return out;
   }
-  async removeImages(owner: Owner, refs: string[]): Promise<void> {
+  async removeImages(owner: Owner, refs: string[], containers: string[] = []): Promise<void> {
+    if (containers.length) this.calls.push(`rm ${ownerName(owner)} ${containers.join(' ')}`);
     this.calls.push(`rmi ${ownerName(owner)} ${refs.join(' ')}`);
     this.stores.set(ownerName(owner), (this.stores.get(ownerName(owner)) ?? []).filter((i) => !refs.some((r) => i.names.includes(r))));
   }
 }
 
-/** Unit states in memory: started units are active unless listed in `failing`. */
+/** Unit states in memory: started units are active unless listed in `failing`; each call names its scope. */
 export class FakeSystemd implements SystemdHost {
   readonly calls: string[] = [];
   readonly active = new Set<string>();
   readonly failing = new Set<string>();
   readonly linger = new Set<string>();
+  /** How many times `isActive` was asked. */
+  polls = 0;
   async missing(): Promise<string | undefined> {
     return undefined;
   }
@@ -124,36 +129,36 @@ export class FakeSystemd implements SystemdHost {
     this.calls.push(`enable-linger ${user}`);
     this.linger.add(user);
   }
-  async disableLinger(user: string): Promise<void> {
-    this.calls.push(`disable-linger ${user}`);
+  async disableLinger(user: string, uid: number): Promise<void> {
+    this.calls.push(`disable-linger ${user} ${uid}`);
     this.linger.delete(user);
   }
   async daemonReload(scope: UnitScope): Promise<void> {
-    this.calls.push(`daemon-reload ${scope.kind}`);
+    this.calls.push(`daemon-reload ${scopeName(scope)}`);
   }
-  async enable(_scope: UnitScope, units: string[]): Promise<void> {
-    this.calls.push(`enable ${units.join(' ')}`);
+  async enable(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`enable ${scopeName(scope)} ${units.join(' ')}`);
   }
-  async disable(_scope: UnitScope, units: string[]): Promise<void> {
-    this.calls.push(`disable ${units.join(' ')}`);
+  async disable(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`disable ${scopeName(scope)} ${units.join(' ')}`);
   }
-  async start(_scope: UnitScope, units: string[]): Promise<void> {
-    this.calls.push(`start ${units.join(' ')}`);
+  async start(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`start ${scopeName(scope)} ${units.join(' ')}`);
     for (const u of units) if (!this.failing.has(u)) this.active.add(u);
   }
   async restart(scope: UnitScope, units: string[]): Promise<void> {
-    this.calls.push(`restart ${units.join(' ')}`);
-    await this.start(scope, []);
+    this.calls.push(`restart ${scopeName(scope)} ${units.join(' ')}`);
     for (const u of units) if (!this.failing.has(u)) this.active.add(u);
   }
-  async stop(_scope: UnitScope, units: string[]): Promise<void> {
-    this.calls.push(`stop ${units.join(' ')}`);
+  async stop(scope: UnitScope, units: string[]): Promise<void> {
+    this.calls.push(`stop ${scopeName(scope)} ${units.join(' ')}`);
     for (const u of units) this.active.delete(u);
   }
   async activeFromCgroup(_scope: UnitScope, unit: string): Promise<boolean | undefined> {
     return this.active.has(unit);
   }
   async isActive(_scope: UnitScope, units: string[]): Promise<Record<string, string>> {
+    this.polls++;
     return Object.fromEntries(units.map((u) => [u, this.active.has(u) ? 'active' : this.failing.has(u) ? 'failed' : 'inactive']));
   }
   async describe(_scope: UnitScope, unit: string): Promise<string> {

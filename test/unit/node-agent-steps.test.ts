@@ -1,7 +1,9 @@
 /**
  * The node agent's step handlers (src/node-agent/steps/), one concern at a time, on fakes of
  * podman, systemd and useradd over a temp layout: what each does to files and records, and what it
- * refuses. Handlers that write Redis are covered with a real redis-server by the integration tests.
+ * refuses. Handlers that reach Redis (ACL, flags, authorizations, default instances, ports,
+ * mirror-environment, module keys, publish-*, release-finalizer, run-lifecycle, run-destroy-module)
+ * are covered with a real redis-server elsewhere.
  */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { promises as fs } from 'node:fs';
@@ -213,5 +215,268 @@ describe('units a rootfull module installs itself', () => {
   test("are its own by NS8's naming: <id>.service and <id>-<name>.service, not another id's or a template", async () => {
     const { isOwnSystemUnit } = await import('../../src/node-agent/observe.js');
     expect(['rootweb1.service', 'rootweb1-httpd.service', 'rootweb10.service', 'rootweb1@.service', 'agent@rootweb1.service'].filter((f) => isOwnSystemUnit('rootweb1', f))).toEqual(['rootweb1.service', 'rootweb1-httpd.service']);
+  });
+});
+
+/** A user with an unusual uid, so its /tmp runtime dirs are nobody else's on the test host. */
+const RARE_UID = 3999871;
+const addRareUser = async (): Promise<void> => {
+  await fs.mkdir(home(), { recursive: true });
+  await fs.appendFile(f.layout.passwdFile, `${ID}:x:${RARE_UID}:${RARE_UID}::${home()}:/sbin/nologin\n`);
+};
+
+describe('chown-home', () => {
+  test('makes a missing home owned by the uid, mode 0700, chowns the tree, resets the podman database and records uid and gid', async () => {
+    await addRareUser();
+    await fs.rm(home(), { recursive: true });
+    await applyStep(step('chown-home', { uid: RARE_UID, gid: RARE_UID + 1 }), ctx);
+    const st = await fs.stat(home());
+    expect([st.uid, st.gid, st.mode & 0o777]).toEqual([RARE_UID, RARE_UID + 1, 0o700]);
+    expect(f.users.calls).toEqual([`chown ${home()} ${RARE_UID}:${RARE_UID + 1}`]);
+    expect(await f.deps.records.get(ID)).toMatchObject({ uid: RARE_UID, gid: RARE_UID + 1 });
+  });
+
+  test('fixes a root-owned home of mode 0 left by a killed useradd, and drops the podman database of the old uid', async () => {
+    await addRareUser();
+    const libpod = path.join(home(), '.local', 'share', 'containers', 'storage', 'libpod');
+    await fs.mkdir(libpod, { recursive: true });
+    await fs.writeFile(path.join(libpod, 'bolt_state.db'), 'old uid paths');
+    await fs.writeFile(path.join(libpod, 'keep.txt'), 'not the database');
+    await fs.chmod(home(), 0);
+    await applyStep(step('chown-home', { uid: RARE_UID, gid: RARE_UID }), ctx);
+    const st = await fs.stat(home());
+    expect([st.uid, st.gid, st.mode & 0o700]).toEqual([RARE_UID, RARE_UID, 0o700]);
+    expect(existsSync(path.join(libpod, 'bolt_state.db'))).toBe(false);
+    expect(existsSync(path.join(libpod, 'keep.txt'))).toBe(true);
+  });
+});
+
+describe('subids, linger, processes: one call each to the user and systemd hosts', () => {
+  test('add-subids asks the user host to add both ranges for the instance user', async () => {
+    await applyStep(step('add-subids', {}), ctx);
+    expect(f.users.calls).toEqual([`add-subids ${ID}`]);
+  });
+
+  test('disable-linger names the uid of the user, or -1 when the user is gone already (no refusal: removal must go on)', async () => {
+    await applyStep(step('disable-linger', {}), ctx);
+    const { uid } = await userOf();
+    f.systemd.linger.add(ID);
+    await applyStep(step('disable-linger', {}), ctx);
+    expect(f.systemd.calls).toEqual([`disable-linger ${ID} -1`, `disable-linger ${ID} ${uid}`]);
+    expect(f.systemd.linger.has(ID)).toBe(false);
+  });
+
+  test('kill-processes asks the user host to kill the instance user’s processes', async () => {
+    await applyStep(step('kill-processes', {}), ctx);
+    expect(f.users.calls).toEqual([`kill ${ID}`]);
+  });
+});
+
+describe('remove-user', () => {
+  const runDirs = [`/tmp/podman-run-${RARE_UID}`, `/tmp/containers-user-${RARE_UID}`];
+  afterEach(async () => {
+    for (const d of runDirs) await fs.rm(d, { recursive: true, force: true });
+  });
+
+  test("removes the user and its rootless podman runtime dirs in /tmp, but not a dir of that name someone else owns", async () => {
+    await addRareUser();
+    await fs.mkdir(path.join(runDirs[0]!, 'libpod'), { recursive: true });
+    await fs.chown(runDirs[0]!, RARE_UID, RARE_UID);
+    await fs.mkdir(runDirs[1]!, { recursive: true }); // owned by root: not the user's
+    await applyStep(step('remove-user', {}), ctx);
+    expect(f.users.calls).toEqual([`remove ${ID}`]);
+    expect(await fs.readFile(f.layout.passwdFile, 'utf8')).not.toContain(`${ID}:`);
+    expect([existsSync(runDirs[0]!), existsSync(runDirs[1]!)]).toEqual([false, true]);
+  });
+
+  test('asks the user host to remove a user that is gone already (idempotent), touching no runtime dir', async () => {
+    await fs.mkdir(runDirs[0]!, { recursive: true });
+    await fs.chown(runDirs[0]!, RARE_UID, RARE_UID);
+    await applyStep(step('remove-user', {}), ctx);
+    expect(f.users.calls).toEqual([`remove ${ID}`]);
+    expect(existsSync(runDirs[0]!)).toBe(true);
+  });
+});
+
+describe('unit steps go to the manager of the instance: its user manager, or the system one when rootfull', () => {
+  const verbs = [
+    ['daemon-reload', 'daemon-reload', undefined],
+    ['enable-units', 'enable', ['a.service', 'b.timer']],
+    ['disable-units', 'disable', ['a.service', 'b.timer']],
+    ['start-units', 'start', ['a.service', 'b.timer']],
+    ['restart-units', 'restart', ['a.service', 'b.timer']],
+    ['stop-units', 'stop', ['a.service', 'b.timer']],
+  ] as const;
+  const unitStep = (kind: (typeof verbs)[number][0], units: readonly string[] | undefined): Step => ({ id: ID, kind, reason: 'test', ...(units ? { units: [...units] } : {}) }) as Step;
+
+  test.each(verbs)('%s of a rootless instance refuses with user_missing when its user does not exist, calling nothing', async (kind, _verb, units) => {
+    await expect(applyStep(unitStep(kind, units), ctx)).rejects.toMatchObject({ code: 'user_missing', message: expect.stringContaining(`Unix user ${ID}`) });
+    expect(f.systemd.calls).toEqual([]);
+  });
+
+  test.each(verbs)('%s of a rootless instance calls its user manager, with its uid', async (kind, verb, units) => {
+    const { uid } = await userOf();
+    await applyStep(unitStep(kind, units), ctx);
+    expect(f.systemd.calls).toEqual([[verb, `user:${ID}:${uid}`, ...(units ?? [])].join(' ')]);
+  });
+
+  test.each(verbs)('%s of a rootfull instance calls the system manager and needs no Unix user', async (kind, verb, units) => {
+    ctx = { ...ctx, rootfull: true };
+    await applyStep(unitStep(kind, units), ctx);
+    expect(f.systemd.calls).toEqual([[verb, 'system', ...(units ?? [])].join(' ')]);
+  });
+
+  test('stop-units leaves the units inactive', async () => {
+    await userOf();
+    await applyStep(step('start-units', { units: ['webapp.service'] }), ctx);
+    await applyStep(step('stop-units', { units: ['webapp.service'] }), ctx);
+    expect(f.systemd.active.has('webapp.service')).toBe(false);
+  });
+});
+
+describe('start-units and restart-units wait until the units stay active', () => {
+  test('a unit must be seen active on six polls in a row before the step succeeds', async () => {
+    await userOf();
+    await applyStep(step('restart-units', { units: ['webapp.service'] }), ctx);
+    expect(f.systemd.polls).toBe(6);
+  });
+
+  test('a unit that reports active at once and fails a moment later makes the step fail, naming it', async () => {
+    await userOf();
+    let polls = 0;
+    f.systemd.isActive = async (_scope, units) => Object.fromEntries(units.map((u) => [u, ++polls <= 3 ? 'active' : 'failed']));
+    await expect(applyStep(step('restart-units', { units: ['webapp.service'] }), ctx)).rejects.toMatchObject({ code: 'unit_failed', message: expect.stringContaining('unit webapp.service did not start') });
+    expect(polls).toBe(4);
+  });
+
+  test('a unit that never leaves activating fails the step after a bounded number of polls', async () => {
+    await userOf();
+    let polls = 0;
+    f.systemd.isActive = async (_scope, units) => (polls++, Object.fromEntries(units.map((u) => [u, 'activating'])));
+    await expect(applyStep(step('start-units', { units: ['slow.service'] }), ctx)).rejects.toMatchObject({ code: 'unit_failed', message: expect.stringContaining('slow.service') });
+    expect(polls).toBe(12);
+  });
+
+  test('of several units only the ones not active are named', async () => {
+    await userOf();
+    f.systemd.failing.add('broken.service');
+    await expect(applyStep(step('start-units', { units: ['webapp.service', 'broken.service'] }), ctx)).rejects.toMatchObject({ message: expect.stringMatching(/unit broken\.service did not start: broken\.service: failed/) });
+  });
+});
+
+describe('unit files and records', () => {
+  test('install-system-units writes a root-owned 0644 file, records its sha256 and keeps the hashes of units it does not touch', async () => {
+    ctx = { ...ctx, rootfull: true };
+    const text = '[Service]\nExecStart=/bin/true\n';
+    const src = path.join(root, 'web1.service');
+    await fs.writeFile(src, text);
+    await fs.mkdir(f.layout.systemUnitDir, { recursive: true });
+    await f.deps.records.update(ID, { systemUnits: { 'web1-old.service': 'kept' } });
+    await applyStep(step('install-system-units', { units: [{ source: src, name: 'web1.service' }], remove: [] }), ctx);
+    const st = await fs.stat(path.join(f.layout.systemUnitDir, 'web1.service'));
+    expect([st.uid, st.mode & 0o777]).toEqual([0, 0o644]);
+    const { createHash } = await import('node:crypto');
+    expect((await f.deps.records.get(ID))?.systemUnits).toEqual({ 'web1-old.service': 'kept', 'web1.service': createHash('sha256').update(text).digest('hex') });
+  });
+
+  test('install-system-units removes a unit file no other instance records, and a missing one is no error', async () => {
+    ctx = { ...ctx, rootfull: true };
+    await fs.mkdir(f.layout.systemUnitDir, { recursive: true });
+    await fs.writeFile(path.join(f.layout.systemUnitDir, 'web1-gone.service'), 'x');
+    await f.deps.records.update(ID, { systemUnits: { 'web1-gone.service': 'h', 'web1-never.service': 'h' } });
+    await applyStep(step('install-system-units', { units: [], remove: ['web1-gone.service', 'web1-never.service'] }), ctx);
+    expect(existsSync(path.join(f.layout.systemUnitDir, 'web1-gone.service'))).toBe(false);
+    expect((await f.deps.records.get(ID))?.systemUnits).toEqual({});
+  });
+
+  test('install-agent-unit makes the parent dirs and writes the content as a root-owned 0644 file, replacing an old one', async () => {
+    const file = path.join(root, 'etc', 'systemd', 'system', 'agent@web1.service.d', 'ns8ctl.conf');
+    await applyStep(step('install-agent-unit', { path: file, content: '[Service]\nA=1\n' }), ctx);
+    await applyStep(step('install-agent-unit', { path: file, content: '[Service]\nA=2\n' }), ctx);
+    expect(await fs.readFile(file, 'utf8')).toBe('[Service]\nA=2\n');
+    const st = await fs.stat(file);
+    expect([st.uid, st.gid, st.mode & 0o777]).toEqual([0, 0, 0o644]);
+    expect(await fs.readdir(path.dirname(file))).toEqual(['ns8ctl.conf']);
+  });
+
+  test('record-units replaces the recorded units of the instance and leaves the rest of its record', async () => {
+    await f.deps.records.update(ID, { node: 1, units: { 'old.service': 'h0' } });
+    await applyStep(step('record-units', { units: { 'webapp.service': 'h1' } }), ctx);
+    expect(await f.deps.records.get(ID)).toMatchObject({ node: 1, units: { 'webapp.service': 'h1' } });
+    expect((await f.deps.records.get(ID))?.units).toEqual({ 'webapp.service': 'h1' });
+  });
+});
+
+describe('service images and image removal', () => {
+  const SVC = '127.0.0.1:5000/library/redis:7';
+  const userOwner = (uid: number): { kind: 'user'; name: string; uid: number; gid: number; home: string } => ({ kind: 'user', name: ID, uid, gid: uid, home: home() });
+
+  test('pull-service-image refuses with user_missing without the user; pulls as the user, or as root when rootfull, recording nothing', async () => {
+    await expect(applyStep(step('pull-service-image', { url: SVC }), ctx)).rejects.toMatchObject({ code: 'user_missing' });
+    expect(f.podman.calls).toEqual([]);
+    const { uid } = await userOf();
+    const before = await f.deps.records.get(ID);
+    await applyStep(step('pull-service-image', { url: SVC }), ctx);
+    await applyStep(step('pull-service-image', { url: SVC }), { ...ctx, rootfull: true });
+    expect(f.podman.calls).toEqual([`pull ${ID} ${SVC}`, `pull root ${SVC}`]);
+    expect((await f.podman.listImages(userOwner(uid))).map((i) => i.names)).toEqual([[SVC]]);
+    expect(await f.deps.records.get(ID)).toEqual(before);
+  });
+
+  test('remove-old-images refuses with user_missing without the user; removes the refs from the owner’s store only', async () => {
+    await expect(applyStep(step('remove-old-images', { refs: [URL] }), ctx)).rejects.toMatchObject({ code: 'user_missing' });
+    const { uid } = await userOf();
+    f.podman.add(userOwner(uid), URL);
+    f.podman.add(userOwner(uid), SVC);
+    f.podman.add({ kind: 'root' }, URL);
+    await applyStep(step('remove-old-images', { refs: [URL] }), ctx);
+    expect(f.podman.calls).toEqual([`rmi ${ID} ${URL}`]);
+    expect((await f.podman.listImages(userOwner(uid))).map((i) => i.names)).toEqual([[SVC]]);
+    expect(await f.podman.listImages({ kind: 'root' })).toHaveLength(1);
+  });
+
+  test('remove-old-images of a rootfull instance removes them as root', async () => {
+    await applyStep(step('remove-old-images', { refs: [URL] }), { ...ctx, rootfull: true });
+    expect(f.podman.calls).toEqual([`rmi root ${URL}`]);
+  });
+
+  test("remove-images removes root's copies; for a rootfull instance also its leftover extraction container, for a rootless one none", async () => {
+    await applyStep(step('remove-images', { refs: [URL, SVC] }), ctx);
+    await applyStep(step('remove-images', { refs: [URL] }), { ...ctx, rootfull: true });
+    expect(f.podman.calls).toEqual([`rmi root ${URL} ${SVC}`, `rm root ns8ctl-extract-${ID}`, `rmi root ${URL}`]);
+  });
+
+  test('remove-ui removes the UI dir and a half-made new one, and is no error when neither exists', async () => {
+    const uiDir = path.join(f.layout.uiBase, ID);
+    const other = path.join(f.layout.uiBase, 'web2');
+    for (const d of [uiDir, `${uiDir}.ns8ctl-new`, other]) {
+      await fs.mkdir(d, { recursive: true });
+      await fs.writeFile(path.join(d, 'index.html'), 'ui');
+    }
+    await applyStep(step('remove-ui', {}), ctx);
+    expect([existsSync(uiDir), existsSync(`${uiDir}.ns8ctl-new`), existsSync(other)]).toEqual([false, false, true]);
+    await applyStep(step('remove-ui', {}), ctx);
+  });
+});
+
+describe('forget-record', () => {
+  test("drops the instance's record and no other", async () => {
+    await f.deps.records.update(ID, { node: 1 });
+    await f.deps.records.update('web2', { node: 1 });
+    await applyStep(step('forget-record', {}), ctx);
+    expect(await f.deps.records.get(ID)).toBeUndefined();
+    expect([...(await f.deps.records.list()).keys()]).toEqual(['web2']);
+    await applyStep(step('forget-record', {}), ctx);
+  });
+});
+
+describe('erase-data of a rootless instance whose user is gone', () => {
+  test('removes <home base>/<id> through the user host and each volume dir, and lists no podman volumes', async () => {
+    await fs.mkdir(home(), { recursive: true });
+    const base = path.join(root, 'disk');
+    await fs.mkdir(path.join(base, ID), { recursive: true });
+    await applyStep(step('erase-data', { volumeBases: [base] }), ctx);
+    expect(f.users.calls).toEqual([`remove-tree ${home()}`, `remove-tree ${path.join(base, ID)}`]);
+    expect(f.runner.history).toEqual([]);
   });
 });
