@@ -11,8 +11,10 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { finalizeTask, taskQueueKey } from '../../src/agent/task-store.js';
 import { applyStep, type StepContext } from '../../src/node-agent/applier.js';
+import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import type { Step } from '../../src/node-agent/types.js';
 import { channels, keys } from '../../src/state/keys.js';
+import { putDesiredModule } from '../support/desired-module.js';
 import { fakeNodeAgent, type FakeNodeAgent } from '../support/node-agent-fakes.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { until } from '../support/wait-for.js';
@@ -174,6 +176,37 @@ describe('lifecycle actions through the module agent', () => {
     await answered;
     expect((await f.deps.records.get(ID))?.lifecycle).toEqual({ action: 'update-module', image: URL });
   }, 30_000);
+});
+
+describe('the node-agent finalizer on the desired Module (the real source)', () => {
+  beforeEach(() => {
+    f.deps.source = new RedisDesiredSource(admin);
+  });
+
+  test('add-finalizer holds the Module before anything is created and records the node; a Module being deleted or gone is refused', async () => {
+    await putDesiredModule(admin, ID, { image: URL, node: 1 }, { node: 1, uuid: { set: 'u-1' } });
+    await applyStep(step('add-finalizer', {}), ctx);
+    expect(await admin.hget(keys.desired('Module', ID), 'finalizers')).toBe('node-agent');
+    expect(await f.deps.records.get(ID)).toMatchObject({ node: 1, imageUrl: URL });
+    await putDesiredModule(admin, 'web2', { image: URL, node: 1 }, { fields: { deleting: '2026-12-05T00:00:00Z' } });
+    await expect(applyStep(step('add-finalizer', {}), { ...ctx, id: 'web2' })).rejects.toMatchObject({ code: 'module_deleting' });
+    await expect(applyStep(step('add-finalizer', {}), { ...ctx, id: 'web3' })).rejects.toMatchObject({ code: 'module_deleting' });
+    expect(await admin.hget(keys.desired('Module', 'web2'), 'finalizers')).toBeNull();
+  });
+
+  test('release-finalizer lets a deleting Module go with its NS8 bookkeeping; a Module not being deleted only loses the finalizer', async () => {
+    await putDesiredModule(admin, ID, { image: URL, node: 1 }, { node: 1, uuid: { set: 'u-1' }, fields: { finalizers: 'node-agent' } });
+    await applyStep(step('release-finalizer', {}), ctx);
+    expect(await admin.hget(keys.desired('Module', ID), 'finalizers')).toBe('');
+    expect(await admin.hget(keys.moduleNode(), ID)).toBe('1');
+    await admin.hset(keys.desired('Module', ID), { finalizers: 'node-agent', deleting: '2026-12-05T00:00:00Z' });
+    await admin.hset(keys.moduleConfiguration(ID), { digest: 'd' });
+    await applyStep(step('release-finalizer', {}), ctx);
+    expect(await admin.exists(keys.desired('Module', ID), keys.moduleConfiguration(ID))).toBe(0);
+    expect(await admin.sismember(keys.desiredIndex('Module'), ID)).toBe(0);
+    expect(await admin.hget(keys.moduleNode(), ID)).toBeNull();
+    expect(await admin.hget(keys.moduleUuid(), ID)).toBeNull();
+  });
 });
 
 describe('events and removal', () => {
