@@ -67,6 +67,19 @@ describe('state transfer, the NS8 way', () => {
     expect(() => receiverConfig('/run/x', 'web2\n[root]')).toThrow(/expected an instance id/);
   });
 
+  test('an id that is not an instance id never names a run directory: nothing is stopped or removed', async () => {
+    const { StateTransfer } = await import('../../src/node-agent/backup/transfer.js');
+    const { mkdtempSync, existsSync, mkdirSync } = await import('node:fs');
+    const os = await import('node:os');
+    const base = mkdtempSync(`${os.tmpdir()}/ns8ctl-transfer-unit-`);
+    mkdirSync(`${base}/run`);
+    const runner = { history: [], run: async () => { throw new Error('no command may run'); } };
+    const transfer = new StateTransfer(runner, `${base}/run`);
+    await expect(transfer.stopReceiver('..')).rejects.toThrow(/expected an instance id/);
+    await expect(transfer.stopReceiver('../run')).rejects.toThrow(/expected an instance id/);
+    expect(existsSync(`${base}/run`)).toBe(true);
+  });
+
   test('the sender never sends the identity files, merges the module filter, and deletes only on the final pass', async () => {
     const { senderArgs } = await import('../../src/node-agent/backup/transfer.js');
     const to = { address: '10.0.0.2', port: 20027, user: 'web2', password: 'p' };

@@ -18,6 +18,7 @@ import { createConnection } from 'node:net';
 import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Ns8ctlError } from '../../errors.js';
+import { INSTANCE_ID } from '../../manifest/names.js';
 import type { CommandRecord, CommandRunner } from '../../host/runner.js';
 import { ensureSrvVolume, runInSrv, type SrvTarget } from './srv.js';
 
@@ -43,7 +44,7 @@ const RSYNC_TIMEOUT_MS = 6 * 60 * 60_000;
 
 /** The rsyncd.conf of a receiver: one module `data` writing into /srv as the namespace's root, numeric ids. */
 export function receiverConfig(runDir: string, user: string): string {
-  if (!/^[a-z][a-z0-9]*$/.test(user)) throw new Ns8ctlError('transfer_invalid', `rsync user ${JSON.stringify(user)}: expected an instance id`);
+  checkId(user, 'rsync user');
   return [
     `pid file = ${runDir}/rsyncd.pid`,
     `lock file = ${runDir}/rsyncd.lock`,
@@ -69,6 +70,12 @@ export function senderArgs(to: ReceiverAddress, opts: { final: boolean; filterFi
   if (opts.filterFile) args.push(`--filter=merge ${opts.filterFile}`);
   args.push('./', `rsync://${to.user}@${to.address}:${to.port}/data/`);
   return args;
+}
+
+/** Throws unless `id` is an instance id: ids name run directories that are removed recursively. */
+function checkId(id: string, what: string): string {
+  if (!INSTANCE_ID.test(id) || id.length > 32) throw new Ns8ctlError('transfer_invalid', `${what} ${JSON.stringify(id)}: expected an instance id (<module><N>, e.g. dokuwiki1)`);
+  return id;
 }
 
 async function pidOf(runDir: string): Promise<number | undefined> {
@@ -112,7 +119,7 @@ export class StateTransfer {
   async startReceiver(target: SrvTarget, to: ReceiverAddress, volumes: readonly string[]): Promise<Receiver> {
     await this.stopReceiver(target.id);
     for (const v of volumes) await ensureSrvVolume(this.runner, target, v);
-    const runDir = path.join(this.runBase, target.id);
+    const runDir = path.join(this.runBase, checkId(target.id, 'instance'));
     await fs.mkdir(this.runBase, { recursive: true, mode: 0o711 });
     await fs.mkdir(runDir, { mode: 0o700 });
     await fs.writeFile(path.join(runDir, 'rsyncd.conf'), receiverConfig(runDir, to.user), { mode: 0o600 });
@@ -133,7 +140,7 @@ export class StateTransfer {
 
   /** Stops the receiver of instance `id`, if any (also one left by a killed process), and removes its run directory. Idempotent. */
   async stopReceiver(id: string): Promise<void> {
-    const runDir = path.join(this.runBase, id);
+    const runDir = path.join(this.runBase, checkId(id, 'instance'));
     const pid = await pidOf(runDir);
     if (pid !== undefined) {
       try {
