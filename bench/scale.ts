@@ -112,7 +112,12 @@ async function main(): Promise<void> {
     emitResult({ bench: 'scale', sizes: { instances: INSTANCES, nodes: NODES }, figures });
   } finally {
     leader?.disconnect();
-    if (!process.env.NS8CTL_KEEP_SANDBOX) await deleteSandbox({ name: NAME }, deps).catch(() => undefined);
+    if (!process.env.NS8CTL_KEEP_SANDBOX) {
+      await deleteSandbox({ name: NAME }, deps).catch((err: unknown) => {
+        console.error(`scale: sandbox ${NAME} was not deleted (delete it with ns8ctl sandbox delete --name ${NAME}): ${err instanceof Error ? err.message : String(err)}`);
+        process.exitCode = 1;
+      });
+    }
   }
 }
 
