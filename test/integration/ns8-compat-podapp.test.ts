@@ -12,14 +12,14 @@
  * units run in the sandbox test (ns8-compat-podapp-sandbox.test.ts). The steps' podman is the
  * host's (as root): the test owns the volume name podapp-db-data and removes it.
  */
-import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls } from '../support/ns8-compat.js';
+import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls, startCompatRelay } from '../support/ns8-compat.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants, authorizationsToStore } from '../../src/agent/authorizations.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { runTask } from '../../src/agent/task-client.js';
-import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
+import type { TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
@@ -102,9 +102,7 @@ beforeEach(async () => {
   expect(await run(kickweb, 'configure-module', { greeting: 'Hello from kickweb1' })).toMatchObject({ exitCode: 0 });
   const podEnv = `MODULE_ID=podapp1\nNODE_ID=1\nIMAGE_URL=${ref('podapp', '1.0.0')}\nPODAPP_WEB_IMAGE=${ref('podapp-web', '1.0.0')}\nPODAPP_DB_IMAGE=${ref('podapp-db', '1.0.0')}\nTCP_PORT=20002\n`;
   await addInstance(podapp, ref('podapp', '1.0.0'), podEnv);
-  relay = startTaskRelay(acl.admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: () => undefined });
-  await relay.ready;
-  rmSync(path.join(root, 'systemctl.log'), { force: true });
+  relay = await startCompatRelay(acl.admin, root);
 }, 180_000);
 
 afterEach(async () => {

@@ -13,14 +13,14 @@
  * module's unit directory is a temp dir (ROOTWEB_SYSTEMD_DIR, the module's test seam). The unit
  * itself runs in ns8-compat-rootweb-sandbox.test.ts.
  */
-import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls } from '../support/ns8-compat.js';
+import { compatStepEnv, extractImageroot as extractCompatImageroot, prepareCompatHost, readStateEnvironment, systemctlCalls as recordedSystemctlCalls, startCompatRelay } from '../support/ns8-compat.js';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { runTask } from '../../src/agent/task-client.js';
-import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
+import type { TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
@@ -94,9 +94,7 @@ beforeEach(async () => {
   // What add-module stores from rootweb's org.nethserver.authorizations label.
   await acl.admin.sadd(`cluster/authorizations/module/${ID}`, 'kickweb@any:greetadm');
   await applyGrants(acl.admin);
-  relay = startTaskRelay(acl.admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: () => undefined });
-  await relay.ready;
-  rmSync(path.join(root, 'systemctl.log'), { force: true });
+  relay = await startCompatRelay(acl.admin, root);
 }, 180_000);
 
 afterEach(async () => {

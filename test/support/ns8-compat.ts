@@ -7,7 +7,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
+import type { Redis } from 'ioredis';
 import { parseEnvironment } from '../../src/agent/env-file.js';
+import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { installNs8Runtime, ns8RuntimeLayout } from '../../src/agent/ns8-runtime.js';
 import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
 
@@ -92,4 +94,15 @@ export function readStateEnvironment(stateDir: string): Record<string, string> {
 export function systemctlCalls(root: string): string[] {
   const log = path.join(root, 'systemctl.log');
   return existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [];
+}
+
+/**
+ * The task relay the compat tests' agents.tasks calls go through, with short poll intervals, once
+ * it is ready; the recorded `systemctl` calls of the setup are cleared, so a test sees only its own.
+ */
+export async function startCompatRelay(admin: Redis, root: string): Promise<TaskRelay> {
+  const relay = startTaskRelay(admin, { blockSeconds: 0.2, refreshMs: 200, pollMs: 200, log: () => undefined });
+  await relay.ready;
+  rmSync(path.join(root, 'systemctl.log'), { force: true });
+  return relay;
 }
