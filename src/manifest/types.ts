@@ -7,7 +7,7 @@
 export const API_VERSION = 'ns8ctl.nethserver.org/v1';
 
 /** The kinds ns8ctl knows. */
-export const KINDS = ['Module', 'Repository', 'Node'] as const;
+export const KINDS = ['Module', 'Repository', 'Node', 'BackupDestination', 'BackupSchedule'] as const;
 export type Kind = (typeof KINDS)[number];
 
 /** Where a document came from, for error messages and the recorded applied source. */
@@ -49,7 +49,25 @@ export interface ModuleSpec {
   removalPolicy?: RemovalPolicy;
   /** When true, the reconcile loop leaves this instance alone. */
   suspend?: boolean;
+  restoreFrom?: RestoreFrom;
+  cloneFrom?: string;
+  updatePolicy?: UpdatePolicy;
 }
+
+export interface BackupDestinationSpec {
+  url: string;
+}
+export interface BackupRetention { keepLast?: number; keepDaily?: number; }
+export interface BackupScheduleSpec {
+  destination: string;
+  instances?: string[];
+  selector?: { matchLabels: Record<string, string> };
+  schedule: string;
+  retention?: BackupRetention;
+  suspend?: boolean;
+}
+export interface RestoreFrom { destination: string; snapshot?: string; }
+export interface UpdatePolicy { backupFirst?: boolean; }
 
 export interface RepositorySpec {
   url: string;

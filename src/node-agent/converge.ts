@@ -19,6 +19,7 @@ import type { InstanceResult, ReconcileControl, Setback } from './result.js';
 import { failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
+import { keys } from '../state/keys.js';
 import { imagesToClean, installedImageUrl } from './update.js';
 import { chooseImage, type ChosenImage } from './wanted-image.js';
 
@@ -142,12 +143,18 @@ async function withImage(start: PassStart, chosen: Exclude<ChosenImage, { result
 }
 
 /**
- * A new instance owes create-module, recorded as soon as the Module is held and before its
- * environment is written (after which it looks installed), so a crash cannot lose it.
+ * A new instance owes create-module (and, with `restoreFrom`, the restore of its data), recorded
+ * as soon as the Module is held and before its environment is written (after which it looks
+ * installed), so a crash cannot lose it.
  */
 async function oweCreateModule(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
-  if (p.installed || !p.deps.agentUnits || !r || r.announced || r.lifecycle || r.managedEnv || !p.d.finalizers.includes(NODE_AGENT_FINALIZER)) return r;
-  return p.deps.records.update(p.id, { lifecycle: { action: 'create-module', image: p.url } });
+  if (p.installed || !r || r.announced || r.managedEnv || !p.d.finalizers.includes(NODE_AGENT_FINALIZER)) return r;
+  const from = p.d.spec.restoreFrom;
+  const patch: Partial<InstanceRecord> = {
+    ...(p.deps.agentUnits && !r.lifecycle ? { lifecycle: { action: 'create-module' as const, image: p.url } } : {}),
+    ...(from && !r.restore ? { restore: { destination: from.destination, snapshot: from.snapshot ?? 'latest', from: p.id, done: false } } : {}),
+  };
+  return Object.keys(patch).length ? p.deps.records.update(p.id, patch) : r;
 }
 
 /** One round: observe, plan, and apply the steps (the progressing status is written in the first round). */
@@ -226,6 +233,8 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
     try {
       await applyStep(step, p.stepCtx);
       p.applied.push(step);
+      // A restore may have given the instance the backed-up MODULE_UUID: its environment uses it.
+      if (step.kind === 'restore-data') p.d = { ...p.d, uuid: (await p.deps.redis.hget(keys.moduleUuid(), p.id)) ?? p.d.uuid };
       if (step.kind === 'add-finalizer') {
         p.d = { ...p.d, finalizers: [...p.d.finalizers, NODE_AGENT_FINALIZER] };
         p.rec = await oweCreateModule(p, await p.deps.records.get(p.id));

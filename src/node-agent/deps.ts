@@ -66,6 +66,8 @@ export interface NodeAgentDeps {
   redisAddress?: string;
   /** Longest wait for a lifecycle action of a module agent (ms). */
   lifecycleTimeoutMs: number;
+  /** Command line of ns8ctl the backup timers' services run (default: the module agent's command, else /usr/local/bin/ns8ctl). */
+  backupCommand?: string[];
 }
 
 /**
@@ -133,8 +135,9 @@ export function createNodeAgentDeps(opts: NodeAgentOptions, given: { redis: Redi
       return address ? { redisAddress: address } : {};
     })(),
     ...(() => {
-      const units = given.agentUnits ?? agentUnitsFor(opts.agentCommand ?? defaultAgentCommand());
-      return units ? { agentUnits: units } : {};
+      const command = opts.agentCommand ?? defaultAgentCommand();
+      const units = given.agentUnits ?? agentUnitsFor(command);
+      return { ...(units ? { agentUnits: units } : {}), ...(command.length ? { backupCommand: command } : {}) };
     })(),
   };
 }

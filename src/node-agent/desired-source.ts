@@ -86,7 +86,8 @@ export class RedisDesiredSource implements DesiredSource {
       if (!stored || stored.object.kind !== 'Module') return;
       const spec = (stored.object as ModuleObject).spec;
       if (Number(spec.node) !== node) return;
-      const d: InstanceDesired = { id, generation: stored.generation, spec, uuid: uuids[id] ?? '', finalizers: stored.finalizers };
+      const labels = (stored.object as ModuleObject).metadata.labels;
+      const d: InstanceDesired = { id, generation: stored.generation, spec, uuid: uuids[id] ?? '', finalizers: stored.finalizers, ...(labels ? { labels } : {}) };
       // The mark's who/when/why travel with it (older marks hold only the policy).
       const mark = stored.deleting ? (parseDeletionMark(stored.deleting) ?? { removalPolicy: 'Preserve' }) : undefined;
       if (mark) d.deleting = mark;

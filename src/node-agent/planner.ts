@@ -122,6 +122,8 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   planImages(p);
   const portsOk = planPorts(p);
   const extracting = planExtraction(p);
+  // The data of a restored instance comes first: its environment, units and create-module use it.
+  if (planRestore(p, extracting)) return { steps, waiting };
   const env = planEnvironment(p, portsOk);
   if (env.blocked) return { steps, waiting, blocked: env.blocked };
   planCredentials(p);
@@ -263,6 +265,23 @@ function planExtraction(p: Planning): boolean {
   }
 
   return extracting;
+}
+
+/**
+ * A new instance's pending restore (`restoreFrom`, recorded at creation): once its user, dirs and
+ * image are in place, the restore step. True while the restore is pending (the rest waits).
+ */
+function planRestore(p: Planning, extracting: boolean): boolean {
+  const { id, rec, add, waiting } = p;
+  const r = rec?.restore;
+  if (!r || r.done) return false;
+  const { observed: o, labels: l } = p.i;
+  if (extracting || !o.installDir || (!l.rootfull && (!o.user || !o.subids)) || !o.localImage) {
+    waiting.push(`restore: waits for the user, dirs and image before restoring ${r.from} from ${r.destination} (${r.snapshot})`);
+    return true;
+  }
+  add({ id, kind: 'restore-data', destination: r.destination, snapshot: r.snapshot, from: r.from, reason: `restoreFrom: the data of ${r.from}, snapshot ${r.snapshot} in ${r.destination}, before the instance starts` });
+  return true;
 }
 
 /** state/environment and its Redis mirror, once image and ports are known. */

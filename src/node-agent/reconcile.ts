@@ -16,6 +16,7 @@ import { decideInstance } from './instance-decision.js';
 import { readRedisSnapshot, type ObserveContext } from './observe.js';
 import { removeInstance } from './removal.js';
 import { readRemovalRequests, type DeletionMark } from './removal-request.js';
+import { readBackupSchedules, syncBackupTimers, wantedBackupUnits } from './backup/timers.js';
 import type { InstanceResult, NodeReconcileResult, ReconcileControl } from './result.js';
 import { reportOrphan } from './status-report.js';
 import type { InstanceDesired, InstanceRecord } from './types.js';
@@ -81,7 +82,19 @@ async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, contro
       return { id, outcome: 'failed', applied: [], drift: [], error: e, retry: true, durationMs: took() } satisfies InstanceResult;
     }
   });
+  await keepBackupTimers(deps, node, desired, systemdMissing);
   return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };
+}
+
+/** The node's backup timers follow the BackupSchedules (timers.ts); a failure is logged, the pass goes on. */
+async function keepBackupTimers(deps: NodeAgentDeps, node: number, desired: readonly InstanceDesired[], systemdMissing: string | undefined): Promise<void> {
+  try {
+    const wanted = wantedBackupUnits(await readBackupSchedules(deps.redis), desired, node, deps.backupCommand);
+    const sync = await syncBackupTimers(deps.layout.systemUnitDir, wanted, systemdMissing ? undefined : deps.systemd);
+    if (sync.installed.length || sync.removed.length) deps.log(`node-agent: node ${node}: backup timers${sync.installed.length ? ` installed ${sync.installed.join(' ')}` : ''}${sync.removed.length ? ` removed ${sync.removed.join(' ')}` : ''}`);
+  } catch (err) {
+    deps.log(`node-agent: node ${node}: backup timers not updated: ${toNs8ctlError(err).message}`);
+  }
 }
 
 async function reconcileInstance(

@@ -17,6 +17,8 @@ export interface InstanceDesired {
   spec: ModuleSpec;
   /** `cluster/module_uuid[id]`; empty when the bookkeeping is not there (yet). */
   uuid: string;
+  /** metadata.labels of the Module (BackupSchedule selectors match them). */
+  labels?: Record<string, string>;
   finalizers: string[];
   /** Set once deletion was requested: policy, and who asked, when and why (when recorded). */
   deleting?: DeletionMark;
@@ -85,6 +87,12 @@ export interface InstanceRecord {
    * changes; cleared once the instance converges on a wanted image.
    */
   failedUpdate?: { image: string; from: string; generation: number; message: string };
+  /**
+   * A new instance whose Module says `restoreFrom`: its data is restored from that snapshot
+   * before its environment is written, its units start and create-module runs. Recorded when the
+   * instance is first held, so a crash neither loses the restore nor runs it on a live instance.
+   */
+  restore?: { destination: string; snapshot: string; from: string; done: boolean; restoredSnapshot?: string };
   /** destroy-module before removal: attempts made, task submitted, done (or given up). */
   destroy?: { attempts: number; taskId?: string; done?: boolean };
 }
@@ -266,6 +274,8 @@ export type Step = StepBase &
     | { kind: 'stop-units'; units: string[] }
     | { kind: 'record-units'; units: Record<string, string> }
     | { kind: 'publish-added' }
+    /** Restores a new instance's state and volumes from snapshot `snapshot` of instance `from` in `destination` (keeping MODULE_UUID when free). */
+    | { kind: 'restore-data'; destination: string; snapshot: string; from: string }
     /** NS8 create-module / update-module, as a task to the instance's module agent (bounded wait). */
     | { kind: 'run-lifecycle'; action: 'create-module' | 'update-module'; data: Record<string, unknown> }
     /** After an update: `podman rmi` (as the owner) of the previous module and service images no longer used (NS8's 95cleanup_images). */

@@ -24,6 +24,8 @@ import {
   instanceRepository,
   parseBackupSummary,
   parseSnapshots,
+  retentionArgs,
+  type Retention,
   type BackupSummary,
   type ResticDestination,
   type SnapshotInfo,
@@ -90,7 +92,7 @@ export class ResticBackups {
    * One snapshot of the instance (dump hook, restic backup, cleanup hook), initialising its
    * repository on first use; then `forget --prune --keep-last` when `keepLast` is given.
    */
-  async backup(target: BackupTarget, dest: ResticDestination, password: string, opts: { keepLast?: number; tags?: readonly string[]; hookArgs?: readonly string[] } = {}): Promise<BackupResult> {
+  async backup(target: BackupTarget, dest: ResticDestination, password: string, opts: { keepLast?: number; keepDaily?: number; tags?: readonly string[]; hookArgs?: readonly string[] } = {}): Promise<BackupResult> {
     const started = performance.now();
     const repo = await this.prepareRepository(target, dest, password);
     await this.hooks(target, 'module-dump-state', opts.hookArgs ?? []).catch((err: unknown) => {
@@ -106,15 +108,14 @@ export class ResticBackups {
     } finally {
       await this.hooks(target, 'module-cleanup-state', opts.hookArgs ?? []);
     }
-    if (opts.keepLast !== undefined) await this.forget(target, dest, password, opts.keepLast);
+    if (opts.keepLast !== undefined || opts.keepDaily !== undefined) await this.forget(target, dest, password, { ...(opts.keepLast !== undefined ? { keepLast: opts.keepLast } : {}), ...(opts.keepDaily !== undefined ? { keepDaily: opts.keepDaily } : {}) });
     return { ...summary, repository: repo, durationMs: Math.round(performance.now() - started) };
   }
 
-  /** Keeps the last `keepLast` snapshots of the instance and prunes the rest. */
-  async forget(target: BackupTarget, dest: ResticDestination, password: string, keepLast: number): Promise<void> {
-    if (!Number.isInteger(keepLast) || keepLast < 1) throw new Ns8ctlError('backup_retention_invalid', `keep-last ${keepLast}: expected an integer >= 1`);
+  /** Keeps the last `keepLast` snapshots and the last snapshot of each of `keepDaily` days (either or both) and prunes the rest. */
+  async forget(target: BackupTarget, dest: ResticDestination, password: string, keep: number | Retention): Promise<void> {
     const repo = instanceRepository(dest, target.imageUrl, target.uuid);
-    await this.resticAs(target, ['forget', '--prune', `--keep-last=${keepLast}`], repo, password, { purpose: `${target.id}: forget old snapshots` });
+    await this.resticAs(target, ['forget', '--prune', ...retentionArgs(typeof keep === 'number' ? { keepLast: keep } : keep)], repo, password, { purpose: `${target.id}: forget old snapshots` });
   }
 
   /** The instance's `state/environment` as stored in a snapshot (restore reads the image and MODULE_UUID from it). */
@@ -129,7 +130,7 @@ export class ResticBackups {
    * of the snapshot is written back under the state directory and the volumes (files the snapshot
    * does not hold are left alone). The instance's services should be stopped meanwhile.
    */
-  async restore(target: BackupTarget, dest: ResticDestination, password: string, snapshot = 'latest'): Promise<void> {
+  async restore(target: BackupTarget, dest: ResticDestination, password: string, snapshot = 'latest'): Promise<SnapshotInfo> {
     const ref = checkSnapshotRef(snapshot);
     const repo = await this.prepareRepository(target, dest, password, false);
     const found = (await this.snapshots(target, dest, password)).filter((s) => ref === 'latest' || s.id.startsWith(ref));
@@ -138,6 +139,7 @@ export class ResticBackups {
     const wanted = chosen.paths.map((p) => /^\/srv\/volumes\/([^/]+)/.exec(p)?.[1]).filter((v): v is string => v !== undefined);
     for (const shown of wanted) await ensureSrvVolume(this.runner, target, shown);
     await this.inSrv(target, ['restore', chosen.id, '--target', '/srv'], repo, password, `${target.id}: restore snapshot ${chosen.shortId}`);
+    return chosen;
   }
 
   /** The repository URL, created (local: a directory the instance user owns) and initialised when `init`. */

@@ -136,6 +136,25 @@ export function parseSnapshots(stdout: string): SnapshotInfo[] {
   }));
 }
 
+/** Snapshots kept per instance after a backup (restic `forget`). */
+export interface Retention {
+  keepLast?: number;
+  keepDaily?: number;
+}
+
+/** `restic forget` keep options; at least one, each an integer 1..1000. */
+export function retentionArgs(r: Retention): string[] {
+  const args: string[] = [];
+  for (const [name, flag] of [['keepLast', 'keep-last'], ['keepDaily', 'keep-daily']] as const) {
+    const n = r[name];
+    if (n === undefined) continue;
+    if (!Number.isInteger(n) || n < 1 || n > 1000) throw new Ns8ctlError('backup_retention_invalid', `${flag} ${n}: expected an integer from 1 to 1000`);
+    args.push(`--${flag}=${n}`);
+  }
+  if (!args.length) throw new Ns8ctlError('backup_retention_invalid', 'retention: expected keepLast or keepDaily (integers from 1 to 1000)');
+  return args;
+}
+
 /** A snapshot argument: `latest` or a hex id of 8 to 64 digits. */
 export function checkSnapshotRef(ref: string): string {
   if (ref === 'latest' || /^[0-9a-f]{8,64}$/.test(ref)) return ref;
