@@ -5,15 +5,14 @@
  * uids and subordinate ids: every file comes back with the owner the containers see.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { ResticBackups, type BackupTarget, type HookRunner } from '../../src/node-agent/backup/engine.js';
 import { asOwner, type Owner } from '../../src/node-agent/host/owner.js';
 import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
+import { startRestServer } from '../support/rest-server.js';
 import { createModuleUsers, runAsUser, subuidStart, userOwner } from '../support/module-users.js';
 
 const USERS = ['bkeng1', 'bkeng2'];
@@ -136,30 +135,14 @@ describe('backup engine (real restic, real users, real volumes)', () => {
   }, 60_000);
 
   test('a restic REST server is a destination like a local path: back up, list, restore', async () => {
-    const port = await new Promise<number>((resolve) => {
-      const s = createServer();
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as { port: number }).port;
-        s.close(() => resolve(p));
-      });
-    });
     const served = path.join(root, 'rest');
     await fs.mkdir(served);
-    const server: ChildProcess = spawn('rclone', ['serve', 'restic', '--addr', `127.0.0.1:${port}`, served], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const server = await startRestServer(served);
     try {
-      // rclone says when it listens: wait for that line, not for time.
-      await new Promise<void>((resolve, reject) => {
-        let seen = '';
-        server.stderr?.on('data', (c: Buffer) => {
-          seen += c.toString();
-          if (/Serving restic REST API on/.test(seen)) resolve();
-        });
-        server.once('exit', (code) => reject(new Error(`rclone exited ${code}: ${seen}`)));
-      });
-      const rest = { url: `rest:http://127.0.0.1:${port}/` };
+      const rest = { url: server.url };
       const src = await instance('bkeng1');
       const result = await engine().backup(src, rest, PASSWORD);
-      expect(result.repository).toBe(`rest:http://127.0.0.1:${port}/kickweb/${UUID}`);
+      expect(result.repository).toBe(`${server.url}kickweb/${UUID}`);
       expect((await engine().snapshots(src, rest, PASSWORD)).map((s) => s.shortId)).toEqual([result.snapshotId.slice(0, 8)]);
       await expect(fs.stat(path.join(served, 'kickweb', UUID, 'config'))).resolves.toBeTruthy();
       const dst = await instance('bkeng2');
@@ -167,7 +150,7 @@ describe('backup engine (real restic, real users, real volumes)', () => {
       await engine().restore(dst, rest, PASSWORD, result.snapshotId);
       expect(await fs.readFile(path.join(dst.stateDir, 'data.txt'), 'utf8')).toBe('page one\n');
     } finally {
-      server.kill('SIGTERM');
+      server.stop();
     }
   }, 120_000);
 

@@ -19,7 +19,7 @@ export interface CompatSandbox {
 }
 
 /**
- * Deletes any sandbox `name` left by an earlier run, creates it with one node, runs `afterCreate`
+ * Deletes any sandbox `name` left by an earlier run, creates it with `nodes` nodes (default 1), runs `afterCreate`
  * (a check of the fresh node), builds the images of examples/ns8-compat/ named in `only` with
  * namespace `ns8ctl-compat` and pushes them to the sandbox registry (bounded by `buildTimeoutMs`),
  * then connects to node 1's Redis as admin.
@@ -27,9 +27,9 @@ export interface CompatSandbox {
  * @throws what the failing step throws, after removing the images in `built` a partial build
  *   may have left; the sandbox is left for {@link stopCompatSandbox}.
  */
-export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: { only: string[]; built: string[]; buildTimeoutMs: number; afterCreate?: (info: SandboxInfo) => Promise<void> }): Promise<CompatSandbox> {
+export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: { only: string[]; built: string[]; buildTimeoutMs: number; nodes?: number; afterCreate?: (info: SandboxInfo) => Promise<void> }): Promise<CompatSandbox> {
   await deleteSandbox({ name }, deps);
-  const info = await createSandbox({ name, nodes: 1 }, deps);
+  const info = await createSandbox({ name, nodes: opts.nodes ?? 1 }, deps);
   try {
     await opts.afterCreate?.(info);
     await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only.join(','), '--registry', info.registry, '--push'], { timeoutMs: opts.buildTimeoutMs });

@@ -1,0 +1,125 @@
+/**
+ * Backups declared in manifests, in a 2-node sandbox with the NS8-layout podapp module (a podman
+ * volume listed in its etc/state-include.conf, records written there by configure-module): the
+ * BackupSchedule becomes a timer on the node that runs podapp1, its service backs podapp1 up with
+ * the node's real restic to a real restic REST server (rclone on the sandbox network's gateway),
+ * `backup list` shows it; removed with its data and re-created with `restoreFrom`, the instance
+ * has its volume records and its MODULE_UUID back.
+ */
+import { promises as fs } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import type { SandboxInfo } from '../../src/sandbox/create.js';
+import { execInNode } from '../../src/sandbox/lifecycle.js';
+import { addressPlan } from '../../src/sandbox/naming.js';
+import { keys } from '../../src/state/keys.js';
+import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
+import { startRestServer, type RestServer } from '../support/rest-server.js';
+import { eventually, sandboxNode } from '../support/sandbox-node.js';
+
+const NAME = 'ns8bkup';
+const ID = 'podapp1';
+const KICKWEB = 'kickweb1';
+const PASSWORD = 'sandbox-restic-Password-7741';
+const { deps, inNode } = sandboxNode(NAME);
+let info: SandboxInfo;
+let leader: Redis;
+let rest: RestServer;
+let served: string;
+let uuidBefore = '';
+
+const BUILT = ['kickweb:1.0.0', 'kickweb-httpd:1.0.0', 'podapp:1.0.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0'];
+const image = (name: string, tag: string): string => `${info.registry}/ns8ctl-compat/${name}:${tag}`;
+
+async function journal(): Promise<string> {
+  return (await inNode(['journalctl', '--no-pager', '-n', '100'])).out;
+}
+
+async function inNode2(command: string[]): Promise<{ code: number; out: string }> {
+  let out = '';
+  const code = await execInNode({ name: NAME, node: '2', command }, { ...deps, execStdio: { mode: 'pipe' }, stdout: (t) => void (out += t), stderr: () => undefined });
+  return { code, out };
+}
+
+async function writeManifest(file: string, text: string): Promise<void> {
+  const w = await inNode(['sh', '-c', `mkdir -p /root/manifests && cat > /root/manifests/.${file}.tmp && mv /root/manifests/.${file}.tmp /root/manifests/${file}.yaml`], text);
+  expect(w.code).toBe(0);
+}
+
+const podapp = (extra = ''): string =>
+  `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\n  labels:\n    backup: nightly\nspec:\n  image: ${image('podapp', '1.0.0')}\n  node: 1\n  removalPolicy: Delete\n  dependsOn: [${KICKWEB}]\n${extra}  configuration:\n    title: "Team notes"\n    kickweb: ${KICKWEB}\n`;
+
+/** The records file in podapp1's database volume. */
+async function records(): Promise<string> {
+  const r = await inNode(['runuser', '-u', ID, '--', 'sh', '-c', 'cd && cat "$(podman volume inspect --format "{{.Mountpoint}}" podapp-db-data)/records"']);
+  return r.code === 0 ? r.out : '';
+}
+
+beforeAll(async () => {
+  ({ info, leader } = await startCompatSandbox(NAME, deps, { nodes: 2, only: ['kickweb', 'kickweb-httpd', 'podapp', 'podapp-web', 'podapp-db'], built: BUILT, buildTimeoutMs: 600_000 }));
+  served = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-rest-'));
+  rest = await startRestServer(served, `${addressPlan(info.subnet).prefix}.1`);
+  await writeManifest('backup', [
+    'apiVersion: ns8ctl.nethserver.org/v1\nkind: BackupDestination\nmetadata:\n  name: rest1\nspec:\n  url: ' + rest.url + 'ns8\n',
+    'apiVersion: ns8ctl.nethserver.org/v1\nkind: BackupSchedule\nmetadata:\n  name: nightly\nspec:\n  destination: rest1\n  selector:\n    matchLabels:\n      backup: nightly\n  schedule: "*-*-* 03:00:00"\n  retention:\n    keepLast: 3\n',
+  ].join('---\n'));
+  await writeManifest(KICKWEB, `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${KICKWEB}\nspec:\n  image: ${image('kickweb', '1.0.0')}\n  node: 1\n  configuration:\n    greeting: "Hello"\n`);
+  await writeManifest(ID, podapp());
+}, 1_200_000);
+
+afterAll(async () => {
+  rest?.stop();
+  if (served) await fs.rm(served, { recursive: true, force: true });
+  await stopCompatSandbox(NAME, deps, { info, leader }, BUILT);
+}, 120_000);
+
+test('the destination password is set without being echoed; the schedule becomes a timer on the node running the selected instance only', async () => {
+  const set = await inNode(['ns8ctl', 'backup', 'set-password', 'rest1', '--password-stdin'], `${PASSWORD}\n`);
+  expect(set.code).toBe(0);
+  expect(set.out + set.err).not.toContain(PASSWORD);
+  const started = await inNode(['systemd-run', '--unit=ns8ctl-run', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '10s']);
+  expect(started.code).toBe(0);
+  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5s'])).code).toBe(0);
+  await eventually('podapp1 configured (its record in the volume)', async () => ((await records()).includes('configured: Team notes') ? true : undefined), { timeoutMs: 600_000, everyMs: 3000, explain: journal });
+  const timer = await eventually('the backup timer is enabled on node 1', async () => {
+    const r = await inNode(['systemctl', 'is-enabled', 'ns8ctl-backup-nightly.timer']);
+    return r.out.trim() === 'enabled' ? r.out.trim() : undefined;
+  }, { timeoutMs: 120_000, everyMs: 2000, explain: journal });
+  expect(timer).toBe('enabled');
+  expect((await inNode(['systemctl', 'show', '-p', 'TimersCalendar', 'ns8ctl-backup-nightly.timer'])).out).toContain('*-*-* 03:00:00');
+  // Node 2 runs nothing the schedule selects: no timer there.
+  expect((await inNode2(['test', '-e', '/etc/systemd/system/ns8ctl-backup-nightly.timer'])).code).not.toBe(0);
+}, 1_200_000);
+
+test('the timer\'s service backs podapp1 up to the REST server: status, event, backup list', async () => {
+  uuidBefore = (await leader.hget(keys.moduleUuid(), ID)) ?? '';
+  expect(uuidBefore).toMatch(/^[0-9a-f-]{36}$/);
+  const run = await inNode(['systemctl', 'start', 'ns8ctl-backup-nightly.service']);
+  expect(run.code).toBe(0);
+  const status = await leader.hgetall(`module/${ID}/backup_status/nightly`);
+  expect(status).toEqual(expect.objectContaining({ destination: 'rest1', errors: '0', snapshots_count: '1' }));
+  // The repository NS8 would use: <image name>/<MODULE_UUID> under the destination.
+  await expect(fs.stat(path.join(served, 'ns8', 'podapp', uuidBefore, 'config'))).resolves.toBeTruthy();
+  const list = await inNode(['ns8ctl', 'backup', 'list', '-o', 'json']);
+  expect(JSON.parse(list.out)).toEqual([expect.objectContaining({ destination: 'rest1', instance: ID, uuid: uuidBefore, node: 1 })]);
+  const events = await inNode(['ns8ctl', 'events', '-o', 'json']);
+  expect(events.out).toContain('backup-succeeded');
+  expect(events.out + list.out + JSON.stringify(status)).not.toContain(PASSWORD);
+}, 600_000);
+
+test('removed with its data and re-created with restoreFrom, podapp1 has its volume records and MODULE_UUID back', async () => {
+  const before = await records();
+  expect(before).toContain('configured: Team notes');
+  expect((await inNode(['ns8ctl', 'delete', 'module', ID, '--manifests', '/root/manifests'])).code).toBe(0);
+  await eventually('podapp1 removed with its data', async () => ((await inNode(['id', ID])).code !== 0 && (await inNode(['test', '-e', `/home/${ID}`])).code !== 0 ? true : undefined), { timeoutMs: 300_000, everyMs: 3000, explain: journal });
+  await writeManifest(ID, podapp('  restoreFrom:\n    destination: rest1\n'));
+  const after = await eventually('podapp1 restored and configured again', async () => {
+    const r = await records();
+    // The restored records, then one more line from the new configure-module.
+    return r.startsWith(before) && r.length > before.length ? r : undefined;
+  }, { timeoutMs: 600_000, everyMs: 3000, explain: journal });
+  expect(after.startsWith(before)).toBe(true);
+  expect(await leader.hget(keys.moduleUuid(), ID)).toBe(uuidBefore);
+  expect(await leader.hget(keys.moduleEnvironment(ID), 'MODULE_UUID')).toBe(uuidBefore);
+}, 1_200_000);
