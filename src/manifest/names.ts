@@ -13,6 +13,8 @@ import type { Kind } from './types.js';
 export const INSTANCE_ID = /^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$/;
 /** Repository name (schemas/repository.schema.json), at most 63 characters. */
 export const REPOSITORY_NAME = /^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$/;
+/** BackupDestination and BackupSchedule name (schemas/backup*.schema.json): a DNS label, at most 63 characters. */
+export const BACKUP_OBJECT_NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** Node id: a positive decimal integer without leading zero that is a safe integer. */
 export const NODE_ID = /^[1-9][0-9]{0,14}$/;
 /**
@@ -25,6 +27,8 @@ const RULES: Record<Kind, { re: RegExp; max: number; words: string }> = {
   Module: { re: INSTANCE_ID, max: 32, words: 'an instance id <module><N> such as dokuwiki1: lowercase letters, digits, "-", "_", at most 32 characters' },
   Repository: { re: REPOSITORY_NAME, max: 63, words: 'a repository name: lowercase letters, digits, ".", "_", "-", starting and ending with a letter or digit, at most 63 characters' },
   Node: { re: NODE_ID, max: 15, words: 'a node id: an integer >= 1' },
+  BackupDestination: { re: BACKUP_OBJECT_NAME, max: 63, words: 'a backup destination name: lowercase letters, digits and "-", starting and ending with a letter or digit, at most 63 characters' },
+  BackupSchedule: { re: BACKUP_OBJECT_NAME, max: 63, words: 'a backup schedule name: lowercase letters, digits and "-", starting and ending with a letter or digit, at most 63 characters' },
 };
 
 /** True when `id` is a valid id of an object of `kind`. */

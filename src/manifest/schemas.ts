@@ -16,6 +16,8 @@ export const SCHEMA_FILES: Record<Kind, string> = {
   Module: 'module.schema.json',
   Repository: 'repository.schema.json',
   Node: 'node.schema.json',
+  BackupDestination: 'backupdestination.schema.json',
+  BackupSchedule: 'backupschedule.schema.json',
 };
 
 /**

@@ -49,25 +49,49 @@ export interface ModuleSpec {
   removalPolicy?: RemovalPolicy;
   /** When true, the reconcile loop leaves this instance alone. */
   suspend?: boolean;
+  /** Data the instance is created from: a snapshot of a BackupDestination. Used only at creation. */
   restoreFrom?: RestoreFrom;
+  /** Id of another instance this one is created as a copy of. Used only at creation. */
   cloneFrom?: string;
+  /** How updates of this instance are made. */
   updatePolicy?: UpdatePolicy;
 }
 
 export interface BackupDestinationSpec {
+  /** restic repository: an absolute local path (/srv/backup/ns8), `rest:http(s)://host[:port]/path`, or `sftp:user@host:/path`. */
   url: string;
 }
-export interface BackupRetention { keepLast?: number; keepDaily?: number; }
+
+export interface BackupRetention {
+  keepLast?: number;
+  keepDaily?: number;
+}
+
 export interface BackupScheduleSpec {
+  /** Name of a BackupDestination. */
   destination: string;
+  /** Instance ids to back up; with `selector`, the union. At least one of the two. */
   instances?: string[];
+  /** Modules whose metadata.labels contain all these pairs. */
   selector?: { matchLabels: Record<string, string> };
+  /** systemd OnCalendar expression (daily, weekly, `*-*-* 02:30:00`, `Mon..Fri 22:00`). */
   schedule: string;
+  /** Snapshots kept per instance after each run; default keepLast 7. */
   retention?: BackupRetention;
+  /** When true, no scheduled runs (manual `backup run` still works). */
   suspend?: boolean;
 }
-export interface RestoreFrom { destination: string; snapshot?: string; }
-export interface UpdatePolicy { backupFirst?: boolean; }
+
+export interface RestoreFrom {
+  destination: string;
+  /** `latest` (default) or a restic snapshot id (8-64 hex). */
+  snapshot?: string;
+}
+
+export interface UpdatePolicy {
+  /** Snapshot before an update; restore it with the previous image when the update fails. */
+  backupFirst?: boolean;
+}
 
 export interface RepositorySpec {
   url: string;
@@ -94,7 +118,9 @@ interface BaseObject<K extends Kind, S> {
 export type ModuleObject = BaseObject<'Module', ModuleSpec>;
 export type RepositoryObject = BaseObject<'Repository', RepositorySpec>;
 export type NodeObject = BaseObject<'Node', NodeSpec>;
-export type ManifestObject = ModuleObject | RepositoryObject | NodeObject;
+export type BackupDestinationObject = BaseObject<'BackupDestination', BackupDestinationSpec>;
+export type BackupScheduleObject = BaseObject<'BackupSchedule', BackupScheduleSpec>;
+export type ManifestObject = ModuleObject | RepositoryObject | NodeObject | BackupDestinationObject | BackupScheduleObject;
 
 /** A validated object together with where it came from. */
 export interface DesiredObject<T extends ManifestObject = ManifestObject> {
@@ -104,7 +130,7 @@ export interface DesiredObject<T extends ManifestObject = ManifestObject> {
 
 /**
  * Identity of an object inside its kind: the instance id for Module, the name for Repository,
- * the numeric id (as a string) for Node.
+ * BackupDestination and BackupSchedule, the numeric id (as a string) for Node.
  */
 export function objectId(obj: ManifestObject): string {
   return obj.kind === 'Node' ? String(obj.spec.id) : obj.metadata.name;

@@ -14,7 +14,7 @@ import { kindSchema } from './schemas.js';
 import { closest, showValue } from './schema-errors.js';
 import { translateSchemaErrors } from './schema-errors.js';
 import { API_VERSION, KINDS, moduleNameOf, splitInstanceId } from './types.js';
-import type { DesiredObject, Kind, ManifestObject, Metadata, ModuleObject, ModuleSpec, NodeObject, RepositoryObject } from './types.js';
+import type { BackupRetention, BackupScheduleSpec, DesiredObject, Kind, ManifestObject, Metadata, ModuleObject, ModuleSpec, NodeObject, RepositoryObject, RestoreFrom, UpdatePolicy } from './types.js';
 
 /** Facts about the live cluster the caller read (from Redis), used by cross-document checks. */
 export interface ClusterFacts {
@@ -22,13 +22,15 @@ export interface ClusterFacts {
   knownNodes: number[];
   /** Instances the cluster already has (desired by ns8ctl, or made by NS8): valid `dependsOn` targets. */
   knownModules?: string[];
+  /** BackupDestinations already desired in the cluster: valid `destination` / `restoreFrom.destination` targets. */
+  knownBackupDestinations?: string[];
 }
 
 /** Result of validation: the normalised objects and every problem found. */
 export interface ValidationResult {
   /**
    * Objects of documents that have no problem of their own, defaults applied, sorted by kind
-   * (Node, Repository, Module) then id. Use them only when `diagnostics` is empty.
+   * (Node, Repository, BackupDestination, BackupSchedule, Module) then id. Use them only when `diagnostics` is empty.
    */
   objects: DesiredObject[];
   /** Load problems first in file order, then validation problems; sorted by file, line, column. */
@@ -36,7 +38,7 @@ export interface ValidationResult {
 }
 
 /** Order kinds are listed and applied in. */
-export const KIND_ORDER: readonly Kind[] = ['Node', 'Repository', 'Module'];
+export const KIND_ORDER: readonly Kind[] = ['Node', 'Repository', 'BackupDestination', 'BackupSchedule', 'Module'];
 
 /** Instance id rule, kept in step with schemas/module.schema.json. */
 const MODULE_NAME = /^[a-z]([a-z0-9_-]*[a-z_-])?$/;
@@ -150,6 +152,26 @@ function checkRepository(diags: Diagnostic[], st: DocState, v: Record<string, un
   if (!ok) report(diags, st, '/spec/url', `url ${showValue(url)} is not a valid URL: expected an http://, https:// or file:// URL`);
 }
 
+/** Rules of a BackupSchedule the schema cannot say clearly: it selects instances one way or both. */
+function checkBackupSchedule(diags: Diagnostic[], st: DocState, v: Record<string, unknown>): void {
+  const spec = isRecord(v['spec']) ? v['spec'] : undefined;
+  if (!spec || 'instances' in spec || 'selector' in spec) return;
+  report(diags, st, '/spec', 'a BackupSchedule selects no instance: give "instances" (a list of instance ids), "selector" (matchLabels), or both', 'key');
+}
+
+/** restoreFrom and cloneFrom each say where a new instance's data comes from: at most one, and not the instance itself. */
+function checkModuleOrigin(diags: Diagnostic[], st: DocState, v: Record<string, unknown>, schemaBad: Set<string>): void {
+  const spec = isRecord(v['spec']) ? v['spec'] : undefined;
+  if (!spec) return;
+  if ('restoreFrom' in spec && 'cloneFrom' in spec) {
+    report(diags, st, '/spec/cloneFrom', '"restoreFrom" and "cloneFrom" are mutually exclusive: a new instance gets its data from a snapshot (restoreFrom) or from another instance (cloneFrom), not both', 'key');
+  }
+  const name = isRecord(v['metadata']) ? v['metadata']['name'] : undefined;
+  if (typeof spec['cloneFrom'] === 'string' && spec['cloneFrom'] === name && !schemaBad.has('/spec/cloneFrom')) {
+    report(diags, st, '/spec/cloneFrom', `${name} cannot be a clone of itself: cloneFrom names another instance`);
+  }
+}
+
 function copyMetadata(m: Record<string, unknown>): Metadata {
   const out: Metadata = { name: m['name'] as string };
   if (m['labels'] !== undefined) out.labels = { ...(m['labels'] as Record<string, string>) };
@@ -171,6 +193,8 @@ function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
     const spec: RepositoryObject['spec'] = { url: s['url'] as string, enabled: (s['enabled'] as boolean | undefined) ?? true, testing: (s['testing'] as boolean | undefined) ?? false };
     return { apiVersion: API_VERSION, kind, metadata, spec };
   }
+  if (kind === 'BackupDestination') return { apiVersion: API_VERSION, kind, metadata, spec: { url: s['url'] as string } };
+  if (kind === 'BackupSchedule') return { apiVersion: API_VERSION, kind, metadata, spec: normaliseSchedule(s) };
   const spec: ModuleSpec = { node: s['node'] as number };
   if (s['module'] !== undefined) {
     spec.module = s['module'] as string;
@@ -188,8 +212,27 @@ function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
   ordered.removalPolicy = (s['removalPolicy'] as ModuleSpec['removalPolicy'] | undefined) ?? 'Preserve';
   // `suspend: false` is the default: leave it out so writing it or not gives the same stored spec.
   if (s['suspend'] === true) ordered.suspend = true;
+  const restore = s['restoreFrom'] as RestoreFrom | undefined;
+  if (restore) ordered.restoreFrom = { destination: restore.destination, snapshot: restore.snapshot ?? 'latest' };
+  if (s['cloneFrom'] !== undefined) ordered.cloneFrom = s['cloneFrom'] as string;
+  // `backupFirst: false` is the default: an empty policy is left out, as `suspend: false` is.
+  if ((s['updatePolicy'] as UpdatePolicy | undefined)?.backupFirst === true) ordered.updatePolicy = { backupFirst: true };
   const obj: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata, spec: ordered };
   return obj;
+}
+
+/** A BackupSchedule spec with defaults (keepLast 7 when no retention is given), instances sorted. */
+function normaliseSchedule(s: Record<string, unknown>): BackupScheduleSpec {
+  const spec: BackupScheduleSpec = { destination: s['destination'] as string, schedule: s['schedule'] as string };
+  // Order carries no meaning: sorted, so reordering the list is no change.
+  const instances = s['instances'] as string[] | undefined;
+  if (instances) spec.instances = [...instances].sort();
+  const selector = s['selector'] as BackupScheduleSpec['selector'];
+  if (selector) spec.selector = { matchLabels: { ...selector.matchLabels } };
+  const r = s['retention'] as BackupRetention | undefined;
+  spec.retention = r ? { ...(r.keepLast !== undefined ? { keepLast: r.keepLast } : {}), ...(r.keepDaily !== undefined ? { keepDaily: r.keepDaily } : {}) } : { keepLast: 7 };
+  if (s['suspend'] === true) spec.suspend = true;
+  return spec;
 }
 
 function compareIds(kind: Kind, a: string, b: string): number {
@@ -255,7 +298,11 @@ function checkDocument(diags: Diagnostic[], st: DocState): void {
       schemaBad.add(m.pointer);
     }
   }
-  if (kind === 'Module') checkModule(diags, st, v, schemaBad);
+  if (kind === 'Module') {
+    checkModule(diags, st, v, schemaBad);
+    checkModuleOrigin(diags, st, v, schemaBad);
+  }
+  if (kind === 'BackupSchedule') checkBackupSchedule(diags, st, v);
   if (kind === 'Repository') checkRepository(diags, st, v, schemaBad);
   if (kind === 'Node') checkNode(diags, st, v, schemaBad);
 }

@@ -33,7 +33,7 @@ export interface PlanOptions {
 /** The default of `PlanOptions.locate`: the start of the object's document. */
 const documentStart = (d: DesiredObject): { file: string; line: number; col: number } => ({ file: d.source.file, line: d.source.line, col: d.source.col });
 
-const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, Module: 2 };
+const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, BackupDestination: 2, BackupSchedule: 3, Module: 4 };
 
 /** Splits `Kind/id`; undefined when the kind is unknown or the id empty. */
 export function parseKey(key: string): { kind: Kind; id: string } | undefined {
@@ -434,6 +434,10 @@ function bookkeepingFor(obj: ManifestObject, state: ClusterState): Bookkeeping {
       return repositoryBookkeeping(obj, state);
     case 'Node':
       return nodeBookkeeping(obj, state);
+    case 'BackupDestination':
+    case 'BackupSchedule':
+      // Backup objects have no NS8 key of their own: the node agents act on the desired object.
+      return { writes: [], reasons: [] };
   }
 }
 

@@ -104,7 +104,7 @@ export async function readClusterState(redis: Redis, scope: ReadScope = {}): Pro
       const m = (o.object.spec.module ?? o.object.spec.image ?? '').split('/').pop()?.replace(/[@:].*$/, '');
       if (m) modules.add(m);
     } else if (o.object.kind === 'Repository') repos.add(o.object.metadata.name);
-    else nodes.add(String(o.object.spec.id));
+    else if (o.object.kind === 'Node') nodes.add(String(o.object.spec.id));
   }
   const third = redis.pipeline();
   const mods = [...modules].sort();

@@ -156,7 +156,7 @@ export async function readStateSnapshot(redis: Redis): Promise<{ snapshot: State
 /** Number of things of each sort in a snapshot (the archive header shows them). */
 export function snapshotCounts(s: StateSnapshot): Record<string, number> {
   const counts: Record<string, number> = {};
-  const plural: Record<Kind, string> = { Module: 'modules', Repository: 'repositories', Node: 'nodes' };
+  const plural: Record<Kind, string> = { Module: 'modules', Repository: 'repositories', Node: 'nodes', BackupDestination: 'backupDestinations', BackupSchedule: 'backupSchedules' };
   for (const kind of KINDS) counts[plural[kind]] = s.objects.filter((o) => o.kind === kind).length;
   counts.inventories = Object.keys(s.inventories).length;
   counts.keys = Object.keys(s.strings).length + Object.keys(s.hashes).length + Object.keys(s.sets).length + (s.epoch !== null ? 1 : 0);

@@ -54,7 +54,7 @@ export function appliedState(objects: ManifestObject[], extra: Partial<StoredObj
       if (m) s.moduleSequence.set(m[1] as string, Math.max(Number(m[2]), s.moduleSequence.get(m[1] as string) ?? 0));
     } else if (o.kind === 'Repository') {
       s.repositories.set(o.metadata.name, { url: o.spec.url, status: o.spec.enabled === false ? '0' : '1', testing: o.spec.testing ? '1' : '0' });
-    } else {
+    } else if (o.kind === 'Node') {
       s.nodeUiName.set(String(o.spec.id), o.metadata.name);
       if (o.spec.flags) s.nodeFlags.set(String(o.spec.id), [...o.spec.flags]);
     }

@@ -64,10 +64,10 @@ describe('schema errors name the value, the place and what is allowed', () => {
   test('an unknown kind lists the kinds, and a wrong apiVersion is still reported', () => {
     expect(check(lines('apiVersion: apps/v1', 'kind: Deployment', 'metadata: {name: x}'))).toEqual([
       'm.yaml:1:13  /apiVersion  apiVersion must be "ns8ctl.nethserver.org/v1"; got "apps/v1"',
-      'm.yaml:2:7  /kind  unknown kind "Deployment"; allowed kinds: Module, Repository, Node',
+      'm.yaml:2:7  /kind  unknown kind "Deployment"; allowed kinds: Module, Repository, Node, BackupDestination, BackupSchedule',
     ]);
     expect(check(lines('apiVersion: ns8ctl.nethserver.org/v1', 'kind: module'))).toEqual([
-      'm.yaml:2:7  /kind  unknown kind "module"; allowed kinds: Module, Repository, Node (did you mean "Module"?)',
+      'm.yaml:2:7  /kind  unknown kind "module"; allowed kinds: Module, Repository, Node, BackupDestination, BackupSchedule (did you mean "Module"?)',
     ]);
   });
 
@@ -171,9 +171,11 @@ describe('schema errors name the value, the place and what is allowed', () => {
   });
 
   test.each([
-    ['Module', 'module, image, version, node, dependsOn, volumes, configuration, removalPolicy, suspend'],
+    ['Module', 'module, image, version, node, dependsOn, volumes, configuration, removalPolicy, suspend, restoreFrom, cloneFrom, updatePolicy'],
     ['Repository', 'url, enabled, testing'],
     ['Node', 'id, address, flags'],
+    ['BackupDestination', 'url'],
+    ['BackupSchedule', 'destination, instances, selector, schedule, retention, suspend'],
   ])('an unknown spec field of a %s lists exactly the fields of its spec type', (kind, allowed) => {
     const out = check(lines('apiVersion: ns8ctl.nethserver.org/v1', `kind: ${kind}`, 'metadata: {name: x}', 'spec:', '  bogus: 1'));
     expect(out).toContain(`m.yaml:5:3  /spec/bogus  unknown field "bogus" in /spec; allowed: ${allowed}`);

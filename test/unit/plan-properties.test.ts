@@ -232,7 +232,7 @@ describe('planner properties', () => {
               status: object.spec.enabled === false ? '0' : '1',
               testing: object.spec.testing ? '1' : '0',
             });
-          } else {
+          } else if (object.kind === 'Node') {
             const id = String(object.spec.id);
             expect(after.nodeUiName.get(id)).toBe(object.metadata.name);
             if (object.spec.flags) expect([...(after.nodeFlags.get(id) ?? [])].sort()).toEqual([...object.spec.flags].sort());
@@ -287,7 +287,7 @@ describe('planner properties', () => {
   });
 
   it('orders creates and updates Node, Repository, Module and puts deletes last in reverse kind order', () => {
-    const rank = { Node: 0, Repository: 1, Module: 2 } as const;
+    const rank = { Node: 0, Repository: 1, BackupDestination: 2, BackupSchedule: 3, Module: 4 } as const;
     fc.assert(
       fc.property(scenario, options, ([d, s], o) => {
         const p = plan(d, s, o);

@@ -4,7 +4,7 @@
 // @ts-nocheck
 import __ucs2length from 'ajv/dist/runtime/ucs2length.js';
 export const Module = validate10;
-const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","maxLength":4096,"pattern":"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$","description":"an absolute path on the node (starting with /) without '.' or '..' segments or control characters"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","maxLength":4096,"pattern":"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$","description":"an absolute path on the node (starting with /) without '.' or '..' segments or control characters"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"},"restoreFrom":{"type":"object","additionalProperties":false,"required":["destination"],"description":"the snapshot the instance's data and configuration are restored from when it is created (ignored afterwards): destination and snapshot; not with cloneFrom","properties":{"destination":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"the name of a BackupDestination: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite)"},"snapshot":{"type":"string","pattern":"^(latest|[0-9a-f]{8,64})$","default":"latest","description":"\"latest\" (the default) or a restic snapshot id of 8 to 64 lowercase hex digits (4f3a9c1b)"}}},"cloneFrom":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance this one is created as a copy of (dokuwiki1), used only at creation; not with restoreFrom"},"updatePolicy":{"type":"object","additionalProperties":false,"description":"how updates of the instance are made: backupFirst","properties":{"backupFirst":{"type":"boolean","default":false,"description":"true or false: when true a snapshot is taken before an update and restored, with the previous image, when the updated instance does not become Ready"}}}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema12 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
 const func2 = __ucs2length.default;
 const func7 = Object.prototype.hasOwnProperty;
@@ -14,6 +14,8 @@ const pattern3 = new RegExp("^[a-z]([a-z0-9_-]*[a-z_-])?$", "u");
 const pattern4 = new RegExp("^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$", "u");
 const pattern6 = new RegExp("^[A-Za-z0-9][A-Za-z0-9_.-]*$", "u");
 const pattern7 = new RegExp("^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$", "u");
+const pattern8 = new RegExp("^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", "u");
+const pattern9 = new RegExp("^(latest|[0-9a-f]{8,64})$", "u");
 
 function validate10(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/module.schema.json" */;
@@ -768,9 +770,11 @@ vErrors.push(err56);
 errors++;
 }
 }
-}
-else {
-const err57 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(data8.restoreFrom !== undefined){
+let data20 = data8.restoreFrom;
+if(data20 && typeof data20 == "object" && !Array.isArray(data20)){
+if(data20.destination === undefined){
+const err57 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/required",keyword:"required",params:{missingProperty: "destination"},message:"must have required property '"+"destination"+"'",schema:schema11.properties.spec.properties.restoreFrom.required,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
 if(vErrors === null){
 vErrors = [err57];
 }
@@ -779,15 +783,185 @@ vErrors.push(err57);
 }
 errors++;
 }
-}
-}
-else {
-const err58 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+for(const key9 in data20){
+if(!((key9 === "destination") || (key9 === "snapshot"))){
+const err58 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key9},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
 if(vErrors === null){
 vErrors = [err58];
 }
 else {
 vErrors.push(err58);
+}
+errors++;
+}
+}
+if(data20.destination !== undefined){
+let data21 = data20.destination;
+if(typeof data21 === "string"){
+if(func2(data21) > 63){
+const err59 = {instancePath:instancePath+"/spec/restoreFrom/destination",schemaPath:"#/properties/spec/properties/restoreFrom/properties/destination/maxLength",keyword:"maxLength",params:{limit: 63},message:"must NOT have more than 63 characters",schema:63,parentSchema:schema11.properties.spec.properties.restoreFrom.properties.destination,data:data21};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+if(!pattern8.test(data21)){
+const err60 = {instancePath:instancePath+"/spec/restoreFrom/destination",schemaPath:"#/properties/spec/properties/restoreFrom/properties/destination/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",parentSchema:schema11.properties.spec.properties.restoreFrom.properties.destination,data:data21};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+}
+else {
+const err61 = {instancePath:instancePath+"/spec/restoreFrom/destination",schemaPath:"#/properties/spec/properties/restoreFrom/properties/destination/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.restoreFrom.properties.destination.type,parentSchema:schema11.properties.spec.properties.restoreFrom.properties.destination,data:data21};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+}
+if(data20.snapshot !== undefined){
+let data22 = data20.snapshot;
+if(typeof data22 === "string"){
+if(!pattern9.test(data22)){
+const err62 = {instancePath:instancePath+"/spec/restoreFrom/snapshot",schemaPath:"#/properties/spec/properties/restoreFrom/properties/snapshot/pattern",keyword:"pattern",params:{pattern: "^(latest|[0-9a-f]{8,64})$"},message:"must match pattern \""+"^(latest|[0-9a-f]{8,64})$"+"\"",schema:"^(latest|[0-9a-f]{8,64})$",parentSchema:schema11.properties.spec.properties.restoreFrom.properties.snapshot,data:data22};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+}
+else {
+const err63 = {instancePath:instancePath+"/spec/restoreFrom/snapshot",schemaPath:"#/properties/spec/properties/restoreFrom/properties/snapshot/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.restoreFrom.properties.snapshot.type,parentSchema:schema11.properties.spec.properties.restoreFrom.properties.snapshot,data:data22};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+}
+}
+else {
+const err64 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.restoreFrom.type,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+}
+if(data8.cloneFrom !== undefined){
+let data23 = data8.cloneFrom;
+if(typeof data23 === "string"){
+if(func2(data23) > 32){
+const err65 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+if(vErrors === null){
+vErrors = [err65];
+}
+else {
+vErrors.push(err65);
+}
+errors++;
+}
+if(!pattern0.test(data23)){
+const err66 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+if(vErrors === null){
+vErrors = [err66];
+}
+else {
+vErrors.push(err66);
+}
+errors++;
+}
+}
+else {
+const err67 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.cloneFrom.type,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+if(vErrors === null){
+vErrors = [err67];
+}
+else {
+vErrors.push(err67);
+}
+errors++;
+}
+}
+if(data8.updatePolicy !== undefined){
+let data24 = data8.updatePolicy;
+if(data24 && typeof data24 == "object" && !Array.isArray(data24)){
+for(const key10 in data24){
+if(!(key10 === "backupFirst")){
+const err68 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key10},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data24};
+if(vErrors === null){
+vErrors = [err68];
+}
+else {
+vErrors.push(err68);
+}
+errors++;
+}
+}
+if(data24.backupFirst !== undefined){
+let data25 = data24.backupFirst;
+if(typeof data25 !== "boolean"){
+const err69 = {instancePath:instancePath+"/spec/updatePolicy/backupFirst",schemaPath:"#/properties/spec/properties/updatePolicy/properties/backupFirst/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst.type,parentSchema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst,data:data25};
+if(vErrors === null){
+vErrors = [err69];
+}
+else {
+vErrors.push(err69);
+}
+errors++;
+}
+}
+}
+else {
+const err70 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.updatePolicy.type,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data24};
+if(vErrors === null){
+vErrors = [err70];
+}
+else {
+vErrors.push(err70);
+}
+errors++;
+}
+}
+}
+else {
+const err71 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err71];
+}
+else {
+vErrors.push(err71);
+}
+errors++;
+}
+}
+}
+else {
+const err72 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(vErrors === null){
+vErrors = [err72];
+}
+else {
+vErrors.push(err72);
 }
 errors++;
 }
@@ -798,8 +972,8 @@ return errors === 0;
 export const Repository = validate11;
 const schema14 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json","title":"Repository","description":"A module repository (NS8 cluster/repository/<name>).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Repository"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$","description":"a repository name: lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit (default, nethforge)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":2048,"pattern":"^(https?|file)://[^\\s]+$","description":"an http://, https:// or file:// URL of the repository (https://distfeed.nethserver.org/ns8/updates/)"},"enabled":{"type":"boolean","default":true,"description":"whether modules are looked up in this repository"},"testing":{"type":"boolean","default":false,"description":"whether testing (pre-release) versions are offered"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema15 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern8 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
-const pattern11 = new RegExp("^(https?|file)://[^\\s]+$", "u");
+const pattern11 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
+const pattern14 = new RegExp("^(https?|file)://[^\\s]+$", "u");
 
 function validate11(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json" */;
@@ -922,7 +1096,7 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(!pattern8.test(data3)){
+if(!pattern11.test(data3)){
 const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$",parentSchema:schema14.properties.metadata.properties.name,data:data3};
 if(vErrors === null){
 vErrors = [err10];
@@ -1142,7 +1316,7 @@ vErrors.push(err27);
 }
 errors++;
 }
-if(!pattern11.test(data9)){
+if(!pattern14.test(data9)){
 const err28 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^(https?|file)://[^\\s]+$"},message:"must match pattern \""+"^(https?|file)://[^\\s]+$"+"\"",schema:"^(https?|file)://[^\\s]+$",parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err28];
@@ -1220,7 +1394,7 @@ return errors === 0;
 export const Node = validate12;
 const schema17 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/node.schema.json","title":"Node","description":"A cluster node, identified by its numeric NS8 node id.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Node"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","minLength":1,"maxLength":253,"description":"a display name for the node"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["id"],"properties":{"id":{"type":"integer","minimum":1,"description":"the NS8 numeric node id"},"address":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[^\\s]+$","description":"host name or IP address the node is reached at, without spaces"},"flags":{"type":"array","uniqueItems":true,"items":{"type":"string","pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a flag name (nomodules)"},"description":"NS8 node flags"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema18 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern14 = new RegExp("^[^\\s]+$", "u");
+const pattern17 = new RegExp("^[^\\s]+$", "u");
 
 function validate12(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/node.schema.json" */;
@@ -1598,7 +1772,7 @@ vErrors.push(err30);
 }
 errors++;
 }
-if(!pattern14.test(data10)){
+if(!pattern17.test(data10)){
 const err31 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/pattern",keyword:"pattern",params:{pattern: "^[^\\s]+$"},message:"must match pattern \""+"^[^\\s]+$"+"\"",schema:"^[^\\s]+$",parentSchema:schema17.properties.spec.properties.address,data:data10};
 if(vErrors === null){
 vErrors = [err31];
@@ -1709,5 +1883,1198 @@ vErrors.push(err38);
 errors++;
 }
 validate12.errors = vErrors;
+return errors === 0;
+}
+
+export const BackupDestination = validate13;
+const schema20 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/backupdestination.schema.json","title":"BackupDestination","description":"A restic repository instances are backed up to. Its password is set with `ns8ctl backup set-password`, never in a manifest.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"BackupDestination"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"a backup destination name: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite, nas-1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":1024,"pattern":"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$","description":"a restic repository of at most 1024 characters without spaces or control characters: an absolute local path without '.' or '..' segments (/srv/backup/ns8), a restic REST server rest:http(s)://host[:port]/path (rest:https://backup.example.org:8000/ns8) or an SFTP path sftp:user@host:/path (sftp:backup@nas.example.org:/srv/restic)"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema21 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
+const pattern22 = new RegExp("^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$", "u");
+
+function validate13(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
+/*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/backupdestination.schema.json" */;
+let vErrors = null;
+let errors = 0;
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.apiVersion === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "apiVersion"},message:"must have required property '"+"apiVersion"+"'",schema:schema20.required,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.kind === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "kind"},message:"must have required property '"+"kind"+"'",schema:schema20.required,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.metadata === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "metadata"},message:"must have required property '"+"metadata"+"'",schema:schema20.required,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.spec === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "spec"},message:"must have required property '"+"spec"+"'",schema:schema20.required,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "apiVersion") || (key0 === "kind")) || (key0 === "metadata")) || (key0 === "spec"))){
+const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties",schema:false,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+if(data.apiVersion !== undefined){
+let data0 = data.apiVersion;
+if("ns8ctl.nethserver.org/v1" !== data0){
+const err5 = {instancePath:instancePath+"/apiVersion",schemaPath:"#/properties/apiVersion/const",keyword:"const",params:{allowedValue: "ns8ctl.nethserver.org/v1"},message:"must be equal to constant",schema:"ns8ctl.nethserver.org/v1",parentSchema:schema20.properties.apiVersion,data:data0};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+if(data.kind !== undefined){
+let data1 = data.kind;
+if("BackupDestination" !== data1){
+const err6 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/const",keyword:"const",params:{allowedValue: "BackupDestination"},message:"must be equal to constant",schema:"BackupDestination",parentSchema:schema20.properties.kind,data:data1};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+if(data.metadata !== undefined){
+let data2 = data.metadata;
+if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
+if(data2.name === undefined){
+const err7 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/required",keyword:"required",params:{missingProperty: "name"},message:"must have required property '"+"name"+"'",schema:schema20.properties.metadata.required,parentSchema:schema20.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+for(const key1 in data2){
+if(!(((key1 === "name") || (key1 === "labels")) || (key1 === "annotations"))){
+const err8 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties",schema:false,parentSchema:schema20.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+if(data2.name !== undefined){
+let data3 = data2.name;
+if(typeof data3 === "string"){
+if(func2(data3) > 63){
+const err9 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/maxLength",keyword:"maxLength",params:{limit: 63},message:"must NOT have more than 63 characters",schema:63,parentSchema:schema20.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if(!pattern8.test(data3)){
+const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",parentSchema:schema20.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+else {
+const err11 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema20.properties.metadata.properties.name.type,parentSchema:schema20.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+if(data2.labels !== undefined){
+let data4 = data2.labels;
+if(data4 && typeof data4 == "object" && !Array.isArray(data4)){
+for(const key2 in data4){
+const _errs12 = errors;
+if(typeof key2 === "string"){
+if(func2(key2) > 253){
+const err12 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema21.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(func2(key2) < 1){
+const err13 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema21.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if(!pattern1.test(key2)){
+const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema21.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+var valid3 = _errs12 === errors;
+if(!valid3){
+const err15 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema21.propertyNames,parentSchema:schema21,data:data4};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+for(const key3 in data4){
+let data5 = data4[key3];
+if(typeof data5 !== "string"){
+const err16 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema21.additionalProperties.type,parentSchema:schema21.additionalProperties,data:data5};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema21.type,parentSchema:schema21,data:data4};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+if(data2.annotations !== undefined){
+let data6 = data2.annotations;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+for(const key4 in data6){
+const _errs19 = errors;
+if(typeof key4 === "string"){
+if(func2(key4) > 253){
+const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema21.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(func2(key4) < 1){
+const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema21.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if(!pattern1.test(key4)){
+const err20 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema21.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+var valid6 = _errs19 === errors;
+if(!valid6){
+const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema21.propertyNames,parentSchema:schema21,data:data6};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+for(const key5 in data6){
+let data7 = data6[key5];
+if(typeof data7 !== "string"){
+const err22 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema21.additionalProperties.type,parentSchema:schema21.additionalProperties,data:data7};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+}
+}
+else {
+const err23 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema21.type,parentSchema:schema21,data:data6};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema20.properties.metadata.type,parentSchema:schema20.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+}
+if(data.spec !== undefined){
+let data8 = data.spec;
+if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
+if(data8.url === undefined){
+const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "url"},message:"must have required property '"+"url"+"'",schema:schema20.properties.spec.required,parentSchema:schema20.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+for(const key6 in data8){
+if(!(key6 === "url")){
+const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema20.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+}
+if(data8.url !== undefined){
+let data9 = data8.url;
+if(typeof data9 === "string"){
+if(func2(data9) > 1024){
+const err27 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters",schema:1024,parentSchema:schema20.properties.spec.properties.url,data:data9};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+if(!pattern22.test(data9)){
+const err28 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$"},message:"must match pattern \""+"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$"+"\"",schema:"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\]):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$",parentSchema:schema20.properties.spec.properties.url,data:data9};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+}
+else {
+const err29 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema20.properties.spec.properties.url.type,parentSchema:schema20.properties.spec.properties.url,data:data9};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+}
+}
+else {
+const err30 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema20.properties.spec.type,parentSchema:schema20.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+}
+else {
+const err31 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema20.type,parentSchema:schema20,data};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+validate13.errors = vErrors;
+return errors === 0;
+}
+
+export const BackupSchedule = validate14;
+const schema23 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/backupschedule.schema.json","title":"BackupSchedule","description":"When and where instances are backed up, and how many snapshots are kept.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"BackupSchedule"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"a backup schedule name: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (nightly, weekly-offsite)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["destination","schedule"],"properties":{"destination":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"the name of a BackupDestination: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite)"},"instances":{"type":"array","minItems":1,"maxItems":1000,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an instance id (dokuwiki1)"},"description":"ids of the instances to back up (dokuwiki1); with selector, the union of both; at least one of instances and selector"},"selector":{"type":"object","additionalProperties":false,"required":["matchLabels"],"description":"selects the Modules whose metadata.labels hold all the pairs of matchLabels; at least one of instances and selector","properties":{"matchLabels":{"allOf":[{"$ref":"#/definitions/stringMap"}],"minProperties":1,"maxProperties":32,"description":"label pairs a Module must all have to be backed up (backup: nightly); 1 to 32 pairs"}}},"schedule":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[A-Za-z0-9*.,:~/ +-]+$","description":"a systemd OnCalendar expression of at most 128 characters of letters, digits, spaces and * . , : ~ / + - (daily, weekly, *-*-* 02:30:00, Mon..Fri 22:00)"},"retention":{"type":"object","additionalProperties":false,"minProperties":1,"description":"snapshots kept per instance after each run: keepLast and/or keepDaily, each an integer from 1 to 1000 (default keepLast 7)","properties":{"keepLast":{"type":"integer","minimum":1,"maximum":1000,"description":"the number of most recent snapshots kept: an integer from 1 to 1000"},"keepDaily":{"type":"integer","minimum":1,"maximum":1000,"description":"the number of days whose last snapshot is kept: an integer from 1 to 1000"}}},"suspend":{"type":"boolean","default":false,"description":"true or false: when true the schedule starts no backup (a manual ns8ctl backup run still works)"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema24 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
+const pattern29 = new RegExp("^[A-Za-z0-9*.,:~/ +-]+$", "u");
+
+function validate14(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
+/*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/backupschedule.schema.json" */;
+let vErrors = null;
+let errors = 0;
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.apiVersion === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "apiVersion"},message:"must have required property '"+"apiVersion"+"'",schema:schema23.required,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.kind === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "kind"},message:"must have required property '"+"kind"+"'",schema:schema23.required,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.metadata === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "metadata"},message:"must have required property '"+"metadata"+"'",schema:schema23.required,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.spec === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "spec"},message:"must have required property '"+"spec"+"'",schema:schema23.required,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "apiVersion") || (key0 === "kind")) || (key0 === "metadata")) || (key0 === "spec"))){
+const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties",schema:false,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+if(data.apiVersion !== undefined){
+let data0 = data.apiVersion;
+if("ns8ctl.nethserver.org/v1" !== data0){
+const err5 = {instancePath:instancePath+"/apiVersion",schemaPath:"#/properties/apiVersion/const",keyword:"const",params:{allowedValue: "ns8ctl.nethserver.org/v1"},message:"must be equal to constant",schema:"ns8ctl.nethserver.org/v1",parentSchema:schema23.properties.apiVersion,data:data0};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+if(data.kind !== undefined){
+let data1 = data.kind;
+if("BackupSchedule" !== data1){
+const err6 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/const",keyword:"const",params:{allowedValue: "BackupSchedule"},message:"must be equal to constant",schema:"BackupSchedule",parentSchema:schema23.properties.kind,data:data1};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+if(data.metadata !== undefined){
+let data2 = data.metadata;
+if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
+if(data2.name === undefined){
+const err7 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/required",keyword:"required",params:{missingProperty: "name"},message:"must have required property '"+"name"+"'",schema:schema23.properties.metadata.required,parentSchema:schema23.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+for(const key1 in data2){
+if(!(((key1 === "name") || (key1 === "labels")) || (key1 === "annotations"))){
+const err8 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties",schema:false,parentSchema:schema23.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+if(data2.name !== undefined){
+let data3 = data2.name;
+if(typeof data3 === "string"){
+if(func2(data3) > 63){
+const err9 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/maxLength",keyword:"maxLength",params:{limit: 63},message:"must NOT have more than 63 characters",schema:63,parentSchema:schema23.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if(!pattern8.test(data3)){
+const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",parentSchema:schema23.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+else {
+const err11 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema23.properties.metadata.properties.name.type,parentSchema:schema23.properties.metadata.properties.name,data:data3};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+if(data2.labels !== undefined){
+let data4 = data2.labels;
+if(data4 && typeof data4 == "object" && !Array.isArray(data4)){
+for(const key2 in data4){
+const _errs12 = errors;
+if(typeof key2 === "string"){
+if(func2(key2) > 253){
+const err12 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema24.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(func2(key2) < 1){
+const err13 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema24.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if(!pattern1.test(key2)){
+const err14 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema24.propertyNames,data:key2,propertyName:key2};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+var valid3 = _errs12 === errors;
+if(!valid3){
+const err15 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid",schema:schema24.propertyNames,parentSchema:schema24,data:data4};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+for(const key3 in data4){
+let data5 = data4[key3];
+if(typeof data5 !== "string"){
+const err16 = {instancePath:instancePath+"/metadata/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema24.additionalProperties.type,parentSchema:schema24.additionalProperties,data:data5};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/metadata/labels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema24.type,parentSchema:schema24,data:data4};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+if(data2.annotations !== undefined){
+let data6 = data2.annotations;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+for(const key4 in data6){
+const _errs19 = errors;
+if(typeof key4 === "string"){
+if(func2(key4) > 253){
+const err18 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema24.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(func2(key4) < 1){
+const err19 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema24.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if(!pattern1.test(key4)){
+const err20 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema24.propertyNames,data:key4,propertyName:key4};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+var valid6 = _errs19 === errors;
+if(!valid6){
+const err21 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key4},message:"property name must be valid",schema:schema24.propertyNames,parentSchema:schema24,data:data6};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+for(const key5 in data6){
+let data7 = data6[key5];
+if(typeof data7 !== "string"){
+const err22 = {instancePath:instancePath+"/metadata/annotations/" + key5.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema24.additionalProperties.type,parentSchema:schema24.additionalProperties,data:data7};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+}
+}
+else {
+const err23 = {instancePath:instancePath+"/metadata/annotations",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema24.type,parentSchema:schema24,data:data6};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/metadata",schemaPath:"#/properties/metadata/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema23.properties.metadata.type,parentSchema:schema23.properties.metadata,data:data2};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+}
+if(data.spec !== undefined){
+let data8 = data.spec;
+if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
+if(data8.destination === undefined){
+const err25 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "destination"},message:"must have required property '"+"destination"+"'",schema:schema23.properties.spec.required,parentSchema:schema23.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+if(data8.schedule === undefined){
+const err26 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/required",keyword:"required",params:{missingProperty: "schedule"},message:"must have required property '"+"schedule"+"'",schema:schema23.properties.spec.required,parentSchema:schema23.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+for(const key6 in data8){
+if(!((((((key6 === "destination") || (key6 === "instances")) || (key6 === "selector")) || (key6 === "schedule")) || (key6 === "retention")) || (key6 === "suspend"))){
+const err27 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key6},message:"must NOT have additional properties",schema:false,parentSchema:schema23.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+}
+if(data8.destination !== undefined){
+let data9 = data8.destination;
+if(typeof data9 === "string"){
+if(func2(data9) > 63){
+const err28 = {instancePath:instancePath+"/spec/destination",schemaPath:"#/properties/spec/properties/destination/maxLength",keyword:"maxLength",params:{limit: 63},message:"must NOT have more than 63 characters",schema:63,parentSchema:schema23.properties.spec.properties.destination,data:data9};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+if(!pattern8.test(data9)){
+const err29 = {instancePath:instancePath+"/spec/destination",schemaPath:"#/properties/spec/properties/destination/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",parentSchema:schema23.properties.spec.properties.destination,data:data9};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+}
+else {
+const err30 = {instancePath:instancePath+"/spec/destination",schemaPath:"#/properties/spec/properties/destination/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema23.properties.spec.properties.destination.type,parentSchema:schema23.properties.spec.properties.destination,data:data9};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+if(data8.instances !== undefined){
+let data10 = data8.instances;
+if(Array.isArray(data10)){
+if(data10.length > 1000){
+const err31 = {instancePath:instancePath+"/spec/instances",schemaPath:"#/properties/spec/properties/instances/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items",schema:1000,parentSchema:schema23.properties.spec.properties.instances,data:data10};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+if(data10.length < 1){
+const err32 = {instancePath:instancePath+"/spec/instances",schemaPath:"#/properties/spec/properties/instances/minItems",keyword:"minItems",params:{limit: 1},message:"must NOT have fewer than 1 items",schema:1,parentSchema:schema23.properties.spec.properties.instances,data:data10};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+const len0 = data10.length;
+for(let i0=0; i0<len0; i0++){
+let data11 = data10[i0];
+if(typeof data11 === "string"){
+if(func2(data11) > 32){
+const err33 = {instancePath:instancePath+"/spec/instances/" + i0,schemaPath:"#/properties/spec/properties/instances/items/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema23.properties.spec.properties.instances.items,data:data11};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
+if(!pattern0.test(data11)){
+const err34 = {instancePath:instancePath+"/spec/instances/" + i0,schemaPath:"#/properties/spec/properties/instances/items/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema23.properties.spec.properties.instances.items,data:data11};
+if(vErrors === null){
+vErrors = [err34];
+}
+else {
+vErrors.push(err34);
+}
+errors++;
+}
+}
+else {
+const err35 = {instancePath:instancePath+"/spec/instances/" + i0,schemaPath:"#/properties/spec/properties/instances/items/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema23.properties.spec.properties.instances.items.type,parentSchema:schema23.properties.spec.properties.instances.items,data:data11};
+if(vErrors === null){
+vErrors = [err35];
+}
+else {
+vErrors.push(err35);
+}
+errors++;
+}
+}
+let i1 = data10.length;
+let j0;
+if(i1 > 1){
+const indices0 = {};
+for(;i1--;){
+let item0 = data10[i1];
+if(typeof item0 !== "string"){
+continue;
+}
+if(typeof indices0[item0] == "number"){
+j0 = indices0[item0];
+const err36 = {instancePath:instancePath+"/spec/instances",schemaPath:"#/properties/spec/properties/instances/uniqueItems",keyword:"uniqueItems",params:{i: i1, j: j0},message:"must NOT have duplicate items (items ## "+j0+" and "+i1+" are identical)",schema:true,parentSchema:schema23.properties.spec.properties.instances,data:data10};
+if(vErrors === null){
+vErrors = [err36];
+}
+else {
+vErrors.push(err36);
+}
+errors++;
+break;
+}
+indices0[item0] = i1;
+}
+}
+}
+else {
+const err37 = {instancePath:instancePath+"/spec/instances",schemaPath:"#/properties/spec/properties/instances/type",keyword:"type",params:{type: "array"},message:"must be array",schema:schema23.properties.spec.properties.instances.type,parentSchema:schema23.properties.spec.properties.instances,data:data10};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
+}
+errors++;
+}
+}
+if(data8.selector !== undefined){
+let data12 = data8.selector;
+if(data12 && typeof data12 == "object" && !Array.isArray(data12)){
+if(data12.matchLabels === undefined){
+const err38 = {instancePath:instancePath+"/spec/selector",schemaPath:"#/properties/spec/properties/selector/required",keyword:"required",params:{missingProperty: "matchLabels"},message:"must have required property '"+"matchLabels"+"'",schema:schema23.properties.spec.properties.selector.required,parentSchema:schema23.properties.spec.properties.selector,data:data12};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
+}
+errors++;
+}
+for(const key7 in data12){
+if(!(key7 === "matchLabels")){
+const err39 = {instancePath:instancePath+"/spec/selector",schemaPath:"#/properties/spec/properties/selector/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key7},message:"must NOT have additional properties",schema:false,parentSchema:schema23.properties.spec.properties.selector,data:data12};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+}
+if(data12.matchLabels !== undefined){
+let data13 = data12.matchLabels;
+if(data13 && typeof data13 == "object" && !Array.isArray(data13)){
+for(const key8 in data13){
+const _errs39 = errors;
+if(typeof key8 === "string"){
+if(func2(key8) > 253){
+const err40 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/definitions/stringMap/propertyNames/maxLength",keyword:"maxLength",params:{limit: 253},message:"must NOT have more than 253 characters",schema:253,parentSchema:schema24.propertyNames,data:key8,propertyName:key8};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+if(func2(key8) < 1){
+const err41 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/definitions/stringMap/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema24.propertyNames,data:key8,propertyName:key8};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
+}
+errors++;
+}
+if(!pattern1.test(key8)){
+const err42 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/definitions/stringMap/propertyNames/pattern",keyword:"pattern",params:{pattern: "^[^\\u0000-\\u001f\\u007f]+$"},message:"must match pattern \""+"^[^\\u0000-\\u001f\\u007f]+$"+"\"",schema:"^[^\\u0000-\\u001f\\u007f]+$",parentSchema:schema24.propertyNames,data:key8,propertyName:key8};
+if(vErrors === null){
+vErrors = [err42];
+}
+else {
+vErrors.push(err42);
+}
+errors++;
+}
+}
+var valid15 = _errs39 === errors;
+if(!valid15){
+const err43 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/definitions/stringMap/propertyNames",keyword:"propertyNames",params:{propertyName: key8},message:"property name must be valid",schema:schema24.propertyNames,parentSchema:schema24,data:data13};
+if(vErrors === null){
+vErrors = [err43];
+}
+else {
+vErrors.push(err43);
+}
+errors++;
+}
+}
+for(const key9 in data13){
+let data14 = data13[key9];
+if(typeof data14 !== "string"){
+const err44 = {instancePath:instancePath+"/spec/selector/matchLabels/" + key9.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/definitions/stringMap/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema24.additionalProperties.type,parentSchema:schema24.additionalProperties,data:data14};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+}
+}
+else {
+const err45 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/definitions/stringMap/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema24.type,parentSchema:schema24,data:data13};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
+}
+errors++;
+}
+if(data13 && typeof data13 == "object" && !Array.isArray(data13)){
+if(Object.keys(data13).length > 32){
+const err46 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/properties/spec/properties/selector/properties/matchLabels/maxProperties",keyword:"maxProperties",params:{limit: 32},message:"must NOT have more than 32 properties",schema:32,parentSchema:schema23.properties.spec.properties.selector.properties.matchLabels,data:data13};
+if(vErrors === null){
+vErrors = [err46];
+}
+else {
+vErrors.push(err46);
+}
+errors++;
+}
+if(Object.keys(data13).length < 1){
+const err47 = {instancePath:instancePath+"/spec/selector/matchLabels",schemaPath:"#/properties/spec/properties/selector/properties/matchLabels/minProperties",keyword:"minProperties",params:{limit: 1},message:"must NOT have fewer than 1 properties",schema:1,parentSchema:schema23.properties.spec.properties.selector.properties.matchLabels,data:data13};
+if(vErrors === null){
+vErrors = [err47];
+}
+else {
+vErrors.push(err47);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err48 = {instancePath:instancePath+"/spec/selector",schemaPath:"#/properties/spec/properties/selector/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema23.properties.spec.properties.selector.type,parentSchema:schema23.properties.spec.properties.selector,data:data12};
+if(vErrors === null){
+vErrors = [err48];
+}
+else {
+vErrors.push(err48);
+}
+errors++;
+}
+}
+if(data8.schedule !== undefined){
+let data15 = data8.schedule;
+if(typeof data15 === "string"){
+if(func2(data15) > 128){
+const err49 = {instancePath:instancePath+"/spec/schedule",schemaPath:"#/properties/spec/properties/schedule/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",schema:128,parentSchema:schema23.properties.spec.properties.schedule,data:data15};
+if(vErrors === null){
+vErrors = [err49];
+}
+else {
+vErrors.push(err49);
+}
+errors++;
+}
+if(func2(data15) < 1){
+const err50 = {instancePath:instancePath+"/spec/schedule",schemaPath:"#/properties/spec/properties/schedule/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",schema:1,parentSchema:schema23.properties.spec.properties.schedule,data:data15};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+if(!pattern29.test(data15)){
+const err51 = {instancePath:instancePath+"/spec/schedule",schemaPath:"#/properties/spec/properties/schedule/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9*.,:~/ +-]+$"},message:"must match pattern \""+"^[A-Za-z0-9*.,:~/ +-]+$"+"\"",schema:"^[A-Za-z0-9*.,:~/ +-]+$",parentSchema:schema23.properties.spec.properties.schedule,data:data15};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+}
+else {
+const err52 = {instancePath:instancePath+"/spec/schedule",schemaPath:"#/properties/spec/properties/schedule/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema23.properties.spec.properties.schedule.type,parentSchema:schema23.properties.spec.properties.schedule,data:data15};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+}
+if(data8.retention !== undefined){
+let data16 = data8.retention;
+if(data16 && typeof data16 == "object" && !Array.isArray(data16)){
+if(Object.keys(data16).length < 1){
+const err53 = {instancePath:instancePath+"/spec/retention",schemaPath:"#/properties/spec/properties/retention/minProperties",keyword:"minProperties",params:{limit: 1},message:"must NOT have fewer than 1 properties",schema:1,parentSchema:schema23.properties.spec.properties.retention,data:data16};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+for(const key10 in data16){
+if(!((key10 === "keepLast") || (key10 === "keepDaily"))){
+const err54 = {instancePath:instancePath+"/spec/retention",schemaPath:"#/properties/spec/properties/retention/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key10},message:"must NOT have additional properties",schema:false,parentSchema:schema23.properties.spec.properties.retention,data:data16};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+}
+if(data16.keepLast !== undefined){
+let data17 = data16.keepLast;
+if(!(((typeof data17 == "number") && (!(data17 % 1) && !isNaN(data17))) && (isFinite(data17)))){
+const err55 = {instancePath:instancePath+"/spec/retention/keepLast",schemaPath:"#/properties/spec/properties/retention/properties/keepLast/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema23.properties.spec.properties.retention.properties.keepLast.type,parentSchema:schema23.properties.spec.properties.retention.properties.keepLast,data:data17};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+if((typeof data17 == "number") && (isFinite(data17))){
+if(data17 > 1000 || isNaN(data17)){
+const err56 = {instancePath:instancePath+"/spec/retention/keepLast",schemaPath:"#/properties/spec/properties/retention/properties/keepLast/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000",schema:1000,parentSchema:schema23.properties.spec.properties.retention.properties.keepLast,data:data17};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+if(data17 < 1 || isNaN(data17)){
+const err57 = {instancePath:instancePath+"/spec/retention/keepLast",schemaPath:"#/properties/spec/properties/retention/properties/keepLast/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema23.properties.spec.properties.retention.properties.keepLast,data:data17};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+}
+}
+if(data16.keepDaily !== undefined){
+let data18 = data16.keepDaily;
+if(!(((typeof data18 == "number") && (!(data18 % 1) && !isNaN(data18))) && (isFinite(data18)))){
+const err58 = {instancePath:instancePath+"/spec/retention/keepDaily",schemaPath:"#/properties/spec/properties/retention/properties/keepDaily/type",keyword:"type",params:{type: "integer"},message:"must be integer",schema:schema23.properties.spec.properties.retention.properties.keepDaily.type,parentSchema:schema23.properties.spec.properties.retention.properties.keepDaily,data:data18};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+if((typeof data18 == "number") && (isFinite(data18))){
+if(data18 > 1000 || isNaN(data18)){
+const err59 = {instancePath:instancePath+"/spec/retention/keepDaily",schemaPath:"#/properties/spec/properties/retention/properties/keepDaily/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000",schema:1000,parentSchema:schema23.properties.spec.properties.retention.properties.keepDaily,data:data18};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+if(data18 < 1 || isNaN(data18)){
+const err60 = {instancePath:instancePath+"/spec/retention/keepDaily",schemaPath:"#/properties/spec/properties/retention/properties/keepDaily/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1",schema:1,parentSchema:schema23.properties.spec.properties.retention.properties.keepDaily,data:data18};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err61 = {instancePath:instancePath+"/spec/retention",schemaPath:"#/properties/spec/properties/retention/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema23.properties.spec.properties.retention.type,parentSchema:schema23.properties.spec.properties.retention,data:data16};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+}
+if(data8.suspend !== undefined){
+let data19 = data8.suspend;
+if(typeof data19 !== "boolean"){
+const err62 = {instancePath:instancePath+"/spec/suspend",schemaPath:"#/properties/spec/properties/suspend/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema23.properties.spec.properties.suspend.type,parentSchema:schema23.properties.spec.properties.suspend,data:data19};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+}
+}
+else {
+const err63 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema23.properties.spec.type,parentSchema:schema23.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+}
+}
+else {
+const err64 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema23.type,parentSchema:schema23,data};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+validate14.errors = vErrors;
 return errors === 0;
 }
