@@ -148,13 +148,20 @@ async function withImage(start: PassStart, chosen: Exclude<ChosenImage, { result
  * installed), so a crash cannot lose it.
  */
 async function oweCreateModule(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
-  if (p.installed || !r || r.announced || r.managedEnv || !p.d.finalizers.includes(NODE_AGENT_FINALIZER)) return r;
+  if (p.installed || !r || r.announced || r.managedEnv || !p.d.finalizers.includes(NODE_AGENT_FINALIZER)) return takeRestoreRequest(p, r);
   const from = p.d.spec.restoreFrom;
   const patch: Partial<InstanceRecord> = {
     ...(p.deps.agentUnits && !r.lifecycle ? { lifecycle: { action: 'create-module' as const, image: p.url } } : {}),
     ...(from && !r.restore ? { restore: { destination: from.destination, snapshot: from.snapshot ?? 'latest', from: p.id, done: false } } : {}),
   };
   return Object.keys(patch).length ? p.deps.records.update(p.id, patch) : r;
+}
+
+/** A recorded `ns8ctl restore` request for this instance not carried out yet becomes its pending restore. */
+async function takeRestoreRequest(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
+  const q = p.ctx.redis.restoreRequests.get(p.id);
+  if (!q || !r || r.restore?.request === q.request || !p.d.finalizers.includes(NODE_AGENT_FINALIZER)) return r;
+  return p.deps.records.update(p.id, { restore: { destination: q.destination, snapshot: q.snapshot, from: q.from, done: false, request: q.request } });
 }
 
 /** One round: observe, plan, and apply the steps (the progressing status is written in the first round). */

@@ -21,6 +21,7 @@ import { clusterDefaultInstanceKey, defaultInstanceModule, nodeDefaultInstanceKe
 import { moduleAclUser } from './redis-acl.js';
 import type { InstancePaths, InstanceRecord, ModuleStatus, ObservedInstance, PasswdEntry, UnitObservation } from './types.js';
 import { parseStatus } from './status.js';
+import { parseRestoreRequests, RESTORE_REQUESTS_KEY, type RestoreRequest } from './backup/restore-request.js';
 
 type Reply = [Error | null, unknown];
 
@@ -40,6 +41,8 @@ export interface RedisSnapshot {
   roles: Map<string, { owner: string[]; reader: string[] }>;
   /** Default-instance keys read (`cluster/...` and `node/<node>/...` of each module asked for) -> value, null when missing. */
   defaults: Map<string, string | null>;
+  /** Recorded restore requests (`ns8ctl restore`) by instance id. */
+  restoreRequests: Map<string, RestoreRequest>;
 }
 
 /** NS8's SET of an instance's authorizations (label entries plus `self:selfadm`). */
@@ -69,6 +72,7 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
   }
   const defaultKeys = [...new Set(modules)].sort().flatMap((m) => [clusterDefaultInstanceKey(m), nodeDefaultInstanceKey(node, m)]);
   if (defaultKeys.length) p.mget(...defaultKeys);
+  p.hgetall(RESTORE_REQUESTS_KEY);
   const res = (await p.exec()) as Reply[] | null;
   if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
   const val = (i: number): unknown => {
@@ -93,6 +97,7 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     authorizations: new Map(),
     roles: new Map(),
     defaults: new Map(),
+    restoreRequests: parseRestoreRequests(val(res.length - 1) as Record<string, string>, ids),
   };
   const per = 6;
   if (defaultKeys.length) {

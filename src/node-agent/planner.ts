@@ -280,7 +280,11 @@ function planRestore(p: Planning, extracting: boolean): boolean {
     waiting.push(`restore: waits for the user, dirs and image before restoring ${r.from} from ${r.destination} (${r.snapshot})`);
     return true;
   }
-  add({ id, kind: 'restore-data', destination: r.destination, snapshot: r.snapshot, from: r.from, reason: `restoreFrom: the data of ${r.from}, snapshot ${r.snapshot} in ${r.destination}, before the instance starts` });
+  // An installed instance's services stop first (not its module agent): restic writes their files.
+  const running = o.units.filter((u) => !u.nodeLevel && u.active === true).map((u) => u.name);
+  if (running.length) add({ id, kind: 'stop-units', units: running, reason: `stop the services before restoring their data: ${running.join(' ')}` });
+  const why = r.request ? `ns8ctl restore: snapshot ${r.snapshot} of ${r.from} from ${r.destination}` : `restoreFrom: the data of ${r.from}, snapshot ${r.snapshot} in ${r.destination}, before the instance starts`;
+  add({ id, kind: 'restore-data', destination: r.destination, snapshot: r.snapshot, from: r.from, reason: why });
   return true;
 }
 

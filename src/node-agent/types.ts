@@ -91,8 +91,10 @@ export interface InstanceRecord {
    * A new instance whose Module says `restoreFrom`: its data is restored from that snapshot
    * before its environment is written, its units start and create-module runs. Recorded when the
    * instance is first held, so a crash neither loses the restore nor runs it on a live instance.
+   * Also a recorded `ns8ctl restore` request (`request`) for an installed instance: its units are
+   * stopped, the data restored, the units started again.
    */
-  restore?: { destination: string; snapshot: string; from: string; done: boolean; restoredSnapshot?: string };
+  restore?: { destination: string; snapshot: string; from: string; done: boolean; restoredSnapshot?: string; request?: string };
   /** destroy-module before removal: attempts made, task submitted, done (or given up). */
   destroy?: { attempts: number; taskId?: string; done?: boolean };
 }

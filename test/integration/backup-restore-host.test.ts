@@ -14,6 +14,7 @@ import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/rec
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { backupIndexKey, backupStatusKey, readIndexEntry } from '../../src/node-agent/backup/catalog.js';
 import { runBackupSchedule } from '../../src/node-agent/backup/schedule-run.js';
+import { RESTORE_REQUESTS_KEY } from '../../src/node-agent/backup/restore-request.js';
 import { ResticBackups } from '../../src/node-agent/backup/engine.js';
 import { backupTargetOf } from '../../src/node-agent/backup/schedule-run.js';
 import { readEvents } from '../../src/state/events.js';
@@ -123,6 +124,22 @@ test('removed with its data, the instance comes back with restoreFrom: data, its
   expect(await admin.hget(`module/${id}/environment`, 'MODULE_UUID')).toBe(OLD_UUID);
   // Restored once: the next passes leave the data alone.
   expect((await reconcile()).get(id)?.outcome).toBe('unchanged');
+}, 600_000);
+
+test('a recorded restore request puts an installed instance\'s data back once, and is removed when carried out', async () => {
+  const notes = path.join(stateDir(), 'data', 'notes.txt');
+  await fs.writeFile(notes, 'edited after the backup\n');
+  await admin.hset(RESTORE_REQUESTS_KEY, id, JSON.stringify({ request: 'req-1', destination: 'local1', snapshot: 'latest', from: id, by: 'test', at: new Date().toISOString() }));
+  const r = (await reconcile()).get(id)!;
+  expect(r.error?.message).toBeUndefined();
+  expect(r.applied.map((s) => s.kind)).toContain('restore-data');
+  expect(await fs.readFile(notes, 'utf8')).toBe('kept across restore\n');
+  expect(await admin.hexists(RESTORE_REQUESTS_KEY, id)).toBe(0);
+  expect((await readEvents(admin, 50)).filter((e) => e.name === 'instance-restored' && e.object === `Module/${id}`)).toHaveLength(2);
+  // Carried out once: the data changed again stays as it is.
+  await fs.writeFile(notes, 'edited again\n');
+  expect((await reconcile()).get(id)?.applied.map((s) => s.kind) ?? []).not.toContain('restore-data');
+  expect(await fs.readFile(notes, 'utf8')).toBe('edited again\n');
 }, 600_000);
 
 test('the restic password is in no command line, status, event or log', async () => {

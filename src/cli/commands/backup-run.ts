@@ -3,9 +3,14 @@
  * (what its timer runs; as root on the node). `ns8ctl backup list`: the instances each
  * destination holds backups of, with the last run's status, read from Redis (no restic needed).
  */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { UsageError, Ns8ctlError } from '../../errors.js';
+import { checkSnapshotRef } from '../../node-agent/backup/restic.js';
+import { RESTORE_REQUESTS_KEY, type RestoreRequest } from '../../node-agent/backup/restore-request.js';
+import { parseDuration } from '../../runtime/duration.js';
 import { defaultLayout } from '../../node-agent/layout.js';
-import { readIndex } from '../../node-agent/backup/catalog.js';
+import { readIndex, readIndexEntry } from '../../node-agent/backup/catalog.js';
 import { runBackupSchedule, type BackupRunReport } from '../../node-agent/backup/schedule-run.js';
 import { parseOutput, renderJson, renderTable } from '../../runtime/output.js';
 import { keys } from '../../state/keys.js';
@@ -77,4 +82,54 @@ export async function backupListCommand(opts: BackupListOptions, d: CliDeps): Pr
   }
   d.stdout(renderTable(['destination', 'instance', 'node', 'last backup', 'snapshot', 'uuid'], rows.map((r) => [r.destination, r.instance, String(r.node), r.lastBackup, r.lastSnapshot.slice(0, 8), r.uuid])));
   return 0;
+}
+
+export interface RestoreOptions {
+  snapshot?: string;
+  destination?: string;
+  from?: string;
+  wait?: boolean;
+  timeout?: string;
+  output?: string;
+}
+
+/**
+ * Records a request to restore instance `id`'s data from a snapshot; its node agent carries it
+ * out (services stopped, data restored, services started). With --wait, returns once done.
+ */
+export async function restoreCommand(id: string, opts: RestoreOptions, d: CliDeps): Promise<number> {
+  const output = parseOutput(opts.output, ['text', 'json'], 'text');
+  const snapshot = checkSnapshotRef(opts.snapshot ?? 'latest');
+  const from = opts.from ?? id;
+  const { redis } = await d.connect();
+  const module = await redis.hgetall(keys.desired('Module', id));
+  if (!module.object || module.deleting) throw new Ns8ctlError('restore_target_missing', `Module ${id} does not exist (or is being deleted): restore puts data back into an existing instance; to re-create one from a backup, apply it with spec.restoreFrom`);
+  const destination = opts.destination ?? (await destinationHolding(redis, from));
+  if (!(await readIndexEntry(redis, destination, from))) throw new Ns8ctlError('restore_source_missing', `${from} was never backed up to ${destination} (no entry in its backup index)`);
+  const request: RestoreRequest = { request: randomUUID(), destination, snapshot, from, by: `${d.env.USER ?? 'root'}@${hostname()}`, at: new Date().toISOString() };
+  await redis.hset(RESTORE_REQUESTS_KEY, id, JSON.stringify(request));
+  const done = opts.wait ? await waitForRestore(redis, id, request.request, parseDuration(opts.timeout ?? '10m', '--timeout')) : undefined;
+  if (output === 'json') d.stdout(renderJson({ ...request, id, ...(opts.wait ? { done } : {}) }));
+  else d.stdout(`${id}: restore of snapshot ${snapshot} of ${from} from ${destination} ${done ? 'done' : opts.wait ? 'not done yet (still pending: the node agent carries it out)' : 'requested (the node agent of its node carries it out)'}\n`);
+  return opts.wait && !done ? 1 : 0;
+}
+
+/** The one destination holding backups of `from`; a usage error naming them when several do. */
+async function destinationHolding(redis: import('ioredis').Redis, from: string): Promise<string> {
+  const holding: string[] = [];
+  for (const dest of (await redis.smembers(keys.desiredIndex('BackupDestination'))).sort()) if (await readIndexEntry(redis, dest, from)) holding.push(dest);
+  if (holding.length === 1) return holding[0]!;
+  if (!holding.length) throw new Ns8ctlError('restore_source_missing', `${from} has no backup in any BackupDestination`);
+  throw new UsageError(`${from} has backups in ${holding.join(', ')}: choose one with --destination`);
+}
+
+/** True once the request was carried out (its field removed), false at the timeout. Polls every 500 ms. */
+async function waitForRestore(redis: import('ioredis').Redis, id: string, request: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const cur = await redis.hget(RESTORE_REQUESTS_KEY, id);
+    if (!cur || !cur.includes(request)) return true;
+    if (Date.now() >= deadline) return false;
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }

@@ -1,5 +1,7 @@
 import { Ns8ctlError } from '../../errors.js';
+import { EventRecorder } from '../../state/events.js';
 import { keys } from '../../state/keys.js';
+import { clearRestoreRequest } from '../backup/restore-request.js';
 import { readDestination, readIndexEntry } from '../backup/catalog.js';
 import { ResticBackups } from '../backup/engine.js';
 import { requireOwner, type StepHandlers } from './context.js';
@@ -23,6 +25,8 @@ export const restoreSteps: StepHandlers<'restore-data'> = {
     const chosen = await new ResticBackups(deps.runner).restore(target, { url: dest.url }, dest.password, step.snapshot);
     const rec = await deps.records.get(id);
     await deps.records.update(id, { restore: { destination: step.destination, snapshot: step.snapshot, from: step.from, ...(rec?.restore ?? {}), done: true, restoredSnapshot: chosen.id } });
+    if (rec?.restore?.request) await clearRestoreRequest(deps.redis, id, rec.restore.request);
     deps.log(`node-agent: ${id}: restored snapshot ${chosen.shortId} of ${step.from} from ${step.destination}`);
+    await new EventRecorder(deps.redis, { now: deps.now, log: deps.log }).record({ name: 'instance-restored', type: 'Normal', object: `Module/${id}`, message: `${id}: data restored from snapshot ${chosen.shortId} of ${step.from} in ${step.destination}`, data: { destination: step.destination, snapshot: chosen.id, from: step.from } });
   },
 };
