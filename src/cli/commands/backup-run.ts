@@ -4,6 +4,7 @@
  * destination holds backups of, with the last run's status, read from Redis (no restic needed).
  */
 import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
 import { hostname } from 'node:os';
 import { UsageError, Ns8ctlError } from '../../errors.js';
 import { checkSnapshotRef } from '../../node-agent/backup/restic.js';
@@ -115,7 +116,7 @@ export async function restoreCommand(id: string, opts: RestoreOptions, d: CliDep
 }
 
 /** The one destination holding backups of `from`; a usage error naming them when several do. */
-async function destinationHolding(redis: import('ioredis').Redis, from: string): Promise<string> {
+async function destinationHolding(redis: Redis, from: string): Promise<string> {
   const holding: string[] = [];
   for (const dest of (await redis.smembers(keys.desiredIndex('BackupDestination'))).sort()) if (await readIndexEntry(redis, dest, from)) holding.push(dest);
   if (holding.length === 1) return holding[0]!;
@@ -124,7 +125,7 @@ async function destinationHolding(redis: import('ioredis').Redis, from: string):
 }
 
 /** True once the request was carried out (its field removed), false at the timeout. Polls every 500 ms. */
-async function waitForRestore(redis: import('ioredis').Redis, id: string, request: string, timeoutMs: number): Promise<boolean> {
+async function waitForRestore(redis: Redis, id: string, request: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const cur = await redis.hget(RESTORE_REQUESTS_KEY, id);
