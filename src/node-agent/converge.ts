@@ -16,6 +16,7 @@ import { instancePaths } from './layout.js';
 import { observeInstance, ownerOf, readRedisSnapshot, type ObserveContext } from './observe.js';
 import { planConverge, volumeBasesOf, type InstancePlan } from './planner.js';
 import type { InstanceResult, ReconcileControl, Setback } from './result.js';
+import { snapshotBeforeUpdate } from './backup/before-update.js';
 import { failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
@@ -97,6 +98,14 @@ export async function convergeInstance(desired: InstanceDesired, rec: InstanceRe
   const chosen = await chooseImage(pass.d, pass.rec, pass.installed, pass.prev, pass.base, deps, shared, control, (url) => holdFinalizer(pass, url));
   if ('result' in chosen) return chosen.result;
   const p = await withImage(pass, chosen);
+  if (p.updateFrom && p.d.spec.updatePolicy?.backupFirst) {
+    try {
+      p.rec = await snapshotBeforeUpdate(deps, p.d, p.rec, node, p.updateFrom, p.url);
+    } catch (err) {
+      const e = toNs8ctlError(err);
+      return failed(deps, p.d, p.prev, p.base, e, undefined, p.applied, p.drift, false, p.setback);
+    }
+  }
   let last: Round | undefined;
   for (let round = 0; round < MAX_ROUNDS; round++) {
     last = await runRound(p, round);
@@ -305,13 +314,16 @@ async function finishUpdate(base: Omit<ModuleStatus, 'conditions'>, observed: Ob
  */
 async function rollBack(d: InstanceDesired, url: string, from: string, step: Step, e: Ns8ctlError, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
   const id = d.id;
-  const message = `update ${from} -> ${url} failed at step ${step.kind}: ${e.message}; rolled back to ${from}`;
-  deps.log(`node-agent: ${id}: ${message}`);
   const rec = await deps.records.get(id);
+  // updatePolicy.backupFirst: the data goes back to the snapshot taken before this update.
+  const pre = rec?.preUpdate?.image === url && rec.preUpdate.from === from ? rec.preUpdate : undefined;
+  const message = `update ${from} -> ${url} failed at step ${step.kind}: ${e.message}; rolled back to ${from}${pre ? ` with the data of snapshot ${pre.snapshot.slice(0, 8)} taken before the update` : ''}`;
+  deps.log(`node-agent: ${id}: ${message}`);
   const lifecycle = rec?.lifecycle?.image !== url ? rec?.lifecycle : rec.lifecycle.action === 'create-module' ? { action: 'create-module' as const, image: from } : undefined;
   // Units the update restarted run with its environment: forgetting their stamps makes the
   // rollback restart (or start) every one of them on the old files and environment.
-  await deps.records.update(id, { failedUpdate: { image: url, from, generation: d.generation, message }, lifecycle, units: {} });
+  const restore = pre ? { restore: { destination: pre.destination, snapshot: pre.snapshot, from: id, done: false } } : {};
+  await deps.records.update(id, { failedUpdate: { image: url, from, generation: d.generation, message }, lifecycle, units: {}, ...restore });
   const again = await convergeInstance(d, await deps.records.get(id), node, deps, await refresh(deps, node, id, shared), control);
   // The rollback itself failed: say both.
   const rolledBack = !again.error || again.error.code === 'update_failed';

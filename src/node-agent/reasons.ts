@@ -34,6 +34,13 @@ export const REASONS: Readonly<Record<string, string>> = {
   update_failed: 'UpdateFailed',
   rootfull_changed: 'RootfullChanged',
   dependency_not_ready: 'DependencyNotReady',
+  // Backups and restores (backup/): a restore that cannot start, a snapshot before an update.
+  restore_source_missing: 'RestoreFailed',
+  backup_destination_missing: 'RestoreFailed',
+  backup_password_missing: 'RestoreFailed',
+  snapshot_not_found: 'RestoreFailed',
+  backup_first_unavailable: 'BackupFirstFailed',
+  backup_first_failed: 'BackupFirstFailed',
 };
 
 /** Reasons only a change of the Module, of the repositories or of the core can fix (shared with the controller). */

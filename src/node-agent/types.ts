@@ -95,6 +95,8 @@ export interface InstanceRecord {
    * stopped, the data restored, the units started again.
    */
   restore?: { destination: string; snapshot: string; from: string; done: boolean; restoredSnapshot?: string; request?: string };
+  /** `updatePolicy.backupFirst`: the snapshot taken before the update from `from` to `image`, restored if that update is rolled back. */
+  preUpdate?: { image: string; from: string; destination: string; snapshot: string };
   /** destroy-module before removal: attempts made, task submitted, done (or given up). */
   destroy?: { attempts: number; taskId?: string; done?: boolean };
 }

@@ -72,13 +72,13 @@ afterAll(async () => {
 test('an instance with data is backed up by its schedule (one flagged no_data_backup is skipped): status, backup index and event written, retention applied', async () => {
   await putDesiredModule(admin, id, { image: images.webapp['1.0.0'], node: 1, removalPolicy: 'Delete' }, { uuid: { set: OLD_UUID }, node: 1 });
   expect((await reconcile()).get(id)?.outcome).toBe('converged');
-  const uid = statSync(home()).uid;
+  const { uid, gid } = statSync(home());
   // The module's own data: a state file its include list names, a variable its action wrote.
   await fs.mkdir(path.join(stateDir(), 'data'), { recursive: true });
   await fs.writeFile(path.join(stateDir(), 'data', 'notes.txt'), 'kept across restore\n');
   await fs.writeFile(path.join(home(), '.config', 'etc', 'state-include.conf'), 'state/data\n');
   await fs.appendFile(path.join(stateDir(), 'environment'), 'CUSTOM_SETTING=from-the-module\n');
-  await runner.run(['chown', '-R', `${uid}:${uid}`, stateDir()]);
+  await runner.run(['chown', '-R', `${uid}:${gid}`, stateDir()]);
 
   const run = (): ReturnType<typeof runBackupSchedule> => runBackupSchedule({ redis: admin, runner, layout: deps.layout, runDir: path.join(root, 'run') }, 1, 'nightly');
   // The example image declares NS8's no_data_backup flag: skipped, as NS8 does.

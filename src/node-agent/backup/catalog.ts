@@ -135,6 +135,11 @@ export async function readIndex(redis: Redis, destination: string): Promise<Map<
   return out;
 }
 
+/** Records (or refreshes) the index entry of `id` in `destination`. */
+export async function recordIndexEntry(redis: Redis, destination: string, id: string, entry: IndexEntry): Promise<void> {
+  await redis.hset(backupIndexKey(destination), id, JSON.stringify(entry));
+}
+
 /** Records a successful backup: the index entry and the status hash (one MULTI). */
 export async function recordBackupSuccess(redis: Redis, run: { destination: string; schedule: string; id: string; node: number; uuid: string; image: string; started: Date; ended: Date; result: BackupResult; snapshots: number }): Promise<void> {
   const entry: IndexEntry = { uuid: run.uuid, image: run.image, node: run.node, snapshot: run.result.snapshotId, time: run.ended.toISOString() };
