@@ -31,6 +31,7 @@ import { ControllerHttpServer } from './http-server.js';
 import { LeaderElector } from './leader-election.js';
 import type { Logger } from '../runtime/log.js';
 import { ControllerMetrics } from './metrics.js';
+import { BackupMetrics } from './backup-metrics.js';
 import { moduleKey, reconcileModuleSummary } from './module-reconciler.js';
 import { changedModules, NotificationSubscriber, type Notification } from './notifications.js';
 import { sourceKey, SourceReconciler, type SourceSpec } from './source-reconciler.js';
@@ -116,6 +117,8 @@ interface LeaderRuntime {
 export class Controller {
   readonly identity: string;
   readonly metrics: ControllerMetrics;
+  /** Backup figures for /metrics (backup-metrics.ts). */
+  readonly backupMetrics = new BackupMetrics();
   private readonly clock: Clock;
   private readonly now: () => Date;
   private readonly random: () => number;
@@ -202,6 +205,7 @@ export class Controller {
       },
     });
     await this.subscriber.start();
+    await this.backupMetrics.seed(this.redis).catch((err: unknown) => log.log('warn', 'backup figures not read for /metrics', { error: (err as Error).message }));
     if (this.opts.http) {
       this.http = new ControllerHttpServer({
         ...this.opts.http,
@@ -210,7 +214,7 @@ export class Controller {
           const ok = this.redis?.status === 'ready' && (this.subscriber?.ready ?? false);
           return { ok, detail: ok ? (this.isLeader ? 'leader' : 'standby') : 'Redis connection down' };
         },
-        metrics: () => this.metrics.render(),
+        metrics: () => this.metrics.render() + this.backupMetrics.render() + '\n',
         ...(this.opts.webhookSecret ? { webhook: { secret: this.opts.webhookSecret, trigger: (s) => this.requestFetch(s) } } : {}),
       });
       await this.http.start();
@@ -474,6 +478,7 @@ export class Controller {
   }
 
   private onNotification(n: Notification): void {
+    this.backupMetrics.observe(n.name, n.payload);
     if (n.name === 'controller-leader-released') {
       if (!this.isLeader) this.elector?.wake();
       return;

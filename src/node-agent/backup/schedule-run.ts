@@ -42,6 +42,7 @@ export interface InstanceBackupOutcome {
   snapshot?: string;
   durationMs?: number;
   bytesAdded?: number;
+  bytesProcessed?: number;
   message?: string;
 }
 
@@ -101,8 +102,8 @@ export async function runBackupSchedule(deps: BackupRunDeps, node: number, name:
         await recordBackupSuccess(deps.redis, { destination: dest.name, schedule: name, id, node, uuid: target.uuid, image: target.imageUrl, started, ended, result, snapshots });
         return result;
       }, { timeoutMs: 60 * 60_000 });
-      report.instances.push({ id, outcome: 'succeeded', snapshot: done.snapshotId, durationMs: done.durationMs, bytesAdded: done.bytesAdded });
-      await events.record({ name: 'backup-succeeded', type: 'Normal', object: `Module/${id}`, message: `${id}: snapshot ${done.snapshotId.slice(0, 8)} in ${dest.name} (schedule ${name}, ${done.durationMs} ms, ${done.bytesAdded} bytes added)`, data: { schedule: name, destination: dest.name, snapshot: done.snapshotId } });
+      report.instances.push({ id, outcome: 'succeeded', snapshot: done.snapshotId, durationMs: done.durationMs, bytesAdded: done.bytesAdded, bytesProcessed: done.bytesProcessed });
+      await events.record({ name: 'backup-succeeded', type: 'Normal', object: `Module/${id}`, message: `${id}: snapshot ${done.snapshotId.slice(0, 8)} in ${dest.name} (schedule ${name}, ${done.durationMs} ms, ${done.bytesAdded} bytes added)`, data: { schedule: name, destination: dest.name, snapshot: done.snapshotId, durationMs: done.durationMs, bytesAdded: done.bytesAdded, bytesProcessed: done.bytesProcessed } });
     } catch (err) {
       const message = maskString(toNs8ctlError(err).message);
       report.instances.push({ id, outcome: 'failed', message });
