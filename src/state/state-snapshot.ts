@@ -56,6 +56,8 @@ const HASH_PATTERNS = [
   'module/*/environment',
   'ns8ctl/node/*/ports',
   'ns8ctl/configuration/module/*',
+  // Restic passwords: without them the snapshots cannot be read. Inside the encrypted payload only.
+  keys.backupPassword('*'),
 ];
 const SET_PATTERNS = ['node/*/flags', 'ns8ctl/node/*/foreign_ports'];
 /** Of a configuration record only what configure-module accepted is kept (a pending task names a queue that a restore does not bring back). */
