@@ -466,7 +466,7 @@ function checkClones(states: DocState[], facts: ClusterFacts | undefined, diags:
     if (a && b && a.module !== b.module) {
       report(diags, st, '/spec/cloneFrom', `cloneFrom ${JSON.stringify(from)} is a ${b.module} instance: a clone is an instance of the same module, ${a.module}<N>`);
     } else if (!known.has(from)) {
-      const near = closest(from, [...known]);
+      const near = closest(from, [...known].filter((k) => k !== name));
       report(diags, st, '/spec/cloneFrom', `${JSON.stringify(from)} is not a Module of these manifests${facts ? ' nor an instance the cluster has' : ''}${near ? ` (did you mean "${near}"?)` : ''}`);
     }
   }
