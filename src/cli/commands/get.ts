@@ -166,6 +166,16 @@ async function readPasswordStates(redis: Redis, names: string[]): Promise<Map<st
   return out;
 }
 
+/**
+ * `status.conditions` of a BackupDestination: PasswordSet True/False. A condition, not a
+ * `password` field: every key naming a password is masked wherever ns8ctl prints it.
+ */
+function passwordCondition(name: string, state: PasswordState): Condition {
+  return state === 'set'
+    ? { type: 'PasswordSet', status: 'True', reason: 'PasswordStored', message: `stored in ${keys.backupPassword(name)}` }
+    : { type: 'PasswordSet', status: 'False', reason: 'PasswordMissing', message: `no password: set it with ns8ctl backup set-password ${name}` };
+}
+
 /** INSTANCES column of a BackupSchedule: the listed ids, then the selector (`webapp1,webapp2 + backup=nightly`). */
 function scheduleTargets(spec: { instances?: string[]; selector?: { matchLabels: Record<string, string> } }): string {
   const ids = (spec.instances ?? []).join(',');
@@ -304,7 +314,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
     const marked = opts.showSecrets ? new Map<string, Set<string>>() : await schemaMarks(objects, statuses);
     const docs = objects.map((o, i) => {
       const doc = toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!));
-      if (kind === 'BackupDestination') doc.status = { password: passwords.get(ids[i]!) ?? 'missing' };
+      if (kind === 'BackupDestination') doc.status = { conditions: [passwordCondition(ids[i]!, passwords.get(ids[i]!) ?? 'missing')] };
       const names = marked.get(ids[i]!);
       return opts.showSecrets ? doc : maskSecrets(doc, names ? { secretNames: names } : {});
     });
