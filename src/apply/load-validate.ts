@@ -54,6 +54,13 @@ export function knownModulesOf(state: ClusterState): string[] {
   return [...ids].sort();
 }
 
+/** BackupDestinations in desired state that are not being deleted: what a schedule or restoreFrom may name. */
+export function knownBackupDestinationsOf(state: ClusterState): string[] {
+  const out: string[] = [];
+  for (const o of state.objects.values()) if (o.object.kind === 'BackupDestination' && !o.deleting) out.push(o.object.metadata.name);
+  return out.sort();
+}
+
 /** Nodes the cluster knows: Node objects in desired state, plus NS8 node records (`records`). */
 export function knownNodesOf(state: ClusterState, records: readonly number[] = []): number[] {
   const out = new Set<number>(records);
@@ -88,7 +95,7 @@ export async function loadAndValidate(
         };
   const state = redis ? await readClusterState(redis, scopeOf(loaded)) : undefined;
   const records = redis ? await readNodeRecords(redis) : [];
-  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records), knownModules: knownModulesOf(state) } : undefined);
+  const result = validateManifests(loaded, state ? { knownNodes: knownNodesOf(state, records), knownModules: knownModulesOf(state), knownBackupDestinations: knownBackupDestinationsOf(state) } : undefined);
   const diagnostics = result.diagnostics; // includes the load diagnostics, sorted
   if (diagnostics.length > 0) throw new ManifestError(diagnostics);
   const docs = new Map(loaded.documents.map((d) => [`${d.source.file}\u0000${d.source.doc}`, d] as const));

@@ -25,6 +25,7 @@ import type { ClusterState } from '../state/cluster-state.js';
 import type { Plan } from '../plan/types.js';
 import { readClusterState, readNodeRecords } from '../state/read-state.js';
 import { conflictWhat, executeWrites, newEpoch, type WriteConflict, type WriteOp } from '../state/write-state.js';
+import { knownBackupDestinationsOf } from './load-validate.js';
 import { checkApplicable, knownModulesOf, knownNodesOf, resolvePlan, type PreparedPlan, type ResolveOptions } from './pipeline.js';
 import { expectOp, findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
 
@@ -338,7 +339,7 @@ export async function applySavedPlan(
   const { default: YAML } = await import('yaml');
   const text = objects.map((d) => YAML.stringify(d.object)).join('---\n');
   const parsed = parseManifestText(yamlFile, text);
-  const result = validateManifests({ ...parsed, files: [yamlFile] }, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)), knownModules: knownModulesOf(state) });
+  const result = validateManifests({ ...parsed, files: [yamlFile] }, { knownNodes: knownNodesOf(state, await readNodeRecords(redis)), knownModules: knownModulesOf(state), knownBackupDestinations: knownBackupDestinationsOf(state) });
   if (result.diagnostics.length > 0) throw new ManifestError(result.diagnostics);
   const sources = new Map(objects.map((d) => [objectKey(d.object as ManifestObject), d.source] as const));
   const desired: DesiredObject[] = result.objects.map((d) => ({ object: d.object, source: sources.get(objectKey(d.object)) ?? d.source }));

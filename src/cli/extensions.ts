@@ -20,6 +20,7 @@ export const AREA_COMMANDS = {
   controller: ['controller', 'run', 'suspend', 'resume', 'events'],
   agent: ['run-action', 'publish', 'runagent', 'agent'],
   sandbox: ['sandbox'],
+  backup: ['backup'],
 } as const satisfies Record<string, readonly string[]>;
 
 export type Area = keyof typeof AREA_COMMANDS;
@@ -50,6 +51,7 @@ export const AREA_COMMAND_SUMMARIES: Record<string, { term: string; description:
   runagent: { term: 'runagent [options] [command...]', description: "Run a command (or a login shell on a terminal) in an instance's agent environment, as its user" },
   agent: { term: 'agent [options]', description: "Run an instance's module agent (normally started by its agent unit)" },
   sandbox: { term: 'sandbox', description: 'NS8 nodes as local containers with systemd, rootless Podman and Redis (like kind for Kubernetes)' },
+  backup: { term: 'backup', description: 'Backups of module instances to BackupDestinations (restic)' },
 };
 
 /** Commands that need every area loaded (they describe the whole tree, options included). */
@@ -118,6 +120,10 @@ const LOADERS: Record<Area, () => Promise<Registrar>> = {
         },
         setExitCode,
       });
+  },
+  backup: async () => {
+    const { registerBackupCommands } = await import('./commands/backup.js');
+    return (program, deps, setExitCode) => void registerBackupCommands(program, deps, setExitCode);
   },
 };
 

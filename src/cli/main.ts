@@ -153,7 +153,7 @@ function registerObjectCommands(program: Command, run: RunCommand, deps: () => C
   const get = program
     .command('get')
     .description('List modules, repositories, nodes (desired state with observed status) or sources (controller status)')
-    .argument('<resource>', 'modules | repositories | nodes | sources (or: get available)')
+    .argument('<resource>', 'modules | repositories | nodes | backupdestinations | backupschedules | sources (or: get available)')
     .argument('[name]', 'one object')
     .option('-o, --output <format>', 'table, wide, json or yaml', 'table')
     .option('-w, --watch', 'after listing, print again whenever something changes (Redis notifications, no polling); Ctrl-C ends')
@@ -173,8 +173,8 @@ function registerObjectCommands(program: Command, run: RunCommand, deps: () => C
   program
     .command('delete')
     .description('Remove one object from desired state (module data is kept unless its policy or --no-preserve says otherwise)')
-    .argument('<resource>', 'module | repository | node')
-    .argument('<id>', 'instance id, repository name or node id')
+    .argument('<resource>', 'module | repository | node | backupdestination | backupschedule')
+    .argument('<id>', 'instance id, repository name, node id or backup destination/schedule name')
     .option('--no-preserve', 'erase the module data too')
     .option('--manifests <dir>', 'also delete <dir>/<id>.yaml')
     .option('-o, --output <format>', 'text or json', 'text')

@@ -10,6 +10,7 @@ import type { LoadResult, LoadedDocument } from './load.js';
 import { locate } from './locate.js';
 import type { LocateMode } from './locate.js';
 import { isSemverVersionOrRange } from './lazy-packages.js';
+import { INSTANCE_ID } from './names.js';
 import { kindSchema } from './schemas.js';
 import { closest, showValue } from './schema-errors.js';
 import { translateSchemaErrors } from './schema-errors.js';
@@ -40,7 +41,7 @@ export interface ValidationResult {
 /** Order kinds are listed and applied in. */
 export const KIND_ORDER: readonly Kind[] = ['Node', 'Repository', 'BackupDestination', 'BackupSchedule', 'Module'];
 
-/** Instance id rule, kept in step with schemas/module.schema.json. */
+/** Module name rule, kept in step with schemas/module.schema.json. */
 const MODULE_NAME = /^[a-z]([a-z0-9_-]*[a-z_-])?$/;
 
 type Doc = LoadedDocument;
@@ -274,6 +275,8 @@ export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): Val
   checkDuplicateIds(states, diags);
   checkModuleNodes(states, facts, diags);
   checkDependencies(states, facts, diags);
+  checkBackupReferences(states, facts, diags);
+  checkClones(states, facts, diags);
   return { objects: validObjects(states), diagnostics: sortDiagnostics([...loaded.diagnostics, ...diags], loaded.files ?? []) };
 }
 
@@ -411,6 +414,62 @@ function checkDependencies(states: DocState[], facts: ClusterFacts | undefined, 
     state.set(name, 'done');
   };
   for (const name of modules.keys()) visit(name, []);
+}
+
+/** Names (metadata.name) of the documents of one kind that have one. */
+function namesOf(states: DocState[], kind: Kind): Map<string, DocState> {
+  const out = new Map<string, DocState>();
+  for (const st of states) {
+    if (st.kind !== kind || !st.value) continue;
+    const name = isRecord(st.value['metadata']) ? st.value['metadata']['name'] : undefined;
+    if (typeof name === 'string' && !out.has(name)) out.set(name, st);
+  }
+  return out;
+}
+
+/**
+ * `BackupSchedule.spec.destination` and `Module.spec.restoreFrom.destination` name a
+ * BackupDestination of these manifests or one the cluster has (`facts.knownBackupDestinations`;
+ * without it, only the manifests).
+ */
+function checkBackupReferences(states: DocState[], facts: ClusterFacts | undefined, diags: Diagnostic[]): void {
+  const declared = new Set([...namesOf(states, 'BackupDestination').keys(), ...(facts?.knownBackupDestinations ?? [])]);
+  const refs: Array<{ st: DocState; pointer: string; name: unknown }> = [];
+  for (const st of states) {
+    const spec = st.value && isRecord(st.value['spec']) ? st.value['spec'] : undefined;
+    if (!spec) continue;
+    if (st.kind === 'BackupSchedule') refs.push({ st, pointer: '/spec/destination', name: spec['destination'] });
+    if (st.kind === 'Module' && isRecord(spec['restoreFrom'])) refs.push({ st, pointer: '/spec/restoreFrom/destination', name: spec['restoreFrom']['destination'] });
+  }
+  const known = [...declared].sort();
+  for (const { st, pointer, name } of refs) {
+    if (typeof name !== 'string' || declared.has(name)) continue;
+    const near = closest(name, known);
+    const where = facts?.knownBackupDestinations ? 'no BackupDestination of these manifests nor of the cluster has that name' : 'no BackupDestination of these manifests has that name';
+    report(diags, st, pointer, `destination ${JSON.stringify(name)} is not declared: ${where}; known destinations: ${known.length ? known.join(', ') : 'none'}${near ? ` (did you mean "${near}"?)` : ''}`);
+  }
+}
+
+/**
+ * `Module.spec.cloneFrom` names another instance of the same module: one of these manifests or
+ * one the cluster has (`facts.knownModules`; without facts, only the manifests).
+ */
+function checkClones(states: DocState[], facts: ClusterFacts | undefined, diags: Diagnostic[]): void {
+  const modules = namesOf(states, 'Module');
+  const known = new Set([...modules.keys(), ...(facts?.knownModules ?? [])]);
+  for (const [name, st] of modules) {
+    const spec = isRecord(st.value!['spec']) ? st.value!['spec'] : undefined;
+    const from = spec?.['cloneFrom'];
+    if (typeof from !== 'string' || from === name || !INSTANCE_ID.test(from)) continue;
+    const a = splitInstanceId(name);
+    const b = splitInstanceId(from);
+    if (a && b && a.module !== b.module) {
+      report(diags, st, '/spec/cloneFrom', `cloneFrom ${JSON.stringify(from)} is a ${b.module} instance: a clone is an instance of the same module, ${a.module}<N>`);
+    } else if (!known.has(from)) {
+      const near = closest(from, [...known].filter((k) => k !== name));
+      report(diags, st, '/spec/cloneFrom', `${JSON.stringify(from)} is not a Module of these manifests${facts ? ' nor an instance the cluster has' : ''}${near ? ` (did you mean "${near}"?)` : ''}`);
+    }
+  }
 }
 
 /** Sorts diagnostics by file (load order), then line, column; stable otherwise. */

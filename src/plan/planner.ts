@@ -192,7 +192,7 @@ function createChange(key: string, d: DesiredObject, others: string[], ctx: Plan
     key,
     kind: after.kind,
     id: idOf(d.object),
-    reasons: [createReason(after, ctx.state)],
+    reasons: [createReason(after, ctx.state), ...originReasons(after)],
     patch: jsonpatch.compare({}, after.spec),
     after,
     specChanged: true,
@@ -238,7 +238,7 @@ function objectReasons(stored: StoredObject, obj: DesiredObject['object']): { sp
   const reasons: string[] = [];
   if (!objectChanged) return { specChanged: false, reasons };
   const specChanged = !jsonEqual(stored.object.spec, obj.spec);
-  if (specChanged) reasons.push(...fieldReasons('spec', stored.object.spec, obj.spec));
+  if (specChanged) reasons.push(...fieldReasons('spec', stored.object.spec, obj.spec).map((r) => (obj.kind === 'Module' ? withCreationNote(r) : r)));
   if (stored.object.apiVersion !== obj.apiVersion) reasons.push(`apiVersion changed`);
   reasons.push(...fieldReasons('metadata', stored.object.metadata, obj.metadata));
   return { specChanged, reasons };
@@ -272,6 +272,7 @@ function planDeletes(byKey: Map<string, DesiredObject>, ctx: PlanContext, blocke
   const pruneCandidates: string[] = [];
   const deletedIds = new Set<string>();
   const nodeDeletes: string[] = [];
+  const destinationDeletes: string[] = [];
   for (const key of sortKeys(ctx.inventory, true)) {
     if (byKey.has(key)) continue;
     const parsed = parseKey(key);
@@ -286,9 +287,20 @@ function planDeletes(byKey: Map<string, DesiredObject>, ctx: PlanContext, blocke
       nodeDeletes.push(key);
       continue;
     }
+    if (parsed.kind === 'BackupDestination' && stored) {
+      destinationDeletes.push(key);
+      continue;
+    }
     // A module with finalizers stays on its node until its removal finishes.
     if (parsed.kind === 'Module' && !stored?.finalizers.length) deletedIds.add(parsed.id);
     deletes.push(deleteChange(key, parsed.kind, parsed.id, stored?.object, state, opts.applySet));
+  }
+  const users = destinationUsers(state, byKey, new Set(deletes.map((c) => c.key)));
+  for (const key of destinationDeletes) {
+    const { kind, id } = parseKey(key) as { kind: Kind; id: string };
+    const refusal = destinationStillUsed(key, id, users);
+    if (refusal) blocked.push(refusal);
+    else deletes.push(deleteChange(key, kind, id, state.objects.get(key)?.object, state, opts.applySet));
   }
   const placement = modulePlacement(state, byKey, deletedIds);
   for (const key of nodeDeletes) {
@@ -321,8 +333,8 @@ export function planDeletion(state: ClusterState, key: string, opts: { removalPo
     pruneCandidates: [],
   };
   if (!stored || !parsed || stored.deleting) return result;
-  if (parsed.kind === 'Node') {
-    const refusal = nodeStillUsed(key, parsed.id, modulePlacement(state, new Map(), new Set()));
+  if (parsed.kind === 'Node' || parsed.kind === 'BackupDestination') {
+    const refusal = parsed.kind === 'Node' ? nodeStillUsed(key, parsed.id, modulePlacement(state, new Map(), new Set())) : destinationStillUsed(key, parsed.id, destinationUsers(state, new Map(), new Set()));
     if (refusal) {
       result.blocked.push(refusal);
       return result;
@@ -367,6 +379,42 @@ function nodeStillUsed(key: string, nodeId: string, placement: Map<string, strin
   };
 }
 
+/**
+ * Who names each BackupDestination once the plan is applied: `BackupSchedule/x` for a schedule's
+ * destination, `Module/y` for a Module's restoreFrom. Desired objects replace their stored form;
+ * stored objects being removed, or deleted by this plan (`deleted` keys), name nothing.
+ */
+function destinationUsers(state: ClusterState, desired: Map<string, DesiredObject>, deleted: Set<string>): Map<string, string[]> {
+  const objects = new Map<string, ManifestObject>();
+  for (const [key, stored] of state.objects) if (!stored.deleting && !deleted.has(key)) objects.set(key, stored.object);
+  for (const [key, d] of desired) objects.set(key, d.object);
+  const users = new Map<string, string[]>();
+  const add = (destination: string, key: string): void => {
+    users.set(destination, [...(users.get(destination) ?? []), key]);
+  };
+  for (const [key, o] of objects) {
+    if (o.kind === 'BackupSchedule') add(o.spec.destination, key);
+    else if (o.kind === 'Module' && o.spec.restoreFrom) add(o.spec.restoreFrom.destination, key);
+  }
+  return users;
+}
+
+/**
+ * The refusal for deleting BackupDestination `key` while a schedule backs up to it or a Module's
+ * restoreFrom names it (a Module not yet created would have no snapshot to start from, and the
+ * manifests naming it would no longer validate).
+ */
+function destinationStillUsed(key: string, name: string, users: Map<string, string[]>): BlockedChange | undefined {
+  const list = [...(users.get(name) ?? [])].sort((a, b) => compareKeys(a, b));
+  if (!list.length) return undefined;
+  const modules = list.filter((k) => k.startsWith('Module/'));
+  const ways = [
+    ...(list.length > modules.length ? ['delete those BackupSchedules or point them at another destination'] : []),
+    ...(modules.length ? [`drop spec.restoreFrom from ${modules.map((k) => k.slice('Module/'.length)).join(', ')} (it is used only when an instance is created)`] : []),
+  ];
+  return { key, message: `${key} cannot be deleted: ${list.join(', ')} still name${list.length === 1 ? 's' : ''} it; ${ways.join(', and ')} first` };
+}
+
 /** True when the plan changes nothing and blocks nothing. */
 export function isEmpty(p: Plan): boolean {
   return p.changes.length === 0 && p.blocked.length === 0;
@@ -402,6 +450,29 @@ function createReason(obj: ManifestObject, state: ClusterState): string {
     return `new in ns8ctl; NS8 already has repository ${obj.metadata.name} (adopting it)`;
   }
   return 'new object';
+}
+
+/** Where a new instance's data comes from, when not from an empty install: a snapshot or another instance. */
+function originReasons(obj: ManifestObject): string[] {
+  if (obj.kind !== 'Module') return [];
+  const out: string[] = [];
+  if (obj.spec.restoreFrom) out.push(`restore from ${obj.spec.restoreFrom.destination} (${obj.spec.restoreFrom.snapshot ?? 'latest'})`);
+  if (obj.spec.cloneFrom) out.push(`clone of ${obj.spec.cloneFrom}`);
+  return out;
+}
+
+/** What a change of these Module fields does to an existing instance: nothing at once, no task. */
+const IN_PLACE_NOTES: Record<string, string> = {
+  'spec.restoreFrom': 'restoreFrom is used only at creation: no task, the running instance is not touched',
+  'spec.cloneFrom': 'cloneFrom is used only at creation: no task, the running instance is not touched',
+  'spec.updatePolicy': 'updatePolicy applies to the next update: no task now',
+};
+
+/** `spec.restoreFrom changed` -> `spec.restoreFrom changed (restoreFrom is used only at creation: ...)`. */
+function withCreationNote(reason: string): string {
+  const field = reason.slice(0, reason.indexOf(' '));
+  const note = IN_PLACE_NOTES[field];
+  return note ? `${reason} (${note})` : reason;
 }
 
 /** One reason per top-level field of `before`/`after` that differs: `spec.version changed`. */

@@ -67,6 +67,12 @@ export const keys = {
    * `pendingSince`, `pendingWhy`; `instanceUuid` (the MODULE_UUID the record was written for: a record naming another uuid is not taken as applied).
    */
   moduleConfiguration: (id: string): string => `ns8ctl/configuration/module/${id}`,
+  /**
+   * HASH: the secret of a BackupDestination: field `password` (the restic repository password),
+   * written by `ns8ctl backup set-password`. Under `ns8ctl/`, so module users cannot read it; only
+   * the admin and the node agents can.
+   */
+  backupPassword: (name: string): string => `ns8ctl/secret/backup_destination/${name}`,
 
   // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------
   /** STRING (INT): last instance number handed out for a module (`dokuwiki` -> 3). */

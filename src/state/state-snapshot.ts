@@ -56,6 +56,8 @@ const HASH_PATTERNS = [
   'module/*/environment',
   'ns8ctl/node/*/ports',
   'ns8ctl/configuration/module/*',
+  // Restic passwords: without them the snapshots cannot be read. Inside the encrypted payload only.
+  keys.backupPassword('*'),
 ];
 const SET_PATTERNS = ['node/*/flags', 'ns8ctl/node/*/foreign_ports'];
 /** Of a configuration record only what configure-module accepted is kept (a pending task names a queue that a restore does not bring back). */
@@ -156,8 +158,12 @@ export async function readStateSnapshot(redis: Redis): Promise<{ snapshot: State
 /** Number of things of each sort in a snapshot (the archive header shows them). */
 export function snapshotCounts(s: StateSnapshot): Record<string, number> {
   const counts: Record<string, number> = {};
-  const plural: Record<Kind, string> = { Module: 'modules', Repository: 'repositories', Node: 'nodes', BackupDestination: 'backupDestinations', BackupSchedule: 'backupSchedules' };
-  for (const kind of KINDS) counts[plural[kind]] = s.objects.filter((o) => o.kind === kind).length;
+  const plural: Record<Kind, string> = { Module: 'modules', Repository: 'repositories', Node: 'nodes', BackupDestination: 'backup destinations', BackupSchedule: 'backup schedules' };
+  for (const kind of KINDS) {
+    const n = s.objects.filter((o) => o.kind === kind).length;
+    // The backup kinds are counted only when there are some: a header without them reads as before.
+    if (n > 0 || kind === 'Module' || kind === 'Repository' || kind === 'Node') counts[plural[kind]] = n;
+  }
   counts.inventories = Object.keys(s.inventories).length;
   counts.keys = Object.keys(s.strings).length + Object.keys(s.hashes).length + Object.keys(s.sets).length + (s.epoch !== null ? 1 : 0);
   return counts;

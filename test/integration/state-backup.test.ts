@@ -165,4 +165,31 @@ describe('backup-state and restore-state', () => {
     expect(noPass.stderr).toContain('--passphrase-file FILE or the environment variable NS8CTL_STATE_PASSPHRASE');
     expect((await cli('backup-state', '--out', file, '--passphrase', 'x')).code).toBe(2);
   });
+
+  it('a backup destination and its restic password come back from the file, the password only inside the encrypted part, never printed', async () => {
+    const RESTIC = 'restic-Secret-5e21c';
+    t.write('m/node.yaml', node);
+    t.write('m/dest.yaml', 'apiVersion: ns8ctl.nethserver.org/v1\nkind: BackupDestination\nmetadata:\n  name: offsite\nspec:\n  url: /srv/backup/ns8\n');
+    expect((await cli('apply', '-f', path.join(t.dir, 'm'))).code).toBe(0);
+    expect((await runCli(['backup', 'set-password', 'offsite', '--password-stdin'], t.env, RESTIC)).code).toBe(0);
+    const before = await dumpRedis(t.redis);
+    const file = path.join(t.dir, 'state.enc');
+    const backup = await cli('backup-state', '--out', file);
+    expect(backup.code).toBe(0);
+    expect(backup.stderr).toContain('1 backup destinations');
+    const bytes = readFileSync(file);
+    for (const s of [RESTIC, Buffer.from(RESTIC).toString('base64').slice(0, 16), 'offsite']) expect(bytes.includes(s)).toBe(false);
+
+    await t.redis.flushall();
+    const restored = await cli('restore-state', file, '--yes');
+    expect(restored.code).toBe(0);
+    expect(restored.stdout).toContain('ns8ctl/secret/backup_destination/offsite: 1 field(s) restored');
+    expect(await dumpRedis(t.redis)).toEqual(before);
+    // A different password now: a conflict names the field, never a value.
+    await t.redis.hset('ns8ctl/secret/backup_destination/offsite', 'password', 'another-one-0');
+    const conflict = await cli('restore-state', file, '--yes');
+    expect(conflict.code).toBe(1);
+    expect(conflict.stdout).toContain('conflict: ns8ctl/secret/backup_destination/offsite: field(s) password differ from the file');
+    for (const out of [backup, restored, conflict]) expect(out.stdout + out.stderr).not.toMatch(/restic-Secret|another-one-0/);
+  }, 60_000);
 });

@@ -15,7 +15,7 @@ import { readSourceStatus } from '../../src/controller/source-status.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
 
-const SECRETS = ['Adm1n-Out-Pw-1', 'Db-Out-Pw-2', 'ss-Out-Pw-3', 'Query-Out-Pw-4', 'Tok-Out-5', 'File-Out-Pw-6', '77123456789'];
+const SECRETS = ['Adm1n-Out-Pw-1', 'Db-Out-Pw-2', 'ss-Out-Pw-3', 'Query-Out-Pw-4', 'Tok-Out-5', 'File-Out-Pw-6', '77123456789', 'Restic-Out-Pw-8', 'Rest-Url-Out-Pw-9'];
 const MANIFEST = `apiVersion: ns8ctl.nethserver.org/v1
 kind: Node
 metadata: {name: node1}
@@ -34,6 +34,12 @@ spec:
     db_pw: Db-Out-Pw-2
     smtp_url: "smtp://alice:p@ss-Out-Pw-3@mail.example.org/"
     cache_url: "redis://cache:6379/0?password=Query-Out-Pw-4"
+---
+apiVersion: ns8ctl.nethserver.org/v1
+kind: BackupDestination
+metadata: {name: offsite}
+spec:
+  url: "rest:https://alice:Rest-Url-Out-Pw-9@backup.example.org:8000/ns8"
 `;
 
 function leaks(text: string): string[] {
@@ -70,6 +76,17 @@ describe('secrets on every output path', () => {
     expect(await redis.exists('ns8ctl/desired/module/webapp1')).toBe(1);
     for (const o of ['table', 'wide', 'json', 'yaml']) outputs[`get modules -o ${o}`] = await cli(['get', 'modules', '-o', o]);
     outputs['get module webapp1 -o yaml'] = await cli(['get', 'module', 'webapp1', '-o', 'yaml']);
+    // The restic password of the destination: stored, then every output about it.
+    const pw = path.join(dir, 'restic.pw');
+    writeFileSync(pw, 'Restic-Out-Pw-8\n');
+    outputs['backup set-password'] = await cli(['backup', 'set-password', 'offsite', '--password-file', pw]);
+    outputs['backup set-password json'] = await cli(['backup', 'set-password', 'offsite', '--password-file', pw, '-o', 'json']);
+    expect(await redis.hget('ns8ctl/secret/backup_destination/offsite', 'password')).toBe('Restic-Out-Pw-8');
+    writeFileSync(pw, 'Restic-Out-Pw-8\nRestic-Out-Pw-8\n');
+    outputs['backup set-password refused'] = await cli(['backup', 'set-password', 'offsite', '--password-file', pw]);
+    expect(outputs['backup set-password refused']).toContain('backup password is refused');
+    for (const o of ['table', 'wide', 'json', 'yaml']) outputs[`get backupdestinations -o ${o}`] = await cli(['get', 'backupdestinations', '-o', o]);
+    expect(outputs['get backupdestinations -o table']).toMatch(/offsite .* set /);
     writeFileSync(f, MANIFEST.replace('labels: {api_token: Tok-Out-5}', 'labels: {api_token: Tok-Out-5, smtp_pw: 77123456789}'));
     outputs['apply error'] = await cli(['apply', '-f', f]);
     outputs['apply error json'] = await cli(['apply', '-f', f, '-o', 'json']);

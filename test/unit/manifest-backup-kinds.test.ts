@@ -14,11 +14,11 @@ function load(text: string, file = 'b.yaml'): LoadResult {
   return { documents: r.documents, diagnostics: r.diagnostics, files: [file] };
 }
 
-function check(text: string, facts: ClusterFacts = { knownNodes: [1] }): string[] {
+function check(text: string, facts: ClusterFacts = { knownNodes: [1], knownBackupDestinations: ['offsite'] }): string[] {
   return validateManifests(load(text), facts).diagnostics.map(formatDiagnostic);
 }
 
-function objects(text: string, facts: ClusterFacts = { knownNodes: [1] }): unknown[] {
+function objects(text: string, facts: ClusterFacts = { knownNodes: [1], knownBackupDestinations: ['offsite'] }): unknown[] {
   const r = validateManifests(load(text), facts);
   expect(r.diagnostics.map(formatDiagnostic)).toEqual([]);
   return r.objects.map((o) => o.object);
@@ -28,14 +28,14 @@ const API = 'apiVersion: ns8ctl.nethserver.org/v1';
 const destination = (name: string, url: string): string => lines(API, 'kind: BackupDestination', `metadata: {name: ${name}}`, 'spec:', `  url: ${JSON.stringify(url)}`);
 
 describe('BackupDestination', () => {
-  test.each(['/srv/backup/ns8', 'rest:http://127.0.0.1:8000/ns8', 'rest:https://backup.example.org/', 'rest:https://alice:s3cr%40t@backup.example.org:8000/x', 'rest:http://[::1]:8000/r', 'sftp:backup@nas.example.org:/srv/restic', 'sftp:nas:/srv/restic'])(
+  test.each(['/srv/backup/ns8', 'rest:http://127.0.0.1:8000/ns8', 'rest:https://backup.example.org/', 'rest:https://alice:s3cr%40t@backup.example.org:8000/x', 'rest:http://[::1]:8000/r', 'sftp:backup@nas.example.org:/srv/restic', 'sftp:backup@10.5.4.1:/srv/restic', 'sftp:nas:/srv/restic'])(
     'accepts the restic repository %s',
     (url) => {
       expect(objects(destination('offsite', url))).toEqual([{ apiVersion: 'ns8ctl.nethserver.org/v1', kind: 'BackupDestination', metadata: { name: 'offsite' }, spec: { url } }]);
     },
   );
 
-  test.each(['s3:s3.amazonaws.com/bucket', 'relative/path', '/srv/../etc', '/srv/./x', '/srv/a b', '/srv/a\u0007b', 'rest:ftp://host/x', 'rest:http://ho st/', 'sftp:u@h:relative', 'sftp:u@h:/a/../b', 'b2:bucket:path', '/'])(
+  test.each(['s3:s3.amazonaws.com/bucket', 'relative/path', '/srv/../etc', '/srv/./x', '/srv/a b', '/srv/a\u0007b', 'rest:ftp://host/x', 'rest:http://ho st/', 'sftp:u@h:relative', 'sftp:u@[::1]:/srv', 'sftp:u@h:/a/../b', 'b2:bucket:path', '/'])(
     'refuses %j at the url with the three allowed forms',
     (url) => {
       const out = check(destination('offsite', url));
@@ -101,6 +101,32 @@ describe('BackupSchedule', () => {
 });
 
 const moduleDoc = (...spec: string[]): string => lines(API, 'kind: Module', 'metadata: {name: webapp1}', 'spec:', '  image: ghcr.io/example/webapp:1.0.0', '  node: 1', ...spec.map((l) => `  ${l}`));
+
+describe('references between documents and to desired state', () => {
+  test('a schedule and a restoreFrom may name a destination of the same manifests', () => {
+    const text = [destination('nas', '/srv/b'), schedule('destination: nas', 'instances: [webapp1]', 'schedule: daily'), moduleDoc('restoreFrom: {destination: nas}')].join('---\n');
+    expect(validateManifests(load(text), { knownNodes: [1] }).diagnostics).toEqual([]);
+  });
+
+  test('a destination neither in the manifests nor in desired state is refused at the field, naming the known ones', () => {
+    const text = [destination('nas', '/srv/b'), schedule('destination: nsa', 'instances: [webapp1]', 'schedule: daily'), moduleDoc('restoreFrom: {destination: gone}')].join('---\n');
+    expect(check(text, { knownNodes: [1], knownBackupDestinations: ['offsite'] })).toEqual([
+      'b.yaml:11:16  /spec/destination  destination "nsa" is not declared: no BackupDestination of these manifests nor of the cluster has that name; known destinations: nas, offsite',
+      'b.yaml:21:30  /spec/restoreFrom/destination  destination "gone" is not declared: no BackupDestination of these manifests nor of the cluster has that name; known destinations: nas, offsite',
+    ]);
+  });
+
+  test('without cluster facts (validate --offline) only the manifests count', () => {
+    const out = validateManifests(load(schedule('destination: offsite', 'instances: [webapp1]', 'schedule: daily'))).diagnostics.map(formatDiagnostic);
+    expect(out).toEqual(['b.yaml:5:16  /spec/destination  destination "offsite" is not declared: no BackupDestination of these manifests has that name; known destinations: none']);
+  });
+
+  test('cloneFrom names an instance of the same module that the manifests or the cluster have', () => {
+    expect(check(moduleDoc('cloneFrom: webapp2'), { knownNodes: [1], knownModules: ['webapp2'] })).toEqual([]);
+    expect(check(moduleDoc('cloneFrom: webapp3'), { knownNodes: [1], knownModules: ['webapp2'] })).toEqual(['b.yaml:7:14  /spec/cloneFrom  "webapp3" is not a Module of these manifests nor an instance the cluster has (did you mean "webapp2"?)']);
+    expect(check(moduleDoc('cloneFrom: dokuwiki1'), { knownNodes: [1], knownModules: ['dokuwiki1'] })).toEqual(['b.yaml:7:14  /spec/cloneFrom  cloneFrom "dokuwiki1" is a dokuwiki instance: a clone is an instance of the same module, webapp<N>']);
+  });
+});
 
 describe('Module restoreFrom, cloneFrom, updatePolicy', () => {
   test('restoreFrom gets snapshot latest by default; updatePolicy backupFirst is kept', () => {

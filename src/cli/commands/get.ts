@@ -20,11 +20,13 @@ const RESOURCES: Record<string, Kind> = {
   module: 'Module', modules: 'Module', mod: 'Module',
   repository: 'Repository', repositories: 'Repository', repo: 'Repository', repos: 'Repository',
   node: 'Node', nodes: 'Node',
+  backupdestination: 'BackupDestination', backupdestinations: 'BackupDestination', bd: 'BackupDestination',
+  backupschedule: 'BackupSchedule', backupschedules: 'BackupSchedule', bs: 'BackupSchedule',
 };
 
 export function resourceKind(name: string): Kind {
   const kind = RESOURCES[name.toLowerCase()];
-  if (!kind) throw new UsageError(`unknown resource type "${name}"; allowed: modules, repositories, nodes`);
+  if (!kind) throw new UsageError(`unknown resource type "${name}"; allowed: modules, repositories, nodes, backupdestinations (bd), backupschedules (bs)`);
   return kind;
 }
 
@@ -142,6 +144,45 @@ function mergedConditions(o: StoredObject, agent: ModuleStatus | undefined, summ
   return [...c.conditions, ...(fromAgent ?? []).filter((x) => !types.has(x.type))];
 }
 
+/** Whether a BackupDestination has its password (`ns8ctl backup set-password`): never the value. */
+type PasswordState = 'set' | 'missing';
+
+/**
+ * The password state of each destination in `names`: HEXISTS on its secret key, one pipeline.
+ * The value is never read.
+ * @throws RedisError when Redis refuses the read.
+ */
+async function readPasswordStates(redis: Redis, names: string[]): Promise<Map<string, PasswordState>> {
+  const out = new Map<string, PasswordState>();
+  if (names.length === 0) return out;
+  const p = redis.pipeline();
+  names.forEach((n) => p.hexists(keys.backupPassword(n), 'password'));
+  const res = (await p.exec()) ?? [];
+  names.forEach((n, i) => {
+    const [err, value] = res[i] ?? [null, 0];
+    if (err) throw new RedisError('redis_command_failed', `reading whether ${keys.backupPassword(n)} is set: ${err.message}`);
+    out.set(n, value === 1 ? 'set' : 'missing');
+  });
+  return out;
+}
+
+/**
+ * `status.conditions` of a BackupDestination: PasswordSet True/False. A condition, not a
+ * `password` field: every key naming a password is masked wherever ns8ctl prints it.
+ */
+function passwordCondition(name: string, state: PasswordState): Condition {
+  return state === 'set'
+    ? { type: 'PasswordSet', status: 'True', reason: 'PasswordStored', message: `stored in ${keys.backupPassword(name)}` }
+    : { type: 'PasswordSet', status: 'False', reason: 'PasswordMissing', message: `no password: set it with ns8ctl backup set-password ${name}` };
+}
+
+/** INSTANCES column of a BackupSchedule: the listed ids, then the selector (`webapp1,webapp2 + backup=nightly`). */
+function scheduleTargets(spec: { instances?: string[]; selector?: { matchLabels: Record<string, string> } }): string {
+  const ids = (spec.instances ?? []).join(',');
+  const labels = Object.entries(spec.selector?.matchLabels ?? {}).map(([k, v]) => `${k}=${v}`).join(',');
+  return [ids, labels && `labels ${labels}`].filter(Boolean).join(' + ');
+}
+
 /** Rows for nodes NS8 has records of (`node/<id>/vpn`) but no Node object declares. */
 async function nodeRecordRows(redis: Redis, objects: StoredObject[], name: string | undefined, wide: boolean): Promise<string[][]> {
   const declared = new Set(objects.map((o) => o.key.slice('Node/'.length)));
@@ -250,7 +291,7 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?:
  */
 export async function getCommand(resource: string, name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
   if (SOURCE_RESOURCES.has(resource.toLowerCase())) return getSources(name, opts, deps);
-  if (!RESOURCES[resource.toLowerCase()]) throw new UsageError(`unknown resource type "${resource}"; allowed: modules, repositories, nodes, sources (and available)`);
+  if (!RESOURCES[resource.toLowerCase()]) throw new UsageError(`unknown resource type "${resource}"; allowed: modules, repositories, nodes, backupdestinations (bd), backupschedules (bs), sources (and available)`);
   const kind = resourceKind(resource);
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
   const { redis } = await deps.connect();
@@ -264,6 +305,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
   const ids = objects.map((o) => o.key.slice(kind.length + 1));
   const statuses = kind === 'Module' ? await readStatuses(redis, ids) : new Map<string, ModuleStatus>();
   const summaries = kind === 'Module' ? await readModuleSummaries(redis, ids) : new Map<string, ObjectSummary>();
+  const passwords = kind === 'BackupDestination' ? await readPasswordStates(redis, ids) : new Map<string, PasswordState>();
   const withUpdates = kind === 'Module' && format !== 'table' && objects.length > 0;
   const updates = withUpdates ? await readUpdates(redis, objects, deps) : new Map<string, InstanceUpdates>();
   const mask = <T>(v: T): T => (opts.showSecrets ? v : maskSecrets(v));
@@ -272,6 +314,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
     const marked = opts.showSecrets ? new Map<string, Set<string>>() : await schemaMarks(objects, statuses);
     const docs = objects.map((o, i) => {
       const doc = toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!));
+      if (kind === 'BackupDestination') doc.status = { conditions: [passwordCondition(ids[i]!, passwords.get(ids[i]!) ?? 'missing')] };
       const names = marked.get(ids[i]!);
       return opts.showSecrets ? doc : maskSecrets(doc, names ? { secretNames: names } : {});
     });
@@ -306,6 +349,19 @@ export async function getCommand(resource: string, name: string | undefined, opt
     rows = objects.map((o) => {
       const spec = (o.object as Extract<ManifestObject, { kind: 'Repository' }>).spec;
       return [o.object.metadata.name, text(spec.url), String(spec.enabled ?? true), String(spec.testing ?? false), String(o.generation), ...(wide ? [o.source] : [])];
+    });
+  } else if (kind === 'BackupDestination') {
+    columns = ['name', 'url', 'password', 'gen', ...(wide ? ['source'] : [])];
+    rows = objects.map((o, i) => {
+      const spec = (o.object as Extract<ManifestObject, { kind: 'BackupDestination' }>).spec;
+      return [o.object.metadata.name, text(spec.url), passwords.get(ids[i]!) ?? 'missing', String(o.generation), ...(wide ? [o.source] : [])];
+    });
+  } else if (kind === 'BackupSchedule') {
+    columns = ['name', 'destination', 'schedule', 'instances', 'gen', ...(wide ? ['retention', 'suspended', 'source'] : [])];
+    rows = objects.map((o) => {
+      const spec = (o.object as Extract<ManifestObject, { kind: 'BackupSchedule' }>).spec;
+      const retention = Object.entries(spec.retention ?? {}).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+      return [o.object.metadata.name, spec.destination, spec.schedule, scheduleTargets(spec), String(o.generation), ...(wide ? [retention, String(spec.suspend ?? false), o.source] : [])];
     });
   } else {
     columns = ['id', 'name', 'address', 'flags', 'gen', ...(wide ? ['source'] : [])];
