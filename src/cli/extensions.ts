@@ -20,7 +20,7 @@ export const AREA_COMMANDS = {
   controller: ['controller', 'run', 'suspend', 'resume', 'events'],
   agent: ['run-action', 'publish', 'runagent', 'agent'],
   sandbox: ['sandbox'],
-  backup: ['backup'],
+  backup: ['backup', 'restore'],
 } as const satisfies Record<string, readonly string[]>;
 
 export type Area = keyof typeof AREA_COMMANDS;
@@ -52,6 +52,7 @@ export const AREA_COMMAND_SUMMARIES: Record<string, { term: string; description:
   agent: { term: 'agent [options]', description: "Run an instance's module agent (normally started by its agent unit)" },
   sandbox: { term: 'sandbox', description: 'NS8 nodes as local containers with systemd, rootless Podman and Redis (like kind for Kubernetes)' },
   backup: { term: 'backup', description: 'Backups of module instances to BackupDestinations (restic)' },
+  restore: { term: 'restore [options] <id>', description: "Put an installed instance's data back from a backup snapshot (its node agent stops its services, restores, starts them)" },
 };
 
 /** Commands that need every area loaded (they describe the whole tree, options included). */
@@ -122,8 +123,11 @@ const LOADERS: Record<Area, () => Promise<Registrar>> = {
       });
   },
   backup: async () => {
-    const { registerBackupCommands } = await import('./commands/backup.js');
-    return (program, deps, setExitCode) => void registerBackupCommands(program, deps, setExitCode);
+    const { registerBackupCommands, registerRestoreCommand } = await import('./commands/backup.js');
+    return (program, deps, setExitCode) => {
+      registerBackupCommands(program, deps, setExitCode);
+      registerRestoreCommand(program, deps, setExitCode);
+    };
   },
 };
 

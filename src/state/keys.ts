@@ -25,7 +25,6 @@ export const keys = {
   inventories: (): string => 'ns8ctl/inventories',
   /** HASH: observed status of a module instance (conditions JSON, observedGeneration, ...). */
   moduleStatus: (id: string): string => `ns8ctl/status/module/${id}`,
-  backupPassword: (name: string): string => `ns8ctl/secret/backup_destination/${name}`,
   /** STREAM: bounded event history for `ns8ctl events`. */
   events: (): string => 'ns8ctl/events',
   /** HASH: ports allocated on a node: field `<module>/<proto>` -> `start-end`. */

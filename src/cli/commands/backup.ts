@@ -16,6 +16,7 @@ import { readBoundedFile } from '../../manifest/read-input.js';
 import { keys } from '../../state/keys.js';
 import { renderJson, parseOutput } from '../../runtime/output.js';
 import type { CliDeps } from '../deps.js';
+import type { BackupListOptions, BackupRunOptions, RestoreOptions } from './backup-run.js';
 
 /** Longest password accepted, in UTF-8 bytes. */
 export const MAX_BACKUP_PASSWORD_BYTES = 4096;
@@ -119,5 +120,42 @@ export const BACKUP_DESCRIPTION = 'Backups of module instances to BackupDestinat
 export function registerBackupCommands(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void): Command {
   const backup = program.command('backup').description(BACKUP_DESCRIPTION);
   registerSetPasswordSubcommand(backup, deps, setExitCode);
+  registerRunAndListSubcommands(backup, deps, setExitCode);
   return backup;
+}
+
+/** Registers `backup run` and `backup list`. */
+export function registerRunAndListSubcommands(backup: Command, deps: () => CliDeps, setExitCode: (code: number) => void): void {
+  backup
+    .command('run')
+    .description("Back up now, on this node, the instances a BackupSchedule selects here (what the schedule's timer runs; as root on the node)")
+    .argument('<schedule>', 'name of the BackupSchedule')
+    .option('--node <id>', "this node's id (default $NS8CTL_NODE_ID)")
+    .option('--instance <id...>', 'only these instances (among those the schedule selects here)')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action(async (schedule: string, opts: BackupRunOptions) => setExitCode(await (await import('./backup-run.js')).backupRunCommand(schedule, opts, deps())));
+  backup
+    .command('list')
+    .description('The instances each BackupDestination holds backups of, with their last snapshot (from the backup index)')
+    .option('--destination <name>', 'only this BackupDestination')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action(async (opts: BackupListOptions) => setExitCode(await (await import('./backup-run.js')).backupListCommand(opts, deps())));
+}
+
+/** Description of `restore` (also the root help's summary, src/cli/extensions.ts). */
+export const RESTORE_DESCRIPTION = "Put an installed instance's data back from a backup snapshot (its node agent stops its services, restores, starts them)";
+
+/** Registers the top-level `restore <id>`. */
+export function registerRestoreCommand(program: Command, deps: () => CliDeps, setExitCode: (code: number) => void): void {
+  program
+    .command('restore')
+    .description(RESTORE_DESCRIPTION)
+    .argument('<id>', 'instance id')
+    .option('--snapshot <id>', 'latest (default) or a snapshot id (8 to 64 hex digits)', 'latest')
+    .option('--destination <name>', 'the BackupDestination holding the backups (default: the only one that has backups of it)')
+    .option('--from <id>', "restore another instance's backup into this one (default: its own)")
+    .option('--wait', 'wait until the node agent has carried it out')
+    .option('--timeout <duration>', 'longest wait with --wait', '10m')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action(async (id: string, opts: RestoreOptions) => setExitCode(await (await import('./backup-run.js')).restoreCommand(id, opts, deps())));
 }
