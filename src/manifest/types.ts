@@ -86,6 +86,8 @@ export interface RestoreFrom {
   destination: string;
   /** `latest` (default) or a restic snapshot id (8-64 hex). */
   snapshot?: string;
+  /** Whose backups: the id of the instance backed up (default: the Module's own id). */
+  instance?: string;
 }
 
 export interface UpdatePolicy {

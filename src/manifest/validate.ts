@@ -214,7 +214,7 @@ function normalise(kind: Kind, v: Record<string, unknown>): ManifestObject {
   // `suspend: false` is the default: leave it out so writing it or not gives the same stored spec.
   if (s['suspend'] === true) ordered.suspend = true;
   const restore = s['restoreFrom'] as RestoreFrom | undefined;
-  if (restore) ordered.restoreFrom = { destination: restore.destination, snapshot: restore.snapshot ?? 'latest' };
+  if (restore) ordered.restoreFrom = { destination: restore.destination, snapshot: restore.snapshot ?? 'latest', ...(restore.instance ? { instance: restore.instance } : {}) };
   if (s['cloneFrom'] !== undefined) ordered.cloneFrom = s['cloneFrom'] as string;
   // `backupFirst: false` is the default: an empty policy is left out, as `suspend: false` is.
   if ((s['updatePolicy'] as UpdatePolicy | undefined)?.backupFirst === true) ordered.updatePolicy = { backupFirst: true };

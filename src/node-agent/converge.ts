@@ -161,7 +161,7 @@ async function oweCreateModule(p: ConvergePass, r: InstanceRecord | undefined): 
   const from = p.d.spec.restoreFrom;
   const patch: Partial<InstanceRecord> = {
     ...(p.deps.agentUnits && !r.lifecycle ? { lifecycle: { action: 'create-module' as const, image: p.url } } : {}),
-    ...(from && !r.restore ? { restore: { destination: from.destination, snapshot: from.snapshot ?? 'latest', from: p.id, done: false } } : {}),
+    ...(from && !r.restore ? { restore: { destination: from.destination, snapshot: from.snapshot ?? 'latest', from: from.instance ?? p.id, done: false } } : {}),
   };
   return Object.keys(patch).length ? p.deps.records.update(p.id, patch) : r;
 }

@@ -456,7 +456,7 @@ function createReason(obj: ManifestObject, state: ClusterState): string {
 function originReasons(obj: ManifestObject): string[] {
   if (obj.kind !== 'Module') return [];
   const out: string[] = [];
-  if (obj.spec.restoreFrom) out.push(`restore from ${obj.spec.restoreFrom.destination} (${obj.spec.restoreFrom.snapshot ?? 'latest'})`);
+  if (obj.spec.restoreFrom) out.push(`restore from ${obj.spec.restoreFrom.destination} (${obj.spec.restoreFrom.snapshot ?? 'latest'}${obj.spec.restoreFrom.instance ? ` of ${obj.spec.restoreFrom.instance}` : ''})`);
   if (obj.spec.cloneFrom) out.push(`clone of ${obj.spec.cloneFrom}`);
   return out;
 }

@@ -3,7 +3,8 @@
  * stand-in for systemd, which is not PID 1 here): a snapshot is taken before an update; when the
  * update fails (its service does not start) and is rolled back, the data the failed update
  * changed goes back to that snapshot along with the previous image. Without a schedule selecting
- * the instance there is nowhere to write the snapshot: the update waits and says why.
+ * the instance there is nowhere to write the snapshot: the update waits and says why. `backup
+ * verify` restores the latest snapshot into a throw-away copy and removes it.
  */
 import { promises as fs, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -12,6 +13,9 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
+import { backupVerifyCommand } from '../../src/cli/commands/backup-verify.js';
+import type { CliDeps } from '../../src/cli/deps.js';
 import { ResticBackups } from '../../src/node-agent/backup/engine.js';
 import { backupTargetOf } from '../../src/node-agent/backup/schedule-run.js';
 import { readEvents } from '../../src/state/events.js';
@@ -58,10 +62,14 @@ beforeAll(async () => {
   deps = createNodeAgentDeps({ ...opts, insecureRegistries: [registry.address] }, { redis: admin, runner, systemd, layout: tempHostLayout(root), log: () => undefined, delay: async () => undefined });
   await putObject('BackupDestination', 'local1', { url: path.join(root, 'backups') });
   await admin.hset(keys.backupPassword('local1'), 'password', PASSWORD);
+  // NS8's record of node 1 (backup verify adds its copy there, as add-module does).
+  await admin.multi().set(keys.nodeSequence(), '1').hset(keys.nodeVpn(1), 'ip_address', '127.0.0.1').exec();
 }, 300_000);
 
+const copies: string[] = [];
+
 afterAll(async () => {
-  await removeTestUsers([id]);
+  await removeTestUsers([id, ...copies]);
   await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
@@ -103,4 +111,30 @@ test('an update that fails is rolled back with the data of the snapshot taken be
   const events = await readEvents(admin, 50);
   expect(events.map((e) => e.name)).toEqual(expect.arrayContaining(['module-update-rolled-back', 'instance-restored']));
   expect(JSON.stringify(events)).not.toContain(PASSWORD);
+}, 600_000);
+
+test('backup verify restores the latest snapshot into a throw-away copy on the node, waits until it is Ready, removes it and leaves nothing behind', async () => {
+  const handle = runNodeAgent({ ...opts, insecureRegistries: [registry.address], resyncMs: 200, backoffBaseMs: 100, backoffMaxMs: 500 }, deps);
+  const out: string[] = [];
+  const cli: CliDeps = { stdout: (t) => void out.push(t), stderr: () => undefined, env: {}, isTTY: false, runner, connect: async () => ({ redis: admin, url: '', embedded: false }), stdin: async () => '', cwd: root };
+  try {
+    const code = await backupVerifyCommand({ destination: 'local1', instance: [id], timeout: '3m', output: 'json' }, cli);
+    const [result] = JSON.parse(out.join('')) as { copy: string; outcome: string; message?: string }[];
+    copies.push(result!.copy);
+    expect(result).toMatchObject({ destination: 'local1', instance: id, outcome: 'verified' });
+    expect(code).toBe(0);
+    const copy = result!.copy;
+    expect(copy).not.toBe(id);
+    // Nothing of the copy is left: desired object, status, NS8 keys, ports, user, home.
+    expect(await admin.exists(keys.desired('Module', copy), keys.moduleStatus(copy))).toBe(0);
+    expect(await admin.keys(`module/${copy}/*`)).toEqual([]);
+    expect(Object.keys(await admin.hgetall(keys.nodePorts(1))).filter((k) => k.startsWith(`${copy}/`))).toEqual([]);
+    expect(await admin.hexists(keys.moduleUuid(), copy)).toBe(0);
+    await expect(fs.stat(path.join(root, 'home', copy))).rejects.toThrow();
+    expect((await fs.readFile('/etc/passwd', 'utf8')).split('\n').some((l) => l.startsWith(`${copy}:`))).toBe(false);
+    // The instance verified is untouched.
+    expect(await fs.readFile(stateFile(), 'utf8')).toBe('version one data\n');
+  } finally {
+    await handle.stop();
+  }
 }, 600_000);

@@ -17,6 +17,7 @@ import { keys } from '../../state/keys.js';
 import { renderJson, parseOutput } from '../../runtime/output.js';
 import type { CliDeps } from '../deps.js';
 import type { BackupListOptions, BackupRunOptions, RestoreOptions } from './backup-run.js';
+import type { VerifyOptions } from './backup-verify.js';
 
 /** Longest password accepted, in UTF-8 bytes. */
 export const MAX_BACKUP_PASSWORD_BYTES = 4096;
@@ -140,6 +141,14 @@ export function registerRunAndListSubcommands(backup: Command, deps: () => CliDe
     .option('--destination <name>', 'only this BackupDestination')
     .option('-o, --output <format>', 'text or json', 'text')
     .action(async (opts: BackupListOptions) => setExitCode(await (await import('./backup-run.js')).backupListCommand(opts, deps())));
+  backup
+    .command('verify')
+    .description('Restore the latest snapshot of each backed-up instance into a throw-away instance on its node, wait until it is Ready, remove it')
+    .option('--destination <name>', 'only backups in this BackupDestination')
+    .option('--instance <id...>', 'only backups of these instances')
+    .option('--timeout <duration>', 'longest wait for each copy to become Ready, then to be removed', '15m')
+    .option('-o, --output <format>', 'text or json', 'text')
+    .action(async (opts: VerifyOptions) => setExitCode(await (await import('./backup-verify.js')).backupVerifyCommand(opts, deps())));
 }
 
 /** Description of `restore` (also the root help's summary, src/cli/extensions.ts). */

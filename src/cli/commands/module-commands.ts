@@ -2,11 +2,12 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:f
 import path from 'node:path';
 import YAML from 'yaml';
 import { applyPlan, checkApplicable, knownNodesOf, resolvePlan } from '../../apply/pipeline.js';
+import { knownBackupDestinationsOf } from '../../apply/load-validate.js';
 import { defaultActor, planToWrites, storedSource } from '../../apply/to-writes.js';
 import { ConflictError, NotFoundError, RedisError, RefusedError, UsageError } from '../../errors.js';
 import { parseManifestText } from '../../manifest/load.js';
 import { assertObjectId } from '../../manifest/names.js';
-import { API_VERSION, moduleNameOf, type Kind, type ModuleObject } from '../../manifest/types.js';
+import { API_VERSION, moduleNameOf, type Kind, type ModuleObject, type ModuleSpec } from '../../manifest/types.js';
 import { validateManifests } from '../../manifest/validate.js';
 import { plan as makePlan, planDeletion } from '../../plan/planner.js';
 import { renderPlanText } from '../../plan/render.js';
@@ -79,6 +80,11 @@ export async function deleteCommand(resource: string, id: string, opts: DeleteOp
 export interface AddModuleOptions {
   manifests?: string;
   output?: string;
+  /** Further spec fields and labels of the new instance (backup verify: restoreFrom, removalPolicy). */
+  spec?: Omit<ModuleSpec, 'module' | 'image' | 'node'>;
+  labels?: Record<string, string>;
+  /** Told the id taken, once the instance is in desired state. */
+  onAdded?: (id: string) => void;
 }
 
 /** How many times add-module takes a new id after losing one to a concurrent writer. */
@@ -132,14 +138,14 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
     const knownNodes = knownNodesOf(state, await readNodeRecords(redis));
     const n = nextInstanceNumber(module, seqRaw, state);
     const id = `${module}${n}`;
-    const object: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata: { name: id }, spec: { ...spec, node } };
+    const object: ModuleObject = { apiVersion: API_VERSION, kind: 'Module', metadata: { name: id, ...(opts.labels ? { labels: opts.labels } : {}) }, spec: { ...spec, node, ...opts.spec } };
     const text = YAML.stringify(object);
     // Validated before any file or key is written, so bad input leaves nothing behind.
-    const draft = validateManifests({ ...parseManifestText('(add-module)', text), files: ['(add-module)'] }, { knownNodes });
+    const draft = validateManifests({ ...parseManifestText('(add-module)', text), files: ['(add-module)'] }, { knownNodes, knownBackupDestinations: knownBackupDestinationsOf(state) });
     if (draft.diagnostics.length > 0) throw new RefusedError('add_module_invalid', draft.diagnostics.map((d) => d.message).join('; '));
     const file = opts.manifests ? writeManifestFile(opts.manifests, id, text) : '(add-module)';
     try {
-      const valid = validateManifests({ ...parseManifestText(file, text), files: [file] }, { knownNodes });
+      const valid = validateManifests({ ...parseManifestText(file, text), files: [file] }, { knownNodes, knownBackupDestinations: knownBackupDestinationsOf(state) });
       const { plan: p, warnings } = await resolvePlan(redis, valid.objects, state, makePlan(valid.objects, state, { applySet: 'default', prune: false }));
       checkApplicable(p, { forcePrune: false });
       if (attempt === 1) for (const w of warnings) deps.stderr(`warning: ${w}\n`);
@@ -149,6 +155,7 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
         { op: 'atleast', key: seqKey, value: n },
       ];
       await executeWrites(redis, ops);
+      opts.onAdded?.(id);
       if (format === 'json') deps.stdout(renderJson({ module_id: id, module, node, ...(opts.manifests ? { file } : {}), generation: p.changes[0]?.generation ?? 1 }));
       else deps.stdout(`${id} added on node ${node}${opts.manifests ? ` (manifest: ${file})` : ''}${attempt > 1 ? ` (after ${attempt - 1} id${attempt === 2 ? '' : 's'} taken by concurrent writers)` : ''}\n`);
       return 0;

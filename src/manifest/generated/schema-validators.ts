@@ -4,7 +4,7 @@
 // @ts-nocheck
 import __ucs2length from 'ajv/dist/runtime/ucs2length.js';
 export const Module = validate10;
-const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","maxLength":4096,"pattern":"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$","description":"an absolute path on the node (starting with /) without '.' or '..' segments or control characters"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"},"restoreFrom":{"type":"object","additionalProperties":false,"required":["destination"],"description":"the snapshot the instance's data and configuration are restored from when it is created (ignored afterwards): destination and snapshot; not with cloneFrom","properties":{"destination":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"the name of a BackupDestination: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite)"},"snapshot":{"type":"string","pattern":"^(latest|[0-9a-f]{8,64})$","default":"latest","description":"\"latest\" (the default) or a restic snapshot id of 8 to 64 lowercase hex digits (4f3a9c1b)"}}},"cloneFrom":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance this one is created as a copy of (dokuwiki1), used only at creation; not with restoreFrom"},"updatePolicy":{"type":"object","additionalProperties":false,"description":"how updates of the instance are made: backupFirst","properties":{"backupFirst":{"type":"boolean","default":false,"description":"true or false: when true a snapshot is taken before an update and restored, with the previous image, when the updated instance does not become Ready"}}}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
+const schema11 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/module.schema.json","title":"Module","description":"One NS8 module instance. metadata.name is the instance id (dokuwiki1).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Module"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an NS8 instance id <module><N> that is a valid Unix user name of at most 32 characters: lowercase letters, digits, '-' and '_', starting with a letter, ending with a number without leading zero (dokuwiki1, nethvoice-proxy1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["node"],"oneOf":[{"required":["module"]},{"required":["image"]}],"dependencies":{"image":{"not":{"required":["version"]}}},"properties":{"module":{"type":"string","maxLength":31,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?$","description":"a bare NS8 module name looked up in the repositories: lowercase letters, digits, '-' and '_', starting with a letter and not ending with a digit (dokuwiki)"},"image":{"type":"string","maxLength":512,"pattern":"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$","description":"a full image URL with at least one '/' and an optional :tag or @sha256 digest (ghcr.io/nethserver/dokuwiki:1.2.3)"},"version":{"type":"string","minLength":1,"default":"latest","description":"\"latest\", an exact version (1.2.3) or a semver range (^1.2, ~1.2.3, >=1.0.0 <2.0.0); only with \"module\""},"node":{"type":"integer","minimum":1,"description":"id of the node the instance runs on"},"dependsOn":{"type":"array","maxItems":32,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance (openldap1)"},"description":"instances that must be Ready before this one is created (e.g. its LDAP provider); any node"},"volumes":{"type":"object","propertyNames":{"pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a volume name: letters, digits, '_', '.', '-', starting with a letter or digit"},"additionalProperties":{"type":"string","maxLength":4096,"pattern":"^(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u001f\\u007f]*$","description":"an absolute path on the node (starting with /) without '.' or '..' segments or control characters"}},"configuration":{"type":"object","description":"free-form input for the module's configure-module action"},"removalPolicy":{"enum":["Preserve","Delete"],"default":"Preserve","description":"Preserve keeps the instance's home and volumes on removal, Delete erases them"},"suspend":{"type":"boolean","default":false,"description":"when true the reconcile loop leaves this instance alone"},"restoreFrom":{"type":"object","additionalProperties":false,"required":["destination"],"description":"the snapshot the instance's data and configuration are restored from when it is created (ignored afterwards): destination, snapshot and whose backups (instance); not with cloneFrom","properties":{"destination":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"the name of a BackupDestination: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite)"},"snapshot":{"type":"string","pattern":"^(latest|[0-9a-f]{8,64})$","default":"latest","description":"\"latest\" (the default) or a restic snapshot id of 8 to 64 lowercase hex digits (4f3a9c1b)"},"instance":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"whose backups to restore: the id of the instance that was backed up (default: this Module's own id; another id makes a copy, as backup verify does)"}}},"cloneFrom":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"the id of another instance this one is created as a copy of (dokuwiki1), used only at creation; not with restoreFrom"},"updatePolicy":{"type":"object","additionalProperties":false,"description":"how updates of the instance are made: backupFirst","properties":{"backupFirst":{"type":"boolean","default":false,"description":"true or false: when true a snapshot is taken before an update and restored, with the previous image, when the updated instance does not become Ready"}}}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema12 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
 const func2 = __ucs2length.default;
 const func7 = Object.prototype.hasOwnProperty;
@@ -784,7 +784,7 @@ vErrors.push(err57);
 errors++;
 }
 for(const key9 in data20){
-if(!((key9 === "destination") || (key9 === "snapshot"))){
+if(!(((key9 === "destination") || (key9 === "snapshot")) || (key9 === "instance"))){
 const err58 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key9},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
 if(vErrors === null){
 vErrors = [err58];
@@ -855,9 +855,11 @@ vErrors.push(err63);
 errors++;
 }
 }
-}
-else {
-const err64 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.restoreFrom.type,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
+if(data20.instance !== undefined){
+let data23 = data20.instance;
+if(typeof data23 === "string"){
+if(func2(data23) > 32){
+const err64 = {instancePath:instancePath+"/spec/restoreFrom/instance",schemaPath:"#/properties/spec/properties/restoreFrom/properties/instance/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.restoreFrom.properties.instance,data:data23};
 if(vErrors === null){
 vErrors = [err64];
 }
@@ -866,12 +868,8 @@ vErrors.push(err64);
 }
 errors++;
 }
-}
-if(data8.cloneFrom !== undefined){
-let data23 = data8.cloneFrom;
-if(typeof data23 === "string"){
-if(func2(data23) > 32){
-const err65 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+if(!pattern0.test(data23)){
+const err65 = {instancePath:instancePath+"/spec/restoreFrom/instance",schemaPath:"#/properties/spec/properties/restoreFrom/properties/instance/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.restoreFrom.properties.instance,data:data23};
 if(vErrors === null){
 vErrors = [err65];
 }
@@ -880,8 +878,9 @@ vErrors.push(err65);
 }
 errors++;
 }
-if(!pattern0.test(data23)){
-const err66 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+}
+else {
+const err66 = {instancePath:instancePath+"/spec/restoreFrom/instance",schemaPath:"#/properties/spec/properties/restoreFrom/properties/instance/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.restoreFrom.properties.instance.type,parentSchema:schema11.properties.spec.properties.restoreFrom.properties.instance,data:data23};
 if(vErrors === null){
 vErrors = [err66];
 }
@@ -891,8 +890,9 @@ vErrors.push(err66);
 errors++;
 }
 }
+}
 else {
-const err67 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.cloneFrom.type,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data23};
+const err67 = {instancePath:instancePath+"/spec/restoreFrom",schemaPath:"#/properties/spec/properties/restoreFrom/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.restoreFrom.type,parentSchema:schema11.properties.spec.properties.restoreFrom,data:data20};
 if(vErrors === null){
 vErrors = [err67];
 }
@@ -902,12 +902,11 @@ vErrors.push(err67);
 errors++;
 }
 }
-if(data8.updatePolicy !== undefined){
-let data24 = data8.updatePolicy;
-if(data24 && typeof data24 == "object" && !Array.isArray(data24)){
-for(const key10 in data24){
-if(!(key10 === "backupFirst")){
-const err68 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key10},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data24};
+if(data8.cloneFrom !== undefined){
+let data24 = data8.cloneFrom;
+if(typeof data24 === "string"){
+if(func2(data24) > 32){
+const err68 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters",schema:32,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data24};
 if(vErrors === null){
 vErrors = [err68];
 }
@@ -916,11 +915,8 @@ vErrors.push(err68);
 }
 errors++;
 }
-}
-if(data24.backupFirst !== undefined){
-let data25 = data24.backupFirst;
-if(typeof data25 !== "boolean"){
-const err69 = {instancePath:instancePath+"/spec/updatePolicy/backupFirst",schemaPath:"#/properties/spec/properties/updatePolicy/properties/backupFirst/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst.type,parentSchema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst,data:data25};
+if(!pattern0.test(data24)){
+const err69 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/pattern",keyword:"pattern",params:{pattern: "^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"},message:"must match pattern \""+"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$"+"\"",schema:"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$",parentSchema:schema11.properties.spec.properties.cloneFrom,data:data24};
 if(vErrors === null){
 vErrors = [err69];
 }
@@ -930,9 +926,8 @@ vErrors.push(err69);
 errors++;
 }
 }
-}
 else {
-const err70 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.updatePolicy.type,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data24};
+const err70 = {instancePath:instancePath+"/spec/cloneFrom",schemaPath:"#/properties/spec/properties/cloneFrom/type",keyword:"type",params:{type: "string"},message:"must be string",schema:schema11.properties.spec.properties.cloneFrom.type,parentSchema:schema11.properties.spec.properties.cloneFrom,data:data24};
 if(vErrors === null){
 vErrors = [err70];
 }
@@ -942,9 +937,12 @@ vErrors.push(err70);
 errors++;
 }
 }
-}
-else {
-const err71 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(data8.updatePolicy !== undefined){
+let data25 = data8.updatePolicy;
+if(data25 && typeof data25 == "object" && !Array.isArray(data25)){
+for(const key10 in data25){
+if(!(key10 === "backupFirst")){
+const err71 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key10},message:"must NOT have additional properties",schema:false,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data25};
 if(vErrors === null){
 vErrors = [err71];
 }
@@ -954,14 +952,51 @@ vErrors.push(err71);
 errors++;
 }
 }
-}
-else {
-const err72 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(data25.backupFirst !== undefined){
+let data26 = data25.backupFirst;
+if(typeof data26 !== "boolean"){
+const err72 = {instancePath:instancePath+"/spec/updatePolicy/backupFirst",schemaPath:"#/properties/spec/properties/updatePolicy/properties/backupFirst/type",keyword:"type",params:{type: "boolean"},message:"must be boolean",schema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst.type,parentSchema:schema11.properties.spec.properties.updatePolicy.properties.backupFirst,data:data26};
 if(vErrors === null){
 vErrors = [err72];
 }
 else {
 vErrors.push(err72);
+}
+errors++;
+}
+}
+}
+else {
+const err73 = {instancePath:instancePath+"/spec/updatePolicy",schemaPath:"#/properties/spec/properties/updatePolicy/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.properties.updatePolicy.type,parentSchema:schema11.properties.spec.properties.updatePolicy,data:data25};
+if(vErrors === null){
+vErrors = [err73];
+}
+else {
+vErrors.push(err73);
+}
+errors++;
+}
+}
+}
+else {
+const err74 = {instancePath:instancePath+"/spec",schemaPath:"#/properties/spec/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.properties.spec.type,parentSchema:schema11.properties.spec,data:data8};
+if(vErrors === null){
+vErrors = [err74];
+}
+else {
+vErrors.push(err74);
+}
+errors++;
+}
+}
+}
+else {
+const err75 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object",schema:schema11.type,parentSchema:schema11,data};
+if(vErrors === null){
+vErrors = [err75];
+}
+else {
+vErrors.push(err75);
 }
 errors++;
 }
@@ -972,8 +1007,8 @@ return errors === 0;
 export const Repository = validate11;
 const schema14 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json","title":"Repository","description":"A module repository (NS8 cluster/repository/<name>).","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Repository"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$","description":"a repository name: lowercase letters, digits, '.', '_', '-', starting and ending with a letter or digit (default, nethforge)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":2048,"pattern":"^(https?|file)://[^\\s]+$","description":"an http://, https:// or file:// URL of the repository (https://distfeed.nethserver.org/ns8/updates/)"},"enabled":{"type":"boolean","default":true,"description":"whether modules are looked up in this repository"},"testing":{"type":"boolean","default":false,"description":"whether testing (pre-release) versions are offered"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema15 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern11 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
-const pattern14 = new RegExp("^(https?|file)://[^\\s]+$", "u");
+const pattern12 = new RegExp("^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", "u");
+const pattern15 = new RegExp("^(https?|file)://[^\\s]+$", "u");
 
 function validate11(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/repository.schema.json" */;
@@ -1096,7 +1131,7 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(!pattern11.test(data3)){
+if(!pattern12.test(data3)){
 const err10 = {instancePath:instancePath+"/metadata/name",schemaPath:"#/properties/metadata/properties/name/pattern",keyword:"pattern",params:{pattern: "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"},message:"must match pattern \""+"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"+"\"",schema:"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$",parentSchema:schema14.properties.metadata.properties.name,data:data3};
 if(vErrors === null){
 vErrors = [err10];
@@ -1316,7 +1351,7 @@ vErrors.push(err27);
 }
 errors++;
 }
-if(!pattern14.test(data9)){
+if(!pattern15.test(data9)){
 const err28 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^(https?|file)://[^\\s]+$"},message:"must match pattern \""+"^(https?|file)://[^\\s]+$"+"\"",schema:"^(https?|file)://[^\\s]+$",parentSchema:schema14.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err28];
@@ -1394,7 +1429,7 @@ return errors === 0;
 export const Node = validate12;
 const schema17 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/node.schema.json","title":"Node","description":"A cluster node, identified by its numeric NS8 node id.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"Node"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","minLength":1,"maxLength":253,"description":"a display name for the node"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["id"],"properties":{"id":{"type":"integer","minimum":1,"description":"the NS8 numeric node id"},"address":{"type":"string","minLength":1,"maxLength":253,"pattern":"^[^\\s]+$","description":"host name or IP address the node is reached at, without spaces"},"flags":{"type":"array","uniqueItems":true,"items":{"type":"string","pattern":"^[A-Za-z0-9][A-Za-z0-9_.-]*$","description":"a flag name (nomodules)"},"description":"NS8 node flags"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema18 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern17 = new RegExp("^[^\\s]+$", "u");
+const pattern18 = new RegExp("^[^\\s]+$", "u");
 
 function validate12(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/node.schema.json" */;
@@ -1772,7 +1807,7 @@ vErrors.push(err30);
 }
 errors++;
 }
-if(!pattern17.test(data10)){
+if(!pattern18.test(data10)){
 const err31 = {instancePath:instancePath+"/spec/address",schemaPath:"#/properties/spec/properties/address/pattern",keyword:"pattern",params:{pattern: "^[^\\s]+$"},message:"must match pattern \""+"^[^\\s]+$"+"\"",schema:"^[^\\s]+$",parentSchema:schema17.properties.spec.properties.address,data:data10};
 if(vErrors === null){
 vErrors = [err31];
@@ -1889,7 +1924,7 @@ return errors === 0;
 export const BackupDestination = validate13;
 const schema20 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/backupdestination.schema.json","title":"BackupDestination","description":"A restic repository instances are backed up to. Its password is set with `ns8ctl backup set-password`, never in a manifest.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"BackupDestination"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"a backup destination name: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite, nas-1)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["url"],"properties":{"url":{"type":"string","maxLength":1024,"pattern":"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$","description":"a restic repository of at most 1024 characters without spaces or control characters: an absolute local path without '.' or '..' segments (/srv/backup/ns8), a restic REST server rest:http(s)://host[:port]/path (rest:https://backup.example.org:8000/ns8) or an SFTP path sftp:user@host:/path with a host name or IPv4 address (sftp:backup@nas.example.org:/srv/restic)"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema21 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern22 = new RegExp("^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$", "u");
+const pattern23 = new RegExp("^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$", "u");
 
 function validate13(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/backupdestination.schema.json" */;
@@ -2232,7 +2267,7 @@ vErrors.push(err27);
 }
 errors++;
 }
-if(!pattern22.test(data9)){
+if(!pattern23.test(data9)){
 const err28 = {instancePath:instancePath+"/spec/url",schemaPath:"#/properties/spec/properties/url/pattern",keyword:"pattern",params:{pattern: "^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$"},message:"must match pattern \""+"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$"+"\"",schema:"^((?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]+|rest:https?://([^\\u0000-\\u0020\\u007f/?#@:]+(:[^\\u0000-\\u0020\\u007f/?#]*)?@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?(/[^\\u0000-\\u0020\\u007f]*)?|sftp:([a-z_][a-z0-9_.-]{0,31}@)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*):(?!.*(^|/)\\.\\.?(/|$))/[^\\u0000-\\u0020\\u007f]*)$",parentSchema:schema20.properties.spec.properties.url,data:data9};
 if(vErrors === null){
 vErrors = [err28];
@@ -2284,7 +2319,7 @@ return errors === 0;
 export const BackupSchedule = validate14;
 const schema23 = {"$schema":"http://json-schema.org/draft-07/schema#","$id":"https://ns8ctl.nethserver.org/schemas/v1/backupschedule.schema.json","title":"BackupSchedule","description":"When and where instances are backed up, and how many snapshots are kept.","type":"object","additionalProperties":false,"required":["apiVersion","kind","metadata","spec"],"properties":{"apiVersion":{"const":"ns8ctl.nethserver.org/v1","description":"always ns8ctl.nethserver.org/v1"},"kind":{"const":"BackupSchedule"},"metadata":{"type":"object","additionalProperties":false,"required":["name"],"properties":{"name":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"a backup schedule name: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (nightly, weekly-offsite)"},"labels":{"$ref":"#/definitions/stringMap"},"annotations":{"$ref":"#/definitions/stringMap"}}},"spec":{"type":"object","additionalProperties":false,"required":["destination","schedule"],"properties":{"destination":{"type":"string","maxLength":63,"pattern":"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$","description":"the name of a BackupDestination: 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit (offsite)"},"instances":{"type":"array","minItems":1,"maxItems":1000,"uniqueItems":true,"items":{"type":"string","maxLength":32,"pattern":"^[a-z]([a-z0-9_-]*[a-z_-])?[1-9][0-9]*$","description":"an instance id (dokuwiki1)"},"description":"ids of the instances to back up (dokuwiki1); with selector, the union of both; at least one of instances and selector"},"selector":{"type":"object","additionalProperties":false,"required":["matchLabels"],"description":"selects the Modules whose metadata.labels hold all the pairs of matchLabels; at least one of instances and selector","properties":{"matchLabels":{"allOf":[{"$ref":"#/definitions/stringMap"}],"minProperties":1,"maxProperties":32,"description":"label pairs a Module must all have to be backed up (backup: nightly); 1 to 32 pairs"}}},"schedule":{"type":"string","minLength":1,"maxLength":128,"pattern":"^[A-Za-z0-9*.,:~/ +-]+$","description":"a systemd OnCalendar expression of at most 128 characters of letters, digits, spaces and * . , : ~ / + - (daily, weekly, *-*-* 02:30:00, Mon..Fri 22:00)"},"retention":{"type":"object","additionalProperties":false,"minProperties":1,"description":"snapshots kept per instance after each run: keepLast and/or keepDaily, each an integer from 1 to 1000 (default keepLast 7)","properties":{"keepLast":{"type":"integer","minimum":1,"maximum":1000,"description":"the number of most recent snapshots kept: an integer from 1 to 1000"},"keepDaily":{"type":"integer","minimum":1,"maximum":1000,"description":"the number of days whose last snapshot is kept: an integer from 1 to 1000"}}},"suspend":{"type":"boolean","default":false,"description":"true or false: when true the schedule starts no backup (a manual ns8ctl backup run still works)"}}}},"definitions":{"stringMap":{"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}}}};
 const schema24 = {"type":"object","propertyNames":{"minLength":1,"maxLength":253,"pattern":"^[^\\u0000-\\u001f\\u007f]+$","description":"a key of 1 to 253 characters without control characters (no newline, tab or NUL)"},"additionalProperties":{"type":"string"}};
-const pattern29 = new RegExp("^[A-Za-z0-9*.,:~/ +-]+$", "u");
+const pattern30 = new RegExp("^[A-Za-z0-9*.,:~/ +-]+$", "u");
 
 function validate14(data, {instancePath="", parentData, parentDataProperty, rootData=data}={}){
 /*# sourceURL="https://ns8ctl.nethserver.org/schemas/v1/backupschedule.schema.json" */;
@@ -2910,7 +2945,7 @@ vErrors.push(err50);
 }
 errors++;
 }
-if(!pattern29.test(data15)){
+if(!pattern30.test(data15)){
 const err51 = {instancePath:instancePath+"/spec/schedule",schemaPath:"#/properties/spec/properties/schedule/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9*.,:~/ +-]+$"},message:"must match pattern \""+"^[A-Za-z0-9*.,:~/ +-]+$"+"\"",schema:"^[A-Za-z0-9*.,:~/ +-]+$",parentSchema:schema23.properties.spec.properties.schedule,data:data15};
 if(vErrors === null){
 vErrors = [err51];
