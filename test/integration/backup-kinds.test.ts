@@ -128,7 +128,7 @@ describe('backup kinds through the CLI', () => {
     // A module's Redis user (the ACL a node agent gives it) reads cluster/* but not the secret.
     await t.redis.set('cluster/probe', 'readable');
     await applyModuleAcl(t.redis, 'webapp1', 'module-pw-1');
-    const asModule = new Redis(t.srv.url, { username: 'module/webapp1', password: 'module-pw-1', maxRetriesPerRequest: 1 });
+    const asModule = new Redis(t.srv.url, { username: 'module/webapp1', password: 'module-pw-1', maxRetriesPerRequest: 1, enableReadyCheck: false });
     try {
       expect(await asModule.get('cluster/probe')).toBe('readable');
       await expect(asModule.hget('ns8ctl/secret/backup_destination/offsite', 'password')).rejects.toThrow(/NOPERM/);
