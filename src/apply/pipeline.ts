@@ -23,6 +23,7 @@ import { defaultSchemaLookup } from './configuration-check.js';
 import { loadAndValidate, locateDesired, locateInDocument } from './load-validate.js';
 import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
 import { findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
+import { withBackupPasswordWarnings } from './backup-passwords.js';
 
 export interface PlanOptions extends ResolveOptions {
   applySet: string;
@@ -152,7 +153,7 @@ async function planAndResolve(desired: DesiredObject[], state: ClusterState, red
   const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune, locate: locateDesired });
   if (opts.resolve === false) return { desired, state, plan: base, warnings: [] };
   const { plan, warnings } = await resolvePlan(redis, desired, state, base, opts);
-  return { desired, state, plan, warnings };
+  return { desired, state, plan: await withBackupPasswordWarnings(redis, desired, plan), warnings };
 }
 
 /**

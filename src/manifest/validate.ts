@@ -265,8 +265,13 @@ function rawId(kind: Kind, v: Record<string, unknown>): { id: string; pointer: s
  * version is `latest`/semver/range, repository URL parses, metadata.name fits the module
  * (`dokuwiki<N>`), no duplicate Module/Repository names or Node ids, and every Module's node is
  * declared by a Node document or listed in `facts.knownNodes` (omitted facts: no known nodes).
- * Defaults applied: Module removalPolicy Preserve, version latest (for `module`); Repository
- * enabled true, testing false. Never throws for bad input.
+ * Backup kinds: a BackupSchedule selects instances (`instances` and/or `selector`); its
+ * `destination` and a Module's `restoreFrom.destination` name a BackupDestination of the
+ * documents or of `facts.knownBackupDestinations`; a Module's `cloneFrom` names another instance
+ * of the same module (documents or `facts.knownModules`) and excludes `restoreFrom`.
+ * Defaults applied: Module removalPolicy Preserve, version latest (for `module`), restoreFrom
+ * snapshot latest; Repository enabled true, testing false; BackupSchedule retention keepLast 7
+ * when none is given. Never throws for bad input.
  */
 export function validateManifests(loaded: LoadResult, facts?: ClusterFacts): ValidationResult {
   const diags: Diagnostic[] = [];

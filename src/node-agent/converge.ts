@@ -90,6 +90,11 @@ type Round = { result: InstanceResult } | { observed: ObservedInstance; plan: In
  */
 export async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
   const pass = startPass(desired, rec, node, deps, shared, control);
+  // Clones are not carried out yet: nothing is created rather than an empty instance.
+  if (!pass.installed && !pass.rec && pass.d.spec.cloneFrom) {
+    const e = new Ns8ctlError('clone_unavailable', `${pass.id}: spec.cloneFrom (a copy of ${pass.d.spec.cloneFrom}) is not carried out by this version's node agents; nothing was created. To copy an instance from its backup, use spec.restoreFrom with instance: ${pass.d.spec.cloneFrom}`);
+    return failed(deps, pass.d, pass.prev, pass.base, e, undefined, [], [], true);
+  }
   // Not created yet: the instances it depends on come first (any node).
   if (!pass.installed && pass.d.spec.dependsOn?.length) {
     const waits = await waitForDependencies(pass.d, pass.prev, pass.base, deps);

@@ -41,6 +41,7 @@ export const REASONS: Readonly<Record<string, string>> = {
   snapshot_not_found: 'RestoreFailed',
   backup_first_unavailable: 'BackupFirstFailed',
   backup_first_failed: 'BackupFirstFailed',
+  clone_unavailable: 'CloneUnavailable',
 };
 
 /** Reasons only a change of the Module, of the repositories or of the core can fix (shared with the controller). */

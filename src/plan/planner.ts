@@ -45,7 +45,7 @@ export function parseKey(key: string): { kind: Kind; id: string } | undefined {
   return { kind: kind as Kind, id };
 }
 
-/** Order of create/update: Node, Repository, Module, then natural id order (reversed kinds for deletes). */
+/** Order of create/update: Node, Repository, BackupDestination, BackupSchedule, Module, then natural id order (reversed kinds for deletes). */
 export function compareKeys(a: string, b: string, reverseKinds = false): number {
   const pa = parseKey(a);
   const pb = parseKey(b);

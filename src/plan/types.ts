@@ -117,7 +117,7 @@ export interface Plan {
   applySet: string;
   /** Whether deletes of objects that left the manifests were planned. */
   prune: boolean;
-  /** Ordered: creates/updates by kind (Node, Repository, Module) then id; deletes last, kinds reversed. */
+  /** Ordered: creates/updates by kind (Node, Repository, BackupDestination, BackupSchedule, Module) then id; deletes last, kinds reversed. */
   changes: Change[];
   blocked: BlockedChange[];
   summary: { create: number; update: number; delete: number };

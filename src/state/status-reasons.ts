@@ -4,4 +4,4 @@
  * rechecking now and then) and the controller reports them as Stalled, not as Retrying. One set,
  * read by both, so the two never disagree.
  */
-export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused', 'UpdateFailed']);
+export const TERMINAL_REASONS: ReadonlySet<string> = new Set(['ImageResolutionFailed', 'ImageLabelInvalid', 'EnvironmentInvalid', 'RootfullChanged', 'UpdateRefused', 'UpdateFailed', 'CloneUnavailable']);

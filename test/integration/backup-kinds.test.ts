@@ -46,6 +46,7 @@ describe('backup kinds through the CLI', () => {
     const dir = path.dirname(t.write('m/all.yaml', MANIFESTS));
     const applied = await runCli(['apply', '-f', dir], t.env);
     expect(applied.code).toBe(0);
+    expect(applied.stdout).toContain('? BackupDestination offsite has no password yet: backups to it and restores from it wait until `ns8ctl backup set-password offsite --password-file FILE`');
     expect(await t.redis.hget('ns8ctl/desired/backupdestination/offsite', 'generation')).toBe('1');
     expect(await t.redis.sismember('ns8ctl/desired/backupschedule', 'nightly')).toBe(1);
     expect(await t.redis.smembers('ns8ctl/inventory/default')).toEqual(expect.arrayContaining(['BackupDestination/offsite', 'BackupSchedule/nightly']));
@@ -99,7 +100,9 @@ describe('backup kinds through the CLI', () => {
     expect(await t.redis.hget('ns8ctl/secret/backup_destination/offsite', 'password')).toBe(`${PASSWORD}-2`);
 
     t.write('m/all.yaml', MANIFESTS);
-    outputs.push(await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env));
+    const applied = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
+    outputs.push(applied);
+    expect(applied.stdout).not.toContain('has no password');
     const table = await runCli(['get', 'bd'], t.env);
     outputs.push(table, await runCli(['get', 'bd', '-o', 'yaml'], t.env), await runCli(['get', 'bd', '-o', 'wide', '--show-secrets'], t.env));
     expect(table.stdout).toMatch(/offsite +.+ +set +1\n/);
@@ -128,7 +131,7 @@ describe('backup kinds through the CLI', () => {
     // A module's Redis user (the ACL a node agent gives it) reads cluster/* but not the secret.
     await t.redis.set('cluster/probe', 'readable');
     await applyModuleAcl(t.redis, 'webapp1', 'module-pw-1');
-    const asModule = new Redis(t.srv.url, { username: 'module/webapp1', password: 'module-pw-1', maxRetriesPerRequest: 1 });
+    const asModule = new Redis(t.srv.url, { username: 'module/webapp1', password: 'module-pw-1', maxRetriesPerRequest: 1, enableReadyCheck: false });
     try {
       expect(await asModule.get('cluster/probe')).toBe('readable');
       await expect(asModule.hget('ns8ctl/secret/backup_destination/offsite', 'password')).rejects.toThrow(/NOPERM/);

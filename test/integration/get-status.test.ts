@@ -186,6 +186,6 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
     const missing = await runCli(['get', 'sources', 'nope'], t.env);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('source "nope" has no status');
-    expect((await runCli(['get', 'widgets'], t.env)).stderr).toContain('allowed: modules, repositories, nodes, sources');
+    expect((await runCli(['get', 'widgets'], t.env)).stderr).toContain('allowed: modules, repositories, nodes, backupdestinations (bd), backupschedules (bs), sources');
   });
 });

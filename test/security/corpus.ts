@@ -238,4 +238,20 @@ const planCases: Case[] = [
 ];
 
 /** Every case of the corpus. */
-export const CORPUS: Case[] = [...manifestCases, ...directoryCases, ...specialFileCases, ...idCases, ...applySetCases, ...urlCases, ...planCases];
+const backupDoc = (kind: string, spec: string): string => `${HEAD}kind: ${kind}\nmetadata:\n  name: offsite\nspec:\n${spec}`;
+const setPassword = ['backup', 'set-password', 'offsite'];
+const backupCases: Case[] = [
+  { name: 'BackupDestination url with a newline', args: applyFile(backupDoc('BackupDestination', '  url: "/srv/a\\nb"\n')), where: 'file' },
+  { name: 'BackupDestination url of another restic backend (s3:)', args: applyFile(backupDoc('BackupDestination', '  url: s3:s3.amazonaws.com/bucket\n')), where: 'file' },
+  { name: 'BackupDestination url with .. segments', args: applyFile(backupDoc('BackupDestination', '  url: /srv/backup/../../etc\n')), where: 'file' },
+  { name: 'BackupDestination url over 1024 characters', args: applyFile(backupDoc('BackupDestination', `  url: /srv/${'a'.repeat(2000)}\n`)), where: 'file' },
+  { name: 'BackupSchedule schedule with a shell command', args: applyFile(backupDoc('BackupSchedule', '  destination: offsite\n  instances: [webapp7]\n  schedule: "daily; rm -rf /"\n')), where: 'file' },
+  { name: 'BackupSchedule schedule with a newline (a second unit line)', args: applyFile(backupDoc('BackupSchedule', '  destination: offsite\n  instances: [webapp7]\n  schedule: "daily\\nExecStart=/bin/sh"\n')), where: 'file' },
+  { name: 'set-password --password-file /dev/zero', args: () => [...setPassword, '--password-file', '/dev/zero'], where: /only regular files are read/ },
+  { name: 'set-password --password-file a FIFO', args: (d) => (execFileSync('mkfifo', [path.join(d, 'pw')]), [...setPassword, '--password-file', path.join(d, 'pw')]), where: /only regular files are read/ },
+  { name: 'set-password stdin that never ends', args: () => [...setPassword, '--password-stdin'], stdin: endless, where: /more than/ },
+  { name: 'set-password of two lines', args: () => [...setPassword, '--password-stdin'], stdin: once(Buffer.from('Hostile-Pw-Line-1\nHostile-Pw-Line-2\n')), where: /backup password is refused/, secrets: ['Hostile-Pw-Line'] },
+  { name: 'set-password of a name that leaves its key', args: () => ['backup', 'set-password', '../../cluster/module_node', '--password-stdin'], stdin: once(Buffer.from('pw')), where: /is not valid/ },
+];
+
+export const CORPUS: Case[] = [...manifestCases, ...directoryCases, ...specialFileCases, ...idCases, ...applySetCases, ...urlCases, ...planCases, ...backupCases];

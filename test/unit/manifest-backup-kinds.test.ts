@@ -2,8 +2,9 @@
  * BackupDestination, BackupSchedule and the Module fields restoreFrom, cloneFrom and
  * updatePolicy: their schemas, defaults and located errors naming the allowed values.
  */
+import { join } from 'node:path';
 import { formatDiagnostic } from '../../src/errors.js';
-import { parseManifestText } from '../../src/manifest/load.js';
+import { loadManifests, parseManifestText } from '../../src/manifest/load.js';
 import type { LoadResult } from '../../src/manifest/load.js';
 import { validateManifests } from '../../src/manifest/validate.js';
 import type { ClusterFacts } from '../../src/manifest/validate.js';
@@ -152,4 +153,16 @@ describe('Module restoreFrom, cloneFrom, updatePolicy', () => {
   test('an instance cannot be a clone of itself', () => {
     expect(check(moduleDoc('cloneFrom: webapp1'))).toEqual(['b.yaml:7:14  /spec/cloneFrom  webapp1 cannot be a clone of itself: cloneFrom names another instance']);
   });
+});
+
+test('examples/backup/ validates as a directory (node 1 known) and gives both kinds and the restore and clone Modules', async () => {
+  const r = validateManifests(await loadManifests([join(process.cwd(), 'examples', 'backup')]), { knownNodes: [1], knownModules: ['webapp1'] });
+  expect(r.diagnostics.map(formatDiagnostic)).toEqual([]);
+  expect(r.objects.map((o) => `${o.object.kind}/${o.object.metadata.name}`)).toEqual([
+    'BackupDestination/local',
+    'BackupDestination/offsite',
+    'BackupSchedule/nightly',
+    'Module/webapp2',
+    'Module/webapp3',
+  ]);
 });

@@ -176,6 +176,27 @@ function passwordCondition(name: string, state: PasswordState): Condition {
     : { type: 'PasswordSet', status: 'False', reason: 'PasswordMissing', message: `no password: set it with ns8ctl backup set-password ${name}` };
 }
 
+/**
+ * The table of BackupDestinations (NAME, URL masked by `text`, PASSWORD set/missing, GEN; wide:
+ * SOURCE) or BackupSchedules (NAME, DESTINATION, SCHEDULE, INSTANCES, GEN; wide: RETENTION,
+ * SUSPENDED, SOURCE); `objects` are all of one of the two kinds.
+ */
+function backupTable(objects: StoredObject[], passwords: Map<string, PasswordState>, wide: boolean, text: (v: string) => string): { columns: string[]; rows: string[][] } {
+  const rows: string[][] = [];
+  for (const o of objects) {
+    const obj = o.object;
+    if (obj.kind === 'BackupDestination') {
+      rows.push([obj.metadata.name, text(obj.spec.url), passwords.get(obj.metadata.name) ?? 'missing', String(o.generation), ...(wide ? [o.source] : [])]);
+    } else if (obj.kind === 'BackupSchedule') {
+      const retention = Object.entries(obj.spec.retention ?? {}).map(([k, v]) => `${k} ${String(v)}`).join(', ');
+      rows.push([obj.metadata.name, obj.spec.destination, obj.spec.schedule, scheduleTargets(obj.spec), String(o.generation), ...(wide ? [retention, String(obj.spec.suspend ?? false), o.source] : [])]);
+    }
+  }
+  const destinations = objects[0]?.object.kind === 'BackupDestination';
+  const columns = destinations ? ['name', 'url', 'password', 'gen', ...(wide ? ['source'] : [])] : ['name', 'destination', 'schedule', 'instances', 'gen', ...(wide ? ['retention', 'suspended', 'source'] : [])];
+  return { columns, rows };
+}
+
 /** INSTANCES column of a BackupSchedule: the listed ids, then the selector (`webapp1,webapp2 + backup=nightly`). */
 function scheduleTargets(spec: { instances?: string[]; selector?: { matchLabels: Record<string, string> } }): string {
   const ids = (spec.instances ?? []).join(',');
@@ -350,19 +371,8 @@ export async function getCommand(resource: string, name: string | undefined, opt
       const spec = (o.object as Extract<ManifestObject, { kind: 'Repository' }>).spec;
       return [o.object.metadata.name, text(spec.url), String(spec.enabled ?? true), String(spec.testing ?? false), String(o.generation), ...(wide ? [o.source] : [])];
     });
-  } else if (kind === 'BackupDestination') {
-    columns = ['name', 'url', 'password', 'gen', ...(wide ? ['source'] : [])];
-    rows = objects.map((o, i) => {
-      const spec = (o.object as Extract<ManifestObject, { kind: 'BackupDestination' }>).spec;
-      return [o.object.metadata.name, text(spec.url), passwords.get(ids[i]!) ?? 'missing', String(o.generation), ...(wide ? [o.source] : [])];
-    });
-  } else if (kind === 'BackupSchedule') {
-    columns = ['name', 'destination', 'schedule', 'instances', 'gen', ...(wide ? ['retention', 'suspended', 'source'] : [])];
-    rows = objects.map((o) => {
-      const spec = (o.object as Extract<ManifestObject, { kind: 'BackupSchedule' }>).spec;
-      const retention = Object.entries(spec.retention ?? {}).map(([k, v]) => `${k} ${String(v)}`).join(', ');
-      return [o.object.metadata.name, spec.destination, spec.schedule, scheduleTargets(spec), String(o.generation), ...(wide ? [retention, String(spec.suspend ?? false), o.source] : [])];
-    });
+  } else if (kind === 'BackupDestination' || kind === 'BackupSchedule') {
+    ({ columns, rows } = backupTable(objects, passwords, wide, text));
   } else {
     columns = ['id', 'name', 'address', 'flags', 'gen', ...(wide ? ['source'] : [])];
     rows = objects.map((o) => {
