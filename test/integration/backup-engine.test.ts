@@ -5,11 +5,14 @@
  * uids and subordinate ids: every file comes back with the owner the containers see.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
+import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { ResticBackups, type BackupTarget, type HookRunner } from '../../src/node-agent/backup/engine.js';
+import { instanceRepository } from '../../src/node-agent/backup/restic.js';
+import { until } from '../support/wait-for.js';
 import { asOwner, type Owner } from '../../src/node-agent/host/owner.js';
 import { preparePodmanHost, removeTestUsers } from '../support/host-podman.js';
 import { startRestServer } from '../support/rest-server.js';
@@ -152,6 +155,29 @@ describe('backup engine (real restic, real users, real volumes)', () => {
     } finally {
       server.stop();
     }
+  }, 120_000);
+
+  test('a restic killed while it held the repository lock (kill -9) does not block the next backup and its pruning', async () => {
+    const src = await instance('bkeng1');
+    const repo = instanceRepository(dest, src.imageUrl, src.uuid);
+    const locks = path.join(repo, 'locks');
+    await engine().backup(src, dest, PASSWORD);
+    const o = src.owner as Extract<Owner, { kind: 'user' }>;
+    // A backup reading a stdin that never ends holds its lock until it is killed.
+    const stuck = spawn('restic', ['--no-cache', 'backup', '--stdin', '--stdin-filename', 'never-ends'], { uid: o.uid, gid: o.gid, cwd: '/', env: { PATH: process.env.PATH, HOME: o.home, RESTIC_REPOSITORY: repo, RESTIC_PASSWORD: PASSWORD }, stdio: ['pipe', 'ignore', 'pipe'] });
+    let said = '';
+    stuck.stderr.on('data', (c: Buffer) => void (said += c.toString()));
+    try {
+      await until(`the stuck restic holds a lock (it said: ${said})`, async () => (await fs.readdir(locks).catch(() => [])).length > 0 || stuck.exitCode !== null, { everyMs: 50, timeoutMs: 30_000 });
+      expect(said).toBe('');
+    } finally {
+      stuck.kill('SIGKILL');
+    }
+    await new Promise((r) => stuck.once('exit', r));
+    expect((await fs.readdir(locks)).length).toBeGreaterThan(0);
+    // forget --prune needs the exclusive lock: the stale one must be gone for the backup to end well.
+    await engine().backup(src, dest, PASSWORD, { keepLast: 2 });
+    expect(await fs.readdir(locks)).toEqual([]);
   }, 120_000);
 
   test('a snapshot argument that is neither latest nor an id is refused before restic runs', async () => {

@@ -150,9 +150,14 @@ export class ResticBackups {
       if (target.owner.kind === 'user') await this.runner.run(['chown', '-R', `${target.owner.uid}:${target.owner.gid}`, repo], { purpose: `${target.id}: hand the backup repository to the instance user`, mutating: true });
       await fs.chmod(repo, 0o700);
     }
-    if (!init) return repo;
     const probe = await this.resticAs(target, ['cat', 'config'], repo, password, { allowFailure: true, purpose: `${target.id}: probe backup repository` });
-    if (probe.exitCode !== 0) await this.resticAs(target, ['init'], repo, password, { purpose: `${target.id}: initialise backup repository` });
+    if (probe.exitCode !== 0) {
+      if (init) await this.resticAs(target, ['init'], repo, password, { purpose: `${target.id}: initialise backup repository` });
+      return repo;
+    }
+    // A restic killed mid-run (node crash, kill -9) leaves its lock: restic unlock removes only
+    // stale locks (of processes no longer running), so a crash never blocks the next backup.
+    await this.resticAs(target, ['unlock'], repo, password, { allowFailure: true, purpose: `${target.id}: remove stale repository locks` });
     return repo;
   }
 
