@@ -253,7 +253,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
   if (!RESOURCES[resource.toLowerCase()]) throw new UsageError(`unknown resource type "${resource}"; allowed: modules, repositories, nodes, sources (and available)`);
   const kind = resourceKind(resource);
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const state = await readClusterState(redis);
   let objects = [...state.objects.values()].filter((o) => o.object.kind === kind);
   objects.sort((a, b) => a.key.localeCompare(b.key, 'en', { numeric: true }));
@@ -368,7 +368,7 @@ function sourceDocument(s: SourceStatus): Record<string, unknown> {
  */
 export async function getSources(name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const names = name !== undefined ? [name] : await listSourceNames(redis);
   const found: SourceStatus[] = [];
   for (const n of names) {

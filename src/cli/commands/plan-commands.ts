@@ -48,7 +48,7 @@ function printWarnings(prepared: PreparedPlan, deps: CliDeps): void {
 export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   if (opts.forcePrune && !opts.out) throw new UsageError('diff --force-prune is for a saved plan (--out FILE); ns8ctl apply takes --force-prune itself');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const coreVersion = await readCoreVersion({ env: deps.env });
   const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
