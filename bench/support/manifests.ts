@@ -6,6 +6,7 @@ import path from 'node:path';
  * 3 Nodes into `dir`: the benchmark set of the core bench and of the CLI startup bench.
  */
 export function writeBenchManifests(dir: string, n: number): void {
+  mkdirSync(dir, { recursive: true });
   const nodes = [1, 2, 3];
   writeFileSync(path.join(dir, 'nodes.yaml'), nodes.map((i) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node${i}}\nspec: {id: ${i}}\n`).join('---\n'));
   for (let i = 1; i <= n; i++) {
