@@ -56,7 +56,9 @@ interface Request {
   timer: NodeJS.Timeout;
 }
 
-const INCOMPLETE = Symbol('incomplete');
+/** What RespReader.next returns while the next reply has not fully arrived. */
+export const INCOMPLETE = Symbol('incomplete');
+const CRLF = Buffer.from('\r\n');
 
 /** Encodes commands in RESP (arrays of bulk strings), as one buffer. */
 function encode(commands: readonly [string, string[]][]): Buffer {
@@ -92,7 +94,7 @@ function pairsToObject(flat: unknown): unknown {
  * An incremental RESP2 reader: `push` chunks, `next` returns the next complete reply or
  * INCOMPLETE. A reply split over chunks is read again from its start when more arrives.
  */
-class RespReader {
+export class RespReader {
   private buf: Buffer = Buffer.alloc(0);
   private pos = 0;
 
@@ -109,28 +111,43 @@ class RespReader {
   }
 
   private line(): string | typeof INCOMPLETE {
-    const end = this.buf.indexOf('\r\n', this.pos, 'latin1');
+    const end = this.buf.indexOf(CRLF, this.pos);
     if (end < 0) return INCOMPLETE;
     const s = this.buf.toString('utf8', this.pos, end);
     this.pos = end + 2;
     return s;
   }
 
+  /** The decimal integer ending the current line (lengths, counts, `:` replies), read without making a string. */
+  private integer(): number | typeof INCOMPLETE {
+    const b = this.buf;
+    let i = this.pos;
+    const negative = b[i] === 0x2d;
+    if (negative) i++;
+    let n = 0;
+    for (; i < b.length && b[i] !== 0x0d; i++) n = n * 10 + (b[i]! - 0x30);
+    if (i + 1 >= b.length) return INCOMPLETE;
+    this.pos = i + 2;
+    return negative ? -n : n;
+  }
+
   private read(): unknown {
     if (this.pos >= this.buf.length) return INCOMPLETE;
     const type = this.buf[this.pos++];
-    const l = this.line();
-    if (l === INCOMPLETE) return INCOMPLETE;
     switch (type) {
       case 0x2b: // +
-        return l;
-      case 0x2d: // -
-        return new LiteReplyError(l);
+        return this.line();
+      case 0x2d: {
+        // -
+        const l = this.line();
+        return l === INCOMPLETE ? l : new LiteReplyError(l);
+      }
       case 0x3a: // :
-        return Number(l);
+        return this.integer();
       case 0x24: {
         // $
-        const n = Number(l);
+        const n = this.integer();
+        if (n === INCOMPLETE) return n;
         if (n < 0) return null;
         if (this.pos + n + 2 > this.buf.length) return INCOMPLETE;
         const s = this.buf.toString('utf8', this.pos, this.pos + n);
@@ -139,7 +156,8 @@ class RespReader {
       }
       case 0x2a: {
         // *
-        const n = Number(l);
+        const n = this.integer();
+        if (n === INCOMPLETE) return n;
         if (n < 0) return null;
         const out = new Array<unknown>(n);
         for (let i = 0; i < n; i++) {
