@@ -60,6 +60,8 @@ describe('CLI startup: what a command loads before it runs', () => {
     const heavy = ['ioredis', 'yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'];
     expect([...packages].filter((p) => heavy.includes(p) || p.startsWith('semver/'))).toEqual([]);
     expect(rel(files)).toContain('src/repository/semver-subset.ts');
+    // Saved plans (encryption, re-validation) load only for `diff --out` and `apply --plan`.
+    expect(rel(files)).not.toContain('src/apply/saved-plan.ts');
   });
 
   test('semver loads file by file through require (an `import` of its CommonJS files costs several times more on Node 20)', () => {
