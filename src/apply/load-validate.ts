@@ -30,21 +30,26 @@ export const locateInDocument: DocumentLocator = (d, pointer, mode) => {
 /** `PlanOptions.locate` for `plan()`: the value a pointer designates, in the object's loaded document. */
 export const locateDesired = (d: DesiredObject, pointer: string): { file: string; line: number; col: number } => locateInDocument(d, pointer, 'value');
 
-/** Best-effort names from raw documents, so one read fetches the NS8 keys they will need. */
+/**
+ * Best-effort names from raw documents, so one read fetches the NS8 keys they will need,
+ * including the running image of every Module instance they name (for the resolution step).
+ */
 export function scopeOf(loaded: LoadResult): ReadScope {
   const modules: string[] = [];
   const repositories: string[] = [];
   const nodes: string[] = [];
+  const instances: string[] = [];
   for (const d of loaded.documents) {
     const v = d.value as { kind?: unknown; metadata?: { name?: unknown }; spec?: Record<string, unknown> } | null;
     if (!v || typeof v !== 'object') continue;
     if (v.kind === 'Module' && v.spec) {
       const name = moduleNameOf({ ...(typeof v.spec.module === 'string' ? { module: v.spec.module } : {}), ...(typeof v.spec.image === 'string' ? { image: v.spec.image } : {}) } as ModuleSpec);
       if (name) modules.push(name);
+      if (typeof v.metadata?.name === 'string') instances.push(v.metadata.name);
     } else if (v.kind === 'Repository' && typeof v.metadata?.name === 'string') repositories.push(v.metadata.name);
     else if (v.kind === 'Node' && v.spec && v.spec.id !== undefined) nodes.push(String(v.spec.id));
   }
-  return { modules, repositories, nodes };
+  return { modules, repositories, nodes, instances };
 }
 
 /** Instances the cluster has: Modules in desired state, and those NS8 places (`cluster/module_node`). */

@@ -5,7 +5,7 @@
 import type { Redis } from 'ioredis';
 import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
 import { checkPlannedConfigurations, withSecretNames } from '../configuration/configuration-validation.js';
-import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
+import { ConflictError, ManifestError, RefusedError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { moduleNameOf, type DesiredObject } from '../manifest/types.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
@@ -16,7 +16,7 @@ import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
 import { resolveModule, type RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
-import { readClusterState, type ReadScope } from '../state/read-state.js';
+import { readClusterState, runningImageOf, runningImagesOf, type ReadScope, type Reply } from '../state/read-state.js';
 import { executeWrites, newEpoch } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { defaultSchemaLookup } from './configuration-check.js';
@@ -66,8 +66,9 @@ export interface PreparedPlan {
 /**
  * The resolution part of observe: the image each desired Module runs now (`imageUrl` of its
  * status hash and `IMAGE_URL` of `module/<id>/environment`, the latter preferred: it is what was
- * installed, while the status names the agent's last target), read in one pipeline; the labels
- * of the full image URLs of Modules the plan creates or updates (`opts.imageLabels`, for
+ * installed, while the status names the agent's last target), taken from `state` when
+ * readClusterState read them with it (`scope.instances`: no round trip of its own), else read in
+ * one pipeline; the labels of the full image URLs of Modules the plan creates or updates (`opts.imageLabels`, for
  * max-per-node); and, when a desired Module names a repository module or such an image's labels
  * were not found locally, the catalog of the repositories as `base` leaves them (declared
  * Repository objects replace the configured ones, pruned ones are dropped).
@@ -76,22 +77,23 @@ export interface PreparedPlan {
  * Reading a repository may fill its Redis cache (`cluster/repository_cache/<name>`), as NS8 does.
  * @throws RedisError when Redis fails.
  */
-export async function observeResolution(redis: Redis, desired: readonly DesiredObject[], base: Plan, opts: ResolveOptions = {}): Promise<{ inputs: ResolutionInputs; warnings: string[] }> {
+export async function observeResolution(redis: Redis, desired: readonly DesiredObject[], base: Plan, opts: ResolveOptions = {}, state?: ClusterState): Promise<{ inputs: ResolutionInputs; warnings: string[] }> {
   const modules = desired.flatMap((d) => (d.object.kind === 'Module' ? [d.object] : []));
   const running = new Map<string, string>();
-  if (modules.length) {
+  const ids = modules.map((m) => m.metadata.name);
+  const prefetched = state && ids.length ? runningImagesOf(state, ids) : undefined;
+  if (prefetched) {
+    for (const id of ids) {
+      const image = prefetched.get(id);
+      if (image) running.set(id, image);
+    }
+  } else if (modules.length) {
     const p = redis.pipeline();
-    for (const m of modules) p.hget(keys.moduleStatus(m.metadata.name), 'imageUrl').hget(keys.moduleEnvironment(m.metadata.name), 'IMAGE_URL');
-    const res = (await p.exec()) ?? [];
-    modules.forEach((m, i) => {
-      for (const reply of [res[2 * i], res[2 * i + 1]]) {
-        const err = reply?.[0];
-        if (err) throw new RedisError('redis_command_failed', `reading the running image of ${m.metadata.name}: ${err.message}`, { cause: err });
-      }
-      const fromStatus = res[2 * i]?.[1];
-      const fromEnv = res[2 * i + 1]?.[1];
-      const image = typeof fromEnv === 'string' && fromEnv ? fromEnv : typeof fromStatus === 'string' && fromStatus ? fromStatus : undefined;
-      if (image) running.set(m.metadata.name, image);
+    for (const id of ids) p.hget(keys.moduleStatus(id), 'imageUrl').hget(keys.moduleEnvironment(id), 'IMAGE_URL');
+    const res = ((await p.exec()) ?? []) as Reply[];
+    ids.forEach((id, i) => {
+      const image = runningImageOf(id, res[2 * i] ?? [null, null], res[2 * i + 1] ?? [null, null]);
+      if (image) running.set(id, image);
     });
   }
   // Full image URLs of Modules this plan creates or updates: only those can be refused by max-per-node.
@@ -138,7 +140,7 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
  *   nothing may be written. RedisError when Redis fails.
  */
 export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[], state: ClusterState, base: Plan, opts: ResolveOptions = {}): Promise<{ plan: Plan; warnings: string[] }> {
-  const { inputs, warnings } = await observeResolution(redis, desired, base, opts);
+  const { inputs, warnings } = await observeResolution(redis, desired, base, opts, state);
   const plan = annotatePlan(base, desired, state, inputs);
   if (opts.configuration === false || !desired.some((d) => d.object.kind === 'Module' && d.object.spec.configuration !== undefined)) return { plan, warnings };
   const check = await checkPlannedConfigurations(desired, plan, { lookup: opts.configuration ?? defaultSchemaLookup(), running: inputs.running, locate: locateInDocument });
@@ -176,6 +178,7 @@ export async function replan(desired: DesiredObject[], redis: Redis, opts: PlanO
     modules: desired.flatMap((d) => (d.object.kind === 'Module' ? [moduleNameOf(d.object.spec)] : [])),
     repositories: desired.flatMap((d) => (d.object.kind === 'Repository' ? [d.object.metadata.name] : [])),
     nodes: desired.flatMap((d) => (d.object.kind === 'Node' ? [String(d.object.spec.id)] : [])),
+    instances: desired.flatMap((d) => (d.object.kind === 'Module' ? [d.object.metadata.name] : [])),
   };
   const state = await readClusterState(redis, scope);
   return planAndResolve(desired, state, redis, opts);

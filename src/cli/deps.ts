@@ -12,8 +12,12 @@ export interface CliDeps {
   /** True when stdout is a terminal (colour, progress). */
   isTTY: boolean;
   runner: CommandRunner;
-  /** Connects (once) to the Redis chosen by --redis / NS8CTL_REDIS_URL / local / embedded. */
-  connect: (opts?: { startEmbedded?: boolean }) => Promise<Connection>;
+  /**
+   * Connects (once: the first call's options win) to the Redis chosen by --redis /
+   * NS8CTL_REDIS_URL / local / embedded. `lite`: reads go through the small client that does not
+   * load ioredis (ConnectOptions.lite), for commands that mostly read.
+   */
+  connect: (opts?: { startEmbedded?: boolean; lite?: boolean }) => Promise<Connection>;
   /** `--state-dir` / NS8CTL_STATE_DIR / default (resolveStateDir), when main() knows it. */
   stateDir?: string;
   /** Reads standard input to the end (for `-f -`). */

@@ -1,10 +1,13 @@
+import { createRequire } from 'node:module';
 import net from 'node:net';
-import { Redis, type RedisOptions as IoRedisOptions } from 'ioredis';
+import type * as IoRedis from 'ioredis';
+import type { Redis, RedisOptions as IoRedisOptions } from 'ioredis';
 
 import { EXIT_REDIS, RedisError } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { ADMIN_USER, applyDefaultUserRule, embeddedPaths, readAdminPassword, startEmbeddedRedis } from './embedded-redis.js';
 import { maskUrl } from '../runtime/mask-url.js';
+import { liteHandshake, liteRedis } from './lite-redis.js';
 
 /** ioredis options without the reply mapping (ns8ctl uses the default one). */
 type RedisOptions = Omit<IoRedisOptions, 'replyMapping'>;
@@ -23,6 +26,11 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** Bound of each non-blocking command, ms (default 30000; blocking reads are not bounded). */
   commandTimeoutMs?: number;
+  /**
+   * Serve the read commands of one-shot commands through the small client of lite-redis.ts, so
+   * ioredis is loaded only when something else is sent (default false). Not for TLS (rediss://).
+   */
+  lite?: boolean;
 }
 
 export interface Connection {
@@ -138,47 +146,58 @@ interface Explain {
 type SendCommand = Redis['sendCommand'];
 type SentCommand = Parameters<SendCommand>[0];
 
+const requireHere = createRequire(import.meta.url);
+
+type BoundedRedisClass = new (options: RedisOptions, explain: Explain) => Redis;
+let boundedRedis: BoundedRedisClass | undefined;
+
 /**
  * An ioredis client whose non-blocking commands time out (`commandTimeout`), and whose failures
  * say what to do: a command timeout names the URL (a stopped or overloaded server), a NOPERM on
  * a connection without credentials says which credentials reading desired state needs.
- * `duplicate()` keeps both.
+ * `duplicate()` keeps both. ioredis (a CommonJS package) is loaded on the first call: a command
+ * served by the small client never loads it.
  */
-class BoundedRedis extends Redis {
-  constructor(options: RedisOptions, private readonly explain: Explain) {
-    super(options);
-  }
-
-  /**
-   * A second connection (subscribers, blocking readers) with the same bounds and reconnection.
-   * Socket errors while Redis restarts are reported through the commands that fail, so they are
-   * not also thrown as unhandled 'error' events.
-   */
-  override duplicate(override?: Partial<RedisOptions>): Redis {
-    const copy = new BoundedRedis({ ...this.options, ...(override ?? {}) }, this.explain);
-    copy.on('error', () => undefined);
-    return copy;
-  }
-
-  override sendCommand(command: SentCommand, stream?: Parameters<SendCommand>[1]): unknown {
-    // The explanation goes into the command's own rejection, so pipelines and MULTI get it too.
-    const reject = command.reject.bind(command);
-    const timeoutMs = this.options.commandTimeout;
-    command.reject = (err: Error): void => reject(commandFault(err, command.name, this.explain, timeoutMs) as Error);
-    let sent: unknown;
-    if (isBlocking(command.name, command.args)) {
-      const saved = this.options.commandTimeout;
-      this.options.commandTimeout = undefined;
-      try {
-        sent = super.sendCommand(command, stream);
-      } finally {
-        this.options.commandTimeout = saved;
-      }
-    } else {
-      sent = super.sendCommand(command, stream);
+function boundedRedisClass(): BoundedRedisClass {
+  if (boundedRedis) return boundedRedis;
+  const { Redis: Base } = requireHere('ioredis') as typeof IoRedis;
+  boundedRedis = class BoundedRedis extends Base {
+    constructor(options: RedisOptions, private readonly explain: Explain) {
+      super(options);
     }
-    return sent;
-  }
+
+    /**
+     * A second connection (subscribers, blocking readers) with the same bounds and reconnection.
+     * Socket errors while Redis restarts are reported through the commands that fail, so they are
+     * not also thrown as unhandled 'error' events.
+     */
+    override duplicate(override?: Partial<RedisOptions>): Redis {
+      const copy = new BoundedRedis({ ...this.options, ...(override ?? {}) }, this.explain);
+      copy.on('error', () => undefined);
+      return copy;
+    }
+
+    override sendCommand(command: SentCommand, stream?: Parameters<SendCommand>[1]): unknown {
+      // The explanation goes into the command's own rejection, so pipelines and MULTI get it too.
+      const reject = command.reject.bind(command);
+      const timeoutMs = this.options.commandTimeout;
+      command.reject = (err: Error): void => reject(commandFault(err, command.name, this.explain, timeoutMs) as Error);
+      let sent: unknown;
+      if (isBlocking(command.name, command.args)) {
+        const saved = this.options.commandTimeout;
+        this.options.commandTimeout = undefined;
+        try {
+          sent = super.sendCommand(command, stream);
+        } finally {
+          this.options.commandTimeout = saved;
+        }
+      } else {
+        sent = super.sendCommand(command, stream);
+      }
+      return sent;
+    }
+  };
+  return boundedRedis;
 }
 
 function commandFault(err: unknown, command: string, e: Explain, timeoutMs: number | undefined): unknown {
@@ -213,7 +232,7 @@ export function reconnectDelay(times: number): number {
  */
 async function open(target: RedisOptions, shown: Explain, name: string | undefined, opts: { connectTimeoutMs: number; commandTimeoutMs: number; tls: boolean }): Promise<Redis> {
   const db = target.db ?? 0;
-  const redis = new BoundedRedis(
+  const redis = new (boundedRedisClass())(
     {
       ...target,
       lazyConnect: true,
@@ -270,6 +289,70 @@ async function open(target: RedisOptions, shown: Explain, name: string | undefin
   redis.off('connect', onConnect);
   redis.on('error', () => undefined);
   return redis;
+}
+
+/**
+ * `open` through the small client (lite-redis.ts): connect, AUTH, CLIENT SETNAME, SELECT and PING
+ * sent at once, within `connectTimeoutMs` (else the same `redis_timeout` error as `open`). Any
+ * other failure (refused, wrong password, missing database, a server still loading) is left to
+ * `open`, so its messages and retries are ioredis' own. The full ioredis client behind the small
+ * one (see liteRedis) gets the options `open` gives a proven connection.
+ */
+async function openLite(target: RedisOptions, shown: Explain, name: string | undefined, opts: { connectTimeoutMs: number; commandTimeoutMs: number; tls: boolean }): Promise<Redis> {
+  const db = target.db ?? 0;
+  const socket = target.path ? net.connect({ path: target.path }) : net.connect({ host: target.host ?? '127.0.0.1', port: target.port ?? 6379 });
+  socket.setNoDelay(true);
+  let connected = false;
+  socket.once('connect', () => (connected = true));
+  const commands: [string, string[]][] = [];
+  if (target.password !== undefined) commands.push(['AUTH', target.username ? [target.username, target.password] : [target.password]]);
+  if (name) commands.push(['CLIENT', ['SETNAME', name]]);
+  if (db !== 0) commands.push(['SELECT', [String(db)]]);
+  commands.push(['PING', []]);
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<'timeout'>((resolve) => {
+    // A reply that arrived while the event loop was busy is read (poll phase) before giving up.
+    timer = setTimeout(() => setImmediate(() => resolve('timeout')), opts.connectTimeoutMs);
+  });
+  let replies: unknown[] | 'timeout' | undefined;
+  try {
+    replies = await Promise.race([liteHandshake(socket, commands), deadline]);
+  } catch {
+    replies = undefined;
+  } finally {
+    clearTimeout(timer);
+  }
+  if (replies === 'timeout') {
+    socket.destroy();
+    throw noAnswer(shown.url, opts.connectTimeoutMs, connected, false);
+  }
+  // A refused CLIENT SETNAME is ignored, as ioredis ignores it.
+  const proven = replies !== undefined && replies.at(-1) === 'PONG' && replies.every((r, i) => !(r instanceof Error) || commands[i]![0] === 'CLIENT');
+  if (!proven) {
+    socket.destroy();
+    return open(target, shown, name, opts);
+  }
+  return liteRedis(socket, {
+    commandTimeoutMs: opts.commandTimeoutMs,
+    fault: (err, command) => commandFault(err, command, shown, opts.commandTimeoutMs) as Error,
+    full: () => {
+      const full = new (boundedRedisClass())(
+        {
+          ...target,
+          connectTimeout: opts.connectTimeoutMs,
+          commandTimeout: opts.commandTimeoutMs,
+          maxRetriesPerRequest: 2,
+          enableOfflineQueue: true,
+          retryStrategy: reconnectDelay,
+          enableReadyCheck: !shown.anonymous,
+          ...(name ? { connectionName: name } : {}),
+        },
+        shown,
+      );
+      full.on('error', () => undefined);
+      return full;
+    },
+  });
 }
 
 async function selectDb(redis: Redis, db: number, url: string): Promise<void> {
@@ -342,7 +425,7 @@ export async function connectRedis(opts: ConnectOptions): Promise<Connection> {
   if (given) {
     const t = parseRedisUrl(given);
     const shown = { url: maskUrl(given), anonymous: !t.password, given: true, stateDir: opts.stateDir };
-    return { redis: await open(targetOptions(t), shown, opts.name, { ...timeouts, tls: t.tls }), url: shown.url, embedded: false };
+    return { redis: await (opts.lite && !t.tls ? openLite : open)(targetOptions(t), shown, opts.name, { ...timeouts, tls: t.tls }), url: shown.url, embedded: false };
   }
   const portText = env.NS8CTL_EMBEDDED_PORT ?? '6379';
   const port = Number(portText);
@@ -354,7 +437,7 @@ export async function connectRedis(opts: ConnectOptions): Promise<Connection> {
   const socketUrl = `unix://${p.socket}`;
   const embedded = async (password: string): Promise<Connection> => {
     const shown = { url: socketUrl, anonymous: false, given: false, stateDir: opts.stateDir };
-    const redis = await open({ path: p.socket, username: ADMIN_USER, password }, shown, opts.name, { ...timeouts, tls: false });
+    const redis = await (opts.lite ? openLite : open)({ path: p.socket, username: ADMIN_USER, password }, shown, opts.name, { ...timeouts, tls: false });
     try {
       await applyDefaultUserRule(redis);
     } catch (err) {
@@ -392,7 +475,7 @@ export async function connectRedis(opts: ConnectOptions): Promise<Connection> {
   if (await answersTcp('127.0.0.1', port)) {
     // A plain local Redis (not one this state dir started): no credentials to send.
     const shown = { url: tcpUrl, anonymous: true, given: false, stateDir: opts.stateDir };
-    return { redis: await open({ host: '127.0.0.1', port }, shown, opts.name, { ...timeouts, tls: false }), url: tcpUrl, embedded: false };
+    return { redis: await (opts.lite ? openLite : open)({ host: '127.0.0.1', port }, shown, opts.name, { ...timeouts, tls: false }), url: tcpUrl, embedded: false };
   }
   return start();
 }

@@ -9,9 +9,49 @@ export interface ReadScope {
   modules?: Iterable<string>;
   repositories?: Iterable<string>;
   nodes?: Iterable<string>;
+  /**
+   * Module instance ids whose running image is read in the same round trip (see runningImagesOf):
+   * the resolution step of the plan needs it for every desired Module.
+   */
+  instances?: Iterable<string>;
 }
 
-type Reply = [Error | null, unknown];
+/** Running images read by readClusterState: the instance ids asked for, and the image of those that have one. */
+interface RunningImages {
+  read: ReadonlySet<string>;
+  images: ReadonlyMap<string, string>;
+}
+
+const runningImagesRead = new WeakMap<ClusterState, RunningImages>();
+
+/**
+ * The image each instance of `ids` runs now, as readClusterState read it with `scope.instances`:
+ * `IMAGE_URL` of `module/<id>/environment` (what was installed), else `imageUrl` of its status
+ * hash (the agent's last target); instances with neither are absent. Undefined when some id was
+ * not read (the caller reads them itself).
+ */
+export function runningImagesOf(state: ClusterState, ids: readonly string[]): ReadonlyMap<string, string> | undefined {
+  const r = runningImagesRead.get(state);
+  if (!r || !ids.every((id) => r.read.has(id))) return undefined;
+  return r.images;
+}
+
+/**
+ * The running image of instance `id` from its `imageUrl` (status) and `IMAGE_URL` (environment)
+ * replies, the environment's preferred; either reply may be a Redis error.
+ * @throws RedisError `redis_command_failed` naming the instance.
+ */
+export function runningImageOf(id: string, fromStatus: Reply, fromEnv: Reply): string | undefined {
+  for (const [err] of [fromStatus, fromEnv]) {
+    if (err) throw new RedisError('redis_command_failed', `reading the running image of ${id}: ${err.message}`, { cause: err });
+  }
+  const s = fromStatus[1];
+  const e = fromEnv[1];
+  return typeof e === 'string' && e ? e : typeof s === 'string' && s ? s : undefined;
+}
+
+/** `[error, value]` of one pipelined command. */
+export type Reply = [Error | null, unknown];
 
 function replies(res: Reply[] | null): unknown[] {
   if (!res) throw new RedisError('redis_pipeline_failed', 'Redis pipeline returned no replies');
@@ -65,9 +105,10 @@ export function parseStoredObject(kind: Kind, id: string, h: Record<string, stri
 }
 
 /**
- * Observes everything the planner needs in a constant number of round trips (two pipelines,
- * whatever the number of objects): desired objects of every kind, inventories, and the NS8
- * bookkeeping keys of the modules, repositories and nodes named by stored objects or `scope`.
+ * Observes everything the planner needs in a constant number of round trips (three pipelines,
+ * whatever the number of objects): desired objects of every kind, inventories, the NS8
+ * bookkeeping keys of the modules, repositories and nodes named by stored objects or `scope`, and
+ * the running image of the instances of `scope.instances` (runningImagesOf).
  */
 export async function readClusterState(redis: Redis, scope: ReadScope = {}): Promise<ClusterState> {
   const first = redis.pipeline();
@@ -116,8 +157,18 @@ export async function readClusterState(redis: Redis, scope: ReadScope = {}): Pro
     third.get(keys.nodeUiName(n));
     third.smembers(keys.nodeFlags(n));
   });
-  if (mods.length + rps.length + nds.length > 0) {
-    const r3 = replies((await third.exec()) as Reply[] | null);
+  const instances = [...new Set(scope.instances ?? [])];
+  for (const id of instances) third.hget(keys.moduleStatus(id), 'imageUrl').hget(keys.moduleEnvironment(id), 'IMAGE_URL');
+  if (mods.length + rps.length + nds.length + instances.length > 0) {
+    const all = (await third.exec()) as Reply[] | null;
+    const own = mods.length + rps.length + 2 * nds.length;
+    const r3 = replies(all && all.slice(0, own));
+    const images = new Map<string, string>();
+    instances.forEach((id, i) => {
+      const image = runningImageOf(id, all![own + 2 * i]!, all![own + 2 * i + 1]!);
+      if (image) images.set(id, image);
+    });
+    runningImagesRead.set(state, { read: new Set(instances), images });
     let j = 0;
     for (const m of mods) {
       const v = r3[j++] as string | null;

@@ -49,23 +49,40 @@ describe('CLI startup: what a command loads before it runs', () => {
   });
 
   test('`ns8ctl validate` loads no Redis client, no JSON Schema compiler, no YAML syntax tree, no process runner', () => {
-    // validate.ts, and the configuration check it imports when a Module has a configuration.
-    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/validate.ts', 'src/apply/configuration-check.ts']);
+    // validate.ts, the configuration check it imports when a Module has a configuration, and the connection code.
+    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/validate.ts', 'src/apply/configuration-check.ts', 'src/state/connect.ts']);
     // ucs2length (one file) is what the precompiled manifest schemas need of ajv at run time.
     expect([...packages].sort()).toEqual(['ajv/dist/runtime/ucs2length.js', 'commander', 'js-yaml']);
   });
 
-  test('`ns8ctl diff` and `apply` load no YAML syntax tree, no JSON Schema compiler and only the parts of semver they use', () => {
-    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/plan-commands.ts']);
-    const heavy = ['yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'];
-    expect([...packages].filter((p) => heavy.includes(p))).toEqual([]);
-    expect([...packages].filter((p) => p.startsWith('semver/'))).toEqual(expect.arrayContaining(['semver/classes/semver.js', 'semver/classes/range.js']));
+  test('`ns8ctl diff` and `apply` load no Redis client before they connect (apply then loads ioredis, diff does not), no YAML syntax tree, no JSON Schema compiler and only the parts of semver they use', () => {
+    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/plan-commands.ts', 'src/state/connect.ts']);
+    const heavy = ['ioredis', 'yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'];
+    expect([...packages].filter((p) => heavy.includes(p) || p.startsWith('semver/'))).toEqual([]);
+    expect(rel(files)).toContain('src/repository/semver-subset.ts');
+    // Saved plans (encryption, re-validation) load only for `diff --out` and `apply --plan`.
+    expect(rel(files)).not.toContain('src/apply/saved-plan.ts');
   });
 
-  test('`ns8ctl get` loads no repository building code, no JSON Schema compiler, no YAML syntax tree and only the parts of semver it uses', () => {
-    // get.ts, and the repository area every `get` registers `get available` from.
-    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts']);
-    expect([...packages].filter((p) => ['yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'].includes(p))).toEqual([]);
-    expect(rel(files).filter((f) => ['src/repository/createrepo.ts', 'src/repository/png.ts'].includes(f))).toEqual([]);
+  test('semver loads file by file through require (an `import` of its CommonJS files costs several times more on Node 20)', () => {
+    const text = readFileSync(path.resolve(ROOT, 'src/repository/semver-subset.ts'), 'utf8');
+    expect(staticGraph(['src/repository/semver-subset.ts']).packages.size).toBe(0);
+    const required = [...text.matchAll(/requireHere\('([^']+)'\)/g)].map((m) => m[1]);
+    expect(required.length).toBeGreaterThan(0);
+    expect(required.every((r) => r!.startsWith('semver/') && r !== 'semver/index.js')).toBe(true);
+  });
+
+  test('`ns8ctl get` loads no package but the command-line parser: no Redis client, no repository code, no semver', () => {
+    // get.ts, the repository area every `get` registers `get available` from, and the connection code.
+    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts', 'src/state/connect.ts']);
+    expect([...packages]).toEqual(['commander']);
+    // The resolver (semver ranges) loads only for `-o json|yaml`, which show the updates on offer.
+    expect(rel(files).filter((f) => f.startsWith('src/repository/') && f !== 'src/repository/update-text.ts')).toEqual([]);
+  });
+
+  test('the connection code loads no ioredis: get, diff and validate read through the small client, and ioredis loads only for what it does not serve', () => {
+    const { files, packages } = staticGraph(['src/state/connect.ts']);
+    expect(packages.has('ioredis')).toBe(false);
+    expect(rel(files)).toContain('src/state/lite-redis.ts');
   });
 });

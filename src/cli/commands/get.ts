@@ -5,8 +5,6 @@ import { NotFoundError, RedisError, UsageError } from '../../errors.js';
 import type { Kind, ManifestObject } from '../../manifest/types.js';
 import { maskSecrets, maskString } from '../../runtime/mask.js';
 import type { StoredObject } from '../../state/cluster-state.js';
-import { readCoreVersion } from '../../repository/core-version.js';
-import { updatesFromRedis } from '../../repository/installed.js';
 import type { InstanceUpdates } from '../../repository/resolve.js';
 import { describeUpdate } from '../../repository/update-text.js';
 import { keys } from '../../state/keys.js';
@@ -235,6 +233,8 @@ async function readUpdates(redis: Redis, objects: readonly StoredObject[], deps:
   for (const o of objects) {
     if (o.object.kind === 'Module' && o.object.spec.module !== undefined && o.object.spec.image === undefined) versionSpecs.set(o.object.metadata.name, o.object.spec.version ?? 'latest');
   }
+  // The resolver (semver ranges, repository reading) loads only for the formats that show updates.
+  const [{ readCoreVersion }, { updatesFromRedis }] = await Promise.all([import('../../repository/core-version.js'), import('../../repository/installed.js')]);
   const coreVersion = await readCoreVersion({ env: deps.env });
   const { updates } = await updatesFromRedis(redis, { versionSpecs, coreVersion, onWarning: (m) => deps.stderr(`warning: ${m}\n`) });
   const wanted = new Set(objects.map((o) => o.object.metadata.name));
@@ -315,7 +315,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
   if (!RESOURCES[resource.toLowerCase()]) throw new UsageError(`unknown resource type "${resource}"; allowed: modules, repositories, nodes, backupdestinations (bd), backupschedules (bs), sources (and available)`);
   const kind = resourceKind(resource);
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const state = await readClusterState(redis);
   let objects = [...state.objects.values()].filter((o) => o.object.kind === kind);
   objects.sort((a, b) => a.key.localeCompare(b.key, 'en', { numeric: true }));
@@ -434,7 +434,7 @@ function sourceDocument(s: SourceStatus): Record<string, unknown> {
  */
 export async function getSources(name: string | undefined, opts: GetOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['table', 'wide', 'json', 'yaml'], 'table');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const names = name !== undefined ? [name] : await listSourceNames(redis);
   const found: SourceStatus[] = [];
   for (const n of names) {

@@ -1,6 +1,5 @@
 import { applyPlan, checkApplicable, hasWrites, preparePlan, revisionsOf, type PreparedPlan } from '../../apply/pipeline.js';
 import { makeRevisionLookup } from '../../apply/git-revision.js';
-import { applySavedPlan, loadPlanKey, makeSavedPlan, readSavedPlan, writeSavedPlan } from '../../apply/saved-plan.js';
 import { resolveStateDir } from '../../state/state-dir.js';
 import { RefusedError, UsageError } from '../../errors.js';
 import { isEmpty } from '../../plan/planner.js';
@@ -48,7 +47,7 @@ function printWarnings(prepared: PreparedPlan, deps: CliDeps): void {
 export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<number> {
   const format = parseOutput(opts.output, ['text', 'json'], 'text');
   if (opts.forcePrune && !opts.out) throw new UsageError('diff --force-prune is for a saved plan (--out FILE); ns8ctl apply takes --force-prune itself');
-  const { redis } = await deps.connect();
+  const { redis } = await deps.connect({ lite: true });
   const coreVersion = await readCoreVersion({ env: deps.env });
   const prepared = await preparePlan(opts.filename, redis, { applySet: opts.applyset ?? 'default', prune: Boolean(opts.prune), coreVersion, stdin: deps.stdin, allowEmpty: Boolean(opts.allowEmpty) });
   printWarnings(prepared, deps);
@@ -56,6 +55,8 @@ export async function diffCommand(opts: DiffOptions, deps: CliDeps): Promise<num
   if (opts.out) {
     // A plan apply would refuse is not saved (the reason is the error).
     checkApplicable(plan, { forcePrune: Boolean(opts.forcePrune) });
+    // Saved plans (encryption, their own validation) load only for --out and --plan.
+    const { loadPlanKey, makeSavedPlan, writeSavedPlan } = await import('../../apply/saved-plan.js');
     const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), true);
     const saved = makeSavedPlan(prepared, {
       key,
@@ -87,6 +88,7 @@ async function applySavedPlanCommand(opts: ApplyOptions & { plan: string }, deps
   if (opts.filename?.length || opts.prune || opts.forcePrune || opts.allowEmpty || opts.dryRun || (opts.applyset && opts.applyset !== 'default')) {
     throw new UsageError('apply --plan FILE applies the saved plan as it is: -f, --prune, --force-prune, --allow-empty, --applyset and --dry-run belong to the diff --out that made it');
   }
+  const { applySavedPlan, loadPlanKey, readSavedPlan } = await import('../../apply/saved-plan.js');
   const saved = await readSavedPlan(opts.plan);
   const key = await loadPlanKey(deps.stateDir ?? resolveStateDir(undefined, deps.env), false);
   const { redis } = await deps.connect();

@@ -19,7 +19,7 @@ export async function validateCommand(opts: ValidateOptions, deps: CliDeps): Pro
   let redis;
   if (!opts.offline) {
     try {
-      redis = (await deps.connect({ startEmbedded: false })).redis;
+      redis = (await deps.connect({ startEmbedded: false, lite: true })).redis;
     } catch (err) {
       if (deps.env.NS8CTL_REDIS_URL) throw err;
       deps.stderr(`note: no Redis reachable; checked without cluster facts (${(err as Error).message})\n`);
