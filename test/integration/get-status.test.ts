@@ -144,11 +144,27 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
     await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1') });
     await t.redis.hset(keys.moduleStatus('webapp1'), ready(1, { targetImage: `${IMAGE}:2.0.0` }));
     const wide = (await runCli(['get', 'modules', '-o', 'wide'], t.env)).stdout.split('\n');
-    expect(wide[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +SOURCE$/);
+    expect(wide[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +LAST BACKUP +SOURCE$/);
     const cell = (row: string, from: string, to: string): string => row.slice(wide[0]!.indexOf(from), wide[0]!.indexOf(to)).trim();
     expect(cell(wide[1]!, 'IMAGE', 'TARGET')).toBe(`${IMAGE}:1.0.0`);
     expect(cell(wide[1]!, 'TARGET', 'UPDATE')).toBe(`${IMAGE}:2.0.0`);
     expect(JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], t.env)).stdout).status.targetImage).toBe(`${IMAGE}:2.0.0`);
+  });
+
+  it('shows the last backup of each instance in -o wide and every schedule\'s last run in status.backups', async () => {
+    const dest = `apiVersion: ns8ctl.nethserver.org/v1\nkind: BackupDestination\nmetadata:\n  name: nas\nspec:\n  url: /srv/backup\n`;
+    const sched = (name: string) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: BackupSchedule\nmetadata:\n  name: ${name}\nspec:\n  destination: nas\n  instances: [webapp1]\n  schedule: daily\n`;
+    await apply({ 'node.yaml': node, 'a.yaml': mod('webapp1'), 'b.yaml': mod('webapp2'), 'd.yaml': dest, 's1.yaml': sched('nightly'), 's2.yaml': sched('weekly') });
+    const now = Math.floor(Date.now() / 1000);
+    await t.redis.hset('module/webapp1/backup_status/nightly', { destination: 'nas', start: String(now - 7260), end: String(now - 7200), errors: '0', snapshot: 'abcdef0123456789', snapshots_count: '3', total_size: '4096', added_size: '12', duration_ms: '1500', last_success: new Date((now - 7200) * 1000).toISOString() });
+    await t.redis.hset('module/webapp1/backup_status/weekly', { destination: 'nas', start: String(now - 400), end: String(now - 300), errors: '1', error_message: 'restic: repository locked' });
+    const wide = (await runCli(['get', 'modules', '-o', 'wide'], t.env)).stdout.split('\n');
+    const cell = (row: string): string => row.slice(wide[0]!.indexOf('LAST BACKUP'), wide[0]!.indexOf('SOURCE')).trim();
+    expect(cell(wide.find((l) => l.startsWith('webapp1'))!)).toMatch(/^weekly 5m([0-9]+s)? ago FAILED$/);
+    expect(cell(wide.find((l) => l.startsWith('webapp2'))!)).toBe('-');
+    const doc = JSON.parse((await runCli(['get', 'modules', 'webapp1', '-o', 'json'], t.env)).stdout);
+    expect(doc.status.backups.nightly).toMatchObject({ destination: 'nas', result: 'succeeded', snapshot: 'abcdef0123456789', snapshots: 3, sizeBytes: 4096, addedBytes: 12, durationMs: 1500 });
+    expect(doc.status.backups.weekly).toMatchObject({ result: 'failed', error: 'restic: repository locked' });
   });
 
   it('lists controller sources with kind, url, branch, short revision, status and last applied time', async () => {

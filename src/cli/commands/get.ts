@@ -12,6 +12,7 @@ import { readClusterState, readNodeRecords } from '../../state/read-state.js';
 import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, renderTable, renderYaml } from '../../runtime/output.js';
 import { scanNames } from '../../state/scan.js';
+import { formatDuration } from '../../runtime/duration.js';
 
 /** Resource names `get` accepts, with their kind (kubectl-style singular/plural/short forms). */
 const RESOURCES: Record<string, Kind> = {
@@ -101,6 +102,49 @@ async function readStatuses(redis: Redis, ids: string[]): Promise<Map<string, Mo
     out.set(id, status);
   });
   return out;
+}
+
+/** The last run of each schedule for each instance (NS8's `module/<id>/backup_status/<schedule>`), in one pipeline. */
+async function readBackupStatuses(redis: Redis, ids: readonly string[], schedules: readonly string[]): Promise<Map<string, Record<string, Record<string, string>>>> {
+  const out = new Map<string, Record<string, Record<string, string>>>();
+  const pairs = ids.flatMap((id) => schedules.map((schedule) => ({ id, schedule })));
+  if (!pairs.length) return out;
+  const p = redis.pipeline();
+  for (const { id, schedule } of pairs) p.hgetall(`module/${id}/backup_status/${schedule}`);
+  const res = (await p.exec()) ?? [];
+  pairs.forEach(({ id, schedule }, i) => {
+    const h = (res[i]?.[1] ?? {}) as Record<string, string>;
+    if (Object.keys(h).length) out.set(id, { ...(out.get(id) ?? {}), [schedule]: h });
+  });
+  return out;
+}
+
+/** status.backups of a module document: per schedule, the last run and the last success. */
+function backupsDocument(runs: Record<string, Record<string, string>>): Record<string, unknown> {
+  const num = (v: string | undefined): number | undefined => (v !== undefined && v !== '' && Number.isFinite(Number(v)) ? Number(v) : undefined);
+  return Object.fromEntries(
+    Object.entries(runs).map(([schedule, h]) => {
+      const end = num(h.end);
+      const ok = h.errors === '0';
+      return [schedule, {
+        destination: h.destination,
+        lastRun: end !== undefined ? new Date(end * 1000).toISOString() : undefined,
+        result: ok ? 'succeeded' : 'failed',
+        ...(ok ? {} : { error: h.error_message }),
+        ...(h.last_success ? { lastSuccess: h.last_success } : {}),
+        ...(ok ? { snapshot: h.snapshot, snapshots: num(h.snapshots_count), sizeBytes: num(h.total_size), addedBytes: num(h.added_size), durationMs: num(h.duration_ms) } : {}),
+      }];
+    }),
+  );
+}
+
+/** The wide table's LAST BACKUP: the most recent run of any schedule (`nightly 2h ago`, `nightly 5m ago FAILED`). */
+function lastBackupCell(runs: Record<string, Record<string, string>> | undefined, now: number): string {
+  const latest = Object.entries(runs ?? {}).sort(([, a], [, b]) => Number(b.end ?? 0) - Number(a.end ?? 0))[0];
+  if (!latest) return '-';
+  const [schedule, h] = latest;
+  const age = Number.isFinite(Number(h.end)) ? `${formatDuration(Math.max(0, now - Number(h.end) * 1000))} ago` : '';
+  return `${schedule} ${age}${h.errors === '0' ? '' : ' FAILED'}`.trim();
 }
 
 /**
@@ -328,6 +372,8 @@ export async function getCommand(resource: string, name: string | undefined, opt
   const summaries = kind === 'Module' ? await readModuleSummaries(redis, ids) : new Map<string, ObjectSummary>();
   const passwords = kind === 'BackupDestination' ? await readPasswordStates(redis, ids) : new Map<string, PasswordState>();
   const withUpdates = kind === 'Module' && format !== 'table' && objects.length > 0;
+  const scheduleNames = [...state.objects.values()].filter((o) => o.object.kind === 'BackupSchedule').map((o) => o.object.metadata.name);
+  const backups = withUpdates ? await readBackupStatuses(redis, ids, scheduleNames) : new Map<string, Record<string, Record<string, string>>>();
   const updates = withUpdates ? await readUpdates(redis, objects, deps) : new Map<string, InstanceUpdates>();
   const mask = <T>(v: T): T => (opts.showSecrets ? v : maskSecrets(v));
   if (format === 'json' || format === 'yaml') {
@@ -336,6 +382,8 @@ export async function getCommand(resource: string, name: string | undefined, opt
     const docs = objects.map((o, i) => {
       const doc = toDocument(o, statuses.get(ids[i]!), updates.get(ids[i]!), summaries.get(ids[i]!));
       if (kind === 'BackupDestination') doc.status = { conditions: [passwordCondition(ids[i]!, passwords.get(ids[i]!) ?? 'missing')] };
+      const runs = backups.get(ids[i]!);
+      if (runs) doc.status = { ...((doc.status as Record<string, unknown> | undefined) ?? {}), backups: backupsDocument(runs) };
       const names = marked.get(ids[i]!);
       return opts.showSecrets ? doc : maskSecrets(doc, names ? { secretNames: names } : {});
     });
@@ -352,7 +400,8 @@ export async function getCommand(resource: string, name: string | undefined, opt
   let columns: string[];
   let rows: string[][];
   if (kind === 'Module') {
-    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'target', 'update', 'ports', 'source'] : [])];
+    columns = ['name', 'module', 'version', 'node', 'gen', 'status', ...(wide ? ['image', 'target', 'update', 'ports', 'last backup', 'source'] : [])];
+    const now = Date.now();
     rows = objects.map((o, i) => {
       const spec = (o.object as Extract<ManifestObject, { kind: 'Module' }>).spec;
       const id = ids[i]!;
@@ -362,7 +411,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
       return [
         id, spec.module ?? (spec.image ?? '').split('/').pop()?.replace(/[:@].*$/, '') ?? '', spec.image ? (spec.image.split(':').pop() ?? '') : spec.version ?? 'latest',
         String(spec.node), String(o.generation), statusWord(o, s, summaries.get(id)),
-        ...(wide ? [text(image), text(target), describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), o.source] : []),
+        ...(wide ? [text(image), text(target), describeUpdate(updates.get(id), spec.image === undefined ? spec.version ?? 'latest' : undefined), formatPorts(s?.ports), lastBackupCell(backups.get(id), now), o.source] : []),
       ];
     });
   } else if (kind === 'Repository') {
