@@ -14,13 +14,14 @@ import { lifecycleSteps } from './steps/lifecycle.js';
 import { portsSteps } from './steps/ports.js';
 import { removalSteps } from './steps/removal.js';
 import { restoreSteps } from './steps/restore.js';
+import { moveSteps } from './steps/move.js';
 import { unitsSteps } from './steps/units.js';
 import { userSteps } from './steps/user.js';
 
 export type { StepContext } from './steps/context.js';
 
 /** Every step kind's handler: the type makes a kind without a handler a compile error. */
-const HANDLERS: StepHandlers<Step['kind']> = { ...userSteps, ...imageSteps, ...portsSteps, ...environmentSteps, ...credentialsSteps, ...unitsSteps, ...lifecycleSteps, ...removalSteps, ...restoreSteps };
+const HANDLERS: StepHandlers<Step['kind']> = { ...userSteps, ...imageSteps, ...portsSteps, ...environmentSteps, ...credentialsSteps, ...unitsSteps, ...lifecycleSteps, ...removalSteps, ...restoreSteps, ...moveSteps };
 
 /** Applies one step. Throws an Ns8ctlError naming the instance and the step on failure. */
 export function applyStep(step: Step, ctx: StepContext): Promise<void> {

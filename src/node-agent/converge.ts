@@ -17,6 +17,7 @@ import { observeInstance, ownerOf, readRedisSnapshot, type ObserveContext } from
 import { planConverge, volumeBasesOf, type InstancePlan } from './planner.js';
 import type { InstanceResult, ReconcileControl, Setback } from './result.js';
 import { snapshotBeforeUpdate } from './backup/before-update.js';
+import { StateTransfer } from './backup/transfer.js';
 import { failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
@@ -79,6 +80,8 @@ interface ConvergePass extends PassStart {
   drift: string[];
   /** Labels were read again once this pass (tag moved, image re-pulled). */
   relabelled: boolean;
+  /** Move target while receiving: whether its receiver runs (observed each round). */
+  receiverAlive?: boolean | undefined;
 }
 
 /** What a round ends with: a result for the instance, or the observation and plan it made. */
@@ -171,6 +174,16 @@ async function oweCreateModule(p: ConvergePass, r: InstanceRecord | undefined): 
   return Object.keys(patch).length ? p.deps.records.update(p.id, patch) : r;
 }
 
+/**
+ * An instance whose move record names this node as the target, not set up here yet (no
+ * environment written): its data comes from the source node before anything starts (planMoveIn).
+ */
+async function noteMoveIn(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
+  const mv = p.ctx.redis.moves.get(p.id);
+  if (!mv || mv.to !== p.node || mv.from === p.node || r?.move || r?.managedEnv) return r;
+  return p.deps.records.update(p.id, { move: { from: mv.from, done: false }, node: p.node });
+}
+
 /** A recorded `ns8ctl restore` request for this instance not carried out yet becomes its pending restore. */
 async function takeRestoreRequest(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
   const q = p.ctx.redis.restoreRequests.get(p.id);
@@ -201,7 +214,9 @@ async function reread(p: ConvergePass): Promise<void> {
 /** Observes the instance; labels read again when the local image is not the one they came from. */
 async function observeRound(p: ConvergePass): Promise<ObservedInstance | Ns8ctlError> {
   const { deps, id, url } = p;
-  p.rec = await oweCreateModule(p, p.rec);
+  p.rec = await noteMoveIn(p, await oweCreateModule(p, p.rec));
+  const mv = p.ctx.redis.moves.get(id);
+  p.receiverAlive = p.rec?.move && !p.rec.move.done && mv?.state === 'receiving' ? await new StateTransfer(deps.runner).receiverAlive(id) : undefined;
   const observed = await observeInstance(p.ctx, id, p.rec, p.rootfull, url, p.labels, volumeBasesOf(p.d));
   // The local image is not the one the labels came from (tag moved, image re-pulled): re-read them.
   if (observed.localImage && p.facts.id !== observed.localImage.id && !p.relabelled) {
@@ -236,6 +251,8 @@ function planRound(p: ConvergePass, observed: ObservedInstance): InstancePlan {
     observed,
     installDir: paths.installDir,
     ...(p.previousEnv ? { previousEnv: p.previousEnv } : {}),
+    ...(p.ctx.redis.moves.get(id) ? { move: p.ctx.redis.moves.get(id)! } : {}),
+    ...(p.receiverAlive !== undefined ? { receiverAlive: p.receiverAlive } : {}),
   });
   const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !p.drift.includes(x));
   if (found.length) {

@@ -22,6 +22,7 @@ import { moduleAclUser } from './redis-acl.js';
 import type { InstancePaths, InstanceRecord, ModuleStatus, ObservedInstance, PasswdEntry, UnitObservation } from './types.js';
 import { parseStatus } from './status.js';
 import { parseRestoreRequests, RESTORE_REQUESTS_KEY, type RestoreRequest } from './backup/restore-request.js';
+import { MOVES_KEY, parseMoves, type MoveRecord } from './move/record.js';
 
 type Reply = [Error | null, unknown];
 
@@ -43,6 +44,8 @@ export interface RedisSnapshot {
   defaults: Map<string, string | null>;
   /** Recorded restore requests (`ns8ctl restore`) by instance id. */
   restoreRequests: Map<string, RestoreRequest>;
+  /** Move records (`ns8ctl/moves`) by instance id. */
+  moves: Map<string, MoveRecord>;
 }
 
 /** NS8's SET of an instance's authorizations (label entries plus `self:selfadm`). */
@@ -73,6 +76,7 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
   const defaultKeys = [...new Set(modules)].sort().flatMap((m) => [clusterDefaultInstanceKey(m), nodeDefaultInstanceKey(node, m)]);
   if (defaultKeys.length) p.mget(...defaultKeys);
   p.hgetall(RESTORE_REQUESTS_KEY);
+  p.hgetall(MOVES_KEY);
   const res = (await p.exec()) as Reply[] | null;
   if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
   const val = (i: number): unknown => {
@@ -97,7 +101,8 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     authorizations: new Map(),
     roles: new Map(),
     defaults: new Map(),
-    restoreRequests: parseRestoreRequests(val(res.length - 1) as Record<string, string>, ids),
+    restoreRequests: parseRestoreRequests(val(res.length - 2) as Record<string, string>, ids),
+    moves: parseMoves(val(res.length - 1) as Record<string, string>, ids),
   };
   const per = 6;
   if (defaultKeys.length) {

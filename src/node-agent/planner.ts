@@ -5,6 +5,7 @@
  * the pulled image's id and the allocated ports) are left for the next round and named in
  * `waiting`; the reconciler applies a plan, observes again and re-plans until nothing is left.
  */
+import type { MoveRecord } from './move/record.js';
 import { createHash } from 'node:crypto';
 import type { RemovalPolicy } from '../manifest/types.js';
 import type { DeletionMark } from './removal-request.js';
@@ -64,6 +65,10 @@ export interface ConvergeInput {
   observed: ObservedInstance;
   /** Install dir (for agent.env PATH): home/.config or /var/lib/nethserver/<id>. */
   installDir: string;
+  /** The move record of the instance, when it is moving (`ns8ctl/moves`). */
+  move?: MoveRecord;
+  /** Move target while receiving: whether its rsync receiver still runs (a restarted agent starts it again). */
+  receiverAlive?: boolean;
   /**
    * During an update: the `PREV_*` variables (previous image) written with the new image's
    * variables. Not managed: they stay in the file until the next update, as in NS8.
@@ -124,6 +129,7 @@ export function planConverge(i: ConvergeInput): InstancePlan {
   const extracting = planExtraction(p);
   // The data of a restored instance comes first: its environment, units and create-module use it.
   if (planRestore(p, extracting)) return { steps, waiting };
+  if (planMoveIn(p, extracting)) return { steps, waiting };
   const env = planEnvironment(p, portsOk);
   if (env.blocked) return { steps, waiting, blocked: env.blocked };
   planCredentials(p);
@@ -157,6 +163,9 @@ export function planConverge(i: ConvergeInput): InstancePlan {
 
   if (!rec?.announced && steps.length === 0 && waiting.length === 0) {
     p.add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
+  }
+  if (rec?.move?.done && !rec.move.completed && steps.length === 0 && waiting.length === 0) {
+    p.add({ id, kind: 'complete-move', from: rec.move.from, reason: `moved from node ${rec.move.from}: the instance runs here` });
   }
   return { steps, waiting };
 }
@@ -285,6 +294,33 @@ function planRestore(p: Planning, extracting: boolean): boolean {
   if (running.length) add({ id, kind: 'stop-units', units: running, reason: `stop the services before restoring their data: ${running.join(' ')}` });
   const why = r.request ? `ns8ctl restore: snapshot ${r.snapshot} of ${r.from} from ${r.destination}` : `restoreFrom: the data of ${r.from}, snapshot ${r.snapshot} in ${r.destination}, before the instance starts`;
   add({ id, kind: 'restore-data', destination: r.destination, snapshot: r.snapshot, from: r.from, reason: why });
+  return true;
+}
+
+/**
+ * An instance moving here (move.ts): once its user, dirs and image are in place, the receiver;
+ * once the source sent its final pass, the environment imported. True while the data is not
+ * here yet (environment, units and lifecycle wait). The move is completed once nothing else is
+ * left to do (in planConverge's tail, `complete-move`).
+ */
+function planMoveIn(p: Planning, extracting: boolean): boolean {
+  const { id, rec, add, waiting } = p;
+  const m = rec?.move;
+  if (!m || m.done) return false;
+  const mv = p.i.move;
+  const { observed: o, labels: l } = p.i;
+  if (!mv || mv.to !== p.i.node.node) {
+    waiting.push(`move: the move record from node ${m.from} is gone (cancelled?)`);
+    return true;
+  }
+  if (extracting || !o.installDir || (!l.rootfull && (!o.user || !o.subids)) || !o.localImage) {
+    waiting.push(`move: waits for the user, dirs and image before receiving the data of node ${m.from}`);
+    return true;
+  }
+  if (mv.state === 'requested') waiting.push(`move: waits for node ${m.from} to list the data to send`);
+  else if (mv.state === 'source-ready' || (mv.state === 'receiving' && p.i.receiverAlive === false)) add({ id, kind: 'receive-state', from: m.from, volumes: mv.volumes ?? [], reason: `move from node ${m.from}: start the receiver for its state and volumes ${(mv.volumes ?? []).join(' ') || '(none)'}` });
+  else if (mv.state === 'receiving') waiting.push(`move: node ${m.from} sends its data (live pass, services stopped, final pass)`);
+  else add({ id, kind: 'finish-receive', from: m.from, reason: `move from node ${m.from}: final pass received; import its environment` });
   return true;
 }
 

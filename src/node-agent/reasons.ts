@@ -42,6 +42,9 @@ export const REASONS: Readonly<Record<string, string>> = {
   backup_first_unavailable: 'BackupFirstFailed',
   backup_first_failed: 'BackupFirstFailed',
   clone_unavailable: 'CloneUnavailable',
+  move_cancelled: 'MoveFailed',
+  move_failed: 'MoveFailed',
+  move_unsupported: 'MoveFailed',
 };
 
 /** Reasons only a change of the Module, of the repositories or of the core can fix (shared with the controller). */

@@ -17,6 +17,7 @@ import { readRedisSnapshot, type ObserveContext } from './observe.js';
 import { removeInstance } from './removal.js';
 import { readRemovalRequests, type DeletionMark } from './removal-request.js';
 import { readBackupSchedules, syncBackupTimers, wantedBackupUnits } from './backup/timers.js';
+import { moveOut, removeLocalCopy } from './move/source.js';
 import type { InstanceResult, NodeReconcileResult, ReconcileControl } from './result.js';
 import { reportOrphan } from './status-report.js';
 import type { InstanceDesired, InstanceRecord } from './types.js';
@@ -107,6 +108,14 @@ async function reconcileInstance(
   shared: ObserveContext,
   control: ReconcileControl,
 ): Promise<InstanceResult> {
+  // A move (`spec.node` changed): this node is its source, or holds a cancelled move's partial copy.
+  const mv = shared.redis.moves.get(id);
+  if (!d && rec && mv && mv.from === node && mv.to !== node) return moveOut(id, rec, mv, node, deps, shared);
+  if (!d && rec?.move && !rec.move.completed && !(mv && mv.to === node)) {
+    const applied = await removeLocalCopy(id, rec, node, deps, shared);
+    deps.log(`node-agent: ${id}: the move from node ${rec.move.from} was cancelled; the partial copy here is removed`);
+    return { id, outcome: 'removed', applied, drift: [], retry: false };
+  }
   const decision = decideInstance(d, rec, request);
   switch (decision.action) {
     case 'suspended':

@@ -6,7 +6,7 @@
  */
 import jsonpatch from 'fast-json-patch';
 import { ManifestError, Ns8ctlError, RefusedError, type Diagnostic } from '../errors.js';
-import { KINDS, moduleNameOf, objectKey, splitInstanceId } from '../manifest/types.js';
+import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
 import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
@@ -31,7 +31,6 @@ export interface PlanOptions {
 }
 
 /** The default of `PlanOptions.locate`: the start of the object's document. */
-const documentStart = (d: DesiredObject): { file: string; line: number; col: number } => ({ file: d.source.file, line: d.source.line, col: d.source.col });
 
 const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, BackupDestination: 2, BackupSchedule: 3, Module: 4 };
 
@@ -76,8 +75,7 @@ function sortKeys(list: Iterable<string>, reverseKinds = false): string[] {
  * - An object being removed (stored `deleting`) that is desired again is put in `blocked`, as is
  *   a Module whose id NS8 already records on another node, and a Node that still has modules.
  * @throws ManifestError (code `manifest_invalid`, one diagnostic at `/spec/node` per instance)
- *   when a stored Module's `spec.node` changes: NS8 has no move, so this is refused like invalid
- *   input, before anything is written (see moveRefusal).
+ *   for refused objects (none today: a changed `spec.node` is a move, see moduleBookkeeping).
  * @throws Ns8ctlError `duplicate_object` when two desired objects have the same `Kind/id`
  *   (validation reports it with both files first; this only guards the contract).
  */
@@ -155,8 +153,8 @@ function planWrite(key: string, d: DesiredObject, ctx: PlanContext): WriteOutcom
 
 /**
  * A desired object that cannot be written now: one being removed (blocked until the removal
- * finishes), a new Module whose id NS8 records on another node (blocked), a stored Module moved
- * to another node (refused: NS8 has no move).
+ * finishes), or a new Module whose id NS8 records on another node (blocked). A stored Module
+ * whose spec.node changes is not held back: it is a move (moduleBookkeeping).
  */
 function holdBack(key: string, d: DesiredObject, stored: StoredObject | undefined, ctx: PlanContext): WriteOutcome {
   const obj = d.object;
@@ -178,9 +176,6 @@ function holdBack(key: string, d: DesiredObject, stored: StoredObject | undefine
         message: `${key} already exists in NS8 on node ${recorded} (cluster/module_node) but the manifest places it on node ${obj.spec.node}; set spec.node: ${recorded} to adopt the instance, or choose another id`,
       },
     };
-  }
-  if (stored && stored.object.kind === 'Module' && stored.object.spec.node !== obj.spec.node) {
-    return { refused: moveRefusal(d as DesiredObject<ModuleObject>, stored.object.spec.node, ctx.opts.locate ?? documentStart) };
   }
   return undefined;
 }
@@ -348,26 +343,6 @@ export function planDeletion(state: ClusterState, key: string, opts: { removalPo
   return result;
 }
 
-/**
- * The diagnostic refusing to change the node of an existing instance. NS8 has no move: its
- * clone-module copies an instance to a new id on the other node, and only then is the old one
- * removed. Applying a new `spec.node` would make the old node's agent remove the instance
- * (including its cluster-wide keys) while the new node creates an empty one under the same id.
- */
-function moveRefusal(d: DesiredObject<ModuleObject>, from: number, locate: NonNullable<PlanOptions['locate']>): Diagnostic {
-  const id = d.object.metadata.name;
-  const to = d.object.spec.node;
-  const at = locate(d, '/spec/node');
-  const module = moduleNameOf(d.object.spec);
-  return {
-    ...at,
-    pointer: '/spec/node',
-    message:
-      `Module ${id} runs on node ${from}; spec.node cannot change to ${to}: NS8 has no move (an instance is cloned to a new id, then the old one removed). ` +
-      `Keep spec.node: ${from}, or remove ${id} (drop it from the manifests and apply --prune, or \`ns8ctl delete module ${id}\`) and add a new ${module} instance with another id on node ${to}`,
-  };
-}
-
 /** The refusal for deleting Node `key` while modules are placed on it, if any. */
 function nodeStillUsed(key: string, nodeId: string, placement: Map<string, string>): BlockedChange | undefined {
   const hosted = [...placement].filter(([, node]) => node === nodeId).map(([m]) => m).sort(compareNatural);
@@ -518,7 +493,18 @@ function moduleBookkeeping(obj: ModuleObject, state: ClusterState): Bookkeeping 
   const node = String(obj.spec.node);
   const key = keys.moduleNode();
   const current = state.moduleNode.get(id);
-  if (current !== node) {
+  const stored = state.objects.get(`Module/${id}`);
+  const storedNode = stored?.object.kind === 'Module' ? String(stored.object.spec.node) : undefined;
+  if (stored && storedNode !== node && current !== undefined && current !== node) {
+    // A move: the node agents carry it out and name the new node in cluster/module_node at the end.
+    out.writes.push({ type: 'hset', key: keys.moves(), field: id, value: JSON.stringify({ from: Number(current), to: Number(obj.spec.node), state: 'requested' }) });
+    out.reasons.push(`⇄ move node ${current} -> ${node}: a live copy while it runs, then its services stop for the final copy (downtime: that final pass), then node ${current}'s copy is removed`);
+  } else if (stored && storedNode !== node && current === node && state.moving.has(id)) {
+    // Back to the node it runs on before the move ended: the move is cancelled.
+    out.writes.push({ type: 'hdel', key: keys.moves(), field: id });
+    out.reasons.push(`move to node ${storedNode} cancelled: ${id} stays on node ${node} (the partial copy there is removed)`);
+  } else if (current !== node && !state.moving.has(id)) {
+    // (While a move is under way, cluster/module_node names the source: the target sets it at the end.)
     out.writes.push({ type: 'hset', key, field: id, value: node });
     out.reasons.push(`${key}[${id}] is ${current ?? 'missing'}, want ${node}`);
   }

@@ -65,6 +65,8 @@ export interface ClusterState {
   nodeUiName: Map<string, string>;
   /** `node/<id>/flags` SET: node id -> members (order not significant). */
   nodeFlags: Map<string, string[]>;
+  /** Instance ids with a move under way (fields of `ns8ctl/moves`). */
+  moving: Set<string>;
 }
 
 /** A state with nothing in it: an empty Redis. */
@@ -78,6 +80,7 @@ export function emptyState(): ClusterState {
     repositories: new Map(),
     nodeUiName: new Map(),
     nodeFlags: new Map(),
+    moving: new Set(),
   };
 }
 
@@ -108,5 +111,6 @@ export function cloneState(state: ClusterState): ClusterState {
     repositories: new Map([...state.repositories].map(([k, v]) => [k, { ...v }])),
     nodeUiName: new Map(state.nodeUiName),
     nodeFlags: new Map([...state.nodeFlags].map(([k, v]) => [k, [...v]])),
+    moving: new Set(state.moving),
   };
 }

@@ -72,6 +72,10 @@ export const keys = {
    * the admin and the node agents can.
    */
   backupPassword: (name: string): string => `ns8ctl/secret/backup_destination/${name}`,
+  /** HASH: field = instance id, JSON move record `{from, to, state, ...}` (written by apply, advanced by the node agents; node-agent/move/record.ts). */
+  moves: (): string => 'ns8ctl/moves',
+  /** HASH: field = instance id, the password of a move's rsync receiver (admin and node agents only). */
+  moveSecrets: (): string => 'ns8ctl/secret/move',
 
   // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------
   /** STRING (INT): last instance number handed out for a module (`dokuwiki` -> 3). */

@@ -116,12 +116,14 @@ export async function readClusterState(redis: Redis, scope: ReadScope = {}): Pro
   first.smembers(keys.inventories());
   first.hgetall(keys.moduleNode());
   first.hgetall(keys.moduleUuid());
+  first.hkeys(keys.moves());
   const r1 = replies((await first.exec()) as Reply[] | null);
   const ids = KINDS.map((_, i) => (r1[i] as string[]).sort());
   const applySets = (r1[KINDS.length] as string[]).sort();
   const state = emptyState();
   for (const [f, v] of Object.entries(r1[KINDS.length + 1] as Record<string, string>)) state.moduleNode.set(f, v);
   for (const [f, v] of Object.entries(r1[KINDS.length + 2] as Record<string, string>)) state.moduleUuid.set(f, v);
+  for (const f of r1[KINDS.length + 3] as string[]) state.moving.add(f);
 
   const second = redis.pipeline();
   KINDS.forEach((kind, i) => ids[i]!.forEach((id) => second.hgetall(keys.desired(kind, id))));

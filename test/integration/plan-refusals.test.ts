@@ -21,29 +21,24 @@ describe('plans the real apply would refuse', () => {
 
   const write = t.write;
 
-  it('refuses to change the node of an existing Module in apply, dry-run and diff, naming file:line, both nodes and the way out, writing nothing', async () => {
+  it('plans a move when the node of an existing Module changes: diff shows it, apply records it for the node agents and leaves cluster/module_node to them', async () => {
     write('m/nodes.yaml', nodes);
-    const wiki = write('m/wiki.yaml', mod('webapp1', 1));
+    write('m/wiki.yaml', mod('webapp1', 1));
     expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
-    const before = await dumpRedis(t.redis);
-
     write('m/wiki.yaml', mod('webapp1', 2));
-    const res = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
-    expect(res.code).toBe(1);
-    expect(res.stderr).toContain(`${wiki}:7:9  /spec/node  Module webapp1 runs on node 1; spec.node cannot change to 2: NS8 has no move`);
-    expect(res.stderr).toContain('Keep spec.node: 1, or remove webapp1');
-    expect(res.stderr).toContain('add a new webapp instance with another id on node 2');
-    expect(res.stderr).toContain('nothing was written');
-    expect(await dumpRedis(t.redis)).toEqual(before);
-
-    const dry = await runCli(['apply', '--dry-run', '-f', path.join(t.dir, 'm')], t.env);
-    expect(dry.code).toBe(1);
-    expect(dry.stderr).toContain('spec.node cannot change to 2');
-
-    const json = await runCli(['diff', '-f', path.join(t.dir, 'm'), '-o', 'json'], t.env);
-    expect(json.code).toBe(2);
-    expect(JSON.parse(json.stdout)).toMatchObject({ error: 'manifest_invalid', diagnostics: [{ file: wiki, line: 7, col: 9, pointer: '/spec/node' }] });
-    expect(await dumpRedis(t.redis)).toEqual(before);
+    const diff = await runCli(['diff', '-f', path.join(t.dir, 'm')], t.env);
+    expect(diff.code).toBe(1);
+    expect(diff.stdout).toContain('⇄ move node 1 -> 2');
+    expect(diff.stdout).toContain('downtime');
+    expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
+    expect(JSON.parse((await t.redis.hget('ns8ctl/moves', 'webapp1')) ?? '{}')).toEqual({ from: 1, to: 2, state: 'requested' });
+    expect(await t.redis.hget('cluster/module_node', 'webapp1')).toBe('1');
+    // Applied again while the move runs: nothing to do.
+    expect((await runCli(['diff', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
+    // Back to node 1 before it ended: the move is cancelled.
+    write('m/wiki.yaml', mod('webapp1', 1));
+    expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
+    expect(await t.redis.hexists('ns8ctl/moves', 'webapp1')).toBe(0);
   });
 
   it('apply --dry-run exits 1 when the real apply would refuse to prune most of the apply set, and writes nothing', async () => {

@@ -1,20 +1,11 @@
 import { describe, expect, it } from '@jest/globals';
-import { ManifestError, RefusedError } from '../../src/errors.js';
+import { RefusedError } from '../../src/errors.js';
 import { applyPlanToState, checkPruneSafety, isEmpty, plan, planDeletion } from '../../src/plan/planner.js';
 import { emptyState } from '../../src/state/cluster-state.js';
 import { appliedState, desired, mod, node, repo, stored, uuidFor } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };
 
-/** What `fn` throws (undefined when it returns). */
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}
 const prune = { applySet: 'default', prune: true };
 
 describe('plan: creates', () => {
@@ -176,37 +167,24 @@ describe('plan: updates', () => {
     expect(m.inventory).toEqual({ add: 'default', remove: ['team'] });
   });
 
-  it('refuses to move an existing Module to another node, as invalid input naming file, line, module, both nodes and the way out', () => {
-    const s = appliedState([mod('dokuwiki1'), mod('webapp2', { node: 2 }), mod('webapp3')]);
-    const d = desired(mod('dokuwiki1', { node: 2 }), mod('webapp2', { node: 2 }), mod('webapp3', { node: 1, version: '2.0.0' }));
-    const err = thrown(() => plan(d, s, opts));
-    expect(err).toBeInstanceOf(ManifestError);
-    const m = err as ManifestError;
-    expect(m.code).toBe('manifest_invalid');
-    expect(m.diagnostics).toEqual([
-      {
-        file: 'manifests/test.yaml',
-        line: 1,
-        col: 1,
-        pointer: '/spec/node',
-        message:
-          'Module dokuwiki1 runs on node 1; spec.node cannot change to 2: NS8 has no move (an instance is cloned to a new id, then the old one removed). ' +
-          'Keep spec.node: 1, or remove dokuwiki1 (drop it from the manifests and apply --prune, or `ns8ctl delete module dokuwiki1`) and add a new dokuwiki instance with another id on node 2',
-      },
-    ]);
-    expect(m.message).toContain('nothing was written');
+  it('plans a move when an existing Module changes node: the move recorded for the node agents, cluster/module_node left to them', () => {
+    const s = appliedState([mod('dokuwiki1'), mod('webapp2', { node: 2 })]);
+    const p = plan(desired(mod('dokuwiki1', { node: 2 }), mod('webapp2', { node: 2 })), s, opts);
+    expect(p.changes.map((c) => `${c.action} ${c.key}`)).toEqual(['update Module/dokuwiki1']);
+    const c = p.changes[0]!;
+    expect(c.reasons).toEqual(expect.arrayContaining(['spec.node changed', expect.stringMatching(/^⇄ move node 1 -> 2: .*downtime/)]));
+    expect(c.bookkeeping).toEqual([{ type: 'hset', key: 'ns8ctl/moves', field: 'dokuwiki1', value: JSON.stringify({ from: 1, to: 2, state: 'requested' }) }]);
   });
 
-  it('reports every moved Module at the line the locator finds for /spec/node', () => {
-    const s = appliedState([mod('dokuwiki1'), mod('webapp1', { node: 3 })]);
-    const d = desired(mod('webapp1', { node: 1 }), mod('dokuwiki1', { node: 2 }));
-    const locate = (x: { object: { metadata: { name: string } } }, pointer: string) => ({ file: `${x.object.metadata.name}.yaml`, line: pointer === '/spec/node' ? 7 : 0, col: 9 });
-    const err = thrown(() => plan(d, s, { ...opts, locate }));
-    expect(err).toBeInstanceOf(ManifestError);
-    expect((err as ManifestError).diagnostics.map((x) => `${x.file}:${x.line}:${x.col} ${x.pointer} ${x.message.split(': NS8 has no move')[0]}`)).toEqual([
-      'dokuwiki1.yaml:7:9 /spec/node Module dokuwiki1 runs on node 1; spec.node cannot change to 2',
-      'webapp1.yaml:7:9 /spec/node Module webapp1 runs on node 3; spec.node cannot change to 1',
-    ]);
+  it('leaves cluster/module_node to the node agents while a move is under way, and cancels the move when spec.node goes back', () => {
+    // Applied with node 2 (move requested), NS8 still places it on node 1.
+    const s = appliedState([mod('dokuwiki1', { node: 2 })]);
+    s.moduleNode.set('dokuwiki1', '1');
+    s.moving.add('dokuwiki1');
+    expect(plan(desired(mod('dokuwiki1', { node: 2 })), s, opts).changes).toEqual([]);
+    const back = plan(desired(mod('dokuwiki1', { node: 1 })), s, opts).changes[0]!;
+    expect(back.bookkeeping).toEqual([{ type: 'hdel', key: 'ns8ctl/moves', field: 'dokuwiki1' }]);
+    expect(back.reasons).toEqual(expect.arrayContaining([expect.stringMatching(/^move to node 2 cancelled: dokuwiki1 stays on node 1/)]));
   });
 
   it('lets a Module being removed wait (blocked) rather than refusing its node change', () => {

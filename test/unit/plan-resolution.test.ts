@@ -179,10 +179,6 @@ describe('annotatePlan: org.nethserver.max-per-node', () => {
     expect(annotated([url('solo1'), url('solo2')], emptyState(), {}).blocked).toEqual([]);
   });
 
-  it('never gets to count a moved instance: the planner refuses the move itself', () => {
-    const s = appliedState([mod('vault1'), mod('vault2', { node: 2 })]);
-    expect(() => annotated([mod('vault1'), mod('vault2', { node: 1 })], s, { catalog })).toThrow(/Module vault2 runs on node 2; spec.node cannot change to 1/);
-  });
 });
 
 describe('annotatePlan: version updates of running instances', () => {

@@ -138,6 +138,18 @@ export class StateTransfer {
     return { ...to, runDir, done };
   }
 
+  /** True while the receiver of instance `id` runs (its pid file names a live process). */
+  async receiverAlive(id: string): Promise<boolean> {
+    const pid = await pidOf(path.join(this.runBase, checkId(id, 'instance')));
+    if (pid === undefined) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Stops the receiver of instance `id`, if any (also one left by a killed process), and removes its run directory. Idempotent. */
   async stopReceiver(id: string): Promise<void> {
     const runDir = path.join(this.runBase, checkId(id, 'instance'));
