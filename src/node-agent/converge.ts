@@ -256,7 +256,8 @@ function notConverged(id: string, plan: InstancePlan, aborted: boolean): Ns8ctlE
 /** The labels of the image now present (its tag moved or it was pulled again), recorded. */
 async function relabel(deps: NodeAgentDeps, id: string, owner: Owner, url: string): Promise<{ facts: ImageFacts; labels: ModuleLabels; rec: InstanceRecord | undefined } | Ns8ctlError> {
   try {
-    const facts = await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
+    const cached = await deps.podman.cache.lookup(url);
+    const facts = cached ? { url, id: cached.id, digest: cached.digest, repoDigest: cached.repoDigest, labels: cached.labels } : await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
     const labels = parseModuleLabels(facts.labels, url);
     return { facts, labels, rec: await deps.records.update(id, { image: facts, imageUrl: url }) };
   } catch (err) {

@@ -208,7 +208,9 @@ export async function observeInstance(
   const paths = instancePaths(ctx.layout, id, rootfull, user?.home);
   const owner = ownerOf(id, rootfull, user);
   const images = owner ? await ctx.podman.listImages(owner) : [];
-  const local = url ? findImage(images, url) : undefined;
+  // The module image is in the node cache; an instance converged before the cache existed may
+  // have it only in its owner's store.
+  const local = url ? ((await ctx.podman.cache.lookup(url)) ?? findImage(images, url)) : undefined;
   const serviceImages: Record<string, boolean> = {};
   for (const svc of labels?.images ?? []) serviceImages[svc] = Boolean(findImage(images, svc));
 
