@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
+import { imageCacheDir } from '../../src/node-agent/host/podman.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
@@ -141,10 +142,17 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hgetall(keys.moduleEnvironment(id))).toEqual(env);
     expect(await admin.hgetall(keys.nodePorts(1))).toMatchObject({ [`${id}/tcp`]: `${env.TCP_PORT}-${env.TCP_PORT}` });
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBe('1');
-    // Service image pulled into the user's own storage.
+    // Service image pulled into the user's own storage; the module image only into the node cache,
+    // under the registry's digest, with podman's image id (the config digest).
     const imgs = await host.run(['runuser', '-u', id, '--', 'env', `HOME=${home}`, 'podman', 'images', '--format', '{{.Repository}}:{{.Tag}}'], { cwd: home });
     expect(imgs.stdout).toContain(images.webappHttpd['1.0.0']);
-    expect(imgs.stdout).toContain(images.webapp['1.0.0']);
+    expect(imgs.stdout).not.toContain(images.webapp['1.0.0']);
+    const remote = JSON.parse((await host.run(['skopeo', 'inspect', '--tls-verify=false', `docker://${images.webapp['1.0.0']}`])).stdout) as { Digest: string };
+    expect(env.IMAGE_DIGEST).toBe(remote.Digest);
+    const entry = path.join(imageCacheDir(deps.layout), env.IMAGE_DIGEST!.slice(7));
+    expect((await fs.readFile(path.join(entry, 'complete'), 'utf8')).trim()).toBe(env.IMAGE_DIGEST);
+    expect(JSON.parse(await fs.readFile(path.join(entry, 'meta.json'), 'utf8'))).toMatchObject({ id: env.IMAGE_ID, digest: env.IMAGE_DIGEST });
+    expect(statSync(imageCacheDir(deps.layout)).mode & 0o777).toBe(0o700);
     // Redis credentials: agent.env 0600, and they let the module write only its own keys.
     const agentEnvFile = path.join(home, '.config', 'state', 'agent.env');
     expect(statSync(agentEnvFile).mode & 0o777).toBe(0o600);
@@ -181,12 +189,12 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hgetall(keys.moduleStatus(id))).toEqual(statusBefore);
   });
 
-  test('drift is repaired and reported: edited environment value, deleted unit file, removed image', async () => {
+  test('drift is repaired and reported: edited environment value, deleted unit file, image removed from the node cache', async () => {
     const envFile = path.join(homeOf(id), '.config', 'state', 'environment');
     const env = parseEnvironment(await fs.readFile(envFile, 'utf8'));
     await fs.writeFile(envFile, (await fs.readFile(envFile, 'utf8')).replace(`TCP_PORT=${env.TCP_PORT}\n`, 'TCP_PORT=1\n') + 'MY_OWN=kept\n');
     await fs.rm(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'));
-    await host.run(['runuser', '-u', id, '--', 'env', `HOME=${homeOf(id)}`, 'podman', 'rmi', images.webapp['1.0.0']], { cwd: homeOf(id) });
+    await fs.rm(path.join(imageCacheDir(deps.layout), env.IMAGE_DIGEST!.slice(7)), { recursive: true });
     const before = runner.all.length;
     const r = (await reconcile()).get(id)!;
     expect(r.error?.message).toBeUndefined();
@@ -195,7 +203,7 @@ describe('a rootless instance on a host without systemd', () => {
     expect(again.TCP_PORT).toBe(env.TCP_PORT);
     expect(again.MY_OWN).toBe('kept');
     expect(existsSync(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'))).toBe(true);
-    expect(runner.all.slice(before).some((c) => c.argv.includes('pull'))).toBe(true);
+    expect(runner.all.slice(before).some((c) => c.argv[0] === 'skopeo' && c.argv.includes('copy'))).toBe(true);
     expect((await readModuleStatus(admin, id))!.drift).toEqual(r.drift);
     // The deleted unit file alone is drift too.
     await fs.rm(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'));

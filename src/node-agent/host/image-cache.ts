@@ -20,7 +20,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { CommandFailedError, Ns8ctlError } from '../../errors.js';
+import { CommandFailedError, Ns8ctlError, toNs8ctlError } from '../../errors.js';
 import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
@@ -78,6 +78,20 @@ async function readJson<T>(file: string): Promise<T | undefined> {
 
 /** Uid and gid that unpack layers (nobody): what a layer's links point at is out of its reach. */
 const UNPACK_UID = 65534;
+
+/** tar's flag for a layer blob's compression, from its magic bytes (gzip, zstd, or none). */
+async function compressionFlag(blob: string): Promise<string[]> {
+  const fh = await fs.open(blob, 'r');
+  try {
+    const { buffer, bytesRead } = await fh.read(Buffer.alloc(4), 0, 4, 0);
+    const b = buffer.subarray(0, bytesRead);
+    if (b[0] === 0x1f && b[1] === 0x8b) return ['-z'];
+    if (b.equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return ['--zstd'];
+    return [];
+  } finally {
+    await fh.close();
+  }
+}
 
 /** True when no component of `rel` under `tree` is a symbolic link (missing components are fine). */
 async function insideTree(tree: string, rel: string): Promise<boolean> {
@@ -180,17 +194,14 @@ export class RunnerImageCache implements ImageCache {
     try {
       const ref = DIGEST.test(key) ? `${imageRepository(url)}@${key}` : normalizeImageRef(url);
       const blobs = path.join(tmp, 'blobs');
-      await this.runner.run(['skopeo', 'copy', '-q', '--retry-times', '2', ...this.tlsArgs(url).map((a) => a.replace('--tls-verify', '--src-tls-verify')), `docker://${ref}`, `dir:${blobs}`], {
-        purpose: `${opts.purpose} (fetch ${url} into the node image cache)`,
-        mutating: true,
-        timeoutMs: 30 * 60_000,
-      });
+      const viaPodman = await this.download(url, ref, blobs, opts.purpose);
       const manifestText = await fs.readFile(path.join(blobs, 'manifest.json'));
       const manifest = JSON.parse(manifestText.toString('utf8')) as { schemaVersion?: number; config?: { digest?: string }; layers?: { digest?: string }[] };
       if (manifest.schemaVersion !== 2 || !manifest.config?.digest || !Array.isArray(manifest.layers)) {
         throw new Ns8ctlError('image_unsupported', `${opts.purpose}: ${url} has a manifest that is neither OCI nor Docker schema 2 (schemaVersion ${String(manifest.schemaVersion)}): it cannot be unpacked`, { user: false });
       }
-      const digest = DIGEST.test(key) ? key : `sha256:${sha(manifestText)}`;
+      // podman save writes a manifest of its own: the registry's digest is the one podman pulled.
+      const digest = DIGEST.test(key) ? key : viaPodman?.digest && DIGEST.test(viaPodman.digest) ? viaPodman.digest : `sha256:${sha(manifestText)}`;
       const config = JSON.parse(await fs.readFile(path.join(blobs, hex(manifest.config.digest)), 'utf8')) as { config?: { Labels?: Record<string, string> | null } };
       const roots = [...new Set(opts.roots.map((r) => r.replace(/^\/+|\/+$/g, '')).filter(Boolean))];
       for (const layer of manifest.layers) {
@@ -217,14 +228,42 @@ export class RunnerImageCache implements ImageCache {
     }
   }
 
+  /**
+   * Downloads manifest, config and layers of `ref` into `blobs` (skopeo's `dir:` layout). A node
+   * without skopeo (NS8 nodes need not have it) pulls as root with podman and saves the image in
+   * the same layout; a root copy this made is removed again. Returns podman's facts then.
+   */
+  private async download(url: string, ref: string, blobs: string, purpose: string): Promise<{ digest: string } | undefined> {
+    const tls = this.tlsArgs(url);
+    try {
+      await this.runner.run(['skopeo', 'copy', '-q', '--retry-times', '2', ...tls.map((a) => a.replace('--tls-verify', '--src-tls-verify')), `docker://${ref}`, `dir:${blobs}`], {
+        purpose: `${purpose} (fetch ${url} into the node image cache)`,
+        mutating: true,
+        timeoutMs: 30 * 60_000,
+      });
+      return undefined;
+    } catch (err) {
+      if (toNs8ctlError(err).code !== 'command_missing') throw err;
+    }
+    const had = await this.runner.run(['podman', 'image', 'exists', ref], { purpose: `${purpose} (is ${url} in root's store)`, allowFailure: true });
+    await this.runner.run(['podman', 'pull', '--quiet', ...tls, ref], { purpose: `${purpose} (pull ${url} as root for the node image cache: no skopeo)`, mutating: true, timeoutMs: 30 * 60_000 });
+    try {
+      const res = await this.runner.run(['podman', 'image', 'inspect', '--format', '{{.Digest}}', ref], { purpose: `${purpose} (inspect ${url})` });
+      await this.runner.run(['podman', 'image', 'save', '--format', 'docker-dir', '-o', blobs, ref], { purpose: `${purpose} (save ${url} for the node image cache)`, mutating: true, timeoutMs: 30 * 60_000 });
+      return { digest: res.stdout.trim() };
+    } finally {
+      if (had.exitCode !== 0) await this.runner.run(['podman', 'rmi', '--ignore', ref], { purpose: `${purpose} (remove root's copy of ${url})`, mutating: true, allowFailure: true });
+    }
+  }
+
   /** Unpacks the `roots` of one layer into `tree`, then applies the layer's whiteouts. */
   private async unpackLayer(blob: string, tree: string, roots: string[], purpose: string): Promise<void> {
     const tops = [...new Set(roots.map((r) => r.split('/')[0]!))];
     // Members: the roots (tar extracts a directory's contents with it) and whiteouts of their top
-    // directories; tar detects the compression (gzip, zstd, none) itself. tar runs as nobody, from
+    // directories (compression told from the blob's first bytes). tar runs as nobody, from
     // inside the tree (it cannot reach the root-only cache otherwise), reading the blob root
     // opened: links an image plants are never followed by root.
-    const tar = ['setpriv', `--reuid=${UNPACK_UID}`, `--regid=${UNPACK_UID}`, '--clear-groups', 'tar', '-x', '-v', '-p', '-f', '-', '--no-same-owner', '--exclude-caches-under', '--exclude=.gitignore', ...roots, ...tops.map((t) => `.wh.${t}`)];
+    const tar = ['setpriv', `--reuid=${UNPACK_UID}`, `--regid=${UNPACK_UID}`, '--clear-groups', 'tar', '-x', '-v', '-p', ...(await compressionFlag(blob)), '-f', '-', '--no-same-owner', '--exclude-caches-under', '--exclude=.gitignore', ...roots, ...tops.map((t) => `.wh.${t}`)];
     const argv = ['bash', '-c', 'exec "$@" < "$0"', blob, ...tar];
     const res = await this.runner.run(argv, { cwd: tree, purpose, mutating: true, allowFailure: true, timeoutMs: 30 * 60_000 });
     const complaints = res.stderr.split('\n').filter((l) => l.startsWith('tar: ') && !/Exiting with failure status/.test(l));
