@@ -98,6 +98,9 @@ afterAll(async () => {
   await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
+/** Digests (hex) of the module images in the node cache. */
+const cachedDigests = async (): Promise<string[]> => (await fs.readdir(imageCacheDir(deps.layout)).catch(() => [] as string[])).filter((n) => /^[0-9a-f]{64}$/.test(n));
+
 describe('a rootless instance on a host without systemd', () => {
   const id = `webapp${suffix}1`;
 
@@ -210,6 +213,16 @@ describe('a rootless instance on a host without systemd', () => {
     const r2 = (await reconcile()).get(id)!;
     expect(r2.drift).toEqual(['files of imageroot/ missing: systemd/user/webapp.service']);
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
+    // So is a file of the image edited in the install dir: copied again from the node cache.
+    const tool = path.join(homeOf(id), '.config', 'bin', 'webapp-info');
+    const original = await fs.readFile(tool, 'utf8');
+    await fs.appendFile(tool, 'echo tampered\n');
+    const before3 = runner.all.length;
+    const r3 = (await reconcile()).get(id)!;
+    expect(r3.drift).toEqual(['files of imageroot/ missing or edited: bin/webapp-info (edited)']);
+    expect(await fs.readFile(tool, 'utf8')).toBe(original);
+    expect(runner.all.slice(before3).some((c) => c.argv[0] === 'skopeo' || c.argv.includes('pull'))).toBe(false);
+    expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
   }, 120_000);
 
   test('a removed user is recreated (with another uid) and gets its files back', async () => {
@@ -241,6 +254,9 @@ describe('a rootless instance on a host without systemd', () => {
     expect(existsSync(path.join(cfg, 'bin', 'new-tool'))).toBe(true);
     expect(parseEnvironment(await fs.readFile(path.join(cfg, 'state', 'environment'), 'utf8')).IMAGE_URL).toBe(images.webapp['1.1.0']);
     expect((await readModuleStatus(admin, id))!.observedGeneration).toBe(2);
+    // The node cache keeps only what an instance uses: 1.0.0 went once the update was done.
+    const env = parseEnvironment(await fs.readFile(path.join(cfg, 'state', 'environment'), 'utf8'));
+    expect(await cachedDigests()).toEqual([env.IMAGE_DIGEST!.slice(7)]);
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
   }, 120_000);
 
@@ -263,6 +279,7 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hget(keys.moduleNode(), id)).toBeNull();
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBeNull();
     expect(existsSync(path.join(root, 'agent', 'instances', `${id}.json`))).toBe(false);
+    expect(await cachedDigests()).toEqual([]);
     await waitFor('module-removed received', () => events.some((e) => e.channel === channels.moduleRemoved));
     expect(events.filter((e) => e.channel === channels.moduleRemoved).map((e) => JSON.parse(e.message))).toContainEqual({ module: id, node: 1 });
     expect(env.TCP_PORT).toBeDefined();

@@ -32,6 +32,11 @@ import { ownerPrefix, shq, type Owner } from './owner.js';
 export interface CachedImage extends ImageFacts {
   /** Entries of each unpacked root directory (relative, directories end with `/`); absent: not in the image. */
   roots: Record<string, string[]>;
+  /**
+   * Per root, `size:mtime` (seconds) of each regular file: tar keeps both through every copy, so
+   * a file of an instance that differs was edited there (drift).
+   */
+  stamps?: Record<string, Record<string, string>>;
 }
 
 /** The cache as the node agent uses it. */
@@ -66,6 +71,7 @@ interface Meta {
   repoDigest: string;
   labels: Record<string, string>;
   roots: Record<string, string[]>;
+  stamps: Record<string, Record<string, string>>;
 }
 
 async function readJson<T>(file: string): Promise<T | undefined> {
@@ -105,16 +111,27 @@ async function insideTree(tree: string, rel: string): Promise<boolean> {
   return true;
 }
 
-/** Relative entries under `dir`, directories with a trailing `/`, sorted (as `.imageroot.lst`). */
-async function listTree(dir: string, rel = '', out: string[] = []): Promise<string[]> {
+/** `size:mtime` (whole seconds) of a regular file: what tar carries from the image to an instance. */
+export function fileStamp(st: { size: number; mtimeMs: number }): string {
+  return `${st.size}:${Math.floor(st.mtimeMs / 1000)}`;
+}
+
+/**
+ * Relative entries under `dir`, directories with a trailing `/`, sorted (as `.imageroot.lst`), and
+ * the stamp of each regular file. Links are listed, never followed.
+ */
+async function listTree(dir: string, rel = '', out: string[] = [], stamps: Record<string, string> = {}): Promise<{ entries: string[]; stamps: Record<string, string> }> {
   for (const e of await fs.readdir(path.join(dir, rel), { withFileTypes: true })) {
     const p = rel ? `${rel}/${e.name}` : e.name;
     if (e.isDirectory()) {
       out.push(`${p}/`);
-      await listTree(dir, p, out);
-    } else out.push(p);
+      await listTree(dir, p, out, stamps);
+    } else {
+      out.push(p);
+      if (e.isFile()) stamps[p] = fileStamp(await fs.lstat(path.join(dir, p)));
+    }
   }
-  return rel ? out : out.sort();
+  return { entries: rel ? out : out.sort(), stamps };
 }
 
 /** Production cache over the CommandRunner (skopeo, tar). */
@@ -143,7 +160,7 @@ export class RunnerImageCache implements ImageCache {
     if (marker?.trim() !== digest) return undefined;
     const meta = await readJson<Meta>(path.join(d, 'meta.json'));
     if (!meta || meta.digest !== digest || typeof meta.id !== 'string' || typeof meta.roots !== 'object') return undefined;
-    return { url: meta.url, id: meta.id, digest: meta.digest, repoDigest: meta.repoDigest, labels: meta.labels ?? {}, roots: meta.roots };
+    return { url: meta.url, id: meta.id, digest: meta.digest, repoDigest: meta.repoDigest, labels: meta.labels ?? {}, roots: meta.roots, stamps: meta.stamps ?? {} };
   }
 
   async lookup(url: string): Promise<CachedImage | undefined> {
@@ -209,11 +226,15 @@ export class RunnerImageCache implements ImageCache {
         await this.unpackLayer(path.join(blobs, hex(layer.digest)), path.join(tmp, 'tree'), roots, `${opts.purpose} (unpack ${url})`);
       }
       const rootEntries: Record<string, string[]> = {};
+      const stamps: Record<string, Record<string, string>> = {};
       for (const r of roots) {
         const st = await fs.lstat(path.join(tmp, 'tree', r)).catch(() => undefined);
-        if (st?.isDirectory()) rootEntries[r] = await listTree(path.join(tmp, 'tree', r));
+        if (!st?.isDirectory() || !(await insideTree(path.join(tmp, 'tree'), r))) continue;
+        const listed = await listTree(path.join(tmp, 'tree', r));
+        rootEntries[r] = listed.entries;
+        stamps[r] = listed.stamps;
       }
-      const meta: Meta = { url, digest, id: hex(manifest.config.digest), repoDigest: `${imageRepository(url)}@${digest}`, labels: config.config?.Labels ?? {}, roots: rootEntries };
+      const meta: Meta = { url, digest, id: hex(manifest.config.digest), repoDigest: `${imageRepository(url)}@${digest}`, labels: config.config?.Labels ?? {}, roots: rootEntries, stamps };
       await fs.rm(blobs, { recursive: true, force: true });
       await fs.writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta));
       await fs.writeFile(path.join(tmp, 'complete'), `${digest}\n`);
@@ -222,7 +243,7 @@ export class RunnerImageCache implements ImageCache {
       await fs.rm(final, { recursive: true, force: true });
       await fs.rename(tmp, final);
       await this.writeRef(url, digest);
-      return { url, id: meta.id, digest, repoDigest: meta.repoDigest, labels: meta.labels, roots: rootEntries };
+      return { url, id: meta.id, digest, repoDigest: meta.repoDigest, labels: meta.labels, roots: rootEntries, stamps };
     } finally {
       await fs.rm(tmp, { recursive: true, force: true });
     }
