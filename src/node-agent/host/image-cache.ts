@@ -239,6 +239,12 @@ export class RunnerImageCache implements ImageCache {
       await fs.writeFile(path.join(tmp, 'meta.json'), JSON.stringify(meta));
       await fs.writeFile(path.join(tmp, 'complete'), `${digest}\n`);
       const final = this.entryDir(digest);
+      // Filled meanwhile under another key (by tag and by digest): keep that one, it may be read.
+      const done = await this.entry(digest);
+      if (done) {
+        await this.writeRef(url, digest);
+        return { ...done, url };
+      }
       // A half entry (no marker: an older layout, a disk error) is replaced, never trusted.
       await fs.rm(final, { recursive: true, force: true });
       await fs.rename(tmp, final);
