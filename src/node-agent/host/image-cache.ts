@@ -137,6 +137,8 @@ async function listTree(dir: string, rel = '', out: string[] = [], stamps: Recor
 /** Production cache over the CommandRunner (skopeo, tar). */
 export class RunnerImageCache implements ImageCache {
   private readonly inflight = new Map<string, Promise<CachedImage>>();
+  /** Complete entries read already: an entry's content never changes for its digest (only the marker is re-read). */
+  private readonly known = new Map<string, CachedImage>();
 
   constructor(
     private readonly runner: CommandRunner,
@@ -157,10 +159,17 @@ export class RunnerImageCache implements ImageCache {
     if (!DIGEST.test(digest)) return undefined;
     const d = this.entryDir(digest);
     const marker = await fs.readFile(path.join(d, 'complete'), 'utf8').catch(() => undefined);
-    if (marker?.trim() !== digest) return undefined;
+    if (marker?.trim() !== digest) {
+      this.known.delete(digest);
+      return undefined;
+    }
+    const seen = this.known.get(digest);
+    if (seen) return seen;
     const meta = await readJson<Meta>(path.join(d, 'meta.json'));
     if (!meta || meta.digest !== digest || typeof meta.id !== 'string' || typeof meta.roots !== 'object') return undefined;
-    return { url: meta.url, id: meta.id, digest: meta.digest, repoDigest: meta.repoDigest, labels: meta.labels ?? {}, roots: meta.roots, stamps: meta.stamps ?? {} };
+    const e: CachedImage = { url: meta.url, id: meta.id, digest: meta.digest, repoDigest: meta.repoDigest, labels: meta.labels ?? {}, roots: meta.roots, stamps: meta.stamps ?? {} };
+    this.known.set(digest, e);
+    return e;
   }
 
   async lookup(url: string): Promise<CachedImage | undefined> {
@@ -348,6 +357,7 @@ export class RunnerImageCache implements ImageCache {
       const meta = await readJson<Meta>(path.join(this.dir, name, 'meta.json'));
       if (meta?.id && keep.has(meta.id)) continue;
       await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
+      this.known.delete(digest);
       removed.push(digest);
     }
     if (removed.length) {
