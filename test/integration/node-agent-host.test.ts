@@ -318,6 +318,27 @@ describe('several instances', () => {
   }, 180_000);
 });
 
+describe('instances of one image', () => {
+  test('converging together, they fetch the module image once; each gets its own copy of the imageroot, owned by its user', async () => {
+    const ids = [`webapp${suffix}6`, `webapp${suffix}7`, `webapp${suffix}8`];
+    for (const id of ids) await putModule(id, { image: images.webapp['1.1.0'], removalPolicy: 'Delete' });
+    const before = runner.all.length;
+    const res = await reconcile();
+    for (const id of ids) expect(res.get(id)!.error?.message).toBeUndefined();
+    const fetches = runner.all.slice(before).filter((c) => c.argv[0] === 'skopeo' && c.argv[1] === 'copy');
+    expect(fetches).toHaveLength(1);
+    for (const id of ids) {
+      const tool = path.join(homeOf(id), '.config', 'bin', 'new-tool');
+      expect(statSync(tool).uid).toBe(statSync(homeOf(id)).uid);
+    }
+    expect(await cachedDigests()).toHaveLength(1);
+    for (const id of ids) await deleteModule(id, 'Delete');
+    const removal = await reconcile();
+    expect(ids.map((id) => removal.get(id)?.outcome)).toEqual(['removed', 'removed', 'removed']);
+    expect(await cachedDigests()).toEqual([]);
+  }, 180_000);
+});
+
 describe('a rootfull instance', () => {
   const id = `rootfull-demo${suffix}1`;
   test('is installed under the rootfull base with root-owned files, two ports, system unit files; removal cleans it', async () => {
@@ -346,7 +367,7 @@ describe('a rootfull instance', () => {
 });
 
 describe('a node without skopeo', () => {
-  test('pulls the image as root to read its labels and drops that copy once the user has its own', async () => {
+  test('pulls the image as root to read its labels, fills the node cache with podman, and drops that root copy', async () => {
     const id = `webapp${suffix}5`;
     const real = new ExecaRunner();
     const noSkopeo: CommandRunner = { history: real.history, run: (argv, o) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
