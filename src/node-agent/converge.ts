@@ -130,7 +130,7 @@ async function withImage(start: PassStart, chosen: Exclude<ChosenImage, { result
   const { url, facts, labels } = chosen;
   const { deps, node, id, shared } = start;
   const module = defaultInstanceModule(url);
-  const stepCtx: StepContext = { deps, node, id, rootfull: labels.rootfull, labels, imageUrl: url };
+  const stepCtx: StepContext = { deps, node, id, rootfull: labels.rootfull, labels, imageUrl: url, ...(facts.digest ? { imageDigest: facts.digest } : {}) };
   const p: ConvergePass = { ...start, rec: chosen.rec, url, facts, labels, rootfull: labels.rootfull, updateFrom: chosen.updateFrom, previousEnv: chosen.previousEnv, setback: chosen.setback, module, stepCtx, ctx: shared, applied: [], drift: [], relabelled: false };
   // The image's name was not among the names the node snapshot read (spec and image differ).
   if (!shared.redis.defaults.has(clusterDefaultInstanceKey(module))) p.ctx = await refresh(deps, node, id, shared, [module]);

@@ -77,10 +77,10 @@ export class FakeImageCache implements ImageCache {
   async lookup(url: string): Promise<CachedImage | undefined> {
     return this.entries.get(url);
   }
-  async ensure(url: string, opts: { roots: string[] }): Promise<CachedImage> {
+  async ensure(url: string, opts: { digest?: string; roots: string[] }): Promise<CachedImage> {
     const have = this.entries.get(url);
     if (have) return have;
-    this.podman.calls.push(`fetch ${url}`);
+    this.podman.calls.push(`fetch ${url}${opts.digest ? ` ${opts.digest}` : ''}`);
     const files = this.podman.content.get(url) ?? {};
     const roots = Object.fromEntries(opts.roots.filter((r) => files[r]).map((r) => [r, Object.keys(files[r]!).sort()]));
     const entry = { ...this.podman.facts(url), roots };

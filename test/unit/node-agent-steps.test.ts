@@ -94,6 +94,16 @@ describe('image steps', () => {
     expect(rec?.rootCopy).toBeUndefined();
   });
 
+  test('pull-image pins the fetch to the digest the labels were read from (the record\'s, else the pass\'s)', async () => {
+    await userOf();
+    await applyStep(step('pull-image', { url: URL }), { ...ctx, imageDigest: 'sha256:from-the-pass' });
+    expect(f.podman.calls).toEqual([`fetch ${URL} sha256:from-the-pass`]);
+    f.podman.cache.entries.clear();
+    await f.deps.records.update(ID, { image: { url: URL, id: 'i', digest: 'sha256:recorded', repoDigest: '', labels: {} } });
+    await applyStep(step('pull-image', { url: URL }), { ...ctx, imageDigest: 'sha256:from-the-pass' });
+    expect(f.podman.calls.at(-1)).toBe(`fetch ${URL} sha256:recorded`);
+  });
+
   test('two instances of one image fetch it once: the second pull and both extractions copy from the node cache', async () => {
     f.podman.content.set(URL, { imageroot: { 'bin/tool': 'x' }, ui: { 'index.html': 'ui' } });
     const ctx2: StepContext = { ...ctx, id: 'web2' };

@@ -79,11 +79,12 @@ export function factsOf(c: CachedImage): ImageFacts {
 
 /**
  * The module image in the node cache, fetched when missing. The digest the labels were read from
- * pins the fetch when the record has it; imageroot and ui (from the labels) are what is kept.
+ * (the record's, else the converge pass's) pins the fetch, so the files are those of the image the
+ * labels describe even if the tag moved since; imageroot and ui (from the labels) are what is kept.
  */
 async function fetchModuleImage(ctx: StepContext, url: string, purpose: string): Promise<CachedImage> {
   const rec = await ctx.deps.records.get(ctx.id);
-  const digest = rec?.image?.url === url && rec.image.digest ? rec.image.digest : undefined;
+  const digest = rec?.image?.url === url && rec.image.digest ? rec.image.digest : ctx.imageUrl === url ? ctx.imageDigest : undefined;
   const roots = [ctx.labels?.imageroot ?? 'imageroot', ctx.labels?.uiroot ?? 'ui'];
   return ctx.deps.podman.cache.ensure(url, { ...(digest ? { digest } : {}), roots, purpose });
 }
