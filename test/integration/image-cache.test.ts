@@ -158,15 +158,22 @@ test("a copy into an instance is written by the instance's user (files owned by 
   expect(await cache.copy(image, 'no-such-root', dest, owner, 't')).toBeUndefined();
 }, 60_000);
 
-test('evict removes the entries and refs of images not kept, and keeps the ones named by id or digest', async () => {
+test('evict removes the entries and refs of images not kept and fill dirs of long-dead fills, and keeps the ones named by id or digest', async () => {
   const dir = path.join(work, 'cache4');
   const cache = newCache(new ExecaRunner(), dir);
   const image = await cache.ensure(url, { roots: ROOTS, purpose: 't' });
   expect(await cache.evict(new Set([image.id]))).toEqual([]);
   expect(await cache.evict(new Set([digest]))).toEqual([]);
   expect(await cache.lookup(url)).toBeDefined();
+  // A fill killed long ago, of an image never fetched again, goes too; a recent one may be running.
+  const old = path.join(dir, '.fill-0000000000000000');
+  const recent = path.join(dir, '.fill-1111111111111111');
+  await fs.mkdir(old);
+  await fs.mkdir(recent);
+  await fs.utimes(old, new Date(Date.now() - 2 * 3600_000), new Date(Date.now() - 2 * 3600_000));
   expect(await cache.evict(new Set())).toEqual([digest]);
   expect(existsSync(path.join(dir, digest.slice(7)))).toBe(false);
+  expect([existsSync(old), existsSync(recent)]).toEqual([false, true]);
   expect(await fs.readdir(path.join(dir, 'refs'))).toEqual([]);
   expect(await cache.lookup(url)).toBeUndefined();
 }, 60_000);

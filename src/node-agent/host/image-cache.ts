@@ -56,7 +56,10 @@ export interface ImageCache {
    * entries copied, or undefined when the image has no such directory.
    */
   copy(image: CachedImage, root: string, dest: string, owner: Owner, purpose: string): Promise<string[] | undefined>;
-  /** Removes every entry (and ref) whose id and digest are not in `keep`; returns the digests removed. */
+  /**
+   * Removes every entry (and ref) whose id and digest are not in `keep`, and fill directories of
+   * killed fills older than an hour; returns the digests removed.
+   */
   evict(keep: ReadonlySet<string>): Promise<string[]>;
 }
 
@@ -81,6 +84,9 @@ async function readJson<T>(file: string): Promise<T | undefined> {
     return undefined;
   }
 }
+
+/** Age after which a fill directory is taken as left by a killed fill. */
+const STALE_FILL_MS = 60 * 60_000;
 
 /** Uid and gid that unpack layers (nobody): what a layer's links point at is out of its reach. */
 const UNPACK_UID = 65534;
@@ -351,6 +357,13 @@ export class RunnerImageCache implements ImageCache {
     }
     const removed: string[] = [];
     for (const name of names) {
+      // A fill killed before it ended, for an image never fetched again since (an hour: no fill
+      // of another agent process on the node is still running it).
+      if (name.startsWith('.fill-')) {
+        const st = await fs.lstat(path.join(this.dir, name)).catch(() => undefined);
+        if (st && Date.now() - st.mtimeMs > STALE_FILL_MS) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
+        continue;
+      }
       if (!/^[0-9a-f]{64}$/.test(name)) continue;
       const digest = `sha256:${name}`;
       if (keep.has(digest) || this.inflight.has(digest)) continue;
