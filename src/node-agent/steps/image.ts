@@ -18,11 +18,11 @@ export const imageSteps: StepHandlers<'pull-image' | 'pull-service-image' | 'ext
   'pull-image': async (step, ctx) => {
     const { deps, id } = ctx;
     const purpose = purposeOf(step);
-    // The user must exist first, as when it pulled into its own storage: the plan's order holds.
+    // The instance's user comes first (the plan orders create-user before): a missing one is named.
     const { owner } = await requireOwner(ctx, 'pulling the image');
     const facts = factsOf(await fetchModuleImage(ctx, step.url, purpose));
     await deps.records.update(id, { image: facts, imageUrl: step.url, rootfull: ctx.rootfull });
-    // The copy pulled as root only to read the labels is not needed once the user has its own.
+    // The copy pulled as root only to read the labels is not needed once the node cache has the image.
     const rootCopy = (await deps.records.get(id))?.rootCopy;
     if (rootCopy && owner.kind === 'user') {
       await deps.podman.removeImages({ kind: 'root' }, [rootCopy], [], `${purpose} (remove the root copy)`);
