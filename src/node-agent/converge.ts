@@ -148,7 +148,7 @@ async function withImage(start: PassStart, chosen: Exclude<ChosenImage, { result
   const { url, facts, labels } = chosen;
   const { deps, node, id, shared } = start;
   const module = defaultInstanceModule(url);
-  const stepCtx: StepContext = { deps, node, id, rootfull: labels.rootfull, labels, imageUrl: url };
+  const stepCtx: StepContext = { deps, node, id, rootfull: labels.rootfull, labels, imageUrl: url, ...(facts.digest ? { imageDigest: facts.digest } : {}) };
   const p: ConvergePass = { ...start, rec: chosen.rec, url, facts, labels, rootfull: labels.rootfull, updateFrom: chosen.updateFrom, previousEnv: chosen.previousEnv, setback: chosen.setback, module, stepCtx, ctx: shared, applied: [], drift: [], relabelled: false };
   // The image's name was not among the names the node snapshot read (spec and image differ).
   if (!shared.redis.defaults.has(clusterDefaultInstanceKey(module))) p.ctx = await refresh(deps, node, id, shared, [module]);
@@ -303,7 +303,8 @@ function notConverged(id: string, plan: InstancePlan, aborted: boolean): Ns8ctlE
 /** The labels of the image now present (its tag moved or it was pulled again), recorded. */
 async function relabel(deps: NodeAgentDeps, id: string, owner: Owner, url: string): Promise<{ facts: ImageFacts; labels: ModuleLabels; rec: InstanceRecord | undefined } | Ns8ctlError> {
   try {
-    const facts = await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
+    const cached = await deps.podman.cache.lookup(url);
+    const facts = cached ? { url, id: cached.id, digest: cached.digest, repoDigest: cached.repoDigest, labels: cached.labels } : await deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
     const labels = parseModuleLabels(facts.labels, url);
     return { facts, labels, rec: await deps.records.update(id, { image: facts, imageUrl: url }) };
   } catch (err) {

@@ -12,6 +12,7 @@ import { keys } from '../state/keys.js';
 import { parseEnvironment } from './environment-file.js';
 import { findImage } from './host/image-store.js';
 import type { Owner } from './host/owner.js';
+import { fileStamp } from './host/image-cache.js';
 import type { PodmanHost } from './host/podman.js';
 import { isStartableUnit, parseInstallSection, type SystemdHost, type UnitScope } from './host/systemd.js';
 import { instancePaths, type HostLayout } from './layout.js';
@@ -218,7 +219,10 @@ export async function observeInstance(
   const paths = instancePaths(ctx.layout, id, rootfull, user?.home);
   const owner = ownerOf(id, rootfull, user);
   const images = owner ? await ctx.podman.listImages(owner) : [];
-  const local = url ? findImage(images, url) : undefined;
+  // The module image is in the node cache; an instance converged before the cache existed may
+  // have it only in its owner's store.
+  const cached = url ? await ctx.podman.cache.lookup(url) : undefined;
+  const local = url ? (cached ?? findImage(images, url)) : undefined;
   const serviceImages: Record<string, boolean> = {};
   for (const svc of labels?.images ?? []) serviceImages[svc] = Boolean(findImage(images, svc));
 
@@ -234,7 +238,7 @@ export async function observeInstance(
   ]);
 
   const volumeDirs = await observeVolumeDirs(id, [...volumeBases, ...(record?.volumeBases ?? [])]);
-  const missing = list ? await missingImagerootFiles(paths.installDir, list) : [];
+  const missing = list ? await missingImagerootFiles(paths.installDir, list, cached?.stamps?.[labels?.imageroot ?? 'imageroot']) : [];
 
   const observed: ObservedInstance = {
     id,
@@ -281,13 +285,20 @@ async function observeVolumeDirs(id: string, bases: readonly string[]): Promise<
   return out;
 }
 
-/** Files of `.imageroot.lst` missing from the install dir (the first five: enough to report). */
-async function missingImagerootFiles(installDir: string, list: readonly string[]): Promise<string[]> {
+/**
+ * Files of `.imageroot.lst` missing from the install dir, or edited there (`<file> (edited)`: its
+ * size or mtime differs from the image's, when the node cache knows them); the first five.
+ */
+async function missingImagerootFiles(installDir: string, list: readonly string[], stamps: Record<string, string> | undefined): Promise<string[]> {
   const missing: string[] = [];
   for (const entry of list) {
     if (entry.endsWith('/') || entry.split('/').includes('..')) continue;
-    if (!(await statOrUndefined(path.join(installDir, entry)))) {
-      missing.push(entry);
+    const st = await statOrUndefined(path.join(installDir, entry));
+    // A file of the image whose size or mtime differs from the image's was edited in place.
+    const want = stamps?.[entry];
+    const edited = st && want !== undefined && (!st.isFile() || fileStamp(st) !== want);
+    if (!st || edited) {
+      missing.push(st ? `${entry} (edited)` : entry);
       if (missing.length >= 5) break;
     }
   }

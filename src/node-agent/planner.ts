@@ -255,7 +255,7 @@ function planExtraction(p: Planning): boolean {
   const extracting = rootStale;
   if (rootStale || uiStale) {
     const drift = [
-      imageId && rec?.extractedImageId === imageId && !o.imagerootIntact ? `files of ${l.imageroot}/ missing: ${o.imagerootMissing.join(', ')}` : '',
+      imageId && rec?.extractedImageId === imageId && !o.imagerootIntact ? `files of ${l.imageroot}/ ${o.imagerootMissing.some((e) => e.endsWith(' (edited)')) ? 'missing or edited' : 'missing'}: ${o.imagerootMissing.join(', ')}` : '',
       imageId && rec?.uiImageId === imageId && !o.uiPresent ? 'UI dir removed' : '',
     ].filter(Boolean);
     const why = [

@@ -84,6 +84,8 @@ async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, contro
     }
   });
   await keepBackupTimers(deps, node, desired, systemdMissing);
+  // Only a pass that changed something can have released an image: a no-op pass reads nothing more.
+  if (instances.some((i) => i.applied.length > 0)) await evictImages(deps);
   return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };
 }
 
@@ -95,6 +97,29 @@ async function keepBackupTimers(deps: NodeAgentDeps, node: number, desired: read
     if (sync.installed.length || sync.removed.length) deps.log(`node-agent: node ${node}: backup timers${sync.installed.length ? ` installed ${sync.installed.join(' ')}` : ''}${sync.removed.length ? ` removed ${sync.removed.join(' ')}` : ''}`);
   } catch (err) {
     deps.log(`node-agent: node ${node}: backup timers not updated: ${toNs8ctlError(err).message}`);
+  }
+}
+
+/**
+ * Bounded disk: module images in the node cache that no instance record names any more (by id,
+ * digest or URL: the image in place, the one extracted, the one an update came from) are removed
+ * once the pass is over. A failure is logged; the next pass tries again.
+ */
+async function evictImages(deps: NodeAgentDeps): Promise<void> {
+  try {
+    const keep = new Set<string>();
+    for (const r of (await deps.records.list()).values()) {
+      const urls = [r.imageUrl, r.image?.url, r.failedUpdate?.from, r.failedUpdate?.image, r.managedEnv?.IMAGE_URL];
+      for (const v of [r.image?.id, r.image?.digest, r.extractedImageId, r.uiImageId]) if (v) keep.add(v);
+      for (const u of urls) {
+        const c = u ? await deps.podman.cache.lookup(u) : undefined;
+        if (c) keep.add(c.digest);
+      }
+    }
+    const removed = await deps.podman.cache.evict(keep);
+    if (removed.length) deps.log(`node-agent: removed ${removed.length} module image(s) no instance uses from the node cache`);
+  } catch (err) {
+    deps.log(`node-agent: evicting unused module images from the node cache failed: ${toNs8ctlError(err).message}`);
   }
 }
 

@@ -156,13 +156,13 @@ export interface ObservedInstance {
   linger?: boolean;
   /** Install dir exists (home/.config or /var/lib/nethserver/<id>). */
   installDir: boolean;
-  /** The module image, when present in the owner's image store. */
+  /** The module image, when in the node image cache (or, for an instance converged before the cache, in the owner's image store). */
   localImage?: { id: string; digest: string };
   /** Service image URL -> present in the owner's image store. */
   serviceImages: Record<string, boolean>;
-  /** `.imageroot.lst` exists and every file it lists exists. */
+  /** `.imageroot.lst` exists and every file it lists exists, unedited (as far as the node cache knows the image's files). */
   imagerootIntact: boolean;
-  /** Files listed in `.imageroot.lst` that are missing (first few), for drift reports. */
+  /** Files listed in `.imageroot.lst` that are missing, or edited (`<file> (edited)`) (first few), for drift reports. */
   imagerootMissing: string[];
   /** Home (rootless) or /var/lib/nethserver/<id> (rootfull) exists. */
   baseExists: boolean;

@@ -83,6 +83,9 @@ export function localOwner(id: string, rec: InstanceRecord | undefined, shared: 
  */
 export async function imageFacts(deps: NodeAgentDeps, id: string, url: string, rec: InstanceRecord | undefined, hold: () => Promise<void>, owner?: Owner): Promise<ImageFacts> {
   if (rec?.image && rec.image.url === url) return rec.image;
+  // The node cache next: a rollback reads the image it came from without its registry.
+  const cached = await deps.podman.cache.lookup(url);
+  if (cached) return { url, id: cached.id, digest: cached.digest, repoDigest: cached.repoDigest, labels: cached.labels };
   // The instance's own store first (a rollback reads the image it came from, registry or not).
   if (owner?.kind === 'user' && findImage(await deps.podman.listImages(owner), url)) return deps.podman.inspectLocal(owner, url, `${id}: inspect ${url}`);
   const rootImages = await deps.podman.listImages({ kind: 'root' });

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
+import { imageCacheDir } from '../../src/node-agent/host/podman.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
 import { readModuleStatus } from '../../src/node-agent/status.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
@@ -97,6 +98,9 @@ afterAll(async () => {
   await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
+/** Digests (hex) of the module images in the node cache. */
+const cachedDigests = async (): Promise<string[]> => (await fs.readdir(imageCacheDir(deps.layout)).catch(() => [] as string[])).filter((n) => /^[0-9a-f]{64}$/.test(n));
+
 describe('a rootless instance on a host without systemd', () => {
   const id = `webapp${suffix}1`;
 
@@ -141,10 +145,17 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hgetall(keys.moduleEnvironment(id))).toEqual(env);
     expect(await admin.hgetall(keys.nodePorts(1))).toMatchObject({ [`${id}/tcp`]: `${env.TCP_PORT}-${env.TCP_PORT}` });
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBe('1');
-    // Service image pulled into the user's own storage.
+    // Service image pulled into the user's own storage; the module image only into the node cache,
+    // under the registry's digest, with podman's image id (the config digest).
     const imgs = await host.run(['runuser', '-u', id, '--', 'env', `HOME=${home}`, 'podman', 'images', '--format', '{{.Repository}}:{{.Tag}}'], { cwd: home });
     expect(imgs.stdout).toContain(images.webappHttpd['1.0.0']);
-    expect(imgs.stdout).toContain(images.webapp['1.0.0']);
+    expect(imgs.stdout).not.toContain(images.webapp['1.0.0']);
+    const remote = JSON.parse((await host.run(['skopeo', 'inspect', '--tls-verify=false', `docker://${images.webapp['1.0.0']}`])).stdout) as { Digest: string };
+    expect(env.IMAGE_DIGEST).toBe(remote.Digest);
+    const entry = path.join(imageCacheDir(deps.layout), env.IMAGE_DIGEST!.slice(7));
+    expect((await fs.readFile(path.join(entry, 'complete'), 'utf8')).trim()).toBe(env.IMAGE_DIGEST);
+    expect(JSON.parse(await fs.readFile(path.join(entry, 'meta.json'), 'utf8'))).toMatchObject({ id: env.IMAGE_ID, digest: env.IMAGE_DIGEST });
+    expect(statSync(imageCacheDir(deps.layout)).mode & 0o777).toBe(0o700);
     // Redis credentials: agent.env 0600, and they let the module write only its own keys.
     const agentEnvFile = path.join(home, '.config', 'state', 'agent.env');
     expect(statSync(agentEnvFile).mode & 0o777).toBe(0o600);
@@ -181,12 +192,12 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hgetall(keys.moduleStatus(id))).toEqual(statusBefore);
   });
 
-  test('drift is repaired and reported: edited environment value, deleted unit file, removed image', async () => {
+  test('drift is repaired and reported: edited environment value, deleted unit file, image removed from the node cache', async () => {
     const envFile = path.join(homeOf(id), '.config', 'state', 'environment');
     const env = parseEnvironment(await fs.readFile(envFile, 'utf8'));
     await fs.writeFile(envFile, (await fs.readFile(envFile, 'utf8')).replace(`TCP_PORT=${env.TCP_PORT}\n`, 'TCP_PORT=1\n') + 'MY_OWN=kept\n');
     await fs.rm(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'));
-    await host.run(['runuser', '-u', id, '--', 'env', `HOME=${homeOf(id)}`, 'podman', 'rmi', images.webapp['1.0.0']], { cwd: homeOf(id) });
+    await fs.rm(path.join(imageCacheDir(deps.layout), env.IMAGE_DIGEST!.slice(7)), { recursive: true });
     const before = runner.all.length;
     const r = (await reconcile()).get(id)!;
     expect(r.error?.message).toBeUndefined();
@@ -195,12 +206,22 @@ describe('a rootless instance on a host without systemd', () => {
     expect(again.TCP_PORT).toBe(env.TCP_PORT);
     expect(again.MY_OWN).toBe('kept');
     expect(existsSync(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'))).toBe(true);
-    expect(runner.all.slice(before).some((c) => c.argv.includes('pull'))).toBe(true);
+    expect(runner.all.slice(before).some((c) => c.argv[0] === 'skopeo' && c.argv.includes('copy'))).toBe(true);
     expect((await readModuleStatus(admin, id))!.drift).toEqual(r.drift);
     // The deleted unit file alone is drift too.
     await fs.rm(path.join(homeOf(id), '.config', 'systemd', 'user', 'webapp.service'));
     const r2 = (await reconcile()).get(id)!;
     expect(r2.drift).toEqual(['files of imageroot/ missing: systemd/user/webapp.service']);
+    expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
+    // So is a file of the image edited in the install dir: copied again from the node cache.
+    const tool = path.join(homeOf(id), '.config', 'bin', 'webapp-info');
+    const original = await fs.readFile(tool, 'utf8');
+    await fs.appendFile(tool, 'echo tampered\n');
+    const before3 = runner.all.length;
+    const r3 = (await reconcile()).get(id)!;
+    expect(r3.drift).toEqual(['files of imageroot/ missing or edited: bin/webapp-info (edited)']);
+    expect(await fs.readFile(tool, 'utf8')).toBe(original);
+    expect(runner.all.slice(before3).some((c) => c.argv[0] === 'skopeo' || c.argv.includes('pull'))).toBe(false);
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
   }, 120_000);
 
@@ -233,6 +254,9 @@ describe('a rootless instance on a host without systemd', () => {
     expect(existsSync(path.join(cfg, 'bin', 'new-tool'))).toBe(true);
     expect(parseEnvironment(await fs.readFile(path.join(cfg, 'state', 'environment'), 'utf8')).IMAGE_URL).toBe(images.webapp['1.1.0']);
     expect((await readModuleStatus(admin, id))!.observedGeneration).toBe(2);
+    // The node cache keeps only what an instance uses: 1.0.0 went once the update was done.
+    const env = parseEnvironment(await fs.readFile(path.join(cfg, 'state', 'environment'), 'utf8'));
+    expect(await cachedDigests()).toEqual([env.IMAGE_DIGEST!.slice(7)]);
     expect((await reconcile()).get(id)!.outcome).toBe('unchanged');
   }, 120_000);
 
@@ -255,6 +279,7 @@ describe('a rootless instance on a host without systemd', () => {
     expect(await admin.hget(keys.moduleNode(), id)).toBeNull();
     expect(await admin.hget(keys.tcpPortsDemand(), id)).toBeNull();
     expect(existsSync(path.join(root, 'agent', 'instances', `${id}.json`))).toBe(false);
+    expect(await cachedDigests()).toEqual([]);
     await waitFor('module-removed received', () => events.some((e) => e.channel === channels.moduleRemoved));
     expect(events.filter((e) => e.channel === channels.moduleRemoved).map((e) => JSON.parse(e.message))).toContainEqual({ module: id, node: 1 });
     expect(env.TCP_PORT).toBeDefined();
@@ -293,6 +318,27 @@ describe('several instances', () => {
   }, 180_000);
 });
 
+describe('instances of one image', () => {
+  test('converging together, they fetch the module image once; each gets its own copy of the imageroot, owned by its user', async () => {
+    const ids = [`webapp${suffix}6`, `webapp${suffix}7`, `webapp${suffix}8`];
+    for (const id of ids) await putModule(id, { image: images.webapp['1.1.0'], removalPolicy: 'Delete' });
+    const before = runner.all.length;
+    const res = await reconcile();
+    for (const id of ids) expect(res.get(id)!.error?.message).toBeUndefined();
+    const fetches = runner.all.slice(before).filter((c) => c.argv[0] === 'skopeo' && c.argv[1] === 'copy');
+    expect(fetches).toHaveLength(1);
+    for (const id of ids) {
+      const tool = path.join(homeOf(id), '.config', 'bin', 'new-tool');
+      expect(statSync(tool).uid).toBe(statSync(homeOf(id)).uid);
+    }
+    expect(await cachedDigests()).toHaveLength(1);
+    for (const id of ids) await deleteModule(id, 'Delete');
+    const removal = await reconcile();
+    expect(ids.map((id) => removal.get(id)?.outcome)).toEqual(['removed', 'removed', 'removed']);
+    expect(await cachedDigests()).toEqual([]);
+  }, 180_000);
+});
+
 describe('a rootfull instance', () => {
   const id = `rootfull-demo${suffix}1`;
   test('is installed under the rootfull base with root-owned files, two ports, system unit files; removal cleans it', async () => {
@@ -321,7 +367,7 @@ describe('a rootfull instance', () => {
 });
 
 describe('a node without skopeo', () => {
-  test('pulls the image as root to read its labels and drops that copy once the user has its own', async () => {
+  test('pulls the image as root to read its labels, fills the node cache with podman, and drops that root copy', async () => {
     const id = `webapp${suffix}5`;
     const real = new ExecaRunner();
     const noSkopeo: CommandRunner = { history: real.history, run: (argv, o) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };

@@ -11,6 +11,7 @@ import type { NodeAgentDeps } from '../../src/node-agent/deps.js';
 import type { DesiredSource } from '../../src/node-agent/desired-source.js';
 import { findImage, type LocalImage } from '../../src/node-agent/host/image-store.js';
 import type { Owner } from '../../src/node-agent/host/owner.js';
+import type { CachedImage, ImageCache } from '../../src/node-agent/host/image-cache.js';
 import type { ExtractPart, PodmanHost } from '../../src/node-agent/host/podman.js';
 import type { SystemdHost, UnitScope } from '../../src/node-agent/host/systemd.js';
 import type { UserHost } from '../../src/node-agent/host/users.js';
@@ -66,9 +67,51 @@ export class FakeUsers implements UserHost {
   }
 }
 
+/**
+ * The node's module-image cache in memory: `ensure` fetches once per URL (calls `fetch <url>` in
+ * the podman fake's calls), `copy` writes the image's files (the podman fake's `content`).
+ */
+export class FakeImageCache implements ImageCache {
+  readonly entries = new Map<string, CachedImage>();
+  constructor(private readonly podman: FakePodman) {}
+  async lookup(url: string): Promise<CachedImage | undefined> {
+    return this.entries.get(url);
+  }
+  async ensure(url: string, opts: { digest?: string; roots: string[] }): Promise<CachedImage> {
+    const have = this.entries.get(url);
+    if (have) return have;
+    this.podman.calls.push(`fetch ${url}${opts.digest ? ` ${opts.digest}` : ''}`);
+    const files = this.podman.content.get(url) ?? {};
+    const roots = Object.fromEntries(opts.roots.filter((r) => files[r]).map((r) => [r, Object.keys(files[r]!).sort()]));
+    const entry = { ...this.podman.facts(url), roots };
+    this.entries.set(url, entry);
+    return entry;
+  }
+  async copy(image: CachedImage, root: string, dest: string, owner: Owner): Promise<string[] | undefined> {
+    this.podman.calls.push(`copy ${ownerName(owner)} ${image.url} ${root}`);
+    const files = this.podman.content.get(image.url)?.[root];
+    if (!files) return undefined;
+    for (const [rel, text] of Object.entries(files)) {
+      await fs.mkdir(path.dirname(path.join(dest, rel)), { recursive: true });
+      await fs.writeFile(path.join(dest, rel), text);
+    }
+    return Object.keys(files).sort();
+  }
+  async evict(keep: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const [url, e] of this.entries) {
+      if (keep.has(e.id) || keep.has(e.digest)) continue;
+      this.entries.delete(url);
+      removed.push(e.digest);
+    }
+    return removed;
+  }
+}
+
 /** Per-owner image stores in memory; `extract` writes the given files into each part's dest. */
 export class FakePodman implements PodmanHost {
   readonly calls: string[] = [];
+  readonly cache: FakeImageCache = new FakeImageCache(this);
   readonly stores = new Map<string, LocalImage[]>();
   /** Files each image holds under a root (`imageroot` -> {relative path: content}). */
   readonly content = new Map<string, Record<string, Record<string, string>>>();

@@ -166,6 +166,14 @@ describe('the node planner converges an instance', () => {
     expect(p.waiting).toEqual(['units: wait for the extraction']);
   });
 
+  test('an edited file of the imageroot is re-extracted and reported as edited', () => {
+    const o = converged();
+    o.imagerootIntact = false;
+    o.imagerootMissing = ['bin/webapp-info (edited)'];
+    const p = planConverge(input(o));
+    expect(p.steps).toEqual([expect.objectContaining({ kind: 'extract-image', imageroot: 'imageroot', drift: 'files of imageroot/ missing or edited: bin/webapp-info (edited)' })]);
+  });
+
   test('a removed user is recreated and reported; a recreated user gets its files back', () => {
     const o = converged();
     delete o.user;

@@ -81,26 +81,50 @@ describe('user steps', () => {
 });
 
 describe('image steps', () => {
-  test('pull-image pulls as the instance user, records the facts and drops the copy pulled as root for the labels', async () => {
+  test('pull-image needs the user, fetches the image into the node cache (not the user store), records the facts and drops the copy pulled as root for the labels', async () => {
+    await expect(applyStep(step('pull-image', { url: URL }), ctx)).rejects.toMatchObject({ code: 'user_missing' });
     await userOf();
     await f.deps.records.update(ID, { rootCopy: URL });
     f.podman.add({ kind: 'root' }, URL);
     await applyStep(step('pull-image', { url: URL }), ctx);
-    expect(f.podman.calls).toEqual([`pull ${ID} ${URL}`, `rmi root ${URL}`]);
+    expect(f.podman.calls).toEqual([`fetch ${URL}`, `rmi root ${URL}`]);
+    expect(await f.podman.listImages({ kind: 'user', name: ID, uid: 5000, gid: 5000, home: home() })).toEqual([]);
     const rec = await f.deps.records.get(ID);
     expect(rec).toMatchObject({ imageUrl: URL, image: { id: `id-${URL}` } });
     expect(rec?.rootCopy).toBeUndefined();
   });
 
-  test('extract-image refuses an image the owner does not have; then writes imageroot and ui, removes files gone from the image, records both', async () => {
+  test('pull-image pins the fetch to the digest the labels were read from (the record\'s, else the pass\'s)', async () => {
     await userOf();
-    await expect(applyStep(step('extract-image', { url: URL, imageroot: 'imageroot', uiroot: 'ui' }), ctx)).rejects.toMatchObject({ code: 'image_not_found' });
-    f.podman.add({ kind: 'user', name: ID, uid: 5000, gid: 5000, home: home() }, URL);
+    await applyStep(step('pull-image', { url: URL }), { ...ctx, imageDigest: 'sha256:from-the-pass' });
+    expect(f.podman.calls).toEqual([`fetch ${URL} sha256:from-the-pass`]);
+    f.podman.cache.entries.clear();
+    await f.deps.records.update(ID, { image: { url: URL, id: 'i', digest: 'sha256:recorded', repoDigest: '', labels: {} } });
+    await applyStep(step('pull-image', { url: URL }), { ...ctx, imageDigest: 'sha256:from-the-pass' });
+    expect(f.podman.calls.at(-1)).toBe(`fetch ${URL} sha256:recorded`);
+  });
+
+  test('two instances of one image fetch it once: the second pull and both extractions copy from the node cache', async () => {
+    f.podman.content.set(URL, { imageroot: { 'bin/tool': 'x' }, ui: { 'index.html': 'ui' } });
+    const ctx2: StepContext = { ...ctx, id: 'web2' };
+    for (const c of [ctx, ctx2]) {
+      await applyStep({ ...step('create-user', {}), id: c.id }, c);
+      await applyStep({ ...step('pull-image', { url: URL }), id: c.id }, c);
+      await applyStep({ ...step('extract-image', { url: URL, imageroot: 'imageroot', uiroot: 'ui' }), id: c.id }, c);
+    }
+    expect(f.podman.calls.filter((c) => c.startsWith('fetch'))).toEqual([`fetch ${URL}`]);
+    expect(f.podman.calls.filter((c) => c.startsWith('copy'))).toEqual([`copy web1 ${URL} imageroot`, `copy root ${URL} ui`, `copy web2 ${URL} imageroot`, `copy root ${URL} ui`]);
+    for (const id of [ID, 'web2']) expect(await fs.readFile(path.join(f.layout.homeBase, id, '.config', 'bin', 'tool'), 'utf8')).toBe('x');
+  });
+
+  test('extract-image fetches an image missing from the node cache, then writes imageroot (as the user) and ui (as root), removes files gone from the image, records both', async () => {
+    await userOf();
     f.podman.content.set(URL, { imageroot: { 'bin/tool': '#!/bin/sh\n' }, ui: { 'index.html': '<h1>ui</h1>' } });
     const installDir = path.join(home(), '.config');
     await fs.mkdir(installDir, { recursive: true });
     await fs.writeFile(path.join(installDir, '.imageroot.lst'), 'bin/old-tool\nbin/tool\n');
     await applyStep(step('extract-image', { url: URL, imageroot: 'imageroot', uiroot: 'ui' }), ctx);
+    expect(f.podman.calls).toEqual([`fetch ${URL}`, `copy ${ID} ${URL} imageroot`, `copy root ${URL} ui`]);
     expect(await fs.readFile(path.join(installDir, 'bin', 'tool'), 'utf8')).toBe('#!/bin/sh\n');
     expect(await fs.readFile(path.join(installDir, '.imageroot.lst'), 'utf8')).toBe('bin/tool\n');
     // The stale file is removed as the user, by the runner (never by root following links).
@@ -111,6 +135,16 @@ describe('image steps', () => {
     expect(await fs.readFile(path.join(uiDir, 'index.html'), 'utf8')).toBe('<h1>ui</h1>');
     expect(existsSync(`${uiDir}.ns8ctl-new`)).toBe(false);
     expect(await f.deps.records.get(ID)).toMatchObject({ extractedImageId: `id-${URL}`, uiImageId: `id-${URL}` });
+  });
+
+  test('extract-image of an image only in the instance user\'s store (converged before the node cache) extracts it from there, fetching nothing', async () => {
+    await userOf();
+    f.podman.add({ kind: 'user', name: ID, uid: 5000, gid: 5000, home: home() }, URL);
+    f.podman.content.set(URL, { imageroot: { 'bin/tool': 'x' } });
+    await applyStep(step('extract-image', { url: URL, imageroot: 'imageroot' }), ctx);
+    expect(f.podman.calls).toEqual([`extract ${ID} ${URL} imageroot`]);
+    expect(await fs.readFile(path.join(home(), '.config', 'bin', 'tool'), 'utf8')).toBe('x');
+    expect(await f.deps.records.get(ID)).toMatchObject({ extractedImageId: `id-${URL}` });
   });
 });
 

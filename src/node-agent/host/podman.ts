@@ -1,11 +1,16 @@
 /**
- * Podman (and skopeo) behind an interface: pull, inspect, extract a directory of an image the way
- * NS8's extract-image does (`podman create` + `podman export | tar`, ns8-core-facts §3), remove
- * images. Every command goes through the CommandRunner; rootless work runs as the module user.
+ * Podman (and skopeo) behind an interface: pull, inspect, the node's module-image cache
+ * (image-cache.ts: module images fetched once per node and digest, their imageroot/ and ui/
+ * copied into each instance), extraction of a directory of an image already in an owner's store
+ * the way NS8's extract-image does (`podman create` + `podman export | tar`, ns8-core-facts §3:
+ * the fallback for instances whose image is only there), remove images. Every command goes
+ * through the CommandRunner; rootless work runs as the module user.
  */
+import path from 'node:path';
 import { Ns8ctlError, CommandFailedError } from '../../errors.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { ImageFacts } from '../types.js';
+import { RunnerImageCache, type ImageCache } from './image-cache.js';
 import { findImage, imageRepository, normalizeImageRef, readImageStore, type LocalImage } from './image-store.js';
 import { asOwner, ownerPrefix, shq, type Owner } from './owner.js';
 import type { HostLayout } from '../layout.js';
@@ -13,6 +18,8 @@ import { userStorage } from '../layout.js';
 
 /** What the node agent needs from podman. */
 export interface PodmanHost {
+  /** The node's module-image cache (fetched once per digest as root, copied per instance). */
+  readonly cache: ImageCache;
   /** Images in the owner's store (read from storage metadata; podman only as a fallback). */
   listImages(owner: Owner): Promise<LocalImage[]>;
   /** `podman pull` as the owner. Throws with code registry_unreachable / image_not_found / command_failed. */
@@ -49,13 +56,22 @@ function registryHost(url: string): string {
   return normalizeImageRef(url).split('/')[0] ?? '';
 }
 
+/** Where the node's module-image cache lives: `<agentStateDir>/image-cache` (root only). */
+export function imageCacheDir(layout: Pick<HostLayout, 'agentStateDir'>): string {
+  return path.join(layout.agentStateDir, 'image-cache');
+}
+
 /** Production PodmanHost over the CommandRunner. */
 export class RunnerPodmanHost implements PodmanHost {
+  readonly cache: ImageCache;
+
   constructor(
     private readonly runner: CommandRunner,
     private readonly layout: HostLayout,
     private readonly opts: PodmanHostOptions = {},
-  ) {}
+  ) {
+    this.cache = new RunnerImageCache(runner, imageCacheDir(layout), (url) => this.tls(url));
+  }
 
   private tls(url: string): string[] {
     return (this.opts.insecureRegistries ?? []).includes(registryHost(url)) ? ['--tls-verify=false'] : [];

@@ -22,6 +22,8 @@ export interface StepContext {
   rootfull: boolean;
   labels?: ModuleLabels;
   imageUrl?: string;
+  /** Digest `imageUrl`'s labels were read from (registry or local inspection): pins its fetch into the node cache. */
+  imageDigest?: string;
 }
 
 export async function currentUser(ctx: StepContext): Promise<PasswdEntry | undefined> {
