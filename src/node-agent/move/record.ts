@@ -25,6 +25,8 @@ export interface MoveRecord {
   state: MoveState;
   /** Volumes of the source, as shown under /srv/volumes (source-ready and later). */
   volumes?: string[];
+  /** User units the source's module enabled (its `*.wants/` links): enabled on the target too, as NS8's clone does. */
+  enabled?: string[];
   /** Where the receiver listens (receiving and later). */
   address?: string;
   port?: number;

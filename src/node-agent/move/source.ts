@@ -8,6 +8,8 @@
  * authorizations, the desired object and its finalizer) now belong to the target: untouched.
  * Each state is re-entered safely after a crash: a pass is sent again, a stopped unit stays stopped.
  */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { toNs8ctlError, Ns8ctlError } from '../../errors.js';
 import { applyStep, type StepContext } from '../applier.js';
 import { backupTargetOf } from '../backup/schedule-run.js';
@@ -27,7 +29,8 @@ export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, n
       case 'requested': {
         const target = await backupTargetOf(deps.layout, id);
         const volumes = (await srvVolumesOf(deps.runner, target)).map((v) => v.shown).sort();
-        await advanceMove(deps.redis, id, 'requested', { state: 'source-ready', volumes });
+        const enabled = await enabledUnits(path.join(target.installDir, 'systemd', 'user'));
+        await advanceMove(deps.redis, id, 'requested', { state: 'source-ready', volumes, enabled });
         deps.log(`node-agent: ${id}: moving to node ${mv.to}: volumes to send: ${volumes.join(' ') || '(none)'}`);
         return { id, outcome: 'converged', applied: [], drift: [], retry: true };
       }
@@ -48,6 +51,16 @@ export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, n
     deps.log(`node-agent: ${id}: moving to node ${mv.to}: ${e.message}`);
     return { id, outcome: 'failed', applied: [], drift: [], retry: true, error: e };
   }
+}
+
+/** Units enabled in a user unit dir: the names linked from its `*.wants/` directories. */
+async function enabledUnits(unitDir: string): Promise<string[]> {
+  const out = new Set<string>();
+  for (const d of await fs.readdir(unitDir).catch(() => [] as string[])) {
+    if (!d.endsWith('.wants')) continue;
+    for (const u of await fs.readdir(path.join(unitDir, d)).catch(() => [] as string[])) out.add(u);
+  }
+  return [...out].sort();
 }
 
 /** Live pass, services stopped, final pass, then `sent` (with when the services stopped). */

@@ -62,6 +62,9 @@ export const moveSteps: StepHandlers<'receive-state' | 'finish-receive' | 'compl
     if (Object.keys(env).length && !(await fs.stat(file).catch(() => undefined))) {
       await writeFileAtomic(file, renderEnvironment(id, env), { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
     }
+    // The units the source's module had enabled (NS8's clone re-enables them); the node agent starts them.
+    const mv = await currentMove(ctx);
+    if (user && mv.enabled?.length && !(await deps.systemd.missing())) await deps.systemd.enable({ kind: 'user', user: id, uid: user.uid }, mv.enabled, `${id}: enable the units the module had enabled on node ${step.from}`);
     await deps.redis.hdel(MOVE_SECRETS_KEY, id);
     await deps.records.update(id, { move: { from: step.from, done: true } });
   },

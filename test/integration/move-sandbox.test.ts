@@ -1,0 +1,92 @@
+/**
+ * Moving an instance between two sandbox nodes by editing `spec.node`: the NS8-layout kickweb
+ * module runs on node 1 with its configuration and a file it keeps in its state; the manifest
+ * says node 2. The plan records a move; node 2's agent receives the state by rsync while node 1
+ * still serves, node 1 stops its services for the final pass, node 2 starts them with the same
+ * MODULE_UUID, configuration and data, node 1's copy (user, home, ports) is removed, and the
+ * downtime is reported in the module-moved event.
+ */
+import type { Redis } from 'ioredis';
+import type { SandboxInfo } from '../../src/sandbox/create.js';
+import { execInNode } from '../../src/sandbox/lifecycle.js';
+import { keys } from '../../src/state/keys.js';
+import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
+import { eventually, sandboxNode } from '../support/sandbox-node.js';
+
+const NAME = 'ns8move';
+const ID = 'kickweb1';
+const { deps, inNode } = sandboxNode(NAME);
+let info: SandboxInfo;
+let leader: Redis;
+let uuid = '';
+
+const BUILT = ['kickweb:1.0.0', 'kickweb-httpd:1.0.0'];
+
+async function inNode2(command: string[]): Promise<{ code: number; out: string }> {
+  let out = '';
+  const code = await execInNode({ name: NAME, node: '2', command }, { ...deps, execStdio: { mode: 'pipe' }, stdout: (t) => void (out += t), stderr: () => undefined });
+  return { code, out };
+}
+
+async function journals(): Promise<string> {
+  return `--- node 1 ---\n${(await inNode(['journalctl', '--no-pager', '-n', '60'])).out}\n--- node 2 ---\n${(await inNode2(['journalctl', '--no-pager', '-n', '60'])).out}`;
+}
+
+async function writeManifest(node: number): Promise<void> {
+  const text = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\nspec:\n  image: ${info.registry}/ns8ctl-compat/kickweb:1.0.0\n  node: ${node}\n  removalPolicy: Delete\n  configuration:\n    greeting: "Hello before the move"\n`;
+  const w = await inNode(['sh', '-c', `mkdir -p /root/manifests && cat > /root/manifests/.${ID}.tmp && mv /root/manifests/.${ID}.tmp /root/manifests/${ID}.yaml`], text);
+  expect(w.code).toBe(0);
+}
+
+/** The page the instance serves on its node, once it contains `text`. */
+async function served(run: (c: string[]) => Promise<{ code: number; out: string }>, text: string, timeoutMs: number): Promise<string> {
+  return eventually(`the page with ${JSON.stringify(text)}`, async () => {
+    const port = (await leader.hget(keys.moduleEnvironment(ID), 'TCP_PORT')) ?? '';
+    const r = port ? await run(['curl', '-sf', '--max-time', '3', `http://127.0.0.1:${port}/`]) : undefined;
+    return r?.code === 0 && r.out.includes(text) ? r.out : undefined;
+  }, { timeoutMs, everyMs: 2000, explain: journals });
+}
+
+beforeAll(async () => {
+  ({ info, leader } = await startCompatSandbox(NAME, deps, { nodes: 2, only: ['kickweb', 'kickweb-httpd'], built: BUILT, buildTimeoutMs: 600_000 }));
+}, 1_200_000);
+
+afterAll(async () => {
+  await stopCompatSandbox(NAME, deps, { info, leader }, BUILT);
+}, 120_000);
+
+test('kickweb1 runs on node 1 with its configuration and a file of its own in its state', async () => {
+  await writeManifest(1);
+  expect((await inNode(['systemd-run', '--unit=ns8ctl-run', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '5s'])).code).toBe(0);
+  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5s'])).code).toBe(0);
+  await served(inNode, 'Hello before the move', 600_000);
+  expect((await inNode(['runagent', '-m', ID, 'sh', '-c', 'echo "notes kept across the move" > notes.txt'])).code).toBe(0);
+  uuid = (await leader.hget(keys.moduleUuid(), ID)) ?? '';
+  expect(uuid).toMatch(/^[0-9a-f-]{36}$/);
+}, 900_000);
+
+test('spec.node: 2 moves it: served on node 2 with its data, configuration and MODULE_UUID; node 1 clean; downtime reported', async () => {
+  expect((await inNode(['ns8ctl', 'diff', '-f', '/root/manifests'])).code).toBe(0); // in sync before the edit
+  await writeManifest(2);
+  const moved = await eventually('cluster/module_node says node 2 and the move record is gone', async () => {
+    const node = await leader.hget(keys.moduleNode(), ID);
+    const pending = await leader.hexists('ns8ctl/moves', ID);
+    return node === '2' && pending === 0 ? true : undefined;
+  }, { timeoutMs: 900_000, everyMs: 3000, explain: journals });
+  expect(moved).toBe(true);
+  await served(inNode2, 'Hello before the move', 300_000);
+  expect((await inNode2(['cat', `/home/${ID}/.config/state/notes.txt`])).out).toBe('notes kept across the move\n');
+  expect((await inNode2(['stat', '-c', '%U', `/home/${ID}/.config/state/notes.txt`])).out.trim()).toBe(ID);
+  expect(await leader.hget(keys.moduleUuid(), ID)).toBe(uuid);
+  expect(await leader.hget(keys.moduleEnvironment(ID), 'MODULE_UUID')).toBe(uuid);
+  expect(await leader.hget(keys.moduleEnvironment(ID), 'NODE_ID')).toBe('2');
+  // Node 1 keeps nothing of it: no user, home or ports; no receiver or password left.
+  expect((await inNode(['id', ID])).code).not.toBe(0);
+  expect((await inNode(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
+  expect(Object.keys(await leader.hgetall(keys.nodePorts(1))).filter((k) => k.startsWith(`${ID}/`))).toEqual([]);
+  expect(await leader.hexists('ns8ctl/secret/move', ID)).toBe(0);
+  expect((await inNode2(['test', '-e', `/run/ns8ctl/transfer/${ID}`])).code).not.toBe(0);
+  const events = await inNode(['ns8ctl', 'events', '-o', 'json']);
+  expect(events.out).toMatch(/module-moved/);
+  expect(events.out).toMatch(/moved from node 1 to node 2; services were down [0-9.]+ s/);
+}, 1_200_000);
