@@ -498,3 +498,46 @@ describe('the node planner removes an instance', () => {
     expect(planRemoval({ id: 'x1', policy: 'Preserve', node: { node: 1 }, rootfull: false, observed: o, desiredPresent: false }).steps).toEqual([]);
   });
 });
+
+describe('the node planner on a move target and a restore', () => {
+  /** An instance being set up on node 2 from node 1: user, dirs and image here, nothing else yet. */
+  function arriving(): ObservedInstance {
+    const { envFile: _e, ...o } = converged();
+    const { managedEnv: _m, units: _u, announced: _a, ...rest } = o.record!;
+    return { ...o, record: { ...rest, node: 2, move: { from: 1, done: false } }, envRedis: env(), units: [] };
+  }
+  const at2 = { node: { node: 2 }, desired: { ...desired, spec: { ...desired.spec, node: 2 } } };
+
+  test('while node 1 has not listed its data, the move waits and nothing else is planned', () => {
+    const p = planConverge(input(arriving(), { ...at2, move: { from: 1, to: 2, state: 'requested' } }));
+    expect(p.steps).toEqual([]);
+    expect(p.waiting.join(' ')).toMatch(/waits for node 1 to list the data/);
+  });
+
+  test('node 1 ready: the receiver starts for its volumes; the environment and units wait', () => {
+    const p = planConverge(input(arriving(), { ...at2, move: { from: 1, to: 2, state: 'source-ready', volumes: ['data'] } }));
+    expect(kinds(p.steps)).toEqual(['receive-state']);
+    expect(p.steps[0]).toMatchObject({ from: 1, volumes: ['data'] });
+  });
+
+  test('receiving: nothing while the receiver runs, the receiver again when it is gone (agent restarted)', () => {
+    const mv = { from: 1, to: 2, state: 'receiving' as const, address: '10.0.0.12', port: 40000 };
+    expect(planConverge(input(arriving(), { ...at2, move: mv, receiverAlive: true })).steps).toEqual([]);
+    expect(kinds(planConverge(input(arriving(), { ...at2, move: mv, receiverAlive: false })).steps)).toEqual(['receive-state']);
+  });
+
+  test('final pass sent: the receive is finished; then the instance converges, and the move completes once nothing else is left', () => {
+    expect(kinds(planConverge(input(arriving(), { ...at2, move: { from: 1, to: 2, state: 'sent' } })).steps)).toEqual(['finish-receive']);
+    const here = converged();
+    here.record = { ...here.record!, move: { from: 1, done: true } };
+    expect(kinds(planConverge(input(here, { move: { from: 1, to: 1, state: 'sent' } })).steps)).toEqual(['complete-move']);
+  });
+
+  test('a pending restore stops the running services first, then restores; the rest waits', () => {
+    const o = converged();
+    o.record = { ...o.record!, restore: { destination: 'nas', snapshot: 'latest', from: 'webapp1', done: false, request: 'r1' } };
+    const p = planConverge(input(o));
+    expect(kinds(p.steps)).toEqual(['stop-units', 'restore-data']);
+    expect(p.steps[1]).toMatchObject({ destination: 'nas', snapshot: 'latest', from: 'webapp1' });
+  });
+});
