@@ -29,7 +29,9 @@ async function inNode2(command: string[]): Promise<{ code: number; out: string }
 }
 
 async function journals(): Promise<string> {
-  return `--- node 1 ---\n${(await inNode(['journalctl', '--no-pager', '-n', '60'])).out}\n--- node 2 ---\n${(await inNode2(['journalctl', '--no-pager', '-n', '60'])).out}`;
+  const n1 = (await inNode(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-run'])).out;
+  const n2 = (await inNode2(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-node-agent'])).out;
+  return `--- node 1 (ns8ctl run) ---\n${n1}\n--- node 2 (node agent) ---\n${n2}\n--- move record ---\n${(await leader.hget('ns8ctl/moves', ID)) ?? '(none)'}`;
 }
 
 async function writeManifest(node: number): Promise<void> {

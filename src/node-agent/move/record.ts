@@ -44,7 +44,10 @@ export function parseMoves(h: Record<string, string>, ids: readonly string[]): M
     if (!raw) continue;
     try {
       const m = JSON.parse(raw) as Partial<MoveRecord>;
-      if (Number.isInteger(m.from) && Number.isInteger(m.to) && STATES.includes(m.state as MoveState)) out.set(id, m as MoveRecord);
+      if (!Number.isInteger(m.from) || !Number.isInteger(m.to) || !STATES.includes(m.state as MoveState)) continue;
+      // Redis' cjson writes an empty list back as {}: lists are lists of strings, or empty.
+      const list = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+      out.set(id, { ...(m as MoveRecord), volumes: list(m.volumes), enabled: list(m.enabled) });
     } catch {
       // not a record ns8ctl wrote: ignored
     }
