@@ -60,7 +60,7 @@ afterAll(async () => {
 test('kickweb1 runs on node 1 with its configuration and a file of its own in its state', async () => {
   await writeManifest(1);
   expect((await inNode(['systemd-run', '--unit=ns8ctl-run', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '5s'])).code).toBe(0);
-  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5s'])).code).toBe(0);
+  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5'])).code).toBe(0);
   await served(inNode, 'Hello before the move', 600_000);
   expect((await inNode(['runagent', '-m', ID, 'sh', '-c', 'echo "notes kept across the move" > notes.txt'])).code).toBe(0);
   uuid = (await leader.hget(keys.moduleUuid(), ID)) ?? '';

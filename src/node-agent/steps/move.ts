@@ -63,8 +63,11 @@ export const moveSteps: StepHandlers<'receive-state' | 'finish-receive' | 'compl
       await writeFileAtomic(file, renderEnvironment(id, env), { mode: 0o644, uid: user?.uid ?? 0, gid: user?.gid ?? 0 });
     }
     // The units the source's module had enabled (NS8's clone re-enables them); the node agent starts them.
+    // Only the module's own units (its unit dir): the module agent's unit is the node agent's to enable.
     const mv = await currentMove(ctx);
-    if (user && mv.enabled?.length && !(await deps.systemd.missing())) await deps.systemd.enable({ kind: 'user', user: id, uid: user.uid }, mv.enabled, `${id}: enable the units the module had enabled on node ${step.from}`);
+    const own = [];
+    for (const u of mv.enabled ?? []) if (await fs.stat(path.join(p.unitSourceDir, u)).catch(() => undefined)) own.push(u);
+    if (user && own.length && !(await deps.systemd.missing())) await deps.systemd.enable({ kind: 'user', user: id, uid: user.uid }, own, `${id}: enable the units the module had enabled on node ${step.from}`);
     await deps.redis.hdel(MOVE_SECRETS_KEY, id);
     await deps.records.update(id, { move: { from: step.from, done: true } });
   },
