@@ -80,7 +80,7 @@ test('the destination password is set without being echoed; the schedule becomes
   expect(set.out + set.err).not.toContain(PASSWORD);
   const started = await inNode(['systemd-run', '--unit=ns8ctl-run', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '10s']);
   expect(started.code).toBe(0);
-  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5s'])).code).toBe(0);
+  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5'])).code).toBe(0);
   await eventually('podapp1 configured (its record in the volume)', async () => ((await records()).includes('configured: Team notes') ? true : undefined), { timeoutMs: 600_000, everyMs: 3000, explain: journal });
   const timer = await eventually('the backup timer is enabled on node 1', async () => {
     const r = await inNode(['systemctl', 'is-enabled', 'ns8ctl-backup-nightly.timer']);

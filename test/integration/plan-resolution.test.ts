@@ -223,7 +223,7 @@ describe('plan-time resolution against a repository server and a real Redis', ()
     const wide = await runCli(['get', 'modules', '-o', 'wide'], env);
     expect(wide.code).toBe(0);
     const lines = wide.stdout.split('\n');
-    expect(lines[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +SOURCE/);
+    expect(lines[0]).toMatch(/^NAME +MODULE +VERSION +NODE +GEN +STATUS +IMAGE +TARGET +UPDATE +PORTS +LAST BACKUP +SOURCE/);
     const cell = (row: string): string => row.slice(lines[0]!.indexOf('UPDATE'), lines[0]!.indexOf('PORTS')).trim();
     expect(cell(lines.find((l) => l.startsWith('webapp1'))!)).toBe('1.1.0');
     expect(cell(lines.find((l) => l.startsWith('webapp2'))!)).toBe('2.0.0');
