@@ -4,7 +4,8 @@
  * says node 2. The plan records a move; node 2's agent receives the state by rsync while node 1
  * still serves, node 1 stops its services for the final pass, node 2 starts them with the same
  * MODULE_UUID, configuration and data, node 1's copy (user, home, ports) is removed, and the
- * downtime is reported in the module-moved event.
+ * downtime is reported in the module-moved event. Moved back while the target's agent is killed
+ * -9 with its receiver running, the move completes after a restart and leaves nothing behind.
  */
 import type { Redis } from 'ioredis';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
@@ -29,8 +30,8 @@ async function inNode2(command: string[]): Promise<{ code: number; out: string }
 }
 
 async function journals(): Promise<string> {
-  const n1 = (await inNode(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-run'])).out;
-  const n2 = (await inNode2(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-node-agent'])).out;
+  const n1 = (await inNode(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-run', '-u', 'ns8ctl-run-again'])).out;
+  const n2 = (await inNode2(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-node-agent', '-u', 'ns8ctl-node-agent-slow'])).out;
   return `--- node 1 (ns8ctl run) ---\n${n1}\n--- node 2 (node agent) ---\n${n2}\n--- move record ---\n${(await leader.hget('ns8ctl/moves', ID)) ?? '(none)'}`;
 }
 
@@ -91,4 +92,32 @@ test('spec.node: 2 moves it: served on node 2 with its data, configuration and M
   const events = await inNode(['ns8ctl', 'events', '-o', 'json']);
   expect(events.out).toMatch(/module-moved/);
   expect(events.out).toMatch(/moved from node 1 to node 2; services were down [0-9.]+ s/);
+}, 1_200_000);
+
+test('moved back to node 1 while node 1\'s agent is killed -9 with its receiver running: the move completes and nothing is left behind', async () => {
+  // The source (node 2) passes only every 30 s: the receiver on node 1 runs for a while before it sends.
+  await inNode2(['systemctl', 'stop', 'ns8ctl-node-agent']);
+  expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent-slow', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '30'])).code).toBe(0);
+  await writeManifest(1);
+  await eventually('node 1 receives (its receiver runs)', async () => {
+    const mv = JSON.parse((await leader.hget('ns8ctl/moves', ID)) ?? '{}') as { state?: string };
+    return mv.state === 'receiving' ? true : undefined;
+  }, { timeoutMs: 300_000, everyMs: 200, explain: journals });
+  // kill -9 of the whole unit: the agent and the receiver it started.
+  expect((await inNode(['systemctl', 'kill', '-s', 'KILL', 'ns8ctl-run'])).code).toBe(0);
+  await eventually('ns8ctl run on node 1 is gone', async () => ((await inNode(['systemctl', 'is-active', 'ns8ctl-run'])).out.trim() !== 'active' ? true : undefined), { timeoutMs: 60_000 });
+  expect((await inNode(['systemd-run', '--unit=ns8ctl-run-again', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '5s'])).code).toBe(0);
+  await eventually('cluster/module_node says node 1 again and the move record is gone', async () => {
+    const node = await leader.hget(keys.moduleNode(), ID);
+    return node === '1' && (await leader.hexists('ns8ctl/moves', ID)) === 0 ? true : undefined;
+  }, { timeoutMs: 600_000, everyMs: 3000, explain: journals });
+  await served(inNode, 'Hello before the move', 300_000);
+  expect((await inNode(['cat', `/home/${ID}/.config/state/notes.txt`])).out).toBe('notes kept across the move\n');
+  // Nothing left: no receiver process or run dir on node 1, no copy on node 2, no password.
+  expect((await inNode(['sh', '-c', 'pgrep -c -f "rsync --daemon" || true'])).out.trim()).toBe('0');
+  expect((await inNode(['test', '-e', `/run/ns8ctl/transfer/${ID}`])).code).not.toBe(0);
+  expect((await inNode2(['id', ID])).code).not.toBe(0);
+  expect((await inNode2(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
+  expect(Object.keys(await leader.hgetall(keys.nodePorts(2))).filter((k) => k.startsWith(`${ID}/`))).toEqual([]);
+  expect(await leader.hexists('ns8ctl/secret/move', ID)).toBe(0);
 }, 1_200_000);
