@@ -18,7 +18,7 @@ import { planConverge, volumeBasesOf, type InstancePlan } from './planner.js';
 import type { InstanceResult, ReconcileControl, Setback } from './result.js';
 import { snapshotBeforeUpdate } from './backup/before-update.js';
 import { StateTransfer } from './backup/transfer.js';
-import { failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
+import { cond, failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
 import { keys } from '../state/keys.js';
@@ -287,10 +287,21 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
 
 /** The end of the rounds: not converged (failed), or an update finished, then the report. */
 async function finishPass(p: ConvergePass, observed: ObservedInstance, plan: InstancePlan): Promise<InstanceResult> {
+  const moving = plan.steps.length === 0 && plan.waiting.length > 0 && plan.waiting.every((w) => w.startsWith('move:'));
+  if (moving) return reportMoving(p, plan.waiting.join('; '));
   const unfinished = notConverged(p.id, plan, p.control.signal?.aborted ?? false);
   if (unfinished) return failed(p.deps, p.d, p.prev, p.base, unfinished, undefined, p.applied, p.drift, false, p.setback);
   if (p.updateFrom && p.previousEnv) await finishUpdate(p.base, observed, p.facts, p.url, p.previousEnv, p.stepCtx, p.applied);
   return reportConverged({ d: p.d, rec: p.rec, prev: p.prev, base: p.base, observed, applied: p.applied, drift: p.drift, url: p.url, setback: p.setback, systemdMissing: p.ctx.systemdMissing }, p.deps);
+}
+
+/**
+ * A move target waiting for the source (its listing, its passes): not a failure. Status Moving;
+ * no growing backoff; the source's `module-status-changed` for the id wakes it (waitingFor).
+ */
+async function reportMoving(p: ConvergePass, message: string): Promise<InstanceResult> {
+  const status = await writeStatus(p.deps.redis, p.prev, { ...p.base, conditions: [cond('Ready', 'False', 'Moving', message), cond('Progressing', 'True', 'Moving', message), cond('Degraded', 'False', 'AsExpected', '')] }, p.deps.now());
+  return { id: p.id, outcome: 'blocked', applied: p.applied, drift: p.drift, error: new Ns8ctlError('move_in_progress', `${p.id}: ${message}`), retry: true, status, waitingFor: [p.id] };
 }
 
 /** Why a pass that ended its rounds did not converge (steps left, or inputs still awaited), if so. */

@@ -43,6 +43,7 @@ export const REASONS: Readonly<Record<string, string>> = {
   backup_first_failed: 'BackupFirstFailed',
   clone_unavailable: 'CloneUnavailable',
   move_cancelled: 'MoveFailed',
+  move_in_progress: 'Moving',
   move_failed: 'MoveFailed',
   move_unsupported: 'MoveFailed',
 };

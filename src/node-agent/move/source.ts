@@ -11,6 +11,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { toNs8ctlError, Ns8ctlError } from '../../errors.js';
+import { channels } from '../../state/keys.js';
 import { applyStep, type StepContext } from '../applier.js';
 import { backupTargetOf } from '../backup/schedule-run.js';
 import { srvVolumesOf } from '../backup/srv.js';
@@ -30,7 +31,7 @@ export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, n
         const target = await backupTargetOf(deps.layout, id);
         const volumes = (await srvVolumesOf(deps.runner, target)).map((v) => v.shown).sort();
         const enabled = await enabledUnits(path.join(target.installDir, 'systemd', 'user'));
-        await advanceMove(deps.redis, id, 'requested', { state: 'source-ready', volumes, enabled });
+        if (await advanceMove(deps.redis, id, 'requested', { state: 'source-ready', volumes, enabled })) await wakeTarget(deps, id);
         deps.log(`node-agent: ${id}: moving to node ${mv.to}: volumes to send: ${volumes.join(' ') || '(none)'}`);
         return { id, outcome: 'converged', applied: [], drift: [], retry: true };
       }
@@ -77,6 +78,12 @@ async function sendAll(id: string, rec: InstanceRecord, mv: MoveRecord, deps: No
   if (user && units.length && !shared.systemdMissing) await deps.systemd.stop({ kind: 'user', user: id, uid: user.uid }, units, `${id}: stop the services for the final pass of the move to node ${mv.to}`);
   await transfer.send(target, to, { final: true });
   if (!(await advanceMove(deps.redis, id, 'receiving', { state: 'sent', downtimeFrom }))) throw new Ns8ctlError('move_failed', `${id}: the move record changed during the transfer; it is sent again next pass`);
+  await wakeTarget(deps, id);
+}
+
+/** The target waits for the instance's own status change (waitingFor): this wakes it at once. */
+async function wakeTarget(deps: NodeAgentDeps, id: string): Promise<void> {
+  await deps.redis.publish(channels.moduleStatusChanged, JSON.stringify({ module: id }));
 }
 
 /**
