@@ -509,7 +509,7 @@ export class SourceReconciler {
     try {
       p = makePlan(pinned, state, { applySet: this.spec.name, prune: this.spec.prune, locate: locateDesired });
     } catch (err) {
-      // e.g. a Module moved to another node: a validation error at its line.
+      // A ManifestError from the planner is a validation error at a line (none today; kept for refusals to come).
       if (err instanceof ManifestError) return { done: await this.rejectInvalid(prev, base, rev.revision, err, rev.commit) };
       return { done: await this.rejectOther(prev, base, rev.revision, toNs8ctlError(err), rev.commit) };
     }

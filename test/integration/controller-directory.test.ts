@@ -146,21 +146,19 @@ describe('controller with a manifests directory', () => {
     await waitFor('Ready again', async () => (await ready()) === 'True');
   });
 
-  it('rejects a Module moved to another node as invalid, at the line of spec.node, and keeps it where it is', async () => {
+  it('applies a Module moved to another node as a move for the node agents: the move recorded, cluster/module_node left to them', async () => {
     writeFileSync(file('node2.yaml'), NODE.replace('node1', 'node2').replace('id: 1', 'id: 2'));
     writeFileSync(file('wiki.yaml'), mod('webapp1'));
     await start();
     await waitFor('first apply', () => spec('webapp1'));
     atomicSave(file('wiki.yaml'), mod('webapp1').replace('  node: 1', '  node: 2'));
-    const st = await waitFor('Stalled', async () => {
-      const s = await readSourceStatus(redis, 'default');
-      return s?.conditions.find((c) => c.type === 'Stalled')?.status === 'True' ? s : undefined;
+    const move = await waitFor('the move recorded', async () => {
+      const raw = await redis.hget('ns8ctl/moves', 'webapp1');
+      return raw ? (JSON.parse(raw) as unknown) : undefined;
     });
-    const readyCond = st!.conditions.find((c) => c.type === 'Ready')!;
-    expect(readyCond).toMatchObject({ status: 'False', reason: 'ValidationFailed' });
-    expect(readyCond.message).toMatch(/wiki\.yaml:7:\d+/);
-    expect(readyCond.message).toContain('/spec/node');
-    expect((await spec('webapp1')) as { node?: number }).toMatchObject({ node: 1 });
+    expect(move).toEqual({ from: 1, to: 2, state: 'requested' });
+    expect((await spec('webapp1')) as { node?: number }).toMatchObject({ node: 2 });
+    expect(await redis.hget('cluster/module_node', 'webapp1')).toBe('1');
   });
 
   it('runs the task relay while leading: an instance reaches another agent under its own ACL', async () => {
