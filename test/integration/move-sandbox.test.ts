@@ -114,7 +114,7 @@ test('moved back to node 1 while node 1\'s agent is killed -9 with its receiver 
   await served(inNode, 'Hello before the move', 300_000);
   expect((await inNode(['cat', `/home/${ID}/.config/state/notes.txt`])).out).toBe('notes kept across the move\n');
   // Nothing left: no receiver process or run dir on node 1, no copy on node 2, no password.
-  expect((await inNode(['sh', '-c', 'pgrep -c -f "rsync --daemon" || true'])).out.trim()).toBe('0');
+  expect((await inNode(['sh', '-c', 'pgrep -c -f "[r]sync --daemon" || true'])).out.trim()).toBe('0');
   expect((await inNode(['test', '-e', `/run/ns8ctl/transfer/${ID}`])).code).not.toBe(0);
   expect((await inNode2(['id', ID])).code).not.toBe(0);
   expect((await inNode2(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
