@@ -6,7 +6,7 @@
  * on PATH).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -15,31 +15,9 @@ import { ExecaRunner } from '../src/host/runner.js';
 import { isEmpty } from '../src/plan/planner.js';
 import { startBenchRedis, startRoundTripCounter } from './support/redis.js';
 import { emitResult } from './support/result.js';
+import { writeBenchManifests } from './support/manifests.js';
 
 const N = Number(process.env.BENCH_MODULES ?? 1000);
-
-function writeManifests(dir: string): void {
-  const nodes = [1, 2, 3];
-  writeFileSync(path.join(dir, 'nodes.yaml'), nodes.map((n) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: {name: node${n}}\nspec: {id: ${n}}\n`).join('---\n'));
-  for (let i = 1; i <= N; i++) {
-    const sub = path.join(dir, `batch${Math.floor(i / 100)}`);
-    mkdirSync(sub, { recursive: true });
-    writeFileSync(path.join(sub, `webapp${i}.yaml`), `apiVersion: ns8ctl.nethserver.org/v1
-kind: Module
-metadata:
-  name: webapp${i}
-  labels: {team: t${i % 7}}
-spec:
-  image: 127.0.0.1:5000/ns8ctl-examples/webapp:1.${i % 3}.0
-  node: ${(i % 3) + 1}
-  volumes: {data: /srv/disk${i % 2}}
-  configuration:
-    title: "Wiki ${i}"
-    admin_password: "secret-${i}"
-    features: [a, b, c]
-`);
-  }
-}
 
 /** Wall time of `fn` in ms, with its result. */
 async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
@@ -57,7 +35,7 @@ async function roundTrips(counter: { take: () => number }, fn: () => Promise<unk
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-bench-'));
-  writeManifests(dir);
+  writeBenchManifests(dir, N);
   const srv = await startBenchRedis();
   const counter = await startRoundTripCounter(srv.port);
   // Times are taken on a direct connection: the counting proxy copies every byte in this process

@@ -25,7 +25,7 @@ import { removeTestUsers } from '../support/host-podman.js';
 import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
-import { putDesiredModule } from '../support/desired-module.js';
+import { putDesiredModule, putDesiredObject } from '../support/desired-module.js';
 import { RecordingSystemd } from '../support/recording-systemd.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
@@ -42,10 +42,6 @@ let systemd: RecordingSystemd;
 const opts: NodeAgentOptions = { node: 1, concurrency: 1, agentCommand: [] };
 const runner = new ExecaRunner(100_000);
 
-async function putObject(kind: 'BackupDestination' | 'BackupSchedule', name: string, spec: Record<string, unknown>): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind, metadata: { name }, spec });
-  await admin.multi().hset(keys.desired(kind, name), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' }).sadd(keys.desiredIndex(kind), name).exec();
-}
 
 async function reconcile(): Promise<InstanceResult> {
   const res = await reconcileNodeOnce(opts, deps);
@@ -60,7 +56,7 @@ beforeAll(async () => {
   ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-backup-first-'));
   systemd = new RecordingSystemd(path.join(root, 'linger'), (scope) => (scope.kind === 'user' ? path.join(root, 'home', scope.user, '.config', 'systemd', 'user') : path.join(root, 'units')), [path.join(root, 'units')]);
   deps = createNodeAgentDeps({ ...opts, insecureRegistries: [registry.address] }, { redis: admin, runner, systemd, layout: tempHostLayout(root), log: () => undefined, delay: async () => undefined });
-  await putObject('BackupDestination', 'local1', { url: path.join(root, 'backups') });
+  await putDesiredObject(admin, 'BackupDestination', 'local1', { url: path.join(root, 'backups') });
   await admin.hset(keys.backupPassword('local1'), 'password', PASSWORD);
   // NS8's record of node 1 (backup verify adds its copy there, as add-module does).
   await admin.multi().set(keys.nodeSequence(), '1').hset(keys.nodeVpn(1), 'ip_address', '127.0.0.1').exec();
@@ -94,7 +90,7 @@ test('no schedule selects the instance: the update waits with the reason, the in
 }, 300_000);
 
 test('an update that fails is rolled back with the data of the snapshot taken before it', async () => {
-  await putObject('BackupSchedule', 'guard', { destination: 'local1', selector: { matchLabels: { backup: 'yes' } }, schedule: 'daily' });
+  await putDesiredObject(admin, 'BackupSchedule', 'guard', { destination: 'local1', selector: { matchLabels: { backup: 'yes' } }, schedule: 'daily' });
   // 2.0.0's service "crashes at start after migrating the data": it rewrites the data file when started on 2.0.0.
   systemd.failingIf = (unit) => {
     if (unit !== 'webapp.service' || parseEnvironment(readFileSync(envFile(), 'utf8')).IMAGE_URL !== images.webapp['2.0.0']) return false;

@@ -24,7 +24,7 @@ import { removeTestUsers } from '../support/host-podman.js';
 import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
-import { putDesiredModule } from '../support/desired-module.js';
+import { putDesiredModule, putDesiredObject } from '../support/desired-module.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 const suffix = String(process.pid % 10000);
@@ -42,10 +42,6 @@ let opts: NodeAgentOptions;
 const logs: string[] = [];
 const runner = new ExecaRunner(100_000);
 
-async function putObject(kind: 'BackupDestination' | 'BackupSchedule', name: string, spec: Record<string, unknown>): Promise<void> {
-  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind, metadata: { name }, spec });
-  await admin.multi().hset(keys.desired(kind, name), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' }).sadd(keys.desiredIndex(kind), name).exec();
-}
 
 async function reconcile(): Promise<Map<string, InstanceResult>> {
   const res = await reconcileNodeOnce(opts, deps);
@@ -59,9 +55,9 @@ beforeAll(async () => {
   ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-backup-restore-'));
   opts = { node: 1, concurrency: 2, insecureRegistries: [registry.address] };
   deps = createNodeAgentDeps(opts, { redis: admin, runner, layout: tempHostLayout(root, { uiBase: path.join(root, 'ui', 'apps') }), log: (l) => void logs.push(l), delay: async () => undefined });
-  await putObject('BackupDestination', 'local1', { url: path.join(root, 'backups') });
+  await putDesiredObject(admin, 'BackupDestination', 'local1', { url: path.join(root, 'backups') });
   await admin.hset(keys.backupPassword('local1'), 'password', PASSWORD);
-  await putObject('BackupSchedule', 'nightly', { destination: 'local1', instances: [id], schedule: 'daily', retention: { keepLast: 2 } });
+  await putDesiredObject(admin, 'BackupSchedule', 'nightly', { destination: 'local1', instances: [id], schedule: 'daily', retention: { keepLast: 2 } });
 }, 300_000);
 
 afterAll(async () => {

@@ -4,30 +4,15 @@
  * file (`.wh.a`) and makes a directory opaque (`.wh..wh..opq`), as OCI layers do.
  */
 import { createHash } from 'node:crypto';
+import { RecordingRunner } from '../support/recording-runner.js';
 import { promises as fs, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
+import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
 import { fileStamp, RunnerImageCache } from '../../src/node-agent/host/image-cache.js';
 import { normalizeImageRef } from '../../src/node-agent/host/image-store.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
-/** Records every command (the cache's fetches are counted from it). */
-class RecordingRunner implements CommandRunner {
-  readonly inner = new ExecaRunner();
-  readonly all: (CommandRecord & { mutating: boolean })[] = [];
-  get history(): readonly (CommandRecord & { mutating: boolean })[] {
-    return this.all;
-  }
-  async run(argv: string[], opts: RunOptions = {}): Promise<CommandRecord & { stdoutBuffer?: Buffer }> {
-    try {
-      return await this.inner.run(argv, opts);
-    } finally {
-      const last = this.inner.history[this.inner.history.length - 1];
-      if (last) this.all.push(last);
-    }
-  }
-}
 
 const host = new ExecaRunner();
 let registry: TestRegistry;

@@ -7,7 +7,7 @@
 import { promises as fs, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
+import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { imageCacheDir } from '../../src/node-agent/host/podman.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
@@ -18,27 +18,12 @@ import type { ExampleImages } from '../support/example-images.js';
 import { removeTestUsers } from '../support/host-podman.js';
 import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
+import { RecordingRunner } from '../support/recording-runner.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { putDesiredModule } from '../support/desired-module.js';
 import { waitFor } from '../support/wait-for.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
-/** Keeps every command (the production runner keeps the last 1000 only). */
-class RecordingRunner implements CommandRunner {
-  readonly all: (CommandRecord & { mutating: boolean })[] = [];
-  private readonly inner = new ExecaRunner(100_000);
-  get history(): readonly (CommandRecord & { mutating: boolean })[] {
-    return this.all;
-  }
-  async run(argv: string[], opts: RunOptions = {}): Promise<CommandRecord & { stdoutBuffer?: Buffer }> {
-    try {
-      return await this.inner.run(argv, opts);
-    } finally {
-      const last = this.inner.history[this.inner.history.length - 1];
-      if (last) this.all.push(last);
-    }
-  }
-}
 
 const host = new ExecaRunner();
 const suffix = String(process.pid % 10000);

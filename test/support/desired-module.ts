@@ -43,3 +43,12 @@ export async function putDesiredModule(redis: Redis, id: string, spec: Record<st
   const failed = replies?.find(([err]) => err);
   if (!replies || failed) throw failed?.[0] ?? new Error(`putDesiredModule ${id}: transaction aborted`);
 }
+
+/**
+ * Writes an object of another kind (`BackupDestination`, `BackupSchedule`, ...) as desired state,
+ * the way `apply` leaves it: the desired hash and the kind's index, in one MULTI.
+ */
+export async function putDesiredObject(redis: Redis, kind: 'BackupDestination' | 'BackupSchedule', name: string, spec: Record<string, unknown>): Promise<void> {
+  const object = JSON.stringify({ apiVersion: 'ns8ctl.nethserver.org/v1', kind, metadata: { name }, spec });
+  await redis.multi().hset(keys.desired(kind, name), { object, generation: '1', source: 'test.yaml', revision: '', applyset: 'default' }).sadd(keys.desiredIndex(kind), name).exec();
+}
