@@ -14,6 +14,7 @@ import { applyStep, type StepContext } from '../../src/node-agent/applier.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import type { Step } from '../../src/node-agent/types.js';
 import { channels, keys } from '../../src/state/keys.js';
+import { readEvents } from '../../src/state/events.js';
 import { putDesiredModule } from '../support/desired-module.js';
 import { fakeNodeAgent, type FakeNodeAgent } from '../support/node-agent-fakes.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
@@ -260,4 +261,30 @@ describe('events and removal', () => {
     expect((await f.deps.records.get(ID))?.destroy).toMatchObject({ attempts: 3, done: true });
     expect(f.logs.join('\n')).toMatch(/destroy-module failed 3 times, removing the instance without it/);
   }, 30_000);
+});
+
+describe('completing a move on the target', () => {
+  test('complete-move marks the record done, names this node in cluster/module_node and records module-moved with the downtime', async () => {
+    const c2 = { ...ctx, node: 2 };
+    await admin.hset('ns8ctl/moves', ID, JSON.stringify({ from: 1, to: 2, state: 'sent', downtimeFrom: f.deps.now().getTime() - 4000 }));
+    await admin.hset(keys.moduleNode(), ID, '1');
+    await applyStep(step('complete-move', { from: 1 }), c2);
+    expect(JSON.parse((await admin.hget('ns8ctl/moves', ID))!)).toMatchObject({ state: 'done' });
+    expect(await admin.hget(keys.moduleNode(), ID)).toBe('2');
+    expect((await f.deps.records.get(ID))?.move).toEqual({ from: 1, done: true, completed: true });
+    const [ev] = (await readEvents(admin)).filter((e) => e.name === 'module-moved');
+    expect(ev?.message).toMatch(/moved from node 1 to node 2; services were down [0-9.]+ s/);
+  });
+
+  test('complete-move after a crash that came once the source had already cleaned up (no record left) still finishes the bookkeeping', async () => {
+    await admin.hset(keys.moduleNode(), ID, '1');
+    await applyStep(step('complete-move', { from: 1 }), { ...ctx, node: 2 });
+    expect(await admin.hget(keys.moduleNode(), ID)).toBe('2');
+    expect((await f.deps.records.get(ID))?.move).toMatchObject({ completed: true });
+  });
+
+  test('complete-move refuses a record that now names another target', async () => {
+    await admin.hset('ns8ctl/moves', ID, JSON.stringify({ from: 1, to: 3, state: 'sent' }));
+    await expect(applyStep(step('complete-move', { from: 1 }), { ...ctx, node: 2 })).rejects.toThrow(/no move to node 2 is recorded/);
+  });
 });

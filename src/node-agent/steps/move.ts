@@ -73,11 +73,13 @@ export const moveSteps: StepHandlers<'receive-state' | 'finish-receive' | 'compl
   },
   'complete-move': async (step, ctx) => {
     const { deps, id, node } = ctx;
-    const mv = await currentMove(ctx);
-    if (mv.state === 'sent' && !(await advanceMove(deps.redis, id, 'sent', { state: 'done' }))) throw new Ns8ctlError('move_failed', `${id}: the move record changed before it could be completed`);
+    // No record: a crash came after `done` and the source has cleaned up since; only the bookkeeping is left.
+    const raw = await deps.redis.hget(MOVES_KEY, id);
+    const mv = raw ? await currentMove(ctx) : undefined;
+    if (mv?.state === 'sent' && !(await advanceMove(deps.redis, id, 'sent', { state: 'done' }))) throw new Ns8ctlError('move_failed', `${id}: the move record changed before it could be completed`);
     await deps.redis.hset(keys.moduleNode(), id, String(node));
     await deps.records.update(id, { move: { from: step.from, done: true, completed: true } });
-    const downtimeMs = mv.downtimeFrom ? Math.max(0, deps.now().getTime() - mv.downtimeFrom) : undefined;
+    const downtimeMs = mv?.downtimeFrom ? Math.max(0, deps.now().getTime() - mv.downtimeFrom) : undefined;
     await new EventRecorder(deps.redis, { now: deps.now, log: deps.log }).record({
       name: 'module-moved',
       type: 'Normal',
