@@ -61,7 +61,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  await removeTestUsers([id]);
+  await removeTestUsers([id, `webapp${suffix}8`, `webapp${suffix}9`]);
   await stopNodeAgentTestHost({ redis, registry, root });
 }, 120_000);
 
@@ -156,6 +156,8 @@ test('restoreFrom naming an instance never backed up there fails with the reason
     expect(r.error?.message).toContain(`${other} was never backed up to local1`);
     expect(await admin.exists(`module/${other}/environment`)).toBe(0);
   } finally {
+    // Its desired object goes first: a later pass would create the user again (and leak it).
+    await admin.multi().del(keys.desired('Module', other)).srem(keys.desiredIndex('Module'), other).exec();
     await removeTestUsers([other]);
   }
 }, 600_000);
