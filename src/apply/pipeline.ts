@@ -20,7 +20,7 @@ import { readClusterState, runningImageOf, runningImagesOf, type ReadScope, type
 import { executeWrites, newEpoch } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { defaultSchemaLookup } from './configuration-check.js';
-import { loadAndValidate, locateDesired, locateInDocument } from './load-validate.js';
+import { loadAndValidate, locateInDocument } from './load-validate.js';
 import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
 import { findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
 import { withBackupPasswordWarnings } from './backup-passwords.js';
@@ -152,7 +152,7 @@ export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[
 }
 
 async function planAndResolve(desired: DesiredObject[], state: ClusterState, redis: Redis, opts: PlanOptions): Promise<PreparedPlan> {
-  const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune, locate: locateDesired });
+  const base = makePlan(desired, state, { applySet: opts.applySet, prune: opts.prune });
   if (opts.resolve === false) return { desired, state, plan: base, warnings: [] };
   const { plan, warnings } = await resolvePlan(redis, desired, state, base, opts);
   return { desired, state, plan: await withBackupPasswordWarnings(redis, desired, plan), warnings };

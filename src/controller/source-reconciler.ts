@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, locateDesired, resolvePlan } from '../apply/pipeline.js';
+import { applyPlan, defaultSchemaLookup, hasWrites, loadAndValidate, resolvePlan } from '../apply/pipeline.js';
 import { formatDiagnostic, ManifestError, Ns8ctlError, RefusedError, toNs8ctlError, type Diagnostic } from '../errors.js';
 import type { CommandRunner } from '../host/runner.js';
 import { objectKey, type DesiredObject } from '../manifest/types.js';
@@ -507,10 +507,8 @@ export class SourceReconciler {
     }
     let p: Plan;
     try {
-      p = makePlan(pinned, state, { applySet: this.spec.name, prune: this.spec.prune, locate: locateDesired });
+      p = makePlan(pinned, state, { applySet: this.spec.name, prune: this.spec.prune });
     } catch (err) {
-      // A ManifestError from the planner is a validation error at a line (none today; kept for refusals to come).
-      if (err instanceof ManifestError) return { done: await this.rejectInvalid(prev, base, rev.revision, err, rev.commit) };
       return { done: await this.rejectOther(prev, base, rev.revision, toNs8ctlError(err), rev.commit) };
     }
     // Image resolution as `ns8ctl apply` does it: unresolvable or over-limit Modules are blocked.

@@ -5,7 +5,7 @@
  * the rules.
  */
 import jsonpatch from 'fast-json-patch';
-import { ManifestError, Ns8ctlError, RefusedError, type Diagnostic } from '../errors.js';
+import { Ns8ctlError, RefusedError } from '../errors.js';
 import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
@@ -22,15 +22,7 @@ export interface PlanOptions {
   applySet: string;
   /** Plan deletes for inventory members that are no longer desired. */
   prune: boolean;
-  /**
-   * Where a pointer (`/spec/node`) of a desired object is in its file, for refusals reported as
-   * diagnostics. Must be pure (the loaded documents are data). Default: the document start
-   * recorded in `source`. `locateDesired` (src/apply/pipeline.ts) finds the exact line.
-   */
-  locate?: (d: DesiredObject, pointer: string) => { file: string; line: number; col: number };
 }
-
-/** The default of `PlanOptions.locate`: the start of the object's document. */
 
 const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, BackupDestination: 2, BackupSchedule: 3, Module: 4 };
 
@@ -74,8 +66,6 @@ function sortKeys(list: Iterable<string>, reverseKinds = false): string[] {
  *   ever deleted.
  * - An object being removed (stored `deleting`) that is desired again is put in `blocked`, as is
  *   a Module whose id NS8 already records on another node, and a Node that still has modules.
- * @throws ManifestError (code `manifest_invalid`, one diagnostic at `/spec/node` per instance)
- *   for refused objects (none today: a changed `spec.node` is a move, see moduleBookkeeping).
  * @throws Ns8ctlError `duplicate_object` when two desired objects have the same `Kind/id`
  *   (validation reports it with both files first; this only guards the contract).
  */
@@ -89,14 +79,11 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
   };
   const writes: Change[] = [];
   const blocked: BlockedChange[] = [];
-  const refused: Diagnostic[] = [];
   for (const key of sortKeys(byKey.keys())) {
     const outcome = planWrite(key, byKey.get(key) as DesiredObject, ctx);
     if (outcome?.blocked) blocked.push(outcome.blocked);
-    if (outcome?.refused) refused.push(outcome.refused);
     if (outcome?.change) writes.push(outcome.change);
   }
-  if (refused.length > 0) throw new ManifestError(refused);
   const { deletes, pruneCandidates } = planDeletes(byKey, ctx, blocked);
   const changes = [...writes, ...deletes];
   return {
@@ -139,7 +126,7 @@ function indexDesired(desired: readonly DesiredObject[]): Map<string, DesiredObj
 }
 
 /** The outcome for one desired object: a write, a blocked change, a refusal, or nothing (up to date). */
-type WriteOutcome = { change?: Change; blocked?: BlockedChange; refused?: Diagnostic } | undefined;
+type WriteOutcome = { change?: Change; blocked?: BlockedChange } | undefined;
 
 function planWrite(key: string, d: DesiredObject, ctx: PlanContext): WriteOutcome {
   const stored = ctx.state.objects.get(key);
