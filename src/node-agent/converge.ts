@@ -313,10 +313,25 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
       }
     } catch (err) {
       if (p.updateFrom && ROLLBACK_AFTER.has(step.kind) && !p.control.signal?.aborted) return rollBack(p.d, p.url, p.updateFrom, step, toNs8ctlError(err), p.node, p.deps, p.shared, p.control);
+      const migrationFrom = failedMigrationFrom(p, step, toNs8ctlError(err));
+      if (migrationFrom && !p.control.signal?.aborted) return rollBack(p.d, p.url, migrationFrom, step, toNs8ctlError(err), p.node, p.deps, p.shared, p.control);
       return failed(p.deps, p.d, p.prev, p.base, toNs8ctlError(err), step, p.applied, p.drift, false, p.setback);
     }
   }
   return undefined;
+}
+
+/**
+ * The module's own update-module failed (its migration broke half-way) while a `backupFirst`
+ * snapshot of the data before this update exists: the image it came from, so the update is
+ * rolled back with that data. Without such a snapshot the data may already be migrated: the
+ * instance stays on the new image and the action is tried again, as NS8 leaves it. A task that
+ * timed out may still run: not rolled back.
+ */
+function failedMigrationFrom(p: ConvergePass, step: Step, e: Ns8ctlError): string | undefined {
+  if (step.kind !== 'run-lifecycle' || step.action !== 'update-module' || e.code !== 'lifecycle_action_failed') return undefined;
+  const pre = p.rec?.preUpdate;
+  return pre && pre.image === p.url && pre.from !== p.url ? pre.from : undefined;
 }
 
 /** The end of the rounds: not converged (failed), or an update finished, then the report. */

@@ -4,13 +4,18 @@
  * BackupSchedule becomes a timer on the node that runs podapp1, its service backs podapp1 up with
  * the node's real restic to a real restic REST server (rclone on the sandbox network's gateway),
  * `backup list` shows it; removed with its data and re-created with `restoreFrom`, the instance
- * has its volume records and its MODULE_UUID back.
+ * has its volume records and its MODULE_UUID back. `backup verify` restores the latest snapshot
+ * into a throw-away copy that becomes Ready and leaves nothing behind. An update with
+ * `backupFirst` whose migration changes the data and then fails (podapp 1.2.0, made here from
+ * 1.1.0 with a failing update-module.d step) is rolled back: the previous image and the data of
+ * the snapshot taken before the update.
  */
 import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
+import { ExecaRunner } from '../../src/host/runner.js';
 import { execInNode } from '../../src/sandbox/lifecycle.js';
 import { addressPlan } from '../../src/sandbox/naming.js';
 import { keys } from '../../src/state/keys.js';
@@ -29,7 +34,7 @@ let rest: RestServer;
 let served: string;
 let uuidBefore = '';
 
-const BUILT = ['kickweb:1.0.0', 'kickweb-httpd:1.0.0', 'podapp:1.0.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0'];
+const BUILT = ['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0', 'podapp:1.0.0', 'podapp:1.1.0', 'podapp:1.2.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0', 'podapp-db:1.1.0'];
 const image = (name: string, tag: string): string => `${info.registry}/ns8ctl-compat/${name}:${tag}`;
 
 async function journal(): Promise<string> {
@@ -47,8 +52,8 @@ async function writeManifest(file: string, text: string): Promise<void> {
   expect(w.code).toBe(0);
 }
 
-const podapp = (extra = ''): string =>
-  `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\n  labels:\n    backup: nightly\nspec:\n  image: ${image('podapp', '1.0.0')}\n  node: 1\n  removalPolicy: Delete\n  dependsOn: [${KICKWEB}]\n${extra}  configuration:\n    title: "Team notes"\n    kickweb: ${KICKWEB}\n`;
+const podapp = (extra = '', tag = '1.0.0'): string =>
+  `apiVersion: ns8ctl.nethserver.org/v1\nkind: Module\nmetadata:\n  name: ${ID}\n  labels:\n    backup: nightly\nspec:\n  image: ${image('podapp', tag)}\n  node: 1\n  removalPolicy: Delete\n  dependsOn: [${KICKWEB}]\n${extra}  configuration:\n    title: "Team notes"\n    kickweb: ${KICKWEB}\n`;
 
 /** The records file in podapp1's database volume. */
 async function records(): Promise<string> {
@@ -123,3 +128,54 @@ test('removed with its data and re-created with restoreFrom, podapp1 has its vol
   expect(await leader.hget(keys.moduleUuid(), ID)).toBe(uuidBefore);
   expect(await leader.hget(keys.moduleEnvironment(ID), 'MODULE_UUID')).toBe(uuidBefore);
 }, 1_200_000);
+
+test('backup verify restores the latest snapshot of podapp1 into a throw-away copy that becomes Ready, then removes it and leaves nothing behind', async () => {
+  const users = (await inNode(['sh', '-c', 'cut -d: -f1 /etc/passwd'])).out;
+  const v = await inNode(['ns8ctl', 'backup', 'verify', '--destination', 'rest1', '--instance', ID, '--timeout', '8m', '-o', 'json']);
+  const [result] = JSON.parse(v.out || '[]') as { copy: string; outcome: string; message?: string }[];
+  expect(result).toMatchObject({ destination: 'rest1', instance: ID, outcome: 'verified' });
+  expect(v.code).toBe(0);
+  const copy = result!.copy;
+  expect(copy).toMatch(/^podapp\d+$/);
+  expect(copy).not.toBe(ID);
+  // Nothing of the copy is left: user, home, desired object, status, NS8 keys, ports.
+  expect((await inNode(['sh', '-c', 'cut -d: -f1 /etc/passwd'])).out).toBe(users);
+  expect((await inNode(['test', '-e', `/home/${copy}`])).code).not.toBe(0);
+  expect(await leader.exists(keys.desired('Module', copy), keys.moduleStatus(copy))).toBe(0);
+  expect(await leader.keys(`module/${copy}/*`)).toEqual([]);
+  expect(await leader.hexists(keys.moduleNode(), copy)).toBe(0);
+  expect(Object.keys(await leader.hgetall(keys.nodePorts(1))).filter((k) => k.startsWith(`${copy}/`))).toEqual([]);
+  // podapp1 itself is untouched.
+  expect(await records()).toContain('configured: Team notes');
+}, 900_000);
+
+test('an update with backupFirst whose migration changes the data and fails is rolled back: previous image, data of the snapshot taken before it', async () => {
+  // podapp 1.2.0: 1.1.0 plus an update-module.d step that writes into the volume, then fails.
+  const ctx = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-podapp-broken-'));
+  try {
+    await fs.writeFile(path.join(ctx, '30break'), '#!/bin/sh\n# A migration that fails half-way: it changes the data, then exits with an error.\necho "half-migrated by 1.2.0" >> "$(podman volume inspect --format "{{.Mountpoint}}" podapp-db-data)/records"\nexit 1\n', { mode: 0o755 });
+    await fs.writeFile(path.join(ctx, 'Containerfile'), `FROM ${image('podapp', '1.1.0')}\nCOPY --chmod=755 30break /imageroot/update-module.d/30break\n`);
+    const host = new ExecaRunner();
+    await host.run(['podman', 'build', '-q', '--tls-verify=false', '-t', image('podapp', '1.2.0'), ctx], { timeoutMs: 300_000 });
+    await host.run(['podman', 'push', '-q', '--tls-verify=false', image('podapp', '1.2.0')], { timeoutMs: 300_000 });
+  } finally {
+    await fs.rm(ctx, { recursive: true, force: true });
+  }
+  const before = await records();
+  expect(before).toContain('configured: Team notes');
+  await writeManifest(ID, podapp('  restoreFrom:\n    destination: rest1\n  updatePolicy:\n    backupFirst: true\n', '1.2.0'));
+  const rolledBack = await eventually('the update is rolled back', async () => {
+    const events = JSON.parse((await inNode(['ns8ctl', 'events', '-o', 'json'])).out || '[]') as { name: string; object: string; message: string }[];
+    return events.find((e) => e.name === 'module-update-rolled-back' && e.object === `Module/${ID}`);
+  }, { timeoutMs: 900_000, everyMs: 3000, explain: journal });
+  expect(rolledBack.message).toMatch(/failed at step run-lifecycle/);
+  expect(rolledBack.message).toMatch(/with the data of snapshot [0-9a-f]{8} taken before the update/);
+  await eventually('podapp1 runs its previous image again', async () => ((await leader.hget(keys.moduleEnvironment(ID), 'IMAGE_URL')) === image('podapp', '1.0.0') ? true : undefined), { timeoutMs: 300_000, everyMs: 3000, explain: journal });
+  // The data is the data before the update: neither 1.1.0's migration record nor the broken step's.
+  const after = await eventually('podapp1 runs with its data back', async () => {
+    const r = await records();
+    return r.startsWith(before) ? r : undefined;
+  }, { timeoutMs: 300_000, everyMs: 3000, explain: journal });
+  expect(after).not.toContain('half-migrated by 1.2.0');
+  expect(after).not.toContain('migrated:');
+}, 1_500_000);

@@ -6,6 +6,8 @@
  * MODULE_UUID, configuration and data, node 1's copy (user, home, ports) is removed, and the
  * downtime is reported in the module-moved event. Moved back while the target's agent is killed
  * -9 with its receiver running, the move completes after a restart and leaves nothing behind.
+ * Moved to node 2 again while the source's agent is killed -9 in the middle of its live pass, the
+ * instance keeps serving on node 1 meanwhile, and the move completes after a restart.
  */
 import type { Redis } from 'ioredis';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
@@ -30,7 +32,7 @@ async function inNode2(command: string[]): Promise<{ code: number; out: string }
 }
 
 async function journals(): Promise<string> {
-  const n1 = (await inNode(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-run', '-u', 'ns8ctl-run-again'])).out;
+  const n1 = (await inNode(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-run', '-u', 'ns8ctl-run-again', '-u', 'ns8ctl-run-third', '-u', 'ns8ctl-kill-sender'])).out;
   const n2 = (await inNode2(['journalctl', '--no-pager', '-n', '40', '-u', 'ns8ctl-node-agent', '-u', 'ns8ctl-node-agent-slow'])).out;
   return `--- node 1 (ns8ctl run) ---\n${n1}\n--- node 2 (node agent) ---\n${n2}\n--- move record ---\n${(await leader.hget('ns8ctl/moves', ID)) ?? '(none)'}`;
 }
@@ -121,3 +123,32 @@ test('moved back to node 1 while node 1\'s agent is killed -9 with its receiver 
   expect(Object.keys(await leader.hgetall(keys.nodePorts(2))).filter((k) => k.startsWith(`${ID}/`))).toEqual([]);
   expect(await leader.hexists('ns8ctl/secret/move', ID)).toBe(0);
 }, 1_200_000);
+
+test('moved to node 2 again while node 1\'s agent is killed -9 in the middle of its live pass: node 1 serves meanwhile, the move completes after a restart', async () => {
+  // Enough data that the live pass lasts: the agent is killed while its rsync sender runs.
+  expect((await inNode(['runagent', '-m', ID, 'sh', '-c', 'head -c 200000000 /dev/urandom > bulk.bin'])).code).toBe(0);
+  // A watcher on node 1 (bounded: 3000 x 0.1 s) kills the whole ns8ctl run unit, agent and sender, once the sender runs
+  // ("[r]sync" so the pattern does not match the watcher's own command line).
+  const watch = `for i in $(seq 3000); do if pgrep -f "[r]sync://${ID}@" >/dev/null; then systemctl kill -s KILL ns8ctl-run-again; echo killed; exit 0; fi; sleep 0.1; done; exit 1`;
+  expect((await inNode(['systemd-run', '--unit=ns8ctl-kill-sender', '--collect', '--remain-after-exit', 'sh', '-c', watch])).code).toBe(0);
+  await writeManifest(2);
+  await eventually('the watcher killed ns8ctl run during the send', async () => ((await inNode(['systemctl', 'show', '-p', 'SubState', '-p', 'ExecMainStatus', '--value', 'ns8ctl-kill-sender'])).out.trim().split('\n').sort().join(' ') === '0 exited' && (await inNode(['systemctl', 'is-active', 'ns8ctl-run-again'])).out.trim() !== 'active' ? true : undefined), { timeoutMs: 600_000, everyMs: 1000, explain: journals });
+  // Killed during the live pass: the services were never stopped, the instance still serves here.
+  expect(JSON.parse((await leader.hget('ns8ctl/moves', ID)) ?? '{}')).toMatchObject({ state: 'receiving', from: 1, to: 2 });
+  await served(inNode, 'Hello before the move', 60_000);
+  expect((await inNode(['systemd-run', '--unit=ns8ctl-run-third', '--collect', '/usr/local/bin/ns8ctl', 'run', '-f', '/root/manifests', '--node', '1', '--no-http', '--agent-resync', '5s', '--resync', '5s'])).code).toBe(0);
+  await eventually('cluster/module_node says node 2 and the move record is gone', async () => {
+    const node = await leader.hget(keys.moduleNode(), ID);
+    return node === '2' && (await leader.hexists('ns8ctl/moves', ID)) === 0 ? true : undefined;
+  }, { timeoutMs: 600_000, everyMs: 3000, explain: journals });
+  await served(inNode2, 'Hello before the move', 300_000);
+  expect((await inNode2(['cat', `/home/${ID}/.config/state/notes.txt`])).out).toBe('notes kept across the move\n');
+  expect((await inNode2(['stat', '-c', '%s', `/home/${ID}/.config/state/bulk.bin`])).out.trim()).toBe('200000000');
+  // Nothing left on node 1: no sender, user, home or ports; no receiver on node 2; no password.
+  expect((await inNode(['sh', '-c', `pgrep -c -f "[r]sync://${ID}@" || true`])).out.trim()).toBe('0');
+  expect((await inNode(['id', ID])).code).not.toBe(0);
+  expect((await inNode(['test', '-e', `/home/${ID}`])).code).not.toBe(0);
+  expect(Object.keys(await leader.hgetall(keys.nodePorts(1))).filter((k) => k.startsWith(`${ID}/`))).toEqual([]);
+  expect((await inNode2(['sh', '-c', 'pgrep -c -f "[r]sync --daemon" || true'])).out.trim()).toBe('0');
+  expect(await leader.hexists('ns8ctl/secret/move', ID)).toBe(0);
+}, 1_500_000);
