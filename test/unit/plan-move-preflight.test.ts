@@ -11,7 +11,11 @@ import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 
 const opts = { applySet: 'default', prune: false };
 const IMAGE = 'registry.test/ns8/webapp:1.0.0';
-const url = (id: string, node: number, image = IMAGE): ModuleObject => mod(id, { module: undefined, image, node });
+function url(id: string, node: number, image = IMAGE): ModuleObject {
+  const m = mod(id, { image, node });
+  delete m.spec.module;
+  return m;
+}
 
 function facts(extra: Partial<MoveFacts> = {}): MoveFacts {
   return { knownNodes: [1, 2, 3], moduleFlags: new Map(), nodePorts: new Map(), coreVersion: '3.21.0', ...extra };
