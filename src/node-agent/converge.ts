@@ -21,7 +21,8 @@ import { StateTransfer } from './backup/transfer.js';
 import { cond, failed, fillBase, progressingStatus, reportConverged } from './status-report.js';
 import { writeStatus } from './status.js';
 import { NODE_AGENT_FINALIZER, type ImageFacts, type InstanceDesired, type InstanceRecord, type ModuleStatus, type ObservedInstance, type Step } from './types.js';
-import { keys } from '../state/keys.js';
+import { channels, keys } from '../state/keys.js';
+import { openClone, type MoveRecord } from './move/record.js';
 import { imagesToClean, installedImageUrl } from './update.js';
 import { chooseImage, type ChosenImage } from './wanted-image.js';
 
@@ -93,11 +94,9 @@ type Round = { result: InstanceResult } | { observed: ObservedInstance; plan: In
  */
 export async function convergeInstance(desired: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): Promise<InstanceResult> {
   const pass = startPass(desired, rec, node, deps, shared, control);
-  // Clones are not carried out yet: nothing is created rather than an empty instance.
-  if (!pass.installed && !pass.rec && pass.d.spec.cloneFrom) {
-    const e = new Ns8ctlError('clone_unavailable', `${pass.id}: spec.cloneFrom (a copy of ${pass.d.spec.cloneFrom}) is not carried out by this version's node agents; nothing was created. To copy an instance from its backup, use spec.restoreFrom with instance: ${pass.d.spec.cloneFrom}`);
-    return failed(deps, pass.d, pass.prev, pass.base, e, undefined, [], [], true);
-  }
+  // A new clone needs its source in the cluster: nothing is created rather than an empty instance.
+  const refused = cloneRefusal(pass, undefined);
+  if (refused) return failed(deps, pass.d, pass.prev, pass.base, refused, undefined, [], [], true);
   // Not created yet: the instances it depends on come first (any node).
   if (!pass.installed && pass.d.spec.dependsOn?.length) {
     const waits = await waitForDependencies(pass.d, pass.prev, pass.base, deps);
@@ -106,6 +105,8 @@ export async function convergeInstance(desired: InstanceDesired, rec: InstanceRe
   const chosen = await chooseImage(pass.d, pass.rec, pass.installed, pass.prev, pass.base, deps, shared, control, (url) => holdFinalizer(pass, url));
   if ('result' in chosen) return chosen.result;
   const p = await withImage(pass, chosen);
+  const rootfullClone = cloneRefusal(p, p.rootfull);
+  if (rootfullClone) return failed(deps, p.d, p.prev, p.base, rootfullClone, undefined, [], [], true);
   if (p.updateFrom && p.d.spec.updatePolicy?.backupFirst) {
     try {
       p.rec = await snapshotBeforeUpdate(deps, p.d, p.rec, node, p.updateFrom, p.url);
@@ -184,6 +185,39 @@ async function noteMoveIn(p: ConvergePass, r: InstanceRecord | undefined): Promi
   return p.deps.records.update(p.id, { move: { from: mv.from, done: false }, node: p.node });
 }
 
+/**
+ * Why a new instance with `spec.cloneFrom` cannot be made (terminal CloneUnavailable), if so: its
+ * source is not an instance of the cluster (cluster/module_node), or the image is rootfull
+ * (`rootfull` once the labels are known). A clone under way or done is not checked again.
+ */
+function cloneRefusal(p: PassStart, rootfull: boolean | undefined): Ns8ctlError | undefined {
+  const source = p.d.spec.cloneFrom;
+  if (!source || p.installed || p.rec?.move || p.rec?.managedEnv) return undefined;
+  if (!p.shared.redis.moduleNode[source]) return new Ns8ctlError('clone_unavailable', `${p.id}: spec.cloneFrom names ${source}, which is not an instance of the cluster (cluster/module_node has no node for it); nothing was created. Create ${source} first, or remove cloneFrom`);
+  if (rootfull) return new Ns8ctlError('clone_unavailable', `${p.id}: ${source} is a rootfull module: cloning rootfull instances is not supported yet; nothing was created. Copy it from a backup with spec.restoreFrom (instance: ${source})`);
+  return undefined;
+}
+
+/**
+ * A new instance with `spec.cloneFrom`, not set up here yet: its clone record is opened (once)
+ * and the source's node agents woken; its data comes from the source before anything starts.
+ */
+async function noteCloneIn(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
+  const source = p.d.spec.cloneFrom;
+  if (!source || p.installed || r?.move || r?.managedEnv) return r;
+  const from = Number(p.ctx.redis.moduleNode[source]);
+  if (!Number.isInteger(from) || from <= 0) return r;
+  const mv = await openClone(p.deps.redis, p.id, { from, to: p.node, source, state: 'requested' });
+  await p.deps.redis.publish(channels.desiredChanged, JSON.stringify({ keys: [`Module/${source}`] })).catch(() => 0);
+  p.deps.log(`node-agent: ${p.id}: a clone of ${source} (node ${mv.from}): its data comes first`);
+  return p.deps.records.update(p.id, { move: { from: mv.from, done: false, source }, node: p.node });
+}
+
+/** The record bringing the instance here: its clone record when it is a clone, else its move record. */
+function incomingOf(p: ConvergePass): MoveRecord | undefined {
+  return p.rec?.move?.source ? p.ctx.redis.clones.get(p.id) : p.ctx.redis.moves.get(p.id);
+}
+
 /** A recorded `ns8ctl restore` request for this instance not carried out yet becomes its pending restore. */
 async function takeRestoreRequest(p: ConvergePass, r: InstanceRecord | undefined): Promise<InstanceRecord | undefined> {
   const q = p.ctx.redis.restoreRequests.get(p.id);
@@ -214,8 +248,8 @@ async function reread(p: ConvergePass): Promise<void> {
 /** Observes the instance; labels read again when the local image is not the one they came from. */
 async function observeRound(p: ConvergePass): Promise<ObservedInstance | Ns8ctlError> {
   const { deps, id, url } = p;
-  p.rec = await noteMoveIn(p, await oweCreateModule(p, p.rec));
-  const mv = p.ctx.redis.moves.get(id);
+  p.rec = await noteCloneIn(p, await noteMoveIn(p, await oweCreateModule(p, p.rec)));
+  const mv = incomingOf(p);
   p.receiverAlive = p.rec?.move && !p.rec.move.done && mv?.state === 'receiving' ? await new StateTransfer(deps.runner).receiverAlive(id) : undefined;
   const observed = await observeInstance(p.ctx, id, p.rec, p.rootfull, url, p.labels, volumeBasesOf(p.d));
   // The local image is not the one the labels came from (tag moved, image re-pulled): re-read them.
@@ -251,7 +285,7 @@ function planRound(p: ConvergePass, observed: ObservedInstance): InstancePlan {
     observed,
     installDir: paths.installDir,
     ...(p.previousEnv ? { previousEnv: p.previousEnv } : {}),
-    ...(p.ctx.redis.moves.get(id) ? { move: p.ctx.redis.moves.get(id)! } : {}),
+    ...(incomingOf(p) ? { move: incomingOf(p)! } : {}),
     ...(p.receiverAlive !== undefined ? { receiverAlive: p.receiverAlive } : {}),
   });
   const found = plan.steps.flatMap((s) => (s.drift ? [s.drift] : [])).filter((x) => !p.drift.includes(x));
@@ -287,7 +321,7 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
 
 /** The end of the rounds: not converged (failed), or an update finished, then the report. */
 async function finishPass(p: ConvergePass, observed: ObservedInstance, plan: InstancePlan): Promise<InstanceResult> {
-  const moving = plan.steps.length === 0 && plan.waiting.length > 0 && plan.waiting.every((w) => w.startsWith('move:'));
+  const moving = plan.steps.length === 0 && plan.waiting.length > 0 && plan.waiting.every((w) => w.startsWith('move:') || w.startsWith('clone:'));
   if (moving) return reportMoving(p, plan.waiting.join('; '));
   const unfinished = notConverged(p.id, plan, p.control.signal?.aborted ?? false);
   if (unfinished) return failed(p.deps, p.d, p.prev, p.base, unfinished, undefined, p.applied, p.drift, false, p.setback);
@@ -300,7 +334,8 @@ async function finishPass(p: ConvergePass, observed: ObservedInstance, plan: Ins
  * no growing backoff; the source's `module-status-changed` for the id wakes it (waitingFor).
  */
 async function reportMoving(p: ConvergePass, message: string): Promise<InstanceResult> {
-  const status = await writeStatus(p.deps.redis, p.prev, { ...p.base, conditions: [cond('Ready', 'False', 'Moving', message), cond('Progressing', 'True', 'Moving', message), cond('Degraded', 'False', 'AsExpected', '')] }, p.deps.now());
+  const reason = p.rec?.move?.source ? 'Cloning' : 'Moving';
+  const status = await writeStatus(p.deps.redis, p.prev, { ...p.base, conditions: [cond('Ready', 'False', reason, message), cond('Progressing', 'True', reason, message), cond('Degraded', 'False', 'AsExpected', '')] }, p.deps.now());
   return { id: p.id, outcome: 'blocked', applied: p.applied, drift: p.drift, error: new Ns8ctlError('move_in_progress', `${p.id}: ${message}`), retry: true, status, waitingFor: [p.id] };
 }
 

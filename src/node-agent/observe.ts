@@ -23,7 +23,7 @@ import { moduleAclUser } from './redis-acl.js';
 import type { InstancePaths, InstanceRecord, ModuleStatus, ObservedInstance, PasswdEntry, UnitObservation } from './types.js';
 import { parseStatus } from './status.js';
 import { parseRestoreRequests, RESTORE_REQUESTS_KEY, type RestoreRequest } from './backup/restore-request.js';
-import { MOVES_KEY, parseMoves, type MoveRecord } from './move/record.js';
+import { CLONES_KEY, MOVES_KEY, parseMoves, type MoveRecord } from './move/record.js';
 
 type Reply = [Error | null, unknown];
 
@@ -47,6 +47,8 @@ export interface RedisSnapshot {
   restoreRequests: Map<string, RestoreRequest>;
   /** Move records (`ns8ctl/moves`) by instance id. */
   moves: Map<string, MoveRecord>;
+  /** Every clone record (`ns8ctl/clones`) by the new instance's id: a source finds its own by `source`. */
+  clones: Map<string, MoveRecord>;
 }
 
 /** NS8's SET of an instance's authorizations (label entries plus `self:selfadm`). */
@@ -77,6 +79,7 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
   const defaultKeys = [...new Set(modules)].sort().flatMap((m) => [clusterDefaultInstanceKey(m), nodeDefaultInstanceKey(node, m)]);
   if (defaultKeys.length) p.mget(...defaultKeys);
   p.hgetall(RESTORE_REQUESTS_KEY);
+  p.hgetall(CLONES_KEY);
   p.hgetall(MOVES_KEY);
   const res = (await p.exec()) as Reply[] | null;
   if (!res) throw new RedisError('redis_pipeline_failed', `observing node ${node}: Redis pipeline returned no replies`);
@@ -102,7 +105,8 @@ export async function readRedisSnapshot(redis: Redis, node: number, ids: readonl
     authorizations: new Map(),
     roles: new Map(),
     defaults: new Map(),
-    restoreRequests: parseRestoreRequests(val(res.length - 2) as Record<string, string>, ids),
+    restoreRequests: parseRestoreRequests(val(res.length - 3) as Record<string, string>, ids),
+    clones: parseMoves(val(res.length - 2) as Record<string, string>),
     moves: parseMoves(val(res.length - 1) as Record<string, string>, ids),
   };
   const per = 6;

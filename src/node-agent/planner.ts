@@ -165,7 +165,8 @@ export function planConverge(i: ConvergeInput): InstancePlan {
     p.add({ id, kind: 'publish-added', reason: 'announce cluster/event/module-added' });
   }
   if (rec?.move?.done && !rec.move.completed && steps.length === 0 && waiting.length === 0) {
-    p.add({ id, kind: 'complete-move', from: rec.move.from, reason: `moved from node ${rec.move.from}: the instance runs here` });
+    const m = rec.move;
+    p.add({ id, kind: 'complete-move', from: m.from, ...(m.source ? { source: m.source } : {}), reason: m.source ? `cloned from ${m.source} on node ${m.from}: the copy runs here` : `moved from node ${m.from}: the instance runs here` });
   }
   return { steps, waiting };
 }
@@ -298,10 +299,10 @@ function planRestore(p: Planning, extracting: boolean): boolean {
 }
 
 /**
- * An instance moving here (move.ts): once its user, dirs and image are in place, the receiver;
- * once the source sent its final pass, the environment imported. True while the data is not
- * here yet (environment, units and lifecycle wait). The move is completed once nothing else is
- * left to do (in planConverge's tail, `complete-move`).
+ * An instance moving here (move.ts), or a new one cloned from another instance: once its user,
+ * dirs and image are in place, the receiver; once the source sent its final pass, the environment
+ * imported. True while the data is not here yet (environment, units and lifecycle wait). The move
+ * or clone is completed once nothing else is left to do (in planConverge's tail, `complete-move`).
  */
 function planMoveIn(p: Planning, extracting: boolean): boolean {
   const { id, rec, add, waiting } = p;
@@ -309,18 +310,22 @@ function planMoveIn(p: Planning, extracting: boolean): boolean {
   if (!m || m.done) return false;
   const mv = p.i.move;
   const { observed: o, labels: l } = p.i;
-  if (!mv || mv.to !== p.i.node.node) {
-    waiting.push(`move: the move record from node ${m.from} is gone (cancelled?)`);
+  const what = m.source ? 'clone' : 'move';
+  const of = m.source ? `${m.source} on node ${m.from}` : `node ${m.from}`;
+  const src = m.source ? { source: m.source } : {};
+  if (!mv || mv.to !== p.i.node.node || mv.source !== m.source) {
+    waiting.push(`${what}: the ${what} record from ${of} is gone (cancelled?)`);
     return true;
   }
   if (extracting || !o.installDir || (!l.rootfull && (!o.user || !o.subids)) || !o.localImage) {
-    waiting.push(`move: waits for the user, dirs and image before receiving the data of node ${m.from}`);
+    waiting.push(`${what}: waits for the user, dirs and image before receiving the data of ${of}`);
     return true;
   }
-  if (mv.state === 'requested') waiting.push(`move: waits for node ${m.from} to list the data to send`);
-  else if (mv.state === 'source-ready' || (mv.state === 'receiving' && p.i.receiverAlive === false)) add({ id, kind: 'receive-state', from: m.from, volumes: mv.volumes ?? [], reason: `move from node ${m.from}: start the receiver for its state and volumes ${(mv.volumes ?? []).join(' ') || '(none)'}` });
-  else if (mv.state === 'receiving') waiting.push(`move: node ${m.from} sends its data (live pass, services stopped, final pass)`);
-  else add({ id, kind: 'finish-receive', from: m.from, reason: `move from node ${m.from}: final pass received; import its environment` });
+  const failedLast = mv.lastError ? ` (its last attempt failed: ${mv.lastError})` : '';
+  if (mv.state === 'requested') waiting.push(`${what}: waits for ${of} to list the data to send${failedLast}`);
+  else if (mv.state === 'source-ready' || (mv.state === 'receiving' && p.i.receiverAlive === false)) add({ id, kind: 'receive-state', from: m.from, volumes: mv.volumes ?? [], ...src, reason: `${what} from ${of}: start the receiver for its state and volumes ${(mv.volumes ?? []).join(' ') || '(none)'}` });
+  else if (mv.state === 'receiving') waiting.push(`${what}: ${of} sends its data (live pass, services stopped, final pass)${failedLast}`);
+  else add({ id, kind: 'finish-receive', from: m.from, ...src, reason: `${what} from ${of}: final pass received; import its environment` });
   return true;
 }
 

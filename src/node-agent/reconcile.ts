@@ -17,7 +17,7 @@ import { readRedisSnapshot, type ObserveContext } from './observe.js';
 import { removeInstance } from './removal.js';
 import { readRemovalRequests, type DeletionMark } from './removal-request.js';
 import { readBackupSchedules, syncBackupTimers, wantedBackupUnits } from './backup/timers.js';
-import { moveOut, removeLocalCopy } from './move/source.js';
+import { cloneOut, moveOut, removeLocalCopy } from './move/source.js';
 import type { InstanceResult, NodeReconcileResult, ReconcileControl } from './result.js';
 import { reportOrphan } from './status-report.js';
 import type { InstanceDesired, InstanceRecord } from './types.js';
@@ -151,7 +151,12 @@ async function reconcileInstance(
       return reportOrphan(id, rec!, node, deps, shared);
     case 'nothing':
       return { id, outcome: 'unchanged', applied: [], drift: [], retry: false };
-    case 'converge':
-      return convergeInstance(d!, rec, node, deps, shared, control);
+    case 'converge': {
+      // Clones of this instance: their data is sent from here first (services stopped only for the final pass).
+      const clones = await cloneOut(id, rec, node, deps, shared);
+      const r = await convergeInstance(d!, rec, node, deps, shared, control);
+      // Waiting for the clones' receivers: their status changes wake this instance.
+      return clones.length && !r.waitingFor && (r.outcome === 'converged' || r.outcome === 'unchanged') ? { ...r, waitingFor: clones } : r;
+    }
   }
 }

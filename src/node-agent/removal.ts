@@ -11,6 +11,8 @@ import type { RemovalOrigin } from './instance-decision.js';
 import { parseModuleLabels, type ModuleLabels } from './labels.js';
 import { observeInstance, readRedisSnapshot, type ObserveContext } from './observe.js';
 import { planRemoval } from './planner.js';
+import { StateTransfer } from './backup/transfer.js';
+import { clearMove, CLONES_KEY } from './move/record.js';
 import { clearRemovalRequest, describeRequest, policyText, type DeletionMark } from './removal-request.js';
 import type { InstanceResult } from './result.js';
 import { cond } from './status-report.js';
@@ -40,6 +42,11 @@ export async function removeInstance(
     // The host record carries the request from now on (a crash resumes from it); the key goes.
     rec = await deps.records.update(id, { removing: mark });
     await clearRemovalRequest(deps.redis, id);
+  }
+  // A clone being made: its receiver stops and its record goes (the source stops sending).
+  if (shared.redis.clones.has(id)) {
+    await new StateTransfer(deps.runner).stopReceiver(id);
+    await clearMove(deps.redis, id, CLONES_KEY);
   }
   const user = shared.users.get(id);
   const rootfull = rec?.rootfull ?? (!user && (await pathExists(path.join(deps.layout.rootfullBase, id))));

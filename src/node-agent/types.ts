@@ -98,9 +98,10 @@ export interface InstanceRecord {
   /**
    * An instance moving here from node `from` (`spec.node` changed): its data arrives by rsync
    * before its environment is written and its units start; `done` once the data and the source's
-   * environment are in place, `completed` once the move record says done.
+   * environment are in place, `completed` once the move record says done. A clone (a new
+   * instance with `spec.cloneFrom`) arrives the same way from instance `source` on node `from`.
    */
-  move?: { from: number; done: boolean; completed?: boolean };
+  move?: { from: number; done: boolean; completed?: boolean; source?: string };
   /** `updatePolicy.backupFirst`: the snapshot taken before the update from `from` to `image`, restored if that update is rolled back. */
   preUpdate?: { image: string; from: string; destination: string; snapshot: string };
   /** destroy-module before removal: attempts made, task submitted, done (or given up). */
@@ -285,11 +286,11 @@ export type Step = StepBase &
     | { kind: 'record-units'; units: Record<string, string> }
     | { kind: 'publish-added' }
     /** Move target: starts the rsync receiver for the source's data and publishes where it listens. */
-    | { kind: 'receive-state'; from: number; volumes: string[] }
+    | { kind: 'receive-state'; from: number; volumes: string[]; source?: string }
     /** Move target: the source sent its final pass: receiver stopped, the source's environment imported. */
-    | { kind: 'finish-receive'; from: number }
+    | { kind: 'finish-receive'; from: number; source?: string }
     /** Move target: the instance runs here: the move record is done and cluster/module_node names this node. */
-    | { kind: 'complete-move'; from: number }
+    | { kind: 'complete-move'; from: number; source?: string }
     /** Restores a new instance's state and volumes from snapshot `snapshot` of instance `from` in `destination` (keeping MODULE_UUID when free). */
     | { kind: 'restore-data'; destination: string; snapshot: string; from: string }
     /** NS8 create-module / update-module, as a task to the instance's module agent (bounded wait). */

@@ -74,7 +74,9 @@ export const keys = {
   backupPassword: (name: string): string => `ns8ctl/secret/backup_destination/${name}`,
   /** HASH: field = instance id, JSON move record `{from, to, state, ...}` (written by apply, advanced by the node agents; node-agent/move/record.ts). */
   moves: (): string => 'ns8ctl/moves',
-  /** HASH: field = instance id, the password of a move's rsync receiver (admin and node agents only). */
+  /** HASH: field = the new instance's id, JSON clone record `{from, to, source, state, ...}` (written by the target's node agent when it creates a Module with spec.cloneFrom; node-agent/move/record.ts). */
+  clones: (): string => 'ns8ctl/clones',
+  /** HASH: field = instance id, the password of a move's or clone's rsync receiver (admin and node agents only). */
   moveSecrets: (): string => 'ns8ctl/secret/move',
 
   // ---- NS8 keys (exact NS8 layout) -------------------------------------------------------------

@@ -161,17 +161,3 @@ test('restoreFrom naming an instance never backed up there fails with the reason
     await removeTestUsers([other]);
   }
 }, 600_000);
-
-test('a new Module with cloneFrom is not created while clones are not carried out: blocked with the way to copy from a backup', async () => {
-  const other = `webapp${suffix}9`;
-  await putDesiredModule(admin, other, { image: images.webapp['1.0.0'], node: 1, cloneFrom: id }, { uuid: { set: '44444444-2222-4333-8444-555555555555' }, node: 1 });
-  try {
-    const r = (await reconcile()).get(other)!;
-    expect(r.outcome).toBe('blocked');
-    expect(r.error?.code).toBe('clone_unavailable');
-    expect(r.error?.message).toContain(`restoreFrom with instance: ${id}`);
-    expect((await fs.readFile('/etc/passwd', 'utf8')).split('\n').some((l) => l.startsWith(`${other}:`))).toBe(false);
-  } finally {
-    await admin.multi().del(keys.desired('Module', other)).srem(keys.desiredIndex('Module'), other).exec();
-  }
-}, 120_000);

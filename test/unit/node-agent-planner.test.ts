@@ -533,6 +533,29 @@ describe('the node planner on a move target and a restore', () => {
     expect(kinds(planConverge(input(here, { move: { from: 1, to: 1, state: 'sent' } })).steps)).toEqual(['complete-move']);
   });
 
+  test('a clone waits on its own record: the source named in the waiting message, its last failure shown', () => {
+    const o = arriving();
+    o.record = { ...o.record!, move: { from: 1, done: false, source: 'webapp9' } };
+    const waits = planConverge(input(o, { ...at2, move: { from: 1, to: 2, source: 'webapp9', state: 'requested', lastError: 'rsync: connection refused' } }));
+    expect(waits.steps).toEqual([]);
+    expect(waits.waiting).toEqual(['clone: waits for webapp9 on node 1 to list the data to send (its last attempt failed: rsync: connection refused)']);
+    // A move record of the same id is not this clone's: the clone waits, nothing is received.
+    expect(planConverge(input(o, { ...at2, move: { from: 1, to: 2, state: 'source-ready', volumes: [] } })).waiting.join(' ')).toMatch(/clone record from webapp9 on node 1 is gone/);
+  });
+
+  test('a clone receives, imports the source environment and completes with its source named in every step', () => {
+    const o = arriving();
+    o.record = { ...o.record!, move: { from: 1, done: false, source: 'webapp9' } };
+    const rs = planConverge(input(o, { ...at2, move: { from: 1, to: 2, source: 'webapp9', state: 'source-ready', volumes: ['data'] } }));
+    expect(rs.steps).toEqual([expect.objectContaining({ kind: 'receive-state', from: 1, source: 'webapp9', volumes: ['data'] })]);
+    expect(planConverge(input(o, { ...at2, move: { from: 1, to: 2, source: 'webapp9', state: 'sent' } })).steps).toEqual([expect.objectContaining({ kind: 'finish-receive', source: 'webapp9' })]);
+    const here = converged();
+    here.record = { ...here.record!, move: { from: 1, done: true, source: 'webapp9' } };
+    const done = planConverge(input(here));
+    expect(done.steps).toEqual([expect.objectContaining({ kind: 'complete-move', from: 1, source: 'webapp9' })]);
+    expect(done.steps[0]!.reason).toMatch(/cloned from webapp9 on node 1/);
+  });
+
   test('a pending restore stops the running services first, then restores; the rest waits', () => {
     const o = converged();
     o.record = { ...o.record!, restore: { destination: 'nas', snapshot: 'latest', from: 'webapp1', done: false, request: 'r1' } };

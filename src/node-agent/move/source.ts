@@ -20,7 +20,7 @@ import type { NodeAgentDeps } from '../deps.js';
 import type { ObserveContext } from '../observe.js';
 import type { InstanceResult } from '../result.js';
 import type { InstanceRecord, Step } from '../types.js';
-import { advanceMove, clearMove, MOVE_SECRETS_KEY, type MoveRecord } from './record.js';
+import { advanceMove, clearMove, CLONES_KEY, MOVE_SECRETS_KEY, type MoveRecord } from './record.js';
 
 /** One pass of the source side; never throws (failures are in the result, retried next pass). */
 export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, node: number, deps: NodeAgentDeps, shared: ObserveContext): Promise<InstanceResult> {
@@ -33,11 +33,11 @@ export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, n
         const enabled = await enabledUnits(path.join(target.installDir, 'systemd', 'user'));
         if (await advanceMove(deps.redis, id, 'requested', { state: 'source-ready', volumes, enabled })) await wakeTarget(deps, id);
         deps.log(`node-agent: ${id}: moving to node ${mv.to}: volumes to send: ${volumes.join(' ') || '(none)'}`);
-        return { id, outcome: 'converged', applied: [], drift: [], retry: true };
+        return { id, outcome: 'converged', applied: [], drift: [], retry: true, waitingFor: [id] };
       }
       case 'receiving':
-        await sendAll(id, rec, mv, deps, shared);
-        return { id, outcome: 'converged', applied: [], drift: [], retry: true };
+        await sendAll({ recordId: id, key: undefined, sourceId: id, rec, mv, restart: false }, deps, shared);
+        return { id, outcome: 'converged', applied: [], drift: [], retry: true, waitingFor: [id] };
       case 'done': {
         const applied = await removeLocalCopy(id, rec, node, deps, shared);
         await clearMove(deps.redis, id);
@@ -45,7 +45,8 @@ export async function moveOut(id: string, rec: InstanceRecord, mv: MoveRecord, n
         return { id, outcome: 'removed', applied, drift: [], retry: false };
       }
       default:
-        return { id, outcome: 'unchanged', applied: [], drift: [], retry: true };
+        // Waiting for the target (its receiver, or its instance running): its status change wakes this one.
+        return { id, outcome: 'unchanged', applied: [], drift: [], retry: true, waitingFor: [id] };
     }
   } catch (err) {
     const e = toNs8ctlError(err);
@@ -64,21 +65,97 @@ async function enabledUnits(unitDir: string): Promise<string[]> {
   return [...out].sort();
 }
 
-/** Live pass, services stopped, final pass, then `sent` (with when the services stopped). */
-async function sendAll(id: string, rec: InstanceRecord, mv: MoveRecord, deps: NodeAgentDeps, shared: ObserveContext): Promise<void> {
-  const password = await deps.redis.hget(MOVE_SECRETS_KEY, id);
-  if (!password || !mv.address || !mv.port) throw new Ns8ctlError('move_failed', `${id}: the receiver on node ${mv.to} published no address or password yet`);
-  const to = { address: mv.address, port: mv.port, user: id, password };
-  const target = await backupTargetOf(deps.layout, id);
+/** What one send is about: the record (a move's or a clone's) and the instance whose data goes. */
+interface Sending {
+  /** The record's id: the instance moving, or the new instance of a clone. */
+  recordId: string;
+  /** The record's hash: the moves' unless given. */
+  key: string | undefined;
+  /** The instance whose data is sent (the record's id for a move, the clone's source). */
+  sourceId: string;
+  rec: InstanceRecord;
+  mv: MoveRecord;
+  /** A clone's source runs on: its services start again right after the final pass. */
+  restart: boolean;
+}
+
+/**
+ * Live pass, services stopped, final pass (services started again for a clone's source), then
+ * `sent` with when the services stopped. A failure is noted in the record (`lastError`, shown by
+ * the target while it waits) and thrown; stopped services of a clone's source are started again.
+ */
+async function sendAll(s: Sending, deps: NodeAgentDeps, shared: ObserveContext): Promise<void> {
+  const { recordId, key, sourceId, rec, mv } = s;
+  const password = await deps.redis.hget(MOVE_SECRETS_KEY, recordId);
+  if (!password || !mv.address || !mv.port) throw new Ns8ctlError('move_failed', `${recordId}: the receiver on node ${mv.to} published no address or password yet`);
+  const to = { address: mv.address, port: mv.port, user: recordId, password };
+  const target = await backupTargetOf(deps.layout, sourceId);
   const transfer = new StateTransfer(deps.runner);
-  await transfer.send(target, to, { final: false });
-  const user = shared.users.get(id);
+  const user = shared.users.get(sourceId);
   const units = Object.keys(rec.units ?? {});
-  const downtimeFrom = deps.now().getTime();
-  if (user && units.length && !shared.systemdMissing) await deps.systemd.stop({ kind: 'user', user: id, uid: user.uid }, units, `${id}: stop the services for the final pass of the move to node ${mv.to}`);
-  await transfer.send(target, to, { final: true });
-  if (!(await advanceMove(deps.redis, id, 'receiving', { state: 'sent', downtimeFrom }))) throw new Ns8ctlError('move_failed', `${id}: the move record changed during the transfer; it is sent again next pass`);
-  await wakeTarget(deps, id);
+  const scope = user && units.length && !shared.systemdMissing ? { kind: 'user' as const, user: sourceId, uid: user.uid } : undefined;
+  const where = s.restart ? `the clone ${recordId} on node ${mv.to}` : `node ${mv.to}`;
+  let stopped = false;
+  try {
+    await transfer.send(target, to, { final: false });
+    const downtimeFrom = deps.now().getTime();
+    if (scope) {
+      stopped = true;
+      await deps.systemd.stop(scope, units, `${sourceId}: stop the services for the final pass to ${where}`);
+    }
+    await transfer.send(target, to, { final: true });
+    if (scope && s.restart) {
+      await deps.systemd.start(scope, units, `${sourceId}: start the services again after the final pass to ${where}`);
+      stopped = false;
+    }
+    const downtime = s.restart ? { downtimeMs: Math.max(0, deps.now().getTime() - downtimeFrom) } : { downtimeFrom };
+    if (!(await advanceMove(deps.redis, recordId, 'receiving', { state: 'sent', ...downtime, lastError: null }, key))) throw new Ns8ctlError('move_failed', `${recordId}: the record changed during the transfer; it is sent again next pass`);
+  } catch (err) {
+    const e = toNs8ctlError(err);
+    await advanceMove(deps.redis, recordId, 'receiving', { state: 'receiving', lastError: e.message }, key).catch(() => false);
+    if (stopped && s.restart && scope) await deps.systemd.start(scope, units, `${sourceId}: start the services again after a failed transfer to ${where}`).catch(() => undefined);
+    throw e;
+  }
+  await wakeTarget(deps, recordId);
+}
+
+/**
+ * The source side of clones of `id` (a desired instance running on this node): for each clone
+ * record naming it, one step of the transfer (list the data, or send it). Never throws: a failure
+ * is logged and noted in the clone record (the target shows it), and sent again next pass.
+ * Returns the clones still waiting on their target (the source waits for their status changes).
+ */
+export async function cloneOut(id: string, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext): Promise<string[]> {
+  const waiting: string[] = [];
+  for (const [cloneId, mv] of shared.redis.clones) {
+    if (mv.source !== id || mv.from !== node) continue;
+    // The clone is no instance of the cluster any more (deleted before it was made): its record goes.
+    if (!shared.redis.moduleNode[cloneId]) {
+      await clearMove(deps.redis, cloneId, CLONES_KEY).catch(() => undefined);
+      continue;
+    }
+    waiting.push(cloneId);
+    // Not running here yet (a source created in the same apply): the clone waits for it.
+    if (!rec?.managedEnv) continue;
+    try {
+      if (rec.rootfull) throw new Ns8ctlError('move_unsupported', `${id} is rootfull: cloning rootfull instances is not supported yet`);
+      if (mv.state === 'requested') {
+        const target = await backupTargetOf(deps.layout, id);
+        const volumes = (await srvVolumesOf(deps.runner, target)).map((v) => v.shown).sort();
+        const enabled = await enabledUnits(path.join(target.installDir, 'systemd', 'user'));
+        if (await advanceMove(deps.redis, cloneId, 'requested', { state: 'source-ready', volumes, enabled }, CLONES_KEY)) await wakeTarget(deps, cloneId);
+        deps.log(`node-agent: ${id}: cloning into ${cloneId} on node ${mv.to}: volumes to send: ${volumes.join(' ') || '(none)'}`);
+      } else if (mv.state === 'receiving') {
+        await sendAll({ recordId: cloneId, key: CLONES_KEY, sourceId: id, rec, mv, restart: true }, deps, shared);
+        deps.log(`node-agent: ${id}: cloned into ${cloneId} on node ${mv.to}`);
+      }
+    } catch (err) {
+      const e = toNs8ctlError(err);
+      deps.log(`node-agent: ${id}: cloning into ${cloneId} on node ${mv.to}: ${e.message}`);
+      if (mv.state === 'requested') await advanceMove(deps.redis, cloneId, 'requested', { state: 'requested', lastError: e.message }, CLONES_KEY).catch(() => false);
+    }
+  }
+  return waiting;
 }
 
 /** The target waits for the instance's own status change (waitingFor): this wakes it at once. */
