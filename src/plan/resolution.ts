@@ -171,17 +171,10 @@ export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: 
   }
 
   const moves = movesOf(p);
-  if (moves.length && inputs.moves) {
-    const labelsOf = (id: string): Readonly<Record<string, string>> | undefined => {
-      const o = outcomes.get(`Module/${id}`);
-      return o?.kind === 'resolved' ? o.labels : undefined;
-    };
-    for (const b of preflightMoves(moves, labelsOf, inputs.moves, new Set([...alreadyBlocked, ...newlyBlocked]))) {
-      blocked.push(b);
-      newlyBlocked.add(b.key);
-    }
+  for (const b of moveRefusals(moves, outcomes, inputs.moves, new Set([...alreadyBlocked, ...newlyBlocked]))) {
+    blocked.push(b);
+    newlyBlocked.add(b.key);
   }
-
   const movesById = new Map(moves.map((m) => [m.id, m] as const));
   for (const b of maxPerNodeRefusals(modules, outcomes, alreadyBlocked, newlyBlocked, p, state, movesById)) {
     blocked.push(b);
@@ -241,6 +234,16 @@ function updateNotice(m: ModuleObject, outcome: Extract<Outcome, { kind: 'resolv
   if (!check.ok) notice.refused = { code: check.code, message: check.message };
   else if (m.spec.suspend) notice.refused = { code: 'suspended', message: `${id} has spec.suspend: true: the node agent leaves it on ${notice.from} until it is resumed` };
   return notice;
+}
+
+/** The preflight of `moves` (preflightMoves) with the labels each Module resolved to; none without the facts. */
+function moveRefusals(moves: readonly MoveRequest[], outcomes: ReadonlyMap<string, Outcome>, facts: MoveFacts | undefined, skip: ReadonlySet<string>): BlockedChange[] {
+  if (!moves.length || !facts) return [];
+  const labelsOf = (id: string): Readonly<Record<string, string>> | undefined => {
+    const o = outcomes.get(`Module/${id}`);
+    return o?.kind === 'resolved' ? o.labels : undefined;
+  };
+  return preflightMoves(moves, labelsOf, facts, skip);
 }
 
 /** Blocked entries for desired Modules over their resolved version's max-per-node (moves named as such, with a code). */
