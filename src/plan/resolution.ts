@@ -9,6 +9,7 @@ import { moduleNameOf, objectKey, splitInstanceId, type DesiredObject, type Modu
 import { RepositoryError } from '../repository/errors.js';
 import { admitMaxPerNode, checkUpdate, findModules, resolveInCatalog, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
 import { compareNatural } from '../runtime/canonical.js';
+import { keys } from '../state/keys.js';
 import { compareKeys } from './planner.js';
 import { describeMove, MOVE_CODES, movesOf, preflightMoves, type MoveFacts, type MoveRequest } from './move-preflight.js';
 import type { ClusterState } from '../state/cluster-state.js';
@@ -171,10 +172,12 @@ export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: 
   }
 
   const moves = movesOf(p);
-  for (const b of moveRefusals(moves, outcomes, inputs.moves, new Set([...alreadyBlocked, ...newlyBlocked]))) {
+  const preflight = moveRefusals(moves, outcomes, inputs.moves, new Set([...alreadyBlocked, ...newlyBlocked]));
+  for (const b of preflight.blocked) {
     blocked.push(b);
     newlyBlocked.add(b.key);
   }
+  warnings.push(...preflight.warnings);
   const movesById = new Map(moves.map((m) => [m.id, m] as const));
   for (const b of maxPerNodeRefusals(modules, outcomes, alreadyBlocked, newlyBlocked, p, state, movesById)) {
     blocked.push(b);
@@ -236,14 +239,23 @@ function updateNotice(m: ModuleObject, outcome: Extract<Outcome, { kind: 'resolv
   return notice;
 }
 
-/** The preflight of `moves` (preflightMoves) with the labels each Module resolved to; none without the facts. */
-function moveRefusals(moves: readonly MoveRequest[], outcomes: ReadonlyMap<string, Outcome>, facts: MoveFacts | undefined, skip: ReadonlySet<string>): BlockedChange[] {
-  if (!moves.length || !facts) return [];
+/**
+ * The preflight of `moves` (preflightMoves) with the labels each Module resolved to; nothing
+ * without the facts. A move whose labels are unknown is checked on NS8's records only: a warning
+ * says so.
+ */
+function moveRefusals(moves: readonly MoveRequest[], outcomes: ReadonlyMap<string, Outcome>, facts: MoveFacts | undefined, skip: ReadonlySet<string>): { blocked: BlockedChange[]; warnings: string[] } {
+  if (!moves.length || !facts) return { blocked: [], warnings: [] };
   const labelsOf = (id: string): Readonly<Record<string, string>> | undefined => {
     const o = outcomes.get(`Module/${id}`);
     return o?.kind === 'resolved' ? o.labels : undefined;
   };
-  return preflightMoves(moves, labelsOf, facts, skip);
+  const blocked = preflightMoves(moves, labelsOf, facts, skip);
+  const refused = new Set(blocked.map((b) => b.key));
+  const warnings = moves
+    .filter((m) => !skip.has(m.key) && !refused.has(m.key) && labelsOf(m.id) === undefined)
+    .map((m) => `${m.key}: move to node ${m.to} checked without its image labels (not found): rootfull from ${keys.moduleFlags(m.id)} and the port demand from the ranges it holds on node ${m.from}; min-core not checked`);
+  return { blocked, warnings };
 }
 
 /** Blocked entries for desired Modules over their resolved version's max-per-node (moves named as such, with a code). */

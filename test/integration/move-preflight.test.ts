@@ -42,13 +42,15 @@ describe('preflight of moves, through ns8ctl diff and apply', () => {
   let rootweb = '';
   let ported = '';
   let future = '';
+  let solo = '';
   beforeAll(() => {
     rootweb = buildImage('rootweb', { 'org.nethserver.rootfull': '1' }, tag);
     ported = buildImage('ported', { 'org.nethserver.tcp-ports-demand': '3' }, tag);
     future = buildImage('future', { 'org.nethserver.min-core': '9.0.0' }, tag);
+    solo = buildImage('solo', { 'org.nethserver.max-per-node': '1' }, tag);
   });
   afterAll(() => {
-    for (const image of [rootweb, ported, future]) if (image) execFileSync('podman', ['rmi', '-f', image], { stdio: 'pipe' });
+    for (const image of [rootweb, ported, future, solo]) if (image) execFileSync('podman', ['rmi', '-f', image], { stdio: 'pipe' });
   });
 
   /** Applies `name` on node 1, then asks for node 2 (with `extra` manifests beside it). */
@@ -114,6 +116,21 @@ describe('preflight of moves, through ns8ctl diff and apply', () => {
     expect(diff.code).toBe(1);
     expect(diff.stdout).toContain('! Module/future1 (blocked: move_min_core_not_met)\n    # cannot move future1 from node 1 to node 2: its image needs core >= 9.0.0 (org.nethserver.min-core); core is 3.21.0');
     expect((await runCli(['apply', '-f', dir], t.env)).code).toBe(1);
+    expect(await dumpRedis(t.redis)).toEqual(before);
+  });
+
+  it('refuses a move to a node that already holds max-per-node instances of the module (max_per_node_exceeded)', async () => {
+    const dir = path.join(t.dir, 'm');
+    t.write('m/nodes.yaml', nodes);
+    t.write('m/app.yaml', mod('solo1', 1, solo) + `---\n${mod('solo2', 2, solo)}`);
+    expect((await runCli(['apply', '-f', dir], t.env)).code).toBe(0);
+    t.write('m/app.yaml', mod('solo1', 2, solo) + `---\n${mod('solo2', 2, solo)}`);
+    const before = await dumpRedis(t.redis);
+    const apply = await runCli(['apply', '-f', dir], t.env);
+    expect(apply.code).toBe(1);
+    expect(apply.stderr).toContain(
+      'Module/solo1: [max_per_node_exceeded] cannot move solo1 from node 1 to node 2: solo1: module solo allows at most 1 instance per node (org.nethserver.max-per-node=1); node 2 already has solo2; place it on another node, or set spec.node back to 1 to keep it there',
+    );
     expect(await dumpRedis(t.redis)).toEqual(before);
   });
 

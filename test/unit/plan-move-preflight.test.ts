@@ -61,6 +61,18 @@ describe('preflight of a move (a changed spec.node of an existing Module)', () =
     expect(p.blocked.map((b) => [b.code, b.message])).toEqual([['move_unsupported', expect.stringContaining('NS8 records it as rootfull (module/webapp1/flags)')]]);
   });
 
+  it('warns that a move whose image labels are unknown was checked on the recorded facts only', () => {
+    const d = desired(url('webapp1', 2));
+    const s = state();
+    const p = annotatePlan(plan(d, s, opts), d, s, { moves: facts() });
+    expect(p.blocked).toEqual([]);
+    expect(p.changes.map((c) => c.key)).toEqual(['Module/webapp1']);
+    expect(p.warnings).toEqual([
+      'Module/webapp1: move to node 2 checked without its image labels (not found): rootfull from module/webapp1/flags and the port demand from the ranges it holds on node 1; min-core not checked',
+    ]);
+    expect(planned([url('webapp1', 2)], s, {}).warnings).toEqual([]);
+  });
+
   it('refuses a move to a node that does not exist with move_target_unknown', () => {
     const p = planned([url('webapp1', 7)], state(), {});
     expect(p.blocked).toEqual([{ key: 'Module/webapp1', code: 'move_target_unknown', message: expect.stringMatching(/^cannot move webapp1 from node 1 to node 7: node 7 is not a known node/) }]);
