@@ -5,22 +5,24 @@
 import type { Redis } from 'ioredis';
 import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
 import { checkPlannedConfigurations, withSecretNames } from '../configuration/configuration-validation.js';
-import { ConflictError, ManifestError, RefusedError } from '../errors.js';
+import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
 import { ExecaRunner, type CommandRunner } from '../host/runner.js';
 import { moduleNameOf, type DesiredObject } from '../manifest/types.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
 import { annotatePlan, catalogLabels, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
+import { movesOf, type MoveFacts } from '../plan/move-preflight.js';
+import { readCoreVersion } from '../repository/core-version.js';
 import type { ClusterState, StoredObject } from '../state/cluster-state.js';
 import type { Plan } from '../plan/types.js';
 import type { FetchOptions } from '../repository/fetch.js';
 import { loadAvailable } from '../repository/image-resolver.js';
 import { resolveModule, type RepositoryInfo } from '../repository/resolve.js';
 import { keys } from '../state/keys.js';
-import { readClusterState, runningImageOf, runningImagesOf, type ReadScope, type Reply } from '../state/read-state.js';
+import { readClusterState, readNodeRecords, runningImageOf, runningImagesOf, type ReadScope, type Reply } from '../state/read-state.js';
 import { executeWrites, newEpoch } from '../state/write-state.js';
 import { makeRevisionLookup } from './git-revision.js';
 import { defaultSchemaLookup } from './configuration-check.js';
-import { loadAndValidate, locateInDocument } from './load-validate.js';
+import { knownNodesOf, loadAndValidate, locateInDocument } from './load-validate.js';
 import { LocalImageLabels, lookupImageLabels, type ImageLabelLookup } from './image-labels.js';
 import { findSourceRefreshes, planToWrites, sourceRefreshWrites, storedSource } from './to-writes.js';
 import { withBackupPasswordWarnings } from './backup-passwords.js';
@@ -131,7 +133,35 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
 }
 
 /**
- * observeResolution + the pure annotatePlan: `base` (made by `plan()` from `desired` and `state`)
+ * What the preflight of the moves `base` requests needs (MoveFacts), or undefined when it requests
+ * none: the nodes that exist (NS8 node records, Node objects stored or desired), `module/<id>/flags`
+ * of each moving instance, `ns8ctl/node/<n>/ports` of each source and target node (one pipeline),
+ * and the core version (`coreVersion`, else readCoreVersion: no network).
+ * @throws RedisError when Redis fails.
+ */
+export async function observeMoves(redis: Redis, desired: readonly DesiredObject[], base: Plan, state: ClusterState, coreVersion?: string): Promise<MoveFacts | undefined> {
+  const moves = movesOf(base);
+  if (moves.length === 0) return undefined;
+  const nodes = [...new Set(moves.flatMap((m) => [m.from, m.to]))].sort((a, b) => a - b);
+  const p = redis.pipeline();
+  for (const m of moves) p.smembers(keys.moduleFlags(m.id));
+  for (const n of nodes) p.hgetall(keys.nodePorts(n));
+  const res = (await p.exec()) as Reply[] | null;
+  if (!res) throw new RedisError('redis_pipeline_failed', 'Redis pipeline returned no replies (move preflight)');
+  const value = (i: number, what: string): unknown => {
+    const [err, v] = res[i] ?? [null, null];
+    if (err) throw new RedisError('redis_command_failed', `reading ${what} for the move preflight: ${err.message}`, { cause: err });
+    return v;
+  };
+  const moduleFlags = new Map(moves.map((m, i) => [m.id, [...((value(i, keys.moduleFlags(m.id)) as string[] | null) ?? [])].sort()] as const));
+  const nodePorts = new Map(nodes.map((n, i) => [n, (value(moves.length + i, keys.nodePorts(n)) as Record<string, string> | null) ?? {}] as const));
+  const declared = desired.flatMap((d) => (d.object.kind === 'Node' ? [d.object.spec.id] : []));
+  const knownNodes = [...new Set([...knownNodesOf(state, await readNodeRecords(redis)), ...declared])].sort((a, b) => a - b);
+  return { knownNodes, moduleFlags, nodePorts, coreVersion: coreVersion ?? (await readCoreVersion()) };
+}
+
+/**
+ * observeResolution + observeMoves + the pure annotatePlan: `base` (made by `plan()` from `desired` and `state`)
  * with resolved images, resolution and max-per-node blocks, and update notices; then the
  * `spec.configuration` of every created or updated Module is validated against its
  * configure-module schema (unless `opts.configuration` is false). A schema that cannot be found
@@ -140,7 +170,10 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
  *   nothing may be written. RedisError when Redis fails.
  */
 export async function resolvePlan(redis: Redis, desired: readonly DesiredObject[], state: ClusterState, base: Plan, opts: ResolveOptions = {}): Promise<{ plan: Plan; warnings: string[] }> {
-  const { inputs, warnings } = await observeResolution(redis, desired, base, opts, state);
+  const observed = await observeResolution(redis, desired, base, opts, state);
+  const { warnings } = observed;
+  const moves = await observeMoves(redis, desired, base, state, observed.inputs.catalog?.coreVersion ?? opts.coreVersion);
+  const inputs: ResolutionInputs = moves ? { ...observed.inputs, moves } : observed.inputs;
   const plan = annotatePlan(base, desired, state, inputs);
   if (opts.configuration === false || !desired.some((d) => d.object.kind === 'Module' && d.object.spec.configuration !== undefined)) return { plan, warnings };
   const check = await checkPlannedConfigurations(desired, plan, { lookup: opts.configuration ?? defaultSchemaLookup(), running: inputs.running, locate: locateInDocument });
@@ -210,7 +243,7 @@ export function hasWrites(prepared: PreparedPlan): boolean {
 export function checkApplicable(plan: Plan, opts: { forcePrune: boolean }): void {
   checkPruneSafety(plan, { forcePrune: opts.forcePrune });
   if (plan.blocked.length > 0) {
-    throw new RefusedError('plan_blocked', 'nothing was written; the plan has blocked changes:\n' + plan.blocked.map((b) => `  ${b.key}: ${b.message}`).join('\n'));
+    throw new RefusedError('plan_blocked', 'nothing was written; the plan has blocked changes:\n' + plan.blocked.map((b) => `  ${b.key}: ${b.code ? `[${b.code}] ` : ''}${b.message}`).join('\n'));
   }
 }
 

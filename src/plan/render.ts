@@ -49,7 +49,7 @@ export function renderPlanText(plan: Plan, opts: RenderTextOptions): string {
     out.push(...renderUpdate(u, paint), '');
   }
   for (const b of plan.blocked) {
-    out.push(paint('magenta', `! ${b.key} (blocked)`), paint('grey', `${INDENT}# ${maskString(b.message)}`), '');
+    out.push(paint('magenta', `! ${b.key} (blocked${b.code ? `: ${b.code}` : ''})`), paint('grey', `${INDENT}# ${maskString(b.message)}`), '');
   }
   for (const w of plan.warnings ?? []) {
     out.push(paint('yellow', `? ${maskString(w)}`), '');
@@ -240,7 +240,7 @@ export function renderPlanJson(plan: Plan): Record<string, unknown> {
     pruneRatio: { ...plan.pruneRatio },
     pruneCandidates: [...plan.pruneCandidates],
     changes: plan.changes.map((c) => maskedChangeJson(c)),
-    blocked: plan.blocked.map((b) => ({ key: b.key, message: maskString(b.message) })),
+    blocked: plan.blocked.map((b) => ({ key: b.key, ...(b.code ? { code: b.code } : {}), message: maskString(b.message) })),
     updates: (plan.updates ?? []).map((u) => ({
       key: u.key,
       id: u.id,

@@ -9,7 +9,9 @@ import { moduleNameOf, objectKey, splitInstanceId, type DesiredObject, type Modu
 import { RepositoryError } from '../repository/errors.js';
 import { admitMaxPerNode, checkUpdate, findModules, resolveInCatalog, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
 import { compareNatural } from '../runtime/canonical.js';
+import { keys } from '../state/keys.js';
 import { compareKeys } from './planner.js';
+import { describeMove, MOVE_CODES, movesOf, preflightMoves, type MoveFacts, type MoveRequest } from './move-preflight.js';
 import type { ClusterState } from '../state/cluster-state.js';
 import type { BlockedChange, Change, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';
 
@@ -38,6 +40,11 @@ export interface ResolutionInputs {
    * to enforce `org.nethserver.max-per-node` on Modules that name a full image URL.
    */
   imageLabels?: ReadonlyMap<string, Readonly<Record<string, string>>> | undefined;
+  /**
+   * What the preflight of moves needs (node records, module flags, node port ranges, core
+   * version; see move-preflight.ts). Without it moves are checked for max-per-node only.
+   */
+  moves?: MoveFacts | undefined;
 }
 
 /** True when the spec names a repository module (`module: dokuwiki`) rather than a full image URL. */
@@ -115,6 +122,9 @@ function tagOf(url: string): string | undefined {
  *   in the range, invalid range) is blocked when it is new or its module/image/version changed;
  *   otherwise (a repository failed, or the selection is unchanged and the instance runs) nothing
  *   is blocked: its change carries `resolutionError`, or, without a change, the plan a warning;
+ * - a move (a changed spec.node, see movesOf) the target node cannot take is blocked with a code
+ *   (preflightMoves: unknown node, rootfull, min-core, ports; given `inputs.moves`), before
+ *   max-per-node, so a refused move does not count on its target;
  * - `org.nethserver.max-per-node` of the resolved version is enforced with `admitMaxPerNode` over
  *   every instance placed after this plan (desired, stored, and NS8-recorded ones; existing
  *   instances first): a new instance (or one whose module changed) over the limit is blocked with
@@ -161,7 +171,15 @@ export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: 
     outcomes.set(key, outcome);
   }
 
-  for (const b of maxPerNodeRefusals(modules, outcomes, alreadyBlocked, newlyBlocked, p, state)) {
+  const moves = movesOf(p);
+  const preflight = moveRefusals(moves, outcomes, inputs.moves, new Set([...alreadyBlocked, ...newlyBlocked]));
+  for (const b of preflight.blocked) {
+    blocked.push(b);
+    newlyBlocked.add(b.key);
+  }
+  warnings.push(...preflight.warnings);
+  const movesById = new Map(moves.map((m) => [m.id, m] as const));
+  for (const b of maxPerNodeRefusals(modules, outcomes, alreadyBlocked, newlyBlocked, p, state, movesById)) {
     blocked.push(b);
     newlyBlocked.add(b.key);
   }
@@ -221,7 +239,26 @@ function updateNotice(m: ModuleObject, outcome: Extract<Outcome, { kind: 'resolv
   return notice;
 }
 
-/** Blocked entries for desired Modules over their resolved version's max-per-node. */
+/**
+ * The preflight of `moves` (preflightMoves) with the labels each Module resolved to; nothing
+ * without the facts. A move whose labels are unknown is checked on NS8's records only: a warning
+ * says so.
+ */
+function moveRefusals(moves: readonly MoveRequest[], outcomes: ReadonlyMap<string, Outcome>, facts: MoveFacts | undefined, skip: ReadonlySet<string>): { blocked: BlockedChange[]; warnings: string[] } {
+  if (!moves.length || !facts) return { blocked: [], warnings: [] };
+  const labelsOf = (id: string): Readonly<Record<string, string>> | undefined => {
+    const o = outcomes.get(`Module/${id}`);
+    return o?.kind === 'resolved' ? o.labels : undefined;
+  };
+  const blocked = preflightMoves(moves, labelsOf, facts, skip);
+  const refused = new Set(blocked.map((b) => b.key));
+  const warnings = moves
+    .filter((m) => !skip.has(m.key) && !refused.has(m.key) && labelsOf(m.id) === undefined)
+    .map((m) => `${m.key}: move to node ${m.to} checked without its image labels (not found): rootfull from ${keys.moduleFlags(m.id)} and the port demand from the ranges it holds on node ${m.from}; min-core not checked`);
+  return { blocked, warnings };
+}
+
+/** Blocked entries for desired Modules over their resolved version's max-per-node (moves named as such, with a code). */
 function maxPerNodeRefusals(
   modules: readonly ModuleObject[],
   outcomes: ReadonlyMap<string, Outcome>,
@@ -229,6 +266,7 @@ function maxPerNodeRefusals(
   newlyBlocked: ReadonlySet<string>,
   p: Plan,
   state: ClusterState,
+  moves: ReadonlyMap<string, MoveRequest>,
 ): BlockedChange[] {
   const anyLimit = [...outcomes.values()].some((o) => o.kind === 'resolved' && o.labels?.['org.nethserver.max-per-node'] !== undefined);
   if (!anyLimit) return [];
@@ -268,7 +306,11 @@ function maxPerNodeRefusals(
   const out: BlockedChange[] = [];
   for (const id of [...candidates].sort(compareNatural)) {
     const check = checks.get(id);
-    if (check && !check.ok) out.push({ key: `Module/${id}`, message: check.message });
+    if (!check || check.ok) continue;
+    const move = moves.get(id);
+    // A move is a new placement on its target: the way out includes keeping it where it runs.
+    if (move) out.push({ key: move.key, code: MOVE_CODES.maxPerNode, message: `${describeMove(move)}: ${check.message}, or set spec.node back to ${move.from} to keep it there` });
+    else out.push({ key: `Module/${id}`, message: check.message });
   }
   return out;
 }

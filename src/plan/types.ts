@@ -110,6 +110,11 @@ export interface UpdateNotice {
 export interface BlockedChange {
   key: string;
   message: string;
+  /**
+   * Stable code of the refusal, when it has one (a move the target node cannot take:
+   * `move_unsupported`, `move_ports_exhausted`, ...; docs/errors.md). Shown in the text and JSON forms.
+   */
+  code?: string;
 }
 
 export interface Plan {

@@ -139,6 +139,20 @@ function describeCore(core: string): string {
 }
 
 /**
+ * Why an image with `labels` cannot run on core `coreVersion` because of `org.nethserver.min-core`
+ * (`needs core >= 3.22.0 (org.nethserver.min-core); core is 3.21.0`, or the label is not a
+ * version), or undefined when the label is absent or met. Pure.
+ */
+export function minCoreProblem(labels: Readonly<Record<string, string>> | undefined, coreVersion: string): string | undefined {
+  const text = labels?.[LABELS.minCore]?.trim();
+  if (!text) return undefined;
+  const minCore = parseVersion(text);
+  if (!minCore) return `label ${LABELS.minCore}=${JSON.stringify(text)} is not a semantic version`;
+  if (!semver.gt(minCore, effectiveCoreVersion(coreVersion))) return undefined;
+  return `needs core >= ${text} (${LABELS.minCore}); core is ${describeCore(coreVersion)}`;
+}
+
+/**
  * Lists the modules of the enabled repositories, NS8's way:
  * - repositories are taken in reverse-sorted name order and a package is keyed by `source`: the
  *   first occurrence wins, so the alphabetically last repository has priority;
@@ -528,13 +542,8 @@ export function checkUpdate(current: InstalledInstance, target: UpdateTarget, op
   if (curName !== nextName) return refuse('module_mismatch', `${current.id} runs module ${curName}; it cannot be updated to ${target.image} (module ${nextName})`);
   if (kind === 'none') return { ok: true, kind };
   const labels = target.labels ?? {};
-  const minCoreText = labels[LABELS.minCore]?.trim();
-  if (minCoreText) {
-    const minCore = parseVersion(minCoreText);
-    if (!minCore) return refuse('min_core_not_met', `${what}: label ${LABELS.minCore}=${JSON.stringify(minCoreText)} is not a semantic version`);
-    if (semver.gt(minCore, effectiveCoreVersion(opts.coreVersion)))
-      return refuse('min_core_not_met', `${what}: ${next.tag} needs core >= ${minCoreText} (${LABELS.minCore}); core is ${describeCore(opts.coreVersion)}`);
-  }
+  const minCore = minCoreProblem(labels, opts.coreVersion);
+  if (minCore) return refuse('min_core_not_met', `${what}: ${minCore.startsWith('needs') ? `${next.tag} ${minCore}` : minCore}`);
   const minFromText = labels[LABELS.minFrom]?.trim();
   if (minFromText) {
     const minFrom = parseVersion(minFromText);
