@@ -10,18 +10,16 @@
 import type { Redis } from 'ioredis';
 import { Ns8ctlError, RedisError } from '../errors.js';
 import { keys } from '../state/keys.js';
+import { NODE_PORT_BOUNDS, parsePortSpan, portSpanSize, type PortProtocol, type PortSpan } from '../plan/port-spans.js';
 
-export type PortProto = 'tcp' | 'udp';
+export type PortProto = PortProtocol;
 
 /** An inclusive port range. */
-export interface PortRange {
-  start: number;
-  end: number;
-}
+export type PortRange = PortSpan;
 
-/** NS8's allocator bounds. */
-export const PORT_RANGE_START = 20000;
-export const PORT_RANGE_END = 45000;
+/** NS8's allocator bounds (the plan's preflight checks moves against the same ones). */
+export const PORT_RANGE_START = NODE_PORT_BOUNDS.start;
+export const PORT_RANGE_END = NODE_PORT_BOUNDS.end;
 
 const ALLOCATE_SCRIPT = `
 local field = ARGV[1]
@@ -86,12 +84,7 @@ return val
 `;
 
 /** Parses `start-end`; undefined for anything else. */
-export function parseRange(v: string | undefined | null): PortRange | undefined {
-  const m = /^(\d+)-(\d+)$/.exec(v ?? '');
-  if (!m) return undefined;
-  const r = { start: Number(m[1]), end: Number(m[2]) };
-  return r.end >= r.start ? r : undefined;
-}
+export const parseRange = parsePortSpan;
 
 /** `start-end`. */
 export function formatRange(r: PortRange): string {
@@ -99,9 +92,7 @@ export function formatRange(r: PortRange): string {
 }
 
 /** Number of ports in a range. */
-export function rangeSize(r: PortRange | undefined): number {
-  return r ? r.end - r.start + 1 : 0;
-}
+export const rangeSize = portSpanSize;
 
 /** Field of the node ports hash for one instance and protocol. */
 export function portsField(id: string, proto: PortProto): string {

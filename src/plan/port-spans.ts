@@ -1,6 +1,6 @@
 /**
  * A node's port ranges as data, for checks that run before anything is allocated (the plan's
- * move preflight). The node agent owns the allocation itself (src/node-agent/ports.ts,
+ * move preflight), and the parsing the node agent's allocation shares (src/node-agent/ports.ts,
  * first-fit in 20000-45000 like NS8's ports_manager); the format read here is the one it writes:
  * HASH `keys.nodePorts(node)`, field `<id>/<proto>` -> `start-end`. Pure.
  */
