@@ -23,7 +23,7 @@ let info: SandboxInfo;
 let leader: Redis;
 let uuid = '';
 
-const BUILT = ['kickweb:1.0.0', 'kickweb-httpd:1.0.0'];
+const BUILT = ['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'];
 
 async function inNode2(command: string[]): Promise<{ code: number; out: string }> {
   let out = '';
