@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
-import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import type { InstanceResult } from '../../src/node-agent/reconcile.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { backupIndexKey, backupStatusKey, readIndexEntry } from '../../src/node-agent/backup/catalog.js';
 import { runBackupSchedule } from '../../src/node-agent/backup/schedule-run.js';
@@ -25,7 +25,7 @@ import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { putDesiredModule, putDesiredObject } from '../support/desired-module.js';
-import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
+import { reconcileById, startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 const suffix = String(process.pid % 10000);
 const id = `webapp${suffix}7`;
@@ -43,10 +43,7 @@ const logs: string[] = [];
 const runner = new ExecaRunner(100_000);
 
 
-async function reconcile(): Promise<Map<string, InstanceResult>> {
-  const res = await reconcileNodeOnce(opts, deps);
-  return new Map(res.instances.map((i) => [i.id, i]));
-}
+const reconcile = (): Promise<Map<string, InstanceResult>> => reconcileById(opts, deps);
 
 const home = (): string => path.join(root, 'home', id);
 const stateDir = (): string => path.join(home(), '.config', 'state');

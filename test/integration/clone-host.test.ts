@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
-import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
+import type { InstanceResult } from '../../src/node-agent/reconcile.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { StateTransfer } from '../../src/node-agent/backup/transfer.js';
 import { CLONES_KEY, MOVE_SECRETS_KEY } from '../../src/node-agent/move/record.js';
@@ -20,11 +20,9 @@ import { readEvents } from '../../src/state/events.js';
 import { keys } from '../../src/state/keys.js';
 import type { ExampleImages } from '../support/example-images.js';
 import { removeTestUsers } from '../support/host-podman.js';
-import type { TestRedis } from '../support/redis-server.js';
-import type { TestRegistry } from '../support/registry.js';
 import { tempHostLayout } from '../support/node-agent-layout.js';
 import { putDesiredModule } from '../support/desired-module.js';
-import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
+import { reconcileById, startNodeAgentTestHost, stopNodeAgentTestHost, type NodeAgentTestHost } from '../support/node-agent-host.js';
 
 const suffix = String(process.pid % 10000);
 const source = `webapp${suffix}31`;
@@ -32,20 +30,14 @@ const copy = `webapp${suffix}32`;
 const dropped = `webapp${suffix}33`;
 const SOURCE_UUID = '31313131-2222-4333-8444-555555555555';
 const COPY_UUID = '32323232-2222-4333-8444-555555555555';
-let redis: TestRedis;
+let host: NodeAgentTestHost;
 let admin: Redis;
-let registry: TestRegistry;
 let images: ExampleImages;
 let root: string;
 let deps: NodeAgentDeps;
 let opts: NodeAgentOptions;
-const logs: string[] = [];
 const runner = new ExecaRunner(100_000);
-
-async function reconcile(): Promise<Map<string, InstanceResult>> {
-  const res = await reconcileNodeOnce(opts, deps);
-  return new Map(res.instances.map((i) => [i.id, i]));
-}
+const reconcile = (): Promise<Map<string, InstanceResult>> => reconcileById(opts, deps);
 
 /** Passes until `id` converges (each pass advances the transfer one state on each side), at most `max`. */
 async function reconcileUntilConverged(id: string, max = 10): Promise<InstanceResult[]> {
@@ -65,9 +57,10 @@ const forget = async (id: string): Promise<void> => {
 };
 
 beforeAll(async () => {
-  ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-clone-'));
-  opts = { node: 1, concurrency: 2, insecureRegistries: [registry.address] };
-  deps = createNodeAgentDeps(opts, { redis: admin, runner, layout: tempHostLayout(root, { uiBase: path.join(root, 'ui', 'apps') }), log: (l) => void logs.push(l), delay: async () => undefined });
+  host = await startNodeAgentTestHost('ns8ctl-clone-');
+  ({ images, admin, root } = host);
+  opts = { node: 1, concurrency: 2, insecureRegistries: [host.registry.address] };
+  deps = createNodeAgentDeps(opts, { redis: admin, runner, layout: tempHostLayout(root, { uiBase: path.join(root, 'ui', 'apps') }), log: () => undefined, delay: async () => undefined });
   // The receiver listens on the node's address, as NS8's rsync port does on the VPN address.
   await admin.hset(keys.nodeVpn(1), 'ip_address', '127.0.0.1');
   await putDesiredModule(admin, source, { image: images.webapp['1.0.0'], node: 1, removalPolicy: 'Delete' }, { uuid: { set: SOURCE_UUID }, node: 1 });
@@ -83,7 +76,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const id of [copy, dropped, source]) await forget(id).catch(() => undefined);
   await removeTestUsers([copy, dropped, source]);
-  await stopNodeAgentTestHost({ redis, registry, root });
+  await stopNodeAgentTestHost(host);
 }, 120_000);
 
 test('a new Module with cloneFrom gets the source data and environment under its own identity; the source keeps running with its data', async () => {

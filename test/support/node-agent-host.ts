@@ -7,6 +7,8 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
+import type { NodeAgentDeps, NodeAgentOptions } from '../../src/node-agent/deps.js';
+import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
 import { ensureExampleImages, type ExampleImages } from './example-images.js';
 import { preparePodmanHost } from './host-podman.js';
 import { startRedis, type TestRedis } from './redis-server.js';
@@ -59,4 +61,10 @@ export async function stopNodeAgentTestHost(host: { redis?: TestRedis | undefine
   await host.redis?.stop();
   await host.registry?.stop();
   if (host.root) await fs.rm(host.root, { recursive: true, force: true });
+}
+
+/** One node agent pass (reconcileNodeOnce), its results by instance id. */
+export async function reconcileById(opts: NodeAgentOptions, deps: NodeAgentDeps): Promise<Map<string, InstanceResult>> {
+  const res = await reconcileNodeOnce(opts, deps);
+  return new Map(res.instances.map((i) => [i.id, i]));
 }
