@@ -10,17 +10,11 @@ import path from 'node:path';
 import { runCli } from '../support/cli.js';
 import { useCliProject } from '../support/cli-project.js';
 import { dumpRedis } from '../support/redis-dump.js';
+import { moduleManifest, nodeManifests } from '../support/manifest-text.js';
 
-const nodes = [1, 2].map((id) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node${id}\nspec:\n  id: ${id}\n`).join('---\n');
+const nodes = nodeManifests([1, 2]);
 
-const mod = (name: string, node: number, image: string): string => `apiVersion: ns8ctl.nethserver.org/v1
-kind: Module
-metadata:
-  name: ${name}
-spec:
-  image: ${image}
-  node: ${node}
-`;
+const mod = moduleManifest;
 
 /** Builds an empty image with `labels` from scratch (no network); returns its URL. */
 function buildImage(name: string, labels: Record<string, string>, tag: string): string {

@@ -3,18 +3,12 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { runCli } from '../support/cli.js';
 import { dumpRedis } from '../support/redis-dump.js';
+import { moduleManifest, nodeManifests } from '../support/manifest-text.js';
 import { useCliProject } from '../support/cli-project.js';
 
-const nodes = [1, 2].map((id) => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node${id}\nspec:\n  id: ${id}\n`).join('---\n');
+const nodes = nodeManifests([1, 2]);
 
-const mod = (name: string, node: number, image = `127.0.0.1:5000/ns8ctl-fixtures/${name.replace(/[0-9]+$/, '')}:1.0.0`): string => `apiVersion: ns8ctl.nethserver.org/v1
-kind: Module
-metadata:
-  name: ${name}
-spec:
-  image: ${image}
-  node: ${node}
-`;
+const mod = (name: string, node: number, image = `127.0.0.1:5000/ns8ctl-fixtures/${name.replace(/[0-9]+$/, '')}:1.0.0`): string => moduleManifest(name, node, image);
 
 describe('plans the real apply would refuse', () => {
   const t = useCliProject('ns8ctl-refusals-', { NS8CTL_CORE_VERSION: '3.21.0' });
