@@ -192,9 +192,10 @@ const updatePulledImages: BuiltinStep = {
 
 /**
  * NS8's `50run_scriptdir`: every executable file of `update-module.d/`, in name order, with the
- * step's environment (the new IMAGE_* and the PREV_* variables) and AGENT_COMFD. A failing
- * script is reported and the next one runs, as in NS8 (a migration must not leave the instance
- * half-updated because a later, independent script failed).
+ * step's environment (the new IMAGE_* and the PREV_* variables) and AGENT_COMFD. The first
+ * script that fails ends the step with its exit code and the later scripts do not run, as in NS8
+ * (its step runs them under `set -e`): the update-module task fails, which the node agent rolls
+ * back when a backupFirst snapshot holds the data of before the update.
  */
 const runUpdateScripts: BuiltinStep = {
   name: '50run_scriptdir',
@@ -222,8 +223,14 @@ const runUpdateScripts: BuiltinStep = {
         onStderr: (t) => ctx.err(t),
         onCommandLine: (line) => void ctx.command(line),
       });
-      if (res.spawnError) ctx.err(`50run_scriptdir: update-module.d/${name} could not run: ${res.spawnError.message}\n`);
-      else if (res.exitCode !== 0) ctx.err(`50run_scriptdir: update-module.d/${name} failed with exit code ${res.exitCode} (the next scripts still run)\n`);
+      if (res.spawnError) {
+        ctx.err(`50run_scriptdir: update-module.d/${name} could not run: ${res.spawnError.message}\n`);
+        return 126;
+      }
+      if (res.exitCode !== 0) {
+        ctx.err(`50run_scriptdir: update-module.d/${name} failed with exit code ${res.exitCode ?? 'by signal'}; the later scripts do not run\n`);
+        return res.exitCode ?? 1;
+      }
     }
     return 0;
   },

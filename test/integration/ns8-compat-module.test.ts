@@ -126,12 +126,13 @@ describe('an NS8 module in the ns8-kickstart layout, run by ns8ctl', () => {
     expect(systemctlCalls()).toEqual(['--user try-restart kickweb.service']);
   });
 
-  test('a failing update-module.d script is reported and the later ones still run, as in NS8', async () => {
+  test('a failing update-module.d script fails update-module with its exit code and the later ones do not run, as NS8 (set -e)', async () => {
     await extractImageroot(IMAGE('1.1.0'));
     writeFileSync(path.join(installDir, 'update-module.d', '10broken'), '#!/bin/sh\necho "set-progress 50" >&${AGENT_COMFD:-2}\nexit 3\n', { mode: 0o755 });
     const r = await run('update-module', { module_url: IMAGE('1.0.0'), force: false });
-    expect(r).toMatchObject({ exitCode: 0, status: 'completed' });
-    expect(r.error).toContain('update-module.d/10broken failed with exit code 3 (the next scripts still run)');
-    expect(systemctlCalls()).toEqual(['--user try-restart kickweb.service']);
+    expect(r).toMatchObject({ exitCode: 3, status: 'aborted' });
+    expect(r.error).toContain('update-module.d/10broken failed with exit code 3; the later scripts do not run');
+    // 20migrate and 80restart_services came after it: not run.
+    expect(systemctlCalls()).toEqual([]);
   });
 });
