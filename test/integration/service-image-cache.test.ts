@@ -11,7 +11,7 @@ import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { serviceImageCacheDir } from '../../src/node-agent/host/podman.js';
 import { findImage, readImageStore } from '../../src/node-agent/host/image-store.js';
-import { RunnerServiceImageCache } from '../../src/node-agent/host/service-image-cache.js';
+import { REF_TTL_MS, RunnerServiceImageCache } from '../../src/node-agent/host/service-image-cache.js';
 import { userStorage } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
 import { keys } from '../../src/state/keys.js';
@@ -108,6 +108,50 @@ describe('the service-image cache on its own', () => {
     expect(existsSync(path.join(again!.dir, 'complete'))).toBe(true);
     expect(registryFetches(runner.all, url)).toBe(2);
   }, 120_000);
+
+  test('declines (so the user pulls for itself) on a node without skopeo, for a digest reference, and where users cannot reach the cache', async () => {
+    const real = new ExecaRunner();
+    const noSkopeo = { history: real.history, run: (argv: string[], o?: Parameters<ExecaRunner['run']>[1]) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
+    expect(await new RunnerServiceImageCache(noSkopeo, path.join(root, 'svc-cache-4'), () => ['--tls-verify=false']).ensure(url, 'test')).toBeUndefined();
+    const cache = new RunnerServiceImageCache(new RecordingRunner(), path.join(root, 'svc-cache-5'), () => ['--tls-verify=false']);
+    expect(await cache.ensure(`${url.replace(/:1\.0\.0$/, '')}@sha256:${'0'.repeat(64)}`, 'test')).toBeUndefined();
+    const closed = path.join(root, 'closed');
+    await fs.mkdir(closed, { mode: 0o700 });
+    const logged: string[] = [];
+    const unreachable = new RunnerServiceImageCache(new RecordingRunner(), path.join(closed, 'svc-cache'), () => ['--tls-verify=false'], (l) => logged.push(l));
+    expect(await unreachable.ensure(url, 'test')).toBeUndefined();
+    expect(logged.join('\n')).toContain(`${closed} is not searchable by other users`);
+    expect(existsSync(path.join(closed, 'svc-cache'))).toBe(false);
+  }, 120_000);
+
+  test('a tag moved in the registry reaches new imports once its ref is older than the ref lifetime', async () => {
+    const moving = `${registry.address}/ns8ctl-test/moving:1`;
+    const push = async (text: string): Promise<void> => {
+      const ctx = path.join(root, `ctx-${text}`);
+      await fs.mkdir(ctx, { recursive: true });
+      await fs.writeFile(path.join(ctx, 'v'), text);
+      await fs.writeFile(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY v /v\n');
+      await host.run(['podman', 'build', '-q', '-t', moving, ctx], { timeoutMs: 120_000 });
+      await host.run(['podman', 'push', '-q', '--tls-verify=false', moving], { timeoutMs: 120_000 });
+      await host.run(['podman', 'rmi', moving]);
+    };
+    await push('one');
+    const dir = path.join(root, 'svc-cache-6');
+    const cache = new RunnerServiceImageCache(new RecordingRunner(), dir, () => ['--tls-verify=false']);
+    const first = await cache.ensure(moving, 'test');
+    await push('two');
+    // Within the lifetime the node keeps the digest it fetched (as a user's storage keeps a pulled tag).
+    expect((await cache.ensure(moving, 'test'))?.digest).toBe(first!.digest);
+    const refs = path.join(dir, 'refs');
+    for (const f of await fs.readdir(refs)) {
+      const ref = JSON.parse(await fs.readFile(path.join(refs, f), 'utf8')) as { at: number };
+      await fs.writeFile(path.join(refs, f), JSON.stringify({ ...ref, at: Date.now() - REF_TTL_MS - 1000 }));
+    }
+    const second = await cache.ensure(moving, 'test');
+    const remote = JSON.parse((await host.run(['skopeo', 'inspect', '--tls-verify=false', `docker://${moving}`])).stdout) as { Digest: string };
+    expect(second?.digest).toBe(remote.Digest);
+    expect(second?.digest).not.toBe(first!.digest);
+  }, 180_000);
 
   test('evicts entries no kept URL was fetched as, and keeps the others', async () => {
     const dir = path.join(root, 'svc-cache-3');
