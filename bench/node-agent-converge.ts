@@ -136,6 +136,9 @@ async function main(): Promise<void> {
     let sequentialMs = 0;
     // The module image goes into the node cache once per run (skopeo copy), whatever the instances.
     let fetches = 0;
+    // Service images: once per run into the node's service-image cache, then imported per user.
+    let serviceFetches = 0;
+    let userPulls = 0;
     for (const concurrency of [CONCURRENCY, 1]) {
       const runner = new CountingRunner();
       const { deps, opts } = make(concurrency, runner);
@@ -151,7 +154,10 @@ async function main(): Promise<void> {
         }
       } else {
         parallelMs = r.ms;
-        fetches = runner.records.filter((c) => c.argv[0] === 'skopeo' && c.argv[1] === 'copy').length;
+        const copies = runner.records.filter((c) => c.argv[0] === 'skopeo' && c.argv[1] === 'copy');
+        fetches = copies.filter((c) => !/service-image cache/.test(c.purpose ?? '')).length;
+        serviceFetches = copies.length - fetches;
+        userPulls = runner.records.filter((c) => c.argv[0] === 'runuser' && c.argv.includes('podman') && c.argv.includes('pull')).length;
       }
       await deleteModules(redis, ids);
       const rm = await timed(() => reconcileNodeOnce(opts, deps));
@@ -161,6 +167,7 @@ async function main(): Promise<void> {
     out.push(table(rows));
     out.push(`bounded concurrency (${CONCURRENCY}) vs sequential: ${(sequentialMs / parallelMs).toFixed(2)}x faster (${sequentialMs.toFixed(0)} ms -> ${parallelMs.toFixed(0)} ms)`);
     out.push(`module image fetched into the node cache ${fetches} time(s) for ${CONVERGE} instances (concurrency ${CONCURRENCY})`);
+    out.push(`service image fetched into the node's service-image cache ${serviceFetches} time(s), pulled by instance users ${userPulls} time(s), for ${CONVERGE} instances (concurrency ${CONCURRENCY})`);
     const total = [...shares.values()].reduce((a, b) => a + b, 0);
     out.push('share of command time per step (sequential run):');
     out.push(table([['step', 'ms', 'share'], ...[...shares.entries()].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v.toFixed(0), `${((100 * v) / total).toFixed(1)}%`])]));
@@ -223,6 +230,7 @@ async function main(): Promise<void> {
         { what: `converge ${CONVERGE} instances, sequential`, value: sequentialMs / 1000, unit: 's' },
         { what: 'concurrent speed-up over sequential', value: sequentialMs / parallelMs, unit: 'x', aim: 3, higherIsBetter: true },
         { what: `module image fetches for ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: fetches, unit: 'fetches', aim: 1 },
+        { what: `service image registry fetches for ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: serviceFetches + userPulls, unit: 'fetches', aim: 1 },
         { what: `no-op reconcile of ${NOOP}`, value: noop.ms, unit: 'ms' },
         { what: `no-op reconcile of ${NOOP}: processes`, value: spawned, unit: 'processes', aim: 0 },
         { what: `no-op reconcile of ${NOOP}: Redis round trips`, value: trips, unit: 'round trips' },

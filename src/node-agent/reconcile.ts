@@ -85,7 +85,10 @@ async function reconcilePass(opts: NodeAgentOptions, deps: NodeAgentDeps, contro
   });
   await keepBackupTimers(deps, node, desired, systemdMissing);
   // Only a pass that changed something can have released an image: a no-op pass reads nothing more.
-  if (instances.some((i) => i.applied.length > 0)) await evictImages(deps);
+  if (instances.some((i) => i.applied.length > 0)) {
+    await evictImages(deps);
+    await evictServiceImages(deps);
+  }
   return { node, instances, ...(systemdMissing ? { systemdMissing } : {}) };
 }
 
@@ -120,6 +123,25 @@ async function evictImages(deps: NodeAgentDeps): Promise<void> {
     if (removed.length) deps.log(`node-agent: removed ${removed.length} module image(s) no instance uses from the node cache`);
   } catch (err) {
     deps.log(`node-agent: evicting unused module images from the node cache failed: ${toNs8ctlError(err).message}`);
+  }
+}
+
+/**
+ * Bounded disk: service images in the node's service-image cache that no instance's module image
+ * names any more (`org.nethserver.images`) are removed once the pass is over; each user keeps its
+ * imported copy. A failure is logged; the next pass tries again.
+ */
+async function evictServiceImages(deps: NodeAgentDeps): Promise<void> {
+  if (!deps.podman.serviceCache) return;
+  try {
+    const keep = new Set<string>();
+    for (const r of (await deps.records.list()).values()) {
+      for (const u of (r.image?.labels['org.nethserver.images'] ?? '').split(/\s+/)) if (u) keep.add(u);
+    }
+    const removed = await deps.podman.serviceCache.evict(keep);
+    if (removed.length) deps.log(`node-agent: removed ${removed.length} service image(s) no instance uses from the node cache`);
+  } catch (err) {
+    deps.log(`node-agent: evicting unused service images from the node cache failed: ${toNs8ctlError(err).message}`);
   }
 }
 

@@ -11,6 +11,7 @@ import { Ns8ctlError, CommandFailedError } from '../../errors.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { ImageFacts } from '../types.js';
 import { RunnerImageCache, type ImageCache } from './image-cache.js';
+import { RunnerServiceImageCache, type ServiceImageCache } from './service-image-cache.js';
 import { findImage, imageRepository, normalizeImageRef, readImageStore, type LocalImage } from './image-store.js';
 import { asOwner, ownerPrefix, shq, type Owner } from './owner.js';
 import type { HostLayout } from '../layout.js';
@@ -20,6 +21,11 @@ import { userStorage } from '../layout.js';
 export interface PodmanHost {
   /** The node's module-image cache (fetched once per digest as root, copied per instance). */
   readonly cache: ImageCache;
+  /**
+   * The node's service-image cache (fetched once per digest as root, imported by each rootless
+   * instance user); absent: every user pulls from the registry.
+   */
+  readonly serviceCache?: ServiceImageCache;
   /** Images in the owner's store (read from storage metadata; podman only as a fallback). */
   listImages(owner: Owner): Promise<LocalImage[]>;
   /** `podman pull` as the owner. Throws with code registry_unreachable / image_not_found / command_failed. */
@@ -50,6 +56,8 @@ export interface ExtractPart {
 export interface PodmanHostOptions {
   /** Registry hosts (`host:port`) reached over plain HTTP / without TLS verification. */
   insecureRegistries?: string[];
+  /** Where a line about the node (a cache it cannot use) goes; stderr by default. */
+  log?: (line: string) => void;
 }
 
 function registryHost(url: string): string {
@@ -61,9 +69,18 @@ export function imageCacheDir(layout: Pick<HostLayout, 'agentStateDir'>): string
   return path.join(layout.agentStateDir, 'image-cache');
 }
 
+/**
+ * Where the node's service-image cache lives: `<parent of agentStateDir>/ns8ctl-service-images`,
+ * beside the agent's root-only state dir, since instance users must reach its entries.
+ */
+export function serviceImageCacheDir(layout: Pick<HostLayout, 'agentStateDir'>): string {
+  return path.join(path.dirname(path.resolve(layout.agentStateDir)), 'ns8ctl-service-images');
+}
+
 /** Production PodmanHost over the CommandRunner. */
 export class RunnerPodmanHost implements PodmanHost {
   readonly cache: ImageCache;
+  readonly serviceCache: ServiceImageCache;
 
   constructor(
     private readonly runner: CommandRunner,
@@ -71,6 +88,7 @@ export class RunnerPodmanHost implements PodmanHost {
     private readonly opts: PodmanHostOptions = {},
   ) {
     this.cache = new RunnerImageCache(runner, imageCacheDir(layout), (url) => this.tls(url));
+    this.serviceCache = new RunnerServiceImageCache(runner, serviceImageCacheDir(layout), (url) => this.tls(url), opts.log ?? ((line) => process.stderr.write(`${line}\n`)));
   }
 
   private tls(url: string): string[] {

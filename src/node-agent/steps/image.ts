@@ -11,7 +11,9 @@ import { paths, requireOwner, mkdirOwned, purposeOf, type StepContext, type Step
 
 /**
  * Images: the module image fetched once per node and digest into the node cache (image-cache.ts)
- * and its imageroot/ and ui/ copied from there; service images pulled by the instance's owner;
+ * and its imageroot/ and ui/ copied from there; service images fetched once per node into the
+ * service-image cache (service-image-cache.ts) and imported by each rootless instance's user
+ * (pulled by root for rootfull instances, or by the user when the cache cannot serve them);
  * removals.
  */
 export const imageSteps: StepHandlers<'pull-image' | 'pull-service-image' | 'extract-image' | 'remove-old-images' | 'remove-images' | 'remove-ui'> = {
@@ -33,7 +35,11 @@ export const imageSteps: StepHandlers<'pull-image' | 'pull-service-image' | 'ext
     const { deps } = ctx;
     const purpose = purposeOf(step);
     const { owner } = await requireOwner(ctx, 'pulling a service image');
-    await deps.podman.pull(owner, step.url, purpose);
+    // Rootless: fetched once per node into the service-image cache, then imported by the user.
+    const cache = deps.podman.serviceCache;
+    const cached = cache && owner.kind === 'user' ? await cache.ensure(step.url, purpose) : undefined;
+    if (cache && cached && owner.kind === 'user') await cache.importInto(cached, owner, purpose);
+    else await deps.podman.pull(owner, step.url, purpose);
   },
   'extract-image': async (step, ctx) => {
     await extractImage(step, ctx);
