@@ -165,7 +165,7 @@ test('an update with backupFirst whose migration changes the data and fails is r
   expect(before).toContain('configured: Team notes');
   await writeManifest(ID, podapp('  restoreFrom:\n    destination: rest1\n  updatePolicy:\n    backupFirst: true\n', '1.2.0'));
   const rolledBack = await eventually('the update is rolled back', async () => {
-    const events = JSON.parse((await inNode(['ns8ctl', 'events', '-o', 'json'])).out || '[]') as { name: string; object: string; message: string }[];
+    const events = (JSON.parse((await inNode(['ns8ctl', 'events', '-o', 'json'])).out || '{"items":[]}') as { items: { name: string; object: string; message: string }[] }).items;
     return events.find((e) => e.name === 'module-update-rolled-back' && e.object === `Module/${ID}`);
   }, { timeoutMs: 900_000, everyMs: 3000, explain: journal });
   expect(rolledBack.message).toMatch(/failed at step run-lifecycle/);
