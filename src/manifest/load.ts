@@ -87,6 +87,8 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
   const queue: { d: string; depth: number }[] = [{ d: dir, depth: 0 }];
   while (queue.length > 0 && !budget.stopped) {
     const { d, depth } = queue.shift()!;
+    // The real path of this directory, once: a file's is that and its name (no path.relative per file).
+    const realDir = join(realRoot, relative(dir, d));
     let handle;
     try {
       handle = await opendir(d);
@@ -141,7 +143,7 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
           diagnostics.push(diag(p, `cannot read file: it is ${entry.isFIFO() ? 'a FIFO (named pipe)' : entry.isSocket() ? 'a socket' : 'a device'}; only regular files are read`));
           continue;
         }
-        out.push({ file: p, real: join(realRoot, relative(dir, p)) });
+        out.push({ file: p, real: join(realDir, name) });
       } else continue;
       if (++budget.files > limits.maxFiles) {
         diagnostics.push(diag(dir, `more than ${limits.maxFiles} manifest files; none past the limit is read (limit maxFiles)`));
@@ -166,7 +168,9 @@ function chunkStarts(text: string): number[] {
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i] ?? '';
-    if (/^---(\s|$)/.test(line)) {
+    // Only lines starting with `-` or `.` can be markers: most lines skip both regex tests.
+    const first = line.charCodeAt(0);
+    if (first === 0x2d && /^---(\s|$)/.test(line)) {
       inChunkWithContent = false;
       if (/^---\s+\S/.test(line) && !/^---\s+#/.test(line)) {
         starts.push(i + 1);
@@ -174,7 +178,7 @@ function chunkStarts(text: string): number[] {
       }
       continue;
     }
-    if (/^\.\.\.(\s|$)/.test(line)) {
+    if (first === 0x2e && /^\.\.\.(\s|$)/.test(line)) {
       inChunkWithContent = false;
       continue;
     }
@@ -275,39 +279,43 @@ function limitsOf(given: Partial<InputLimits> | undefined): InputLimits {
  */
 export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAULT_LIMITS): { pointer: string; message: string }[] {
   const problems: { pointer: string; message: string }[] = [];
-  const stack: { v: unknown; depth: number; ptr: string }[] = [{ v: value, depth: 0, ptr: '' }];
+  // Each value's pointer is made only when a problem names it: for a valid document (nearly all
+  // of them) no pointer text is built per value, and no [key, value] pair per member.
+  const stack: Visit[] = [{ v: value, depth: 0, parent: undefined, key: '' }];
   let nodes = 0;
   let chars = 0;
-  const esc = (k: string): string => k.replace(/~/g, '~0').replace(/\//g, '~1');
   while (stack.length > 0 && problems.length < 5) {
-    const { v, depth, ptr } = stack.pop()!;
+    const visit = stack.pop()!;
+    const { v, depth } = visit;
     if (++nodes > limits.maxNodes) {
-      problems.push({ pointer: ptr, message: `document has more than ${limits.maxNodes} values (aliases counted at each use); not read (limit maxNodes)` });
+      problems.push({ pointer: pointerOf(visit), message: `document has more than ${limits.maxNodes} values (aliases counted at each use); not read (limit maxNodes)` });
       break;
     }
     if (typeof v === 'string') {
       chars += v.length;
-      if (v.length > limits.maxValueChars) problems.push({ pointer: ptr, message: `value is ${v.length} characters long; at most ${limits.maxValueChars} per value (limit maxValueChars); not shown` });
+      if (v.length > limits.maxValueChars) problems.push({ pointer: pointerOf(visit), message: `value is ${v.length} characters long; at most ${limits.maxValueChars} per value (limit maxValueChars); not shown` });
     } else if (typeof v === 'number') {
       if (Number.isInteger(v) && !Number.isSafeInteger(v)) {
-        problems.push({ pointer: ptr, message: `integer is beyond 2^53 - 1 (9007199254740991) and cannot be stored exactly; integers must be between -9007199254740991 and 9007199254740991 (quote the value if it is text)` });
+        problems.push({ pointer: pointerOf(visit), message: `integer is beyond 2^53 - 1 (9007199254740991) and cannot be stored exactly; integers must be between -9007199254740991 and 9007199254740991 (quote the value if it is text)` });
       }
     } else if (v !== null && typeof v === 'object') {
       if (depth >= limits.maxDepth) {
-        problems.push({ pointer: ptr, message: `nesting is deeper than ${limits.maxDepth} levels (limit maxDepth)` });
+        problems.push({ pointer: pointerOf(visit), message: `nesting is deeper than ${limits.maxDepth} levels (limit maxDepth)` });
         continue;
       }
-      const entries: [string, unknown][] = Array.isArray(v) ? v.map((x, i) => [String(i), x]) : Object.entries(v);
-      for (let i = entries.length - 1; i >= 0; i--) {
-        const [k, x] = entries[i]!;
-        if (!Array.isArray(v)) {
+      if (Array.isArray(v)) {
+        for (let i = v.length - 1; i >= 0; i--) stack.push({ v: v[i], depth: depth + 1, parent: visit, key: String(i) });
+      } else {
+        const keys = Object.keys(v);
+        for (let i = keys.length - 1; i >= 0; i--) {
+          const k = keys[i]!;
           chars += k.length;
           if (k.length > limits.maxKeyChars) {
-            problems.push({ pointer: ptr, message: `a key is ${k.length} characters long; at most ${limits.maxKeyChars} per key (limit maxKeyChars)` });
+            problems.push({ pointer: pointerOf(visit), message: `a key is ${k.length} characters long; at most ${limits.maxKeyChars} per key (limit maxKeyChars)` });
             continue;
           }
+          stack.push({ v: (v as Record<string, unknown>)[k], depth: depth + 1, parent: visit, key: k });
         }
-        stack.push({ v: x, depth: depth + 1, ptr: `${ptr}/${esc(k)}` });
       }
     }
     if (chars > limits.maxDocumentChars) {
@@ -316,6 +324,21 @@ export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAUL
     }
   }
   return problems;
+}
+
+/** A value checkDocumentLimits has yet to look at: its parent and key make its JSON pointer. */
+interface Visit {
+  v: unknown;
+  depth: number;
+  parent: Visit | undefined;
+  key: string;
+}
+
+/** The JSON pointer of a visited value (RFC 6901: `~` as `~0`, `/` as `~1`). */
+function pointerOf(visit: Visit): string {
+  const parts: string[] = [];
+  for (let x: Visit | undefined = visit; x?.parent; x = x.parent) parts.push(x.key.replace(/~/g, '~0').replace(/\//g, '~1'));
+  return parts.length ? '/' + parts.reverse().join('/') : '';
 }
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { canonicalJson, canonicalize, compareNatural, jsonEqual } from '../../src/runtime/canonical.js';
+import { canonicalJson, canonicalize, compareNatural, jsonEqual, sortNatural } from '../../src/runtime/canonical.js';
 import { plan } from '../../src/plan/planner.js';
 import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 
@@ -8,6 +8,15 @@ describe('canonical JSON', () => {
   it('serialises exactly as JSON.stringify of the canonical copy, for any JSON value', () => {
     fc.assert(fc.property(fc.jsonValue(), (v) => expect(canonicalJson(v)).toBe(JSON.stringify(canonicalize(v)))), { numRuns: 500 });
     expect(canonicalJson({ b: 1, 10: 1, 2: 1, '': 1, '01': 1 })).toBe(JSON.stringify(canonicalize({ b: 1, 10: 1, 2: 1, '': 1, '01': 1 })));
+  });
+
+  it('puts array-index keys first whatever sorts before the digits (objects without such keys take a shortcut)', () => {
+    const tricky = { '-x': 1, ' ': 2, '0': 3, '10': 4, '2': 5, '01': 6, '4294967295': 7, a: [{ '!': 1, '9': 2 }] };
+    expect(canonicalJson(tricky)).toBe(JSON.stringify(canonicalize(tricky)));
+    expect(canonicalJson(tricky)).toBe('{"0":3,"2":5,"10":4," ":2,"-x":1,"01":6,"4294967295":7,"a":[{"9":2,"!":1}]}');
+    const keyChar = fc.constantFrom('0', '1', '9', '-', ' ', '!', '.', 'a', '~');
+    const key = fc.array(keyChar, { minLength: 0, maxLength: 3 }).map((cs) => cs.join(''));
+    fc.assert(fc.property(fc.dictionary(key, fc.jsonValue({ maxDepth: 2 })), (v) => expect(canonicalJson(v)).toBe(JSON.stringify(canonicalize(v)))), { numRuns: 300 });
   });
 
   it('ignores key order and undefined members', () => {
@@ -18,6 +27,12 @@ describe('canonical JSON', () => {
 });
 
 describe('compareNatural', () => {
+  it('sortNatural orders like a sort by compareNatural', () => {
+    const id = fc.array(fc.constantFrom('a', 'b', '0', '1', '2', '9', '-'), { maxLength: 6 }).map((cs) => cs.join(''));
+    fc.assert(fc.property(fc.array(id, { maxLength: 30 }), (ids) => expect(sortNatural(ids, (x) => x)).toEqual([...ids].sort(compareNatural))), { numRuns: 300 });
+    expect(sortNatural([{ n: 'webapp10' }, { n: 'webapp2' }], (o) => o.n)).toEqual([{ n: 'webapp2' }, { n: 'webapp10' }]);
+  });
+
   it('orders numbers inside ids by value', () => {
     expect(['webapp10', 'webapp2', 'dokuwiki1', 'webapp1', 'web10app', 'web9app'].sort(compareNatural)).toEqual([
       'dokuwiki1',

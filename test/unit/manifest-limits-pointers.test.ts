@@ -1,0 +1,86 @@
+/**
+ * checkDocumentLimits makes the JSON pointer of a value only when a problem names it: the
+ * problems, their order and their pointers are those of a walk that builds every pointer.
+ */
+import { describe, expect, it } from '@jest/globals';
+import fc from 'fast-check';
+import { checkDocumentLimits } from '../../src/manifest/load.js';
+import { DEFAULT_LIMITS, type InputLimits } from '../../src/manifest/limits.js';
+
+/** The walk with a pointer per value, as a reference. */
+function reference(value: unknown, limits: InputLimits): { pointer: string; message: string }[] {
+  const problems: { pointer: string; message: string }[] = [];
+  const stack: { v: unknown; depth: number; ptr: string }[] = [{ v: value, depth: 0, ptr: '' }];
+  let nodes = 0;
+  let chars = 0;
+  const esc = (k: string): string => k.replace(/~/g, '~0').replace(/\//g, '~1');
+  while (stack.length > 0 && problems.length < 5) {
+    const { v, depth, ptr } = stack.pop()!;
+    if (++nodes > limits.maxNodes) {
+      problems.push({ pointer: ptr, message: 'nodes' });
+      break;
+    }
+    if (typeof v === 'string') {
+      chars += v.length;
+      if (v.length > limits.maxValueChars) problems.push({ pointer: ptr, message: 'value' });
+    } else if (typeof v === 'number') {
+      if (Number.isInteger(v) && !Number.isSafeInteger(v)) problems.push({ pointer: ptr, message: 'integer' });
+    } else if (v !== null && typeof v === 'object') {
+      if (depth >= limits.maxDepth) {
+        problems.push({ pointer: ptr, message: 'depth' });
+        continue;
+      }
+      const entries: [string, unknown][] = Array.isArray(v) ? v.map((x, i) => [String(i), x]) : Object.entries(v);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [k, x] = entries[i]!;
+        if (!Array.isArray(v)) {
+          chars += k.length;
+          if (k.length > limits.maxKeyChars) {
+            problems.push({ pointer: ptr, message: 'key' });
+            continue;
+          }
+        }
+        stack.push({ v: x, depth: depth + 1, ptr: `${ptr}/${esc(k)}` });
+      }
+    }
+    if (chars > limits.maxDocumentChars) {
+      problems.push({ pointer: '', message: 'document' });
+      break;
+    }
+  }
+  return problems;
+}
+
+/** The message's kind, as the reference names it. */
+function kindOf(message: string): string {
+  if (message.includes('maxNodes')) return 'nodes';
+  if (message.includes('maxValueChars')) return 'value';
+  if (message.includes('2^53')) return 'integer';
+  if (message.includes('maxDepth')) return 'depth';
+  if (message.includes('maxKeyChars')) return 'key';
+  return 'document';
+}
+
+describe('document limits: pointers made only for problems', () => {
+  it('names the value at fault with an escaped pointer', () => {
+    const limits = { ...DEFAULT_LIMITS, maxValueChars: 3 };
+    const problems = checkDocumentLimits({ spec: { 'a/b~c': ['ok', 'too long'] } }, limits);
+    expect(problems.map((p) => p.pointer)).toEqual(['/spec/a~1b~0c/1']);
+  });
+
+  it('finds the same problems, in the same order, at the same pointers as a walk that builds every pointer', () => {
+    const limits: InputLimits = { ...DEFAULT_LIMITS, maxNodes: 40, maxDepth: 3, maxValueChars: 4, maxKeyChars: 3, maxDocumentChars: 60 };
+    const key = fc.constantFrom('a', 'b/c', '~', 'long-key', 'x', '0');
+    const leaf = fc.oneof(fc.constantFrom('ok', 'too long', 2 ** 53 + 2, 1, null, true));
+    const doc = fc.letrec((tie) => ({
+      node: fc.oneof({ depthSize: 'small' }, leaf, fc.array(tie('node'), { maxLength: 4 }), fc.dictionary(key, tie('node'), { maxKeys: 4 })),
+    })).node;
+    fc.assert(
+      fc.property(doc, (v) => {
+        const got = checkDocumentLimits(v, limits).map((p) => ({ pointer: p.pointer, message: kindOf(p.message) }));
+        expect(got).toEqual(reference(v, limits));
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
