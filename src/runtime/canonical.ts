@@ -80,31 +80,46 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
   return canonicalJson(a) === canonicalJson(b);
 }
 
-/** A string split for natural comparison: digit runs become numbers. */
-export type NaturalTokens = { text: string; parts: (string | bigint)[]; lengths: number[] };
+/** A string split for natural comparison: digit runs become numbers (BigInt past 15 digits). */
+export type NaturalTokens = { text: string; parts: (string | number | bigint)[]; lengths: number[] };
 
-/** Splits `s` once so that many comparisons (a sort) need no more regex work. */
+const isDigit = (c: number): boolean => c >= 0x30 && c <= 0x39;
+
+/** Splits `s` once (digit runs and the text between), so that many comparisons (a sort) split nothing. */
 export function naturalTokens(s: string): NaturalTokens {
-  const runs = s.match(/\d+|\D+/g) ?? [];
-  return { text: s, parts: runs.map((r) => (/^\d/.test(r) ? BigInt(r) : r)), lengths: runs.map((r) => r.length) };
+  const parts: (string | number | bigint)[] = [];
+  const lengths: number[] = [];
+  for (let i = 0; i < s.length; ) {
+    const start = i;
+    const digits = isDigit(s.charCodeAt(i));
+    while (i < s.length && isDigit(s.charCodeAt(i)) === digits) i++;
+    const run = s.slice(start, i);
+    // Up to 15 digits a number holds exactly; longer runs compare as BigInt (`<` is exact across both).
+    parts.push(digits ? (run.length <= 15 ? Number(run) : BigInt(run)) : run);
+    lengths.push(run.length);
+  }
+  return { text: s, parts, lengths };
 }
 
 /** `compareNatural` on pre-split strings. */
 export function compareTokens(a: NaturalTokens, b: NaturalTokens): number {
   const n = Math.min(a.parts.length, b.parts.length);
   for (let i = 0; i < n; i++) {
-    const x = a.parts[i] as string | bigint;
-    const y = b.parts[i] as string | bigint;
-    if (typeof x === 'bigint' && typeof y === 'bigint') {
-      if (x !== y) return x < y ? -1 : 1;
+    const x = a.parts[i]!;
+    const y = b.parts[i]!;
+    const xText = typeof x === 'string';
+    const yText = typeof y === 'string';
+    if (!xText && !yText) {
+      if (x < y) return -1;
+      if (x > y) return 1;
       const lx = a.lengths[i] as number;
       const ly = b.lengths[i] as number;
       if (lx !== ly) return lx < ly ? -1 : 1; // `01` after `1`: total order on distinct strings
       continue;
     }
     if (x === y) continue;
-    if (typeof x === 'bigint') return -1; // digits sort before other text, as in code-unit order
-    if (typeof y === 'bigint') return 1;
+    if (!xText) return -1; // digits sort before other text, as in code-unit order
+    if (!yText) return 1;
     return x < y ? -1 : 1;
   }
   if (a.parts.length !== b.parts.length) return a.parts.length < b.parts.length ? -1 : 1;

@@ -26,7 +26,40 @@ describe('canonical JSON', () => {
   });
 });
 
+/** compareNatural as first written (regex split, every digit run a BigInt): the reference order. */
+function referenceNatural(a: string, b: string): number {
+  const split = (s: string): (string | bigint)[] => (s.match(/\d+|\D+/g) ?? []).map((r) => (/^\d/.test(r) ? BigInt(r) : r));
+  const pa = split(a);
+  const pb = split(b);
+  const la = (a.match(/\d+|\D+/g) ?? []).map((r) => r.length);
+  const lb = (b.match(/\d+|\D+/g) ?? []).map((r) => r.length);
+  for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
+    const x = pa[i]!;
+    const y = pb[i]!;
+    if (typeof x === 'bigint' && typeof y === 'bigint') {
+      if (x !== y) return x < y ? -1 : 1;
+      if (la[i] !== lb[i]) return la[i]! < lb[i]! ? -1 : 1;
+      continue;
+    }
+    if (x === y) continue;
+    if (typeof x === 'bigint') return -1;
+    if (typeof y === 'bigint') return 1;
+    return x < y ? -1 : 1;
+  }
+  if (pa.length !== pb.length) return pa.length < pb.length ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 describe('compareNatural', () => {
+  it('orders as the BigInt-per-run reference, short and long digit runs alike', () => {
+    const run = fc.oneof(fc.constantFrom('a', 'b', '-', 'x1'), fc.stringMatching(/^[0-9]{1,20}$/));
+    const id = fc.array(run, { maxLength: 4 }).map((rs) => rs.join(''));
+    fc.assert(fc.property(id, id, (a, b) => expect(Math.sign(compareNatural(a, b))).toBe(referenceNatural(a, b))), { numRuns: 2000 });
+    expect(compareNatural('a9007199254740993', 'a9007199254740992')).toBe(1);
+    expect(compareNatural('a1234567890123456', 'a999999999999999')).toBe(1);
+    expect(compareNatural('a01', 'a1')).toBe(1);
+  });
+
   it('sortNatural orders like a sort by compareNatural', () => {
     const id = fc.array(fc.constantFrom('a', 'b', '0', '1', '2', '9', '-'), { maxLength: 6 }).map((cs) => cs.join(''));
     fc.assert(fc.property(fc.array(id, { maxLength: 30 }), (ids) => expect(sortNatural(ids, (x) => x)).toEqual([...ids].sort(compareNatural))), { numRuns: 300 });
