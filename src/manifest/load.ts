@@ -87,8 +87,7 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
   const queue: { d: string; depth: number }[] = [{ d: dir, depth: 0 }];
   while (queue.length > 0 && !budget.stopped) {
     const { d, depth } = queue.shift()!;
-    // The real path of this directory, once: a file's is that and its name (no path.relative per file).
-    const realDir = join(realRoot, relative(dir, d));
+    const realDir = join(realRoot, relative(dir, d)); // once per directory, not per file
     let handle;
     try {
       handle = await opendir(d);
