@@ -2,8 +2,8 @@
  * Reading manifests: `-f` paths (files, directories, `-` for stdin) into parsed YAML documents
  * that keep their syntax tree and line counter, so later stages can point at line:col.
  */
-import { realpathSync } from 'node:fs';
-import { opendir, stat } from 'node:fs/promises';
+import { opendirSync, realpathSync, type Dir, type Dirent } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { extname, isAbsolute, join, relative } from 'node:path';
 import jsyaml from 'js-yaml';
 import type { Document, LineCounter } from 'yaml';
@@ -56,6 +56,19 @@ function isInside(root: string, real: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
 }
 
+/**
+ * A directory's entries, read synchronously as the caller asks for them (in batches, so a huge
+ * directory is never held whole, and no promise per entry); closed at the end or when the
+ * caller stops early.
+ */
+function* syncEntries(handle: Dir): Generator<Dirent> {
+  try {
+    for (let entry = handle.readSync(); entry !== null; entry = handle.readSync()) yield entry;
+  } finally {
+    handle.closeSync();
+  }
+}
+
 /** Counters shared by every path of one load, checked against the limits. */
 interface Budget {
   limits: InputLimits;
@@ -90,12 +103,12 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
     const realDir = join(realRoot, relative(dir, d)); // once per directory, not per file
     let handle;
     try {
-      handle = await opendir(d);
+      handle = opendirSync(d);
     } catch (err) {
       diagnostics.push(diag(d, `cannot read directory: ${describeFsError(err)}`));
       continue;
     }
-    for await (const entry of handle) {
+    for (const entry of syncEntries(handle)) {
       if (++budget.entries > limits.maxEntries) {
         diagnostics.push(diag(dir, `more than ${limits.maxEntries} directory entries under ${dir}; the walk stopped there (limit maxEntries)`));
         budget.stopped = true;
