@@ -402,6 +402,13 @@ export function parseManifestText(file: string, text: string, opts: { limits?: P
  * a hundred thousand `[` would otherwise cost seconds and a stack overflow.
  */
 export function flowNestingPast(text: string, max: number): number {
+  // Depth grows only at a `[` or `{`: a text with at most `max` of them (every manifest but a
+  // pathological one) cannot nest deeper, which native searches tell without the scan below.
+  let openers = 0;
+  for (const c of ['[', '{']) {
+    for (let i = text.indexOf(c); i >= 0 && openers <= max; i = text.indexOf(c, i + 1)) openers++;
+  }
+  if (openers <= max) return -1;
   let depth = 0;
   let quote = '';
   let prev = '\n';

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { checkDocumentLimits } from '../../src/manifest/load.js';
+import { checkDocumentLimits, flowNestingPast } from '../../src/manifest/load.js';
 import { DEFAULT_LIMITS, type InputLimits } from '../../src/manifest/limits.js';
 
 /** The walk with a pointer per value, as a reference. */
@@ -82,5 +82,16 @@ describe('document limits: pointers made only for problems', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('flow nesting bound: native count first, scan only past it', () => {
+  it('finds the first opener past the bound, and nothing in texts with few or only quoted openers', () => {
+    expect(flowNestingPast('a: [[[x]]]', 3)).toBe(-1);
+    expect(flowNestingPast('a: [[[[x]]]]', 3)).toBe(6);
+    expect(flowNestingPast('a: {b: [c, {d: 1}]}', 3)).toBe(-1);
+    // More openers than the bound, but in quotes and comments: the scan still runs and finds no depth.
+    expect(flowNestingPast('a: "[[[[[[" # {{{{{{\nb: [1]', 3)).toBe(-1);
+    expect(flowNestingPast('a: [1]\nb: [2]\nc: [3]\nd: [4]\ne: [[[[5]]]]', 3)).toBe(34);
   });
 });
