@@ -173,8 +173,24 @@ function isEmptyDocument(doc: Document.Parsed): boolean {
   return c === null || (yamlSyntax().isScalar(c) && c.value === null);
 }
 
+/** A line some line of a document marker (`---`, `...`) could be. */
+const MARKER_LIKE = /(^|\n)(---|\.\.\.)/;
+
+/** A line that gives its chunk content: not blank, not a comment, not a directive (`%YAML`). */
+const isContentLine = (line: string): boolean => line.trim() !== '' && !/^\s*#/.test(line) && !line.startsWith('%');
+
 /** Start line (1-based) of each `---`-separated chunk that has content, for the fast path. */
-function chunkStarts(text: string): number[] {
+export function chunkStarts(text: string): number[] {
+  // No line starts like a marker (the usual one-document file): the only start is the first
+  // content line, found without splitting the whole text into lines.
+  if (!MARKER_LIKE.test(text)) {
+    for (let start = 0, i = 1; ; i++) {
+      const end = text.indexOf('\n', start);
+      if (isContentLine(end < 0 ? text.slice(start) : text.slice(start, end))) return [i];
+      if (end < 0) return [];
+      start = end + 1;
+    }
+  }
   const starts: number[] = [];
   let inChunkWithContent = false;
   const lines = text.split('\n');
@@ -194,7 +210,7 @@ function chunkStarts(text: string): number[] {
       inChunkWithContent = false;
       continue;
     }
-    if (!inChunkWithContent && line.trim() !== '' && !/^\s*#/.test(line) && !line.startsWith('%')) {
+    if (!inChunkWithContent && isContentLine(line)) {
       starts.push(i + 1);
       inChunkWithContent = true;
     }

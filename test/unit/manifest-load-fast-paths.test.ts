@@ -1,10 +1,12 @@
 /**
- * checkDocumentLimits makes the JSON pointer of a value only when a problem names it: the
- * problems, their order and their pointers are those of a walk that builds every pointer.
+ * The manifest loader's shortcuts give what the plain way gives: checkDocumentLimits makes the
+ * JSON pointer of a value only when a problem names it (same problems, order and pointers as a
+ * walk that builds every pointer); the flow-nesting bound counts `[` and `{` natively first; the
+ * start lines of a text without document markers are found without splitting it into lines.
  */
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { checkDocumentLimits, flowNestingPast } from '../../src/manifest/load.js';
+import { checkDocumentLimits, chunkStarts, flowNestingPast } from '../../src/manifest/load.js';
 import { DEFAULT_LIMITS, type InputLimits } from '../../src/manifest/limits.js';
 
 /** The walk with a pointer per value, as a reference. */
@@ -93,5 +95,39 @@ describe('flow nesting bound: native count first, scan only past it', () => {
     // More openers than the bound, but in quotes and comments: the scan still runs and finds no depth.
     expect(flowNestingPast('a: "[[[[[[" # {{{{{{\nb: [1]', 3)).toBe(-1);
     expect(flowNestingPast('a: [1]\nb: [2]\nc: [3]\nd: [4]\ne: [[[[5]]]]', 3)).toBe(34);
+  });
+});
+
+/** chunkStarts splitting every text into lines, as a reference. */
+function referenceStarts(text: string): number[] {
+  const starts: number[] = [];
+  let inChunk = false;
+  text.split('\n').forEach((line, i) => {
+    if (/^---(\s|$)/.test(line)) {
+      inChunk = false;
+      if (/^---\s+\S/.test(line) && !/^---\s+#/.test(line)) {
+        starts.push(i + 1);
+        inChunk = true;
+      }
+      return;
+    }
+    if (/^\.\.\.(\s|$)/.test(line)) {
+      inChunk = false;
+      return;
+    }
+    if (!inChunk && line.trim() !== '' && !/^\s*#/.test(line) && !line.startsWith('%')) {
+      starts.push(i + 1);
+      inChunk = true;
+    }
+  });
+  return starts;
+}
+
+describe('document start lines: one-document texts without splitting', () => {
+  it('gives the start lines of the line-by-line reading, with and without markers', () => {
+    const line = fc.constantFrom('', '  ', '# c', '%YAML 1.2', 'a: 1', '  b: 2', '---', '--- x', '--- # c', '---x', '...', '....', '\r', 'k: ---');
+    fc.assert(fc.property(fc.array(line, { maxLength: 8 }), (lines) => expect(chunkStarts(lines.join('\n'))).toEqual(referenceStarts(lines.join('\n')))), { numRuns: 2000 });
+    expect(chunkStarts('# head\n\nkind: Module\n')).toEqual([3]);
+    expect(chunkStarts('# only a comment\n')).toEqual([]);
   });
 });
