@@ -2,8 +2,8 @@
  * Reading manifests: `-f` paths (files, directories, `-` for stdin) into parsed YAML documents
  * that keep their syntax tree and line counter, so later stages can point at line:col.
  */
-import { realpathSync } from 'node:fs';
-import { opendir, stat } from 'node:fs/promises';
+import { opendirSync, realpathSync, type Dir, type Dirent } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { extname, isAbsolute, join, relative } from 'node:path';
 import jsyaml from 'js-yaml';
 import type { Document, LineCounter } from 'yaml';
@@ -56,6 +56,19 @@ function isInside(root: string, real: string): boolean {
   return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel));
 }
 
+/**
+ * A directory's entries, read synchronously as the caller asks for them (in batches, so a huge
+ * directory is never held whole, and no promise per entry); closed at the end or when the
+ * caller stops early.
+ */
+function* syncEntries(handle: Dir): Generator<Dirent> {
+  try {
+    for (let entry = handle.readSync(); entry !== null; entry = handle.readSync()) yield entry;
+  } finally {
+    handle.closeSync();
+  }
+}
+
 /** Counters shared by every path of one load, checked against the limits. */
 interface Budget {
   limits: InputLimits;
@@ -87,14 +100,15 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
   const queue: { d: string; depth: number }[] = [{ d: dir, depth: 0 }];
   while (queue.length > 0 && !budget.stopped) {
     const { d, depth } = queue.shift()!;
+    const realDir = join(realRoot, relative(dir, d)); // once per directory, not per file
     let handle;
     try {
-      handle = await opendir(d);
+      handle = opendirSync(d);
     } catch (err) {
       diagnostics.push(diag(d, `cannot read directory: ${describeFsError(err)}`));
       continue;
     }
-    for await (const entry of handle) {
+    for (const entry of syncEntries(handle)) {
       if (++budget.entries > limits.maxEntries) {
         diagnostics.push(diag(dir, `more than ${limits.maxEntries} directory entries under ${dir}; the walk stopped there (limit maxEntries)`));
         budget.stopped = true;
@@ -141,7 +155,7 @@ async function listManifestFiles(dir: string, diagnostics: Diagnostic[], budget:
           diagnostics.push(diag(p, `cannot read file: it is ${entry.isFIFO() ? 'a FIFO (named pipe)' : entry.isSocket() ? 'a socket' : 'a device'}; only regular files are read`));
           continue;
         }
-        out.push({ file: p, real: join(realRoot, relative(dir, p)) });
+        out.push({ file: p, real: join(realDir, name) });
       } else continue;
       if (++budget.files > limits.maxFiles) {
         diagnostics.push(diag(dir, `more than ${limits.maxFiles} manifest files; none past the limit is read (limit maxFiles)`));
@@ -159,14 +173,32 @@ function isEmptyDocument(doc: Document.Parsed): boolean {
   return c === null || (yamlSyntax().isScalar(c) && c.value === null);
 }
 
+/** A line some line of a document marker (`---`, `...`) could be. */
+const MARKER_LIKE = /(^|\n)(---|\.\.\.)/;
+
+/** A line that gives its chunk content: not blank, not a comment, not a directive (`%YAML`). */
+const isContentLine = (line: string): boolean => line.trim() !== '' && !/^\s*#/.test(line) && !line.startsWith('%');
+
 /** Start line (1-based) of each `---`-separated chunk that has content, for the fast path. */
-function chunkStarts(text: string): number[] {
+export function chunkStarts(text: string): number[] {
+  // No line starts like a marker (the usual one-document file): the only start is the first
+  // content line, found without splitting the whole text into lines.
+  if (!MARKER_LIKE.test(text)) {
+    for (let start = 0, i = 1; ; i++) {
+      const end = text.indexOf('\n', start);
+      if (isContentLine(end < 0 ? text.slice(start) : text.slice(start, end))) return [i];
+      if (end < 0) return [];
+      start = end + 1;
+    }
+  }
   const starts: number[] = [];
   let inChunkWithContent = false;
   const lines = text.split('\n');
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i] ?? '';
-    if (/^---(\s|$)/.test(line)) {
+    // Only lines starting with `-` or `.` can be markers: most lines skip both regex tests.
+    const first = line.charCodeAt(0);
+    if (first === 0x2d && /^---(\s|$)/.test(line)) {
       inChunkWithContent = false;
       if (/^---\s+\S/.test(line) && !/^---\s+#/.test(line)) {
         starts.push(i + 1);
@@ -174,11 +206,11 @@ function chunkStarts(text: string): number[] {
       }
       continue;
     }
-    if (/^\.\.\.(\s|$)/.test(line)) {
+    if (first === 0x2e && /^\.\.\.(\s|$)/.test(line)) {
       inChunkWithContent = false;
       continue;
     }
-    if (!inChunkWithContent && line.trim() !== '' && !/^\s*#/.test(line) && !line.startsWith('%')) {
+    if (!inChunkWithContent && isContentLine(line)) {
       starts.push(i + 1);
       inChunkWithContent = true;
     }
@@ -275,39 +307,43 @@ function limitsOf(given: Partial<InputLimits> | undefined): InputLimits {
  */
 export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAULT_LIMITS): { pointer: string; message: string }[] {
   const problems: { pointer: string; message: string }[] = [];
-  const stack: { v: unknown; depth: number; ptr: string }[] = [{ v: value, depth: 0, ptr: '' }];
+  // Each value's pointer is made only when a problem names it: for a valid document (nearly all
+  // of them) no pointer text is built per value, and no [key, value] pair per member.
+  const stack: Visit[] = [{ v: value, depth: 0, parent: undefined, key: '' }];
   let nodes = 0;
   let chars = 0;
-  const esc = (k: string): string => k.replace(/~/g, '~0').replace(/\//g, '~1');
   while (stack.length > 0 && problems.length < 5) {
-    const { v, depth, ptr } = stack.pop()!;
+    const visit = stack.pop()!;
+    const { v, depth } = visit;
     if (++nodes > limits.maxNodes) {
-      problems.push({ pointer: ptr, message: `document has more than ${limits.maxNodes} values (aliases counted at each use); not read (limit maxNodes)` });
+      problems.push({ pointer: pointerOf(visit), message: `document has more than ${limits.maxNodes} values (aliases counted at each use); not read (limit maxNodes)` });
       break;
     }
     if (typeof v === 'string') {
       chars += v.length;
-      if (v.length > limits.maxValueChars) problems.push({ pointer: ptr, message: `value is ${v.length} characters long; at most ${limits.maxValueChars} per value (limit maxValueChars); not shown` });
+      if (v.length > limits.maxValueChars) problems.push({ pointer: pointerOf(visit), message: `value is ${v.length} characters long; at most ${limits.maxValueChars} per value (limit maxValueChars); not shown` });
     } else if (typeof v === 'number') {
       if (Number.isInteger(v) && !Number.isSafeInteger(v)) {
-        problems.push({ pointer: ptr, message: `integer is beyond 2^53 - 1 (9007199254740991) and cannot be stored exactly; integers must be between -9007199254740991 and 9007199254740991 (quote the value if it is text)` });
+        problems.push({ pointer: pointerOf(visit), message: `integer is beyond 2^53 - 1 (9007199254740991) and cannot be stored exactly; integers must be between -9007199254740991 and 9007199254740991 (quote the value if it is text)` });
       }
     } else if (v !== null && typeof v === 'object') {
       if (depth >= limits.maxDepth) {
-        problems.push({ pointer: ptr, message: `nesting is deeper than ${limits.maxDepth} levels (limit maxDepth)` });
+        problems.push({ pointer: pointerOf(visit), message: `nesting is deeper than ${limits.maxDepth} levels (limit maxDepth)` });
         continue;
       }
-      const entries: [string, unknown][] = Array.isArray(v) ? v.map((x, i) => [String(i), x]) : Object.entries(v);
-      for (let i = entries.length - 1; i >= 0; i--) {
-        const [k, x] = entries[i]!;
-        if (!Array.isArray(v)) {
+      if (Array.isArray(v)) {
+        for (let i = v.length - 1; i >= 0; i--) stack.push({ v: v[i], depth: depth + 1, parent: visit, key: String(i) });
+      } else {
+        const keys = Object.keys(v);
+        for (let i = keys.length - 1; i >= 0; i--) {
+          const k = keys[i]!;
           chars += k.length;
           if (k.length > limits.maxKeyChars) {
-            problems.push({ pointer: ptr, message: `a key is ${k.length} characters long; at most ${limits.maxKeyChars} per key (limit maxKeyChars)` });
+            problems.push({ pointer: pointerOf(visit), message: `a key is ${k.length} characters long; at most ${limits.maxKeyChars} per key (limit maxKeyChars)` });
             continue;
           }
+          stack.push({ v: (v as Record<string, unknown>)[k], depth: depth + 1, parent: visit, key: k });
         }
-        stack.push({ v: x, depth: depth + 1, ptr: `${ptr}/${esc(k)}` });
       }
     }
     if (chars > limits.maxDocumentChars) {
@@ -316,6 +352,21 @@ export function checkDocumentLimits(value: unknown, limits: InputLimits = DEFAUL
     }
   }
   return problems;
+}
+
+/** A value checkDocumentLimits has yet to look at: its parent and key make its JSON pointer. */
+interface Visit {
+  v: unknown;
+  depth: number;
+  parent: Visit | undefined;
+  key: string;
+}
+
+/** The JSON pointer of a visited value (RFC 6901: `~` as `~0`, `/` as `~1`). */
+function pointerOf(visit: Visit): string {
+  const parts: string[] = [];
+  for (let x: Visit | undefined = visit; x?.parent; x = x.parent) parts.push(x.key.replace(/~/g, '~0').replace(/\//g, '~1'));
+  return parts.length ? '/' + parts.reverse().join('/') : '';
 }
 
 /**
@@ -367,6 +418,13 @@ export function parseManifestText(file: string, text: string, opts: { limits?: P
  * a hundred thousand `[` would otherwise cost seconds and a stack overflow.
  */
 export function flowNestingPast(text: string, max: number): number {
+  // Depth grows only at a `[` or `{`: a text with at most `max` of them (every manifest but a
+  // pathological one) cannot nest deeper, which native searches tell without the scan below.
+  let openers = 0;
+  for (const c of ['[', '{']) {
+    for (let i = text.indexOf(c); i >= 0 && openers <= max; i = text.indexOf(c, i + 1)) openers++;
+  }
+  if (openers <= max) return -1;
   let depth = 0;
   let quote = '';
   let prev = '\n';

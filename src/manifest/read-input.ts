@@ -121,7 +121,8 @@ export function readBoundedFile(file: string, maxBytes: number = DEFAULT_LIMITS.
       total += n;
       if (total > maxBytes) return { ok: false, message: tooLarge('file', `more than ${maxBytes} bytes`, maxBytes), line: 0, col: 0 };
     }
-    return decodeUtf8(Buffer.concat(chunks, total));
+    // One read (the usual case): no copy into a new buffer.
+    return decodeUtf8(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, total));
   } catch (err) {
     return { ok: false, message: `cannot read file: ${describeFsError(err)}`, line: 0, col: 0 };
   } finally {

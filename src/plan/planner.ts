@@ -4,7 +4,8 @@
  * deep-equal plan, whatever the order of `desired` or of the state's maps. docs/plan.md explains
  * the rules.
  */
-import jsonpatch from 'fast-json-patch';
+import { createRequire } from 'node:module';
+import type { Operation } from 'fast-json-patch';
 import { Ns8ctlError, RefusedError } from '../errors.js';
 import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
@@ -22,6 +23,17 @@ export interface PlanOptions {
   applySet: string;
   /** Plan deletes for inventory members that are no longer desired. */
   prune: boolean;
+}
+
+/**
+ * fast-json-patch's `compare`, loaded on the first change planned: a plan with nothing to change
+ * (the no-op `diff`) never loads the package. With `require`: it is CommonJS, which an ES module
+ * `import` would send through the ES module loader (slower on Node 20); same module instance.
+ */
+let comparePatch: ((a: object, b: object) => Operation[]) | undefined;
+function jsonPatch(before: object, after: object): Operation[] {
+  comparePatch ??= (createRequire(import.meta.url)('fast-json-patch') as { compare: (a: object, b: object) => Operation[] }).compare;
+  return comparePatch(before, after);
 }
 
 const KIND_RANK: Record<Kind, number> = { Node: 0, Repository: 1, BackupDestination: 2, BackupSchedule: 3, Module: 4 };
@@ -175,7 +187,7 @@ function createChange(key: string, d: DesiredObject, others: string[], ctx: Plan
     kind: after.kind,
     id: idOf(d.object),
     reasons: [createReason(after, ctx.state), ...originReasons(after)],
-    patch: jsonpatch.compare({}, after.spec),
+    patch: jsonPatch({}, after.spec),
     after,
     specChanged: true,
     generation: 1,
@@ -201,7 +213,7 @@ function updateChange(key: string, d: DesiredObject, stored: StoredObject, other
     kind: after.kind,
     id: idOf(obj),
     reasons,
-    patch: jsonpatch.compare(before.spec, after.spec),
+    patch: jsonPatch(before.spec, after.spec),
     before,
     after,
     specChanged,

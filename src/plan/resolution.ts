@@ -8,7 +8,7 @@
 import { moduleNameOf, objectKey, splitInstanceId, type DesiredObject, type ModuleObject, type ModuleSpec } from '../manifest/types.js';
 import { RepositoryError } from '../repository/errors.js';
 import { admitMaxPerNode, checkUpdate, findModules, resolveInCatalog, type AvailableModule, type Placement, type Resolution } from '../repository/resolve.js';
-import { compareNatural } from '../runtime/canonical.js';
+import { sortNatural } from '../runtime/canonical.js';
 import { keys } from '../state/keys.js';
 import { compareKeys } from './planner.js';
 import { describeMove, MOVE_CODES, movesOf, preflightMoves, type MoveFacts, type MoveRequest } from './move-preflight.js';
@@ -139,10 +139,10 @@ function tagOf(url: string): string | undefined {
 export function annotatePlan(p: Plan, desired: readonly DesiredObject[], state: ClusterState, inputs: ResolutionInputs): Plan {
   const alreadyBlocked = new Set(p.blocked.map((b) => b.key));
   const changeKeys = new Set(p.changes.filter((c) => c.kind === 'Module' && c.action !== 'delete').map((c) => c.key));
-  const modules = desired
-    .map((d) => d.object)
-    .filter((o): o is ModuleObject => o.kind === 'Module')
-    .sort((a, b) => compareNatural(a.metadata.name, b.metadata.name));
+  const modules = sortNatural(
+    desired.map((d) => d.object).filter((o): o is ModuleObject => o.kind === 'Module'),
+    (m) => m.metadata.name,
+  );
   const outcomes = new Map<string, Outcome>();
   const blocked: BlockedChange[] = [];
   const newlyBlocked = new Set<string>();
@@ -304,7 +304,7 @@ function maxPerNodeRefusals(
   for (const other of current.values()) requests.push({ ...other, existing: true });
   const checks = admitMaxPerNode(requests);
   const out: BlockedChange[] = [];
-  for (const id of [...candidates].sort(compareNatural)) {
+  for (const id of sortNatural([...candidates], (c) => c)) {
     const check = checks.get(id);
     if (!check || check.ok) continue;
     const move = moves.get(id);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { canonicalJson, canonicalize, compareNatural, jsonEqual } from '../../src/runtime/canonical.js';
+import { canonicalJson, canonicalize, compareNatural, jsonEqual, sortNatural } from '../../src/runtime/canonical.js';
 import { plan } from '../../src/plan/planner.js';
 import { appliedState, desired, mod } from '../support/plan-fixtures.js';
 
@@ -10,6 +10,15 @@ describe('canonical JSON', () => {
     expect(canonicalJson({ b: 1, 10: 1, 2: 1, '': 1, '01': 1 })).toBe(JSON.stringify(canonicalize({ b: 1, 10: 1, 2: 1, '': 1, '01': 1 })));
   });
 
+  it('puts array-index keys first whatever sorts before the digits (objects without such keys take a shortcut)', () => {
+    const tricky = { '-x': 1, ' ': 2, '0': 3, '10': 4, '2': 5, '01': 6, '4294967295': 7, a: [{ '!': 1, '9': 2 }] };
+    expect(canonicalJson(tricky)).toBe(JSON.stringify(canonicalize(tricky)));
+    expect(canonicalJson(tricky)).toBe('{"0":3,"2":5,"10":4," ":2,"-x":1,"01":6,"4294967295":7,"a":[{"9":2,"!":1}]}');
+    const keyChar = fc.constantFrom('0', '1', '9', '-', ' ', '!', '.', 'a', '~');
+    const key = fc.array(keyChar, { minLength: 0, maxLength: 3 }).map((cs) => cs.join(''));
+    fc.assert(fc.property(fc.dictionary(key, fc.jsonValue({ maxDepth: 2 })), (v) => expect(canonicalJson(v)).toBe(JSON.stringify(canonicalize(v)))), { numRuns: 300 });
+  });
+
   it('ignores key order and undefined members', () => {
     expect(canonicalJson({ b: 1, a: { d: [1, { y: 2, x: 1 }], c: undefined } })).toBe('{"a":{"d":[1,{"x":1,"y":2}]},"b":1}');
     expect(jsonEqual({ a: 1, b: 2 }, { b: 2, a: 1 })).toBe(true);
@@ -17,7 +26,46 @@ describe('canonical JSON', () => {
   });
 });
 
+/** compareNatural as first written (regex split, every digit run a BigInt): the reference order. */
+function referenceNatural(a: string, b: string): number {
+  const split = (s: string): (string | bigint)[] => (s.match(/\d+|\D+/g) ?? []).map((r) => (/^\d/.test(r) ? BigInt(r) : r));
+  const pa = split(a);
+  const pb = split(b);
+  const la = (a.match(/\d+|\D+/g) ?? []).map((r) => r.length);
+  const lb = (b.match(/\d+|\D+/g) ?? []).map((r) => r.length);
+  for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
+    const x = pa[i]!;
+    const y = pb[i]!;
+    if (typeof x === 'bigint' && typeof y === 'bigint') {
+      if (x !== y) return x < y ? -1 : 1;
+      if (la[i] !== lb[i]) return la[i]! < lb[i]! ? -1 : 1;
+      continue;
+    }
+    if (x === y) continue;
+    if (typeof x === 'bigint') return -1;
+    if (typeof y === 'bigint') return 1;
+    return x < y ? -1 : 1;
+  }
+  if (pa.length !== pb.length) return pa.length < pb.length ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 describe('compareNatural', () => {
+  it('orders as the BigInt-per-run reference, short and long digit runs alike', () => {
+    const run = fc.oneof(fc.constantFrom('a', 'b', '-', 'x1'), fc.stringMatching(/^[0-9]{1,20}$/));
+    const id = fc.array(run, { maxLength: 4 }).map((rs) => rs.join(''));
+    fc.assert(fc.property(id, id, (a, b) => expect(Math.sign(compareNatural(a, b))).toBe(referenceNatural(a, b))), { numRuns: 2000 });
+    expect(compareNatural('a9007199254740993', 'a9007199254740992')).toBe(1);
+    expect(compareNatural('a1234567890123456', 'a999999999999999')).toBe(1);
+    expect(compareNatural('a01', 'a1')).toBe(1);
+  });
+
+  it('sortNatural orders like a sort by compareNatural', () => {
+    const id = fc.array(fc.constantFrom('a', 'b', '0', '1', '2', '9', '-'), { maxLength: 6 }).map((cs) => cs.join(''));
+    fc.assert(fc.property(fc.array(id, { maxLength: 30 }), (ids) => expect(sortNatural(ids, (x) => x)).toEqual([...ids].sort(compareNatural))), { numRuns: 300 });
+    expect(sortNatural([{ n: 'webapp10' }, { n: 'webapp2' }], (o) => o.n)).toEqual([{ n: 'webapp2' }, { n: 'webapp10' }]);
+  });
+
   it('orders numbers inside ids by value', () => {
     expect(['webapp10', 'webapp2', 'dokuwiki1', 'webapp1', 'web10app', 'web9app'].sort(compareNatural)).toEqual([
       'dokuwiki1',

@@ -13,6 +13,7 @@ import type { CliDeps } from '../deps.js';
 import { parseOutput, renderJson, renderTable, renderYaml } from '../../runtime/output.js';
 import { scanNames } from '../../state/scan.js';
 import { formatDuration } from '../../runtime/duration.js';
+import { sortNatural } from '../../runtime/canonical.js';
 
 /** Resource names `get` accepts, with their kind (kubectl-style singular/plural/short forms). */
 const RESOURCES: Record<string, Kind> = {
@@ -342,6 +343,20 @@ function toDocument(o: StoredObject, status: ModuleStatus | undefined, updates?:
   };
 }
 
+/** Ids made of lowercase letters and a number without leading zero (`webapp12`, `traefik`). */
+const PLAIN_ID = /^[a-z]+(0|[1-9][0-9]{0,14})?$/;
+
+/**
+ * `list` in the order of `localeCompare(_, 'en', { numeric: true })` of its keys (`Kind/id`, all
+ * of one kind). When every id is a plain one (PLAIN_ID), that order is the natural order
+ * (compareNatural), which needs no ICU collator: creating one costs about 10 ms of CPU at every
+ * `get`. Other ids (with `-`, `_`, digits inside) are sorted by the collator as before.
+ */
+export function sortLikeLocale<T>(list: readonly T[], idOf: (item: T) => string, keyOf: (item: T) => string = idOf): T[] {
+  if (list.every((item) => PLAIN_ID.test(idOf(item)))) return sortNatural(list, idOf);
+  return [...list].sort((a, b) => keyOf(a).localeCompare(keyOf(b), 'en', { numeric: true }));
+}
+
 /**
  * `ns8ctl get modules|repositories|nodes|sources [NAME] [-o table|wide|json|yaml] [--show-secrets]`:
  * desired objects with their generation, source and, for modules, the status the node agent
@@ -362,7 +377,7 @@ export async function getCommand(resource: string, name: string | undefined, opt
   const { redis } = await deps.connect({ lite: true });
   const state = await readClusterState(redis);
   let objects = [...state.objects.values()].filter((o) => o.object.kind === kind);
-  objects.sort((a, b) => a.key.localeCompare(b.key, 'en', { numeric: true }));
+  objects = sortLikeLocale(objects, (o) => o.key.slice(kind.length + 1), (o) => o.key);
   if (name !== undefined) {
     objects = objects.filter((o) => o.key === `${kind}/${name}`);
     if (objects.length === 0) throw new NotFoundError(`${kind.toLowerCase()} "${name}" not found in desired state`);
