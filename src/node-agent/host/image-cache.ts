@@ -17,13 +17,13 @@
  * initialisation), then each layer is unpacked in order with tar (only the wanted directories),
  * applying OCI whiteouts (`.wh.<name>` deletes, `.wh..wh..opq` makes a directory opaque).
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { CommandFailedError, Ns8ctlError, toNs8ctlError } from '../../errors.js';
 import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
+import { DIGEST, DigestDirs, hex, readJson, sha, STALE_FILL_MS } from './digest-dirs.js';
 import type { ImageFacts } from '../types.js';
 import { imageRepository, normalizeImageRef } from './image-store.js';
 import { ownerPrefix, shq, type Owner } from './owner.js';
@@ -63,10 +63,6 @@ export interface ImageCache {
   evict(keep: ReadonlySet<string>): Promise<string[]>;
 }
 
-const hex = (digest: string): string => digest.replace(/^sha256:/, '');
-const sha = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
-
 interface Meta {
   url: string;
   digest: string;
@@ -77,16 +73,6 @@ interface Meta {
   stamps: Record<string, Record<string, string>>;
 }
 
-async function readJson<T>(file: string): Promise<T | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(file, 'utf8')) as T;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Age after which a fill directory is taken as left by a killed fill. */
-const STALE_FILL_MS = 60 * 60_000;
 
 /** Uid and gid that unpack layers (nobody): what a layer's links point at is out of its reach. */
 const UNPACK_UID = 65534;
@@ -142,7 +128,7 @@ async function listTree(dir: string, rel = '', out: string[] = [], stamps: Recor
 
 /** Production cache over the CommandRunner (skopeo, tar). */
 export class RunnerImageCache implements ImageCache {
-  private readonly inflight = new Map<string, Promise<CachedImage>>();
+  private readonly dirs: DigestDirs;
   /** Complete entries read already: an entry's content never changes for its digest (only the marker is re-read). */
   private readonly known = new Map<string, CachedImage>();
 
@@ -150,22 +136,22 @@ export class RunnerImageCache implements ImageCache {
     private readonly runner: CommandRunner,
     private readonly dir: string,
     private readonly tlsArgs: (url: string) => string[] = () => [],
-  ) {}
+  ) {
+    this.dirs = new DigestDirs(dir);
+  }
 
   private entryDir(digest: string): string {
-    return path.join(this.dir, hex(digest));
+    return this.dirs.entryDir(digest);
   }
 
   private refFile(url: string): string {
-    return path.join(this.dir, 'refs', `${sha(normalizeImageRef(url))}.json`);
+    return this.dirs.refFile(url);
   }
 
   /** A complete entry by digest; undefined when missing, half-written or not matching its marker. */
   private async entry(digest: string): Promise<CachedImage | undefined> {
-    if (!DIGEST.test(digest)) return undefined;
-    const d = this.entryDir(digest);
-    const marker = await fs.readFile(path.join(d, 'complete'), 'utf8').catch(() => undefined);
-    if (marker?.trim() !== digest) {
+    const d = await this.dirs.completeDir(digest);
+    if (!d) {
       this.known.delete(digest);
       return undefined;
     }
@@ -187,11 +173,7 @@ export class RunnerImageCache implements ImageCache {
 
   ensure(url: string, opts: { digest?: string; roots: string[]; purpose: string }): Promise<CachedImage> {
     const key = opts.digest && DIGEST.test(opts.digest) ? opts.digest : normalizeImageRef(url);
-    const running = this.inflight.get(key);
-    if (running) return running;
-    const p = this.ensureLocked(url, key, opts).finally(() => this.inflight.delete(key));
-    this.inflight.set(key, p);
-    return p;
+    return this.dirs.once(key, () => this.ensureLocked(url, key, opts));
   }
 
   private async ensureLocked(url: string, key: string, opts: { digest?: string; roots: string[]; purpose: string }): Promise<CachedImage> {
@@ -203,7 +185,7 @@ export class RunnerImageCache implements ImageCache {
     await fs.mkdir(path.join(this.dir, 'refs'), { recursive: true, mode: 0o700 });
     await fs.chmod(this.dir, 0o700);
     // Another agent process on the node (a one-shot reconcile beside the daemon) fills the same way.
-    return withFileLock(path.join(this.dir, `.lock-${sha(key).slice(0, 16)}`), async () => {
+    return withFileLock(this.dirs.lockFile(key), async () => {
       const again = DIGEST.test(key) ? await this.entry(key) : await this.lookup(url);
       if (again) return { ...again, url };
       return this.fill(url, key, opts);
@@ -366,7 +348,7 @@ export class RunnerImageCache implements ImageCache {
       }
       if (!/^[0-9a-f]{64}$/.test(name)) continue;
       const digest = `sha256:${name}`;
-      if (keep.has(digest) || this.inflight.has(digest)) continue;
+      if (keep.has(digest) || this.dirs.filling(digest)) continue;
       const meta = await readJson<Meta>(path.join(this.dir, name, 'meta.json'));
       if (meta?.id && keep.has(meta.id)) continue;
       await fs.rm(path.join(this.dir, name), { recursive: true, force: true });

@@ -24,13 +24,13 @@
  * the users cannot reach (an ancestor without search permission for others) keep the per-user
  * `podman pull`: `ensure` returns undefined then.
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { CommandFailedError, toNs8ctlError } from '../../errors.js';
 import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
+import { DigestDirs, readJson, sha, STALE_FILL_MS } from './digest-dirs.js';
 import { normalizeImageRef } from './image-store.js';
 import { asOwner, type Owner } from './owner.js';
 
@@ -66,26 +66,12 @@ export interface ServiceImageCache {
 
 /** How long a tag's digest is trusted before new instances make the node fetch it again. */
 export const REF_TTL_MS = 60 * 60_000;
-/** Age after which a fill directory is taken as left by a killed fetch. */
-const STALE_FILL_MS = 60 * 60_000;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
-
-const sha = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
-const hex = (digest: string): string => digest.replace(/^sha256:/, '');
 
 interface Ref {
   url: string;
   digest: string;
   /** Epoch ms of the fetch that resolved the tag. */
   at: number;
-}
-
-async function readJson<T>(file: string): Promise<T | undefined> {
-  try {
-    return JSON.parse(await fs.readFile(file, 'utf8')) as T;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Makes every directory under `dir` 0755 and every file 0644 (users read the entry as themselves). */
@@ -100,7 +86,7 @@ async function openUp(dir: string): Promise<void> {
 
 /** Production cache over the CommandRunner (skopeo). */
 export class RunnerServiceImageCache implements ServiceImageCache {
-  private readonly inflight = new Map<string, Promise<CachedServiceImage | undefined>>();
+  private readonly dirs: DigestDirs;
   private reachable: Promise<boolean> | undefined;
 
   constructor(
@@ -108,22 +94,21 @@ export class RunnerServiceImageCache implements ServiceImageCache {
     private readonly dir: string,
     private readonly tlsArgs: (url: string) => string[] = () => [],
     private readonly log: (line: string) => void = () => undefined,
-  ) {}
+  ) {
+    this.dirs = new DigestDirs(dir);
+  }
 
   private entryDir(digest: string): string {
-    return path.join(this.dir, hex(digest));
+    return this.dirs.entryDir(digest);
   }
 
   private refFile(url: string): string {
-    return path.join(this.dir, 'refs', `${sha(normalizeImageRef(url))}.json`);
+    return this.dirs.refFile(url);
   }
 
   /** A complete entry by digest; undefined when missing or half-written. */
-  private async entry(digest: string): Promise<string | undefined> {
-    if (!DIGEST.test(digest)) return undefined;
-    const d = this.entryDir(digest);
-    const marker = await fs.readFile(path.join(d, 'complete'), 'utf8').catch(() => undefined);
-    return marker?.trim() === digest ? d : undefined;
+  private entry(digest: string): Promise<string | undefined> {
+    return this.dirs.completeDir(digest);
   }
 
   async lookup(url: string): Promise<CachedServiceImage | undefined> {
@@ -136,11 +121,7 @@ export class RunnerServiceImageCache implements ServiceImageCache {
   ensure(url: string, purpose: string): Promise<CachedServiceImage | undefined> {
     const key = normalizeImageRef(url);
     if (key.includes('@')) return Promise.resolve(undefined);
-    const running = this.inflight.get(key);
-    if (running) return running;
-    const p = this.ensureLocked(url, key, purpose).finally(() => this.inflight.delete(key));
-    this.inflight.set(key, p);
-    return p;
+    return this.dirs.once(key, () => this.ensureLocked(url, key, purpose));
   }
 
   /**
@@ -169,7 +150,7 @@ export class RunnerServiceImageCache implements ServiceImageCache {
     await fs.chmod(this.dir, 0o711);
     // Another agent process on the node (a one-shot reconcile beside the daemon) fetches the same way.
     return withFileLock(
-      path.join(this.dir, `.lock-${sha(key).slice(0, 16)}`),
+      this.dirs.lockFile(key),
       async () => {
         const again = await this.lookup(url);
         if (again) return again;
@@ -236,7 +217,7 @@ export class RunnerServiceImageCache implements ServiceImageCache {
     for (const name of await fs.readdir(path.join(this.dir, 'refs')).catch(() => [] as string[])) {
       const ref = await readJson<Ref>(path.join(this.dir, 'refs', name));
       // A fetch in flight in this process writes its ref after the entry: it is never evicted.
-      if (ref && (keepRefs.has(name) || this.inflight.has(normalizeImageRef(ref.url)))) keep.add(ref.digest);
+      if (ref && (keepRefs.has(name) || this.dirs.filling(normalizeImageRef(ref.url)))) keep.add(ref.digest);
       else await fs.rm(path.join(this.dir, 'refs', name), { force: true });
     }
     const removed: string[] = [];
