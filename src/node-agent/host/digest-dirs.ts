@@ -70,6 +70,28 @@ export class DigestDirs {
     return p;
   }
 
+  /**
+   * The digests of the entries present, for an eviction; on the way, fill directories left by a
+   * fill killed more than STALE_FILL_MS ago are removed (an hour: no fill of another agent
+   * process on the node is still writing them). None when the cache directory does not exist.
+   */
+  async entriesAndStaleFillsRemoved(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const out: string[] = [];
+    for (const name of names) {
+      if (name.startsWith('.fill-')) {
+        const st = await fs.lstat(path.join(this.dir, name)).catch(() => undefined);
+        if (st && Date.now() - st.mtimeMs > STALE_FILL_MS) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
+      } else if (/^[0-9a-f]{64}$/.test(name)) out.push(`sha256:${name}`);
+    }
+    return out;
+  }
+
   /** True while a fill of `key` runs in this process. */
   filling(key: string): boolean {
     return this.inflight.has(key);

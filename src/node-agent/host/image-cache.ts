@@ -23,7 +23,7 @@ import { CommandFailedError, Ns8ctlError, toNs8ctlError } from '../../errors.js'
 import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
-import { DIGEST, DigestDirs, hex, readJson, sha, STALE_FILL_MS } from './digest-dirs.js';
+import { DIGEST, DigestDirs, hex, readJson, sha } from './digest-dirs.js';
 import type { ImageFacts } from '../types.js';
 import { imageRepository, normalizeImageRef } from './image-store.js';
 import { ownerPrefix, shq, type Owner } from './owner.js';
@@ -331,27 +331,12 @@ export class RunnerImageCache implements ImageCache {
   }
 
   async evict(keep: ReadonlySet<string>): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await fs.readdir(this.dir);
-    } catch {
-      return [];
-    }
     const removed: string[] = [];
-    for (const name of names) {
-      // A fill killed before it ended, for an image never fetched again since (an hour: no fill
-      // of another agent process on the node is still running it).
-      if (name.startsWith('.fill-')) {
-        const st = await fs.lstat(path.join(this.dir, name)).catch(() => undefined);
-        if (st && Date.now() - st.mtimeMs > STALE_FILL_MS) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
-        continue;
-      }
-      if (!/^[0-9a-f]{64}$/.test(name)) continue;
-      const digest = `sha256:${name}`;
+    for (const digest of await this.dirs.entriesAndStaleFillsRemoved()) {
       if (keep.has(digest) || this.dirs.filling(digest)) continue;
-      const meta = await readJson<Meta>(path.join(this.dir, name, 'meta.json'));
+      const meta = await readJson<Meta>(path.join(this.entryDir(digest), 'meta.json'));
       if (meta?.id && keep.has(meta.id)) continue;
-      await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
+      await fs.rm(this.entryDir(digest), { recursive: true, force: true });
       this.known.delete(digest);
       removed.push(digest);
     }

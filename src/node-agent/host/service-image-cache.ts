@@ -30,7 +30,7 @@ import { CommandFailedError, toNs8ctlError } from '../../errors.js';
 import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
-import { DigestDirs, readJson, sha, STALE_FILL_MS } from './digest-dirs.js';
+import { DigestDirs, readJson, sha } from './digest-dirs.js';
 import { normalizeImageRef } from './image-store.js';
 import { asOwner, type Owner } from './owner.js';
 
@@ -206,12 +206,8 @@ export class RunnerServiceImageCache implements ServiceImageCache {
   }
 
   async evict(keepUrls: ReadonlySet<string>): Promise<string[]> {
-    let names: string[];
-    try {
-      names = await fs.readdir(this.dir);
-    } catch {
-      return [];
-    }
+    // Listed before the refs are read: an entry a concurrent fetch adds meanwhile is not seen, so not evicted.
+    const present = await this.dirs.entriesAndStaleFillsRemoved();
     const keepRefs = new Set([...keepUrls].map((u) => `${sha(normalizeImageRef(u))}.json`));
     const keep = new Set<string>();
     for (const name of await fs.readdir(path.join(this.dir, 'refs')).catch(() => [] as string[])) {
@@ -221,15 +217,10 @@ export class RunnerServiceImageCache implements ServiceImageCache {
       else await fs.rm(path.join(this.dir, 'refs', name), { force: true });
     }
     const removed: string[] = [];
-    for (const name of names) {
-      if (name.startsWith('.fill-')) {
-        const st = await fs.lstat(path.join(this.dir, name)).catch(() => undefined);
-        if (st && Date.now() - st.mtimeMs > STALE_FILL_MS) await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
-        continue;
-      }
-      if (!/^[0-9a-f]{64}$/.test(name) || keep.has(`sha256:${name}`)) continue;
-      await fs.rm(path.join(this.dir, name), { recursive: true, force: true });
-      removed.push(`sha256:${name}`);
+    for (const digest of present) {
+      if (keep.has(digest)) continue;
+      await fs.rm(this.entryDir(digest), { recursive: true, force: true });
+      removed.push(digest);
     }
     return removed;
   }
