@@ -12,6 +12,7 @@ import type { Redis } from 'ioredis';
 import { finalizeTask, taskQueueKey } from '../../src/agent/task-store.js';
 import { applyStep, type StepContext } from '../../src/node-agent/applier.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
+import { advanceMove, CLONES_KEY, openClone } from '../../src/node-agent/move/record.js';
 import type { Step } from '../../src/node-agent/types.js';
 import { channels, keys } from '../../src/state/keys.js';
 import { readEvents } from '../../src/state/events.js';
@@ -286,5 +287,35 @@ describe('completing a move on the target', () => {
   test('complete-move refuses a record that now names another target', async () => {
     await admin.hset('ns8ctl/moves', ID, JSON.stringify({ from: 1, to: 3, state: 'sent' }));
     await expect(applyStep(step('complete-move', { from: 1 }), { ...ctx, node: 2 })).rejects.toThrow(/no move to node 2 is recorded/);
+  });
+});
+
+describe('clone records', () => {
+  test('a clone record is opened once (a second open finds the first), moves only from the state it expects, and a null field is removed from it', async () => {
+    const first = await openClone(admin, ID, { from: 1, to: 2, source: 'webapp9', state: 'requested' });
+    const again = await openClone(admin, ID, { from: 3, to: 2, source: 'webapp9', state: 'requested' });
+    expect(again).toEqual(first);
+    expect(await advanceMove(admin, ID, 'receiving', { state: 'sent' }, CLONES_KEY)).toBe(false);
+    expect(await advanceMove(admin, ID, 'requested', { state: 'requested', lastError: 'rsync: connection refused' }, CLONES_KEY)).toBe(true);
+    expect(JSON.parse((await admin.hget(CLONES_KEY, ID))!)).toMatchObject({ lastError: 'rsync: connection refused' });
+    expect(await advanceMove(admin, ID, 'requested', { state: 'source-ready', volumes: ['data'], lastError: null }, CLONES_KEY)).toBe(true);
+    const rec = JSON.parse((await admin.hget(CLONES_KEY, ID))!) as Record<string, unknown>;
+    expect(rec).toEqual({ from: 1, to: 2, source: 'webapp9', state: 'source-ready', volumes: ['data'] });
+    // A move record of the same id is another hash: untouched.
+    expect(await admin.hexists('ns8ctl/moves', ID)).toBe(0);
+  });
+
+  test('complete-move of a clone removes its record and password, leaves cluster/module_node alone and records module-cloned with the source and its downtime', async () => {
+    await admin.hset(CLONES_KEY, ID, JSON.stringify({ from: 1, to: 2, source: 'webapp9', state: 'sent', downtimeMs: 1500 }));
+    await admin.hset(keys.moveSecrets(), ID, 'receiver-password');
+    await admin.hset(keys.moduleNode(), ID, '2');
+    await applyStep(step('complete-move', { from: 1, source: 'webapp9' }), { ...ctx, node: 2 });
+    expect(await admin.hexists(CLONES_KEY, ID)).toBe(0);
+    expect(await admin.hexists(keys.moveSecrets(), ID)).toBe(0);
+    expect(await admin.hget(keys.moduleNode(), ID)).toBe('2');
+    expect((await f.deps.records.get(ID))?.move).toEqual({ from: 1, done: true, completed: true, source: 'webapp9' });
+    const [ev] = (await readEvents(admin)).filter((e) => e.name === 'module-cloned');
+    expect(ev?.message).toBe(`${ID} cloned from webapp9 on node 1 to node 2; webapp9's services were stopped 1.5 s for the final pass`);
+    expect(JSON.stringify(await readEvents(admin))).not.toContain('receiver-password');
   });
 });
