@@ -15,6 +15,12 @@ export interface HostLayout {
   uiBase: string;
   /** The node agent's own records (one JSON file per instance). Default /var/lib/nethserver/node/state/ns8ctl. */
   agentStateDir: string;
+  /**
+   * The node's service-image cache, whose entries instance users import as themselves: every
+   * ancestor must be searchable by other users (NS8 keeps /var/lib/nethserver 0700). Default
+   * /var/lib/ns8ctl/service-images; with another agentStateDir, `ns8ctl-service-images` beside it.
+   */
+  serviceImageCacheDir: string;
   /** System unit dir for rootfull modules' units. Default /etc/systemd/system. */
   systemUnitDir: string;
   /** System-wide user units (NS8's agent.service). Default /etc/systemd/user. */
@@ -38,7 +44,9 @@ export interface HostLayout {
 
 /** NS8's production layout. */
 export function defaultLayout(overrides: Partial<HostLayout> = {}): HostLayout {
+  const serviceImageCacheDir = overrides.agentStateDir ? path.join(path.dirname(path.resolve(overrides.agentStateDir)), 'ns8ctl-service-images') : '/var/lib/ns8ctl/service-images';
   return {
+    serviceImageCacheDir,
     homeBase: '/home',
     rootfullBase: '/var/lib/nethserver',
     uiBase: '/var/lib/nethserver/cluster/ui/apps',

@@ -69,12 +69,9 @@ export function imageCacheDir(layout: Pick<HostLayout, 'agentStateDir'>): string
   return path.join(layout.agentStateDir, 'image-cache');
 }
 
-/**
- * Where the node's service-image cache lives: `<parent of agentStateDir>/ns8ctl-service-images`,
- * beside the agent's root-only state dir, since instance users must reach its entries.
- */
-export function serviceImageCacheDir(layout: Pick<HostLayout, 'agentStateDir'>): string {
-  return path.join(path.dirname(path.resolve(layout.agentStateDir)), 'ns8ctl-service-images');
+/** Where the node's service-image cache lives (HostLayout.serviceImageCacheDir): instance users must reach its entries. */
+export function serviceImageCacheDir(layout: Pick<HostLayout, 'serviceImageCacheDir'>): string {
+  return layout.serviceImageCacheDir;
 }
 
 /** Production PodmanHost over the CommandRunner. */
