@@ -142,7 +142,7 @@ export function defaultRecipe(): RootfsRecipe {
     suite: 'bookworm',
     variant: 'minbase',
     include: ['systemd', 'systemd-sysv', 'dbus', 'dbus-user-session', 'libpam-systemd', 'passwd', 'procps'],
-    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar', 'python3', 'python3-redis', 'catatonit', 'restic', 'rsync'],
+    packages: ['podman', 'crun', 'uidmap', 'slirp4netns', 'fuse-overlayfs', 'redis-server', 'docker-registry', 'libstdc++6', 'iproute2', 'curl', 'ca-certificates', 'tar', 'python3', 'python3-redis', 'catatonit', 'restic', 'rsync', 'skopeo'],
     files,
     symlinks: ns8.symlinks,
   };
