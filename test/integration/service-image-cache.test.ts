@@ -124,6 +124,17 @@ describe('the service-image cache on its own', () => {
     expect(existsSync(path.join(closed, 'svc-cache'))).toBe(false);
   }, 120_000);
 
+  test('on a fresh node, the directories above the cache are made searchable but not listable, and users import from it', async () => {
+    const fresh = path.join(root, 'fresh', 'var-lib-ns8ctl');
+    const logged: string[] = [];
+    const cache = new RunnerServiceImageCache(new RecordingRunner(), path.join(fresh, 'service-images'), () => ['--tls-verify=false'], (l) => logged.push(l));
+    const entry = await cache.ensure(url, 'test');
+    expect(entry).toBeDefined();
+    expect(logged.join('\n')).not.toContain('not searchable');
+    for (const d of [path.join(root, 'fresh'), fresh]) expect((await fs.stat(d)).mode & 0o777).toBe(0o711);
+    await cache.importInto(entry!, await userOwner(a), `test ${a}`);
+  }, 120_000);
+
   test('a tag moved in the registry reaches new imports once its ref is older than the ref lifetime', async () => {
     const moving = `${registry.address}/ns8ctl-test/moving:1`;
     const push = async (text: string): Promise<void> => {

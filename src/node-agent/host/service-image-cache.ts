@@ -126,18 +126,25 @@ export class RunnerServiceImageCache implements ServiceImageCache {
 
   /**
    * True when every ancestor of the cache directory lets others search it (users open entries by
-   * path). Checked once per process; false is logged, and users pull for themselves.
+   * path). The directories that do not exist yet (a fresh node has no /var/lib/ns8ctl) are made
+   * searchable, not listable (0711); an existing one is left as its owner set it. Checked once per
+   * process; false is logged, and users pull for themselves.
    */
   private usable(): Promise<boolean> {
     this.reachable ??= (async () => {
-      for (let d = path.dirname(path.resolve(this.dir)); ; d = path.dirname(d)) {
+      const missing: string[] = [];
+      for (let d = path.resolve(this.dir); ; d = path.dirname(d)) {
         const st = await fs.stat(d).catch(() => undefined);
-        if (!st || (st.mode & 0o001) === 0) {
+        if (!st) {
+          missing.unshift(d);
+        } else if ((st.mode & 0o001) === 0 && d !== path.resolve(this.dir)) {
           this.log(`node-agent: ${d} is not searchable by other users, so instance users cannot import service images from the node cache in ${this.dir}: each pulls them from the registry`);
           return false;
         }
-        if (path.dirname(d) === d) return true;
+        if (path.dirname(d) === d) break;
       }
+      for (const d of missing) await mkdirSearchable(d);
+      return true;
     })();
     return this.reachable;
   }
@@ -224,4 +231,15 @@ export class RunnerServiceImageCache implements ServiceImageCache {
     }
     return removed;
   }
+}
+
+/** Makes `dir` with mode 0711 (the umask does not narrow it); an existing one is left alone. */
+async function mkdirSearchable(dir: string): Promise<void> {
+  try {
+    await fs.mkdir(dir, { mode: 0o711 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return;
+    throw err;
+  }
+  await fs.chmod(dir, 0o711);
 }
