@@ -6,6 +6,7 @@
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { EventRecorder } from '../state/events.js';
 import { applyStep, type StepContext } from './applier.js';
+import { SETTLE_OVERLAPS, settleUnits } from './steps/context.js';
 import { clusterDefaultInstanceKey, defaultInstanceModule } from './default-instance.js';
 import { waitForDependencies } from './dependencies.js';
 import type { NodeAgentDeps } from './deps.js';
@@ -301,8 +302,20 @@ function planRound(p: ConvergePass, observed: ObservedInstance): InstancePlan {
 
 /** Applies the steps in order; the first failure ends the pass (rolled back when it broke an update). */
 async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<InstanceResult | undefined> {
-  for (const step of steps) {
+  // Started units settle while the steps that do not depend on them run (a create-module task
+  // mostly waits for the module agent to start): awaited before any other step and at the end.
+  p.stepCtx.settleInBackground = true;
+  for (const next of [...steps, undefined]) {
+    let step: Step | undefined = p.stepCtx.settling?.step;
     try {
+      if (!next || !SETTLE_OVERLAPS.has(next.kind)) await settleUnits(p.stepCtx);
+      if (!next) break;
+      step = next;
+      // A reload right after a reload (the next round starts where the last ended) reads the same files.
+      if (step.kind === 'daemon-reload' && p.applied.at(-1)?.kind === 'daemon-reload') {
+        p.applied.push(step);
+        continue;
+      }
       await applyStep(step, p.stepCtx);
       p.applied.push(step);
       // A restore may have given the instance the backed-up MODULE_UUID: its environment uses it.
@@ -312,6 +325,10 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
         p.rec = await oweCreateModule(p, await p.deps.records.get(p.id));
       }
     } catch (err) {
+      if (!step) throw err;
+      // A lifecycle task cut short by a unit that failed meanwhile: the failure is the start's.
+      if (toNs8ctlError(err).code === 'unit_failed' && p.stepCtx.settling) step = p.stepCtx.settling.step;
+      delete p.stepCtx.settling; // the pass ends here: a window still open is not waited for
       if (p.updateFrom && ROLLBACK_AFTER.has(step.kind) && !p.control.signal?.aborted) return rollBack(p.d, p.url, p.updateFrom, step, toNs8ctlError(err), p.node, p.deps, p.shared, p.control);
       const migrationFrom = failedMigrationFrom(p, step, toNs8ctlError(err));
       if (migrationFrom && !p.control.signal?.aborted) return rollBack(p.d, p.url, migrationFrom, step, toNs8ctlError(err), p.node, p.deps, p.shared, p.control);

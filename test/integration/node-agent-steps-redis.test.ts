@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { finalizeTask, taskQueueKey } from '../../src/agent/task-store.js';
+import { Ns8ctlError } from '../../src/errors.js';
 import { applyStep, type StepContext } from '../../src/node-agent/applier.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import { advanceMove, CLONES_KEY, openClone } from '../../src/node-agent/move/record.js';
@@ -177,6 +178,19 @@ describe('lifecycle actions through the module agent', () => {
     });
     await answered;
     expect((await f.deps.records.get(ID))?.lifecycle).toEqual({ action: 'update-module', image: URL });
+  }, 30_000);
+
+  test('while started units settle, a unit failing ends the wait for an unanswered task with that failure, and the task stays owed by its id', async () => {
+    await f.deps.records.update(ID, { lifecycle: { action: 'create-module', image: URL } });
+    let fail!: (e: Ns8ctlError) => void;
+    const done = new Promise<Ns8ctlError | undefined>((r) => (fail = r));
+    const settling: StepContext = { ...ctx, deps: { ...ctx.deps, lifecycleTimeoutMs: 600_000 }, settling: { step: step('start-units', { units: ['agent.service'] }), done } };
+    const run = applyStep(step('run-lifecycle', { action: 'create-module', data: {} }), settling);
+    // Nobody answers (the module agent is the unit that failed): the task was submitted and recorded.
+    await until('the task is recorded', async () => (await f.deps.records.get(ID))?.lifecycle?.taskId !== undefined);
+    fail(new Ns8ctlError('unit_failed', `${ID}: unit agent.service did not start: agent.service is failed`));
+    await expect(run).rejects.toMatchObject({ code: 'unit_failed', message: expect.stringContaining('agent.service did not start') });
+    expect((await f.deps.records.get(ID))?.lifecycle?.taskId).toEqual(expect.any(String));
   }, 30_000);
 });
 

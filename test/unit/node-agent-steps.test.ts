@@ -10,6 +10,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { applyStep, type StepContext } from '../../src/node-agent/applier.js';
+import { settleUnits } from '../../src/node-agent/steps/context.js';
 import type { Step } from '../../src/node-agent/types.js';
 import { fakeNodeAgent, type FakeNodeAgent } from '../support/node-agent-fakes.js';
 
@@ -389,6 +390,33 @@ describe('start-units and restart-units wait until the units stay active', () =>
     f.systemd.isActive = async (_scope, units) => (polls++, Object.fromEntries(units.map((u) => [u, 'activating'])));
     await expect(applyStep(step('start-units', { units: ['slow.service'] }), ctx)).rejects.toMatchObject({ code: 'unit_failed', message: expect.stringContaining('slow.service') });
     expect(polls).toBe(12);
+  });
+
+  test('when the caller lets units settle in the background, the step returns after the first poll and the window ends in settleUnits', async () => {
+    await userOf();
+    // The window's waits hold until the test opens the gate: the step must return before.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    ctx = { ...ctx, deps: { ...ctx.deps, delay: () => gate }, settleInBackground: true };
+    await applyStep(step('start-units', { units: ['webapp.service'] }), ctx);
+    expect(f.systemd.polls).toBe(1);
+    expect(ctx.settling?.step.kind).toBe('start-units');
+    open();
+    await settleUnits(ctx);
+    expect(f.systemd.polls).toBe(6);
+    expect(ctx.settling).toBeUndefined();
+  });
+
+  test('a unit failing inside a background window fails settleUnits with the unit named; one failed at once fails the step itself', async () => {
+    await userOf();
+    ctx.settleInBackground = true;
+    let polls = 0;
+    f.systemd.isActive = async (_scope, units) => Object.fromEntries(units.map((u) => [u, ++polls <= 3 ? 'active' : 'failed']));
+    await applyStep(step('start-units', { units: ['webapp.service'] }), ctx);
+    await expect(settleUnits(ctx)).rejects.toMatchObject({ code: 'unit_failed', message: expect.stringContaining('unit webapp.service did not start') });
+    f.systemd.isActive = async (_scope, units) => Object.fromEntries(units.map((u) => [u, 'failed']));
+    await expect(applyStep(step('restart-units', { units: ['webapp.service'] }), ctx)).rejects.toMatchObject({ code: 'unit_failed' });
+    expect(ctx.settling).toBeUndefined();
   });
 
   test('of several units only the ones not active are named', async () => {

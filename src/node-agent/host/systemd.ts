@@ -1,6 +1,6 @@
 /**
  * systemd behind an interface. Rootless instances' units are user units managed through the
- * user's lingering manager (`systemctl --user -M <id>@`); rootfull instances' units are system
+ * user's lingering manager (`systemctl --user`, run as the user); rootfull instances' units are system
  * units. Observation reads the file system (unit files, `.wants/` symlinks, cgroups) so an
  * unchanged node spawns no process; systemctl runs only to change something or when the cgroup
  * tree cannot tell. On a host where systemd is not PID 1, `missing()` says so and the agent
@@ -66,13 +66,20 @@ export class RunnerSystemdHost implements SystemdHost {
     return pathExists(path.join(this.layout.lingerDir, user));
   }
 
+  /**
+   * A user manager is reached as its user, on its runtime directory's private socket (`runuser`
+   * and `systemctl --user`: about 45 ms). `systemctl --user -M <user>@` would do the same through
+   * machined, a PAM login session and systemd-stdio-bridge: about 170 ms, paid on every call.
+   */
   private ctl(scope: UnitScope): string[] {
-    return scope.kind === 'user' ? ['systemctl', '--user', '-M', `${scope.user}@`] : ['systemctl'];
+    return scope.kind === 'user' ? ['runuser', '-u', scope.user, '--', 'env', '-u', 'DBUS_SESSION_BUS_ADDRESS', `XDG_RUNTIME_DIR=/run/user/${scope.uid}`, 'systemctl', '--user'] : ['systemctl'];
   }
 
   async enableLinger(user: string, uid: number, purpose: string): Promise<void> {
     await this.runner.run(['loginctl', 'enable-linger', user], { purpose, mutating: true });
-    // The user manager starts asynchronously: wait until it answers, so the next systemctl works.
+    // The user manager starts asynchronously: joining its start job returns once it is up (it
+    // notifies readiness), then the loop below confirms it answers, so the next systemctl works.
+    await this.runner.run(['systemctl', 'start', `user@${uid}.service`], { purpose: `${purpose} (start user manager)`, mutating: true, allowFailure: true, timeoutMs: this.opts.userManagerTimeoutMs ?? 30_000 });
     const deadline = this.opts.userManagerTimeoutMs ?? 30_000;
     for (let waited = 0; ; waited += 250) {
       const res = await this.runner.run([...this.ctl({ kind: 'user', user, uid }), 'is-system-running'], { purpose: `${purpose} (wait for user manager)`, allowFailure: true });

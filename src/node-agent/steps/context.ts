@@ -24,6 +24,37 @@ export interface StepContext {
   imageUrl?: string;
   /** Digest `imageUrl`'s labels were read from (registry or local inspection): pins its fetch into the node cache. */
   imageDigest?: string;
+  /**
+   * Set by a caller that lets units settle while the next steps run (see `settlingUnits`):
+   * start-units and restart-units then return after their first check, leaving the rest of the
+   * stability window in `settling`, which the caller awaits before any step that is not
+   * `SETTLE_OVERLAPS` and at the end. Unset, they wait for the whole window themselves.
+   */
+  settleInBackground?: boolean;
+  settling?: UnitsSettling;
+}
+
+/** Units started by a step, still inside their stability window. */
+export interface UnitsSettling {
+  /** The start-units or restart-units step that started them (a failure is its failure). */
+  step: Step;
+  /** Resolves once the window is over: undefined when every unit stayed active, else the error. */
+  done: Promise<Ns8ctlError | undefined>;
+}
+
+/**
+ * Steps that may run while started units settle: they neither depend on the units having stayed
+ * up nor announce the instance (a lifecycle task aborts as soon as a unit fails).
+ */
+export const SETTLE_OVERLAPS: ReadonlySet<Step['kind']> = new Set(['record-units', 'run-lifecycle']);
+
+/** Waits for units still settling; throws their failure. Clears `ctx.settling`. */
+export async function settleUnits(ctx: StepContext): Promise<void> {
+  const s = ctx.settling;
+  if (!s) return;
+  delete ctx.settling;
+  const err = await s.done;
+  if (err) throw err;
 }
 
 export async function currentUser(ctx: StepContext): Promise<PasswdEntry | undefined> {

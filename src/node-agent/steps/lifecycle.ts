@@ -25,14 +25,27 @@ export const lifecycleSteps: StepHandlers<'add-finalizer' | 'cancel-removal' | '
   'run-lifecycle': async (step, ctx) => {
     const { deps, id } = ctx;
     const owed = (await deps.records.get(id))?.lifecycle ?? { action: step.action, image: ctx.imageUrl ?? '' };
+    // Units still settling: the task's wait ends as soon as one of them fails (its module agent
+    // may be the one failing), with that failure instead of a task timeout.
+    const settling = ctx.settling;
+    const unitsFailed = new AbortController();
+    let unitError: Ns8ctlError | undefined;
+    void settling?.done.then((e) => {
+      if (e) {
+        unitError = e;
+        unitsFailed.abort();
+      }
+    });
     try {
       const outcome = await runLifecycleAction(deps.redis, id, step.action, step.data, {
         timeoutMs: deps.lifecycleTimeoutMs,
         ...(owed.taskId ? { taskId: owed.taskId } : {}),
+        ...(settling ? { signal: unitsFailed.signal } : {}),
         onSubmit: async (taskId) => void (await deps.records.update(id, { lifecycle: { ...owed, taskId } })),
       });
       if (outcome === 'not_defined') deps.log(`node-agent: ${id}: the module has no ${step.action} action: nothing to run`);
     } catch (err) {
+      if (unitError) throw unitError;
       // A failed task is submitted anew next time; one still queued or running is waited for.
       if (toNs8ctlError(err).code === 'lifecycle_action_failed') await deps.records.update(id, { lifecycle: { action: owed.action, image: owed.image } });
       throw err;

@@ -1,10 +1,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { Ns8ctlError } from '../../errors.js';
+import { Ns8ctlError, toNs8ctlError } from '../../errors.js';
 import { writeFileAtomic } from '../atomic-write.js';
 import type { UnitScope } from '../host/systemd.js';
-import { requireScope, purposeOf, type StepContext, type StepHandlers } from './context.js';
+import type { Step } from '../types.js';
+import { requireScope, purposeOf, settleUnits, type StepContext, type StepHandlers } from './context.js';
 
 /** systemd units: files, reloads, enable/start/restart/stop, and the stamps they run with. */
 export const unitsSteps: StepHandlers<'install-system-units' | 'install-agent-unit' | 'daemon-reload' | 'enable-units' | 'disable-units' | 'start-units' | 'restart-units' | 'stop-units' | 'record-units'> = {
@@ -48,14 +49,14 @@ export const unitsSteps: StepHandlers<'install-system-units' | 'install-agent-un
     const purpose = purposeOf(step);
     const scope = await requireScope(ctx, 'starting units');
     await deps.systemd.start(scope, step.units, purpose);
-    await verifyActive(ctx, scope, step.units, purpose);
+    await verifyActive(ctx, step, scope, step.units, purpose);
   },
   'restart-units': async (step, ctx) => {
     const { deps } = ctx;
     const purpose = purposeOf(step);
     const scope = await requireScope(ctx, 'restarting units');
     await deps.systemd.restart(scope, step.units, purpose);
-    await verifyActive(ctx, scope, step.units, purpose);
+    await verifyActive(ctx, step, scope, step.units, purpose);
   },
   'stop-units': async (step, ctx) => {
     const { deps } = ctx;
@@ -68,18 +69,46 @@ export const unitsSteps: StepHandlers<'install-system-units' | 'install-agent-un
   },
 };
 
-async function verifyActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {
-  // A Type=simple unit reports active at once and may fail a moment later: it must stay active
-  // for about 1.5 s (then a unit restarting on failure shows as activating or failed).
-  let states: Record<string, string> = {};
-  for (let i = 0; i < 12; i++) {
-    states = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
-    if (units.every((u) => states[u] === 'active') && i >= 5) return;
-    if (units.some((u) => states[u] === 'failed')) break;
-    await ctx.deps.delay(300);
+/** Checks between the looks at a started unit, and how many looks make its stability window. */
+const SETTLE_POLL_MS = 300;
+const SETTLE_LOOKS = 6;
+
+/**
+ * A Type=simple unit reports active at once and may fail a moment later: it must stay active
+ * for about 1.5 s (then a unit restarting on failure shows as activating or failed). The first
+ * look is awaited here (a unit that failed at once fails the step); the rest of the window is
+ * awaited here too, or left in `ctx.settling` when the caller lets units settle in the background.
+ */
+async function verifyActive(ctx: StepContext, step: Step, scope: UnitScope, units: string[], purpose: string): Promise<void> {
+  await settleUnits(ctx); // an earlier start's window is over before this one starts
+  const first = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
+  if (units.some((u) => first[u] === 'failed')) throw await unitFailure(ctx, scope, units, first, purpose);
+  const rest = watchActive(ctx, scope, units, purpose).then(
+    () => undefined,
+    (err: unknown) => toNs8ctlError(err),
+  );
+  if (!ctx.settleInBackground) {
+    const err = await rest;
+    if (err) throw err;
+    return;
   }
+  ctx.settling = { step, done: rest };
+}
+
+/** The rest of the window: every unit active at each look, the last one `SETTLE_LOOKS` polls after the start. */
+async function watchActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {
+  let states: Record<string, string> = {};
+  for (let i = 1; i < SETTLE_LOOKS * 2; i++) {
+    await ctx.deps.delay(SETTLE_POLL_MS);
+    states = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
+    if (units.every((u) => states[u] === 'active') && i >= SETTLE_LOOKS - 1) return;
+    if (units.some((u) => states[u] === 'failed')) break;
+  }
+  throw await unitFailure(ctx, scope, units, states, purpose);
+}
+
+async function unitFailure(ctx: StepContext, scope: UnitScope, units: string[], states: Record<string, string>, purpose: string): Promise<Ns8ctlError> {
   const bad = units.filter((u) => states[u] !== 'active');
-  if (!bad.length) return;
   const why = await Promise.all(bad.map((u) => ctx.deps.systemd.describe(scope, u, `${purpose} (describe)`)));
-  throw new Ns8ctlError('unit_failed', `${ctx.id}: unit ${bad.join(', ')} did not start: ${why.join('; ')}`, { user: false });
+  return new Ns8ctlError('unit_failed', `${ctx.id}: unit ${bad.join(', ')} did not start: ${why.join('; ')}`, { user: false });
 }
