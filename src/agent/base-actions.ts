@@ -16,6 +16,7 @@ import path from 'node:path';
 import type { BuiltinAction, BuiltinStep, BuiltinStepContext } from './action-catalog.js';
 import { formatCommandLine } from './comfd-protocol.js';
 import { instanceIdOfAgent, isSafeName } from './names.js';
+import { defaultGraphroot, findImage, readImageStore } from '../host/image-store.js';
 import { runStepProcess } from '../host/step-process.js';
 
 /** Options for the base actions (paths the tests and rootfull hosts change). */
@@ -122,10 +123,15 @@ const pullImages: BuiltinStep = {
     const images = Array.isArray(raw) ? raw.filter((x): x is string => typeof x === 'string' && x !== '') : [];
     for (const url of images) await ctx.command(formatCommandLine(['set-env', serviceImageEnvName(url), url]));
     let done = 0;
+    // The node agent has put the service images in place already: found in the storage's own
+    // metadata, an image needs no podman process (each costs the user's podman start, 0.1-0.6 s).
+    const graphroot = await defaultGraphroot(ctx.env, ctx.rootfull);
+    const local = graphroot ? await readImageStore(graphroot) : undefined;
     for (const url of images) {
       if (ctx.signal.aborted) return 143;
-      const exists = await ctx.services.runner.run(['podman', 'image', 'exists', url], { allowFailure: true, purpose: `${moduleId}: create-module: check image ${url}`, env: { ...ctx.env } });
-      if (exists.exitCode !== 0) {
+      const found = local !== undefined && findImage(local, url) !== undefined;
+      const exists = found ? undefined : await ctx.services.runner.run(['podman', 'image', 'exists', url], { allowFailure: true, purpose: `${moduleId}: create-module: check image ${url}`, env: { ...ctx.env } });
+      if (exists && exists.exitCode !== 0) {
         await ctx.services.runner.run(['podman', 'pull', url], { purpose: `${moduleId}: create-module: pull ${url}`, mutating: true, env: { ...ctx.env } });
       }
       done++;

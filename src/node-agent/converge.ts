@@ -123,7 +123,20 @@ export async function convergeInstance(desired: InstanceDesired, rec: InstanceRe
     if (last.done) break;
   }
   if (!last || 'result' in last) throw new Ns8ctlError('internal', `${p.id}: reconcile made no observation`, { user: false });
-  return finishPass(p, last.observed, last.plan);
+  return (await settledOrFailed(p)) ?? finishPass(p, last.observed, last.plan);
+}
+
+/** Units still in their stability window at the end of the rounds: waited for; their failure fails the pass. */
+async function settledOrFailed(p: ConvergePass): Promise<InstanceResult | undefined> {
+  const s = p.stepCtx.settling;
+  if (!s) return undefined;
+  try {
+    await settleUnits(p.stepCtx);
+    return undefined;
+  } catch (err) {
+    if (p.updateFrom && ROLLBACK_AFTER.has(s.step.kind) && !p.control.signal?.aborted) return rollBack(p.d, p.url, p.updateFrom, s.step, toNs8ctlError(err), p.node, p.deps, p.shared, p.control);
+    return failed(p.deps, p.d, p.prev, p.base, toNs8ctlError(err), s.step, p.applied, p.drift, false, p.setback);
+  }
 }
 
 function startPass(d: InstanceDesired, rec: InstanceRecord | undefined, node: number, deps: NodeAgentDeps, shared: ObserveContext, control: ReconcileControl): PassStart {
@@ -303,13 +316,14 @@ function planRound(p: ConvergePass, observed: ObservedInstance): InstancePlan {
 /** Applies the steps in order; the first failure ends the pass (rolled back when it broke an update). */
 async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<InstanceResult | undefined> {
   // Started units settle while the steps that do not depend on them run (a create-module task
-  // mostly waits for the module agent to start): awaited before any other step and at the end.
+  // mostly waits for the module agent to start): awaited before any other step. The window may
+  // span rounds (run-lifecycle is planned in the round after start-units): at the latest it ends
+  // before the pass reports (settledOrFailed).
   p.stepCtx.settleInBackground = true;
-  for (const next of [...steps, undefined]) {
+  for (const next of steps) {
     let step: Step | undefined = p.stepCtx.settling?.step;
     try {
-      if (!next || !SETTLE_OVERLAPS.has(next.kind)) await settleUnits(p.stepCtx);
-      if (!next) break;
+      if (!SETTLE_OVERLAPS.has(next.kind)) await settleUnits(p.stepCtx);
       step = next;
       // A reload right after a reload (the next round starts where the last ended) reads the same files.
       if (step.kind === 'daemon-reload' && p.applied.at(-1)?.kind === 'daemon-reload') {
@@ -325,7 +339,7 @@ async function applySteps(p: ConvergePass, steps: readonly Step[]): Promise<Inst
         p.rec = await oweCreateModule(p, await p.deps.records.get(p.id));
       }
     } catch (err) {
-      if (!step) throw err;
+      if (!step) throw err; // unreachable: a settling window always has its step
       // A lifecycle task cut short by a unit that failed meanwhile: the failure is the start's.
       if (toNs8ctlError(err).code === 'unit_failed' && p.stepCtx.settling) step = p.stepCtx.settling.step;
       delete p.stepCtx.settling; // the pass ends here: a window still open is not waited for

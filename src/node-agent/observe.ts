@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { RedisError } from '../errors.js';
 import { keys } from '../state/keys.js';
 import { parseEnvironment } from './environment-file.js';
-import { findImage } from './host/image-store.js';
+import { findImage } from '../host/image-store.js';
 import type { Owner } from './host/owner.js';
 import { fileStamp } from './host/image-cache.js';
 import type { PodmanHost } from './host/podman.js';

@@ -6,7 +6,7 @@
 import { Ns8ctlError, toNs8ctlError } from '../errors.js';
 import { checkUpdate } from '../repository/resolve.js';
 import type { NodeAgentDeps } from './deps.js';
-import { findImage } from './host/image-store.js';
+import { findImage } from '../host/image-store.js';
 import type { Owner } from './host/owner.js';
 import { parseModuleLabels, type ModuleLabels } from './labels.js';
 import { ownerOf, type ObserveContext } from './observe.js';

@@ -178,6 +178,28 @@ describe('base actions', () => {
     }
   });
 
+  it('create-module spawns no podman for a service image the storage metadata already lists (the node agent imported it), and checks the others', async () => {
+    const runner = new PodmanRecorder();
+    const home = path.join(root, 'home-web2');
+    const store = path.join(home, '.local', 'share', 'containers', 'storage', 'vfs-images');
+    mkdirSync(store, { recursive: true });
+    writeFileSync(path.join(store, 'images.json'), JSON.stringify([{ id: 'a'.repeat(64), digest: `sha256:${'b'.repeat(64)}`, names: ['docker.io/library/mysql:8'] }]));
+    const env = { ...process.env, HOME: home, XDG_DATA_HOME: '', XDG_CONFIG_HOME: '', CONTAINERS_STORAGE_CONF: '' };
+    const agent = runAgent({ agentId: 'module/web2', installDir: root, stateDir: path.join(root, 'state2'), actionsDirs: [path.join(root, 'actions')], builtins: createBaseActions(), pollSeconds: 1, env, log: () => undefined }, { redis: server.client(), runner, systemd });
+    await agent.start();
+    try {
+      // `mysql:8` is the name podman stores as docker.io/library/mysql:8.
+      const r = await runTask(admin, 'module/web2', 'create-module', { data: { images: ['mysql:8', 'ghcr.io/x/2fauth:1'] } });
+      expect(r).toMatchObject({ status: 'completed', exitCode: 0 });
+      expect(runner.calls).toEqual([
+        ['podman', 'image', 'exists', 'ghcr.io/x/2fauth:1'],
+        ['podman', 'pull', 'ghcr.io/x/2fauth:1'],
+      ]);
+    } finally {
+      await agent.stop();
+    }
+  });
+
   it('get-status reports services, images and volumes in NS8 shape, validated by its output schema', async () => {
     const runner = new PodmanRecorder();
     const units = path.join(root, 'systemd', 'user');

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
 import { fileStamp, RunnerImageCache } from '../../src/node-agent/host/image-cache.js';
-import { normalizeImageRef } from '../../src/node-agent/host/image-store.js';
+import { normalizeImageRef } from '../../src/host/image-store.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
 

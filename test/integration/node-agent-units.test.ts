@@ -212,6 +212,33 @@ describe('systemd units of a rootless instance', () => {
     expect((await once()).error?.message).toBeUndefined();
   }, 60_000);
 
+  test('a unit that starts, then fails inside its stability window (while the pass goes on), makes the instance Degraded naming it', async () => {
+    systemd.calls.length = 0;
+    systemd.active.clear();
+    const real = systemd.isActive.bind(systemd);
+    let looks = 0;
+    systemd.isActive = async (scope, units) => {
+      // Active at the first look after the start, failed at the second.
+      if (units.includes('webapp.service') && ++looks === 2) {
+        systemd.failing.add('webapp.service');
+        systemd.active.delete(`${id}/webapp.service`);
+      }
+      return real(scope, units);
+    };
+    try {
+      const r = await once();
+      expect(r.outcome).toBe('failed');
+      expect(looks).toBeGreaterThanOrEqual(2);
+      const deg = (await readModuleStatus(admin, id))!.conditions.find((c) => c.type === 'Degraded');
+      expect(deg).toMatchObject({ status: 'True', reason: 'UnitFailed' });
+      expect(deg!.message).toMatch(/start-units.*unit webapp.service did not start|unit webapp.service did not start/);
+    } finally {
+      systemd.isActive = real;
+      systemd.failing.clear();
+    }
+    expect((await once()).error?.message).toBeUndefined();
+  }, 60_000);
+
   test('an installed instance whose module no longer resolves is still repaired on its image, and reports ImageResolutionFailed', async () => {
     // No repository carries webapp: the resolver answers module_not_found (it used to be StepFailed, retried forever).
     const resolving: NodeAgentDeps = { ...deps, resolveImage: makeImageResolver(admin, { coreVersion: '3.21.0' }) };

@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { serviceImageCacheDir } from '../../src/node-agent/host/podman.js';
-import { findImage, readImageStore } from '../../src/node-agent/host/image-store.js';
+import { findImage, readImageStore } from '../../src/host/image-store.js';
 import { REF_TTL_MS, RunnerServiceImageCache } from '../../src/node-agent/host/service-image-cache.js';
 import { userStorage } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';

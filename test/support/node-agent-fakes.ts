@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import type { CommandRecord, CommandRunner, RunOptions } from '../../src/host/runner.js';
 import type { NodeAgentDeps } from '../../src/node-agent/deps.js';
 import type { DesiredSource } from '../../src/node-agent/desired-source.js';
-import { findImage, type LocalImage } from '../../src/node-agent/host/image-store.js';
+import { findImage, type LocalImage } from '../../src/host/image-store.js';
 import type { Owner } from '../../src/node-agent/host/owner.js';
 import type { CachedImage, ImageCache } from '../../src/node-agent/host/image-cache.js';
 import type { ExtractPart, PodmanHost } from '../../src/node-agent/host/podman.js';

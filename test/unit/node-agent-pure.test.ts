@@ -3,7 +3,7 @@ import { moduleFlags, parseModuleLabels } from '../../src/node-agent/labels.js';
 import { assertEnvironment, changedNames, parseEnvironment, renderEnvironment, sameEnvironment } from '../../src/node-agent/environment-file.js';
 import { managedEnvironment, mergeEnvironment } from '../../src/node-agent/module-env.js';
 import { parseNodePorts, parseRange, portEnvironment } from '../../src/node-agent/ports.js';
-import { findImage, imageRepository, normalizeImageRef } from '../../src/node-agent/host/image-store.js';
+import { findImage, imageRepository, normalizeImageRef } from '../../src/host/image-store.js';
 import { freeSubidRange, parsePasswd, parseSubids } from '../../src/node-agent/host/passwd.js';
 import { isStartableUnit, parseInstallSection } from '../../src/node-agent/host/systemd.js';
 import { aclLineMatches, moduleAclRules, passwordSha256 } from '../../src/node-agent/redis-acl.js';

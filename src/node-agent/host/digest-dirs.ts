@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { normalizeImageRef } from './image-store.js';
+import { normalizeImageRef } from '../../host/image-store.js';
 
 /** A manifest digest as the caches key entries by. */
 export const DIGEST = /^sha256:[0-9a-f]{64}$/;

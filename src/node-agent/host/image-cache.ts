@@ -25,7 +25,7 @@ import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
 import { DIGEST, DigestDirs, hex, readJson, sha } from './digest-dirs.js';
 import type { ImageFacts } from '../types.js';
-import { imageRepository, normalizeImageRef } from './image-store.js';
+import { imageRepository, normalizeImageRef } from '../../host/image-store.js';
 import { ownerPrefix, shq, type Owner } from './owner.js';
 
 /** A module image in the node cache. */

@@ -12,7 +12,7 @@ import type { CommandRunner } from '../../host/runner.js';
 import type { ImageFacts } from '../types.js';
 import { RunnerImageCache, type ImageCache } from './image-cache.js';
 import { RunnerServiceImageCache, type ServiceImageCache } from './service-image-cache.js';
-import { findImage, imageRepository, normalizeImageRef, readImageStore, type LocalImage } from './image-store.js';
+import { findImage, imageRepository, normalizeImageRef, readImageStore, type LocalImage } from '../../host/image-store.js';
 import { asOwner, ownerPrefix, shq, type Owner } from './owner.js';
 import type { HostLayout } from '../layout.js';
 import { userStorage } from '../layout.js';

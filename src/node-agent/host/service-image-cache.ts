@@ -31,7 +31,7 @@ import { withFileLock } from '../../host/file-lock.js';
 import type { CommandRunner } from '../../host/runner.js';
 import { writeFileAtomic } from '../atomic-write.js';
 import { DigestDirs, readJson, sha } from './digest-dirs.js';
-import { normalizeImageRef } from './image-store.js';
+import { normalizeImageRef } from '../../host/image-store.js';
 import { asOwner, type Owner } from './owner.js';
 
 /** A service image in the node cache. */

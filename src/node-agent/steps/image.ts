@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../atomic-write.js';
-import { findImage } from '../host/image-store.js';
+import { findImage } from '../../host/image-store.js';
 import type { CachedImage } from '../host/image-cache.js';
 import { asOwner, ROOT, type Owner } from '../host/owner.js';
 import type { ExtractPart } from '../host/podman.js';

@@ -96,3 +96,29 @@ export async function readImageStore(graphroot: string): Promise<LocalImage[] | 
   }
   return out;
 }
+
+/**
+ * The graphroot podman uses by default for this process's user (root: /var/lib/containers/storage;
+ * others: `$XDG_DATA_HOME/containers/storage` or `~/.local/share/containers/storage`), or undefined
+ * when a storage.conf may choose another one (`CONTAINERS_STORAGE_CONF`, the user's own file, or a
+ * `graphroot`/`rootless_storage_path` in /etc/containers/storage.conf): then only podman knows.
+ */
+export async function defaultGraphroot(env: Readonly<Record<string, string | undefined>>, rootfull: boolean, etcDir = '/etc/containers'): Promise<string | undefined> {
+  if (env.CONTAINERS_STORAGE_CONF) return undefined;
+  const home = env.HOME;
+  if (!rootfull && !home) return undefined;
+  if (!rootfull && (await exists(path.join(env.XDG_CONFIG_HOME || path.join(home!, '.config'), 'containers', 'storage.conf')))) return undefined;
+  const system = await fs.readFile(path.join(etcDir, 'storage.conf'), 'utf8').catch(() => '');
+  if (/^\s*(graphroot|rootless_storage_path)\s*=/m.test(system)) return undefined;
+  if (rootfull) return '/var/lib/containers/storage';
+  return path.join(env.XDG_DATA_HOME || path.join(home!, '.local', 'share'), 'containers', 'storage');
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
