@@ -98,9 +98,12 @@ async function verifyActive(ctx: StepContext, step: Step, scope: UnitScope, unit
 /** The rest of the window: every unit active at each look, the last one `SETTLE_LOOKS` polls after the start. */
 async function watchActive(ctx: StepContext, scope: UnitScope, units: string[], purpose: string): Promise<void> {
   let states: Record<string, string> = {};
+  let looked = 0; // how long the last look took: the looks stay SETTLE_POLL_MS apart, not further
   for (let i = 1; i < SETTLE_LOOKS * 2; i++) {
-    await ctx.deps.delay(SETTLE_POLL_MS);
+    await ctx.deps.delay(Math.max(0, SETTLE_POLL_MS - looked));
+    const t = Date.now();
     states = await ctx.deps.systemd.isActive(scope, units, `${purpose} (check)`);
+    looked = Date.now() - t;
     if (units.every((u) => states[u] === 'active') && i >= SETTLE_LOOKS - 1) return;
     if (units.some((u) => states[u] === 'failed')) break;
   }
