@@ -44,7 +44,7 @@ const ADDRESS_LABEL = 'org.ns8ctl.sandbox.address';
  * container storage and homes on disk (not on the overlay), and the project plus the node binary
  * read-only at /opt/ns8ctl. The MAC address is fixed too (`nodeMac`): with a new one at each
  * `podman start`, the host kept the old one in its neighbour cache and could not reach a
- * restarted node (its Redis included) for about 40 s.
+ * restarted node (its Redis included) for about 40 s. No task limit, as on a real node.
  */
 export function nodeRunArgs(s: NodeRunSpec): string[] {
   return [
@@ -57,6 +57,10 @@ export function nodeRunArgs(s: NodeRunSpec): string[] {
     '--add-host', `cluster-leader:${s.leaderAddress}`,
     '--privileged',
     '--systemd=always',
+    // A node is a whole machine: podman's default cap of 2048 tasks per container (threads
+    // included) was reached at about 45 instances (each a module agent, podman, conmon and a user
+    // manager), and every spawn then failed with EAGAIN.
+    '--pids-limit', '-1',
     '--device', '/dev/net/tun',
     '--stop-signal=SIGRTMIN+3',
     '--stop-timeout', '30',

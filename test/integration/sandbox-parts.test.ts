@@ -83,8 +83,9 @@ describe('sandbox node configuration', () => {
     expect(renderSandboxEnv({ ...input, nodeId: 2 })).toMatch(/^NS8CTL_LEADER_REDIS_URL=redis:\/\/ns8ctl:pw@10\.89\.0\.11:6379$/m);
   });
 
-  test('a node boots privileged with systemd, a clean stop signal, the rootfs as a private overlay, and the project read-only', () => {
+  test('a node boots privileged with systemd, no task cap, a clean stop signal, the rootfs as a private overlay, and the project read-only', () => {
     const argv = nodeRunArgs({ sandbox: 'dev', nodeId: 2, address: '10.89.0.12', leaderAddress: '10.89.0.11', rootfs: '/cache/r', configDir: '/s/etc', containersDir: '/s/c', homeDir: '/s/h', registriesConf: '/s/reg.conf', projectRoot: '/p', nodeBinary: '/usr/bin/node' });
+    expect(argv.join(' ')).toContain('--pids-limit -1');
     expect(argv).toEqual(expect.arrayContaining(['--privileged', '--systemd=always', '--stop-signal=SIGRTMIN+3', '/dev/net/tun', 'cluster-leader:10.89.0.11', '/p:/opt/ns8ctl/app:ro']));
     expect(argv.slice(-3)).toEqual(['--rootfs', '/cache/r:O', '/lib/systemd/systemd']);
   });
