@@ -12,8 +12,8 @@
  * redis-server. Run: `npm run build && node dist/bench/node-agent-converge.js`
  * (BENCH_CONVERGE_INSTANCES, BENCH_NOOP_INSTANCES, BENCH_CONCURRENCY change the sizes).
  */
-import { existsSync, mkdtempSync, rmSync, chmodSync, mkdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdtempSync, rmSync, chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
@@ -87,6 +87,13 @@ function check(result: NodeReconcileResult, what: string): void {
   if (bad.length) throw new Error(`${what}: ${bad.map((i) => `${i.id}: ${i.error!.message}`).join('\n')}`);
 }
 
+/** Busy and total CPU time of the whole host so far (the `cpu` line of /proc/stat, in clock ticks). */
+function hostCpu(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+}
+
 async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
   const t0 = performance.now();
   const value = await fn();
@@ -134,6 +141,9 @@ async function main(): Promise<void> {
     const rows = [['phase', 'instances', 'wall ms', 'commands', 'ms/instance']];
     let parallelMs = 0;
     let sequentialMs = 0;
+    // How many of the host's cores the sequential run kept busy: concurrency cannot beat
+    // cores / busy cores (the work left per instance is CPU work of short-lived processes).
+    let sequentialBusyCores = 0;
     // The module image goes into the node cache once per run (skopeo copy), whatever the instances.
     let fetches = 0;
     // Service images: once per run into the node's service-image cache, then imported per user.
@@ -143,7 +153,10 @@ async function main(): Promise<void> {
       const runner = new CountingRunner();
       const { deps, opts } = make(concurrency, runner);
       await putModules(redis, ids, image);
+      const cpu0 = hostCpu();
       const r = await timed(() => reconcileNodeOnce(opts, deps));
+      const cpu1 = hostCpu();
+      if (concurrency === 1) sequentialBusyCores = ((cpu1.busy - cpu0.busy) / Math.max(1, cpu1.total - cpu0.total)) * cpus().length;
       check(r.value, 'converge');
       rows.push([`converge, concurrency ${concurrency}`, String(ids.length), r.ms.toFixed(0), String(runner.records.length), (r.ms / ids.length).toFixed(0)]);
       if (concurrency === 1) {
@@ -166,6 +179,7 @@ async function main(): Promise<void> {
     }
     out.push(table(rows));
     out.push(`bounded concurrency (${CONCURRENCY}) vs sequential: ${(sequentialMs / parallelMs).toFixed(2)}x faster (${sequentialMs.toFixed(0)} ms -> ${parallelMs.toFixed(0)} ms)`);
+    out.push(`the sequential run kept ${sequentialBusyCores.toFixed(2)} of the host's ${cpus().length} cores busy: no concurrency can beat ${(cpus().length / Math.max(0.01, sequentialBusyCores)).toFixed(2)}x here`);
     out.push(`module image fetched into the node cache ${fetches} time(s) for ${CONVERGE} instances (concurrency ${CONCURRENCY})`);
     out.push(`service image fetched into the node's service-image cache ${serviceFetches} time(s), pulled by instance users ${userPulls} time(s), for ${CONVERGE} instances (concurrency ${CONCURRENCY})`);
     const total = [...shares.values()].reduce((a, b) => a + b, 0);
@@ -229,6 +243,8 @@ async function main(): Promise<void> {
         { what: `converge ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: parallelMs / 1000, unit: 's', aim: (8 * CONVERGE) / 20 },
         { what: `converge ${CONVERGE} instances, sequential`, value: sequentialMs / 1000, unit: 's' },
         { what: 'concurrent speed-up over sequential', value: sequentialMs / parallelMs, unit: 'x', aim: 3, higherIsBetter: true },
+        { what: `cores busy during the sequential run (of ${cpus().length}, whole host)`, value: sequentialBusyCores, unit: 'cores' },
+        { what: 'speed-up ceiling on this host: cores / cores busy when sequential', value: cpus().length / Math.max(0.01, sequentialBusyCores), unit: 'x' },
         { what: `module image fetches for ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: fetches, unit: 'fetches', aim: 1 },
         { what: `service image registry fetches for ${CONVERGE} instances, concurrency ${CONCURRENCY}`, value: serviceFetches + userPulls, unit: 'fetches', aim: 1 },
         { what: `no-op reconcile of ${NOOP}`, value: noop.ms, unit: 'ms' },
