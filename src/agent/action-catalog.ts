@@ -6,6 +6,7 @@
  * actions directory replaces them. `validate-input.json` / `validate-output.json` are schemas,
  * not steps (the last directory that has one wins).
  */
+import type { ValidateFunction } from 'ajv';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
@@ -68,13 +69,17 @@ export interface BuiltinAction {
   steps: BuiltinStep[];
   inputSchema?: object;
   outputSchema?: object;
+  /** `inputSchema` compiled ahead of time (same options as at run time): used instead of compiling it. */
+  inputValidate?: ValidateFunction;
+  /** `outputSchema` compiled ahead of time. */
+  outputValidate?: ValidateFunction;
 }
 
 /** One step to run, in order. */
 export type PlannedStep = { kind: 'file'; name: string; path: string } | { kind: 'builtin'; name: string; step: BuiltinStep };
 
 /** Where a schema comes from: a file, or a built-in object. */
-export type SchemaSource = { path: string } | { json: object; origin: string };
+export type SchemaSource = { path: string } | { json: object; origin: string; validate?: ValidateFunction };
 
 /** The resolved action: steps in run order, and its schemas. */
 export interface ActionPlan {
@@ -125,8 +130,8 @@ export async function resolveAction(action: string, actionsDirs: readonly string
   if (builtin) {
     found = true;
     for (const s of builtin.steps) byName.set(s.name, { kind: 'builtin', name: s.name, step: s });
-    if (builtin.inputSchema) inputSchema = { json: builtin.inputSchema, origin: `built-in ${action}/${INPUT_SCHEMA}` };
-    if (builtin.outputSchema) outputSchema = { json: builtin.outputSchema, origin: `built-in ${action}/${OUTPUT_SCHEMA}` };
+    if (builtin.inputSchema) inputSchema = { json: builtin.inputSchema, origin: `built-in ${action}/${INPUT_SCHEMA}`, ...(builtin.inputValidate ? { validate: builtin.inputValidate } : {}) };
+    if (builtin.outputSchema) outputSchema = { json: builtin.outputSchema, origin: `built-in ${action}/${OUTPUT_SCHEMA}`, ...(builtin.outputValidate ? { validate: builtin.outputValidate } : {}) };
   }
   for (const root of actionsDirs) {
     const dir = path.join(root, action);

@@ -14,7 +14,10 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { BuiltinAction, BuiltinStep, BuiltinStepContext } from './action-catalog.js';
+import { BASE_ACTION_SCHEMAS } from './base-action-schemas.js';
 import { formatCommandLine } from './comfd-protocol.js';
+import type { ValidateFunction } from 'ajv';
+import * as precompiled from './generated/base-action-validators.js';
 import { instanceIdOfAgent, isSafeName } from './names.js';
 import { defaultGraphroot, findImage, readImageStore } from '../host/image-store.js';
 import { runStepProcess } from '../host/step-process.js';
@@ -46,38 +49,7 @@ export function serviceImageEnvName(url: string): string {
   return `${/^\d/.test(base) ? 'I' : ''}${base}_IMAGE`;
 }
 
-const createModuleInput = {
-  $schema: 'http://json-schema.org/draft-07/schema#',
-  title: 'create-module input',
-  type: 'object',
-  properties: {
-    volumes: {
-      type: 'object',
-      description: 'Optional mapping of application volume names to filesystem base paths.',
-      additionalProperties: { type: 'string', pattern: '^/.+$' },
-    },
-    images: { type: 'array', items: { type: 'string', minLength: 1 }, uniqueItems: true },
-  },
-};
 
-const getStatusOutput = {
-  $schema: 'http://json-schema.org/draft-07/schema#',
-  title: 'get-status output',
-  type: 'object',
-  required: ['instance', 'ui_name', 'node', 'node_ui_name', 'services', 'images', 'volumes'],
-  properties: {
-    instance: { type: 'string' },
-    ui_name: { type: 'string' },
-    node: { type: 'string' },
-    node_ui_name: { type: 'string' },
-    services: {
-      type: 'array',
-      items: { type: 'object', required: ['name', 'active', 'enabled', 'failed'], properties: { name: { type: 'string' }, active: { type: 'boolean' }, enabled: { type: 'boolean' }, failed: { type: 'boolean' } } },
-    },
-    images: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, size: { type: 'string' }, created: { type: 'string' } } } },
-    volumes: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, mount: { type: 'string' }, created: { type: 'string' } } } },
-  },
-};
 
 function moduleIdOf(ctx: BuiltinStepContext): string {
   return ctx.env['MODULE_ID'] || instanceIdOfAgent(ctx.agentId) || ctx.agentId;
@@ -169,15 +141,6 @@ const selfadmRole: BuiltinStep = {
 
 const destroyHook: BuiltinStep = { name: '50destroy', run: () => Promise.resolve(0) };
 
-const updateModuleInput = {
-  $schema: 'http://json-schema.org/draft-07/schema#',
-  title: 'update-module input',
-  type: 'object',
-  properties: {
-    module_url: { type: 'string', minLength: 1 },
-    force: { type: 'boolean' },
-  },
-};
 
 /**
  * NS8's `05pullimages` pulls and extracts the new image and writes IMAGE_* and PREV_*; under
@@ -316,12 +279,17 @@ function getStatusStep(opts: BaseActionsOptions): BuiltinStep {
   };
 }
 
+/** A validator of the generated module (standalone functions report `errors` as a compiled one does). */
+function validatorOf(name: keyof typeof precompiled): ValidateFunction {
+  return precompiled[name] as unknown as ValidateFunction;
+}
+
 /** The base actions, ready to pass to runAgent (`builtins`). */
 export function createBaseActions(opts: BaseActionsOptions = {}): BuiltinAction[] {
   return [
-    { name: 'create-module', steps: [createVolumes, pullImages, defaultRoles, selfadmRole], inputSchema: createModuleInput },
+    { name: 'create-module', steps: [createVolumes, pullImages, defaultRoles, selfadmRole], inputSchema: BASE_ACTION_SCHEMAS.createModuleInput, inputValidate: validatorOf('CreateModuleInput') },
     { name: 'destroy-module', steps: [destroyHook, cleanupImages] },
-    { name: 'update-module', steps: [updatePulledImages, runUpdateScripts], inputSchema: updateModuleInput },
-    { name: 'get-status', steps: [getStatusStep(opts)], outputSchema: getStatusOutput },
+    { name: 'update-module', steps: [updatePulledImages, runUpdateScripts], inputSchema: BASE_ACTION_SCHEMAS.updateModuleInput, inputValidate: validatorOf('UpdateModuleInput') },
+    { name: 'get-status', steps: [getStatusStep(opts)], outputSchema: BASE_ACTION_SCHEMAS.getStatusOutput, outputValidate: validatorOf('GetStatusOutput') },
   ];
 }

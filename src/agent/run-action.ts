@@ -139,7 +139,7 @@ class ActionRun {
     let validate;
     try {
       const { schema, origin } = await loadSchema(src);
-      validate = compileSchemaCached(schema, origin, definitions);
+      validate = 'validate' in src && src.validate ? src.validate : compileSchemaCached(schema, origin, definitions);
       if (which === 'output') doc = JSON.parse(this.output) as unknown;
     } catch (err) {
       this.error += `JSON Schema ${which} validation aborted at step ${'path' in src ? src.path : src.origin}: ${(err as Error).message}\n`;

@@ -41,10 +41,13 @@ export interface Ns8ValidationError {
   field: string;
 }
 
-/** Creates an ajv instance configured like the agent's validator (draft-07, all errors, formats). */
-export function createValidatorAjv(opts: { useDefaults?: boolean } = {}): Ajv {
+/**
+ * Creates an ajv instance configured like the agent's validator (draft-07, all errors, formats).
+ * `code` is for ahead-of-time compilation (ajv's standalone mode) with the same options.
+ */
+export function createValidatorAjv(opts: { useDefaults?: boolean; code?: { source: true; esm: true; lines: true } } = {}): Ajv {
   const { Ajv, addFormats } = loadAjv();
-  const ajv = new Ajv({ allErrors: true, verbose: true, strict: false, useDefaults: opts.useDefaults ?? false, validateSchema: true });
+  const ajv = new Ajv({ allErrors: true, verbose: true, strict: false, useDefaults: opts.useDefaults ?? false, validateSchema: true, ...(opts.code ? { code: opts.code } : {}) });
   addFormats(ajv);
   return ajv;
 }
