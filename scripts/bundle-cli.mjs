@@ -58,6 +58,9 @@ function rewriteModule(text, relFromBundleDir) {
 const compiledModules = {
   name: 'compiled-modules',
   setup(b) {
+    // Exactly these packages stay outside (esbuild's `external` would also keep out their files
+    // the bundle needs at start, such as ajv's ucs2length for the precompiled schemas).
+    b.onResolve({ filter: /^[a-z@]/ }, (args) => (EXTERNAL.includes(args.path) ? { path: args.path, external: true } : undefined));
     b.onLoad({ filter: /\.js$/ }, async (args) => {
       if (!args.path.startsWith(path.join(dist, 'src') + path.sep)) return undefined;
       const rel = path.relative(outDir, args.path).split(path.sep).join('/');
@@ -74,7 +77,6 @@ const result = await build({
   target: 'node20',
   write: false,
   outfile: outFile,
-  external: EXTERNAL,
   charset: 'ascii',
   legalComments: 'none',
   plugins: [compiledModules],

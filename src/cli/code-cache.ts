@@ -203,12 +203,19 @@ export interface LoadedBundle {
 
 /**
  * Compiles and runs the bundle at `paths.bundle`, with the code cache of `argv`'s command when
- * one is trusted, and arranges for the cache to be written at exit when it was missing or
- * refused (see the module comment). Returns undefined when the bundle is missing, stale or not
+ * one is trusted (owned by `opts.uid`, default the effective uid), and arranges (`opts.atExit`,
+ * default the process' `exit` event, with its exit code) for the cache to be written when it was
+ * missing or refused (see the module comment). Returns undefined when the bundle is missing, stale or not
  * a bundle (no header), or `NS8CTL_BUNDLE=off`: the caller then imports the compiled modules.
  * Errors thrown by the bundle's own top level propagate (they would be bugs of the CLI).
  */
-export function loadBundle(argv: readonly string[], env: NodeJS.ProcessEnv, paths: BundlePaths, uid: number = process.geteuid?.() ?? -1): LoadedBundle | undefined {
+export function loadBundle(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+  paths: BundlePaths,
+  opts: { uid?: number; atExit?: (write: (exitCode: number) => void) => void } = {},
+): LoadedBundle | undefined {
+  const uid = opts.uid ?? process.geteuid?.() ?? -1;
   if (env.NS8CTL_BUNDLE === 'off' || !bundleIsCurrent(paths)) return undefined;
   let source: string;
   try {
@@ -236,7 +243,8 @@ export function loadBundle(argv: readonly string[], env: NodeJS.ProcessEnv, path
   wrapper.call(module.exports, module.exports, createRequire(paths.bundle), module, paths.bundle, path.dirname(paths.bundle));
   if (typeof module.exports.main !== 'function') return undefined;
   if (dir !== undefined && cacheFile !== undefined && !cacheUsed) {
-    process.once('exit', (code) => {
+    const atExit = opts.atExit ?? ((write: (exitCode: number) => void): void => void process.once('exit', write));
+    atExit((code) => {
       if (code === 0 || code === 1) writeCache(dir, name, script.createCachedData(), uid, prefix);
     });
   }
