@@ -79,6 +79,8 @@ const result = await build({
   outfile: outFile,
   charset: 'ascii',
   legalComments: 'none',
+  minifyWhitespace: true,
+  minifySyntax: true,
   plugins: [compiledModules],
   logLevel: 'silent',
 });
