@@ -133,16 +133,19 @@ export function readTrustedCache(file: string, uid: number): Buffer | undefined 
 }
 
 /**
- * Writes `data` as the cache file `name` in `dir` (created 0700 with its parents when missing),
+ * Writes `content` (or what it returns, called only when `dir` is usable) as the cache file
+ * `name` in `dir` (created 0700 with its parents when missing),
  * atomically: a new 0600 file, then renamed over `name`. Removes the other files of `dir` whose
  * names start with `stalePrefix` (caches of older bundles for the same command). Writes nothing
  * when `dir` is not trusted (`trustedCacheDir`) or `data` is too large. Never throws.
  */
-export function writeCache(dir: string, name: string, data: Buffer, uid: number, stalePrefix?: string): boolean {
+export function writeCache(dir: string, name: string, content: Buffer | (() => Buffer), uid: number, stalePrefix?: string): boolean {
   try {
-    if (data.length === 0 || data.length > MAX_CODE_CACHE_BYTES) return false;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     if (!trustedCacheDir(dir, uid)) return false;
+    // Made only once the directory is known to be usable: serialising the cache costs milliseconds.
+    const data = typeof content === 'function' ? content() : content;
+    if (data.length === 0 || data.length > MAX_CODE_CACHE_BYTES) return false;
     const target = path.join(dir, name);
     const tmp = `${target}.${process.pid}.tmp`;
     const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
@@ -245,7 +248,7 @@ export function loadBundle(
   if (dir !== undefined && cacheFile !== undefined && !cacheUsed) {
     const atExit = opts.atExit ?? ((write: (exitCode: number) => void): void => void process.once('exit', write));
     atExit((code) => {
-      if (code === 0 || code === 1) writeCache(dir, name, script.createCachedData(), uid, prefix);
+      if (code === 0 || code === 1) writeCache(dir, name, () => script.createCachedData(), uid, prefix);
     });
   }
   return { entry: module.exports as CliEntry, cacheUsed, ...(cacheFile !== undefined ? { cacheFile } : {}) };

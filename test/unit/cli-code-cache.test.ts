@@ -125,6 +125,11 @@ describe('writing a cache file', () => {
     chmodSync(dir, 0o700);
     expect(writeCache(dir, 'diff.v8', Buffer.from('x'), uid + 1)).toBe(false);
     expect(readdirSync(dir)).toEqual([]);
+    // The cache is not even serialised for a directory that cannot take it.
+    chmodSync(dir, 0o777);
+    let made = false;
+    expect(writeCache(dir, 'diff.v8', () => ((made = true), Buffer.from('x')), uid)).toBe(false);
+    expect(made).toBe(false);
   });
 });
 
