@@ -17,8 +17,12 @@
  *   that way at start (commander, semver's files) are in the bundle; the ones loaded only for some
  *   work (ioredis, ajv, ajv-formats, yaml, fast-json-patch) stay outside and load from
  *   node_modules on first use, as before.
+ * - `import()` of a built-in module or of a package kept outside becomes a require of it, as the
+ *   namespace import() gives (a script compiled by vm.Script runs no dynamic import() without an
+ *   experimental option); other modules reached by `import()` are in the bundle, where esbuild
+ *   turns the import into a call.
  * The build fails when a compiled module uses `import.meta` or `createRequire` in a form this
- * script does not rewrite, or when esbuild warns.
+ * script does not rewrite, when a dynamic import() is left, or when esbuild warns.
  *
  * Output: `// ns8ctl-bundle <sha256 of the body, 32 hex>` on the first line, then a function
  * expression `(function (exports, require, module, __filename, __dirname) { ... })` (ASCII only).
@@ -47,6 +51,12 @@ function rewriteModule(text, relFromBundleDir) {
     if (m[1] !== 'require') out = out.replace(new RegExp(`\\b${m[1]}\\(`, 'g'), 'require(');
   }
   out = out.replace(/import\.meta\.url/g, `__ns8ctlModuleUrl(${JSON.stringify(relFromBundleDir)})`);
+  // A script compiled by vm.Script has no dynamic import() without an experimental Node option
+  // (which prints a warning): built-in modules and the CommonJS packages kept outside are
+  // required instead, as the namespace an import() gives them (`default` is module.exports).
+  out = out.replace(/\bimport\((['"])([^'"]+)\1\)/g, (whole, q, id) =>
+    id.startsWith('node:') || EXTERNAL.includes(id) ? `__ns8ctlImportRequired(require(${JSON.stringify(id)}))` : whole,
+  );
   const left = /import\.meta|createRequire\(/.exec(out.replace(/^import \{ createRequire \} from 'node:module';$/m, ''));
   if (left) {
     console.error(`bundle-cli: ${relFromBundleDir}: '${left[0]}' in a form scripts/bundle-cli.mjs does not rewrite`);
@@ -89,8 +99,16 @@ if (result.warnings.length > 0 || result.errors.length > 0) {
   process.exit(1);
 }
 const code = result.outputFiles.find((f) => f.path === outFile).text;
+const dynamicImport = /\bimport\(/.exec(code);
+if (dynamicImport) {
+  console.error(`bundle-cli: the bundle still holds a dynamic import() (${JSON.stringify(code.slice(Math.max(0, dynamicImport.index - 80), dynamicImport.index + 40))}), which a vm.Script cannot run; only built-in modules are rewritten`);
+  process.exit(1);
+}
 // Strict mode for the whole bundle (every input is an ES module), then the helper the rewritten modules call.
-const helper = 'const __ns8ctlModuleUrl = (rel) => require("node:url").pathToFileURL(require("node:path").join(__dirname, rel)).href;';
+const helper = [
+  'const __ns8ctlModuleUrl = (rel) => require("node:url").pathToFileURL(require("node:path").join(__dirname, rel)).href;',
+  'const __ns8ctlImportRequired = (m) => Promise.resolve(Object.assign(Object.create(null), m, { default: m }));',
+].join('\n');
 const body = `(function (exports, require, module, __filename, __dirname) {\n"use strict";\n${helper}\n${code}\n})`;
 const hash = createHash('sha256').update(body).digest('hex').slice(0, 32);
 await mkdir(outDir, { recursive: true });

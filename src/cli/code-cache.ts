@@ -235,11 +235,8 @@ export function loadBundle(
   const name = `${prefix}${header[1]}-${process.version}-${process.arch}.v8`;
   const cacheFile = dir === undefined ? undefined : path.join(dir, name);
   const cachedData = cacheFile === undefined ? undefined : readTrustedCache(cacheFile, uid);
-  const script = new vm.Script(source, {
-    filename: paths.bundle,
-    ...(cachedData ? { cachedData } : {}),
-    importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
-  });
+  // No importModuleDynamically: the bundle holds no import() (scripts/bundle-cli.mjs).
+  const script = new vm.Script(source, { filename: paths.bundle, ...(cachedData ? { cachedData } : {}) });
   const cacheUsed = cachedData !== undefined && !script.cachedDataRejected;
   const wrapper = script.runInThisContext() as (exports: object, require: NodeJS.Require, module: { exports: object }, filename: string, dirname: string) => void;
   const module = { exports: {} as Partial<CliEntry> };

@@ -69,6 +69,23 @@ describe('the bundled CLI', () => {
     expect(cacheFiles(xdg).map((f) => f.split('-')[0])).toEqual(['diff', 'get', 'validate']);
   }, 120_000);
 
+  test('a saved plan made and applied by the bundled CLI: the packages it imports on the way load from node_modules, without a warning', async () => {
+    const xdg = path.join(proj, 'xdg-plan');
+    const db = `${srv.url}/3`;
+    const planFile = path.join(proj, 'saved.plan');
+    const made = await ns8ctl(['--redis', db, 'diff', '-f', MANIFESTS, '--out', planFile], { XDG_CACHE_HOME: xdg, NODE_DEBUG: 'module' });
+    expect(made.code).toBe(1);
+    // It was the bundle that ran (the compiled modules load commander from node_modules).
+    expect(made.stderr).not.toMatch(/ load "[^"]*node_modules\/commander\//);
+    const applied = await ns8ctl(['--redis', db, 'apply', '--plan', planFile], { XDG_CACHE_HOME: xdg, NODE_DEBUG: 'module' });
+    expect(applied.code).toBe(0);
+    expect(applied.stderr).toContain('Applied the saved plan');
+    // The saved plan's objects are re-validated from YAML text: the yaml package, required on the way.
+    expect(applied.stderr).toMatch(/ load "[^"]*node_modules\/yaml\//);
+    expect(applied.stderr).not.toMatch(/Warning/);
+    expect((await ns8ctl(['--redis', db, 'diff', '-f', MANIFESTS], { XDG_CACHE_HOME: xdg })).code).toBe(0);
+  }, 120_000);
+
   test('files are found from each compiled module\'s own location under dist/src, not from the bundle\'s', async () => {
     // Without schemas/ the error names the file the schema lookup started from.
     const bare = mkdtempSync(path.join(tmpdir(), 'ns8ctl-bundle-bare-'));
