@@ -67,11 +67,13 @@ export function codeCacheDir(env: NodeJS.ProcessEnv, home: () => string = homedi
 }
 
 /**
- * Which cache a command line uses: its command name (`diff`, `get`, `node-agent`), `help` when
- * it names none. Only letters, digits and `-` (the name becomes part of a file name); anything
- * else is `other`.
+ * Which cache a command line uses: its command name (`diff`, `get`, `node-agent`), with `-help`
+ * when it asks for help (`diff --help` compiles little of what `diff` does), `help` when it names
+ * none. Only letters, digits and `-` (the name becomes part of a file name); anything else is
+ * `other`.
  */
 export function commandKey(argv: readonly string[]): string {
+  const help = argv.includes('--help') || argv.includes('-h');
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (VALUE_OPTIONS.has(a)) {
@@ -79,7 +81,8 @@ export function commandKey(argv: readonly string[]): string {
       continue;
     }
     if (a.startsWith('-')) continue;
-    return /^[a-z][a-z0-9-]{0,39}$/.test(a) ? a : 'other';
+    if (!/^[a-z][a-z0-9-]{0,39}$/.test(a)) return 'other';
+    return help ? `${a}-help` : a;
   }
   return 'help';
 }
@@ -231,8 +234,9 @@ export function loadBundle(
   if (!header) return undefined;
   const dir = env.NS8CTL_CODE_CACHE === 'off' || uid < 0 ? undefined : codeCacheDir(env);
   const key = commandKey(argv);
-  const prefix = `${key}-`;
-  const name = `${prefix}${header[1]}-${process.version}-${process.arch}.v8`;
+  // `<command>.<bundle hash>.<node version>.<arch>.v8`: a command name holds no dot, so `<command>.` names its caches only.
+  const prefix = `${key}.`;
+  const name = `${prefix}${header[1]}.${process.version}.${process.arch}.v8`;
   const cacheFile = dir === undefined ? undefined : path.join(dir, name);
   const cachedData = cacheFile === undefined ? undefined : readTrustedCache(cacheFile, uid);
   // No importModuleDynamically: the bundle holds no import() (scripts/bundle-cli.mjs).

@@ -66,7 +66,7 @@ describe('the bundled CLI', () => {
       expect(bundled).toEqual(modules);
       expect(cached).toEqual(modules);
     }
-    expect(cacheFiles(xdg).map((f) => f.split('-')[0])).toEqual(['diff', 'get', 'validate']);
+    expect(cacheFiles(xdg).map((f) => f.split('.')[0])).toEqual(['diff', 'get', 'validate']);
   }, 120_000);
 
   test('a saved plan made and applied by the bundled CLI: the packages it imports on the way load from node_modules, without a warning', async () => {
@@ -138,7 +138,7 @@ describe('the bundled CLI', () => {
     }
     const fresh = await ns8ctl(['--help'], { XDG_CACHE_HOME: xdg });
     expect(fresh.code).toBe(0);
-    expect(cacheFiles(xdg).map((f) => f.split('-')[0])).toEqual(['help']);
+    expect(cacheFiles(xdg).map((f) => f.split('.')[0])).toEqual(['help']);
   }, 60_000);
 
   test('a cache directory others may write into is neither read nor written', async () => {

@@ -42,6 +42,11 @@ describe('which cache a command line uses', () => {
     expect(commandKey([])).toBe('help');
   });
 
+  test('help of a command has a cache of its own (it compiles little of what the command does)', () => {
+    expect(commandKey(['diff', '--help'])).toBe('diff-help');
+    expect(commandKey(['get', '-h'])).toBe('get-help');
+  });
+
   test('a name that is not a plain command word becomes "other" (it is part of a file name)', () => {
     expect(commandKey(['../../etc/passwd'])).toBe('other');
     expect(commandKey(['Diff'])).toBe('other');
@@ -106,15 +111,16 @@ describe('reading a cache file: only private files of the current user in a priv
 });
 
 describe('writing a cache file', () => {
-  test('creates the directory 0700 and the file 0600, atomically, and removes older caches of the same command', () => {
+  test('creates the directory 0700 and the file 0600, atomically, and removes older caches of the same command only', () => {
     const dir = path.join(root, 'a', 'b', 'code-cache');
-    expect(writeCache(dir, 'diff-old.v8', Buffer.from('old'), uid)).toBe(true);
-    writeCache(dir, 'get-old.v8', Buffer.from('get'), uid);
-    expect(writeCache(dir, 'diff-new.v8', Buffer.from('new'), uid, 'diff-')).toBe(true);
+    expect(writeCache(dir, 'diff.old.v8', Buffer.from('old'), uid)).toBe(true);
+    writeCache(dir, 'get.old.v8', Buffer.from('get'), uid);
+    writeCache(dir, 'diff-help.old.v8', Buffer.from('help'), uid);
+    expect(writeCache(dir, 'diff.new.v8', Buffer.from('new'), uid, 'diff.')).toBe(true);
     expect(statSync(dir).mode & 0o777).toBe(0o700);
-    expect(statSync(path.join(dir, 'diff-new.v8')).mode & 0o777).toBe(0o600);
-    expect(readdirSync(dir).sort()).toEqual(['diff-new.v8', 'get-old.v8']);
-    expect(readTrustedCache(path.join(dir, 'diff-new.v8'), uid)?.toString()).toBe('new');
+    expect(statSync(path.join(dir, 'diff.new.v8')).mode & 0o777).toBe(0o600);
+    expect(readdirSync(dir).sort()).toEqual(['diff-help.old.v8', 'diff.new.v8', 'get.old.v8']);
+    expect(readTrustedCache(path.join(dir, 'diff.new.v8'), uid)?.toString()).toBe('new');
   });
 
   test('writes nothing into a directory others may write into or that belongs to another user', () => {
@@ -143,7 +149,7 @@ describe('loading the bundle', () => {
     expect(first).toBeDefined();
     expect(await first!.entry.main(['a', 'b'])).toBe(102);
     expect(first!.cacheUsed).toBe(false);
-    expect(path.basename(first!.cacheFile!)).toMatch(/^diff-0123456789abcdef0000000000000064-v\d+\.\d+\.\d+-\w+\.v8$/);
+    expect(path.basename(first!.cacheFile!)).toMatch(/^diff\.0123456789abcdef0000000000000064\.v\d+\.\d+\.\d+\.\w+\.v8$/);
     write!(0);
     expect(statSync(first!.cacheFile!).mode & 0o777).toBe(0o600);
     const second = loadBundle(['diff'], env(), paths, { uid, atExit: () => {
