@@ -187,6 +187,12 @@ describe('loading the bundle', () => {
     expect(loaded!.cacheUsed).toBe(false);
   });
 
+  test('help (no command, --help, a command\'s --help) runs from the compiled modules: it needs too little to gain from the bundle', () => {
+    const paths = fakeBundle(2);
+    for (const argv of [[], ['--help'], ['diff', '--help'], ['get', '-h']]) expect(loadBundle(argv, env(), paths, { uid })).toBeUndefined();
+    expect(loadBundle(['diff'], env(), paths, { uid, atExit: () => undefined })).toBeDefined();
+  });
+
   test('no bundle is used when it is missing, older than the last tsc build, not a bundle, or NS8CTL_BUNDLE=off', () => {
     const paths = fakeBundle(1);
     expect(loadBundle(['diff'], { ...env(), NS8CTL_BUNDLE: 'off' }, paths, { uid })).toBeUndefined();
