@@ -10,7 +10,7 @@ import { Ns8ctlError, RefusedError } from '../errors.js';
 import { KINDS, objectKey, splitInstanceId } from '../manifest/types.js';
 import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, RemovalPolicy, RepositoryObject } from '../manifest/types.js';
 import { keys } from '../state/keys.js';
-import { canonicalJson, canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
+import { canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
 import type { ClusterState, StoredObject } from '../state/cluster-state.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
@@ -226,9 +226,8 @@ function updateChange(key: string, d: DesiredObject, stored: StoredObject, other
 
 /** What differs between the stored and the desired object (spec, apiVersion, metadata). */
 function objectReasons(stored: StoredObject, obj: DesiredObject['object']): { specChanged: boolean; reasons: string[] } {
-  // The common case (nothing changed) costs one canonical serialisation per side.
-  const afterJson = canonicalJson(obj);
-  const objectChanged = stored.objectJson !== afterJson && canonicalJson(stored.object) !== afterJson;
+  // The common case (nothing changed) is one walk over both objects, no text built.
+  const objectChanged = !jsonEqual(stored.object, obj);
   const reasons: string[] = [];
   if (!objectChanged) return { specChanged: false, reasons };
   const specChanged = !jsonEqual(stored.object.spec, obj.spec);

@@ -75,9 +75,46 @@ function startsWithDigit(k: string): boolean {
   return c >= 0x30 && c <= 0x39;
 }
 
-/** True when `a` and `b` are the same JSON value (key order ignored). */
+/**
+ * True when `a` and `b` are the same JSON value (key order ignored): exactly
+ * `canonicalJson(a) === canonicalJson(b)`, decided by walking both values instead of building
+ * either text (the planner compares every desired object with its stored one, and nearly all
+ * are equal). Members whose value is undefined are absent, as in the text; leaves compare by
+ * their JSON text (NaN, Infinity and undefined in an array are all `null`, -0 is `0`).
+ */
 export function jsonEqual(a: unknown, b: unknown): boolean {
-  return canonicalJson(a) === canonicalJson(b);
+  const aArray = Array.isArray(a);
+  if (aArray || Array.isArray(b)) {
+    if (!aArray || !Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!jsonEqual(a[i], b[i])) return false;
+    return true;
+  }
+  const aObject = a !== null && typeof a === 'object';
+  if (aObject || (b !== null && typeof b === 'object')) {
+    if (!aObject || b === null || typeof b !== 'object') return false;
+    return membersEqual(a as Record<string, unknown>, b as Record<string, unknown>);
+  }
+  if (a === b) return true;
+  // A string's text starts with a quote, no other leaf's does.
+  if (typeof a === 'string' || typeof b === 'string') return false;
+  return (JSON.stringify(a) ?? 'null') === (JSON.stringify(b) ?? 'null');
+}
+
+const isEnumerableOwn = Object.prototype.propertyIsEnumerable;
+
+/** Same defined members (own enumerable keys whose value is not undefined), each jsonEqual. */
+function membersEqual(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  let defined = 0;
+  for (const k of Object.keys(a)) {
+    const v = a[k];
+    if (v === undefined) continue;
+    defined++;
+    if (!isEnumerableOwn.call(b, k)) return false;
+    const w = b[k];
+    if (w === undefined || !jsonEqual(v, w)) return false;
+  }
+  for (const k of Object.keys(b)) if (b[k] !== undefined) defined--;
+  return defined === 0;
 }
 
 /** A string split for natural comparison: digit runs become numbers (BigInt past 15 digits). */

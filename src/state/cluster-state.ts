@@ -12,9 +12,9 @@ export interface StoredObject {
   /** The object as last applied (canonical JSON of apiVersion, kind, metadata, spec). */
   object: ManifestObject;
   /**
-   * Optional: the stored `object` field text as read from Redis. When given, the planner compares
-   * it with the desired object's canonical JSON first and skips re-serialising `object`; any other
-   * text (hand-edited, old format) just falls back to comparing `object` itself.
+   * Optional: the stored `object` field text as read from Redis, written back unchanged when only
+   * an object's source moves (to-writes.ts). The planner compares `object` itself (jsonEqual),
+   * so a hand-edited or old-format text never hides a change or invents one.
    */
   objectJson?: string;
   /** +1 each time the spec really changed; 1 after creation. */

@@ -34,6 +34,13 @@ function staticGraph(entries: string[]): { files: Set<string>; packages: Set<str
 
 const rel = (files: Set<string>): string[] => [...files].map((f) => path.relative(ROOT, f));
 
+/**
+ * What every command loads first: the bin, and the CLI entry it runs (from the bundle, where
+ * esbuild keeps what is imported lazily lazy and what is imported statically evaluated at start,
+ * or imported as compiled modules).
+ */
+const CLI_START = ['src/cli/bin.ts', 'src/cli/main.ts'];
+
 describe('CLI startup: what a command loads before it runs', () => {
   test('the parser reads static imports and re-exports, not type-only imports', () => {
     const { packages } = staticGraph(['src/apply/load-validate.ts']);
@@ -42,21 +49,29 @@ describe('CLI startup: what a command loads before it runs', () => {
     expect(packages.has('js-yaml')).toBe(true);
   });
 
-  test('`ns8ctl --help` loads no package through `import` (commander is required) and no command code', () => {
+  test('the bin loads only the bundle loader (Node built-ins) before it runs the CLI entry', () => {
     const { files, packages } = staticGraph(['src/cli/bin.ts']);
+    expect([...packages]).toEqual([]);
+    expect(rel(files).sort()).toEqual(['src/cli/bin.ts', 'src/cli/code-cache.ts']);
+    // The CLI entry, in the bundle or as compiled modules: main.js, imported only when no bundle is current.
+    expect(readFileSync(path.resolve(ROOT, 'src/cli/bin.ts'), 'utf8')).toMatch(/await import\('\.\/main\.js'\)/);
+  });
+
+  test('`ns8ctl --help` loads no package through `import` (commander is required) and no command code', () => {
+    const { files, packages } = staticGraph([...CLI_START]);
     expect([...packages]).toEqual([]);
     expect(rel(files).filter((f) => f.startsWith('src/cli/commands/'))).toEqual([]);
   });
 
   test('`ns8ctl validate` loads no Redis client, no JSON Schema compiler, no YAML syntax tree, no process runner', () => {
     // validate.ts, the configuration check it imports when a Module has a configuration, and the connection code.
-    const { packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/validate.ts', 'src/apply/configuration-check.ts', 'src/state/connect.ts']);
+    const { packages } = staticGraph([...CLI_START, 'src/cli/commands/validate.ts', 'src/apply/configuration-check.ts', 'src/state/connect.ts']);
     // ucs2length (one file) is what the precompiled manifest schemas need of ajv at run time.
     expect([...packages].sort()).toEqual(['ajv/dist/runtime/ucs2length.js', 'js-yaml']);
   });
 
   test('`ns8ctl diff` and `apply` load no Redis client before they connect (apply then loads ioredis, diff does not), no YAML syntax tree, no JSON Schema compiler and only the parts of semver they use', () => {
-    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/plan-commands.ts', 'src/state/connect.ts']);
+    const { files, packages } = staticGraph([...CLI_START, 'src/cli/commands/plan-commands.ts', 'src/state/connect.ts']);
     const heavy = ['ioredis', 'yaml', 'ajv', 'ajv-formats', 'semver', 'execa', 'chokidar'];
     expect([...packages].filter((p) => heavy.includes(p) || p.startsWith('semver/'))).toEqual([]);
     expect(rel(files)).toContain('src/repository/semver-subset.ts');
@@ -74,7 +89,7 @@ describe('CLI startup: what a command loads before it runs', () => {
 
   test('`ns8ctl get` loads no package but the command-line parser: no Redis client, no repository code, no semver', () => {
     // get.ts, the repository area every `get` registers `get available` from, and the connection code.
-    const { files, packages } = staticGraph(['src/cli/bin.ts', 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts', 'src/state/connect.ts']);
+    const { files, packages } = staticGraph([...CLI_START, 'src/cli/commands/get.ts', 'src/cli/commands/repository.ts', 'src/state/connect.ts']);
     expect([...packages]).toEqual([]);
     // The resolver (semver ranges) loads only for `-o json|yaml`, which show the updates on offer.
     expect(rel(files).filter((f) => f.startsWith('src/repository/') && f !== 'src/repository/update-text.ts')).toEqual([]);

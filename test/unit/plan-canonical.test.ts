@@ -19,6 +19,43 @@ describe('canonical JSON', () => {
     fc.assert(fc.property(fc.dictionary(key, fc.jsonValue({ maxDepth: 2 })), (v) => expect(canonicalJson(v)).toBe(JSON.stringify(canonicalize(v)))), { numRuns: 300 });
   });
 
+  it('jsonEqual is exactly equality of the canonical texts, for any pair of JSON-like values (undefined members, NaN, -0, Infinity, index-like and __proto__ keys)', () => {
+    const reference = (a: unknown, b: unknown): boolean => canonicalJson(a) === canonicalJson(b);
+    const key = fc.oneof(fc.constantFrom('a', 'b', '0', '10', '01', '__proto__', 'toString', ''), fc.string({ maxLength: 3 }));
+    const leaf = fc.oneof(fc.constantFrom(undefined, null, NaN, -0, 0, Infinity, -Infinity, 1, '1', 'null', '0', true, false, ''), fc.integer(), fc.string({ maxLength: 4 }));
+    const { value } = fc.letrec((tie) => ({
+      value: fc.oneof({ depthSize: 'small' }, leaf, fc.array(tie('value'), { maxLength: 3 }), fc.dictionary(key, tie('value'), { maxKeys: 4 })),
+    }));
+    // A copy with keys in another order and undefined members dropped or added: equal texts.
+    const reshaped = (v: unknown, seed: number): unknown => {
+      if (Array.isArray(v)) return v.map((x, i) => reshaped(x, seed + i));
+      if (v === null || typeof v !== 'object') return v;
+      const out: Record<string, unknown> = {};
+      const ks = Object.keys(v).reverse();
+      for (const k of seed % 2 ? ks : ks.reverse()) {
+        const x = (v as Record<string, unknown>)[k];
+        if (x === undefined && seed % 3 === 0) continue;
+        Object.defineProperty(out, k, { value: reshaped(x, seed + 1), enumerable: true, writable: true, configurable: true });
+      }
+      if (seed % 5 === 0) out.extraUndefined = undefined;
+      return out;
+    };
+    fc.assert(fc.property(value, value, fc.nat(), (a, b, seed) => {
+      expect(jsonEqual(a, b)).toBe(reference(a, b));
+      const c = reshaped(a, seed);
+      expect(jsonEqual(a, c)).toBe(reference(a, c));
+      expect(jsonEqual(c, a)).toBe(reference(c, a));
+    }), { numRuns: 2000 });
+    expect(jsonEqual({ a: undefined }, {})).toBe(true);
+    expect(jsonEqual([undefined], [null])).toBe(true);
+    expect(jsonEqual([NaN], [null])).toBe(true);
+    expect(jsonEqual(-0, 0)).toBe(true);
+    expect(jsonEqual('1', 1)).toBe(false);
+    expect(jsonEqual({ toString: 1 }, {})).toBe(false);
+    expect(jsonEqual({}, { toString: 1 })).toBe(false);
+    expect(jsonEqual([], {})).toBe(false);
+  });
+
   it('ignores key order and undefined members', () => {
     expect(canonicalJson({ b: 1, a: { d: [1, { y: 2, x: 1 }], c: undefined } })).toBe('{"a":{"d":[1,{"x":1,"y":2}]},"b":1}');
     expect(jsonEqual({ a: 1, b: 2 }, { b: 2, a: 1 })).toBe(true);
@@ -91,7 +128,7 @@ describe('compareNatural', () => {
 });
 
 describe('stored object text', () => {
-  it('is used as a shortcut when it matches, and a stale or foreign text never hides a change or invents one', () => {
+  it('the stored object text read from Redis, matching or stale or foreign, never hides a change or invents one', () => {
     const s = appliedState([mod('webapp1', { version: '1' })]);
     const st = s.objects.get('Module/webapp1')!;
     st.objectJson = canonicalJson(st.object);
