@@ -6,6 +6,7 @@ import { ensureExampleImages, type ExampleImages } from '../support/example-imag
 import { preparePodmanHost } from '../support/host-podman.js';
 import { freePort } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const runner = new ExecaRunner();
 
@@ -43,7 +44,7 @@ describe('example module images', () => {
 
   afterAll(async () => {
     const refs = Object.values(images?.byName ?? {}).flatMap((tags) => Object.values(tags));
-    await runner.run(['podman', 'rmi', '--ignore', ...refs], { allowFailure: true });
+    await withImageBuildLock(() => runner.run(['podman', 'rmi', '--ignore', ...refs], { allowFailure: true }));
     await registry?.stop();
   });
 

@@ -19,6 +19,7 @@ import { runTask } from '../../src/agent/task-client.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const REGISTRY = 'ns8ctl-compat-test.invalid';
 const IMAGE = (tag: string): string => `${REGISTRY}/ns8ctl-compat/kickweb:${tag}`;
@@ -44,7 +45,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   rmSync(root, { recursive: true, force: true });
-  await runner.run(['podman', 'rmi', '-f', IMAGE('1.0.0'), IMAGE('1.1.0'), HTTPD_IMAGE], { allowFailure: true });
+  await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', IMAGE('1.0.0'), IMAGE('1.1.0'), HTTPD_IMAGE], { allowFailure: true }));
 });
 
 beforeEach(async () => {

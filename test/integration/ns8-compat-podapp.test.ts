@@ -23,6 +23,7 @@ import type { TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const REGISTRY = 'ns8ctl-compat-podapp-test.invalid';
 const ref = (name: string, tag: string): string => `${REGISTRY}/ns8ctl-compat/${name}:${tag}`;
@@ -88,7 +89,7 @@ beforeAll(async () => {
 afterAll(async () => {
   if (root) rmSync(root, { recursive: true, force: true });
   await runner.run(['podman', 'volume', 'rm', '-f', VOLUME], { allowFailure: true });
-  await runner.run(['podman', 'rmi', '-f', ...BUILT], { allowFailure: true });
+  await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', ...BUILT], { allowFailure: true }));
 });
 
 beforeEach(async () => {
@@ -119,13 +120,13 @@ describe('examples/modules/build-images.sh --only', () => {
     const other = 'ns8ctl-compat-only-test.invalid';
     const script = path.resolve('examples/modules/build-images.sh');
     try {
-      const built = await runner.run([script, '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp-web', '--registry', other], { timeoutMs: 300_000 });
+      const built = await withImageBuildLock(() => runner.run([script, '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', 'podapp-web', '--registry', other], { timeoutMs: 300_000 }));
       expect(built.stdout.trim().split('\n')).toEqual([`${other}/ns8ctl-compat/podapp-web:1.0.0`]);
       const refused = await runner.run([script, '--dir', path.resolve('examples/ns8-compat'), '--only', 'podapp,nope', '--registry', other], { allowFailure: true });
       expect(refused.exitCode).toBe(2);
       expect(refused.stderr).toMatch(/--only: no image source 'nope' under .*examples\/ns8-compat \(there are: .*podapp-web/);
     } finally {
-      await runner.run(['podman', 'rmi', '-f', `${other}/ns8ctl-compat/podapp-web:1.0.0`], { allowFailure: true });
+      await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', `${other}/ns8ctl-compat/podapp-web:1.0.0`], { allowFailure: true }));
     }
   }, 300_000);
 });

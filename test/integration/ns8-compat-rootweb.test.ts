@@ -24,6 +24,7 @@ import type { TaskRelay } from '../../src/agent/task-relay.js';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 // Its own name: the kickweb test (another jest worker) builds and removes kickweb under its own.
 const REGISTRY = 'ns8ctl-compat-rootweb-test.invalid';
@@ -76,7 +77,7 @@ beforeAll(async () => {
 afterAll(async () => {
   rmSync(root, { recursive: true, force: true });
   await runner.run(['podman', 'volume', 'rm', '--force', VOLUME], { allowFailure: true });
-  await runner.run(['podman', 'rmi', '-f', ...BUILT], { allowFailure: true });
+  await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', ...BUILT], { allowFailure: true }));
 });
 
 beforeEach(async () => {

@@ -23,6 +23,7 @@ import { runCli } from '../support/cli.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
 import { makePng } from '../fixtures/repodata/png.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const NAME = 'repoupd';
 const ID = 'webapp1';
@@ -121,7 +122,7 @@ async function derive(tag: string, files: Record<string, string>): Promise<void>
     await runner.run(['buildah', 'commit', '-q', '--tls-verify=false', ctr, `docker://${source}:${tag}`], { purpose: `push webapp ${tag}`, timeoutMs: 120_000 });
   } finally {
     await runner.run(['buildah', 'rm', ctr], { allowFailure: true });
-    await runner.run(['podman', 'rmi', '--ignore', base], { allowFailure: true });
+    await withImageBuildLock(() => runner.run(['podman', 'rmi', '--ignore', base], { allowFailure: true }));
     rmSync(work, { recursive: true, force: true });
   }
 }

@@ -12,6 +12,7 @@ import { adminRedisUrl } from '../../src/sandbox/node-config.js';
 import { pushImage } from '../../src/sandbox/push.js';
 import { readAdminPassword } from '../../src/sandbox/record.js';
 import { ensureExampleImages, EXAMPLES_DIR, type ExampleImages } from '../support/example-images.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 // One 2-node sandbox shared by every assertion below (create takes ~10 s with a cached root
 // filesystem, 3 minutes cold); the tests run in order and end with delete.
@@ -155,7 +156,7 @@ describe('ns8ctl sandbox with 2 nodes', () => {
       const pulled = await inNode('2', ['podman', 'pull', '-q', pushed.url]);
       expect(pulled.code).toBe(0);
     } finally {
-      await runner.run(['podman', 'rmi', '--ignore', images.webappHttpd['2.0.0']], { allowFailure: true });
+      await withImageBuildLock(() => runner.run(['podman', 'rmi', '--ignore', images.webappHttpd['2.0.0']], { allowFailure: true }));
     }
   }, 120_000);
 

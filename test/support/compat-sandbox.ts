@@ -11,6 +11,7 @@ import type { SandboxDeps } from '../../src/sandbox/deps.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
 import { adminRedisUrl } from '../../src/sandbox/node-config.js';
 import { readAdminPassword } from '../../src/sandbox/record.js';
+import { withImageBuildLock } from './image-build-lock.js';
 
 /** A compat sandbox ready for the test: its info and an admin client of node 1's Redis. */
 export interface CompatSandbox {
@@ -32,7 +33,7 @@ export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: 
   const info = await createSandbox({ name, nodes: opts.nodes ?? 1 }, deps);
   try {
     await opts.afterCreate?.(info);
-    await new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only.join(','), '--registry', info.registry, '--push'], { timeoutMs: opts.buildTimeoutMs });
+    await withImageBuildLock(() => new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only.join(','), '--registry', info.registry, '--push'], { timeoutMs: opts.buildTimeoutMs }));
     const leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, name)), { maxRetriesPerRequest: 1 });
     return { info, leader };
   } catch (err) {
@@ -43,7 +44,7 @@ export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: 
 
 /** `podman rmi -f` of each `name:tag` under `<registry>/ns8ctl-compat/`; never throws. */
 async function removeBuiltImages(info: SandboxInfo, built: string[]): Promise<void> {
-  await new ExecaRunner().run(['podman', 'rmi', '-f', ...built.map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true });
+  await withImageBuildLock(() => new ExecaRunner().run(['podman', 'rmi', '-f', ...built.map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true }));
 }
 
 /**

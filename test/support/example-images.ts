@@ -15,6 +15,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ExecaRunner } from '../../src/host/runner.js';
 import { preparePodmanHost } from './host-podman.js';
+import { withImageBuildLock } from './image-build-lock.js';
 
 /** Full image URLs (`127.0.0.1:PORT/ns8ctl-examples/webapp:1.0.0`) of every pushed tag. */
 export interface ExampleImages {
@@ -93,13 +94,16 @@ async function ensureBuilt(): Promise<string> {
     await preparePodmanHost();
     const runner = new ExecaRunner();
     await fsp.rm(dir, { recursive: true, force: true });
-    const res = await runner.run([path.join(EXAMPLES_DIR, 'build-images.sh'), '--registry', PLACEHOLDER_REGISTRY, '--out', path.join(dir, 'oci')], {
-      purpose: 'build example module images',
-      timeoutMs: 300_000,
+    let refs: string[] = [];
+    await withImageBuildLock(async () => {
+      const res = await runner.run([path.join(EXAMPLES_DIR, 'build-images.sh'), '--registry', PLACEHOLDER_REGISTRY, '--out', path.join(dir, 'oci')], {
+        purpose: 'build example module images',
+        timeoutMs: 300_000,
+      });
+      refs = res.stdout.split('\n').filter(Boolean);
+      // The cache is what matters: drop the placeholder-named images from local storage.
+      await runner.run(['podman', 'rmi', '--ignore', ...refs], { allowFailure: true });
     });
-    const refs = res.stdout.split('\n').filter(Boolean);
-    // The cache is what matters: drop the placeholder-named images from local storage.
-    await runner.run(['podman', 'rmi', '--ignore', ...refs], { allowFailure: true });
     await fsp.writeFile(done, refs.join('\n') + '\n');
     // Builds of older sources are dead weight: keep only this one.
     for (const entry of await fsp.readdir(cacheRoot())) {
