@@ -13,7 +13,8 @@ const MAX_LINES = 80;
 const ALLOWED_LONG: readonly string[] = [];
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
-const GENERATED = 'src/manifest/generated/';
+/** Code ajv generates ahead of time (`npm run gen:schemas`): not written by hand. */
+const GENERATED = ['src/manifest/generated/', 'src/agent/generated/'];
 
 interface LongFunction {
   /** `file:name`, as in ALLOWED_LONG. */
@@ -63,7 +64,7 @@ function longFunctions(file: string): LongFunction[] {
 
 describe('function length in src/', () => {
   const all = sourceFiles(path.join(ROOT, 'src'))
-    .filter((f) => !path.relative(ROOT, f).split(path.sep).join('/').startsWith(GENERATED))
+    .filter((f) => !GENERATED.some((g) => path.relative(ROOT, f).split(path.sep).join('/').startsWith(g)))
     .flatMap(longFunctions);
 
   it(`has no function, method or arrow over ${MAX_LINES} lines outside the allow-list`, () => {
