@@ -210,7 +210,7 @@ export interface LoadedBundle {
 
 /**
  * Compiles and runs the bundle at `paths.bundle`, with the code cache of `argv`'s command when
- * one is trusted (owned by `opts.uid`, default the effective uid), and arranges (`opts.atExit`,
+ * one is trusted (owned by `opts.uid`, default the effective uid), and arranges (`opts.whenExiting`,
  * default the process' `exit` event, with its exit code) for the cache to be written when it was
  * missing or refused (see the module comment). Returns undefined for help requests (see
  * commandKey), when the bundle is missing, stale or not a bundle (no header), or with
@@ -221,7 +221,7 @@ export function loadBundle(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
   paths: BundlePaths,
-  opts: { uid?: number; atExit?: (write: (exitCode: number) => void) => void } = {},
+  opts: { uid?: number; whenExiting?: (write: (exitCode: number) => void) => void } = {},
 ): LoadedBundle | undefined {
   const uid = opts.uid ?? process.geteuid?.() ?? -1;
   const key = commandKey(argv);
@@ -252,8 +252,8 @@ export function loadBundle(
   wrapper.call(module.exports, module.exports, createRequire(paths.bundle), module, paths.bundle, path.dirname(paths.bundle));
   if (typeof module.exports.main !== 'function') return undefined;
   if (dir !== undefined && cacheFile !== undefined && !cacheUsed) {
-    const atExit = opts.atExit ?? ((write: (exitCode: number) => void): void => void process.once('exit', write));
-    atExit((code) => {
+    const whenExiting = opts.whenExiting ?? ((write: (exitCode: number) => void): void => void process.once('exit', write));
+    whenExiting((code) => {
       if (code === 0 || code === 1) writeCache(dir, name, () => script.createCachedData(), uid, prefix);
     });
   }

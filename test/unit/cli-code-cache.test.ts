@@ -145,14 +145,14 @@ describe('loading the bundle', () => {
   test('runs the bundle, writes the command cache at an exit with code 0, and uses it on the next start', async () => {
     const paths = fakeBundle(100);
     let write: ((code: number) => void) | undefined;
-    const first = loadBundle(['diff', '-f', 'x'], env(), paths, { uid, atExit: (w) => (write = w) });
+    const first = loadBundle(['diff', '-f', 'x'], env(), paths, { uid, whenExiting: (w) => (write = w) });
     expect(first).toBeDefined();
     expect(await first!.entry.main(['a', 'b'])).toBe(102);
     expect(first!.cacheUsed).toBe(false);
     expect(path.basename(first!.cacheFile!)).toMatch(/^diff\.0123456789abcdef0000000000000064\.v\d+\.\d+\.\d+\.\w+\.v8$/);
     write!(0);
     expect(statSync(first!.cacheFile!).mode & 0o777).toBe(0o600);
-    const second = loadBundle(['diff'], env(), paths, { uid, atExit: () => {
+    const second = loadBundle(['diff'], env(), paths, { uid, whenExiting: () => {
       throw new Error('a cache was read: nothing to write');
     } });
     expect(second!.cacheUsed).toBe(true);
@@ -162,7 +162,7 @@ describe('loading the bundle', () => {
   test('a run that fails (exit code 2 or more) writes no cache', () => {
     const paths = fakeBundle(7);
     let write: ((code: number) => void) | undefined;
-    const loaded = loadBundle(['get'], env(), paths, { uid, atExit: (w) => (write = w) });
+    const loaded = loadBundle(['get'], env(), paths, { uid, whenExiting: (w) => (write = w) });
     write!(2);
     expect(() => statSync(loaded!.cacheFile!)).toThrow();
   });
@@ -170,17 +170,17 @@ describe('loading the bundle', () => {
   test('a cache file of another user in the cache directory is never used', () => {
     const paths = fakeBundle(9);
     let write: ((code: number) => void) | undefined;
-    const first = loadBundle(['validate'], env(), paths, { uid, atExit: (w) => (write = w) });
+    const first = loadBundle(['validate'], env(), paths, { uid, whenExiting: (w) => (write = w) });
     write!(0);
     // Read as another user: the directory and file are not theirs.
-    const other = loadBundle(['validate'], env(), paths, { uid: uid + 1, atExit: () => undefined });
+    const other = loadBundle(['validate'], env(), paths, { uid: uid + 1, whenExiting: () => undefined });
     expect(other!.cacheUsed).toBe(false);
     expect(first!.cacheFile).toBe(other!.cacheFile);
   });
 
   test('NS8CTL_CODE_CACHE=off runs the bundle without reading or writing a cache', () => {
     const paths = fakeBundle(3);
-    const loaded = loadBundle(['diff'], { ...env(), NS8CTL_CODE_CACHE: 'off' }, paths, { uid, atExit: () => {
+    const loaded = loadBundle(['diff'], { ...env(), NS8CTL_CODE_CACHE: 'off' }, paths, { uid, whenExiting: () => {
       throw new Error('caching is off: nothing to write');
     } });
     expect(loaded!.cacheFile).toBeUndefined();
@@ -190,7 +190,7 @@ describe('loading the bundle', () => {
   test('help (no command, --help, a command\'s --help) runs from the compiled modules: it needs too little to gain from the bundle', () => {
     const paths = fakeBundle(2);
     for (const argv of [[], ['--help'], ['diff', '--help'], ['get', '-h']]) expect(loadBundle(argv, env(), paths, { uid })).toBeUndefined();
-    expect(loadBundle(['diff'], env(), paths, { uid, atExit: () => undefined })).toBeDefined();
+    expect(loadBundle(['diff'], env(), paths, { uid, whenExiting: () => undefined })).toBeDefined();
   });
 
   test('no bundle is used when it is missing, older than the last tsc build, not a bundle, or NS8CTL_BUNDLE=off', () => {
