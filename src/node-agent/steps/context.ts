@@ -25,10 +25,10 @@ export interface StepContext {
   /** Digest `imageUrl`'s labels were read from (registry or local inspection): pins its fetch into the node cache. */
   imageDigest?: string;
   /**
-   * Set by a caller that lets units settle while the next steps run (see `settlingUnits`):
+   * Set by a caller that lets units settle while the next steps run (the converge pass):
    * start-units and restart-units then return after their first check, leaving the rest of the
-   * stability window in `settling`, which the caller awaits before any step that is not
-   * `SETTLE_OVERLAPS` and at the end. Unset, they wait for the whole window themselves.
+   * stability window in `settling`, which the caller awaits (`settleUnits`) before any step that
+   * is not in `SETTLE_OVERLAPS` and before it reports. Unset, they wait for the whole window.
    */
   settleInBackground?: boolean;
   settling?: UnitsSettling;
