@@ -26,7 +26,14 @@ export async function removeSandbox(deps: SandboxDeps, name: string): Promise<De
   const containers = await listContainers(deps, name);
   if (containers.length > 0) {
     // Stop nodes cleanly first (systemd shuts down on SIGRTMIN+3), then remove.
-    await deps.runner.run(['podman', 'rm', '-f', '-t', '10', ...containers.map((c) => c.id)], { purpose: `sandbox ${name}: remove containers`, mutating: true, timeoutMs: 180_000 });
+    const ids = containers.map((c) => c.id);
+    const first = await deps.runner.run(['podman', 'rm', '-f', '-t', '10', ...ids], { purpose: `sandbox ${name}: remove containers`, mutating: true, allowFailure: true, timeoutMs: 180_000 });
+    if (first.exitCode !== 0) {
+      // A node running many instances may outlast podman's wait after SIGKILL ("could not be
+      // stopped: given PIDs did not die within timeout"); its processes are dying by then: one
+      // more removal (of the containers still there), which must succeed.
+      await deps.runner.run(['podman', 'rm', '-f', '--ignore', '-t', '0', ...ids], { purpose: `sandbox ${name}: remove containers (again, after podman gave up waiting)`, mutating: true, timeoutMs: 180_000 });
+    }
   }
   const net = networkName(name);
   const exists = await deps.runner.run(['podman', 'network', 'exists', net], { allowFailure: true });
