@@ -17,8 +17,9 @@ import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Redis } from 'ioredis';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../src/host/runner.js';
+import { ProcessRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../src/node-agent/deps.js';
+import { imageCacheDir } from '../src/node-agent/host/podman.js';
 import { defaultLayout } from '../src/node-agent/layout.js';
 import { reconcileNodeOnce, type NodeReconcileResult } from '../src/node-agent/reconcile.js';
 import { makeImageResolver } from '../src/repository/image-resolver.js';
@@ -35,7 +36,7 @@ const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 4);
 /** Counts every spawned command with its purpose and duration. */
 class CountingRunner implements CommandRunner {
   readonly records: (CommandRecord & { mutating: boolean })[] = [];
-  private readonly inner = new ExecaRunner(10);
+  private readonly inner = new ProcessRunner(10);
   get history(): readonly (CommandRecord & { mutating: boolean })[] {
     return this.records;
   }
@@ -110,7 +111,7 @@ async function main(): Promise<void> {
   const srv = await startBenchRedis();
   const counter = await startRoundTripCounter(srv.port);
   const registry = await startRegistry();
-  const host = new ExecaRunner();
+  const host = new ProcessRunner();
   const redis = new Redis(counter.port, '127.0.0.1');
   const all: string[] = [];
   const out: string[] = [];
@@ -139,6 +140,7 @@ async function main(): Promise<void> {
     all.push(...ids);
     const shares = new Map<string, number>();
     const rows = [['phase', 'instances', 'wall ms', 'commands', 'ms/instance']];
+    const cpuRows = [['phase', 'host CPU s/instance', 'agent process CPU s/instance']];
     let parallelMs = 0;
     let sequentialMs = 0;
     // How many of the host's cores the sequential run kept busy: concurrency cannot beat
@@ -152,10 +154,18 @@ async function main(): Promise<void> {
     for (const concurrency of [CONCURRENCY, 1]) {
       const runner = new CountingRunner();
       const { deps, opts } = make(concurrency, runner);
+      // Both runs start from an empty node cache: each fetches the images once, side by side.
+      rmSync(imageCacheDir(layout), { recursive: true, force: true });
+      rmSync(layout.serviceImageCacheDir, { recursive: true, force: true });
       await putModules(redis, ids, image);
       const cpu0 = hostCpu();
+      const own0 = process.cpuUsage();
       const r = await timed(() => reconcileNodeOnce(opts, deps));
+      const own = process.cpuUsage(own0);
       const cpu1 = hostCpu();
+      // CPU seconds: the whole host's (every process the pass spawned) and the agent's own (this process).
+      const hostBusyS = ((cpu1.busy - cpu0.busy) / Math.max(1, cpu1.total - cpu0.total)) * cpus().length * (r.ms / 1000);
+      cpuRows.push([`converge, concurrency ${concurrency}`, (hostBusyS / ids.length).toFixed(3), ((own.user + own.system) / 1e6 / ids.length).toFixed(3)]);
       if (concurrency === 1) sequentialBusyCores = ((cpu1.busy - cpu0.busy) / Math.max(1, cpu1.total - cpu0.total)) * cpus().length;
       check(r.value, 'converge');
       rows.push([`converge, concurrency ${concurrency}`, String(ids.length), r.ms.toFixed(0), String(runner.records.length), (r.ms / ids.length).toFixed(0)]);
@@ -178,6 +188,7 @@ async function main(): Promise<void> {
       rows.push([`remove (data deleted), concurrency ${concurrency}`, String(ids.length), rm.ms.toFixed(0), String(runner.records.length), (rm.ms / ids.length).toFixed(0)]);
     }
     out.push(table(rows));
+    out.push(table(cpuRows));
     out.push(`bounded concurrency (${CONCURRENCY}) vs sequential: ${(sequentialMs / parallelMs).toFixed(2)}x faster (${sequentialMs.toFixed(0)} ms -> ${parallelMs.toFixed(0)} ms)`);
     out.push(`the sequential run kept ${sequentialBusyCores.toFixed(2)} of the host's ${cpus().length} cores busy: no concurrency can beat ${(cpus().length / Math.max(0.01, sequentialBusyCores)).toFixed(2)}x here`);
     out.push(`module image fetched into the node cache ${fetches} time(s) for ${CONVERGE} instances (concurrency ${CONCURRENCY})`);

@@ -16,7 +16,7 @@ import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
 import { Controller } from '../src/controller/controller.js';
 import { createLogger } from '../src/runtime/log.js';
 import { startLocalNodeAgent } from '../src/cli/local-node-agent.js';
-import { ExecaRunner } from '../src/host/runner.js';
+import { ProcessRunner } from '../src/host/runner.js';
 import { startBenchRedis } from './support/redis.js';
 import { emitResult } from './support/result.js';
 
@@ -66,7 +66,7 @@ async function fileToReconcile(url: string, dir: string): Promise<number[]> {
   const signal = nextSignal();
   const controller = new Controller(
     { sources: [{ name: 'default', kind: 'directory', paths: [m], prune: false, selfHeal: true }], resyncMs: 0 },
-    { redis: base, runner: new ExecaRunner(), logger: createLogger('text', () => undefined), onReconcileStart: (k) => k === 'source/default' && signal.fire() },
+    { redis: base, runner: new ProcessRunner(), logger: createLogger('text', () => undefined), onReconcileStart: (k) => k === 'source/default' && signal.fire() },
   );
   await controller.start();
   while (!controller.isLeader) await sleep(10);
@@ -93,7 +93,7 @@ async function fileToReconcile(url: string, dir: string): Promise<number[]> {
 
 async function desiredToAgent(url: string, dir: string): Promise<number[]> {
   const base = new Redis(url);
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const stop = new AbortController();
   const signal = nextSignal();
   let passes = 0;

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { applyPlan, preparePlan } from '../src/apply/pipeline.js';
-import { ExecaRunner } from '../src/host/runner.js';
+import { ProcessRunner } from '../src/host/runner.js';
 import { isEmpty } from '../src/plan/planner.js';
 import { startBenchRedis, startRoundTripCounter } from './support/redis.js';
 import { emitResult } from './support/result.js';
@@ -44,7 +44,7 @@ async function main(): Promise<void> {
   const direct = new Redis(srv.port, '127.0.0.1');
   const counted = new Redis(counter.port, '127.0.0.1');
   await Promise.all([direct.ping(), counted.ping()]);
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const opts = { applySet: 'default', prune: false };
   const noopApply = async (r: Redis): Promise<void> => {
     const p = await preparePlan([dir], r, opts);

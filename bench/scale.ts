@@ -11,7 +11,7 @@
  * Run: `npm run build && node dist/bench/scale.js`. The sandbox `bench-scale` is deleted at the end.
  */
 import { Redis } from 'ioredis';
-import { ExecaRunner } from '../src/host/runner.js';
+import { ProcessRunner } from '../src/host/runner.js';
 import { createSandbox } from '../src/sandbox/create.js';
 import { deleteSandbox } from '../src/sandbox/delete.js';
 import { defaultSandboxDeps } from '../src/sandbox/deps.js';
@@ -30,7 +30,7 @@ const AGENT_UNIT = 'ns8ctl-bench-agent';
 /** flux-benchmark (fluxcd/flux-benchmark README): 100 Kustomizations on a 16-core GitHub runner. */
 const FLUX_100_S = 28;
 
-const runner = new ExecaRunner(50);
+const runner = new ProcessRunner(50);
 const deps = defaultSandboxDeps({ runner, stderr: (t) => process.stderr.write(t), stdout: () => undefined });
 
 async function inNode(node: number, command: string[], input?: string): Promise<{ code: number; out: string; err: string }> {

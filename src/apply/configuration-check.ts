@@ -8,7 +8,7 @@ import type { Redis } from 'ioredis';
 import { OfflineSchemaLookup, type ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
 import { checkConfigurations, type ConfigurationCheck } from '../configuration/configuration-validation.js';
 import { RedisError } from '../errors.js';
-import { ExecaRunner, type CommandRunner } from '../host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../host/runner.js';
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import { secretNamesOfSchema } from '../runtime/mask.js';
 import { keys } from '../state/keys.js';
@@ -20,7 +20,7 @@ import { locateInDocument } from './load-validate.js';
  * and the cache `<state-dir>/cache/configuration-schemas`; an image's answer is reused for a
  * minute (one podman check per image per plan, not per instance).
  */
-export function defaultSchemaLookup(runner: CommandRunner = new ExecaRunner()): ConfigurationSchemaLookup {
+export function defaultSchemaLookup(runner: CommandRunner = new ProcessRunner()): ConfigurationSchemaLookup {
   return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas'), memoMs: 60_000 });
 }
 
@@ -76,6 +76,6 @@ export async function schemaSecretNames(modules: readonly ModuleObject[], instal
 }
 
 /** The schema lookup without podman: install dirs and `<state-dir>/cache/configuration-schemas` only. */
-export function cachedSchemaLookup(runner: CommandRunner = new ExecaRunner()): ConfigurationSchemaLookup {
+export function cachedSchemaLookup(runner: CommandRunner = new ProcessRunner()): ConfigurationSchemaLookup {
   return new OfflineSchemaLookup({ runner, cacheDir: path.join(resolveStateDir(), 'cache', 'configuration-schemas'), useLocalImages: false });
 }

@@ -6,7 +6,7 @@ import type { Redis } from 'ioredis';
 import type { ConfigurationSchemaLookup } from '../configuration/configuration-schema.js';
 import { checkPlannedConfigurations, withSecretNames } from '../configuration/configuration-validation.js';
 import { ConflictError, ManifestError, RedisError, RefusedError } from '../errors.js';
-import { ExecaRunner, type CommandRunner } from '../host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../host/runner.js';
 import { moduleNameOf, type DesiredObject } from '../manifest/types.js';
 import { checkPruneSafety, plan as makePlan } from '../plan/planner.js';
 import { annotatePlan, catalogLabels, usesRepository, type ResolutionInputs } from '../plan/resolution.js';
@@ -113,7 +113,7 @@ export async function observeResolution(redis: Redis, desired: readonly DesiredO
     entry.ids.push(m.metadata.name);
     urlImages.set(r.image, entry);
   }
-  const imageLabels = urlImages.size && opts.imageLabels !== false ? await lookupImageLabels(opts.imageLabels ?? new LocalImageLabels(new ExecaRunner()), urlImages.keys()) : new Map<string, Record<string, string>>();
+  const imageLabels = urlImages.size && opts.imageLabels !== false ? await lookupImageLabels(opts.imageLabels ?? new LocalImageLabels(new ProcessRunner()), urlImages.keys()) : new Map<string, Record<string, string>>();
   const unlabelled = opts.imageLabels === false ? [] : [...urlImages].filter(([image]) => !imageLabels.has(image));
   const inputs: ResolutionInputs = { running, ...(imageLabels.size ? { imageLabels } : {}) };
   if (!modules.some((m) => usesRepository(m.spec)) && unlabelled.length === 0) return { inputs, warnings: [] };

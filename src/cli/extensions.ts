@@ -10,7 +10,7 @@ export interface ProgramExtras {
 }
 
 /**
- * The other areas' top-level commands. Loading an area's code costs 150-450 ms (execa, chokidar,
+ * The other areas' top-level commands. Loading an area's code costs 150-450 ms (chokidar,
  * ajv, ...), so a command line loads only the area it names; `--help`, `help` and unknown commands
  * load them all. A unit test checks this table against what each area really registers.
  */

@@ -3,7 +3,7 @@ import type * as CommanderPackage from 'commander';
 import type { Command as CommandType, Option as OptionType } from 'commander';
 import { toNs8ctlError } from '../errors.js';
 import { assertApplySetName } from '../manifest/names.js';
-import { ExecaRunner } from '../host/runner.js';
+import { ProcessRunner } from '../host/runner.js';
 import type { Connection } from '../state/connect.js';
 import { resolveStateDir } from '../state/state-dir.js';
 import type { CliDeps, GlobalOptions } from './deps.js';
@@ -78,7 +78,7 @@ export function buildProgram(io: MainIO, setExitCode: (code: number) => void, co
 
 /** The deps of each command: built from the global options when it runs; one Redis connection per process, opened on first use and recorded in `connections`. */
 function cliDepsFactory(program: Command, io: MainIO, connections: Connection[]): () => CliDeps {
-  const runner = new ExecaRunner(1000, undefined, io.env);
+  const runner = new ProcessRunner(1000, undefined, io.env);
   let connection: Promise<Connection> | undefined;
   return (): CliDeps => {
     const g = program.opts<GlobalOptions>();

@@ -1,4 +1,5 @@
 import { CommandFailedError } from '../errors.js';
+import { spawnCollect } from './spawn-collect.js';
 
 /** One finished external command, as every caller and test sees it. */
 export interface CommandRecord {
@@ -54,8 +55,8 @@ const KNOWN_ERRORS: StderrPattern[] = [
   { pattern: /ENOENT|command not found|executable file not found/i, code: 'command_missing' },
 ];
 
-/** Production runner on execa. */
-export class ExecaRunner implements CommandRunner {
+/** Production runner on `node:child_process` (see spawn-collect.ts). */
+export class ProcessRunner implements CommandRunner {
   private readonly records: (CommandRecord & { mutating: boolean })[] = [];
 
   /**
@@ -77,38 +78,29 @@ export class ExecaRunner implements CommandRunner {
     const [file, ...args] = argv;
     if (!file) throw new CommandFailedError('command_empty', 'empty command line', { argv, exitCode: null, stderr: '' });
     const started = performance.now();
-    // execa costs ~200 ms to load: only commands that run something pay for it.
-    const { execa } = await import('execa');
-    const res = await execa(file, args, {
-      reject: false,
-      ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
+    const res = await spawnCollect(file, args, {
+      ...(opts.input !== undefined ? { input: opts.input } : {}),
       ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
-      ...(this.baseEnv !== undefined ? { env: { ...this.baseEnv, ...(opts.env ?? {}) }, extendEnv: false } : opts.env !== undefined ? { env: opts.env } : {}),
-      timeout: opts.timeoutMs ?? 600_000,
-      ...(opts.signal ? { cancelSignal: opts.signal } : {}),
-      ...(opts.binary ? { encoding: 'buffer' as const } : {}),
-      stripFinalNewline: false,
+      env: this.baseEnv !== undefined ? { ...this.baseEnv, ...(opts.env ?? {}) } : opts.env !== undefined ? { ...process.env, ...opts.env } : process.env,
+      timeoutMs: opts.timeoutMs ?? 600_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
     });
     const durationMs = performance.now() - started;
-    const stdoutBuffer = opts.binary ? Buffer.from(res.stdout as unknown as Uint8Array) : undefined;
-    const stdout = opts.binary ? '' : String(res.stdout ?? '');
-    const stderr = opts.binary ? Buffer.from(res.stderr as unknown as Uint8Array).toString('utf8') : String(res.stderr ?? '');
-    const exitCode = res.exitCode ?? (res.failed ? null : 0);
+    const stdoutBuffer = opts.binary ? res.stdout : undefined;
+    const stdout = opts.binary ? '' : res.stdout.toString('utf8');
+    const stderr = res.stderr.toString('utf8');
+    const exitCode = res.exitCode;
     const record = { argv, exitCode, stdout, stderr, durationMs, mutating: opts.mutating ?? false, ...(opts.purpose ? { purpose: opts.purpose } : {}) };
     this.records.push(record);
     if (this.records.length > this.historyLimit) this.records.shift();
     const failed = exitCode !== 0;
     if (failed && !opts.allowFailure) {
-      const spawnError: string = res.failed && res.exitCode === undefined ? ((res as { originalMessage?: string }).originalMessage ?? res.message ?? '') : '';
-      const text: string = stderr || spawnError;
+      const text: string = stderr || (res.error?.message ?? '');
       const known = this.patterns.find((p) => p.pattern.test(text));
       const what = opts.purpose ? `${opts.purpose}: ` : '';
       const tail = text.trim().split('\n').slice(-5).join('\n');
-      throw new CommandFailedError(
-        known?.code ?? 'command_failed',
-        `${what}\`${argv.join(' ')}\` ${res.timedOut ? 'timed out' : res.isCanceled ? 'was cancelled' : `exited ${exitCode ?? 'by signal'}`}${tail ? `: ${tail}` : ''}${known?.hint ? ` (${known.hint})` : ''}`,
-        { argv, exitCode, stderr: text },
-      );
+      const how = res.timedOut ? 'timed out' : res.cancelled ? 'was cancelled' : res.outputTooLarge ? 'printed more than the output limit' : `exited ${exitCode ?? (res.signal ? `by signal ${res.signal}` : 'by signal')}`;
+      throw new CommandFailedError(known?.code ?? 'command_failed', `${what}\`${argv.join(' ')}\` ${how}${tail ? `: ${tail}` : ''}${known?.hint ? ` (${known.hint})` : ''}`, { argv, exitCode, stderr: text });
     }
     return stdoutBuffer ? { ...record, stdoutBuffer } : record;
   }

@@ -4,10 +4,10 @@
  * (`inherit`: the CLI; binary-safe, `journalctl -f` and `apply -f -` work), or its output is
  * handed to callbacks chunk by chunk as it arrives, with optional input (`pipe`: embedders, tests).
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants } from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import type { Readable } from 'node:stream';
-import { execa } from 'execa';
 import { Ns8ctlError } from '../errors.js';
 
 /** How a command run by `sandbox exec` is connected to this process. */
@@ -54,27 +54,38 @@ function exitCodeOf(res: { exitCode?: number | undefined; signal?: string | unde
   return undefined;
 }
 
-/** The production {@link StreamExec}, on execa (no timeout: `journalctl -f` runs until stopped). */
-export const execaStreamExec: StreamExec = async (argv, opts) => {
+/** Runs to the end: the exit code and signal, or why it could not start. */
+function waitFor(child: ChildProcess): Promise<{ exitCode?: number | undefined; signal?: string | undefined; message?: string | undefined }> {
+  return new Promise((resolve) => {
+    child.once('error', (e) => {
+      if (child.pid === undefined) resolve({ message: e.message });
+    });
+    child.once('close', (code, sig) => resolve({ ...(code !== null ? { exitCode: code } : {}), ...(sig ? { signal: sig } : {}) }));
+  });
+}
+
+/** The production {@link StreamExec}, on `node:child_process` (no timeout: `journalctl -f` runs until stopped). */
+export const processStreamExec: StreamExec = async (argv, opts) => {
   const [file, ...args] = argv;
   if (!file) throw new Ns8ctlError('sandbox_exec_failed', 'sandbox exec: empty command line', { user: false });
   let res: { exitCode?: number | undefined; signal?: string | undefined; message?: string | undefined };
   if (opts.stdio.mode === 'inherit') {
-    res = await execa(file, args, { stdio: 'inherit', reject: false });
+    res = await waitFor(spawn(file, args, { stdio: 'inherit' }));
   } else {
     const input = opts.stdio.stdin;
-    const child = execa(file, args, { stdin: input === undefined ? 'ignore' : 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: false, reject: false });
+    const child = spawn(file, args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    const ended = waitFor(child);
     const out = new StringDecoder('utf8');
     const err = new StringDecoder('utf8');
-    child.stdout.on('data', (b: Buffer) => opts.onStdout(out.write(b)));
-    child.stderr.on('data', (b: Buffer) => opts.onStderr(err.write(b)));
+    child.stdout?.on('data', (b: Buffer) => opts.onStdout(out.write(b)));
+    child.stderr?.on('data', (b: Buffer) => opts.onStderr(err.write(b)));
     if (input !== undefined && child.stdin) {
       // The command may exit without reading all of it (EPIPE): its exit code says what happened.
       child.stdin.on('error', () => undefined);
       if (typeof input === 'string' || Buffer.isBuffer(input)) child.stdin.end(input);
       else input.pipe(child.stdin);
     }
-    res = await child;
+    res = await ended;
     const restOut = out.end();
     const restErr = err.end();
     if (restOut) opts.onStdout(restOut);

@@ -4,8 +4,8 @@
  * An AbortSignal that aborts on the first SIGTERM or SIGINT, and `dispose` to remove the handlers
  * once the command is done. A second signal ends the process at once: the handlers are removed and
  * the signal raised again, so the default action terminates it (status 128 + signal). The handlers stay
- * registered until `dispose`: with a `once` handler, execa's signal-exit hook would find no other
- * listener after the first signal and kill the process before it could stop cleanly.
+ * registered until `dispose`, so a signal arriving while the process stops is handled here, never
+ * by a hook another library installed.
  */
 export function shutdownSignal(): { signal: AbortSignal; dispose: () => void } {
   const ctl = new AbortController();

@@ -6,10 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { ExecaRunner, type CommandRunner } from '../host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../host/runner.js';
 import { Ns8ctlError } from '../errors.js';
 import type { HostPaths } from './host-check.js';
-import { execaStreamExec, processExecStdio, type ExecStdio, type StreamExec } from '../host/stream-exec.js';
+import { processStreamExec, processExecStdio, type ExecStdio, type StreamExec } from '../host/stream-exec.js';
 
 /** The subset of a Redis client the sandbox uses (ioredis fits). */
 export type SandboxRedis = Pick<Redis, 'set' | 'get' | 'hset' | 'sadd' | 'info' | 'quit' | 'disconnect' | 'ping'>;
@@ -75,14 +75,14 @@ export async function openRedisClient(url: string): Promise<SandboxRedis> {
 }
 
 /**
- * Production dependencies (process IO, ExecaRunner, real clock). `sandbox exec` shares this
+ * Production dependencies (process IO, ProcessRunner, real clock). `sandbox exec` shares this
  * process's stdio, unless `stdout` or `stderr` is overridden (and `execStdio` is not): then the
  * command's output goes to those callbacks as it arrives, with no stdin.
  */
 export function defaultSandboxDeps(overrides: Partial<SandboxDeps> = {}): SandboxDeps {
   const redirected = overrides.stdout !== undefined || overrides.stderr !== undefined;
   return {
-    runner: new ExecaRunner(),
+    runner: new ProcessRunner(),
     stdout: (t) => void process.stdout.write(t),
     stderr: (t) => void process.stderr.write(t),
     env: process.env,
@@ -92,7 +92,7 @@ export function defaultSandboxDeps(overrides: Partial<SandboxDeps> = {}): Sandbo
     nodeBinary: process.execPath,
     now: () => Date.now(),
     sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
-    streamExec: execaStreamExec,
+    streamExec: processStreamExec,
     execStdio: redirected ? { mode: 'pipe' } : processExecStdio(),
     ...overrides,
   };

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { runAgent } from '../../src/agent/agent.js';
 import { applyGrants } from '../../src/agent/authorizations.js';
 import { runTask } from '../../src/agent/task-client.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 
 let root: string;
@@ -44,7 +44,7 @@ describe('module credentials', () => {
     mkdirSync(state);
     writeFileSync(path.join(state, 'environment'), 'MODULE_ID=web1\n');
     step(path.join(inst, 'hello'), '10hello', `echo 'set-env SEEN 1' >&$AGENT_COMFD\nprintf hello`);
-    const agent = runAgent({ agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, log: () => undefined }, { redis: connect('module/web1', 'pw-web1'), runner: new ExecaRunner() });
+    const agent = runAgent({ agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, log: () => undefined }, { redis: connect('module/web1', 'pw-web1'), runner: new ProcessRunner() });
     await agent.start();
     try {
       const seen: string[] = [];
@@ -82,7 +82,7 @@ describe('module credentials', () => {
     step(path.join(inst, 'attack'), '10attack', `redis-cli --no-auth-warning -p ${acl.server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web2/secret pwned 2>&1\nredis-cli --no-auth-warning -p ${acl.server.port} --user "$REDIS_USER" --pass "$REDIS_PASSWORD" set module/web1/ok yes 2>&1`);
     const agent = runAgent(
       { agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, env: { PATH: process.env.PATH, REDIS_USER: 'module/web1', REDIS_PASSWORD: 'pw-web1' }, log: () => undefined },
-      { redis: connect('module/web1', 'pw-web1'), runner: new ExecaRunner() },
+      { redis: connect('module/web1', 'pw-web1'), runner: new ProcessRunner() },
     );
     await agent.start();
     try {
@@ -138,7 +138,7 @@ describe('grants from org.nethserver.authorizations', () => {
     mkdirSync(state);
     step(path.join(inst, 'set-route'), '10set', 'printf routed');
     step(path.join(inst, 'destroy-everything'), '10x', 'printf destroyed');
-    const agent = runAgent({ agentId: 'module/traefik1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, log: () => undefined }, { redis: connect('ns8admin', 'adminpw'), runner: new ExecaRunner() });
+    const agent = runAgent({ agentId: 'module/traefik1', installDir: root, stateDir: state, actionsDirs: [inst], pollSeconds: 1, log: () => undefined }, { redis: connect('ns8admin', 'adminpw'), runner: new ProcessRunner() });
     await agent.start();
     try {
       expect(await runTask(acl.admin, 'module/traefik1', 'set-route', { user: 'module/dokuwiki1' })).toMatchObject({ exitCode: 0, output: 'routed' });

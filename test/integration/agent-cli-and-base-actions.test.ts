@@ -12,7 +12,7 @@ import { createBaseActions } from '../../src/agent/base-actions.js';
 import { agentCommand, registerAgentCommands, type AgentCliDeps } from '../../src/cli/commands/agent.js';
 import type { SystemdAdapter } from '../../src/agent/systemd-status.js';
 import { runTask } from '../../src/agent/task-client.js';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
 let server: TestRedis;
@@ -28,7 +28,7 @@ function step(dir: string, name: string, body: string): void {
 }
 
 function deps(env: NodeJS.ProcessEnv = {}): AgentCliDeps {
-  return { stdout: (t) => out.push(t), stderr: (t) => err.push(t), env: { PATH: process.env.PATH, ...env }, isTTY: false, runner: new ExecaRunner(), connect: async () => ({ redis: admin }) };
+  return { stdout: (t) => out.push(t), stderr: (t) => err.push(t), env: { PATH: process.env.PATH, ...env }, isTTY: false, runner: new ProcessRunner(), connect: async () => ({ redis: admin }) };
 }
 
 async function cli(args: string[], env: NodeJS.ProcessEnv = {}, extras: Parameters<typeof registerAgentCommands>[3] = {}): Promise<number> {
@@ -132,7 +132,7 @@ describe('base actions', () => {
   class PodmanRecorder implements CommandRunner {
     readonly calls: string[][] = [];
     readonly history = [];
-    private readonly real = new ExecaRunner();
+    private readonly real = new ProcessRunner();
     async run(argv: string[], opts?: RunOptions): Promise<CommandRecord> {
       if (argv[0] !== 'podman') return this.real.run(argv, opts);
       this.calls.push(argv);

@@ -12,7 +12,7 @@ import { validateConfiguration } from '../../src/configuration/configuration.js'
 import { applyConfiguration, checkConfigurationDrift, readConfiguration } from '../../src/agent/configuration-tasks.js';
 import { readConfigureModuleSchema } from '../../src/configuration/configuration-schema.js';
 import { TaskFailedError } from '../../src/agent/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
 const IMAGEROOT = path.resolve('examples/modules/webapp/imageroot');
@@ -28,7 +28,7 @@ beforeAll(async () => {
   cpSync(path.join(IMAGEROOT, 'actions'), path.join(root, 'actions'), { recursive: true });
   mkdirSync(path.join(root, 'state'));
   writeFileSync(path.join(root, 'state', 'environment'), 'MODULE_ID=webapp1\n');
-  agent = runAgent({ agentId: 'module/webapp1', installDir: root, stateDir: path.join(root, 'state'), actionsDirs: [path.join(root, 'actions')], pollSeconds: 1, log: () => undefined }, { redis: server.client(), runner: new ExecaRunner() });
+  agent = runAgent({ agentId: 'module/webapp1', installDir: root, stateDir: path.join(root, 'state'), actionsDirs: [path.join(root, 'actions')], pollSeconds: 1, log: () => undefined }, { redis: server.client(), runner: new ProcessRunner() });
   await agent.start();
 });
 afterAll(async () => {

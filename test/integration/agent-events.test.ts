@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { runEventHandlers, type EventHandlersHandle } from '../../src/agent/events.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { until } from '../support/wait-for.js';
 
@@ -54,8 +54,8 @@ beforeEach(async () => {
   mkdirSync(state);
   writeFileSync(path.join(state, 'environment'), 'MODULE_ID=web1\n');
   const redis = server.client();
-  agent = runAgent({ agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [path.join(root, 'actions')], pollSeconds: 1, log: (l) => log.push(l) }, { redis, runner: new ExecaRunner() });
-  events = runEventHandlers({ agentId: 'module/web1', installDir: root, stateDir: state, eventsDirs: [path.join(root, 'events')], log: (l) => log.push(l), drainMs: 200 }, { subscriber: server.client(), redis, runner: new ExecaRunner() });
+  agent = runAgent({ agentId: 'module/web1', installDir: root, stateDir: state, actionsDirs: [path.join(root, 'actions')], pollSeconds: 1, log: (l) => log.push(l) }, { redis, runner: new ProcessRunner() });
+  events = runEventHandlers({ agentId: 'module/web1', installDir: root, stateDir: state, eventsDirs: [path.join(root, 'events')], log: (l) => log.push(l), drainMs: 200 }, { subscriber: server.client(), redis, runner: new ProcessRunner() });
 });
 afterEach(async () => {
   await events.stop();

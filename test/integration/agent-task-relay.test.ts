@@ -15,7 +15,7 @@ import { runActionCommand, type AgentCliDeps } from '../../src/cli/commands/agen
 import { readTaskResult, runTask, runTaskViaRelay, submitTaskViaRelay, waitForRelayedTask } from '../../src/agent/task-client.js';
 import { buildRelayRequest, parseRelayRequest, RELAY_INFLIGHT_KEY, relayQueueKey, relayResultKey, startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { finalizeTask } from '../../src/agent/task-store.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 import { until } from '../support/wait-for.js';
@@ -41,7 +41,7 @@ function step(dir: string, name: string, body: string): void {
 async function startBravo(): Promise<AgentHandle> {
   const agent = runAgent(
     { agentId: 'module/bravo1', installDir: root, stateDir: path.join(root, 'state'), actionsDirs: [path.join(root, 'actions')], pollSeconds: 1, log: () => undefined },
-    { redis: connect('module/bravo1', pw.bravo1), runner: new ExecaRunner() },
+    { redis: connect('module/bravo1', pw.bravo1), runner: new ProcessRunner() },
   );
   await agent.start();
   return agent;
@@ -215,7 +215,7 @@ describe('ns8ctl run-action with module credentials', () => {
       stderr: (t) => err.push(t),
       env: { PATH: process.env.PATH, REDIS_ADDRESS: `127.0.0.1:${acl.server.port}`, ...env },
       isTTY: false,
-      runner: new ExecaRunner(),
+      runner: new ProcessRunner(),
       connect: () => Promise.reject(new Error('run-action with module credentials must not use the admin connection')),
     };
   }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { runTask, submitTask, waitForTask } from '../../src/agent/task-client.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { until } from '../support/wait-for.js';
 
@@ -35,7 +35,7 @@ async function waitForFile(file: string): Promise<void> {
 function startAgent(extra: Partial<Parameters<typeof runAgent>[0]> = {}): AgentHandle {
   const a = runAgent(
     { agentId: AGENT, installDir: root, stateDir: state, actionsDirs: [base, inst], pollSeconds: 1, drainMs: 200, env: { PATH: process.env.PATH, REDIS_PORT: String(redisServer.port) }, log: (l) => logLines.push(l), ...extra },
-    { redis: redisServer.client(), runner: new ExecaRunner() },
+    { redis: redisServer.client(), runner: new ProcessRunner() },
   );
   return a;
 }
@@ -229,7 +229,7 @@ describe('module agent tasks', () => {
     const busy = await runTask(admin, AGENT, 'quick');
     expect(busy).toMatchObject({ status: 'aborted', exitCode: 11, error: 'Agent is busy\n' });
     // cancel-task itself needs a slot too: free it from outside by killing the step's group
-    const pid = Number((await new ExecaRunner().run(['pgrep', '-f', `${inst}/long/10wait`])).stdout.trim().split('\n')[0]);
+    const pid = Number((await new ProcessRunner().run(['pgrep', '-f', `${inst}/long/10wait`])).stdout.trim().split('\n')[0]);
     process.kill(-pid, 'SIGTERM');
     expect((await waitForTask(admin, AGENT, longId)).status).toBe('aborted');
     expect(await runTask(admin, AGENT, 'quick')).toMatchObject({ exitCode: 0, output: 'q' });

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { applyPlan, preparePlan } from '../../src/apply/pipeline.js';
 import { ConflictError } from '../../src/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { executeWrites } from '../../src/state/write-state.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 
@@ -34,7 +34,7 @@ describe('concurrent applies', () => {
   });
 
   it('never interleave or lose an update: every spec change counts once in the generation', async () => {
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     // No image-label or schema lookups: this test is about the write path, and podman under load is slow.
     const opts = { applySet: 'default', prune: false, imageLabels: false as const, configuration: false as const };
     writeFileSync(path.join(dir, 'base.yaml'), manifest('v0'));

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { applyPlan, preparePlan } from '../../src/apply/pipeline.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
 import { useCliProject } from '../support/cli-project.js';
@@ -64,7 +64,7 @@ describe('concurrent writers of desired state', () => {
 
   it('a stale prune is refused: an object another apply set took over meanwhile is not deleted, and nothing is written', async () => {
     const opts = { applySet: 'default', prune: true, imageLabels: false as const, configuration: false as const };
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     t.write('m/node.yaml', node);
     t.write('m/a.yaml', mod('webapp1'));
     expect((await cli('apply', '-f', path.join(t.dir, 'm'))).code).toBe(0);
@@ -93,7 +93,7 @@ describe('concurrent writers of desired state', () => {
 
   describe('all or nothing', () => {
     const opts = { applySet: 'default', prune: true, imageLabels: false as const, configuration: false as const };
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     const nodeWith = (name: string, flags: string): string => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata: { name: ${name} }\nspec: { id: 1, flags: [${flags}] }\n`;
     const repo = (url: string): string => `apiVersion: ns8ctl.nethserver.org/v1\nkind: Repository\nmetadata: { name: r1 }\nspec: { url: "${url}" }\n`;
 

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { ResticBackups, type BackupTarget, type HookRunner } from '../../src/node-agent/backup/engine.js';
 import { instanceRepository } from '../../src/node-agent/backup/restic.js';
 import { until } from '../support/wait-for.js';
@@ -22,7 +22,7 @@ const USERS = ['bkeng1', 'bkeng2'];
 const PASSWORD = 'correct-horse-battery-staple-42';
 const IMAGE = 'localhost:5000/ns8ctl/kickweb:1.0.0';
 const UUID = '3f0c2a9e-5b1d-4c1e-9a57-0f5e2d7c9b11';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 let root: string;
 let dest: { url: string };
 

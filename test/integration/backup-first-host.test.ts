@@ -9,7 +9,7 @@
 import { promises as fs, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
@@ -40,7 +40,7 @@ let root: string;
 let deps: NodeAgentDeps;
 let systemd: RecordingSystemd;
 const opts: NodeAgentOptions = { node: 1, concurrency: 1, agentCommand: [] };
-const runner = new ExecaRunner(100_000);
+const runner = new ProcessRunner(100_000);
 
 
 async function reconcile(): Promise<InstanceResult> {

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { execInNode } from '../../src/sandbox/lifecycle.js';
 import { addressPlan } from '../../src/sandbox/naming.js';
 import { keys } from '../../src/state/keys.js';
@@ -155,7 +155,7 @@ test('an update with backupFirst whose migration changes the data and fails is r
   try {
     await fs.writeFile(path.join(ctx, '30break'), '#!/bin/sh\n# A migration that fails half-way: it changes the data, then exits with an error.\necho "half-migrated by 1.2.0" >> "$(podman volume inspect --format "{{.Mountpoint}}" podapp-db-data)/records"\nexit 1\n', { mode: 0o755 });
     await fs.writeFile(path.join(ctx, 'Containerfile'), `FROM ${image('podapp', '1.1.0')}\nCOPY --chmod=755 30break /imageroot/update-module.d/30break\n`);
-    const host = new ExecaRunner();
+    const host = new ProcessRunner();
     await host.run(['podman', 'build', '-q', '--tls-verify=false', '-t', image('podapp', '1.2.0'), ctx], { timeoutMs: 300_000 });
     await host.run(['podman', 'push', '-q', '--tls-verify=false', image('podapp', '1.2.0')], { timeoutMs: 300_000 });
   } finally {

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { RedisError } from '../../src/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { connectRedis, maskUrl } from '../../src/state/connect.js';
 import { runCli } from '../support/cli.js';
 import { freePort, startRedis, type TestRedis } from '../support/redis-server.js';
@@ -9,7 +9,7 @@ describe('connection errors keep their cause', () => {
   it('names the socket error (ECONNREFUSED) and the URL, password masked, when nothing listens', async () => {
     const port = await freePort();
     const url = `redis://ns8ctl:s3cret@127.0.0.1:${port}`;
-    const err = await connectRedis({ url, stateDir: '/nonexistent', runner: new ExecaRunner() }).catch((e: unknown) => e);
+    const err = await connectRedis({ url, stateDir: '/nonexistent', runner: new ProcessRunner() }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RedisError);
     const e = err as RedisError;
     expect(e.code).toBe('redis_unreachable');
@@ -28,7 +28,7 @@ describe('connection errors keep their cause', () => {
   });
 
   it('names an unknown host (ENOTFOUND or EAI_AGAIN from the resolver)', async () => {
-    const err = (await connectRedis({ url: 'redis://ns8ctl-test-host.invalid:6379', stateDir: '/nonexistent', runner: new ExecaRunner() }).catch((e: unknown) => e)) as RedisError;
+    const err = (await connectRedis({ url: 'redis://ns8ctl-test-host.invalid:6379', stateDir: '/nonexistent', runner: new ProcessRunner() }).catch((e: unknown) => e)) as RedisError;
     expect(err).toBeInstanceOf(RedisError);
     expect(err.message).toMatch(/^cannot connect to Redis at redis:\/\/ns8ctl-test-host\.invalid:6379: getaddrinfo (ENOTFOUND|EAI_AGAIN) ns8ctl-test-host\.invalid; .*\(check the host name in the URL\)$/);
     expect(['ENOTFOUND', 'EAI_AGAIN']).toContain((err.cause as NodeJS.ErrnoException).code);
@@ -72,7 +72,7 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
     const pid = Number(/process_id:(\d+)/.exec(await redis.client().info('server'))?.[1]);
     process.kill(pid, 'SIGSTOP');
     try {
-      const got = await connectRedis({ url: redis.url, stateDir: '/nonexistent', runner: new ExecaRunner(), connectTimeoutMs: 1000 }).catch((e: unknown) => e);
+      const got = await connectRedis({ url: redis.url, stateDir: '/nonexistent', runner: new ProcessRunner(), connectTimeoutMs: 1000 }).catch((e: unknown) => e);
       expect(got).toBeInstanceOf(RedisError);
       expect((got as RedisError).code).toBe('redis_timeout');
       expect((got as RedisError).message).toBe(`cannot connect to Redis at ${redis.url}: the server accepted the connection but did not answer within 1 s: is it stopped (SIGSTOP, a paused container), overloaded, or not Redis?`);
@@ -85,7 +85,7 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
   });
 
   it('bounds a command to a server that stops after the connection was made', async () => {
-    const conn = await connectRedis({ url: redis.url, stateDir: '/nonexistent', runner: new ExecaRunner(), commandTimeoutMs: 500 });
+    const conn = await connectRedis({ url: redis.url, stateDir: '/nonexistent', runner: new ProcessRunner(), commandTimeoutMs: 500 });
     const pid = Number(/process_id:(\d+)/.exec(await conn.redis.info('server'))?.[1]);
     process.kill(pid, 'SIGSTOP');
     try {
@@ -100,7 +100,7 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
   });
 
   it('says rediss:// needs TLS when the port speaks plain Redis', async () => {
-    const err = (await connectRedis({ url: `rediss://127.0.0.1:${redis.port}`, stateDir: '/nonexistent', runner: new ExecaRunner(), connectTimeoutMs: 1000 }).catch((e: unknown) => e)) as RedisError;
+    const err = (await connectRedis({ url: `rediss://127.0.0.1:${redis.port}`, stateDir: '/nonexistent', runner: new ProcessRunner(), connectTimeoutMs: 1000 }).catch((e: unknown) => e)) as RedisError;
     expect(err).toBeInstanceOf(RedisError);
     expect(err.message).toMatch(new RegExp(`^cannot connect to Redis at rediss://127\\.0\\.0\\.1:${redis.port}: .*(rediss:// needs a server that speaks TLS; if this is a plain Redis port, use redis://|TLS|SSL)`));
     expect(err.exitCode).toBe(3);
@@ -112,7 +112,7 @@ describe('Redis connection faults: a clear error naming the masked URL, exit cod
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
     const port = (silent.address() as net.AddressInfo).port;
     try {
-      const err = (await connectRedis({ url: `redis://127.0.0.1:${port}`, stateDir: '/nonexistent', runner: new ExecaRunner(), connectTimeoutMs: 800 }).catch((e: unknown) => e)) as RedisError;
+      const err = (await connectRedis({ url: `redis://127.0.0.1:${port}`, stateDir: '/nonexistent', runner: new ProcessRunner(), connectTimeoutMs: 800 }).catch((e: unknown) => e)) as RedisError;
       expect(err.code).toBe('redis_timeout');
       expect(err.exitCode).toBe(3);
     } finally {

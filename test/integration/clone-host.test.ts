@@ -10,7 +10,7 @@
 import { promises as fs, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import type { InstanceResult } from '../../src/node-agent/reconcile.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
@@ -36,7 +36,7 @@ let images: ExampleImages;
 let root: string;
 let deps: NodeAgentDeps;
 let opts: NodeAgentOptions;
-const runner = new ExecaRunner(100_000);
+const runner = new ProcessRunner(100_000);
 const reconcile = (): Promise<Map<string, InstanceResult>> => reconcileById(opts, deps);
 
 /** Passes until `id` converges (each pass advances the transfer one state on each side), at most `max`. */

@@ -16,7 +16,7 @@ import { Controller } from '../../src/controller/controller.js';
 import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
 import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/controller/module-reconciler.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
@@ -57,7 +57,7 @@ const configureRuns = (): string[] => {
 function startAgent(): Promise<AgentHandle> {
   const a = runAgent(
     { agentId: `module/${ID}`, installDir, stateDir: path.join(installDir, 'state'), actionsDirs: [path.join(installDir, 'actions')], pollSeconds: 1, log: () => undefined },
-    { redis: server.client(), runner: new ExecaRunner() },
+    { redis: server.client(), runner: new ProcessRunner() },
   );
   return a.start().then(() => a);
 }
@@ -79,7 +79,7 @@ async function apply(greeting: string): Promise<void> {
   const file = path.join(root, 'm.yaml');
   writeFileSync(file, manifest(greeting));
   const prepared = await preparePlan([file], redis, { applySet: 'default', prune: false, configuration: false });
-  await applyPlan(prepared, redis, { applySet: 'default', prune: false, forcePrune: false, runner: new ExecaRunner() });
+  await applyPlan(prepared, redis, { applySet: 'default', prune: false, forcePrune: false, runner: new ProcessRunner() });
   await agentReady();
 }
 
@@ -199,7 +199,7 @@ describe('configure-module tasks that take a while', () => {
     writeFileSync(path.join(m, 'm.yaml'), manifest('Fourth'));
     const c = new Controller(
       { sources: [{ name: 'default', kind: 'directory', paths: [m], prune: false, selfHeal: true }], resyncMs: 0, leaseMs: 5000, concurrency: 2, configuration: { taskWaitMs: 600_000, taskTimeoutMs: 600_000 } },
-      { redis: server.client(), runner: new ExecaRunner(), logger: createLogger('json', () => undefined), configurationSchemas: { find: async () => undefined } },
+      { redis: server.client(), runner: new ProcessRunner(), logger: createLogger('json', () => undefined), configurationSchemas: { find: async () => undefined } },
     );
     await c.start();
     try {

@@ -15,7 +15,7 @@ import { OfflineSchemaLookup } from '../../src/configuration/configuration-schem
 import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { reconcileModuleSummary, type ModuleReconcilerDeps } from '../../src/controller/module-reconciler.js';
 import { ManifestError } from '../../src/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import { keys } from '../../src/state/keys.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
@@ -58,7 +58,7 @@ let root: string;
 let installDir: string;
 let agent: AgentHandle;
 let clock = Date.parse('2025-05-01T10:00:00Z');
-const lookup = (): OfflineSchemaLookup => new OfflineSchemaLookup({ runner: new ExecaRunner(), homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'var'), useLocalImages: false });
+const lookup = (): OfflineSchemaLookup => new OfflineSchemaLookup({ runner: new ProcessRunner(), homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'var'), useLocalImages: false });
 
 function script(file: string, body: string): void {
   writeFileSync(file, `#!/bin/sh\n${body}\n`);
@@ -75,7 +75,7 @@ const configureCount = (): number => {
 
 async function apply(file: string): Promise<void> {
   const prepared = await preparePlan([file], redis, { applySet: 'default', prune: false, configuration: lookup() });
-  await applyPlan(prepared, redis, { applySet: 'default', prune: false, forcePrune: false, runner: new ExecaRunner() });
+  await applyPlan(prepared, redis, { applySet: 'default', prune: false, forcePrune: false, runner: new ProcessRunner() });
 }
 
 /** What the node agent would write once the instance runs the stored generation. */
@@ -118,7 +118,7 @@ beforeAll(async () => {
   script(path.join(installDir, 'actions', 'get-configuration', '20read'), 'cat config.json 2>/dev/null || echo "{}"');
   agent = runAgent(
     { agentId: `module/${ID}`, installDir, stateDir: path.join(installDir, 'state'), actionsDirs: [path.join(installDir, 'actions')], pollSeconds: 1, log: () => undefined },
-    { redis: server.client(), runner: new ExecaRunner() },
+    { redis: server.client(), runner: new ProcessRunner() },
   );
   await agent.start();
 });

@@ -6,9 +6,9 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { OfflineSchemaLookup } from '../../src/configuration/configuration-schema.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const TAG = `localhost/ns8ctl-test/confschema-${process.pid}`;
 const WITH = `${TAG}:1.0.0`;
 const WITHOUT = `${TAG}:0.1.0`;

@@ -9,7 +9,7 @@ import { startAuditLog } from '../../src/controller/audit-log.js';
 import { Controller } from '../../src/controller/controller.js';
 import { EventRecorder, type ControllerEvent } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
 
@@ -32,7 +32,7 @@ test('every event reaches the file, once, across a restart of the leader; secret
   // Recorded before any controller ran: the first start copies the stream's history.
   await events.record({ name: 'source-applied', type: 'Normal', object: 'source/default', message: 'applied commit abc', data: { revision: 'abc', author: 'Ada', password: 's3cret' } });
   const start = async (): Promise<Controller> => {
-    const c = new Controller({ sources: [], resyncMs: 0, leaseMs: 5000, http: { port: 0 }, auditLog: file }, { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', () => undefined) });
+    const c = new Controller({ sources: [], resyncMs: 0, leaseMs: 5000, http: { port: 0 }, auditLog: file }, { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', () => undefined) });
     await c.start();
     await waitFor('leadership', () => c.isLeader);
     return c;

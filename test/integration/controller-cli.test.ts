@@ -15,7 +15,7 @@ import { startLocalNodeAgent, SuspensionAwareSource } from '../../src/cli/local-
 import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { MainIO } from '../../src/cli/main.js';
 import type { CliDeps } from '../../src/cli/deps.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import type { NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { channels } from '../../src/state/keys.js';
@@ -149,7 +149,7 @@ describe('controller commands', () => {
       stderr: () => undefined,
       env,
       isTTY: false,
-      runner: new ExecaRunner(),
+      runner: new ProcessRunner(),
       stdin: async () => '',
       cwd: dir,
       connect: async () => ({ redis: srv.client(), url: srv.url, embedded: false }),

@@ -14,7 +14,7 @@ import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { SourceSpec } from '../../src/controller/source-reconciler.js';
 import { EventRecorder } from '../../src/state/events.js';
 import { resumeTarget, suspendTarget } from '../../src/controller/suspend.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { writeStatus } from '../../src/node-agent/status.js';
 import { channels } from '../../src/state/keys.js';
 import { buildRelayRequest, relayQueueKey } from '../../src/agent/task-relay.js';
@@ -72,7 +72,7 @@ describe('controller with a manifests directory', () => {
     const spec: SourceSpec = { name: 'default', kind: 'directory', paths: [path.join(dir, 'm')], prune: false, selfHeal: true, ...source };
     const c = new Controller(
       { sources: [spec], resyncMs: 0, leaseMs: 5000, debounceMs: 30, concurrency: 2, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 }, ...opts },
-      { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('json', (l) => logs.push(l)) },
+      { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('json', (l) => logs.push(l)) },
     );
     controllers.push(c);
     await c.start();
@@ -393,7 +393,7 @@ describe('controller with a manifests directory', () => {
       const sources: SourceSpec[] = names.map((n) => ({ name: n.name, kind: 'directory', paths: [path.join(dir, n.name)], prune: n.prune ?? false, selfHeal: true }));
       const c = new Controller(
         { sources, resyncMs: 0, leaseMs: 5000, debounceMs: 30, concurrency: 1, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 } },
-        { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('json', (l) => logs.push(l)) },
+        { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('json', (l) => logs.push(l)) },
       );
       controllers.push(c);
       await c.start();

@@ -11,7 +11,7 @@ import { readEvents } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
 import { readSourceStatus, type SourceStatus } from '../../src/controller/source-status.js';
 import type { SourceSpec } from '../../src/controller/source-reconciler.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { gitRemote, type GitRemote } from '../support/git-remote.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
@@ -45,7 +45,7 @@ afterEach(async () => {
 async function start(spec: SourceSpec): Promise<Controller> {
   const c = new Controller(
     { sources: [spec], resyncMs: 0, leaseMs: 5000, debounceMs: 30, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 } },
-    { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', (l) => logs.push(l)) },
+    { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', (l) => logs.push(l)) },
   );
   controllers.push(c);
   await c.start();

@@ -14,7 +14,7 @@ import { Controller } from '../../src/controller/controller.js';
 import { readEvents } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
 import { readSourceStatus } from '../../src/controller/source-status.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { GIT_ENV, gitRemote, type GitRemote } from '../support/git-remote.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
@@ -67,7 +67,7 @@ const image = async (): Promise<string | undefined> => {
 
 test('only commits signed by a trusted key are applied; others are rejected and the last good one stays', async () => {
   writeFileSync(path.join(dir, 'trusted', 'ops.asc'), execFileSync('cat', [ops.pub]));
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const verifications = () => runner.history.filter((c) => c.argv.includes('verify-commit')).length;
   const good = repo.commit({ 'node.yaml': NODE, 'wiki.yaml': mod('1.0.0') }, 'first', signedBy(ops));
   controller = new Controller(

@@ -14,7 +14,7 @@ import { createLogger } from '../../src/runtime/log.js';
 import { readSourceStatus } from '../../src/controller/source-status.js';
 import type { SourceSpec } from '../../src/controller/source-reconciler.js';
 import { hmacHex } from '../../src/controller/webhook-auth.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { gitRemote, type GitRemote } from '../support/git-remote.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
@@ -60,7 +60,7 @@ describe('controller with a git source', () => {
     };
     const c = new Controller(
       { sources: [spec], resyncMs: 0, leaseMs: 5000, http: { port: 0 }, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 }, ...(extra.webhookSecret ? { webhookSecret: extra.webhookSecret } : {}) },
-      { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', () => undefined) },
+      { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', () => undefined) },
     );
     controllers.push(c);
     await c.start();

@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 import { Controller } from '../../src/controller/controller.js';
 import { LeaderElector } from '../../src/controller/leader-election.js';
 import { createLogger } from '../../src/runtime/log.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
 
@@ -171,7 +171,7 @@ describe('controller leader election', () => {
     const started: string[] = [];
     const c = new Controller(
       { sources: [{ name: 'default', kind: 'directory', paths: [path.join(dir, 'm')], prune: false, selfHeal: true }], resyncMs: 0, leaseMs: 1500, redisCommandTimeoutMs: 1000, configuration: false },
-      { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('json', () => undefined), onReconcileStart: (k) => started.push(k) },
+      { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('json', () => undefined), onReconcileStart: (k) => started.push(k) },
     );
     await c.start();
     let stopped = false;

@@ -9,7 +9,7 @@ import { Controller } from '../../src/controller/controller.js';
 import { EventRecorder, type ControllerEvent } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
 import { NotificationFilter, startNotifier } from '../../src/controller/notifier.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
 
@@ -44,7 +44,7 @@ test('the leader posts Warnings once per quiet period, and their resolution', as
   const lines: string[] = [];
   const c = new Controller(
     { sources: [], resyncMs: 0, leaseMs: 5000, http: { port: 0 }, notify: { url, quietMs: 3_600_000 } },
-    { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', (l) => lines.push(l)) },
+    { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', (l) => lines.push(l)) },
   );
   await c.start();
   try {

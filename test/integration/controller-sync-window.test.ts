@@ -13,7 +13,7 @@ import { readEvents } from '../../src/state/events.js';
 import { createLogger } from '../../src/runtime/log.js';
 import { readSourceStatus } from '../../src/controller/source-status.js';
 import { parseSyncWindow } from '../../src/controller/sync-window.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { gitRemote, type GitRemote } from '../support/git-remote.js';
 import { startRedis, type TestRedis } from '../support/redis-server.js';
 import { waitFor } from '../support/wait-for.js';
@@ -60,7 +60,7 @@ test('new commits wait for the window; drift repair does not; inside the window 
       http: { port: 0 },
       backoff: { baseMs: 100, maxMs: 1000, jitter: 0 },
     },
-    { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', () => undefined), now: () => new Date(Date.now() + offset) },
+    { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', () => undefined), now: () => new Date(Date.now() + offset) },
   );
   await controller.start();
   const waiting = await waitFor('the first commit deferred', async () => ((await reconciling())?.reason === 'OutsideSyncWindow' ? reconciling() : undefined));
@@ -108,7 +108,7 @@ test('a directory source waits for the window too, and says so once', async () =
   setLocal(new Date(2026, 10, 30, 12, 0)); // Mon noon; the window is Sat,Sun 01:00-05:00
   controller = new Controller(
     { sources: [{ name: 'default', kind: 'directory', paths: [manifests], prune: false, selfHeal: true, syncWindows: [parseSyncWindow('Sat,Sun 01:00-05:00')] }], resyncMs: 0, leaseMs: 5000, http: { port: 0 }, backoff: { baseMs: 100, maxMs: 1000, jitter: 0 } },
-    { redis: srv.client(), runner: new ExecaRunner(), logger: createLogger('text', () => undefined), now: () => new Date(Date.now() + offset) },
+    { redis: srv.client(), runner: new ProcessRunner(), logger: createLogger('text', () => undefined), now: () => new Date(Date.now() + offset) },
   );
   await controller.start();
   await waitFor('the manifests deferred', async () => (await reconciling())?.reason === 'OutsideSyncWindow');

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { updateEnvironmentFile } from '../../src/agent/env-file.js';
 import { withFileLock } from '../../src/host/file-lock.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyStep } from '../../src/node-agent/applier.js';
 import { createNodeAgentDeps } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
@@ -109,7 +109,7 @@ describe('state/environment writers share .environment.lock', () => {
     test('write-environment merges into the file as it is under the lock, keeping what a step wrote meanwhile', async () => {
       const client = redis.client();
       try {
-        const deps = createNodeAgentDeps({ node: 1, layout: { rootfullBase: path.join(dir, 'nethserver'), agentStateDir: path.join(dir, 'agent') } }, { redis: client, runner: new ExecaRunner(), log: () => undefined, delay: async () => undefined });
+        const deps = createNodeAgentDeps({ node: 1, layout: { rootfullBase: path.join(dir, 'nethserver'), agentStateDir: path.join(dir, 'agent') } }, { redis: client, runner: new ProcessRunner(), log: () => undefined, delay: async () => undefined });
         const stateDir = path.join(dir, 'nethserver', 'web1', 'state');
         await fs.mkdir(stateDir, { recursive: true });
         const file = path.join(stateDir, 'environment');

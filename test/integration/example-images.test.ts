@@ -1,14 +1,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { ensureExampleImages, type ExampleImages } from '../support/example-images.js';
 import { preparePodmanHost } from '../support/host-podman.js';
 import { freePort } from '../support/redis-server.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 import { withImageBuildLock } from '../support/image-build-lock.js';
 
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 
 async function labelsOf(url: string): Promise<Record<string, string>> {
   const res = await runner.run(['skopeo', 'inspect', '--tls-verify=false', `docker://${url}`]);

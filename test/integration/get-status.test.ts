@@ -6,7 +6,7 @@ import type { CliDeps } from '../../src/cli/deps.js';
 import { cond, summarizeModule, type ModuleFacts } from '../../src/controller/conditions.js';
 import { summaryFields } from '../../src/controller/module-reconciler.js';
 import { writeSourceStatus, type SourceStatus } from '../../src/controller/source-status.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { keys } from '../../src/state/keys.js';
 import { runCli } from '../support/cli.js';
 import { useCliProject } from '../support/cli-project.js';
@@ -58,7 +58,7 @@ describe('ns8ctl get against a real Redis: secrets, controller conditions, sourc
       stderr: () => undefined,
       env: t.env,
       isTTY: false,
-      runner: new ExecaRunner(),
+      runner: new ProcessRunner(),
       connect: async () => ({ redis: t.redis, url: t.srv.url, embedded: false }),
       stdin: async () => '',
       cwd: t.dir,

@@ -8,13 +8,13 @@ import { RecordingRunner } from '../support/recording-runner.js';
 import { promises as fs, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../../src/host/runner.js';
 import { fileStamp, RunnerImageCache } from '../../src/node-agent/host/image-cache.js';
 import { normalizeImageRef } from '../../src/host/image-store.js';
 import { startRegistry, type TestRegistry } from '../support/registry.js';
 
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 let registry: TestRegistry;
 let work: string;
 let url: string;
@@ -124,7 +124,7 @@ test('a half entry (no completion marker) is never used and is fetched again; a 
 }, 60_000);
 
 test("a copy into an instance is written by the instance's user (files owned by it) and keeps files the user added", async () => {
-  const cache = newCache(new ExecaRunner(), path.join(work, 'cache3'));
+  const cache = newCache(new ProcessRunner(), path.join(work, 'cache3'));
   const image = await cache.ensure(url, { roots: ROOTS, purpose: 't' });
   const dest = mkdtempSync(path.join(work, 'home-'));
   await fs.writeFile(path.join(dest, 'mine'), 'user file');
@@ -145,7 +145,7 @@ test("a copy into an instance is written by the instance's user (files owned by 
 
 test('evict removes the entries and refs of images not kept and fill dirs of long-dead fills, and keeps the ones named by id or digest', async () => {
   const dir = path.join(work, 'cache4');
-  const cache = newCache(new ExecaRunner(), dir);
+  const cache = newCache(new ProcessRunner(), dir);
   const image = await cache.ensure(url, { roots: ROOTS, purpose: 't' });
   expect(await cache.evict(new Set([image.id]))).toEqual([]);
   expect(await cache.evict(new Set([digest]))).toEqual([]);

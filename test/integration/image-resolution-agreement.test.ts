@@ -10,7 +10,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
 import { applyPlan, preparePlan } from '../../src/apply/pipeline.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
@@ -54,12 +54,12 @@ test('the image diff shows for a {module, version} spec is the image the node ag
   const shown = prepared.plan.changes.find((c) => c.kind === 'Module' && c.id === id)?.resolved?.image;
   // `^1` picks the highest 1.x the repository offers: a range, so both sides had to choose.
   expect(shown).toBe(images.webapp['1.1.0']);
-  await applyPlan(prepared, admin, { ...opts, forcePrune: false, runner: new ExecaRunner() });
+  await applyPlan(prepared, admin, { ...opts, forcePrune: false, runner: new ProcessRunner() });
 
   const agentOpts = { node: 1, concurrency: 1, insecureRegistries: [registry.address] };
   const deps = createNodeAgentDeps(agentOpts, {
     redis: admin,
-    runner: new ExecaRunner(100_000),
+    runner: new ProcessRunner(100_000),
     layout: tempHostLayout(root),
     resolveImage: makeImageResolver(admin, { coreVersion: '3.21.0' }),
     coreVersion: async () => '3.21.0',

@@ -5,7 +5,7 @@
  */
 import { observeResolution } from '../../src/apply/pipeline.js';
 import { RedisError } from '../../src/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import type { DesiredObject, ManifestObject } from '../../src/manifest/types.js';
 import { plan } from '../../src/plan/planner.js';
 import { connectRedis, type Connection } from '../../src/state/connect.js';
@@ -23,7 +23,7 @@ let server: TestRedis;
 let lite: Connection;
 let full: Connection;
 const connect = (o: { lite?: boolean; commandTimeoutMs?: number; name?: string } = {}): Promise<Connection> =>
-  connectRedis({ url: server.url, stateDir: '/nonexistent', runner: new ExecaRunner(), ...o });
+  connectRedis({ url: server.url, stateDir: '/nonexistent', runner: new ProcessRunner(), ...o });
 
 beforeAll(async () => {
   server = await startRedis();
@@ -152,7 +152,7 @@ describe('the running images read with the cluster state', () => {
       await c.hset(keys.moduleStatus('webapp4'), 'imageUrl', 'ghcr.io/nethserver/webapp:0.6.0');
       const desired = ['webapp1', 'webapp2', 'webapp3', 'webapp4', 'webapp5'].map((id) => module(id, image));
       const instances = desired.map((d) => d.object.metadata.name);
-      const onDb2 = await connectRedis({ url: `${server.url}/2`, stateDir: '/nonexistent', runner: new ExecaRunner(), lite: true });
+      const onDb2 = await connectRedis({ url: `${server.url}/2`, stateDir: '/nonexistent', runner: new ProcessRunner(), lite: true });
       try {
         const before = await readClusterState(c);
         const state = await readClusterState(onDb2.redis, { instances });

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import type { CliDeps } from '../../src/cli/deps.js';
 import { suspendTarget } from '../../src/controller/suspend.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { nodeAgentCommand } from '../../src/cli/commands/node-agent.js';
 import { createNodeAgentDeps } from '../../src/node-agent/deps.js';
@@ -66,7 +66,7 @@ test('suspended instances are left alone, resume wakes the agent at once, status
     stderr: (t) => void (stderr += t),
     env: {},
     isTTY: false,
-    runner: new ExecaRunner(),
+    runner: new ProcessRunner(),
     connect: async () => ({ redis: admin, url: redis.url, embedded: false }),
     stdin: async () => '',
     cwd: process.cwd(),
@@ -105,7 +105,7 @@ test('--once refuses to act on a host with instances when desired state has no e
     stderr: () => undefined,
     env: {},
     isTTY: false,
-    runner: new ExecaRunner(),
+    runner: new ProcessRunner(),
     connect: async () => ({ redis: admin, url: redis.url, embedded: false }),
     stdin: async () => '',
     cwd: process.cwd(),
@@ -144,7 +144,7 @@ test('a refusing agent loop says why at most once a minute per reason, and at on
   const lines: string[] = [];
   const deps = createNodeAgentDeps(
     { node: 1 },
-    { redis: admin, runner: new ExecaRunner(), layout: tempHostLayout(path.join(root, 'loop'), { agentStateDir }), log: (l) => void lines.push(l), now: () => new Date(now) },
+    { redis: admin, runner: new ProcessRunner(), layout: tempHostLayout(path.join(root, 'loop'), { agentStateDir }), log: (l) => void lines.push(l), now: () => new Date(now) },
   );
   const reasons: (string | undefined)[] = [];
   let wake: (() => void) | undefined;

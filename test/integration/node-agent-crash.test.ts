@@ -13,7 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
@@ -49,7 +49,7 @@ async function transpileTree(entries: string[], outDir: string): Promise<void> {
   }
 }
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 let redis: TestRedis;
 let admin: Redis;
 let registry: TestRegistry;
@@ -127,19 +127,19 @@ async function expectNothingLeft(id: string, policy: 'Preserve' | 'Delete'): Pro
 beforeAll(async () => {
   ({ redis, registry, images, admin, root } = await startNodeAgentTestHost('ns8ctl-node-agent-crash-'));
   layout = tempHostLayout(root);
-  deps = createNodeAgentDeps({ node: 1, insecureRegistries: [registry.address] }, { redis: admin, runner: new ExecaRunner(), layout, log: () => undefined });
+  deps = createNodeAgentDeps({ node: 1, insecureRegistries: [registry.address] }, { redis: admin, runner: new ProcessRunner(), layout, log: () => undefined });
   // Inside node_modules so the child resolves ioredis/execa from the project; removed afterwards.
   build = path.join(repo, 'node_modules', `.ns8ctl-crash-${process.pid}`);
   await transpileTree([path.join(repo, 'src/node-agent/reconcile.ts'), path.join(repo, 'src/node-agent/deps.ts'), path.join(repo, 'src/host/runner.ts')], build);
   await fs.writeFile(
     path.join(build, 'crash-child.mjs'),
     `import { Redis } from 'ioredis';
-import { ExecaRunner } from './src/host/runner.js';
+import { ProcessRunner } from './src/host/runner.js';
 import { createNodeAgentDeps } from './src/node-agent/deps.js';
 import { reconcileNodeOnce } from './src/node-agent/reconcile.js';
 const cfg = JSON.parse(process.argv[2]);
 const redis = new Redis(cfg.url);
-const deps = createNodeAgentDeps(cfg.opts, { redis, runner: new ExecaRunner(), layout: cfg.layout, log: () => {} });
+const deps = createNodeAgentDeps(cfg.opts, { redis, runner: new ProcessRunner(), layout: cfg.layout, log: () => {} });
 await redis.ping();
 process.stdout.write('ready\\n');
 await reconcileNodeOnce(cfg.opts, deps);

@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
 import { reconcileNodeOnce, type NodeReconcileResult } from '../../src/node-agent/reconcile.js';
@@ -40,7 +40,7 @@ beforeAll(async () => {
   redis = await startRedis();
   admin = redis.client();
   root = await fs.mkdtemp(path.join(tmpdir(), 'ns8ctl-node-agent-deps-'));
-  deps = createNodeAgentDeps({ node: 1 }, { redis: admin, runner: new ExecaRunner(), layout: tempHostLayout(root), log: () => undefined });
+  deps = createNodeAgentDeps({ node: 1 }, { redis: admin, runner: new ProcessRunner(), layout: tempHostLayout(root), log: () => undefined });
 });
 afterAll(async () => {
   admin?.disconnect();

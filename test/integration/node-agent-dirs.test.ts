@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyStep } from '../../src/node-agent/applier.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
 import { readUsers } from '../../src/node-agent/host/passwd.js';
@@ -31,7 +31,7 @@ beforeAll(async () => {
   await fs.mkdir(path.join(root, 'home'), { mode: 0o755 });
   await run('useradd', ['-m', '-b', path.join(root, 'home'), '-s', '/sbin/nologin', ID]);
   uid = Number((await run('id', ['-u', ID])).stdout.trim());
-  deps = createNodeAgentDeps({ node: 1 }, { redis: srv.client(), runner: new ExecaRunner(), layout: tempHostLayout(root), log: () => undefined, delay: async () => undefined });
+  deps = createNodeAgentDeps({ node: 1 }, { redis: srv.client(), runner: new ProcessRunner(), layout: tempHostLayout(root), log: () => undefined, delay: async () => undefined });
 }, 60_000);
 
 afterAll(async () => {

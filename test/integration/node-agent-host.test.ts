@@ -7,7 +7,7 @@
 import { promises as fs, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { imageCacheDir } from '../../src/node-agent/host/podman.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
@@ -25,7 +25,7 @@ import { waitFor } from '../support/wait-for.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
 let admin: Redis;
@@ -357,7 +357,7 @@ describe('a rootfull instance', () => {
 describe('a node without skopeo', () => {
   test('pulls the image as root to read its labels, fills the node cache with podman, and drops that root copy', async () => {
     const id = `webapp${suffix}5`;
-    const real = new ExecaRunner();
+    const real = new ProcessRunner();
     const noSkopeo: CommandRunner = { history: real.history, run: (argv, o) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
     const d2 = createNodeAgentDeps(opts, { redis: admin, runner: noSkopeo, layout: deps.layout, log: () => undefined, delay: async () => undefined });
     await putModule(id, { image: images.webapp['1.1.0'] });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { readEvents } from '../../src/state/events.js';
 import { CommandFailedError } from '../../src/errors.js';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { RedisDesiredSource } from '../../src/node-agent/desired-source.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
@@ -22,7 +22,7 @@ import { putDesiredModule } from '../support/desired-module.js';
 /** Runs read-only commands; refuses (and counts) every changing one. */
 class ReadOnlyRunner implements CommandRunner {
   refused: string[][] = [];
-  private readonly inner = new ExecaRunner(10_000);
+  private readonly inner = new ProcessRunner(10_000);
   get history(): CommandRunner['history'] {
     return this.inner.history;
   }

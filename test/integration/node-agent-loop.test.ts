@@ -5,7 +5,7 @@
  */
 import type { Redis } from 'ioredis';
 import { Ns8ctlError } from '../../src/errors.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { runNodeAgent, type NodeAgentHandle } from '../../src/node-agent/agent-loop.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
 import type { NodeReconcileResult } from '../../src/node-agent/reconcile.js';
@@ -41,7 +41,7 @@ beforeAll(async () => {
     { node: 1, insecureRegistries: [registry.address] },
     {
       redis: admin,
-      runner: new ExecaRunner(),
+      runner: new ProcessRunner(),
       layout: tempHostLayout(root),
       log: () => undefined,
     },

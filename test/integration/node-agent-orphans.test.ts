@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import { readEvents } from '../../src/state/events.js';
 import { CommandFailedError } from '../../src/errors.js';
-import { ExecaRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRecord, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { acceptDesiredStateOnHost, CLUSTER_EPOCH_KEY, nodeAgentStatusKey, readHostEpoch } from '../../src/node-agent/desired-state-guard.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
@@ -28,7 +28,7 @@ import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-a
 class TestRunner implements CommandRunner {
   mutating = 0;
   failUserdel = false;
-  private readonly inner = new ExecaRunner(100_000);
+  private readonly inner = new ProcessRunner(100_000);
   get history(): CommandRunner['history'] {
     return this.inner.history;
   }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps } from '../../src/node-agent/deps.js';
 import { defaultLayout } from '../../src/node-agent/layout.js';
 import { reconcileNodeOnce } from '../../src/node-agent/reconcile.js';
@@ -47,7 +47,7 @@ beforeAll(async () => {
     { node: 1, concurrency: 4 },
     {
       redis: admin,
-      runner: new ExecaRunner(),
+      runner: new ProcessRunner(),
       layout: defaultLayout({ agentStateDir: path.join(root, 'agent'), homeBase: path.join(root, 'home'), rootfullBase: path.join(root, 'nethserver'), uiBase: path.join(root, 'ui'), systemdRunDir: path.join(root, 'no-systemd') }),
       resolveImage: makeImageResolver(admin, { coreVersion: '3.21.0' }),
       log: () => undefined,

@@ -6,7 +6,7 @@
  */
 import { promises as fs, existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { reconcileNodeOnce, type InstanceResult, type NodeReconcileResult } from '../../src/node-agent/reconcile.js';
 import { runNodeAgent } from '../../src/node-agent/agent-loop.js';
@@ -29,7 +29,7 @@ import { putDesiredModule } from '../support/desired-module.js';
 import { until } from '../support/wait-for.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 
 /**
  * The instance's module agent, run in-process (src/agent/ runAgent: real task queue, contexts,
@@ -100,7 +100,7 @@ beforeAll(async () => {
     if (unit !== 'agent.service' || scope.kind !== 'user') return;
     await (event === 'start' ? startModuleAgent(scope.user) : stopModuleAgent());
   };
-  const runner = new ExecaRunner(100_000);
+  const runner = new ProcessRunner(100_000);
   deps = createNodeAgentDeps(
     { ...opts, insecureRegistries: [registry.address] },
     {

@@ -9,7 +9,7 @@ import type { Redis } from 'ioredis';
 import { findCondition } from '../../src/controller/conditions.js';
 import { EventRecorder, readEvents } from '../../src/state/events.js';
 import { reconcileModuleSummary } from '../../src/controller/module-reconciler.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { parseEnvironment } from '../../src/node-agent/environment-file.js';
 import { reconcileNodeOnce, type InstanceResult } from '../../src/node-agent/reconcile.js';
@@ -23,7 +23,7 @@ import { tempHostLayout } from '../support/node-agent-layout.js';
 import { putDesiredModule } from '../support/desired-module.js';
 import { startNodeAgentTestHost, stopNodeAgentTestHost } from '../support/node-agent-host.js';
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 const id = `webapp${process.pid % 10000}9`;
 let redis: TestRedis;
 let admin: Redis;
@@ -61,7 +61,7 @@ beforeAll(async () => {
   opts = { node: 1, concurrency: 1, insecureRegistries: [registry.address] };
   deps = createNodeAgentDeps(opts, {
     redis: admin,
-    runner: new ExecaRunner(100_000),
+    runner: new ProcessRunner(100_000),
     layout: tempHostLayout(root),
     coreVersion: async () => '3.21.0',
     log: () => undefined,

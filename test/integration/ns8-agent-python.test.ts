@@ -12,7 +12,7 @@ import { applyGrants } from '../../src/agent/authorizations.js';
 import { installNs8Runtime, ns8RuntimeLayout, renderCoreEnv, renderGlobalAgentEnv } from '../../src/agent/ns8-runtime.js';
 import { runTask } from '../../src/agent/task-client.js';
 import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 
@@ -68,7 +68,7 @@ async function startInstance(id: keyof typeof pw): Promise<AgentHandle> {
   const installDir = path.join(root, id);
   const agent = runAgent(
     { agentId: `module/${id}`, installDir, stateDir: path.join(installDir, 'state'), actionsDirs: [path.join(installDir, 'actions')], pollSeconds: 1, env: instanceEnv(id), log: () => undefined },
-    { redis: acl.connect(`module/${id}`, pw[id], `module/${id}`), runner: new ExecaRunner() },
+    { redis: acl.connect(`module/${id}`, pw[id], `module/${id}`), runner: new ProcessRunner() },
   );
   await agent.start();
   agents.push(agent);

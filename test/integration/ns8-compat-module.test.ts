@@ -16,7 +16,7 @@ import { execa } from 'execa';
 import { runAgent, type AgentHandle } from '../../src/agent/agent.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { runTask } from '../../src/agent/task-client.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 import { withImageBuildLock } from '../support/image-build-lock.js';
@@ -25,7 +25,7 @@ const REGISTRY = 'ns8ctl-compat-test.invalid';
 const IMAGE = (tag: string): string => `${REGISTRY}/ns8ctl-compat/kickweb:${tag}`;
 const HTTPD_IMAGE = `${REGISTRY}/ns8ctl-compat/kickweb-httpd:1.0.0`;
 const ID = 'kickweb1';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const acl = useNs8AclRedis();
 const password = generatePassword();
 

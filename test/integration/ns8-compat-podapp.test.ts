@@ -20,7 +20,7 @@ import { applyGrants, authorizationsToStore } from '../../src/agent/authorizatio
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { runTask } from '../../src/agent/task-client.js';
 import type { TaskRelay } from '../../src/agent/task-relay.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 import { withImageBuildLock } from '../support/image-build-lock.js';
@@ -29,7 +29,7 @@ const REGISTRY = 'ns8ctl-compat-podapp-test.invalid';
 const ref = (name: string, tag: string): string => `${REGISTRY}/ns8ctl-compat/${name}:${tag}`;
 const BUILT = ['podapp:1.0.0', 'podapp:1.1.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0', 'podapp-db:1.1.0', 'kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0'].map((t) => `${REGISTRY}/ns8ctl-compat/${t}`);
 const VOLUME = 'podapp-db-data';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const acl = useNs8AclRedis();
 
 interface Instance {

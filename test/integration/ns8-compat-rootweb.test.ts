@@ -21,7 +21,7 @@ import { applyGrants } from '../../src/agent/authorizations.js';
 import { createBaseActions } from '../../src/agent/base-actions.js';
 import { runTask } from '../../src/agent/task-client.js';
 import type { TaskRelay } from '../../src/agent/task-relay.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyModuleAcl, generatePassword } from '../../src/node-agent/redis-acl.js';
 import { useNs8AclRedis } from '../support/ns8-acl-redis.js';
 import { withImageBuildLock } from '../support/image-build-lock.js';
@@ -34,7 +34,7 @@ const BUILT = [IMAGE('rootweb', '1.0.0'), IMAGE('rootweb', '1.1.0'), IMAGE('root
 const ID = `rootweb${process.pid}`;
 const KICK = 'kickweb1';
 const VOLUME = `${ID}-data`;
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const acl = useNs8AclRedis();
 const password = { [ID]: generatePassword(), [KICK]: generatePassword() };
 

@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Redis } from 'ioredis';
 import type { CliDeps } from '../../src/cli/deps.js';
 import { recoverCommand, type RecoverOptions } from '../../src/cli/commands/recover.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { renderEnvironment } from '../../src/node-agent/environment-file.js';
 import { instancePaths, type HostLayout } from '../../src/node-agent/layout.js';
 import { writeHostEpoch } from '../../src/node-agent/desired-state-guard.js';
@@ -71,7 +71,7 @@ function deps(out: { stdout: string; stderr: string }): CliDeps {
     stderr: (t) => void (out.stderr += t),
     env: {},
     isTTY: false,
-    runner: new ExecaRunner(),
+    runner: new ProcessRunner(),
     connect: async () => ({ redis, url: srv.url, embedded: false }),
     stdin: async () => '',
     cwd: root,
@@ -190,7 +190,7 @@ describe('ns8ctl recover on a real host', () => {
     const { chmodSync } = await import('node:fs');
     chmodSync(hostRoot, 0o755);
     mkdirSync(path.join(hostRoot, 'home'), { mode: 0o755 });
-    agentDeps = createNodeAgentDeps(agentOpts, { redis, runner: new ExecaRunner(), layout: tempHostLayout(hostRoot), log: () => undefined, delay: async () => undefined });
+    agentDeps = createNodeAgentDeps(agentOpts, { redis, runner: new ProcessRunner(), layout: tempHostLayout(hostRoot), log: () => undefined, delay: async () => undefined });
     image = images.webapp['1.0.0'];
   }, 300_000);
 

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { connectRedis, reconnectDelay } from '../../src/state/connect.js';
 import { freePort } from '../support/redis-server.js';
 
@@ -36,7 +36,7 @@ describe('a proven Redis connection', () => {
     const port = await freePort();
     const dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-reconnect-'));
     let server = await startServer(port, dir);
-    const { redis } = await connectRedis({ url: `redis://127.0.0.1:${port}`, stateDir: dir, runner: new ExecaRunner(), startEmbedded: false, commandTimeoutMs: 5_000 });
+    const { redis } = await connectRedis({ url: `redis://127.0.0.1:${port}`, stateDir: dir, runner: new ProcessRunner(), startEmbedded: false, commandTimeoutMs: 5_000 });
     const subscriber = redis.duplicate();
     const printed: string[] = [];
     const spy = jest.spyOn(console, 'error').mockImplementation((...args: unknown[]) => void printed.push(args.map(String).join(' ')));

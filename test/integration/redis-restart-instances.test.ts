@@ -12,7 +12,7 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { keys } from '../../src/state/keys.js';
 import type { EmbeddedRedis} from '../support/chaos.js';
@@ -141,7 +141,7 @@ test('desired state wiped (FLUSHALL) under a running instance: the agent refuses
   expect(await (await adminClient()).exists(keys.moduleStatus(ID))).toBe(0);
   expect(await instanceFacts()).toEqual(before);
   // The operator confirms; the same instance (same user, same home) converges again.
-  const accept = await new ExecaRunner(1000, undefined, env).run([process.execPath, entry, JSON.stringify({ node: '1', acceptDesiredState: true }), JSON.stringify(layout)], { allowFailure: true, timeoutMs: 60_000 });
+  const accept = await new ProcessRunner(1000, undefined, env).run([process.execPath, entry, JSON.stringify({ node: '1', acceptDesiredState: true }), JSON.stringify(layout)], { allowFailure: true, timeoutMs: 60_000 });
   expect(accept).toMatchObject({ exitCode: 0, stdout: expect.stringContaining('desired state accepted') });
   expect(existsSync(path.join(layout.agentStateDir, 'epoch.json'))).toBe(true);
   await waitFor('the instance converged under the accepted desired state', converged, 60_000);

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createrepo } from '../../src/repository/createrepo.js';
 import { RepositoryError } from '../../src/repository/errors.js';
 import { loadAvailable, makeImageResolver } from '../../src/repository/image-resolver.js';
@@ -29,7 +29,7 @@ describe('createrepo against a real registry with the example module images', ()
   let registry: TestRegistry;
   let images: ExampleImages;
   let root: string;
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
 
   beforeAll(async () => {
     registry = await startRegistry();

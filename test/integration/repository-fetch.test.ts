@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { Command } from 'commander';
 import type { Redis } from 'ioredis';
 import type { CliDeps } from '../../src/cli/deps.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { RepositoryError } from '../../src/repository/errors.js';
 import { CACHE_TTL_SECONDS, getRepodata, loadSnapshots, readRepositories, refreshRepositories } from '../../src/repository/fetch.js';
 import { makeImageResolver, makeModuleResolver } from '../../src/repository/image-resolver.js';
@@ -273,7 +273,7 @@ describe('repository metadata over HTTP with the Redis cache', () => {
     const logs: string[] = [];
     beforeEach(() => {
       logs.length = 0;
-      deps = { connectRedis: async () => redis, runner: new ExecaRunner(), coreVersion: '3.21.0', log: (l) => logs.push(l) };
+      deps = { connectRedis: async () => redis, runner: new ProcessRunner(), coreVersion: '3.21.0', log: (l) => logs.push(l) };
     });
 
     it('repo refresh expires and re-downloads, reporting per repository', async () => {
@@ -312,7 +312,7 @@ describe('repository metadata over HTTP with the Redis cache', () => {
         stderr: (t) => err.push(t),
         env: { NS8CTL_CORE_VERSION: '3.21.0' },
         isTTY: false,
-        runner: new ExecaRunner(),
+        runner: new ProcessRunner(),
         connect: async () => ({ redis, url: redisServer.url, embedded: false }),
         stdin: async () => '',
         cwd: tmp,

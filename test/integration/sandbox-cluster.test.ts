@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../../src/host/runner.js';
 import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
 import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
@@ -17,7 +17,7 @@ import { withImageBuildLock } from '../support/image-build-lock.js';
 // One 2-node sandbox shared by every assertion below (create takes ~10 s with a cached root
 // filesystem, 3 minutes cold); the tests run in order and end with delete.
 const NAME = 'itest';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const progress: string[] = [];
 const deps: SandboxDeps = defaultSandboxDeps({ runner, stderr: (t) => void progress.push(t), stdout: () => undefined });
 
@@ -185,7 +185,7 @@ describe('ns8ctl sandbox refuses clearly', () => {
   });
 
   test('podman missing: says which packages to install', async () => {
-    const real = new ExecaRunner();
+    const real = new ProcessRunner();
     // A host without podman: the command name resolves to nothing on PATH.
     const noPodman: CommandRunner = { history: real.history, run: (argv, o) => real.run(argv[0] === 'podman' ? ['ns8ctl-test-no-such-podman', ...argv.slice(1)] : argv, o) };
     await expect(createSandbox({ name: 'never' }, defaultSandboxDeps({ runner: noPodman }))).rejects.toMatchObject({ code: 'tool_missing', message: expect.stringMatching(/apt-get install podman/) });

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { execa } from 'execa';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import type { SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
 import { defaultSandboxDeps } from '../../src/sandbox/deps.js';
@@ -15,7 +15,7 @@ import { pushImage } from '../../src/sandbox/push.js';
 import { runCli } from '../support/cli.js';
 
 const NAME = 'hostaccess';
-const deps = defaultSandboxDeps({ runner: new ExecaRunner(), stdout: () => undefined, stderr: () => undefined });
+const deps = defaultSandboxDeps({ runner: new ProcessRunner(), stdout: () => undefined, stderr: () => undefined });
 const bin = path.join(deps.projectRoot, 'dist', 'src', 'cli', 'bin.js');
 
 /** The built CLI as a separate process (stdin, stdout and stderr are pipes, as in a shell pipeline). */

@@ -1,7 +1,7 @@
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync, copyFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ExecaRunner, type CommandRecord, type CommandRunner } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRecord, type CommandRunner } from '../../src/host/runner.js';
 import { applyHostAdjustments, planHostAdjustments, readHostFacts, CONTAINERS_DROPIN, type HostPaths } from '../../src/sandbox/host-check.js';
 import { preparePodmanHost } from '../support/host-podman.js';
 
@@ -63,7 +63,7 @@ describe('sandbox host adjustments', () => {
   test('after preparePodmanHost, podman runs a container as root and as a useradded user', async () => {
     await preparePodmanHost();
     await preparePodmanHost();
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     const ctx = mkdtempSync(path.join(tmpdir(), 'ns8ctl-hostcheck-img-'));
     copyFileSync('/bin/busybox', path.join(ctx, 'busybox'));
     writeFileSync(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY busybox /bin/busybox\n');

@@ -5,7 +5,7 @@
  * systemd and redis-server inside the nodes; slow (one 2-node sandbox).
  */
 import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
 import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
@@ -15,7 +15,7 @@ import { runCli } from '../support/cli.js';
 
 const NAME = 'persist';
 const SECRET = 'Sandbox-s3cret';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 const deps: SandboxDeps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
 
 const manifests = `apiVersion: ns8ctl.nethserver.org/v1

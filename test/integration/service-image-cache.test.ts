@@ -7,7 +7,7 @@
 import { promises as fs, existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createNodeAgentDeps, type NodeAgentDeps, type NodeAgentOptions } from '../../src/node-agent/deps.js';
 import { serviceImageCacheDir } from '../../src/node-agent/host/podman.js';
 import { findImage, readImageStore } from '../../src/host/image-store.js';
@@ -25,7 +25,7 @@ import { RecordingRunner } from '../support/recording-runner.js';
 import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
 
-const host = new ExecaRunner();
+const host = new ProcessRunner();
 const suffix = String(process.pid % 10000);
 let redis: TestRedis;
 let admin: Redis;
@@ -110,8 +110,8 @@ describe('the service-image cache on its own', () => {
   }, 120_000);
 
   test('declines (so the user pulls for itself) on a node without skopeo, for a digest reference, and where users cannot reach the cache', async () => {
-    const real = new ExecaRunner();
-    const noSkopeo = { history: real.history, run: (argv: string[], o?: Parameters<ExecaRunner['run']>[1]) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
+    const real = new ProcessRunner();
+    const noSkopeo = { history: real.history, run: (argv: string[], o?: Parameters<ProcessRunner['run']>[1]) => real.run(argv[0] === 'skopeo' ? ['ns8ctl-test-no-such-skopeo', ...argv.slice(1)] : argv, o) };
     expect(await new RunnerServiceImageCache(noSkopeo, path.join(root, 'svc-cache-4'), () => ['--tls-verify=false']).ensure(url, 'test')).toBeUndefined();
     const cache = new RunnerServiceImageCache(new RecordingRunner(), path.join(root, 'svc-cache-5'), () => ['--tls-verify=false']);
     expect(await cache.ensure(`${url.replace(/:1\.0\.0$/, '')}@sha256:${'0'.repeat(64)}`, 'test')).toBeUndefined();

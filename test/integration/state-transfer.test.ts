@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import { createServer, createConnection } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { StateTransfer, type ReceiverAddress } from '../../src/node-agent/backup/transfer.js';
 import type { SrvTarget } from '../../src/node-agent/backup/srv.js';
 import type { Owner } from '../../src/node-agent/host/owner.js';
@@ -17,7 +17,7 @@ import { createModuleUsers, runAsUser, subuidStart, userOwner, type UserOwner } 
 
 const USERS = ['trsrc1', 'trdst1'];
 const PASSWORD = 'rsync-secret-0c1d9e';
-const runner = new ExecaRunner();
+const runner = new ProcessRunner();
 let root: string;
 let runBase: string;
 

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import type { HostLayout } from '../../src/node-agent/layout.js';
 import { connectRedis } from '../../src/state/connect.js';
 import { embeddedPaths } from '../../src/state/embedded-redis.js';
@@ -164,12 +164,12 @@ export async function writeNodeAgentEntry(dir: string): Promise<string> {
   await fs.writeFile(
     file,
     `import { nodeAgentCommand } from ${JSON.stringify(dist('cli/commands/node-agent.js'))};
-import { ExecaRunner } from ${JSON.stringify(dist('host/runner.js'))};
+import { ProcessRunner } from ${JSON.stringify(dist('host/runner.js'))};
 import { connectRedis } from ${JSON.stringify(dist('state/connect.js'))};
 import { resolveStateDir } from ${JSON.stringify(dist('state/state-dir.js'))};
 import { toNs8ctlError } from ${JSON.stringify(dist('errors.js'))};
 const [opts, layout] = process.argv.slice(2).map((a) => JSON.parse(a));
-const runner = new ExecaRunner(1000, undefined, process.env);
+const runner = new ProcessRunner(1000, undefined, process.env);
 let conn;
 const deps = {
   stdout: (t) => void process.stdout.write(t),
@@ -196,7 +196,7 @@ try {
 
 /** Runs `ns8ctl ARGS` (the built CLI) with `env`; never throws on a non-zero exit. */
 export async function runBin(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
-  const r = await new ExecaRunner(1000, undefined, env).run([process.execPath, BIN, ...args], { allowFailure: true, timeoutMs: 120_000 });
+  const r = await new ProcessRunner(1000, undefined, env).run([process.execPath, BIN, ...args], { allowFailure: true, timeoutMs: 120_000 });
   return { code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -378,7 +378,7 @@ export function workspaceAdmin(ws: () => { root: string; env: NodeJS.ProcessEnv 
   return {
     async get() {
       const { root, env } = ws();
-      admin ??= (await connectRedis({ stateDir: path.join(root, 'state'), env, runner: new ExecaRunner(), name, startEmbedded: false })).redis;
+      admin ??= (await connectRedis({ stateDir: path.join(root, 'state'), env, runner: new ProcessRunner(), name, startEmbedded: false })).redis;
       return admin;
     },
     drop() {

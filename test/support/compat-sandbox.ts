@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { createSandbox, type SandboxInfo } from '../../src/sandbox/create.js';
 import type { SandboxDeps } from '../../src/sandbox/deps.js';
 import { deleteSandbox } from '../../src/sandbox/delete.js';
@@ -33,7 +33,7 @@ export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: 
   const info = await createSandbox({ name, nodes: opts.nodes ?? 1 }, deps);
   try {
     await opts.afterCreate?.(info);
-    await withImageBuildLock(() => new ExecaRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only.join(','), '--registry', info.registry, '--push'], { timeoutMs: opts.buildTimeoutMs }));
+    await withImageBuildLock(() => new ProcessRunner().run([path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only.join(','), '--registry', info.registry, '--push'], { timeoutMs: opts.buildTimeoutMs }));
     const leader = new Redis(adminRedisUrl(info.addresses['1'] ?? '', await readAdminPassword(deps, name)), { maxRetriesPerRequest: 1 });
     return { info, leader };
   } catch (err) {
@@ -44,7 +44,7 @@ export async function startCompatSandbox(name: string, deps: SandboxDeps, opts: 
 
 /** `podman rmi -f` of each `name:tag` under `<registry>/ns8ctl-compat/`; never throws. */
 async function removeBuiltImages(info: SandboxInfo, built: string[]): Promise<void> {
-  await withImageBuildLock(() => new ExecaRunner().run(['podman', 'rmi', '-f', ...built.map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true }));
+  await withImageBuildLock(() => new ProcessRunner().run(['podman', 'rmi', '-f', ...built.map((t) => `${info.registry}/ns8ctl-compat/${t}`)], { allowFailure: true }));
 }
 
 /**

@@ -8,12 +8,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { defaultDemoDeps } from '../../src/demo/cli.js';
 import { downDemo, type DemoDeps } from '../../src/demo/demo.js';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 
 /** What {@link useDemoSandbox} gives a test file. */
 export interface DemoSandbox {
   /** The runner behind `deps` (its `history` shows what the demo ran). */
-  runner: ExecaRunner;
+  runner: ProcessRunner;
   /** `<tmp>/<prefix>XXXXXX/demo`, where the demo writes its manifests. */
   demoDir: string;
   /** The demo's deps: product defaults, output to `write`, 5 minutes for Ready. */
@@ -27,7 +27,7 @@ export interface DemoSandbox {
  * Call it once, at the top level of a test file.
  */
 export function useDemoSandbox(name: string, prefix: string, write: (text: string) => void): DemoSandbox {
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const demoDir = path.join(mkdtempSync(path.join(tmpdir(), prefix)), 'demo');
   const deps: DemoDeps = defaultDemoDeps({ runner, demoDir, stdout: write, stderr: write, readyTimeoutMs: 300_000 });
   beforeAll(async () => {

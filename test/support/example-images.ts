@@ -13,7 +13,7 @@ import { promises as fsp, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { preparePodmanHost } from './host-podman.js';
 import { withImageBuildLock } from './image-build-lock.js';
 
@@ -92,7 +92,7 @@ async function ensureBuilt(): Promise<string> {
   try {
     if (existsSync(done)) return dir;
     await preparePodmanHost();
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     await fsp.rm(dir, { recursive: true, force: true });
     let refs: string[] = [];
     await withImageBuildLock(async () => {
@@ -176,7 +176,7 @@ export function ensureExampleImages(registryAddress: string): Promise<ExampleIma
 
 async function pushExampleImages(registry: string): Promise<ExampleImages> {
   const built = await ensureBuilt();
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const work = path.join(tmpdir(), `ns8ctl-example-push-${randomBytes(4).toString('hex')}`);
   const byName: Record<string, Record<string, string>> = {};
   try {

@@ -5,7 +5,7 @@
  * explained in one line on stderr, and applied only when needed. Guarded: it refuses to run when
  * not root, and fails (never skips) when podman is missing, since CI installs it.
  */
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { applyHostAdjustments } from '../../src/sandbox/host-check.js';
 
 let prepared: Promise<void> | undefined;
@@ -17,7 +17,7 @@ let prepared: Promise<void> | undefined;
 export function preparePodmanHost(): Promise<void> {
   prepared ??= (async () => {
     if (process.getuid?.() !== 0) throw new Error('preparePodmanHost: tests that use podman run as root (CI does)');
-    const runner = new ExecaRunner();
+    const runner = new ProcessRunner();
     await runner.run(['podman', '--version'], { purpose: 'preparePodmanHost: podman must be installed (apt-get install podman)' });
     await applyHostAdjustments({ runner, log: (line) => process.stderr.write(`[host-podman] ${line}\n`) });
   })();
@@ -30,7 +30,7 @@ export function preparePodmanHost(): Promise<void> {
  * `userdel -f`. Never throws: a user already gone is fine.
  */
 export async function removeTestUsers(ids: Iterable<string>): Promise<void> {
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   for (const id of new Set(ids)) {
     await runner.run(['pkill', '-KILL', '-u', id], { allowFailure: true });
     await new Promise((r) => setTimeout(r, 200));

@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import { parseEnvironment } from '../../src/agent/env-file.js';
 import { startTaskRelay, type TaskRelay } from '../../src/agent/task-relay.js';
 import { installNs8Runtime, ns8RuntimeLayout } from '../../src/agent/ns8-runtime.js';
-import { ExecaRunner, type CommandRunner } from '../../src/host/runner.js';
+import { ProcessRunner, type CommandRunner } from '../../src/host/runner.js';
 import { withImageBuildLock } from './image-build-lock.js';
 
 /**
@@ -23,7 +23,7 @@ import { withImageBuildLock } from './image-build-lock.js';
  */
 export async function prepareCompatHost(opts: { only: string; registry: string; prefix: string; timeoutMs?: number }): Promise<string> {
   const build = [path.resolve('examples/modules/build-images.sh'), '--dir', path.resolve('examples/ns8-compat'), '--namespace', 'ns8ctl-compat', '--only', opts.only, '--registry', opts.registry];
-  await withImageBuildLock(() => new ExecaRunner().run(build, { timeoutMs: opts.timeoutMs ?? 300_000 }));
+  await withImageBuildLock(() => new ProcessRunner().run(build, { timeoutMs: opts.timeoutMs ?? 300_000 }));
   const root = mkdtempSync(path.join(tmpdir(), opts.prefix));
   const version = (await execa('/usr/bin/python3', ['-c', 'import sys; print("%d.%d" % sys.version_info[:2])'])).stdout.trim();
   const nodeRoot = path.join(root, 'node');

@@ -1,10 +1,10 @@
-import { ExecaRunner } from '../../src/host/runner.js';
+import { ProcessRunner } from '../../src/host/runner.js';
 import { defaultSandboxDeps, type SandboxDeps } from '../../src/sandbox/deps.js';
 import { execInNode } from '../../src/sandbox/lifecycle.js';
 
 /** Commands run inside node 1 of a named sandbox, for end-to-end tests. */
 export interface SandboxNode {
-  runner: ExecaRunner;
+  runner: ProcessRunner;
   deps: SandboxDeps;
   /**
    * Runs `command` in the node through the product's `sandbox exec` (pipe mode: output captured,
@@ -14,7 +14,7 @@ export interface SandboxNode {
 }
 
 export function sandboxNode(name: string): SandboxNode {
-  const runner = new ExecaRunner();
+  const runner = new ProcessRunner();
   const deps = defaultSandboxDeps({ runner, stderr: () => undefined, stdout: () => undefined });
   return {
     runner,

@@ -150,8 +150,8 @@ export async function nodeAgentCommand(opts: NodeAgentCommandOptions, d: CliDeps
     return result.suspect || result.instances.some((i) => i.outcome === 'failed' || i.outcome === 'blocked') ? 1 : 0;
   }
   const subscriber = conn.redis.duplicate();
-  // Handlers stay registered until the command ended: a second signal (or one arriving after
-  // execa ran a command) ends the process with 128+n instead of killing it uncleanly.
+  // Handlers stay registered until the command ended: a second signal ends the process with
+  // 128+n instead of killing it uncleanly.
   const stop = shutdownSignal();
   logger.log('info', `reconciling node ${node} (resync every ${resyncMs / 1000} s, ${concurrency} at a time)`, { node });
   try {
