@@ -2,7 +2,7 @@
  * Scale run (issue 14): N instances of the example web app across a sandbox of real systemd nodes
  * (default 100 instances, 2 nodes), from one `ns8ctl apply` to every instance Ready. A node agent
  * runs continuously in each node (`ns8ctl node-agent --node K` as a transient unit). Prints and
- * reports: time from apply to all Ready, p50/p95 of each instance's apply -> Ready time, the peak
+ * reports (times from the moment `ns8ctl apply` starts in node 1): time from apply to all Ready, p50/p95 of each instance's apply -> Ready time, the peak
  * RSS of each node agent, and the commands the leader's Redis processed meanwhile; beside Flux's
  * published figure (flux-benchmark: 100 Kustomizations reconciled in 28 s on a 16-core runner).
  *
@@ -78,10 +78,16 @@ async function main(): Promise<void> {
     for (let n = 1; n <= NODES; n++) await must(n, ['systemd-run', `--unit=${AGENT_UNIT}`, '--collect', 'ns8ctl', 'node-agent', '--node', String(n)]);
     const commandsBefore = await commandsProcessed(leader);
     let ownCommands = 1; // the INFO that reads the count at the end
-    const started = Date.now();
-    await must(1, ['ns8ctl', 'apply', '-f', '/root/scale/']);
-    const applied = Date.now() - started;
-    process.stderr.write(`scale: apply returned after ${(applied / 1000).toFixed(2)} s (podman exec into node 1 included)\n`);
+    const execStarted = Date.now();
+    // The node prints the time its `ns8ctl apply` starts (the containers share the host's clock):
+    // times are measured from there, as an operator running apply on the node sees them; the
+    // `podman exec` that carries the command into the node (about 0.5 s here) is reported apart.
+    const out = await must(1, ['sh', '-c', 'date +%s%N && exec ns8ctl apply -f /root/scale/']);
+    const execReturned = Date.now();
+    const started = Math.floor(Number(out.split('\n')[0]) / 1e6);
+    if (!Number.isFinite(started) || started < execStarted - 1000 || started > execReturned) throw new Error(`scale: node 1 printed no usable start time: ${out.split('\n')[0]}`);
+    const applied = execReturned - started;
+    process.stderr.write(`scale: apply took ${(applied / 1000).toFixed(2)} s in node 1 (${((execReturned - execStarted) / 1000).toFixed(2)} s with podman exec)\n`);
     const readyAt = new Map<string, number>();
     let shown = -1;
     while (readyAt.size < ids.length) {
@@ -109,7 +115,8 @@ async function main(): Promise<void> {
     for (let n = 1; n <= NODES; n++) rss.push(await agentPeakRss(n));
     const figures: Figure[] = [
       { what: `${INSTANCES} instances on ${NODES} nodes: apply -> all Ready`, value: total, unit: 's', ...(INSTANCES === 100 ? { versus: { what: 'Flux, 100 Kustomizations, 16 cores (flux-benchmark)', value: FLUX_100_S } } : {}) },
-      { what: '`ns8ctl apply` in node 1 (podman exec included)', value: applied / 1000, unit: 's' },
+      { what: '`ns8ctl apply` in node 1 (until podman exec returned)', value: applied / 1000, unit: 's' },
+      { what: '`podman exec` until the apply started in node 1 (not counted above)', value: (started - execStarted) / 1000, unit: 's' },
       { what: 'apply -> Ready per instance, p50', value: percentile(times, 50) / 1000, unit: 's' },
       { what: 'apply -> Ready per instance, p95', value: percentile(times, 95) / 1000, unit: 's' },
       { what: 'node agent peak RSS (largest node)', value: Math.max(...rss), unit: 'MiB' },

@@ -53,85 +53,86 @@ function watchExit(): void {
   });
 }
 
+/** Output of one stream, kept up to a limit. */
+class Sink {
+  readonly chunks: Buffer[] = [];
+  size = 0;
+  constructor(private readonly limit: number) {}
+  /** False when the chunk would pass the limit (it is not kept). */
+  push(b: Buffer): boolean {
+    if (this.size + b.length > this.limit) return false;
+    this.size += b.length;
+    this.chunks.push(b);
+    return true;
+  }
+  text(): Buffer {
+    return Buffer.concat(this.chunks, this.size);
+  }
+}
+
+/** SIGTERM now, SIGKILL FORCE_KILL_MS later if it still runs; `cancel` drops the second. */
+function stopper(child: ChildProcess): { stop: () => void; cancel: () => void } {
+  let forceKill: NodeJS.Timeout | undefined;
+  return {
+    stop: () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      forceKill ??= setTimeout(() => child.kill('SIGKILL'), FORCE_KILL_MS);
+    },
+    cancel: () => clearTimeout(forceKill),
+  };
+}
+
 export function spawnCollect(file: string, args: readonly string[], opts: SpawnCollectOptions): Promise<SpawnCollectResult> {
   const result: SpawnCollectResult = { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, cancelled: false, outputTooLarge: false };
   if (opts.signal?.aborted) return Promise.resolve({ ...result, cancelled: true });
   watchExit();
   return new Promise((resolve) => {
-    const limit = opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
-    const child = spawn(file, args, {
-      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
-      env: opts.env,
-      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
-    });
+    const child = spawn(file, args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) });
     live.add(child);
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const size = { out: 0, err: 0 };
-    let forceKill: NodeJS.Timeout | undefined;
-    let done = false;
-    const stop = (): void => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      forceKill ??= setTimeout(() => child.kill('SIGKILL'), FORCE_KILL_MS);
-    };
-    const timer = setTimeout(() => {
-      result.timedOut = true;
-      stop();
-    }, opts.timeoutMs);
-    const onAbort = (): void => {
-      result.cancelled = true;
-      stop();
-    };
+    const out = new Sink(opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT);
+    const err = new Sink(opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT);
+    const { stop, cancel } = stopper(child);
+    const timer = setTimeout(() => void ((result.timedOut = true), stop()), opts.timeoutMs);
+    const onAbort = (): void => void ((result.cancelled = true), stop());
     opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const dropOutput = (): void => {
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    };
+    let done = false;
     const finish = (): void => {
       if (done) return;
       done = true;
       live.delete(child);
       clearTimeout(timer);
-      if (forceKill) clearTimeout(forceKill);
+      cancel();
       opts.signal?.removeEventListener('abort', onAbort);
-      result.stdout = Buffer.concat(out, size.out);
-      result.stderr = Buffer.concat(err, size.err);
+      result.stdout = out.text();
+      result.stderr = err.text();
       resolve(result);
     };
-    const collect = (chunks: Buffer[], key: 'out' | 'err') => (b: Buffer) => {
-      if (size[key] + b.length > limit) {
-        result.outputTooLarge = true;
-        // Its writers get EPIPE instead of writing on.
-        child.stdout?.destroy();
-        child.stderr?.destroy();
-        stop();
-        return;
-      }
-      size[key] += b.length;
-      chunks.push(b);
+    const collect = (sink: Sink) => (b: Buffer) => {
+      if (sink.push(b) || result.outputTooLarge) return;
+      result.outputTooLarge = true;
+      dropOutput(); // its writers get EPIPE instead of writing on
+      stop();
     };
-    child.stdout?.on('data', collect(out, 'out'));
-    child.stderr?.on('data', collect(err, 'err'));
+    child.stdout?.on('data', collect(out));
+    child.stderr?.on('data', collect(err));
     child.on('error', (e) => {
       result.error ??= e;
-      // Never started: no 'close' is owed.
-      if (child.pid === undefined) finish();
+      if (child.pid === undefined) finish(); // never started: no 'close' is owed
     });
     child.on('exit', (code, sig) => {
       result.exitCode = code;
       result.signal = sig;
       // Killed here: a process it left behind may still hold its output open. What it wrote is
       // read by now; the rest is not waited for.
-      if (result.timedOut || result.cancelled || result.outputTooLarge) {
-        setTimeout(() => {
-          child.stdout?.destroy();
-          child.stderr?.destroy();
-          finish();
-        }, DRAIN_AFTER_KILL_MS).unref();
-      }
+      if (result.timedOut || result.cancelled || result.outputTooLarge) setTimeout(() => void (dropOutput(), finish()), DRAIN_AFTER_KILL_MS).unref();
     });
     child.on('close', (code, sig) => {
-      if (result.exitCode === null && result.signal === null) {
-        result.exitCode = code;
-        result.signal = sig;
-      }
+      if (result.exitCode === null && result.signal === null) [result.exitCode, result.signal] = [code, sig];
       finish();
     });
     if (opts.input !== undefined && child.stdin) {

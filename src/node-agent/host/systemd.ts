@@ -103,8 +103,13 @@ export class RunnerSystemdHost implements SystemdHost {
     await this.runner.run([...this.ctl(scope), 'daemon-reload'], { purpose, mutating: true });
   }
 
+  /**
+   * `--no-reload`: the daemon-reload planned before it already loaded the unit files; enabling
+   * only adds the [Install] links, which the manager reads at its next reload or boot. Without it
+   * systemctl reloads the manager again (about 0.12 s per instance).
+   */
   async enable(scope: UnitScope, units: string[], purpose: string): Promise<void> {
-    if (units.length) await this.runner.run([...this.ctl(scope), 'enable', ...units], { purpose, mutating: true });
+    if (units.length) await this.runner.run([...this.ctl(scope), 'enable', '--no-reload', ...units], { purpose, mutating: true });
   }
 
   async disable(scope: UnitScope, units: string[], purpose: string): Promise<void> {
