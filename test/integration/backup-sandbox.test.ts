@@ -22,6 +22,7 @@ import { keys } from '../../src/state/keys.js';
 import { startCompatSandbox, stopCompatSandbox } from '../support/compat-sandbox.js';
 import { startRestServer, type RestServer } from '../support/rest-server.js';
 import { eventually, sandboxNode } from '../support/sandbox-node.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const NAME = 'ns8bkup';
 const ID = 'podapp1';
@@ -156,8 +157,10 @@ test('an update with backupFirst whose migration changes the data and fails is r
     await fs.writeFile(path.join(ctx, '30break'), '#!/bin/sh\n# A migration that fails half-way: it changes the data, then exits with an error.\necho "half-migrated by 1.2.0" >> "$(podman volume inspect --format "{{.Mountpoint}}" podapp-db-data)/records"\nexit 1\n', { mode: 0o755 });
     await fs.writeFile(path.join(ctx, 'Containerfile'), `FROM ${image('podapp', '1.1.0')}\nCOPY --chmod=755 30break /imageroot/update-module.d/30break\n`);
     const host = new ProcessRunner();
-    await host.run(['podman', 'build', '-q', '--tls-verify=false', '-t', image('podapp', '1.2.0'), ctx], { timeoutMs: 300_000 });
-    await host.run(['podman', 'push', '-q', '--tls-verify=false', image('podapp', '1.2.0')], { timeoutMs: 300_000 });
+    await withImageBuildLock(async () => {
+      await host.run(['podman', 'build', '-q', '--tls-verify=false', '-t', image('podapp', '1.2.0'), ctx], { timeoutMs: 300_000 });
+      await host.run(['podman', 'push', '-q', '--tls-verify=false', image('podapp', '1.2.0')], { timeoutMs: 300_000 });
+    });
   } finally {
     await fs.rm(ctx, { recursive: true, force: true });
   }

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { OfflineSchemaLookup } from '../../src/configuration/configuration-schema.js';
 import { ProcessRunner } from '../../src/host/runner.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const runner = new ProcessRunner();
 const TAG = `localhost/ns8ctl-test/confschema-${process.pid}`;
@@ -21,7 +22,7 @@ async function build(image: string, withSchema: boolean): Promise<void> {
   if (withSchema) writeFileSync(path.join(ctx, 'imageroot', 'actions', 'configure-module', 'validate-input.json'), JSON.stringify(SCHEMA));
   writeFileSync(path.join(ctx, 'imageroot', 'actions', 'configure-module', '20configure'), '#!/bin/sh\n');
   writeFileSync(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY imageroot /imageroot\n');
-  await runner.run(['podman', 'build', '-q', '-t', image, ctx], { purpose: 'build a test image', timeoutMs: 300_000 });
+  await withImageBuildLock(() => runner.run(['podman', 'build', '-q', '-t', image, ctx], { purpose: 'build a test image', timeoutMs: 300_000 }));
 }
 
 beforeAll(async () => {
@@ -31,7 +32,7 @@ beforeAll(async () => {
 }, 600_000);
 
 afterAll(async () => {
-  await runner.run(['podman', 'rmi', '-f', WITH, WITHOUT], { allowFailure: true });
+  await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', WITH, WITHOUT], { allowFailure: true }));
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -45,7 +46,7 @@ describe('configure-module schema from a local image', () => {
     const ps = await runner.run(['podman', 'ps', '-a', '--format', '{{.Names}}']);
     expect(ps.stdout).not.toContain('ns8ctl-schema-');
 
-    await runner.run(['podman', 'rmi', '-f', WITH]);
+    await withImageBuildLock(() => runner.run(['podman', 'rmi', '-f', WITH]));
     const cached = await lookup.find({ id: 'confschema1', image: WITH });
     expect(cached?.schema).toEqual(SCHEMA);
     expect(cached?.origin).toContain('(cache ');

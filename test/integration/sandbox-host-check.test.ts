@@ -4,6 +4,7 @@ import path from 'node:path';
 import { ProcessRunner, type CommandRecord, type CommandRunner } from '../../src/host/runner.js';
 import { applyHostAdjustments, planHostAdjustments, readHostFacts, CONTAINERS_DROPIN, type HostPaths } from '../../src/sandbox/host-check.js';
 import { preparePodmanHost } from '../support/host-podman.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 function fakeHost(opts: { controllers: string; capEff: string; tunMode: number }): { paths: HostPaths; dir: string } {
   const dir = mkdtempSync(path.join(tmpdir(), 'ns8ctl-hostcheck-'));
@@ -68,7 +69,7 @@ describe('sandbox host adjustments', () => {
     copyFileSync('/bin/busybox', path.join(ctx, 'busybox'));
     writeFileSync(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY busybox /bin/busybox\n');
     const image = 'localhost/ns8ctl-test/hostcheck:latest';
-    await runner.run(['podman', 'build', '-q', '-t', image, ctx]);
+    await withImageBuildLock(() => runner.run(['podman', 'build', '-q', '-t', image, ctx]));
     const root = await runner.run(['podman', 'run', '--rm', image, '/bin/busybox', 'echo', 'rootful-ok']);
     expect(root.stdout.trim()).toBe('rootful-ok');
 
@@ -84,7 +85,7 @@ describe('sandbox host adjustments', () => {
     expect(rootless.stdout.trim()).toBe('rootless-ok');
     await asUser(['podman', 'system', 'reset', '-f']).catch(() => undefined);
     await runner.run(['userdel', '-r', user], { allowFailure: true });
-    await runner.run(['podman', 'rmi', image], { allowFailure: true });
+    await withImageBuildLock(() => runner.run(['podman', 'rmi', image], { allowFailure: true }));
     rmSync(ctx, { recursive: true, force: true });
   }, 120_000);
 });

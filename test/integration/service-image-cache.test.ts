@@ -24,6 +24,7 @@ import { tempHostLayout } from '../support/node-agent-layout.js';
 import { RecordingRunner } from '../support/recording-runner.js';
 import type { TestRedis } from '../support/redis-server.js';
 import type { TestRegistry } from '../support/registry.js';
+import { withImageBuildLock } from '../support/image-build-lock.js';
 
 const host = new ProcessRunner();
 const suffix = String(process.pid % 10000);
@@ -64,9 +65,11 @@ describe('the service-image cache on its own', () => {
     await fs.copyFile('/bin/busybox', path.join(ctx, 'busybox'));
     await fs.writeFile(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY --chown=33:33 www /var/www\n');
     url = `${registry.address}/ns8ctl-test/owned:1.0.0`;
-    await host.run(['podman', 'build', '-q', '-t', url, ctx], { timeoutMs: 120_000 });
-    await host.run(['podman', 'push', '-q', '--tls-verify=false', url], { timeoutMs: 120_000 });
-    await host.run(['podman', 'rmi', url]);
+    await withImageBuildLock(async () => {
+      await host.run(['podman', 'build', '-q', '-t', url, ctx], { timeoutMs: 120_000 });
+      await host.run(['podman', 'push', '-q', '--tls-verify=false', url], { timeoutMs: 120_000 });
+      await host.run(['podman', 'rmi', url]);
+    });
     users.push(a, b);
     await createModuleUsers(host, root, [a, b]);
   }, 300_000);
@@ -142,9 +145,11 @@ describe('the service-image cache on its own', () => {
       await fs.mkdir(ctx, { recursive: true });
       await fs.writeFile(path.join(ctx, 'v'), text);
       await fs.writeFile(path.join(ctx, 'Containerfile'), 'FROM scratch\nCOPY v /v\n');
-      await host.run(['podman', 'build', '-q', '-t', moving, ctx], { timeoutMs: 120_000 });
-      await host.run(['podman', 'push', '-q', '--tls-verify=false', moving], { timeoutMs: 120_000 });
-      await host.run(['podman', 'rmi', moving]);
+      await withImageBuildLock(async () => {
+        await host.run(['podman', 'build', '-q', '-t', moving, ctx], { timeoutMs: 120_000 });
+        await host.run(['podman', 'push', '-q', '--tls-verify=false', moving], { timeoutMs: 120_000 });
+        await host.run(['podman', 'rmi', moving]);
+      });
     };
     await push('one');
     const dir = path.join(root, 'svc-cache-6');
