@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { updateEnvironmentFile } from '../../src/agent/env-file.js';
 import { withFileLock } from '../../src/host/file-lock.js';
 import { ProcessRunner } from '../../src/host/runner.js';
@@ -44,6 +45,17 @@ describe('withFileLock', () => {
     expect(await fs.readFile(log, 'utf8')).toBe('module\nns8ctl\n');
     expect(await holder.done).toBe(0);
   });
+
+  test('does not run the caller\'s $SHELL (whose startup files may hang) to hold the lock', async () => {
+    // A login shell that takes a minute to start, as a .bashrc waiting on a stale lock does. A
+    // process of its own (the built module), since jest's process.env is not what spawn passes on.
+    const slowShell = path.join(dir, 'slow-shell');
+    await fs.writeFile(slowShell, '#!/bin/sh\nsleep 60\nexec /bin/sh "$@"\n', { mode: 0o755 });
+    const lockModule = pathToFileURL(path.resolve('dist/src/host/file-lock.js')).href;
+    const script = `import(${JSON.stringify(lockModule)}).then((m) => m.withFileLock(${JSON.stringify(path.join(dir, '.environment.lock'))}, async () => 'ran', { timeoutMs: 5000 })).then((r) => process.stdout.write(r))`;
+    const res = await new ProcessRunner().run([process.execPath, '-e', script], { env: { SHELL: slowShell }, timeoutMs: 15_000, allowFailure: true });
+    expect(res).toMatchObject({ exitCode: 0, stdout: 'ran' });
+  }, 20_000);
 
   test('gives up after the timeout with an error naming the lock file, and runs nothing', async () => {
     const lock = path.join(dir, '.environment.lock');
