@@ -45,7 +45,8 @@ const DEFAULT_MAX_OUTPUT = 100 * 1024 * 1024;
 const live = new Set<ChildProcess>();
 let exitHook = false;
 
-function watchExit(): void {
+/** Installs (once) the exit hook that sends SIGTERM to the commands still being waited for. */
+function killLeftoversAtExit(): void {
   if (exitHook) return;
   exitHook = true;
   process.once('exit', () => {
@@ -86,7 +87,7 @@ function stopper(child: ChildProcess): { stop: () => void; cancel: () => void } 
 export function spawnCollect(file: string, args: readonly string[], opts: SpawnCollectOptions): Promise<SpawnCollectResult> {
   const result: SpawnCollectResult = { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, cancelled: false, outputTooLarge: false };
   if (opts.signal?.aborted) return Promise.resolve({ ...result, cancelled: true });
-  watchExit();
+  killLeftoversAtExit();
   return new Promise((resolve) => {
     const child = spawn(file, args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) });
     live.add(child);
