@@ -66,7 +66,7 @@ class Sink {
     this.chunks.push(b);
     return true;
   }
-  text(): Buffer {
+  bytes(): Buffer {
     return Buffer.concat(this.chunks, this.size);
   }
 }
@@ -109,8 +109,8 @@ export function spawnCollect(file: string, args: readonly string[], opts: SpawnC
       clearTimeout(timer);
       cancel();
       opts.signal?.removeEventListener('abort', onAbort);
-      result.stdout = out.text();
-      result.stderr = err.text();
+      result.stdout = out.bytes();
+      result.stderr = err.bytes();
       resolve(result);
     };
     const collect = (sink: Sink) => (b: Buffer) => {
