@@ -46,7 +46,7 @@ const live = new Set<ChildProcess>();
 let exitHook = false;
 
 /** Installs (once) the exit hook that sends SIGTERM to the commands still being waited for. */
-function killLeftoversAtExit(): void {
+function installExitHook(): void {
   if (exitHook) return;
   exitHook = true;
   process.once('exit', () => {
@@ -87,7 +87,7 @@ function stopper(child: ChildProcess): { stop: () => void; cancel: () => void } 
 export function spawnCollect(file: string, args: readonly string[], opts: SpawnCollectOptions): Promise<SpawnCollectResult> {
   const result: SpawnCollectResult = { exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), timedOut: false, cancelled: false, outputTooLarge: false };
   if (opts.signal?.aborted) return Promise.resolve({ ...result, cancelled: true });
-  killLeftoversAtExit();
+  installExitHook();
   return new Promise((resolve) => {
     const child = spawn(file, args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'], env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) });
     live.add(child);
