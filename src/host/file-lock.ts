@@ -42,8 +42,8 @@ async function ensureLockFile(file: string, owner: FileLockOptions['owner']): Pr
 export async function withFileLock<T>(lockFile: string, fn: () => Promise<T>, opts: FileLockOptions = {}): Promise<T> {
   const timeoutMs = opts.timeoutMs ?? 30_000;
   await ensureLockFile(lockFile, opts.owner);
-  // flock runs `-c` with $SHELL. Never the caller's login shell: bash, given a socket on stdin
-  // (Node's pipes are socket pairs) and no SHLVL, reads ~/.bashrc, and a root .bashrc that
+  // flock runs `$SHELL -c`. Never the caller's login shell: `bash -c`, given a socket on stdin
+  // (Node's pipes are socket pairs) and no SHLVL, reads ~/.bashrc first, and a root .bashrc that
   // initialises a tool (a pyenv rehash waiting on its own stale lock: 60 s) held every lock up.
   const child = spawn('flock', ['--exclusive', '--conflict-exit-code', '75', '--wait', String(Math.max(timeoutMs, 1) / 1000), lockFile, '-c', 'echo locked && exec head -c1 >/dev/null'], {
     stdio: ['pipe', 'pipe', 'pipe'],
