@@ -42,6 +42,13 @@ async function journal(): Promise<string> {
   return (await inNode(['journalctl', '--no-pager', '-n', '100'])).out;
 }
 
+/** What a failed wait on podapp1 shows: its records file, its status, and the journal's lines about it. */
+async function explainPodapp(): Promise<string> {
+  const status = await inNode(['ns8ctl', 'get', 'modules', ID, '-o', 'json']);
+  const lines = await inNode(['sh', '-c', `journalctl --no-pager -o short-precise | grep -E '${ID}|restor' | grep -v pam_unix | tail -n 80`]);
+  return `records of ${ID}:\n${await records()}\nstatus:\n${status.out}${status.err}\njournal lines naming ${ID}:\n${lines.out}`;
+}
+
 async function inNode2(command: string[]): Promise<{ code: number; out: string }> {
   let out = '';
   const code = await execInNode({ name: NAME, node: '2', command }, { ...deps, execStdio: { mode: 'pipe' }, stdout: (t) => void (out += t), stderr: () => undefined });
@@ -124,7 +131,7 @@ test('removed with its data and re-created with restoreFrom, podapp1 has its vol
     const r = await records();
     // The restored records, then one more line from the new configure-module.
     return r.startsWith(before) && r.length > before.length ? r : undefined;
-  }, { timeoutMs: 600_000, everyMs: 3000, explain: journal });
+  }, { timeoutMs: 600_000, everyMs: 3000, explain: explainPodapp });
   expect(after.startsWith(before)).toBe(true);
   expect(await leader.hget(keys.moduleUuid(), ID)).toBe(uuidBefore);
   expect(await leader.hget(keys.moduleEnvironment(ID), 'MODULE_UUID')).toBe(uuidBefore);
