@@ -34,12 +34,25 @@ let leader: Redis;
 let rest: RestServer;
 let served: string;
 let uuidBefore = '';
+/** podapp1's records when the backup of the second test was taken: what a restore brings back. */
+let snapshotRecords = '';
 
 const BUILT = ['kickweb:1.0.0', 'kickweb:1.1.0', 'kickweb-httpd:1.0.0', 'podapp:1.0.0', 'podapp:1.1.0', 'podapp:1.2.0', 'podapp-web:1.0.0', 'podapp-db:1.0.0', 'podapp-db:1.1.0'];
 const image = (name: string, tag: string): string => `${info.registry}/ns8ctl-compat/${name}:${tag}`;
 
 async function journal(): Promise<string> {
   return (await inNode(['journalctl', '--no-pager', '-n', '100'])).out;
+}
+
+/**
+ * Waits until podapp1 is Ready: its pass (create-module, configure-module and the restart of its
+ * services, each start adding a line to the records) has ended, so its records stay as they are.
+ */
+async function podappReady(what: string): Promise<void> {
+  await eventually(what, async () => {
+    const conditions = JSON.parse((await leader.hget(keys.moduleStatus(ID), 'conditions')) ?? '[]') as { type: string; status: string }[];
+    return conditions.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+  }, { timeoutMs: 600_000, everyMs: 2000, explain: explainPodapp });
 }
 
 /** What a failed wait on podapp1 shows: its records file, its status, and the journal's lines about it. */
@@ -95,6 +108,7 @@ test('the destination password is set without being echoed; the schedule becomes
   expect(started.code).toBe(0);
   expect((await inNode2(['systemd-run', '--unit=ns8ctl-node-agent', '--collect', '/usr/local/bin/ns8ctl', 'node-agent', '--node', '2', '--resync', '5'])).code).toBe(0);
   await eventually('podapp1 configured (its record in the volume)', async () => ((await records()).includes('configured: Team notes') ? true : undefined), { timeoutMs: 600_000, everyMs: 3000, explain: journal });
+  await podappReady('podapp1 Ready');
   const timer = await eventually('the backup timer is enabled on node 1', async () => {
     const r = await inNode(['systemctl', 'is-enabled', 'ns8ctl-backup-nightly.timer']);
     return r.out.trim() === 'enabled' ? r.out.trim() : undefined;
@@ -108,6 +122,8 @@ test('the destination password is set without being echoed; the schedule becomes
 test('the timer\'s service backs podapp1 up to the REST server: status, event, backup list', async () => {
   uuidBefore = (await leader.hget(keys.moduleUuid(), ID)) ?? '';
   expect(uuidBefore).toMatch(/^[0-9a-f-]{36}$/);
+  snapshotRecords = await records();
+  expect(snapshotRecords).toContain('configured: Team notes');
   const run = await inNode(['systemctl', 'start', 'ns8ctl-backup-nightly.service']);
   expect(run.code).toBe(0);
   const status = await leader.hgetall(`module/${ID}/backup_status/nightly`);
@@ -122,7 +138,7 @@ test('the timer\'s service backs podapp1 up to the REST server: status, event, b
 }, 600_000);
 
 test('removed with its data and re-created with restoreFrom, podapp1 has its volume records and MODULE_UUID back', async () => {
-  const before = await records();
+  const before = snapshotRecords;
   expect(before).toContain('configured: Team notes');
   expect((await inNode(['ns8ctl', 'delete', 'module', ID, '--manifests', '/root/manifests'])).code).toBe(0);
   await eventually('podapp1 removed with its data', async () => ((await inNode(['id', ID])).code !== 0 && (await inNode(['test', '-e', `/home/${ID}`])).code !== 0 ? true : undefined), { timeoutMs: 300_000, everyMs: 3000, explain: journal });
@@ -133,6 +149,7 @@ test('removed with its data and re-created with restoreFrom, podapp1 has its vol
     return r.startsWith(before) && r.length > before.length ? r : undefined;
   }, { timeoutMs: 600_000, everyMs: 3000, explain: explainPodapp });
   expect(after.startsWith(before)).toBe(true);
+  await podappReady('podapp1 Ready again');
   expect(await leader.hget(keys.moduleUuid(), ID)).toBe(uuidBefore);
   expect(await leader.hget(keys.moduleEnvironment(ID), 'MODULE_UUID')).toBe(uuidBefore);
 }, 1_200_000);
@@ -171,6 +188,7 @@ test('an update with backupFirst whose migration changes the data and fails is r
   } finally {
     await fs.rm(ctx, { recursive: true, force: true });
   }
+  await podappReady('podapp1 Ready before the update');
   const before = await records();
   expect(before).toContain('configured: Team notes');
   await writeManifest(ID, podapp('  restoreFrom:\n    destination: rest1\n  updatePolicy:\n    backupFirst: true\n', '1.2.0'));
