@@ -46,6 +46,8 @@ export function scopeOf(loaded: LoadResult): ReadScope {
       const name = moduleNameOf({ ...(typeof v.spec.module === 'string' ? { module: v.spec.module } : {}), ...(typeof v.spec.image === 'string' ? { image: v.spec.image } : {}) } as ModuleSpec);
       if (name) modules.push(name);
       if (typeof v.metadata?.name === 'string') instances.push(v.metadata.name);
+      // Its node's flags (nomodules) decide whether it may be placed there.
+      if (typeof v.spec.node === 'number') nodes.push(String(v.spec.node));
     } else if (v.kind === 'Repository' && typeof v.metadata?.name === 'string') repositories.push(v.metadata.name);
     else if (v.kind === 'Node' && v.spec && v.spec.id !== undefined) nodes.push(String(v.spec.id));
   }

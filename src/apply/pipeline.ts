@@ -210,7 +210,7 @@ export async function replan(desired: DesiredObject[], redis: Redis, opts: PlanO
   const scope: ReadScope = {
     modules: desired.flatMap((d) => (d.object.kind === 'Module' ? [moduleNameOf(d.object.spec)] : [])),
     repositories: desired.flatMap((d) => (d.object.kind === 'Repository' ? [d.object.metadata.name] : [])),
-    nodes: desired.flatMap((d) => (d.object.kind === 'Node' ? [String(d.object.spec.id)] : [])),
+    nodes: desired.flatMap((d) => (d.object.kind === 'Node' ? [String(d.object.spec.id)] : d.object.kind === 'Module' ? [String(d.object.spec.node)] : [])),
     instances: desired.flatMap((d) => (d.object.kind === 'Module' ? [d.object.metadata.name] : [])),
   };
   const state = await readClusterState(redis, scope);

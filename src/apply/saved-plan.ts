@@ -319,7 +319,7 @@ export async function applySavedPlan(
       }
     }),
     repositories: objects.flatMap((d) => (d.object?.kind === 'Repository' ? [String(d.object.metadata?.name)] : [])),
-    nodes: objects.flatMap((d) => (d.object?.kind === 'Node' ? [String((d.object.spec as { id?: unknown })?.id)] : [])),
+    nodes: objects.flatMap((d) => (d.object?.kind === 'Node' ? [String((d.object.spec as { id?: unknown })?.id)] : d.object?.kind === 'Module' ? [String((d.object.spec as { node?: unknown })?.node)] : [])),
   };
   const state = await readClusterState(redis, scope);
 

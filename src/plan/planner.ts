@@ -12,6 +12,7 @@ import type { DesiredObject, Kind, ManifestObject, ModuleObject, NodeObject, Rem
 import { keys } from '../state/keys.js';
 import { canonicalize, compareNatural, compareTokens, jsonEqual, naturalTokens } from '../runtime/canonical.js';
 import type { ClusterState, StoredObject } from '../state/cluster-state.js';
+import { noModulesNodes, noModulesRefusal } from './node-flags.js';
 import type { BlockedChange, BookkeepingWrite, Change, Plan } from './types.js';
 
 export type { BlockedChange, BookkeepingWrite, Change, ChangeAction, Plan, ResolutionProblem, ResolvedImage, UpdateNotice } from './types.js';
@@ -77,7 +78,8 @@ function sortKeys(list: Iterable<string>, reverseKinds = false): string[] {
  *   member of `inventory[applySet]` that is no longer desired. Nothing outside that inventory is
  *   ever deleted.
  * - An object being removed (stored `deleting`) that is desired again is put in `blocked`, as is
- *   a Module whose id NS8 already records on another node, and a Node that still has modules.
+ *   a Module whose id NS8 already records on another node, a new or moved Module on a node
+ *   flagged `nomodules` (node-flags.ts), and a Node that still has modules.
  * @throws Ns8ctlError `duplicate_object` when two desired objects have the same `Kind/id`
  *   (validation reports it with both files first; this only guards the contract).
  */
@@ -88,6 +90,7 @@ export function plan(desired: readonly DesiredObject[], state: ClusterState, opt
     opts,
     inventory: state.inventory.get(opts.applySet) ?? new Set<string>(),
     otherInventories: [...state.inventory.keys()].filter((s) => s !== opts.applySet).sort(compareNatural),
+    noModules: noModulesNodes(desired, state),
   };
   const writes: Change[] = [];
   const blocked: BlockedChange[] = [];
@@ -121,6 +124,8 @@ interface PlanContext {
   inventory: ReadonlySet<string>;
   /** The other apply sets, in natural order. */
   otherInventories: string[];
+  /** Nodes flagged `nomodules` once the plan is applied: node id -> where the flag comes from. */
+  noModules: ReadonlyMap<string, string>;
 }
 
 /** Desired objects by `Kind/id`. @throws Ns8ctlError `duplicate_object` when a key appears twice. */
@@ -152,8 +157,9 @@ function planWrite(key: string, d: DesiredObject, ctx: PlanContext): WriteOutcom
 
 /**
  * A desired object that cannot be written now: one being removed (blocked until the removal
- * finishes), or a new Module whose id NS8 records on another node (blocked). A stored Module
- * whose spec.node changes is not held back: it is a move (moduleBookkeeping).
+ * finishes), a new Module whose id NS8 records on another node, or a Module that would be
+ * created on or moved to a `nomodules` node (blocked). Any other stored Module whose spec.node
+ * changes is not held back: it is a move (moduleBookkeeping).
  */
 function holdBack(key: string, d: DesiredObject, stored: StoredObject | undefined, ctx: PlanContext): WriteOutcome {
   const obj = d.object;
@@ -176,7 +182,8 @@ function holdBack(key: string, d: DesiredObject, stored: StoredObject | undefine
       },
     };
   }
-  return undefined;
+  const refused = noModulesRefusal(key, obj, stored, recorded, ctx.noModules);
+  return refused ? { blocked: refused } : undefined;
 }
 
 function createChange(key: string, d: DesiredObject, others: string[], ctx: PlanContext): Change {

@@ -100,7 +100,7 @@ describe('concurrent writers of desired state', () => {
     /** Desired state A applied; returns the plan from A to B: every kind of write the script makes. */
     async function prepareAll(): Promise<Awaited<ReturnType<typeof preparePlan>>> {
       await t.redis.flushall();
-      t.write('a/node.yaml', nodeWith('node1', 'nomodules'));
+      t.write('a/node.yaml', nodeWith('node1', 'maintenance'));
       t.write('a/repo.yaml', repo('http://127.0.0.1:9/a/'));
       t.write('a/old.yaml', mod('webapp1'));
       await applyPlan(await preparePlan([path.join(t.dir, 'a')], t.redis, opts), t.redis, { ...opts, forcePrune: true, runner });

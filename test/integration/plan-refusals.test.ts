@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { runCli } from '../support/cli.js';
@@ -80,6 +81,28 @@ describe('plans the real apply would refuse', () => {
     expect(ok.stderr).not.toContain('error');
     expect(ok.stderr.endsWith('Dry run: nothing was written.\n')).toBe(true);
     expect(await dumpRedis(t.redis)).toEqual(before);
+  });
+
+  it('refuses to place a new instance on a node NS8 flags nomodules (apply and add-module write nothing); an instance on another node goes through', async () => {
+    write('m/nodes.yaml', nodes);
+    write('m/mods.yaml', mod('webapp1', 1));
+    // As NS8 flags a migrated NS7 machine: the Node manifests do not list flags, so NS8's record decides.
+    await t.redis.sadd('node/2/flags', 'nomodules');
+    expect((await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env)).code).toBe(0);
+    expect(await t.redis.hget('cluster/module_node', 'webapp1')).toBe('1');
+    expect(await t.redis.smembers('node/2/flags')).toEqual(['nomodules']);
+
+    write('m/mods.yaml', [mod('webapp1', 1), mod('webapp2', 2)].join('---\n'));
+    const before = await dumpRedis(t.redis);
+    const real = await runCli(['apply', '-f', path.join(t.dir, 'm')], t.env);
+    expect(real.code).toBe(1);
+    expect(real.stderr).toContain("Module/webapp2: [node_nomodules] cannot create webapp2 on node 2: node 2 has the NS8 flag nomodules (node/2/flags; NS8's add-module refuses such a node, an NS7 machine being migrated); place it on another node, or remove nomodules from node 2's flags");
+    expect(await dumpRedis(t.redis)).toEqual(before);
+    const added = await runCli(['add-module', '127.0.0.1:5000/ns8ctl-fixtures/webapp:1.0.0', '2', '--manifests', path.join(t.dir, 'added')], t.env);
+    expect(added.code).not.toBe(0);
+    expect(added.stderr).toContain('cannot create webapp2 on node 2: node 2 has the NS8 flag nomodules');
+    expect(await dumpRedis(t.redis)).toEqual(before);
+    expect(existsSync(path.join(t.dir, 'added', 'webapp2.yaml'))).toBe(false);
   });
 
   describe('org.nethserver.max-per-node of a full image URL', () => {

@@ -15,7 +15,7 @@ const PASS = 'a long enough test passphrase';
 const CONFIG_SECRET = 'cfg-Secret-9f1d2';
 const ENV_SECRET = 'env-Secret-77ab3';
 
-const node = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node1\nspec:\n  id: 1\n  flags: [nomodules]\n`;
+const node = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Node\nmetadata:\n  name: node1\nspec:\n  id: 1\n  flags: [maintenance]\n`;
 const repo = `apiVersion: ns8ctl.nethserver.org/v1\nkind: Repository\nmetadata:\n  name: extra\nspec:\n  url: https://repo.example.org/ns8/\n  enabled: false\n`;
 const mod = (name: string, tag: string): string => `apiVersion: ns8ctl.nethserver.org/v1
 kind: Module

@@ -10,7 +10,7 @@ const prune = { applySet: 'default', prune: true };
 
 describe('plan: creates', () => {
   it('creates every object of an empty cluster, Nodes then Repositories then Modules, with all NS8 bookkeeping', () => {
-    const p = plan(desired(mod('dokuwiki1'), repo('default', 'https://r.example/'), node(1, 'leader', ['nomodules'])), emptyState(), opts);
+    const p = plan(desired(mod('dokuwiki1'), repo('default', 'https://r.example/'), node(1, 'leader', ['maintenance'])), emptyState(), opts);
     expect(p.changes.map((c) => `${c.action} ${c.key}`)).toEqual(['create Node/1', 'create Repository/default', 'create Module/dokuwiki1']);
     expect(p.summary).toEqual({ create: 3, update: 0, delete: 0 });
     const m = p.changes[2]!;
@@ -34,7 +34,7 @@ describe('plan: creates', () => {
     ]);
     expect(p.changes[0]!.bookkeeping).toEqual([
       { type: 'set', key: 'node/1/ui_name', value: 'leader' },
-      { type: 'set-members', key: 'node/1/flags', members: ['nomodules'] },
+      { type: 'set-members', key: 'node/1/flags', members: ['maintenance'] },
     ]);
   });
 
@@ -65,6 +65,35 @@ describe('plan: creates', () => {
       },
     ]);
     expect(isEmpty(p)).toBe(false);
+  });
+
+  it('blocks a new Module on a node flagged nomodules, from NS8\'s node/<id>/flags or the desired Node', () => {
+    const s = emptyState();
+    s.nodeFlags.set('2', ['nomodules']);
+    const p = plan(desired(mod('dokuwiki1', { node: 2 }), mod('dokuwiki2', { node: 1 })), s, opts);
+    expect(p.changes.map((c) => `${c.action} ${c.key}`)).toEqual(['create Module/dokuwiki2']);
+    expect(p.blocked).toEqual([
+      {
+        key: 'Module/dokuwiki1',
+        code: 'node_nomodules',
+        message: "cannot create dokuwiki1 on node 2: node 2 has the NS8 flag nomodules (node/2/flags; NS8's add-module refuses such a node, an NS7 machine being migrated); place it on another node, or remove nomodules from node 2's flags",
+      },
+    ]);
+    // The desired Node decides: its flags are what the plan writes.
+    const byManifest = plan(desired(node(1, 'leader', ['nomodules']), mod('dokuwiki1', { node: 1 })), emptyState(), opts);
+    expect(byManifest.blocked[0]!.message).toContain('(spec.flags of Node "leader" in ');
+    expect(plan(desired(node(2, 'worker', []), mod('dokuwiki1', { node: 2 })), s, opts).blocked).toEqual([]);
+  });
+
+  it('leaves an instance already on a nomodules node alone (stored, or adopted where NS8 runs it), and blocks a move there', () => {
+    const s = appliedState([mod('dokuwiki1', { node: 2 }), mod('dokuwiki2', { node: 1 })]);
+    s.nodeFlags.set('2', ['nomodules', 'x']);
+    s.moduleNode.set('dokuwiki3', '2');
+    const p = plan(desired(mod('dokuwiki1', { node: 2 }), mod('dokuwiki2', { node: 2 }), mod('dokuwiki3', { node: 2 })), s, opts);
+    expect(p.changes.map((c) => `${c.action} ${c.key}`)).toEqual(['create Module/dokuwiki3']);
+    expect(p.blocked).toEqual([
+      expect.objectContaining({ key: 'Module/dokuwiki2', code: 'node_nomodules', message: expect.stringMatching(/^cannot move dokuwiki2 from node 1 to node 2: node 2 has the NS8 flag nomodules .*; set spec\.node back to 1 to keep it there, or remove nomodules from node 2's flags$/) }),
+    ]);
   });
 
   it('refuses two desired objects with the same key', () => {

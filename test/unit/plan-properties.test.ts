@@ -171,6 +171,12 @@ function reversedState(s: ClusterState): ClusterState {
   };
 }
 
+/** Objects whose Modules sit on no node a desired Node flags `nomodules` (the planner blocks those). */
+const placeable = (objs: readonly ManifestObject[]): boolean => {
+  const closed = new Set(objs.flatMap((o) => (o.kind === 'Node' && o.spec.flags?.includes('nomodules') ? [o.spec.id] : [])));
+  return objs.every((o) => o.kind !== 'Module' || !closed.has(o.spec.node));
+};
+
 const options = fc.record({ applySet: fc.constantFrom('default', 'other'), prune: fc.boolean() });
 const runs = { numRuns: 250 };
 
@@ -238,7 +244,7 @@ describe('planner properties', () => {
 
   it('reaches the empty plan from an empty cluster in one apply, with nothing blocked', () => {
     fc.assert(
-      fc.property(desiredSet, options, (d, o) => {
+      fc.property(desiredSet.filter((d) => placeable(d.map((x) => x.object))), options, (d, o) => {
         const first = plan(d, emptyState(), o);
         expect(first.blocked).toEqual([]);
         expect(first.changes.every((c) => c.action === 'create')).toBe(true);
@@ -315,7 +321,7 @@ describe('planner properties', () => {
 
   it('sees a metadata-only change as an update with specChanged false and an empty patch', () => {
     fc.assert(
-      fc.property(objectSet.filter((o) => o.length > 0), fc.constantFrom('x', 'y'), (objs, tag) => {
+      fc.property(objectSet.filter((o) => o.length > 0 && placeable(o)), fc.constantFrom('x', 'y'), (objs, tag) => {
         const o = { applySet: 'default', prune: true };
         const applied = applyPlanToState(emptyState(), plan(desired(...objs), emptyState(), o), uuidFor);
         const relabelled = objs.map((obj) => ({ ...obj, metadata: { ...obj.metadata, annotations: { note: tag } } }) as ManifestObject);
@@ -324,6 +330,29 @@ describe('planner properties', () => {
         for (const c of p.changes) {
           expect(c).toMatchObject({ action: 'update', specChanged: false, patch: [], bookkeeping: [] });
           expect(c.generation).toBe(1);
+        }
+      }),
+      runs,
+    );
+  });
+
+  it('never creates or moves a Module onto a node flagged nomodules, and blocks only those placements with node_nomodules', () => {
+    fc.assert(
+      fc.property(scenario, options, ([d, s], o) => {
+        const flags = new Map(s.nodeFlags);
+        for (const x of d) if (x.object.kind === 'Node' && x.object.spec.flags !== undefined) flags.set(String(x.object.spec.id), x.object.spec.flags);
+        const closed = (node: number): boolean => flags.get(String(node))?.includes('nomodules') ?? false;
+        const p = plan(d, s, o);
+        for (const c of p.changes) {
+          if (c.kind !== 'Module' || c.action === 'delete' || c.after?.kind !== 'Module' || !closed(c.after.spec.node)) continue;
+          const before = s.objects.get(c.key)?.object;
+          // Only an instance already there: stored on that node, or recorded there by NS8.
+          if (before?.kind === 'Module') expect(before.spec.node).toBe(c.after.spec.node);
+          else expect(s.moduleNode.get(c.id)).toBe(String(c.after.spec.node));
+        }
+        for (const b of p.blocked.filter((x) => x.code === 'node_nomodules')) {
+          const m = d.find((x) => objectKey(x.object) === b.key)?.object;
+          expect(m?.kind === 'Module' && closed(m.spec.node)).toBe(true);
         }
       }),
       runs,

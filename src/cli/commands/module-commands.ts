@@ -134,7 +134,7 @@ export async function addModuleCommand(ref: string, nodeArg: string, opts: AddMo
   let lastConflict: ConflictError | undefined;
   for (let attempt = 1; attempt <= ADD_MODULE_ATTEMPTS; attempt++) {
     const seqRaw = await redis.get(seqKey);
-    const state = await readClusterState(redis, { modules: [module] });
+    const state = await readClusterState(redis, { modules: [module], nodes: [String(node)] });
     const knownNodes = knownNodesOf(state, await readNodeRecords(redis));
     const n = nextInstanceNumber(module, seqRaw, state);
     const id = `${module}${n}`;
