@@ -103,6 +103,19 @@ describe('saved plans', () => {
     expect(await t.redis.hget('ns8ctl/desired/module/webapp1', 'generation')).toBe('2');
   });
 
+  it('refuses a saved plan whose new instance NS8 can no longer take: its node was flagged nomodules after the plan was saved', async () => {
+    write('m/node.yaml', node);
+    write('m/a.yaml', mod('webapp1', '1.0.0'));
+    const planFile = path.join(t.dir, 'plan.json');
+    expect((await cli('diff', '-f', path.join(t.dir, 'm'), '--out', planFile)).code).toBe(1);
+    await t.redis.sadd('node/1/flags', 'nomodules');
+    const before = await dumpRedis(t.redis);
+    const applied = await cli('apply', '--plan', planFile);
+    expect(applied.code).toBe(1);
+    expect(applied.stderr).toContain('Module/webapp1: [node_nomodules] cannot create webapp1 on node 1: node 1 has the NS8 flag nomodules (node/1/flags;');
+    expect(await dumpRedis(t.redis)).toEqual(before);
+  });
+
   it('refuses damaged plan files, wrong flag combinations, and plans apply would refuse', async () => {
     write('m/node.yaml', node);
     write('m/a.yaml', mod('webapp1', '1.0.0'));
