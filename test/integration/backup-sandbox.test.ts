@@ -45,13 +45,15 @@ async function journal(): Promise<string> {
 }
 
 /**
- * Waits until podapp1 is Ready: its pass (create-module, configure-module and the restart of its
- * services, each start adding a line to the records) has ended, so its records stay as they are.
+ * Waits until podapp1 is Ready and configured: the node agent's pass has ended and configure-module
+ * (which the controller runs after it) was accepted, the restart of its services included (each
+ * start adds a line to the records), so its records stay as they are.
  */
 async function podappReady(what: string): Promise<void> {
   await eventually(what, async () => {
     const conditions = JSON.parse((await leader.hget(keys.moduleStatus(ID), 'conditions')) ?? '[]') as { type: string; status: string }[];
-    return conditions.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+    const configured = await leader.hget(keys.moduleConfiguration(ID), 'appliedHash');
+    return configured && conditions.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
   }, { timeoutMs: 600_000, everyMs: 2000, explain: explainPodapp });
 }
 
