@@ -177,17 +177,28 @@ const placeable = (objs: readonly ManifestObject[]): boolean => {
   return objs.every((o) => o.kind !== 'Module' || !closed.has(o.spec.node));
 };
 
+/** Nodes flagged `nomodules` once `d` is applied to `s`: a desired Node's spec.flags, else NS8's record. */
+const closedNodes = (d: readonly DesiredObject[], s: ClusterState): Set<string> => {
+  const flags = new Map(s.nodeFlags);
+  for (const x of d) if (x.object.kind === 'Node' && x.object.spec.flags !== undefined) flags.set(String(x.object.spec.id), x.object.spec.flags);
+  return new Set([...flags].filter(([, f]) => f.includes('nomodules')).map(([n]) => n));
+};
+
 const options = fc.record({ applySet: fc.constantFrom('default', 'other'), prune: fc.boolean() });
 const runs = { numRuns: 250 };
 
 describe('planner properties', () => {
-  it('plans a move (recorded for the node agents, never a refusal) for exactly the stored Modules whose node changes', () => {
+  it('plans a move (recorded for the node agents; refused only onto a nomodules node) for exactly the stored Modules whose node changes', () => {
     fc.assert(
       fc.property(desiredSet, clusterState, options, (d, s, o) => {
-        const moved = movedModules(d, s).filter((id) => s.moduleNode.get(id) !== undefined && s.moduleNode.get(id) !== String((d.find((x) => x.object.metadata.name === id)!.object as { spec: { node: number } }).spec.node));
+        const target = (id: string): string => String((d.find((x) => x.object.metadata.name === id)!.object as { spec: { node: number } }).spec.node);
+        const closed = closedNodes(d, s);
+        const moved = movedModules(d, s).filter((id) => s.moduleNode.get(id) !== undefined && s.moduleNode.get(id) !== target(id));
         const p = plan(d, s, o);
         const recorded = p.changes.flatMap((c) => c.bookkeeping.filter((b) => b.type === 'hset' && b.key === 'ns8ctl/moves').map(() => c.id));
-        expect(recorded.sort(compareNatural)).toEqual([...moved].sort(compareNatural));
+        expect(recorded.sort(compareNatural)).toEqual(moved.filter((id) => !closed.has(target(id))).sort(compareNatural));
+        const refused = p.blocked.filter((b) => b.code === 'node_nomodules').map((b) => b.key);
+        for (const id of moved.filter((m) => closed.has(target(m)))) expect(refused).toContain(`Module/${id}`);
       }),
       runs,
     );
@@ -339,9 +350,8 @@ describe('planner properties', () => {
   it('never creates or moves a Module onto a node flagged nomodules, and blocks only those placements with node_nomodules', () => {
     fc.assert(
       fc.property(scenario, options, ([d, s], o) => {
-        const flags = new Map(s.nodeFlags);
-        for (const x of d) if (x.object.kind === 'Node' && x.object.spec.flags !== undefined) flags.set(String(x.object.spec.id), x.object.spec.flags);
-        const closed = (node: number): boolean => flags.get(String(node))?.includes('nomodules') ?? false;
+        const nodes = closedNodes(d, s);
+        const closed = (node: number): boolean => nodes.has(String(node));
         const p = plan(d, s, o);
         for (const c of p.changes) {
           if (c.kind !== 'Module' || c.action === 'delete' || c.after?.kind !== 'Module' || !closed(c.after.spec.node)) continue;
