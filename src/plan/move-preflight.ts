@@ -72,7 +72,7 @@ export function describeMove(m: Pick<MoveRequest, 'id' | 'from' | 'to'>): string
 }
 
 /** The way back every refusal ends with: keep the instance where it runs. */
-function keepIt(m: MoveRequest): string {
+export function keepIt(m: Pick<MoveRequest, 'from'>): string {
   return `set spec.node back to ${m.from} to keep it there`;
 }
 

@@ -8,6 +8,7 @@
 import type { DesiredObject, ModuleObject } from '../manifest/types.js';
 import type { ClusterState, StoredObject } from '../state/cluster-state.js';
 import { keys } from '../state/keys.js';
+import { describeMove, keepIt } from './move-preflight.js';
 import type { BlockedChange } from './types.js';
 
 /** The flag that keeps modules off a node. */
@@ -47,7 +48,8 @@ export function noModulesRefusal(key: string, obj: ModuleObject, stored: StoredO
   const why = `node ${node} has the NS8 flag ${NO_MODULES_FLAG} (${source}; NS8's add-module refuses such a node, an NS7 machine being migrated)`;
   const unflag = `or remove ${NO_MODULES_FLAG} from node ${node}'s flags`;
   if (storedNode !== undefined && storedNode !== node) {
-    return { key, code: NO_MODULES_CODE, message: `cannot move ${id} from node ${storedNode} to node ${node}: ${why}; set spec.node back to ${storedNode} to keep it there, ${unflag}` };
+    const move = { id, from: Number(storedNode), to: obj.spec.node };
+    return { key, code: NO_MODULES_CODE, message: `${describeMove(move)}: ${why}; ${keepIt(move)}, ${unflag}` };
   }
   if (storedNode === undefined && recordedNode !== node) {
     return { key, code: NO_MODULES_CODE, message: `cannot create ${id} on node ${node}: ${why}; place it on another node, ${unflag}` };
